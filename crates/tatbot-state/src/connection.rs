@@ -1,0 +1,187 @@
+//! Where Redis is and how the manager talks to it: [`Endpoint`], [`ManagerConfig`], connecting.
+//!
+//! The manager never reads files or the environment; binaries resolve an [`Endpoint`] with
+//! [`crate::config::resolve`] and pass it in. Every network call has a timeout: connecting
+//! gives up after `connect_timeout`, and each command after `response_timeout`, so a paused or
+//! vanished server produces an error instead of a hang.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo};
+
+use crate::error::{Error, Result};
+use crate::ids::NodeId;
+
+/// Default Redis port.
+pub const DEFAULT_PORT: u16 = 6379;
+/// How long ended sessions are kept by default: 7 days.
+pub const DEFAULT_SESSION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Heartbeat TTL of the wire contract.
+pub const HEALTH_TTL: Duration = Duration::from_secs(60);
+/// `MAXLEN ~` of history streams, as the reference.
+pub const DEFAULT_HISTORY_MAXLEN: usize = 10_000;
+/// `MAXLEN ~` of our durable event log.
+pub const DEFAULT_EVENT_LOG_MAXLEN: usize = 20_000;
+/// `MAXLEN ~` of our error log.
+pub const DEFAULT_ERROR_LOG_MAXLEN: usize = 10_000;
+/// Errors older than this are trimmed from our error log.
+pub const DEFAULT_ERROR_LOG_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default per-command timeout.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A Redis server address and credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP literal to connect to.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// ACL user name, if any (`default` when `None`).
+    pub username: Option<String>,
+    /// Password, if any.
+    pub password: Option<String>,
+}
+
+impl Endpoint {
+    /// `host:port` with no credentials, IPv6 in brackets.
+    pub fn new(host: impl Into<String>, port: u16) -> Endpoint {
+        Endpoint { host: host.into(), port, username: None, password: None }
+    }
+
+    /// Adds a password.
+    pub fn with_password(mut self, password: impl Into<String>) -> Endpoint {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Adds an ACL user name.
+    pub fn with_username(mut self, username: impl Into<String>) -> Endpoint {
+        self.username = Some(username.into());
+        self
+    }
+
+    pub(crate) fn connection_info(&self) -> Result<ConnectionInfo> {
+        let mut redis_info = RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3);
+        if let Some(username) = &self.username {
+            redis_info = redis_info.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            redis_info = redis_info.set_password(password);
+        }
+        let info = ConnectionAddr::Tcp(self.host.clone(), self.port)
+            .into_connection_info()
+            .map_err(|err| Error::from_connect(&self.to_string(), err))?;
+        Ok(info.set_redis_settings(redis_info))
+    }
+}
+
+/// `host:port`, never the password.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Redacts the password.
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Everything a [`crate::StateManager`] needs; defaults are the named constants above.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// The server.
+    pub endpoint: Endpoint,
+    /// This node's id: it is written into every document and event.
+    pub node_id: NodeId,
+    /// Ended sessions' progress and history expire after this long.
+    pub session_retention: Duration,
+    /// TTL of heartbeats.
+    pub health_ttl: Duration,
+    /// `MAXLEN ~` of history streams.
+    pub history_maxlen: usize,
+    /// `MAXLEN ~` of the durable event log.
+    pub event_log_maxlen: usize,
+    /// `MAXLEN ~` of the error log.
+    pub error_log_maxlen: usize,
+    /// Age past which errors are trimmed from the error log.
+    pub error_log_max_age: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-command timeout.
+    pub response_timeout: Duration,
+}
+
+impl ManagerConfig {
+    /// A config with every default for `endpoint` and `node_id`.
+    pub fn new(endpoint: Endpoint, node_id: NodeId) -> ManagerConfig {
+        ManagerConfig {
+            endpoint,
+            node_id,
+            session_retention: DEFAULT_SESSION_RETENTION,
+            health_ttl: HEALTH_TTL,
+            history_maxlen: DEFAULT_HISTORY_MAXLEN,
+            event_log_maxlen: DEFAULT_EVENT_LOG_MAXLEN,
+            error_log_maxlen: DEFAULT_ERROR_LOG_MAXLEN,
+            error_log_max_age: DEFAULT_ERROR_LOG_MAX_AGE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+}
+
+/// Opens the client and a managed, auto-reconnecting multiplexed connection.
+pub(crate) async fn connect(config: &ManagerConfig) -> Result<(redis::Client, ConnectionManager)> {
+    let target = config.endpoint.to_string();
+    let client = redis::Client::open(config.endpoint.connection_info()?)
+        .map_err(|err| Error::from_connect(&target, err))?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2));
+    // The driver retries inside `new`; the outer timeout bounds the whole attempt.
+    let attempt = ConnectionManager::new_with_config(client.clone(), manager_config);
+    let manager = match tokio::time::timeout(config.connect_timeout * 3, attempt).await {
+        Ok(Ok(manager)) => manager,
+        Ok(Err(err)) => return Err(Error::from_connect(&target, err)),
+        Err(_) => {
+            return Err(Error::Unreachable {
+                target: target.clone(),
+                source: redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", config.connect_timeout * 3),
+                )),
+            });
+        }
+    };
+    Ok((client, manager))
+}
+
+/// The address to dial (after any inventory fallback) and the credentials.
+impl From<&crate::config::RedisTarget> for Endpoint {
+    fn from(target: &crate::config::RedisTarget) -> Endpoint {
+        Endpoint {
+            host: target.connect_host.clone(),
+            port: target.port.value,
+            username: target.username.value.clone(),
+            password: target.password.value.clone(),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Validated identifiers: [`NodeId`], [`SessionId`] and [`Category`].
+//!
+//! Identifiers end up inside Redis key names, channel names and `SCAN` patterns, so they are
+//! checked where they are made: 1 to 64 characters of `[A-Za-z0-9_.-]`. That excludes `:` (our
+//! key separator), glob characters (`*?[]`), whitespace and anything non-ASCII, so an id can
+//! never widen a pattern or reach into another key's namespace.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The longest identifier we accept.
+pub const MAX_ID_LEN: usize = 64;
+
+fn validate(kind: &'static str, value: &str) -> Result<()> {
+    let reason = if value.is_empty() {
+        "it is empty"
+    } else if value.len() > MAX_ID_LEN {
+        "it is longer than 64 characters"
+    } else if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        "only letters, digits, '_', '.' and '-' are allowed"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidId { kind, value: value.to_owned(), reason })
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `value` and wraps it.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::InvalidId`] when `value` is empty, longer than 64 bytes, or contains a
+            /// character outside `[A-Za-z0-9_.-]`.
+            pub fn new(value: impl Into<String>) -> Result<Self> {
+                let value = value.into();
+                validate($kind, &value)?;
+                Ok(Self(value))
+            }
+
+            /// The identifier as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(value: &str) -> Result<Self> {
+                Self::new(value)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(value: String) -> Result<Self> {
+                Self::new(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The name of a tatbot node (`hog`, `eek`, `ook`), as used in `robot:state:{node_id}`.
+    NodeId,
+    "node id"
+);
+id_type!(
+    /// A stroke session id, `stroke_{node_id}_{unix_seconds}` with an optional `_{n}` suffix.
+    SessionId,
+    "session id"
+);
+id_type!(
+    /// An error category, the last part of the `error:events:{category}` channel.
+    Category,
+    "error category"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Valid ids pass and every rule rejects what it names.
+    #[test]
+    fn validation_rules() {
+        assert!(NodeId::new("hog").is_ok());
+        assert!(NodeId::new("rpi-1.lan_2").is_ok());
+        assert!(NodeId::new("a".repeat(64)).is_ok());
+        for (bad, reason) in [
+            ("", "empty"),
+            ("a:b", "only letters"),
+            ("*", "only letters"),
+            ("n de", "only letters"),
+            ("nöde", "only letters"),
+            ("[x]", "only letters"),
+        ] {
+            let err = NodeId::new(bad).unwrap_err().to_string();
+            assert!(err.contains(reason), "{bad:?} gave {err}");
+            assert!(err.starts_with("invalid node id"), "{err}");
+        }
+        let err = SessionId::new("x".repeat(65)).unwrap_err().to_string();
+        assert!(err.contains("longer than 64"), "{err}");
+    }
+
+    /// Deserializing an id validates it.
+    #[test]
+    fn serde_validates() {
+        assert!(serde_json::from_str::<NodeId>("\"hog\"").is_ok());
+        assert!(serde_json::from_str::<NodeId>("\"a:b\"").is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! The key schema: every Redis key, channel and stream name, and the only place they are built.
+//!
+//! The first group is the wire contract with the Python nodes (`../shared/WIRE.md`); those names
+//! must not change. The second group is ours, all under the `tatbot:` prefix, which no Python
+//! node scans: the contract forbids new keys matching `node:health:*` or `stroke:progress:*`,
+//! because Python parses everything after those prefixes as a node or session id.
+//! docs/WIRE.md documents both groups.
+
+use crate::ids::{Category, NodeId, SessionId};
+
+/// Prefix of `robot:state:{node_id}` hashes.
+pub const ROBOT_STATE_PREFIX: &str = "robot:state:";
+/// Prefix of `stroke:progress:{session_id}` hashes.
+pub const PROGRESS_PREFIX: &str = "stroke:progress:";
+/// Prefix of `node:health:{node_id}` hashes (60 s TTL).
+pub const HEALTH_PREFIX: &str = "node:health:";
+/// Prefix of `stream:stroke_history:{session_id}` streams.
+pub const HISTORY_PREFIX: &str = "stream:stroke_history:";
+/// `SCAN` pattern for progress hashes.
+pub const PROGRESS_PATTERN: &str = "stroke:progress:*";
+/// `SCAN` pattern for health hashes.
+pub const HEALTH_PATTERN: &str = "node:health:*";
+
+/// Channel of `state_update` events.
+pub const ROBOT_EVENTS: &str = "robot:events";
+/// Channel of `session_start` and `session_end` events.
+pub const SESSION_EVENTS: &str = "stroke:events:session";
+/// Channel of `progress_update` events.
+pub const PROGRESS_EVENTS: &str = "stroke:events:progress";
+/// Prefix of `error:events:{category}` channels.
+pub const ERROR_EVENTS_PREFIX: &str = "error:events:";
+/// The patterns an operator watches by default.
+pub const DEFAULT_EVENT_PATTERNS: [&str; 3] = ["stroke:events:*", "robot:events", "error:events:*"];
+
+/// Hash field holding the RobotState JSON.
+pub const FIELD_STATE: &str = "state";
+/// Hash field holding the robot state's write time.
+pub const FIELD_LAST_UPDATED: &str = "last_updated";
+/// Hash field holding the StrokeProgress JSON.
+pub const FIELD_PROGRESS: &str = "progress";
+/// Hash field holding the NodeHealth JSON.
+pub const FIELD_HEALTH: &str = "health";
+
+/// Ours: sorted set of session ids scored by start time in Unix milliseconds.
+pub const SESSION_INDEX: &str = "tatbot:sessions";
+/// Ours: prefix of the per-second counters that make session ids unique.
+pub const SESSION_SEQ_PREFIX: &str = "tatbot:session_seq:";
+/// Ours: sorted set of node ids that ever sent a heartbeat, scored by last heartbeat (Unix ms).
+pub const NODE_REGISTRY: &str = "tatbot:nodes";
+/// Ours: capped stream of reported errors (bounded length and age).
+pub const ERROR_LOG: &str = "tatbot:errors";
+/// Ours: capped stream of every event we publish, in order (the durable event log).
+pub const EVENT_LOG: &str = "tatbot:events";
+
+/// `robot:state:{node_id}`.
+pub fn robot_state(node_id: &NodeId) -> String {
+    format!("{ROBOT_STATE_PREFIX}{node_id}")
+}
+
+/// `stroke:progress:{session_id}`.
+pub fn progress(session_id: &SessionId) -> String {
+    format!("{PROGRESS_PREFIX}{session_id}")
+}
+
+/// `node:health:{node_id}`.
+pub fn health(node_id: &NodeId) -> String {
+    format!("{HEALTH_PREFIX}{node_id}")
+}
+
+/// `stream:stroke_history:{session_id}`.
+pub fn history(session_id: &SessionId) -> String {
+    format!("{HISTORY_PREFIX}{session_id}")
+}
+
+/// `error:events:{category}`.
+pub fn error_channel(category: &Category) -> String {
+    format!("{ERROR_EVENTS_PREFIX}{category}")
+}
+
+/// The base session id for a node at a Unix second: `stroke_{node_id}_{unix_seconds}`.
+pub fn session_base(node_id: &NodeId, unix_seconds: i64) -> String {
+    format!("stroke_{node_id}_{unix_seconds}")
+}
+
+/// `tatbot:session_seq:{base}`: counts sessions started with the same base id.
+pub fn session_seq(base: &str) -> String {
+    format!("{SESSION_SEQ_PREFIX}{base}")
+}
+
+/// The part of `key` after `prefix`, if `key` starts with it.
+pub fn strip<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
+    key.strip_prefix(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every wire key is spelled as WIRE.md gives it.
+    #[test]
+    fn wire_names() {
+        let node = NodeId::new("hog").unwrap();
+        let session = SessionId::new("stroke_hog_1795626937").unwrap();
+        assert_eq!(robot_state(&node), "robot:state:hog");
+        assert_eq!(health(&node), "node:health:hog");
+        assert_eq!(progress(&session), "stroke:progress:stroke_hog_1795626937");
+        assert_eq!(history(&session), "stream:stroke_history:stroke_hog_1795626937");
+        assert_eq!(error_channel(&Category::new("hardware").unwrap()), "error:events:hardware");
+        assert_eq!(session_base(&node, 1795626937), "stroke_hog_1795626937");
+    }
+
+    /// None of our keys can match a pattern that Python nodes scan and parse.
+    #[test]
+    fn ours_stay_outside_python_patterns() {
+        for key in [SESSION_INDEX, NODE_REGISTRY, ERROR_LOG, EVENT_LOG, &session_seq("stroke_hog_1")] {
+            assert!(key.starts_with("tatbot:"), "{key}");
+            assert!(!key.starts_with(HEALTH_PREFIX) && !key.starts_with(PROGRESS_PREFIX), "{key}");
+        }
+    }
+}

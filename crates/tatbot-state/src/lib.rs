@@ -1,0 +1,40 @@
+//! `tatbot-state`: tatbot's shared state on Redis, wire-compatible with the Python nodes.
+//!
+//! Several machines of the robot (arms, cameras, GPU boxes, screens) share live state through
+//! one Redis server. This crate is how a Rust node reads and writes it.
+//!
+//! # Layout
+//!
+//! - [`StateManager`] ([`manager`]): stroke sessions, progress, robot state, node health, events,
+//!   errors and the system summary; every write that touches several keys is one atomic round trip.
+//! - [`Subscription`] ([`subscribe`]): typed pub/sub events on a connection of their own.
+//! - [`model`]: serde types for every document and event of the wire contract.
+//! - [`keys`]: the key schema, the only place key names are built.
+//! - [`heartbeat`]: the node heartbeat agent, filled from real system metrics.
+//! - [`config`]: resolving the Redis target from YAML, env files, environment and flags.
+//! - [`connection`]: [`Endpoint`], [`ManagerConfig`] and their defaults.
+//!
+//! The wire contract is `docs/WIRE.md` in the repository.
+
+pub mod config;
+pub mod connection;
+mod error;
+pub mod heartbeat;
+mod ids;
+pub mod keys;
+pub mod manager;
+pub mod model;
+mod pyjson;
+mod scripts;
+pub mod subscribe;
+mod timestamp;
+
+pub use connection::{Endpoint, ManagerConfig};
+pub use error::{Error, Result};
+pub use ids::{Category, MAX_ID_LEN, NodeId, SessionId};
+pub use manager::{CorruptEntry, Entry, ProgressUpdate, SessionInfo, StateManager, SystemStatus};
+pub use subscribe::{Message, Subscription};
+pub use timestamp::Timestamp;
+
+/// Re-exported so callers can pass cancellation tokens without a direct dependency.
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,825 @@
+//! [`StateManager`]: every read and write of tatbot state.
+//!
+//! One manager holds one auto-reconnecting multiplexed connection, shared by clones. Writes that
+//! touch several keys are one atomic round trip each, a Lua script (sessions and progress, see
+//! [`crate::scripts`]) or a `MULTI` pipeline (robot state, heartbeats, errors), so a crash or a
+//! second writer never sees half an update. Every event we publish is also appended to our
+//! durable event log [`keys::EVENT_LOG`], so a viewer that was away can replay it.
+//!
+//! Listing never uses `KEYS`: sessions and nodes are found with `SCAN` (which also finds the
+//! ones Python nodes wrote) and their documents fetched in pipelined batches. A value that does
+//! not decode is reported per entry, naming its key, and never fails a whole listing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Value as RedisValue};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::connection::{ManagerConfig, connect};
+use crate::error::{Error, Result};
+use crate::ids::{Category, NodeId, SessionId};
+use crate::keys;
+use crate::model::{ErrorEvent, Event, HistoryEntry, NodeHealth, RobotState, StrokeProgress};
+use crate::scripts;
+use crate::subscribe::Subscription;
+use crate::timestamp::Timestamp;
+
+/// Longest description, scene name or error message we store (bytes).
+pub const MAX_TEXT_LEN: usize = 4096;
+/// Keys per `SCAN` step and per pipelined read batch.
+const SCAN_BATCH: usize = 1000;
+/// How long a per-second session counter lives; far longer than any clock step between nodes.
+const SESSION_SEQ_TTL_SECS: u64 = 120;
+
+/// What a progress update changes; fields left `None` keep their stored value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgressUpdate {
+    /// Current stroke, 0-based.
+    pub stroke_idx: u32,
+    /// Current pose within the stroke, 0-based.
+    pub pose_idx: u32,
+    /// New left description.
+    pub description_l: Option<String>,
+    /// New right description.
+    pub description_r: Option<String>,
+    /// New left offset index.
+    pub offset_idx_l: Option<i64>,
+    /// New right offset index.
+    pub offset_idx_r: Option<i64>,
+}
+
+impl ProgressUpdate {
+    /// An update of the stroke and pose only.
+    pub fn new(stroke_idx: u32, pose_idx: u32) -> ProgressUpdate {
+        ProgressUpdate { stroke_idx, pose_idx, ..ProgressUpdate::default() }
+    }
+
+    /// Also sets both descriptions.
+    pub fn descriptions(mut self, left: impl Into<String>, right: impl Into<String>) -> ProgressUpdate {
+        self.description_l = Some(left.into());
+        self.description_r = Some(right.into());
+        self
+    }
+
+    /// Also sets both offset indices.
+    pub fn offsets(mut self, left: i64, right: i64) -> ProgressUpdate {
+        self.offset_idx_l = Some(left);
+        self.offset_idx_r = Some(right);
+        self
+    }
+}
+
+/// One listed item: its id, its key, and its decoded value or the reason it did not decode.
+#[derive(Debug)]
+pub struct Entry<T> {
+    /// Session id, node id or stream entry id.
+    pub id: String,
+    /// The Redis key it came from.
+    pub key: String,
+    /// The decoded document.
+    pub value: Result<T>,
+}
+
+/// A value that did not decode, as reported by [`StateManager::system_status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CorruptEntry {
+    /// The key.
+    pub key: String,
+    /// Why it did not decode.
+    pub error: String,
+}
+
+/// The system summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemStatus {
+    /// Whether Redis answered.
+    pub redis_connected: bool,
+    /// `redis_version` from `INFO server`.
+    pub redis_version: Option<String>,
+    /// Sessions executing now (started, not ended, not paused).
+    pub active_sessions: usize,
+    /// Sessions paused now.
+    pub paused_sessions: usize,
+    /// Sessions stored (executing, paused or ended within the retention).
+    pub total_sessions: usize,
+    /// Nodes with a live heartbeat.
+    pub nodes_online: usize,
+    /// Nodes ever seen (heartbeat registry plus live heartbeats).
+    pub nodes_known: usize,
+    /// Values that did not decode.
+    pub corrupt: Vec<CorruptEntry>,
+    /// Why Redis was not reachable, when it was not.
+    pub error: Option<String>,
+    /// When the summary was made.
+    pub timestamp: Timestamp,
+}
+
+/// A session found by a listing, with its decoded progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// The session id.
+    pub session_id: SessionId,
+    /// Its progress.
+    pub progress: StrokeProgress,
+}
+
+/// Reads, writes, publishes and subscribes tatbot state on one Redis server.
+///
+/// Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct StateManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ManagerConfig,
+    /// Opens the dedicated connections that subscriptions need.
+    client: redis::Client,
+    /// The shared multiplexed connection; it reconnects by itself after a failure.
+    connection: ConnectionManager,
+}
+
+impl StateManager {
+    /// Connects and checks that the server answers (and accepts the credentials).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unreachable`] when nothing answers within the connect timeout, [`Error::Auth`]
+    /// when the credentials are refused.
+    pub async fn connect(config: ManagerConfig) -> Result<StateManager> {
+        let (client, connection) = connect(&config).await?;
+        let manager = StateManager { inner: Arc::new(Inner { config, client, connection }) };
+        tracing::info!(target = %manager.inner.config.endpoint, node_id = %manager.inner.config.node_id, "connected to redis");
+        Ok(manager)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.config.node_id
+    }
+
+    /// The configuration the manager runs with.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.inner.config
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.inner.connection.clone()
+    }
+
+    fn redis_error(&self, operation: &'static str, err: redis::RedisError) -> Error {
+        match Error::from_redis(operation, err) {
+            Error::Timeout { operation, .. } => Error::Timeout { operation, after: self.inner.config.response_timeout },
+            other => other,
+        }
+    }
+
+    /// Measures one `PING` round trip.
+    ///
+    /// # Errors
+    ///
+    /// Redis did not answer.
+    pub async fn ping(&self) -> Result<Duration> {
+        let started = Instant::now();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("ping", err))?;
+        Ok(started.elapsed())
+    }
+
+    /// Starts a stroke session and announces it with `session_start`.
+    ///
+    /// The id is `stroke_{node_id}_{unix_seconds}`, as the Python nodes make it; a second session
+    /// started by this node in the same second gets `_2`, then `_3`, and so on.
+    ///
+    /// # Errors
+    ///
+    /// A scene name longer than [`MAX_TEXT_LEN`], or a Redis failure.
+    pub async fn start_stroke_session(&self, total_strokes: u32, stroke_length: u32, scene_name: &str) -> Result<SessionId> {
+        check_text("scene name", scene_name)?;
+        let now = Timestamp::now();
+        let node_id = self.node_id();
+        let mut progress = StrokeProgress {
+            timestamp: now,
+            node_id: node_id.to_string(),
+            stroke_idx: 0,
+            pose_idx: 0,
+            total_strokes: total_strokes.into(),
+            stroke_length: stroke_length.into(),
+            stroke_description_l: String::new(),
+            stroke_description_r: String::new(),
+            offset_idx_l: 0,
+            offset_idx_r: 0,
+            is_executing: true,
+            is_paused: false,
+            scene_name: scene_name.to_owned(),
+            dataset_name: None,
+            extra: Default::default(),
+        };
+        progress.extra.clear();
+        let base = keys::session_base(node_id, now.as_datetime().timestamp());
+        let document = encode_json("progress", &progress)?;
+        let session_id: String = scripts::START
+            .key(keys::SESSION_INDEX)
+            .key(keys::EVENT_LOG)
+            .arg(&base)
+            .arg(keys::session_seq(&base))
+            .arg(keys::PROGRESS_PREFIX)
+            .arg(document)
+            .arg(now.unix_millis())
+            .arg(self.inner.config.event_log_maxlen)
+            .arg(keys::SESSION_EVENTS)
+            .arg(node_id.as_str())
+            .arg(total_strokes)
+            .arg(scene_name)
+            .arg(now.to_string())
+            .arg(SESSION_SEQ_TTL_SECS)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("start_stroke_session", err))?;
+        tracing::debug!(session_id = %session_id, "stroke session started");
+        SessionId::new(session_id)
+    }
+
+    /// Records progress: merges the named fields into the progress document, appends one
+    /// history entry and publishes `progress_update`, atomically and in one round trip.
+    ///
+    /// Fields the update leaves `None`, and fields another writer set, are kept.
+    /// Returns the history entry id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SessionNotFound`], [`Error::Corrupt`] when the stored document is not JSON, a
+    /// description longer than [`MAX_TEXT_LEN`], or a Redis failure.
+    pub async fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<String> {
+        let mut patch = json!({
+            "timestamp": Timestamp::now(),
+            "node_id": self.node_id(),
+            "stroke_idx": update.stroke_idx,
+            "pose_idx": update.pose_idx,
+        });
+        let fields = patch.as_object_mut().expect("json! built an object literal");
+        if let Some(text) = &update.description_l {
+            check_text("left description", text)?;
+            fields.insert("stroke_description_l".into(), text.as_str().into());
+        }
+        if let Some(text) = &update.description_r {
+            check_text("right description", text)?;
+            fields.insert("stroke_description_r".into(), text.as_str().into());
+        }
+        if let Some(offset) = update.offset_idx_l {
+            fields.insert("offset_idx_l".into(), offset.into());
+        }
+        if let Some(offset) = update.offset_idx_r {
+            fields.insert("offset_idx_r".into(), offset.into());
+        }
+        let entry_id: String = scripts::UPDATE
+            .key(keys::progress(session_id))
+            .key(keys::history(session_id))
+            .key(keys::EVENT_LOG)
+            .arg(patch.to_string())
+            .arg(session_id.as_str())
+            .arg(self.inner.config.history_maxlen)
+            .arg(self.inner.config.event_log_maxlen)
+            .arg(keys::PROGRESS_EVENTS)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("update_stroke_progress", err))?;
+        Ok(entry_id)
+    }
+
+    /// Marks the session paused (`is_paused: true`) and publishes `session_pause`.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateManager::update_stroke_progress`].
+    pub async fn pause_stroke_session(&self, session_id: &SessionId) -> Result<()> {
+        self.set_run_state(session_id, json!({"is_paused": true}), crate::model::event_types::SESSION_PAUSE, false).await
+    }
+
+    /// Clears `is_paused` and publishes `session_resume`.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateManager::update_stroke_progress`].
+    pub async fn resume_stroke_session(&self, session_id: &SessionId) -> Result<()> {
+        self.set_run_state(session_id, json!({"is_paused": false}), crate::model::event_types::SESSION_RESUME, false).await
+    }
+
+    /// Ends the session (`is_executing: false`), publishes `session_end`, and lets its progress
+    /// and history expire after the configured retention.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateManager::update_stroke_progress`].
+    pub async fn end_stroke_session(&self, session_id: &SessionId) -> Result<()> {
+        let patch = json!({"is_executing": false, "is_paused": false});
+        self.set_run_state(session_id, patch, crate::model::event_types::SESSION_END, true).await
+    }
+
+    async fn set_run_state(&self, session_id: &SessionId, mut patch: Value, event_type: &str, ends: bool) -> Result<()> {
+        let now = Timestamp::now();
+        let fields = patch.as_object_mut().expect("callers pass an object literal");
+        fields.insert("timestamp".into(), json!(now));
+        fields.insert("node_id".into(), json!(self.node_id()));
+        let retention = if ends { self.inner.config.session_retention.as_secs().max(1) } else { 0 };
+        let prune_before = now.unix_millis() - i64::try_from(self.inner.config.session_retention.as_millis()).unwrap_or(i64::MAX);
+        let _: i64 = scripts::RUN_STATE
+            .key(keys::progress(session_id))
+            .key(keys::history(session_id))
+            .key(keys::EVENT_LOG)
+            .key(keys::SESSION_INDEX)
+            .arg(patch.to_string())
+            .arg(session_id.as_str())
+            .arg(retention)
+            .arg(self.inner.config.event_log_maxlen)
+            .arg(keys::SESSION_EVENTS)
+            .arg(event_type)
+            .arg(prune_before)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("set session run state", err))?;
+        Ok(())
+    }
+
+    /// One session's progress, or `None` when it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the key when the stored value is not a StrokeProgress.
+    pub async fn get_stroke_progress(&self, session_id: &SessionId) -> Result<Option<StrokeProgress>> {
+        let key = keys::progress(session_id);
+        let raw: Option<String> = self
+            .connection()
+            .hget(&key, keys::FIELD_PROGRESS)
+            .await
+            .map_err(|err| self.redis_error("get_stroke_progress", err))?;
+        raw.map(|raw| decode_json(&key, "StrokeProgress", &raw)).transpose()
+    }
+
+    /// Every stored session (ours and the Python nodes'), each decoded or with its error.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure; a bad value is reported in its [`Entry`].
+    pub async fn list_sessions(&self) -> Result<Vec<Entry<StrokeProgress>>> {
+        let found = self.scan(keys::PROGRESS_PATTERN).await?;
+        self.read_documents(found, keys::PROGRESS_PREFIX, keys::FIELD_PROGRESS, "StrokeProgress").await
+    }
+
+    /// The most recently written session that is executing, from any node.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure.
+    pub async fn latest_active_session(&self) -> Result<Option<SessionInfo>> {
+        let sessions = self.list_sessions().await?;
+        Ok(sessions
+            .into_iter()
+            .filter_map(|entry| {
+                let progress = entry.value.ok()?;
+                let session_id = SessionId::new(entry.id).ok()?;
+                Some(SessionInfo { session_id, progress })
+            })
+            .filter(|info| info.progress.is_executing)
+            .max_by_key(|info| info.progress.timestamp))
+    }
+
+    /// Up to `count` history entries of a session, oldest first, after entry id `after`
+    /// (exclusive) or from the start.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the stream and entry when an entry lacks a field or holds a
+    /// non-integer index, or a Redis failure.
+    pub async fn get_history(&self, session_id: &SessionId, after: Option<&str>, count: usize) -> Result<Vec<HistoryEntry>> {
+        let key = keys::history(session_id);
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let reply: redis::streams::StreamRangeReply = self
+            .connection()
+            .xrange_count(&key, start, "+", count)
+            .await
+            .map_err(|err| self.redis_error("get_history", err))?;
+        reply.ids.into_iter().map(|entry| decode_history(&key, entry)).collect()
+    }
+
+    /// Stores the robot state (`state` and `last_updated`) and publishes `state_update`.
+    ///
+    /// # Errors
+    ///
+    /// An invalid `state.node_id`, or a Redis failure.
+    pub async fn update_robot_state(&self, state: &RobotState) -> Result<()> {
+        let node_id = NodeId::new(state.node_id.as_str())?;
+        let key = keys::robot_state(&node_id);
+        let event = Event::StateUpdate(crate::model::StateUpdateEvent {
+            node_id: state.node_id.clone(),
+            timestamp: state.timestamp,
+            is_connected_l: state.is_connected_l,
+            is_connected_r: state.is_connected_r,
+            current_pose: state.current_pose.clone(),
+            extra: Default::default(),
+        });
+        let payload = event.to_json();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(&key, &[(keys::FIELD_STATE, encode_json("state", state)?), (keys::FIELD_LAST_UPDATED, Timestamp::now().to_string())])
+            .ignore()
+            .publish(keys::ROBOT_EVENTS, &payload)
+            .ignore();
+        self.log_event(&mut pipe, keys::ROBOT_EVENTS, &payload);
+        let () = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("update_robot_state", err))?;
+        Ok(())
+    }
+
+    /// One node's robot state, or `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the key, or a Redis failure.
+    pub async fn get_robot_state(&self, node_id: &NodeId) -> Result<Option<RobotState>> {
+        let key = keys::robot_state(node_id);
+        let raw: Option<String> = self
+            .connection()
+            .hget(&key, keys::FIELD_STATE)
+            .await
+            .map_err(|err| self.redis_error("get_robot_state", err))?;
+        raw.map(|raw| decode_json(&key, "RobotState", &raw)).transpose()
+    }
+
+    /// Stores a heartbeat with the health TTL and records the node in our registry.
+    ///
+    /// # Errors
+    ///
+    /// An invalid `health.node_id`, or a Redis failure.
+    pub async fn update_node_health(&self, health: &NodeHealth) -> Result<()> {
+        let node_id = NodeId::new(health.node_id.as_str())?;
+        let key = keys::health(&node_id);
+        let ttl = i64::try_from(self.inner.config.health_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let () = redis::pipe()
+            .atomic()
+            .hset(&key, keys::FIELD_HEALTH, encode_json("health", health)?)
+            .ignore()
+            .expire(&key, ttl)
+            .ignore()
+            .zadd(keys::NODE_REGISTRY, node_id.as_str(), health.last_heartbeat.unix_millis())
+            .ignore()
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("update_node_health", err))?;
+        Ok(())
+    }
+
+    /// One node's last heartbeat, or `None` when it has expired or never came.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the key, or a Redis failure.
+    pub async fn get_node_health(&self, node_id: &NodeId) -> Result<Option<NodeHealth>> {
+        let mut healths = self.get_nodes_health(std::slice::from_ref(node_id)).await?;
+        healths.pop().flatten().transpose()
+    }
+
+    /// Several nodes' heartbeats in one round trip, in the order asked.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure; a bad value is reported in its slot.
+    pub async fn get_nodes_health(&self, node_ids: &[NodeId]) -> Result<Vec<Option<Result<NodeHealth>>>> {
+        let mut pipe = redis::pipe();
+        for node_id in node_ids {
+            pipe.hget(keys::health(node_id), keys::FIELD_HEALTH);
+        }
+        let raws: Vec<Option<String>> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("get_nodes_health", err))?;
+        Ok(node_ids
+            .iter()
+            .zip(raws)
+            .map(|(node_id, raw)| raw.map(|raw| decode_json(&keys::health(node_id), "NodeHealth", &raw)))
+            .collect())
+    }
+
+    /// Every live heartbeat (ours and the Python nodes'), each decoded or with its error.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure; a bad value is reported in its [`Entry`].
+    pub async fn get_all_nodes_health(&self) -> Result<Vec<Entry<NodeHealth>>> {
+        let found = self.scan(keys::HEALTH_PATTERN).await?;
+        self.read_documents(found, keys::HEALTH_PREFIX, keys::FIELD_HEALTH, "NodeHealth").await
+    }
+
+    /// Nodes that ever sent a heartbeat through tatbot-state, with the time of the last one.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure.
+    pub async fn known_nodes(&self) -> Result<Vec<(String, i64)>> {
+        self.connection()
+            .zrange_withscores(keys::NODE_REGISTRY, 0, -1)
+            .await
+            .map_err(|err| self.redis_error("known_nodes", err))
+    }
+
+    /// Publishes an event on `channel` (as Python's `json.dumps` would write it) and appends it
+    /// to the durable event log. Returns how many subscribers received it.
+    ///
+    /// # Errors
+    ///
+    /// An empty or oversized channel name, or a Redis failure.
+    pub async fn publish_event(&self, channel: &str, event: &Event) -> Result<usize> {
+        if channel.is_empty() || channel.len() > 256 || channel.contains(char::is_whitespace) {
+            return Err(Error::InvalidInput(format!("invalid channel name {channel:?}: 1-256 characters without spaces")));
+        }
+        let payload = event.to_json();
+        let mut pipe = redis::pipe();
+        pipe.atomic().publish(channel, &payload);
+        self.log_event(&mut pipe, channel, &payload);
+        let (receivers,): (usize,) = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("publish_event", err))?;
+        Ok(receivers)
+    }
+
+    fn log_event(&self, pipe: &mut redis::Pipeline, channel: &str, payload: &str) {
+        pipe.cmd("XADD")
+            .arg(keys::EVENT_LOG)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.inner.config.event_log_maxlen)
+            .arg("*")
+            .arg("channel")
+            .arg(channel)
+            .arg("payload")
+            .arg(payload)
+            .ignore();
+    }
+
+    /// Subscribes to channel patterns (`PSUBSCRIBE`) on a dedicated connection.
+    ///
+    /// # Errors
+    ///
+    /// The connection could not be opened.
+    pub async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription> {
+        Subscription::open(&self.inner.client, &self.inner.config, patterns).await
+    }
+
+    /// Publishes an `error` event on `error:events:{category}` and stores it in our error log,
+    /// which keeps the last [`ManagerConfig::error_log_maxlen`] errors of the last
+    /// [`ManagerConfig::error_log_max_age`].
+    ///
+    /// # Errors
+    ///
+    /// A message longer than [`MAX_TEXT_LEN`], or a Redis failure.
+    pub async fn report_error(&self, category: &Category, message: &str, details: Value) -> Result<()> {
+        check_text("error message", message)?;
+        let now = Timestamp::now();
+        let event = ErrorEvent {
+            category: category.to_string(),
+            message: message.to_owned(),
+            details,
+            node_id: self.node_id().to_string(),
+            timestamp: now,
+            extra: Default::default(),
+        };
+        let channel = keys::error_channel(category);
+        let payload = Event::Error(event).to_json();
+        let max_age_ms = i64::try_from(self.inner.config.error_log_max_age.as_millis()).unwrap_or(i64::MAX);
+        let min_id = (now.unix_millis() - max_age_ms).max(0);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .publish(&channel, &payload)
+            .ignore()
+            .cmd("XADD")
+            .arg(keys::ERROR_LOG)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.inner.config.error_log_maxlen)
+            .arg("*")
+            .arg("channel")
+            .arg(&channel)
+            .arg("payload")
+            .arg(&payload)
+            .ignore()
+            .cmd("XTRIM")
+            .arg(keys::ERROR_LOG)
+            .arg("MINID")
+            .arg("~")
+            .arg(min_id)
+            .ignore();
+        self.log_event(&mut pipe, &channel, &payload);
+        let () = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("report_error", err))?;
+        Ok(())
+    }
+
+    /// The newest `count` stored errors, newest first.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure; a bad entry is reported in its [`Entry`].
+    pub async fn list_errors(&self, count: usize) -> Result<Vec<Entry<ErrorEvent>>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .connection()
+            .xrevrange_count(keys::ERROR_LOG, "+", "-", count)
+            .await
+            .map_err(|err| self.redis_error("list_errors", err))?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let key = format!("{} entry {}", keys::ERROR_LOG, entry.id);
+                let value = match entry.get::<String>("payload") {
+                    None => Err(Error::InvalidInput(format!("{key}: no payload field"))),
+                    Some(payload) => match Event::from_json(payload.as_bytes()) {
+                        Ok(Event::Error(event)) => Ok(event),
+                        Ok(_) => Err(Error::InvalidInput(format!("{key}: payload is not an error event"))),
+                        Err(source) => Err(Error::Decode { key: key.clone(), what: "ErrorEvent", source }),
+                    },
+                };
+                Entry { id: entry.id, key: keys::ERROR_LOG.to_owned(), value }
+            })
+            .collect())
+    }
+
+    /// Deletes a session's progress and history. Returns whether anything was deleted.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure.
+    pub async fn clear_session_data(&self, session_id: &SessionId) -> Result<bool> {
+        let (deleted,): (usize,) = redis::pipe()
+            .atomic()
+            .del(&[keys::progress(session_id), keys::history(session_id)])
+            .zrem(keys::SESSION_INDEX, session_id.as_str())
+            .ignore()
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("clear_session_data", err))?;
+        Ok(deleted > 0)
+    }
+
+    /// The system summary. Never fails: an unreachable server gives `redis_connected: false`
+    /// with the reason, and values that do not decode are listed in `corrupt`.
+    pub async fn system_status(&self) -> SystemStatus {
+        let mut status = SystemStatus {
+            redis_connected: false,
+            redis_version: None,
+            active_sessions: 0,
+            paused_sessions: 0,
+            total_sessions: 0,
+            nodes_online: 0,
+            nodes_known: 0,
+            corrupt: Vec::new(),
+            error: None,
+            timestamp: Timestamp::now(),
+        };
+        if let Err(err) = self.fill_status(&mut status).await {
+            status.error = Some(err.to_string());
+        }
+        status
+    }
+
+    async fn fill_status(&self, status: &mut SystemStatus) -> Result<()> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|err| self.redis_error("system_status", err))?;
+        status.redis_connected = true;
+        status.redis_version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .map(|version| version.trim().to_owned());
+
+        for entry in self.list_sessions().await? {
+            status.total_sessions += 1;
+            match entry.value {
+                Ok(progress) if progress.is_executing && progress.is_paused => status.paused_sessions += 1,
+                Ok(progress) if progress.is_executing => status.active_sessions += 1,
+                Ok(_) => {}
+                Err(err) => status.corrupt.push(CorruptEntry { key: entry.key, error: err.to_string() }),
+            }
+        }
+        let mut known: BTreeSet<String> = self.known_nodes().await?.into_iter().map(|(node, _)| node).collect();
+        for entry in self.get_all_nodes_health().await? {
+            status.nodes_online += 1;
+            known.insert(entry.id);
+            if let Err(err) = entry.value {
+                status.corrupt.push(CorruptEntry { key: entry.key, error: err.to_string() });
+            }
+        }
+        status.nodes_known = known.len();
+        Ok(())
+    }
+
+    /// All keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks the server).
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut connection = self.connection();
+        let mut cursor: u64 = 0;
+        let mut found = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| self.redis_error("scan", err))?;
+            found.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SCAN may return a key more than once.
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
+    }
+
+    /// Fetches `field` of each hash in pipelined batches and decodes it.
+    async fn read_documents<T: serde::de::DeserializeOwned>(
+        &self,
+        found: Vec<String>,
+        prefix: &str,
+        field: &str,
+        what: &'static str,
+    ) -> Result<Vec<Entry<T>>> {
+        let mut connection = self.connection();
+        let mut entries = Vec::with_capacity(found.len());
+        for chunk in found.chunks(SCAN_BATCH) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.hget(key, field);
+            }
+            let values: Vec<RedisValue> = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| self.redis_error("read documents", err))?;
+            for (key, value) in chunk.iter().zip(values) {
+                let raw = match value {
+                    // Expired between SCAN and HGET: it is gone, not corrupt.
+                    RedisValue::Nil => continue,
+                    RedisValue::BulkString(bytes) => String::from_utf8(bytes)
+                        .map_err(|_| Error::InvalidInput(format!("{key}: field {field} is not UTF-8"))),
+                    RedisValue::ServerError(err) => Err(Error::InvalidInput(format!("{key}: {err:?}"))),
+                    other => Err(Error::InvalidInput(format!("{key}: field {field} is not a string ({other:?})"))),
+                };
+                let value = raw.and_then(|raw| decode_json(key, what, &raw));
+                let id = keys::strip(key, prefix).unwrap_or(key).to_owned();
+                entries.push(Entry { id, key: key.clone(), value });
+            }
+        }
+        Ok(entries)
+    }
+}
+
+fn check_text(what: &str, text: &str) -> Result<()> {
+    if text.len() > MAX_TEXT_LEN {
+        return Err(Error::InvalidInput(format!("{what} is {} bytes; the limit is {MAX_TEXT_LEN}", text.len())));
+    }
+    Ok(())
+}
+
+fn encode_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|source| Error::Decode { key: format!("(encoding {what})"), what, source })
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(key: &str, what: &'static str, raw: &str) -> Result<T> {
+    serde_json::from_str(raw).map_err(|source| Error::Decode { key: key.to_owned(), what, source })
+}
+
+fn decode_history(key: &str, entry: redis::streams::StreamId) -> Result<HistoryEntry> {
+    let text = |field: &str| -> Result<String> {
+        entry.get::<String>(field).ok_or_else(|| {
+            Error::InvalidInput(format!("{key} entry {}: missing or non-text field {field:?}", entry.id))
+        })
+    };
+    let number = |field: &str| -> Result<i64> {
+        let raw = text(field)?;
+        raw.parse().map_err(|_| Error::InvalidInput(format!("{key} entry {}: field {field:?} is {raw:?}, not an integer", entry.id)))
+    };
+    Ok(HistoryEntry {
+        stroke_idx: number("stroke_idx")?,
+        pose_idx: number("pose_idx")?,
+        description_l: text("description_l")?,
+        description_r: text("description_r")?,
+        node_id: text("node_id")?,
+        id: entry.id.clone(),
+    })
+}

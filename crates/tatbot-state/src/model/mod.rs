@@ -1,0 +1,22 @@
+//! Serde types for every stored document and pub/sub event of the wire contract.
+//!
+//! Field names, types and defaults follow `../shared/WIRE.md` exactly. Each document keeps the
+//! fields it does not know in `extra` and writes them back unchanged, so a newer Python node's
+//! additions survive a round trip through a Rust node. Missing fields take the contract's
+//! defaults, as pydantic fills them on the Python side; `timestamp` and `node_id` are required.
+
+mod event;
+mod health;
+mod robot;
+mod stroke;
+
+pub use event::{
+    ErrorEvent, Event, ProgressUpdateEvent, SessionEndEvent, SessionStartEvent, StateUpdateEvent,
+};
+pub use event::types as event_types;
+pub use health::NodeHealth;
+pub use robot::RobotState;
+pub use stroke::{HistoryEntry, StrokeProgress};
+
+/// Unknown JSON fields, kept in the order they arrived.
+pub type Extra = serde_json::Map<String, serde_json::Value>;

@@ -1,0 +1,160 @@
+//! Server-side Lua scripts: each multi-key write is one atomic round trip.
+//!
+//! The Python reference read a progress document, changed it in Python and wrote it back in
+//! four round trips, so two writers lost each other's changes (WIRE.md fault 1). Here the merge
+//! happens inside Redis: the script decodes the stored document, overwrites only the fields the
+//! caller named, keeps every other field (including ones we do not know), and writes history,
+//! event and event-log entries in the same atomic step.
+//!
+//! Key names reach the scripts from [`crate::keys`] as `KEYS` or, where a name depends on a value
+//! computed inside the script (the unique session id), as a prefix in `ARGV`.
+//!
+//! Documents are re-encoded with the contract's field order, compact, so the stored bytes look
+//! like what pydantic writes. Redis's `cjson` escapes `/` as `\/`; we undo that. Two limits of
+//! `cjson` apply to fields we do not know and therefore pass through: numbers are written with
+//! 14 significant digits, and an empty JSON array comes back as `{}`.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers shared by the scripts: decoding with a typed error, and ordered encoding.
+const PRELUDE: &str = r#"
+local function decode_doc(key, field, raw)
+  local ok, doc = pcall(cjson.decode, raw)
+  if not ok or type(doc) ~= 'table' then
+    return nil, redis.error_reply('TATBOT_CORRUPT ' .. key .. ' field ' .. field .. ' is not a JSON object')
+  end
+  return doc
+end
+
+local function unslash(text)
+  return (string.gsub(text, '\\/', '/'))
+end
+
+local function encode_ordered(doc, order)
+  local parts, seen = {}, {}
+  for _, k in ipairs(order) do
+    local v = doc[k]
+    if v ~= nil then
+      parts[#parts + 1] = cjson.encode(k) .. ':' .. cjson.encode(v)
+      seen[k] = true
+    end
+  end
+  local rest = {}
+  for k, _ in pairs(doc) do
+    if not seen[k] then rest[#rest + 1] = k end
+  end
+  table.sort(rest)
+  for _, k in ipairs(rest) do
+    parts[#parts + 1] = cjson.encode(k) .. ':' .. cjson.encode(doc[k])
+  end
+  return unslash('{' .. table.concat(parts, ',') .. '}')
+end
+
+-- Python's json.dumps separators, fields in the given order.
+local function encode_event(fields)
+  local parts = {}
+  for i, kv in ipairs(fields) do
+    parts[i] = cjson.encode(kv[1]) .. ': ' .. cjson.encode(kv[2])
+  end
+  return unslash('{' .. table.concat(parts, ', ') .. '}')
+end
+
+local function as_string(v)
+  if type(v) == 'string' then return v end
+  return ''
+end
+
+local PROGRESS_ORDER = {'timestamp', 'node_id', 'stroke_idx', 'pose_idx', 'total_strokes',
+  'stroke_length', 'stroke_description_l', 'stroke_description_r', 'offset_idx_l',
+  'offset_idx_r', 'is_executing', 'is_paused', 'scene_name', 'dataset_name'}
+"#;
+
+/// Starts a session under a unique id.
+///
+/// KEYS: session index, event log.
+/// ARGV: base id, seq key, progress prefix, progress JSON, start ms, event log maxlen,
+/// session channel, node id, total strokes, scene name, timestamp, seq TTL seconds.
+/// Returns the session id: the base id when free, else `{base}_{n}` with the first free `n`.
+const START_SESSION: &str = r#"
+local n = redis.call('INCR', ARGV[2])
+redis.call('EXPIRE', ARGV[2], ARGV[12])
+local id
+while true do
+  if n == 1 then id = ARGV[1] else id = ARGV[1] .. '_' .. n end
+  if redis.call('EXISTS', ARGV[3] .. id) == 0 then break end
+  n = redis.call('INCR', ARGV[2])
+end
+redis.call('HSET', ARGV[3] .. id, 'progress', ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[5], id)
+local ev = encode_event({{'type', 'session_start'}, {'session_id', id}, {'node_id', ARGV[8]},
+  {'total_strokes', tonumber(ARGV[9])}, {'scene_name', ARGV[10]}, {'timestamp', ARGV[11]}})
+redis.call('PUBLISH', ARGV[7], ev)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ev)
+return id
+"#;
+
+/// Merges a progress update, appends history, publishes and logs the event.
+///
+/// KEYS: progress hash, history stream, event log.
+/// ARGV: patch JSON (must hold timestamp, node_id, stroke_idx, pose_idx), session id,
+/// history maxlen, event log maxlen, progress channel.
+/// Returns the history entry id.
+const UPDATE_PROGRESS: &str = r#"
+local raw = redis.call('HGET', KEYS[1], 'progress')
+if not raw then return redis.error_reply('TATBOT_NOSESSION ' .. ARGV[2]) end
+local doc, err = decode_doc(KEYS[1], 'progress', raw)
+if not doc then return err end
+local patch = cjson.decode(ARGV[1])
+for k, v in pairs(patch) do doc[k] = v end
+redis.call('HSET', KEYS[1], 'progress', encode_ordered(doc, PROGRESS_ORDER))
+local dl, dr = as_string(doc.stroke_description_l), as_string(doc.stroke_description_r)
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+  'stroke_idx', tostring(patch.stroke_idx), 'pose_idx', tostring(patch.pose_idx),
+  'description_l', dl, 'description_r', dr, 'node_id', patch.node_id)
+local ev = encode_event({{'type', 'progress_update'}, {'session_id', ARGV[2]},
+  {'node_id', patch.node_id}, {'stroke_idx', patch.stroke_idx}, {'pose_idx', patch.pose_idx},
+  {'total_strokes', doc.total_strokes or 0}, {'stroke_length', doc.stroke_length or 0},
+  {'description_l', dl}, {'description_r', dr}, {'timestamp', patch.timestamp}})
+redis.call('PUBLISH', ARGV[5], ev)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'channel', ARGV[5], 'payload', ev)
+return id
+"#;
+
+/// Changes a session's run state (end, pause, resume) and publishes the matching event.
+///
+/// KEYS: progress hash, history stream, event log, session index.
+/// ARGV: patch JSON (timestamp, node_id and the flags), session id, retention seconds (0 keeps
+/// the keys), event log maxlen, session channel, event type, prune-before ms.
+const SET_RUN_STATE: &str = r#"
+local raw = redis.call('HGET', KEYS[1], 'progress')
+if not raw then return redis.error_reply('TATBOT_NOSESSION ' .. ARGV[2]) end
+local doc, err = decode_doc(KEYS[1], 'progress', raw)
+if not doc then return err end
+local patch = cjson.decode(ARGV[1])
+for k, v in pairs(patch) do doc[k] = v end
+redis.call('HSET', KEYS[1], 'progress', encode_ordered(doc, PROGRESS_ORDER))
+local retention = tonumber(ARGV[3])
+if retention > 0 then
+  redis.call('EXPIRE', KEYS[1], retention)
+  redis.call('EXPIRE', KEYS[2], retention)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[7])
+end
+local ev = encode_event({{'type', ARGV[6]}, {'session_id', ARGV[2]}, {'node_id', patch.node_id},
+  {'timestamp', patch.timestamp}})
+redis.call('PUBLISH', ARGV[5], ev)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'channel', ARGV[5], 'payload', ev)
+return 1
+"#;
+
+fn with_prelude(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// [`START_SESSION`], compiled once.
+pub(crate) static START: LazyLock<Script> = LazyLock::new(|| with_prelude(START_SESSION));
+/// [`UPDATE_PROGRESS`], compiled once.
+pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| with_prelude(UPDATE_PROGRESS));
+/// [`SET_RUN_STATE`], compiled once.
+pub(crate) static RUN_STATE: LazyLock<Script> = LazyLock::new(|| with_prelude(SET_RUN_STATE));

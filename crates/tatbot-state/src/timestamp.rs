@@ -1,0 +1,117 @@
+//! Wire timestamps.
+//!
+//! The Python nodes write naive UTC ISO-8601 with exactly six fraction digits, and leave the
+//! fraction out when the microseconds are zero (`2026-11-25T17:15:37`); that is what
+//! `datetime.isoformat()` does. We write exactly that. We read leniently: naive (taken as UTC),
+//! `Z`, or any offset, with or without a fraction of any length.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A UTC instant with microsecond precision, in the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(DateTime<Utc>);
+
+impl Timestamp {
+    /// The current time, truncated to microseconds as Python's `datetime` would hold it.
+    pub fn now() -> Timestamp {
+        Timestamp::from_datetime(Utc::now())
+    }
+
+    /// Wraps a `chrono` instant, truncating it to microseconds.
+    pub fn from_datetime(datetime: DateTime<Utc>) -> Timestamp {
+        Timestamp(datetime.trunc_subsecs(6))
+    }
+
+    /// The instant as a `chrono` value.
+    pub fn as_datetime(&self) -> DateTime<Utc> {
+        self.0
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_millis(&self) -> i64 {
+        self.0.timestamp_millis()
+    }
+
+    /// Parses any of the accepted forms.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the input when it is none of: naive ISO-8601 (UTC), `Z`, or an offset.
+    pub fn parse(text: &str) -> Result<Timestamp, String> {
+        if let Ok(datetime) = DateTime::parse_from_rfc3339(text) {
+            return Ok(Timestamp::from_datetime(datetime.with_timezone(&Utc)));
+        }
+        // Python's isoformat() with an offset but also with a space separator, and naive forms.
+        for format in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+            if let Ok(datetime) = DateTime::parse_from_str(text, format) {
+                return Ok(Timestamp::from_datetime(datetime.with_timezone(&Utc)));
+            }
+        }
+        for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+            if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
+                return Ok(Timestamp::from_datetime(naive.and_utc()));
+            }
+        }
+        Err(format!("{text:?} is not an ISO-8601 timestamp"))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let naive = self.0.naive_utc();
+        if self.0.timestamp_subsec_micros() == 0 {
+            write!(f, "{}", naive.format("%Y-%m-%dT%H:%M:%S"))
+        } else {
+            write!(f, "{}", naive.format("%Y-%m-%dT%H:%M:%S%.6f"))
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Timestamp::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writing matches Python's isoformat, with and without microseconds.
+    #[test]
+    fn writes_python_isoformat() {
+        let ts = Timestamp::parse("2026-11-25T17:15:37.792132").unwrap();
+        assert_eq!(ts.to_string(), "2026-11-25T17:15:37.792132");
+        let ts = Timestamp::parse("2026-11-25T17:15:37").unwrap();
+        assert_eq!(ts.to_string(), "2026-11-25T17:15:37");
+        let ts = Timestamp::parse("2026-11-25T17:15:37.000100").unwrap();
+        assert_eq!(ts.to_string(), "2026-11-25T17:15:37.000100");
+    }
+
+    /// Reading accepts naive, Z, offsets and any fraction length, and rejects garbage.
+    #[test]
+    fn reads_leniently() {
+        let expected = Timestamp::parse("2026-11-25T17:15:37.5").unwrap();
+        for text in [
+            "2026-11-25T17:15:37.500000",
+            "2026-11-25T17:15:37.5Z",
+            "2026-11-25T17:15:37.5+00:00",
+            "2026-11-25T18:15:37.5+01:00",
+            "2026-11-25 17:15:37.5",
+        ] {
+            assert_eq!(Timestamp::parse(text).unwrap(), expected, "{text}");
+        }
+        assert_eq!(Timestamp::parse("2026-11-25T17:15:37.1234567").unwrap().to_string(), "2026-11-25T17:15:37.123456");
+        assert!(Timestamp::parse("yesterday").unwrap_err().contains("yesterday"));
+    }
+}
