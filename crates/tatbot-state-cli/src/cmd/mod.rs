@@ -1,0 +1,88 @@
+//! One module per subcommand, dispatched from [`Command`].
+//!
+//! Each module has an `Args` struct (its flags) and `pub async fn run(global: &GlobalArgs,
+//! args: Args) -> anyhow::Result<u8>` returning the exit code on success.
+
+mod config;
+mod demo;
+mod doctor;
+mod events;
+mod health;
+mod heartbeat;
+mod history;
+mod progress;
+mod server;
+mod sessions;
+mod simulate;
+mod status;
+mod watch;
+
+use clap::{Parser, Subcommand};
+
+use crate::ctx::GlobalArgs;
+
+/// Run, watch and diagnose tatbot's Redis state server.
+#[derive(Debug, Parser)]
+#[command(name = "tatbot-state", version, disable_help_flag = true, after_help = crate::exit::HELP)]
+pub struct Cli {
+    /// Print help
+    #[arg(long, global = true, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Flags shared by every subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage a local redis-server with the project's config (start, stop, status)
+    Server(server::Args),
+    /// Run a complete local demo on a private redis-server
+    Demo(demo::Args),
+    /// Show the system summary
+    Status(status::Args),
+    /// Show one node's health, or a table of all nodes
+    Health(health::Args),
+    /// List active and recent stroke sessions
+    Sessions(sessions::Args),
+    /// Show one session's progress (default: the latest active session)
+    Progress(progress::Args),
+    /// Print events as they arrive
+    Events(events::Args),
+    /// Print a session's history stream
+    History(history::Args),
+    /// Live progress bars for every active session
+    Watch(watch::Args),
+    /// Simulate a robot executing a stroke session
+    Simulate(simulate::Args),
+    /// Run the node heartbeat agent
+    Heartbeat(heartbeat::Args),
+    /// Print the resolved Redis target and where each field came from
+    Config(config::Args),
+    /// Diagnose connection problems, one verdict per check
+    Doctor(doctor::Args),
+}
+
+/// Dispatches to the subcommand; returns its exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Server(args) => server::run(global, args).await,
+        Command::Demo(args) => demo::run(global, args).await,
+        Command::Status(args) => status::run(global, args).await,
+        Command::Health(args) => health::run(global, args).await,
+        Command::Sessions(args) => sessions::run(global, args).await,
+        Command::Progress(args) => progress::run(global, args).await,
+        Command::Events(args) => events::run(global, args).await,
+        Command::History(args) => history::run(global, args).await,
+        Command::Watch(args) => watch::run(global, args).await,
+        Command::Simulate(args) => simulate::run(global, args).await,
+        Command::Heartbeat(args) => heartbeat::run(global, args).await,
+        Command::Config(args) => config::run(global, args).await,
+        Command::Doctor(args) => doctor::run(global, args).await,
+    }
+}

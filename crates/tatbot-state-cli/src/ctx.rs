@@ -1,0 +1,98 @@
+//! Global flags and what every subcommand derives from them: the resolved Redis target, this
+//! node's id, and a connected [`StateManager`].
+//!
+//! Flags are parsed by clap into [`GlobalArgs`] (stage one) and validated here into typed values
+//! (stage two), the way ripgrep splits low-level and high-level arguments.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use tatbot_state::config::{self, ConfigInputs, RedisTarget};
+use tatbot_state::{Endpoint, ManagerConfig, NodeId, StateManager};
+
+/// Flags shared by every subcommand, in redis-cli style (`-h` is the host; help is `--help`).
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Redis host name or IP [default: from config, else 127.0.0.1]
+    #[arg(short = 'h', long, global = true)]
+    pub host: Option<String>,
+    /// Redis port [default: from config, else 6379]
+    #[arg(short = 'p', long, global = true)]
+    pub port: Option<u16>,
+    /// Redis password (prefer REDIS_PASSWORD: flags show up in `ps`)
+    #[arg(short = 'a', long, global = true)]
+    pub password: Option<String>,
+    /// Redis ACL user name
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    /// Hydra conf dir, or its redis/default.yaml
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Env file with REDIS_* lines [default: TATBOT_ENV_FILE, else /nfs/tatbot/.env if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// This node's id [default: the host name]
+    #[arg(long, global = true, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Print JSON instead of text (one object, or one per line for streams)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug)
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl GlobalArgs {
+    /// The config resolver's inputs: flags plus the real process environment.
+    pub fn config_inputs(&self) -> ConfigInputs {
+        ConfigInputs::from_process(
+            self.config.clone(),
+            self.env_file.clone(),
+            self.host.clone(),
+            self.port,
+            self.password.clone(),
+            self.user.clone(),
+        )
+    }
+
+    /// Resolves the Redis target (precedence: flags > environment > env file > YAML > default).
+    pub fn target(&self) -> anyhow::Result<RedisTarget> {
+        Ok(config::resolve(&self.config_inputs(), &config::resolve_host_system)?)
+    }
+
+    /// `--node-id`, or the host name made into a valid id.
+    pub fn node_id(&self) -> anyhow::Result<NodeId> {
+        match &self.node_id {
+            Some(id) => Ok(NodeId::new(id.as_str())?),
+            None => Ok(hostname_node_id()),
+        }
+    }
+
+    /// A manager connected to the resolved target.
+    pub async fn manager(&self) -> anyhow::Result<StateManager> {
+        let target = self.target()?;
+        let endpoint = Endpoint::from(&target);
+        self.manager_for(endpoint).await
+    }
+
+    /// A manager connected to `endpoint`, with this node's id.
+    pub async fn manager_for(&self, endpoint: Endpoint) -> anyhow::Result<StateManager> {
+        let shown = endpoint.to_string();
+        let config = ManagerConfig::new(endpoint, self.node_id()?);
+        StateManager::connect(config).await.with_context(|| format!("connecting to Redis at {shown}"))
+    }
+}
+
+/// The host name with characters a node id may not hold replaced by `-`, at most 64 bytes.
+pub fn hostname_node_id() -> NodeId {
+    let raw = gethostname::gethostname().to_string_lossy().into_owned();
+    let cleaned: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .take(tatbot_state::MAX_ID_LEN)
+        .collect();
+    // A cleaned, non-empty, truncated name always validates; "node" is the fallback for an
+    // empty host name.
+    NodeId::new(cleaned).unwrap_or_else(|_| NodeId::new("node").expect("\"node\" is a valid id"))
+}

@@ -1,0 +1,72 @@
+//! Exit codes, documented in `tatbot-state --help` and docs/OPERATIONS.md.
+
+use tatbot_state::Error;
+use tatbot_state::config::ConfigError;
+
+/// Everything worked (for `doctor`: every check passed).
+pub const SUCCESS: u8 = 0;
+/// A command failed for a reason not listed below, or a `doctor` check failed.
+pub const FAILURE: u8 = 1;
+/// Bad usage: unknown flag or a flag value that does not parse (clap's code).
+pub const USAGE: u8 = 2;
+/// Redis could not be reached (refused, timed out, host unknown).
+pub const UNREACHABLE: u8 = 3;
+/// Redis refused the credentials or the ACL user lacks a permission.
+pub const AUTH: u8 = 4;
+/// The session or node asked for does not exist.
+pub const NOT_FOUND: u8 = 5;
+/// The configuration (YAML, env file, environment, flags) is invalid.
+pub const CONFIG: u8 = 6;
+
+/// The text appended to `--help`.
+pub const HELP: &str = "Exit codes: 0 success, 1 failure (or a doctor check failed), 2 bad usage, \
+3 Redis unreachable, 4 credentials refused, 5 session or node not found, 6 invalid configuration.";
+
+/// Maps an error chain to an exit code by the first library error found in it.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(err) = cause.downcast_ref::<Error>() {
+            return match err {
+                Error::Unreachable { .. } | Error::Timeout { .. } | Error::SubscriptionClosed => UNREACHABLE,
+                Error::Auth { .. } | Error::PermissionDenied { .. } => AUTH,
+                Error::SessionNotFound(_) => NOT_FOUND,
+                Error::Config(_) => CONFIG,
+                Error::InvalidId { .. } | Error::InvalidInput(_) => USAGE,
+                _ if err.is_connection_error() => UNREACHABLE,
+                _ => FAILURE,
+            };
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return CONFIG;
+        }
+        if let Some(code) = cause.downcast_ref::<Coded>() {
+            return code.0;
+        }
+    }
+    FAILURE
+}
+
+/// An error that carries its exit code, for failures the library does not classify
+/// (for example "no such node").
+#[derive(Debug)]
+pub struct Coded(pub u8, pub String);
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// An `anyhow` error with the "not found" exit code.
+pub fn not_found(message: String) -> anyhow::Error {
+    anyhow::Error::new(Coded(NOT_FOUND, message))
+}
+
+/// True when the chain bottoms out in a broken pipe (the reader of stdout went away).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

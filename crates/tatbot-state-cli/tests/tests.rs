@@ -1,0 +1,3 @@
+//! End-to-end tests of the `tatbot-state` binary against test-kit Redis servers.
+
+mod util;
