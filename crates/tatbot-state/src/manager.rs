@@ -576,7 +576,8 @@ impl StateManager {
 
     /// Publishes an `error` event on `error:events:{category}` and stores it in our error log,
     /// which keeps the last [`ManagerConfig::error_log_maxlen`] errors of the last
-    /// [`ManagerConfig::error_log_max_age`].
+    /// [`ManagerConfig::error_log_max_age`]. Errors are rare, so the log is trimmed exactly
+    /// rather than with `~`, and the bounds hold to the entry.
     ///
     /// # Errors
     ///
@@ -603,7 +604,6 @@ impl StateManager {
             .cmd("XADD")
             .arg(keys::ERROR_LOG)
             .arg("MAXLEN")
-            .arg("~")
             .arg(self.inner.config.error_log_maxlen)
             .arg("*")
             .arg("channel")
@@ -614,7 +614,6 @@ impl StateManager {
             .cmd("XTRIM")
             .arg(keys::ERROR_LOG)
             .arg("MINID")
-            .arg("~")
             .arg(min_id)
             .ignore();
         self.log_event(&mut pipe, &channel, &payload);
@@ -764,21 +763,23 @@ impl StateManager {
         let mut entries = Vec::with_capacity(found.len());
         for chunk in found.chunks(SCAN_BATCH) {
             let mut pipe = redis::pipe();
+            // A key of the wrong type (WRONGTYPE) is that entry's error, not the batch's.
+            pipe.ignore_errors();
             for key in chunk {
                 pipe.hget(key, field);
             }
-            let values: Vec<RedisValue> = pipe
+            let values: Vec<redis::RedisResult<RedisValue>> = pipe
                 .query_async(&mut connection)
                 .await
                 .map_err(|err| self.redis_error("read documents", err))?;
             for (key, value) in chunk.iter().zip(values) {
                 let raw = match value {
                     // Expired between SCAN and HGET: it is gone, not corrupt.
-                    RedisValue::Nil => continue,
-                    RedisValue::BulkString(bytes) => String::from_utf8(bytes)
+                    Ok(RedisValue::Nil) => continue,
+                    Ok(RedisValue::BulkString(bytes)) => String::from_utf8(bytes)
                         .map_err(|_| Error::InvalidInput(format!("{key}: field {field} is not UTF-8"))),
-                    RedisValue::ServerError(err) => Err(Error::InvalidInput(format!("{key}: {err:?}"))),
-                    other => Err(Error::InvalidInput(format!("{key}: field {field} is not a string ({other:?})"))),
+                    Ok(other) => Err(Error::InvalidInput(format!("{key}: field {field} is not a string ({other:?})"))),
+                    Err(err) => Err(Error::InvalidInput(format!("{key}: {err}"))),
                 };
                 let value = raw.and_then(|raw| decode_json(key, what, &raw));
                 let id = keys::strip(key, prefix).unwrap_or(key).to_owned();

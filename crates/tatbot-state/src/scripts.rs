@@ -22,7 +22,14 @@ use redis::Script;
 const PRELUDE: &str = r#"
 local function decode_doc(key, field, raw)
   local ok, doc = pcall(cjson.decode, raw)
-  if not ok or type(doc) ~= 'table' then
+  local bad = not ok or type(doc) ~= 'table'
+  if not bad then
+    -- cjson decodes arrays to tables too; only an object has string keys alone.
+    for k, _ in pairs(doc) do
+      if type(k) ~= 'string' then bad = true break end
+    end
+  end
+  if bad then
     return nil, redis.error_reply('TATBOT_CORRUPT ' .. key .. ' field ' .. field .. ' is not a JSON object')
   end
   return doc

@@ -1,0 +1,70 @@
+//! Connecting: wrong credentials, nothing listening, a paused server, a restart.
+
+use std::time::Duration;
+
+use tatbot_state::{Endpoint, Error, ManagerConfig, NodeId, StateManager};
+use tatbot_state_testkit::RedisServer;
+
+use crate::util::{config, eventually};
+
+fn node() -> NodeId {
+    NodeId::new("hog").unwrap()
+}
+
+/// A wrong password, or none where one is required, is an Auth error with a hint.
+#[tokio::test]
+async fn wrong_password() {
+    let server = RedisServer::builder().password("s3cret").start();
+    let wrong = Endpoint::new(server.host(), server.port()).with_password("nope");
+    let err = StateManager::connect(ManagerConfig::new(wrong, node())).await.err().unwrap();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("refused the credentials") && text.contains("REDIS_PASSWORD"), "{text}");
+
+    let none = Endpoint::new(server.host(), server.port());
+    let err = StateManager::connect(ManagerConfig::new(none, node())).await.err().unwrap();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+
+    let state = StateManager::connect(config(&server, "hog")).await.unwrap();
+    state.ping().await.unwrap();
+}
+
+/// Nothing listening: a one-line Unreachable error naming the target, quickly.
+#[tokio::test]
+async fn unreachable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let err = StateManager::connect(ManagerConfig::new(Endpoint::new("127.0.0.1", port), node())).await.err().unwrap();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+    assert!(err.to_string().starts_with(&format!("cannot reach Redis at 127.0.0.1:{port}")), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// A paused server makes calls time out with a Timeout error instead of hanging.
+#[tokio::test]
+async fn paused_server_times_out() {
+    let server = RedisServer::start();
+    let mut short = config(&server, "hog");
+    short.response_timeout = Duration::from_millis(300);
+    let state = StateManager::connect(short).await.unwrap();
+    server.pause();
+    let err = state.ping().await.unwrap_err();
+    server.resume();
+    assert!(matches!(err, Error::Timeout { after, .. } if after == Duration::from_millis(300)), "{err:?}");
+    assert!(err.is_connection_error());
+}
+
+/// After Redis restarts, the same manager works again without being rebuilt.
+#[tokio::test]
+async fn reconnects_after_restart() {
+    let mut server = RedisServer::start();
+    let state = StateManager::connect(config(&server, "hog")).await.unwrap();
+    state.ping().await.unwrap();
+    server.kill();
+    assert!(state.ping().await.is_err());
+    server.restart();
+    assert!(eventually(Duration::from_secs(10), || async { state.ping().await.is_ok() }).await);
+    // The scripts are loaded again after the restart (EVALSHA falls back to EVAL).
+    state.start_stroke_session(1, 1, "s").await.unwrap();
+}

@@ -1,0 +1,190 @@
+//! Stroke sessions: lifecycle, merging writers, unique ids, retention.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tatbot_state::{Error, ProgressUpdate, SessionId, StateManager};
+
+use crate::util::{config, eventually, manager, raw, setup};
+
+/// Start, progress, pause, resume and end write the documented fields and history.
+#[tokio::test]
+async fn lifecycle() {
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(12, 8, "interop_scene").await.unwrap();
+    assert!(session.as_str().starts_with("stroke_hog_"), "{session}");
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert!(progress.is_executing && !progress.is_paused);
+    assert_eq!((progress.total_strokes, progress.stroke_length, progress.scene_name.as_str()), (12, 8, "interop_scene"));
+
+    for (stroke, pose) in [(0, 0), (0, 1), (1, 0)] {
+        let update = ProgressUpdate::new(stroke, pose).descriptions(format!("l{stroke}.{pose}"), "r").offsets(2, 3);
+        state.update_stroke_progress(&session, &update).await.unwrap();
+    }
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!((progress.stroke_idx, progress.pose_idx), (1, 0));
+    assert_eq!(progress.stroke_description_l, "l1.0");
+    assert_eq!((progress.offset_idx_l, progress.offset_idx_r), (2, 3));
+
+    let history = state.get_history(&session, None, 100).await.unwrap();
+    let poses: Vec<(i64, i64)> = history.iter().map(|entry| (entry.stroke_idx, entry.pose_idx)).collect();
+    assert_eq!(poses, [(0, 0), (0, 1), (1, 0)]);
+    assert!(history.iter().all(|entry| entry.node_id == "hog" && entry.description_r == "r"));
+    let after_first = state.get_history(&session, Some(&history[0].id), 100).await.unwrap();
+    assert_eq!(after_first.len(), 2);
+
+    state.pause_stroke_session(&session).await.unwrap();
+    assert!(state.get_stroke_progress(&session).await.unwrap().unwrap().is_paused);
+    let status = state.system_status().await;
+    assert_eq!((status.active_sessions, status.paused_sessions), (0, 1));
+    state.resume_stroke_session(&session).await.unwrap();
+    assert_eq!(state.system_status().await.active_sessions, 1);
+
+    state.end_stroke_session(&session).await.unwrap();
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert!(!progress.is_executing && !progress.is_paused);
+    assert_eq!((progress.stroke_idx, progress.pose_idx), (1, 0), "ending keeps the last position");
+    let status = state.system_status().await;
+    assert_eq!((status.active_sessions, status.total_sessions), (0, 1));
+
+    let mut redis = raw(&server).await;
+    let week = 7 * 24 * 3600;
+    for key in [format!("stroke:progress:{session}"), format!("stream:stroke_history:{session}")] {
+        let ttl: i64 = redis.ttl(&key).await.unwrap();
+        assert!((week - 10..=week).contains(&ttl), "{key} ttl {ttl}");
+    }
+}
+
+/// Fields an update does not name keep their values, including fields we do not know.
+#[tokio::test]
+async fn update_changes_only_what_it_names() {
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(3, 3, "s").await.unwrap();
+    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0).descriptions("left", "right").offsets(4, 5)).await.unwrap();
+    // Another writer adds a field this version does not know.
+    let key = format!("stroke:progress:{session}");
+    let mut redis = raw(&server).await;
+    let stored: String = redis.hget(&key, "progress").await.unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    doc["future_field"] = serde_json::json!({"nested": [1, 2]});
+    let () = redis.hset(&key, "progress", doc.to_string()).await.unwrap();
+
+    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 1)).await.unwrap();
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!((progress.stroke_description_l.as_str(), progress.stroke_description_r.as_str()), ("left", "right"));
+    assert_eq!((progress.offset_idx_l, progress.offset_idx_r, progress.pose_idx), (4, 5, 1));
+    assert_eq!(progress.extra["future_field"], serde_json::json!({"nested": [1, 2]}));
+}
+
+/// Updating a session that does not exist is a clear error, and writes nothing.
+#[tokio::test]
+async fn unknown_session() {
+    let (server, state) = setup("hog").await;
+    let session = SessionId::new("stroke_hog_1").unwrap();
+    let err = state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0)).await.unwrap_err();
+    assert!(matches!(err, Error::SessionNotFound(ref id) if id == "stroke_hog_1"), "{err:?}");
+    assert!(err.to_string().contains("never started or has expired"), "{err}");
+    assert!(matches!(state.end_stroke_session(&session).await, Err(Error::SessionNotFound(_))));
+    let exists: bool = raw(&server).await.exists("stream:stroke_history:stroke_hog_1").await.unwrap();
+    assert!(!exists);
+    assert_eq!(state.get_stroke_progress(&session).await.unwrap(), None);
+}
+
+/// Two writers on one session, each changing different fields, lose nothing.
+#[tokio::test]
+async fn concurrent_writers_lose_no_field() {
+    let (server, state) = setup("hog").await;
+    let other = manager(&server, "ook").await;
+    let session = state.start_stroke_session(100, 10, "s").await.unwrap();
+    const N: u32 = 300;
+    let left = async {
+        for i in 0..N {
+            let update = ProgressUpdate { description_l: Some(format!("a{i}")), ..ProgressUpdate::new(i / 10, i % 10) };
+            state.update_stroke_progress(&session, &update).await.unwrap();
+        }
+    };
+    let right = async {
+        for i in 0..N {
+            let update = ProgressUpdate { offset_idx_r: Some(i.into()), ..ProgressUpdate::new(i / 10, i % 10) };
+            other.update_stroke_progress(&session, &update).await.unwrap();
+        }
+        other.pause_stroke_session(&session).await.unwrap();
+    };
+    tokio::join!(left, right);
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(progress.stroke_description_l, format!("a{}", N - 1));
+    assert_eq!(progress.offset_idx_r, i64::from(N - 1));
+    assert!(progress.is_paused, "the pause from the second writer survived");
+    let history = state.get_history(&session, None, 10_000).await.unwrap();
+    assert_eq!(history.len(), 2 * N as usize);
+}
+
+/// 1,000 sessions started at once by one node get distinct ids of the reference shape.
+#[tokio::test]
+async fn thousand_sessions_distinct_ids() {
+    let (_server, state) = setup("hog").await;
+    let starts = (0..1000).map(|_| state.start_stroke_session(1, 1, "s"));
+    let ids: Vec<SessionId> = futures_util::future::join_all(starts).await.into_iter().map(Result::unwrap).collect();
+    let distinct: HashSet<&str> = ids.iter().map(SessionId::as_str).collect();
+    assert_eq!(distinct.len(), 1000);
+    let suffixed = ids.iter().filter(|id| id.as_str().matches('_').count() == 3).count();
+    let plain = ids.iter().filter(|id| id.as_str().matches('_').count() == 2).count();
+    assert!(plain >= 1 && suffixed >= 1, "plain {plain}, suffixed {suffixed}");
+    assert!(ids.iter().all(|id| id.as_str().starts_with("stroke_hog_")));
+    assert_eq!(state.system_status().await.active_sessions, 1000);
+}
+
+/// Ended sessions expire after the configured retention and leave the listings.
+#[tokio::test]
+async fn ended_sessions_expire() {
+    let (server, _) = setup("hog").await;
+    let mut short = config(&server, "hog");
+    short.session_retention = Duration::from_secs(1);
+    let state = StateManager::connect(short).await.unwrap();
+    let session = state.start_stroke_session(1, 1, "s").await.unwrap();
+    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0)).await.unwrap();
+    let running = state.start_stroke_session(1, 1, "s").await.unwrap();
+    state.end_stroke_session(&session).await.unwrap();
+    let gone = eventually(Duration::from_secs(5), || async {
+        state.get_stroke_progress(&session).await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "ended session still stored after its retention");
+    assert!(state.get_history(&session, None, 10).await.unwrap().is_empty());
+    let listed: Vec<String> = state.list_sessions().await.unwrap().into_iter().map(|entry| entry.id).collect();
+    assert_eq!(listed, [running.to_string()], "the running session never expires");
+}
+
+/// Sessions written by a Python node (raw hash, no index entry) are listed and followed.
+#[tokio::test]
+async fn python_sessions_are_listed() {
+    let (server, state) = setup("hog").await;
+    let doc = r#"{"timestamp":"2026-11-25T17:15:37.795531","node_id":"py","stroke_idx":3,"pose_idx":1,"total_strokes":9,"stroke_length":4,"is_executing":true}"#;
+    let () = raw(&server).await.hset("stroke:progress:stroke_py_1795626937", "progress", doc).await.unwrap();
+    let latest = state.latest_active_session().await.unwrap().unwrap();
+    assert_eq!(latest.session_id.as_str(), "stroke_py_1795626937");
+    assert_eq!((latest.progress.stroke_idx, latest.progress.scene_name.as_str()), (3, "default"));
+    assert_eq!(state.system_status().await.active_sessions, 1);
+}
+
+/// clear_session_data removes progress and history.
+#[tokio::test]
+async fn clear_session() {
+    let (_server, state) = setup("hog").await;
+    let session = state.start_stroke_session(1, 1, "s").await.unwrap();
+    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0)).await.unwrap();
+    assert!(state.clear_session_data(&session).await.unwrap());
+    assert_eq!(state.get_stroke_progress(&session).await.unwrap(), None);
+    assert!(state.get_history(&session, None, 10).await.unwrap().is_empty());
+    assert!(!state.clear_session_data(&session).await.unwrap());
+}
+
+/// Oversized text is refused before anything is written.
+#[tokio::test]
+async fn oversized_text_refused() {
+    let (_server, state) = setup("hog").await;
+    let err = state.start_stroke_session(1, 1, &"x".repeat(5000)).await.unwrap_err();
+    assert!(err.to_string().contains("scene name is 5000 bytes; the limit is 4096"), "{err}");
+    assert_eq!(state.system_status().await.total_sessions, 0);
+}

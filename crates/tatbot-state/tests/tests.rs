@@ -1,0 +1,11 @@
+//! Integration tests of the library against real, throwaway redis-server processes.
+//!
+//! One test binary (ripgrep's layout) to save link time; each test starts its own server.
+
+mod connect;
+mod corrupt;
+mod events;
+mod golden;
+mod health;
+mod sessions;
+mod util;

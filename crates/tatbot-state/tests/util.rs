@@ -1,0 +1,54 @@
+//! Shared helpers: a server plus a connected manager, and raw Redis access for assertions.
+
+use std::time::Duration;
+
+use tatbot_state::{Endpoint, ManagerConfig, NodeId, StateManager};
+use tatbot_state_testkit::RedisServer;
+
+/// A fresh server and a manager for node `node`.
+pub async fn setup(node: &str) -> (RedisServer, StateManager) {
+    let server = RedisServer::start();
+    let manager = manager(&server, node).await;
+    (server, manager)
+}
+
+/// The manager config for `server` and `node`.
+pub fn config(server: &RedisServer, node: &str) -> ManagerConfig {
+    let mut endpoint = Endpoint::new(server.host(), server.port());
+    if let Some(password) = server.password() {
+        endpoint = endpoint.with_password(password);
+    }
+    ManagerConfig::new(endpoint, NodeId::new(node).unwrap())
+}
+
+/// A manager connected to `server` as node `node`.
+pub async fn manager(server: &RedisServer, node: &str) -> StateManager {
+    StateManager::connect(config(server, node)).await.expect("connect to the test server")
+}
+
+/// A plain connection for reading and writing raw values.
+pub async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
