@@ -177,9 +177,7 @@ impl Builder {
         let acl_file = match &self.acl_file {
             Some(src) => {
                 let dst = dir.path().join("users.acl");
-                fs::copy(src, &dst).map_err(|e| {
-                    with_context(e, &format!("cannot copy ACL file {}", src.display()))
-                })?;
+                fs::copy(src, &dst).map_err(|e| with_context(e, &format!("cannot copy ACL file {}", src.display())))?;
                 Some(dst)
             }
             None => None,
@@ -207,9 +205,8 @@ impl Builder {
                 acl_file: acl_file.as_deref(),
                 extra: &self.extra,
             });
-            fs::write(&server.conf_path, text).map_err(|e| {
-                with_context(e, &format!("cannot write {}", server.conf_path.display()))
-            })?;
+            fs::write(&server.conf_path, text)
+                .map_err(|e| with_context(e, &format!("cannot write {}", server.conf_path.display())))?;
             match server.launch() {
                 Ok(child) => {
                     *server.child_mut() = Some(child);
@@ -313,11 +310,7 @@ impl RedisServer {
     /// with the password percent-encoded when one is set.
     pub fn url(&self) -> String {
         match &self.password {
-            Some(pw) => format!(
-                "redis://:{}@{HOST}:{}/",
-                conf::percent_encode(pw),
-                self.port
-            ),
+            Some(pw) => format!("redis://:{}@{HOST}:{}/", conf::percent_encode(pw), self.port),
             None => format!("redis://{HOST}:{}/", self.port),
         }
     }
@@ -382,9 +375,7 @@ impl RedisServer {
             Ok(_) => false,
             Err(e) => matches!(
                 e.kind(),
-                io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
             ),
         };
         if accepted && wait_for_exit(&mut child, STOP_STEP_TIMEOUT) {
@@ -516,9 +507,9 @@ impl RedisServer {
         if let Ok(entries) = fs::read_dir(self.dir.path().join(AOF_DIR_NAME)) {
             files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
         }
-        files.iter().any(|path| {
-            fs::read(path).is_ok_and(|data| data.windows(needle.len().max(1)).any(|w| w == needle))
-        })
+        files
+            .iter()
+            .any(|path| fs::read(path).is_ok_and(|data| data.windows(needle.len().max(1)).any(|w| w == needle)))
     }
 
     /// Spawns `redis-server` on the current config and waits until it answers.
@@ -533,12 +524,7 @@ impl RedisServer {
             .create(true)
             .append(true)
             .open(&stderr_path)
-            .map_err(|e| {
-                LaunchError::Other(with_context(
-                    e,
-                    &format!("cannot open {}", stderr_path.display()),
-                ))
-            })?;
+            .map_err(|e| LaunchError::Other(with_context(e, &format!("cannot open {}", stderr_path.display()))))?;
         // Redis writes config-file errors to stderr before it opens its log file, so
         // stderr goes to a file next to the log instead of being discarded.
         let mut child = Command::new(&self.binary)
@@ -548,12 +534,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| {
-                LaunchError::Other(with_context(
-                    e,
-                    &format!("cannot spawn {}", self.binary.display()),
-                ))
-            })?;
+            .map_err(|e| LaunchError::Other(with_context(e, &format!("cannot spawn {}", self.binary.display()))))?;
         let diagnostics = || {
             let mut text = tail(&log_path, log_offset);
             let err = tail(&stderr_path, stderr_offset);
@@ -570,9 +551,7 @@ impl RedisServer {
                 Ok(None) => {}
                 Ok(Some(status)) => {
                     let text = diagnostics();
-                    if text.contains("Address already in use")
-                        || text.contains("Failed listening on port")
-                    {
+                    if text.contains("Address already in use") || text.contains("Failed listening on port") {
                         return Err(LaunchError::AddrInUse(text));
                     }
                     return Err(LaunchError::Other(io::Error::other(format!(

@@ -121,12 +121,7 @@ pub(crate) fn read_reply(r: &mut impl BufRead, out: &mut Vec<u8>) -> io::Result<
 }
 
 /// Reads `count * per_item` nested replies; a negative count is a RESP2 null array.
-fn read_children(
-    r: &mut impl BufRead,
-    out: &mut Vec<u8>,
-    count: i64,
-    per_item: i64,
-) -> io::Result<()> {
+fn read_children(r: &mut impl BufRead, out: &mut Vec<u8>, count: i64, per_item: i64) -> io::Result<()> {
     for _ in 0..count.max(0) * per_item {
         read_reply(r, out)?;
     }
@@ -175,10 +170,7 @@ mod tests {
             "*2\r\n:1\r\n*1\r\n$1\r\nx\r\n"
         );
         assert_eq!(parse(b"%1\r\n+k\r\n+v\r\n").unwrap(), "%1\r\n+k\r\n+v\r\n");
-        assert_eq!(
-            parse(b"|1\r\n+a\r\n+b\r\n:5\r\n").unwrap(),
-            "|1\r\n+a\r\n+b\r\n:5\r\n"
-        );
+        assert_eq!(parse(b"|1\r\n+a\r\n+b\r\n:5\r\n").unwrap(), "|1\r\n+a\r\n+b\r\n:5\r\n");
     }
 
     #[test]

@@ -31,10 +31,7 @@ fn start_answers_ping() {
     let server = RedisServer::start();
     assert_eq!(server.host(), "127.0.0.1");
     assert_eq!(server.addr().port(), server.port());
-    assert_eq!(
-        server.url(),
-        format!("redis://127.0.0.1:{}/", server.port())
-    );
+    assert_eq!(server.url(), format!("redis://127.0.0.1:{}/", server.port()));
     assert_eq!(server.password(), None);
     assert!(server.is_running());
     assert!(server.pid().is_some());
@@ -67,10 +64,7 @@ fn password_is_required() {
     assert_eq!(server.command(&["PING"]).unwrap(), "+PONG\r\n");
     assert_eq!(
         server.url(),
-        format!(
-            "redis://:p%40ss%20word%3A%2F%25@127.0.0.1:{}/",
-            server.port()
-        )
+        format!("redis://:p%40ss%20word%3A%2F%25@127.0.0.1:{}/", server.port())
     );
 }
 
@@ -79,11 +73,7 @@ fn password_is_required() {
 fn acl_file_without_password_starts() {
     let acl_dir = tempfile::tempdir().unwrap();
     let acl = acl_dir.path().join("users.acl");
-    std::fs::write(
-        &acl,
-        "user default off\nuser alice on >wonderland ~* &* +@all\n",
-    )
-    .unwrap();
+    std::fs::write(&acl, "user default off\nuser alice on >wonderland ~* &* +@all\n").unwrap();
     let server = RedisServer::builder().acl_file(&acl).start();
     let reply = server.command(&["PING"]).unwrap();
     assert!(reply.starts_with("-NOAUTH"), "unexpected reply {reply:?}");
@@ -104,12 +94,7 @@ fn extra_config_and_debug_command() {
         server.command(&["CONFIG", "GET", "maxmemory"]).unwrap(),
         "*2\r\n$9\r\nmaxmemory\r\n$8\r\n10485760\r\n"
     );
-    assert!(
-        server
-            .command(&["SELECT", "4"])
-            .unwrap()
-            .starts_with("-ERR")
-    );
+    assert!(server.command(&["SELECT", "4"]).unwrap().starts_with("-ERR"));
     assert_eq!(server.command(&["DEBUG", "SLEEP", "0"]).unwrap(), "+OK\r\n");
 }
 
@@ -122,10 +107,7 @@ fn bad_config_reports_redis_stderr() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("no-such-directive"), "unexpected error: {msg}");
-    assert!(
-        msg.contains("exited during startup"),
-        "unexpected error: {msg}"
-    );
+    assert!(msg.contains("exited during startup"), "unexpected error: {msg}");
 }
 
 /// With the AOF on, data acknowledged and written before a SIGKILL survives a restart.
@@ -134,12 +116,7 @@ fn aof_survives_kill_and_restart() {
     let mut server = RedisServer::builder().persistence(true).start();
     let port = server.port();
     let old_pid = server.pid().unwrap();
-    assert_eq!(
-        server
-            .command(&["SET", "crash-key", "crash-value"])
-            .unwrap(),
-        "+OK\r\n"
-    );
+    assert_eq!(server.command(&["SET", "crash-key", "crash-value"]).unwrap(), "+OK\r\n");
     assert!(
         server.wait_for_aof(b"crash-value", AOF_WAIT),
         "the SET never reached the AOF"
@@ -155,29 +132,20 @@ fn aof_survives_kill_and_restart() {
     server.restart();
     assert_eq!(server.port(), port);
     assert_ne!(server.pid(), Some(old_pid));
-    assert_eq!(
-        server.command(&["GET", "crash-key"]).unwrap(),
-        "$11\r\ncrash-value\r\n"
-    );
+    assert_eq!(server.command(&["GET", "crash-key"]).unwrap(), "$11\r\ncrash-value\r\n");
 }
 
 /// A graceful stop flushes the AOF, so the data is there after a restart.
 #[test]
 fn stop_flushes_aof_and_restart_keeps_data() {
-    let mut server = RedisServer::builder()
-        .persistence(true)
-        .password("pw")
-        .start();
+    let mut server = RedisServer::builder().persistence(true).password("pw").start();
     let port = server.port();
     server.command(&["RPUSH", "list", "a", "b", "c"]).unwrap();
     server.stop();
     assert!(!server.is_running());
     // Stopping twice is harmless.
     server.stop();
-    assert!(
-        server.command(&["PING"]).is_err(),
-        "stopped server answered"
-    );
+    assert!(server.command(&["PING"]).is_err(), "stopped server answered");
 
     server.restart();
     assert_eq!(server.port(), port);
@@ -212,10 +180,7 @@ fn restart_waits_for_a_briefly_taken_port() {
     holder.join().unwrap();
     assert_eq!(server.command(&["PING"]).unwrap(), "+PONG\r\n");
     let log = std::fs::read_to_string(server.log_path()).unwrap();
-    assert!(
-        log.contains("Address already in use"),
-        "no bind retry happened"
-    );
+    assert!(log.contains("Address already in use"), "no bind retry happened");
 }
 
 /// A paused server accepts connections but does not answer until it is resumed.
@@ -227,27 +192,18 @@ fn pause_blocks_until_resume() {
     assert!(server.is_running());
     let err = raw_ping(server.addr(), Duration::from_millis(300)).unwrap_err();
     assert!(
-        matches!(
-            err.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ),
+        matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
         "expected a timeout, got {err:?}"
     );
     let err = server
         .command_with_timeout(&["PING"], Duration::from_millis(300))
         .unwrap_err();
     assert!(
-        matches!(
-            err.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ),
+        matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
         "expected a timeout, got {err:?}"
     );
     server.resume();
-    assert_eq!(
-        raw_ping(server.addr(), Duration::from_secs(5)).unwrap(),
-        "+PONG\r\n"
-    );
+    assert_eq!(raw_ping(server.addr(), Duration::from_secs(5)).unwrap(), "+PONG\r\n");
 }
 
 /// Stopping a paused server still works, because stop() resumes it first.
@@ -282,8 +238,7 @@ fn drop_cleans_up_after_panic() {
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::thread::spawn(move || {
         let server = RedisServer::start();
-        tx.send((server.pid().unwrap(), server.dir().to_owned()))
-            .unwrap();
+        tx.send((server.pid().unwrap(), server.dir().to_owned())).unwrap();
         panic!("simulated test failure");
     })
     .join();
@@ -297,10 +252,7 @@ fn drop_cleans_up_after_panic() {
 #[test]
 fn missing_binary_reports_install_hint() {
     let missing = Path::new("/nonexistent/tatbot/redis-server");
-    let err = RedisServer::builder()
-        .binary(missing)
-        .try_start()
-        .unwrap_err();
+    let err = RedisServer::builder().binary(missing).try_start().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
     let msg = err.to_string();
     assert!(
@@ -315,10 +267,7 @@ fn missing_binary_reports_install_hint() {
     let panic = std::panic::catch_unwind(|| RedisServer::builder().binary(missing).start())
         .expect_err("start() must panic without a binary");
     let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(
-        text.contains("redis-server not found"),
-        "panic said: {text}"
-    );
+    assert!(text.contains("redis-server not found"), "panic said: {text}");
 }
 
 /// The server can be shared across threads and moved into async tasks.

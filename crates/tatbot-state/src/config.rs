@@ -50,13 +50,7 @@ const REDIS_HOST: &str = "REDIS_HOST";
 const REDIS_PORT: &str = "REDIS_PORT";
 const REDIS_PASSWORD: &str = "REDIS_PASSWORD";
 const REDIS_USERNAME: &str = "REDIS_USERNAME";
-const REDIS_KEYS: [&str; 5] = [
-    REDIS_URL,
-    REDIS_HOST,
-    REDIS_PORT,
-    REDIS_PASSWORD,
-    REDIS_USERNAME,
-];
+const REDIS_KEYS: [&str; 5] = [REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_USERNAME];
 
 const PORT_PROBLEM: &str = "is not a port (1-65535)";
 const URL_FORM: &str = "expected redis://[user[:pass]@]host[:port][/db]";
@@ -293,16 +287,8 @@ impl RedisTarget {
             None => "dns".to_string(),
         };
         vec![
-            (
-                "host",
-                self.host.value.clone(),
-                self.host.source.to_string(),
-            ),
-            (
-                "port",
-                self.port.value.to_string(),
-                self.port.source.to_string(),
-            ),
+            ("host", self.host.value.clone(), self.host.source.to_string()),
+            ("port", self.port.value.to_string(), self.port.source.to_string()),
             (
                 "password",
                 match self.password.value {
@@ -319,16 +305,12 @@ impl RedisTarget {
             ("connect", self.connect_host.clone(), connect_source),
             (
                 "conf dir",
-                self.conf_dir
-                    .as_ref()
-                    .map_or_else(none, |p| p.display().to_string()),
+                self.conf_dir.as_ref().map_or_else(none, |p| p.display().to_string()),
                 String::new(),
             ),
             (
                 "env file",
-                self.env_file
-                    .as_ref()
-                    .map_or_else(none, |p| p.display().to_string()),
+                self.env_file.as_ref().map_or_else(none, |p| p.display().to_string()),
                 String::new(),
             ),
         ]
@@ -505,17 +487,10 @@ fn yaml_message(message: &str, line: Option<usize>, column: Option<usize>) -> St
 }
 
 fn entry_prefix(entry: &Option<String>) -> String {
-    entry
-        .as_ref()
-        .map_or_else(String::new, |e| format!("{e}: "))
+    entry.as_ref().map_or_else(String::new, |e| format!("{e}: "))
 }
 
-fn unresolvable_message(
-    host: &str,
-    host_source: &Source,
-    inventory: Option<&Path>,
-    inventory_found: bool,
-) -> String {
+fn unresolvable_message(host: &str, host_source: &Source, inventory: Option<&Path>, inventory_found: bool) -> String {
     let why = match (inventory, inventory_found) {
         (Some(path), true) => format!("{} has no entry for it", path.display()),
         (Some(path), false) => format!("no node inventory was found at {}", path.display()),
@@ -534,10 +509,7 @@ fn unresolvable_message(
 ///
 /// `lookup` tells whether a host name resolves; binaries pass
 /// [`resolve_host_system`]. It is not called for IP literals.
-pub fn resolve(
-    inputs: &ConfigInputs,
-    lookup: &dyn Fn(&str) -> bool,
-) -> Result<RedisTarget, ConfigError> {
+pub fn resolve(inputs: &ConfigInputs, lookup: &dyn Fn(&str) -> bool) -> Result<RedisTarget, ConfigError> {
     let mut fields = Fields::default();
 
     let conf = find_conf(inputs)?;
@@ -548,13 +520,7 @@ pub fn resolve(
     let env_file = find_env_file(inputs)?;
     if let Some(path) = &env_file {
         let vars = read_env_file(path)?;
-        fields.overlay(
-            EnvVars {
-                file: Some(path),
-                vars,
-            }
-            .layer()?,
-        );
+        fields.overlay(EnvVars { file: Some(path), vars }.layer()?);
     }
 
     let process = EnvVars {
@@ -568,8 +534,7 @@ pub fn resolve(
     fields.overlay(flag_layer(inputs)?);
 
     let conf_dir = conf.map(|c| c.dir);
-    let (connect_host, inventory_fallback) =
-        connect_target(&fields.host, conf_dir.as_deref(), lookup)?;
+    let (connect_host, inventory_fallback) = connect_target(&fields.host, conf_dir.as_deref(), lookup)?;
 
     let target = RedisTarget {
         host: fields.host,
@@ -726,11 +691,7 @@ fn explicit_conf(path: PathBuf, what: &str) -> Result<ConfLocation, ConfigError>
 /// An environment variable from the snapshot, treating an empty value as unset
 /// so that `TATBOT_CONF_DIR=` can switch a setting off.
 fn non_empty_var<'a>(inputs: &'a ConfigInputs, var: &str) -> Option<&'a str> {
-    inputs
-        .env
-        .get(var)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
+    inputs.env.get(var).map(String::as_str).filter(|v| !v.is_empty())
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigError> {
@@ -814,11 +775,7 @@ fn read_conf_yaml(path: &Path) -> Result<Layer, ConfigError> {
             });
         }
         Some(other) => {
-            return Err(field_error(
-                "host",
-                render_yaml(other),
-                "is not a host name",
-            ));
+            return Err(field_error("host", render_yaml(other), "is not a host name"));
         }
     }
 
@@ -826,10 +783,7 @@ fn read_conf_yaml(path: &Path) -> Result<Layer, ConfigError> {
         None | Some(Value::Null) => {}
         Some(value) => {
             let port = match value {
-                Value::Number(n) => n
-                    .as_u64()
-                    .and_then(|n| u16::try_from(n).ok())
-                    .filter(|&n| n != 0),
+                Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|&n| n != 0),
                 // A quoted number is what an env-style config would produce, so
                 // it is accepted; anything else in quotes is not a port.
                 Value::String(s) => parse_port(s).ok(),
@@ -912,27 +866,19 @@ fn validate_host(host: &str) -> Result<String, &'static str> {
 }
 
 fn parse_port(text: &str) -> Result<u16, &'static str> {
-    text.parse::<u16>()
-        .ok()
-        .filter(|&p| p != 0)
-        .ok_or(PORT_PROBLEM)
+    text.parse::<u16>().ok().filter(|&p| p != 0).ok_or(PORT_PROBLEM)
 }
 
 fn find_env_file(inputs: &ConfigInputs) -> Result<Option<PathBuf>, ConfigError> {
     let explicit = match (&inputs.env_file, non_empty_var(inputs, ENV_FILE_VAR)) {
         (Some(path), _) => Some((inputs.cwd.join(path), "--env-file".to_string())),
-        (None, Some(path)) => Some((
-            inputs.cwd.join(path),
-            format!("environment variable {ENV_FILE_VAR}"),
-        )),
+        (None, Some(path)) => Some((inputs.cwd.join(path), format!("environment variable {ENV_FILE_VAR}"))),
         (None, None) => None,
     };
     if let Some((path, what)) = explicit {
         return match fs::metadata(&path) {
             Ok(_) => Ok(Some(path)),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                Err(ConfigError::NotFound { what, path })
-            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Err(ConfigError::NotFound { what, path }),
             Err(error) => Err(ConfigError::Read { path, error }),
         };
     }
@@ -987,9 +933,7 @@ fn parse_env_line(line: &str) -> Result<Option<(&str, String)>, &'static str> {
     let (key, raw) = rest.split_once('=').ok_or(EXPECTED)?;
     let key = key.trim_end();
     let mut chars = key.chars();
-    let valid_key = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let valid_key = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid_key {
         return Err(EXPECTED);
@@ -1074,9 +1018,8 @@ impl EnvVars<'_> {
     fn layer(&self) -> Result<Layer, ConfigError> {
         let mut layer = Layer::default();
         if let Some((url, line)) = self.vars.get(REDIS_URL) {
-            let parsed = parse_redis_url(url).map_err(|problem| {
-                self.error(REDIS_URL, *line, format!("{:?}", redact_url(url)), &problem)
-            })?;
+            let parsed = parse_redis_url(url)
+                .map_err(|problem| self.error(REDIS_URL, *line, format!("{:?}", redact_url(url)), &problem))?;
             let source = self.source(REDIS_URL);
             // A URL names a whole target, so the parts it leaves out take their
             // defaults instead of leaking through from lower layers.
@@ -1098,16 +1041,16 @@ impl EnvVars<'_> {
             });
         }
         if let Some((host, line)) = self.vars.get(REDIS_HOST) {
-            let value = validate_host(host)
-                .map_err(|problem| self.error(REDIS_HOST, *line, format!("{host:?}"), problem))?;
+            let value =
+                validate_host(host).map_err(|problem| self.error(REDIS_HOST, *line, format!("{host:?}"), problem))?;
             layer.host = Some(Sourced {
                 value,
                 source: self.source(REDIS_HOST),
             });
         }
         if let Some((port, line)) = self.vars.get(REDIS_PORT) {
-            let value = parse_port(port)
-                .map_err(|problem| self.error(REDIS_PORT, *line, format!("{port:?}"), problem))?;
+            let value =
+                parse_port(port).map_err(|problem| self.error(REDIS_PORT, *line, format!("{port:?}"), problem))?;
             layer.port = Some(Sourced {
                 value,
                 source: self.source(REDIS_PORT),
@@ -1203,9 +1146,7 @@ fn parse_redis_url(url: &str) -> Result<ParsedUrl, String> {
         match db.parse::<u32>() {
             Ok(0) => {}
             Ok(n) => {
-                return Err(bad(&format!(
-                    "database {n} not supported (tatbot uses database 0)"
-                )));
+                return Err(bad(&format!("database {n} not supported (tatbot uses database 0)")));
             }
             Err(_) => return Err(bad(&format!("database {db:?} is not a number"))),
         }
@@ -1226,16 +1167,11 @@ fn parse_redis_url(url: &str) -> Result<ParsedUrl, String> {
                 .map(percent_decode)
                 .transpose()
                 .map_err(|d| bad(&format!("{d} in the password")))?;
-            (
-                Some(user).filter(|u| !u.is_empty()),
-                pass.filter(|p| !p.is_empty()),
-            )
+            (Some(user).filter(|u| !u.is_empty()), pass.filter(|p| !p.is_empty()))
         }
     };
     let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
-        let (inner, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| bad("unclosed [ in the host"))?;
+        let (inner, after) = bracketed.split_once(']').ok_or_else(|| bad("unclosed [ in the host"))?;
         let ip = inner
             .parse::<Ipv6Addr>()
             .map_err(|_| bad(&format!("{inner:?} is not an IPv6 address")))?;
@@ -1341,13 +1277,12 @@ fn connect_target(
         return Ok((name.clone(), None));
     }
     let inventory = conf_dir.map(|dir| dir.join(INVENTORY_FILE));
-    let unresolvable =
-        |inventory: Option<PathBuf>, inventory_found: bool| ConfigError::Unresolvable {
-            host: name.clone(),
-            host_source: host.source.clone(),
-            inventory,
-            inventory_found,
-        };
+    let unresolvable = |inventory: Option<PathBuf>, inventory_found: bool| ConfigError::Unresolvable {
+        host: name.clone(),
+        host_source: host.source.clone(),
+        inventory,
+        inventory_found,
+    };
     let Some(path) = inventory else {
         return Err(unresolvable(None, false));
     };
@@ -1378,14 +1313,13 @@ fn connect_target(
 /// broken entry happens to be the one asked for.
 fn inventory_ip(path: &Path, name: &str) -> Result<Option<IpAddr>, ConfigError> {
     let text = read_file(path)?;
-    let error =
-        |entry: Option<String>, field: &str, value: String, problem: &str| ConfigError::Inventory {
-            path: path.to_path_buf(),
-            entry,
-            field: field.to_string(),
-            value,
-            problem: problem.to_string(),
-        };
+    let error = |entry: Option<String>, field: &str, value: String, problem: &str| ConfigError::Inventory {
+        path: path.to_path_buf(),
+        entry,
+        field: field.to_string(),
+        value,
+        problem: problem.to_string(),
+    };
     let nodes = match parse_yaml(path, &text)? {
         Value::Null => return Ok(None),
         Value::Mapping(map) => match map.get("nodes") {
@@ -1398,10 +1332,7 @@ fn inventory_ip(path: &Path, name: &str) -> Result<Option<IpAddr>, ConfigError> 
                 path: path.to_path_buf(),
                 line: None,
                 column: None,
-                message: format!(
-                    "expected a mapping with a nodes list, found {}",
-                    yaml_kind(&other)
-                ),
+                message: format!("expected a mapping with a nodes list, found {}", yaml_kind(&other)),
             });
         }
     };
@@ -1440,9 +1371,7 @@ fn inventory_ip(path: &Path, name: &str) -> Result<Option<IpAddr>, ConfigError> 
             _ => None,
         };
         let Some(ip) = ip else {
-            let shown = node
-                .get("ip")
-                .map_or_else(|| "(missing)".to_string(), render_yaml);
+            let shown = node.get("ip").map_or_else(|| "(missing)".to_string(), render_yaml);
             return Err(error(entry, "ip", shown, "is not an IP address"));
         };
         // Host names are case-insensitive, so `EEK` and `eek` are one node.
@@ -1478,10 +1407,7 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn write_redis_yaml(conf: &Path, text: &str) -> PathBuf {
@@ -1508,12 +1434,7 @@ mod tests {
         assert_eq!(t.port.value, DEFAULT_PORT);
         assert_eq!(t.password.value, None);
         assert_eq!(t.username.value, None);
-        for source in [
-            &t.host.source,
-            &t.port.source,
-            &t.password.source,
-            &t.username.source,
-        ] {
+        for source in [&t.host.source, &t.port.source, &t.password.source, &t.username.source] {
             assert_eq!(source, &Source::Default);
         }
         assert_eq!(t.conf_dir, None);
@@ -1635,10 +1556,7 @@ mod tests {
             env: env(&[(CONF_DIR_VAR, missing.to_str().expect("utf-8"))]),
             ..base(dir.path())
         });
-        assert!(
-            msg.contains("environment variable TATBOT_CONF_DIR"),
-            "{msg}"
-        );
+        assert!(msg.contains("environment variable TATBOT_CONF_DIR"), "{msg}");
         assert!(msg.contains(&missing.display().to_string()), "{msg}");
 
         let msg = err(&ConfigInputs {
@@ -1671,10 +1589,7 @@ mod tests {
         assert_eq!(t.username.value.as_deref(), Some("bot"));
         assert_eq!(t.password.value.as_deref(), Some("yamlpass"));
         assert_eq!(t.host.source, Source::EnvFile(env_path.clone()));
-        assert_eq!(
-            t.host.source.to_string(),
-            format!("env file {}", env_path.display())
-        );
+        assert_eq!(t.host.source.to_string(), format!("env file {}", env_path.display()));
         assert!(matches!(t.password.source, Source::ConfFile(_)));
         assert_eq!(t.env_file, Some(env_path));
     }
@@ -1689,10 +1604,7 @@ mod tests {
             env: env(&[(ENV_FILE_VAR, named.to_str().expect("utf-8"))]),
             ..base(dir.path())
         };
-        assert_eq!(
-            resolve(&inputs, &never).expect("resolve").host.value,
-            "10.0.0.4"
-        );
+        assert_eq!(resolve(&inputs, &never).expect("resolve").host.value, "10.0.0.4");
 
         let default = dir.path().join("default.env");
         write(&default, "REDIS_HOST=10.0.0.5\n");
@@ -1714,10 +1626,7 @@ mod tests {
             env_file: Some(missing.clone()),
             ..base(dir.path())
         });
-        assert_eq!(
-            msg,
-            format!("--env-file: {} does not exist", missing.display())
-        );
+        assert_eq!(msg, format!("--env-file: {} does not exist", missing.display()));
     }
 
     /// A line that is neither a comment nor `[export] KEY=value` is an error naming file and line, without echoing it.
@@ -1732,10 +1641,7 @@ mod tests {
         });
         assert_eq!(
             msg,
-            format!(
-                "{} line 3: expected KEY=value or export KEY=value",
-                path.display()
-            )
+            format!("{} line 3: expected KEY=value or export KEY=value", path.display())
         );
         assert!(!msg.contains("secret-garbage"));
     }
@@ -1752,10 +1658,7 @@ mod tests {
         });
         assert_eq!(
             msg,
-            format!(
-                "{} line 3: REDIS_PORT: \"abc\" is not a port (1-65535)",
-                path.display()
-            )
+            format!("{} line 3: REDIS_PORT: \"abc\" is not a port (1-65535)", path.display())
         );
     }
 
@@ -1763,14 +1666,8 @@ mod tests {
     #[test]
     fn env_line_parser_cases() {
         assert_eq!(parse_env_line("  # c"), Ok(None));
-        assert_eq!(
-            parse_env_line("A=pa#ss"),
-            Ok(Some(("A", "pa#ss".to_string())))
-        );
-        assert_eq!(
-            parse_env_line("A=pass #c"),
-            Ok(Some(("A", "pass".to_string())))
-        );
+        assert_eq!(parse_env_line("A=pa#ss"), Ok(Some(("A", "pa#ss".to_string()))));
+        assert_eq!(parse_env_line("A=pass #c"), Ok(Some(("A", "pass".to_string()))));
         assert_eq!(
             parse_env_line(r#"A="q\"x\\y # z" # c"#),
             Ok(Some(("A", r#"q"x\y # z"#.to_string())))
@@ -1781,10 +1678,7 @@ mod tests {
         );
         assert_eq!(parse_env_line("A='open"), Err("unterminated single quote"));
         assert_eq!(parse_env_line("A=\"open"), Err("unterminated double quote"));
-        assert_eq!(
-            parse_env_line("exportA=1"),
-            Ok(Some(("exportA", "1".to_string())))
-        );
+        assert_eq!(parse_env_line("exportA=1"), Ok(Some(("exportA", "1".to_string()))));
         assert!(parse_env_line("1A=1").is_err());
         assert!(parse_env_line("export A").is_err());
         assert_eq!(parse_env_line("A="), Ok(Some(("A", String::new()))));
@@ -1834,10 +1728,7 @@ mod tests {
     #[test]
     fn redis_url_is_a_whole_target() {
         let dir = TempDir::new().expect("tempdir");
-        write_redis_yaml(
-            &dir.path().join("src/conf"),
-            "port: 7000\npassword: yamlpass\n",
-        );
+        write_redis_yaml(&dir.path().join("src/conf"), "port: 7000\npassword: yamlpass\n");
         let inputs = ConfigInputs {
             env: env(&[(REDIS_URL, "redis://10.0.0.1")]),
             ..base(dir.path())
@@ -1893,10 +1784,7 @@ mod tests {
         write(&path, "REDIS_PASSWORD=b\n");
         let inputs = ConfigInputs {
             env_file: Some(path.clone()),
-            env: env(&[
-                (REDIS_URL, "redis://u:c@10.0.0.3:7003"),
-                (REDIS_PORT, "7004"),
-            ]),
+            env: env(&[(REDIS_URL, "redis://u:c@10.0.0.3:7003"), (REDIS_PORT, "7004")]),
             host: Some("10.0.0.5".to_string()),
             ..base(dir.path())
         };
@@ -1932,10 +1820,7 @@ mod tests {
                 source: Source::Flag("--username")
             }
         );
-        assert_eq!(
-            t.conf_dir,
-            yaml.parent().and_then(Path::parent).map(Path::to_path_buf)
-        );
+        assert_eq!(t.conf_dir, yaml.parent().and_then(Path::parent).map(Path::to_path_buf));
     }
 
     /// The password never appears in `display_redacted`, `describe`, `Display` or `Debug`.
@@ -1951,11 +1836,7 @@ mod tests {
         assert_eq!(t.display_redacted(), "bot@127.0.0.1:6379 (password set)");
         assert_eq!(t.to_string(), t.display_redacted());
         let rows = t.describe();
-        assert!(rows.contains(&(
-            "password",
-            "(set)".to_string(),
-            "flag --password".to_string()
-        )));
+        assert!(rows.contains(&("password", "(set)".to_string(), "flag --password".to_string())));
         assert!(rows.contains(&("username", "bot".to_string(), "flag --username".to_string())));
         assert!(rows.contains(&("host", "127.0.0.1".to_string(), "default".to_string())));
         assert!(rows.contains(&("connect", "127.0.0.1".to_string(), "ip literal".to_string())));
@@ -1971,23 +1852,11 @@ mod tests {
     #[test]
     fn bad_yaml_values_name_file_field_value() {
         let cases = [
-            (
-                "port: \"abc\"\n",
-                "field \"port\": \"abc\" is not a port (1-65535)",
-            ),
-            (
-                "port: 70000\n",
-                "field \"port\": 70000 is not a port (1-65535)",
-            ),
+            ("port: \"abc\"\n", "field \"port\": \"abc\" is not a port (1-65535)"),
+            ("port: 70000\n", "field \"port\": 70000 is not a port (1-65535)"),
             ("port: 0\n", "field \"port\": 0 is not a port (1-65535)"),
-            (
-                "port: [1]\n",
-                "field \"port\": a list is not a port (1-65535)",
-            ),
-            (
-                "host: \"\"\n",
-                "field \"host\": \"\" is not a host name (empty)",
-            ),
+            ("port: [1]\n", "field \"port\": a list is not a port (1-65535)"),
+            ("host: \"\"\n", "field \"host\": \"\" is not a host name (empty)"),
             (
                 "host: \"eek:6379\"\n",
                 "field \"host\": \"eek:6379\" is not a host name (give the port separately)",
@@ -2001,11 +1870,7 @@ mod tests {
             let dir = TempDir::new().expect("tempdir");
             let path = write_redis_yaml(&dir.path().join("src/conf"), yaml);
             let msg = err(&base(dir.path()));
-            assert_eq!(
-                msg,
-                format!("{}: {expected}", path.display()),
-                "yaml {yaml:?}"
-            );
+            assert_eq!(msg, format!("{}: {expected}", path.display()), "yaml {yaml:?}");
         }
     }
 
@@ -2013,16 +1878,10 @@ mod tests {
     #[test]
     fn unparsable_yaml_names_file_and_location() {
         let dir = TempDir::new().expect("tempdir");
-        let path = write_redis_yaml(
-            &dir.path().join("src/conf"),
-            "host: 10.0.0.1\nport: [6379\n",
-        );
+        let path = write_redis_yaml(&dir.path().join("src/conf"), "host: 10.0.0.1\nport: [6379\n");
         let error = resolve(&base(dir.path()), &never).expect_err("bad yaml");
         let msg = error.to_string();
-        assert!(
-            msg.starts_with(&format!("{}: invalid yaml: ", path.display())),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("{}: invalid yaml: ", path.display())), "{msg}");
         assert!(msg.contains("line 3 column 1"), "{msg}");
         assert!(matches!(
             error,
@@ -2179,10 +2038,7 @@ mod tests {
             )
         );
 
-        write(
-            &conf.join("nodes.yaml"),
-            "nodes: [{name: ook, ip: 192.168.1.90}]\n",
-        );
+        write(&conf.join("nodes.yaml"), "nodes: [{name: ook, ip: 192.168.1.90}]\n");
         let msg = resolve(&base(dir.path()), &resolve_host_system)
             .expect_err("unresolvable")
             .to_string();
@@ -2247,10 +2103,7 @@ mod tests {
             host: Some("10.0.0.1".to_string()),
             ..base(dir.path())
         };
-        assert_eq!(
-            resolve(&inputs, &never).expect("ip").connect_host,
-            "10.0.0.1"
-        );
+        assert_eq!(resolve(&inputs, &never).expect("ip").connect_host, "10.0.0.1");
     }
 
     /// A host that resolves is dialled by name without consulting the inventory.
@@ -2294,10 +2147,7 @@ mod tests {
             ..base(dir.path())
         };
         let t = resolve(&inputs, &never).expect("resolve");
-        assert_eq!(
-            t.redis_url(),
-            "redis://:p%40ss%3Aw%2Frd%20%C3%A9@[fe80::1]:6390/"
-        );
+        assert_eq!(t.redis_url(), "redis://:p%40ss%3Aw%2Frd%20%C3%A9@[fe80::1]:6390/");
         assert_eq!(t.display_redacted(), "[fe80::1]:6390 (password set)");
         let round_trip = parse_redis_url(&t.redis_url()).expect("parse");
         assert_eq!(round_trip.password.as_deref(), Some("p@ss:w/rd é"));
@@ -2371,8 +2221,7 @@ mod tests {
     /// `from_process` takes the real working directory and the real default env file.
     #[test]
     fn from_process_fills_process_state() {
-        let inputs =
-            ConfigInputs::from_process(None, None, Some("h".to_string()), Some(1), None, None);
+        let inputs = ConfigInputs::from_process(None, None, Some("h".to_string()), Some(1), None, None);
         assert_eq!(inputs.cwd, std::env::current_dir().expect("cwd"));
         assert_eq!(inputs.default_env_file, PathBuf::from(DEFAULT_ENV_FILE));
         assert_eq!(inputs.host.as_deref(), Some("h"));

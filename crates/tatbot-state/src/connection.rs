@@ -49,7 +49,12 @@ pub struct Endpoint {
 impl Endpoint {
     /// `host:port` with no credentials, IPv6 in brackets.
     pub fn new(host: impl Into<String>, port: u16) -> Endpoint {
-        Endpoint { host: host.into(), port, username: None, password: None }
+        Endpoint {
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+        }
     }
 
     /// Adds a password.
@@ -148,8 +153,8 @@ impl ManagerConfig {
 /// Opens the client and a managed, auto-reconnecting multiplexed connection.
 pub(crate) async fn connect(config: &ManagerConfig) -> Result<(redis::Client, ConnectionManager)> {
     let target = config.endpoint.to_string();
-    let client = redis::Client::open(config.endpoint.connection_info()?)
-        .map_err(|err| Error::from_connect(&target, err))?;
+    let client =
+        redis::Client::open(config.endpoint.connection_info()?).map_err(|err| Error::from_connect(&target, err))?;
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))

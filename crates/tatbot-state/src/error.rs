@@ -26,9 +26,7 @@ pub enum Error {
     },
 
     /// No connection to Redis could be made.
-    #[error(
-        "cannot reach Redis at {target}: {source}. Is it running? Try `tatbot-state doctor`"
-    )]
+    #[error("cannot reach Redis at {target}: {source}. Is it running? Try `tatbot-state doctor`")]
     Unreachable {
         /// `host:port` that was tried.
         target: String,
@@ -117,14 +115,20 @@ impl Error {
         if err.is_timeout() {
             // The driver reports its response timeout without the duration, so the manager
             // replaces this with the configured value where it knows it.
-            return Error::Timeout { operation, after: Duration::ZERO };
+            return Error::Timeout {
+                operation,
+                after: Duration::ZERO,
+            };
         }
         if err.code() == Some("NOPERM") {
             return Error::PermissionDenied { operation, source: err };
         }
         if let Some(detail) = err.detail().filter(|_| err.code() == Some("TATBOT_CORRUPT")) {
             let (key, detail) = detail.split_once(' ').unwrap_or((detail, "invalid JSON"));
-            return Error::Corrupt { key: key.to_owned(), detail: detail.to_owned() };
+            return Error::Corrupt {
+                key: key.to_owned(),
+                detail: detail.to_owned(),
+            };
         }
         if err.code() == Some("TATBOT_NOSESSION") {
             return Error::SessionNotFound(err.detail().unwrap_or_default().to_owned());
@@ -139,9 +143,15 @@ impl Error {
             || err.to_string().contains("WRONGPASS")
             || err.to_string().contains("NOAUTH");
         if is_auth {
-            return Error::Auth { target: target.to_owned(), source: err };
+            return Error::Auth {
+                target: target.to_owned(),
+                source: err,
+            };
         }
-        Error::Unreachable { target: target.to_owned(), source: err }
+        Error::Unreachable {
+            target: target.to_owned(),
+            source: err,
+        }
     }
 
     /// True when the error means Redis could not be reached or the connection broke.

@@ -36,7 +36,11 @@ pub struct HeartbeatOptions {
 
 impl Default for HeartbeatOptions {
     fn default() -> HeartbeatOptions {
-        HeartbeatOptions { interval: DEFAULT_INTERVAL, mcp_port: None, disk_path: PathBuf::from("/") }
+        HeartbeatOptions {
+            interval: DEFAULT_INTERVAL,
+            mcp_port: None,
+            disk_path: PathBuf::from("/"),
+        }
     }
 }
 
@@ -75,7 +79,11 @@ impl MetricsSampler {
         let mut system = System::new();
         // The first CPU reading is relative to this one.
         system.refresh_cpu_usage();
-        MetricsSampler { system, disks: Disks::new_with_refreshed_list(), disk_path: disk_path.to_owned() }
+        MetricsSampler {
+            system,
+            disks: Disks::new_with_refreshed_list(),
+            disk_path: disk_path.to_owned(),
+        }
     }
 
     /// CPU, memory and disk now, plus the GPU when `nvidia-smi` answers.
@@ -118,9 +126,15 @@ impl MetricsSampler {
 async fn probe_gpu() -> Option<GpuMetrics> {
     let mut command = tokio::process::Command::new("nvidia-smi");
     command
-        .args(["--query-gpu=utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"])
+        .args([
+            "--query-gpu=utilization.gpu,memory.used,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
         .kill_on_drop(true);
-    let output = tokio::time::timeout(GPU_PROBE_TIMEOUT, command.output()).await.ok()?.ok()?;
+    let output = tokio::time::timeout(GPU_PROBE_TIMEOUT, command.output())
+        .await
+        .ok()?
+        .ok()?;
     if !output.status.success() {
         return None;
     }
@@ -132,17 +146,30 @@ fn parse_nvidia_smi(text: &str) -> Option<GpuMetrics> {
     let mut gpus = 0.0;
     let (mut percent, mut memory_percent) = (0.0, 0.0);
     for line in text.lines().filter(|line| !line.trim().is_empty()) {
-        let fields: Vec<f64> = line.split(',').map(|field| field.trim().parse().ok()).collect::<Option<_>>()?;
-        let [utilisation, used, total] = fields[..] else { return None };
+        let fields: Vec<f64> = line
+            .split(',')
+            .map(|field| field.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        let [utilisation, used, total] = fields[..] else {
+            return None;
+        };
         percent += utilisation;
         memory_percent += if total > 0.0 { 100.0 * used / total } else { 0.0 };
         gpus += 1.0;
     }
-    (gpus > 0.0).then(|| GpuMetrics { percent: percent / gpus, memory_percent: memory_percent / gpus })
+    (gpus > 0.0).then(|| GpuMetrics {
+        percent: percent / gpus,
+        memory_percent: memory_percent / gpus,
+    })
 }
 
 /// Builds this node's health document from a sample and a Redis round trip.
-pub fn health_document(node_id: &str, metrics: &Metrics, ping: Option<Duration>, options: &HeartbeatOptions) -> NodeHealth {
+pub fn health_document(
+    node_id: &str,
+    metrics: &Metrics,
+    ping: Option<Duration>,
+    options: &HeartbeatOptions,
+) -> NodeHealth {
     let mut health = NodeHealth::new(node_id);
     health.cpu_percent = metrics.cpu_percent;
     health.memory_percent = metrics.memory_percent;
@@ -162,7 +189,11 @@ pub fn health_document(node_id: &str, metrics: &Metrics, ping: Option<Duration>,
 /// # Errors
 ///
 /// Redis could not be reached.
-pub async fn beat(manager: &StateManager, sampler: &mut MetricsSampler, options: &HeartbeatOptions) -> Result<NodeHealth> {
+pub async fn beat(
+    manager: &StateManager,
+    sampler: &mut MetricsSampler,
+    options: &HeartbeatOptions,
+) -> Result<NodeHealth> {
     let ping = manager.ping().await?;
     let metrics = sampler.sample().await;
     let health = health_document(manager.node_id().as_str(), &metrics, Some(ping), options);
@@ -199,7 +230,13 @@ mod tests {
     #[test]
     fn parses_nvidia_smi() {
         let gpu = parse_nvidia_smi("10, 1000, 4000\n30, 3000, 4000\n").unwrap();
-        assert_eq!(gpu, GpuMetrics { percent: 20.0, memory_percent: 50.0 });
+        assert_eq!(
+            gpu,
+            GpuMetrics {
+                percent: 20.0,
+                memory_percent: 50.0
+            }
+        );
         assert_eq!(parse_nvidia_smi(""), None);
         assert_eq!(parse_nvidia_smi("[N/A], 1, 2"), None);
     }

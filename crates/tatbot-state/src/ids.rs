@@ -19,12 +19,19 @@ fn validate(kind: &'static str, value: &str) -> Result<()> {
         "it is empty"
     } else if value.len() > MAX_ID_LEN {
         "it is longer than 64 characters"
-    } else if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+    } else if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
         "only letters, digits, '_', '.' and '-' are allowed"
     } else {
         return Ok(());
     };
-    Err(Error::InvalidId { kind, value: value.to_owned(), reason })
+    Err(Error::InvalidId {
+        kind,
+        value: value.to_owned(),
+        reason,
+    })
 }
 
 macro_rules! id_type {

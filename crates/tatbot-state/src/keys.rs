@@ -105,16 +105,28 @@ mod tests {
         assert_eq!(health(&node), "node:health:hog");
         assert_eq!(progress(&session), "stroke:progress:stroke_hog_1795626937");
         assert_eq!(history(&session), "stream:stroke_history:stroke_hog_1795626937");
-        assert_eq!(error_channel(&Category::new("hardware").unwrap()), "error:events:hardware");
+        assert_eq!(
+            error_channel(&Category::new("hardware").unwrap()),
+            "error:events:hardware"
+        );
         assert_eq!(session_base(&node, 1795626937), "stroke_hog_1795626937");
     }
 
     /// None of our keys can match a pattern that Python nodes scan and parse.
     #[test]
     fn ours_stay_outside_python_patterns() {
-        for key in [SESSION_INDEX, NODE_REGISTRY, ERROR_LOG, EVENT_LOG, &session_seq("stroke_hog_1")] {
+        for key in [
+            SESSION_INDEX,
+            NODE_REGISTRY,
+            ERROR_LOG,
+            EVENT_LOG,
+            &session_seq("stroke_hog_1"),
+        ] {
             assert!(key.starts_with("tatbot:"), "{key}");
-            assert!(!key.starts_with(HEALTH_PREFIX) && !key.starts_with(PROGRESS_PREFIX), "{key}");
+            assert!(
+                !key.starts_with(HEALTH_PREFIX) && !key.starts_with(PROGRESS_PREFIX),
+                "{key}"
+            );
         }
     }
 }

@@ -55,7 +55,11 @@ pub struct ProgressUpdate {
 impl ProgressUpdate {
     /// An update of the stroke and pose only.
     pub fn new(stroke_idx: u32, pose_idx: u32) -> ProgressUpdate {
-        ProgressUpdate { stroke_idx, pose_idx, ..ProgressUpdate::default() }
+        ProgressUpdate {
+            stroke_idx,
+            pose_idx,
+            ..ProgressUpdate::default()
+        }
     }
 
     /// Also sets both descriptions.
@@ -152,7 +156,13 @@ impl StateManager {
     /// when the credentials are refused.
     pub async fn connect(config: ManagerConfig) -> Result<StateManager> {
         let (client, connection) = connect(&config).await?;
-        let manager = StateManager { inner: Arc::new(Inner { config, client, connection }) };
+        let manager = StateManager {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                connection,
+            }),
+        };
         tracing::info!(target = %manager.inner.config.endpoint, node_id = %manager.inner.config.node_id, "connected to redis");
         Ok(manager)
     }
@@ -173,7 +183,10 @@ impl StateManager {
 
     fn redis_error(&self, operation: &'static str, err: redis::RedisError) -> Error {
         match Error::from_redis(operation, err) {
-            Error::Timeout { operation, .. } => Error::Timeout { operation, after: self.inner.config.response_timeout },
+            Error::Timeout { operation, .. } => Error::Timeout {
+                operation,
+                after: self.inner.config.response_timeout,
+            },
             other => other,
         }
     }
@@ -200,7 +213,12 @@ impl StateManager {
     /// # Errors
     ///
     /// A scene name longer than [`MAX_TEXT_LEN`], or a Redis failure.
-    pub async fn start_stroke_session(&self, total_strokes: u32, stroke_length: u32, scene_name: &str) -> Result<SessionId> {
+    pub async fn start_stroke_session(
+        &self,
+        total_strokes: u32,
+        stroke_length: u32,
+        scene_name: &str,
+    ) -> Result<SessionId> {
         check_text("scene name", scene_name)?;
         let now = Timestamp::now();
         let node_id = self.node_id();
@@ -299,7 +317,13 @@ impl StateManager {
     ///
     /// As [`StateManager::update_stroke_progress`].
     pub async fn pause_stroke_session(&self, session_id: &SessionId) -> Result<()> {
-        self.set_run_state(session_id, json!({"is_paused": true}), crate::model::event_types::SESSION_PAUSE, false).await
+        self.set_run_state(
+            session_id,
+            json!({"is_paused": true}),
+            crate::model::event_types::SESSION_PAUSE,
+            false,
+        )
+        .await
     }
 
     /// Clears `is_paused` and publishes `session_resume`.
@@ -308,7 +332,13 @@ impl StateManager {
     ///
     /// As [`StateManager::update_stroke_progress`].
     pub async fn resume_stroke_session(&self, session_id: &SessionId) -> Result<()> {
-        self.set_run_state(session_id, json!({"is_paused": false}), crate::model::event_types::SESSION_RESUME, false).await
+        self.set_run_state(
+            session_id,
+            json!({"is_paused": false}),
+            crate::model::event_types::SESSION_RESUME,
+            false,
+        )
+        .await
     }
 
     /// Ends the session (`is_executing: false`), publishes `session_end`, and lets its progress
@@ -319,16 +349,28 @@ impl StateManager {
     /// As [`StateManager::update_stroke_progress`].
     pub async fn end_stroke_session(&self, session_id: &SessionId) -> Result<()> {
         let patch = json!({"is_executing": false, "is_paused": false});
-        self.set_run_state(session_id, patch, crate::model::event_types::SESSION_END, true).await
+        self.set_run_state(session_id, patch, crate::model::event_types::SESSION_END, true)
+            .await
     }
 
-    async fn set_run_state(&self, session_id: &SessionId, mut patch: Value, event_type: &str, ends: bool) -> Result<()> {
+    async fn set_run_state(
+        &self,
+        session_id: &SessionId,
+        mut patch: Value,
+        event_type: &str,
+        ends: bool,
+    ) -> Result<()> {
         let now = Timestamp::now();
         let fields = patch.as_object_mut().expect("callers pass an object literal");
         fields.insert("timestamp".into(), json!(now));
         fields.insert("node_id".into(), json!(self.node_id()));
-        let retention = if ends { self.inner.config.session_retention.as_secs().max(1) } else { 0 };
-        let prune_before = now.unix_millis() - i64::try_from(self.inner.config.session_retention.as_millis()).unwrap_or(i64::MAX);
+        let retention = if ends {
+            self.inner.config.session_retention.as_secs().max(1)
+        } else {
+            0
+        };
+        let prune_before =
+            now.unix_millis() - i64::try_from(self.inner.config.session_retention.as_millis()).unwrap_or(i64::MAX);
         let _: i64 = scripts::RUN_STATE
             .key(keys::progress(session_id))
             .key(keys::history(session_id))
@@ -369,7 +411,8 @@ impl StateManager {
     /// A Redis failure; a bad value is reported in its [`Entry`].
     pub async fn list_sessions(&self) -> Result<Vec<Entry<StrokeProgress>>> {
         let found = self.scan(keys::PROGRESS_PATTERN).await?;
-        self.read_documents(found, keys::PROGRESS_PREFIX, keys::FIELD_PROGRESS, "StrokeProgress").await
+        self.read_documents(found, keys::PROGRESS_PREFIX, keys::FIELD_PROGRESS, "StrokeProgress")
+            .await
     }
 
     /// The most recently written session that is executing, from any node.
@@ -397,7 +440,12 @@ impl StateManager {
     ///
     /// [`Error::Decode`] naming the stream and entry when an entry lacks a field or holds a
     /// non-integer index, or a Redis failure.
-    pub async fn get_history(&self, session_id: &SessionId, after: Option<&str>, count: usize) -> Result<Vec<HistoryEntry>> {
+    pub async fn get_history(
+        &self,
+        session_id: &SessionId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<HistoryEntry>> {
         let key = keys::history(session_id);
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let reply: redis::streams::StreamRangeReply = self
@@ -427,7 +475,13 @@ impl StateManager {
         let payload = event.to_json();
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset_multiple(&key, &[(keys::FIELD_STATE, encode_json("state", state)?), (keys::FIELD_LAST_UPDATED, Timestamp::now().to_string())])
+            .hset_multiple(
+                &key,
+                &[
+                    (keys::FIELD_STATE, encode_json("state", state)?),
+                    (keys::FIELD_LAST_UPDATED, Timestamp::now().to_string()),
+                ],
+            )
             .ignore()
             .publish(keys::ROBOT_EVENTS, &payload)
             .ignore();
@@ -469,7 +523,11 @@ impl StateManager {
             .ignore()
             .expire(&key, ttl)
             .ignore()
-            .zadd(keys::NODE_REGISTRY, node_id.as_str(), health.last_heartbeat.unix_millis())
+            .zadd(
+                keys::NODE_REGISTRY,
+                node_id.as_str(),
+                health.last_heartbeat.unix_millis(),
+            )
             .ignore()
             .query_async(&mut self.connection())
             .await
@@ -515,7 +573,8 @@ impl StateManager {
     /// A Redis failure; a bad value is reported in its [`Entry`].
     pub async fn get_all_nodes_health(&self) -> Result<Vec<Entry<NodeHealth>>> {
         let found = self.scan(keys::HEALTH_PATTERN).await?;
-        self.read_documents(found, keys::HEALTH_PREFIX, keys::FIELD_HEALTH, "NodeHealth").await
+        self.read_documents(found, keys::HEALTH_PREFIX, keys::FIELD_HEALTH, "NodeHealth")
+            .await
     }
 
     /// Nodes that ever sent a heartbeat through tatbot-state, with the time of the last one.
@@ -538,7 +597,9 @@ impl StateManager {
     /// An empty or oversized channel name, or a Redis failure.
     pub async fn publish_event(&self, channel: &str, event: &Event) -> Result<usize> {
         if channel.is_empty() || channel.len() > 256 || channel.contains(char::is_whitespace) {
-            return Err(Error::InvalidInput(format!("invalid channel name {channel:?}: 1-256 characters without spaces")));
+            return Err(Error::InvalidInput(format!(
+                "invalid channel name {channel:?}: 1-256 characters without spaces"
+            )));
         }
         let payload = event.to_json();
         let mut pipe = redis::pipe();
@@ -645,10 +706,18 @@ impl StateManager {
                     Some(payload) => match Event::from_json(payload.as_bytes()) {
                         Ok(Event::Error(event)) => Ok(event),
                         Ok(_) => Err(Error::InvalidInput(format!("{key}: payload is not an error event"))),
-                        Err(source) => Err(Error::Decode { key: key.clone(), what: "ErrorEvent", source }),
+                        Err(source) => Err(Error::Decode {
+                            key: key.clone(),
+                            what: "ErrorEvent",
+                            source,
+                        }),
                     },
                 };
-                Entry { id: entry.id, key: keys::ERROR_LOG.to_owned(), value }
+                Entry {
+                    id: entry.id,
+                    key: keys::ERROR_LOG.to_owned(),
+                    value,
+                }
             })
             .collect())
     }
@@ -709,7 +778,10 @@ impl StateManager {
                 Ok(progress) if progress.is_executing && progress.is_paused => status.paused_sessions += 1,
                 Ok(progress) if progress.is_executing => status.active_sessions += 1,
                 Ok(_) => {}
-                Err(err) => status.corrupt.push(CorruptEntry { key: entry.key, error: err.to_string() }),
+                Err(err) => status.corrupt.push(CorruptEntry {
+                    key: entry.key,
+                    error: err.to_string(),
+                }),
             }
         }
         let mut known: BTreeSet<String> = self.known_nodes().await?.into_iter().map(|(node, _)| node).collect();
@@ -717,7 +789,10 @@ impl StateManager {
             status.nodes_online += 1;
             known.insert(entry.id);
             if let Err(err) = entry.value {
-                status.corrupt.push(CorruptEntry { key: entry.key, error: err.to_string() });
+                status.corrupt.push(CorruptEntry {
+                    key: entry.key,
+                    error: err.to_string(),
+                });
             }
         }
         status.nodes_known = known.len();
@@ -778,12 +853,18 @@ impl StateManager {
                     Ok(RedisValue::Nil) => continue,
                     Ok(RedisValue::BulkString(bytes)) => String::from_utf8(bytes)
                         .map_err(|_| Error::InvalidInput(format!("{key}: field {field} is not UTF-8"))),
-                    Ok(other) => Err(Error::InvalidInput(format!("{key}: field {field} is not a string ({other:?})"))),
+                    Ok(other) => Err(Error::InvalidInput(format!(
+                        "{key}: field {field} is not a string ({other:?})"
+                    ))),
                     Err(err) => Err(Error::InvalidInput(format!("{key}: {err}"))),
                 };
                 let value = raw.and_then(|raw| decode_json(key, what, &raw));
                 let id = keys::strip(key, prefix).unwrap_or(key).to_owned();
-                entries.push(Entry { id, key: key.clone(), value });
+                entries.push(Entry {
+                    id,
+                    key: key.clone(),
+                    value,
+                });
             }
         }
         Ok(entries)
@@ -792,17 +873,28 @@ impl StateManager {
 
 fn check_text(what: &str, text: &str) -> Result<()> {
     if text.len() > MAX_TEXT_LEN {
-        return Err(Error::InvalidInput(format!("{what} is {} bytes; the limit is {MAX_TEXT_LEN}", text.len())));
+        return Err(Error::InvalidInput(format!(
+            "{what} is {} bytes; the limit is {MAX_TEXT_LEN}",
+            text.len()
+        )));
     }
     Ok(())
 }
 
 fn encode_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|source| Error::Decode { key: format!("(encoding {what})"), what, source })
+    serde_json::to_string(value).map_err(|source| Error::Decode {
+        key: format!("(encoding {what})"),
+        what,
+        source,
+    })
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(key: &str, what: &'static str, raw: &str) -> Result<T> {
-    serde_json::from_str(raw).map_err(|source| Error::Decode { key: key.to_owned(), what, source })
+    serde_json::from_str(raw).map_err(|source| Error::Decode {
+        key: key.to_owned(),
+        what,
+        source,
+    })
 }
 
 fn decode_history(key: &str, entry: redis::streams::StreamId) -> Result<HistoryEntry> {
@@ -813,7 +905,12 @@ fn decode_history(key: &str, entry: redis::streams::StreamId) -> Result<HistoryE
     };
     let number = |field: &str| -> Result<i64> {
         let raw = text(field)?;
-        raw.parse().map_err(|_| Error::InvalidInput(format!("{key} entry {}: field {field:?} is {raw:?}, not an integer", entry.id)))
+        raw.parse().map_err(|_| {
+            Error::InvalidInput(format!(
+                "{key} entry {}: field {field:?} is {raw:?}, not an integer",
+                entry.id
+            ))
+        })
     };
     Ok(HistoryEntry {
         stroke_idx: number("stroke_idx")?,

@@ -34,20 +34,33 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) async fn open(client: &redis::Client, config: &ManagerConfig, patterns: &[&str]) -> Result<Subscription> {
+    pub(crate) async fn open(
+        client: &redis::Client,
+        config: &ManagerConfig,
+        patterns: &[&str],
+    ) -> Result<Subscription> {
         let target = config.endpoint.to_string();
         let attempt = client.get_async_pubsub();
         let mut pubsub = match tokio::time::timeout(config.connect_timeout, attempt).await {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(err)) => return Err(Error::from_connect(&target, err)),
             Err(_) => {
-                return Err(Error::Timeout { operation: "subscribe", after: config.connect_timeout });
+                return Err(Error::Timeout {
+                    operation: "subscribe",
+                    after: config.connect_timeout,
+                });
             }
         };
         for pattern in patterns {
-            pubsub.psubscribe(*pattern).await.map_err(|err| Error::from_redis("subscribe", err))?;
+            pubsub
+                .psubscribe(*pattern)
+                .await
+                .map_err(|err| Error::from_redis("subscribe", err))?;
         }
-        Ok(Subscription { stream: pubsub.into_on_message(), patterns: patterns.iter().map(|p| (*p).to_owned()).collect() })
+        Ok(Subscription {
+            stream: pubsub.into_on_message(),
+            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+        })
     }
 
     /// The patterns subscribed to.
@@ -66,6 +79,11 @@ impl Subscription {
             what: "event",
             source,
         });
-        Some(Message { channel, pattern, payload: String::from_utf8_lossy(bytes).into_owned(), event })
+        Some(Message {
+            channel,
+            pattern,
+            payload: String::from_utf8_lossy(bytes).into_owned(),
+            event,
+        })
     }
 }

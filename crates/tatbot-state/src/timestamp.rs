@@ -111,7 +111,10 @@ mod tests {
         ] {
             assert_eq!(Timestamp::parse(text).unwrap(), expected, "{text}");
         }
-        assert_eq!(Timestamp::parse("2026-11-25T17:15:37.1234567").unwrap().to_string(), "2026-11-25T17:15:37.123456");
+        assert_eq!(
+            Timestamp::parse("2026-11-25T17:15:37.1234567").unwrap().to_string(),
+            "2026-11-25T17:15:37.123456"
+        );
         assert!(Timestamp::parse("yesterday").unwrap_err().contains("yesterday"));
     }
 }

@@ -16,13 +16,22 @@ fn node() -> NodeId {
 async fn wrong_password() {
     let server = RedisServer::builder().password("s3cret").start();
     let wrong = Endpoint::new(server.host(), server.port()).with_password("nope");
-    let err = StateManager::connect(ManagerConfig::new(wrong, node())).await.err().unwrap();
+    let err = StateManager::connect(ManagerConfig::new(wrong, node()))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("refused the credentials") && text.contains("REDIS_PASSWORD"), "{text}");
+    assert!(
+        text.contains("refused the credentials") && text.contains("REDIS_PASSWORD"),
+        "{text}"
+    );
 
     let none = Endpoint::new(server.host(), server.port());
-    let err = StateManager::connect(ManagerConfig::new(none, node())).await.err().unwrap();
+    let err = StateManager::connect(ManagerConfig::new(none, node()))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
 
     let state = StateManager::connect(config(&server, "hog")).await.unwrap();
@@ -32,11 +41,22 @@ async fn wrong_password() {
 /// Nothing listening: a one-line Unreachable error naming the target, quickly.
 #[tokio::test]
 async fn unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let started = std::time::Instant::now();
-    let err = StateManager::connect(ManagerConfig::new(Endpoint::new("127.0.0.1", port), node())).await.err().unwrap();
+    let err = StateManager::connect(ManagerConfig::new(Endpoint::new("127.0.0.1", port), node()))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
-    assert!(err.to_string().starts_with(&format!("cannot reach Redis at 127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot reach Redis at 127.0.0.1:{port}")),
+        "{err}"
+    );
     assert!(!err.to_string().contains('\n'));
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -51,7 +71,10 @@ async fn paused_server_times_out() {
     server.pause();
     let err = state.ping().await.unwrap_err();
     server.resume();
-    assert!(matches!(err, Error::Timeout { after, .. } if after == Duration::from_millis(300)), "{err:?}");
+    assert!(
+        matches!(err, Error::Timeout { after, .. } if after == Duration::from_millis(300)),
+        "{err:?}"
+    );
     assert!(err.is_connection_error());
 }
 

@@ -10,7 +10,10 @@ use tatbot_state::{Category, ProgressUpdate, StateManager, Subscription};
 use crate::util::{config, raw, setup};
 
 async fn next_event(subscription: &mut Subscription) -> (String, Event) {
-    let message = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.expect("an event within 5 s").expect("subscription open");
+    let message = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("subscription open");
     (message.channel, message.event.expect("event decodes"))
 }
 
@@ -18,42 +21,97 @@ async fn next_event(subscription: &mut Subscription) -> (String, Event) {
 #[tokio::test]
 async fn operations_publish_their_events() {
     let (_server, state) = setup("hog").await;
-    let mut subscription = state.subscribe(&tatbot_state::keys::DEFAULT_EVENT_PATTERNS).await.unwrap();
+    let mut subscription = state
+        .subscribe(&tatbot_state::keys::DEFAULT_EVENT_PATTERNS)
+        .await
+        .unwrap();
     let mut robot = RobotState::new("hog");
     robot.current_pose = "ready".into();
     robot.is_connected_l = true;
     state.update_robot_state(&robot).await.unwrap();
     let session = state.start_stroke_session(2, 2, "scene").await.unwrap();
-    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 1).descriptions("l", "r")).await.unwrap();
-    state.report_error(&Category::new("hardware").unwrap(), "arm l timeout", json!({"joint": 3})).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1).descriptions("l", "r"))
+        .await
+        .unwrap();
+    state
+        .report_error(
+            &Category::new("hardware").unwrap(),
+            "arm l timeout",
+            json!({"joint": 3}),
+        )
+        .await
+        .unwrap();
     state.pause_stroke_session(&session).await.unwrap();
     state.end_stroke_session(&session).await.unwrap();
 
     let (channel, event) = next_event(&mut subscription).await;
     assert_eq!(channel, "robot:events");
-    let Event::StateUpdate(update) = event else { panic!("{event:?}") };
-    assert_eq!((update.current_pose.as_str(), update.is_connected_l, update.node_id.as_str()), ("ready", true, "hog"));
+    let Event::StateUpdate(update) = event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(
+        (
+            update.current_pose.as_str(),
+            update.is_connected_l,
+            update.node_id.as_str()
+        ),
+        ("ready", true, "hog")
+    );
 
     let (channel, event) = next_event(&mut subscription).await;
     assert_eq!(channel, "stroke:events:session");
-    let Event::SessionStart(start) = event else { panic!("{event:?}") };
-    assert_eq!((start.session_id.as_str(), start.total_strokes, start.scene_name.as_str()), (session.as_str(), 2, "scene"));
+    let Event::SessionStart(start) = event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(
+        (
+            start.session_id.as_str(),
+            start.total_strokes,
+            start.scene_name.as_str()
+        ),
+        (session.as_str(), 2, "scene")
+    );
 
     let (channel, event) = next_event(&mut subscription).await;
     assert_eq!(channel, "stroke:events:progress");
-    let Event::ProgressUpdate(progress) = event else { panic!("{event:?}") };
-    assert_eq!((progress.stroke_idx, progress.pose_idx, progress.total_strokes, progress.stroke_length), (0, 1, 2, 2));
-    assert_eq!((progress.description_l.as_str(), progress.description_r.as_str()), ("l", "r"));
+    let Event::ProgressUpdate(progress) = event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(
+        (
+            progress.stroke_idx,
+            progress.pose_idx,
+            progress.total_strokes,
+            progress.stroke_length
+        ),
+        (0, 1, 2, 2)
+    );
+    assert_eq!(
+        (progress.description_l.as_str(), progress.description_r.as_str()),
+        ("l", "r")
+    );
 
     let (channel, event) = next_event(&mut subscription).await;
     assert_eq!(channel, "error:events:hardware");
-    let Event::Error(error) = event else { panic!("{event:?}") };
-    assert_eq!((error.category.as_str(), error.message.as_str(), &error.details), ("hardware", "arm l timeout", &json!({"joint": 3})));
+    let Event::Error(error) = event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(
+        (error.category.as_str(), error.message.as_str(), &error.details),
+        ("hardware", "arm l timeout", &json!({"joint": 3}))
+    );
 
     let (_, event) = next_event(&mut subscription).await;
-    assert!(matches!(event, Event::SessionPause(ref pause) if pause.session_id == session.as_str()), "{event:?}");
+    assert!(
+        matches!(event, Event::SessionPause(ref pause) if pause.session_id == session.as_str()),
+        "{event:?}"
+    );
     let (_, event) = next_event(&mut subscription).await;
-    assert!(matches!(event, Event::SessionEnd(ref end) if end.session_id == session.as_str()), "{event:?}");
+    assert!(
+        matches!(event, Event::SessionEnd(ref end) if end.session_id == session.as_str()),
+        "{event:?}"
+    );
 }
 
 /// Unknown event types are delivered whole; malformed payloads are reported and do not end the subscription.
@@ -65,15 +123,27 @@ async fn unknown_and_malformed_events() {
     state.publish_event("stroke:events:custom", &custom).await.unwrap();
     let mut redis = raw(&server).await;
     let () = redis.publish("stroke:events:progress", "{not json").await.unwrap();
-    let () = redis.publish("stroke:events:progress", r#"{"type": "progress_update", "node_id": "x"}"#).await.unwrap();
+    let () = redis
+        .publish(
+            "stroke:events:progress",
+            r#"{"type": "progress_update", "node_id": "x"}"#,
+        )
+        .await
+        .unwrap();
     let () = redis.publish("stroke:events:session", r#"["a list"]"#).await.unwrap();
 
     let message = subscription.next().await.unwrap();
     assert_eq!(message.event.unwrap(), custom);
-    assert_eq!(message.payload, r#"{"type": "calibration_done", "arm": "l", "score": 0.97}"#);
+    assert_eq!(
+        message.payload,
+        r#"{"type": "calibration_done", "arm": "l", "score": 0.97}"#
+    );
     let message = subscription.next().await.unwrap();
     let err = message.event.unwrap_err().to_string();
-    assert!(err.starts_with("channel stroke:events:progress: cannot decode event"), "{err}");
+    assert!(
+        err.starts_with("channel stroke:events:progress: cannot decode event"),
+        "{err}"
+    );
     assert_eq!(message.payload, "{not json");
     let err = subscription.next().await.unwrap().event.unwrap_err().to_string();
     assert!(err.contains("missing field `session_id`"), "{err}");
@@ -86,8 +156,14 @@ async fn unknown_and_malformed_events() {
 async fn event_log_records_everything() {
     let (server, state) = setup("hog").await;
     let session = state.start_stroke_session(1, 2, "s").await.unwrap();
-    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0)).await.unwrap();
-    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 1)).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
     state.end_stroke_session(&session).await.unwrap();
     let entries: redis::streams::StreamRangeReply = raw(&server).await.xrange_all("tatbot:events").await.unwrap();
     let kinds: Vec<String> = entries
@@ -95,10 +171,17 @@ async fn event_log_records_everything() {
         .iter()
         .map(|entry| {
             let payload: String = entry.get("payload").unwrap();
-            Event::from_json(payload.as_bytes()).unwrap().event_type().unwrap().to_owned()
+            Event::from_json(payload.as_bytes())
+                .unwrap()
+                .event_type()
+                .unwrap()
+                .to_owned()
         })
         .collect();
-    assert_eq!(kinds, ["session_start", "progress_update", "progress_update", "session_end"]);
+    assert_eq!(
+        kinds,
+        ["session_start", "progress_update", "progress_update", "session_end"]
+    );
 }
 
 /// Errors are stored, listed newest first, and bounded by count and by age.
@@ -111,7 +194,10 @@ async fn errors_are_stored_and_bounded() {
     let state = StateManager::connect(bounded).await.unwrap();
     let category = Category::new("vision").unwrap();
     for i in 0..8 {
-        state.report_error(&category, &format!("e{i}"), json!({"i": i})).await.unwrap();
+        state
+            .report_error(&category, &format!("e{i}"), json!({"i": i}))
+            .await
+            .unwrap();
     }
     let listed = state.list_errors(100).await.unwrap();
     let messages: Vec<String> = listed.into_iter().map(|entry| entry.value.unwrap().message).collect();
@@ -129,7 +215,15 @@ async fn errors_are_stored_and_bounded() {
 #[tokio::test]
 async fn invalid_names_rejected() {
     let (_server, state) = setup("hog").await;
-    assert!(Category::new("a:b").unwrap_err().to_string().contains("invalid error category"));
-    let err = state.publish_event("bad channel", &Event::Other(json!({}))).await.unwrap_err();
+    assert!(
+        Category::new("a:b")
+            .unwrap_err()
+            .to_string()
+            .contains("invalid error category")
+    );
+    let err = state
+        .publish_event("bad channel", &Event::Other(json!({})))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("invalid channel name"), "{err}");
 }

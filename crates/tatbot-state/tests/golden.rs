@@ -42,7 +42,12 @@ async fn load_sample(redis: &mut redis::aio::MultiplexedConnection) {
             "stream" => {
                 for entry in spec["entries"].as_array().unwrap() {
                     let id = entry[0].as_str().unwrap();
-                    let flat: Vec<&str> = entry[1].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                    let flat: Vec<&str> = entry[1]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap())
+                        .collect();
                     let pairs: Vec<(&str, &str)> = flat.chunks(2).map(|pair| (pair[0], pair[1])).collect();
                     let _: String = redis.xadd(key, id, &pairs).await.unwrap();
                 }
@@ -60,41 +65,90 @@ async fn reads_python_state() {
     let hog = NodeId::new("hog").unwrap();
 
     let health = state.get_node_health(&hog).await.unwrap().unwrap();
-    assert_eq!((health.cpu_percent, health.memory_percent, health.disk_percent), (12.5, 33.25, 71.0));
-    assert_eq!((health.gpu_available, health.gpu_percent, health.gpu_memory_percent), (true, Some(5.5), Some(10.0)));
-    assert_eq!((health.ping_latency_ms, health.mcp_server_running, health.mcp_port), (Some(0.42), true, Some(8000)));
+    assert_eq!(
+        (health.cpu_percent, health.memory_percent, health.disk_percent),
+        (12.5, 33.25, 71.0)
+    );
+    assert_eq!(
+        (health.gpu_available, health.gpu_percent, health.gpu_memory_percent),
+        (true, Some(5.5), Some(10.0))
+    );
+    assert_eq!(
+        (health.ping_latency_ms, health.mcp_server_running, health.mcp_port),
+        (Some(0.42), true, Some(8000))
+    );
     assert_eq!(health.last_heartbeat.to_string(), "2026-11-25T17:15:37.792136");
 
     let robot = state.get_robot_state(&hog).await.unwrap().unwrap();
-    assert_eq!((robot.is_connected_l, robot.is_connected_r, robot.current_pose.as_str()), (true, false, "ready"));
-    assert_eq!(robot.joints_l.as_deref(), Some(&[0.0, -1.5708, 1.25, 0.5, -0.25, 3.14159, 0.044][..]));
+    assert_eq!(
+        (robot.is_connected_l, robot.is_connected_r, robot.current_pose.as_str()),
+        (true, false, "ready")
+    );
+    // The sample's joint angles, written as the Python side rounded them.
+    #[expect(clippy::approx_constant, reason = "these are the sample's literal values, not pi")]
+    let joints_l = [0.0, -1.5708, 1.25, 0.5, -0.25, 3.14159, 0.044];
+    assert_eq!(robot.joints_l.as_deref(), Some(&joints_l[..]));
     assert_eq!(robot.joints_r.as_ref().unwrap()[3], 0.00001);
-    assert_eq!((robot.velocities_l.as_ref(), robot.goal_time_slow, robot.goal_time_fast), (None, 3.0, 0.25));
+    assert_eq!(
+        (robot.velocities_l.as_ref(), robot.goal_time_slow, robot.goal_time_fast),
+        (None, 3.0, 0.25)
+    );
 
     let session = SessionId::new(SESSION).unwrap();
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
-    assert_eq!((progress.stroke_idx, progress.pose_idx, progress.total_strokes, progress.stroke_length), (10, 7, 12, 8));
+    assert_eq!(
+        (
+            progress.stroke_idx,
+            progress.pose_idx,
+            progress.total_strokes,
+            progress.stroke_length
+        ),
+        (10, 7, 12, 8)
+    );
     assert_eq!(progress.stroke_description_l, "left stroke 5, \"quoted\"");
     assert_eq!(progress.stroke_description_r, "ünïcödé ✓ right");
-    assert_eq!((progress.offset_idx_l, progress.offset_idx_r, progress.is_executing), (2, 2, false));
-    assert_eq!((progress.scene_name.as_str(), progress.dataset_name.as_ref()), ("interop_scene", None));
+    assert_eq!(
+        (progress.offset_idx_l, progress.offset_idx_r, progress.is_executing),
+        (2, 2, false)
+    );
+    assert_eq!(
+        (progress.scene_name.as_str(), progress.dataset_name.as_ref()),
+        ("interop_scene", None)
+    );
 
     let history = state.get_history(&session, None, 100).await.unwrap();
     let ids: Vec<&str> = history.iter().map(|entry| entry.id.as_str()).collect();
-    assert_eq!(ids, ["1795626937793-0", "1795626937793-1", "1795626937794-0", "1795626937794-1", "1795626937794-2", "1795626937795-0"]);
+    assert_eq!(
+        ids,
+        [
+            "1795626937793-0",
+            "1795626937793-1",
+            "1795626937794-0",
+            "1795626937794-1",
+            "1795626937794-2",
+            "1795626937795-0"
+        ]
+    );
     assert_eq!((history[5].stroke_idx, history[5].pose_idx), (10, 7));
     assert_eq!(history[5].description_r, "ünïcödé ✓ right");
     assert_eq!(history[1].description_l, "left stroke 1, \"quoted\"");
 
     let status = state.system_status().await;
     assert!(status.corrupt.is_empty(), "{:?}", status.corrupt);
-    assert_eq!((status.total_sessions, status.active_sessions, status.nodes_online), (1, 0, 1));
+    assert_eq!(
+        (status.total_sessions, status.active_sessions, status.nodes_online),
+        (1, 0, 1)
+    );
 
     // Our documents re-encode to the same values, with the same field order.
     for (key, field, ours) in [
         ("node:health:hog", "health", serde_json::to_string(&health).unwrap()),
         ("robot:state:hog", "state", serde_json::to_string(&robot).unwrap()),
-        (&format!("stroke:progress:{SESSION}") as &str, "progress", serde_json::to_string(&progress).unwrap()),
+        (
+            &format!("stroke:progress:{SESSION}") as &str,
+            "progress",
+            serde_json::to_string(&progress).unwrap(),
+        ),
     ] {
         let theirs = parse(&stored(key, field));
         assert_eq!(parse(&ours), theirs, "{key}");
@@ -117,14 +171,23 @@ async fn python_events_roundtrip_bytes() {
 #[tokio::test]
 async fn receives_python_events() {
     let (server, state) = setup("reader").await;
-    let mut subscription = state.subscribe(&tatbot_state::keys::DEFAULT_EVENT_PATTERNS).await.unwrap();
+    let mut subscription = state
+        .subscribe(&tatbot_state::keys::DEFAULT_EVENT_PATTERNS)
+        .await
+        .unwrap();
     let mut redis = raw(&server).await;
     let events = sample()["events"].as_array().unwrap().clone();
     for event in &events {
-        let () = redis.publish(event["channel"].as_str().unwrap(), event["payload"].as_str().unwrap()).await.unwrap();
+        let () = redis
+            .publish(event["channel"].as_str().unwrap(), event["payload"].as_str().unwrap())
+            .await
+            .unwrap();
     }
     for event in &events {
-        let message = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(message.channel, event["channel"].as_str().unwrap());
         assert_eq!(message.pattern.as_deref(), event["pattern"].as_str());
         assert_eq!(message.event.unwrap().to_json(), event["payload"].as_str().unwrap());
@@ -142,7 +205,10 @@ fn without(mut value: Value, fields: &[&str]) -> Value {
 #[tokio::test]
 async fn writes_what_python_reads() {
     let (server, state) = setup("hog").await;
-    let mut subscription = state.subscribe(&tatbot_state::keys::DEFAULT_EVENT_PATTERNS).await.unwrap();
+    let mut subscription = state
+        .subscribe(&tatbot_state::keys::DEFAULT_EVENT_PATTERNS)
+        .await
+        .unwrap();
     let mut redis = raw(&server).await;
 
     let robot: RobotState = serde_json::from_str(&stored("robot:state:hog", "state")).unwrap();
@@ -152,14 +218,25 @@ async fn writes_what_python_reads() {
 
     let session = state.start_stroke_session(12, 8, "interop_scene").await.unwrap();
     let sample = sample();
-    let entries = sample["keys"][format!("stream:stroke_history:{SESSION}")]["entries"].as_array().unwrap();
+    let entries = sample["keys"][format!("stream:stroke_history:{SESSION}")]["entries"]
+        .as_array()
+        .unwrap();
     for entry in entries {
         let fields = entry[1].as_array().unwrap();
         let text = |i: usize| fields[i].as_str().unwrap().to_owned();
-        let update = ProgressUpdate::new(text(1).parse().unwrap(), text(3).parse().unwrap()).descriptions(text(5), text(7)).offsets(2, 2);
+        let update = ProgressUpdate::new(text(1).parse().unwrap(), text(3).parse().unwrap())
+            .descriptions(text(5), text(7))
+            .offsets(2, 2);
         state.update_stroke_progress(&session, &update).await.unwrap();
     }
-    state.report_error(&Category::new("hardware").unwrap(), "arm l timeout", serde_json::json!({"joint": 3, "retry": true})).await.unwrap();
+    state
+        .report_error(
+            &Category::new("hardware").unwrap(),
+            "arm l timeout",
+            serde_json::json!({"joint": 3, "retry": true}),
+        )
+        .await
+        .unwrap();
     state.end_stroke_session(&session).await.unwrap();
 
     // Stored documents: the same bytes as Python's, but for the write time.
@@ -169,27 +246,44 @@ async fn writes_what_python_reads() {
     assert!(tatbot_state::Timestamp::parse(&last_updated).is_ok(), "{last_updated}");
     let ours: String = redis.hget("node:health:hog", "health").await.unwrap();
     assert_eq!(ours, stored("node:health:hog", "health"));
-    let ours: String = redis.hget(format!("stroke:progress:{session}"), "progress").await.unwrap();
+    let ours: String = redis
+        .hget(format!("stroke:progress:{session}"), "progress")
+        .await
+        .unwrap();
     let theirs = stored(&format!("stroke:progress:{SESSION}"), "progress");
     let their_time = parse(&theirs)["timestamp"].as_str().unwrap().to_owned();
     let our_time = parse(&ours)["timestamp"].as_str().unwrap().to_owned();
     assert_eq!(ours.replace(&our_time, &their_time), theirs);
 
     // History: same fields, same order, same values.
-    let ours: redis::Value = redis.xrange_all(format!("stream:stroke_history:{session}")).await.unwrap();
+    let ours: redis::Value = redis
+        .xrange_all(format!("stream:stroke_history:{session}"))
+        .await
+        .unwrap();
     let ours: Vec<(String, Vec<String>)> = redis::FromRedisValue::from_redis_value(ours).unwrap();
     assert_eq!(ours.len(), entries.len());
     for ((_, our_fields), entry) in ours.iter().zip(entries) {
-        let their_fields: Vec<String> = entry[1].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        let their_fields: Vec<String> = entry[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(our_fields, &their_fields);
     }
 
     // Events: same channels, types, fields and values, but for ids and times.
     for expected in sample["events"].as_array().unwrap() {
-        let message = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(message.channel, expected["channel"].as_str().unwrap());
         let ours = without(parse(&message.payload), &["timestamp", "session_id"]);
-        let theirs = without(parse(expected["payload"].as_str().unwrap()), &["timestamp", "session_id"]);
+        let theirs = without(
+            parse(expected["payload"].as_str().unwrap()),
+            &["timestamp", "session_id"],
+        );
         assert_eq!(ours, theirs);
         assert_eq!(field_names(&ours), field_names(&theirs));
     }

@@ -30,7 +30,13 @@ async fn heartbeat_roundtrip_and_listing() {
     assert!(healths[1].is_none());
     assert_eq!(healths[2].as_ref().unwrap().as_ref().unwrap().node_id, "hog");
 
-    let mut all: Vec<String> = state.get_all_nodes_health().await.unwrap().into_iter().map(|entry| entry.id).collect();
+    let mut all: Vec<String> = state
+        .get_all_nodes_health()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.id)
+        .collect();
     all.sort();
     assert_eq!(all, ["eek", "hog", "ook"]);
     let status = state.system_status().await;
@@ -47,7 +53,10 @@ async fn heartbeat_expires_after_ttl() {
     state.update_node_health(&NodeHealth::new("hog")).await.unwrap();
     let hog = NodeId::new("hog").unwrap();
     assert!(state.get_node_health(&hog).await.unwrap().is_some());
-    let expired = eventually(Duration::from_secs(5), || async { state.get_node_health(&hog).await.unwrap().is_none() }).await;
+    let expired = eventually(Duration::from_secs(5), || async {
+        state.get_node_health(&hog).await.unwrap().is_none()
+    })
+    .await;
     assert!(expired, "heartbeat outlived its TTL");
     let status = state.system_status().await;
     assert_eq!((status.nodes_online, status.nodes_known), (0, 1));
@@ -58,16 +67,20 @@ async fn heartbeat_expires_after_ttl() {
 async fn agent_beats_and_stops() {
     let (_server, state) = setup("hog").await;
     let shutdown = CancellationToken::new();
-    let options = HeartbeatOptions { interval: Duration::from_millis(100), mcp_port: Some(8000), ..HeartbeatOptions::default() };
+    let options = HeartbeatOptions {
+        interval: Duration::from_millis(100),
+        mcp_port: Some(8000),
+        ..HeartbeatOptions::default()
+    };
     let agent = tokio::spawn(heartbeat::run(state.clone(), options, shutdown.clone()));
     let hog = NodeId::new("hog").unwrap();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while seen.len() < 2 && tokio::time::Instant::now() < deadline {
-        if let Some(health) = state.get_node_health(&hog).await.unwrap() {
-            if !seen.contains(&health.last_heartbeat) {
-                seen.push(health.last_heartbeat);
-            }
+        if let Some(health) = state.get_node_health(&hog).await.unwrap()
+            && !seen.contains(&health.last_heartbeat)
+        {
+            seen.push(health.last_heartbeat);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -75,11 +88,17 @@ async fn agent_beats_and_stops() {
     assert!(beat_twice, "the agent did not beat twice within 5 s");
     let health = state.get_node_health(&hog).await.unwrap().unwrap();
     assert!(health.memory_percent > 0.0 && health.disk_percent > 0.0, "{health:?}");
-    assert!(health.ping_latency_ms.is_some_and(|ms| ms > 0.0 && ms < 1000.0), "{health:?}");
+    assert!(
+        health.ping_latency_ms.is_some_and(|ms| ms > 0.0 && ms < 1000.0),
+        "{health:?}"
+    );
     assert_eq!(health.gpu_available, health.gpu_percent.is_some());
     assert!(health.mcp_server_running && health.mcp_port == Some(8000));
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), agent).await.expect("agent stops within 5 s").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("agent stops within 5 s")
+        .unwrap();
 }
 
 /// The agent keeps running while Redis is down and resumes beating when it is back.
@@ -87,15 +106,29 @@ async fn agent_beats_and_stops() {
 async fn agent_survives_redis_restart() {
     let (mut server, state) = setup("hog").await;
     let shutdown = CancellationToken::new();
-    let options = HeartbeatOptions { interval: Duration::from_millis(100), ..HeartbeatOptions::default() };
+    let options = HeartbeatOptions {
+        interval: Duration::from_millis(100),
+        ..HeartbeatOptions::default()
+    };
     let agent = tokio::spawn(heartbeat::run(state.clone(), options, shutdown.clone()));
     let hog = NodeId::new("hog").unwrap();
-    assert!(eventually(Duration::from_secs(5), || async { state.get_node_health(&hog).await.is_ok_and(|h| h.is_some()) }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            state.get_node_health(&hog).await.is_ok_and(|h| h.is_some())
+        })
+        .await
+    );
     server.kill();
     server.restart();
-    let back = eventually(Duration::from_secs(10), || async { state.get_node_health(&hog).await.is_ok_and(|h| h.is_some()) }).await;
+    let back = eventually(Duration::from_secs(10), || async {
+        state.get_node_health(&hog).await.is_ok_and(|h| h.is_some())
+    })
+    .await;
     assert!(back, "no heartbeat after the restart");
     assert!(!agent.is_finished());
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), agent).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -16,10 +16,19 @@ async fn lifecycle() {
     assert!(session.as_str().starts_with("stroke_hog_"), "{session}");
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
     assert!(progress.is_executing && !progress.is_paused);
-    assert_eq!((progress.total_strokes, progress.stroke_length, progress.scene_name.as_str()), (12, 8, "interop_scene"));
+    assert_eq!(
+        (
+            progress.total_strokes,
+            progress.stroke_length,
+            progress.scene_name.as_str()
+        ),
+        (12, 8, "interop_scene")
+    );
 
     for (stroke, pose) in [(0, 0), (0, 1), (1, 0)] {
-        let update = ProgressUpdate::new(stroke, pose).descriptions(format!("l{stroke}.{pose}"), "r").offsets(2, 3);
+        let update = ProgressUpdate::new(stroke, pose)
+            .descriptions(format!("l{stroke}.{pose}"), "r")
+            .offsets(2, 3);
         state.update_stroke_progress(&session, &update).await.unwrap();
     }
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
@@ -30,7 +39,11 @@ async fn lifecycle() {
     let history = state.get_history(&session, None, 100).await.unwrap();
     let poses: Vec<(i64, i64)> = history.iter().map(|entry| (entry.stroke_idx, entry.pose_idx)).collect();
     assert_eq!(poses, [(0, 0), (0, 1), (1, 0)]);
-    assert!(history.iter().all(|entry| entry.node_id == "hog" && entry.description_r == "r"));
+    assert!(
+        history
+            .iter()
+            .all(|entry| entry.node_id == "hog" && entry.description_r == "r")
+    );
     let after_first = state.get_history(&session, Some(&history[0].id), 100).await.unwrap();
     assert_eq!(after_first.len(), 2);
 
@@ -44,13 +57,20 @@ async fn lifecycle() {
     state.end_stroke_session(&session).await.unwrap();
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
     assert!(!progress.is_executing && !progress.is_paused);
-    assert_eq!((progress.stroke_idx, progress.pose_idx), (1, 0), "ending keeps the last position");
+    assert_eq!(
+        (progress.stroke_idx, progress.pose_idx),
+        (1, 0),
+        "ending keeps the last position"
+    );
     let status = state.system_status().await;
     assert_eq!((status.active_sessions, status.total_sessions), (0, 1));
 
     let mut redis = raw(&server).await;
     let week = 7 * 24 * 3600;
-    for key in [format!("stroke:progress:{session}"), format!("stream:stroke_history:{session}")] {
+    for key in [
+        format!("stroke:progress:{session}"),
+        format!("stream:stroke_history:{session}"),
+    ] {
         let ttl: i64 = redis.ttl(&key).await.unwrap();
         assert!((week - 10..=week).contains(&ttl), "{key} ttl {ttl}");
     }
@@ -61,7 +81,13 @@ async fn lifecycle() {
 async fn update_changes_only_what_it_names() {
     let (server, state) = setup("hog").await;
     let session = state.start_stroke_session(3, 3, "s").await.unwrap();
-    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0).descriptions("left", "right").offsets(4, 5)).await.unwrap();
+    state
+        .update_stroke_progress(
+            &session,
+            &ProgressUpdate::new(0, 0).descriptions("left", "right").offsets(4, 5),
+        )
+        .await
+        .unwrap();
     // Another writer adds a field this version does not know.
     let key = format!("stroke:progress:{session}");
     let mut redis = raw(&server).await;
@@ -70,10 +96,22 @@ async fn update_changes_only_what_it_names() {
     doc["future_field"] = serde_json::json!({"nested": [1, 2]});
     let () = redis.hset(&key, "progress", doc.to_string()).await.unwrap();
 
-    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 1)).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
-    assert_eq!((progress.stroke_description_l.as_str(), progress.stroke_description_r.as_str()), ("left", "right"));
-    assert_eq!((progress.offset_idx_l, progress.offset_idx_r, progress.pose_idx), (4, 5, 1));
+    assert_eq!(
+        (
+            progress.stroke_description_l.as_str(),
+            progress.stroke_description_r.as_str()
+        ),
+        ("left", "right")
+    );
+    assert_eq!(
+        (progress.offset_idx_l, progress.offset_idx_r, progress.pose_idx),
+        (4, 5, 1)
+    );
     assert_eq!(progress.extra["future_field"], serde_json::json!({"nested": [1, 2]}));
 }
 
@@ -82,11 +120,24 @@ async fn update_changes_only_what_it_names() {
 async fn unknown_session() {
     let (server, state) = setup("hog").await;
     let session = SessionId::new("stroke_hog_1").unwrap();
-    let err = state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0)).await.unwrap_err();
-    assert!(matches!(err, Error::SessionNotFound(ref id) if id == "stroke_hog_1"), "{err:?}");
+    let err = state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::SessionNotFound(ref id) if id == "stroke_hog_1"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("never started or has expired"), "{err}");
-    assert!(matches!(state.end_stroke_session(&session).await, Err(Error::SessionNotFound(_))));
-    let exists: bool = raw(&server).await.exists("stream:stroke_history:stroke_hog_1").await.unwrap();
+    assert!(matches!(
+        state.end_stroke_session(&session).await,
+        Err(Error::SessionNotFound(_))
+    ));
+    let exists: bool = raw(&server)
+        .await
+        .exists("stream:stroke_history:stroke_hog_1")
+        .await
+        .unwrap();
     assert!(!exists);
     assert_eq!(state.get_stroke_progress(&session).await.unwrap(), None);
 }
@@ -100,13 +151,19 @@ async fn concurrent_writers_lose_no_field() {
     const N: u32 = 300;
     let left = async {
         for i in 0..N {
-            let update = ProgressUpdate { description_l: Some(format!("a{i}")), ..ProgressUpdate::new(i / 10, i % 10) };
+            let update = ProgressUpdate {
+                description_l: Some(format!("a{i}")),
+                ..ProgressUpdate::new(i / 10, i % 10)
+            };
             state.update_stroke_progress(&session, &update).await.unwrap();
         }
     };
     let right = async {
         for i in 0..N {
-            let update = ProgressUpdate { offset_idx_r: Some(i.into()), ..ProgressUpdate::new(i / 10, i % 10) };
+            let update = ProgressUpdate {
+                offset_idx_r: Some(i.into()),
+                ..ProgressUpdate::new(i / 10, i % 10)
+            };
             other.update_stroke_progress(&session, &update).await.unwrap();
         }
         other.pause_stroke_session(&session).await.unwrap();
@@ -125,7 +182,11 @@ async fn concurrent_writers_lose_no_field() {
 async fn thousand_sessions_distinct_ids() {
     let (_server, state) = setup("hog").await;
     let starts = (0..1000).map(|_| state.start_stroke_session(1, 1, "s"));
-    let ids: Vec<SessionId> = futures_util::future::join_all(starts).await.into_iter().map(Result::unwrap).collect();
+    let ids: Vec<SessionId> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let distinct: HashSet<&str> = ids.iter().map(SessionId::as_str).collect();
     assert_eq!(distinct.len(), 1000);
     let suffixed = ids.iter().filter(|id| id.as_str().matches('_').count() == 3).count();
@@ -143,7 +204,10 @@ async fn ended_sessions_expire() {
     short.session_retention = Duration::from_secs(1);
     let state = StateManager::connect(short).await.unwrap();
     let session = state.start_stroke_session(1, 1, "s").await.unwrap();
-    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0)).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
     let running = state.start_stroke_session(1, 1, "s").await.unwrap();
     state.end_stroke_session(&session).await.unwrap();
     let gone = eventually(Duration::from_secs(5), || async {
@@ -152,7 +216,13 @@ async fn ended_sessions_expire() {
     .await;
     assert!(gone, "ended session still stored after its retention");
     assert!(state.get_history(&session, None, 10).await.unwrap().is_empty());
-    let listed: Vec<String> = state.list_sessions().await.unwrap().into_iter().map(|entry| entry.id).collect();
+    let listed: Vec<String> = state
+        .list_sessions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.id)
+        .collect();
     assert_eq!(listed, [running.to_string()], "the running session never expires");
 }
 
@@ -161,10 +231,17 @@ async fn ended_sessions_expire() {
 async fn python_sessions_are_listed() {
     let (server, state) = setup("hog").await;
     let doc = r#"{"timestamp":"2026-11-25T17:15:37.795531","node_id":"py","stroke_idx":3,"pose_idx":1,"total_strokes":9,"stroke_length":4,"is_executing":true}"#;
-    let () = raw(&server).await.hset("stroke:progress:stroke_py_1795626937", "progress", doc).await.unwrap();
+    let () = raw(&server)
+        .await
+        .hset("stroke:progress:stroke_py_1795626937", "progress", doc)
+        .await
+        .unwrap();
     let latest = state.latest_active_session().await.unwrap().unwrap();
     assert_eq!(latest.session_id.as_str(), "stroke_py_1795626937");
-    assert_eq!((latest.progress.stroke_idx, latest.progress.scene_name.as_str()), (3, "default"));
+    assert_eq!(
+        (latest.progress.stroke_idx, latest.progress.scene_name.as_str()),
+        (3, "default")
+    );
     assert_eq!(state.system_status().await.active_sessions, 1);
 }
 
@@ -173,7 +250,10 @@ async fn python_sessions_are_listed() {
 async fn clear_session() {
     let (_server, state) = setup("hog").await;
     let session = state.start_stroke_session(1, 1, "s").await.unwrap();
-    state.update_stroke_progress(&session, &ProgressUpdate::new(0, 0)).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
     assert!(state.clear_session_data(&session).await.unwrap());
     assert_eq!(state.get_stroke_progress(&session).await.unwrap(), None);
     assert!(state.get_history(&session, None, 10).await.unwrap().is_empty());
@@ -185,6 +265,9 @@ async fn clear_session() {
 async fn oversized_text_refused() {
     let (_server, state) = setup("hog").await;
     let err = state.start_stroke_session(1, 1, &"x".repeat(5000)).await.unwrap_err();
-    assert!(err.to_string().contains("scene name is 5000 bytes; the limit is 4096"), "{err}");
+    assert!(
+        err.to_string().contains("scene name is 5000 bytes; the limit is 4096"),
+        "{err}"
+    );
     assert_eq!(state.system_status().await.total_sessions, 0);
 }

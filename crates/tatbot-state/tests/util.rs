@@ -23,7 +23,9 @@ pub fn config(server: &RedisServer, node: &str) -> ManagerConfig {
 
 /// A manager connected to `server` as node `node`.
 pub async fn manager(server: &RedisServer, node: &str) -> StateManager {
-    StateManager::connect(config(server, node)).await.expect("connect to the test server")
+    StateManager::connect(config(server, node))
+        .await
+        .expect("connect to the test server")
 }
 
 /// A plain connection for reading and writing raw values.

@@ -10,10 +10,8 @@ mod health;
 mod robot;
 mod stroke;
 
-pub use event::{
-    ErrorEvent, Event, ProgressUpdateEvent, SessionEndEvent, SessionStartEvent, StateUpdateEvent,
-};
 pub use event::types as event_types;
+pub use event::{ErrorEvent, Event, ProgressUpdateEvent, SessionEndEvent, SessionStartEvent, StateUpdateEvent};
 pub use health::NodeHealth;
 pub use robot::RobotState;
 pub use stroke::{HistoryEntry, StrokeProgress};
