@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the local demo: a private redis-server, two heartbeat agents and a simulated robot
+# executing a stroke session, with a checked summary at the end. Installs redis-server first
+# when it is missing. Extra arguments go to `tatbot-state demo` (try --fast or --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo run --quiet -p tatbot-state-cli --bin tatbot-state -- demo "$@"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real redis-server processes that the tests start
+# themselves (free loopback ports, temp dirs). Installs redis-server first when it is missing.
+# Extra arguments go to the test runner (for example a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
+cargo test --workspace --doc --quiet
