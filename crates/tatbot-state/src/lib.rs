@@ -24,6 +24,7 @@ mod ids;
 pub mod keys;
 pub mod manager;
 pub mod model;
+mod ops;
 mod pyjson;
 mod scripts;
 pub mod subscribe;

@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Value as RedisValue};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::connection::{ManagerConfig, connect};
 use crate::error::{Error, Result};
 use crate::ids::{Category, NodeId, SessionId};
 use crate::keys;
 use crate::model::{ErrorEvent, Event, HistoryEntry, NodeHealth, RobotState, StrokeProgress};
+use crate::ops::{Op, RunState};
 use crate::scripts;
 use crate::subscribe::Subscription;
 use crate::timestamp::Timestamp;
@@ -177,11 +178,11 @@ impl StateManager {
         &self.inner.config
     }
 
-    fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> ConnectionManager {
         self.inner.connection.clone()
     }
 
-    fn redis_error(&self, operation: &'static str, err: redis::RedisError) -> Error {
+    pub(crate) fn redis_error(&self, operation: &'static str, err: redis::RedisError) -> Error {
         match Error::from_redis(operation, err) {
             Error::Timeout { operation, .. } => Error::Timeout {
                 operation,
@@ -275,40 +276,64 @@ impl StateManager {
     /// [`Error::SessionNotFound`], [`Error::Corrupt`] when the stored document is not JSON, a
     /// description longer than [`MAX_TEXT_LEN`], or a Redis failure.
     pub async fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<String> {
-        let mut patch = json!({
-            "timestamp": Timestamp::now(),
-            "node_id": self.node_id(),
-            "stroke_idx": update.stroke_idx,
-            "pose_idx": update.pose_idx,
-        });
-        let fields = patch.as_object_mut().expect("json! built an object literal");
+        let op = self.progress_op(session_id, update)?;
+        let entry_id: redis::Value = self.apply(&op, "update_stroke_progress").await?;
+        Ok(redis::from_redis_value(entry_id).unwrap_or_default())
+    }
+
+    /// The op for a progress update, stamped now.
+    pub(crate) fn progress_op(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<Op> {
+        let mut patch = Map::new();
+        patch.insert("timestamp".into(), json!(Timestamp::now()));
+        patch.insert("node_id".into(), json!(self.node_id()));
+        patch.insert("stroke_idx".into(), update.stroke_idx.into());
+        patch.insert("pose_idx".into(), update.pose_idx.into());
         if let Some(text) = &update.description_l {
             check_text("left description", text)?;
-            fields.insert("stroke_description_l".into(), text.as_str().into());
+            patch.insert("stroke_description_l".into(), text.as_str().into());
         }
         if let Some(text) = &update.description_r {
             check_text("right description", text)?;
-            fields.insert("stroke_description_r".into(), text.as_str().into());
+            patch.insert("stroke_description_r".into(), text.as_str().into());
         }
         if let Some(offset) = update.offset_idx_l {
-            fields.insert("offset_idx_l".into(), offset.into());
+            patch.insert("offset_idx_l".into(), offset.into());
         }
         if let Some(offset) = update.offset_idx_r {
-            fields.insert("offset_idx_r".into(), offset.into());
+            patch.insert("offset_idx_r".into(), offset.into());
         }
-        let entry_id: String = scripts::UPDATE
-            .key(keys::progress(session_id))
-            .key(keys::history(session_id))
-            .key(keys::EVENT_LOG)
-            .arg(patch.to_string())
-            .arg(session_id.as_str())
-            .arg(self.inner.config.history_maxlen)
-            .arg(self.inner.config.event_log_maxlen)
-            .arg(keys::PROGRESS_EVENTS)
+        Ok(Op::Progress {
+            session_id: session_id.clone(),
+            patch,
+        })
+    }
+
+    /// The op for a run-state change, stamped now.
+    pub(crate) fn run_state_op(&self, session_id: &SessionId, kind: RunState) -> Op {
+        let mut patch = Map::new();
+        patch.insert("timestamp".into(), json!(Timestamp::now()));
+        patch.insert("node_id".into(), json!(self.node_id()));
+        match kind {
+            RunState::Pause => patch.insert("is_paused".into(), true.into()),
+            RunState::Resume => patch.insert("is_paused".into(), false.into()),
+            RunState::End => {
+                patch.insert("is_executing".into(), false.into());
+                patch.insert("is_paused".into(), false.into())
+            }
+        };
+        Op::RunState {
+            session_id: session_id.clone(),
+            patch,
+            kind,
+        }
+    }
+
+    /// Runs one op now (no writer revision) and returns the script's answer.
+    async fn apply(&self, op: &Op, operation: &'static str) -> Result<redis::Value> {
+        op.invocation(&self.inner.config, "", 0)
             .invoke_async(&mut self.connection())
             .await
-            .map_err(|err| self.redis_error("update_stroke_progress", err))?;
-        Ok(entry_id)
+            .map_err(|err| self.redis_error(operation, err))
     }
 
     /// Marks the session paused (`is_paused: true`) and publishes `session_pause`.
@@ -317,13 +342,9 @@ impl StateManager {
     ///
     /// As [`StateManager::update_stroke_progress`].
     pub async fn pause_stroke_session(&self, session_id: &SessionId) -> Result<()> {
-        self.set_run_state(
-            session_id,
-            json!({"is_paused": true}),
-            crate::model::event_types::SESSION_PAUSE,
-            false,
-        )
-        .await
+        self.apply(&self.run_state_op(session_id, RunState::Pause), "pause_stroke_session")
+            .await?;
+        Ok(())
     }
 
     /// Clears `is_paused` and publishes `session_resume`.
@@ -332,13 +353,12 @@ impl StateManager {
     ///
     /// As [`StateManager::update_stroke_progress`].
     pub async fn resume_stroke_session(&self, session_id: &SessionId) -> Result<()> {
-        self.set_run_state(
-            session_id,
-            json!({"is_paused": false}),
-            crate::model::event_types::SESSION_RESUME,
-            false,
+        self.apply(
+            &self.run_state_op(session_id, RunState::Resume),
+            "resume_stroke_session",
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Ends the session (`is_executing: false`), publishes `session_end`, and lets its progress
@@ -348,44 +368,8 @@ impl StateManager {
     ///
     /// As [`StateManager::update_stroke_progress`].
     pub async fn end_stroke_session(&self, session_id: &SessionId) -> Result<()> {
-        let patch = json!({"is_executing": false, "is_paused": false});
-        self.set_run_state(session_id, patch, crate::model::event_types::SESSION_END, true)
-            .await
-    }
-
-    async fn set_run_state(
-        &self,
-        session_id: &SessionId,
-        mut patch: Value,
-        event_type: &str,
-        ends: bool,
-    ) -> Result<()> {
-        let now = Timestamp::now();
-        let fields = patch.as_object_mut().expect("callers pass an object literal");
-        fields.insert("timestamp".into(), json!(now));
-        fields.insert("node_id".into(), json!(self.node_id()));
-        let retention = if ends {
-            self.inner.config.session_retention.as_secs().max(1)
-        } else {
-            0
-        };
-        let prune_before =
-            now.unix_millis() - i64::try_from(self.inner.config.session_retention.as_millis()).unwrap_or(i64::MAX);
-        let _: i64 = scripts::RUN_STATE
-            .key(keys::progress(session_id))
-            .key(keys::history(session_id))
-            .key(keys::EVENT_LOG)
-            .key(keys::SESSION_INDEX)
-            .arg(patch.to_string())
-            .arg(session_id.as_str())
-            .arg(retention)
-            .arg(self.inner.config.event_log_maxlen)
-            .arg(keys::SESSION_EVENTS)
-            .arg(event_type)
-            .arg(prune_before)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(|err| self.redis_error("set session run state", err))?;
+        self.apply(&self.run_state_op(session_id, RunState::End), "end_stroke_session")
+            .await?;
         Ok(())
     }
 
@@ -462,34 +446,7 @@ impl StateManager {
     ///
     /// An invalid `state.node_id`, or a Redis failure.
     pub async fn update_robot_state(&self, state: &RobotState) -> Result<()> {
-        let node_id = NodeId::new(state.node_id.as_str())?;
-        let key = keys::robot_state(&node_id);
-        let event = Event::StateUpdate(crate::model::StateUpdateEvent {
-            node_id: state.node_id.clone(),
-            timestamp: state.timestamp,
-            is_connected_l: state.is_connected_l,
-            is_connected_r: state.is_connected_r,
-            current_pose: state.current_pose.clone(),
-            extra: Default::default(),
-        });
-        let payload = event.to_json();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    (keys::FIELD_STATE, encode_json("state", state)?),
-                    (keys::FIELD_LAST_UPDATED, Timestamp::now().to_string()),
-                ],
-            )
-            .ignore()
-            .publish(keys::ROBOT_EVENTS, &payload)
-            .ignore();
-        self.log_event(&mut pipe, keys::ROBOT_EVENTS, &payload);
-        let () = pipe
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|err| self.redis_error("update_robot_state", err))?;
+        self.apply(&robot_state_op(state)?, "update_robot_state").await?;
         Ok(())
     }
 
@@ -514,24 +471,7 @@ impl StateManager {
     ///
     /// An invalid `health.node_id`, or a Redis failure.
     pub async fn update_node_health(&self, health: &NodeHealth) -> Result<()> {
-        let node_id = NodeId::new(health.node_id.as_str())?;
-        let key = keys::health(&node_id);
-        let ttl = i64::try_from(self.inner.config.health_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let () = redis::pipe()
-            .atomic()
-            .hset(&key, keys::FIELD_HEALTH, encode_json("health", health)?)
-            .ignore()
-            .expire(&key, ttl)
-            .ignore()
-            .zadd(
-                keys::NODE_REGISTRY,
-                node_id.as_str(),
-                health.last_heartbeat.unix_millis(),
-            )
-            .ignore()
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|err| self.redis_error("update_node_health", err))?;
+        self.apply(&health_op(health)?, "update_node_health").await?;
         Ok(())
     }
 
@@ -644,6 +584,13 @@ impl StateManager {
     ///
     /// A message longer than [`MAX_TEXT_LEN`], or a Redis failure.
     pub async fn report_error(&self, category: &Category, message: &str, details: Value) -> Result<()> {
+        let op = self.error_op(category, message, details)?;
+        self.apply(&op, "report_error").await?;
+        Ok(())
+    }
+
+    /// The op for an error report, stamped now.
+    pub(crate) fn error_op(&self, category: &Category, message: &str, details: Value) -> Result<Op> {
         check_text("error message", message)?;
         let now = Timestamp::now();
         let event = ErrorEvent {
@@ -654,35 +601,12 @@ impl StateManager {
             timestamp: now,
             extra: Default::default(),
         };
-        let channel = keys::error_channel(category);
-        let payload = Event::Error(event).to_json();
         let max_age_ms = i64::try_from(self.inner.config.error_log_max_age.as_millis()).unwrap_or(i64::MAX);
-        let min_id = (now.unix_millis() - max_age_ms).max(0);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .publish(&channel, &payload)
-            .ignore()
-            .cmd("XADD")
-            .arg(keys::ERROR_LOG)
-            .arg("MAXLEN")
-            .arg(self.inner.config.error_log_maxlen)
-            .arg("*")
-            .arg("channel")
-            .arg(&channel)
-            .arg("payload")
-            .arg(&payload)
-            .ignore()
-            .cmd("XTRIM")
-            .arg(keys::ERROR_LOG)
-            .arg("MINID")
-            .arg(min_id)
-            .ignore();
-        self.log_event(&mut pipe, &channel, &payload);
-        let () = pipe
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|err| self.redis_error("report_error", err))?;
-        Ok(())
+        Ok(Op::Error {
+            channel: keys::error_channel(category),
+            event: Event::Error(event).to_json(),
+            min_id_ms: now.unix_millis().saturating_sub(max_age_ms),
+        })
     }
 
     /// The newest `count` stored errors, newest first.
@@ -869,6 +793,36 @@ impl StateManager {
         }
         Ok(entries)
     }
+}
+
+/// The op storing `state` under its node's key.
+pub(crate) fn robot_state_op(state: &RobotState) -> Result<Op> {
+    let node_id = NodeId::new(state.node_id.as_str())?;
+    let event = Event::StateUpdate(crate::model::StateUpdateEvent {
+        node_id: state.node_id.clone(),
+        timestamp: state.timestamp,
+        is_connected_l: state.is_connected_l,
+        is_connected_r: state.is_connected_r,
+        current_pose: state.current_pose.clone(),
+        extra: Default::default(),
+    });
+    Ok(Op::RobotState {
+        key: keys::robot_state(&node_id),
+        state: encode_json("state", state)?,
+        last_updated: Timestamp::now().to_string(),
+        event: event.to_json(),
+    })
+}
+
+/// The op storing a heartbeat under its node's key.
+pub(crate) fn health_op(health: &NodeHealth) -> Result<Op> {
+    let node_id = NodeId::new(health.node_id.as_str())?;
+    Ok(Op::Health {
+        key: keys::health(&node_id),
+        node_id: node_id.to_string(),
+        health: encode_json("health", health)?,
+        heartbeat_ms: health.last_heartbeat.unix_millis(),
+    })
 }
 
 fn check_text(what: &str, text: &str) -> Result<()> {

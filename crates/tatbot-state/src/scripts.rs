@@ -9,6 +9,12 @@
 //! Key names reach the scripts from [`crate::keys`] as `KEYS` or, where a name depends on a value
 //! computed inside the script (the unique session id), as a prefix in `ARGV`.
 //!
+//! Every write script but session start takes a writer revision as `ARGV[1]` (a key, or `''`
+//! for none) and `ARGV[2]` (a sequence number). A [`crate::Producer`] numbers its writes and
+//! may send one again after a lost connection or a Redis restart; the script applies a write
+//! only when its number is above the last one recorded for that writer, in the same atomic
+//! step, so a replay never duplicates a history entry or an event.
+//!
 //! Documents are re-encoded with the contract's field order, compact, so the stored bytes look
 //! like what pydantic writes. Redis's `cjson` escapes `/` as `\/`; we undo that. Two limits of
 //! `cjson` apply to fields we do not know and therefore pass through: numbers are written with
@@ -73,6 +79,15 @@ local function as_string(v)
   return ''
 end
 
+-- True when this writer's write `seq` was not applied yet; records it. '' means no writer.
+local function fresh(rev_key, seq)
+  if rev_key == '' then return true end
+  local last = tonumber(redis.call('GET', rev_key) or '0')
+  if tonumber(seq) <= last then return false end
+  redis.call('SET', rev_key, seq, 'EX', 86400)
+  return true
+end
+
 local PROGRESS_ORDER = {'timestamp', 'node_id', 'stroke_idx', 'pose_idx', 'total_strokes',
   'stroke_length', 'stroke_description_l', 'stroke_description_r', 'offset_idx_l',
   'offset_idx_r', 'is_executing', 'is_paused', 'scene_name', 'dataset_name'}
@@ -105,53 +120,93 @@ return id
 /// Merges a progress update, appends history, publishes and logs the event.
 ///
 /// KEYS: progress hash, history stream, event log.
-/// ARGV: patch JSON (must hold timestamp, node_id, stroke_idx, pose_idx), session id,
-/// history maxlen, event log maxlen, progress channel.
-/// Returns the history entry id.
+/// ARGV: rev key, seq, patch JSON (must hold timestamp, node_id, stroke_idx, pose_idx),
+/// session id, history maxlen, event log maxlen, progress channel.
+/// Returns the history entry id, or 0 for a write already applied.
 const UPDATE_PROGRESS: &str = r#"
 local raw = redis.call('HGET', KEYS[1], 'progress')
-if not raw then return redis.error_reply('TATBOT_NOSESSION ' .. ARGV[2]) end
+if not raw then return redis.error_reply('TATBOT_NOSESSION ' .. ARGV[4]) end
 local doc, err = decode_doc(KEYS[1], 'progress', raw)
 if not doc then return err end
-local patch = cjson.decode(ARGV[1])
+if not fresh(ARGV[1], ARGV[2]) then return 0 end
+local patch = cjson.decode(ARGV[3])
 for k, v in pairs(patch) do doc[k] = v end
 redis.call('HSET', KEYS[1], 'progress', encode_ordered(doc, PROGRESS_ORDER))
 local dl, dr = as_string(doc.stroke_description_l), as_string(doc.stroke_description_r)
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
   'stroke_idx', tostring(patch.stroke_idx), 'pose_idx', tostring(patch.pose_idx),
   'description_l', dl, 'description_r', dr, 'node_id', patch.node_id)
-local ev = encode_event({{'type', 'progress_update'}, {'session_id', ARGV[2]},
+local ev = encode_event({{'type', 'progress_update'}, {'session_id', ARGV[4]},
   {'node_id', patch.node_id}, {'stroke_idx', patch.stroke_idx}, {'pose_idx', patch.pose_idx},
   {'total_strokes', doc.total_strokes or 0}, {'stroke_length', doc.stroke_length or 0},
   {'description_l', dl}, {'description_r', dr}, {'timestamp', patch.timestamp}})
-redis.call('PUBLISH', ARGV[5], ev)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'channel', ARGV[5], 'payload', ev)
+redis.call('PUBLISH', ARGV[7], ev)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ev)
 return id
 "#;
 
 /// Changes a session's run state (end, pause, resume) and publishes the matching event.
 ///
 /// KEYS: progress hash, history stream, event log, session index.
-/// ARGV: patch JSON (timestamp, node_id and the flags), session id, retention seconds (0 keeps
-/// the keys), event log maxlen, session channel, event type, prune-before ms.
+/// ARGV: rev key, seq, patch JSON (timestamp, node_id and the flags), session id, retention
+/// seconds (0 keeps the keys), event log maxlen, session channel, event type, prune-before ms.
 const SET_RUN_STATE: &str = r#"
 local raw = redis.call('HGET', KEYS[1], 'progress')
-if not raw then return redis.error_reply('TATBOT_NOSESSION ' .. ARGV[2]) end
+if not raw then return redis.error_reply('TATBOT_NOSESSION ' .. ARGV[4]) end
 local doc, err = decode_doc(KEYS[1], 'progress', raw)
 if not doc then return err end
-local patch = cjson.decode(ARGV[1])
+if not fresh(ARGV[1], ARGV[2]) then return 0 end
+local patch = cjson.decode(ARGV[3])
 for k, v in pairs(patch) do doc[k] = v end
 redis.call('HSET', KEYS[1], 'progress', encode_ordered(doc, PROGRESS_ORDER))
-local retention = tonumber(ARGV[3])
+local retention = tonumber(ARGV[5])
 if retention > 0 then
   redis.call('EXPIRE', KEYS[1], retention)
   redis.call('EXPIRE', KEYS[2], retention)
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[9])
 end
-local ev = encode_event({{'type', ARGV[6]}, {'session_id', ARGV[2]}, {'node_id', patch.node_id},
+local ev = encode_event({{'type', ARGV[8]}, {'session_id', ARGV[4]}, {'node_id', patch.node_id},
   {'timestamp', patch.timestamp}})
-redis.call('PUBLISH', ARGV[5], ev)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'channel', ARGV[5], 'payload', ev)
+redis.call('PUBLISH', ARGV[7], ev)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ev)
+return 1
+"#;
+
+/// Stores a robot state snapshot and publishes `state_update`.
+///
+/// KEYS: robot state hash, event log.
+/// ARGV: rev key, seq, state JSON, last_updated, event JSON, event log maxlen, channel.
+const ROBOT_STATE: &str = r#"
+if not fresh(ARGV[1], ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'last_updated', ARGV[4])
+redis.call('PUBLISH', ARGV[7], ARGV[5])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ARGV[5])
+return 1
+"#;
+
+/// Stores a heartbeat with its TTL and records the node in the registry.
+///
+/// KEYS: health hash, node registry.
+/// ARGV: rev key, seq, health JSON, TTL seconds, node id, heartbeat ms.
+const HEALTH: &str = r#"
+if not fresh(ARGV[1], ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'health', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
+return 1
+"#;
+
+/// Publishes an error event, stores it in the error log (trimmed exactly by count and age) and
+/// in the event log.
+///
+/// KEYS: error log, event log.
+/// ARGV: rev key, seq, channel, event JSON, error log maxlen, error log min id, event log maxlen.
+const REPORT_ERROR: &str = r#"
+if not fresh(ARGV[1], ARGV[2]) then return 0 end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'channel', ARGV[3], 'payload', ARGV[4])
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[6])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'channel', ARGV[3], 'payload', ARGV[4])
 return 1
 "#;
 
@@ -165,3 +220,15 @@ pub(crate) static START: LazyLock<Script> = LazyLock::new(|| with_prelude(START_
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| with_prelude(UPDATE_PROGRESS));
 /// [`SET_RUN_STATE`], compiled once.
 pub(crate) static RUN_STATE: LazyLock<Script> = LazyLock::new(|| with_prelude(SET_RUN_STATE));
+/// [`ROBOT_STATE`], compiled once.
+pub(crate) static ROBOT: LazyLock<Script> = LazyLock::new(|| with_prelude(ROBOT_STATE));
+/// [`HEALTH`], compiled once.
+pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| with_prelude(HEALTH));
+/// [`REPORT_ERROR`], compiled once.
+pub(crate) static ERROR: LazyLock<Script> = LazyLock::new(|| with_prelude(REPORT_ERROR));
+
+/// Every write script a [`crate::Producer`] pipelines; loaded after a reconnect, since
+/// `EVALSHA` inside a pipeline does not fall back to `EVAL`.
+pub(crate) fn pipelined() -> [&'static Script; 5] {
+    [&UPDATE, &RUN_STATE, &ROBOT, &HEARTBEAT, &ERROR]
+}

@@ -1,0 +1,183 @@
+//! Writes as values: each [`Op`] is one script invocation, built the same way whether the
+//! caller awaits it ([`crate::StateManager`]) or queues it ([`crate::Producer`]).
+//!
+//! An op carries everything it writes, stamped when it was made, so sending it late (after a
+//! reconnect) or twice (after a Redis restart) writes what the caller meant at the time.
+
+use redis::ScriptInvocation;
+use serde_json::{Map, Value};
+
+use crate::connection::ManagerConfig;
+use crate::ids::SessionId;
+use crate::keys;
+use crate::model::event_types;
+use crate::scripts;
+
+/// One write.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Merge `patch` into a session's progress, append history, publish `progress_update`.
+    Progress {
+        session_id: SessionId,
+        patch: Map<String, Value>,
+    },
+    /// End, pause or resume a session.
+    RunState {
+        session_id: SessionId,
+        patch: Map<String, Value>,
+        kind: RunState,
+    },
+    /// Store a robot state snapshot and publish `state_update`.
+    RobotState {
+        key: String,
+        state: String,
+        last_updated: String,
+        event: String,
+    },
+    /// Store a heartbeat.
+    Health {
+        key: String,
+        node_id: String,
+        health: String,
+        heartbeat_ms: i64,
+    },
+    /// Publish and store an error.
+    Error {
+        channel: String,
+        event: String,
+        min_id_ms: i64,
+    },
+}
+
+/// Which run-state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunState {
+    Pause,
+    Resume,
+    End,
+}
+
+impl RunState {
+    fn event_type(self) -> &'static str {
+        match self {
+            RunState::Pause => event_types::SESSION_PAUSE,
+            RunState::Resume => event_types::SESSION_RESUME,
+            RunState::End => event_types::SESSION_END,
+        }
+    }
+}
+
+impl Op {
+    /// Snapshots (robot state, heartbeats) are superseded by a newer write to the same key;
+    /// this is that key.
+    pub(crate) fn snapshot_key(&self) -> Option<&str> {
+        match self {
+            Op::RobotState { key, .. } | Op::Health { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The invocation, with writer revision `rev_key` (`""` for none) and sequence `seq`.
+    pub(crate) fn invocation(&self, config: &ManagerConfig, rev_key: &str, seq: u64) -> ScriptInvocation<'static> {
+        match self {
+            Op::Progress { session_id, patch } => {
+                let mut invocation = scripts::UPDATE.prepare_invoke();
+                invocation
+                    .key(keys::progress(session_id))
+                    .key(keys::history(session_id))
+                    .key(keys::EVENT_LOG)
+                    .arg(rev_key)
+                    .arg(seq)
+                    .arg(Value::Object(patch.clone()).to_string())
+                    .arg(session_id.as_str())
+                    .arg(config.history_maxlen)
+                    .arg(config.event_log_maxlen)
+                    .arg(keys::PROGRESS_EVENTS);
+                invocation
+            }
+            Op::RunState {
+                session_id,
+                patch,
+                kind,
+            } => {
+                let retention = config.session_retention.as_secs().max(1);
+                let retention = if *kind == RunState::End { retention } else { 0 };
+                let now_ms = patch.get("timestamp").and_then(Value::as_str).map_or(0, |text| {
+                    crate::timestamp::Timestamp::parse(text).map_or(0, |ts| ts.unix_millis())
+                });
+                let retention_ms = i64::try_from(config.session_retention.as_millis()).unwrap_or(i64::MAX);
+                let mut invocation = scripts::RUN_STATE.prepare_invoke();
+                invocation
+                    .key(keys::progress(session_id))
+                    .key(keys::history(session_id))
+                    .key(keys::EVENT_LOG)
+                    .key(keys::SESSION_INDEX)
+                    .arg(rev_key)
+                    .arg(seq)
+                    .arg(Value::Object(patch.clone()).to_string())
+                    .arg(session_id.as_str())
+                    .arg(retention)
+                    .arg(config.event_log_maxlen)
+                    .arg(keys::SESSION_EVENTS)
+                    .arg(kind.event_type())
+                    .arg(now_ms.saturating_sub(retention_ms));
+                invocation
+            }
+            Op::RobotState {
+                key,
+                state,
+                last_updated,
+                event,
+            } => {
+                let mut invocation = scripts::ROBOT.prepare_invoke();
+                invocation
+                    .key(key)
+                    .key(keys::EVENT_LOG)
+                    .arg(rev_key)
+                    .arg(seq)
+                    .arg(state)
+                    .arg(last_updated)
+                    .arg(event)
+                    .arg(config.event_log_maxlen)
+                    .arg(keys::ROBOT_EVENTS);
+                invocation
+            }
+            Op::Health {
+                key,
+                node_id,
+                health,
+                heartbeat_ms,
+            } => {
+                let mut invocation = scripts::HEARTBEAT.prepare_invoke();
+                invocation
+                    .key(key)
+                    .key(keys::NODE_REGISTRY)
+                    .arg(rev_key)
+                    .arg(seq)
+                    .arg(health)
+                    .arg(config.health_ttl.as_secs().max(1))
+                    .arg(node_id)
+                    .arg(heartbeat_ms);
+                invocation
+            }
+            Op::Error {
+                channel,
+                event,
+                min_id_ms,
+            } => {
+                let mut invocation = scripts::ERROR.prepare_invoke();
+                invocation
+                    .key(keys::ERROR_LOG)
+                    .key(keys::EVENT_LOG)
+                    .arg(rev_key)
+                    .arg(seq)
+                    .arg(channel)
+                    .arg(event)
+                    .arg(config.error_log_maxlen)
+                    .arg((*min_id_ms).max(0))
+                    .arg(config.event_log_maxlen);
+                invocation
+            }
+        }
+    }
+}
