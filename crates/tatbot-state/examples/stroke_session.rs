@@ -20,9 +20,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let session = state.start_stroke_session(100, 50, "default").await?;
     println!("started {session}");
-    state.update_stroke_progress(&session, &ProgressUpdate::new(5, 25)).await?;
-    let progress = state.get_stroke_progress(&session).await?.ok_or("the session vanished")?;
-    println!("stroke {}/{}, pose {}/{}", progress.stroke_idx, progress.total_strokes, progress.pose_idx, progress.stroke_length);
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(5, 25))
+        .await?;
+    let progress = state
+        .get_stroke_progress(&session)
+        .await?
+        .ok_or("the session vanished")?;
+    println!(
+        "stroke {}/{}, pose {}/{}",
+        progress.stroke_idx, progress.total_strokes, progress.pose_idx, progress.stroke_length
+    );
     state.end_stroke_session(&session).await?;
     println!("ended {session}");
     Ok(())

@@ -150,8 +150,8 @@ impl ManagerConfig {
     }
 }
 
-/// Opens the client and a managed, auto-reconnecting multiplexed connection.
-pub(crate) async fn connect(config: &ManagerConfig) -> Result<(redis::Client, ConnectionManager)> {
+/// The client (which opens dedicated connections) and the settings of the shared connection.
+pub(crate) fn client(config: &ManagerConfig) -> Result<(redis::Client, ConnectionManagerConfig)> {
     let target = config.endpoint.to_string();
     let client =
         redis::Client::open(config.endpoint.connection_info()?).map_err(|err| Error::from_connect(&target, err))?;
@@ -161,22 +161,36 @@ pub(crate) async fn connect(config: &ManagerConfig) -> Result<(redis::Client, Co
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_secs(2));
+    Ok((client, manager_config))
+}
+
+/// A shared connection that connects on first use, so it can be made while Redis is down.
+pub(crate) fn lazy(client: &redis::Client, manager_config: &ConnectionManagerConfig) -> Result<ConnectionManager> {
+    ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+        .map_err(|err| Error::from_connect("redis", err))
+}
+
+/// Opens the shared connection now and checks that the server accepts it.
+pub(crate) async fn connect(
+    config: &ManagerConfig,
+    client: &redis::Client,
+    manager_config: &ConnectionManagerConfig,
+) -> Result<ConnectionManager> {
+    let target = config.endpoint.to_string();
     // The driver retries inside `new`; the outer timeout bounds the whole attempt.
-    let attempt = ConnectionManager::new_with_config(client.clone(), manager_config);
-    let manager = match tokio::time::timeout(config.connect_timeout * 3, attempt).await {
-        Ok(Ok(manager)) => manager,
-        Ok(Err(err)) => return Err(Error::from_connect(&target, err)),
-        Err(_) => {
-            return Err(Error::Unreachable {
-                target: target.clone(),
-                source: redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", config.connect_timeout * 3),
-                )),
-            });
-        }
-    };
-    Ok((client, manager))
+    let limit = config.connect_timeout * 3;
+    let attempt = ConnectionManager::new_with_config(client.clone(), manager_config.clone());
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(manager)) => Ok(manager),
+        Ok(Err(err)) => Err(Error::from_connect(&target, err)),
+        Err(_) => Err(Error::Unreachable {
+            target,
+            source: redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {limit:?}"),
+            )),
+        }),
+    }
 }
 
 /// The address to dial (after any inventory fallback) and the credentials.

@@ -51,6 +51,8 @@ pub const NODE_REGISTRY: &str = "tatbot:nodes";
 pub const ERROR_LOG: &str = "tatbot:errors";
 /// Ours: capped stream of every event we publish, in order (the durable event log).
 pub const EVENT_LOG: &str = "tatbot:events";
+/// Ours: prefix of the per-producer revision counters that make replays idempotent.
+pub const WRITER_REV_PREFIX: &str = "tatbot:rev:";
 
 /// `robot:state:{node_id}`.
 pub fn robot_state(node_id: &NodeId) -> String {
@@ -85,6 +87,11 @@ pub fn session_base(node_id: &NodeId, unix_seconds: i64) -> String {
 /// `tatbot:session_seq:{base}`: counts sessions started with the same base id.
 pub fn session_seq(base: &str) -> String {
     format!("{SESSION_SEQ_PREFIX}{base}")
+}
+
+/// `tatbot:rev:{writer_id}`: the last op sequence number a producer had applied.
+pub fn writer_rev(writer_id: &str) -> String {
+    format!("{WRITER_REV_PREFIX}{writer_id}")
 }
 
 /// The part of `key` after `prefix`, if `key` starts with it.

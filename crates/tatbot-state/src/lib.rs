@@ -7,6 +7,8 @@
 //!
 //! - [`StateManager`] ([`manager`]): stroke sessions, progress, robot state, node health, events,
 //!   errors and the system summary; every write that touches several keys is one atomic round trip.
+//! - [`Producer`] ([`producer`]): the robot's write path; calls queue and return at once, a
+//!   background writer pipelines, coalesces, bounds memory and replays after a Redis restart.
 //! - [`Subscription`] ([`subscribe`]): typed pub/sub events on a connection of their own.
 //! - [`model`]: serde types for every document and event of the wire contract.
 //! - [`keys`]: the key schema, the only place key names are built.
@@ -25,6 +27,7 @@ pub mod keys;
 pub mod manager;
 pub mod model;
 mod ops;
+pub mod producer;
 mod pyjson;
 mod scripts;
 pub mod subscribe;
@@ -34,6 +37,7 @@ pub use connection::{Endpoint, ManagerConfig};
 pub use error::{Error, Result};
 pub use ids::{Category, MAX_ID_LEN, NodeId, SessionId};
 pub use manager::{CorruptEntry, Entry, ProgressUpdate, SessionInfo, StateManager, SystemStatus};
+pub use producer::{Producer, ProducerConfig, ProducerStats};
 pub use subscribe::{Message, Subscription};
 pub use timestamp::Timestamp;
 

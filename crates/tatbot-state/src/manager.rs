@@ -11,15 +11,15 @@
 //! not decode is reported per entry, naming its key, and never fails a whole listing.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value as RedisValue};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::connection::{ManagerConfig, connect};
+use crate::connection::{self, ManagerConfig};
 use crate::error::{Error, Result};
 use crate::ids::{Category, NodeId, SessionId};
 use crate::keys;
@@ -144,8 +144,12 @@ struct Inner {
     config: ManagerConfig,
     /// Opens the dedicated connections that subscriptions need.
     client: redis::Client,
-    /// The shared multiplexed connection; it reconnects by itself after a failure.
-    connection: ConnectionManager,
+    /// Settings for (re)making the shared connection.
+    manager_config: ConnectionManagerConfig,
+    /// The shared multiplexed connection. The driver reconnects it after a reset, but not after
+    /// a timeout, which is what a half-open connection (peer silent, no reset) produces; so on a
+    /// timeout we swap in a fresh lazy connection here. The lock is held only to clone or swap.
+    connection: RwLock<ConnectionManager>,
 }
 
 impl StateManager {
@@ -156,16 +160,40 @@ impl StateManager {
     /// [`Error::Unreachable`] when nothing answers within the connect timeout, [`Error::Auth`]
     /// when the credentials are refused.
     pub async fn connect(config: ManagerConfig) -> Result<StateManager> {
-        let (client, connection) = connect(&config).await?;
-        let manager = StateManager {
+        let (client, manager_config) = connection::client(&config)?;
+        let connection = connection::connect(&config, &client, &manager_config).await?;
+        let manager = StateManager::from_parts(config, client, manager_config, connection);
+        tracing::info!(target = %manager.inner.config.endpoint, node_id = %manager.inner.config.node_id, "connected to redis");
+        Ok(manager)
+    }
+
+    /// Makes a manager without touching the network; it connects on first use. Calls fail
+    /// while Redis is unreachable and work once it is up, so a producer can start before Redis.
+    ///
+    /// # Errors
+    ///
+    /// Only an endpoint the driver cannot represent.
+    pub fn connect_lazy(config: ManagerConfig) -> Result<StateManager> {
+        let (client, manager_config) = connection::client(&config)?;
+        let connection = connection::lazy(&client, &manager_config)?;
+        Ok(StateManager::from_parts(config, client, manager_config, connection))
+    }
+
+    fn from_parts(
+        config: ManagerConfig,
+        client: redis::Client,
+        manager_config: ConnectionManagerConfig,
+        connection: ConnectionManager,
+    ) -> StateManager {
+        let connection = RwLock::new(connection);
+        StateManager {
             inner: Arc::new(Inner {
                 config,
                 client,
+                manager_config,
                 connection,
             }),
-        };
-        tracing::info!(target = %manager.inner.config.endpoint, node_id = %manager.inner.config.node_id, "connected to redis");
-        Ok(manager)
+        }
     }
 
     /// This node's id.
@@ -179,15 +207,35 @@ impl StateManager {
     }
 
     pub(crate) fn connection(&self) -> ConnectionManager {
-        self.inner.connection.clone()
+        // A poisoned lock only means a panic elsewhere while cloning or swapping; the
+        // connection inside is still valid.
+        self.inner
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the shared connection with a fresh one that connects on next use.
+    fn replace_connection(&self) {
+        match connection::lazy(&self.inner.client, &self.inner.manager_config) {
+            Ok(fresh) => {
+                *self.inner.connection.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                tracing::warn!(target = %self.inner.config.endpoint, "redis did not answer in time; replaced the connection");
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot replace the redis connection"),
+        }
     }
 
     pub(crate) fn redis_error(&self, operation: &'static str, err: redis::RedisError) -> Error {
         match Error::from_redis(operation, err) {
-            Error::Timeout { operation, .. } => Error::Timeout {
-                operation,
-                after: self.inner.config.response_timeout,
-            },
+            Error::Timeout { operation, .. } => {
+                self.replace_connection();
+                Error::Timeout {
+                    operation,
+                    after: self.inner.config.response_timeout,
+                }
+            }
             other => other,
         }
     }

@@ -7,5 +7,6 @@ mod corrupt;
 mod events;
 mod golden;
 mod health;
+mod reliability;
 mod sessions;
 mod util;

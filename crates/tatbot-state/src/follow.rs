@@ -1,0 +1,454 @@
+//! Following the system live without missing anything: a consistent snapshot, then every change.
+//!
+//! [`follow`] returns a [`Follower`]. Its first item is a [`Snapshot`] (sessions with their
+//! progress, nodes with their health, recent events and errors) taken atomically with a
+//! [`Cursor`]; every later item is a [`Change`] that carries the cursor just after it. Hand the
+//! last cursor you processed back to [`follow`] and the new follower replays exactly what came
+//! after it, from the streams, instead of taking a snapshot.
+//!
+//! # Where changes come from
+//!
+//! - Our durable event log `tatbot:events` gives session starts, pauses, resumes and ends,
+//!   robot state updates, errors and unknown events, in order. It is tailed with `XREAD BLOCK`
+//!   on a connection of the follower's own, because a blocked connection can run nothing else.
+//! - Progress comes from the history streams `stream:stroke_history:{session}`, which every
+//!   writer appends to, Python nodes included (they don't write our event log). The same
+//!   `XREAD` tails the history stream of every executing session; the `progress_update`
+//!   entries of the event log are skipped because the history entry carries the same step.
+//! - Session documents (offsets, pause and run flags) are re-read after a session event and at
+//!   each poll, once that session's history is drained, and sent when they changed.
+//! - Node health has no events: heartbeats are polled every [`FollowConfig::poll_interval`]
+//!   (1 s by default) and a [`ChangeKind::Node`] is sent when one changed or expired. The same
+//!   poll finds sessions started by Python nodes, which are then replayed from their first
+//!   history entry, so their progress is complete too.
+//!
+//! # Order
+//!
+//! Within one stream the order is Redis's. Across streams it is not total: a session's
+//! history entries written before one of its session events are delivered before that event,
+//! and a session is announced (its document) before its first history entry.
+//!
+//! # Failures and gaps
+//!
+//! When Redis goes away the follower sends [`FollowItem::ConnectionLost`], reconnects with
+//! capped exponential backoff, sends [`FollowItem::Reconnected`] and resumes from its cursor.
+//! Before resuming, and after every read, it compares the cursor with each stream's
+//! `max-deleted-entry-id` and `last-generated-id` (`XINFO STREAM`): if an entry after the
+//! cursor was trimmed, or the stream went back (data lost in a restart), it sends
+//! [`FollowItem::Resync`] and a fresh snapshot rather than skip silently.
+//!
+//! # Memory
+//!
+//! Items go through a channel of [`FOLLOW_BUFFER`] items. A consumer that stops reading stalls
+//! the follower's task, which then stops reading Redis; when the consumer catches up the task
+//! continues from its cursor, or resyncs if the log was trimmed meanwhile. Nothing grows.
+
+mod cursor;
+mod io;
+mod task;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::error::Result;
+use crate::ids::SessionId;
+use crate::manager::StateManager;
+use crate::model::{HistoryEntry, NodeHealth, StrokeProgress, event_types};
+
+pub use cursor::{Cursor, EntryId};
+
+/// Items a follower's task may send before it waits for the consumer.
+pub const FOLLOW_BUFFER: usize = 256;
+/// Default `XREAD BLOCK` time: also the longest a poll can be delayed by a quiet log.
+pub const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
+/// Default interval of the heartbeat and session poll.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default entries per stream per read.
+pub const DEFAULT_BATCH: usize = 500;
+/// Default number of events kept in [`Snapshot::recent_events`].
+pub const DEFAULT_RECENT_EVENTS: usize = 50;
+/// Default number of errors kept in [`Snapshot::recent_errors`].
+pub const DEFAULT_RECENT_ERRORS: usize = 20;
+/// Longest wait between two reconnect attempts.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every session, node, event and error.
+    All,
+    /// One session: its document, its history and its session events; no nodes or errors.
+    Session(SessionId),
+}
+
+impl Scope {
+    fn includes_session(&self, session_id: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Session(wanted) => wanted.as_str() == session_id,
+        }
+    }
+
+    fn is_all(&self) -> bool {
+        matches!(self, Scope::All)
+    }
+}
+
+/// Tuning of a follower; the defaults are the `DEFAULT_*` constants of this module.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// How long one `XREAD` blocks when nothing arrives.
+    pub block: Duration,
+    /// How often heartbeats and session documents are polled.
+    pub poll_interval: Duration,
+    /// Entries read per stream per round trip.
+    pub batch: usize,
+    /// Events kept in a snapshot's `recent_events`.
+    pub recent_events: usize,
+    /// Errors kept in a snapshot's `recent_errors`.
+    pub recent_errors: usize,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for FollowConfig {
+    fn default() -> FollowConfig {
+        FollowConfig {
+            block: DEFAULT_BLOCK,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            batch: DEFAULT_BATCH,
+            recent_events: DEFAULT_RECENT_EVENTS,
+            recent_errors: DEFAULT_RECENT_ERRORS,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+        }
+    }
+}
+
+/// One entry of the event log (or of the error log), decoded as far as it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    /// The entry id in the stream it was read from.
+    pub id: String,
+    /// The channel the event was published on.
+    pub channel: String,
+    /// The event's `type`, when it has one.
+    pub event_type: Option<String>,
+    /// The session it is about, when it names one.
+    pub session_id: Option<String>,
+    /// The event JSON; a payload that is not JSON is kept as a string.
+    pub payload: Value,
+}
+
+impl LoggedEvent {
+    fn is_error(&self) -> bool {
+        self.event_type.as_deref() == Some(event_types::ERROR)
+    }
+
+    fn is_progress(&self) -> bool {
+        self.event_type.as_deref() == Some(event_types::PROGRESS_UPDATE)
+    }
+}
+
+/// A node as the follower sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The node id.
+    pub node_id: String,
+    /// Its last heartbeat while it is live; `None` once the 60 s TTL let it expire (offline).
+    pub health: Option<NodeHealth>,
+    /// When it was last heard of (Unix ms): its last heartbeat, or our node registry's score.
+    pub last_seen_ms: Option<i64>,
+    /// The node's clock minus Redis's clock, estimated when the heartbeat was seen: the
+    /// heartbeat's `last_heartbeat` against the Redis time at which the key's TTL was set
+    /// (from `PTTL`, assuming the heartbeat TTL of the manager's config). `None` when unknown.
+    pub clock_skew_ms: Option<i64>,
+}
+
+/// A consistent picture of the system, and the cursor it corresponds to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Applying the changes after this cursor to this snapshot gives the current state.
+    pub cursor: Cursor,
+    /// Redis's clock when the snapshot was taken (Unix ms).
+    pub server_time_ms: i64,
+    /// Every stored session with its progress document, by session id.
+    pub sessions: BTreeMap<String, StrokeProgress>,
+    /// Live and known nodes, by node id.
+    pub nodes: BTreeMap<String, NodeView>,
+    /// The newest events of the log except progress updates, oldest first.
+    pub recent_events: Vec<LoggedEvent>,
+    /// The newest errors of the error log, oldest first.
+    pub recent_errors: Vec<LoggedEvent>,
+    /// How many events `recent_events` keeps when changes are applied.
+    pub recent_events_limit: usize,
+    /// How many errors `recent_errors` keeps when changes are applied.
+    pub recent_errors_limit: usize,
+}
+
+impl Snapshot {
+    /// Applies one change, so that a consumer can keep its own view current.
+    pub fn apply(&mut self, change: &Change) {
+        self.cursor = change.cursor.clone();
+        match &change.kind {
+            ChangeKind::Progress { session_id, entry } => {
+                if let Some(progress) = self.sessions.get_mut(session_id.as_str()) {
+                    progress.stroke_idx = entry.stroke_idx;
+                    progress.pose_idx = entry.pose_idx;
+                    progress.stroke_description_l.clone_from(&entry.description_l);
+                    progress.stroke_description_r.clone_from(&entry.description_r);
+                    progress.node_id.clone_from(&entry.node_id);
+                }
+            }
+            ChangeKind::Session { session_id, progress } => {
+                self.sessions.insert(session_id.to_string(), progress.clone());
+            }
+            ChangeKind::SessionRemoved { session_id } => {
+                self.sessions.remove(session_id.as_str());
+            }
+            ChangeKind::Event { event } => {
+                if event.is_error() {
+                    push_bounded(&mut self.recent_errors, event.clone(), self.recent_errors_limit);
+                }
+                if !event.is_progress() {
+                    push_bounded(&mut self.recent_events, event.clone(), self.recent_events_limit);
+                }
+            }
+            ChangeKind::Node { node } => {
+                self.nodes.insert(node.node_id.clone(), node.clone());
+            }
+        }
+    }
+}
+
+fn push_bounded(list: &mut Vec<LoggedEvent>, event: LoggedEvent, limit: usize) {
+    list.push(event);
+    if list.len() > limit {
+        let excess = list.len() - limit;
+        list.drain(..excess);
+    }
+}
+
+/// One change, with the cursor just after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Resume from here to receive what comes after this change.
+    pub cursor: Cursor,
+    /// What changed.
+    #[serde(flatten)]
+    pub kind: ChangeKind,
+}
+
+/// What a [`Change`] is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ChangeKind {
+    /// A history entry: the session reached this stroke and pose.
+    Progress {
+        /// The session.
+        session_id: SessionId,
+        /// The entry, with its stream id.
+        entry: HistoryEntry,
+    },
+    /// A session's document, new or changed (offsets, flags, end).
+    Session {
+        /// The session.
+        session_id: SessionId,
+        /// Its document as stored.
+        progress: StrokeProgress,
+    },
+    /// A session's document is gone (cleared, or expired after its retention).
+    SessionRemoved {
+        /// The session.
+        session_id: SessionId,
+    },
+    /// An event from the log other than a progress update.
+    Event {
+        /// The event.
+        event: LoggedEvent,
+    },
+    /// A node's heartbeat changed, appeared or expired.
+    Node {
+        /// The node as it is now.
+        node: NodeView,
+    },
+}
+
+/// What a [`Follower`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FollowItem {
+    /// A fresh picture: replace everything you hold with it.
+    Snapshot(Box<Snapshot>),
+    /// One change after the last snapshot or change.
+    Change(Change),
+    /// What the cursor pointed at is gone (trimmed, or lost by Redis); a snapshot follows.
+    Resync {
+        /// Why, for a person.
+        reason: String,
+    },
+    /// Redis could not be reached; the follower keeps trying.
+    ConnectionLost {
+        /// The failure, for a person.
+        error: String,
+    },
+    /// Redis answers again; the follower resumes from its cursor.
+    Reconnected,
+}
+
+/// A live follow of the system; see the [module docs](self).
+///
+/// Dropping it stops its task and closes its Redis connections.
+pub struct Follower {
+    /// Items from the task; the task waits when [`FOLLOW_BUFFER`] items are unread.
+    rx: mpsc::Receiver<FollowItem>,
+    /// Cancels the task's token when the follower is dropped.
+    _stop: DropGuard,
+}
+
+impl Follower {
+    /// The next item; `None` only after the task stopped (cancelled with the follower's
+    /// parent token). Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Option<FollowItem> {
+        self.rx.recv().await
+    }
+}
+
+/// Follows `scope` with the default [`FollowConfig`]; see [`follow_with`].
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn follow(manager: &StateManager, scope: Scope, resume: Option<Cursor>) -> Follower {
+    follow_with(manager, scope, resume, FollowConfig::default(), &CancellationToken::new())
+}
+
+/// Follows `scope`: from `resume` when given (replaying what came after it, or a resync and a
+/// snapshot when that is gone), else from a fresh snapshot.
+///
+/// The follower runs on a task of its own with two connections of its own; it stops when
+/// the [`Follower`] is dropped or `shutdown` is cancelled.
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn follow_with(
+    manager: &StateManager,
+    scope: Scope,
+    resume: Option<Cursor>,
+    config: FollowConfig,
+    shutdown: &CancellationToken,
+) -> Follower {
+    let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);
+    let token = shutdown.child_token();
+    let task = task::FollowTask::new(manager, scope, config, tx);
+    let stop = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = task.run(resume) => {}
+        }
+    });
+    Follower {
+        rx,
+        _stop: token.drop_guard(),
+    }
+}
+
+/// Takes one consistent snapshot of `scope`, as a follower's first item.
+///
+/// Opens a connection of its own for the call.
+///
+/// # Errors
+///
+/// Redis could not be reached or failed.
+pub async fn snapshot(manager: &StateManager, scope: &Scope, config: &FollowConfig) -> Result<Snapshot> {
+    let connections = io::Connections::open(manager.config(), config.block).await?;
+    io::read_snapshot(&connections.commands, manager.config(), scope, config).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timestamp::Timestamp;
+
+    fn progress(stroke_idx: i64) -> StrokeProgress {
+        serde_json::from_value(serde_json::json!({
+            "timestamp": Timestamp::now(), "node_id": "hog", "stroke_idx": stroke_idx, "total_strokes": 4,
+        }))
+        .unwrap()
+    }
+
+    fn event(id: &str, event_type: &str) -> LoggedEvent {
+        LoggedEvent {
+            id: id.into(),
+            channel: "c".into(),
+            event_type: Some(event_type.into()),
+            session_id: None,
+            payload: Value::Null,
+        }
+    }
+
+    /// Applying changes updates progress from history entries and bounds the event lists.
+    #[test]
+    fn apply_folds_changes() {
+        let session_id = SessionId::new("stroke_hog_1").unwrap();
+        let mut snapshot = Snapshot {
+            cursor: Cursor::default(),
+            server_time_ms: 0,
+            sessions: BTreeMap::from([(session_id.to_string(), progress(0))]),
+            nodes: BTreeMap::new(),
+            recent_events: Vec::new(),
+            recent_errors: Vec::new(),
+            recent_events_limit: 2,
+            recent_errors_limit: 1,
+        };
+        let entry = HistoryEntry {
+            id: "5-0".into(),
+            stroke_idx: 3,
+            pose_idx: 2,
+            description_l: "l".into(),
+            description_r: "r".into(),
+            node_id: "eek".into(),
+        };
+        let mut cursor = Cursor::default();
+        cursor.history.insert(session_id.clone(), "5-0".parse().unwrap());
+        snapshot.apply(&Change {
+            cursor: cursor.clone(),
+            kind: ChangeKind::Progress {
+                session_id: session_id.clone(),
+                entry,
+            },
+        });
+        let stored = &snapshot.sessions[session_id.as_str()];
+        assert_eq!((stored.stroke_idx, stored.pose_idx, stored.node_id.as_str()), (3, 2, "eek"));
+        assert_eq!(snapshot.cursor, cursor);
+        for (id, kind) in [("1-0", "error"), ("2-0", "progress_update"), ("3-0", "session_end"), ("4-0", "error")] {
+            snapshot.apply(&Change {
+                cursor: cursor.clone(),
+                kind: ChangeKind::Event { event: event(id, kind) },
+            });
+        }
+        let ids = |list: &[LoggedEvent]| list.iter().map(|event| event.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&snapshot.recent_events), ["3-0", "4-0"]);
+        assert_eq!(ids(&snapshot.recent_errors), ["4-0"]);
+    }
+
+    /// A change serializes flat, with its kind and cursor, as the dashboard receives it.
+    #[test]
+    fn change_json_shape() {
+        let change = Change {
+            cursor: "1;7-0".parse().unwrap(),
+            kind: ChangeKind::SessionRemoved {
+                session_id: SessionId::new("s").unwrap(),
+            },
+        };
+        let json = serde_json::to_value(&change).unwrap();
+        assert_eq!(json, serde_json::json!({"cursor": "1;7-0", "kind": "session_removed", "session_id": "s"}));
+        assert_eq!(serde_json::from_value::<Change>(json).unwrap(), change);
+    }
+}

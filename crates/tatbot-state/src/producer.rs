@@ -1,0 +1,558 @@
+//! [`Producer`]: the robot's write path, which never waits on Redis.
+//!
+//! The robot's control loop runs at 30 Hz or more. A producer call (progress, robot state,
+//! heartbeat, error, end/pause/resume) turns the write into an [`Op`], puts it on an in-memory
+//! queue under a mutex held for a few instructions, and returns; a background writer task sends
+//! what is queued as one pipeline per batch. When Redis is slow, paused, restarting or down,
+//! calls still return at once and the queue absorbs the backlog.
+//!
+//! Memory is bounded. Snapshots (robot state, heartbeats) are coalesced: only the newest per key
+//! waits. Ops that carry history (progress, errors) queue up to [`ProducerConfig::max_queued`];
+//! past it the oldest is dropped, counted in [`ProducerStats::dropped`], and its fields are
+//! folded into the next progress update of the same session, so the progress snapshot still
+//! ends right and only the dropped history entry and event are lost. Once the writer gets
+//! through again it reports the drop as an error event (category `state_server`).
+//!
+//! Nothing is written twice. Every op gets a sequence number, and the write scripts record the
+//! last number applied per producer (`tatbot:rev:{writer}`, and `tatbot:rev:{writer}.snapshots`
+//! for the coalesced snapshots, which leave the queue out of order) in the same atomic step as
+//! the write, skipping any op at or below it. That makes it safe to resend a whole batch after a
+//! failure, and to replay recent ops after a Redis restart: the writer keeps the ops acknowledged
+//! in the last [`ProducerConfig::replay_window`] and, when the server's `run_id` changes (a
+//! restart that may have lost the last second of an `appendfsync everysec` AOF), sends them
+//! again; those that survived are skipped, those that were lost are written, in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::ids::{Category, SessionId};
+use crate::manager::{ProgressUpdate, StateManager, health_op, robot_state_op};
+use crate::model::{NodeHealth, RobotState};
+use crate::ops::{Op, RunState};
+use crate::scripts;
+use crate::{keys, timestamp::Timestamp};
+
+/// Default bound on queued history-bearing ops.
+pub const DEFAULT_MAX_QUEUED: usize = 100_000;
+/// Default number of ops per pipeline.
+pub const DEFAULT_BATCH_SIZE: usize = 512;
+/// Default time an acknowledged op is kept for replay after a Redis restart: more than the
+/// one second an `appendfsync everysec` AOF may lose, with margin for the restart itself.
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(5);
+/// Default cap on the reconnect backoff.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// First reconnect delay; doubled on each failure up to the cap.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// Most ops kept for replay, whatever their age.
+const MAX_REPLAY_OPS: usize = 200_000;
+
+/// How a producer queues and sends.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Bound on queued progress updates and errors; past it the oldest is dropped.
+    pub max_queued: usize,
+    /// Ops per pipeline.
+    pub batch_size: usize,
+    /// How long acknowledged ops are kept for replay after a Redis restart.
+    pub replay_window: Duration,
+    /// Cap on the delay between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> ProducerConfig {
+        ProducerConfig {
+            max_queued: DEFAULT_MAX_QUEUED,
+            batch_size: DEFAULT_BATCH_SIZE,
+            replay_window: DEFAULT_REPLAY_WINDOW,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+        }
+    }
+}
+
+/// Counters of a producer, for `status` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProducerStats {
+    /// Ops accepted from callers.
+    pub enqueued: u64,
+    /// Highest sequence number such that every op up to it is done (written, skipped as a
+    /// duplicate, superseded, dropped or rejected).
+    pub acknowledged: u64,
+    /// Ops waiting now.
+    pub queued: usize,
+    /// Ops dropped because the queue was full.
+    pub dropped: u64,
+    /// Snapshots replaced by a newer one before they were sent.
+    pub coalesced: u64,
+    /// Ops Redis refused (unknown session, corrupt document, permission).
+    pub rejected: u64,
+    /// Failed send attempts (each followed by a backoff and a resend).
+    pub retries: u64,
+    /// Redis restarts noticed (`run_id` changed).
+    pub restarts: u64,
+    /// Ops sent again after a restart.
+    pub replayed: u64,
+}
+
+/// One queued op and its sequence number.
+#[derive(Debug, Clone)]
+struct Queued {
+    seq: u64,
+    op: Op,
+}
+
+/// What waits to be sent. Guarded by a `std` mutex: every critical section is a few
+/// instructions with no `.await`.
+#[derive(Debug, Default)]
+struct Queue {
+    next_seq: u64,
+    /// History-bearing and run-state ops, in order.
+    ops: VecDeque<Queued>,
+    /// The newest snapshot per key.
+    snapshots: HashMap<String, Queued>,
+    /// Drops not yet reported as an error event.
+    unreported_drops: u64,
+    stats: ProducerStats,
+}
+
+/// State shared by the handles and the writer task.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer when something is queued.
+    wake: Notify,
+    /// The acknowledged sequence number; `flush` waits on it.
+    acknowledged: watch::Sender<u64>,
+    config: ProducerConfig,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A poisoned queue only means a panic elsewhere mid-push; the queue is still consistent
+        // because every mutation is a single push, pop or insert.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Queues writes for a background writer; every call returns without waiting on Redis.
+///
+/// Cheap to clone; clones share the queue and the writer. The writer stops when the
+/// cancellation token given to [`StateManager::producer`] fires, or after [`Producer::close`].
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    manager: StateManager,
+    /// Stops the writer.
+    stop: CancellationToken,
+}
+
+impl StateManager {
+    /// Starts a producer: a background writer task on the current tokio runtime, stopped by
+    /// `shutdown` (or by [`Producer::close`]).
+    pub fn producer(&self, config: ProducerConfig, shutdown: CancellationToken) -> Producer {
+        let (acknowledged, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            wake: Notify::new(),
+            acknowledged,
+            config,
+        });
+        let writer_id = format!("{}.{:08x}", self.node_id(), rand_u32());
+        let writer = Writer::new(self.clone(), shared.clone(), &writer_id);
+        tokio::spawn(writer.run(shutdown.clone()));
+        Producer {
+            shared,
+            manager: self.clone(),
+            stop: shutdown,
+        }
+    }
+}
+
+impl Producer {
+    fn push(&self, op: Op) -> u64 {
+        let mut queue = self.shared.lock();
+        queue.next_seq += 1;
+        let seq = queue.next_seq;
+        queue.stats.enqueued += 1;
+        if let Some(key) = op.snapshot_key() {
+            if queue.snapshots.insert(key.to_owned(), Queued { seq, op }).is_some() {
+                queue.stats.coalesced += 1;
+            }
+        } else {
+            if queue.ops.len() >= self.shared.config.max_queued {
+                queue.drop_oldest();
+            }
+            queue.ops.push_back(Queued { seq, op });
+        }
+        drop(queue);
+        self.shared.wake.notify_one();
+        seq
+    }
+
+    /// Queues a progress update (see [`StateManager::update_stroke_progress`]); returns its
+    /// sequence number.
+    ///
+    /// # Errors
+    ///
+    /// Only bad input (a description over the size limit); never Redis.
+    pub fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<u64> {
+        Ok(self.push(self.manager.progress_op(session_id, update)?))
+    }
+
+    /// Queues a pause.
+    pub fn pause_stroke_session(&self, session_id: &SessionId) -> u64 {
+        self.push(self.manager.run_state_op(session_id, RunState::Pause))
+    }
+
+    /// Queues a resume.
+    pub fn resume_stroke_session(&self, session_id: &SessionId) -> u64 {
+        self.push(self.manager.run_state_op(session_id, RunState::Resume))
+    }
+
+    /// Queues the end of a session, after every update queued before it.
+    pub fn end_stroke_session(&self, session_id: &SessionId) -> u64 {
+        self.push(self.manager.run_state_op(session_id, RunState::End))
+    }
+
+    /// Queues a robot state snapshot; a newer one for the same node replaces it if still queued.
+    ///
+    /// # Errors
+    ///
+    /// An invalid `state.node_id`.
+    pub fn update_robot_state(&self, state: &RobotState) -> Result<u64> {
+        Ok(self.push(robot_state_op(state)?))
+    }
+
+    /// Queues a heartbeat; a newer one for the same node replaces it if still queued.
+    ///
+    /// # Errors
+    ///
+    /// An invalid `health.node_id`.
+    pub fn update_node_health(&self, health: &NodeHealth) -> Result<u64> {
+        Ok(self.push(health_op(health)?))
+    }
+
+    /// Queues an error report.
+    ///
+    /// # Errors
+    ///
+    /// A message over the size limit.
+    pub fn report_error(&self, category: &Category, message: &str, details: Value) -> Result<u64> {
+        Ok(self.push(self.manager.error_op(category, message, details)?))
+    }
+
+    /// Waits until every op queued before this call is done (written, or skipped, dropped or
+    /// rejected and counted).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when that takes longer than `limit` (Redis down or paused).
+    pub async fn flush(&self, limit: Duration) -> Result<()> {
+        let target = self.shared.lock().next_seq;
+        self.wait_for(target, limit).await
+    }
+
+    /// Waits until op `seq` (as returned by a queuing call) and all before it are done.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] after `limit`.
+    pub async fn wait_for(&self, seq: u64, limit: Duration) -> Result<()> {
+        let mut acknowledged = self.shared.acknowledged.subscribe();
+        let reached = tokio::time::timeout(limit, acknowledged.wait_for(|done| *done >= seq)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            // The writer is gone (stopped); nothing more will be acknowledged.
+            Ok(Err(_)) => Err(Error::InvalidInput("the producer's writer has stopped".to_owned())),
+            Err(_) => Err(Error::Timeout {
+                operation: "producer flush",
+                after: limit,
+            }),
+        }
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> ProducerStats {
+        let queue = self.shared.lock();
+        let mut stats = queue.stats;
+        stats.queued = queue.ops.len() + queue.snapshots.len();
+        stats.acknowledged = *self.shared.acknowledged.borrow();
+        stats
+    }
+
+    /// Flushes (up to `limit`) and stops the writer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Producer::flush`]; the writer is stopped either way.
+    pub async fn close(&self, limit: Duration) -> Result<()> {
+        let flushed = self.flush(limit).await;
+        self.stop.cancel();
+        flushed
+    }
+}
+
+impl Queue {
+    /// Drops the oldest progress update or error, folding a dropped update's fields into the
+    /// next update of the same session so the stored snapshot still ends right.
+    fn drop_oldest(&mut self) {
+        let Some(index) = self
+            .ops
+            .iter()
+            .position(|queued| matches!(queued.op, Op::Progress { .. } | Op::Error { .. }))
+        else {
+            // Only run-state changes are queued; they are few and never dropped.
+            return;
+        };
+        let Some(dropped) = self.ops.remove(index) else { return };
+        self.stats.dropped += 1;
+        self.unreported_drops += 1;
+        let Op::Progress { session_id, patch: old } = dropped.op else {
+            return;
+        };
+        let next = self.ops.iter_mut().skip(index).find_map(|queued| match &mut queued.op {
+            Op::Progress {
+                session_id: next_id,
+                patch,
+            } if *next_id == session_id => Some(patch),
+            _ => None,
+        });
+        if let Some(patch) = next {
+            for (field, value) in old {
+                patch.entry(field).or_insert(value);
+            }
+        }
+    }
+
+    /// Takes up to `limit` ops and every waiting snapshot, and the sequence number that is
+    /// fully done once they are.
+    fn take_batch(&mut self, limit: usize) -> Option<(Vec<Queued>, u64)> {
+        if self.ops.is_empty() && self.snapshots.is_empty() {
+            return None;
+        }
+        let count = self.ops.len().min(limit);
+        let mut batch: Vec<Queued> = self.snapshots.drain().map(|(_, queued)| queued).collect();
+        batch.sort_by_key(|queued| queued.seq);
+        batch.extend(self.ops.drain(..count));
+        // Ops still queued have higher numbers than the ones taken, so everything below the
+        // first of them is done once this batch is.
+        let done_through = self.ops.front().map_or(self.next_seq, |queued| queued.seq - 1);
+        Some((batch, done_through))
+    }
+}
+
+/// The background task that sends queued ops.
+struct Writer {
+    manager: StateManager,
+    shared: Arc<Shared>,
+    /// `tatbot:rev:{writer}`: where the scripts record the last op applied.
+    rev_key: String,
+    /// `tatbot:rev:{writer}.snapshots`: the same for snapshots.
+    snapshot_rev_key: String,
+    /// The server's `run_id` when last seen.
+    run_id: Option<String>,
+    /// Acknowledged ops kept for replay, oldest first, with when they were acknowledged.
+    recent: VecDeque<(Instant, Queued)>,
+    /// The last snapshot sent per key, for replay.
+    last_snapshots: HashMap<String, Queued>,
+    /// Scripts must be (re)loaded and `run_id` checked before the next send.
+    must_prepare: bool,
+}
+
+impl Writer {
+    fn new(manager: StateManager, shared: Arc<Shared>, writer_id: &str) -> Writer {
+        Writer {
+            manager,
+            shared,
+            rev_key: keys::writer_rev(writer_id),
+            snapshot_rev_key: keys::writer_rev(&format!("{writer_id}.snapshots")),
+            run_id: None,
+            recent: VecDeque::new(),
+            last_snapshots: HashMap::new(),
+            must_prepare: true,
+        }
+    }
+
+    #[tracing::instrument(name = "producer", skip_all, fields(writer = %self.rev_key))]
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
+            let Some((batch, done_through)) = taken else {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.shared.wake.notified() => continue,
+                }
+            };
+            if !self.send_until_done(&batch, &shutdown).await {
+                break;
+            }
+            self.remember(batch);
+            self.shared.acknowledged.send_replace(done_through);
+            self.report_drops();
+        }
+        tracing::debug!("producer writer stopped");
+    }
+
+    /// Sends `batch` until Redis has answered every op; false when shut down first.
+    async fn send_until_done(&mut self, batch: &[Queued], shutdown: &CancellationToken) -> bool {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let attempt = async {
+                if self.must_prepare {
+                    self.prepare().await?;
+                }
+                self.send(batch).await
+            };
+            match attempt.await {
+                Ok(()) => return true,
+                Err(err) => {
+                    self.must_prepare = true;
+                    self.shared.lock().stats.retries += 1;
+                    tracing::debug!(error = %err, delay = ?backoff, "send failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.shared.config.max_backoff);
+        }
+    }
+
+    /// Loads the scripts and checks `run_id`; after a restart, replays recent ops.
+    async fn prepare(&mut self) -> Result<()> {
+        let mut connection = self.manager.connection();
+        for script in scripts::pipelined() {
+            script
+                .load_async(&mut connection)
+                .await
+                .map_err(|err| self.manager.redis_error("load scripts", err))?;
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| self.manager.redis_error("INFO server", err))?;
+        let run_id = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned());
+        let restarted = self.run_id.is_some() && run_id != self.run_id;
+        if restarted {
+            let replay: Vec<Queued> = self.recent_ops();
+            tracing::warn!(ops = replay.len(), "redis restarted; replaying recent writes");
+            self.send(&replay).await?;
+            let mut queue = self.shared.lock();
+            queue.stats.restarts += 1;
+            queue.stats.replayed += replay.len() as u64;
+        }
+        self.run_id = run_id;
+        self.must_prepare = false;
+        Ok(())
+    }
+
+    /// Recent ops and the last snapshots, in sequence order.
+    fn recent_ops(&self) -> Vec<Queued> {
+        let mut ops: Vec<Queued> = self.recent.iter().map(|(_, queued)| queued.clone()).collect();
+        ops.extend(self.last_snapshots.values().cloned());
+        ops.sort_by_key(|queued| queued.seq);
+        ops.dedup_by_key(|queued| queued.seq);
+        ops
+    }
+
+    /// One pipeline; per-op refusals are logged and counted, a connection failure is an error.
+    async fn send(&self, batch: &[Queued]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let config = self.manager.config();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for queued in batch {
+            // Snapshots are coalesced and so sent out of order with the other ops; each kind has
+            // its own revision, and within a kind sequence numbers only ever increase.
+            let rev_key = if queued.op.snapshot_key().is_some() {
+                &self.snapshot_rev_key
+            } else {
+                &self.rev_key
+            };
+            pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq));
+        }
+        let results: Vec<redis::RedisResult<redis::Value>> = pipe
+            .query_async(&mut self.manager.connection())
+            .await
+            .map_err(|err| self.manager.redis_error("producer batch", err))?;
+        let mut rejected = 0;
+        for (queued, result) in batch.iter().zip(results) {
+            let Err(err) = result else { continue };
+            if err.code() == Some("NOSCRIPT") || err.is_io_error() || err.is_connection_dropped() {
+                // The batch is resent whole; ops already applied are skipped by their number.
+                return Err(self.manager.redis_error("producer batch", err));
+            }
+            rejected += 1;
+            tracing::warn!(seq = queued.seq, error = %Error::from_redis("producer write", err), "redis refused a queued write");
+        }
+        self.shared.lock().stats.rejected += rejected;
+        Ok(())
+    }
+
+    /// Keeps acknowledged ops for replay and forgets those past the window.
+    fn remember(&mut self, batch: Vec<Queued>) {
+        let now = Instant::now();
+        for queued in batch {
+            match queued.op.snapshot_key() {
+                Some(key) => {
+                    self.last_snapshots.insert(key.to_owned(), queued);
+                }
+                None => self.recent.push_back((now, queued)),
+            }
+        }
+        let window = self.shared.config.replay_window;
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > window || self.recent.len() > MAX_REPLAY_OPS)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Queues an error event about dropped ops, once the writer is getting through again.
+    fn report_drops(&self) {
+        let dropped = std::mem::take(&mut self.shared.lock().unreported_drops);
+        if dropped == 0 {
+            return;
+        }
+        let category = Category::new("state_server").expect("a valid literal category");
+        let message = format!("dropped {dropped} queued updates while Redis was unreachable (queue bound reached)");
+        let details = serde_json::json!({"dropped": dropped, "at": Timestamp::now()});
+        match self.manager.error_op(&category, &message, details) {
+            Ok(op) => {
+                let mut queue = self.shared.lock();
+                queue.next_seq += 1;
+                let seq = queue.next_seq;
+                queue.ops.push_back(Queued { seq, op });
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot report dropped updates"),
+        }
+    }
+}
+
+/// A random number for writer ids, from the standard library's randomly seeded hasher.
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish() as u32
+}

@@ -1,0 +1,379 @@
+//! The producer path under faults: crashes, restarts that lose the AOF tail, a paused server,
+//! a server that is down at start, and a half-open connection. Loopback only, bounded.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tatbot_state::model::{NodeHealth, RobotState};
+use tatbot_state::{
+    CancellationToken, Endpoint, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, SessionId, StateManager,
+};
+use tatbot_state_testkit::RedisServer;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::util::{config, manager};
+
+const FLUSH: Duration = Duration::from_secs(30);
+
+fn update(i: u32) -> ProgressUpdate {
+    ProgressUpdate::new(i / 50, i % 50).descriptions(format!("d{i}"), "r")
+}
+
+/// The history of a session as (stroke, pose) pairs, asserting each entry's description.
+async fn history_indices(state: &StateManager, session: &SessionId) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = state.get_history(session, after.as_deref(), 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for entry in &page {
+            let i = u32::try_from(entry.stroke_idx * 50 + entry.pose_idx).unwrap();
+            assert_eq!(entry.description_l, format!("d{i}"));
+            all.push(i);
+        }
+    }
+    all
+}
+
+fn assert_exact(indices: &[u32], n: u32) {
+    let expected: Vec<u32> = (0..n).collect();
+    if indices != expected {
+        let unique: HashSet<&u32> = indices.iter().collect();
+        panic!(
+            "history has {} entries ({} distinct) for {n} updates; first mismatch at {:?}",
+            indices.len(),
+            unique.len(),
+            indices.iter().zip(&expected).position(|(a, b)| a != b)
+        );
+    }
+}
+
+/// Queued writes arrive in order, and flush waits for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_delivers_in_order() {
+    let server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(20, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    let mut robot = RobotState::new("hog");
+    for i in 0..1000 {
+        robot.current_pose = format!("pose{i}");
+        producer.update_robot_state(&robot).unwrap();
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.update_node_health(&NodeHealth::new("hog")).unwrap();
+    producer.end_stroke_session(&session);
+    producer.flush(FLUSH).await.unwrap();
+    assert_exact(&history_indices(&state, &session).await, 1000);
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(
+        (progress.stroke_idx, progress.pose_idx, progress.is_executing),
+        (19, 49, false)
+    );
+    let robot = state
+        .get_robot_state(&NodeId::new("hog").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(robot.current_pose, "pose999", "the newest snapshot wins");
+    let stats = producer.stats();
+    assert_eq!((stats.dropped, stats.rejected, stats.queued), (0, 0, 0));
+    assert_eq!(stats.acknowledged, stats.enqueued);
+}
+
+/// kill -9 five times during a 5,000-update session (AOF everysec, same dir): the final
+/// progress is exact and the history has every update once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_five_crashes() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    for chunk in 0..5u32 {
+        let mut midpoint = 0;
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let seq = producer.update_stroke_progress(&session, &update(i)).unwrap();
+            if i == chunk * 1000 + 500 {
+                midpoint = seq;
+            }
+        }
+        producer.wait_for(midpoint, FLUSH).await.unwrap();
+        server.kill();
+        server.restart();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    assert_exact(&history_indices(&state, &session).await, 5000);
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            progress.stroke_idx,
+            progress.pose_idx,
+            progress.stroke_description_l.as_str()
+        ),
+        (99, 49, "d4999")
+    );
+    let stats = producer.stats();
+    eprintln!("five crashes: {stats:?}");
+    assert_eq!(stats.restarts, 5, "{stats:?}");
+    assert_eq!((stats.dropped, stats.rejected), (0, 0));
+}
+
+/// A restart that lost acknowledged writes (the AOF tail an OS crash can take with
+/// appendfsync everysec) is detected by run_id and the lost writes are re-asserted, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasserts_writes_lost_in_a_crash() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    for i in 0..300 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    // Snapshot the AOF as the disk would hold it, then write more that the "crash" will lose.
+    server.stop();
+    let aof = server.dir().join("appendonlydir");
+    let saved = server.dir().join("saved-aof");
+    copy_dir(&aof, &saved);
+    server.restart();
+    for i in 300..500 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    server.kill();
+    std::fs::remove_dir_all(&aof).unwrap();
+    copy_dir(&saved, &aof);
+    server.restart();
+    // The writer is idle, so what Redis has now is what the "disk" kept: the tail is gone.
+    let back = crate::util::eventually(Duration::from_secs(5), || async { state.ping().await.is_ok() }).await;
+    assert!(back, "redis did not come back");
+    let kept = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(kept.stroke_description_l, "d299", "the crash lost the tail");
+    for i in 500..600 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    assert_exact(&history_indices(&state, &session).await, 600);
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(progress.stroke_description_l, "d599");
+    let stats = producer.stats();
+    eprintln!("lost tail: {stats:?}");
+    assert!(stats.restarts >= 1 && stats.replayed >= 200, "{stats:?}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// With Redis paused (SIGSTOP) for 3 s, producer calls keep returning at once; after SIGCONT
+/// everything arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_never_blocks_the_caller() {
+    let server = RedisServer::start();
+    let mut short = config(&server, "hog");
+    short.response_timeout = Duration::from_millis(500);
+    let state = StateManager::connect(short).await.unwrap();
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    for i in 0..100 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+
+    server.pause();
+    let paused_at = Instant::now();
+    let mut accepted = 0u32;
+    let mut slowest = Duration::ZERO;
+    let mut i = 100;
+    while paused_at.elapsed() < Duration::from_secs(3) {
+        let call = Instant::now();
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+        slowest = slowest.max(call.elapsed());
+        accepted += 1;
+        i += 1;
+        // Pace the robot loop at about 1 kHz.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    server.resume();
+    producer.flush(FLUSH).await.unwrap();
+    eprintln!(
+        "paused 3 s: {accepted} calls accepted, slowest {slowest:?}, {:?}",
+        producer.stats()
+    );
+    assert!(accepted > 1000, "only {accepted} calls in 3 s");
+    assert!(slowest < Duration::from_millis(50), "a call took {slowest:?}");
+    assert_exact(&history_indices(&state, &session).await, i);
+}
+
+/// A producer made while Redis is down delivers everything once Redis comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_started_while_redis_is_down() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let session = manager(&server, "hog")
+        .await
+        .start_stroke_session(10, 50, "s")
+        .await
+        .unwrap();
+    server.stop();
+    let state = StateManager::connect_lazy(config(&server, "hog")).unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    for i in 0..200 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.end_stroke_session(&session);
+    assert!(
+        producer.flush(Duration::from_millis(300)).await.is_err(),
+        "nothing can be acknowledged while down"
+    );
+    server.restart();
+    producer.flush(FLUSH).await.unwrap();
+    assert_exact(&history_indices(&state, &session).await, 200);
+    assert!(!state.get_stroke_progress(&session).await.unwrap().unwrap().is_executing);
+}
+
+/// The queue bound drops the oldest updates, counts them, keeps the snapshot right, and reports
+/// the drop as an error event once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_queue_drops_oldest_and_reports() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(10, 50, "s").await.unwrap();
+    server.stop();
+    let lazy = StateManager::connect_lazy(config(&server, "hog")).unwrap();
+    let producer = lazy.producer(
+        ProducerConfig {
+            max_queued: 100,
+            ..ProducerConfig::default()
+        },
+        CancellationToken::new(),
+    );
+    producer
+        .update_stroke_progress(&session, &update(0).offsets(7, 8))
+        .unwrap();
+    for i in 1..300 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    // The writer may already hold the first few in a batch it keeps retrying; the rest past
+    // the bound of 100 are dropped.
+    let dropped = producer.stats().dropped;
+    assert!((190..=200).contains(&dropped), "dropped {dropped}");
+    server.restart();
+    producer.flush(FLUSH).await.unwrap();
+    let progress = lazy.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(
+        (progress.pose_idx, progress.offset_idx_l, progress.offset_idx_r),
+        (299 % 50, 7, 8),
+        "dropped fields folded forward"
+    );
+    let indices = history_indices(&lazy, &session).await;
+    assert_eq!(indices.len() as u64 + dropped, 300);
+    assert!(indices.windows(2).all(|pair| pair[0] < pair[1]), "in order");
+    assert_eq!(indices[indices.len() - 100..], (200..300).collect::<Vec<u32>>());
+    let errors = lazy.list_errors(10).await.unwrap();
+    let message = &errors[0].value.as_ref().unwrap().message;
+    assert!(
+        message.starts_with(&format!("dropped {dropped} queued updates")),
+        "{message}"
+    );
+}
+
+/// A half-open connection (the peer stops answering without a reset) is noticed within 5 s and
+/// replaced, and calls work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connection_is_replaced() {
+    let server = RedisServer::start();
+    let proxy = BlackholeProxy::start(server.port()).await;
+    let mut via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port), NodeId::new("hog").unwrap());
+    via_proxy.response_timeout = Duration::from_secs(2);
+    let state = StateManager::connect(via_proxy).await.unwrap();
+    state.ping().await.unwrap();
+    proxy.blackhole_existing();
+    let silent_at = Instant::now();
+    let err = state.ping().await.unwrap_err();
+    let noticed = silent_at.elapsed();
+    assert!(err.is_connection_error(), "{err:?}");
+    assert!(noticed < Duration::from_secs(5), "noticed after {noticed:?}");
+    let recovered = crate::util::eventually(Duration::from_secs(5), || async { state.ping().await.is_ok() }).await;
+    assert!(recovered, "no recovery after the connection was replaced");
+    eprintln!(
+        "half-open noticed after {noticed:?}, recovered after {:?}",
+        silent_at.elapsed()
+    );
+}
+
+/// A loopback TCP proxy that can stop forwarding on the connections it already has, without
+/// closing them, while new connections forward normally.
+struct BlackholeProxy {
+    port: u16,
+    /// Generation counter: connections made before a blackhole stop forwarding.
+    cut: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+    shutdown: CancellationToken,
+}
+
+impl BlackholeProxy {
+    async fn start(target: u16) -> BlackholeProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let shutdown = CancellationToken::new();
+        let (cuts, stop) = (cut.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let silent = Arc::new(AtomicBool::new(false));
+                cuts.lock().unwrap().push(silent.clone());
+                let upstream = TcpStream::connect(("127.0.0.1", target)).await.unwrap();
+                tokio::spawn(forward(client, upstream, silent, stop.clone()));
+            }
+        });
+        BlackholeProxy { port, cut, shutdown }
+    }
+
+    fn blackhole_existing(&self) {
+        for silent in self.cut.lock().unwrap().iter() {
+            silent.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for BlackholeProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn forward(client: TcpStream, upstream: TcpStream, silent: Arc<AtomicBool>, stop: CancellationToken) {
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let pump = |mut from: tokio::net::tcp::OwnedReadHalf,
+                mut to: tokio::net::tcp::OwnedWriteHalf,
+                silent: Arc<AtomicBool>| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Once silenced, bytes are swallowed: the peer sees neither data nor a reset.
+            if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = pump(client_read, upstream_write, silent.clone()) => {}
+        () = pump(upstream_read, client_write, silent) => {}
+    }
+}
