@@ -8,5 +8,6 @@ mod events;
 mod golden;
 mod health;
 mod reliability;
+mod roles;
 mod sessions;
 mod util;
