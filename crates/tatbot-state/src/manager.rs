@@ -892,6 +892,13 @@ fn encode_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(key: &str, what: &'static str, raw: &str) -> Result<T> {
+    if raw.len() > crate::model::MAX_DOCUMENT_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "{key}: {what} is {} bytes; the limit is {}",
+            raw.len(),
+            crate::model::MAX_DOCUMENT_BYTES
+        )));
+    }
     serde_json::from_str(raw).map_err(|source| Error::Decode {
         key: key.to_owned(),
         what,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use tatbot_state::model::NodeHealth;
-use tatbot_state::{Category, CancellationToken, Endpoint, Error, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, StateManager};
+use tatbot_state::{
+    CancellationToken, Category, Endpoint, Error, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, StateManager,
+};
 use tatbot_state_testkit::RedisServer;
 
 const TEMPLATE: &str = include_str!("../../../config/redis/users.acl");
@@ -23,17 +25,27 @@ fn server_with_roles() -> (RedisServer, tempfile::TempDir) {
 }
 
 fn endpoint(server: &RedisServer, user: &str, password: &str) -> Endpoint {
-    Endpoint::new(server.host(), server.port()).with_username(user).with_password(password)
+    Endpoint::new(server.host(), server.port())
+        .with_username(user)
+        .with_password(password)
 }
 
 async fn connect(server: &RedisServer, user: &str, password: &str) -> tatbot_state::Result<StateManager> {
-    StateManager::connect(ManagerConfig::new(endpoint(server, user, password), NodeId::new("hog").unwrap())).await
+    StateManager::connect(ManagerConfig::new(
+        endpoint(server, user, password),
+        NodeId::new("hog").unwrap(),
+    ))
+    .await
 }
 
 /// Sends one raw command as `user` and returns the server's error code, if any.
 async fn denied_code(server: &RedisServer, user: &str, password: &str, args: &[&str]) -> Option<String> {
     let url = format!("redis://{user}:{password}@{}:{}/", server.host(), server.port());
-    let mut connection = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut connection = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let mut command = redis::cmd(args[0]);
     for arg in &args[1..] {
         command.arg(*arg);
@@ -42,7 +54,12 @@ async fn denied_code(server: &RedisServer, user: &str, password: &str, args: &[&
     result.err().map(|err| err.code().unwrap_or("?").to_owned())
 }
 
-const ADMIN_ONLY: [&[&str]; 4] = [&["FLUSHALL"], &["CONFIG", "GET", "port"], &["SHUTDOWN", "NOSAVE"], &["KEYS", "*"]];
+const ADMIN_ONLY: [&[&str]; 4] = [
+    &["FLUSHALL"],
+    &["CONFIG", "GET", "port"],
+    &["SHUTDOWN", "NOSAVE"],
+    &["KEYS", "*"],
+];
 
 /// The viewer reads and subscribes, and every write or admin command is refused.
 #[tokio::test]
@@ -58,15 +75,30 @@ async fn viewer_reads_only() {
     assert!(viewer.get_stroke_progress(&session).await.unwrap().is_some());
     assert!(viewer.get_history(&session, None, 10).await.unwrap().is_empty());
     let mut subscription = viewer.subscribe(&["stroke:events:*"]).await.unwrap();
-    robot.update_stroke_progress(&session, &ProgressUpdate::new(0, 1)).await.unwrap();
+    robot
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
     assert!(subscription.next().await.unwrap().event.is_ok());
 
-    let err = viewer.update_stroke_progress(&session, &ProgressUpdate::new(1, 1)).await.unwrap_err();
+    let err = viewer
+        .update_stroke_progress(&session, &ProgressUpdate::new(1, 1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
     assert!(err.to_string().contains("lacks the permission"), "{err}");
-    let writes: [&[&str]; 4] = [&["HSET", "robot:state:x", "state", "{}"], &["DEL", "tatbot:sessions"], &["PUBLISH", "robot:events", "{}"], &["XADD", "tatbot:events", "*", "a", "b"]];
+    let writes: [&[&str]; 4] = [
+        &["HSET", "robot:state:x", "state", "{}"],
+        &["DEL", "tatbot:sessions"],
+        &["PUBLISH", "robot:events", "{}"],
+        &["XADD", "tatbot:events", "*", "a", "b"],
+    ];
     for command in writes.iter().chain(ADMIN_ONLY.iter()) {
-        assert_eq!(denied_code(&server, "viewer", "viewer-pw", command).await.as_deref(), Some("NOPERM"), "viewer ran {command:?}");
+        assert_eq!(
+            denied_code(&server, "viewer", "viewer-pw", command).await.as_deref(),
+            Some("NOPERM"),
+            "viewer ran {command:?}"
+        );
     }
 }
 
@@ -78,9 +110,13 @@ async fn robot_works_but_cannot_administer() {
     let robot = connect(&server, "robot", "robot-pw").await.unwrap();
     let session = robot.start_stroke_session(2, 2, "s").await.unwrap();
     let producer = robot.producer(ProducerConfig::default(), CancellationToken::new());
-    producer.update_stroke_progress(&session, &ProgressUpdate::new(0, 0)).unwrap();
+    producer
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .unwrap();
     producer.update_node_health(&NodeHealth::new("hog")).unwrap();
-    producer.report_error(&Category::new("hardware").unwrap(), "e", json!({})).unwrap();
+    producer
+        .report_error(&Category::new("hardware").unwrap(), "e", json!({}))
+        .unwrap();
     producer.end_stroke_session(&session);
     producer.flush(std::time::Duration::from_secs(10)).await.unwrap();
     assert_eq!(producer.stats().rejected, 0, "{:?}", producer.stats());
@@ -89,9 +125,16 @@ async fn robot_works_but_cannot_administer() {
     let status = robot.system_status().await;
     assert!(status.error.is_none(), "{status:?}");
     for command in ADMIN_ONLY {
-        assert_eq!(denied_code(&server, "robot", "robot-pw", command).await.as_deref(), Some("NOPERM"), "robot ran {command:?}");
+        assert_eq!(
+            denied_code(&server, "robot", "robot-pw", command).await.as_deref(),
+            Some("NOPERM"),
+            "robot ran {command:?}"
+        );
     }
-    assert_eq!(denied_code(&server, "admin", "admin-pw", &["CONFIG", "GET", "port"]).await, None);
+    assert_eq!(
+        denied_code(&server, "admin", "admin-pw", &["CONFIG", "GET", "port"]).await,
+        None
+    );
 }
 
 /// A wrong password for a known user, and the disabled default user, get the credentials error.
@@ -101,7 +144,14 @@ async fn wrong_credentials() {
     let err = connect(&server, "viewer", "nope").await.err().unwrap();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     let line = err.to_string();
-    assert!(line.contains("refused the credentials") && !line.contains('\n'), "{line}");
-    let anonymous = StateManager::connect(ManagerConfig::new(Endpoint::new(server.host(), server.port()), NodeId::new("x").unwrap())).await;
+    assert!(
+        line.contains("refused the credentials") && !line.contains('\n'),
+        "{line}"
+    );
+    let anonymous = StateManager::connect(ManagerConfig::new(
+        Endpoint::new(server.host(), server.port()),
+        NodeId::new("x").unwrap(),
+    ))
+    .await;
     assert!(matches!(anonymous, Err(Error::Auth { .. })), "{:?}", anonymous.err());
 }

@@ -7,6 +7,7 @@ mod corrupt;
 mod events;
 mod golden;
 mod health;
+mod props;
 mod reliability;
 mod roles;
 mod sessions;

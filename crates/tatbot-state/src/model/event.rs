@@ -168,8 +168,16 @@ impl Event {
     ///
     /// # Errors
     ///
-    /// The body is not JSON, or it names a known `type` but its fields don't fit that type.
+    /// The body is larger than [`crate::model::MAX_DOCUMENT_BYTES`], is not JSON, or names a
+    /// known `type` but its fields don't fit that type.
     pub fn from_json(payload: &[u8]) -> serde_json::Result<Event> {
+        if payload.len() > crate::model::MAX_DOCUMENT_BYTES {
+            return Err(serde::de::Error::custom(format_args!(
+                "message is {} bytes; the limit is {}",
+                payload.len(),
+                crate::model::MAX_DOCUMENT_BYTES
+            )));
+        }
         let value: Value = serde_json::from_slice(payload)?;
         let Value::Object(mut object) = value else {
             return Ok(Event::Other(value));

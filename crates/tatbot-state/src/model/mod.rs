@@ -16,5 +16,10 @@ pub use health::NodeHealth;
 pub use robot::RobotState;
 pub use stroke::{HistoryEntry, StrokeProgress};
 
+/// The largest stored document or event body we decode (1 MiB); anything larger is refused
+/// with an error rather than parsed, so a runaway writer cannot make readers allocate without
+/// bound. Real documents are well under 2 KiB.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
 /// Unknown JSON fields, kept in the order they arrived.
 pub type Extra = serde_json::Map<String, serde_json::Value>;
