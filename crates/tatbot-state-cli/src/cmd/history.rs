@@ -1,12 +1,138 @@
-//! `tatbot-state history` (not written yet).
+//! `tatbot-state history SESSION`: a session's history stream, oldest first.
+//!
+//! Pages through `stream:stroke_history:{session_id}` with
+//! [`tatbot_state::StateManager::get_history`], one page per round trip, each page starting
+//! after the last id printed. `--follow` then keeps polling after that id every
+//! [`FOLLOW_INTERVAL`] and prints new entries until Ctrl-C/SIGTERM or `--count`. Polling was
+//! chosen over `XREAD BLOCK` because the library reads history only by range, and a fifth of a
+//! second is well below what a person watching notices. A session with neither a progress hash
+//! nor history entries does not exist (exit 5).
+//!
+//! Entries are printed as stored: stroke and pose indices are 0-based here, unlike the 1-based
+//! positions of `sessions` and `progress`, because this is the raw log a script replays.
 
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tatbot_state::model::HistoryEntry;
+use tatbot_state::{SessionId, StateManager};
+
+use crate::cmd::heartbeat::shutdown_signal;
 use crate::ctx::GlobalArgs;
+use crate::exit;
+
+/// Entries fetched per round trip.
+const PAGE: usize = 1000;
+/// Time between polls with `--follow`.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Flags of `history`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The session id
+    pub session: String,
+    /// Keep printing new entries until Ctrl-C
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Stop after N entries
+    #[arg(short = 'n', long, value_name = "N")]
+    pub count: Option<u64>,
+}
 
 /// Runs `history`.
-pub async fn run(_global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("history is not implemented yet")
+pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    let session_id = SessionId::new(args.session)?;
+    let manager = global.manager().await?;
+    let mut printer = Printer {
+        json_output: global.json,
+        printed: 0,
+        count: args.count,
+        last_id: None,
+    };
+
+    let first = fetch(&manager, &session_id, None).await?;
+    if first.is_empty() {
+        let progress = manager
+            .get_stroke_progress(&session_id)
+            .await
+            .with_context(|| format!("reading the progress of {session_id}"))?;
+        if progress.is_none() {
+            return Err(tatbot_state::Error::SessionNotFound(session_id.to_string()).into());
+        }
+    }
+    let mut page = first;
+    loop {
+        let full = page.len() == PAGE;
+        if printer.print(&page)? {
+            return Ok(exit::SUCCESS);
+        }
+        if !full {
+            break;
+        }
+        page = fetch(&manager, &session_id, printer.last_id.as_deref()).await?;
+    }
+    if !args.follow {
+        return Ok(exit::SUCCESS);
+    }
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut poll = tokio::time::interval(FOLLOW_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(exit::SUCCESS),
+            _ = poll.tick() => {}
+        }
+        let page = fetch(&manager, &session_id, printer.last_id.as_deref()).await?;
+        if printer.print(&page)? {
+            return Ok(exit::SUCCESS);
+        }
+    }
+}
+
+async fn fetch(
+    manager: &StateManager,
+    session_id: &SessionId,
+    after: Option<&str>,
+) -> anyhow::Result<Vec<HistoryEntry>> {
+    manager
+        .get_history(session_id, after, PAGE)
+        .await
+        .with_context(|| format!("reading the history of {session_id}"))
+}
+
+/// Prints entries and remembers where it is.
+struct Printer {
+    json_output: bool,
+    printed: u64,
+    count: Option<u64>,
+    /// The id of the last entry printed; the next page starts after it.
+    last_id: Option<String>,
+}
+
+impl Printer {
+    /// Prints `entries` up to the count; returns true once the count is reached.
+    fn print(&mut self, entries: &[HistoryEntry]) -> anyhow::Result<bool> {
+        let mut out = std::io::stdout().lock();
+        for entry in entries {
+            if self.count.is_some_and(|count| self.printed >= count) {
+                break;
+            }
+            if self.json_output {
+                writeln!(out, "{}", serde_json::to_string(entry)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{}  stroke {} pose {}  {}  L: {}  R: {}",
+                    entry.id, entry.stroke_idx, entry.pose_idx, entry.node_id, entry.description_l, entry.description_r
+                )?;
+            }
+            self.printed += 1;
+            self.last_id = Some(entry.id.clone());
+        }
+        out.flush()?;
+        Ok(self.count.is_some_and(|count| self.printed >= count))
+    }
 }

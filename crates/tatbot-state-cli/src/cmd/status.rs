@@ -1,12 +1,130 @@
-//! `tatbot-state status` (not written yet).
+//! `tatbot-state status`: the system summary, and the small text helpers the read commands share.
+//!
+//! The summary comes from [`tatbot_state::StateManager::system_status`], which never fails once
+//! connected: a server that stops answering gives `Redis Connected: false` with the reason (and
+//! exit code 3), and values that do not decode are listed with their keys instead of failing the
+//! summary. The line labels `Redis Connected`, `Active Sessions` and `Nodes Online` are the ones
+//! the old Python tools printed, so scripts that grep them keep working.
+//!
+//! [`table`], [`format_age`] and [`age_secs`] are used by `health`, `sessions` and `watch` too;
+//! they live here until the CLI grows an output module.
+
+use std::io::Write as _;
+
+use tatbot_state::Timestamp;
 
 use crate::ctx::GlobalArgs;
+use crate::exit;
 
 /// Flags of `status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
 /// Runs `status`.
-pub async fn run(_global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("status is not implemented yet")
+pub async fn run(global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
+    let manager = global.manager().await?;
+    let status = manager.system_status().await;
+    let mut out = std::io::stdout().lock();
+    if global.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+    } else {
+        writeln!(out, "Redis Connected: {}", status.redis_connected)?;
+        writeln!(
+            out,
+            "Redis Version: {}",
+            status.redis_version.as_deref().unwrap_or("unknown")
+        )?;
+        writeln!(out, "Active Sessions: {}", status.active_sessions)?;
+        writeln!(out, "Paused Sessions: {}", status.paused_sessions)?;
+        writeln!(out, "Total Sessions: {}", status.total_sessions)?;
+        writeln!(out, "Nodes Online: {}/{}", status.nodes_online, status.nodes_known)?;
+        if !status.corrupt.is_empty() {
+            writeln!(out, "Corrupt Entries: {}", status.corrupt.len())?;
+            for corrupt in &status.corrupt {
+                writeln!(out, "  {}: {}", corrupt.key, corrupt.error)?;
+            }
+        }
+        if let Some(error) = &status.error {
+            writeln!(out, "Error: {error}")?;
+        }
+    }
+    if !status.redis_connected {
+        return Ok(exit::UNREACHABLE);
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Renders rows under headers in left-aligned columns separated by two spaces.
+///
+/// A row may be shorter than the headers; its last cell then runs on without padding and does
+/// not widen its column, which is how a row carries an error message in place of its figures.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
+    for row in rows {
+        // The last cell of a row is never padded, so it does not count towards the width.
+        for (cell_idx, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
+            if let Some(width) = widths.get_mut(cell_idx) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+    }
+    let header_row: Vec<String> = headers.iter().map(|header| (*header).to_owned()).collect();
+    let mut text = String::new();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::new();
+        for (cell_idx, cell) in row.iter().enumerate() {
+            if cell_idx + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let width = widths.get(cell_idx).copied().unwrap_or(0);
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// Seconds from `then` to now (negative when `then` is in the future, as with clock skew).
+pub fn age_secs(then: Timestamp) -> f64 {
+    (Timestamp::now().unix_millis() - then.unix_millis()) as f64 / 1000.0
+}
+
+/// A short human age: `4.2s`, `12m`, `3h`, `2d`.
+pub fn format_age(secs: f64) -> String {
+    match secs {
+        s if s < 60.0 => format!("{s:.1}s"),
+        s if s < 3600.0 => format!("{}m", (s / 60.0).floor()),
+        s if s < 86_400.0 => format!("{}h", (s / 3600.0).floor()),
+        s => format!("{}d", (s / 86_400.0).floor()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Columns line up, and a short row's last cell neither pads nor widens its column.
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            vec!["hog".to_owned(), "yes".to_owned(), "1.0s".to_owned()],
+            vec!["broken".to_owned(), "a long error message".to_owned()],
+        ];
+        let text = table(&["NODE", "ONLINE", "AGE"], &rows);
+        assert_eq!(
+            text,
+            "NODE    ONLINE  AGE\nhog     yes     1.0s\nbroken  a long error message\n"
+        );
+    }
+
+    /// Ages pick the largest whole unit past a minute.
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(format_age(4.24), "4.2s");
+        assert_eq!(format_age(125.0), "2m");
+        assert_eq!(format_age(7300.0), "2h");
+        assert_eq!(format_age(200_000.0), "2d");
+    }
 }
