@@ -377,3 +377,64 @@ async fn forward(client: TcpStream, upstream: TcpStream, silent: Arc<AtomicBool>
         () = pump(upstream_read, client_write, silent) => {}
     }
 }
+
+/// Publishes on `channel` every 50 ms until `subscription` receives one, within 10 s.
+async fn receives_again(server: &RedisServer, subscription: &mut tatbot_state::Subscription, channel: &str) -> bool {
+    let publisher = async {
+        loop {
+            if let Ok(client) = redis::Client::open(server.url())
+                && let Ok(mut connection) = client.get_multiplexed_async_connection().await
+            {
+                let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(r#"{"type": "ping"}"#)
+                    .query_async(&mut connection)
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        message = subscription.next() => message.is_some_and(|message| message.channel == channel),
+        () = publisher => unreachable!("the publisher loops forever"),
+        () = tokio::time::sleep(Duration::from_secs(10)) => false,
+    }
+}
+
+/// A subscription comes back by itself after Redis restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_resubscribes_after_restart() {
+    let mut server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let mut subscription = state.subscribe(&["stroke:events:*"]).await.unwrap();
+    assert!(receives_again(&server, &mut subscription, "stroke:events:a").await);
+    server.kill();
+    server.restart();
+    assert!(
+        receives_again(&server, &mut subscription, "stroke:events:b").await,
+        "no message after the restart"
+    );
+    assert_eq!(subscription.reconnects(), 1);
+}
+
+/// A subscription whose connection goes silent notices by its keepalive ping and resubscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_half_open_connection() {
+    let server = RedisServer::start();
+    let proxy = BlackholeProxy::start(server.port()).await;
+    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port), NodeId::new("hog").unwrap());
+    let state = StateManager::connect(via_proxy).await.unwrap();
+    let mut subscription = state.subscribe(&["robot:events"]).await.unwrap();
+    assert!(receives_again(&server, &mut subscription, "robot:events").await);
+    proxy.blackhole_existing();
+    let silent_at = Instant::now();
+    assert!(
+        receives_again(&server, &mut subscription, "robot:events").await,
+        "no message after the connection went silent"
+    );
+    eprintln!(
+        "subscription back {:?} after the connection went silent",
+        silent_at.elapsed()
+    );
+    assert!(subscription.reconnects() >= 1);
+}
