@@ -51,6 +51,8 @@ pub const NODE_REGISTRY: &str = "tatbot:nodes";
 pub const ERROR_LOG: &str = "tatbot:errors";
 /// Ours: capped stream of every event we publish, in order (the durable event log).
 pub const EVENT_LOG: &str = "tatbot:events";
+/// Ours: hash of producer counters (field: writer id, value: JSON with `stats` and `updated`).
+pub const PRODUCERS: &str = "tatbot:producers";
 /// Ours: prefix of the per-producer revision counters that make replays idempotent.
 pub const WRITER_REV_PREFIX: &str = "tatbot:rev:";
 

@@ -115,6 +115,11 @@ pub struct SystemStatus {
     pub nodes_online: usize,
     /// Nodes ever seen (heartbeat registry plus live heartbeats).
     pub nodes_known: usize,
+    /// Producer updates dropped because a producer's queue was full, over all producers that
+    /// reported in the last week (`tatbot:producers`).
+    pub dropped_updates: u64,
+    /// Producers that reported their counters in the last minute.
+    pub producers_active: usize,
     /// Values that did not decode.
     pub corrupt: Vec<CorruptEntry>,
     /// Why Redis was not reachable, when it was not.
@@ -204,6 +209,11 @@ impl StateManager {
     /// The configuration the manager runs with.
     pub fn config(&self) -> &ManagerConfig {
         &self.inner.config
+    }
+
+    /// The client, for components that need a connection of their own.
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.inner.client
     }
 
     pub(crate) fn connection(&self) -> ConnectionManager {
@@ -722,6 +732,8 @@ impl StateManager {
             total_sessions: 0,
             nodes_online: 0,
             nodes_known: 0,
+            dropped_updates: 0,
+            producers_active: 0,
             corrupt: Vec::new(),
             error: None,
             timestamp: Timestamp::now(),
@@ -768,6 +780,28 @@ impl StateManager {
             }
         }
         status.nodes_known = known.len();
+        let producers: Vec<(String, String)> = self
+            .connection()
+            .hgetall(keys::PRODUCERS)
+            .await
+            .map_err(|err| self.redis_error("system_status", err))?;
+        let now = Timestamp::now().unix_millis();
+        for (writer, record) in producers {
+            let key = format!("{} field {writer}", keys::PRODUCERS);
+            match decode_json::<Value>(&key, "producer stats", &record) {
+                Ok(record) => {
+                    status.dropped_updates += record["stats"]["dropped"].as_u64().unwrap_or(0);
+                    let updated = record["updated"].as_str().and_then(|text| Timestamp::parse(text).ok());
+                    if updated.is_some_and(|at| now - at.unix_millis() < 60_000) {
+                        status.producers_active += 1;
+                    }
+                }
+                Err(err) => status.corrupt.push(CorruptEntry {
+                    key,
+                    error: err.to_string(),
+                }),
+            }
+        }
         Ok(())
     }
 

@@ -26,6 +26,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
@@ -50,6 +52,10 @@ pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// First reconnect delay; doubled on each failure up to the cap.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// How often a producer stores its counters in `tatbot:producers`.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// `tatbot:producers` expires a week after the last producer wrote to it.
+const PRODUCERS_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Most ops kept for replay, whatever their age.
 const MAX_REPLAY_OPS: usize = 200_000;
 
@@ -351,6 +357,8 @@ impl Queue {
 struct Writer {
     manager: StateManager,
     shared: Arc<Shared>,
+    /// `{node_id}.{random}`: tells this producer's revisions and counters apart.
+    writer_id: String,
     /// `tatbot:rev:{writer}`: where the scripts record the last op applied.
     rev_key: String,
     /// `tatbot:rev:{writer}.snapshots`: the same for snapshots.
@@ -361,8 +369,14 @@ struct Writer {
     recent: VecDeque<(Instant, Queued)>,
     /// The last snapshot sent per key, for replay.
     last_snapshots: HashMap<String, Queued>,
-    /// Scripts must be (re)loaded and `run_id` checked before the next send.
-    must_prepare: bool,
+    /// The writer's own connection, `None` after any failure. It is a plain multiplexed
+    /// connection, not the manager's auto-reconnecting one, on purpose: that one reconnects
+    /// silently (even when another task saw the error), and a silent reconnect to a restarted
+    /// server would skip the `run_id` check. Every connection here is prepared (scripts loaded,
+    /// `run_id` checked, lost writes replayed) before the first batch goes out on it.
+    connection: Option<MultiplexedConnection>,
+    /// When the counters were last stored in Redis.
+    stats_published: Option<Instant>,
 }
 
 impl Writer {
@@ -370,12 +384,14 @@ impl Writer {
         Writer {
             manager,
             shared,
+            writer_id: writer_id.to_owned(),
             rev_key: keys::writer_rev(writer_id),
             snapshot_rev_key: keys::writer_rev(&format!("{writer_id}.snapshots")),
             run_id: None,
             recent: VecDeque::new(),
             last_snapshots: HashMap::new(),
-            must_prepare: true,
+            connection: None,
+            stats_published: None,
         }
     }
 
@@ -395,6 +411,7 @@ impl Writer {
             self.remember(batch);
             self.shared.acknowledged.send_replace(done_through);
             self.report_drops();
+            self.publish_stats().await;
         }
         tracing::debug!("producer writer stopped");
     }
@@ -404,15 +421,13 @@ impl Writer {
         let mut backoff = MIN_BACKOFF;
         loop {
             let attempt = async {
-                if self.must_prepare {
-                    self.prepare().await?;
-                }
-                self.send(batch).await
+                let mut connection = self.connected().await?;
+                self.send(&mut connection, batch).await
             };
             match attempt.await {
                 Ok(()) => return true,
                 Err(err) => {
-                    self.must_prepare = true;
+                    self.connection = None;
                     self.shared.lock().stats.retries += 1;
                     tracing::debug!(error = %err, delay = ?backoff, "send failed; retrying");
                 }
@@ -425,20 +440,39 @@ impl Writer {
         }
     }
 
+    /// The writer's connection, opened and prepared if needed.
+    async fn connected(&mut self) -> Result<MultiplexedConnection> {
+        if let Some(connection) = &self.connection {
+            return Ok(connection.clone());
+        }
+        let config = self.manager.config();
+        let settings = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout));
+        let mut connection = self
+            .manager
+            .client()
+            .get_multiplexed_async_connection_with_config(&settings)
+            .await
+            .map_err(|err| Error::from_connect(&config.endpoint.to_string(), err))?;
+        self.prepare(&mut connection).await?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
     /// Loads the scripts and checks `run_id`; after a restart, replays recent ops.
-    async fn prepare(&mut self) -> Result<()> {
-        let mut connection = self.manager.connection();
+    async fn prepare(&mut self, connection: &mut MultiplexedConnection) -> Result<()> {
         for script in scripts::pipelined() {
             script
-                .load_async(&mut connection)
+                .load_async(connection)
                 .await
-                .map_err(|err| self.manager.redis_error("load scripts", err))?;
+                .map_err(|err| Error::from_redis("load scripts", err))?;
         }
         let info: String = redis::cmd("INFO")
             .arg("server")
-            .query_async(&mut connection)
+            .query_async(connection)
             .await
-            .map_err(|err| self.manager.redis_error("INFO server", err))?;
+            .map_err(|err| Error::from_redis("INFO server", err))?;
         let run_id = info
             .lines()
             .find_map(|line| line.strip_prefix("run_id:"))
@@ -447,13 +481,12 @@ impl Writer {
         if restarted {
             let replay: Vec<Queued> = self.recent_ops();
             tracing::warn!(ops = replay.len(), "redis restarted; replaying recent writes");
-            self.send(&replay).await?;
+            self.send(connection, &replay).await?;
             let mut queue = self.shared.lock();
             queue.stats.restarts += 1;
             queue.stats.replayed += replay.len() as u64;
         }
         self.run_id = run_id;
-        self.must_prepare = false;
         Ok(())
     }
 
@@ -467,7 +500,7 @@ impl Writer {
     }
 
     /// One pipeline; per-op refusals are logged and counted, a connection failure is an error.
-    async fn send(&self, batch: &[Queued]) -> Result<()> {
+    async fn send(&self, connection: &mut MultiplexedConnection, batch: &[Queued]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -485,15 +518,15 @@ impl Writer {
             pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq));
         }
         let results: Vec<redis::RedisResult<redis::Value>> = pipe
-            .query_async(&mut self.manager.connection())
+            .query_async(connection)
             .await
-            .map_err(|err| self.manager.redis_error("producer batch", err))?;
+            .map_err(|err| Error::from_redis("producer batch", err))?;
         let mut rejected = 0;
         for (queued, result) in batch.iter().zip(results) {
             let Err(err) = result else { continue };
             if err.code() == Some("NOSCRIPT") || err.is_io_error() || err.is_connection_dropped() {
                 // The batch is resent whole; ops already applied are skipped by their number.
-                return Err(self.manager.redis_error("producer batch", err));
+                return Err(Error::from_redis("producer batch", err));
             }
             rejected += 1;
             tracing::warn!(seq = queued.seq, error = %Error::from_redis("producer write", err), "redis refused a queued write");
@@ -520,6 +553,38 @@ impl Writer {
             .is_some_and(|(at, _)| now.duration_since(*at) > window || self.recent.len() > MAX_REPLAY_OPS)
         {
             self.recent.pop_front();
+        }
+    }
+
+    /// Stores this producer's counters in `tatbot:producers` (at most once per
+    /// [`STATS_INTERVAL`]) so `status` on any node can show drops and replays.
+    async fn publish_stats(&mut self) {
+        if self.stats_published.is_some_and(|at| at.elapsed() < STATS_INTERVAL) {
+            return;
+        }
+        self.stats_published = Some(Instant::now());
+        let stats = {
+            let queue = self.shared.lock();
+            let mut stats = queue.stats;
+            stats.queued = queue.ops.len() + queue.snapshots.len();
+            stats.acknowledged = *self.shared.acknowledged.borrow();
+            stats
+        };
+        let record = serde_json::json!({"stats": stats, "updated": Timestamp::now()});
+        let Some(mut connection) = self.connection.clone() else {
+            return;
+        };
+        let result: redis::RedisResult<()> = redis::pipe()
+            .hset(keys::PRODUCERS, &self.writer_id, record.to_string())
+            .ignore()
+            .expire(keys::PRODUCERS, PRODUCERS_TTL_SECS)
+            .ignore()
+            .query_async(&mut connection)
+            .await;
+        if let Err(err) = result {
+            // The next batch reconnects and prepares.
+            self.connection = None;
+            tracing::debug!(error = %err, "cannot store producer stats");
         }
     }
 
