@@ -1,12 +1,540 @@
-//! `tatbot-state demo` (not written yet).
+//! `tatbot-state demo`: the whole system on one machine, checked end to end.
+//!
+//! Without `--redis` it starts a private `redis-server` (the project's config rendered into a
+//! temporary directory, a free loopback port, AOF on) as a child process in its own process
+//! group, so a Ctrl-C in the terminal reaches only the demo, which then shuts the server down
+//! in order. On that server it runs two heartbeat agents (`demo-robot`, `demo-viz`) and a
+//! simulated robot executing a stroke session ([`crate::cmd::simulate::simulate_robot`]) with
+//! a live progress bar, tells the operator how to watch from another terminal, and at the end
+//! prints a summary of what it checked: the final progress is the last update sent, the
+//! history stream holds every update, both demo nodes are online, and every simulated error
+//! was stored.
+//!
+//! Shutdown: one [`CancellationToken`] is cancelled by SIGINT or SIGTERM; every task the demo
+//! starts gets a child of it and runs on a [`TaskTracker`]. Whether the demo ends normally,
+//! fails or is interrupted, it cancels the tasks, waits for them with a deadline, stops the
+//! private server (SIGTERM, which makes Redis flush and exit; SIGKILL after a deadline), reaps
+//! it and removes the temporary directory. The child is also `kill_on_drop`, so even an early
+//! error return cannot leave a server behind.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tatbot_state::config;
+use tatbot_state::heartbeat::{self, HeartbeatOptions};
+use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, SessionId, StateManager};
+use tempfile::TempDir;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::cmd::server::conf::{self, ConfSpec, Layout};
+use crate::cmd::server::{self, Probe, process};
+use crate::cmd::simulate::{self, Plan, Report};
 use crate::ctx::GlobalArgs;
+use crate::exit::{self, Coded};
+
+/// The simulated robot's node id; it also sends heartbeats.
+const ROBOT_NODE: &str = "demo-robot";
+/// A second node that only sends heartbeats, standing in for the viz.
+const VIZ_NODE: &str = "demo-viz";
+/// Time between the demo nodes' heartbeats.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the private server gets to come up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the private server gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the demo's tasks get to finish after they are cancelled.
+const TASKS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long both demo nodes get to show up as online.
+const NODES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Fresh ports tried when another process takes the free port first.
+const PORT_ATTEMPTS: usize = 5;
+/// Plain progress lines (when stdout is not a terminal) are printed every this many percent.
+const PLAIN_PROGRESS_STEP: u64 = 10;
 
 /// Flags of `demo`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Use this Redis instead of starting a private one: redis://[user[:pass]@]host[:port]
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// A small plan sent as fast as possible (seconds instead of about 30 s)
+    #[arg(long)]
+    fast: bool,
+}
 
 /// Runs `demo`.
-pub async fn run(_global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("demo is not implemented yet")
+pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    let shutdown = CancellationToken::new();
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal_token.cancel();
+    });
+
+    let plan = if args.fast {
+        Plan {
+            strokes: 3,
+            stroke_length: 4,
+            hz: 0.0,
+            scene: "demo".to_owned(),
+            error_every: 2,
+        }
+    } else {
+        Plan {
+            strokes: 12,
+            stroke_length: 25,
+            hz: 10.0,
+            scene: "demo".to_owned(),
+            error_every: 5,
+        }
+    };
+    let (endpoint, private) = match &args.redis {
+        Some(url) => (endpoint_from_url(global, url)?, None),
+        None => {
+            let server = tokio::select! {
+                server = PrivateServer::start() => server?,
+                () = shutdown.cancelled() => return Err(interrupted()),
+            };
+            (server.endpoint(), Some(server))
+        }
+    };
+    let outcome = run_on(&endpoint, private.as_ref(), &plan, &shutdown).await;
+    if let Some(server) = private {
+        let (pid, dir) = (server.pid, server.dir.path().display().to_string());
+        server.stop().await?;
+        eprintln!("demo: stopped the private redis-server (pid {pid}) and removed {dir}");
+    }
+    outcome
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM; never returns if neither handler can be installed.
+async fn wait_for_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(terminate) => Some(terminate),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot handle SIGTERM; only Ctrl-C stops the demo cleanly");
+            None
+        }
+    };
+    let term = async {
+        match terminate.as_mut() {
+            Some(terminate) => {
+                terminate.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "cannot handle Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+        () = term => {}
+    }
+}
+
+fn interrupted() -> anyhow::Error {
+    anyhow::Error::new(Coded(
+        exit::FAILURE,
+        "demo interrupted; everything it started has been stopped".to_owned(),
+    ))
+}
+
+/// The target named by `--redis`, parsed by the library's config resolver as if it were
+/// `REDIS_URL`; of the machine's settings only the conf dir (its node inventory) still counts.
+fn endpoint_from_url(global: &GlobalArgs, url: &str) -> anyhow::Result<Endpoint> {
+    let mut inputs = global.config_inputs();
+    let mut env = BTreeMap::from([("REDIS_URL".to_owned(), url.to_owned())]);
+    if let Some(conf_dir) = inputs.env.get(config::CONF_DIR_VAR) {
+        env.insert(config::CONF_DIR_VAR.to_owned(), conf_dir.clone());
+    }
+    inputs.env = env;
+    // An empty env file: the URL names the whole target, so no REDIS_* line may override it.
+    inputs.env_file = Some(PathBuf::from("/dev/null"));
+    inputs.host = None;
+    inputs.port = None;
+    inputs.password = None;
+    inputs.username = None;
+    let target = config::resolve(&inputs, &config::resolve_host_system).context("--redis (read as REDIS_URL)")?;
+    Ok(Endpoint::from(&target))
+}
+
+/// Runs the demo on a server that is up, and cleans up its own tasks whatever happens.
+async fn run_on(
+    endpoint: &Endpoint,
+    private: Option<&PrivateServer>,
+    plan: &Plan,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<u8> {
+    let robot = connect(endpoint, ROBOT_NODE).await?;
+    let viz = connect(endpoint, VIZ_NODE).await?;
+    print_intro(endpoint, private, plan);
+
+    let tracker = TaskTracker::new();
+    let tasks = shutdown.child_token();
+    let options = HeartbeatOptions {
+        interval: HEARTBEAT_INTERVAL,
+        ..HeartbeatOptions::default()
+    };
+    for manager in [robot.clone(), viz.clone()] {
+        tracker.spawn(heartbeat::run(manager, options.clone(), tasks.child_token()));
+    }
+    tracker.close();
+
+    let outcome = tokio::select! {
+        outcome = simulate_and_check(&robot, plan) => outcome,
+        () = shutdown.cancelled() => Err(interrupted()),
+    };
+    tasks.cancel();
+    if tokio::time::timeout(TASKS_TIMEOUT, tracker.wait()).await.is_err() {
+        tracing::warn!("the heartbeat agents did not stop within {} s", TASKS_TIMEOUT.as_secs());
+    }
+    outcome
+}
+
+async fn connect(endpoint: &Endpoint, node: &str) -> anyhow::Result<StateManager> {
+    // Both ids are constants that satisfy the id rules.
+    let node_id = NodeId::new(node).with_context(|| format!("bug: {node:?} is not a valid node id"))?;
+    StateManager::connect(ManagerConfig::new(endpoint.clone(), node_id))
+        .await
+        .with_context(|| format!("connecting {node} to Redis at {endpoint}"))
+}
+
+fn print_intro(endpoint: &Endpoint, private: Option<&PrivateServer>, plan: &Plan) {
+    let updates = u64::from(plan.strokes) * u64::from(plan.stroke_length);
+    let pace = if plan.hz > 0.0 {
+        format!("at {} Hz (about {:.0} s)", plan.hz, updates as f64 / plan.hz)
+    } else {
+        "as fast as Redis acknowledges".to_owned()
+    };
+    let host = if endpoint.host == "127.0.0.1" {
+        String::new()
+    } else {
+        format!("-h {} ", endpoint.host)
+    };
+    let auth = if endpoint.password.is_some() {
+        "-a PASSWORD "
+    } else {
+        ""
+    };
+    let port = endpoint.port;
+    println!("tatbot-state demo");
+    println!("  redis      {endpoint}");
+    if let Some(server) = private {
+        println!(
+            "  server     private redis-server, pid {} (AOF on; stopped at exit)",
+            server.pid
+        );
+        println!("  temp dir   {} (removed at exit)", server.dir.path().display());
+    }
+    println!(
+        "  nodes      {ROBOT_NODE}, {VIZ_NODE} (heartbeat every {} s)",
+        HEARTBEAT_INTERVAL.as_secs()
+    );
+    println!(
+        "  plan       {} strokes x {} poses {pace}, an error every {} strokes",
+        plan.strokes, plan.stroke_length, plan.error_every
+    );
+    println!("Watch from another terminal:");
+    println!("  redis-cli {host}-p {port} {auth}psubscribe 'stroke:events:*'");
+    println!("  tatbot-state {host}-p {port} {auth}watch");
+    println!("  tatbot-state {host}-p {port} {auth}status");
+    println!("  tatbot-state {host}-p {port} {auth}events");
+    // The live viz (tatbot-state-viz) and the MCP server (tatbot-state-mcp) do not exist yet;
+    // once they do, the demo starts them here, on this endpoint, and prints their URLs.
+    println!("  live viz   (not available yet)");
+    println!("  MCP server (not available yet)");
+    println!("Ctrl-C stops the demo and everything it started.");
+}
+
+/// Runs the simulated robot with a progress display, then checks what Redis holds.
+async fn simulate_and_check(robot: &StateManager, plan: &Plan) -> anyhow::Result<u8> {
+    let total = u64::from(plan.strokes) * u64::from(plan.stroke_length);
+    let mut display = ProgressDisplay::new(total);
+    let mut on_update = |_session: &SessionId, done: u64, total: u64| display.update(done, total);
+    let report = simulate::simulate_robot(robot, plan, &mut on_update).await;
+    display.finish();
+    let report = report.context("running the simulated robot")?;
+
+    let checks = verify(robot, plan, &report).await?;
+    println!("Checked:");
+    for (passed, name, detail) in &checks {
+        println!("  {} {name:<9} {detail}", if *passed { "[ok]  " } else { "[FAIL]" });
+    }
+    let seconds = report.elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        report.updates_sent as f64 / seconds
+    } else {
+        0.0
+    };
+    let failed = checks.iter().filter(|(passed, ..)| !passed).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} demo checks failed (see above)", checks.len());
+    }
+    println!(
+        "demo: {} updates in {seconds:.1} s ({rate:.1}/s); all checks passed",
+        report.updates_sent
+    );
+    Ok(exit::SUCCESS)
+}
+
+/// The checks: `(passed, name, detail)` each.
+async fn verify(
+    robot: &StateManager,
+    plan: &Plan,
+    report: &Report,
+) -> anyhow::Result<Vec<(bool, &'static str, String)>> {
+    let session_id = &report.session_id;
+    let mut checks = Vec::new();
+
+    let stored = robot
+        .get_stroke_progress(session_id)
+        .await
+        .with_context(|| format!("reading the progress of {session_id}"))?;
+    let (last_stroke, last_pose) = (i64::from(plan.strokes) - 1, i64::from(plan.stroke_length) - 1);
+    let progress_ok = report.verified
+        && stored.as_ref().is_some_and(|progress| {
+            progress.stroke_idx == last_stroke && progress.pose_idx == last_pose && !progress.is_executing
+        });
+    let found = stored.as_ref().map_or_else(
+        || "no progress stored".to_owned(),
+        |progress| {
+            let state = if progress.is_executing {
+                "still executing"
+            } else {
+                "session ended"
+            };
+            format!("stroke {}, pose {}, {state}", progress.stroke_idx, progress.pose_idx)
+        },
+    );
+    checks.push((
+        progress_ok,
+        "progress",
+        format!("{found} (sent: stroke {last_stroke}, pose {last_pose}, then ended)"),
+    ));
+
+    let expected_entries = report.updates_sent;
+    let history = robot
+        .get_history(
+            session_id,
+            None,
+            usize::try_from(expected_entries + 1).unwrap_or(usize::MAX),
+        )
+        .await
+        .with_context(|| format!("reading the history of {session_id}"))?;
+    let entries = history.len() as u64;
+    checks.push((
+        entries == expected_entries && expected_entries == u64::from(plan.strokes) * u64::from(plan.stroke_length),
+        "history",
+        format!(
+            "{entries} entries in {} (sent {} x {})",
+            tatbot_state::keys::history(session_id),
+            plan.strokes,
+            plan.stroke_length
+        ),
+    ));
+
+    let node_ids = [NodeId::new(ROBOT_NODE)?, NodeId::new(VIZ_NODE)?];
+    let online = process::poll_until(NODES_TIMEOUT, || async {
+        let health = robot.get_nodes_health(&node_ids).await.ok()?;
+        health.iter().all(|entry| matches!(entry, Some(Ok(_)))).then_some(())
+    })
+    .await
+    .is_some();
+    let status = robot.system_status().await;
+    checks.push((
+        online && status.redis_connected && status.nodes_online >= node_ids.len(),
+        "nodes",
+        format!(
+            "{ROBOT_NODE} and {VIZ_NODE} {} (system status: {} nodes online)",
+            if online { "online" } else { "NOT both online" },
+            status.nodes_online
+        ),
+    ));
+
+    // No errors are reported when `error_every` is 0.
+    let expected_errors = plan.strokes.checked_div(plan.error_every).unwrap_or(0);
+    let stored_errors = robot
+        .list_errors(1000)
+        .await
+        .context("reading the error log")?
+        .into_iter()
+        .filter_map(|entry| entry.value.ok())
+        .filter(|event| event.details.get("session_id").and_then(|id| id.as_str()) == Some(session_id.as_str()))
+        .count() as u64;
+    checks.push((
+        stored_errors == u64::from(expected_errors),
+        "errors",
+        format!("{expected_errors} simulated errors reported, {stored_errors} of this session in the error log"),
+    ));
+    Ok(checks)
+}
+
+/// A progress bar on a terminal, otherwise a plain line every [`PLAIN_PROGRESS_STEP`] percent.
+struct ProgressDisplay {
+    bar: Option<ProgressBar>,
+    last_step: u64,
+}
+
+impl ProgressDisplay {
+    fn new(total: u64) -> ProgressDisplay {
+        if !std::io::stdout().is_terminal() {
+            return ProgressDisplay {
+                bar: None,
+                last_step: 0,
+            };
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
+        // The template is a constant; should it ever fail to parse, the default style is fine.
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} robot [{bar:40}] {pos}/{len} poses {per_sec} eta {eta}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        ProgressDisplay {
+            bar: Some(bar),
+            last_step: 0,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
+        let step = done * 100 / total.max(1) / PLAIN_PROGRESS_STEP;
+        if step > self.last_step || done == total {
+            self.last_step = step;
+            println!("progress: {done}/{total} poses ({}%)", done * 100 / total.max(1));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+/// A `redis-server` child process on a free loopback port with a temporary directory.
+struct PrivateServer {
+    /// The server process. `kill_on_drop` makes an early return kill it; `stop` shuts it
+    /// down gracefully and reaps it.
+    child: tokio::process::Child,
+    pid: u32,
+    port: u16,
+    /// Holds the config, data and log; removed by `stop`, or on drop after the child is
+    /// killed (fields drop in declaration order).
+    dir: TempDir,
+}
+
+impl PrivateServer {
+    /// Starts the server and waits until it answers `PING` with its own pid.
+    async fn start() -> anyhow::Result<PrivateServer> {
+        let binary = process::redis_server_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tatbot-demo-")
+            .tempdir()
+            .context("creating a temporary directory for the private redis-server: is the temp dir writable?")?;
+        let layout = Layout {
+            base: dir.path().to_owned(),
+        };
+        std::fs::create_dir_all(layout.data()).with_context(|| format!("creating {}", layout.data().display()))?;
+        let stderr_path = layout.base.join("redis.stderr");
+        let mut last_failure = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port()?;
+            let text = conf::render(&ConfSpec {
+                extra_bind: &[],
+                port,
+                daemonize: false,
+                layout: &layout,
+                password: None,
+                acl_file: None,
+            })?;
+            std::fs::write(layout.conf(), text).with_context(|| format!("writing {}", layout.conf().display()))?;
+            let stderr =
+                std::fs::File::create(&stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
+            let mut child = tokio::process::Command::new(&binary)
+                .arg(layout.conf())
+                .current_dir(&layout.base)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                // Its own process group: a Ctrl-C in the terminal must reach only the demo,
+                // which then stops the server after the nodes that use it.
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            let pid = child
+                .id()
+                .context("bug: the redis-server child has no pid right after spawning")?;
+            let endpoint = Endpoint::new("127.0.0.1", port);
+            let deadline = Instant::now() + STARTUP_TIMEOUT;
+            loop {
+                if let Some(status) = child.try_wait().context("watching the redis-server child")? {
+                    last_failure = format!("exited with {status}: {}", process::log_tail(&layout.log(), 3));
+                    break;
+                }
+                if let Probe::Redis { pid: Some(answering) } = server::probe(&endpoint).await
+                    && answering == pid
+                {
+                    return Ok(PrivateServer { child, pid, port, dir });
+                }
+                if Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "the private redis-server did not answer PING within {} s: {}",
+                        STARTUP_TIMEOUT.as_secs(),
+                        process::log_tail(&layout.log(), 3)
+                    );
+                }
+                tokio::time::sleep(process::POLL_INTERVAL).await;
+            }
+            // Another process took the port between `free_port` and the bind: try a new one.
+            if !last_failure.contains("Address already in use") {
+                break;
+            }
+        }
+        anyhow::bail!("the private redis-server did not start: {last_failure}")
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::new("127.0.0.1", self.port)
+    }
+
+    /// SIGTERM (Redis flushes and exits), a bounded wait, SIGKILL if needed; then removes the
+    /// directory.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        // The child is not reaped before `wait` below, so its pid cannot have been reused;
+        // ESRCH only means it already exited.
+        if let Ok(raw) = i32::try_from(self.pid) {
+            let _ = signal::kill(Pid::from_raw(raw), Signal::SIGTERM);
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await.is_err() {
+            tracing::warn!(pid = self.pid, "the private redis-server ignored SIGTERM; killing it");
+            self.child.kill().await.context("killing the private redis-server")?;
+        }
+        let path = self.dir.path().display().to_string();
+        self.dir
+            .close()
+            .with_context(|| format!("removing {path}: remove it by hand"))
+    }
+}
+
+/// A currently free loopback port (bound to port 0, then released).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free loopback port")?;
+    Ok(listener.local_addr().context("finding a free loopback port")?.port())
 }

@@ -1,0 +1,90 @@
+//! `demo`: the verified end-to-end run, on a private server and on a given one, and its cleanup.
+
+use std::path::PathBuf;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tatbot_state_testkit::RedisServer;
+
+use crate::util::{assert_code, bin, is_alive, processes_in, run, spawn, stdout};
+
+/// The private server's pid and temp dir, from the lines the demo prints first.
+fn private_server(text: &str) -> (u32, PathBuf) {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.trim_start().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name:?} line in\n{text}"))
+            .trim()
+            .to_owned()
+    };
+    let server = field("server");
+    let pid = server
+        .split_once("pid ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {server:?}"));
+    let dir = field("temp dir");
+    let dir = dir.split(" (").next().expect("a path").to_owned();
+    (pid, PathBuf::from(dir))
+}
+
+/// `demo --fast` passes its checks, then leaves no redis-server and no temp dir behind.
+#[test]
+fn fast_demo_checks_out_and_cleans_up() {
+    let output = run(bin(), &["demo", "--fast"]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    assert!(text.contains("all checks passed"), "{text}");
+    for check in ["progress", "history", "nodes", "errors"] {
+        assert!(
+            text.lines()
+                .any(|line| line.trim_start().starts_with("[ok]") && line.contains(check)),
+            "{check} not ok in\n{text}"
+        );
+    }
+    assert!(text.contains("psubscribe 'stroke:events:*'"), "{text}");
+    let (pid, dir) = private_server(&text);
+    assert!(!is_alive(pid), "redis-server {pid} outlived the demo");
+    assert!(!dir.exists(), "{} outlived the demo", dir.display());
+    assert!(processes_in(&dir).is_empty());
+}
+
+/// `demo --redis URL` runs on the given server, starts none of its own, and leaves its state there.
+#[test]
+fn demo_on_a_given_redis() {
+    let server = RedisServer::builder().password("s3cret").start();
+    let output = run(bin(), &["demo", "--fast", "--redis", &server.url()]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    assert!(text.contains("all checks passed"), "{text}");
+    assert!(!text.contains("temp dir"), "{text}");
+    assert!(text.contains(&format!("-p {} -a PASSWORD", server.port())), "{text}");
+    let reply = server
+        .command(&["EXISTS", "node:health:demo-robot", "node:health:demo-viz"])
+        .expect("EXISTS");
+    assert_eq!(reply, ":2\r\n");
+}
+
+/// SIGINT in the middle of a run stops the nodes and the private server and removes the temp dir.
+#[test]
+fn interrupt_stops_everything() {
+    let mut demo = spawn(bin(), &["demo"]);
+    let mut intro = String::new();
+    for _ in 0..4 {
+        intro.push_str(&demo.stdout.next());
+        intro.push('\n');
+    }
+    let (pid, dir) = private_server(&intro);
+    demo.stdout.wait_for("progress:");
+    assert!(is_alive(pid) && dir.exists());
+
+    let demo_pid = i32::try_from(demo.pid()).expect("a pid fits i32");
+    signal::kill(Pid::from_raw(demo_pid), Signal::SIGINT).expect("send SIGINT");
+    let status = demo.wait();
+    assert_eq!(status.code(), Some(1));
+    let errors = demo.stderr.rest().join("\n");
+    assert!(errors.contains("interrupted"), "{errors}");
+    assert!(!is_alive(pid), "redis-server {pid} outlived the demo");
+    assert!(!dir.exists(), "{} outlived the demo", dir.display());
+    assert!(processes_in(&dir).is_empty());
+}

@@ -1,0 +1,135 @@
+//! `server start | stop | status` on real redis-server processes in temp dirs.
+
+use tatbot_state::{Endpoint, ManagerConfig, NodeId, ProgressUpdate, SessionId, StateManager};
+use tatbot_state_testkit::RedisServer;
+
+use crate::util::{ServerDir, assert_code, bin, is_alive, json, run, stderr, stdout};
+
+/// Runs a future on a fresh current-thread runtime (the tests themselves are synchronous).
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
+}
+
+async fn manager(port: u16) -> StateManager {
+    let node_id = NodeId::new("server-test").expect("a valid node id");
+    StateManager::connect(ManagerConfig::new(Endpoint::new("127.0.0.1", port), node_id))
+        .await
+        .expect("the started server accepts connections")
+}
+
+/// A started server reports AOF everysec on loopback, and data written before `stop` is there after the next `start`.
+#[test]
+fn start_status_stop_restart_keeps_data() {
+    let server_dir = ServerDir::new();
+    let port = server_dir.port;
+
+    let started = server_dir.server("start", &[]);
+    assert_code(&started, 0);
+    assert!(
+        stdout(&started).contains("redis-server started"),
+        "{}",
+        stdout(&started)
+    );
+    let pid = server_dir.pid().expect("a pid file after start");
+    assert!(is_alive(pid));
+
+    let status = server_dir.server("status", &["--json"]);
+    assert_code(&status, 0);
+    let status = json(&status);
+    assert_eq!(status["aof_enabled"], true, "{status}");
+    assert_eq!(status["appendfsync"], "everysec", "{status}");
+    assert_eq!(status["pid"], pid, "{status}");
+    assert_eq!(status["ours"], true, "{status}");
+    assert_eq!(status["port"], port, "{status}");
+    let bind = status["bind"].as_array().expect("bind is a list");
+    assert!(bind.iter().any(|address| address == "127.0.0.1"), "{status}");
+
+    let session_id: SessionId = block_on(async {
+        let manager = manager(port).await;
+        let session_id = manager
+            .start_stroke_session(2, 3, "persisted")
+            .await
+            .expect("start a session");
+        manager
+            .update_stroke_progress(&session_id, &ProgressUpdate::new(1, 2))
+            .await
+            .expect("update progress");
+        session_id
+    });
+
+    let stopped = server_dir.server("stop", &[]);
+    assert_code(&stopped, 0);
+    assert!(stdout(&stopped).contains("stopped"), "{}", stdout(&stopped));
+    assert!(!is_alive(pid), "stop returned while pid {pid} still runs");
+
+    assert_code(&server_dir.server("start", &[]), 0);
+    let progress = block_on(async { manager(port).await.get_stroke_progress(&session_id).await })
+        .expect("read progress")
+        .expect("the session survived the restart");
+    assert_eq!((progress.stroke_idx, progress.pose_idx), (1, 2));
+    assert_eq!(progress.scene_name, "persisted");
+
+    assert_code(&server_dir.server("stop", &[]), 0);
+    let status = server_dir.server("status", &[]);
+    assert_code(&status, 3);
+    assert!(
+        stderr(&status).contains("tatbot-state server start"),
+        "{}",
+        stderr(&status)
+    );
+}
+
+/// Starting twice is fine when it is ours, and a port served by another redis-server is an error.
+#[test]
+fn start_is_idempotent_and_refuses_a_foreign_port() {
+    let server_dir = ServerDir::new();
+    assert_code(&server_dir.server("start", &[]), 0);
+    let again = server_dir.server("start", &[]);
+    assert_code(&again, 0);
+    assert!(stdout(&again).contains("already running"), "{}", stdout(&again));
+
+    let foreign = RedisServer::start();
+    let other_dir = tempfile::tempdir().expect("a temp dir");
+    let port = foreign.port().to_string();
+    let dir = other_dir.path().display().to_string();
+    let refused = run(bin(), &["-p", &port, "server", "start", "--dir", &dir]);
+    assert_code(&refused, 1);
+    assert!(
+        stderr(&refused).contains("already served by another redis-server"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_code(&server_dir.server("stop", &[]), 0);
+}
+
+/// A password becomes requirepass: status without it is exit 4, with it exit 0.
+#[test]
+fn password_becomes_requirepass() {
+    let server_dir = ServerDir::new();
+    assert_code(&server_dir.server("start", &["-a", "s3cret"]), 0);
+    let conf = std::fs::read_to_string(server_dir.path().join("redis.conf")).expect("redis.conf");
+    assert!(conf.lines().any(|line| line == "requirepass \"s3cret\""));
+
+    assert_code(&server_dir.server("status", &[]), 4);
+    assert_code(&server_dir.server("status", &["-a", "s3cret"]), 0);
+    assert_code(&server_dir.server("stop", &["-a", "s3cret"]), 0);
+}
+
+/// An address the host does not have makes start fail with Redis's reason, leaving no process.
+#[test]
+fn bind_failure_is_reported_from_the_log() {
+    let server_dir = ServerDir::new();
+    // 192.0.2.1 is TEST-NET-1: never assigned to this host, so Redis cannot bind it.
+    let failed = server_dir.server("start", &["--bind", "192.0.2.1"]);
+    assert_code(&failed, 1);
+    assert!(
+        stderr(&failed).contains("exited during startup") && stderr(&failed).contains("192.0.2.1"),
+        "{}",
+        stderr(&failed)
+    );
+    assert!(crate::util::processes_in(server_dir.path()).is_empty());
+}
