@@ -2,7 +2,7 @@
 
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{assert_code, bin_for, json, json_lines, run, simulate, spawn, stdout};
+use crate::util::{assert_code, bin_for, json, json_lines, run, simulate, spawn, stdout, wait_until};
 
 /// The first stdout line is the session id, and the stored final progress is the last pose sent.
 #[test]
