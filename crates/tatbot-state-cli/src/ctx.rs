@@ -80,7 +80,9 @@ impl GlobalArgs {
     pub async fn manager_for(&self, endpoint: Endpoint) -> anyhow::Result<StateManager> {
         let shown = endpoint.to_string();
         let config = ManagerConfig::new(endpoint, self.node_id()?);
-        StateManager::connect(config).await.with_context(|| format!("connecting to Redis at {shown}"))
+        StateManager::connect(config)
+            .await
+            .with_context(|| format!("connecting to Redis at {shown}"))
     }
 }
 
@@ -89,7 +91,13 @@ pub fn hostname_node_id() -> NodeId {
     let raw = gethostname::gethostname().to_string_lossy().into_owned();
     let cleaned: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(tatbot_state::MAX_ID_LEN)
         .collect();
     // A cleaned, non-empty, truncated name always validates; "node" is the fallback for an
