@@ -38,6 +38,8 @@ pub async fn run(global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
         writeln!(out, "Paused Sessions: {}", status.paused_sessions)?;
         writeln!(out, "Total Sessions: {}", status.total_sessions)?;
         writeln!(out, "Nodes Online: {}/{}", status.nodes_online, status.nodes_known)?;
+        writeln!(out, "Producers Active: {}", status.producers_active)?;
+        writeln!(out, "Dropped Updates: {}", status.dropped_updates)?;
         if !status.corrupt.is_empty() {
             writeln!(out, "Corrupt Entries: {}", status.corrupt.len())?;
             for corrupt in &status.corrupt {
