@@ -91,6 +91,21 @@ end
 local PROGRESS_ORDER = {'timestamp', 'node_id', 'stroke_idx', 'pose_idx', 'total_strokes',
   'stroke_length', 'stroke_description_l', 'stroke_description_r', 'offset_idx_l',
   'offset_idx_r', 'is_executing', 'is_paused', 'scene_name', 'dataset_name'}
+
+-- Merges `patch_json` into the progress document at `key` and stores it. Returns the merged
+-- document and the patch; or nil and the reply to return: an error when the session is
+-- missing or its document corrupt, 0 when this writer's `seq` was applied already.
+local function merge_progress(key, session_id, rev_key, seq, patch_json)
+  local raw = redis.call('HGET', key, 'progress')
+  if not raw then return nil, redis.error_reply('TATBOT_NOSESSION ' .. session_id) end
+  local doc, err = decode_doc(key, 'progress', raw)
+  if not doc then return nil, err end
+  if not fresh(rev_key, seq) then return nil, 0 end
+  local patch = cjson.decode(patch_json)
+  for k, v in pairs(patch) do doc[k] = v end
+  redis.call('HSET', key, 'progress', encode_ordered(doc, PROGRESS_ORDER))
+  return doc, patch
+end
 "#;
 
 /// Starts a session under a unique id.
@@ -124,14 +139,8 @@ return id
 /// session id, history maxlen, event log maxlen, progress channel.
 /// Returns the history entry id, or 0 for a write already applied.
 const UPDATE_PROGRESS: &str = r#"
-local raw = redis.call('HGET', KEYS[1], 'progress')
-if not raw then return redis.error_reply('TATBOT_NOSESSION ' .. ARGV[4]) end
-local doc, err = decode_doc(KEYS[1], 'progress', raw)
-if not doc then return err end
-if not fresh(ARGV[1], ARGV[2]) then return 0 end
-local patch = cjson.decode(ARGV[3])
-for k, v in pairs(patch) do doc[k] = v end
-redis.call('HSET', KEYS[1], 'progress', encode_ordered(doc, PROGRESS_ORDER))
+local doc, patch = merge_progress(KEYS[1], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
+if not doc then return patch end
 local dl, dr = as_string(doc.stroke_description_l), as_string(doc.stroke_description_r)
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
   'stroke_idx', tostring(patch.stroke_idx), 'pose_idx', tostring(patch.pose_idx),
@@ -151,14 +160,8 @@ return id
 /// ARGV: rev key, seq, patch JSON (timestamp, node_id and the flags), session id, retention
 /// seconds (0 keeps the keys), event log maxlen, session channel, event type, prune-before ms.
 const SET_RUN_STATE: &str = r#"
-local raw = redis.call('HGET', KEYS[1], 'progress')
-if not raw then return redis.error_reply('TATBOT_NOSESSION ' .. ARGV[4]) end
-local doc, err = decode_doc(KEYS[1], 'progress', raw)
-if not doc then return err end
-if not fresh(ARGV[1], ARGV[2]) then return 0 end
-local patch = cjson.decode(ARGV[3])
-for k, v in pairs(patch) do doc[k] = v end
-redis.call('HSET', KEYS[1], 'progress', encode_ordered(doc, PROGRESS_ORDER))
+local doc, patch = merge_progress(KEYS[1], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
+if not doc then return patch end
 local retention = tonumber(ARGV[5])
 if retention > 0 then
   redis.call('EXPIRE', KEYS[1], retention)
