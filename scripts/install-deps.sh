@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tatbot-state needs at run and test time, when they are missing:
-# redis-server (and redis-tools for redis-cli / redis-benchmark).
+# redis-server (and redis-tools for redis-cli / redis-benchmark), and chromium with
+# chromium-driver for the dashboard's browser test.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi

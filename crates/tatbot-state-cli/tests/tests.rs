@@ -2,7 +2,10 @@
 
 mod demo;
 mod doctor;
+mod mcp;
 mod read;
 mod server;
 mod simulate;
 mod util;
+mod viz;
+mod webdriver;

@@ -197,15 +197,11 @@ impl Snapshot {
         match &change.kind {
             ChangeKind::Progress { session_id, entry } => {
                 if let Some(progress) = self.sessions.get_mut(session_id.as_str()) {
-                    progress.stroke_idx = entry.stroke_idx;
-                    progress.pose_idx = entry.pose_idx;
-                    progress.stroke_description_l.clone_from(&entry.description_l);
-                    progress.stroke_description_r.clone_from(&entry.description_r);
-                    progress.node_id.clone_from(&entry.node_id);
+                    apply_entry(progress, entry);
                 }
             }
             ChangeKind::Session { session_id, progress } => {
-                self.sessions.insert(session_id.to_string(), progress.clone());
+                self.sessions.insert(session_id.to_string(), (**progress).clone());
             }
             ChangeKind::SessionRemoved { session_id } => {
                 self.sessions.remove(session_id.as_str());
@@ -219,10 +215,19 @@ impl Snapshot {
                 }
             }
             ChangeKind::Node { node } => {
-                self.nodes.insert(node.node_id.clone(), node.clone());
+                self.nodes.insert(node.node_id.clone(), (**node).clone());
             }
         }
     }
+}
+
+/// What a history entry tells about its session's document.
+fn apply_entry(progress: &mut StrokeProgress, entry: &HistoryEntry) {
+    progress.stroke_idx = entry.stroke_idx;
+    progress.pose_idx = entry.pose_idx;
+    progress.stroke_description_l.clone_from(&entry.description_l);
+    progress.stroke_description_r.clone_from(&entry.description_r);
+    progress.node_id.clone_from(&entry.node_id);
 }
 
 fn push_bounded(list: &mut Vec<LoggedEvent>, event: LoggedEvent, limit: usize) {
@@ -260,7 +265,7 @@ pub enum ChangeKind {
         /// The session.
         session_id: SessionId,
         /// Its document as stored.
-        progress: StrokeProgress,
+        progress: Box<StrokeProgress>,
     },
     /// A session's document is gone (cleared, or expired after its retention).
     SessionRemoved {
@@ -275,7 +280,7 @@ pub enum ChangeKind {
     /// A node's heartbeat changed, appeared or expired.
     Node {
         /// The node as it is now.
-        node: NodeView,
+        node: Box<NodeView>,
     },
 }
 
@@ -324,7 +329,13 @@ impl Follower {
 ///
 /// Outside a tokio runtime.
 pub fn follow(manager: &StateManager, scope: Scope, resume: Option<Cursor>) -> Follower {
-    follow_with(manager, scope, resume, FollowConfig::default(), &CancellationToken::new())
+    follow_with(
+        manager,
+        scope,
+        resume,
+        FollowConfig::default(),
+        &CancellationToken::new(),
+    )
 }
 
 /// Follows `scope`: from `resume` when given (replaying what came after it, or a resync and a
@@ -425,9 +436,17 @@ mod tests {
             },
         });
         let stored = &snapshot.sessions[session_id.as_str()];
-        assert_eq!((stored.stroke_idx, stored.pose_idx, stored.node_id.as_str()), (3, 2, "eek"));
+        assert_eq!(
+            (stored.stroke_idx, stored.pose_idx, stored.node_id.as_str()),
+            (3, 2, "eek")
+        );
         assert_eq!(snapshot.cursor, cursor);
-        for (id, kind) in [("1-0", "error"), ("2-0", "progress_update"), ("3-0", "session_end"), ("4-0", "error")] {
+        for (id, kind) in [
+            ("1-0", "error"),
+            ("2-0", "progress_update"),
+            ("3-0", "session_end"),
+            ("4-0", "error"),
+        ] {
             snapshot.apply(&Change {
                 cursor: cursor.clone(),
                 kind: ChangeKind::Event { event: event(id, kind) },
@@ -448,7 +467,10 @@ mod tests {
             },
         };
         let json = serde_json::to_value(&change).unwrap();
-        assert_eq!(json, serde_json::json!({"cursor": "1;7-0", "kind": "session_removed", "session_id": "s"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"cursor": "1;7-0", "kind": "session_removed", "session_id": "s"})
+        );
         assert_eq!(serde_json::from_value::<Change>(json).unwrap(), change);
     }
 }

@@ -21,6 +21,7 @@
 pub mod config;
 pub mod connection;
 mod error;
+pub mod follow;
 pub mod heartbeat;
 mod ids;
 pub mod keys;
@@ -35,6 +36,7 @@ mod timestamp;
 
 pub use connection::{Endpoint, ManagerConfig};
 pub use error::{Error, Result};
+pub use follow::{Cursor, FollowItem, Follower, Scope, Snapshot};
 pub use ids::{Category, MAX_ID_LEN, NodeId, SessionId};
 pub use manager::{CorruptEntry, Entry, ProgressUpdate, SessionInfo, StateManager, SystemStatus};
 pub use producer::{Producer, ProducerConfig, ProducerStats};

@@ -10,11 +10,14 @@ mod events;
 mod health;
 mod heartbeat;
 mod history;
+mod mcp;
+mod monitor;
 mod progress;
 mod server;
 mod sessions;
 mod simulate;
 mod status;
+mod viz;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -57,10 +60,16 @@ pub enum Command {
     History(history::Args),
     /// Live progress bars for every active session
     Watch(watch::Args),
+    /// Serve the live web dashboard
+    Viz(viz::Args),
+    /// Live terminal monitor
+    Monitor(monitor::Args),
     /// Simulate a robot executing a stroke session
     Simulate(simulate::Args),
     /// Run the node heartbeat agent
     Heartbeat(heartbeat::Args),
+    /// Serve read-only state resources over MCP (stdio or streamable HTTP)
+    Mcp(mcp::Args),
     /// Print the resolved Redis target and where each field came from
     Config(config::Args),
     /// Diagnose connection problems, one verdict per check
@@ -80,8 +89,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Events(args) => events::run(global, args).await,
         Command::History(args) => history::run(global, args).await,
         Command::Watch(args) => watch::run(global, args).await,
+        Command::Viz(args) => viz::run(global, args).await,
+        Command::Monitor(args) => monitor::run(global, args).await,
         Command::Simulate(args) => simulate::run(global, args).await,
         Command::Heartbeat(args) => heartbeat::run(global, args).await,
+        Command::Mcp(args) => mcp::run(global, args).await,
         Command::Config(args) => config::run(global, args).await,
         Command::Doctor(args) => doctor::run(global, args).await,
     }

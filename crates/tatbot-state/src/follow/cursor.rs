@@ -153,12 +153,18 @@ mod tests {
             events: "1795626937000-3".parse().unwrap(),
             ..Cursor::default()
         };
+        cursor.history.insert(
+            SessionId::new("stroke_hog_1795626937").unwrap(),
+            "1795626937001-0".parse().unwrap(),
+        );
         cursor
             .history
-            .insert(SessionId::new("stroke_hog_1795626937").unwrap(), "1795626937001-0".parse().unwrap());
-        cursor.history.insert(SessionId::new("stroke_eek.1_2").unwrap(), EntryId::ZERO);
+            .insert(SessionId::new("stroke_eek.1_2").unwrap(), EntryId::ZERO);
         let text = cursor.to_string();
-        assert_eq!(text, "1;1795626937000-3;stroke_eek.1_2=0-0;stroke_hog_1795626937=1795626937001-0");
+        assert_eq!(
+            text,
+            "1;1795626937000-3;stroke_eek.1_2=0-0;stroke_hog_1795626937=1795626937001-0"
+        );
         assert_eq!(text.parse::<Cursor>().unwrap(), cursor);
         assert_eq!(serde_json::to_string(&cursor).unwrap(), format!("\"{text}\""));
         for bad in ["", "2;0-0", "1", "1;0-0;noequals", "1;0-0;a:b=0-0", "1;zz"] {

@@ -1,0 +1,159 @@
+//! `tatbot-state mcp`: serve read-only state resources over MCP (stdio or streamable HTTP).
+//!
+//! The server itself is the `tatbot-state-mcp` crate; this module validates the flags, connects,
+//! runs this node's heartbeat (marked as serving MCP) beside it, and stops both on Ctrl-C or
+//! SIGTERM. On stdio, stdout carries the protocol: everything else, the announcement included,
+//! goes to stderr.
+//!
+//! Reads and the heartbeat use two managers, so the server's connection sends only reads and
+//! subscriptions; `--no-heartbeat` removes the one write. HTTP binds 127.0.0.1 by default; any
+//! other address is refused (exit code 2) unless a token is given.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tatbot_state::{CancellationToken, Endpoint};
+use tatbot_state_mcp::{ConfigDescription, HttpOptions, MCP_PATH};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::cmd::heartbeat::shutdown_signal;
+use crate::ctx::GlobalArgs;
+use crate::exit;
+
+/// How long the server and the heartbeat may take to stop after a shutdown signal.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How MCP clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// One client on stdin and stdout (the client starts this process)
+    Stdio,
+    /// Streamable HTTP at /mcp on --bind, for any number of clients
+    Http,
+}
+
+/// Flags of `mcp`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How clients connect
+    #[arg(long, value_enum, default_value_t = Transport::Stdio)]
+    pub transport: Transport,
+    /// Address to serve HTTP on; a non-loopback address requires --token
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+    /// Bearer token every HTTP request must carry, required off loopback (prefer TATBOT_MCP_TOKEN:
+    /// flags show up in `ps`)
+    #[arg(long, env = "TATBOT_MCP_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Also accept this host name or IP in Host and Origin headers (repeatable)
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
+    /// Send no heartbeat for this node (the process then writes nothing at all)
+    #[arg(long)]
+    pub no_heartbeat: bool,
+    /// Seconds between heartbeats (the key expires 60 s after the last one)
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=59))]
+    pub heartbeat_interval: u64,
+}
+
+/// Runs `mcp`.
+pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    // The token rule is checked before anything else, so a refused bind is one line and exit 2.
+    if args.transport == Transport::Http
+        && let Err(err) = tatbot_state_mcp::check_bind(&args.bind, args.token.as_deref())
+    {
+        return Err(anyhow::Error::new(exit::Coded(exit::USAGE, err.to_string())));
+    }
+    let target = global.target()?;
+    let config = ConfigDescription::from(&target);
+    let reader = global.manager_for(Endpoint::from(&target)).await?;
+
+    let listener = match args.transport {
+        Transport::Http => Some(
+            TcpListener::bind(args.bind)
+                .await
+                .with_context(|| format!("binding {}", args.bind))?,
+        ),
+        Transport::Stdio => None,
+    };
+    let mcp_port = match &listener {
+        Some(listener) => Some(listener.local_addr().context("reading the bound address")?.port()),
+        None => None,
+    };
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    if !args.no_heartbeat {
+        let writer = global.manager_for(Endpoint::from(&target)).await?;
+        tracker.spawn(tatbot_state_mcp::run_heartbeat(
+            writer,
+            mcp_port,
+            Duration::from_secs(args.heartbeat_interval),
+            shutdown.child_token(),
+        ));
+    }
+
+    // Stdout may be the protocol, so the announcement goes to stderr; if stderr is closed there
+    // is no one to tell.
+    let serving = match &listener {
+        Some(listener) => {
+            let local_addr = listener.local_addr().context("reading the bound address")?;
+            format!("http://{local_addr}{MCP_PATH}")
+        }
+        None => "stdio".to_owned(),
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "serving MCP on {serving} for Redis at {}; Ctrl-C to stop",
+        config.target
+    );
+
+    let server = async {
+        match listener {
+            Some(listener) => {
+                let options = HttpOptions {
+                    token: args.token.clone(),
+                    allowed_hosts: allowed_hosts(&args),
+                };
+                tatbot_state_mcp::serve_http(listener, reader, config, options, shutdown.clone()).await
+            }
+            None => tatbot_state_mcp::serve_stdio(reader, config, shutdown.clone()).await,
+        }
+    };
+    tokio::pin!(server);
+    let served = tokio::select! {
+        // Biased so the signal handlers are installed before the first client arrives.
+        biased;
+        () = shutdown_signal() => {
+            shutdown.cancel();
+            match tokio::time::timeout(STOP_DEADLINE, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(deadline = ?STOP_DEADLINE, "the MCP server did not stop in time; exiting anyway");
+                    Ok(())
+                }
+            }
+        }
+        served = &mut server => served,
+    };
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(STOP_DEADLINE, tracker.wait()).await.is_err() {
+        tracing::warn!(deadline = ?STOP_DEADLINE, "the heartbeat in flight did not finish; exiting anyway");
+    }
+    served.context("serving MCP")?;
+    Ok(exit::SUCCESS)
+}
+
+/// `--allow-host` values, plus this machine's name when serving on every interface (clients on
+/// the LAN reach it by that name).
+fn allowed_hosts(args: &Args) -> Vec<String> {
+    let mut hosts = args.allow_hosts.clone();
+    if args.bind.ip().is_unspecified() {
+        hosts.push(gethostname::gethostname().to_string_lossy().into_owned());
+    }
+    hosts
+}

@@ -1,0 +1,525 @@
+//! `tatbot-state monitor`: a live terminal monitor built on the follow API and ratatui.
+//!
+//! The screen has four panels: a header (Redis state, nodes online, active sessions, time of
+//! the last update), stroke progress (one bar per session, executing and paused first, with
+//! the left and right descriptions and offsets), node health (state by heartbeat, CPU, memory,
+//! disk, GPU, clock skew) and recent events. It fits 80×24 and uses more room when there is.
+//!
+//! State comes from a [`tatbot_state::Follower`]: a snapshot, then every change, so nothing
+//! published while the monitor was away from Redis is lost. The screen is redrawn
+//! `--refresh` times a second (changes between two frames are folded, not drawn one by one);
+//! keys are read without blocking at each frame. `q`, Esc or Ctrl-C quits, as does SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ratatui::Frame;
+use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
+use tatbot_state::follow::{self, FollowItem, LoggedEvent, NodeView, Scope};
+use tatbot_state::model::StrokeProgress;
+use tatbot_state::{Snapshot, Timestamp};
+
+use crate::cmd::heartbeat::shutdown_signal;
+use crate::ctx::GlobalArgs;
+use crate::exit;
+
+/// Most session lines the progress panel takes.
+const MAX_SESSION_LINES: usize = 6;
+/// Most node rows the health panel takes.
+const MAX_NODE_ROWS: usize = 4;
+/// Width of a progress bar in characters.
+const BAR_WIDTH: usize = 16;
+
+/// Flags of `monitor`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Screen refreshes per second
+    #[arg(long, default_value_t = 4.0, value_parser = parse_refresh)]
+    pub refresh: f64,
+}
+
+fn parse_refresh(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.2..=60.0).contains(&rate) {
+        return Err(format!(
+            "the refresh rate must be between 0.2 and 60 per second (got {rate})"
+        ));
+    }
+    Ok(rate)
+}
+
+/// Whether the monitor has Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisState {
+    /// No snapshot yet.
+    Connecting,
+    /// Following.
+    Connected,
+    /// Lost; the follower keeps trying.
+    Disconnected(String),
+}
+
+/// Everything the screen shows.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    /// Where Redis is, as shown in the header.
+    pub endpoint: String,
+    /// The Redis connection.
+    pub redis: RedisState,
+    /// The folded view, once the first snapshot came.
+    pub view: Option<Snapshot>,
+    /// When the last item arrived.
+    pub last_update: Option<Timestamp>,
+}
+
+impl Monitor {
+    /// Folds one follower item into the monitor.
+    pub fn apply(&mut self, item: FollowItem) {
+        self.last_update = Some(Timestamp::now());
+        match item {
+            FollowItem::Snapshot(snapshot) => {
+                self.view = Some(*snapshot);
+                self.redis = RedisState::Connected;
+            }
+            FollowItem::Change(change) => {
+                if let Some(view) = self.view.as_mut() {
+                    view.apply(&change);
+                }
+            }
+            FollowItem::Resync { .. } => {}
+            FollowItem::ConnectionLost { error } => self.redis = RedisState::Disconnected(error),
+            FollowItem::Reconnected => self.redis = RedisState::Connected,
+        }
+    }
+}
+
+/// Runs `monitor`.
+pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    let manager = global.manager().await?;
+    let mut monitor = Monitor {
+        endpoint: manager.config().endpoint.to_string(),
+        redis: RedisState::Connecting,
+        view: None,
+        last_update: None,
+    };
+    let mut follower = follow::follow(&manager, Scope::All, None);
+    let mut terminal = ratatui::try_init().context("the monitor needs a terminal (stdout is not one)")?;
+    let mut frames = tokio::time::interval(Duration::from_secs_f64(1.0 / args.refresh));
+    frames.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            item = follower.next() => match item {
+                Some(item) => monitor.apply(item),
+                None => break Ok(()),
+            },
+            _ = frames.tick() => {
+                match quit_requested() {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => {}
+                    Err(err) => break Err(err),
+                }
+                let now_ms = Timestamp::now().unix_millis();
+                if let Err(err) = terminal.draw(|frame| draw(frame, &monitor, now_ms)) {
+                    break Err(err).context("drawing the monitor");
+                }
+            }
+        }
+    };
+    ratatui::restore();
+    outcome.map(|()| exit::SUCCESS)
+}
+
+/// Reads the pending key presses without blocking; true on `q`, Esc or Ctrl-C.
+fn quit_requested() -> anyhow::Result<bool> {
+    while event::poll(Duration::ZERO).context("reading the keyboard")? {
+        let TermEvent::Key(key) = event::read().context("reading the keyboard")? else {
+            continue;
+        };
+        if key.kind != KeyEventKind::Press {
+            continue;
+        }
+        let ctrl_c = key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c');
+        if ctrl_c || matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Draws the whole screen; `now_ms` ages the heartbeats.
+pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
+    let empty = Snapshot {
+        cursor: Default::default(),
+        server_time_ms: now_ms,
+        sessions: Default::default(),
+        nodes: Default::default(),
+        recent_events: Vec::new(),
+        recent_errors: Vec::new(),
+        recent_events_limit: 0,
+        recent_errors_limit: 0,
+    };
+    let view = monitor.view.as_ref().unwrap_or(&empty);
+    let sessions = session_lines(view);
+    let node_rows = view.nodes.len().clamp(1, MAX_NODE_ROWS);
+    let [header, progress, nodes, events] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Length(u16::try_from(sessions.len().clamp(1, MAX_SESSION_LINES)).unwrap_or(1) + 2),
+        Constraint::Length(u16::try_from(node_rows).unwrap_or(1) + 3),
+        Constraint::Min(3),
+    ])
+    .areas(frame.area());
+    draw_header(frame, header, monitor, view);
+    frame.render_widget(
+        Paragraph::new(sessions).block(Block::default().borders(Borders::ALL).title(" Stroke progress ")),
+        progress,
+    );
+    draw_nodes(frame, nodes, view, now_ms);
+    draw_events(frame, events, view);
+}
+
+fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot) {
+    let (redis, color) = match &monitor.redis {
+        RedisState::Connecting => ("connecting".to_owned(), Color::Blue),
+        RedisState::Connected => ("connected".to_owned(), Color::Green),
+        RedisState::Disconnected(_) => ("DISCONNECTED".to_owned(), Color::Red),
+    };
+    let online = view.nodes.values().filter(|node| node.health.is_some()).count();
+    let active = view.sessions.values().filter(|progress| progress.is_executing).count();
+    let updated = monitor.last_update.map_or_else(
+        || "never".to_owned(),
+        |at| at.as_datetime().format("%H:%M:%S").to_string(),
+    );
+    let sessions = if active == 1 { "session" } else { "sessions" };
+    let line = Line::from(vec![
+        Span::raw("Redis "),
+        Span::styled(redis, Style::default().fg(color).add_modifier(Modifier::BOLD)),
+        Span::raw(format!(
+            " · nodes {online}/{} online · {active} active {sessions} · updated {updated}",
+            view.nodes.len()
+        )),
+    ]);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(format!(" tatbot-state monitor · {} ", monitor.endpoint))
+        .title_bottom(Line::from(" q quits ").right_aligned());
+    frame.render_widget(Paragraph::new(line).block(block), area);
+}
+
+/// Progress lines: executing and paused sessions first (bar, then descriptions), then ended ones.
+fn session_lines(view: &Snapshot) -> Vec<Line<'static>> {
+    let mut sessions: Vec<(&String, &StrokeProgress)> = view.sessions.iter().collect();
+    sessions.sort_by(|(_, a), (_, b)| b.is_executing.cmp(&a.is_executing).then(b.timestamp.cmp(&a.timestamp)));
+    let mut lines = Vec::new();
+    for (session_id, progress) in sessions {
+        let (state, color) = match (progress.is_executing, progress.is_paused) {
+            (true, false) => ("executing", Color::Green),
+            (true, true) => ("paused", Color::Yellow),
+            (false, _) => ("ended", Color::DarkGray),
+        };
+        let fraction = progress.fraction();
+        // The fraction is clamped to 0..=1, so the product fits the bar.
+        let filled = (fraction * BAR_WIDTH as f64).round() as usize;
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!("{session_id:<22.22} "),
+                Style::default().add_modifier(Modifier::BOLD),
+            ),
+            Span::styled("█".repeat(filled), Style::default().fg(color)),
+            Span::styled(
+                "░".repeat(BAR_WIDTH - filled.min(BAR_WIDTH)),
+                Style::default().fg(Color::DarkGray),
+            ),
+            Span::raw(format!(
+                " {:>3.0}% stroke {}/{} pose {}/{} ",
+                fraction * 100.0,
+                (progress.stroke_idx + 1).min(progress.total_strokes),
+                progress.total_strokes,
+                progress.pose_idx + 1,
+                progress.stroke_length
+            )),
+            Span::styled(state, Style::default().fg(color)),
+        ]));
+        if progress.is_executing {
+            lines.push(Line::styled(
+                format!(
+                    "  L {} (offset {}) · R {} (offset {})",
+                    or_dash(&progress.stroke_description_l),
+                    progress.offset_idx_l,
+                    or_dash(&progress.stroke_description_r),
+                    progress.offset_idx_r
+                ),
+                Style::default().fg(Color::Gray),
+            ));
+        }
+    }
+    if lines.is_empty() {
+        lines.push(Line::styled("no sessions", Style::default().fg(Color::DarkGray)));
+    }
+    lines
+}
+
+fn or_dash(text: &str) -> &str {
+    if text.is_empty() { "—" } else { text }
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "—".to_owned(), |value| format!("{value:.0}%"))
+}
+
+fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
+    let rows: Vec<Row> = view
+        .nodes
+        .values()
+        .map(|node: &NodeView| {
+            let (state, color) = match &node.health {
+                Some(_) => ("online", Color::Green),
+                None => ("offline", Color::Red),
+            };
+            let seen_ms = node
+                .health
+                .as_ref()
+                .map(|health| health.last_heartbeat.unix_millis())
+                .or(node.last_seen_ms);
+            let age = seen_ms.map_or_else(
+                || "never".to_owned(),
+                |seen| format!("{}s", (now_ms - seen).max(0) / 1000),
+            );
+            let health = node.health.as_ref();
+            let gpu = match health {
+                Some(health) if health.gpu_available => percent(health.gpu_percent),
+                Some(_) => "none".to_owned(),
+                None => "—".to_owned(),
+            };
+            let skew = node
+                .clock_skew_ms
+                .map_or_else(|| "—".to_owned(), |skew| format!("{:.2}s", skew as f64 / 1000.0));
+            Row::new(vec![
+                Cell::from(node.node_id.clone()),
+                Cell::from(state).style(Style::default().fg(color)),
+                Cell::from(age),
+                Cell::from(percent(health.map(|health| health.cpu_percent))),
+                Cell::from(percent(health.map(|health| health.memory_percent))),
+                Cell::from(percent(health.map(|health| health.disk_percent))),
+                Cell::from(gpu),
+                Cell::from(skew),
+            ])
+        })
+        .collect();
+    let widths = [
+        Constraint::Min(10),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(7),
+    ];
+    let header = Row::new(["node", "state", "beat", "cpu", "mem", "disk", "gpu", "skew"])
+        .style(Style::default().add_modifier(Modifier::BOLD));
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(Block::default().borders(Borders::ALL).title(" Node health "));
+    frame.render_widget(table, area);
+}
+
+fn describe(event: &LoggedEvent) -> String {
+    let when = event
+        .payload
+        .get("timestamp")
+        .and_then(|value| value.as_str())
+        .and_then(|text| Timestamp::parse(text).ok())
+        .map_or_else(
+            || "--:--:--".to_owned(),
+            |at| at.as_datetime().format("%H:%M:%S").to_string(),
+        );
+    let kind = event.event_type.as_deref().unwrap_or(&event.channel);
+    let mut text = format!("{when} {kind}");
+    for detail in [
+        event.session_id.as_deref(),
+        event.payload.get("message").and_then(|value| value.as_str()),
+        event.payload.get("current_pose").and_then(|value| value.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        text.push(' ');
+        text.push_str(detail);
+    }
+    text
+}
+
+fn draw_events(frame: &mut Frame, area: Rect, view: &Snapshot) {
+    let lines: Vec<Line> = view
+        .recent_events
+        .iter()
+        .rev()
+        .map(|event| {
+            let style = if event.event_type.as_deref() == Some("error") {
+                Style::default().fg(Color::Red)
+            } else {
+                Style::default()
+            };
+            Line::styled(describe(event), style)
+        })
+        .collect();
+    let lines = if lines.is_empty() {
+        vec![Line::styled("no events yet", Style::default().fg(Color::DarkGray))]
+    } else {
+        lines
+    };
+    let block = Block::default().borders(Borders::ALL).title(" Recent events ");
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use serde_json::json;
+    use tatbot_state::follow::{Change, ChangeKind};
+    use tatbot_state::model::NodeHealth;
+
+    use super::*;
+
+    fn known_state() -> Snapshot {
+        let progress = |stroke: i64, pose: i64, executing: bool, paused: bool| -> StrokeProgress {
+            serde_json::from_value(json!({
+                "timestamp": "2026-11-25T17:15:37", "node_id": "hog", "stroke_idx": stroke, "pose_idx": pose,
+                "total_strokes": 4, "stroke_length": 5, "stroke_description_l": "left arc",
+                "stroke_description_r": "right dot", "offset_idx_l": 2, "offset_idx_r": 3,
+                "is_executing": executing, "is_paused": paused,
+            }))
+            .unwrap()
+        };
+        let mut health = NodeHealth::new("eek");
+        health.cpu_percent = 42.0;
+        health.memory_percent = 55.0;
+        health.disk_percent = 61.0;
+        health.last_heartbeat = Timestamp::parse("2026-11-25T17:15:30").unwrap();
+        let nodes = BTreeMap::from([
+            (
+                "eek".to_owned(),
+                NodeView {
+                    node_id: "eek".into(),
+                    health: Some(health),
+                    last_seen_ms: None,
+                    clock_skew_ms: Some(-120),
+                },
+            ),
+            (
+                "ook".to_owned(),
+                NodeView {
+                    node_id: "ook".into(),
+                    health: None,
+                    last_seen_ms: None,
+                    clock_skew_ms: None,
+                },
+            ),
+        ]);
+        let event = LoggedEvent {
+            id: "1-0".into(),
+            channel: "error:events:hardware".into(),
+            event_type: Some("error".into()),
+            session_id: None,
+            payload: json!({"type": "error", "message": "arm l timeout", "timestamp": "2026-11-25T17:15:36"}),
+        };
+        Snapshot {
+            cursor: Default::default(),
+            server_time_ms: 0,
+            sessions: BTreeMap::from([
+                ("stroke_hog_1795626937".to_owned(), progress(2, 1, true, false)),
+                ("stroke_hog_1795620000".to_owned(), progress(3, 4, false, false)),
+            ]),
+            nodes,
+            recent_events: vec![event],
+            recent_errors: Vec::new(),
+            recent_events_limit: 50,
+            recent_errors_limit: 20,
+        }
+    }
+
+    fn screen(monitor: &Monitor, width: u16, height: u16) -> Vec<String> {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        let now_ms = Timestamp::parse("2026-11-25T17:15:40").unwrap().unix_millis();
+        terminal.draw(|frame| draw(frame, monitor, now_ms)).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..height)
+            .map(|y| (0..width).map(|x| buffer[(x, y)].symbol()).collect::<String>())
+            .collect()
+    }
+
+    fn monitor(view: Option<Snapshot>, redis: RedisState) -> Monitor {
+        Monitor {
+            endpoint: "127.0.0.1:6379".into(),
+            redis,
+            view,
+            last_update: None,
+        }
+    }
+
+    /// A known state renders every panel legibly in 80×24.
+    #[test]
+    fn renders_known_state_in_80x24() {
+        let lines = screen(&monitor(Some(known_state()), RedisState::Connected), 80, 24);
+        let text = lines.join("\n");
+        let expect = [
+            "tatbot-state monitor · 127.0.0.1:6379",
+            "Redis connected · nodes 1/2 online · 1 active session · updated never",
+            "stroke_hog_1795626937",
+            "60% stroke 3/4 pose 2/5 executing",
+            "L left arc (offset 2) · R right dot (offset 3)",
+            "100% stroke 4/4 pose 5/5 ended",
+            "eek",
+            "online  10s",
+            "42%",
+            "-0.12s",
+            "ook",
+            "offline",
+            "17:15:36 error arm l timeout",
+            "q quits",
+        ];
+        for needle in expect {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+        assert!(lines.iter().all(|line| line.chars().count() == 80));
+    }
+
+    /// A lost connection shows in the header, and changes fold into the view.
+    #[test]
+    fn shows_disconnect_and_folds_changes() {
+        let mut monitor = monitor(Some(known_state()), RedisState::Connected);
+        monitor.apply(FollowItem::ConnectionLost {
+            error: "connection refused".into(),
+        });
+        let mut progress = known_state().sessions["stroke_hog_1795626937"].clone();
+        progress.is_paused = true;
+        monitor.apply(FollowItem::Change(Change {
+            cursor: Default::default(),
+            kind: ChangeKind::Session {
+                session_id: tatbot_state::SessionId::new("stroke_hog_1795626937").unwrap(),
+                progress: Box::new(progress),
+            },
+        }));
+        let text = screen(&monitor, 80, 24).join("\n");
+        assert!(text.contains("Redis DISCONNECTED"), "{text}");
+        assert!(text.contains("pose 2/5 paused"), "{text}");
+    }
+
+    /// Before the first snapshot the screen says so instead of showing stale panels.
+    #[test]
+    fn renders_before_first_snapshot() {
+        let text = screen(&monitor(None, RedisState::Connecting), 80, 24).join("\n");
+        assert!(text.contains("Redis connecting"), "{text}");
+        assert!(text.contains("no sessions") && text.contains("no events yet"), "{text}");
+    }
+}

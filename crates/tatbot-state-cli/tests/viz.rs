@@ -1,0 +1,254 @@
+//! `tatbot-state viz` in a real browser (Debian's headless Chromium through chromedriver).
+//!
+//! The page must follow a simulated session to its end, say "Disconnected" while Redis is
+//! stopped, and then catch up to exactly what Redis holds, having received every history
+//! entry once. The final page is saved as `target/viz-final.png` (and the disconnected one as
+//! `target/viz-disconnected.png`) for a person to look at.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tatbot_state::{Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
+use tatbot_state_testkit::RedisServer;
+
+use crate::util::bin_for;
+use crate::webdriver::{Browser, http, wait_until};
+
+/// How long any awaited condition may take.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A running `tatbot-state` child, killed on drop unless it already exited.
+struct Running {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Running {
+    fn spawn(mut command: std::process::Command) -> Running {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary runs");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Running { child, stdout }
+    }
+
+    fn first_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the process printed nothing");
+        line.trim().to_owned()
+    }
+
+    /// Waits for the exit, bounded by [`LIMIT`], and returns whether it succeeded.
+    fn wait_success(&mut self) -> bool {
+        let status = wait_until(LIMIT, || self.child.try_wait().unwrap());
+        status.expect("the process exited in time").success()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn artifact(name: &str) -> PathBuf {
+    // CARGO_TARGET_TMPDIR is `<target>/tmp`; artifacts go next to it, in `<target>`.
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().map_or(tmp.clone(), PathBuf::from).join(name)
+}
+
+/// Runs `script` until it returns a truthy value, and returns that value.
+fn wait_in_page(browser: &Browser, what: &str, script: &str) -> Value {
+    let value = wait_until(LIMIT, || {
+        let value = browser.eval(script);
+        let truthy = !matches!(&value, Value::Null | Value::Bool(false)) && value != "";
+        truthy.then_some(value)
+    });
+    value.unwrap_or_else(|| panic!("the page never showed {what}; last: {}", browser.eval(script)))
+}
+
+fn connection_text(browser: &Browser) -> String {
+    browser
+        .eval("return document.getElementById('connection').textContent")
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn session_text(browser: &Browser, session_id: &str) -> Value {
+    browser.eval(&format!(
+        "const s = document.querySelector('[data-session=\"{session_id}\"]'); \
+         return s && [s.querySelector('.progress-text').textContent, s.querySelector('.state').textContent]"
+    ))
+}
+
+/// The page's folded sessions must equal a fresh snapshot from the dashboard's JSON API.
+fn page_matches_api(browser: &Browser, viz_port: u16) -> bool {
+    let (status, body) = http(viz_port, "GET", "/api/sessions", None).unwrap();
+    let api: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let page = browser.eval("return window.tatbot.view.sessions");
+    status == 200 && api["sessions"] == page
+}
+
+/// Page follows a simulation to its end, shows a Redis outage, then catches up exactly.
+#[test]
+fn browser_follows_simulation_and_redis_restart() {
+    let mut server = RedisServer::builder()
+        .persistence(true)
+        .config("appendfsync", "always")
+        .start();
+    let mut viz = Running::spawn({
+        let mut command = bin_for(&server);
+        command.args(["--node-id", "viz", "viz", "--bind", "127.0.0.1:0"]);
+        command
+    });
+    let url = viz.first_line();
+    let viz_port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("a URL with a port: {url}"));
+
+    let browser = Browser::start(1280, 1100);
+    browser.goto(&url);
+    wait_in_page(
+        &browser,
+        "Connected",
+        "return document.getElementById('connection').textContent.startsWith('Connected')",
+    );
+
+    // Part 1: `simulate` runs to its end and the page follows it there.
+    let mut simulate = Running::spawn({
+        let mut command = bin_for(&server);
+        command.args([
+            "--node-id",
+            "hog",
+            "simulate",
+            "--hz",
+            "50",
+            "--strokes",
+            "4",
+            "--stroke-length",
+            "5",
+        ]);
+        command
+    });
+    let simulated = simulate.first_line();
+    assert!(simulate.wait_success(), "simulate failed");
+    wait_in_page(
+        &browser,
+        "the simulated session ended at its last pose",
+        &format!(
+            "const s = document.querySelector('[data-session=\"{simulated}\"]'); \
+             return s && s.querySelector('.progress-text').textContent === 'stroke 4/4 · pose 5/5' \
+                 && s.querySelector('.state').textContent === 'ended'"
+        ),
+    );
+    let received = browser.eval(&format!("return window.tatbot.entries['{simulated}'].length"));
+    assert_eq!(received, 20, "every one of the 4 × 5 history entries arrived once");
+
+    // Part 2: a robot keeps writing while Redis is stopped and restarted.
+    let endpoint = Endpoint::new(server.host(), server.port());
+    let config = ManagerConfig::new(endpoint, NodeId::new("eek").unwrap());
+    let sent = Arc::new(AtomicU32::new(0));
+    let robot = {
+        let sent = Arc::clone(&sent);
+        std::thread::spawn(move || robot_session(config, &sent))
+    };
+    assert!(wait_until(LIMIT, || (sent.load(Ordering::SeqCst) >= 10).then_some(())).is_some());
+    server.stop();
+    wait_in_page(
+        &browser,
+        "Disconnected",
+        "return document.getElementById('connection').textContent.startsWith('Disconnected')",
+    );
+    browser.screenshot(&artifact("viz-disconnected.png"));
+    server.restart();
+    let (session, stored_ids) = robot.join().expect("the robot thread finished");
+
+    wait_in_page(
+        &browser,
+        "the robot session ended at its last pose",
+        &format!(
+            "const s = document.querySelector('[data-session=\"{session}\"]'); \
+             return s && s.querySelector('.progress-text').textContent === 'stroke 3/3 · pose 10/10' \
+                 && s.querySelector('.state').textContent === 'ended'"
+        ),
+    );
+    assert!(
+        wait_until(LIMIT, || page_matches_api(&browser, viz_port).then_some(())).is_some(),
+        "the page's sessions never matched Redis"
+    );
+    assert!(
+        connection_text(&browser).starts_with("Connected"),
+        "{}",
+        connection_text(&browser)
+    );
+    let received = browser.eval(&format!("return window.tatbot.entries['{session}']"));
+    assert_eq!(
+        received,
+        serde_json::json!(stored_ids),
+        "every stored history entry once, in order"
+    );
+    assert_eq!(
+        session_text(&browser, &simulated),
+        serde_json::json!(["stroke 4/4 · pose 5/5", "ended"])
+    );
+    browser.screenshot(&artifact("viz-final.png"));
+
+    // The dashboard stops cleanly on SIGTERM.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(viz.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(viz.wait_success(), "viz exits 0 on SIGTERM");
+}
+
+/// A robot session of 3 × 10 poses, retrying each write until Redis answers again; returns
+/// the session id and the ids of its stored history entries.
+fn robot_session(config: ManagerConfig, sent: &AtomicU32) -> (String, Vec<String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let state = StateManager::connect(config).await.unwrap();
+        let session = state.start_stroke_session(3, 10, "outage").await.unwrap();
+        for step in 0..30u32 {
+            let update = ProgressUpdate::new(step / 10, step % 10)
+                .descriptions(format!("left {step}"), format!("right {step}"))
+                .offsets(i64::from(step % 3), 1);
+            let deadline = tokio::time::Instant::now() + LIMIT;
+            // Retried until Redis is back; the pause between tries is pacing, not synchronization.
+            while state.update_stroke_progress(&session, &update).await.is_err() {
+                assert!(tokio::time::Instant::now() < deadline, "redis never came back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            sent.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while state.end_stroke_session(&session).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "redis never came back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ids = state
+            .get_history(&session, None, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.id)
+            .collect();
+        (session.to_string(), ids)
+    })
+}

@@ -1,0 +1,382 @@
+//! [`StateServer`]: the MCP handler, one per connection, over the process-wide [`ServerState`].
+//!
+//! Every request goes through [`uri::parse`] first, so an unknown URI is `-32002` (resource not
+//! found; rmcp answers `-32602` instead to 2026-07 peers, as that revision of the spec requires)
+//! and an invalid id is `-32602` with the library's reason, and neither reaches Redis. A read
+//! answers two contents for the same URI: `text/plain` first, then `application/json`.
+//!
+//! Both subscription models rmcp offers are served from the same [`Hub`]:
+//!
+//! - 2025-11 and earlier (`resources/subscribe`, `resources/unsubscribe`): the connection gets
+//!   one [`Subscriber`] on its first subscribe, and a task that sends
+//!   `notifications/resources/updated` through the connection's peer. The handler holds the
+//!   task's drop guard, so the task ends with the connection.
+//! - 2026-07 (`subscriptions/listen`): each listen request is its own subscriber, accepted for
+//!   the URIs of its filter that name a resource, and served by [`StateServer::listen`] itself
+//!   until the client cancels the request or the server shuts down.
+//!
+//! Either way a subscriber's notifications are sent by one loop ([`forward`]) that drains its
+//! pending set and then waits [`MIN_NOTIFY_INTERVAL`], so a robot updating at 100 Hz costs a
+//! client at most ten notifications a second per URI.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rmcp::model::{
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents, ResourceTemplate,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams,
+};
+use rmcp::service::{RequestContext, SubscriptionContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, model};
+use serde_json::json;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+use crate::hub::{self, Hub, Subscriber};
+use crate::reader::Reader;
+use crate::render::{self, ConfigDescription, Rendered};
+use crate::uri::{self, Resource, UriError};
+
+/// Shortest time between two batches of update notifications to one subscriber.
+pub const MIN_NOTIFY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What every connection shares: the reader, the config description, the subscriber registry
+/// and the background tasks that feed it.
+pub struct ServerState {
+    reader: Reader,
+    config: ConfigDescription,
+    hub: Arc<Hub>,
+    /// Tracks the event listener, the Redis watcher and the per-connection notification
+    /// tasks; [`ServerState::stop`] closes it and waits for them.
+    tracker: TaskTracker,
+    /// Cancelled by [`ServerState::stop`] or by the caller's token it is a child of; every
+    /// task and every open `subscriptions/listen` request ends when it fires.
+    shutdown: CancellationToken,
+}
+
+impl ServerState {
+    /// Starts the event listener and the Redis watcher; they run until `shutdown` fires or
+    /// [`ServerState::stop`] is called.
+    pub fn start(reader: Reader, config: ConfigDescription, shutdown: &CancellationToken) -> Arc<ServerState> {
+        let state = Arc::new(ServerState {
+            reader,
+            config,
+            hub: Arc::new(Hub::default()),
+            tracker: TaskTracker::new(),
+            shutdown: shutdown.child_token(),
+        });
+        state.tracker.spawn(hub::listen_events(
+            state.reader.clone(),
+            state.hub.clone(),
+            state.shutdown.clone(),
+        ));
+        state.tracker.spawn(hub::watch_redis(
+            state.reader.clone(),
+            state.hub.clone(),
+            state.shutdown.clone(),
+        ));
+        state
+    }
+
+    /// Stops the background tasks and waits for them, at most `deadline`.
+    pub async fn stop(&self, deadline: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(deadline, self.tracker.wait()).await.is_err() {
+            tracing::warn!(?deadline, "background tasks did not stop in time");
+        }
+    }
+
+    /// Maps a library error of a read to the MCP error the client sees.
+    fn read_error(&self, err: &tatbot_state::Error) -> McpError {
+        if !err.is_connection_error() {
+            return McpError::internal_error(err.to_string(), None);
+        }
+        let mut message = format!("Redis is unreachable at {}: {err}", self.reader.target());
+        if !message.contains("doctor") {
+            message.push_str(". Check it with `tatbot-state doctor`");
+        }
+        message.push_str("; this server reconnects by itself when Redis is back");
+        McpError::internal_error(message, Some(json!({"redis_connected": false})))
+    }
+
+    async fn read(&self, resource: &Resource) -> Result<Rendered, McpError> {
+        let reader = &self.reader;
+        let error = |err: tatbot_state::Error| self.read_error(&err);
+        Ok(match resource {
+            Resource::Status => render::status(&reader.system_status().await),
+            Resource::LatestProgress => match reader.latest_active_session().await.map_err(error)? {
+                Some(latest) => render::latest_progress(&latest.session_id, &latest.progress),
+                None => render::no_active_session(),
+            },
+            Resource::Progress(session_id) => match reader.get_stroke_progress(session_id).await.map_err(error)? {
+                Some(progress) => render::session_progress(session_id, &progress),
+                None => {
+                    return Err(McpError::resource_not_found(
+                        format!(
+                            "no stroke session {session_id}: it was never started or has expired; read {} for the stored ones",
+                            uri::SESSIONS
+                        ),
+                        Some(json!({"uri": resource.uri()})),
+                    ));
+                }
+            },
+            Resource::Sessions => render::sessions(reader.list_sessions().await.map_err(error)?),
+            Resource::Health(node_id) => {
+                let health = reader.get_node_health(node_id).await.map_err(error)?;
+                render::node_health(node_id, health.as_ref())
+            }
+            Resource::Nodes => {
+                let (live, known) =
+                    tokio::try_join!(reader.get_all_nodes_health(), reader.known_nodes()).map_err(error)?;
+                render::nodes(live, known)
+            }
+            Resource::Config => render::config(&self.config),
+            Resource::Errors => render::errors(reader.list_errors(render::MAX_LISTED_ERRORS).await.map_err(error)?),
+        })
+    }
+}
+
+/// The MCP handler of one connection (or, for stateless HTTP, of one request).
+pub struct StateServer {
+    state: Arc<ServerState>,
+    /// This connection's `resources/subscribe` subscriber, made on its first subscribe.
+    legacy: Mutex<Option<LegacySubscription>>,
+}
+
+/// A connection's 2025-11 subscriptions and the task that sends their notifications.
+struct LegacySubscription {
+    subscriber: Arc<Subscriber>,
+    /// Cancels the notification task when the connection's handler is dropped.
+    _stop: DropGuard,
+}
+
+impl StateServer {
+    /// A handler for one connection.
+    pub fn new(state: Arc<ServerState>) -> StateServer {
+        StateServer {
+            state,
+            legacy: Mutex::new(None),
+        }
+    }
+
+    /// This connection's legacy subscriber, starting its notification task on first use.
+    fn legacy_subscriber(&self, peer: &rmcp::Peer<RoleServer>) -> Arc<Subscriber> {
+        // Only `Option` assignments happen under this lock, so a poisoned one is still sound.
+        let mut legacy = self.legacy.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(legacy) = &*legacy {
+            return legacy.subscriber.clone();
+        }
+        let subscriber = self.state.hub.register();
+        let stop = self.state.shutdown.child_token();
+        let peer = peer.clone();
+        let task_subscriber = subscriber.clone();
+        let task_stop = stop.clone();
+        self.state.tracker.spawn(async move {
+            let send = |uri: String| {
+                let peer = peer.clone();
+                async move {
+                    peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                        .await
+                        .is_ok()
+                }
+            };
+            tokio::select! {
+                () = task_stop.cancelled() => {}
+                () = forward(&task_subscriber, send) => {}
+            }
+        });
+        *legacy = Some(LegacySubscription {
+            subscriber: subscriber.clone(),
+            _stop: stop.drop_guard(),
+        });
+        subscriber
+    }
+}
+
+/// Sends a notification for every URI the subscriber reports changed, batch by batch, until a
+/// send fails (the client went away).
+async fn forward<F, Fut>(subscriber: &Subscriber, mut send: F)
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        for uri in subscriber.changed().await {
+            tracing::debug!(uri = %uri, "resource updated");
+            if !send(uri).await {
+                return;
+            }
+        }
+        tokio::time::sleep(MIN_NOTIFY_INTERVAL).await;
+    }
+}
+
+/// The MCP error for a URI that names no resource.
+fn uri_error(err: UriError) -> McpError {
+    match &err {
+        UriError::Unknown(uri) => McpError::resource_not_found(err.to_string(), Some(json!({"uri": uri}))),
+        UriError::InvalidId { uri, .. } => McpError::invalid_params(err.to_string(), Some(json!({"uri": uri}))),
+    }
+}
+
+fn resource(uri: &str, name: &str, title: &str, description: &str) -> model::Resource {
+    model::Resource::new(uri, name)
+        .with_title(title)
+        .with_description(format!("{description} {BOTH_FORMS}"))
+}
+
+/// Appended to every description: how to get either form.
+const BOTH_FORMS: &str = "Each read returns two contents for this URI: text/plain first, then application/json.";
+
+impl ServerHandler for StateServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+        .with_server_info(Implementation::new("tatbot-state", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Read-only state of the tatbot robot (stroke sessions, node health, system status). \
+             Every resource read returns text/plain and application/json contents. \
+             Subscribe to a resource to be told when it changes. This server never writes state.",
+        )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            resource(
+                uri::STATUS,
+                "status",
+                "System status",
+                "Redis reachable, active sessions, nodes online / known, corrupt entries.",
+            ),
+            resource(
+                uri::LATEST_PROGRESS,
+                "stroke-progress",
+                "Latest active stroke session",
+                "Progress of the most recently updated executing session of any node.",
+            ),
+            resource(
+                uri::SESSIONS,
+                "sessions",
+                "Stroke sessions",
+                "Stored stroke sessions (executing, paused, recently ended), newest first.",
+            ),
+            resource(
+                uri::NODES,
+                "nodes",
+                "Nodes",
+                "Every known node: online or not, and its last heartbeat.",
+            ),
+            resource(
+                uri::CONFIG,
+                "config",
+                "Redis configuration",
+                "The effective Redis target and where each field came from; the password is redacted.",
+            ),
+            resource(
+                uri::ERRORS,
+                "errors",
+                "Recent errors",
+                "The newest errors reported by the nodes.",
+            ),
+        ]))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new(uri::PROGRESS_TEMPLATE, "session-progress")
+                .with_title("Stroke session progress")
+                .with_description(format!(
+                    "One session's progress; session ids look like stroke_hog_1795626937. {BOTH_FORMS}"
+                )),
+            ResourceTemplate::new(uri::HEALTH_TEMPLATE, "node-health")
+                .with_title("Node health")
+                .with_description(format!(
+                    "One node's last heartbeat, or that it is offline. {BOTH_FORMS}"
+                )),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let resource = uri::parse(&request.uri).map_err(uri_error)?;
+        let rendered = self.state.read(&resource).await?;
+        let json = serde_json::to_string_pretty(&rendered.json)
+            .map_err(|err| McpError::internal_error(format!("encoding {}: {err}", request.uri), None))?;
+        Ok(ReadResourceResult::new(vec![
+            ResourceContents::text(rendered.text, request.uri.as_str()),
+            ResourceContents::text(json, request.uri.as_str()).with_mime_type("application/json"),
+        ])
+        .into())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let resource = uri::parse(&request.uri).map_err(uri_error)?;
+        // Notifications carry the canonical URI (`state://health/rpi-1` for `rpi%2D1`).
+        self.legacy_subscriber(&context.peer).subscribe(resource.uri());
+        tracing::debug!(uri = %request.uri, "subscribed");
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let resource = uri::parse(&request.uri).map_err(uri_error)?;
+        self.legacy_subscriber(&context.peer).unsubscribe(&resource.uri());
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        // Only canonical URIs of resources we serve: the SDK lets through exactly the accepted
+        // URIs, and our notifications carry canonical ones.
+        let accepted: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|requested_uri| uri::parse(requested_uri).is_ok_and(|resource| resource.uri() == **requested_uri))
+            .cloned()
+            .collect();
+        Some(SubscriptionFilter::builder().resource_subscriptions(accepted).build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let subscriber = self.state.hub.register();
+        for accepted_uri in context.accepted().resource_subscriptions.iter().flatten() {
+            subscriber.subscribe(accepted_uri.clone());
+        }
+        let sink = context.sink().clone();
+        let send = |uri: String| {
+            let sink = sink.clone();
+            async move { sink.notify_resource_updated(uri).await.is_ok() }
+        };
+        tokio::select! {
+            () = context.cancelled() => {}
+            () = self.state.shutdown.cancelled() => {}
+            () = forward(&subscriber, send) => {}
+        }
+        Ok(())
+    }
+}

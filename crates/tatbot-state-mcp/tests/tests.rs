@@ -1,0 +1,163 @@
+//! In-process tests of the MCP server: [`tatbot_state_mcp::serve_io`] on one end of an
+//! in-memory pipe, rmcp's client on the other, a test-kit Redis behind it.
+//!
+//! The end-to-end tests of the `tatbot-state mcp` binary (stdio and HTTP, security, outages)
+//! are in the CLI crate (`crates/tatbot-state-cli/tests/mcp.rs`); these cover what needs no
+//! process: the 2026-07 `subscriptions/listen` model and heartbeat-driven notifications.
+
+use std::time::Duration;
+
+use rmcp::model::{
+    ProtocolVersion, ReadResourceRequestParams, ResourceContents, ResourceUpdatedNotificationParam, ServerNotification,
+    SubscribeRequestParams, SubscriptionFilter,
+};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
+use tatbot_state::model::NodeHealth;
+use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
+use tatbot_state_mcp::{ConfigDescription, serve_io};
+use tatbot_state_testkit::RedisServer;
+use tokio::sync::mpsc;
+
+/// Bound on every wait of these tests.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A manager on `server` writing as `node`.
+async fn manager(server: &RedisServer, node: &str) -> StateManager {
+    let endpoint = Endpoint::new(server.host(), server.port());
+    StateManager::connect(ManagerConfig::new(endpoint, NodeId::new(node).unwrap()))
+        .await
+        .unwrap()
+}
+
+/// Starts the server on one end of an in-memory pipe and returns the other end, and the token
+/// that stops the server (cancelled when the returned guard drops).
+async fn serve(server: &RedisServer) -> (tokio::io::DuplexStream, tokio_util::sync::DropGuard) {
+    let reader = manager(server, "mcp").await;
+    let config = ConfigDescription {
+        target: format!("{}:{} (no password)", server.host(), server.port()),
+        fields: Vec::new(),
+    };
+    let (server_end, client_end) = tokio::io::duplex(64 * 1024);
+    let (input, output) = tokio::io::split(server_end);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve_io(reader, config, input, output, shutdown.clone()));
+    (client_end, shutdown.drop_guard())
+}
+
+/// Forwards `notifications/resources/updated` (2025-11 model) into a channel.
+struct Updates(mpsc::Sender<String>);
+
+impl ClientHandler for Updates {
+    async fn on_resource_updated(&self, params: ResourceUpdatedNotificationParam, _: NotificationContext<RoleClient>) {
+        // A full channel means the test stopped listening; dropping the URI is then harmless.
+        let _ = self.0.try_send(params.uri);
+    }
+}
+
+/// The text content of a read, checking that the JSON content follows it.
+async fn read_text<S: rmcp::Service<RoleClient>>(client: &RunningService<RoleClient, S>, uri: &str) -> String {
+    let result = client.read_resource(ReadResourceRequestParams::new(uri)).await.unwrap();
+    let [
+        ResourceContents::TextResourceContents {
+            mime_type: Some(text_type),
+            text,
+            ..
+        },
+        ResourceContents::TextResourceContents {
+            mime_type: Some(json_type),
+            ..
+        },
+    ] = result.contents.as_slice()
+    else {
+        panic!("{uri}: expected text and JSON contents, got {:?}", result.contents);
+    };
+    assert_eq!(
+        (text_type.as_str(), json_type.as_str()),
+        ("text/plain", "application/json")
+    );
+    text.clone()
+}
+
+/// A 2026-07 client's `subscriptions/listen` is acknowledged for the resources it names and
+/// delivers an update when progress advances; an invalid URI is left out of the acknowledgment.
+#[tokio::test]
+async fn listen_model_notifies_progress() {
+    let redis = RedisServer::start();
+    let robot = manager(&redis, "hog").await;
+    let session_id = robot.start_stroke_session(3, 4, "demo").await.unwrap();
+    let (pipe, _stop) = serve(&redis).await;
+    let client = ()
+        .serve_with_lifecycle(
+            pipe,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap();
+    let progress_uri = format!("state://stroke/progress/{session_id}");
+    let filter = SubscriptionFilter::builder()
+        .resource_subscription(progress_uri.as_str())
+        .resource_subscription("state://health/*")
+        .build();
+    let mut subscription = client.listen(filter).await.unwrap();
+    assert_eq!(
+        subscription.acknowledged().resource_subscriptions,
+        Some(vec![progress_uri.clone()])
+    );
+
+    robot
+        .update_stroke_progress(&session_id, &ProgressUpdate::new(1, 2))
+        .await
+        .unwrap();
+    let notification = tokio::time::timeout(DEADLINE, subscription.next())
+        .await
+        .expect("an update within the deadline")
+        .unwrap()
+        .expect("the subscription is open");
+    let ServerNotification::ResourceUpdatedNotification(update) = notification else {
+        panic!("expected a resource update, got {notification:?}");
+    };
+    assert_eq!(update.params.uri, progress_uri);
+    let text = read_text(&client, &progress_uri).await;
+    assert!(text.contains("Stroke: 2/3\n") && text.contains("Pose: 3/4\n"), "{text}");
+
+    subscription.cancel().await.unwrap();
+    client.cancel().await.unwrap();
+}
+
+/// Heartbeats have no pub/sub event; a subscriber to a node's health is still told when its
+/// heartbeat is renewed (the low-rate poll), and so is a subscriber to the node list.
+#[tokio::test]
+#[expect(deprecated, reason = "resources/subscribe is the 2025-11 model this test covers")]
+async fn heartbeat_changes_are_notified() {
+    let redis = RedisServer::start();
+    let node = manager(&redis, "hog").await;
+    let (pipe, _stop) = serve(&redis).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let client = Updates(tx).serve(pipe).await.unwrap();
+    for uri in ["state://health/hog", "state://nodes"] {
+        client.subscribe(SubscribeRequestParams::new(uri)).await.unwrap();
+    }
+
+    // The poll compares against the heartbeats it saw last time, so keep beating until it has
+    // seen one and then a newer one.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while seen.len() < 2 {
+        node.update_node_health(&NodeHealth::new("hog")).await.unwrap();
+        tokio::select! {
+            uri = rx.recv() => { seen.insert(uri.expect("the client is alive")); }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = tokio::time::sleep_until(deadline) => panic!("no heartbeat notifications within {DEADLINE:?}: {seen:?}"),
+        }
+    }
+    assert!(
+        seen.contains("state://health/hog") && seen.contains("state://nodes"),
+        "{seen:?}"
+    );
+    let text = read_text(&client, "state://health/hog").await;
+    assert!(text.contains("Node: hog\nOnline: true\n"), "{text}");
+    client.cancel().await.unwrap();
+}

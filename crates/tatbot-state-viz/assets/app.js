@@ -1,0 +1,256 @@
+// tatbot live dashboard: folds the SSE stream of /api/stream into a view and renders it.
+//
+// Every `snapshot` replaces the view; every `change` is applied to it as the Rust
+// `Snapshot::apply` does. The browser's EventSource resends the last event id as
+// Last-Event-ID when it reconnects, so nothing is missed; when the sync toggle is switched
+// back on, the last id goes in `?cursor=` for the same effect. Text from Redis is inserted
+// with textContent only, never as HTML.
+"use strict";
+
+const view = { sessions: {}, nodes: {}, events: [], errors: [], eventsLimit: 50, errorsLimit: 20, serverOffsetMs: 0 };
+const conn = { state: "pending", detail: "", lastId: null, lastUpdate: null, source: null, retry: null };
+const SHOWN_SESSIONS = 12;
+// The ids of the history entries received per session, for tests and debugging.
+const entries = {};
+const ENTRIES_KEPT = 10000;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "style") node.style.cssText = value; else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function wireTime(text) {
+  if (!text) return null;
+  const zoned = /[zZ]|[+-]\d\d:?\d\d$/.test(text) ? text : text + "Z";
+  const ms = Date.parse(zoned);
+  return Number.isNaN(ms) ? null : ms;
+}
+
+function clock(ms) {
+  return ms === null ? "?" : new Date(ms).toLocaleTimeString([], { hour12: false });
+}
+
+function pushBounded(list, item, limit) {
+  list.push(item);
+  if (list.length > limit) list.splice(0, list.length - limit);
+}
+
+function applySnapshot(snapshot) {
+  view.sessions = snapshot.sessions;
+  view.nodes = snapshot.nodes;
+  view.events = snapshot.recent_events;
+  view.errors = snapshot.recent_errors;
+  view.eventsLimit = snapshot.recent_events_limit;
+  view.errorsLimit = snapshot.recent_errors_limit;
+  view.serverOffsetMs = snapshot.server_time_ms - Date.now();
+}
+
+function applyChange(change) {
+  switch (change.kind) {
+    case "progress": {
+      pushBounded(entries[change.session_id] = entries[change.session_id] || [], change.entry.id, ENTRIES_KEPT);
+      const progress = view.sessions[change.session_id];
+      if (!progress) break;
+      progress.stroke_idx = change.entry.stroke_idx;
+      progress.pose_idx = change.entry.pose_idx;
+      progress.stroke_description_l = change.entry.description_l;
+      progress.stroke_description_r = change.entry.description_r;
+      progress.node_id = change.entry.node_id;
+      break;
+    }
+    case "session": view.sessions[change.session_id] = change.progress; break;
+    case "session_removed": delete view.sessions[change.session_id]; break;
+    case "event":
+      if (change.event.event_type === "error") pushBounded(view.errors, change.event, view.errorsLimit);
+      if (change.event.event_type !== "progress_update") pushBounded(view.events, change.event, view.eventsLimit);
+      break;
+    case "node": view.nodes[change.node.node_id] = change.node; break;
+  }
+}
+
+function setConnection(state, detail) {
+  conn.state = state;
+  conn.detail = detail || "";
+  schedule();
+}
+
+function received(event) {
+  if (event.lastEventId) conn.lastId = event.lastEventId;
+  conn.lastUpdate = Date.now();
+}
+
+function open() {
+  clearTimeout(conn.retry);
+  const url = conn.lastId ? "/api/stream?cursor=" + encodeURIComponent(conn.lastId) : "/api/stream";
+  const source = new EventSource(url);
+  conn.source = source;
+  source.addEventListener("snapshot", (event) => {
+    received(event);
+    applySnapshot(JSON.parse(event.data));
+    setConnection("connected");
+  });
+  source.addEventListener("change", (event) => {
+    received(event);
+    applyChange(JSON.parse(event.data));
+    if (conn.state !== "connected") setConnection("connected"); else schedule();
+  });
+  source.addEventListener("resync", (event) => {
+    received(event);
+    setConnection("pending", "resyncing: " + JSON.parse(event.data).reason);
+  });
+  source.addEventListener("redis", (event) => {
+    received(event);
+    const status = JSON.parse(event.data);
+    if (status.connected) setConnection("connected");
+    else setConnection("disconnected", "Redis unreachable: " + status.error);
+  });
+  source.onerror = () => {
+    if (conn.source !== source) return;
+    if (source.readyState === EventSource.CLOSED) {
+      setConnection("error", "the dashboard server refused the stream; retrying");
+      conn.retry = setTimeout(open, 2000);
+    } else {
+      setConnection("disconnected", "dashboard server unreachable; reconnecting");
+    }
+  };
+}
+
+function close() {
+  clearTimeout(conn.retry);
+  if (conn.source) conn.source.close();
+  conn.source = null;
+  setConnection("paused", "sync is off");
+}
+
+let pending = false;
+function schedule() {
+  if (pending) return;
+  pending = true;
+  setTimeout(() => { pending = false; render(); }, 50);
+}
+
+function sessionState(progress) {
+  if (!progress.is_executing) return "ended";
+  return progress.is_paused ? "paused" : "executing";
+}
+
+function renderSessions() {
+  const ids = Object.keys(view.sessions);
+  const rank = (id) => (view.sessions[id].is_executing ? 0 : 1);
+  ids.sort((a, b) => rank(a) - rank(b) || (wireTime(view.sessions[b].timestamp) || 0) - (wireTime(view.sessions[a].timestamp) || 0));
+  const container = document.getElementById("sessions");
+  const active = ids.filter((id) => view.sessions[id].is_executing).length;
+  document.getElementById("session-count").textContent = `${active} active, ${ids.length} stored`;
+  if (ids.length === 0) {
+    container.replaceChildren(el("p", { class: "empty" }, "No sessions yet."));
+    return;
+  }
+  container.replaceChildren(...ids.slice(0, SHOWN_SESSIONS).map((id) => {
+    const p = view.sessions[id];
+    const state = sessionState(p);
+    const length = Math.max(p.stroke_length, 1);
+    const total = p.total_strokes * length;
+    const done = Math.min(p.stroke_idx * length + p.pose_idx + 1, total);
+    const percent = total > 0 ? Math.max(0, (100 * done) / total) : 0;
+    const text = `stroke ${Math.min(p.stroke_idx + 1, p.total_strokes)}/${p.total_strokes} · pose ${p.pose_idx + 1}/${p.stroke_length}`;
+    return el("div", { class: "session " + state, "data-session": id },
+      el("div", { class: "title" },
+        el("span", { class: "id" }, id),
+        el("span", { class: "state " + state }, state),
+        el("span", { class: "progress-text" }, text),
+        el("span", { class: "dim" }, `${p.scene_name} · node ${p.node_id} · ${percent.toFixed(0)}%`)),
+      el("div", { class: "bar" }, el("div", { style: `width: ${percent.toFixed(2)}%` })),
+      el("dl", { class: "details" },
+        el("dt", {}, "left"), el("dd", { class: "left" }, `${p.stroke_description_l || "—"} (offset ${p.offset_idx_l})`),
+        el("dt", {}, "right"), el("dd", { class: "right" }, `${p.stroke_description_r || "—"} (offset ${p.offset_idx_r})`)));
+  }));
+}
+
+function percent(value) {
+  return value === null || value === undefined ? "—" : `${Number(value).toFixed(0)}%`;
+}
+
+function renderNodes() {
+  const body = document.querySelector("#nodes tbody");
+  const ids = Object.keys(view.nodes).sort();
+  const online = ids.filter((id) => view.nodes[id].health).length;
+  document.getElementById("node-count").textContent = `${online} online, ${ids.length} known`;
+  if (ids.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: "8", class: "empty" }, "No nodes yet.")));
+    return;
+  }
+  const now = Date.now() + view.serverOffsetMs;
+  body.replaceChildren(...ids.map((id) => {
+    const node = view.nodes[id];
+    const health = node.health;
+    const seen = health ? wireTime(health.last_heartbeat) : node.last_seen_ms;
+    const age = seen === null || seen === undefined ? "never" : `${Math.max(0, Math.round((now - seen) / 1000))} s ago`;
+    const gpu = health && health.gpu_available ? percent(health.gpu_percent) : "none";
+    const skew = node.clock_skew_ms === null || node.clock_skew_ms === undefined ? "—" : `${(Math.abs(node.clock_skew_ms) < 5 ? 0 : node.clock_skew_ms / 1000).toFixed(2)} s`;
+    return el("tr", { "data-node": id },
+      el("td", {}, id),
+      el("td", { class: health ? "online" : "offline" }, health ? "online" : "offline"),
+      el("td", {}, age),
+      el("td", {}, health ? percent(health.cpu_percent) : "—"),
+      el("td", {}, health ? percent(health.memory_percent) : "—"),
+      el("td", {}, health ? percent(health.disk_percent) : "—"),
+      el("td", {}, health ? gpu : "—"),
+      el("td", {}, skew));
+  }));
+}
+
+function describe(event) {
+  const payload = typeof event.payload === "object" && event.payload !== null ? event.payload : {};
+  const parts = [];
+  if (event.session_id) parts.push(event.session_id);
+  if (payload.node_id) parts.push("node " + payload.node_id);
+  if (payload.message) parts.push(payload.message);
+  if (payload.current_pose) parts.push("pose " + payload.current_pose);
+  if (typeof event.payload === "string") parts.push(event.payload);
+  return parts.join(" · ");
+}
+
+function renderLog(id, events, empty) {
+  const list = document.getElementById(id);
+  if (events.length === 0) {
+    list.replaceChildren(el("li", { class: "empty" }, empty));
+    return;
+  }
+  list.replaceChildren(...events.slice().reverse().map((event) => {
+    const when = wireTime(event.payload && event.payload.timestamp);
+    return el("li", {}, el("span", { class: "when" }, clock(when)),
+      el("span", { class: "type" }, event.event_type || event.channel), describe(event));
+  }));
+}
+
+function renderHeader() {
+  const badge = document.getElementById("connection");
+  const words = { pending: "Connecting", connected: "Connected", disconnected: "Disconnected", error: "Error", paused: "Paused" };
+  badge.className = "badge " + conn.state;
+  badge.textContent = words[conn.state] + (conn.detail ? ` — ${conn.detail}` : "");
+  document.getElementById("last-update").textContent = conn.lastUpdate === null ? "never" : clock(conn.lastUpdate);
+}
+
+function render() {
+  renderHeader();
+  renderSessions();
+  renderNodes();
+  renderLog("events", view.events, "No events yet.");
+  renderLog("errors", view.errors, "No errors.");
+}
+
+document.getElementById("sync").addEventListener("change", (event) => {
+  if (event.target.checked) open(); else close();
+});
+// Heartbeat ages move on their own.
+setInterval(schedule, 1000);
+window.tatbot = { view, conn, entries };
+open();
+render();

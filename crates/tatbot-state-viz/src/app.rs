@@ -1,0 +1,120 @@
+//! The router: the page, its embedded assets, the JSON API and the live stream.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the page |
+//! | `GET /assets/app.js`, `GET /assets/style.css` | its script and style |
+//! | `GET /api/status` | the system summary ([`tatbot_state::SystemStatus`]) |
+//! | `GET /api/sessions` | `{"cursor", "server_time_ms", "sessions": {id: progress}}` |
+//! | `GET /api/nodes` | `{"server_time_ms", "nodes": {id: node}}` |
+//! | `GET /api/events` | `{"events": [...], "errors": [...]}`, oldest first |
+//! | `GET /api/stream` | the SSE stream (see `sse.rs`) |
+//!
+//! The three snapshot endpoints read one consistent snapshot each. A Redis failure answers
+//! `503` with `{"error": ...}`.
+
+use std::future::Future;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tatbot_state::Snapshot;
+use tatbot_state::follow::{self, Scope};
+
+use crate::{REQUEST_TIMEOUT, VizState, sse};
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const STYLE_CSS: &str = include_str!("../assets/style.css");
+
+/// Builds the dashboard's router; see the module docs for the routes.
+pub fn app(state: VizState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/assets/app.js", get(script))
+        .route("/assets/style.css", get(style))
+        .route("/api/status", get(status))
+        .route("/api/sessions", get(sessions))
+        .route("/api/nodes", get(nodes))
+        .route("/api/events", get(events))
+        .route("/api/stream", get(sse::stream))
+        .with_state(state)
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn status(State(state): State<VizState>) -> Response {
+    bounded(async move { Ok(json!(state.manager.system_status().await)) }).await
+}
+
+async fn sessions(State(state): State<VizState>) -> Response {
+    with_snapshot(state, |snapshot| {
+        json!({
+            "cursor": snapshot.cursor,
+            "server_time_ms": snapshot.server_time_ms,
+            "sessions": snapshot.sessions,
+        })
+    })
+    .await
+}
+
+async fn nodes(State(state): State<VizState>) -> Response {
+    with_snapshot(
+        state,
+        |snapshot| json!({"server_time_ms": snapshot.server_time_ms, "nodes": snapshot.nodes}),
+    )
+    .await
+}
+
+async fn events(State(state): State<VizState>) -> Response {
+    with_snapshot(
+        state,
+        |snapshot| json!({"events": snapshot.recent_events, "errors": snapshot.recent_errors}),
+    )
+    .await
+}
+
+async fn with_snapshot(state: VizState, shape: impl FnOnce(Snapshot) -> Value) -> Response {
+    bounded(async move {
+        let snapshot = follow::snapshot(&state.manager, &Scope::All, &state.follow_config)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(shape(snapshot))
+    })
+    .await
+}
+
+/// Runs a JSON handler within [`REQUEST_TIMEOUT`]; a failure or timeout answers 503.
+async fn bounded(work: impl Future<Output = Result<Value, String>>) -> Response {
+    let error = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+        Ok(Ok(value)) => return Json(value).into_response(),
+        Ok(Err(error)) => error,
+        Err(_) => format!("no answer from Redis within {REQUEST_TIMEOUT:?}"),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": error }))).into_response()
+}

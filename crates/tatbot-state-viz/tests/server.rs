@@ -1,0 +1,192 @@
+//! The dashboard end to end over HTTP: the page, the JSON API, the SSE stream and its resume.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tatbot_state::follow::FollowConfig;
+use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
+use tatbot_state_testkit::RedisServer;
+use tatbot_state_viz::VizState;
+
+use crate::http::{LIMIT, SseEvent, SseStream, request};
+
+/// A dashboard served on a free port for `server`; cancel the token to stop it.
+struct Dashboard {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn manager(server: &RedisServer) -> StateManager {
+    let endpoint = Endpoint::new(server.host(), server.port());
+    StateManager::connect(ManagerConfig::new(endpoint, NodeId::new("hog").unwrap()))
+        .await
+        .unwrap()
+}
+
+async fn dashboard(state: &StateManager) -> Dashboard {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = FollowConfig {
+        block: Duration::from_millis(200),
+        poll_interval: Duration::from_millis(200),
+        ..FollowConfig::default()
+    };
+    let viz = VizState::new(state.clone()).with_follow_config(config);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(tatbot_state_viz::serve(listener, viz, shutdown.clone()));
+    Dashboard { addr, shutdown, task }
+}
+
+async fn next_named(stream: &mut SseStream, name: &str) -> SseEvent {
+    loop {
+        let event = stream.next().await.expect("the stream stays open");
+        if event.event == name {
+            return event;
+        }
+    }
+}
+
+/// The stream opens with a snapshot, and a client resuming with Last-Event-ID gets only what it missed.
+#[tokio::test]
+async fn stream_resumes_from_last_event_id() {
+    let server = RedisServer::start();
+    let state = manager(&server).await;
+    let session = state.start_stroke_session(1, 6, "scene").await.unwrap();
+    let dashboard = dashboard(&state).await;
+
+    let mut stream = SseStream::open(dashboard.addr, None).await;
+    let snapshot = stream.next().await.unwrap();
+    assert_eq!(snapshot.event, "snapshot");
+    assert!(
+        snapshot.json()["sessions"][session.as_str()]["is_executing"]
+            .as_bool()
+            .unwrap()
+    );
+    for pose in 0..3 {
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    let mut last = None;
+    for pose in 0..3 {
+        let change = next_named(&mut stream, "change").await;
+        assert_eq!(change.json()["kind"], "progress");
+        assert_eq!(change.json()["entry"]["pose_idx"], pose);
+        assert_eq!(change.id.as_deref(), change.json()["cursor"].as_str());
+        last = change.id;
+    }
+    drop(stream);
+
+    for pose in 3..6 {
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    let mut resumed = SseStream::open(dashboard.addr, last.as_deref()).await;
+    for pose in 3..6 {
+        let change = resumed.next().await.unwrap();
+        assert_eq!(
+            (change.event.as_str(), change.json()["kind"].as_str()),
+            ("change", Some("progress"))
+        );
+        assert_eq!(change.json()["entry"]["pose_idx"], pose);
+    }
+    dashboard.shutdown.cancel();
+    tokio::time::timeout(LIMIT, dashboard.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// The page, its assets and the JSON API answer; nothing writes to Redis, and POST is refused.
+#[tokio::test]
+async fn page_and_json_api_are_read_only() {
+    let server = RedisServer::start();
+    let state = manager(&server).await;
+    let session = state.start_stroke_session(2, 2, "scene").await.unwrap();
+    let category = tatbot_state::Category::new("hardware").unwrap();
+    state
+        .report_error(&category, "arm fault", serde_json::json!({}))
+        .await
+        .unwrap();
+    let before = server.command(&["DBSIZE"]).unwrap();
+    let dashboard = dashboard(&state).await;
+
+    let (status, page) = request(dashboard.addr, "GET", "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Sync with Robot") && page.contains("/assets/app.js"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+    for asset in ["/assets/app.js", "/assets/style.css"] {
+        assert_eq!(request(dashboard.addr, "GET", asset).await.0, 200, "{asset}");
+    }
+    let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
+    let (status, body) = request(dashboard.addr, "GET", "/api/status").await;
+    assert_eq!((status, json(&body)["active_sessions"].as_u64()), (200, Some(1)));
+    let (status, body) = request(dashboard.addr, "GET", "/api/sessions").await;
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["sessions"][session.as_str()]["total_strokes"], 2);
+    let (status, body) = request(dashboard.addr, "GET", "/api/nodes").await;
+    assert_eq!(status, 200);
+    assert!(json(&body)["nodes"].is_object());
+    let (status, body) = request(dashboard.addr, "GET", "/api/events").await;
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["errors"][0]["payload"]["message"], "arm fault");
+    assert_eq!(json(&body)["events"][0]["event_type"], "session_start");
+
+    for path in ["/api/status", "/api/sessions", "/api/stream", "/"] {
+        assert_eq!(request(dashboard.addr, "POST", path).await.0, 405, "{path}");
+    }
+    assert_eq!(
+        server.command(&["DBSIZE"]).unwrap(),
+        before,
+        "the dashboard wrote to Redis"
+    );
+    dashboard.shutdown.cancel();
+    tokio::time::timeout(LIMIT, dashboard.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Cancelling the token ends open streams, and the server returns promptly.
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let server = RedisServer::start();
+    let state = manager(&server).await;
+    let dashboard = dashboard(&state).await;
+    let mut stream = SseStream::open(dashboard.addr, None).await;
+    assert_eq!(stream.next().await.unwrap().event, "snapshot");
+    dashboard.shutdown.cancel();
+    tokio::time::timeout(LIMIT, dashboard.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(stream.next().await.is_none(), "the stream ended");
+}
+
+/// A JSON request while Redis is down answers 503 with the reason instead of hanging.
+#[tokio::test]
+async fn json_api_reports_redis_down() {
+    let mut server = RedisServer::start();
+    let state = manager(&server).await;
+    let dashboard = dashboard(&state).await;
+    server.kill();
+    let (status, body) = request(dashboard.addr, "GET", "/api/sessions").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("error"), "{body}");
+    dashboard.shutdown.cancel();
+    tokio::time::timeout(LIMIT, dashboard.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,651 @@
+//! The follower's Redis side: its two connections, the snapshot read, and reply parsing.
+//!
+//! A follower owns two multiplexed connections: `blocking` runs nothing but `XREAD BLOCK` (and
+//! the `XINFO` checks pipelined behind it), so a blocked read never delays another command;
+//! `commands` runs everything else. Both are opened here from the manager's endpoint, with the
+//! manager's timeouts; the blocking one waits `block` longer for its answers.
+//!
+//! Replies are parsed by hand from [`redis::Value`] so both RESP2 arrays and RESP3 maps work.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use crate::connection::ManagerConfig;
+use crate::error::{Error, Result};
+use crate::follow::cursor::{Cursor, EntryId};
+use crate::follow::{FollowConfig, LoggedEvent, NodeView, Scope, Snapshot};
+use crate::ids::{NodeId, SessionId};
+use crate::keys;
+use crate::model::{Event, HistoryEntry, NodeHealth, StrokeProgress};
+
+/// Keys per `SCAN` step.
+const SCAN_COUNT: usize = 1000;
+/// How many log entries a snapshot looks through for its recent non-progress events.
+const RECENT_SCAN_FACTOR: usize = 10;
+
+/// The follower's two connections; see the module docs.
+#[derive(Clone)]
+pub(crate) struct Connections {
+    /// Runs only `XREAD BLOCK` and the checks pipelined behind it.
+    pub(crate) blocking: MultiplexedConnection,
+    /// Runs every other command.
+    pub(crate) commands: MultiplexedConnection,
+}
+
+impl Connections {
+    /// Opens both connections and checks the server answers.
+    pub(crate) async fn open(config: &ManagerConfig, block: Duration) -> Result<Connections> {
+        let target = config.endpoint.to_string();
+        let client =
+            redis::Client::open(config.endpoint.connection_info()?).map_err(|err| Error::from_connect(&target, err))?;
+        let open = |response_timeout: Duration| {
+            let client = client.clone();
+            let target = target.clone();
+            let connect_timeout = config.connect_timeout;
+            async move {
+                let settings = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                let attempt = client.get_multiplexed_async_connection_with_config(&settings);
+                match tokio::time::timeout(connect_timeout * 2, attempt).await {
+                    Ok(Ok(connection)) => Ok(connection),
+                    Ok(Err(err)) => Err(Error::from_connect(&target, err)),
+                    Err(_) => Err(Error::Timeout {
+                        operation: "follow connect",
+                        after: connect_timeout * 2,
+                    }),
+                }
+            }
+        };
+        let mut commands = open(config.response_timeout).await?;
+        let blocking = open(config.response_timeout + block).await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut commands)
+            .await
+            .map_err(|err| Error::from_redis("follow ping", err))?;
+        Ok(Connections { blocking, commands })
+    }
+}
+
+/// One raw stream entry: its id and its fields as text.
+#[derive(Debug, Clone)]
+pub(crate) struct RawEntry {
+    pub(crate) id: EntryId,
+    pub(crate) id_text: String,
+    pub(crate) fields: Vec<(String, String)>,
+}
+
+impl RawEntry {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// What `XINFO STREAM` says about where a stream's ids are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StreamInfo {
+    /// The newest id ever added.
+    pub(crate) last_generated: EntryId,
+    /// The newest id deleted by `XDEL`; `0-0` when none was (Redis 7.0 leaves it alone when
+    /// trimming, so trimming is told by the counts below).
+    pub(crate) max_deleted: EntryId,
+    /// The oldest entry still present, if any.
+    pub(crate) first_entry: Option<EntryId>,
+    /// Entries present.
+    pub(crate) length: u64,
+    /// Entries ever added (Redis 7+); `length` when unknown.
+    pub(crate) entries_added: u64,
+}
+
+impl StreamInfo {
+    /// Why reading on after `cursor` would skip something, if it would.
+    ///
+    /// Trimming removes the oldest entries, so when any were removed (`entries-added` exceeds
+    /// `length`) the removed ones all lie before the first entry still present: if that entry
+    /// is past the cursor, entries after the cursor may be gone. That is exact except when the
+    /// removed entries end precisely at the cursor, where a resync is unneeded but harmless.
+    /// An `XDEL` after the cursor (`max-deleted-entry-id`) is a gap too. A `last-generated-id`
+    /// before the cursor means the stream went back: Redis lost entries we already delivered,
+    /// or the stream was recreated.
+    pub(crate) fn gap_after(&self, key: &str, cursor: EntryId) -> Option<String> {
+        if self.last_generated < cursor {
+            return Some(format!(
+                "{key}: the stream went back to {} from {cursor} (data lost by Redis?)",
+                self.last_generated
+            ));
+        }
+        if self.max_deleted > cursor {
+            return Some(format!(
+                "{key}: entries after {cursor} were deleted (up to {})",
+                self.max_deleted
+            ));
+        }
+        let removed = self.entries_added.saturating_sub(self.length);
+        let removed_past_cursor = match self.first_entry {
+            Some(first) => first > cursor,
+            None => self.last_generated > cursor,
+        };
+        if removed > 0 && removed_past_cursor {
+            return Some(format!(
+                "{key}: entries after {cursor} were trimmed ({removed} removed so far)"
+            ));
+        }
+        None
+    }
+}
+
+/// Text of a bulk, simple or verbatim string reply.
+pub(crate) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(number) => Some(*number),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// The pairs of a RESP3 map or of a RESP2 flat `[k, v, k, v]` array.
+fn pairs(value: &Value) -> Vec<(&Value, &Value)> {
+    match value {
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+        Value::Array(items) => items.chunks_exact(2).map(|pair| (&pair[0], &pair[1])).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Parses an `XINFO STREAM` reply; `None` when it is not one.
+pub(crate) fn parse_info(value: &Value) -> Option<StreamInfo> {
+    let mut info = StreamInfo::default();
+    let mut found = false;
+    let mut entries_added = None;
+    let mut recorded_first = None;
+    for (key, value) in pairs(value) {
+        match text(key).as_deref() {
+            Some("last-generated-id") => {
+                info.last_generated = text(value)?.parse().ok()?;
+                found = true;
+            }
+            Some("max-deleted-entry-id") => info.max_deleted = text(value)?.parse().ok()?,
+            Some("length") => info.length = u64::try_from(integer(value)?).ok()?,
+            Some("entries-added") => entries_added = integer(value).and_then(|n| u64::try_from(n).ok()),
+            Some("recorded-first-entry-id") => recorded_first = text(value).and_then(|id| id.parse().ok()),
+            Some("first-entry") => {
+                info.first_entry = match value {
+                    Value::Array(parts) => parts.first().and_then(text).and_then(|id| id.parse().ok()),
+                    _ => None,
+                };
+            }
+            _ => {}
+        }
+    }
+    info.entries_added = entries_added.unwrap_or(info.length);
+    if info.length == 0 {
+        info.first_entry = None;
+    } else if info.first_entry.is_none() {
+        info.first_entry = recorded_first;
+    }
+    found.then_some(info)
+}
+
+/// Parses the entries of an `XRANGE`/`XREVRANGE` reply (or one stream of an `XREAD` reply).
+pub(crate) fn parse_entries(value: &Value) -> Vec<RawEntry> {
+    let Value::Array(items) = value else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(parts) = item else { return None };
+            let id_text = text(parts.first()?)?;
+            let id = id_text.parse().ok()?;
+            let fields = pairs(parts.get(1)?)
+                .into_iter()
+                .filter_map(|(field, value)| Some((text(field)?, text(value)?)))
+                .collect();
+            Some(RawEntry { id, id_text, fields })
+        })
+        .collect()
+}
+
+/// Parses an `XREAD` reply into (stream key, entries); a timeout (nil) gives nothing.
+pub(crate) fn parse_xread(value: &Value) -> Vec<(String, Vec<RawEntry>)> {
+    let streams: Vec<(&Value, &Value)> = match value {
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|item| match item {
+                Value::Array(pair) if pair.len() == 2 => Some((&pair[0], &pair[1])),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    streams
+        .into_iter()
+        .filter_map(|(key, entries)| Some((text(key)?, parse_entries(entries))))
+        .collect()
+}
+
+/// A history stream entry as a [`HistoryEntry`].
+pub(crate) fn decode_history(key: &str, entry: &RawEntry) -> Result<HistoryEntry> {
+    let field = |name: &str| {
+        entry
+            .field(name)
+            .ok_or_else(|| Error::InvalidInput(format!("{key} entry {}: missing field {name:?}", entry.id_text)))
+    };
+    let number = |name: &str| -> Result<i64> {
+        let raw = field(name)?;
+        raw.parse().map_err(|_| {
+            Error::InvalidInput(format!(
+                "{key} entry {}: field {name:?} is {raw:?}, not an integer",
+                entry.id_text
+            ))
+        })
+    };
+    Ok(HistoryEntry {
+        id: entry.id_text.clone(),
+        stroke_idx: number("stroke_idx")?,
+        pose_idx: number("pose_idx")?,
+        description_l: field("description_l")?.to_owned(),
+        description_r: field("description_r")?.to_owned(),
+        node_id: field("node_id")?.to_owned(),
+    })
+}
+
+/// An event-log (or error-log) entry as a [`LoggedEvent`].
+pub(crate) fn decode_logged(entry: &RawEntry) -> LoggedEvent {
+    let channel = entry.field("channel").unwrap_or_default().to_owned();
+    let raw = entry.field("payload").unwrap_or_default();
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(json) => logged(entry, channel, json, raw),
+        Err(_) => LoggedEvent {
+            id: entry.id_text.clone(),
+            channel,
+            event_type: None,
+            session_id: None,
+            payload: serde_json::Value::String(raw.to_owned()),
+        },
+    }
+}
+
+fn logged(entry: &RawEntry, channel: String, json: serde_json::Value, raw: &str) -> LoggedEvent {
+    let decoded = Event::from_json(raw.as_bytes()).ok();
+    let event_type = decoded
+        .as_ref()
+        .and_then(|event| event.event_type().map(str::to_owned))
+        .or_else(|| json.get("type").and_then(|kind| kind.as_str()).map(str::to_owned));
+    let session_id = json.get("session_id").and_then(|id| id.as_str()).map(str::to_owned);
+    LoggedEvent {
+        id: entry.id_text.clone(),
+        channel,
+        event_type,
+        session_id,
+        payload: json,
+    }
+}
+
+/// Whether `event` belongs to `scope`.
+pub(crate) fn event_in_scope(scope: &Scope, event: &LoggedEvent) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Session(session_id) => event.session_id.as_deref() == Some(session_id.as_str()),
+    }
+}
+
+/// Decodes a progress document read from `key`.
+pub(crate) fn decode_progress(key: &str, raw: &str) -> Result<StrokeProgress> {
+    serde_json::from_str(raw).map_err(|source| Error::Decode {
+        key: key.to_owned(),
+        what: "StrokeProgress",
+        source,
+    })
+}
+
+/// All keys matching `pattern`, by `SCAN`.
+pub(crate) async fn scan(connection: &mut MultiplexedConnection, pattern: &str) -> Result<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut found = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(connection)
+            .await
+            .map_err(|err| Error::from_redis("follow scan", err))?;
+        found.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // SCAN may return a key more than once.
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
+}
+
+/// The session ids of every progress hash in `scope` (keys whose suffix is not a valid id
+/// are skipped: nothing we could name a session by).
+pub(crate) async fn scan_sessions(connection: &mut MultiplexedConnection, scope: &Scope) -> Result<Vec<SessionId>> {
+    Ok(scan(connection, keys::PROGRESS_PATTERN)
+        .await?
+        .iter()
+        .filter_map(|key| SessionId::new(keys::strip(key, keys::PROGRESS_PREFIX)?).ok())
+        .filter(|session_id| scope.includes_session(session_id.as_str()))
+        .collect())
+}
+
+/// Node ids with a live heartbeat or in our registry, with their registry score. Keys whose
+/// suffix is not a valid node id are skipped.
+async fn scan_nodes(connection: &mut MultiplexedConnection) -> Result<BTreeMap<NodeId, Option<i64>>> {
+    let mut nodes: BTreeMap<NodeId, Option<i64>> = scan(connection, keys::HEALTH_PATTERN)
+        .await?
+        .iter()
+        .filter_map(|key| Some((NodeId::new(keys::strip(key, keys::HEALTH_PREFIX)?).ok()?, None)))
+        .collect();
+    let registry: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(keys::NODE_REGISTRY)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(connection)
+        .await
+        .map_err(|err| Error::from_redis("follow node registry", err))?;
+    for (node_id, score) in registry {
+        if let Ok(node_id) = NodeId::new(node_id) {
+            // Scores are Unix milliseconds, far inside f64's exact integer range.
+            nodes.insert(node_id, Some(score as i64));
+        }
+    }
+    Ok(nodes)
+}
+
+/// Queues the reads of [`node_views`] for `node_ids` on `pipe`: `HGET health` and `PTTL` each.
+fn queue_node_reads<'a>(pipe: &mut redis::Pipeline, node_ids: impl Iterator<Item = &'a NodeId>) {
+    for node_id in node_ids {
+        let key = keys::health(node_id);
+        pipe.cmd("HGET").arg(&key).arg(keys::FIELD_HEALTH);
+        pipe.cmd("PTTL").arg(&key);
+    }
+}
+
+/// Builds node views from the replies queued by [`queue_node_reads`].
+fn node_views(
+    nodes: &BTreeMap<NodeId, Option<i64>>,
+    replies: &[redis::RedisResult<Value>],
+    now_ms: i64,
+    health_ttl: Duration,
+) -> BTreeMap<String, NodeView> {
+    let ttl_ms = i64::try_from(health_ttl.as_millis()).unwrap_or(i64::MAX);
+    nodes
+        .iter()
+        .zip(replies.chunks_exact(2))
+        .map(|((node_id, registry_ms), reply)| {
+            let health: Option<NodeHealth> = match &reply[0] {
+                Ok(value) => text(value).and_then(|raw| match serde_json::from_str(&raw) {
+                    Ok(health) => Some(health),
+                    Err(err) => {
+                        tracing::debug!(node_id = %node_id, error = %err, "heartbeat does not decode");
+                        None
+                    }
+                }),
+                Err(_) => None,
+            };
+            let pttl = reply[1]
+                .as_ref()
+                .ok()
+                .and_then(integer)
+                .filter(|pttl| (1..=ttl_ms).contains(pttl));
+            let clock_skew_ms = health.as_ref().zip(pttl).map(|(health, pttl)| {
+                let written_ms = now_ms - (ttl_ms - pttl);
+                health.last_heartbeat.unix_millis() - written_ms
+            });
+            let heartbeat_ms = health.as_ref().map(|health| health.last_heartbeat.unix_millis());
+            let last_seen_ms = match (heartbeat_ms, *registry_ms) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let view = NodeView {
+                node_id: node_id.to_string(),
+                health,
+                last_seen_ms,
+                clock_skew_ms,
+            };
+            (node_id.to_string(), view)
+        })
+        .collect()
+}
+
+/// Redis's clock in Unix ms from a `TIME` reply.
+fn time_ms(value: &Value) -> Option<i64> {
+    let Value::Array(parts) = value else { return None };
+    let seconds = integer(parts.first()?)?;
+    let micros = integer(parts.get(1)?)?;
+    Some(seconds * 1000 + micros / 1000)
+}
+
+/// Reads every node's heartbeat and TTL: the poll's node half.
+pub(crate) async fn read_nodes(
+    connection: &mut MultiplexedConnection,
+    health_ttl: Duration,
+) -> Result<BTreeMap<String, NodeView>> {
+    let nodes = scan_nodes(connection).await?;
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.cmd("TIME");
+    queue_node_reads(&mut pipe, nodes.keys());
+    let replies: Vec<redis::RedisResult<Value>> = pipe
+        .query_async(connection)
+        .await
+        .map_err(|err| Error::from_redis("follow nodes", err))?;
+    let now_ms = replies
+        .first()
+        .and_then(|reply| reply.as_ref().ok())
+        .and_then(time_ms)
+        .unwrap_or_else(|| crate::timestamp::Timestamp::now().unix_millis());
+    Ok(node_views(
+        &nodes,
+        replies.get(1..).unwrap_or_default(),
+        now_ms,
+        health_ttl,
+    ))
+}
+
+/// Takes a snapshot: discovers sessions and nodes with `SCAN`, then reads their documents, the
+/// stream positions and the recent events in one `MULTI`, so the cursor matches the contents.
+///
+/// A session created between the `SCAN` and the `MULTI` is missing from the snapshot; the
+/// follower finds it at its first poll and replays it from its first history entry.
+pub(crate) async fn read_snapshot(
+    connection: &MultiplexedConnection,
+    manager_config: &ManagerConfig,
+    scope: &Scope,
+    config: &FollowConfig,
+) -> Result<Snapshot> {
+    let mut connection = connection.clone();
+    let session_ids = scan_sessions(&mut connection, scope).await?;
+    let nodes = match scope {
+        Scope::All => scan_nodes(&mut connection).await?,
+        Scope::Session(_) => BTreeMap::new(),
+    };
+    let scanned_events = config.recent_events.max(1) * RECENT_SCAN_FACTOR;
+
+    let mut pipe = redis::pipe();
+    pipe.atomic().ignore_errors();
+    pipe.cmd("TIME");
+    pipe.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
+    pipe.cmd("XREVRANGE")
+        .arg(keys::EVENT_LOG)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(scanned_events);
+    pipe.cmd("XREVRANGE")
+        .arg(keys::ERROR_LOG)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(config.recent_errors);
+    for session_id in &session_ids {
+        pipe.cmd("HGET")
+            .arg(keys::progress(session_id))
+            .arg(keys::FIELD_PROGRESS);
+        pipe.cmd("XINFO").arg("STREAM").arg(keys::history(session_id));
+    }
+    queue_node_reads(&mut pipe, nodes.keys());
+    let replies: Vec<redis::RedisResult<Value>> = pipe
+        .query_async(&mut connection)
+        .await
+        .map_err(|err| Error::from_redis("follow snapshot", err))?;
+    let reply = |index: usize| replies.get(index).and_then(|reply| reply.as_ref().ok());
+
+    let server_time_ms = reply(0)
+        .and_then(time_ms)
+        .unwrap_or_else(|| crate::timestamp::Timestamp::now().unix_millis());
+    let mut cursor = Cursor {
+        events: reply(1)
+            .and_then(parse_info)
+            .map_or(EntryId::ZERO, |info| info.last_generated),
+        history: BTreeMap::new(),
+    };
+    let mut recent_events: Vec<LoggedEvent> = reply(2)
+        .map(parse_entries)
+        .unwrap_or_default()
+        .iter()
+        .map(decode_logged)
+        .filter(|event| !event.is_progress() && event_in_scope(scope, event))
+        .take(config.recent_events)
+        .collect();
+    recent_events.reverse();
+    let mut recent_errors: Vec<LoggedEvent> = match scope {
+        Scope::All => reply(3)
+            .map(parse_entries)
+            .unwrap_or_default()
+            .iter()
+            .map(decode_logged)
+            .collect(),
+        Scope::Session(_) => Vec::new(),
+    };
+    recent_errors.reverse();
+
+    let mut sessions = BTreeMap::new();
+    for (session_idx, session_id) in session_ids.iter().enumerate() {
+        let base = 4 + session_idx * 2;
+        let Some(raw) = reply(base).and_then(text) else {
+            // Expired between SCAN and MULTI.
+            continue;
+        };
+        let progress = match decode_progress(&keys::progress(session_id), &raw) {
+            Ok(progress) => progress,
+            Err(err) => {
+                tracing::warn!(session_id = %session_id, error = %err, "session document does not decode; left out");
+                continue;
+            }
+        };
+        if progress.is_executing {
+            let history_id = reply(base + 1)
+                .and_then(parse_info)
+                .map_or(EntryId::ZERO, |info| info.last_generated);
+            cursor.history.insert(session_id.clone(), history_id);
+        }
+        sessions.insert(session_id.to_string(), progress);
+    }
+    let node_base = 4 + session_ids.len() * 2;
+    let nodes = node_views(
+        &nodes,
+        replies.get(node_base..).unwrap_or_default(),
+        server_time_ms,
+        manager_config.health_ttl,
+    );
+    Ok(Snapshot {
+        cursor,
+        server_time_ms,
+        sessions,
+        nodes,
+        recent_events,
+        recent_errors,
+        recent_events_limit: config.recent_events,
+        recent_errors_limit: config.recent_errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> EntryId {
+        text.parse().unwrap()
+    }
+
+    fn info(first: Option<&str>, last: &str, length: u64, added: u64) -> StreamInfo {
+        StreamInfo {
+            last_generated: id(last),
+            max_deleted: EntryId::ZERO,
+            first_entry: first.map(id),
+            length,
+            entries_added: added,
+        }
+    }
+
+    /// Trimming past the cursor, a stream that went back, and XDEL are gaps; trimming behind is not.
+    #[test]
+    fn gap_rules() {
+        let untrimmed = info(Some("1-0"), "9-0", 9, 9);
+        assert_eq!(
+            untrimmed.gap_after("s", EntryId::ZERO),
+            None,
+            "replaying a whole stream"
+        );
+        let trimmed = info(Some("5-0"), "9-0", 5, 9);
+        assert_eq!(trimmed.gap_after("s", id("7-0")), None, "trimmed behind the cursor");
+        assert!(trimmed.gap_after("s", id("3-0")).unwrap().contains("trimmed"));
+        assert!(trimmed.gap_after("s", EntryId::ZERO).is_some(), "the start is gone");
+        let emptied = info(None, "9-0", 0, 9);
+        assert!(emptied.gap_after("s", id("8-0")).is_some());
+        assert_eq!(emptied.gap_after("s", id("9-0")), None);
+        assert!(untrimmed.gap_after("s", id("10-0")).unwrap().contains("went back"));
+        let deleted = StreamInfo {
+            max_deleted: id("6-0"),
+            ..untrimmed
+        };
+        assert!(deleted.gap_after("s", id("4-0")).unwrap().contains("deleted"));
+    }
+
+    /// XINFO STREAM replies parse from RESP3 maps and RESP2 flat arrays alike.
+    #[test]
+    fn parses_xinfo_in_both_protocols() {
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        let fields = vec![
+            (bulk("length"), Value::Int(2)),
+            (bulk("last-generated-id"), bulk("9-0")),
+            (bulk("max-deleted-entry-id"), bulk("0-0")),
+            (bulk("entries-added"), Value::Int(5)),
+            (
+                bulk("first-entry"),
+                Value::Array(vec![bulk("8-0"), Value::Array(vec![bulk("a"), bulk("1")])]),
+            ),
+        ];
+        let expected = info(Some("8-0"), "9-0", 2, 5);
+        assert_eq!(parse_info(&Value::Map(fields.clone())), Some(expected));
+        let flat = fields.into_iter().flat_map(|(key, value)| [key, value]).collect();
+        assert_eq!(parse_info(&Value::Array(flat)), Some(expected));
+        assert_eq!(parse_info(&Value::Nil), None);
+    }
+}

@@ -1,0 +1,580 @@
+//! The follower's task: connect, snapshot or resume, then read, poll and reconnect forever.
+//!
+//! The task keeps the follower's own view of what it already sent (`docs`, `nodes`) so that
+//! polls send only differences, and the [`Cursor`] that every change carries. Three things end
+//! a pass of the main loop: the consumer is gone (the task ends), Redis failed (reconnect with
+//! backoff, then resume from the cursor), or the cursor points at something that no longer
+//! exists (send a resync and a fresh snapshot).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use redis::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::connection::ManagerConfig;
+use crate::error::Error;
+use crate::follow::cursor::{Cursor, EntryId};
+use crate::follow::io::{self, Connections, RawEntry};
+use crate::follow::{Change, ChangeKind, FollowConfig, FollowItem, LoggedEvent, NodeView, Scope};
+use crate::ids::SessionId;
+use crate::keys;
+use crate::manager::StateManager;
+use crate::model::{StrokeProgress, event_types};
+
+/// First wait before reconnecting; doubled after each failure up to `max_backoff`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a pass of the main loop ended.
+enum Stop {
+    /// The consumer dropped the follower.
+    Closed,
+    /// Redis failed or could not be reached.
+    Redis(Error),
+    /// The cursor points past trimmed or lost entries; the reason is for a person.
+    Gap(String),
+}
+
+impl From<Error> for Stop {
+    fn from(err: Error) -> Stop {
+        Stop::Redis(err)
+    }
+}
+
+/// A session document as read now.
+enum DocRead {
+    /// No progress hash.
+    Missing,
+    /// A hash whose document does not decode; treated as unchanged.
+    Corrupt,
+    /// The document.
+    Doc(Box<StrokeProgress>),
+}
+
+/// The state of one follower; see the module docs.
+pub(crate) struct FollowTask {
+    manager_config: ManagerConfig,
+    scope: Scope,
+    config: FollowConfig,
+    /// The consumer's end is the [`crate::follow::Follower`]; a failed send means it is gone.
+    tx: mpsc::Sender<FollowItem>,
+    /// `None` while disconnected.
+    connections: Option<Connections>,
+    cursor: Cursor,
+    /// The last document sent for each session.
+    docs: BTreeMap<SessionId, StrokeProgress>,
+    /// The last view sent for each node.
+    nodes: BTreeMap<String, NodeView>,
+    /// True for a resumed follower until its first poll: sessions it has not sent yet that
+    /// are not executing are sent as documents only, since the consumer had them already.
+    baseline: bool,
+    /// Whether the last read drained the event log; polls wait for it, so a resumed follower
+    /// replays the log (and learns of the sessions started meanwhile) before polling.
+    caught_up: bool,
+    next_poll: Instant,
+}
+
+impl FollowTask {
+    pub(crate) fn new(
+        manager: &StateManager,
+        scope: Scope,
+        config: FollowConfig,
+        tx: mpsc::Sender<FollowItem>,
+    ) -> FollowTask {
+        FollowTask {
+            manager_config: manager.config().clone(),
+            scope,
+            config,
+            tx,
+            connections: None,
+            cursor: Cursor::default(),
+            docs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            baseline: false,
+            caught_up: false,
+            next_poll: Instant::now(),
+        }
+    }
+
+    /// Runs until the consumer is gone (cancellation is the caller's `select!`).
+    #[tracing::instrument(name = "follow", skip_all, fields(scope = ?self.scope))]
+    pub(crate) async fn run(mut self, mut resume: Option<Cursor>) {
+        let mut started = false;
+        let mut lost = false;
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let outcome = match Connections::open(&self.manager_config, self.config.block).await {
+                Err(err) => Err(Stop::Redis(err)),
+                Ok(connections) => {
+                    self.connections = Some(connections);
+                    backoff = INITIAL_BACKOFF;
+                    if lost {
+                        lost = false;
+                        tracing::info!("redis reachable again; resuming from the cursor");
+                        if self.send(FollowItem::Reconnected).await.is_err() {
+                            return;
+                        }
+                    }
+                    self.serve(&mut started, &mut resume).await
+                }
+            };
+            let error = match outcome {
+                Ok(never) => match never {},
+                Err(Stop::Closed) => return,
+                Err(Stop::Redis(err)) => err.to_string(),
+                // `serve` answers gaps itself; should one escape, a reconnect resyncs too.
+                Err(Stop::Gap(reason)) => reason,
+            };
+            self.connections = None;
+            if !lost {
+                lost = true;
+                tracing::warn!(error = %error, "follow lost redis");
+                if self.send(FollowItem::ConnectionLost { error }).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// Starts (snapshot or resume) and follows until Redis fails or the consumer goes; a gap
+    /// is answered here with a resync and a fresh snapshot.
+    async fn serve(&mut self, started: &mut bool, resume: &mut Option<Cursor>) -> Result<Infallible, Stop> {
+        loop {
+            match self.serve_once(started, resume).await {
+                Err(Stop::Gap(reason)) => {
+                    tracing::info!(reason = %reason, "follow cursor is gone; resyncing");
+                    self.send(FollowItem::Resync { reason }).await?;
+                    *started = false;
+                    *resume = None;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn serve_once(&mut self, started: &mut bool, resume: &mut Option<Cursor>) -> Result<Infallible, Stop> {
+        if !*started {
+            match resume.take() {
+                None => self.send_snapshot().await?,
+                Some(cursor) => {
+                    self.cursor = cursor;
+                    self.baseline = true;
+                    self.caught_up = false;
+                }
+            }
+            *started = true;
+        }
+        self.check_cursor().await?;
+        loop {
+            if self.caught_up && Instant::now() >= self.next_poll {
+                self.poll().await?;
+                self.next_poll = Instant::now() + self.config.poll_interval;
+            }
+            self.read_batch().await?;
+        }
+    }
+
+    fn connections(&self) -> Result<Connections, Stop> {
+        // Only called from `serve`, which runs after the connections were opened.
+        self.connections
+            .clone()
+            .ok_or_else(|| Stop::Redis(Error::InvalidInput("follow: not connected".to_owned())))
+    }
+
+    async fn send(&self, item: FollowItem) -> Result<(), Stop> {
+        self.tx.send(item).await.map_err(|_| Stop::Closed)
+    }
+
+    async fn emit(&self, kind: ChangeKind) -> Result<(), Stop> {
+        let change = Change {
+            cursor: self.cursor.clone(),
+            kind,
+        };
+        self.send(FollowItem::Change(change)).await
+    }
+
+    async fn send_snapshot(&mut self) -> Result<(), Stop> {
+        let connections = self.connections()?;
+        let snapshot =
+            io::read_snapshot(&connections.commands, &self.manager_config, &self.scope, &self.config).await?;
+        self.cursor = snapshot.cursor.clone();
+        self.docs = snapshot
+            .sessions
+            .iter()
+            .filter_map(|(session_id, progress)| Some((SessionId::new(session_id.as_str()).ok()?, progress.clone())))
+            .collect();
+        self.nodes = snapshot.nodes.clone();
+        self.baseline = false;
+        self.caught_up = true;
+        self.next_poll = Instant::now() + self.config.poll_interval;
+        self.send(FollowItem::Snapshot(Box::new(snapshot))).await
+    }
+
+    /// Fails with a gap when the event log or a tailed history lost entries after the cursor.
+    async fn check_cursor(&mut self) -> Result<(), Stop> {
+        let mut connection = self.connections()?.commands;
+        let tracked: Vec<SessionId> = self.cursor.history.keys().cloned().collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
+        for session_id in &tracked {
+            pipe.cmd("XINFO").arg("STREAM").arg(keys::history(session_id));
+        }
+        let replies: Vec<redis::RedisResult<Value>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| Error::from_redis("follow check cursor", err))?;
+        self.check_event_log(replies.first())?;
+        for (session_id, reply) in tracked.iter().zip(replies.iter().skip(1)) {
+            self.check_history(session_id, reply)?;
+        }
+        Ok(())
+    }
+
+    fn check_event_log(&self, reply: Option<&redis::RedisResult<Value>>) -> Result<(), Stop> {
+        match reply.and_then(|reply| reply.as_ref().ok()).and_then(io::parse_info) {
+            Some(info) => match info.gap_after(keys::EVENT_LOG, self.cursor.events) {
+                Some(reason) => Err(Stop::Gap(reason)),
+                None => Ok(()),
+            },
+            None if self.cursor.events > EntryId::ZERO => {
+                Err(Stop::Gap(format!("{} is gone (Redis lost its data?)", keys::EVENT_LOG)))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A missing history is not a gap: the session was cleared or expired, which the next
+    /// document read reports.
+    fn check_history(&self, session_id: &SessionId, reply: &redis::RedisResult<Value>) -> Result<(), Stop> {
+        let Some(position) = self.cursor.history(session_id) else {
+            return Ok(());
+        };
+        let info = reply.as_ref().ok().and_then(io::parse_info);
+        match info.and_then(|info| info.gap_after(&keys::history(session_id), position)) {
+            Some(reason) => Err(Stop::Gap(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// One `XREAD BLOCK` over the event log and every tailed history, then the checks.
+    async fn read_batch(&mut self) -> Result<(), Stop> {
+        let mut connection = self.connections()?.blocking;
+        let tracked: Vec<(SessionId, EntryId)> = self
+            .cursor
+            .history
+            .iter()
+            .map(|(session_id, id)| (session_id.clone(), *id))
+            .collect();
+        let mut stream_keys = vec![keys::EVENT_LOG.to_owned()];
+        stream_keys.extend(tracked.iter().map(|(session_id, _)| keys::history(session_id)));
+        let block_ms = u64::try_from(self.config.block.as_millis()).unwrap_or(u64::MAX).max(1);
+
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let xread = pipe
+            .cmd("XREAD")
+            .arg("COUNT")
+            .arg(self.config.batch)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&stream_keys)
+            .arg(self.cursor.events.to_string());
+        for (_, id) in &tracked {
+            xread.arg(id.to_string());
+        }
+        for key in &stream_keys {
+            pipe.cmd("XINFO").arg("STREAM").arg(key);
+        }
+        let mut replies: Vec<redis::RedisResult<Value>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| Error::from_redis("follow read", err))?;
+        if replies.len() != stream_keys.len() + 1 {
+            return Err(Stop::Redis(Error::InvalidInput(format!(
+                "follow read: {} replies for {} commands",
+                replies.len(),
+                stream_keys.len() + 1
+            ))));
+        }
+        let infos = replies.split_off(1);
+        let read = match replies.pop() {
+            Some(Ok(value)) => io::parse_xread(&value),
+            Some(Err(err)) => return Err(Stop::Redis(Error::from_redis("follow read", err))),
+            None => Vec::new(),
+        };
+
+        // Checked against the cursor from before this batch: see `StreamInfo::gap_after`.
+        self.check_event_log(infos.first())?;
+        for ((session_id, _), reply) in tracked.iter().zip(infos.iter().skip(1)) {
+            self.check_history(session_id, reply)?;
+        }
+
+        let mut log_entries = Vec::new();
+        let mut history: BTreeMap<String, Vec<RawEntry>> = BTreeMap::new();
+        for (key, entries) in read {
+            if key == keys::EVENT_LOG {
+                log_entries = entries;
+            } else {
+                history.insert(key, entries);
+            }
+        }
+        self.caught_up = log_entries.len() < self.config.batch;
+        for (session_id, _) in &tracked {
+            if let Some(entries) = history.remove(&keys::history(session_id)) {
+                self.deliver_history(session_id, &entries).await?;
+            }
+        }
+        for entry in &log_entries {
+            if entry.id > self.cursor.events {
+                self.handle_log_entry(entry).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the entries of a tailed session's history that are past its cursor.
+    async fn deliver_history(&mut self, session_id: &SessionId, entries: &[RawEntry]) -> Result<(), Stop> {
+        let key = keys::history(session_id);
+        for entry in entries {
+            let Some(position) = self.cursor.history.get_mut(session_id) else {
+                return Ok(());
+            };
+            if entry.id <= *position {
+                continue;
+            }
+            *position = entry.id;
+            match io::decode_history(&key, entry) {
+                Ok(entry) => {
+                    // Our copy follows the consumer's fold, so a document read later that
+                    // differs from what the entries made of it is sent.
+                    if let Some(progress) = self.docs.get_mut(session_id) {
+                        crate::follow::apply_entry(progress, &entry);
+                    }
+                    let session_id = session_id.clone();
+                    self.emit(ChangeKind::Progress { session_id, entry }).await?;
+                }
+                Err(err) => tracing::warn!(error = %err, "history entry skipped"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_log_entry(&mut self, entry: &RawEntry) -> Result<(), Stop> {
+        let event = io::decode_logged(entry);
+        if event.is_progress() || !io::event_in_scope(&self.scope, &event) {
+            self.cursor.events = entry.id;
+            return Ok(());
+        }
+        let session_event = matches!(
+            event.event_type.as_deref(),
+            Some(
+                event_types::SESSION_START
+                    | event_types::SESSION_PAUSE
+                    | event_types::SESSION_RESUME
+                    | event_types::SESSION_END
+            )
+        );
+        let session_id = event
+            .session_id
+            .as_deref()
+            .and_then(|session_id| SessionId::new(session_id).ok())
+            .filter(|_| session_event);
+        let Some(session_id) = session_id else {
+            self.cursor.events = entry.id;
+            return self.emit(ChangeKind::Event { event }).await;
+        };
+        let is_new = !self.docs.contains_key(&session_id) && !self.cursor.history.contains_key(&session_id);
+        if is_new {
+            self.cursor.events = entry.id;
+            return self.announce_session(&session_id, Some(event)).await;
+        }
+        // History written before this event goes out before it, with the cursor from before it.
+        self.drain(&session_id).await?;
+        self.cursor.events = entry.id;
+        self.emit(ChangeKind::Event { event }).await?;
+        self.refresh_doc(&session_id).await
+    }
+
+    /// Sends a session the consumer has not seen: (its start event,) its document, its whole
+    /// history from the first entry, and its document again if that moved on meanwhile.
+    async fn announce_session(&mut self, session_id: &SessionId, start: Option<LoggedEvent>) -> Result<(), Stop> {
+        let doc = self.read_doc(session_id).await?;
+        // Tracked from 0-0 at once, so a consumer resuming from any of the cursors below gets
+        // the history it has not seen.
+        self.cursor.history.insert(session_id.clone(), EntryId::ZERO);
+        if let Some(event) = start {
+            self.emit(ChangeKind::Event { event }).await?;
+        }
+        match doc {
+            DocRead::Doc(progress) => self.send_doc(session_id, *progress).await?,
+            DocRead::Missing | DocRead::Corrupt => {
+                self.cursor.history.remove(session_id);
+                return Ok(());
+            }
+        }
+        self.drain(session_id).await?;
+        self.refresh_doc(session_id).await
+    }
+
+    /// Sends a tailed session's history entries past its cursor, up to now.
+    async fn drain(&mut self, session_id: &SessionId) -> Result<(), Stop> {
+        let mut connection = self.connections()?.commands;
+        let key = keys::history(session_id);
+        loop {
+            let Some(position) = self.cursor.history(session_id) else {
+                return Ok(());
+            };
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            pipe.cmd("XRANGE")
+                .arg(&key)
+                .arg(format!("({position}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(self.config.batch);
+            pipe.cmd("XINFO").arg("STREAM").arg(&key);
+            let replies: Vec<redis::RedisResult<Value>> = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| Error::from_redis("follow drain history", err))?;
+            let entries = match replies.first() {
+                Some(Ok(value)) => io::parse_entries(value),
+                Some(Err(err)) => return Err(Stop::Redis(Error::from_redis("follow drain history", err.clone()))),
+                None => Vec::new(),
+            };
+            if let Some(reply) = replies.get(1) {
+                self.check_history(session_id, reply)?;
+            }
+            self.deliver_history(session_id, &entries).await?;
+            if entries.len() < self.config.batch {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn read_doc(&self, session_id: &SessionId) -> Result<DocRead, Stop> {
+        let mut connection = self.connections()?.commands;
+        let key = keys::progress(session_id);
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(keys::FIELD_PROGRESS)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| Error::from_redis("follow read session", err))?;
+        Ok(match raw {
+            None => DocRead::Missing,
+            Some(raw) => match io::decode_progress(&key, &raw) {
+                Ok(progress) => DocRead::Doc(Box::new(progress)),
+                Err(err) => {
+                    tracing::debug!(error = %err, "session document does not decode; kept as it was");
+                    DocRead::Corrupt
+                }
+            },
+        })
+    }
+
+    /// Re-reads a session's document and sends it when it changed; stops tailing a session
+    /// that no longer executes, and reports one whose document is gone.
+    async fn refresh_doc(&mut self, session_id: &SessionId) -> Result<(), Stop> {
+        match self.read_doc(session_id).await? {
+            DocRead::Corrupt => Ok(()),
+            DocRead::Missing => {
+                self.cursor.history.remove(session_id);
+                if self.docs.remove(session_id).is_some() {
+                    let session_id = session_id.clone();
+                    self.emit(ChangeKind::SessionRemoved { session_id }).await?;
+                }
+                Ok(())
+            }
+            DocRead::Doc(progress) => {
+                if !progress.is_executing {
+                    self.cursor.history.remove(session_id);
+                }
+                self.send_doc(session_id, *progress).await
+            }
+        }
+    }
+
+    async fn send_doc(&mut self, session_id: &SessionId, progress: StrokeProgress) -> Result<(), Stop> {
+        if self.docs.get(session_id) == Some(&progress) {
+            return Ok(());
+        }
+        self.docs.insert(session_id.clone(), progress.clone());
+        let session_id = session_id.clone();
+        let progress = Box::new(progress);
+        self.emit(ChangeKind::Session { session_id, progress }).await
+    }
+
+    /// Heartbeats, new and vanished sessions, and the documents of tailed sessions.
+    async fn poll(&mut self) -> Result<(), Stop> {
+        if self.scope.is_all() {
+            self.poll_nodes().await?;
+        }
+        let mut connection = self.connections()?.commands;
+        let session_ids = io::scan_sessions(&mut connection, &self.scope).await?;
+        for session_id in &session_ids {
+            if self.cursor.history.contains_key(session_id) {
+                self.drain(session_id).await?;
+                self.refresh_doc(session_id).await?;
+                continue;
+            }
+            if !self.docs.contains_key(session_id) {
+                let read = self.read_doc(session_id).await?;
+                match read {
+                    DocRead::Doc(progress) if self.baseline && !progress.is_executing => {
+                        self.send_doc(session_id, *progress).await?;
+                    }
+                    DocRead::Doc(_) => self.announce_session(session_id, None).await?,
+                    DocRead::Missing | DocRead::Corrupt => {}
+                }
+                continue;
+            }
+            self.refresh_doc(session_id).await?;
+        }
+        let vanished: Vec<SessionId> = self
+            .docs
+            .keys()
+            .filter(|session_id| session_ids.binary_search(session_id).is_err())
+            .cloned()
+            .collect();
+        for session_id in vanished {
+            self.refresh_doc(&session_id).await?;
+        }
+        self.baseline = false;
+        Ok(())
+    }
+
+    async fn poll_nodes(&mut self) -> Result<(), Stop> {
+        let mut connection = self.connections()?.commands;
+        let mut current = io::read_nodes(&mut connection, self.manager_config.health_ttl).await?;
+        // A node that vanished from both the heartbeats and the registry stays, offline.
+        for (node_id, old) in &self.nodes {
+            if !current.contains_key(node_id) {
+                let offline = NodeView {
+                    health: None,
+                    clock_skew_ms: None,
+                    ..old.clone()
+                };
+                current.insert(node_id.clone(), offline);
+            }
+        }
+        for (node_id, node) in current {
+            let changed = match self.nodes.get(&node_id) {
+                Some(old) => old.health != node.health || old.last_seen_ms != node.last_seen_ms,
+                None => true,
+            };
+            if changed {
+                self.nodes.insert(node_id, node.clone());
+                let node = Box::new(node);
+                self.emit(ChangeKind::Node { node }).await?;
+            }
+        }
+        Ok(())
+    }
+}

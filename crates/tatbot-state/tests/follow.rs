@@ -1,0 +1,407 @@
+//! The follow API: snapshot then changes, replay from a cursor, resync after trimming, and
+//! surviving Redis restarts and pauses without losing or repeating a history entry.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tatbot_state::follow::{self, Change, ChangeKind, FollowConfig, FollowItem, Follower, Scope, Snapshot};
+use tatbot_state::model::{HistoryEntry, NodeHealth};
+use tatbot_state::{CancellationToken, Cursor, ProgressUpdate, SessionId, StateManager};
+use tatbot_state_testkit::RedisServer;
+
+use crate::util::{eventually, manager, raw, setup};
+
+/// How long any awaited condition may take.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Fast settings so tests see polls and reconnects quickly.
+fn quick() -> FollowConfig {
+    FollowConfig {
+        block: Duration::from_millis(200),
+        poll_interval: Duration::from_millis(200),
+        max_backoff: Duration::from_millis(300),
+        ..FollowConfig::default()
+    }
+}
+
+fn start(state: &StateManager, scope: Scope, resume: Option<Cursor>) -> Follower {
+    follow::follow_with(state, scope, resume, quick(), &CancellationToken::new())
+}
+
+/// Everything a follower delivered, folded.
+#[derive(Default)]
+struct Seen {
+    view: Option<Snapshot>,
+    snapshots: usize,
+    resyncs: Vec<String>,
+    lost: usize,
+    reconnected: usize,
+    progress: Vec<(SessionId, HistoryEntry)>,
+    changes: Vec<Change>,
+}
+
+/// Consumes a follower on a task of its own; the returned handle reads what it saw.
+fn collect(mut follower: Follower) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Some(item) = follower.next().await {
+            let mut seen = sink.lock().unwrap();
+            match item {
+                FollowItem::Snapshot(snapshot) => {
+                    seen.snapshots += 1;
+                    seen.view = Some(*snapshot);
+                }
+                FollowItem::Change(change) => {
+                    if let ChangeKind::Progress { session_id, entry } = &change.kind {
+                        seen.progress.push((session_id.clone(), entry.clone()));
+                    }
+                    if let Some(view) = seen.view.as_mut() {
+                        view.apply(&change);
+                    }
+                    seen.changes.push(change);
+                }
+                FollowItem::Resync { reason } => seen.resyncs.push(reason),
+                FollowItem::ConnectionLost { .. } => seen.lost += 1,
+                FollowItem::Reconnected => seen.reconnected += 1,
+            }
+        }
+    });
+    seen
+}
+
+async fn wait_for(seen: &Arc<Mutex<Seen>>, what: &str, check: impl Fn(&Seen) -> bool) {
+    let reached = eventually(LIMIT, || {
+        let done = check(&seen.lock().unwrap());
+        async move { done }
+    })
+    .await;
+    assert!(reached, "timed out waiting for {what}");
+}
+
+/// Every history entry of `session_id` as stored.
+async fn stored_history(state: &StateManager, session_id: &SessionId) -> Vec<HistoryEntry> {
+    state.get_history(session_id, None, 100_000).await.unwrap()
+}
+
+fn progress_of(seen: &Seen, session_id: &SessionId) -> Vec<HistoryEntry> {
+    seen.progress
+        .iter()
+        .filter(|(id, _)| id == session_id)
+        .map(|(_, entry)| entry.clone())
+        .collect()
+}
+
+/// Waits until the follower's folded view shows the same sessions as a fresh snapshot.
+async fn wait_until_view_matches(state: &StateManager, seen: &Arc<Mutex<Seen>>) -> Snapshot {
+    let fresh: Arc<Mutex<Option<Snapshot>>> = Arc::default();
+    let reached = eventually(LIMIT, || {
+        let state = state.clone();
+        let seen = Arc::clone(seen);
+        let fresh = Arc::clone(&fresh);
+        async move {
+            let Ok(snapshot) = follow::snapshot(&state, &Scope::All, &quick()).await else {
+                return false;
+            };
+            let same = seen
+                .lock()
+                .unwrap()
+                .view
+                .as_ref()
+                .is_some_and(|view| view.sessions == snapshot.sessions);
+            *fresh.lock().unwrap() = Some(snapshot);
+            same
+        }
+    })
+    .await;
+    let fresh = fresh.lock().unwrap().take().expect("a snapshot was read");
+    assert!(
+        reached,
+        "the follower's view never matched: {:?} vs {:?}",
+        seen.lock().unwrap().view.as_ref().map(|view| &view.sessions),
+        fresh.sessions
+    );
+    fresh
+}
+
+/// A follower gets a snapshot, then every history entry once and in order, and session events.
+#[tokio::test]
+async fn snapshot_then_every_change() {
+    let (_server, state) = setup("hog").await;
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+
+    let session = state.start_stroke_session(3, 4, "scene").await.unwrap();
+    for step in 0..12 {
+        let update = ProgressUpdate::new(step / 4, step % 4).descriptions(format!("l{step}"), "r");
+        state.update_stroke_progress(&session, &update).await.unwrap();
+        if step == 5 {
+            state.pause_stroke_session(&session).await.unwrap();
+            state.resume_stroke_session(&session).await.unwrap();
+        }
+    }
+    state.end_stroke_session(&session).await.unwrap();
+
+    wait_until_view_matches(&state, &seen).await;
+    let expected = stored_history(&state, &session).await;
+    assert_eq!(expected.len(), 12);
+    let seen = seen.lock().unwrap();
+    assert_eq!(progress_of(&seen, &session), expected);
+    let types: Vec<&str> = seen
+        .changes
+        .iter()
+        .filter_map(|change| match &change.kind {
+            ChangeKind::Event { event } => event.event_type.as_deref(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        types,
+        ["session_start", "session_pause", "session_resume", "session_end"]
+    );
+    let view = seen.view.as_ref().unwrap();
+    assert!(!view.sessions[session.as_str()].is_executing);
+    assert!(
+        view.cursor.history(&session).is_none(),
+        "an ended session is no longer tailed"
+    );
+}
+
+/// A follower resumed from a change's cursor gets exactly the changes after it, no snapshot.
+#[tokio::test]
+async fn resume_replays_exactly_what_was_missed() {
+    let (_server, state) = setup("hog").await;
+    let session = state.start_stroke_session(1, 10, "scene").await.unwrap();
+    let first = collect(start(&state, Scope::All, None));
+    wait_for(&first, "the snapshot", |seen| seen.snapshots == 1).await;
+    for pose in 0..4 {
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    wait_for(&first, "4 entries", |seen| seen.progress.len() == 4).await;
+    let cursor = first.lock().unwrap().changes.last().unwrap().cursor.clone();
+    let mut view = first.lock().unwrap().view.clone().unwrap();
+
+    // While nobody follows: more progress, an error, the end.
+    for pose in 4..10 {
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    let category = tatbot_state::Category::new("hardware").unwrap();
+    state
+        .report_error(&category, "arm fault", serde_json::json!({}))
+        .await
+        .unwrap();
+    state.end_stroke_session(&session).await.unwrap();
+
+    let second = collect(start(&state, Scope::All, Some(cursor)));
+    wait_for(&second, "the rest of the history and the end", |seen| {
+        seen.progress.len() == 6
+            && seen.changes.iter().any(|change| {
+                matches!(&change.kind, ChangeKind::Event { event } if event.event_type.as_deref() == Some("session_end"))
+            })
+    })
+    .await;
+    let expected = stored_history(&state, &session).await;
+    let stored = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    let second = second.lock().unwrap();
+    assert_eq!(second.snapshots, 0, "a resumed follower replays instead");
+    assert!(second.resyncs.is_empty(), "{:?}", second.resyncs);
+    assert_eq!(progress_of(&second, &session), expected[4..]);
+    for change in &second.changes {
+        view.apply(change);
+    }
+    assert_eq!(view.sessions[session.as_str()], stored);
+    assert_eq!(view.recent_errors.last().unwrap().payload["message"], "arm fault");
+}
+
+/// Resuming after the event log was trimmed past the cursor gives a resync and a fresh snapshot.
+#[tokio::test]
+async fn trimmed_event_log_resyncs() {
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(1, 1, "scene").await.unwrap();
+    let old = follow::snapshot(&state, &Scope::All, &quick()).await.unwrap().cursor;
+    state.pause_stroke_session(&session).await.unwrap();
+    state.resume_stroke_session(&session).await.unwrap();
+    let _: i64 = raw(&server)
+        .await
+        .xtrim(tatbot_state::keys::EVENT_LOG, redis::streams::StreamMaxlen::Equals(1))
+        .await
+        .unwrap();
+
+    let seen = collect(start(&state, Scope::All, Some(old)));
+    wait_for(&seen, "a resync and a snapshot", |seen| seen.snapshots == 1).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.resyncs.len(), 1);
+    assert!(seen.resyncs[0].contains("trimmed"), "{}", seen.resyncs[0]);
+    assert!(seen.view.as_ref().unwrap().sessions.contains_key(session.as_str()));
+}
+
+/// Resuming after a session's history was trimmed past the cursor also resyncs.
+#[tokio::test]
+async fn trimmed_history_resyncs() {
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(1, 20, "scene").await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    let old = follow::snapshot(&state, &Scope::All, &quick()).await.unwrap().cursor;
+    assert!(old.history(&session).is_some());
+    for pose in 1..5 {
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    let key = tatbot_state::keys::history(&session);
+    let _: i64 = raw(&server)
+        .await
+        .xtrim(&key, redis::streams::StreamMaxlen::Equals(1))
+        .await
+        .unwrap();
+
+    let seen = collect(start(&state, Scope::All, Some(old)));
+    wait_for(&seen, "a resync and a snapshot", |seen| seen.snapshots == 1).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.resyncs.len(), 1);
+    assert!(seen.resyncs[0].contains(&key), "{}", seen.resyncs[0]);
+}
+
+/// Progress written the Python way (hash, history, pub/sub; no event log) is followed too.
+#[tokio::test]
+async fn python_written_progress_is_followed() {
+    let (server, state) = setup("hog").await;
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+
+    let mut python = raw(&server).await;
+    let session = SessionId::new("stroke_ook_1795626937").unwrap();
+    let document = |pose: i64, executing: bool| {
+        format!(
+            r#"{{"timestamp":"2026-11-25T17:15:37.792132","node_id":"ook","stroke_idx":0,"pose_idx":{pose},"total_strokes":1,"stroke_length":5,"stroke_description_l":"","stroke_description_r":"","offset_idx_l":0,"offset_idx_r":0,"is_executing":{executing},"is_paused":false,"scene_name":"default","dataset_name":null}}"#
+        )
+    };
+    let progress_key = tatbot_state::keys::progress(&session);
+    let history_key = tatbot_state::keys::history(&session);
+    let _: () = python.hset(&progress_key, "progress", document(0, true)).await.unwrap();
+    for pose in 0..5 {
+        let _: () = python
+            .hset(&progress_key, "progress", document(pose, true))
+            .await
+            .unwrap();
+        let fields = [
+            ("stroke_idx", "0".to_owned()),
+            ("pose_idx", pose.to_string()),
+            ("description_l", format!("py {pose}")),
+            ("description_r", String::new()),
+            ("node_id", "ook".to_owned()),
+        ];
+        let _: String = python.xadd(&history_key, "*", &fields).await.unwrap();
+    }
+    let _: () = python
+        .hset(&progress_key, "progress", document(4, false))
+        .await
+        .unwrap();
+
+    wait_until_view_matches(&state, &seen).await;
+    let expected = stored_history(&state, &session).await;
+    assert_eq!(progress_of(&seen.lock().unwrap(), &session), expected);
+}
+
+/// Heartbeats are polled: a new heartbeat and an expired one each give a node change.
+#[tokio::test]
+async fn node_heartbeats_are_polled() {
+    let (server, state) = setup("hog").await;
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    let mut health = NodeHealth::new("eek");
+    health.cpu_percent = 42.0;
+    state.update_node_health(&health).await.unwrap();
+    wait_for(&seen, "the node online", |seen| {
+        seen.view
+            .as_ref()
+            .unwrap()
+            .nodes
+            .get("eek")
+            .is_some_and(|node| node.health.is_some())
+    })
+    .await;
+    {
+        let seen = seen.lock().unwrap();
+        let node = &seen.view.as_ref().unwrap().nodes["eek"];
+        assert_eq!(node.health.as_ref().unwrap().cpu_percent, 42.0);
+        let skew = node.clock_skew_ms.expect("skew estimated from the TTL");
+        assert!(skew.abs() < 2_000, "{skew}");
+    }
+    let _: i64 = raw(&server).await.del("node:health:eek").await.unwrap();
+    wait_for(&seen, "the node offline", |seen| {
+        seen.view
+            .as_ref()
+            .unwrap()
+            .nodes
+            .get("eek")
+            .is_some_and(|node| node.health.is_none())
+    })
+    .await;
+}
+
+/// Killing, restarting and pausing Redis mid-session loses and repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_kill_restart_and_pause() {
+    let mut server = RedisServer::builder()
+        .persistence(true)
+        .config("appendfsync", "always")
+        .start();
+    let state = manager(&server, "hog").await;
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+
+    let session = state.start_stroke_session(6, 10, "scene").await.unwrap();
+    let producer = {
+        let state = state.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            for step in 0..60 {
+                let update = ProgressUpdate::new(step / 10, step % 10).descriptions(format!("l{step}"), "r");
+                // Retried until Redis is back; a retry after a lost reply may store the entry
+                // twice, which the stream then holds twice too.
+                let deadline = tokio::time::Instant::now() + LIMIT;
+                while state.update_stroke_progress(&session, &update).await.is_err() {
+                    assert!(tokio::time::Instant::now() < deadline, "redis never came back");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    wait_for(&seen, "some progress", |seen| seen.progress.len() >= 10).await;
+    server.kill();
+    wait_for(&seen, "the connection lost", |seen| seen.lost == 1).await;
+    server.restart();
+    wait_for(&seen, "the reconnect", |seen| seen.reconnected == 1).await;
+    wait_for(&seen, "more progress", |seen| seen.progress.len() >= 30).await;
+    server.pause();
+    wait_for(&seen, "the pause noticed", |seen| seen.lost == 2).await;
+    server.resume();
+    wait_for(&seen, "the second reconnect", |seen| seen.reconnected == 2).await;
+    producer.await.unwrap();
+    state.end_stroke_session(&session).await.unwrap();
+
+    wait_until_view_matches(&state, &seen).await;
+    let expected = stored_history(&state, &session).await;
+    assert!(expected.len() >= 60);
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.resyncs.is_empty(),
+        "appendfsync always loses nothing: {:?}",
+        seen.resyncs
+    );
+    assert_eq!(progress_of(&seen, &session), expected);
+}
