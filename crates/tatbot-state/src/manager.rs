@@ -1,9 +1,9 @@
 //! [`StateManager`]: every read and write of tatbot state.
 //!
-//! One manager holds one auto-reconnecting multiplexed connection, shared by clones. Writes that
-//! touch several keys are one atomic round trip each, a Lua script (sessions and progress, see
-//! [`crate::scripts`]) or a `MULTI` pipeline (robot state, heartbeats, errors), so a crash or a
-//! second writer never sees half an update. Every event we publish is also appended to our
+//! One manager holds one auto-reconnecting multiplexed connection, shared by clones. Every write
+//! is one atomic round trip: a Lua script (see `scripts.rs`) that writes the document, the
+//! history entry, the event and the event log entry together, so a crash or a second writer
+//! never sees half an update. Every event we publish is also appended to our
 //! durable event log [`keys::EVENT_LOG`], so a viewer that was away can replay it.
 //!
 //! Listing never uses `KEYS`: sessions and nodes are found with `SCAN` (which also finds the

@@ -1,7 +1,7 @@
 //! [`Producer`]: the robot's write path, which never waits on Redis.
 //!
 //! The robot's control loop runs at 30 Hz or more. A producer call (progress, robot state,
-//! heartbeat, error, end/pause/resume) turns the write into an [`Op`], puts it on an in-memory
+//! heartbeat, error, end/pause/resume) turns the write into an op (one script invocation), puts it on an in-memory
 //! queue under a mutex held for a few instructions, and returns; a background writer task sends
 //! what is queued as one pipeline per batch. When Redis is slow, paused, restarting or down,
 //! calls still return at once and the queue absorbs the backlog.
