@@ -28,7 +28,9 @@ const GPU_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct HeartbeatOptions {
     /// Time between beats.
     pub interval: Duration,
-    /// Set when this node serves MCP: fills `mcp_server_running` and `mcp_port`.
+    /// Whether this node serves MCP (`mcp_server_running`); also true whenever `mcp_port` is set.
+    pub mcp_server_running: bool,
+    /// The MCP server's HTTP port (`mcp_port`); `None` on stdio or without MCP.
     pub mcp_port: Option<u16>,
     /// The disk whose use is reported is the one holding this path.
     pub disk_path: PathBuf,
@@ -38,6 +40,7 @@ impl Default for HeartbeatOptions {
     fn default() -> HeartbeatOptions {
         HeartbeatOptions {
             interval: DEFAULT_INTERVAL,
+            mcp_server_running: false,
             mcp_port: None,
             disk_path: PathBuf::from("/"),
         }
@@ -178,7 +181,7 @@ pub fn health_document(
     health.gpu_percent = metrics.gpu.map(|gpu| gpu.percent);
     health.gpu_memory_percent = metrics.gpu.map(|gpu| gpu.memory_percent);
     health.ping_latency_ms = ping.map(|rtt| rtt.as_secs_f64() * 1000.0);
-    health.mcp_server_running = options.mcp_port.is_some();
+    health.mcp_server_running = options.mcp_server_running || options.mcp_port.is_some();
     health.mcp_port = options.mcp_port;
     health.last_heartbeat = Timestamp::now();
     health
