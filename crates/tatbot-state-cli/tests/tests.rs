@@ -3,6 +3,7 @@
 mod demo;
 mod doctor;
 mod mcp;
+mod param;
 mod read;
 mod server;
 mod simulate;

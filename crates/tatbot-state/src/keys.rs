@@ -7,6 +7,7 @@
 //! docs/WIRE.md documents both groups.
 
 use crate::ids::{Category, NodeId, SessionId};
+use crate::params::ParamName;
 
 /// Prefix of `robot:state:{node_id}` hashes.
 pub const ROBOT_STATE_PREFIX: &str = "robot:state:";
@@ -101,6 +102,21 @@ pub fn strip<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
     key.strip_prefix(prefix)
 }
 
+/// Ours: prefix of the parameter hashes `tatbot:param:{name}`.
+pub const PARAM_PREFIX: &str = "tatbot:param:";
+/// Ours: sorted set of every declared parameter name, all scored 0 so `ZRANGEBYLEX` lists them
+/// by name.
+pub const PARAM_INDEX: &str = "tatbot:params";
+/// Ours: capped stream of every parameter change (the audit log the watch tails).
+pub const PARAM_LOG: &str = "tatbot:param_log";
+/// Ours: counter numbering the audit log's entries, so a watcher can tell a gap.
+pub const PARAM_SEQ: &str = "tatbot:param_seq";
+
+/// `tatbot:param:{name}`: one parameter's descriptor, value, version, actor and time.
+pub fn param(name: &ParamName) -> String {
+    format!("{PARAM_PREFIX}{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +147,20 @@ mod tests {
             EVENT_LOG,
             &session_seq("stroke_hog_1"),
         ] {
+            assert!(key.starts_with("tatbot:"), "{key}");
+            assert!(
+                !key.starts_with(HEALTH_PREFIX) && !key.starts_with(PROGRESS_PREFIX),
+                "{key}"
+            );
+        }
+    }
+
+    /// Parameter keys are spelled as docs/WIRE.md gives them and stay outside Python's patterns.
+    #[test]
+    fn param_names() {
+        let name = ParamName::new("arms.goal_time_slow").unwrap();
+        assert_eq!(param(&name), "tatbot:param:arms.goal_time_slow");
+        for key in [PARAM_INDEX, PARAM_LOG, PARAM_SEQ, &param(&name)] {
             assert!(key.starts_with("tatbot:"), "{key}");
             assert!(
                 !key.starts_with(HEALTH_PREFIX) && !key.starts_with(PROGRESS_PREFIX),

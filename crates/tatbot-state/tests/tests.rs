@@ -8,6 +8,7 @@ mod events;
 mod follow;
 mod golden;
 mod health;
+mod params;
 mod props;
 mod reliability;
 mod roles;

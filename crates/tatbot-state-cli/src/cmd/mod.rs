@@ -12,6 +12,7 @@ mod heartbeat;
 mod history;
 mod mcp;
 mod monitor;
+mod param;
 mod progress;
 mod server;
 mod sessions;
@@ -68,6 +69,8 @@ pub enum Command {
     Simulate(simulate::Args),
     /// Run the node heartbeat agent
     Heartbeat(heartbeat::Args),
+    /// Get, set, list, watch and load runtime parameters
+    Param(param::Args),
     /// Serve read-only state resources over MCP (stdio or streamable HTTP)
     Mcp(mcp::Args),
     /// Print the resolved Redis target and where each field came from
@@ -93,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Monitor(args) => monitor::run(global, args).await,
         Command::Simulate(args) => simulate::run(global, args).await,
         Command::Heartbeat(args) => heartbeat::run(global, args).await,
+        Command::Param(args) => param::run(global, args).await,
         Command::Mcp(args) => mcp::run(global, args).await,
         Command::Config(args) => config::run(global, args).await,
         Command::Doctor(args) => doctor::run(global, args).await,

@@ -1,0 +1,343 @@
+//! `tatbot-state param`: each action end to end, with its exit codes and its `--json` output.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tatbot_state_testkit::RedisServer;
+use tempfile::TempDir;
+
+use crate::util::{assert_code, bin, bin_for, dead_port, json, json_lines, run, spawn, stderr, stdout};
+
+/// A Hydra-style arms config.
+const ARMS: &str = "\
+# @package _global_
+defaults:
+  - _self_
+_target_: tatbot.bot.arms.Arms
+goal_time_slow: 2.0
+goal_time_fast: 0.5
+offset_num: 4
+ip_l: 192.168.1.3
+joints_home: [0, 0.5, 1]
+tag: ${oc.env:TATBOT_TAG}
+";
+
+/// `bin_for(server)` acting as node `cli`.
+fn param(server: &RedisServer) -> Command {
+    let mut command = bin_for(server);
+    command.args(["--node-id", "cli"]);
+    command
+}
+
+/// Writes `text` to a file in `dir` and returns its path as a string.
+fn file(dir: &TempDir, name: &str, text: &str) -> String {
+    let path: PathBuf = dir.path().join(name);
+    std::fs::write(&path, text).expect("write the YAML file");
+    path.display().to_string()
+}
+
+/// A server with the arms config loaded under `arms`.
+fn loaded() -> (RedisServer, TempDir) {
+    let server = RedisServer::start();
+    let dir = TempDir::new().unwrap();
+    let arms = file(&dir, "arms.yaml", ARMS);
+    assert_code(&run(param(&server), &["param", "load", &arms, "--prefix", "arms"]), 0);
+    (server, dir)
+}
+
+/// A dry run shows the declarations and skips and changes nothing; the load then declares, and list, get, describe and dump show it.
+#[test]
+fn load_then_read() {
+    let server = RedisServer::start();
+    let dir = TempDir::new().unwrap();
+    let arms = file(&dir, "arms.yaml", ARMS);
+    let output = run(
+        param(&server),
+        &["param", "load", &arms, "--prefix", "arms", "--dry-run"],
+    );
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    for line in [
+        "+ arms.goal_time_slow (float) = 2.0",
+        "+ arms.joints_home (float[]) = [0.0,0.5,1.0]",
+        "  skipped arms._target_: Hydra special key",
+        "  skipped arms.tag: Hydra interpolation",
+        "5 new, 0 changed, 0 unchanged, 3 skipped: dry run, nothing changed",
+    ] {
+        assert!(
+            text.lines().any(|shown| shown == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
+    assert_eq!(
+        json(&run(param(&server), &["--json", "param", "list"])),
+        serde_json::json!([])
+    );
+
+    let output = run(param(&server), &["--json", "param", "load", &arms, "--prefix", "arms"]);
+    assert_code(&output, 0);
+    let plan = json(&output);
+    assert_eq!(
+        (plan["applied"].as_bool(), plan["changes"].as_array().map(Vec::len)),
+        (Some(true), Some(5))
+    );
+
+    let listed = json(&run(param(&server), &["--json", "param", "list", "arms"]));
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|param| param["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "arms.goal_time_fast",
+            "arms.goal_time_slow",
+            "arms.ip_l",
+            "arms.joints_home",
+            "arms.offset_num"
+        ]
+    );
+    let text = stdout(&run(param(&server), &["param", "list"]));
+    assert!(text.starts_with("NAME "), "{text}");
+    assert!(text.contains("arms.offset_num      int      1        cli"), "{text}");
+
+    let output = run(param(&server), &["param", "get", "arms.goal_time_slow"]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "2.0\n");
+    let got = json(&run(param(&server), &["--json", "param", "get", "arms.ip_l"]));
+    assert_eq!(
+        (
+            &got["value"],
+            &got["version"],
+            &got["actor"],
+            &got["descriptor"]["type"]
+        ),
+        (
+            &serde_json::json!("192.168.1.3"),
+            &serde_json::json!(1),
+            &serde_json::json!("cli"),
+            &serde_json::json!("string")
+        )
+    );
+
+    let text = stdout(&run(param(&server), &["param", "describe", "arms.offset_num"]));
+    for line in [
+        "arms.offset_num",
+        "  type:         int",
+        "  value:        4",
+        "  read-only:    no",
+    ] {
+        assert!(
+            text.lines().any(|shown| shown == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
+    let described = json(&run(
+        param(&server),
+        &["--json", "param", "describe", "arms.offset_num"],
+    ));
+    assert_eq!(described["descriptor"]["default"], 4);
+
+    let output = run(param(&server), &["param", "dump", "arms"]);
+    assert_code(&output, 0);
+    let dump = stdout(&output);
+    assert!(
+        dump.starts_with("arms:\n  goal_time_fast: 0.5\n  goal_time_slow: 2.0\n"),
+        "{dump}"
+    );
+    let values = json(&run(param(&server), &["--json", "param", "dump"]));
+    assert_eq!(values["arms.joints_home"], serde_json::json!([0.0, 0.5, 1.0]));
+
+    // The dump loads back as it is: nothing to change.
+    let dumped = file(&dir, "dump.yaml", &dump);
+    let output = run(param(&server), &["param", "load", &dumped]);
+    assert_code(&output, 0);
+    assert!(
+        stdout(&output).ends_with("0 new, 0 changed, 5 unchanged, 0 skipped: loaded\n"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+/// `set` parses with the declared type and exits 0, 2 for a bad value or name, 5 for an unknown parameter, 1 for a stale `--if-version`.
+#[test]
+fn set_and_its_exit_codes() {
+    let (server, _dir) = loaded();
+    let output = run(param(&server), &["param", "set", "arms.goal_time_slow", "3"]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "arms.goal_time_slow = 3.0 (version 2)\n");
+    let output = run(param(&server), &["param", "set", "arms.goal_time_slow", "-1.5"]);
+    assert_code(&output, 0);
+    let set = json(&run(
+        param(&server),
+        &["--json", "param", "set", "arms.joints_home", "[1, 2]"],
+    ));
+    assert_eq!(
+        (&set["value"], &set["version"]),
+        (&serde_json::json!([1.0, 2.0]), &serde_json::json!(2))
+    );
+
+    let output = run(param(&server), &["param", "set", "arms.offset_num", "many"]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("arms.offset_num: expected an int, got the string \"many\""),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(param(&server), &["param", "set", "arms.nope", "1"]);
+    assert_code(&output, 5);
+    assert!(
+        stderr(&output).contains("no parameter arms.nope"),
+        "{}",
+        stderr(&output)
+    );
+    assert_code(&run(param(&server), &["param", "get", "arms.nope"]), 5);
+    assert_code(&run(param(&server), &["param", "describe", "arms.nope"]), 5);
+    let output = run(param(&server), &["param", "get", "arms..x"]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("invalid parameter name"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(
+        param(&server),
+        &["param", "set", "arms.offset_num", "6", "--if-version", "5"],
+    );
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("arms.offset_num: version is 1, not 5; nothing was written"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(
+        param(&server),
+        &["param", "set", "arms.offset_num", "6", "--if-version", "1"],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "arms.offset_num = 6 (version 2)\n");
+}
+
+/// A load with one bad value exits 2 and changes nothing; its dry run also exits 2, showing the diff and the error.
+#[test]
+fn load_with_a_bad_value_changes_nothing() {
+    let (server, dir) = loaded();
+    let bad = file(
+        &dir,
+        "bad.yaml",
+        "arms:\n  goal_time_slow: 9.0\n  offset_num: many\n  new_flag: true\n",
+    );
+    let output = run(param(&server), &["param", "load", &bad]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("arms.offset_num: expected an int, got the string \"many\""),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(param(&server), &["param", "load", &bad, "--dry-run"]);
+    assert_code(&output, 2);
+    let text = stdout(&output);
+    for line in [
+        "~ arms.goal_time_slow: 2.0 -> 9.0",
+        "+ arms.new_flag (bool) = true",
+        "! arms.offset_num: expected an int, got the string \"many\"",
+        "1 new, 1 changed, 0 unchanged, 0 skipped: dry run, and the load would fail: nothing changed",
+    ] {
+        assert!(
+            text.lines().any(|shown| shown == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
+    let plan = json(&run(param(&server), &["--json", "param", "load", &bad, "--dry-run"]));
+    assert_eq!(plan["applied"], false);
+    assert_eq!(plan["errors"].as_array().map(Vec::len), Some(1));
+
+    assert_eq!(
+        stdout(&run(param(&server), &["param", "get", "arms.goal_time_slow"])),
+        "2.0\n"
+    );
+    assert_code(&run(param(&server), &["param", "get", "arms.new_flag"]), 5);
+    let history = json_lines(&stdout(&run(
+        param(&server),
+        &["--json", "param", "history", "-n", "100"],
+    )));
+    assert_eq!(history.len(), 5, "only the declarations are in the audit log");
+
+    let missing = dir.path().join("missing.yaml").display().to_string();
+    assert_code(&run(param(&server), &["param", "load", &missing]), 1);
+}
+
+/// `watch` prints each change under its prefix once, as it happens, and exits after `-n`.
+#[test]
+fn watch_prints_changes() {
+    let (server, _dir) = loaded();
+    let mut watching = spawn(
+        param(&server),
+        &["--json", "param", "watch", "arms.offset_num", "-n", "2"],
+    );
+    watching.stderr.wait_for("watching arms.offset_num");
+    for (name, value) in [
+        ("arms.goal_time_slow", "2.5"),
+        ("arms.offset_num", "5"),
+        ("arms.offset_num", "6"),
+    ] {
+        assert_code(&run(param(&server), &["param", "set", name, value]), 0);
+    }
+    assert_eq!(watching.wait().code(), Some(0));
+    let changes = json_lines(&watching.stdout.rest().join("\n"));
+    let seen: Vec<(&serde_json::Value, &serde_json::Value, &serde_json::Value)> = changes
+        .iter()
+        .map(|change| (&change["version"], &change["old"], &change["new"]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (&serde_json::json!(2), &serde_json::json!(4), &serde_json::json!(5)),
+            (&serde_json::json!(3), &serde_json::json!(5), &serde_json::json!(6)),
+        ]
+    );
+    assert_eq!(changes[0]["actor"], "cli");
+    assert_eq!(changes[0]["op"], "set");
+}
+
+/// `history` prints the latest changes oldest first, in text and as JSON lines.
+#[test]
+fn history_prints_the_audit_log() {
+    let (server, _dir) = loaded();
+    assert_code(&run(param(&server), &["param", "set", "arms.ip_l", "10.0.0.2"]), 0);
+    let changes = json_lines(&stdout(&run(
+        param(&server),
+        &["--json", "param", "history", "arms", "-n", "2"],
+    )));
+    let names: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|change| (change["name"].as_str().unwrap(), change["op"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("arms.joints_home", "declare"), ("arms.ip_l", "set")]);
+    let text = stdout(&run(param(&server), &["param", "history", "-n", "1"]));
+    assert!(
+        text.trim_end()
+            .ends_with("set  arms.ip_l v2  \"192.168.1.3\" -> \"10.0.0.2\"  by cli"),
+        "{text}"
+    );
+}
+
+/// Every action that needs Redis exits 3 when it is unreachable.
+#[test]
+fn redis_down_exits_3() {
+    let port = dead_port().to_string();
+    for action in [
+        &["param", "get", "arms.x"][..],
+        &["param", "set", "arms.x", "1"],
+        &["param", "list"],
+        &["param", "watch"],
+        &["param", "history"],
+    ] {
+        let mut command = bin();
+        command.args(["-p", &port]);
+        assert_code(&run(command, action), 3);
+    }
+}
