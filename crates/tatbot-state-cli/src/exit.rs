@@ -13,14 +13,14 @@ pub const USAGE: u8 = 2;
 pub const UNREACHABLE: u8 = 3;
 /// Redis refused the credentials or the ACL user lacks a permission.
 pub const AUTH: u8 = 4;
-/// The session or node asked for does not exist.
+/// The session, node or parameter asked for does not exist.
 pub const NOT_FOUND: u8 = 5;
 /// The configuration (YAML, env file, environment, flags) is invalid.
 pub const CONFIG: u8 = 6;
 
 /// The text appended to `--help`.
 pub const HELP: &str = "Exit codes: 0 success, 1 failure (or a doctor check failed), 2 bad usage, \
-3 Redis unreachable, 4 credentials refused, 5 session or node not found, 6 invalid configuration.";
+3 Redis unreachable, 4 credentials refused, 5 session, node or parameter not found, 6 invalid configuration.";
 
 /// Maps an error chain to an exit code by the first library error found in it.
 pub fn code_for(err: &anyhow::Error) -> u8 {
