@@ -13,6 +13,8 @@
 //! - [`model`]: serde types for every document and event of the wire contract.
 //! - [`keys`]: the key schema, the only place key names are built.
 //! - [`heartbeat`]: the node heartbeat agent, filled from real system metrics.
+//! - [`follow`]: a consistent snapshot, then every change, resumable from a cursor.
+//! - [`params`]: typed, validated runtime parameters with compare-and-set, audit and watch.
 //! - [`config`]: resolving the Redis target from YAML, env files, environment and flags.
 //! - [`connection`]: [`Endpoint`], [`ManagerConfig`] and their defaults.
 //!
