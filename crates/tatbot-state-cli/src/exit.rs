@@ -29,7 +29,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
             return match err {
                 Error::Unreachable { .. } | Error::Timeout { .. } | Error::SubscriptionClosed => UNREACHABLE,
                 Error::Auth { .. } | Error::PermissionDenied { .. } => AUTH,
-                Error::SessionNotFound(_) => NOT_FOUND,
+                Error::SessionNotFound(_) | Error::ParamNotFound(_) => NOT_FOUND,
                 Error::Config(_) => CONFIG,
                 Error::InvalidId { .. } | Error::InvalidInput(_) => USAGE,
                 _ if err.is_connection_error() => UNREACHABLE,

@@ -100,6 +100,15 @@ pub enum Error {
     #[error("no stroke session {0:?}: it was never started or has expired. List sessions with `tatbot-state sessions`")]
     SessionNotFound(String),
 
+    /// The parameter is not declared.
+    #[error("{0}: no such parameter; declare it first (see `tatbot-state param list`)")]
+    ParamNotFound(String),
+
+    /// A watcher fell behind a capped log (or Redis lost entries); the message says how many
+    /// changes are gone. The watcher carries on after it.
+    #[error("{0}")]
+    WatchGap(String),
+
     /// Resolving the configuration failed.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),

@@ -314,8 +314,8 @@ impl Params {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] naming the parameter and the rule broken (unknown parameter,
-    /// read-only, type, min, max, step, size), or a Redis failure.
+    /// [`Error::ParamNotFound`] for an undeclared parameter, [`Error::InvalidInput`] naming the
+    /// parameter and the rule broken (read-only, type, min, max, step, size), or a Redis failure.
     pub async fn set(&self, name: &ParamName, value: &ParamValue) -> Result<Param> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.require(name).await?;
@@ -614,9 +614,7 @@ impl Params {
     async fn require(&self, name: &ParamName) -> Result<Param> {
         match self.get(name).await? {
             Some(param) => Ok(param),
-            None => Err(Error::InvalidInput(format!(
-                "{name}: no such parameter; declare it first (see `tatbot-state param list`)"
-            ))),
+            None => Err(Error::ParamNotFound(name.to_string())),
         }
     }
 

@@ -116,7 +116,7 @@ impl Watch {
     ///
     /// A connection error (the next call reconnects and resumes where this one stopped), an
     /// entry that does not decode ([`Error::Corrupt`], skipped by the next call), or a gap in
-    /// the log ([`Error::InvalidInput`] saying how many changes are gone; the next call
+    /// the log ([`Error::WatchGap`] saying how many changes are gone; the next call
     /// continues after it).
     pub async fn next(&mut self) -> Result<Change> {
         loop {
@@ -150,7 +150,7 @@ impl Watch {
                     expected - 1
                 )
             };
-            return Err(Error::InvalidInput(message));
+            return Err(Error::WatchGap(message));
         }
         self.last_seq = seq;
         let change = decode(&entry)?;
