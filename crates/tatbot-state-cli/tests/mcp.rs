@@ -15,7 +15,9 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess, Transpor
 use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
 use serde_json::Value;
 use tatbot_state::model::NodeHealth;
-use tatbot_state::{Category, Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
+use tatbot_state::{
+    Category, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, Params, ProgressUpdate, StateManager,
+};
 use tatbot_state_testkit::RedisServer;
 use tokio::sync::mpsc;
 
@@ -55,6 +57,7 @@ async fn stdio_lists_and_reads_every_resource() {
             "state://config",
             "state://errors",
             "state://nodes",
+            "state://params",
             "state://sessions",
             "state://status",
             "state://stroke/progress"
@@ -67,7 +70,11 @@ async fn stdio_lists_and_reads_every_resource() {
         .collect();
     assert_eq!(
         templates,
-        ["state://stroke/progress/{session_id}", "state://health/{node_id}"]
+        [
+            "state://stroke/progress/{session_id}",
+            "state://health/{node_id}",
+            "state://params/{name}"
+        ]
     );
 
     let (text, json) = read(&client, "state://status").await;
@@ -150,6 +157,104 @@ async fn stdio_subscription_notifies_when_progress_advances() {
     stop_stdio(client, pid).await;
 }
 
+/// `state://params` lists every parameter, one line each, and `state://params/{name}` shows one
+/// with its whole declaration; both JSON forms are the library's `Param`.
+#[tokio::test]
+async fn stdio_reads_parameters() {
+    let redis = RedisServer::start();
+    let robot = manager(&redis, "hog").await;
+    let params = Params::new(&robot);
+    let goal = ParamName::new("arms.goal_time_slow").unwrap();
+    let descriptor = Descriptor::new(2.0).description("slow move time, s").range(0.1, 5.0);
+    params.declare(&goal, &descriptor).await.unwrap();
+    params.set(&goal, &ParamValue::Float(2.5)).await.unwrap();
+    let joints = ParamName::new("arms.joint_count").unwrap();
+    params.declare(&joints, &Descriptor::new(7).read_only()).await.unwrap();
+    let (client, pid) = stdio_client((), &redis, &["--no-heartbeat"]).await;
+
+    let (text, json) = read(&client, "state://params").await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "Parameters: 2");
+    assert!(
+        lines[1].starts_with("arms.goal_time_slow = 2.5 (float, v2, set by hog at "),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("arms.joint_count = 7 (int, v1, set by hog at "),
+        "{text}"
+    );
+    assert_eq!(json["count"], 2);
+    assert_eq!(json["params"][0]["name"], "arms.goal_time_slow");
+    assert_eq!(json["params"][0]["value"], 2.5);
+    assert_eq!(json["params"][0]["version"], 2);
+    assert_eq!(json["params"][0]["actor"], "hog");
+    assert_eq!(json["params"][0]["descriptor"]["type"], "float");
+
+    let (text, json) = read(&client, "state://params/arms.goal_time_slow").await;
+    for line in [
+        "Name: arms.goal_time_slow\n",
+        "Type: float\n",
+        "Value: 2.5\n",
+        "Version: 2\n",
+        "Set By: hog\n",
+        "Default: 2.0\n",
+        "Min: 0.1\nMax: 5.0\nStep: -\n",
+        "Read Only: false\n",
+        "Description: slow move time, s\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    assert_eq!(json["descriptor"]["description"], "slow move time, s");
+    assert_eq!(json["descriptor"]["min"], 0.1);
+    assert_eq!(json["descriptor"]["default"], 2.0);
+    assert!(json["updated"].is_string(), "{json}");
+    let (text, json) = read(&client, "state://params/arms%2Ejoint_count").await;
+    assert!(text.contains("Read Only: true\n"), "{text}");
+    assert_eq!(json["descriptor"]["read_only"], true);
+    stop_stdio(client, pid).await;
+}
+
+/// A subscriber to `state://params` and to one parameter is told when `tatbot-state param set`
+/// and then the library change it, and a read shows the new value and who set it.
+#[tokio::test]
+#[expect(deprecated, reason = "resources/subscribe is the 2025-11 model this test covers")]
+async fn stdio_subscription_notifies_when_a_parameter_is_set() {
+    let redis = RedisServer::start();
+    let robot = manager(&redis, "hog").await;
+    let params = Params::new(&robot);
+    let goal = ParamName::new("arms.goal_time_slow").unwrap();
+    params
+        .declare(&goal, &Descriptor::new(2.0).range(0.1, 5.0))
+        .await
+        .unwrap();
+    let (tx, mut updates) = mpsc::channel(256);
+    let (client, pid) = stdio_client(Updates(tx), &redis, &["--no-heartbeat"]).await;
+    let goal_uri = "state://params/arms.goal_time_slow";
+    for uri in ["state://params", goal_uri] {
+        client.subscribe(SubscribeRequestParams::new(uri)).await.unwrap();
+    }
+
+    // The server opens its parameter watch before it answers, so this change is seen.
+    let set = run(
+        bin_for(&redis),
+        &["--node-id", "cli", "param", "set", "arms.goal_time_slow", "3"],
+    );
+    assert_code(&set, 0);
+    wait_for_updates(&mut updates, &["state://params", goal_uri]).await;
+    let (text, _) = read(&client, goal_uri).await;
+    assert!(text.contains("Value: 3.0\nVersion: 2\nSet By: cli\n"), "{text}");
+
+    params.set(&goal, &ParamValue::Float(4.5)).await.unwrap();
+    wait_for_updates(&mut updates, &[goal_uri]).await;
+    let (text, _) = read(&client, "state://params").await;
+    assert!(
+        text.contains("arms.goal_time_slow = 4.5 (float, v3, set by hog at "),
+        "{text}"
+    );
+    stop_stdio(client, pid).await;
+}
+
 /// Invalid ids in a template are an MCP error that says why (and reach no Redis pattern), and
 /// an unknown URI is "resource not found" (-32002).
 #[tokio::test]
@@ -157,6 +262,7 @@ async fn bad_ids_and_unknown_uris_are_mcp_errors() {
     let redis = RedisServer::start();
     let (client, pid) = stdio_client((), &redis, &[]).await;
     let long = format!("state://health/{}", "a".repeat(300));
+    let long_name = format!("state://params/{}", "a".repeat(300));
     for (uri, reason) in [
         ("state://health/*", "only letters"),
         ("state://health/a:b", "only letters"),
@@ -164,6 +270,13 @@ async fn bad_ids_and_unknown_uris_are_mcp_errors() {
         (long.as_str(), "longer than 64"),
         ("state://health/nöde", "only letters"),
         ("state://stroke/progress/stroke_*", "only letters"),
+        ("state://params/*", "only letters"),
+        ("state://params/arms.*", "only letters"),
+        ("state://params/a:b", "only letters"),
+        ("state://params/", "empty"),
+        (long_name.as_str(), "longer than 128"),
+        ("state://params/ärms.x", "only letters"),
+        ("state://params/arms..x", "empty segment"),
     ] {
         let err = read_error(&client, uri).await;
         assert_eq!(err.code, ErrorCode::INVALID_PARAMS, "{uri}: {err:?}");
@@ -177,9 +290,13 @@ async fn bad_ids_and_unknown_uris_are_mcp_errors() {
     let err = read_error(&client, "state://stroke/progress/stroke_gone_1").await;
     assert_eq!(err.code, ErrorCode::RESOURCE_NOT_FOUND, "{err:?}");
     // Nothing above reached Redis as a pattern: no SCAN (the only command we send a key
-    // pattern with) ran at all.
+    // pattern with) ran at all, and no parameter was looked up (HMGET reads one).
     let stats = redis.command(&["INFO", "commandstats"]).unwrap();
     assert!(!stats.contains("cmdstat_scan"), "{stats}");
+    assert!(!stats.contains("cmdstat_hmget"), "{stats}");
+    let err = read_error(&client, "state://params/arms.nope").await;
+    assert_eq!(err.code, ErrorCode::RESOURCE_NOT_FOUND, "{err:?}");
+    assert!(err.message.contains("state://params"), "{}", err.message);
     stop_stdio(client, pid).await;
 }
 
@@ -257,7 +374,7 @@ async fn redis_outage_answers_unreachable_then_recovers() {
 }
 
 /// The viewer role of the ACL template may only read and subscribe, and with `--no-heartbeat`
-/// every resource still reads: the server's connection sends no write.
+/// every resource, parameters included, still reads: the server's connection sends no write.
 #[tokio::test]
 async fn read_only_user_serves_every_resource() {
     let dir = tempfile::tempdir().unwrap();
@@ -271,6 +388,13 @@ async fn read_only_user_serves_every_resource() {
     )
     .unwrap();
     let redis = RedisServer::builder().acl_file(&acl).start();
+    let arms = dir.path().join("arms.yaml");
+    std::fs::write(&arms, "arms:\n  goal_time_slow: 2.0\n").unwrap();
+    let admin = ["--user", "admin", "-a", "admin-pw", "param", "load"];
+    assert_code(
+        &run(bin_for(&redis), &[&admin[..], &[arms.to_str().unwrap()]].concat()),
+        0,
+    );
     let viewer = ["--no-heartbeat", "--user", "viewer", "-a", "viewer-pw"];
     let (client, pid) = stdio_client((), &redis, &viewer).await;
     for uri in [
@@ -281,6 +405,8 @@ async fn read_only_user_serves_every_resource() {
         "state://health/hog",
         "state://config",
         "state://errors",
+        "state://params",
+        "state://params/arms.goal_time_slow",
     ] {
         let (text, _) = read(&client, uri).await;
         assert!(!text.contains("NOPERM"), "{uri}: {text}");
@@ -415,6 +541,22 @@ async fn wait_for_update(updates: &mut mpsc::Receiver<String>, uri: &str) {
     })
     .await;
     assert!(found.is_ok(), "no update for {uri} within {DEADLINE:?}");
+}
+
+/// Waits until an update for each of `uris` has arrived (in any order), skipping others.
+async fn wait_for_updates(updates: &mut mpsc::Receiver<String>, uris: &[&str]) {
+    let mut missing: std::collections::BTreeSet<&str> = uris.iter().copied().collect();
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(updated) = updates.recv().await {
+            missing.remove(updated.as_str());
+            if missing.is_empty() {
+                return;
+            }
+        }
+        panic!("the client stopped before updates for {uris:?}");
+    })
+    .await;
+    assert!(found.is_ok(), "no update for {missing:?} within {DEADLINE:?}");
 }
 
 /// Starts `tatbot-state mcp --transport stdio` as node `mcpnode` and connects a client to it

@@ -3,7 +3,8 @@
 //! The page must follow a simulated session to its end, say "Disconnected" while Redis is
 //! stopped, and then catch up to exactly what Redis holds, having received every history
 //! entry once. The final page is saved as `target/viz-final.png` (and the disconnected one as
-//! `target/viz-disconnected.png`) for a person to look at.
+//! `target/viz-disconnected.png`) for a person to look at. A second, smaller test checks that
+//! the Parameters panel follows `tatbot-state param set` (`target/viz-params.png`).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use serde_json::Value;
 use tatbot_state::{Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::bin_for;
+use crate::util::{assert_code, bin_for, run};
 use crate::webdriver::{Browser, http, wait_until};
 
 /// How long any awaited condition may take.
@@ -209,6 +210,51 @@ fn browser_follows_simulation_and_redis_restart() {
     browser.screenshot(&artifact("viz-final.png"));
 
     // The dashboard stops cleanly on SIGTERM.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(viz.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(viz.wait_success(), "viz exits 0 on SIGTERM");
+}
+
+/// The Parameters panel shows a declared parameter, then its new value, version and actor
+/// after `tatbot-state param set`, without a reload.
+#[test]
+fn browser_shows_parameter_changes() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let arms = dir.path().join("arms.yaml");
+    std::fs::write(&arms, "arms:\n  goal_time_slow: 2.0\n").unwrap();
+    let load = run(
+        bin_for(&server),
+        &["--node-id", "hog", "param", "load", arms.to_str().unwrap()],
+    );
+    assert_code(&load, 0);
+    let mut viz = Running::spawn({
+        let mut command = bin_for(&server);
+        command.args(["--node-id", "viz", "viz", "--bind", "127.0.0.1:0"]);
+        command
+    });
+    let url = viz.first_line();
+    let browser = Browser::start(1280, 900);
+    browser.goto(&url);
+
+    let row = "const row = document.querySelector('[data-param=\"arms.goal_time_slow\"]'); \
+               return row && ['value', 'type', 'version', 'actor', 'age'] \
+                   .map((cell) => row.querySelector('.' + cell).textContent).join(' | ')";
+    let shown = |expected: &str| {
+        format!("const shown = (() => {{ {row} }})(); return shown && shown.startsWith('{expected}') && shown")
+    };
+    let before = wait_in_page(&browser, "the declared parameter", &shown("2.0 | float | 1 | hog | "));
+    assert!(before.as_str().unwrap_or_default().ends_with(" s ago"), "{before}");
+    let set = run(
+        bin_for(&server),
+        &["--node-id", "cli", "param", "set", "arms.goal_time_slow", "3.5"],
+    );
+    assert_code(&set, 0);
+    wait_in_page(&browser, "the new value", &shown("3.5 | float | 2 | cli | "));
+    let count = browser.eval("return document.getElementById('param-count').textContent");
+    assert_eq!(count, "1 declared");
+    browser.screenshot(&artifact("viz-params.png"));
+
     let pid = nix::unistd::Pid::from_raw(i32::try_from(viz.child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(viz.wait_success(), "viz exits 0 on SIGTERM");

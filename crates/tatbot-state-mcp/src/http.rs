@@ -98,7 +98,7 @@ pub async fn serve_http(
     let local_addr = listener.local_addr()?;
     check_bind(&local_addr, options.token.as_deref())?;
     let allowed_hosts = allowed_hosts(local_addr.ip(), &options.allowed_hosts);
-    let state = ServerState::start(Reader::new(manager), config, &shutdown);
+    let state = ServerState::start(Reader::new(manager), config, &shutdown).await;
 
     let mcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(allowed_hosts.clone())

@@ -1,13 +1,18 @@
-//! Live updates: which subscribed resources changed, fed from Redis pub/sub.
+//! Live updates: which subscribed resources changed, fed from Redis pub/sub and the parameter
+//! audit log.
 //!
 //! One [`Hub`] per server process keeps the registry of [`Subscriber`]s: one per MCP connection
 //! that used `resources/subscribe` (2025-11 model) and one per open `subscriptions/listen`
-//! request (2026-07 model). Two tasks feed it:
+//! request (2026-07 model). Three tasks feed it:
 //!
 //! - [`listen_events`] holds one `PSUBSCRIBE` on `stroke:events:*`, `robot:events` and
 //!   `error:events:*` and maps each message to the URIs it changes ([`affected_uris`]). Opening
 //!   it is retried with capped exponential backoff; once open, the library's subscription
 //!   re-subscribes by itself after a lost connection or a Redis restart.
+//! - [`watch_params`] tails the parameter audit log ([`tatbot_state::params::Watch`]) and marks
+//!   `state://params` and `state://params/{name}` for each change. Parameters publish nothing
+//!   on pub/sub; the log is their event stream, and unlike pub/sub it keeps what was written
+//!   while the watch was reconnecting, so an outage loses no change.
 //! - [`watch_redis`] covers what has no pub/sub event. Heartbeats are keys with a TTL that are
 //!   rewritten every few seconds and expire silently: while somebody subscribes to a URI that
 //!   depends on them (`state://nodes`, `state://status`, `state://health/*`), it compares every
@@ -27,7 +32,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tatbot_state::model::Event;
-use tatbot_state::{Message, NodeId, SessionId};
+use tatbot_state::params::{Prefix, Watch};
+use tatbot_state::{Message, NodeId, ParamName, SessionId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +46,10 @@ pub const EVENT_PATTERNS: [&str; 3] = tatbot_state::keys::DEFAULT_EVENT_PATTERNS
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between re-subscribe attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after a failed attempt (Redis down) the parameter watch is opened again, until it
+/// opens. Parameter changes are rare and the watch resumes from the audit log, so a slow retry
+/// loses nothing.
+const PARAMS_REOPEN_INTERVAL: Duration = Duration::from_secs(5);
 /// How often heartbeats are compared while somebody subscribes to a URI that depends on them.
 ///
 /// Heartbeats are written every 10 s by default and expire after 60 s, so 5 s sees every
@@ -119,13 +129,13 @@ impl Subscriber {
         }
     }
 
-    /// Marks every subscribed URI as changed.
-    fn mark_all(&self) {
+    /// Marks the subscribed URIs for which `wanted` is true as changed.
+    fn mark_where(&self, wanted: &impl Fn(&str) -> bool) {
         let mut state = self.lock();
-        if state.uris.is_empty() {
+        let uris: Vec<String> = state.uris.iter().filter(|uri| wanted(uri.as_str())).cloned().collect();
+        if uris.is_empty() {
             return;
         }
-        let uris = state.uris.clone();
         state.pending.extend(uris);
         drop(state);
         self.wake.notify_one();
@@ -164,8 +174,13 @@ impl Hub {
 
     /// Marks every subscribed URI of every subscriber changed.
     pub fn mark_all(&self) {
+        self.mark_where(|_| true);
+    }
+
+    /// Marks the subscribed URIs for which `wanted` is true changed, for every subscriber.
+    pub fn mark_where(&self, wanted: impl Fn(&str) -> bool) {
         for subscriber in self.live() {
-            subscriber.mark_all();
+            subscriber.mark_where(&wanted);
         }
     }
 
@@ -202,6 +217,83 @@ pub fn affected_uris(message: &Message) -> Vec<String> {
         uris.push(uri::progress_uri(&session_id));
     }
     uris
+}
+
+/// The URIs a change of parameter `name` changes: the list and the parameter's own.
+pub fn param_uris(name: &ParamName) -> Vec<String> {
+    vec![uri::PARAMS.to_owned(), uri::param_uri(name)]
+}
+
+/// Marks the URIs of every parameter change until `shutdown`.
+///
+/// `watch` is the watch the server opened before it started serving (see
+/// [`crate::server::ServerState::start`]), or `None` when Redis refused it then; this task
+/// then tries again every [`PARAMS_REOPEN_INTERVAL`], and marks every parameter URI once it
+/// has, since changes made until then were not watched.
+///
+/// An open watch reconnects by itself and resumes after the last change it read, so a lost
+/// connection loses nothing: this waits (with capped exponential backoff, so a dead Redis is
+/// not hammered) and reads on. An error that may have skipped changes (the log was trimmed
+/// past the watch, or an entry does not decode) marks every parameter URI.
+pub async fn watch_params(reader: Reader, hub: Arc<Hub>, watch: Option<Watch>, shutdown: CancellationToken) {
+    let all = Prefix::all();
+    let mut watch = match watch {
+        Some(watch) => watch,
+        None => loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(PARAMS_REOPEN_INTERVAL) => {}
+            }
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return,
+                attempt = reader.watch_params(&all) => attempt,
+            };
+            match attempt {
+                Ok(watch) => {
+                    tracing::info!("watching parameter changes");
+                    hub.mark_where(uri::shows_params);
+                    break watch;
+                }
+                // `ServerState::start` warned already.
+                Err(err) => {
+                    tracing::debug!(error = %err, "still cannot watch parameter changes; trying again later")
+                }
+            }
+        },
+    };
+    let mut backoff = MIN_BACKOFF;
+    // One warning per run of failures: an outage would otherwise log every few seconds.
+    let mut failing = false;
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = watch.next() => next,
+        };
+        let err = match next {
+            Ok(change) => {
+                tracing::trace!(param = %change.name, version = change.version, "parameter changed");
+                hub.mark(&param_uris(&change.name));
+                backoff = MIN_BACKOFF;
+                failing = false;
+                continue;
+            }
+            Err(err) => err,
+        };
+        if !err.is_connection_error() {
+            hub.mark_where(uri::shows_params);
+        }
+        if failing {
+            tracing::debug!(error = %err, retry_in = ?backoff, "parameter watch still failing");
+        } else {
+            tracing::warn!(error = %err, retry_in = ?backoff, "parameter watch failed; it resumes where it stopped");
+        }
+        failing = true;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 /// Keeps a `PSUBSCRIBE` on [`EVENT_PATTERNS`] open until `shutdown`, marking what each message
@@ -406,6 +498,39 @@ mod tests {
         assert!(!hub.any_subscribed(|_| true));
         drop(subscriber);
         assert!(hub.live().is_empty());
+    }
+
+    /// A parameter change marks the list and that parameter; marking by predicate reaches
+    /// only what matches.
+    #[tokio::test]
+    async fn param_changes_mark_params() {
+        let name = ParamName::new("arms.goal_time_slow").unwrap();
+        assert_eq!(
+            param_uris(&name),
+            ["state://params", "state://params/arms.goal_time_slow"]
+        );
+        let hub = Hub::default();
+        let subscriber = hub.register();
+        for subscribed in [
+            "state://params/arms.goal_time_slow",
+            "state://params/arms.other",
+            uri::STATUS,
+        ] {
+            subscriber.subscribe(subscribed.to_owned());
+        }
+        hub.mark(&param_uris(&name));
+        assert_eq!(
+            subscriber.changed().await,
+            BTreeSet::from(["state://params/arms.goal_time_slow".to_owned()])
+        );
+        hub.mark_where(uri::shows_params);
+        assert_eq!(
+            subscriber.changed().await,
+            BTreeSet::from([
+                "state://params/arms.goal_time_slow".to_owned(),
+                "state://params/arms.other".to_owned()
+            ])
+        );
     }
 
     /// A renewed heartbeat changes the node and the list; a new or expired one also the status.

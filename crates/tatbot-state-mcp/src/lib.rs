@@ -1,9 +1,10 @@
 //! `tatbot-state-mcp`: tatbot's state as read-only MCP resources, over stdio or streamable HTTP.
 //!
 //! MCP is for orchestration and read-only summaries: an assistant or a script reads the system
-//! status, stroke progress, sessions, node health and the Redis configuration, and can subscribe
-//! to be told when they change. Live robot data flows through Redis directly; this server never
-//! writes state. docs/MCP.md in the repository is the user's guide.
+//! status, stroke progress, sessions, node health, runtime parameters and the Redis
+//! configuration, and can subscribe to be told when they change. Live robot data flows through
+//! Redis directly; this server never writes state. docs/MCP.md in the repository is the user's
+//! guide.
 //!
 //! # Layout
 //!
@@ -11,8 +12,8 @@
 //! - `render.rs`: the text and JSON forms of each resource.
 //! - `reader.rs`: the only way the server reaches Redis, a wrapper of [`StateManager`] with no
 //!   writing method.
-//! - `hub.rs`: the subscriber registry, fed by Redis pub/sub (and, for heartbeats, which have no
-//!   event, a low-rate poll).
+//! - `hub.rs`: the subscriber registry, fed by Redis pub/sub, the parameter audit log (and, for
+//!   heartbeats, which have no event, a low-rate poll).
 //! - `server.rs`: the rmcp `ServerHandler`: list, read, `resources/subscribe` (2025-11 model)
 //!   and `subscriptions/listen` (2026-07 model).
 //! - `http.rs`: the axum app for streamable HTTP at [`MCP_PATH`], with the Host/Origin/token
@@ -83,7 +84,7 @@ where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
 {
-    let state = server::ServerState::start(reader::Reader::new(manager), config, &shutdown);
+    let state = server::ServerState::start(reader::Reader::new(manager), config, &shutdown).await;
     let served = match server::StateServer::new(state.clone())
         .serve_with_ct((input, output), shutdown.child_token())
         .await

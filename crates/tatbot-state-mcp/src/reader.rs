@@ -3,12 +3,19 @@
 //! MCP is for orchestration and read-only summaries; it never writes state. Rather than
 //! trusting every handler to call only reading methods of [`StateManager`], the server holds
 //! its manager inside a `Reader`, which exposes the reading and subscribing methods and nothing
-//! else. Its connection therefore sends only reads (`HGET`, `SCAN`, `ZRANGE`, `XREVRANGE`,
-//! `INFO`) and, on a connection of its own, `PSUBSCRIBE`. The node heartbeat, the one write the
-//! MCP process makes, runs on a separate manager (see [`crate::heartbeat`]).
+//! else. The same goes for parameters: [`Params`] can declare, set and load, so the reader
+//! makes one per call and passes on only `list`, `get` and `watch`. Its connection therefore
+//! sends only reads (`HGET`, `HMGET`, `SCAN`, `ZRANGE`, `ZRANGEBYLEX`, `XREVRANGE`, `GET`,
+//! `INFO`), and, on
+//! connections of their own, `PSUBSCRIBE` and the parameter watch's `XREAD BLOCK`. The node
+//! heartbeat, the one write the MCP process makes, runs on a separate manager (see
+//! [`crate::heartbeat`]).
 
 use tatbot_state::model::{ErrorEvent, NodeHealth, StrokeProgress};
-use tatbot_state::{Entry, NodeId, Result, SessionId, SessionInfo, StateManager, Subscription, SystemStatus};
+use tatbot_state::params::{Prefix, Watch};
+use tatbot_state::{
+    Entry, NodeId, Param, ParamName, Params, Result, SessionId, SessionInfo, StateManager, Subscription, SystemStatus,
+};
 
 /// A [`StateManager`] restricted to reads and subscriptions.
 #[derive(Clone)]
@@ -70,6 +77,21 @@ impl Reader {
     /// See [`StateManager::list_errors`].
     pub async fn list_errors(&self, count: usize) -> Result<Vec<Entry<ErrorEvent>>> {
         self.manager.list_errors(count).await
+    }
+
+    /// See [`Params::list`].
+    pub async fn list_params(&self, prefix: &Prefix) -> Result<Vec<Param>> {
+        Params::new(&self.manager).list(prefix).await
+    }
+
+    /// See [`Params::get`].
+    pub async fn get_param(&self, name: &ParamName) -> Result<Option<Param>> {
+        Params::new(&self.manager).get(name).await
+    }
+
+    /// See [`Params::watch`].
+    pub async fn watch_params(&self, prefix: &Prefix) -> Result<Watch> {
+        Params::new(&self.manager).watch(prefix).await
     }
 
     /// See [`StateManager::subscribe`].

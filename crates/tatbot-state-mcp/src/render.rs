@@ -4,7 +4,9 @@
 //! for scripts that grep the line labels the old Python server printed: `Redis Connected`,
 //! `Active Sessions`, `Nodes Online`, `Stroke`, `Pose`, `Scene`, `Executing`) and a JSON form for
 //! programs. Text shows 1-based stroke and pose positions (`Stroke: 3/3` is the last of three), as
-//! the CLI does; JSON carries the stored 0-based documents unchanged.
+//! the CLI does; JSON carries the stored 0-based documents unchanged. Parameters are the
+//! library's [`Param`], serialized as `tatbot-state param get --json` prints it; their values
+//! appear in text as compact JSON (`2.0`, `"fast"`, `[1,2]`), so the type shows.
 //!
 //! Nothing here shows an age relative to now: a resource changes only when the state does, so a
 //! client that caches a read between update notifications never shows a stale "5s ago".
@@ -15,7 +17,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tatbot_state::model::{ErrorEvent, NodeHealth, StrokeProgress};
-use tatbot_state::{Entry, NodeId, SessionId, SystemStatus};
+use tatbot_state::{Entry, NodeId, Param, ParamType, SessionId, SystemStatus};
 
 /// How many sessions `state://sessions` lists, newest first.
 pub const MAX_LISTED_SESSIONS: usize = 50;
@@ -357,6 +359,53 @@ pub fn errors(entries: Vec<Entry<ErrorEvent>>) -> Rendered {
     }
 }
 
+/// `state://params`: every parameter, by name, one line each.
+pub fn params(params: &[Param]) -> Rendered {
+    let mut text = format!("Parameters: {}\n", params.len());
+    for param in params {
+        let _ = writeln!(
+            text,
+            "{} = {} ({}, v{}, set by {} at {})",
+            param.name, param.value, param.descriptor.param_type, param.version, param.actor, param.updated
+        );
+    }
+    Rendered {
+        text,
+        json: json!({"count": params.len(), "params": params}),
+    }
+}
+
+/// `state://params/{name}`: one parameter with its declaration.
+pub fn param(param: &Param) -> Rendered {
+    let descriptor = &param.descriptor;
+    let is_int = descriptor.param_type.element() == ParamType::Int;
+    // Int bounds are whole numbers stored as f64; `{:?}` keeps the ".0" of a whole float.
+    let bound = |bound: Option<f64>| match bound {
+        None => "-".to_owned(),
+        Some(bound) if is_int => format!("{bound:.0}"),
+        Some(bound) => format!("{bound:?}"),
+    };
+    let mut text = String::new();
+    let _ = writeln!(text, "Name: {}", param.name);
+    let _ = writeln!(text, "Type: {}", descriptor.param_type);
+    let _ = writeln!(text, "Value: {}", param.value);
+    let _ = writeln!(text, "Version: {}", param.version);
+    let _ = writeln!(text, "Set By: {}", param.actor);
+    let _ = writeln!(text, "Updated: {}", param.updated);
+    let _ = writeln!(text, "Default: {}", descriptor.default);
+    if descriptor.param_type.is_numeric() {
+        let _ = writeln!(text, "Min: {}", bound(descriptor.min));
+        let _ = writeln!(text, "Max: {}", bound(descriptor.max));
+        let _ = writeln!(text, "Step: {}", bound(descriptor.step));
+    }
+    let _ = writeln!(text, "Read Only: {}", descriptor.read_only);
+    let _ = writeln!(text, "Description: {}", descriptor.description);
+    Rendered {
+        text,
+        json: to_value(param),
+    }
+}
+
 /// Appends the entries that did not decode to `text` and returns them as JSON.
 fn corrupt_list<T>(corrupt: &[Entry<T>], text: &mut String) -> Vec<Value> {
     if !corrupt.is_empty() {
@@ -437,6 +486,56 @@ mod tests {
         assert_eq!(rendered.json["progress"]["stroke_idx"], 2);
         assert_eq!(rendered.json["fraction"], 1.0);
         assert_eq!(no_active_session().text, "No active stroke session\n");
+    }
+
+    fn goal_time() -> Param {
+        Param {
+            name: tatbot_state::ParamName::new("arms.goal_time_slow").unwrap(),
+            value: 2.5.into(),
+            version: 3,
+            actor: NodeId::new("hog").unwrap(),
+            updated: tatbot_state::Timestamp::parse("2026-11-25T17:15:37.792132").unwrap(),
+            descriptor: tatbot_state::Descriptor::new(2.0)
+                .description("slow move time, s")
+                .range(0.1, 5.0),
+        }
+    }
+
+    /// The list has one line per parameter with its type, version, actor and time; JSON keeps
+    /// the library's form.
+    #[test]
+    fn params_lines() {
+        let rendered = params(&[goal_time()]);
+        assert_eq!(
+            rendered.text,
+            "Parameters: 1\narms.goal_time_slow = 2.5 (float, v3, set by hog at 2026-11-25T17:15:37.792132)\n"
+        );
+        assert_eq!(rendered.json["count"], 1);
+        assert_eq!(rendered.json["params"][0]["descriptor"]["type"], "float");
+        assert_eq!(params(&[]).text, "Parameters: 0\n");
+    }
+
+    /// One parameter shows its whole declaration; a float bound keeps its ".0".
+    #[test]
+    fn param_lines() {
+        let rendered = param(&goal_time());
+        for line in [
+            "Name: arms.goal_time_slow\n",
+            "Type: float\n",
+            "Value: 2.5\n",
+            "Version: 3\n",
+            "Set By: hog\n",
+            "Default: 2.0\n",
+            "Min: 0.1\n",
+            "Max: 5.0\n",
+            "Step: -\n",
+            "Read Only: false\n",
+            "Description: slow move time, s\n",
+        ] {
+            assert!(rendered.text.contains(line), "{line:?} in {}", rendered.text);
+        }
+        assert_eq!(rendered.json["descriptor"]["max"], 5.0);
+        assert_eq!(rendered.json["value"], 2.5);
     }
 
     /// The config resource shows the target and the source of each field.

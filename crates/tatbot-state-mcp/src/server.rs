@@ -31,6 +31,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, model};
 use serde_json::json;
+use tatbot_state::params::Prefix;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
@@ -48,8 +49,8 @@ pub struct ServerState {
     reader: Reader,
     config: ConfigDescription,
     hub: Arc<Hub>,
-    /// Tracks the event listener, the Redis watcher and the per-connection notification
-    /// tasks; [`ServerState::stop`] closes it and waits for them.
+    /// Tracks the event listener, the parameter watch, the Redis watcher and the
+    /// per-connection notification tasks; [`ServerState::stop`] closes it and waits for them.
     tracker: TaskTracker,
     /// Cancelled by [`ServerState::stop`] or by the caller's token it is a child of; every
     /// task and every open `subscriptions/listen` request ends when it fires.
@@ -57,9 +58,23 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    /// Starts the event listener and the Redis watcher; they run until `shutdown` fires or
-    /// [`ServerState::stop`] is called.
-    pub fn start(reader: Reader, config: ConfigDescription, shutdown: &CancellationToken) -> Arc<ServerState> {
+    /// Starts the event listener, the parameter watch and the Redis watcher; they run until
+    /// `shutdown` fires or [`ServerState::stop`] is called.
+    ///
+    /// The parameter watch is opened before this returns, so every parameter change after a
+    /// client's subscription is notified: its start is fixed when it opens, and nothing can
+    /// subscribe before the server answers. If Redis refuses it now (unreachable), the watch
+    /// task tries again in the background (see
+    /// [`hub::watch_params`]); the wait here is bounded by the manager's connect and response
+    /// timeouts.
+    pub async fn start(reader: Reader, config: ConfigDescription, shutdown: &CancellationToken) -> Arc<ServerState> {
+        let params_watch = match reader.watch_params(&Prefix::all()).await {
+            Ok(watch) => Some(watch),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch parameter changes yet; retrying in the background");
+                None
+            }
+        };
         let state = Arc::new(ServerState {
             reader,
             config,
@@ -70,6 +85,12 @@ impl ServerState {
         state.tracker.spawn(hub::listen_events(
             state.reader.clone(),
             state.hub.clone(),
+            state.shutdown.clone(),
+        ));
+        state.tracker.spawn(hub::watch_params(
+            state.reader.clone(),
+            state.hub.clone(),
+            params_watch,
             state.shutdown.clone(),
         ));
         state.tracker.spawn(hub::watch_redis(
@@ -135,6 +156,19 @@ impl ServerState {
             }
             Resource::Config => render::config(&self.config),
             Resource::Errors => render::errors(reader.list_errors(render::MAX_LISTED_ERRORS).await.map_err(error)?),
+            Resource::Params => render::params(&reader.list_params(&Prefix::all()).await.map_err(error)?),
+            Resource::Param(name) => match reader.get_param(name).await.map_err(error)? {
+                Some(param) => render::param(&param),
+                None => {
+                    return Err(McpError::resource_not_found(
+                        format!(
+                            "no parameter {name}: it is not declared; read {} for the declared ones",
+                            uri::PARAMS
+                        ),
+                        Some(json!({"uri": resource.uri()})),
+                    ));
+                }
+            },
         })
     }
 }
@@ -241,7 +275,8 @@ impl ServerHandler for StateServer {
         )
         .with_server_info(Implementation::new("tatbot-state", env!("CARGO_PKG_VERSION")))
         .with_instructions(
-            "Read-only state of the tatbot robot (stroke sessions, node health, system status). \
+            "Read-only state of the tatbot robot (stroke sessions, node health, system status, \
+             runtime parameters). \
              Every resource read returns text/plain and application/json contents. \
              Subscribe to a resource to be told when it changes. This server never writes state.",
         )
@@ -289,6 +324,12 @@ impl ServerHandler for StateServer {
                 "Recent errors",
                 "The newest errors reported by the nodes.",
             ),
+            resource(
+                uri::PARAMS,
+                "params",
+                "Parameters",
+                "Every runtime parameter by name: its type, value, version, and which node set it when.",
+            ),
         ]))
     }
 
@@ -307,6 +348,12 @@ impl ServerHandler for StateServer {
                 .with_title("Node health")
                 .with_description(format!(
                     "One node's last heartbeat, or that it is offline. {BOTH_FORMS}"
+                )),
+            ResourceTemplate::new(uri::PARAM_TEMPLATE, "param")
+                .with_title("Parameter")
+                .with_description(format!(
+                    "One parameter with its declaration (description, min, max, step, read-only, default); \
+                     names are dotted, like arms.goal_time_slow. {BOTH_FORMS}"
                 )),
         ]))
     }

@@ -1,13 +1,14 @@
-//! The resource URIs: the fixed ones, the two templates, and parsing a URI into a [`Resource`].
+//! The resource URIs: the fixed ones, the three templates, and parsing a URI into a [`Resource`].
 //!
 //! Every URI a client sends goes through [`parse`] before anything reaches Redis. Template
 //! parameters are percent-decoded and then validated as a [`NodeId`] or [`SessionId`], whose
-//! rules (1 to 64 characters of `[A-Za-z0-9_.-]`) exclude glob characters and `:`, so a URI can
-//! never widen a `SCAN` pattern or reach another key's namespace. A URI that names nothing we
-//! serve is [`UriError::Unknown`]; one whose parameter is invalid is [`UriError::InvalidId`],
-//! which carries the library's explanation.
+//! rules (1 to 64 characters of `[A-Za-z0-9_.-]`) exclude glob characters and `:`, or as a
+//! [`ParamName`] (dotted segments of `[A-Za-z0-9_-]`, at most 128 bytes), so a URI can never
+//! widen a `SCAN` pattern or reach another key's namespace. A URI that names nothing we serve
+//! is [`UriError::Unknown`]; one whose parameter is invalid is [`UriError::InvalidId`], which
+//! carries the library's explanation.
 
-use tatbot_state::{NodeId, SessionId};
+use tatbot_state::{NodeId, ParamName, SessionId};
 
 /// The system summary.
 pub const STATUS: &str = "state://status";
@@ -25,11 +26,17 @@ pub const ERRORS: &str = "state://errors";
 pub const PROGRESS_TEMPLATE: &str = "state://stroke/progress/{session_id}";
 /// Template of one node's health.
 pub const HEALTH_TEMPLATE: &str = "state://health/{node_id}";
+/// Every runtime parameter.
+pub const PARAMS: &str = "state://params";
+/// Template of one parameter with its declaration.
+pub const PARAM_TEMPLATE: &str = "state://params/{name}";
 
 /// What [`PROGRESS_TEMPLATE`] expands to, up to the session id.
 const PROGRESS_PREFIX: &str = "state://stroke/progress/";
 /// What [`HEALTH_TEMPLATE`] expands to, up to the node id.
 const HEALTH_PREFIX: &str = "state://health/";
+/// What [`PARAM_TEMPLATE`] expands to, up to the parameter name.
+const PARAM_PREFIX: &str = "state://params/";
 
 /// A resource this server can read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +57,10 @@ pub enum Resource {
     Config,
     /// [`ERRORS`].
     Errors,
+    /// [`PARAMS`].
+    Params,
+    /// One parameter ([`PARAM_TEMPLATE`]).
+    Param(ParamName),
 }
 
 /// Why a URI names no resource.
@@ -60,7 +71,7 @@ pub enum UriError {
         "unknown resource {0:?}; list the resources with resources/list and the templates with resources/templates/list"
     )]
     Unknown(String),
-    /// The URI matches a template but its parameter is not a valid id.
+    /// The URI matches a template but its parameter is not a valid id or parameter name.
     #[error("{uri}: {source}")]
     InvalidId {
         /// The URI as sent.
@@ -82,6 +93,8 @@ impl Resource {
             Resource::Nodes => NODES.to_owned(),
             Resource::Config => CONFIG.to_owned(),
             Resource::Errors => ERRORS.to_owned(),
+            Resource::Params => PARAMS.to_owned(),
+            Resource::Param(name) => param_uri(name),
         }
     }
 }
@@ -96,6 +109,16 @@ pub fn health_uri(node_id: &NodeId) -> String {
     format!("{HEALTH_PREFIX}{node_id}")
 }
 
+/// `state://params/{name}`.
+pub fn param_uri(name: &ParamName) -> String {
+    format!("{PARAM_PREFIX}{name}")
+}
+
+/// True for the URIs that show parameters: [`PARAMS`] and every [`PARAM_TEMPLATE`] expansion.
+pub fn shows_params(uri: &str) -> bool {
+    uri == PARAMS || uri.starts_with(PARAM_PREFIX)
+}
+
 /// True for URIs whose content depends on heartbeats, which have no pub/sub event.
 pub fn depends_on_heartbeats(uri: &str) -> bool {
     uri == STATUS || uri == NODES || uri.starts_with(HEALTH_PREFIX)
@@ -106,7 +129,7 @@ pub fn depends_on_heartbeats(uri: &str) -> bool {
 /// # Errors
 ///
 /// [`UriError::Unknown`] when nothing matches, [`UriError::InvalidId`] when a template matches
-/// but its (percent-decoded) parameter is not a valid id.
+/// but its (percent-decoded) parameter is not a valid id or parameter name.
 pub fn parse(uri: &str) -> Result<Resource, UriError> {
     let fixed = match uri {
         STATUS => Some(Resource::Status),
@@ -115,6 +138,7 @@ pub fn parse(uri: &str) -> Result<Resource, UriError> {
         NODES => Some(Resource::Nodes),
         CONFIG => Some(Resource::Config),
         ERRORS => Some(Resource::Errors),
+        PARAMS => Some(Resource::Params),
         _ => None,
     };
     if let Some(resource) = fixed {
@@ -131,6 +155,11 @@ pub fn parse(uri: &str) -> Result<Resource, UriError> {
     }
     if let Some(raw) = uri.strip_prefix(HEALTH_PREFIX) {
         return NodeId::new(percent_decode(raw)).map(Resource::Health).map_err(invalid);
+    }
+    if let Some(raw) = uri.strip_prefix(PARAM_PREFIX) {
+        return ParamName::new(percent_decode(raw))
+            .map(Resource::Param)
+            .map_err(invalid);
     }
     Err(UriError::Unknown(uri.to_owned()))
 }
@@ -174,7 +203,7 @@ mod tests {
     /// Fixed URIs and templates parse, and a parsed resource gives its URI back.
     #[test]
     fn parses_and_round_trips() {
-        for uri in [STATUS, LATEST_PROGRESS, SESSIONS, NODES, CONFIG, ERRORS] {
+        for uri in [STATUS, LATEST_PROGRESS, SESSIONS, NODES, CONFIG, ERRORS, PARAMS] {
             assert_eq!(parse(uri).unwrap().uri(), uri);
         }
         let progress = parse("state://stroke/progress/stroke_hog_1795626937").unwrap();
@@ -191,12 +220,20 @@ mod tests {
             parse("state://health/rpi%2D1").unwrap(),
             Resource::Health(NodeId::new("rpi-1").unwrap())
         );
+        let param = parse("state://params/arms.goal_time_slow").unwrap();
+        assert_eq!(param, Resource::Param(ParamName::new("arms.goal_time_slow").unwrap()));
+        assert_eq!(param.uri(), "state://params/arms.goal_time_slow");
+        assert_eq!(
+            parse("state://params/arms%2Egoal-time").unwrap().uri(),
+            "state://params/arms.goal-time"
+        );
     }
 
     /// Bad template parameters are rejected with the library's reason, raw or percent-encoded.
     #[test]
     fn rejects_bad_ids() {
         let long = format!("state://health/{}", "a".repeat(300));
+        let long_name = format!("state://params/{}", "a".repeat(300));
         for (uri, reason) in [
             ("state://health/*", "only letters"),
             ("state://health/a:b", "only letters"),
@@ -208,6 +245,15 @@ mod tests {
             ("state://health/%FF", "only letters"),
             ("state://stroke/progress/*", "only letters"),
             ("state://stroke/progress/", "empty"),
+            ("state://params/*", "only letters"),
+            ("state://params/a:b", "only letters"),
+            ("state://params/a%3Ab", "only letters"),
+            ("state://params/", "empty"),
+            (long_name.as_str(), "longer than 128"),
+            ("state://params/pär", "only letters"),
+            ("state://params/arms..x", "empty segment"),
+            ("state://params/.arms", "empty segment"),
+            ("state://params/arms/x", "only letters"),
         ] {
             let err = parse(uri).unwrap_err();
             assert!(matches!(err, UriError::InvalidId { .. }), "{uri}: {err}");
@@ -223,6 +269,8 @@ mod tests {
             "file:///etc/passwd",
             "state://status/",
             "state://stroke",
+            "state://params2",
+            "state://param/arms.x",
             "",
         ] {
             assert!(matches!(parse(uri), Err(UriError::Unknown(_))), "{uri}");

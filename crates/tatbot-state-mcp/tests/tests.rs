@@ -3,7 +3,8 @@
 //!
 //! The end-to-end tests of the `tatbot-state mcp` binary (stdio and HTTP, security, outages)
 //! are in the CLI crate (`crates/tatbot-state-cli/tests/mcp.rs`); these cover what needs no
-//! process: the 2026-07 `subscriptions/listen` model and heartbeat-driven notifications.
+//! process: the 2026-07 `subscriptions/listen` model (for progress and parameters) and
+//! heartbeat-driven notifications.
 
 use std::time::Duration;
 
@@ -14,7 +15,10 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
 use tatbot_state::model::NodeHealth;
-use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
+use tatbot_state::{
+    CancellationToken, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, Params, ProgressUpdate,
+    StateManager,
+};
 use tatbot_state_mcp::{ConfigDescription, serve_io};
 use tatbot_state_testkit::RedisServer;
 use tokio::sync::mpsc;
@@ -122,6 +126,61 @@ async fn listen_model_notifies_progress() {
     assert_eq!(update.params.uri, progress_uri);
     let text = read_text(&client, &progress_uri).await;
     assert!(text.contains("Stroke: 2/3\n") && text.contains("Pose: 3/4\n"), "{text}");
+
+    subscription.cancel().await.unwrap();
+    client.cancel().await.unwrap();
+}
+
+/// A 2026-07 listen on `state://params` and one parameter delivers an update for each when a
+/// node sets the parameter (from the audit log, not pub/sub), and a read shows the new value.
+#[tokio::test]
+async fn listen_model_notifies_param_changes() {
+    let redis = RedisServer::start();
+    let robot = manager(&redis, "hog").await;
+    let params = Params::new(&robot);
+    let goal = ParamName::new("arms.goal_time_slow").unwrap();
+    params.declare(&goal, &Descriptor::new(2.0)).await.unwrap();
+    let (pipe, _stop) = serve(&redis).await;
+    let client = ()
+        .serve_with_lifecycle(
+            pipe,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap();
+    let goal_uri = "state://params/arms.goal_time_slow";
+    let filter = SubscriptionFilter::builder()
+        .resource_subscription("state://params")
+        .resource_subscription(goal_uri)
+        .resource_subscription("state://params/arms.*")
+        .build();
+    let mut subscription = client.listen(filter).await.unwrap();
+    assert_eq!(
+        subscription.acknowledged().resource_subscriptions,
+        Some(vec!["state://params".to_owned(), goal_uri.to_owned()])
+    );
+
+    params.set(&goal, &ParamValue::Float(3.0)).await.unwrap();
+    let mut updated = std::collections::BTreeSet::new();
+    while updated.len() < 2 {
+        let notification = tokio::time::timeout(DEADLINE, subscription.next())
+            .await
+            .expect("an update within the deadline")
+            .unwrap()
+            .expect("the subscription is open");
+        let ServerNotification::ResourceUpdatedNotification(update) = notification else {
+            panic!("expected a resource update, got {notification:?}");
+        };
+        updated.insert(update.params.uri);
+    }
+    assert!(
+        updated.contains(goal_uri) && updated.contains("state://params"),
+        "{updated:?}"
+    );
+    let text = read_text(&client, goal_uri).await;
+    assert!(text.contains("Value: 3.0\nVersion: 2\nSet By: hog\n"), "{text}");
 
     subscription.cancel().await.unwrap();
     client.cancel().await.unwrap();

@@ -3,11 +3,12 @@
 // Every `snapshot` replaces the view; every `change` is applied to it as the Rust
 // `Snapshot::apply` does. The browser's EventSource resends the last event id as
 // Last-Event-ID when it reconnects, so nothing is missed; when the sync toggle is switched
-// back on, the last id goes in `?cursor=` for the same effect. Text from Redis is inserted
-// with textContent only, never as HTML.
+// back on, the last id goes in `?cursor=` for the same effect. A `params` event carries the
+// whole parameter list and no id, so it replaces the list and leaves the cursor alone. Text
+// from Redis is inserted with textContent only, never as HTML.
 "use strict";
 
-const view = { sessions: {}, nodes: {}, events: [], errors: [], eventsLimit: 50, errorsLimit: 20, serverOffsetMs: 0 };
+const view = { sessions: {}, nodes: {}, params: [], events: [], errors: [], eventsLimit: 50, errorsLimit: 20, serverOffsetMs: 0 };
 const conn = { state: "pending", detail: "", lastId: null, lastUpdate: null, source: null, retry: null };
 const SHOWN_SESSIONS = 12;
 // The ids of the history entries received per session, for tests and debugging.
@@ -100,6 +101,11 @@ function open() {
     received(event);
     applyChange(JSON.parse(event.data));
     if (conn.state !== "connected") setConnection("connected"); else schedule();
+  });
+  source.addEventListener("params", (event) => {
+    received(event);
+    view.params = JSON.parse(event.data).params;
+    schedule();
   });
   source.addEventListener("resync", (event) => {
     received(event);
@@ -206,6 +212,45 @@ function renderNodes() {
   }));
 }
 
+// "12 s ago", "5 min ago", "3 h ago", "2 d ago": parameters live long.
+function ago(ms) {
+  const seconds = Math.max(0, Math.round(ms / 1000));
+  if (seconds < 120) return `${seconds} s ago`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 172800) return `${Math.round(seconds / 3600)} h ago`;
+  return `${Math.round(seconds / 86400)} d ago`;
+}
+
+// A value as the CLI prints it: compact JSON, with floats that are whole keeping their ".0".
+function paramText(value, type) {
+  const float = (number) => (Number.isInteger(number) ? number.toFixed(1) : String(number));
+  if (type === "float") return float(value);
+  if (type === "float[]") return "[" + value.map(float).join(",") + "]";
+  return JSON.stringify(value);
+}
+
+function renderParams() {
+  const body = document.querySelector("#params tbody");
+  document.getElementById("param-count").textContent = `${view.params.length} declared`;
+  if (view.params.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: "6", class: "empty" }, "No parameters yet.")));
+    return;
+  }
+  const now = Date.now() + view.serverOffsetMs;
+  body.replaceChildren(...view.params.map((param) => {
+    const descriptor = param.descriptor;
+    const updated = wireTime(param.updated);
+    const text = paramText(param.value, descriptor.type);
+    return el("tr", { "data-param": param.name },
+      el("td", { class: "name", title: descriptor.description || "" }, param.name),
+      el("td", { class: "value", title: text }, text),
+      el("td", { class: "type" }, descriptor.type, descriptor.read_only ? el("span", { class: "dim" }, " read-only") : null),
+      el("td", { class: "version" }, String(param.version)),
+      el("td", { class: "actor" }, param.actor),
+      el("td", { class: "age", title: param.updated }, updated === null ? "?" : ago(now - updated)));
+  }));
+}
+
 function describe(event) {
   const payload = typeof event.payload === "object" && event.payload !== null ? event.payload : {};
   const parts = [];
@@ -242,6 +287,7 @@ function render() {
   renderHeader();
   renderSessions();
   renderNodes();
+  renderParams();
   renderLog("events", view.events, "No events yet.");
   renderLog("errors", view.errors, "No errors.");
 }
@@ -249,7 +295,7 @@ function render() {
 document.getElementById("sync").addEventListener("change", (event) => {
   if (event.target.checked) open(); else close();
 });
-// Heartbeat ages move on their own.
+// Heartbeat and parameter ages move on their own.
 setInterval(schedule, 1000);
 window.tatbot = { view, conn, entries };
 open();

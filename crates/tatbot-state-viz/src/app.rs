@@ -8,6 +8,7 @@
 //! | `GET /api/sessions` | `{"cursor", "server_time_ms", "sessions": {id: progress}}` |
 //! | `GET /api/nodes` | `{"server_time_ms", "nodes": {id: node}}` |
 //! | `GET /api/events` | `{"events": [...], "errors": [...]}`, oldest first |
+//! | `GET /api/params` | `{"params": [...]}`: every parameter by name ([`tatbot_state::Param`]) |
 //! | `GET /api/stream` | the SSE stream (see `sse.rs`) |
 //!
 //! The three snapshot endpoints read one consistent snapshot each. A Redis failure answers
@@ -25,7 +26,7 @@ use serde_json::{Value, json};
 use tatbot_state::Snapshot;
 use tatbot_state::follow::{self, Scope};
 
-use crate::{REQUEST_TIMEOUT, VizState, sse};
+use crate::{REQUEST_TIMEOUT, VizState, params, sse};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -41,6 +42,7 @@ pub fn app(state: VizState) -> Router {
         .route("/api/sessions", get(sessions))
         .route("/api/nodes", get(nodes))
         .route("/api/events", get(events))
+        .route("/api/params", get(param_list))
         .route("/api/stream", get(sse::stream))
         .with_state(state)
 }
@@ -97,6 +99,10 @@ async fn events(State(state): State<VizState>) -> Response {
         |snapshot| json!({"events": snapshot.recent_events, "errors": snapshot.recent_errors}),
     )
     .await
+}
+
+async fn param_list(State(state): State<VizState>) -> Response {
+    bounded(async move { params::list(&state.manager).await }).await
 }
 
 async fn with_snapshot(state: VizState, shape: impl FnOnce(Snapshot) -> Value) -> Response {

@@ -1,20 +1,24 @@
 //! `tatbot-state-viz`: the live web dashboard of tatbot's state.
 //!
-//! One page shows the stroke sessions with their progress, the nodes with their health, and
-//! the recent events and errors. It is fed by Server-Sent Events from the library's follow API
-//! ([`tatbot_state::follow`]): each SSE event carries the follow cursor as its `id`, so a
-//! browser that reconnects sends `Last-Event-ID` and gets exactly what it missed.
+//! One page shows the stroke sessions with their progress, the nodes with their health, the
+//! runtime parameters, and the recent events and errors. It is fed by Server-Sent Events from
+//! the library's follow API ([`tatbot_state::follow`]): each SSE event carries the follow
+//! cursor as its `id`, so a browser that reconnects sends `Last-Event-ID` and gets exactly what
+//! it missed. Parameters come on the same stream, as whole lists sent when they change (from
+//! the parameter audit log, [`tatbot_state::params::Watch`]).
 //!
 //! # Layout
 //!
 //! - [`app`] (`app.rs`): the [`axum::Router`]: the page, its embedded assets and the JSON API.
 //! - `sse.rs`: one follower per open stream, turned into SSE events.
+//! - `params.rs`: the parameter list, and the per-stream watch that says when it changed.
 //! - `assets/`: `index.html`, `app.js` and `style.css`, compiled into the binary with
 //!   `include_str!`; the robot LAN is offline, so nothing is loaded from elsewhere.
 //!
 //! # Guarantees
 //!
-//! - Read-only: every route is a `GET` and no handler writes to Redis.
+//! - Read-only: every route is a `GET` and no handler writes to Redis (the parameters are
+//!   shown, never set).
 //! - Bounded: at most [`MAX_STREAMS`] open streams; each stream's follower buffers at most
 //!   [`tatbot_state::follow::FOLLOW_BUFFER`] items and stops reading Redis while its client is
 //!   slow. If the log was trimmed past a slow client's cursor meanwhile, the client gets a
@@ -23,6 +27,7 @@
 //!   is cancelled, so graceful shutdown does not wait for them.
 
 mod app;
+mod params;
 mod sse;
 
 use std::io;
@@ -39,7 +44,8 @@ pub use app::app;
 
 /// Where the dashboard listens unless told otherwise: loopback only.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
-/// Most SSE streams open at once; each holds a follower with two Redis connections.
+/// Most SSE streams open at once; each holds a follower with two Redis connections and a
+/// parameter watch with one.
 pub const MAX_STREAMS: usize = 32;
 /// Longest a JSON request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,10 +1,15 @@
-//! The dashboard end to end over HTTP: the page, the JSON API, the SSE stream and its resume.
+//! The dashboard end to end over HTTP: the page, the JSON API, the SSE stream and its resume,
+//! and the parameters (`/api/params` and `params` events).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::Value;
 use tatbot_state::follow::FollowConfig;
-use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
+use tatbot_state::{
+    CancellationToken, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, Params, ProgressUpdate,
+    StateManager,
+};
 use tatbot_state_testkit::RedisServer;
 use tatbot_state_viz::VizState;
 
@@ -38,6 +43,17 @@ async fn dashboard(state: &StateManager) -> Dashboard {
     Dashboard { addr, shutdown, task }
 }
 
+/// The next event of the follow stream, skipping `params` events (which may come at any time);
+/// `None` when the server closed the stream.
+async fn next_follow(stream: &mut SseStream) -> Option<SseEvent> {
+    loop {
+        let event = stream.next().await?;
+        if event.event != "params" {
+            return Some(event);
+        }
+    }
+}
+
 async fn next_named(stream: &mut SseStream, name: &str) -> SseEvent {
     loop {
         let event = stream.next().await.expect("the stream stays open");
@@ -56,7 +72,7 @@ async fn stream_resumes_from_last_event_id() {
     let dashboard = dashboard(&state).await;
 
     let mut stream = SseStream::open(dashboard.addr, None).await;
-    let snapshot = stream.next().await.unwrap();
+    let snapshot = next_follow(&mut stream).await.unwrap();
     assert_eq!(snapshot.event, "snapshot");
     assert!(
         snapshot.json()["sessions"][session.as_str()]["is_executing"]
@@ -87,7 +103,7 @@ async fn stream_resumes_from_last_event_id() {
     }
     let mut resumed = SseStream::open(dashboard.addr, last.as_deref()).await;
     for pose in 3..6 {
-        let change = resumed.next().await.unwrap();
+        let change = next_follow(&mut resumed).await.unwrap();
         assert_eq!(
             (change.event.as_str(), change.json()["kind"].as_str()),
             ("change", Some("progress"))
@@ -156,6 +172,61 @@ async fn page_and_json_api_are_read_only() {
         .unwrap();
 }
 
+/// `/api/params` lists every parameter as the library serializes it; the stream sends the whole
+/// list as a `params` event without an id, again after a change, and to a resuming client
+/// with what changed while it was away.
+#[tokio::test]
+async fn params_api_and_stream_events() {
+    let server = RedisServer::start();
+    let state = manager(&server).await;
+    let params = Params::new(&state);
+    let goal = ParamName::new("arms.goal_time_slow").unwrap();
+    let descriptor = Descriptor::new(2.0).description("slow move time, s").range(0.1, 5.0);
+    params.declare(&goal, &descriptor).await.unwrap();
+    let dashboard = dashboard(&state).await;
+
+    let (status, body) = request(dashboard.addr, "GET", "/api/params").await;
+    assert_eq!(status, 200);
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["params"][0]["name"], "arms.goal_time_slow");
+    assert_eq!(listed["params"][0]["value"], 2.0);
+    assert_eq!(listed["params"][0]["version"], 1);
+    assert_eq!(listed["params"][0]["actor"], "hog");
+    assert_eq!(listed["params"][0]["descriptor"]["max"], 5.0);
+    assert_eq!(request(dashboard.addr, "POST", "/api/params").await.0, 405);
+
+    // The snapshot and the first list come in either order.
+    let mut stream = SseStream::open(dashboard.addr, None).await;
+    let (mut snapshot_id, mut first) = (None, None);
+    while snapshot_id.is_none() || first.is_none() {
+        let event = stream.next().await.expect("the stream stays open");
+        match event.event.as_str() {
+            "snapshot" => snapshot_id = event.id,
+            "params" => first = Some(event),
+            _ => {}
+        }
+    }
+    let first = first.unwrap();
+    assert_eq!((first.id.as_deref(), first.json()), (None, listed));
+    params.set(&goal, &ParamValue::Float(3.5)).await.unwrap();
+    let changed = next_named(&mut stream, "params").await;
+    assert_eq!(changed.json()["params"][0]["value"], 3.5);
+    assert_eq!(changed.json()["params"][0]["version"], 2);
+    drop(stream);
+
+    params.set(&goal, &ParamValue::Float(4.0)).await.unwrap();
+    let mut resumed = SseStream::open(dashboard.addr, snapshot_id.as_deref()).await;
+    let caught_up = next_named(&mut resumed, "params").await;
+    assert_eq!(caught_up.json()["params"][0]["value"], 4.0);
+    assert_eq!(caught_up.json()["params"][0]["version"], 3);
+    dashboard.shutdown.cancel();
+    tokio::time::timeout(LIMIT, dashboard.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// Cancelling the token ends open streams, and the server returns promptly.
 #[tokio::test]
 async fn shutdown_ends_open_streams() {
@@ -163,14 +234,14 @@ async fn shutdown_ends_open_streams() {
     let state = manager(&server).await;
     let dashboard = dashboard(&state).await;
     let mut stream = SseStream::open(dashboard.addr, None).await;
-    assert_eq!(stream.next().await.unwrap().event, "snapshot");
+    assert_eq!(next_follow(&mut stream).await.unwrap().event, "snapshot");
     dashboard.shutdown.cancel();
     tokio::time::timeout(LIMIT, dashboard.task)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(stream.next().await.is_none(), "the stream ended");
+    assert!(next_follow(&mut stream).await.is_none(), "the stream ended");
 }
 
 /// A JSON request while Redis is down answers 503 with the reason instead of hanging.

@@ -74,6 +74,14 @@ async fn viewer_reads_only() {
     assert_eq!(status.active_sessions, 1);
     assert!(viewer.get_stroke_progress(&session).await.unwrap().is_some());
     assert!(viewer.get_history(&session, None, 10).await.unwrap().is_empty());
+    let snapshot = tatbot_state::follow::snapshot(
+        &viewer,
+        &tatbot_state::Scope::All,
+        &tatbot_state::follow::FollowConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(snapshot.sessions.len(), 1, "the follow snapshot works for the viewer");
     let mut subscription = viewer.subscribe(&["stroke:events:*"]).await.unwrap();
     robot
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))

@@ -18,6 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use redis::Value as RedisValue;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
@@ -81,22 +82,23 @@ pub struct Watch {
 impl Watch {
     /// Resolves the start (after the newest entry) and opens the blocking connection.
     pub(crate) async fn open(state: &StateManager, prefix: Prefix) -> Result<Watch> {
-        let (newest, seq): (StreamRangeReply, Option<u64>) = redis::pipe()
-            .atomic()
+        // The newest entry carries its own change number, so one read gives a consistent cursor
+        // and count without MULTI (which the read-only `viewer` ACL user may not run).
+        let newest: StreamRangeReply = state
+            .connection()
             .xrevrange_count(keys::PARAM_LOG, "+", "-", 1)
-            .get(keys::PARAM_SEQ)
-            .query_async(&mut state.connection())
             .await
             .map_err(|err| state.redis_error("watch_params", err))?;
+        let newest = newest.ids.first();
         let mut watch = Watch {
             state: state.clone(),
             prefix,
             connection: None,
-            cursor: newest
-                .ids
-                .first()
-                .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
-            last_seq: seq.unwrap_or(0),
+            cursor: newest.map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
+            last_seq: newest
+                .and_then(|entry| entry.get::<String>("seq"))
+                .and_then(|seq| seq.parse().ok())
+                .unwrap_or(0),
             pending: VecDeque::new(),
         };
         watch.connection = Some(watch.connect().await?);
