@@ -1,5 +1,6 @@
 //! End-to-end tests of the `tatbot-state` binary against test-kit Redis servers.
 
+mod bench;
 mod demo;
 mod doctor;
 mod mcp;

@@ -427,34 +427,7 @@ fn to_value<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-/// Left-aligned columns separated by two spaces; the last cell of a row is never padded, so a
-/// short row (an offline node) does not widen its column.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
-    for row in rows {
-        for (cell_idx, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
-            if let Some(width) = widths.get_mut(cell_idx) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-    }
-    let header_row: Vec<String> = headers.iter().map(|header| (*header).to_owned()).collect();
-    let mut text = String::new();
-    for row in std::iter::once(&header_row).chain(rows) {
-        let mut line = String::new();
-        for (cell_idx, cell) in row.iter().enumerate() {
-            if cell_idx + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let width = widths.get(cell_idx).copied().unwrap_or(0);
-                let _ = write!(line, "{cell:<width$}  ");
-            }
-        }
-        text.push_str(line.trim_end());
-        text.push('\n');
-    }
-    text
-}
+use tatbot_state::text::table;
 
 #[cfg(test)]
 mod tests {

@@ -35,6 +35,7 @@ pub mod producer;
 mod pyjson;
 mod scripts;
 pub mod subscribe;
+pub mod text;
 mod timestamp;
 
 pub use connection::{Endpoint, ManagerConfig};

@@ -941,19 +941,19 @@ fn decode_json<T: serde::de::DeserializeOwned>(key: &str, what: &'static str, ra
 }
 
 fn decode_history(key: &str, entry: redis::streams::StreamId) -> Result<HistoryEntry> {
-    let text = |field: &str| -> Result<String> {
-        entry.get::<String>(field).ok_or_else(|| {
-            Error::InvalidInput(format!("{key} entry {}: missing or non-text field {field:?}", entry.id))
-        })
+    history_entry(key, &entry.id, |field| entry.get::<String>(field))
+}
+
+/// A history stream entry from its id and a lookup of its fields (text), with errors naming
+/// the stream, the entry and the field.
+pub(crate) fn history_entry(key: &str, id: &str, field: impl Fn(&str) -> Option<String>) -> Result<HistoryEntry> {
+    let text = |name: &str| -> Result<String> {
+        field(name).ok_or_else(|| Error::InvalidInput(format!("{key} entry {id}: missing or non-text field {name:?}")))
     };
-    let number = |field: &str| -> Result<i64> {
-        let raw = text(field)?;
-        raw.parse().map_err(|_| {
-            Error::InvalidInput(format!(
-                "{key} entry {}: field {field:?} is {raw:?}, not an integer",
-                entry.id
-            ))
-        })
+    let number = |name: &str| -> Result<i64> {
+        let raw = text(name)?;
+        raw.parse()
+            .map_err(|_| Error::InvalidInput(format!("{key} entry {id}: field {name:?} is {raw:?}, not an integer")))
     };
     Ok(HistoryEntry {
         stroke_idx: number("stroke_idx")?,
@@ -961,6 +961,6 @@ fn decode_history(key: &str, entry: redis::streams::StreamId) -> Result<HistoryE
         description_l: text("description_l")?,
         description_r: text("description_r")?,
         node_id: text("node_id")?,
-        id: entry.id.clone(),
+        id: id.to_owned(),
     })
 }

@@ -19,24 +19,18 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
 use tatbot_state::config;
 use tatbot_state::heartbeat::{self, HeartbeatOptions};
 use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, SessionId, StateManager};
-use tempfile::TempDir;
-use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::server::conf::{self, ConfSpec, Layout};
-use crate::cmd::server::{self, Probe, process};
+use crate::cmd::server::private::PrivateServer;
+use crate::cmd::server::process;
 use crate::cmd::simulate::{self, Plan, Report};
 use crate::ctx::GlobalArgs;
 use crate::exit::{self, Coded};
@@ -47,16 +41,10 @@ const ROBOT_NODE: &str = "demo-robot";
 const VIZ_NODE: &str = "demo-viz";
 /// Time between the demo nodes' heartbeats.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the private server gets to come up.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the private server gets to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the demo's tasks get to finish after they are cancelled.
 const TASKS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long both demo nodes get to show up as online.
 const NODES_TIMEOUT: Duration = Duration::from_secs(5);
-/// Fresh ports tried when another process takes the free port first.
-const PORT_ATTEMPTS: usize = 5;
 /// Plain progress lines (when stdout is not a terminal) are printed every this many percent.
 const PLAIN_PROGRESS_STEP: u64 = 10;
 
@@ -101,7 +89,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         Some(url) => (endpoint_from_url(global, url)?, None),
         None => {
             let server = tokio::select! {
-                server = PrivateServer::start() => server?,
+                server = PrivateServer::start("tatbot-demo-") => server?,
                 () = shutdown.cancelled() => return Err(interrupted()),
             };
             (server.endpoint(), Some(server))
@@ -109,7 +97,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     };
     let outcome = run_on(&endpoint, private.as_ref(), &plan, &shutdown).await;
     if let Some(server) = private {
-        let (pid, dir) = (server.pid, server.dir.path().display().to_string());
+        let (pid, dir) = (server.pid(), server.dir().display().to_string());
         server.stop().await?;
         eprintln!("demo: stopped the private redis-server (pid {pid}) and removed {dir}");
     }
@@ -153,7 +141,7 @@ fn interrupted() -> anyhow::Error {
 
 /// The target named by `--redis`, parsed by the library's config resolver as if it were
 /// `REDIS_URL`; of the machine's settings only the conf dir (its node inventory) still counts.
-fn endpoint_from_url(global: &GlobalArgs, url: &str) -> anyhow::Result<Endpoint> {
+pub(crate) fn endpoint_from_url(global: &GlobalArgs, url: &str) -> anyhow::Result<Endpoint> {
     let mut inputs = global.config_inputs();
     let mut env = BTreeMap::from([("REDIS_URL".to_owned(), url.to_owned())]);
     if let Some(conf_dir) = inputs.env.get(config::CONF_DIR_VAR) {
@@ -234,9 +222,9 @@ fn print_intro(endpoint: &Endpoint, private: Option<&PrivateServer>, plan: &Plan
     if let Some(server) = private {
         println!(
             "  server     private redis-server, pid {} (AOF on; stopped at exit)",
-            server.pid
+            server.pid()
         );
-        println!("  temp dir   {} (removed at exit)", server.dir.path().display());
+        println!("  temp dir   {} (removed at exit)", server.dir().display());
     }
     println!(
         "  nodes      {ROBOT_NODE}, {VIZ_NODE} (heartbeat every {} s)",
@@ -425,116 +413,4 @@ impl ProgressDisplay {
             bar.finish();
         }
     }
-}
-
-/// A `redis-server` child process on a free loopback port with a temporary directory.
-struct PrivateServer {
-    /// The server process. `kill_on_drop` makes an early return kill it; `stop` shuts it
-    /// down gracefully and reaps it.
-    child: tokio::process::Child,
-    pid: u32,
-    port: u16,
-    /// Holds the config, data and log; removed by `stop`, or on drop after the child is
-    /// killed (fields drop in declaration order).
-    dir: TempDir,
-}
-
-impl PrivateServer {
-    /// Starts the server and waits until it answers `PING` with its own pid.
-    async fn start() -> anyhow::Result<PrivateServer> {
-        let binary = process::redis_server_binary()?;
-        let dir = tempfile::Builder::new()
-            .prefix("tatbot-demo-")
-            .tempdir()
-            .context("creating a temporary directory for the private redis-server: is the temp dir writable?")?;
-        let layout = Layout {
-            base: dir.path().to_owned(),
-        };
-        std::fs::create_dir_all(layout.data()).with_context(|| format!("creating {}", layout.data().display()))?;
-        let stderr_path = layout.base.join("redis.stderr");
-        let mut last_failure = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            let text = conf::render(&ConfSpec {
-                extra_bind: &[],
-                port,
-                daemonize: false,
-                layout: &layout,
-                password: None,
-                acl_file: None,
-            })?;
-            std::fs::write(layout.conf(), text).with_context(|| format!("writing {}", layout.conf().display()))?;
-            let stderr =
-                std::fs::File::create(&stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
-            let mut child = tokio::process::Command::new(&binary)
-                .arg(layout.conf())
-                .current_dir(&layout.base)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                // Its own process group: a Ctrl-C in the terminal must reach only the demo,
-                // which then stops the server after the nodes that use it.
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {}", binary.display()))?;
-            let pid = child
-                .id()
-                .context("bug: the redis-server child has no pid right after spawning")?;
-            let endpoint = Endpoint::new("127.0.0.1", port);
-            let deadline = Instant::now() + STARTUP_TIMEOUT;
-            loop {
-                if let Some(status) = child.try_wait().context("watching the redis-server child")? {
-                    last_failure = format!("exited with {status}: {}", process::log_tail(&layout.log(), 3));
-                    break;
-                }
-                if let Probe::Redis { pid: Some(answering) } = server::probe(&endpoint).await
-                    && answering == pid
-                {
-                    return Ok(PrivateServer { child, pid, port, dir });
-                }
-                if Instant::now() >= deadline {
-                    anyhow::bail!(
-                        "the private redis-server did not answer PING within {} s: {}",
-                        STARTUP_TIMEOUT.as_secs(),
-                        process::log_tail(&layout.log(), 3)
-                    );
-                }
-                tokio::time::sleep(process::POLL_INTERVAL).await;
-            }
-            // Another process took the port between `free_port` and the bind: try a new one.
-            if !last_failure.contains("Address already in use") {
-                break;
-            }
-        }
-        anyhow::bail!("the private redis-server did not start: {last_failure}")
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint::new("127.0.0.1", self.port)
-    }
-
-    /// SIGTERM (Redis flushes and exits), a bounded wait, SIGKILL if needed; then removes the
-    /// directory.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        // The child is not reaped before `wait` below, so its pid cannot have been reused;
-        // ESRCH only means it already exited.
-        if let Ok(raw) = i32::try_from(self.pid) {
-            let _ = signal::kill(Pid::from_raw(raw), Signal::SIGTERM);
-        }
-        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await.is_err() {
-            tracing::warn!(pid = self.pid, "the private redis-server ignored SIGTERM; killing it");
-            self.child.kill().await.context("killing the private redis-server")?;
-        }
-        let path = self.dir.path().display().to_string();
-        self.dir
-            .close()
-            .with_context(|| format!("removing {path}: remove it by hand"))
-    }
-}
-
-/// A currently free loopback port (bound to port 0, then released).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free loopback port")?;
-    Ok(listener.local_addr().context("finding a free loopback port")?.port())
 }

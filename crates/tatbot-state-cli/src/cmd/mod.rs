@@ -3,6 +3,7 @@
 //! Each module has an `Args` struct (its flags) and `pub async fn run(global: &GlobalArgs,
 //! args: Args) -> anyhow::Result<u8>` returning the exit code on success.
 
+mod bench;
 mod config;
 mod demo;
 mod doctor;
@@ -59,6 +60,8 @@ pub enum Command {
     Events(events::Args),
     /// Print a session's history stream
     History(history::Args),
+    /// Get, set, list, watch and load runtime parameters
+    Param(param::Args),
     /// Live progress bars for every active session
     Watch(watch::Args),
     /// Serve the live web dashboard
@@ -69,14 +72,14 @@ pub enum Command {
     Simulate(simulate::Args),
     /// Run the node heartbeat agent
     Heartbeat(heartbeat::Args),
-    /// Get, set, list, watch and load runtime parameters
-    Param(param::Args),
     /// Serve read-only state resources over MCP (stdio or streamable HTTP)
     Mcp(mcp::Args),
     /// Print the resolved Redis target and where each field came from
     Config(config::Args),
     /// Diagnose connection problems, one verdict per check
     Doctor(doctor::Args),
+    /// Measure latency and throughput against a baseline on the same server
+    Bench(bench::Args),
 }
 
 /// Dispatches to the subcommand; returns its exit code.
@@ -91,14 +94,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Progress(args) => progress::run(global, args).await,
         Command::Events(args) => events::run(global, args).await,
         Command::History(args) => history::run(global, args).await,
+        Command::Param(args) => param::run(global, args).await,
         Command::Watch(args) => watch::run(global, args).await,
         Command::Viz(args) => viz::run(global, args).await,
         Command::Monitor(args) => monitor::run(global, args).await,
         Command::Simulate(args) => simulate::run(global, args).await,
         Command::Heartbeat(args) => heartbeat::run(global, args).await,
-        Command::Param(args) => param::run(global, args).await,
         Command::Mcp(args) => mcp::run(global, args).await,
         Command::Config(args) => config::run(global, args).await,
         Command::Doctor(args) => doctor::run(global, args).await,
+        Command::Bench(args) => bench::run(global, args).await,
     }
 }

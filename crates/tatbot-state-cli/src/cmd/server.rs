@@ -15,6 +15,7 @@
 
 pub mod conf;
 pub mod link;
+pub mod private;
 pub mod process;
 
 use std::collections::BTreeMap;

@@ -242,28 +242,7 @@ pub(crate) fn parse_xread(value: &Value) -> Vec<(String, Vec<RawEntry>)> {
 
 /// A history stream entry as a [`HistoryEntry`].
 pub(crate) fn decode_history(key: &str, entry: &RawEntry) -> Result<HistoryEntry> {
-    let field = |name: &str| {
-        entry
-            .field(name)
-            .ok_or_else(|| Error::InvalidInput(format!("{key} entry {}: missing field {name:?}", entry.id_text)))
-    };
-    let number = |name: &str| -> Result<i64> {
-        let raw = field(name)?;
-        raw.parse().map_err(|_| {
-            Error::InvalidInput(format!(
-                "{key} entry {}: field {name:?} is {raw:?}, not an integer",
-                entry.id_text
-            ))
-        })
-    };
-    Ok(HistoryEntry {
-        id: entry.id_text.clone(),
-        stroke_idx: number("stroke_idx")?,
-        pose_idx: number("pose_idx")?,
-        description_l: field("description_l")?.to_owned(),
-        description_r: field("description_r")?.to_owned(),
-        node_id: field("node_id")?.to_owned(),
-    })
+    crate::manager::history_entry(key, &entry.id_text, |name| entry.field(name).map(str::to_owned))
 }
 
 /// An event-log (or error-log) entry as a [`LoggedEvent`].

@@ -1,0 +1,979 @@
+//! `tatbot-state bench`: latency and throughput, each against a baseline measured in the same
+//! run on the same Redis server.
+//!
+//! These machines are noisy (two cores shared with builds, the robot, the viz), so an absolute
+//! figure says little; a ratio against the server's own raw speed, measured minutes apart on
+//! the same server, says whether our code adds cost. The six sections:
+//!
+//! 1. Awaited progress update latency against `PING` on the same connection (interleaved),
+//!    and against `redis-benchmark -c 1 -P 1 PING`.
+//! 2. Sustained updates per second through one [`tatbot_state::Producer`], against
+//!    `redis-benchmark -c 1 -P 32` running the very command an update sends (captured with
+//!    `MONITOR`), the issue's reference `EVAL` (HSET + XADD + PUBLISH) and `PING`.
+//! 3. The time a producer call takes with Redis up, frozen (SIGSTOP, private server only) and
+//!    down (nothing listening).
+//! 4. Producer-to-subscriber latency at 1 kHz through pub/sub and through the follow API.
+//! 5. `status` and all-nodes health over 100 to 10,000 sessions ([`scale`]).
+//! 6. Peak memory of `mcp --transport http` and `viz` with 100 clients ([`memory`]).
+//!
+//! By default the bench starts a private `redis-server` (the project's config, AOF on) on a
+//! free loopback port and stops it at the end ([`PrivateServer`]). With `-h`/`-p` (and the
+//! usual credentials) or `--redis URL` it benches that server instead: it then writes bench
+//! sessions and nodes (ids starting with `bench`) and deletes them at the end, and skips the
+//! frozen-server case.
+//!
+//! The measurements run on a runtime of their own with two worker threads, on a thread of
+//! their own: a robot's producer writes from a background task while its control loop calls
+//! it, and the CLI's single-threaded runtime would hide exactly that contention. Ctrl-C or
+//! SIGTERM cancels the run; the private server and the child servers are stopped either way.
+//! Every loop is bounded by a count and every wait by a deadline. Figures are never checked
+//! by tests: `--quick` (small counts, a few seconds) only proves the benchmark works.
+
+mod baseline;
+mod measure;
+mod memory;
+mod scale;
+mod stats;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, StateManager};
+use tokio::sync::oneshot;
+
+use crate::cmd::bench::baseline::RedisBenchmark;
+use crate::cmd::bench::measure::Path;
+use crate::cmd::bench::stats::{Samples, median};
+use crate::cmd::heartbeat::shutdown_signal;
+use crate::cmd::server::private::{PrivateServer, free_port};
+use crate::ctx::GlobalArgs;
+use crate::exit::{self, Coded};
+
+/// The node id the bench writes as.
+const BENCH_NODE: &str = "bench";
+/// Worker threads of the measuring runtime: a robot process's loop and its writer.
+const WORKER_THREADS: usize = 2;
+/// How long a cancelled run gets to stop its servers.
+const CANCEL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Targets of issue #7, each relative to a baseline of the same run where one applies.
+mod target {
+    /// Sustained producer updates/s, at least this times the pipelined limit.
+    pub const THROUGHPUT_RATIO: f64 = 0.7;
+    /// Awaited update p50, at most this times the `PING` p50.
+    pub const AWAITED_RATIO: f64 = 1.3;
+    /// Producer call p99, microseconds, whether Redis is up, paused or down.
+    pub const CALL_P99_US: f64 = 5.0;
+    /// Producer-to-subscriber p99, at most this times the `PING` p99.
+    pub const E2E_RATIO: f64 = 2.0;
+    /// `status` over 1,000 nodes and 10,000 sessions, milliseconds.
+    pub const STATUS_MS: f64 = 50.0;
+    /// Time growth for ten times the data: linear is 10; the rest is noise allowance.
+    pub const GROWTH: f64 = 12.0;
+    /// Peak RSS of a server with 100 clients, MiB.
+    pub const RSS_MB: f64 = 20.0;
+}
+
+/// Flags of `bench`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Without -h/-p or --redis, the bench starts a private redis-server on a free loopback \
+port and stops it at the end. Against a given server it writes sessions and nodes whose ids start with \
+\"bench\" and deletes them at the end: do not run it against the robot's server while the robot works. \
+Figures go to stdout (a table, or one JSON object with --json); progress goes to stderr."
+)]
+pub struct Args {
+    /// Bench this Redis instead of a private one: redis://[user[:pass]@]host[:port]
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Small counts, a few seconds: proves the benchmark works; the figures mean little
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Counts and durations of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Whether this is the `--quick` plan.
+    pub quick: bool,
+    /// Awaited updates (and `PING`s) not timed before the timed ones.
+    pub warmup: usize,
+    /// Timed awaited updates (and as many `PING`s).
+    pub awaited: usize,
+    /// Runs of the throughput measurement and of its pipelined baseline (medians reported).
+    pub repeats: usize,
+    /// Updates per throughput run.
+    pub throughput: usize,
+    /// `redis-benchmark -P 1 PING` requests.
+    pub ping_requests: u64,
+    /// `redis-benchmark -P 32` requests of the update command and of the reference `EVAL`.
+    pub pipelined_requests: u64,
+    /// `redis-benchmark -P 32 PING` requests.
+    pub pipelined_ping_requests: u64,
+    /// Producer calls per condition (up, paused, down).
+    pub calls: usize,
+    /// Updates per end-to-end path, at 1 kHz.
+    pub e2e: usize,
+    /// Timings per scale step (medians reported).
+    pub status_repeats: usize,
+    /// Clients per server in the memory section.
+    pub clients: usize,
+    /// How long the clients follow before memory is read.
+    pub hold: Duration,
+}
+
+impl Plan {
+    /// The full run (about two minutes) or the quick one (a few seconds).
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            return Plan {
+                quick,
+                warmup: 20,
+                awaited: 200,
+                repeats: 1,
+                throughput: 2_000,
+                ping_requests: 2_000,
+                pipelined_requests: 5_000,
+                pipelined_ping_requests: 20_000,
+                calls: 1_000,
+                e2e: 200,
+                status_repeats: 1,
+                clients: 100,
+                hold: Duration::from_secs(1),
+            };
+        }
+        Plan {
+            quick,
+            warmup: 200,
+            awaited: 5_000,
+            repeats: 3,
+            throughput: 50_000,
+            ping_requests: 20_000,
+            pipelined_requests: 100_000,
+            pipelined_ping_requests: 500_000,
+            calls: 20_000,
+            e2e: 5_000,
+            status_repeats: 5,
+            clients: 100,
+            hold: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything measured; `--json` prints it as one object. Times in microseconds (`_us`) or
+/// milliseconds (`_ms`), memory in MiB (`_mb`), rates per second; `null` where a figure could
+/// not be measured (`notes` says why).
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Whether this was a `--quick` run.
+    quick: bool,
+    /// `private` (started by the bench) or `given`.
+    server: &'static str,
+    /// The server's version.
+    redis_version: Option<String>,
+    /// Where it ran.
+    machine: Machine,
+    ping_rtt_p50_us: Option<f64>,
+    ping_rtt_p99_us: Option<f64>,
+    update_awaited_p50_us: Option<f64>,
+    update_awaited_p99_us: Option<f64>,
+    /// Time Redis spent per update script (`INFO commandstats`), network excluded.
+    server_update_us: Option<f64>,
+    redis_benchmark_ping_p50_us: Option<f64>,
+    redis_benchmark_ping_p99_us: Option<f64>,
+    /// The update command sent one at a time by `redis-benchmark`: the floor for an awaited update.
+    redis_benchmark_update_p50_us: Option<f64>,
+    throughput_updates_per_s: Option<f64>,
+    pipelined_limit_per_s: Option<f64>,
+    pipelined_reference_eval_per_s: Option<f64>,
+    pipelined_ping_per_s: Option<f64>,
+    producer_call_p50_us_up: Option<f64>,
+    producer_call_p99_us_up: Option<f64>,
+    producer_call_p999_us_up: Option<f64>,
+    producer_call_p50_us_paused: Option<f64>,
+    producer_call_p99_us_paused: Option<f64>,
+    producer_call_p999_us_paused: Option<f64>,
+    producer_call_p50_us_down: Option<f64>,
+    producer_call_p99_us_down: Option<f64>,
+    producer_call_p999_us_down: Option<f64>,
+    /// A plain `PUBLISH` to a plain subscriber in this process: the transport floor.
+    e2e_raw_publish_p50_us: Option<f64>,
+    e2e_raw_publish_p99_us: Option<f64>,
+    e2e_pubsub_p50_us: Option<f64>,
+    e2e_pubsub_p99_us: Option<f64>,
+    e2e_pubsub_missed: Option<usize>,
+    e2e_follow_p50_us: Option<f64>,
+    e2e_follow_p99_us: Option<f64>,
+    e2e_follow_missed: Option<usize>,
+    status_10_nodes_100_sessions_ms: Option<f64>,
+    status_100_nodes_1000_sessions_ms: Option<f64>,
+    status_1000_nodes_10000_sessions_ms: Option<f64>,
+    health_10_nodes_ms: Option<f64>,
+    health_100_nodes_ms: Option<f64>,
+    health_1000_nodes_ms: Option<f64>,
+    status_growth_100_to_1000: Option<f64>,
+    status_growth_1000_to_10000: Option<f64>,
+    health_growth_10_to_100: Option<f64>,
+    health_growth_100_to_1000: Option<f64>,
+    rss_mcp_100_clients_mb: Option<f64>,
+    rss_viz_100_clients_mb: Option<f64>,
+    rss_mcp_end_mb: Option<f64>,
+    rss_viz_end_mb: Option<f64>,
+    /// Resident set of the server before any client connected: the baseline of the two above.
+    rss_mcp_idle_mb: Option<f64>,
+    rss_viz_idle_mb: Option<f64>,
+    /// The anonymous part (heap, stacks) of the resident set, idle and with the clients; the
+    /// rest is the mapped binary, shared between processes.
+    rss_mcp_anon_idle_mb: Option<f64>,
+    rss_mcp_anon_mb: Option<f64>,
+    rss_viz_anon_idle_mb: Option<f64>,
+    rss_viz_anon_mb: Option<f64>,
+    mcp_clients_connected: Option<usize>,
+    mcp_clients_updated: Option<usize>,
+    viz_clients_connected: Option<usize>,
+    viz_clients_updated: Option<usize>,
+    /// Why a figure is missing, and anything else a reader should know.
+    notes: Vec<String>,
+    /// Sections that failed, with the error.
+    failures: Vec<String>,
+}
+
+/// The machine the bench ran on.
+#[derive(Debug, Default, Serialize)]
+struct Machine {
+    /// Logical CPUs.
+    cpus: usize,
+    /// `model name` of the first CPU in `/proc/cpuinfo`.
+    cpu_model: Option<String>,
+    /// `MemTotal`, MiB.
+    memory_mb: Option<f64>,
+    /// One-minute load average when the bench started.
+    load_start: Option<f64>,
+    /// One-minute load average when it ended.
+    load_end: Option<f64>,
+}
+
+impl Machine {
+    fn now() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned()),
+            memory_mb: meminfo
+                .lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .map(|kib| kib / 1024.0),
+            load_start: load_average(),
+            load_end: None,
+        }
+    }
+}
+
+/// The one-minute load average, where `/proc` has it.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Which server to bench.
+enum Target {
+    /// A private `redis-server` started and stopped by the bench.
+    Private,
+    /// The operator's server.
+    Given(Endpoint),
+}
+
+/// Runs `bench`.
+pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    let target = match (&args.redis, global.host.is_some() || global.port.is_some()) {
+        (Some(url), _) => Target::Given(crate::cmd::demo::endpoint_from_url(global, url)?),
+        (None, true) => Target::Given(Endpoint::from(&global.target()?)),
+        (None, false) => Target::Private,
+    };
+    let plan = Plan::new(args.quick);
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = oneshot::channel();
+    let token = shutdown.clone();
+    std::thread::Builder::new()
+        .name("bench".to_owned())
+        .spawn(move || {
+            let outcome = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(WORKER_THREADS)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(bench(target, plan, token)),
+                Err(err) => Err(anyhow::Error::new(err).context("starting the measuring runtime")),
+            };
+            // The receiver is gone only if `run` itself was dropped; nobody is left to tell.
+            let _ = tx.send(outcome);
+        })
+        .context("starting the measuring thread")?;
+
+    tokio::pin!(rx);
+    let outcome = tokio::select! {
+        outcome = &mut rx => outcome,
+        () = shutdown_signal() => {
+            eprintln!("bench: interrupted; stopping what it started");
+            shutdown.cancel();
+            match tokio::time::timeout(CANCEL_DEADLINE, &mut rx).await {
+                Ok(_) => return Err(interrupted()),
+                Err(_) => anyhow::bail!("bench: the run did not stop within {} s", CANCEL_DEADLINE.as_secs()),
+            }
+        }
+    };
+    let report = outcome.context("bug: the measuring thread ended without a result")??;
+    if global.json {
+        let mut json = serde_json::to_value(&report).context("encoding the report")?;
+        round_floats(&mut json);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).context("encoding the report")?
+        );
+    } else {
+        print!("{}", render(&report));
+    }
+    if !report.failures.is_empty() {
+        return Err(anyhow::Error::new(Coded(
+            exit::FAILURE,
+            format!(
+                "{} bench section(s) failed: {}",
+                report.failures.len(),
+                report.failures.join("; ")
+            ),
+        )));
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Rounds every non-integer number to three decimals (nanoseconds for `_us`, microseconds for
+/// `_ms`), below the noise of any figure here.
+fn round_floats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(number) if number.is_f64() => {
+            if let Some(rounded) = number
+                .as_f64()
+                .and_then(|float| serde_json::Number::from_f64((float * 1000.0).round() / 1000.0))
+            {
+                *number = rounded;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(round_floats),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(round_floats),
+        _ => {}
+    }
+}
+
+fn interrupted() -> anyhow::Error {
+    anyhow::Error::new(Coded(
+        exit::FAILURE,
+        "bench interrupted; everything it started has been stopped".to_owned(),
+    ))
+}
+
+/// The whole run on the measuring runtime: start the private server if needed, measure,
+/// clean up whatever happened.
+async fn bench(target: Target, plan: Plan, shutdown: CancellationToken) -> anyhow::Result<Report> {
+    let mut report = Report {
+        quick: plan.quick,
+        machine: Machine::now(),
+        ..Report::default()
+    };
+    let (endpoint, private) = match target {
+        Target::Given(endpoint) => {
+            report.server = "given";
+            (endpoint, None)
+        }
+        Target::Private => {
+            report.server = "private";
+            let server = tokio::select! {
+                server = PrivateServer::start("tatbot-bench-") => server?,
+                () = shutdown.cancelled() => return Err(interrupted()),
+            };
+            progress(&format!(
+                "started a private redis-server, pid {}, in {} (stopped and removed at exit)",
+                server.pid(),
+                server.dir().display()
+            ));
+            (server.endpoint(), Some(server))
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = sections(&endpoint, private.as_ref(), &plan, &mut report, &shutdown) => outcome,
+        () = shutdown.cancelled() => Err(interrupted()),
+    };
+    shutdown.cancel();
+    if let Some(server) = private {
+        server.stop().await?;
+    }
+    report.machine.load_end = load_average();
+    outcome.map(|()| report)
+}
+
+/// Records a section's failure in the report and gives its value otherwise.
+fn section<T>(report: &mut Report, name: &str, result: anyhow::Result<T>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(err) => {
+            eprintln!("bench: {name} failed: {err:#}");
+            report.failures.push(format!("{name}: {err:#}"));
+            None
+        }
+    }
+}
+
+/// Prints a progress line on stderr.
+fn progress(text: &str) {
+    eprintln!("bench: {text}");
+}
+
+async fn sections(
+    endpoint: &Endpoint,
+    private: Option<&PrivateServer>,
+    plan: &Plan,
+    report: &mut Report,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let node_id = NodeId::new(BENCH_NODE).context("bug: the bench node id is invalid")?;
+    let manager = StateManager::connect(ManagerConfig::new(endpoint.clone(), node_id))
+        .await
+        .with_context(|| format!("connecting to Redis at {endpoint}"))?;
+    report.redis_version = manager.system_status().await.redis_version;
+    let redis_benchmark = RedisBenchmark::find(endpoint);
+    if redis_benchmark.is_none() {
+        report
+            .notes
+            .push("redis-benchmark is not installed (apt-get install redis-tools): no pipelined baselines".to_owned());
+    }
+    progress(&format!("benching {endpoint} ({} server)", report.server));
+    let session = measure::start_session(&manager).await?;
+    let mut sessions = vec![session.clone()];
+
+    progress("1/6 awaited updates against PING");
+    let before = baseline::command_time(endpoint, "evalsha").await;
+    if let Some(mut awaited) = section(report, "awaited", measure::awaited(&manager, &session, plan).await) {
+        report.ping_rtt_p50_us = awaited.ping.percentile_us(0.5);
+        report.ping_rtt_p99_us = awaited.ping.percentile_us(0.99);
+        report.update_awaited_p50_us = awaited.update.percentile_us(0.5);
+        report.update_awaited_p99_us = awaited.update.percentile_us(0.99);
+    }
+    // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
+    if let (Ok((calls_before, usec_before)), Ok((calls, usec))) =
+        (before, baseline::command_time(endpoint, "evalsha").await)
+        && calls > calls_before
+    {
+        report.server_update_us = Some((usec - usec_before) as f64 / (calls - calls_before) as f64);
+    }
+    if let Some(tool) = &redis_benchmark {
+        let ping = tool.run(1, plan.ping_requests, &["PING".to_owned()]).await;
+        if let Some(run) = section(report, "redis-benchmark PING", ping) {
+            report.redis_benchmark_ping_p50_us = Some(run.p50_us);
+            report.redis_benchmark_ping_p99_us = Some(run.p99_us);
+        }
+    }
+
+    progress("2/6 producer throughput against redis-benchmark -P 32");
+    let command = match &redis_benchmark {
+        Some(_) => match measure::capture_update(endpoint, &manager, &session).await {
+            Ok(command) => Some(command),
+            Err(err) => {
+                report.notes.push(format!(
+                    "could not capture the update command with MONITOR ({err:#}): no same-work baseline"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut rates = Vec::with_capacity(plan.repeats);
+    let mut limits = Vec::with_capacity(plan.repeats);
+    for _ in 0..plan.repeats {
+        let rate = measure::throughput(&manager, &session, plan.throughput, shutdown).await;
+        rates.extend(section(report, "throughput", rate));
+        if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
+            let limit = tool.run(32, plan.pipelined_requests, command).await;
+            limits.extend(section(report, "redis-benchmark update command", limit).map(|run| run.rps));
+        }
+    }
+    report.throughput_updates_per_s = median(&rates);
+    report.pipelined_limit_per_s = median(&limits);
+    if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
+        let single = tool.run(1, plan.ping_requests, command).await;
+        if let Some(run) = section(report, "redis-benchmark update command -P 1", single) {
+            report.redis_benchmark_update_p50_us = Some(run.p50_us);
+        }
+    }
+    if let Some(tool) = &redis_benchmark {
+        let reference = match measure::reference_command(&manager, &session).await {
+            Ok(reference) => tool.run(32, plan.pipelined_requests, &reference).await,
+            Err(err) => Err(err),
+        };
+        report.pipelined_reference_eval_per_s =
+            section(report, "redis-benchmark reference EVAL", reference).map(|run| run.rps);
+        let ping = tool.run(32, plan.pipelined_ping_requests, &["PING".to_owned()]).await;
+        report.pipelined_ping_per_s = section(report, "redis-benchmark PING -P 32", ping).map(|run| run.rps);
+    }
+
+    progress("3/6 producer call time with Redis up, paused and down");
+    if private.is_none() {
+        report
+            .notes
+            .push("paused: skipped, the bench freezes (SIGSTOP) only a server it started itself".to_owned());
+    }
+    let dead_port = free_port()?;
+    let calls = measure::producer_calls(&manager, &session, plan, private, dead_port, shutdown).await;
+    if let Some(mut calls) = section(report, "producer calls", calls) {
+        let percentiles = |samples: &mut Samples| {
+            (
+                samples.percentile_us(0.5),
+                samples.percentile_us(0.99),
+                samples.percentile_us(0.999),
+            )
+        };
+        (
+            report.producer_call_p50_us_up,
+            report.producer_call_p99_us_up,
+            report.producer_call_p999_us_up,
+        ) = percentiles(&mut calls.up);
+        if let Some(paused) = &mut calls.paused {
+            (
+                report.producer_call_p50_us_paused,
+                report.producer_call_p99_us_paused,
+                report.producer_call_p999_us_paused,
+            ) = percentiles(paused);
+        }
+        (
+            report.producer_call_p50_us_down,
+            report.producer_call_p99_us_down,
+            report.producer_call_p999_us_down,
+        ) = percentiles(&mut calls.down);
+    }
+
+    progress("4/6 producer to subscriber at 1 kHz: pub/sub, then the follow API");
+    let raw = measure::raw_pubsub(endpoint, plan.e2e).await;
+    if let Some(mut raw) = section(report, "raw pub/sub latency", raw) {
+        report.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
+        report.e2e_raw_publish_p99_us = raw.samples.percentile_us(0.99);
+    }
+    let pubsub = measure::end_to_end(&manager, plan, Path::PubSub, shutdown).await;
+    if let Some(mut pubsub) = section(report, "pub/sub latency", pubsub) {
+        report.e2e_pubsub_p50_us = pubsub.samples.percentile_us(0.5);
+        report.e2e_pubsub_p99_us = pubsub.samples.percentile_us(0.99);
+        report.e2e_pubsub_missed = Some(pubsub.missed);
+    }
+    let follow = measure::end_to_end(&manager, plan, Path::Follow, shutdown).await;
+    if let Some(mut follow) = section(report, "follow latency", follow) {
+        report.e2e_follow_p50_us = follow.samples.percentile_us(0.5);
+        report.e2e_follow_p99_us = follow.samples.percentile_us(0.99);
+        report.e2e_follow_missed = Some(follow.missed);
+    }
+
+    progress("5/6 status and all-nodes health over 100, 1,000 and 10,000 sessions");
+    let mut seeded = scale::Seeded::connect(endpoint).await?;
+    let steps = scale::measure(&manager, &mut seeded, plan.status_repeats).await;
+    let removed = seeded.remove().await;
+    if let Some(steps) = section(report, "status scale", steps)
+        && let [small, medium, large] = steps.as_slice()
+    {
+        report.status_10_nodes_100_sessions_ms = Some(small.status_ms);
+        report.status_100_nodes_1000_sessions_ms = Some(medium.status_ms);
+        report.status_1000_nodes_10000_sessions_ms = Some(large.status_ms);
+        report.health_10_nodes_ms = Some(small.health_ms);
+        report.health_100_nodes_ms = Some(medium.health_ms);
+        report.health_1000_nodes_ms = Some(large.health_ms);
+        report.status_growth_100_to_1000 = Some(medium.status_ms / small.status_ms);
+        report.status_growth_1000_to_10000 = Some(large.status_ms / medium.status_ms);
+        report.health_growth_10_to_100 = Some(medium.health_ms / small.health_ms);
+        report.health_growth_100_to_1000 = Some(large.health_ms / medium.health_ms);
+    }
+    section(report, "removing the seeded sessions", removed);
+
+    progress(&format!(
+        "6/6 memory of mcp and viz with {} clients following a session",
+        plan.clients
+    ));
+    let memory_session = measure::start_session(&manager).await?;
+    sessions.push(memory_session.clone());
+    let robot = CancellationToken::new();
+    let robot_task = tokio::spawn(measure::run_session(
+        manager.clone(),
+        memory_session.clone(),
+        robot.clone(),
+    ));
+    for server in [memory::Server::Mcp, memory::Server::Viz] {
+        let peak = memory::measure(server, endpoint, &memory_session, plan.clients, plan.hold).await;
+        let name = match server {
+            memory::Server::Mcp => "mcp memory",
+            memory::Server::Viz => "viz memory",
+        };
+        if let Some(peak) = section(report, name, peak) {
+            let (rss, end, idle, anon, anon_idle, connected, updated) = match server {
+                memory::Server::Mcp => (
+                    &mut report.rss_mcp_100_clients_mb,
+                    &mut report.rss_mcp_end_mb,
+                    &mut report.rss_mcp_idle_mb,
+                    &mut report.rss_mcp_anon_mb,
+                    &mut report.rss_mcp_anon_idle_mb,
+                    &mut report.mcp_clients_connected,
+                    &mut report.mcp_clients_updated,
+                ),
+                memory::Server::Viz => (
+                    &mut report.rss_viz_100_clients_mb,
+                    &mut report.rss_viz_end_mb,
+                    &mut report.rss_viz_idle_mb,
+                    &mut report.rss_viz_anon_mb,
+                    &mut report.rss_viz_anon_idle_mb,
+                    &mut report.viz_clients_connected,
+                    &mut report.viz_clients_updated,
+                ),
+            };
+            *rss = Some(peak.hwm_mb);
+            *end = Some(peak.rss_mb);
+            *idle = Some(peak.idle_mb);
+            *anon = Some(peak.anon_mb);
+            *anon_idle = Some(peak.idle_anon_mb);
+            *connected = Some(peak.connected);
+            *updated = Some(peak.updated);
+            if peak.connected < plan.clients {
+                report.notes.push(format!(
+                    "{name}: the server accepted {} of {} clients",
+                    peak.connected, plan.clients
+                ));
+            }
+        }
+    }
+    robot.cancel();
+    let ran = robot_task.await.context("bug: the session task panicked")?;
+    section(report, "running the followed session", ran);
+
+    // The bench's own sessions; the event log keeps their events until it is trimmed.
+    for session in &sessions {
+        let _ = manager.clear_session_data(session).await;
+    }
+    memory::forget_nodes(endpoint).await;
+    Ok(())
+}
+
+/// One table row: what, its value, its baseline, the ratio, the target and the verdict.
+struct Row {
+    name: String,
+    value: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    verdict: &'static str,
+}
+
+/// `ok` or `MISS` for a figure and its limit; `-` when it is missing.
+fn verdict(value: Option<f64>, met: impl Fn(f64) -> bool) -> &'static str {
+    match value {
+        Some(value) if met(value) => "ok",
+        Some(_) => "MISS",
+        None => "-",
+    }
+}
+
+fn show(value: Option<f64>, unit: &str, decimals: usize) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |value| format!("{value:.decimals$} {unit}"))
+}
+
+fn ratio_of(value: Option<f64>, baseline: Option<f64>) -> Option<f64> {
+    Some(value? / baseline?)
+}
+
+fn show_ratio(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}x"))
+}
+
+/// The text table.
+fn render(report: &Report) -> String {
+    let mut rows = Vec::new();
+    let awaited_ratio = ratio_of(report.update_awaited_p50_us, report.ping_rtt_p50_us);
+    rows.push(Row {
+        name: "awaited update p50".to_owned(),
+        value: show(report.update_awaited_p50_us, "us", 0),
+        baseline: format!("PING p50 {}", show(report.ping_rtt_p50_us, "us", 0)),
+        ratio: show_ratio(awaited_ratio),
+        target: format!("<= {}x", target::AWAITED_RATIO),
+        verdict: verdict(awaited_ratio, |ratio| ratio <= target::AWAITED_RATIO),
+    });
+    rows.push(Row {
+        name: "awaited update p99".to_owned(),
+        value: show(report.update_awaited_p99_us, "us", 0),
+        baseline: format!("PING p99 {}", show(report.ping_rtt_p99_us, "us", 0)),
+        ratio: show_ratio(ratio_of(report.update_awaited_p99_us, report.ping_rtt_p99_us)),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    rows.push(Row {
+        name: "  same client vs redis-benchmark".to_owned(),
+        value: format!("PING p50 {}", show(report.ping_rtt_p50_us, "us", 0)),
+        baseline: format!(
+            "redis-benchmark -P 1 {}",
+            show(report.redis_benchmark_ping_p50_us, "us", 0)
+        ),
+        ratio: show_ratio(ratio_of(report.ping_rtt_p50_us, report.redis_benchmark_ping_p50_us)),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    rows.push(Row {
+        name: "  update vs redis-benchmark".to_owned(),
+        value: show(report.update_awaited_p50_us, "us", 0),
+        baseline: format!(
+            "same command -P 1 {}",
+            show(report.redis_benchmark_update_p50_us, "us", 0)
+        ),
+        ratio: show_ratio(ratio_of(
+            report.update_awaited_p50_us,
+            report.redis_benchmark_update_p50_us,
+        )),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    rows.push(Row {
+        name: "  Redis time per update script".to_owned(),
+        value: show(report.server_update_us, "us", 1),
+        baseline: "INFO commandstats, network excluded".to_owned(),
+        ratio: "-".to_owned(),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    let throughput_ratio = ratio_of(report.throughput_updates_per_s, report.pipelined_limit_per_s);
+    rows.push(Row {
+        name: "throughput, one producer".to_owned(),
+        value: show(report.throughput_updates_per_s, "/s", 0),
+        baseline: format!("same command -P 32 {}", show(report.pipelined_limit_per_s, "/s", 0)),
+        ratio: show_ratio(throughput_ratio),
+        target: format!(">= {}x", target::THROUGHPUT_RATIO),
+        verdict: verdict(throughput_ratio, |ratio| ratio >= target::THROUGHPUT_RATIO),
+    });
+    rows.push(Row {
+        name: "  vs reference EVAL".to_owned(),
+        value: String::new(),
+        baseline: format!(
+            "HSET+XADD+PUBLISH -P 32 {}",
+            show(report.pipelined_reference_eval_per_s, "/s", 0)
+        ),
+        ratio: show_ratio(ratio_of(
+            report.throughput_updates_per_s,
+            report.pipelined_reference_eval_per_s,
+        )),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    rows.push(Row {
+        name: "  vs PING".to_owned(),
+        value: String::new(),
+        baseline: format!("PING -P 32 {}", show(report.pipelined_ping_per_s, "/s", 0)),
+        ratio: show_ratio(ratio_of(report.throughput_updates_per_s, report.pipelined_ping_per_s)),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    for (condition, p50, p99, p999) in [
+        (
+            "up",
+            report.producer_call_p50_us_up,
+            report.producer_call_p99_us_up,
+            report.producer_call_p999_us_up,
+        ),
+        (
+            "paused",
+            report.producer_call_p50_us_paused,
+            report.producer_call_p99_us_paused,
+            report.producer_call_p999_us_paused,
+        ),
+        (
+            "down",
+            report.producer_call_p50_us_down,
+            report.producer_call_p99_us_down,
+            report.producer_call_p999_us_down,
+        ),
+    ] {
+        rows.push(Row {
+            name: format!("producer call p99, redis {condition}"),
+            value: show(p99, "us", 2),
+            baseline: format!("p50 {}, p99.9 {}", show(p50, "us", 2), show(p999, "us", 1)),
+            ratio: "-".to_owned(),
+            target: format!("<= {} us", target::CALL_P99_US),
+            verdict: verdict(p99, |p99| p99 <= target::CALL_P99_US),
+        });
+    }
+    rows.push(Row {
+        name: "plain PUBLISH->subscriber p99".to_owned(),
+        value: show(report.e2e_raw_publish_p99_us, "us", 0),
+        baseline: format!(
+            "PING p99 {} (p50 {})",
+            show(report.ping_rtt_p99_us, "us", 0),
+            show(report.e2e_raw_publish_p50_us, "us", 0)
+        ),
+        ratio: show_ratio(ratio_of(report.e2e_raw_publish_p99_us, report.ping_rtt_p99_us)),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    for (path, p50, p99) in [
+        ("pub/sub", report.e2e_pubsub_p50_us, report.e2e_pubsub_p99_us),
+        ("follow", report.e2e_follow_p50_us, report.e2e_follow_p99_us),
+    ] {
+        let ratio = ratio_of(p99, report.ping_rtt_p99_us);
+        rows.push(Row {
+            name: format!("producer->subscriber p99, {path}"),
+            value: show(p99, "us", 0),
+            baseline: format!(
+                "PING p99 {} (p50 {})",
+                show(report.ping_rtt_p99_us, "us", 0),
+                show(p50, "us", 0)
+            ),
+            ratio: show_ratio(ratio),
+            target: format!("<= {}x", target::E2E_RATIO),
+            verdict: verdict(ratio, |ratio| ratio <= target::E2E_RATIO),
+        });
+    }
+    rows.push(Row {
+        name: "status, 1,000 nodes 10,000 sessions".to_owned(),
+        value: show(report.status_1000_nodes_10000_sessions_ms, "ms", 1),
+        baseline: format!(
+            "100: {}, 1,000: {}",
+            show(report.status_10_nodes_100_sessions_ms, "ms", 1),
+            show(report.status_100_nodes_1000_sessions_ms, "ms", 1)
+        ),
+        ratio: "-".to_owned(),
+        target: format!("<= {} ms", target::STATUS_MS),
+        verdict: verdict(report.status_1000_nodes_10000_sessions_ms, |ms| ms <= target::STATUS_MS),
+    });
+    for (name, growth) in [
+        ("status growth, 100 -> 1,000 sessions", report.status_growth_100_to_1000),
+        ("status growth, 1,000 -> 10,000", report.status_growth_1000_to_10000),
+        ("health growth, 10 -> 100 nodes", report.health_growth_10_to_100),
+        ("health growth, 100 -> 1,000", report.health_growth_100_to_1000),
+    ] {
+        rows.push(Row {
+            name: name.to_owned(),
+            value: show_ratio(growth),
+            baseline: "10x the data".to_owned(),
+            ratio: "-".to_owned(),
+            target: format!("<= {}x", target::GROWTH),
+            verdict: verdict(growth, |growth| growth <= target::GROWTH),
+        });
+    }
+    rows.push(Row {
+        name: "all-nodes health, 1,000 nodes".to_owned(),
+        value: show(report.health_1000_nodes_ms, "ms", 1),
+        baseline: String::new(),
+        ratio: "-".to_owned(),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    for (name, rss, idle, anon, connected, updated) in [
+        (
+            "peak RSS, mcp --transport http",
+            report.rss_mcp_100_clients_mb,
+            report.rss_mcp_idle_mb,
+            report.rss_mcp_anon_mb,
+            report.mcp_clients_connected,
+            report.mcp_clients_updated,
+        ),
+        (
+            "peak RSS, viz",
+            report.rss_viz_100_clients_mb,
+            report.rss_viz_idle_mb,
+            report.rss_viz_anon_mb,
+            report.viz_clients_connected,
+            report.viz_clients_updated,
+        ),
+    ] {
+        let count = |count: Option<usize>| count.map_or_else(|| "?".to_owned(), |count| count.to_string());
+        rows.push(Row {
+            name: name.to_owned(),
+            value: show(rss, "MiB", 1),
+            baseline: format!(
+                "idle {}, heap {}; {} clients on, {} updated",
+                show(idle, "MiB", 1),
+                show(anon, "MiB", 1),
+                count(connected),
+                count(updated)
+            ),
+            ratio: "-".to_owned(),
+            target: format!("<= {} MiB", target::RSS_MB),
+            verdict: verdict(rss, |rss| rss <= target::RSS_MB),
+        });
+    }
+
+    let mut out = String::new();
+    let machine = &report.machine;
+    out.push_str(&format!(
+        "tatbot-state bench{}: {} redis-server {}, {} CPUs ({}), load {} -> {}\n",
+        if report.quick {
+            " --quick (small counts; figures mean little)"
+        } else {
+            ""
+        },
+        report.server,
+        report.redis_version.as_deref().unwrap_or("?"),
+        machine.cpus,
+        machine.cpu_model.as_deref().unwrap_or("unknown CPU"),
+        machine
+            .load_start
+            .map_or_else(|| "?".to_owned(), |load| format!("{load:.2}")),
+        machine
+            .load_end
+            .map_or_else(|| "?".to_owned(), |load| format!("{load:.2}")),
+    ));
+    let header = Row {
+        name: "measure".to_owned(),
+        value: "value".to_owned(),
+        baseline: "baseline (same run, same server)".to_owned(),
+        ratio: "ratio".to_owned(),
+        target: "target".to_owned(),
+        verdict: "",
+    };
+    let width = |field: fn(&Row) -> &str| {
+        rows.iter()
+            .chain(std::iter::once(&header))
+            .map(|row| field(row).chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths = [
+        width(|row| &row.name),
+        width(|row| &row.value),
+        width(|row| &row.baseline),
+        width(|row| &row.ratio),
+        width(|row| &row.target),
+    ];
+    for row in std::iter::once(&header).chain(&rows) {
+        let line = format!(
+            "{:<w0$}  {:>w1$}  {:<w2$}  {:>w3$}  {:<w4$}  {}",
+            row.name,
+            row.value,
+            row.baseline,
+            row.ratio,
+            row.target,
+            row.verdict,
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    for note in &report.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    for failure in &report.failures {
+        out.push_str(&format!("failed: {failure}\n"));
+    }
+    out
+}

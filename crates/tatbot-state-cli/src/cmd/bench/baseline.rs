@@ -1,0 +1,279 @@
+//! Baselines measured on the same server in the same run: `redis-benchmark` (when installed)
+//! and the capture, with `MONITOR`, of the exact command an awaited update sends, so that
+//! `redis-benchmark` can run the very same work pipelined.
+//!
+//! `redis-benchmark` is a child process with a deadline and `kill_on_drop`; its CSV output
+//! (`--csv --precision 3`) gives requests per second and latency percentiles in milliseconds
+//! with microsecond resolution. It takes the password only as `-a`, so with a password it
+//! briefly shows on its command line, as it would if an operator ran it by hand.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tatbot_state::Endpoint;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+
+use crate::cmd::server::link;
+
+/// The longest one `redis-benchmark` run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connect and reply deadline of the `MONITOR` connection.
+const MONITOR_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most `MONITOR` lines read while looking for the command.
+const MONITOR_MAX_LINES: usize = 10_000;
+
+/// One `redis-benchmark` result.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency of a request (with `-P n`, of a pipeline of n), microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: f64,
+}
+
+/// `redis-benchmark` aimed at one server.
+pub struct RedisBenchmark {
+    binary: PathBuf,
+    endpoint: Endpoint,
+}
+
+impl RedisBenchmark {
+    /// `redis-benchmark` from `PATH`, or `None` when it is not installed.
+    pub fn find(endpoint: &Endpoint) -> Option<RedisBenchmark> {
+        let search = std::env::var_os("PATH").unwrap_or_default();
+        let binary = std::env::split_paths(&search)
+            .map(|dir| dir.join("redis-benchmark"))
+            .find(|candidate| candidate.is_file())?;
+        Some(RedisBenchmark {
+            binary,
+            endpoint: endpoint.clone(),
+        })
+    }
+
+    /// Runs `command` `requests` times on one connection, `pipeline` deep.
+    ///
+    /// # Errors
+    ///
+    /// It failed, printed no result, or took longer than [`RUN_TIMEOUT`].
+    pub async fn run(&self, pipeline: u32, requests: u64, command: &[String]) -> anyhow::Result<Run> {
+        let mut process = tokio::process::Command::new(&self.binary);
+        process
+            .args(["-h", &self.endpoint.host, "-p", &self.endpoint.port.to_string()])
+            .args(["-c", "1", "-P", &pipeline.to_string(), "-n", &requests.to_string()])
+            .args(["--csv", "--precision", "3"]);
+        if let Some(password) = &self.endpoint.password {
+            process.args(["-a", password]);
+            if let Some(username) = &self.endpoint.username {
+                process.args(["--user", username]);
+            }
+        }
+        let output = process.args(command).stdin(Stdio::null()).kill_on_drop(true).output();
+        let name = command.first().map_or("", String::as_str);
+        let output = tokio::time::timeout(RUN_TIMEOUT, output)
+            .await
+            .with_context(|| format!("redis-benchmark {name} took longer than {} s", RUN_TIMEOUT.as_secs()))?
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let parsed = stdout.lines().rev().find_map(parse_csv_line);
+        match parsed {
+            Some(run) if output.status.success() => Ok(run),
+            _ => {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let last = stderr
+                    .lines()
+                    .chain(stdout.lines())
+                    .rev()
+                    .find(|line| !line.trim().is_empty());
+                anyhow::bail!(
+                    "redis-benchmark {name} failed ({}): {}",
+                    output.status,
+                    last.unwrap_or("no output")
+                )
+            }
+        }
+    }
+}
+
+/// A CSV result line: `"test","rps","avg","min","p50","p95","p99","max"`, latencies in ms.
+/// The test name may hold commas and unescaped quotes (it is the command line), so the
+/// numbers are taken from the right.
+fn parse_csv_line(line: &str) -> Option<Run> {
+    let fields: Vec<&str> = line.rsplitn(8, ',').collect();
+    if fields.len() < 8 {
+        return None;
+    }
+    let number = |index: usize| fields[index].trim_matches('"').parse::<f64>().ok();
+    // Right to left: max, p99, p95, p50, min, avg, rps, test.
+    Some(Run {
+        rps: number(6)?,
+        p50_us: number(3)? * 1000.0,
+        p99_us: number(1)? * 1000.0,
+    })
+}
+
+/// Calls and total server time of one command so far, from `INFO commandstats`; zeros when
+/// the command has not run yet.
+///
+/// # Errors
+///
+/// Redis could not be reached, or refused `INFO`.
+pub async fn command_time(endpoint: &Endpoint, command: &str) -> anyhow::Result<(u64, u64)> {
+    let mut connection = link::connect(endpoint, MONITOR_TIMEOUT)
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, "connecting for INFO commandstats"))?;
+    let info = link::info(&mut connection, &["commandstats"], MONITOR_TIMEOUT)
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, "INFO commandstats"))?;
+    let Some(stats) = info.get(&format!("cmdstat_{command}")) else {
+        return Ok((0, 0));
+    };
+    // calls=12,usec=345,usec_per_call=28.75,rejected_calls=0,failed_calls=0
+    let field = |name: &str| {
+        stats
+            .split(',')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("calls"), field("usec")))
+}
+
+/// Watches the server with `MONITOR` while `trigger` runs, and returns the arguments of the
+/// first command a client (not a script) sent that has an argument containing `needle`.
+///
+/// # Errors
+///
+/// `MONITOR` was refused (an ACL user without it), the trigger failed, or no such command
+/// was seen within [`MONITOR_TIMEOUT`].
+pub async fn capture_command(
+    endpoint: &Endpoint,
+    needle: &str,
+    trigger: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<Vec<String>> {
+    let address = (endpoint.host.as_str(), endpoint.port);
+    let stream = tokio::time::timeout(MONITOR_TIMEOUT, TcpStream::connect(address))
+        .await
+        .context("connecting for MONITOR timed out")?
+        .context("connecting for MONITOR")?;
+    let mut stream = BufReader::new(stream);
+    if let Some(password) = &endpoint.password {
+        let mut auth = vec!["AUTH"];
+        auth.extend(endpoint.username.as_deref());
+        auth.push(password);
+        expect_ok(&mut stream, &auth).await.context("AUTH for MONITOR")?;
+    }
+    expect_ok(&mut stream, &["MONITOR"]).await.context("MONITOR")?;
+    let watch = async {
+        let mut line = String::new();
+        for _ in 0..MONITOR_MAX_LINES {
+            line.clear();
+            if stream.read_line(&mut line).await.context("reading MONITOR")? == 0 {
+                break;
+            }
+            // Commands a script runs are shown as coming from "lua".
+            if line.contains(needle)
+                && !line.contains(" lua]")
+                && let Some(args) = parse_monitor_line(&line)
+            {
+                return Ok(args);
+            }
+        }
+        anyhow::bail!("MONITOR showed no command naming {needle}")
+    };
+    let (triggered, watched) = tokio::time::timeout(MONITOR_TIMEOUT, async { tokio::join!(trigger, watch) })
+        .await
+        .context("MONITOR saw nothing in time")?;
+    triggered?;
+    watched
+}
+
+/// Sends one command and expects `+OK`.
+async fn expect_ok(stream: &mut BufReader<TcpStream>, args: &[&str]) -> anyhow::Result<()> {
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let mut line = String::new();
+    let exchange = async {
+        stream.get_mut().write_all(request.as_bytes()).await?;
+        stream.read_line(&mut line).await
+    };
+    tokio::time::timeout(MONITOR_TIMEOUT, exchange)
+        .await
+        .context("no answer in time")??;
+    if line.starts_with("+OK") {
+        return Ok(());
+    }
+    anyhow::bail!("{}", line.trim_start_matches(['-', '+']).trim())
+}
+
+/// The quoted arguments of a `MONITOR` line (`+1700000000.123456 [0 127.0.0.1:5000] "SET"
+/// "k" "v\x00"`), unescaped as Redis escaped them (`sdscatrepr`).
+fn parse_monitor_line(line: &str) -> Option<Vec<String>> {
+    let (_, rest) = line.split_once("] ")?;
+    let mut args = Vec::new();
+    let mut bytes = rest.trim_end().bytes();
+    loop {
+        match bytes.next() {
+            None => break,
+            Some(b' ') => continue,
+            Some(b'"') => {}
+            Some(_) => return None,
+        }
+        let mut arg = Vec::new();
+        loop {
+            match bytes.next()? {
+                b'"' => break,
+                b'\\' => match bytes.next()? {
+                    b'n' => arg.push(b'\n'),
+                    b'r' => arg.push(b'\r'),
+                    b't' => arg.push(b'\t'),
+                    b'a' => arg.push(0x07),
+                    b'b' => arg.push(0x08),
+                    b'x' => {
+                        let high = char::from(bytes.next()?).to_digit(16)?;
+                        let low = char::from(bytes.next()?).to_digit(16)?;
+                        // Two hex digits are at most 255.
+                        arg.push((high * 16 + low) as u8);
+                    }
+                    other => arg.push(other),
+                },
+                other => arg.push(other),
+            }
+        }
+        args.push(String::from_utf8_lossy(&arg).into_owned());
+    }
+    (!args.is_empty()).then_some(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CSV line whose test name holds commas and quotes still gives its numbers.
+    #[test]
+    fn csv_from_the_right() {
+        let line = r#""EVAL redis.call('HSET',KEYS[1]) 1 h {"x": "y,z"}","88888.89","0.356","0.096","0.111","0.311","8.007","9.471""#;
+        let run = parse_csv_line(line).unwrap();
+        assert_eq!(run.rps, 88888.89);
+        assert!((run.p50_us - 111.0).abs() < 1e-9);
+        assert!((run.p99_us - 8007.0).abs() < 1e-9);
+        assert!(parse_csv_line(r#""test","rps","avg_latency_ms""#).is_none());
+    }
+
+    /// MONITOR's escapes come back as the bytes that were sent.
+    #[test]
+    fn monitor_unescapes() {
+        let line = "+1700000000.123456 [0 127.0.0.1:5000] \"EVALSHA\" \"ab\" \"\" \"{\\\"a\\\":\\\"x y\\\"}\" \"\\xc3\\xa9\\n\"\r\n";
+        assert_eq!(
+            parse_monitor_line(line).unwrap(),
+            ["EVALSHA", "ab", "", r#"{"a":"x y"}"#, "é\n"]
+        );
+        assert_eq!(parse_monitor_line("+OK\r\n"), None);
+    }
+}

@@ -1,0 +1,544 @@
+//! Sections 1 to 4 of the benchmark: awaited updates against `PING`, producer throughput, the
+//! time a producer call takes with Redis up, paused and down, and producer-to-subscriber
+//! latency through pub/sub and through the follow API.
+//!
+//! Every loop runs a fixed number of times and every wait has a deadline, so a server that
+//! stops answering makes a section fail with a one-line error instead of hanging the bench.
+//! Updates carry their index `i` as stroke `i / 1000`, pose `i % 1000`, which is how a
+//! receiver tells which update it got.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use tatbot_state::follow::{self, ChangeKind, FollowConfig, FollowItem, Scope};
+use tatbot_state::model::Event;
+use tatbot_state::{
+    CancellationToken, Endpoint, ManagerConfig, Producer, ProducerConfig, ProgressUpdate, SessionId, StateManager, keys,
+};
+use tokio::time::MissedTickBehavior;
+
+use crate::cmd::bench::Plan;
+use crate::cmd::bench::baseline;
+use crate::cmd::bench::stats::Samples;
+use crate::cmd::server::link;
+use crate::cmd::server::private::PrivateServer;
+
+/// Poses per stroke in a bench session: update `i` is stroke `i / POSES`, pose `i % POSES`.
+const POSES: usize = 1000;
+/// Strokes in a bench session; with [`POSES`] this bounds the updates one session can label.
+const STROKES: usize = 1000;
+/// The longest a flush may take before a section fails (Redis gone or far too slow).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Producer calls are made in bursts of this many per [`CALL_TICK`] (10 kHz), faster than any
+/// robot loop, so that the writer is busy while the calls are timed.
+const CALLS_PER_TICK: usize = 10;
+/// The tick of the producer-call and end-to-end loops; 1 ms is also the rate of section 4.
+const CALL_TICK: Duration = Duration::from_millis(1);
+/// How long a receiver waits for the first item of a follower or for stragglers.
+const RECEIVE_GRACE: Duration = Duration::from_secs(10);
+
+/// The awaited path (section 1): one acknowledged update at a time, against `PING` on the
+/// same connection, interleaved so both see the same noise.
+pub struct Awaited {
+    /// `PING` round trips.
+    pub ping: Samples,
+    /// Awaited progress updates.
+    pub update: Samples,
+}
+
+/// Producer call times (section 3) in the three conditions.
+pub struct Calls {
+    /// Redis up and answering.
+    pub up: Samples,
+    /// Redis frozen by SIGSTOP; `None` when the server is not ours to freeze.
+    pub paused: Option<Samples>,
+    /// Nothing listening on the port.
+    pub down: Samples,
+}
+
+/// Producer-to-subscriber latencies (section 4) of one path.
+pub struct EndToEnd {
+    /// One latency per update received.
+    pub samples: Samples,
+    /// Updates sent but not received before the deadline.
+    pub missed: usize,
+}
+
+/// The progress update that carries index `index`.
+fn indexed_update(index: usize) -> ProgressUpdate {
+    // Both parts are below 1000 (the caller keeps `index` under STROKES * POSES).
+    ProgressUpdate::new(((index / POSES) % STROKES) as u32, (index % POSES) as u32)
+}
+
+/// The index an update carries, from its stroke and pose.
+fn update_index(stroke_idx: i64, pose_idx: i64) -> Option<usize> {
+    let stroke = usize::try_from(stroke_idx).ok()?;
+    let pose = usize::try_from(pose_idx).ok()?;
+    (pose < POSES).then_some(stroke * POSES + pose)
+}
+
+/// Starts a bench session (scene `bench`) and returns its id.
+///
+/// # Errors
+///
+/// Redis failed.
+pub async fn start_session(manager: &StateManager) -> anyhow::Result<SessionId> {
+    let strokes = STROKES as u32;
+    let poses = POSES as u32;
+    manager
+        .start_stroke_session(strokes, poses, "bench")
+        .await
+        .context("starting a bench session")
+}
+
+/// Section 1: `count` awaited updates and `count` `PING`s, alternating, after `warmup` of each.
+///
+/// # Errors
+///
+/// Redis failed or refused an update.
+pub async fn awaited(manager: &StateManager, session: &SessionId, plan: &Plan) -> anyhow::Result<Awaited> {
+    let mut result = Awaited {
+        ping: Samples::with_capacity(plan.awaited),
+        update: Samples::with_capacity(plan.awaited),
+    };
+    for index in 0..plan.warmup + plan.awaited {
+        let update = indexed_update(index);
+        let ping = manager.ping().await.context("PING")?;
+        let started = Instant::now();
+        manager
+            .update_stroke_progress(session, &update)
+            .await
+            .context("awaited progress update")?;
+        let took = started.elapsed();
+        if index >= plan.warmup {
+            result.ping.push(ping);
+            result.update.push(took);
+        }
+    }
+    Ok(result)
+}
+
+/// Section 2: one run of `count` updates queued at once through a fresh producer, counted
+/// from the first call to the flush that acknowledges the last; updates per second.
+///
+/// # Errors
+///
+/// Redis failed, the flush timed out, or the producer dropped or rejected updates (the rate
+/// would then not count what it claims).
+pub async fn throughput(
+    manager: &StateManager,
+    session: &SessionId,
+    count: usize,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<f64> {
+    let producer = warm_producer(manager, session, shutdown).await?;
+    let updates: Vec<ProgressUpdate> = (0..count).map(indexed_update).collect();
+    let started = Instant::now();
+    for update in &updates {
+        producer.update_stroke_progress(session, update)?;
+    }
+    producer
+        .flush(FLUSH_TIMEOUT)
+        .await
+        .context("waiting for the producer to write the throughput run")?;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let stats = producer.stats();
+    producer.close(FLUSH_TIMEOUT).await.context("closing the producer")?;
+    if stats.dropped > 0 || stats.rejected > 0 {
+        anyhow::bail!(
+            "the producer dropped {} and Redis rejected {} of the throughput updates: see `tatbot-state status`",
+            stats.dropped,
+            stats.rejected
+        );
+    }
+    Ok(rate)
+}
+
+/// The command an awaited progress update of `session` sends, exactly as Redis received it
+/// (seen with `MONITOR`), for `redis-benchmark` to repeat.
+///
+/// # Errors
+///
+/// `MONITOR` is not allowed, or the update failed.
+pub async fn capture_update(
+    endpoint: &Endpoint,
+    manager: &StateManager,
+    session: &SessionId,
+) -> anyhow::Result<Vec<String>> {
+    let update = async {
+        manager.update_stroke_progress(session, &indexed_update(0)).await?;
+        Ok(())
+    };
+    baseline::capture_command(endpoint, session.as_str(), update).await
+}
+
+/// The reference work of the issue as one `EVAL`: `HSET` of the stored progress document,
+/// `XADD` of a history entry and `PUBLISH` of a progress event, on `session`'s own keys, without
+/// the merge our update script does.
+///
+/// # Errors
+///
+/// The session has no progress document, or Redis failed.
+pub async fn reference_command(manager: &StateManager, session: &SessionId) -> anyhow::Result<Vec<String>> {
+    const SCRIPT: &str = "redis.call('HSET', KEYS[1], 'progress', ARGV[1]) \
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'stroke_idx', ARGV[3], 'pose_idx', ARGV[4], \
+        'description_l', '', 'description_r', '', 'node_id', ARGV[5]) \
+        return redis.call('PUBLISH', ARGV[6], ARGV[7])";
+    let progress = manager
+        .get_stroke_progress(session)
+        .await
+        .context("reading the bench session")?
+        .with_context(|| format!("the bench session {session} is gone"))?;
+    let document = serde_json::to_string(&progress).context("encoding the bench session")?;
+    let event = serde_json::json!({
+        "type": "progress_update", "session_id": session.as_str(), "node_id": progress.node_id,
+        "stroke_idx": progress.stroke_idx, "pose_idx": progress.pose_idx,
+        "total_strokes": progress.total_strokes, "stroke_length": progress.stroke_length,
+        "description_l": "", "description_r": "", "timestamp": progress.timestamp,
+    });
+    Ok(vec![
+        "EVAL".to_owned(),
+        SCRIPT.to_owned(),
+        "2".to_owned(),
+        keys::progress(session),
+        keys::history(session),
+        document,
+        manager.config().history_maxlen.to_string(),
+        progress.stroke_idx.to_string(),
+        progress.pose_idx.to_string(),
+        progress.node_id.clone(),
+        keys::PROGRESS_EVENTS.to_owned(),
+        event.to_string(),
+    ])
+}
+
+/// A producer whose writer is connected and has its scripts loaded.
+async fn warm_producer(
+    manager: &StateManager,
+    session: &SessionId,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Producer> {
+    let producer = manager.producer(ProducerConfig::default(), shutdown.child_token());
+    producer.update_stroke_progress(session, &indexed_update(0))?;
+    producer
+        .flush(FLUSH_TIMEOUT)
+        .await
+        .context("waiting for the producer's first write")?;
+    Ok(producer)
+}
+
+/// Times `count` producer calls, [`CALLS_PER_TICK`] per [`CALL_TICK`].
+async fn time_calls(producer: &Producer, session: &SessionId, count: usize) -> anyhow::Result<Samples> {
+    let mut samples = Samples::with_capacity(count);
+    let mut ticker = tokio::time::interval(CALL_TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut index = 0;
+    while index < count {
+        ticker.tick().await;
+        for _ in 0..CALLS_PER_TICK.min(count - index) {
+            let update = indexed_update(index);
+            let started = Instant::now();
+            producer.update_stroke_progress(session, &update)?;
+            samples.push(started.elapsed());
+            index += 1;
+        }
+    }
+    Ok(samples)
+}
+
+/// Section 3: producer call times with Redis up, frozen (SIGSTOP of `freeze`, when the
+/// server is ours) and down (a lazy manager on `dead_port`, where nothing listens).
+///
+/// # Errors
+///
+/// Redis failed while up, or did not catch up within [`FLUSH_TIMEOUT`] after the pause.
+pub async fn producer_calls(
+    manager: &StateManager,
+    session: &SessionId,
+    plan: &Plan,
+    freeze: Option<&PrivateServer>,
+    dead_port: u16,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Calls> {
+    let producer = warm_producer(manager, session, shutdown).await?;
+    let up = time_calls(&producer, session, plan.calls).await?;
+    producer
+        .flush(FLUSH_TIMEOUT)
+        .await
+        .context("flushing after the calls")?;
+
+    let paused = match freeze {
+        Some(server) => {
+            server.pause()?;
+            let timed = time_calls(&producer, session, plan.calls).await;
+            server.resume()?;
+            let samples = timed?;
+            producer
+                .flush(FLUSH_TIMEOUT)
+                .await
+                .context("waiting for the producer to catch up after the pause")?;
+            Some(samples)
+        }
+        None => None,
+    };
+    producer.close(FLUSH_TIMEOUT).await.context("closing the producer")?;
+
+    let dead = Endpoint::new("127.0.0.1", dead_port);
+    let config = ManagerConfig::new(dead, manager.node_id().clone());
+    let lazy = StateManager::connect_lazy(config).context("making a manager for a port with nothing listening")?;
+    let stop = shutdown.child_token();
+    let orphan = lazy.producer(ProducerConfig::default(), stop.clone());
+    let down = time_calls(&orphan, session, plan.calls).await;
+    // Nothing will ever be written: stop the writer without waiting for a flush.
+    stop.cancel();
+    Ok(Calls {
+        up,
+        paused,
+        down: down?,
+    })
+}
+
+/// Which path section 4 measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// `PSUBSCRIBE stroke:events:progress` through [`StateManager::subscribe`].
+    PubSub,
+    /// [`follow::follow_with`] on the session.
+    Follow,
+}
+
+/// Section 4: `plan.e2e` updates at 1 kHz through a producer, each timed from the call to its
+/// arrival at a subscriber of `path` in this process.
+///
+/// # Errors
+///
+/// Redis failed, or the follower sent no snapshot within [`RECEIVE_GRACE`].
+pub async fn end_to_end(
+    manager: &StateManager,
+    plan: &Plan,
+    path: Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<EndToEnd> {
+    let session = start_session(manager).await?;
+    let producer = warm_producer(manager, &session, shutdown).await?;
+    let count = plan.e2e;
+    let deadline = Instant::now() + RECEIVE_GRACE + CALL_TICK * u32::try_from(count).unwrap_or(u32::MAX);
+    let receiver = match path {
+        Path::PubSub => {
+            let mut subscription = manager
+                .subscribe(&[keys::PROGRESS_EVENTS])
+                .await
+                .context("subscribing to progress events")?;
+            let wanted = session.clone();
+            tokio::spawn(async move {
+                let mut arrivals = Arrivals::new(count);
+                while !arrivals.complete() {
+                    let Ok(Some(message)) = tokio::time::timeout_at(deadline.into(), subscription.next()).await else {
+                        break;
+                    };
+                    if let Ok(Event::ProgressUpdate(event)) = &message.event
+                        && event.session_id == wanted.as_str()
+                    {
+                        arrivals.record(update_index(event.stroke_idx, event.pose_idx));
+                    }
+                }
+                arrivals.times
+            })
+        }
+        Path::Follow => {
+            let config = FollowConfig::default();
+            let scope = Scope::Session(session.clone());
+            let mut follower = follow::follow_with(manager, scope, None, config, shutdown);
+            match tokio::time::timeout(RECEIVE_GRACE, follower.next()).await {
+                Ok(Some(FollowItem::Snapshot(_))) => {}
+                Ok(other) => anyhow::bail!("the follower's first item was {other:?}, not a snapshot"),
+                Err(_) => anyhow::bail!(
+                    "the follower sent no snapshot within {} s: is Redis overloaded?",
+                    RECEIVE_GRACE.as_secs()
+                ),
+            }
+            tokio::spawn(async move {
+                let mut arrivals = Arrivals::new(count);
+                while !arrivals.complete() {
+                    let Ok(Some(item)) = tokio::time::timeout_at(deadline.into(), follower.next()).await else {
+                        break;
+                    };
+                    if let FollowItem::Change(change) = item
+                        && let ChangeKind::Progress { entry, .. } = change.kind
+                    {
+                        arrivals.record(update_index(entry.stroke_idx, entry.pose_idx));
+                    }
+                }
+                arrivals.times
+            })
+        }
+    };
+
+    let mut sent = Vec::with_capacity(count);
+    let mut ticker = tokio::time::interval(CALL_TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    for index in 0..count {
+        ticker.tick().await;
+        let update = indexed_update(index);
+        sent.push(Instant::now());
+        producer.update_stroke_progress(&session, &update)?;
+    }
+    let received = receiver.await.context("bug: the receiving task panicked")?;
+    producer.close(FLUSH_TIMEOUT).await.context("closing the producer")?;
+    let _ = manager.clear_session_data(&session).await;
+
+    Ok(latencies(&sent, &received))
+}
+
+/// The channel of the raw pub/sub baseline. Nothing listens to it but the bench itself.
+// FIXME: a name of ours belongs in `tatbot_state::keys` and docs/WIRE.md; it is here until
+// the library grows a bench channel.
+const RAW_CHANNEL: &str = "tatbot:bench";
+/// Size of a raw baseline message, about that of a `progress_update` event.
+const RAW_PAYLOAD_BYTES: usize = 300;
+/// Deadline of one raw baseline command.
+const RAW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The transport floor of section 4: `count` messages at 1 kHz, `PUBLISH`ed on a plain
+/// connection and received by a plain `SUBSCRIBE` connection in this process, no library code
+/// on the path. Each is timed from just before its `PUBLISH` to its arrival.
+///
+/// # Errors
+///
+/// Redis could not be reached or refused a command.
+pub async fn raw_pubsub(endpoint: &Endpoint, count: usize) -> anyhow::Result<EndToEnd> {
+    let mut publisher = link::connect(endpoint, RAW_TIMEOUT)
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, "connecting the raw publisher"))?;
+    let mut subscriber = link::connect_pubsub(endpoint, RAW_TIMEOUT)
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, "connecting the raw subscriber"))?;
+    link::within(RAW_TIMEOUT, subscriber.subscribe(RAW_CHANNEL))
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, "SUBSCRIBE"))?;
+    let deadline = Instant::now() + RECEIVE_GRACE + CALL_TICK * u32::try_from(count).unwrap_or(u32::MAX);
+    let receiver = tokio::spawn(async move {
+        let mut messages = subscriber.into_on_message();
+        let mut arrivals = Arrivals::new(count);
+        while !arrivals.complete() {
+            let Ok(Some(message)) = tokio::time::timeout_at(deadline.into(), messages.next()).await else {
+                break;
+            };
+            let payload = message.get_payload_bytes();
+            let digits = payload.split(|byte| *byte == b' ').next().unwrap_or_default();
+            arrivals.record(std::str::from_utf8(digits).ok().and_then(|text| text.parse().ok()));
+        }
+        arrivals.times
+    });
+    let padding = "x".repeat(RAW_PAYLOAD_BYTES);
+    let mut sent = Vec::with_capacity(count);
+    let mut ticker = tokio::time::interval(CALL_TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    for index in 0..count {
+        ticker.tick().await;
+        let payload = format!("{index} {padding}");
+        sent.push(Instant::now());
+        let publish = redis::cmd("PUBLISH").arg(RAW_CHANNEL).arg(payload).clone();
+        let _: i64 = link::call(&mut publisher, &publish, RAW_TIMEOUT)
+            .await
+            .map_err(|err| link::to_error(&err, endpoint, "PUBLISH"))?;
+    }
+    let received = receiver.await.context("bug: the receiving task panicked")?;
+    Ok(latencies(&sent, &received))
+}
+
+/// Latencies of the updates that arrived, and how many did not.
+fn latencies(sent: &[Instant], received: &[Option<Instant>]) -> EndToEnd {
+    let mut samples = Samples::with_capacity(sent.len());
+    let mut missed = 0;
+    for (sent_at, received_at) in sent.iter().zip(received) {
+        match received_at {
+            Some(at) => samples.push(at.saturating_duration_since(*sent_at)),
+            None => missed += 1,
+        }
+    }
+    EndToEnd { samples, missed }
+}
+
+/// Rate of the session that the memory section's clients follow: a robot's progress rate.
+const SESSION_HZ: u64 = 100;
+/// The longest the followed session runs, whatever the caller does.
+const SESSION_MAX: Duration = Duration::from_secs(600);
+
+/// Updates `session` through a producer at [`SESSION_HZ`] until `stop` is cancelled (or
+/// [`SESSION_MAX`] passed), then flushes and stops the producer.
+///
+/// # Errors
+///
+/// The producer's final flush failed.
+pub async fn run_session(manager: StateManager, session: SessionId, stop: CancellationToken) -> anyhow::Result<()> {
+    // A token of its own: the writer must outlive `stop` to flush what was queued.
+    let producer = manager.producer(ProducerConfig::default(), CancellationToken::new());
+    let mut ticker = tokio::time::interval(Duration::from_millis(1000 / SESSION_HZ));
+    let deadline = tokio::time::Instant::now() + SESSION_MAX;
+    for index in 0..STROKES * POSES {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = ticker.tick() => {}
+        }
+        producer.update_stroke_progress(&session, &indexed_update(index))?;
+    }
+    producer
+        .close(FLUSH_TIMEOUT)
+        .await
+        .context("flushing the followed session's updates")?;
+    Ok(())
+}
+
+/// When each update arrived at a receiver.
+struct Arrivals {
+    /// Arrival time by update index; `None` until it arrives.
+    times: Vec<Option<Instant>>,
+    /// How many indices have arrived.
+    received: usize,
+}
+
+impl Arrivals {
+    fn new(count: usize) -> Arrivals {
+        Arrivals {
+            times: vec![None; count],
+            received: 0,
+        }
+    }
+
+    /// Records the arrival of `index` now; other indices and repeats are ignored.
+    fn record(&mut self, index: Option<usize>) {
+        let at = Instant::now();
+        if let Some(slot) = index.and_then(|index| self.times.get_mut(index))
+            && slot.is_none()
+        {
+            *slot = Some(at);
+            self.received += 1;
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.received == self.times.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An update's index survives the trip through stroke and pose.
+    #[test]
+    fn index_round_trip() {
+        for index in [0, 1, 999, 1000, 4321, STROKES * POSES - 1] {
+            let update = indexed_update(index);
+            assert_eq!(
+                update_index(i64::from(update.stroke_idx), i64::from(update.pose_idx)),
+                Some(index)
+            );
+        }
+        assert_eq!(update_index(-1, 0), None);
+        assert_eq!(update_index(0, 1000), None);
+    }
+}

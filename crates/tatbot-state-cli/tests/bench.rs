@@ -1,0 +1,120 @@
+//! `bench`: the quick run works end to end, on a private server and on a given one, and an
+//! interrupted run cleans up.
+//!
+//! The figures are never checked (these machines are too noisy for timed assertions); only
+//! that every figure is there, as a number, and that the bench cleans up after itself.
+
+use std::path::PathBuf;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tatbot_state_testkit::RedisServer;
+
+use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stdout};
+
+/// The keys issue #7 requires in `--json`, all numbers.
+const REQUIRED: [&str; 14] = [
+    "ping_rtt_p50_us",
+    "ping_rtt_p99_us",
+    "update_awaited_p50_us",
+    "update_awaited_p99_us",
+    "throughput_updates_per_s",
+    "pipelined_limit_per_s",
+    "producer_call_p99_us_up",
+    "producer_call_p99_us_paused",
+    "producer_call_p99_us_down",
+    "e2e_pubsub_p99_us",
+    "e2e_follow_p99_us",
+    "status_1000_nodes_10000_sessions_ms",
+    "rss_mcp_100_clients_mb",
+    "rss_viz_100_clients_mb",
+];
+
+/// Whether `redis-benchmark` is on PATH; without it the pipelined limit is null by design.
+fn has_redis_benchmark() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| dir.join("redis-benchmark").is_file())
+}
+
+/// `bench --quick --json` on its private server exits 0 with every required figure a number.
+#[test]
+fn quick_json_has_every_figure() {
+    let output = run(bin(), &["bench", "--quick", "--json"]);
+    assert_code(&output, 0);
+    let report = json(&output);
+    for key in REQUIRED {
+        if key == "pipelined_limit_per_s" && !has_redis_benchmark() {
+            assert!(report[key].is_null(), "{key}: {}", report[key]);
+            continue;
+        }
+        assert!(report[key].is_number(), "{key} is {} in\n{report:#}", report[key]);
+    }
+    assert_eq!(report["server"], "private");
+    assert_eq!(report["failures"], serde_json::json!([]));
+}
+
+/// On a given server (with a password) the bench skips only the frozen-server case, prints
+/// every row of the table, and deletes the sessions and nodes it wrote.
+#[test]
+fn quick_on_a_given_server_cleans_up() {
+    let server = RedisServer::builder().password("s3cret").start();
+    let output = run(bin_for(&server), &["bench", "--quick"]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    for row in [
+        "awaited update p50",
+        "throughput, one producer",
+        "producer call p99, redis up",
+        "producer call p99, redis down",
+        "producer->subscriber p99, pub/sub",
+        "producer->subscriber p99, follow",
+        "status, 1,000 nodes 10,000 sessions",
+        "peak RSS, mcp --transport http",
+        "peak RSS, viz",
+    ] {
+        assert!(text.contains(row), "no {row:?} row in\n{text}");
+    }
+    let paused = text
+        .lines()
+        .find(|line| line.starts_with("producer call p99, redis paused"))
+        .unwrap_or_else(|| panic!("no paused row in\n{text}"));
+    assert!(paused.contains("n/a"), "{paused}");
+    assert!(text.contains("note: paused: skipped"), "{text}");
+    for pattern in [
+        "stroke:progress:*",
+        "stream:stroke_history:*",
+        "node:health:*",
+        "robot:state:*",
+    ] {
+        let reply = server.command(&["KEYS", pattern]).expect("KEYS");
+        assert_eq!(reply, "*0\r\n", "{pattern} left behind");
+    }
+    let registry = server.command(&["ZRANGE", "tatbot:nodes", "0", "-1"]).expect("ZRANGE");
+    assert_eq!(registry, "*0\r\n", "bench nodes left in the registry");
+}
+
+/// SIGINT in the middle of a run stops the private server, removes its directory and exits 1.
+#[test]
+fn interrupt_stops_the_private_server() {
+    let mut bench = spawn(bin(), &["bench"]);
+    let line = bench.stderr.wait_for("started a private redis-server");
+    let pid: u32 = line
+        .split("pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let dir = line
+        .split(" in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (").next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no dir in {line:?}"));
+    bench.stderr.wait_for("1/6");
+    assert!(is_alive(pid) && dir.exists());
+    let raw = i32::try_from(bench.pid()).unwrap();
+    signal::kill(Pid::from_raw(raw), Signal::SIGINT).unwrap();
+    assert_eq!(bench.wait().code(), Some(1));
+    assert!(!is_alive(pid), "redis-server {pid} outlived the bench");
+    assert!(!dir.exists(), "{} outlived the bench", dir.display());
+}
