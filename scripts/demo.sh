@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the local demo: a private redis-server, two heartbeat agents and a simulated robot
-# executing a stroke session, with a checked summary at the end. Installs redis-server first
+# Runs the local demo: a private redis-server, two heartbeat agents, a simulated robot, the live
+# viz and the MCP server, with a checked summary at the end. Installs redis-server first
 # when it is missing. Extra arguments go to `tatbot-state demo` (try --fast or --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -35,6 +35,8 @@ fn fast_demo_checks_out_and_cleans_up() {
     assert_code(&output, 0);
     let text = stdout(&output);
     assert!(text.contains("all checks passed"), "{text}");
+    // The live viz listed the session and the MCP server answered, while the demo ran.
+    assert!(text.contains("[ok]   viz") && text.contains("[ok]   mcp"), "{text}");
     for check in ["progress", "history", "nodes", "errors"] {
         assert!(
             text.lines()

@@ -27,6 +27,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tatbot_state::config;
 use tatbot_state::heartbeat::{self, HeartbeatOptions};
 use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, SessionId, StateManager};
+use tatbot_state_mcp::{ConfigDescription, ConfigRow, HttpOptions};
+use tatbot_state_viz::VizState;
+use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::cmd::server::private::PrivateServer;
@@ -37,6 +40,8 @@ use crate::exit::{self, Coded};
 
 /// The simulated robot's node id; it also sends heartbeats.
 const ROBOT_NODE: &str = "demo-robot";
+/// The viz and the MCP server listen on loopback only, on ports the OS picks.
+const LOOPBACK_ANY_PORT: (std::net::Ipv4Addr, u16) = (std::net::Ipv4Addr::LOCALHOST, 0);
 /// A second node that only sends heartbeats, standing in for the viz.
 const VIZ_NODE: &str = "demo-viz";
 /// Time between the demo nodes' heartbeats.
@@ -167,21 +172,58 @@ async fn run_on(
 ) -> anyhow::Result<u8> {
     let robot = connect(endpoint, ROBOT_NODE).await?;
     let viz = connect(endpoint, VIZ_NODE).await?;
+    // The live viz and the MCP server, on free loopback ports, reading the same Redis.
+    let viz_listener = TcpListener::bind(LOOPBACK_ANY_PORT)
+        .await
+        .context("binding the live viz")?;
+    let mcp_listener = TcpListener::bind(LOOPBACK_ANY_PORT)
+        .await
+        .context("binding the MCP server")?;
+    let viz_addr = viz_listener.local_addr().context("reading the live viz address")?;
+    let mcp_addr = mcp_listener.local_addr().context("reading the MCP server address")?;
     print_intro(endpoint, private, plan);
+    println!("  live viz   http://{viz_addr}/");
+    println!("  MCP server http://{mcp_addr}{}", tatbot_state_mcp::MCP_PATH);
+    println!("Ctrl-C stops the demo and everything it started.");
 
     let tracker = TaskTracker::new();
     let tasks = shutdown.child_token();
+    let viz_token = tasks.child_token();
+    tracker.spawn(async move {
+        if let Err(err) = tatbot_state_viz::serve(viz_listener, VizState::new(viz.clone()), viz_token).await {
+            tracing::warn!(error = %err, "the demo's live viz stopped");
+        }
+    });
+    let mcp_config = ConfigDescription {
+        target: endpoint.to_string(),
+        fields: vec![ConfigRow {
+            field: "target".to_owned(),
+            value: endpoint.to_string(),
+            source: "demo".to_owned(),
+        }],
+    };
+    let mcp_reader = connect(endpoint, VIZ_NODE).await?;
+    let mcp_token = tasks.child_token();
+    tracker.spawn(async move {
+        let options = HttpOptions {
+            token: None,
+            allowed_hosts: Vec::new(),
+        };
+        if let Err(err) = tatbot_state_mcp::serve_http(mcp_listener, mcp_reader, mcp_config, options, mcp_token).await {
+            tracing::warn!(error = %err, "the demo's MCP server stopped");
+        }
+    });
     let options = HeartbeatOptions {
         interval: HEARTBEAT_INTERVAL,
         ..HeartbeatOptions::default()
     };
-    for manager in [robot.clone(), viz.clone()] {
+    for manager in [robot.clone(), connect(endpoint, VIZ_NODE).await?] {
         tracker.spawn(heartbeat::run(manager, options.clone(), tasks.child_token()));
     }
     tracker.close();
 
     let outcome = tokio::select! {
-        outcome = simulate_and_check(&robot, plan) => outcome,
+        outcome = simulate_and_check(&robot, plan, Servers { viz: viz_addr, mcp: mcp_addr }) => outcome,
         () = shutdown.cancelled() => Err(interrupted()),
     };
     tasks.cancel();
@@ -239,15 +281,10 @@ fn print_intro(endpoint: &Endpoint, private: Option<&PrivateServer>, plan: &Plan
     println!("  tatbot-state {host}-p {port} {auth}watch");
     println!("  tatbot-state {host}-p {port} {auth}status");
     println!("  tatbot-state {host}-p {port} {auth}events");
-    // The live viz (tatbot-state-viz) and the MCP server (tatbot-state-mcp) do not exist yet;
-    // once they do, the demo starts them here, on this endpoint, and prints their URLs.
-    println!("  live viz   (not available yet)");
-    println!("  MCP server (not available yet)");
-    println!("Ctrl-C stops the demo and everything it started.");
 }
 
 /// Runs the simulated robot with a progress display, then checks what Redis holds.
-async fn simulate_and_check(robot: &StateManager, plan: &Plan) -> anyhow::Result<u8> {
+async fn simulate_and_check(robot: &StateManager, plan: &Plan, servers: Servers) -> anyhow::Result<u8> {
     let total = u64::from(plan.strokes) * u64::from(plan.stroke_length);
     let mut display = ProgressDisplay::new(total);
     let mut on_update = |_session: &SessionId, done: u64, total: u64| display.update(done, total);
@@ -255,7 +292,8 @@ async fn simulate_and_check(robot: &StateManager, plan: &Plan) -> anyhow::Result
     display.finish();
     let report = report.context("running the simulated robot")?;
 
-    let checks = verify(robot, plan, &report).await?;
+    let mut checks = verify(robot, plan, &report).await?;
+    checks.extend(check_servers(servers, &report.session_id).await);
     println!("Checked:");
     for (passed, name, detail) in &checks {
         println!("  {} {name:<9} {detail}", if *passed { "[ok]  " } else { "[FAIL]" });
@@ -413,4 +451,71 @@ impl ProgressDisplay {
             bar.finish();
         }
     }
+}
+
+/// Where the demo's live viz and MCP server listen.
+struct Servers {
+    viz: std::net::SocketAddr,
+    mcp: std::net::SocketAddr,
+}
+
+/// Checks that the live viz lists the session and the MCP server answers `initialize`.
+async fn check_servers(servers: Servers, session_id: &SessionId) -> Vec<(bool, &'static str, String)> {
+    let viz = http(servers.viz, "GET /api/sessions HTTP/1.1", "").await;
+    let viz_check = match viz {
+        Ok(response) if response.starts_with("HTTP/1.1 200") && response.contains(session_id.as_str()) => (
+            true,
+            "viz",
+            format!("http://{}/api/sessions lists {session_id}", servers.viz),
+        ),
+        Ok(response) => (false, "viz", format!("unexpected answer: {}", first_line(&response))),
+        Err(err) => (false, "viz", format!("no answer: {err:#}")),
+    };
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"demo","version":"1"}}}"#;
+    let mcp = http(
+        servers.mcp,
+        &format!("POST {} HTTP/1.1", tatbot_state_mcp::MCP_PATH),
+        initialize,
+    )
+    .await;
+    let mcp_check = match mcp {
+        Ok(response) if response.starts_with("HTTP/1.1 200") && response.contains("serverInfo") => (
+            true,
+            "mcp",
+            format!(
+                "http://{}{} answers initialize",
+                servers.mcp,
+                tatbot_state_mcp::MCP_PATH
+            ),
+        ),
+        Ok(response) => (false, "mcp", format!("unexpected answer: {}", first_line(&response))),
+        Err(err) => (false, "mcp", format!("no answer: {err:#}")),
+    };
+    vec![viz_check, mcp_check]
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), the whole response as text,
+/// within [`TASKS_TIMEOUT`].
+async fn http(addr: std::net::SocketAddr, request_line: &str, body: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "{request_line}\r\nHost: {addr}\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        // An SSE answer may stay open; what arrives before the deadline is enough to check.
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut response)).await;
+        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(TASKS_TIMEOUT, exchange)
+        .await
+        .context("timed out")?
 }
