@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tatbot-state needs at run and test time, when they are missing:
-# redis-server (and redis-tools for redis-cli / redis-benchmark), and chromium with
-# chromium-driver for the dashboard's browser test.
+# redis-server (and redis-tools for redis-cli / redis-benchmark); with --test also chromium and
+# chromium-driver, which only the dashboard's browser test needs.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ "${1:-}" = "--test" ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+fi
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi
