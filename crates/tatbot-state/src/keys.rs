@@ -97,6 +97,14 @@ pub fn writer_rev(writer_id: &str) -> String {
     format!("{WRITER_REV_PREFIX}{writer_id}")
 }
 
+/// Ours: the channel `tatbot-state bench` uses for its plain pub/sub baseline.
+pub const BENCH_CHANNEL: &str = "tatbot:bench";
+
+/// `tatbot:doctor:{nonce}`: the private channel of one `doctor` pub/sub round trip.
+pub fn doctor_channel(nonce: &str) -> String {
+    format!("tatbot:doctor:{nonce}")
+}
+
 /// The part of `key` after `prefix`, if `key` starts with it.
 pub fn strip<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
     key.strip_prefix(prefix)

@@ -708,7 +708,7 @@ async fn pubsub_check(endpoint: &Endpoint, connection: &mut MultiplexedConnectio
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos())
     );
-    let channel = format!("tatbot:doctor:{nonce}");
+    let channel = tatbot_state::keys::doctor_channel(&nonce);
     let started = Instant::now();
     let mut pubsub = match link::connect_pubsub(endpoint, NETWORK_TIMEOUT).await {
         Ok(pubsub) => pubsub,

@@ -392,9 +392,7 @@ pub async fn end_to_end(
 }
 
 /// The channel of the raw pub/sub baseline. Nothing listens to it but the bench itself.
-// FIXME: a name of ours belongs in `tatbot_state::keys` and docs/WIRE.md; it is here until
-// the library grows a bench channel.
-const RAW_CHANNEL: &str = "tatbot:bench";
+const RAW_CHANNEL: &str = tatbot_state::keys::BENCH_CHANNEL;
 /// Size of a raw baseline message, about that of a `progress_update` event.
 const RAW_PAYLOAD_BYTES: usize = 300;
 /// Deadline of one raw baseline command.
