@@ -341,28 +341,18 @@ impl StateManager {
 
     /// The op for a progress update, stamped now.
     pub(crate) fn progress_op(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<Op> {
-        let mut patch = Map::new();
-        patch.insert("timestamp".into(), json!(Timestamp::now()));
-        patch.insert("node_id".into(), json!(self.node_id()));
-        patch.insert("stroke_idx".into(), update.stroke_idx.into());
-        patch.insert("pose_idx".into(), update.pose_idx.into());
-        if let Some(text) = &update.description_l {
-            check_text("left description", text)?;
-            patch.insert("stroke_description_l".into(), text.as_str().into());
-        }
-        if let Some(text) = &update.description_r {
-            check_text("right description", text)?;
-            patch.insert("stroke_description_r".into(), text.as_str().into());
-        }
-        if let Some(offset) = update.offset_idx_l {
-            patch.insert("offset_idx_l".into(), offset.into());
-        }
-        if let Some(offset) = update.offset_idx_r {
-            patch.insert("offset_idx_r".into(), offset.into());
+        for (what, text) in [
+            ("left description", &update.description_l),
+            ("right description", &update.description_r),
+        ] {
+            if let Some(text) = text {
+                check_text(what, text)?;
+            }
         }
         Ok(Op::Progress {
             session_id: session_id.clone(),
-            patch,
+            update: update.clone(),
+            at: Timestamp::now(),
         })
     }
 

@@ -8,18 +8,23 @@ use redis::ScriptInvocation;
 use serde_json::{Map, Value};
 
 use crate::connection::ManagerConfig;
-use crate::ids::SessionId;
+use crate::ids::{NodeId, SessionId};
 use crate::keys;
+use crate::manager::ProgressUpdate;
 use crate::model::event_types;
 use crate::scripts;
+use crate::timestamp::Timestamp;
 
 /// One write.
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    /// Merge `patch` into a session's progress, append history, publish `progress_update`.
+    /// Merge `update` (stamped `at`) into a session's progress, append history, publish
+    /// `progress_update`. The JSON patch is built when the op is sent, not when it is made, so
+    /// a producer call does no JSON or timestamp formatting on the robot's thread.
     Progress {
         session_id: SessionId,
-        patch: Map<String, Value>,
+        update: ProgressUpdate,
+        at: Timestamp,
     },
     /// End, pause or resume a session.
     RunState {
@@ -80,7 +85,7 @@ impl Op {
     /// The invocation, with writer revision `rev_key` (`""` for none) and sequence `seq`.
     pub(crate) fn invocation(&self, config: &ManagerConfig, rev_key: &str, seq: u64) -> ScriptInvocation<'static> {
         match self {
-            Op::Progress { session_id, patch } => {
+            Op::Progress { session_id, update, at } => {
                 let mut invocation = scripts::UPDATE.prepare_invoke();
                 invocation
                     .key(keys::progress(session_id))
@@ -88,7 +93,7 @@ impl Op {
                     .key(keys::EVENT_LOG)
                     .arg(rev_key)
                     .arg(seq)
-                    .arg(Value::Object(patch.clone()).to_string())
+                    .arg(progress_patch(update, *at, &config.node_id))
                     .arg(session_id.as_str())
                     .arg(config.history_maxlen)
                     .arg(config.event_log_maxlen)
@@ -180,4 +185,26 @@ impl Op {
             }
         }
     }
+}
+
+/// The JSON patch of a progress update: the fields it names, stamped and signed.
+fn progress_patch(update: &ProgressUpdate, at: Timestamp, node_id: &NodeId) -> String {
+    let mut patch = Map::new();
+    patch.insert("timestamp".into(), Value::String(at.to_string()));
+    patch.insert("node_id".into(), Value::String(node_id.to_string()));
+    patch.insert("stroke_idx".into(), update.stroke_idx.into());
+    patch.insert("pose_idx".into(), update.pose_idx.into());
+    if let Some(text) = &update.description_l {
+        patch.insert("stroke_description_l".into(), text.as_str().into());
+    }
+    if let Some(text) = &update.description_r {
+        patch.insert("stroke_description_r".into(), text.as_str().into());
+    }
+    if let Some(offset) = update.offset_idx_l {
+        patch.insert("offset_idx_l".into(), offset.into());
+    }
+    if let Some(offset) = update.offset_idx_r {
+        patch.insert("offset_idx_r".into(), offset.into());
+    }
+    Value::Object(patch).to_string()
 }

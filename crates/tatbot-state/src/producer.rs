@@ -319,20 +319,28 @@ impl Queue {
         let Some(dropped) = self.ops.remove(index) else { return };
         self.stats.dropped += 1;
         self.unreported_drops += 1;
-        let Op::Progress { session_id, patch: old } = dropped.op else {
+        let Op::Progress {
+            session_id,
+            update: old,
+            ..
+        } = dropped.op
+        else {
             return;
         };
         let next = self.ops.iter_mut().skip(index).find_map(|queued| match &mut queued.op {
             Op::Progress {
                 session_id: next_id,
-                patch,
-            } if *next_id == session_id => Some(patch),
+                update,
+                ..
+            } if *next_id == session_id => Some(update),
             _ => None,
         });
-        if let Some(patch) = next {
-            for (field, value) in old {
-                patch.entry(field).or_insert(value);
-            }
+        if let Some(update) = next {
+            // The newer update wins; what only the dropped one set is kept.
+            update.description_l = update.description_l.take().or(old.description_l);
+            update.description_r = update.description_r.take().or(old.description_r);
+            update.offset_idx_l = update.offset_idx_l.or(old.offset_idx_l);
+            update.offset_idx_r = update.offset_idx_r.or(old.offset_idx_r);
         }
     }
 
