@@ -797,29 +797,9 @@ impl StateManager {
 
     /// All keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks the server).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
-        let mut connection = self.connection();
-        let mut cursor: u64 = 0;
-        let mut found = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_BATCH)
-                .query_async(&mut connection)
-                .await
-                .map_err(|err| self.redis_error("scan", err))?;
-            found.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        // SCAN may return a key more than once.
-        found.sort_unstable();
-        found.dedup();
-        Ok(found)
+        scan_keys(&mut self.connection(), pattern, SCAN_BATCH)
+            .await
+            .map_err(|err| self.redis_error("scan", err))
     }
 
     /// Fetches `field` of each hash in pipelined batches and decodes it.
@@ -865,6 +845,35 @@ impl StateManager {
         }
         Ok(entries)
     }
+}
+
+/// All keys matching `pattern`, by `SCAN` with `COUNT count`, each once.
+pub(crate) async fn scan_keys<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    pattern: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut found = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(connection)
+            .await?;
+        found.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // SCAN may return a key more than once.
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
 }
 
 /// The op storing `state` under its node's key.

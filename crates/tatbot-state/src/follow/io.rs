@@ -296,28 +296,9 @@ pub(crate) fn decode_progress(key: &str, raw: &str) -> Result<StrokeProgress> {
 
 /// All keys matching `pattern`, by `SCAN`.
 pub(crate) async fn scan(connection: &mut MultiplexedConnection, pattern: &str) -> Result<Vec<String>> {
-    let mut cursor: u64 = 0;
-    let mut found = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(connection)
-            .await
-            .map_err(|err| Error::from_redis("follow scan", err))?;
-        found.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    // SCAN may return a key more than once.
-    found.sort_unstable();
-    found.dedup();
-    Ok(found)
+    crate::manager::scan_keys(connection, pattern, SCAN_COUNT)
+        .await
+        .map_err(|err| Error::from_redis("follow scan", err))
 }
 
 /// The session ids of every progress hash in `scope` (keys whose suffix is not a valid id
