@@ -22,6 +22,14 @@ struct Dashboard {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+impl Dashboard {
+    /// Cancels the server and asserts it returns cleanly within [`LIMIT`].
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(LIMIT, self.task).await.unwrap().unwrap().unwrap();
+    }
+}
+
 async fn manager(server: &RedisServer) -> StateManager {
     let endpoint = Endpoint::new(server.host(), server.port());
     StateManager::connect(ManagerConfig::new(endpoint, NodeId::new("hog").unwrap()))
@@ -110,12 +118,7 @@ async fn stream_resumes_from_last_event_id() {
         );
         assert_eq!(change.json()["entry"]["pose_idx"], pose);
     }
-    dashboard.shutdown.cancel();
-    tokio::time::timeout(LIMIT, dashboard.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    dashboard.stop().await;
 }
 
 /// The page, its assets and the JSON API answer; nothing writes to Redis, and POST is refused.
@@ -164,12 +167,7 @@ async fn page_and_json_api_are_read_only() {
         before,
         "the dashboard wrote to Redis"
     );
-    dashboard.shutdown.cancel();
-    tokio::time::timeout(LIMIT, dashboard.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    dashboard.stop().await;
 }
 
 /// `/api/params` lists every parameter as the library serializes it; the stream sends the whole
@@ -219,12 +217,7 @@ async fn params_api_and_stream_events() {
     let caught_up = next_named(&mut resumed, "params").await;
     assert_eq!(caught_up.json()["params"][0]["value"], 4.0);
     assert_eq!(caught_up.json()["params"][0]["version"], 3);
-    dashboard.shutdown.cancel();
-    tokio::time::timeout(LIMIT, dashboard.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    dashboard.stop().await;
 }
 
 /// Cancelling the token ends open streams, and the server returns promptly.
@@ -235,12 +228,7 @@ async fn shutdown_ends_open_streams() {
     let dashboard = dashboard(&state).await;
     let mut stream = SseStream::open(dashboard.addr, None).await;
     assert_eq!(next_follow(&mut stream).await.unwrap().event, "snapshot");
-    dashboard.shutdown.cancel();
-    tokio::time::timeout(LIMIT, dashboard.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    dashboard.stop().await;
     assert!(next_follow(&mut stream).await.is_none(), "the stream ended");
 }
 
@@ -254,10 +242,5 @@ async fn json_api_reports_redis_down() {
     let (status, body) = request(dashboard.addr, "GET", "/api/sessions").await;
     assert_eq!(status, 503);
     assert!(body.contains("error"), "{body}");
-    dashboard.shutdown.cancel();
-    tokio::time::timeout(LIMIT, dashboard.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    dashboard.stop().await;
 }
