@@ -38,6 +38,7 @@ mod stats;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::ValueEnum as _;
 use serde::Serialize;
 use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, StateManager};
 use tokio::sync::oneshot;
@@ -90,6 +91,27 @@ pub struct Args {
     /// Small counts, a few seconds: proves the benchmark works; the figures mean little
     #[arg(long)]
     quick: bool,
+    /// Run only these sections (comma-separated); the others' figures are null
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
+    only: Vec<Section>,
+}
+
+/// The six sections, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Section {
+    /// 1: awaited updates against PING
+    Awaited,
+    /// 2: producer throughput against redis-benchmark -P 32
+    Throughput,
+    /// 3: producer call time with Redis up, paused and down
+    Calls,
+    /// 4: producer to subscriber latency
+    E2e,
+    /// 5: status and all-nodes health at scale
+    Status,
+    /// 6: peak memory of mcp and viz with 100 clients
+    Memory,
 }
 
 /// Counts and durations of one run.
@@ -121,9 +143,16 @@ pub struct Plan {
     pub clients: usize,
     /// How long the clients follow before memory is read.
     pub hold: Duration,
+    /// The sections to run; empty runs them all.
+    pub only: Vec<Section>,
 }
 
 impl Plan {
+    /// Whether `section` runs: every section does unless `--only` named some.
+    pub fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
+
     /// The full run (about two minutes) or the quick one (a few seconds).
     pub fn new(quick: bool) -> Plan {
         if quick {
@@ -141,6 +170,7 @@ impl Plan {
                 status_repeats: 1,
                 clients: 100,
                 hold: Duration::from_secs(1),
+                only: Vec::new(),
             };
         }
         Plan {
@@ -157,6 +187,7 @@ impl Plan {
             status_repeats: 5,
             clients: 100,
             hold: Duration::from_secs(5),
+            only: Vec::new(),
         }
     }
 }
@@ -174,6 +205,8 @@ pub struct Report {
     redis_version: Option<String>,
     /// Where it ran.
     machine: Machine,
+    /// The sections that ran (all six unless `--only` named some).
+    sections: Vec<Section>,
     ping_rtt_p50_us: Option<f64>,
     ping_rtt_p99_us: Option<f64>,
     update_awaited_p50_us: Option<f64>,
@@ -301,7 +334,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         (None, true) => Target::Given(Endpoint::from(&global.target()?)),
         (None, false) => Target::Private,
     };
-    let plan = Plan::new(args.quick);
+    let plan = Plan {
+        only: args.only,
+        ..Plan::new(args.quick)
+    };
     let shutdown = CancellationToken::new();
     let (tx, rx) = oneshot::channel();
     let token = shutdown.clone();
@@ -388,6 +424,11 @@ async fn bench(target: Target, plan: Plan, shutdown: CancellationToken) -> anyho
     let mut report = Report {
         quick: plan.quick,
         machine: Machine::now(),
+        sections: Section::value_variants()
+            .iter()
+            .copied()
+            .filter(|section| plan.runs(*section))
+            .collect(),
         ..Report::default()
     };
     let (endpoint, private) = match target {
@@ -460,202 +501,214 @@ async fn sections(
     let session = measure::start_session(&manager).await?;
     let mut sessions = vec![session.clone()];
 
-    progress("1/6 awaited updates against PING");
-    let before = baseline::command_time(endpoint, "evalsha").await;
-    if let Some(mut awaited) = section(report, "awaited", measure::awaited(&manager, &session, plan).await) {
-        report.ping_rtt_p50_us = awaited.ping.percentile_us(0.5);
-        report.ping_rtt_p99_us = awaited.ping.percentile_us(0.99);
-        report.update_awaited_p50_us = awaited.update.percentile_us(0.5);
-        report.update_awaited_p99_us = awaited.update.percentile_us(0.99);
-    }
-    // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
-    if let (Ok((calls_before, usec_before)), Ok((calls, usec))) =
-        (before, baseline::command_time(endpoint, "evalsha").await)
-        && calls > calls_before
-    {
-        report.server_update_us = Some((usec - usec_before) as f64 / (calls - calls_before) as f64);
-    }
-    if let Some(tool) = &redis_benchmark {
-        let ping = tool.run(1, plan.ping_requests, &["PING".to_owned()]).await;
-        if let Some(run) = section(report, "redis-benchmark PING", ping) {
-            report.redis_benchmark_ping_p50_us = Some(run.p50_us);
-            report.redis_benchmark_ping_p99_us = Some(run.p99_us);
+    if plan.runs(Section::Awaited) {
+        progress("1/6 awaited updates against PING");
+        let before = baseline::command_time(endpoint, "evalsha").await;
+        if let Some(mut awaited) = section(report, "awaited", measure::awaited(&manager, &session, plan).await) {
+            report.ping_rtt_p50_us = awaited.ping.percentile_us(0.5);
+            report.ping_rtt_p99_us = awaited.ping.percentile_us(0.99);
+            report.update_awaited_p50_us = awaited.update.percentile_us(0.5);
+            report.update_awaited_p99_us = awaited.update.percentile_us(0.99);
+        }
+        // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
+        if let (Ok((calls_before, usec_before)), Ok((calls, usec))) =
+            (before, baseline::command_time(endpoint, "evalsha").await)
+            && calls > calls_before
+        {
+            report.server_update_us = Some((usec - usec_before) as f64 / (calls - calls_before) as f64);
+        }
+        if let Some(tool) = &redis_benchmark {
+            let ping = tool.run(1, plan.ping_requests, &["PING".to_owned()]).await;
+            if let Some(run) = section(report, "redis-benchmark PING", ping) {
+                report.redis_benchmark_ping_p50_us = Some(run.p50_us);
+                report.redis_benchmark_ping_p99_us = Some(run.p99_us);
+            }
         }
     }
 
-    progress("2/6 producer throughput against redis-benchmark -P 32");
-    let command = match &redis_benchmark {
-        Some(_) => match measure::capture_update(endpoint, &manager, &session).await {
-            Ok(command) => Some(command),
-            Err(err) => {
-                report.notes.push(format!(
-                    "could not capture the update command with MONITOR ({err:#}): no same-work baseline"
-                ));
-                None
+    if plan.runs(Section::Throughput) {
+        progress("2/6 producer throughput against redis-benchmark -P 32");
+        let command = match &redis_benchmark {
+            Some(_) => match measure::capture_update(endpoint, &manager, &session).await {
+                Ok(command) => Some(command),
+                Err(err) => {
+                    report.notes.push(format!(
+                        "could not capture the update command with MONITOR ({err:#}): no same-work baseline"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut rates = Vec::with_capacity(plan.repeats);
+        let mut limits = Vec::with_capacity(plan.repeats);
+        for _ in 0..plan.repeats {
+            let rate = measure::throughput(&manager, &session, plan.throughput, shutdown).await;
+            rates.extend(section(report, "throughput", rate));
+            if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
+                let limit = tool.run(32, plan.pipelined_requests, command).await;
+                limits.extend(section(report, "redis-benchmark update command", limit).map(|run| run.rps));
             }
-        },
-        None => None,
-    };
-    let mut rates = Vec::with_capacity(plan.repeats);
-    let mut limits = Vec::with_capacity(plan.repeats);
-    for _ in 0..plan.repeats {
-        let rate = measure::throughput(&manager, &session, plan.throughput, shutdown).await;
-        rates.extend(section(report, "throughput", rate));
+        }
+        report.throughput_updates_per_s = median(&rates);
+        report.pipelined_limit_per_s = median(&limits);
         if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
-            let limit = tool.run(32, plan.pipelined_requests, command).await;
-            limits.extend(section(report, "redis-benchmark update command", limit).map(|run| run.rps));
-        }
-    }
-    report.throughput_updates_per_s = median(&rates);
-    report.pipelined_limit_per_s = median(&limits);
-    if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
-        let single = tool.run(1, plan.ping_requests, command).await;
-        if let Some(run) = section(report, "redis-benchmark update command -P 1", single) {
-            report.redis_benchmark_update_p50_us = Some(run.p50_us);
-        }
-    }
-    if let Some(tool) = &redis_benchmark {
-        let reference = match measure::reference_command(&manager, &session).await {
-            Ok(reference) => tool.run(32, plan.pipelined_requests, &reference).await,
-            Err(err) => Err(err),
-        };
-        report.pipelined_reference_eval_per_s =
-            section(report, "redis-benchmark reference EVAL", reference).map(|run| run.rps);
-        let ping = tool.run(32, plan.pipelined_ping_requests, &["PING".to_owned()]).await;
-        report.pipelined_ping_per_s = section(report, "redis-benchmark PING -P 32", ping).map(|run| run.rps);
-    }
-
-    progress("3/6 producer call time with Redis up, paused and down");
-    if private.is_none() {
-        report
-            .notes
-            .push("paused: skipped, the bench freezes (SIGSTOP) only a server it started itself".to_owned());
-    }
-    let dead_port = free_port()?;
-    let calls = measure::producer_calls(&manager, &session, plan, private, dead_port, shutdown).await;
-    if let Some(mut calls) = section(report, "producer calls", calls) {
-        let percentiles = |samples: &mut Samples| {
-            (
-                samples.percentile_us(0.5),
-                samples.percentile_us(0.99),
-                samples.percentile_us(0.999),
-            )
-        };
-        (
-            report.producer_call_p50_us_up,
-            report.producer_call_p99_us_up,
-            report.producer_call_p999_us_up,
-        ) = percentiles(&mut calls.up);
-        if let Some(paused) = &mut calls.paused {
-            (
-                report.producer_call_p50_us_paused,
-                report.producer_call_p99_us_paused,
-                report.producer_call_p999_us_paused,
-            ) = percentiles(paused);
-        }
-        (
-            report.producer_call_p50_us_down,
-            report.producer_call_p99_us_down,
-            report.producer_call_p999_us_down,
-        ) = percentiles(&mut calls.down);
-    }
-
-    progress("4/6 producer to subscriber at 1 kHz: pub/sub, then the follow API");
-    let raw = measure::raw_pubsub(endpoint, plan.e2e).await;
-    if let Some(mut raw) = section(report, "raw pub/sub latency", raw) {
-        report.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
-        report.e2e_raw_publish_p99_us = raw.samples.percentile_us(0.99);
-    }
-    let pubsub = measure::end_to_end(&manager, plan, Path::PubSub, shutdown).await;
-    if let Some(mut pubsub) = section(report, "pub/sub latency", pubsub) {
-        report.e2e_pubsub_p50_us = pubsub.samples.percentile_us(0.5);
-        report.e2e_pubsub_p99_us = pubsub.samples.percentile_us(0.99);
-        report.e2e_pubsub_missed = Some(pubsub.missed);
-    }
-    let follow = measure::end_to_end(&manager, plan, Path::Follow, shutdown).await;
-    if let Some(mut follow) = section(report, "follow latency", follow) {
-        report.e2e_follow_p50_us = follow.samples.percentile_us(0.5);
-        report.e2e_follow_p99_us = follow.samples.percentile_us(0.99);
-        report.e2e_follow_missed = Some(follow.missed);
-    }
-
-    progress("5/6 status and all-nodes health over 100, 1,000 and 10,000 sessions");
-    let mut seeded = scale::Seeded::connect(endpoint).await?;
-    let steps = scale::measure(&manager, &mut seeded, plan.status_repeats).await;
-    let removed = seeded.remove().await;
-    if let Some(steps) = section(report, "status scale", steps)
-        && let [small, medium, large] = steps.as_slice()
-    {
-        report.status_10_nodes_100_sessions_ms = Some(small.status_ms);
-        report.status_100_nodes_1000_sessions_ms = Some(medium.status_ms);
-        report.status_1000_nodes_10000_sessions_ms = Some(large.status_ms);
-        report.health_10_nodes_ms = Some(small.health_ms);
-        report.health_100_nodes_ms = Some(medium.health_ms);
-        report.health_1000_nodes_ms = Some(large.health_ms);
-        report.status_growth_100_to_1000 = Some(medium.status_ms / small.status_ms);
-        report.status_growth_1000_to_10000 = Some(large.status_ms / medium.status_ms);
-        report.health_growth_10_to_100 = Some(medium.health_ms / small.health_ms);
-        report.health_growth_100_to_1000 = Some(large.health_ms / medium.health_ms);
-    }
-    section(report, "removing the seeded sessions", removed);
-
-    progress(&format!(
-        "6/6 memory of mcp and viz with {} clients following a session",
-        plan.clients
-    ));
-    let memory_session = measure::start_session(&manager).await?;
-    sessions.push(memory_session.clone());
-    let robot = CancellationToken::new();
-    let robot_task = tokio::spawn(measure::run_session(
-        manager.clone(),
-        memory_session.clone(),
-        robot.clone(),
-    ));
-    for server in [memory::Server::Mcp, memory::Server::Viz] {
-        let peak = memory::measure(server, endpoint, &memory_session, plan.clients, plan.hold).await;
-        let name = match server {
-            memory::Server::Mcp => "mcp memory",
-            memory::Server::Viz => "viz memory",
-        };
-        if let Some(peak) = section(report, name, peak) {
-            let (rss, end, idle, anon, anon_idle, connected, updated) = match server {
-                memory::Server::Mcp => (
-                    &mut report.rss_mcp_100_clients_mb,
-                    &mut report.rss_mcp_end_mb,
-                    &mut report.rss_mcp_idle_mb,
-                    &mut report.rss_mcp_anon_mb,
-                    &mut report.rss_mcp_anon_idle_mb,
-                    &mut report.mcp_clients_connected,
-                    &mut report.mcp_clients_updated,
-                ),
-                memory::Server::Viz => (
-                    &mut report.rss_viz_100_clients_mb,
-                    &mut report.rss_viz_end_mb,
-                    &mut report.rss_viz_idle_mb,
-                    &mut report.rss_viz_anon_mb,
-                    &mut report.rss_viz_anon_idle_mb,
-                    &mut report.viz_clients_connected,
-                    &mut report.viz_clients_updated,
-                ),
-            };
-            *rss = Some(peak.hwm_mb);
-            *end = Some(peak.rss_mb);
-            *idle = Some(peak.idle_mb);
-            *anon = Some(peak.anon_mb);
-            *anon_idle = Some(peak.idle_anon_mb);
-            *connected = Some(peak.connected);
-            *updated = Some(peak.updated);
-            if peak.connected < plan.clients {
-                report.notes.push(format!(
-                    "{name}: the server accepted {} of {} clients",
-                    peak.connected, plan.clients
-                ));
+            let single = tool.run(1, plan.ping_requests, command).await;
+            if let Some(run) = section(report, "redis-benchmark update command -P 1", single) {
+                report.redis_benchmark_update_p50_us = Some(run.p50_us);
             }
         }
+        if let Some(tool) = &redis_benchmark {
+            let reference = match measure::reference_command(&manager, &session).await {
+                Ok(reference) => tool.run(32, plan.pipelined_requests, &reference).await,
+                Err(err) => Err(err),
+            };
+            report.pipelined_reference_eval_per_s =
+                section(report, "redis-benchmark reference EVAL", reference).map(|run| run.rps);
+            let ping = tool.run(32, plan.pipelined_ping_requests, &["PING".to_owned()]).await;
+            report.pipelined_ping_per_s = section(report, "redis-benchmark PING -P 32", ping).map(|run| run.rps);
+        }
     }
-    robot.cancel();
-    let ran = robot_task.await.context("bug: the session task panicked")?;
-    section(report, "running the followed session", ran);
+
+    if plan.runs(Section::Calls) {
+        progress("3/6 producer call time with Redis up, paused and down");
+        if private.is_none() {
+            report
+                .notes
+                .push("paused: skipped, the bench freezes (SIGSTOP) only a server it started itself".to_owned());
+        }
+        let dead_port = free_port()?;
+        let calls = measure::producer_calls(&manager, &session, plan, private, dead_port, shutdown).await;
+        if let Some(mut calls) = section(report, "producer calls", calls) {
+            let percentiles = |samples: &mut Samples| {
+                (
+                    samples.percentile_us(0.5),
+                    samples.percentile_us(0.99),
+                    samples.percentile_us(0.999),
+                )
+            };
+            (
+                report.producer_call_p50_us_up,
+                report.producer_call_p99_us_up,
+                report.producer_call_p999_us_up,
+            ) = percentiles(&mut calls.up);
+            if let Some(paused) = &mut calls.paused {
+                (
+                    report.producer_call_p50_us_paused,
+                    report.producer_call_p99_us_paused,
+                    report.producer_call_p999_us_paused,
+                ) = percentiles(paused);
+            }
+            (
+                report.producer_call_p50_us_down,
+                report.producer_call_p99_us_down,
+                report.producer_call_p999_us_down,
+            ) = percentiles(&mut calls.down);
+        }
+    }
+
+    if plan.runs(Section::E2e) {
+        progress("4/6 producer to subscriber at 1 kHz: pub/sub, then the follow API");
+        let raw = measure::raw_pubsub(endpoint, plan.e2e).await;
+        if let Some(mut raw) = section(report, "raw pub/sub latency", raw) {
+            report.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
+            report.e2e_raw_publish_p99_us = raw.samples.percentile_us(0.99);
+        }
+        let pubsub = measure::end_to_end(&manager, plan, Path::PubSub, shutdown).await;
+        if let Some(mut pubsub) = section(report, "pub/sub latency", pubsub) {
+            report.e2e_pubsub_p50_us = pubsub.samples.percentile_us(0.5);
+            report.e2e_pubsub_p99_us = pubsub.samples.percentile_us(0.99);
+            report.e2e_pubsub_missed = Some(pubsub.missed);
+        }
+        let follow = measure::end_to_end(&manager, plan, Path::Follow, shutdown).await;
+        if let Some(mut follow) = section(report, "follow latency", follow) {
+            report.e2e_follow_p50_us = follow.samples.percentile_us(0.5);
+            report.e2e_follow_p99_us = follow.samples.percentile_us(0.99);
+            report.e2e_follow_missed = Some(follow.missed);
+        }
+    }
+
+    if plan.runs(Section::Status) {
+        progress("5/6 status and all-nodes health over 100, 1,000 and 10,000 sessions");
+        let mut seeded = scale::Seeded::connect(endpoint).await?;
+        let steps = scale::measure(&manager, &mut seeded, plan.status_repeats).await;
+        let removed = seeded.remove().await;
+        if let Some(steps) = section(report, "status scale", steps)
+            && let [small, medium, large] = steps.as_slice()
+        {
+            report.status_10_nodes_100_sessions_ms = Some(small.status_ms);
+            report.status_100_nodes_1000_sessions_ms = Some(medium.status_ms);
+            report.status_1000_nodes_10000_sessions_ms = Some(large.status_ms);
+            report.health_10_nodes_ms = Some(small.health_ms);
+            report.health_100_nodes_ms = Some(medium.health_ms);
+            report.health_1000_nodes_ms = Some(large.health_ms);
+            report.status_growth_100_to_1000 = Some(medium.status_ms / small.status_ms);
+            report.status_growth_1000_to_10000 = Some(large.status_ms / medium.status_ms);
+            report.health_growth_10_to_100 = Some(medium.health_ms / small.health_ms);
+            report.health_growth_100_to_1000 = Some(large.health_ms / medium.health_ms);
+        }
+        section(report, "removing the seeded sessions", removed);
+    }
+
+    if plan.runs(Section::Memory) {
+        progress(&format!(
+            "6/6 memory of mcp and viz with {} clients following a session",
+            plan.clients
+        ));
+        let memory_session = measure::start_session(&manager).await?;
+        sessions.push(memory_session.clone());
+        let robot = CancellationToken::new();
+        let robot_task = tokio::spawn(measure::run_session(
+            manager.clone(),
+            memory_session.clone(),
+            robot.clone(),
+        ));
+        for server in [memory::Server::Mcp, memory::Server::Viz] {
+            let peak = memory::measure(server, endpoint, &memory_session, plan.clients, plan.hold).await;
+            let name = match server {
+                memory::Server::Mcp => "mcp memory",
+                memory::Server::Viz => "viz memory",
+            };
+            if let Some(peak) = section(report, name, peak) {
+                let (rss, end, idle, anon, anon_idle, connected, updated) = match server {
+                    memory::Server::Mcp => (
+                        &mut report.rss_mcp_100_clients_mb,
+                        &mut report.rss_mcp_end_mb,
+                        &mut report.rss_mcp_idle_mb,
+                        &mut report.rss_mcp_anon_mb,
+                        &mut report.rss_mcp_anon_idle_mb,
+                        &mut report.mcp_clients_connected,
+                        &mut report.mcp_clients_updated,
+                    ),
+                    memory::Server::Viz => (
+                        &mut report.rss_viz_100_clients_mb,
+                        &mut report.rss_viz_end_mb,
+                        &mut report.rss_viz_idle_mb,
+                        &mut report.rss_viz_anon_mb,
+                        &mut report.rss_viz_anon_idle_mb,
+                        &mut report.viz_clients_connected,
+                        &mut report.viz_clients_updated,
+                    ),
+                };
+                *rss = Some(peak.hwm_mb);
+                *end = Some(peak.rss_mb);
+                *idle = Some(peak.idle_mb);
+                *anon = Some(peak.anon_mb);
+                *anon_idle = Some(peak.idle_anon_mb);
+                *connected = Some(peak.connected);
+                *updated = Some(peak.updated);
+                if peak.connected < plan.clients {
+                    report.notes.push(format!(
+                        "{name}: the server accepted {} of {} clients",
+                        peak.connected, plan.clients
+                    ));
+                }
+            }
+        }
+        robot.cancel();
+        let ran = robot_task.await.context("bug: the session task panicked")?;
+        section(report, "running the followed session", ran);
+    }
 
     // The bench's own sessions; the event log keeps their events until it is trimmed.
     for session in &sessions {
@@ -667,6 +720,7 @@ async fn sections(
 
 /// One table row: what, its value, its baseline, the ratio, the target and the verdict.
 struct Row {
+    section: Section,
     name: String,
     value: String,
     baseline: String,
@@ -701,6 +755,7 @@ fn render(report: &Report) -> String {
     let mut rows = Vec::new();
     let awaited_ratio = ratio_of(report.update_awaited_p50_us, report.ping_rtt_p50_us);
     rows.push(Row {
+        section: Section::Awaited,
         name: "awaited update p50".to_owned(),
         value: show(report.update_awaited_p50_us, "us", 0),
         baseline: format!("PING p50 {}", show(report.ping_rtt_p50_us, "us", 0)),
@@ -709,6 +764,7 @@ fn render(report: &Report) -> String {
         verdict: verdict(awaited_ratio, |ratio| ratio <= target::AWAITED_RATIO),
     });
     rows.push(Row {
+        section: Section::Awaited,
         name: "awaited update p99".to_owned(),
         value: show(report.update_awaited_p99_us, "us", 0),
         baseline: format!("PING p99 {}", show(report.ping_rtt_p99_us, "us", 0)),
@@ -717,6 +773,7 @@ fn render(report: &Report) -> String {
         verdict: "",
     });
     rows.push(Row {
+        section: Section::Awaited,
         name: "  same client vs redis-benchmark".to_owned(),
         value: format!("PING p50 {}", show(report.ping_rtt_p50_us, "us", 0)),
         baseline: format!(
@@ -728,6 +785,7 @@ fn render(report: &Report) -> String {
         verdict: "",
     });
     rows.push(Row {
+        section: Section::Awaited,
         name: "  update vs redis-benchmark".to_owned(),
         value: show(report.update_awaited_p50_us, "us", 0),
         baseline: format!(
@@ -742,6 +800,7 @@ fn render(report: &Report) -> String {
         verdict: "",
     });
     rows.push(Row {
+        section: Section::Awaited,
         name: "  Redis time per update script".to_owned(),
         value: show(report.server_update_us, "us", 1),
         baseline: "INFO commandstats, network excluded".to_owned(),
@@ -751,6 +810,7 @@ fn render(report: &Report) -> String {
     });
     let throughput_ratio = ratio_of(report.throughput_updates_per_s, report.pipelined_limit_per_s);
     rows.push(Row {
+        section: Section::Throughput,
         name: "throughput, one producer".to_owned(),
         value: show(report.throughput_updates_per_s, "/s", 0),
         baseline: format!("same command -P 32 {}", show(report.pipelined_limit_per_s, "/s", 0)),
@@ -759,6 +819,7 @@ fn render(report: &Report) -> String {
         verdict: verdict(throughput_ratio, |ratio| ratio >= target::THROUGHPUT_RATIO),
     });
     rows.push(Row {
+        section: Section::Throughput,
         name: "  vs reference EVAL".to_owned(),
         value: String::new(),
         baseline: format!(
@@ -773,6 +834,7 @@ fn render(report: &Report) -> String {
         verdict: "",
     });
     rows.push(Row {
+        section: Section::Throughput,
         name: "  vs PING".to_owned(),
         value: String::new(),
         baseline: format!("PING -P 32 {}", show(report.pipelined_ping_per_s, "/s", 0)),
@@ -801,6 +863,7 @@ fn render(report: &Report) -> String {
         ),
     ] {
         rows.push(Row {
+            section: Section::Calls,
             name: format!("producer call p99, redis {condition}"),
             value: show(p99, "us", 2),
             baseline: format!("p50 {}, p99.9 {}", show(p50, "us", 2), show(p999, "us", 1)),
@@ -810,6 +873,7 @@ fn render(report: &Report) -> String {
         });
     }
     rows.push(Row {
+        section: Section::E2e,
         name: "plain PUBLISH->subscriber p99".to_owned(),
         value: show(report.e2e_raw_publish_p99_us, "us", 0),
         baseline: format!(
@@ -827,6 +891,7 @@ fn render(report: &Report) -> String {
     ] {
         let ratio = ratio_of(p99, report.ping_rtt_p99_us);
         rows.push(Row {
+            section: Section::E2e,
             name: format!("producer->subscriber p99, {path}"),
             value: show(p99, "us", 0),
             baseline: format!(
@@ -840,6 +905,7 @@ fn render(report: &Report) -> String {
         });
     }
     rows.push(Row {
+        section: Section::Status,
         name: "status, 1,000 nodes 10,000 sessions".to_owned(),
         value: show(report.status_1000_nodes_10000_sessions_ms, "ms", 1),
         baseline: format!(
@@ -858,6 +924,7 @@ fn render(report: &Report) -> String {
         ("health growth, 100 -> 1,000", report.health_growth_100_to_1000),
     ] {
         rows.push(Row {
+            section: Section::Status,
             name: name.to_owned(),
             value: show_ratio(growth),
             baseline: "10x the data".to_owned(),
@@ -867,6 +934,7 @@ fn render(report: &Report) -> String {
         });
     }
     rows.push(Row {
+        section: Section::Status,
         name: "all-nodes health, 1,000 nodes".to_owned(),
         value: show(report.health_1000_nodes_ms, "ms", 1),
         baseline: String::new(),
@@ -894,6 +962,7 @@ fn render(report: &Report) -> String {
     ] {
         let count = |count: Option<usize>| count.map_or_else(|| "?".to_owned(), |count| count.to_string());
         rows.push(Row {
+            section: Section::Memory,
             name: name.to_owned(),
             value: show(rss, "MiB", 1),
             baseline: format!(
@@ -908,6 +977,7 @@ fn render(report: &Report) -> String {
             verdict: verdict(rss, |rss| rss <= target::RSS_MB),
         });
     }
+    rows.retain(|row| report.sections.contains(&row.section));
 
     let mut out = String::new();
     let machine = &report.machine;
@@ -930,6 +1000,7 @@ fn render(report: &Report) -> String {
             .map_or_else(|| "?".to_owned(), |load| format!("{load:.2}")),
     ));
     let header = Row {
+        section: Section::Awaited,
         name: "measure".to_owned(),
         value: "value".to_owned(),
         baseline: "baseline (same run, same server)".to_owned(),
