@@ -23,6 +23,7 @@
 pub mod config;
 pub mod connection;
 mod error;
+mod fastpath;
 pub mod follow;
 pub mod heartbeat;
 mod ids;
@@ -44,7 +45,7 @@ pub use follow::{Cursor, FollowItem, Follower, Scope, Snapshot};
 pub use ids::{Category, MAX_ID_LEN, NodeId, SessionId};
 pub use manager::{CorruptEntry, Entry, ProgressUpdate, SessionInfo, StateManager, SystemStatus};
 pub use params::{Descriptor, Param, ParamName, ParamType, ParamValue, Params};
-pub use producer::{Producer, ProducerConfig, ProducerStats};
+pub use producer::{Producer, ProducerConfig, ProducerStats, Wake};
 pub use subscribe::{Message, Subscription};
 pub use timestamp::Timestamp;
 

@@ -11,7 +11,7 @@
 //! not decode is reported per entry, naming its key, and never fails a whole listing.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -21,6 +21,7 @@ use serde_json::{Map, Value, json};
 
 use crate::connection::{self, ManagerConfig};
 use crate::error::{Error, Result};
+use crate::fastpath::DocCache;
 use crate::ids::{Category, NodeId, SessionId};
 use crate::keys;
 use crate::model::{ErrorEvent, Event, HistoryEntry, NodeHealth, RobotState, StrokeProgress};
@@ -155,6 +156,8 @@ struct Inner {
     /// a timeout, which is what a half-open connection (peer silent, no reset) produces; so on a
     /// timeout we swap in a fresh lazy connection here. The lock is held only to clone or swap.
     connection: RwLock<ConnectionManager>,
+    /// The progress documents this manager last stored, for the update's fast path.
+    docs: Mutex<DocCache>,
 }
 
 impl StateManager {
@@ -197,6 +200,7 @@ impl StateManager {
                 client,
                 manager_config,
                 connection,
+                docs: Mutex::new(DocCache::default()),
             }),
         }
     }
@@ -301,6 +305,7 @@ impl StateManager {
         progress.extra.clear();
         let base = keys::session_base(node_id, now.as_datetime().timestamp());
         let document = encode_json("progress", &progress)?;
+        let stored = document.clone();
         let session_id: String = scripts::START
             .key(keys::SESSION_INDEX)
             .key(keys::EVENT_LOG)
@@ -320,7 +325,9 @@ impl StateManager {
             .await
             .map_err(|err| self.redis_error("start_stroke_session", err))?;
         tracing::debug!(session_id = %session_id, "stroke session started");
-        SessionId::new(session_id)
+        let session_id = SessionId::new(session_id)?;
+        self.docs().learn_built(&session_id, &progress, stored);
+        Ok(session_id)
     }
 
     /// Records progress: merges the named fields into the progress document, appends one
@@ -335,8 +342,14 @@ impl StateManager {
     /// description longer than [`MAX_TEXT_LEN`], or a Redis failure.
     pub async fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<String> {
         let op = self.progress_op(session_id, update)?;
-        let entry_id: redis::Value = self.apply(&op, "update_stroke_progress").await?;
-        Ok(redis::from_redis_value(entry_id).unwrap_or_default())
+        let reply = self.apply(&op, "update_stroke_progress").await?;
+        Ok(self.docs().observe(session_id, reply).unwrap_or_default())
+    }
+
+    /// The cache of stored progress documents; a poisoned lock only means a panic elsewhere
+    /// while the cache, a hint, was being changed.
+    fn docs(&self) -> std::sync::MutexGuard<'_, DocCache> {
+        self.inner.docs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The op for a progress update, stamped now.
@@ -378,10 +391,18 @@ impl StateManager {
 
     /// Runs one op now (no writer revision) and returns the script's answer.
     async fn apply(&self, op: &Op, operation: &'static str) -> Result<redis::Value> {
-        op.invocation(&self.inner.config, "", 0)
+        let fast = op.plan(&mut self.docs(), self.node_id());
+        let reply = op
+            .invocation(&self.inner.config, "", 0, fast.as_ref())
             .invoke_async(&mut self.connection())
             .await
-            .map_err(|err| self.redis_error(operation, err))
+            .map_err(|err| self.redis_error(operation, err));
+        if reply.is_err()
+            && let Some(session_id) = op.session()
+        {
+            self.docs().forget(session_id);
+        }
+        reply
     }
 
     /// Marks the session paused (`is_paused: true`) and publishes `session_pause`.
@@ -700,6 +721,7 @@ impl StateManager {
     ///
     /// A Redis failure.
     pub async fn clear_session_data(&self, session_id: &SessionId) -> Result<bool> {
+        self.docs().forget(session_id);
         let (deleted,): (usize,) = redis::pipe()
             .atomic()
             .del(&[keys::progress(session_id), keys::history(session_id)])

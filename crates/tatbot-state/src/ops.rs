@@ -4,10 +4,13 @@
 //! An op carries everything it writes, stamped when it was made, so sending it late (after a
 //! reconnect) or twice (after a Redis restart) writes what the caller meant at the time.
 
+use std::fmt::Write as _;
+
 use redis::ScriptInvocation;
 use serde_json::{Map, Value};
 
 use crate::connection::ManagerConfig;
+use crate::fastpath::{DocCache, FastArgs};
 use crate::ids::{NodeId, SessionId};
 use crate::keys;
 use crate::manager::ProgressUpdate;
@@ -82,8 +85,36 @@ impl Op {
         }
     }
 
-    /// The invocation, with writer revision `rev_key` (`""` for none) and sequence `seq`.
-    pub(crate) fn invocation(&self, config: &ManagerConfig, rev_key: &str, seq: u64) -> ScriptInvocation<'static> {
+    /// The session whose progress document this op changes.
+    pub(crate) fn session(&self) -> Option<&SessionId> {
+        match self {
+            Op::Progress { session_id, .. } | Op::RunState { session_id, .. } => Some(session_id),
+            _ => None,
+        }
+    }
+
+    /// Plans the fast path of a progress update from what `docs` knows, and keeps `docs` in
+    /// step with what this op will store: a run-state change makes the session unknown.
+    pub(crate) fn plan(&self, docs: &mut DocCache, node_id: &NodeId) -> Option<FastArgs> {
+        match self {
+            Op::Progress { session_id, update, at } => docs.plan(session_id, update, *at, node_id),
+            Op::RunState { session_id, .. } => {
+                docs.forget(session_id);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The invocation, with writer revision `rev_key` (`""` for none) and sequence `seq`, and
+    /// for a progress update the fast path's arguments when there are some.
+    pub(crate) fn invocation(
+        &self,
+        config: &ManagerConfig,
+        rev_key: &str,
+        seq: u64,
+        fast: Option<&FastArgs>,
+    ) -> ScriptInvocation<'static> {
         match self {
             Op::Progress { session_id, update, at } => {
                 let mut invocation = scripts::UPDATE.prepare_invoke();
@@ -98,6 +129,17 @@ impl Op {
                     .arg(config.history_maxlen)
                     .arg(config.event_log_maxlen)
                     .arg(keys::PROGRESS_EVENTS);
+                if let Some(fast) = fast {
+                    invocation
+                        .arg(&fast.expected)
+                        .arg(&fast.document)
+                        .arg(&fast.description_l)
+                        .arg(&fast.description_r)
+                        .arg(&fast.event)
+                        .arg(update.stroke_idx)
+                        .arg(update.pose_idx)
+                        .arg(config.node_id.as_str());
+                }
                 invocation
             }
             Op::RunState {
@@ -187,24 +229,64 @@ impl Op {
     }
 }
 
-/// The JSON patch of a progress update: the fields it names, stamped and signed.
+/// The JSON patch of a progress update: the fields it names, stamped and signed. Written
+/// directly rather than through a `serde_json` map: it is built for every update the
+/// producer's writer sends.
 fn progress_patch(update: &ProgressUpdate, at: Timestamp, node_id: &NodeId) -> String {
-    let mut patch = Map::new();
-    patch.insert("timestamp".into(), Value::String(at.to_string()));
-    patch.insert("node_id".into(), Value::String(node_id.to_string()));
-    patch.insert("stroke_idx".into(), update.stroke_idx.into());
-    patch.insert("pose_idx".into(), update.pose_idx.into());
-    if let Some(text) = &update.description_l {
-        patch.insert("stroke_description_l".into(), text.as_str().into());
+    let mut patch = format!(
+        "{{\"timestamp\":\"{at}\",\"node_id\":{},\"stroke_idx\":{},\"pose_idx\":{}",
+        json_string(node_id.as_str()),
+        update.stroke_idx,
+        update.pose_idx
+    );
+    for (name, text) in [
+        ("stroke_description_l", &update.description_l),
+        ("stroke_description_r", &update.description_r),
+    ] {
+        if let Some(text) = text {
+            let _ = write!(patch, ",\"{name}\":{}", json_string(text));
+        }
     }
-    if let Some(text) = &update.description_r {
-        patch.insert("stroke_description_r".into(), text.as_str().into());
+    for (name, offset) in [
+        ("offset_idx_l", update.offset_idx_l),
+        ("offset_idx_r", update.offset_idx_r),
+    ] {
+        if let Some(offset) = offset {
+            let _ = write!(patch, ",\"{name}\":{offset}");
+        }
     }
-    if let Some(offset) = update.offset_idx_l {
-        patch.insert("offset_idx_l".into(), offset.into());
+    patch.push('}');
+    patch
+}
+
+/// `text` as a JSON string literal.
+pub(crate) fn json_string(text: &str) -> String {
+    // Serializing a `str` cannot fail; the fallback only keeps this total.
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The patch names exactly the fields the update sets, as valid JSON.
+    #[test]
+    fn patch_names_what_the_update_sets() {
+        let at = Timestamp::parse("2026-11-25T10:00:00.5").unwrap();
+        let node = NodeId::new("ook").unwrap();
+        let patch: Value = serde_json::from_str(&progress_patch(&ProgressUpdate::new(3, 4), at, &node)).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!({"timestamp": "2026-11-25T10:00:00.500000", "node_id": "ook", "stroke_idx": 3, "pose_idx": 4})
+        );
+        let update = ProgressUpdate {
+            description_l: Some("say \"hi\"\n".into()),
+            offset_idx_r: Some(-2),
+            ..ProgressUpdate::new(0, 1)
+        };
+        let patch: Value = serde_json::from_str(&progress_patch(&update, at, &node)).unwrap();
+        assert_eq!(patch["stroke_description_l"], "say \"hi\"\n");
+        assert_eq!(patch["offset_idx_r"], -2);
+        assert!(patch.get("stroke_description_r").is_none() && patch.get("offset_idx_l").is_none());
     }
-    if let Some(offset) = update.offset_idx_r {
-        patch.insert("offset_idx_r".into(), offset.into());
-    }
-    Value::Object(patch).to_string()
 }

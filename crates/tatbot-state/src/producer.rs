@@ -22,8 +22,9 @@
 //! restart that may have lost the last second of an `appendfsync everysec` AOF), sends them
 //! again; those that survived are skipped, those that were lost are written, in order.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::AsyncConnectionConfig;
@@ -34,6 +35,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::fastpath::DocCache;
 use crate::ids::{Category, SessionId};
 use crate::manager::{ProgressUpdate, StateManager, health_op, robot_state_op};
 use crate::model::{NodeHealth, RobotState};
@@ -70,7 +72,32 @@ pub struct ProducerConfig {
     pub replay_window: Duration,
     /// Cap on the delay between reconnect attempts.
     pub max_backoff: Duration,
+    /// How a call gets the writer going; see [`Wake`].
+    pub wake: Wake,
 }
+
+/// How a producer call gets the writer to send what it queued.
+///
+/// Waking a parked task from another thread is a system call (a futex or eventfd write) that
+/// usually takes a few microseconds and, on a loaded or virtualised machine, sometimes tens. A
+/// robot loop that cannot afford that tail can have the writer polled instead, at the price of
+/// up to one interval of extra latency to subscribers and a thread that wakes every interval
+/// while the producer is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wake {
+    /// The call wakes the writer itself: the lowest latency to subscribers (the default).
+    #[default]
+    Immediate,
+    /// A thread of the producer's own checks every interval (plus the kernel's timer slack,
+    /// about 50 us) whether something was queued, and wakes the writer. Calls then make no
+    /// system call, except the first after the producer was idle for [`POLL_LINGER`], which
+    /// restarts that thread.
+    Poll(Duration),
+}
+
+/// How long the polling thread of [`Wake::Poll`] keeps polling after the last call before it
+/// parks.
+pub const POLL_LINGER: Duration = Duration::from_millis(250);
 
 impl Default for ProducerConfig {
     fn default() -> ProducerConfig {
@@ -79,6 +106,7 @@ impl Default for ProducerConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             replay_window: DEFAULT_REPLAY_WINDOW,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            wake: Wake::Immediate,
         }
     }
 }
@@ -132,7 +160,9 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     /// Wakes the writer when something is queued.
-    wake: Notify,
+    wake: Arc<Notify>,
+    /// The polling thread of [`Wake::Poll`], if that is the policy.
+    poller: Option<Arc<Poller>>,
     /// The acknowledged sequence number; `flush` waits on it.
     acknowledged: watch::Sender<u64>,
     config: ProducerConfig,
@@ -143,6 +173,83 @@ impl Shared {
         // A poisoned queue only means a panic elsewhere mid-push; the queue is still consistent
         // because every mutation is a single push, pop or insert.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The polling thread of [`Wake::Poll`], and what calls tell it.
+#[derive(Debug, Default)]
+struct Poller {
+    /// Something was queued since the thread last looked.
+    pending: AtomicBool,
+    /// The thread is parked (idle past [`POLL_LINGER`]) and a call must unpark it.
+    parked: AtomicBool,
+    /// The writer stopped: the thread ends.
+    stopped: AtomicBool,
+    /// The thread, once it runs.
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Poller {
+    /// Starts the thread; `None`, with a warning, when the system refuses one (calls then wake
+    /// the writer themselves).
+    fn spawn(wake: &Arc<Notify>, interval: Duration) -> Option<Arc<Poller>> {
+        let poller = Arc::new(Poller::default());
+        let (thread_poller, wake) = (poller.clone(), wake.clone());
+        let spawned = std::thread::Builder::new()
+            .name("tatbot-producer-poll".to_owned())
+            .spawn(move || thread_poller.run(&wake, interval));
+        match spawned {
+            Ok(handle) => {
+                // Set here as well as in the thread, so a call never finds it unset once the
+                // thread may park.
+                let _ = poller.thread.set(handle.thread().clone());
+                Some(poller)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start the producer's polling thread; calls wake the writer instead");
+                None
+            }
+        }
+    }
+
+    /// A call queued something: a store, and a system call only when the thread is parked.
+    fn pending(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst)
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+    }
+
+    /// Ends the thread.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    fn run(&self, wake: &Notify, interval: Duration) {
+        let _ = self.thread.set(std::thread::current());
+        let mut last_call = Instant::now();
+        while !self.stopped.load(Ordering::SeqCst) {
+            if self.pending.swap(false, Ordering::SeqCst) {
+                wake.notify_one();
+                last_call = Instant::now();
+            } else if last_call.elapsed() > POLL_LINGER {
+                // Announce the park before the last look, so a call either is seen here or
+                // sees `parked` and unparks (a token kept for `park` if it comes first).
+                self.parked.store(true, Ordering::SeqCst);
+                if !self.pending.load(Ordering::SeqCst) && !self.stopped.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                last_call = Instant::now();
+                continue;
+            }
+            std::thread::sleep(interval);
+        }
     }
 }
 
@@ -163,9 +270,15 @@ impl StateManager {
     /// `shutdown` (or by [`Producer::close`]).
     pub fn producer(&self, config: ProducerConfig, shutdown: CancellationToken) -> Producer {
         let (acknowledged, _) = watch::channel(0);
+        let wake = Arc::new(Notify::new());
+        let poller = match config.wake {
+            Wake::Immediate => None,
+            Wake::Poll(interval) => Poller::spawn(&wake, interval),
+        };
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
-            wake: Notify::new(),
+            wake,
+            poller,
             acknowledged,
             config,
         });
@@ -197,7 +310,10 @@ impl Producer {
             queue.ops.push_back(Queued { seq, op });
         }
         drop(queue);
-        self.shared.wake.notify_one();
+        match &self.shared.poller {
+            None => self.shared.wake.notify_one(),
+            Some(poller) => poller.pending(),
+        }
         seq
     }
 
@@ -385,6 +501,8 @@ struct Writer {
     connection: Option<MultiplexedConnection>,
     /// When the counters were last stored in Redis.
     stats_published: Option<Instant>,
+    /// The progress documents this writer stored, for the update's fast path.
+    docs: DocCache,
 }
 
 impl Writer {
@@ -400,6 +518,7 @@ impl Writer {
             last_snapshots: HashMap::new(),
             connection: None,
             stats_published: None,
+            docs: DocCache::default(),
         }
     }
 
@@ -421,6 +540,9 @@ impl Writer {
             self.report_drops();
             self.publish_stats().await;
         }
+        if let Some(poller) = &self.shared.poller {
+            poller.stop();
+        }
         tracing::debug!("producer writer stopped");
     }
 
@@ -436,6 +558,8 @@ impl Writer {
                 Ok(()) => return true,
                 Err(err) => {
                     self.connection = None;
+                    // What the failed batch stored is unknown; its resend merges in the script.
+                    self.docs.clear();
                     self.shared.lock().stats.retries += 1;
                     tracing::debug!(error = %err, delay = ?backoff, "send failed; retrying");
                 }
@@ -489,6 +613,7 @@ impl Writer {
         if restarted {
             let replay: Vec<Queued> = self.recent_ops();
             tracing::warn!(ops = replay.len(), "redis restarted; replaying recent writes");
+            self.docs.clear();
             self.send(connection, &replay).await?;
             let mut queue = self.shared.lock();
             queue.stats.restarts += 1;
@@ -508,7 +633,10 @@ impl Writer {
     }
 
     /// One pipeline; per-op refusals are logged and counted, a connection failure is an error.
-    async fn send(&self, connection: &mut MultiplexedConnection, batch: &[Queued]) -> Result<()> {
+    ///
+    /// Progress updates take the fast path when the writer knows the session's document: each
+    /// is planned on the document the previous one will store, so a whole batch chains.
+    async fn send(&mut self, connection: &mut MultiplexedConnection, batch: &[Queued]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -523,21 +651,37 @@ impl Writer {
             } else {
                 &self.rev_key
             };
-            pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq));
+            let fast = queued.op.plan(&mut self.docs, &config.node_id);
+            pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq, fast.as_ref()));
         }
         let results: Vec<redis::RedisResult<redis::Value>> = pipe
             .query_async(connection)
             .await
             .map_err(|err| Error::from_redis("producer batch", err))?;
         let mut rejected = 0;
-        for (queued, result) in batch.iter().zip(results) {
-            let Err(err) = result else { continue };
-            if err.code() == Some("NOSCRIPT") || err.is_io_error() || err.is_connection_dropped() {
-                // The batch is resent whole; ops already applied are skipped by their number.
-                return Err(Error::from_redis("producer batch", err));
+        // The last op on each session says what it holds now; earlier ones were planned over.
+        let mut settled = HashSet::new();
+        for (queued, result) in batch.iter().zip(results).rev() {
+            let session = queued.op.session().filter(|session| settled.insert(*session));
+            match result {
+                Ok(reply) => {
+                    if let (Some(session), Op::Progress { .. }) = (session, &queued.op) {
+                        self.docs.observe(session, reply);
+                    }
+                }
+                Err(err) => {
+                    if err.code() == Some("NOSCRIPT") || err.is_io_error() || err.is_connection_dropped() {
+                        // The batch is resent whole; ops already applied are skipped by their
+                        // number.
+                        return Err(Error::from_redis("producer batch", err));
+                    }
+                    if let Some(session) = queued.op.session() {
+                        self.docs.forget(session);
+                    }
+                    rejected += 1;
+                    tracing::warn!(seq = queued.seq, error = %Error::from_redis("producer write", err), "redis refused a queued write");
+                }
             }
-            rejected += 1;
-            tracing::warn!(seq = queued.seq, error = %Error::from_redis("producer write", err), "redis refused a queued write");
         }
         self.shared.lock().stats.rejected += rejected;
         Ok(())

@@ -93,8 +93,8 @@ local PROGRESS_ORDER = {'timestamp', 'node_id', 'stroke_idx', 'pose_idx', 'total
   'offset_idx_r', 'is_executing', 'is_paused', 'scene_name', 'dataset_name'}
 
 -- Merges `patch_json` into the progress document at `key` and stores it. Returns the merged
--- document and the patch; or nil and the reply to return: an error when the session is
--- missing or its document corrupt, 0 when this writer's `seq` was applied already.
+-- document, the patch and the stored text; or nil and the reply to return: an error when the
+-- session is missing or its document corrupt, 0 when this writer's `seq` was applied already.
 local function merge_progress(key, session_id, rev_key, seq, patch_json)
   local raw = redis.call('HGET', key, 'progress')
   if not raw then return nil, redis.error_reply('TATBOT_NOSESSION ' .. session_id) end
@@ -103,8 +103,9 @@ local function merge_progress(key, session_id, rev_key, seq, patch_json)
   if not fresh(rev_key, seq) then return nil, 0 end
   local patch = cjson.decode(patch_json)
   for k, v in pairs(patch) do doc[k] = v end
-  redis.call('HSET', key, 'progress', encode_ordered(doc, PROGRESS_ORDER))
-  return doc, patch
+  local stored = encode_ordered(doc, PROGRESS_ORDER)
+  redis.call('HSET', key, 'progress', stored)
+  return doc, patch, stored
 end
 "#;
 
@@ -136,10 +137,23 @@ return id
 ///
 /// KEYS: progress hash, history stream, event log.
 /// ARGV: rev key, seq, patch JSON (must hold timestamp, node_id, stroke_idx, pose_idx),
-/// session id, history maxlen, event log maxlen, progress channel.
-/// Returns the history entry id, or 0 for a write already applied.
+/// session id, history maxlen, event log maxlen, progress channel; then, for the fast path
+/// (`crate::fastpath`), the document expected, the merged document, the two descriptions, the
+/// event, and the stroke index, pose index and node id as the history entry writes them.
+/// Returns the history entry id after the fast path; `{id, stored document}` after a merge in
+/// the script; 0 for a write already applied.
 const UPDATE_PROGRESS: &str = r#"
-local doc, patch = merge_progress(KEYS[1], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
+if ARGV[8] and redis.call('HGET', KEYS[1], 'progress') == ARGV[8] then
+  if not fresh(ARGV[1], ARGV[2]) then return 0 end
+  redis.call('HSET', KEYS[1], 'progress', ARGV[9])
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+    'stroke_idx', ARGV[13], 'pose_idx', ARGV[14],
+    'description_l', ARGV[10], 'description_r', ARGV[11], 'node_id', ARGV[15])
+  redis.call('PUBLISH', ARGV[7], ARGV[12])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ARGV[12])
+  return id
+end
+local doc, patch, stored = merge_progress(KEYS[1], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
 if not doc then return patch end
 local dl, dr = as_string(doc.stroke_description_l), as_string(doc.stroke_description_r)
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
@@ -151,7 +165,7 @@ local ev = encode_event({{'type', 'progress_update'}, {'session_id', ARGV[4]},
   {'description_l', dl}, {'description_r', dr}, {'timestamp', patch.timestamp}})
 redis.call('PUBLISH', ARGV[7], ev)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ev)
-return id
+return {id, stored}
 "#;
 
 /// Changes a session's run state (end, pause, resume) and publishes the matching event.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike as _, NaiveDateTime, SubsecRound, Timelike as _, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A UTC instant with microsecond precision, in the wire format.
@@ -60,13 +60,24 @@ impl Timestamp {
 }
 
 impl fmt::Display for Timestamp {
+    /// `%Y-%m-%dT%H:%M:%S`, then `.%6f` unless the microseconds are zero; written field by
+    /// field because `chrono`'s `format` parses its pattern on every call, and the producer's
+    /// writer formats three timestamps per update.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let naive = self.0.naive_utc();
-        if self.0.timestamp_subsec_micros() == 0 {
-            write!(f, "{}", naive.format("%Y-%m-%dT%H:%M:%S"))
-        } else {
-            write!(f, "{}", naive.format("%Y-%m-%dT%H:%M:%S%.6f"))
-        }
+        let (date, time) = (self.0.date_naive(), self.0.time());
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            date.year(),
+            date.month(),
+            date.day(),
+            time.hour(),
+            time.minute(),
+            time.second()
+        )?;
+        // A leap second shows as 60 s in `chrono`'s fraction; the wire has no leap seconds.
+        let micros = self.0.timestamp_subsec_micros() % 1_000_000;
+        if micros == 0 { Ok(()) } else { write!(f, ".{micros:06}") }
     }
 }
 
@@ -96,6 +107,26 @@ mod tests {
         assert_eq!(ts.to_string(), "2026-11-25T17:15:37");
         let ts = Timestamp::parse("2026-11-25T17:15:37.000100").unwrap();
         assert_eq!(ts.to_string(), "2026-11-25T17:15:37.000100");
+    }
+
+    /// The hand-written format is `chrono`'s `%Y-%m-%dT%H:%M:%S` and `%.6f`, for instants
+    /// across the years 1 to 9999 and every kind of fraction.
+    #[test]
+    fn writes_what_chrono_formats() {
+        let mut micros: i64 = -62_135_596_800_000_000; // 0001-01-01T00:00:00
+        let end: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999
+        let step = (end - micros) / 100_003;
+        while micros < end {
+            let datetime = DateTime::from_timestamp_micros(micros).unwrap();
+            let naive = datetime.naive_utc();
+            let expected = if datetime.timestamp_subsec_micros() == 0 {
+                naive.format("%Y-%m-%dT%H:%M:%S").to_string()
+            } else {
+                naive.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+            };
+            assert_eq!(Timestamp::from_datetime(datetime).to_string(), expected);
+            micros += step + (micros.rem_euclid(7) - 3) * 1_000_001;
+        }
     }
 
     /// Reading accepts naive, Z, offsets and any fraction length, and rejects garbage.

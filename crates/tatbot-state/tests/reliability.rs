@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tatbot_state::model::{NodeHealth, RobotState};
+use tatbot_state::producer::POLL_LINGER;
 use tatbot_state::{
-    CancellationToken, Endpoint, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, SessionId, StateManager,
+    CancellationToken, Endpoint, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, SessionId, StateManager, Wake,
 };
 use tatbot_state_testkit::RedisServer;
 use tokio::net::{TcpListener, TcpStream};
@@ -84,6 +85,34 @@ async fn producer_delivers_in_order() {
     let stats = producer.stats();
     assert_eq!((stats.dropped, stats.rejected, stats.queued), (0, 0, 0));
     assert_eq!(stats.acknowledged, stats.enqueued);
+}
+
+/// With `Wake::Poll` the calls never wake the writer themselves: the polling thread does, also
+/// for the first call after the producer was idle long enough for that thread to park.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_producer_delivers_also_after_idle() {
+    let server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(20, 50, "s").await.unwrap();
+    let config = ProducerConfig {
+        wake: Wake::Poll(Duration::from_micros(200)),
+        ..ProducerConfig::default()
+    };
+    let producer = state.producer(config, CancellationToken::new());
+    for i in 0..500 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    // Idle for longer than the linger: the idleness itself is what is tested here.
+    tokio::time::sleep(POLL_LINGER * 2).await;
+    producer.update_stroke_progress(&session, &update(999)).unwrap();
+    producer.flush(FLUSH).await.unwrap();
+    let mut indices = history_indices(&state, &session).await;
+    assert_eq!(indices.pop(), Some(999));
+    assert_exact(&indices, 500);
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!((progress.stroke_idx, progress.pose_idx), (19, 49));
+    producer.close(FLUSH).await.unwrap();
 }
 
 /// kill -9 five times during a 5,000-update session (AOF everysec, same dir): the final

@@ -177,6 +177,39 @@ async fn concurrent_writers_lose_no_field() {
     assert_eq!(history.len(), 2 * N as usize);
 }
 
+/// A document changed by another client between two updates (spaced as a Python node writes
+/// it, with a field we do not know) keeps that change: the stored bytes are not the ones the
+/// writer expected, so the script merges instead of taking the writer's document.
+#[tokio::test]
+async fn change_by_another_client_between_updates_is_kept() {
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(10, 10, "s").await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
+    let mut raw = raw(&server).await;
+    let key = tatbot_state::keys::progress(&session);
+    let stored: String = raw.hget(&key, "progress").await.unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    doc["scene_name"] = "changed".into();
+    doc["operator"] = "python".into();
+    let _: () = raw
+        .hset(&key, "progress", serde_json::to_string_pretty(&doc).unwrap())
+        .await
+        .unwrap();
+    for pose in 2..5 {
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!((progress.pose_idx, progress.scene_name.as_str()), (4, "changed"));
+    assert_eq!(progress.extra["operator"], "python");
+    assert_eq!(state.get_history(&session, None, 100).await.unwrap().len(), 4);
+}
+
 /// 1,000 sessions started at once by one node get distinct ids of the reference shape.
 #[tokio::test]
 async fn thousand_sessions_distinct_ids() {
