@@ -53,6 +53,36 @@ fn quick_json_has_every_figure() {
     assert_eq!(report["failures"], serde_json::json!([]));
 }
 
+/// `--only` runs the named sections: their figures are numbers, the others' null, and the
+/// table has only their rows.
+#[test]
+fn only_runs_the_named_sections() {
+    let output = run(bin(), &["bench", "--quick", "--json", "--only", "awaited,status"]);
+    assert_code(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["sections"], serde_json::json!(["awaited", "status"]));
+    for key in ["update_awaited_p50_us", "status_1000_nodes_10000_sessions_ms"] {
+        assert!(report[key].is_number(), "{key} is {} in\n{report:#}", report[key]);
+    }
+    for key in [
+        "throughput_updates_per_s",
+        "producer_call_p99_us_up",
+        "e2e_pubsub_p99_us",
+        "rss_viz_100_clients_mb",
+    ] {
+        assert!(report[key].is_null(), "{key} is {} in\n{report:#}", report[key]);
+    }
+
+    let output = run(bin(), &["bench", "--quick", "--only", "status"]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    assert!(text.contains("status, 1,000 nodes 10,000 sessions"), "{text}");
+    assert!(!text.contains("awaited update p50"), "{text}");
+
+    let output = run(bin(), &["bench", "--only", "latency"]);
+    assert_code(&output, 2);
+}
+
 /// On a given server (with a password) the bench skips only the frozen-server case, prints
 /// every row of the table, and deletes the sessions and nodes it wrote.
 #[test]

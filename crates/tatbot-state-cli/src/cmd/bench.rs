@@ -40,11 +40,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::ValueEnum as _;
 use serde::Serialize;
-use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, StateManager};
+use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, StateManager, Wake};
 use tokio::sync::oneshot;
 
 use crate::cmd::bench::baseline::RedisBenchmark;
-use crate::cmd::bench::measure::Path;
+use crate::cmd::bench::measure::{POLL_INTERVAL, Path};
 use crate::cmd::bench::stats::{Samples, median};
 use crate::cmd::heartbeat::shutdown_signal;
 use crate::cmd::server::private::{PrivateServer, free_port};
@@ -213,6 +213,10 @@ pub struct Report {
     update_awaited_p99_us: Option<f64>,
     /// Time Redis spent per update script (`INFO commandstats`), network excluded.
     server_update_us: Option<f64>,
+    /// Redis's time per update during the producer's throughput runs, and during
+    /// `redis-benchmark -P 32` of the same command.
+    server_update_us_producer: Option<f64>,
+    server_update_us_pipelined: Option<f64>,
     redis_benchmark_ping_p50_us: Option<f64>,
     redis_benchmark_ping_p99_us: Option<f64>,
     /// The update command sent one at a time by `redis-benchmark`: the floor for an awaited update.
@@ -224,6 +228,10 @@ pub struct Report {
     producer_call_p50_us_up: Option<f64>,
     producer_call_p99_us_up: Option<f64>,
     producer_call_p999_us_up: Option<f64>,
+    /// With `Wake::Poll` (calls make no system call) instead of the default wake.
+    producer_call_p50_us_up_polled: Option<f64>,
+    producer_call_p99_us_up_polled: Option<f64>,
+    producer_call_p999_us_up_polled: Option<f64>,
     producer_call_p50_us_paused: Option<f64>,
     producer_call_p99_us_paused: Option<f64>,
     producer_call_p999_us_paused: Option<f64>,
@@ -236,6 +244,10 @@ pub struct Report {
     e2e_pubsub_p50_us: Option<f64>,
     e2e_pubsub_p99_us: Option<f64>,
     e2e_pubsub_missed: Option<usize>,
+    /// Pub/sub with a `Wake::Poll` producer.
+    e2e_pubsub_p50_us_polled: Option<f64>,
+    e2e_pubsub_p99_us_polled: Option<f64>,
+    e2e_pubsub_missed_polled: Option<usize>,
     e2e_follow_p50_us: Option<f64>,
     e2e_follow_p99_us: Option<f64>,
     e2e_follow_missed: Option<usize>,
@@ -542,14 +554,21 @@ async fn sections(
         };
         let mut rates = Vec::with_capacity(plan.repeats);
         let mut limits = Vec::with_capacity(plan.repeats);
+        let (mut producer_times, mut tool_times) = (Vec::new(), Vec::new());
         for _ in 0..plan.repeats {
-            let rate = measure::throughput(&manager, &session, plan.throughput, shutdown).await;
+            let run = measure::throughput(&manager, &session, plan.throughput, shutdown);
+            let (rate, per_call) = baseline::evalsha_time(endpoint, run).await;
             rates.extend(section(report, "throughput", rate));
+            producer_times.extend(per_call);
             if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
-                let limit = tool.run(32, plan.pipelined_requests, command).await;
+                let run = tool.run(32, plan.pipelined_requests, command);
+                let (limit, per_call) = baseline::evalsha_time(endpoint, run).await;
                 limits.extend(section(report, "redis-benchmark update command", limit).map(|run| run.rps));
+                tool_times.extend(per_call);
             }
         }
+        report.server_update_us_producer = median(&producer_times);
+        report.server_update_us_pipelined = median(&tool_times);
         report.throughput_updates_per_s = median(&rates);
         report.pipelined_limit_per_s = median(&limits);
         if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
@@ -592,6 +611,11 @@ async fn sections(
                 report.producer_call_p99_us_up,
                 report.producer_call_p999_us_up,
             ) = percentiles(&mut calls.up);
+            (
+                report.producer_call_p50_us_up_polled,
+                report.producer_call_p99_us_up_polled,
+                report.producer_call_p999_us_up_polled,
+            ) = percentiles(&mut calls.up_polled);
             if let Some(paused) = &mut calls.paused {
                 (
                     report.producer_call_p50_us_paused,
@@ -614,13 +638,19 @@ async fn sections(
             report.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
             report.e2e_raw_publish_p99_us = raw.samples.percentile_us(0.99);
         }
-        let pubsub = measure::end_to_end(&manager, plan, Path::PubSub, shutdown).await;
+        let pubsub = measure::end_to_end(&manager, plan, Path::PubSub, Wake::Immediate, shutdown).await;
         if let Some(mut pubsub) = section(report, "pub/sub latency", pubsub) {
             report.e2e_pubsub_p50_us = pubsub.samples.percentile_us(0.5);
             report.e2e_pubsub_p99_us = pubsub.samples.percentile_us(0.99);
             report.e2e_pubsub_missed = Some(pubsub.missed);
         }
-        let follow = measure::end_to_end(&manager, plan, Path::Follow, shutdown).await;
+        let polled = measure::end_to_end(&manager, plan, Path::PubSub, Wake::Poll(POLL_INTERVAL), shutdown).await;
+        if let Some(mut polled) = section(report, "pub/sub latency, polled wake", polled) {
+            report.e2e_pubsub_p50_us_polled = polled.samples.percentile_us(0.5);
+            report.e2e_pubsub_p99_us_polled = polled.samples.percentile_us(0.99);
+            report.e2e_pubsub_missed_polled = Some(polled.missed);
+        }
+        let follow = measure::end_to_end(&manager, plan, Path::Follow, Wake::Immediate, shutdown).await;
         if let Some(mut follow) = section(report, "follow latency", follow) {
             report.e2e_follow_p50_us = follow.samples.percentile_us(0.5);
             report.e2e_follow_p99_us = follow.samples.percentile_us(0.99);
@@ -842,12 +872,33 @@ fn render(report: &Report) -> String {
         target: "-".to_owned(),
         verdict: "",
     });
+    rows.push(Row {
+        section: Section::Throughput,
+        name: "  Redis time per update, producer".to_owned(),
+        value: show(report.server_update_us_producer, "us", 1),
+        baseline: format!(
+            "same command -P 32 {}",
+            show(report.server_update_us_pipelined, "us", 1)
+        ),
+        ratio: show_ratio(ratio_of(
+            report.server_update_us_producer,
+            report.server_update_us_pipelined,
+        )),
+        target: "-".to_owned(),
+        verdict: "",
+    });
     for (condition, p50, p99, p999) in [
         (
             "up",
             report.producer_call_p50_us_up,
             report.producer_call_p99_us_up,
             report.producer_call_p999_us_up,
+        ),
+        (
+            "up, polled wake",
+            report.producer_call_p50_us_up_polled,
+            report.producer_call_p99_us_up_polled,
+            report.producer_call_p999_us_up_polled,
         ),
         (
             "paused",
@@ -887,6 +938,11 @@ fn render(report: &Report) -> String {
     });
     for (path, p50, p99) in [
         ("pub/sub", report.e2e_pubsub_p50_us, report.e2e_pubsub_p99_us),
+        (
+            "pub/sub, polled wake",
+            report.e2e_pubsub_p50_us_polled,
+            report.e2e_pubsub_p99_us_polled,
+        ),
         ("follow", report.e2e_follow_p50_us, report.e2e_follow_p99_us),
     ] {
         let ratio = ratio_of(p99, report.ping_rtt_p99_us);

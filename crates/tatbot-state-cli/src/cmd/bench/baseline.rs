@@ -143,6 +143,22 @@ pub async fn command_time(endpoint: &Endpoint, command: &str) -> anyhow::Result<
     Ok((field("calls"), field("usec")))
 }
 
+/// Runs `work` and gives, with its output, Redis's own time per `EVALSHA` during it
+/// (`INFO commandstats`); `None` when no `EVALSHA` ran or the stats could not be read. On a
+/// given server other clients' calls mix in.
+pub async fn evalsha_time<T>(endpoint: &Endpoint, work: impl Future<Output = T>) -> (T, Option<f64>) {
+    let before = command_time(endpoint, "evalsha").await;
+    let output = work.await;
+    let after = command_time(endpoint, "evalsha").await;
+    let per_call = match (before, after) {
+        (Ok((calls_before, usec_before)), Ok((calls, usec))) if calls > calls_before => {
+            Some(usec.saturating_sub(usec_before) as f64 / (calls - calls_before) as f64)
+        }
+        _ => None,
+    };
+    (output, per_call)
+}
+
 /// Watches the server with `MONITOR` while `trigger` runs, and returns the arguments of the
 /// first command a client (not a script) sent that has an argument containing `needle`.
 ///

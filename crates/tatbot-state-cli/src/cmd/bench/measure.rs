@@ -14,7 +14,8 @@ use futures_util::StreamExt as _;
 use tatbot_state::follow::{self, ChangeKind, FollowConfig, FollowItem, Scope};
 use tatbot_state::model::Event;
 use tatbot_state::{
-    CancellationToken, Endpoint, ManagerConfig, Producer, ProducerConfig, ProgressUpdate, SessionId, StateManager, keys,
+    CancellationToken, Endpoint, ManagerConfig, Producer, ProducerConfig, ProgressUpdate, SessionId, StateManager,
+    Wake, keys,
 };
 use tokio::time::MissedTickBehavior;
 
@@ -37,6 +38,8 @@ const CALLS_PER_TICK: usize = 10;
 const CALL_TICK: Duration = Duration::from_millis(1);
 /// How long a receiver waits for the first item of a follower or for stragglers.
 const RECEIVE_GRACE: Duration = Duration::from_secs(10);
+/// The polling interval of the producers measured with [`Wake::Poll`].
+pub const POLL_INTERVAL: Duration = Duration::from_micros(100);
 
 /// The awaited path (section 1): one acknowledged update at a time, against `PING` on the
 /// same connection, interleaved so both see the same noise.
@@ -51,6 +54,8 @@ pub struct Awaited {
 pub struct Calls {
     /// Redis up and answering.
     pub up: Samples,
+    /// The same with [`Wake::Poll`] every [`POLL_INTERVAL`].
+    pub up_polled: Samples,
     /// Redis frozen by SIGSTOP; `None` when the server is not ours to freeze.
     pub paused: Option<Samples>,
     /// Nothing listening on the port.
@@ -132,7 +137,7 @@ pub async fn throughput(
     count: usize,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<f64> {
-    let producer = warm_producer(manager, session, shutdown).await?;
+    let producer = warm_producer(manager, session, Wake::Immediate, shutdown).await?;
     let updates: Vec<ProgressUpdate> = (0..count).map(indexed_update).collect();
     let started = Instant::now();
     for update in &updates {
@@ -170,7 +175,24 @@ pub async fn capture_update(
         manager.update_stroke_progress(session, &indexed_update(0)).await?;
         Ok(())
     };
-    baseline::capture_command(endpoint, session.as_str(), update).await
+    let mut command = baseline::capture_command(endpoint, session.as_str(), update).await?;
+    repeatable(&mut command);
+    Ok(command)
+}
+
+/// Makes a captured fast-path update (`ARGV[8]`, the document expected, and `ARGV[9]`, the
+/// document stored) expect what it stores, so that every repeat takes the fast path as the
+/// producer's updates do, instead of finding a changed document and merging in the script.
+fn repeatable(command: &mut [String]) {
+    let Some(keys) = command.get(2).and_then(|count| count.parse::<usize>().ok()) else {
+        return;
+    };
+    let argv = |n: usize| 2 + keys + n;
+    if let Some(document) = command.get(argv(9)).cloned()
+        && let Some(expected) = command.get_mut(argv(8))
+    {
+        *expected = document;
+    }
 }
 
 /// The reference work of the issue as one `EVAL`: `HSET` of the stored progress document,
@@ -217,9 +239,14 @@ pub async fn reference_command(manager: &StateManager, session: &SessionId) -> a
 async fn warm_producer(
     manager: &StateManager,
     session: &SessionId,
+    wake: Wake,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Producer> {
-    let producer = manager.producer(ProducerConfig::default(), shutdown.child_token());
+    let config = ProducerConfig {
+        wake,
+        ..ProducerConfig::default()
+    };
+    let producer = manager.producer(config, shutdown.child_token());
     producer.update_stroke_progress(session, &indexed_update(0))?;
     producer
         .flush(FLUSH_TIMEOUT)
@@ -261,7 +288,14 @@ pub async fn producer_calls(
     dead_port: u16,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Calls> {
-    let producer = warm_producer(manager, session, shutdown).await?;
+    let polled = warm_producer(manager, session, Wake::Poll(POLL_INTERVAL), shutdown).await?;
+    let up_polled = time_calls(&polled, session, plan.calls).await?;
+    polled
+        .close(FLUSH_TIMEOUT)
+        .await
+        .context("closing the polled producer")?;
+
+    let producer = warm_producer(manager, session, Wake::Immediate, shutdown).await?;
     let up = time_calls(&producer, session, plan.calls).await?;
     producer
         .flush(FLUSH_TIMEOUT)
@@ -294,6 +328,7 @@ pub async fn producer_calls(
     stop.cancel();
     Ok(Calls {
         up,
+        up_polled,
         paused,
         down: down?,
     })
@@ -318,10 +353,11 @@ pub async fn end_to_end(
     manager: &StateManager,
     plan: &Plan,
     path: Path,
+    wake: Wake,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<EndToEnd> {
     let session = start_session(manager).await?;
-    let producer = warm_producer(manager, &session, shutdown).await?;
+    let producer = warm_producer(manager, &session, wake, shutdown).await?;
     let count = plan.e2e;
     let deadline = Instant::now() + RECEIVE_GRACE + CALL_TICK * u32::try_from(count).unwrap_or(u32::MAX);
     let receiver = match path {
@@ -525,6 +561,22 @@ impl Arrivals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A captured fast-path update is made to expect the document it stores; a slow-path one
+    /// (no fast-path arguments) is left alone.
+    #[test]
+    fn captured_update_repeats_on_the_fast_path() {
+        let words = |text: &str| text.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let mut fast = words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7 old new l r ev 1 2 n");
+        repeatable(&mut fast);
+        assert_eq!(
+            fast,
+            words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7 new new l r ev 1 2 n")
+        );
+        let mut slow = words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7");
+        repeatable(&mut slow);
+        assert_eq!(slow, words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7"));
+    }
 
     /// An update's index survives the trip through stroke and pose.
     #[test]
