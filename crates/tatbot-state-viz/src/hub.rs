@@ -1,11 +1,12 @@
 //! The hub: one follower and one parameter watch for the whole process, fanned out to every
 //! open stream.
 //!
-//! A stream used to own a follower (a task, two Redis connections, a buffer of
-//! [`tatbot_state::follow::FOLLOW_BUFFER`] items) and a parameter watch (one more connection),
-//! and each serialized every item itself. Now one task, started by the first stream, owns the
-//! only [`Follower`](tatbot_state::follow::Follower) (`Scope::All`) and the only
-//! [`ParamsFeed`]; a stream costs its HTTP connection and a [`Subscription`].
+//! Why: a follower per stream cost a task, two Redis connections, a buffer of
+//! [`tatbot_state::follow::FOLLOW_BUFFER`] items and a parameter watch with one more
+//! connection, about 0.5 MiB per stream, and every stream serialized every item again
+//! (issue #7). Here one task, started by the first stream, owns the only
+//! [`Follower`](tatbot_state::follow::Follower) (`Scope::All`) and the only [`ParamsFeed`];
+//! a stream costs its HTTP connection and a [`Subscription`].
 //!
 //! # Mechanism
 //!
@@ -48,14 +49,18 @@
 //! snapshot instead of getting a stale one.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use serde_json::Value;
 use tatbot_state::follow::{self, EntryId, FollowConfig, FollowItem, Scope};
 use tatbot_state::{Cursor, Snapshot, StateManager};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio::time::error::Elapsed;
 use tokio_util::sync::CancellationToken;
 
 use crate::params::{self, ParamsFeed};
@@ -126,19 +131,8 @@ impl Hub {
         capacity: usize,
         shutdown: &CancellationToken,
     ) -> Arc<Hub> {
-        let capacity = capacity.max(1);
         let hub = Arc::new(Hub {
-            shared: Mutex::new(Shared {
-                ring: VecDeque::with_capacity(capacity),
-                capacity,
-                next_seq: 0,
-                state: None,
-                version: 0,
-                snapshot: None,
-                evicted_events: None,
-                redis_lost: None,
-                params: None,
-            }),
+            shared: Mutex::new(Shared::new(capacity)),
             published: watch::Sender::new(0),
         });
         tokio::spawn(run(hub.clone(), manager.clone(), config, shutdown.clone()));
@@ -217,7 +211,7 @@ impl Hub {
     }
 
     /// Publishes a parameter list, unless it is the one published last.
-    fn publish_params(&self, list: &serde_json::Value) {
+    fn publish_params(&self, list: &Value) {
         let frame = sse::params_frame(list);
         let mut shared = self.lock();
         if shared.params.as_ref() == Some(&frame) {
@@ -266,6 +260,21 @@ impl Hub {
 }
 
 impl Shared {
+    fn new(capacity: usize) -> Shared {
+        let capacity = capacity.max(1);
+        Shared {
+            ring: VecDeque::with_capacity(capacity),
+            capacity,
+            next_seq: 0,
+            state: None,
+            version: 0,
+            snapshot: None,
+            evicted_events: None,
+            redis_lost: None,
+            params: None,
+        }
+    }
+
     fn push(&mut self, item: Item) {
         if self.ring.len() == self.capacity
             && let Some(evicted) = self.ring.pop_front()
@@ -280,9 +289,10 @@ impl Shared {
     /// The sequence number of the first item whose id is `cursor`, when resuming after it
     /// misses nothing.
     ///
-    /// Within one follow the event-log id of the cursor never goes back, so an item with the
-    /// same id as `cursor` that was dropped from the ring had an event-log id at or below the
-    /// cursor's: if one at or above was dropped, the first occurrence may be gone.
+    /// Ids repeat (see the module docs), and resuming after a later copy of one would skip
+    /// what came between the copies. Dropped items are older than the ring's, and within one
+    /// follow the cursor's event-log id never goes back: if every dropped snapshot and change
+    /// had an event-log id below the cursor's, none had its id, and the first copy is here.
     fn find(&self, cursor: &Cursor) -> Option<u64> {
         if self.evicted_events.is_some_and(|evicted| cursor.events() <= evicted) {
             return None;
@@ -356,34 +366,31 @@ impl Subscription {
     }
 }
 
+/// A parameter read in flight, bounded by [`REQUEST_TIMEOUT`].
+type ParamsRead = Pin<Box<dyn Future<Output = Result<Result<Value, String>, Elapsed>> + Send>>;
+
 /// The hub task: publishes every follower item, and the parameter list whenever it may have
 /// changed (the watch opened or saw a change, a snapshot, Redis back), until `shutdown`.
+///
+/// A parameter read runs beside the follower rather than before it: with Redis paused it can
+/// take [`REQUEST_TIMEOUT`], and every page waits on this task.
 #[tracing::instrument(name = "viz_hub", skip_all)]
 async fn run(hub: Arc<Hub>, manager: StateManager, config: FollowConfig, shutdown: CancellationToken) {
     let mut follower = follow::follow_with(&manager, Scope::All, None, config, &shutdown);
     let params_feed = ParamsFeed::start(&manager, &shutdown);
     let mut params_stale = false;
+    let mut params_read: Option<ParamsRead> = None;
     let mut params_retry: Option<Instant> = None;
     tracing::info!("dashboard hub following");
     loop {
-        if params_stale {
+        // A change seen during a read is read again once that read is done.
+        if params_stale && params_read.is_none() {
             params_stale = false;
             params_retry = None;
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return,
-                read = tokio::time::timeout(REQUEST_TIMEOUT, params::list(&manager)) => read,
-            };
-            match read {
-                Ok(Ok(list)) => hub.publish_params(&list),
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "cannot read the parameters; retrying");
-                    params_retry = Some(Instant::now() + PARAMS_RETRY);
-                }
-                Err(_) => {
-                    tracing::debug!(timeout = ?REQUEST_TIMEOUT, "reading the parameters timed out; retrying");
-                    params_retry = Some(Instant::now() + PARAMS_RETRY);
-                }
-            }
+            let manager = manager.clone();
+            params_read = Some(Box::pin(async move {
+                tokio::time::timeout(REQUEST_TIMEOUT, params::list(&manager)).await
+            }));
         }
         let retry = params_retry;
         tokio::select! {
@@ -391,6 +398,20 @@ async fn run(hub: Arc<Hub>, manager: StateManager, config: FollowConfig, shutdow
             () = shutdown.cancelled() => return,
             () = params_feed.changed() => params_stale = true,
             () = sleep_until(retry), if retry.is_some() => params_stale = true,
+            read = finish(&mut params_read), if params_read.is_some() => {
+                params_read = None;
+                match read {
+                    Ok(Ok(list)) => hub.publish_params(&list),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "cannot read the parameters; retrying");
+                        params_retry = Some(Instant::now() + PARAMS_RETRY);
+                    }
+                    Err(_) => {
+                        tracing::debug!(timeout = ?REQUEST_TIMEOUT, "reading the parameters timed out; retrying");
+                        params_retry = Some(Instant::now() + PARAMS_RETRY);
+                    }
+                }
+            }
             item = follower.next() => {
                 // `None` only once the follower was cancelled, which is shutdown.
                 let Some(item) = item else { return };
@@ -403,10 +424,59 @@ async fn run(hub: Arc<Hub>, manager: StateManager, config: FollowConfig, shutdow
     }
 }
 
+/// Waits for the read in flight; forever when there is none (the branch is disabled then).
+async fn finish(read: &mut Option<ParamsRead>) -> Result<Result<Value, String>, Elapsed> {
+    match read {
+        Some(read) => read.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `deadline`; forever when there is none (the branch is disabled then anyway).
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follow(id: &str) -> Item {
+        let cursor: Cursor = id.parse().unwrap();
+        Item {
+            frame: Bytes::from(id.to_owned()),
+            tag: Tag::Follow {
+                id: id.into(),
+                events: cursor.events(),
+            },
+        }
+    }
+
+    /// Resuming starts after the first copy of a repeated id, and not at all once a copy of it
+    /// may have been dropped from the ring.
+    #[test]
+    fn find_resumes_after_the_first_copy() {
+        let cursor = |text: &str| text.parse::<Cursor>().unwrap();
+        let mut shared = Shared::new(3);
+        for id in ["1;1-0", "1;2-0;s=5-0", "1;2-0;s=5-0"] {
+            shared.push(follow(id));
+        }
+        assert_eq!(shared.find(&cursor("1;1-0")), Some(0));
+        assert_eq!(shared.find(&cursor("1;2-0;s=5-0")), Some(1));
+        shared.push(follow("1;2-0;s=6-0"));
+        assert_eq!(shared.find(&cursor("1;2-0;s=5-0")), Some(1), "only 1;1-0 was dropped");
+        assert_eq!(shared.find(&cursor("1;1-0")), None);
+        shared.push(follow("1;3-0"));
+        assert_eq!(shared.find(&cursor("1;2-0;s=5-0")), None, "its first copy was dropped");
+        assert_eq!(
+            shared.find(&cursor("1;2-0;s=6-0")),
+            None,
+            "same event-log id as a dropped item"
+        );
+        assert_eq!(shared.find(&cursor("1;3-0")), Some(4));
+        assert_eq!(shared.find(&cursor("1;9-0")), None);
     }
 }

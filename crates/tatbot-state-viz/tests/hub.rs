@@ -6,7 +6,7 @@ use tatbot_state::{Cursor, ProgressUpdate, SessionId};
 use tatbot_state_testkit::RedisServer;
 
 use crate::http::{SseEvent, SseStream};
-use crate::server::{dashboard, manager, next_follow, serve, viz_state};
+use crate::server::{dashboard, manager, next_follow, next_named, serve, viz_state};
 
 /// 100 more streams open no Redis connection: the first stream starts the hub (a follower
 /// with two connections and a parameter watch with one), and every stream gets each change.
@@ -273,6 +273,54 @@ async fn snapshot_then_live_has_no_gap_or_duplicate() {
         }
         let expected: Vec<EntryId> = written.iter().copied().filter(|id| id > position).collect();
         assert_eq!(received, expected, "from the snapshot at {position}");
+    }
+    dashboard.stop().await;
+}
+
+/// A Redis outage reaches every stream: one opened during it gets the last state and then
+/// `redis` `{"connected": false}`, and all get `{"connected": true}` and changes again after
+/// the restart.
+#[tokio::test]
+async fn redis_outage_reaches_every_stream() {
+    let mut server = RedisServer::builder()
+        .persistence(true)
+        .config("appendfsync", "always")
+        .start();
+    let state = manager(&server).await;
+    let session = state.start_stroke_session(1, 4, "scene").await.unwrap();
+    let dashboard = dashboard(&state).await;
+    let mut before = SseStream::open(dashboard.addr, None).await;
+    opened(&mut before).await;
+
+    server.stop();
+    let lost = next_named(&mut before, "redis").await;
+    assert_eq!(lost.json()["connected"], false);
+    let mut during = SseStream::open(dashboard.addr, None).await;
+    let snapshot = next_follow(&mut during).await.unwrap();
+    assert_eq!(snapshot.event, "snapshot");
+    assert!(snapshot.json()["sessions"][session.as_str()].is_object());
+    let status = next_follow(&mut during).await.unwrap();
+    assert_eq!(
+        (status.event.as_str(), &status.json()["connected"]),
+        ("redis", &false.into())
+    );
+
+    server.restart();
+    for stream in [&mut before, &mut during] {
+        assert_eq!(next_named(stream, "redis").await.json()["connected"], true);
+    }
+    let deadline = tokio::time::Instant::now() + crate::http::LIMIT;
+    // Retried until the manager has reconnected; the pause is pacing, not synchronization.
+    while state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the manager never reconnected");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for stream in [&mut before, &mut during] {
+        assert!(is_progress(&next_progress(stream).await, 1));
     }
     dashboard.stop().await;
 }
