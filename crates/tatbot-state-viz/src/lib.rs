@@ -2,16 +2,19 @@
 //!
 //! One page shows the stroke sessions with their progress, the nodes with their health, the
 //! runtime parameters, and the recent events and errors. It is fed by Server-Sent Events from
-//! the library's follow API ([`tatbot_state::follow`]): each SSE event carries the follow
-//! cursor as its `id`, so a browser that reconnects sends `Last-Event-ID` and gets exactly what
-//! it missed. Parameters come on the same stream, as whole lists sent when they change (from
-//! the parameter audit log, [`tatbot_state::params::Watch`]).
+//! the library's follow API ([`tatbot_state::follow`]), through one follower shared by every
+//! open page: each SSE event carries the follow cursor as its `id`, so a browser that
+//! reconnects sends `Last-Event-ID` and gets exactly what it missed while the server still
+//! holds it, else a fresh snapshot. Parameters come on the same stream, as whole lists sent
+//! when they change (from the parameter audit log, [`tatbot_state::params::Watch`]).
 //!
 //! # Layout
 //!
 //! - [`app`] (`app.rs`): the [`axum::Router`]: the page, its embedded assets and the JSON API.
-//! - `sse.rs`: one follower per open stream, turned into SSE events.
-//! - `params.rs`: the parameter list, and the per-stream watch that says when it changed.
+//! - `hub.rs`: the one follower and parameter watch of the process, started by the first
+//!   stream, whose items every stream reads (serialized once, kept in a ring for resuming).
+//! - `sse.rs`: the SSE protocol, and each client's response body fed by the hub.
+//! - `params.rs`: the parameter list, and the watch that says when it changed.
 //! - `assets/`: `index.html`, `app.js` and `style.css`, compiled into the binary with
 //!   `include_str!`; the robot LAN is offline, so nothing is loaded from elsewhere.
 //!
@@ -19,19 +22,20 @@
 //!
 //! - Read-only: every route is a `GET` and no handler writes to Redis (the parameters are
 //!   shown, never set).
-//! - Bounded: at most [`MAX_STREAMS`] open streams; each stream's follower buffers at most
-//!   [`tatbot_state::follow::FOLLOW_BUFFER`] items and stops reading Redis while its client is
-//!   slow. If the log was trimmed past a slow client's cursor meanwhile, the client gets a
-//!   resync and a fresh snapshot, never unbounded memory.
+//! - Bounded: at most [`MAX_STREAMS`] open streams, all fed by one follower with two Redis
+//!   connections and one parameter watch with one, however many are open. The hub keeps the
+//!   newest [`STREAM_RING`] items; a client that falls further behind gets a resync and a
+//!   fresh snapshot, never unbounded memory.
 //! - Every JSON request is bounded by [`REQUEST_TIMEOUT`]; streams end when the shutdown token
 //!   is cancelled, so graceful shutdown does not wait for them.
 
 mod app;
+mod hub;
 mod params;
 mod sse;
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tatbot_state::StateManager;
@@ -42,11 +46,22 @@ use tokio_util::sync::CancellationToken;
 
 pub use app::app;
 
+use crate::hub::Hub;
+
 /// Where the dashboard listens unless told otherwise: loopback only.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
-/// Most SSE streams open at once; each holds a follower with two Redis connections and a
-/// parameter watch with one.
-pub const MAX_STREAMS: usize = 32;
+/// Most SSE streams open at once.
+///
+/// A stream costs its HTTP connection and a position in the hub's ring (no Redis connection,
+/// no buffer of its own), so the bound is not about memory: it keeps the open sockets under
+/// the usual limit of 1,024 file descriptors per process, with room for the listener, the
+/// Redis connections and JSON requests, so that one client too many gets a `503` rather than
+/// the server failing to accept.
+pub const MAX_STREAMS: usize = 1_000;
+/// Items (snapshot, change, resync, redis and params events) the hub keeps, serialized: a
+/// client that reconnects with the id of one of them resumes after it, and a client that
+/// falls this far behind gets a resync and a fresh snapshot.
+pub const STREAM_RING: usize = 1_024;
 /// Longest a JSON request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,11 +70,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct VizState {
     manager: StateManager,
     follow_config: FollowConfig,
-    /// Cancelled at shutdown: ends every open stream and its follower.
+    /// Cancelled at shutdown: ends every open stream and the hub.
     shutdown: CancellationToken,
     /// One permit per open stream, [`MAX_STREAMS`] in all; a stream holds its permit until
     /// its response body is dropped.
     streams: Arc<Semaphore>,
+    /// Items in the hub's ring: [`STREAM_RING`] unless a test asks for fewer.
+    stream_ring: usize,
+    /// The hub, started by the first stream and shared by every clone of this state; its task
+    /// ends at shutdown.
+    hub: Arc<OnceLock<Arc<Hub>>>,
 }
 
 impl VizState {
@@ -70,6 +90,8 @@ impl VizState {
             follow_config: FollowConfig::default(),
             shutdown: CancellationToken::new(),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            stream_ring: STREAM_RING,
+            hub: Arc::new(OnceLock::new()),
         }
     }
 
@@ -77,6 +99,25 @@ impl VizState {
     pub fn with_follow_config(mut self, config: FollowConfig) -> VizState {
         self.follow_config = config;
         self
+    }
+
+    /// Keeps `items` items in the hub's ring instead of [`STREAM_RING`] (at least one; tests
+    /// use a small ring to make a slow client fall behind).
+    pub fn with_stream_ring(mut self, items: usize) -> VizState {
+        self.stream_ring = items.max(1);
+        self
+    }
+
+    /// The hub, started on first use with this state's follow config and shutdown token.
+    fn hub(&self) -> &Arc<Hub> {
+        self.hub.get_or_init(|| {
+            Hub::start(
+                &self.manager,
+                self.follow_config.clone(),
+                self.stream_ring,
+                &self.shutdown,
+            )
+        })
     }
 }
 

@@ -1,14 +1,14 @@
-//! The parameters panel's data: the list as JSON, and the per-stream feed that says when to
-//! read it again.
+//! The parameters panel's data: the list as JSON, and the feed that says when to read it
+//! again.
 //!
 //! Parameters publish nothing on pub/sub and are not part of the follow API; their changes are
-//! in the audit log, which [`tatbot_state::params::Watch`] tails. Each open stream gets a
-//! [`ParamsFeed`]: a task that holds a watch and wakes the stream on every change. The stream
-//! then reads the whole list and sends it as one `params` event, so the page never folds
-//! changes itself and a burst of changes (a `param load`) costs one read, not one per change:
-//! the wake-up is a [`Notify`] permit, which does not count.
+//! in the audit log, which [`tatbot_state::params::Watch`] tails. The hub (`hub.rs`) holds the
+//! process's one [`ParamsFeed`]: a task that holds a watch and wakes the hub on every change.
+//! The hub then reads the whole list and publishes it as one `params` event to every stream,
+//! so the page never folds changes itself and a burst of changes (a `param load`) costs one
+//! read, not one per change: the wake-up is a [`Notify`] permit, which does not count.
 //!
-//! The task opens its watch first and only then wakes the stream for the first read, so no
+//! The task opens its watch first and only then wakes the hub for the first read, so no
 //! change falls between the list a page shows and the changes that follow it.
 
 use std::sync::Arc;
@@ -38,18 +38,18 @@ pub(crate) async fn list(manager: &StateManager) -> Result<Value, String> {
     Ok(json!({ "params": params }))
 }
 
-/// Wakes one stream when parameters change; dropping it stops the watch and closes its
+/// Wakes the hub when parameters change; dropping it stops the watch and closes its
 /// connection.
 pub(crate) struct ParamsFeed {
-    /// Notified by the watch task once its watch is open and after every change; the stream
-    /// waits on it. A permit is stored, so a change while the stream is busy is not lost.
+    /// Notified by the watch task once its watch is open and after every change; the hub
+    /// waits on it. A permit is stored, so a change while the hub is busy is not lost.
     changed: Arc<Notify>,
-    /// Cancels the watch task when the stream's body is dropped.
+    /// Cancels the watch task when the feed is dropped.
     _stop: DropGuard,
 }
 
 impl ParamsFeed {
-    /// Starts watching for one stream; the task ends with the feed or at `shutdown`.
+    /// Starts watching; the task ends with the feed or at `shutdown`.
     pub(crate) fn start(manager: &StateManager, shutdown: &CancellationToken) -> ParamsFeed {
         let changed = Arc::new(Notify::new());
         let stop = shutdown.child_token();
@@ -67,11 +67,11 @@ impl ParamsFeed {
 }
 
 /// Opens a watch on every parameter, retrying with capped exponential backoff, then wakes the
-/// stream on every change until `stop`.
+/// hub on every change until `stop`.
 ///
 /// An open watch reconnects by itself and resumes after the last change it read, so after a
 /// connection error this only waits and reads on. Other errors (the log was trimmed past the
-/// watch, an entry does not decode) may hide a change, so they wake the stream too.
+/// watch, an entry does not decode) may hide a change, so they wake the hub too.
 async fn watch(manager: StateManager, changed: Arc<Notify>, stop: CancellationToken) {
     let params = Params::new(&manager);
     let all = Prefix::all();

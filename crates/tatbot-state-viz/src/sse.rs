@@ -1,8 +1,8 @@
-//! The live stream: one follower per client, each item an SSE event.
+//! The live stream: the SSE protocol, and one response body per client fed by the hub.
 //!
 //! | SSE `event` | `id` | `data` |
 //! |---|---|---|
-//! | `snapshot` | the cursor | a [`Snapshot`](tatbot_state::Snapshot) |
+//! | `snapshot` | the cursor | a [`Snapshot`] |
 //! | `change` | the cursor | a [`Change`](tatbot_state::follow::Change): `cursor`, `kind` and its fields |
 //! | `resync` | none | `{"reason": ...}`; a `snapshot` follows |
 //! | `redis` | none | `{"connected": false, "error": ...}` or `{"connected": true}` |
@@ -10,36 +10,45 @@
 //!
 //! The browser keeps the last `id` it saw and sends it back as `Last-Event-ID` when it
 //! reconnects; the page also passes it as `?cursor=` when the sync toggle is switched back on.
-//! A cursor that does not parse is ignored: that client gets a fresh snapshot.
+//! A cursor that the hub can resume from gets exactly the items after it; any other cursor
+//! (one that does not parse, one older than the hub's ring, one from an earlier process)
+//! gets a fresh snapshot, which the page puts in place of what it had (see `hub.rs`).
 //!
 //! A `params` event carries no `id`, and an SSE event without one leaves the browser's last id
 //! as it was, so parameters never move the follow cursor. Parameters are not part of the follow
 //! API and have a cursor of their own (the audit log's), so instead of resuming, every stream
-//! sends the whole list: once its parameter watch is open, after every change, and after each
-//! `snapshot` and `Reconnected` (Redis may have lost data). A list equal to the last one sent
-//! is not sent again.
+//! gets the whole list: when it opens (after its snapshot, if any), and whenever the hub reads
+//! a list that differs from the last one (the watch saw a change, after a `snapshot` and
+//! after Redis came back).
+//!
+//! Frames are built once, by the hub, as the bytes that go on the wire; every stream sends the
+//! same [`Bytes`]. That is why the body is a plain stream of bytes rather than axum's `Sse`,
+//! whose events are buffers built per client. It writes what `Sse` wrote: the same
+//! headers, `event:`, `id:` and `data:` lines, and an empty comment every
+//! [`KEEP_ALIVE_INTERVAL`] of silence.
 
 use std::convert::Infallible;
-use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
-use tatbot_state::follow::{self, FollowItem, Follower, Scope};
-use tatbot_state::{Cursor, StateManager};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tatbot_state::follow::FollowItem;
+use tatbot_state::{Cursor, Snapshot};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::params::{self, ParamsFeed};
-use crate::{REQUEST_TIMEOUT, VizState};
+use crate::VizState;
+use crate::hub::Subscription;
 
-/// How long a stream waits before reading the parameters again after a read failed.
-const PARAMS_RETRY: Duration = Duration::from_secs(2);
+/// Longest silence on a stream before a keep-alive comment.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// An empty SSE comment: keeps proxies and the browser from timing the stream out.
+const KEEP_ALIVE: Bytes = Bytes::from_static(b":\n\n");
 
 /// `?cursor=` of `/api/stream`.
 #[derive(Debug, Deserialize)]
@@ -66,134 +75,125 @@ pub(crate) async fn stream(
         .or(query.cursor.as_deref())
         .and_then(|text| text.parse::<Cursor>().ok());
     tracing::debug!(resume = ?resume.as_ref().map(ToString::to_string), "stream opened");
-    let follower = follow::follow_with(
-        &state.manager,
-        Scope::All,
-        resume,
-        state.follow_config.clone(),
-        &state.shutdown,
-    );
     let feed = Feed {
-        params: ParamsFeed::start(&state.manager, &state.shutdown),
-        follower,
-        manager: state.manager.clone(),
+        subscription: state.hub().subscribe(resume.as_ref()),
         shutdown: state.shutdown.clone(),
-        params_stale: false,
-        params_retry: None,
-        params_sent: None,
+        keep_alive: Instant::now() + KEEP_ALIVE_INTERVAL,
         _permit: permit,
     };
-    let events = futures_util::stream::unfold(feed, |mut feed| async move {
-        let event = feed.next().await?;
-        Some((Ok::<Event, Infallible>(event), feed))
+    let frames = futures_util::stream::unfold(feed, |mut feed| async move {
+        let frame = feed.next().await?;
+        Some((Ok::<Bytes, Infallible>(frame), feed))
     });
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(frames),
+    )
+        .into_response()
 }
 
-/// What one stream reads from: its follower and its parameter feed.
+/// What one stream reads from; dropped with the response body when the client goes.
 struct Feed {
-    follower: Follower,
-    params: ParamsFeed,
-    manager: StateManager,
+    subscription: Subscription,
     /// Ends the stream at shutdown.
     shutdown: CancellationToken,
-    /// The parameters may differ from what the page has: read and send them next.
-    params_stale: bool,
-    /// When to read the parameters again after a failed read.
-    params_retry: Option<Instant>,
-    /// Hash of the `data` of the last `params` event, to skip sending the same list twice
-    /// (a hash rather than the text: a stream holds it for hours, and the list can be long).
-    params_sent: Option<u64>,
+    /// When to send a keep-alive if nothing else was sent.
+    keep_alive: Instant,
     /// Held for the stream's life and released when its body is dropped: one of
     /// [`crate::MAX_STREAMS`].
     _permit: OwnedSemaphorePermit,
 }
 
 impl Feed {
-    /// The next event; `None` ends the stream (shutdown, or the follower stopped).
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            // Checked before waiting, so a busy follower cannot hold the parameters back.
-            if self.params_stale {
-                self.params_stale = false;
-                if let Some(event) = self.read_params().await? {
-                    return Some(event);
-                }
-            }
-            let retry = self.params_retry;
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return None,
-                item = self.follower.next() => {
-                    let item = item?;
-                    if matches!(item, FollowItem::Snapshot(_) | FollowItem::Reconnected) {
-                        self.params_stale = true;
-                    }
-                    return Some(to_event(&item));
-                }
-                () = self.params.changed() => self.params_stale = true,
-                () = sleep_until(retry), if retry.is_some() => self.params_stale = true,
-            }
-        }
-    }
-
-    /// Reads the parameters: `Some(Some(event))` when the list differs from the last one sent,
-    /// `Some(None)` when it does not or the read failed (retried after [`PARAMS_RETRY`]), and
-    /// `None` at shutdown.
-    async fn read_params(&mut self) -> Option<Option<Event>> {
-        self.params_retry = None;
-        let read = tokio::select! {
+    /// The next frame; `None` ends the stream (shutdown).
+    async fn next(&mut self) -> Option<Bytes> {
+        let frame = tokio::select! {
+            biased;
             () = self.shutdown.cancelled() => return None,
-            read = tokio::time::timeout(REQUEST_TIMEOUT, params::list(&self.manager)) => read,
+            frame = self.subscription.next() => frame,
+            () = tokio::time::sleep_until(self.keep_alive) => KEEP_ALIVE,
         };
-        let list = match read {
-            Ok(Ok(list)) => list,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "cannot read the parameters for a stream; retrying");
-                self.params_retry = Some(Instant::now() + PARAMS_RETRY);
-                return Some(None);
-            }
-            Err(_) => {
-                tracing::debug!(timeout = ?REQUEST_TIMEOUT, "reading the parameters timed out; retrying");
-                self.params_retry = Some(Instant::now() + PARAMS_RETRY);
-                return Some(None);
-            }
-        };
-        let data = list.to_string();
-        let hash = {
-            let mut hasher = DefaultHasher::new();
-            data.hash(&mut hasher);
-            hasher.finish()
-        };
-        if self.params_sent == Some(hash) {
-            return Some(None);
+        self.keep_alive = Instant::now() + KEEP_ALIVE_INTERVAL;
+        Some(frame)
+    }
+}
+
+/// A follower item as a frame, and its `id` (the cursor text) when it has one.
+pub(crate) fn encode(item: &FollowItem) -> (Bytes, Option<String>) {
+    match item {
+        FollowItem::Snapshot(snapshot) => {
+            let id = snapshot.cursor.to_string();
+            (frame("snapshot", Some(&id), snapshot), Some(id))
         }
-        self.params_sent = Some(hash);
-        Some(Some(Event::default().event("params").data(data)))
+        FollowItem::Change(change) => {
+            let id = change.cursor.to_string();
+            (frame("change", Some(&id), change), Some(id))
+        }
+        FollowItem::Resync { reason } => (resync_frame(reason), None),
+        FollowItem::ConnectionLost { error } => (
+            frame("redis", None, &json!({ "connected": false, "error": error })),
+            None,
+        ),
+        FollowItem::Reconnected => (frame("redis", None, &json!({ "connected": true })), None),
     }
 }
 
-/// Sleeps until `deadline`; forever when there is none (the branch is disabled then anyway).
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
+/// A `snapshot` frame of `snapshot`.
+pub(crate) fn snapshot_frame(snapshot: &Snapshot) -> Bytes {
+    frame("snapshot", Some(&snapshot.cursor.to_string()), snapshot)
 }
 
-fn to_event(item: &FollowItem) -> Event {
-    let (name, id, data) = match item {
-        FollowItem::Snapshot(snapshot) => ("snapshot", Some(snapshot.cursor.to_string()), json!(snapshot)),
-        FollowItem::Change(change) => ("change", Some(change.cursor.to_string()), json!(change)),
-        FollowItem::Resync { reason } => ("resync", None, json!({ "reason": reason })),
-        FollowItem::ConnectionLost { error } => ("redis", None, json!({ "connected": false, "error": error })),
-        FollowItem::Reconnected => ("redis", None, json!({ "connected": true })),
-    };
-    // Compact JSON has no newlines, and a cursor holds none either, which is all `data` and
-    // `id` require.
-    let event = Event::default().event(name).data(data.to_string());
-    match id {
-        Some(id) => event.id(id),
-        None => event,
+/// A `resync` frame; a `snapshot` must follow it.
+pub(crate) fn resync_frame(reason: &str) -> Bytes {
+    frame("resync", None, &json!({ "reason": reason }))
+}
+
+/// A `params` frame of a list from [`crate::params::list`].
+pub(crate) fn params_frame(list: &Value) -> Bytes {
+    frame("params", None, list)
+}
+
+/// One SSE event: `event:`, `id:` when given, one `data:` line of compact JSON, blank line.
+///
+/// Compact JSON has no newlines (serde_json escapes them in strings), and a cursor holds none
+/// either, which is all `data` and `id` require.
+fn frame(event: &str, id: Option<&str>, data: &impl Serialize) -> Bytes {
+    let mut buffer = Vec::with_capacity(256);
+    buffer.extend_from_slice(b"event: ");
+    buffer.extend_from_slice(event.as_bytes());
+    if let Some(id) = id {
+        buffer.extend_from_slice(b"\nid: ");
+        buffer.extend_from_slice(id.as_bytes());
+    }
+    buffer.extend_from_slice(b"\ndata: ");
+    // Writing to a Vec cannot fail, and serde_json fails only for maps whose keys are not
+    // strings or for Serialize impls that return errors: ours are derived (or write strings)
+    // and their maps are keyed by strings.
+    serde_json::to_writer(&mut buffer, data).expect("follow items serialize to JSON");
+    buffer.extend_from_slice(b"\n\n");
+    // The hub keeps frames for a while; don't keep the growth slack with them.
+    buffer.shrink_to_fit();
+    Bytes::from(buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames are what axum's `Sse` wrote for the same event, fields in a different order.
+    #[test]
+    fn frames_are_sse_events() {
+        let frame = frame("change", Some("1;7-0"), &json!({"kind": "node", "text": "a\nb"}));
+        assert_eq!(
+            &frame[..],
+            b"event: change\nid: 1;7-0\ndata: {\"kind\":\"node\",\"text\":\"a\\nb\"}\n\n"
+        );
+        assert_eq!(
+            &resync_frame("gone")[..],
+            b"event: resync\ndata: {\"reason\":\"gone\"}\n\n"
+        );
     }
 }

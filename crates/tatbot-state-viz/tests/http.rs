@@ -56,8 +56,23 @@ pub struct SseStream {
 impl SseStream {
     /// Opens the stream, optionally with `Last-Event-ID`.
     pub async fn open(addr: SocketAddr, last_event_id: Option<&str>) -> SseStream {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let mut head = "GET /api/stream HTTP/1.0\r\nHost: localhost\r\nAccept: text/event-stream\r\n".to_owned();
+        SseStream::open_with(addr, "/api/stream", last_event_id, None).await
+    }
+
+    /// Opens `path` (`/api/stream` with a query, say), optionally with `Last-Event-ID` and a
+    /// socket receive buffer of about `receive_buffer` bytes (a slow reader's fills up soon).
+    pub async fn open_with(
+        addr: SocketAddr,
+        path: &str,
+        last_event_id: Option<&str>,
+        receive_buffer: Option<u32>,
+    ) -> SseStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut stream = socket.connect(addr).await.unwrap();
+        let mut head = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: text/event-stream\r\n");
         if let Some(id) = last_event_id {
             head.push_str(&format!("Last-Event-ID: {id}\r\n"));
         }

@@ -4,4 +4,5 @@
 //! a free loopback port.
 
 mod http;
+mod hub;
 mod server;
