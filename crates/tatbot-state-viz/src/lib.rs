@@ -10,7 +10,7 @@
 //!
 //! # Layout
 //!
-//! - [`app`] (`app.rs`): the [`axum::Router`]: the page, its embedded assets and the JSON API.
+//! - [`app()`] (`app.rs`): the [`axum::Router`]: the page, its embedded assets and the JSON API.
 //! - `hub.rs`: the one follower and parameter watch of the process, started by the first
 //!   stream, whose items every stream reads (serialized once, kept in a ring for resuming).
 //! - `sse.rs`: the SSE protocol, and each client's response body fed by the hub.
