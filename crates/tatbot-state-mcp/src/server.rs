@@ -61,17 +61,27 @@ impl ServerState {
     /// Starts the event listener, the parameter watch and the Redis watcher; they run until
     /// `shutdown` fires or [`ServerState::stop`] is called.
     ///
-    /// The parameter watch is opened before this returns, so every parameter change after a
-    /// client's subscription is notified: its start is fixed when it opens, and nothing can
-    /// subscribe before the server answers. If Redis refuses it now (unreachable), the watch
-    /// task tries again in the background (see
-    /// [`hub::watch_params`]); the wait here is bounded by the manager's connect and response
-    /// timeouts.
+    /// The parameter watch and the event subscription are opened before this returns, so every
+    /// change after a client's subscription is notified: nothing can subscribe before the
+    /// server answers. (Opened in the background, a subscription answered quickly could miss
+    /// the first event; `stdio_subscription_notifies_when_progress_advances` did, about one
+    /// run in twenty.) If Redis refuses either now (unreachable), its task tries again in the
+    /// background (see [`hub::watch_params`] and [`hub::listen_events`]); the wait here is
+    /// bounded by the manager's connect and response timeouts.
     pub async fn start(reader: Reader, config: ConfigDescription, shutdown: &CancellationToken) -> Arc<ServerState> {
-        let params_watch = match reader.watch_params(&Prefix::all()).await {
+        let all = Prefix::all();
+        let (params_watch, events) = tokio::join!(reader.watch_params(&all), reader.subscribe(&hub::EVENT_PATTERNS));
+        let params_watch = match params_watch {
             Ok(watch) => Some(watch),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot watch parameter changes yet; retrying in the background");
+                None
+            }
+        };
+        let events = match events {
+            Ok(subscription) => Some(subscription),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot subscribe to state events yet; retrying in the background");
                 None
             }
         };
@@ -85,6 +95,7 @@ impl ServerState {
         state.tracker.spawn(hub::listen_events(
             state.reader.clone(),
             state.hub.clone(),
+            events,
             state.shutdown.clone(),
         ));
         state.tracker.spawn(hub::watch_params(
