@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rmcp::model::{
     ErrorCode, ReadResourceRequestParams, ResourceContents, ResourceUpdatedNotificationParam, SubscribeRequestParams,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -459,6 +460,72 @@ async fn http_serves_reads_and_notifications() {
     assert!(running.wait().success());
 }
 
+/// Many HTTP sessions share the server's Redis connections: twelve sessions following two
+/// stroke sessions use as many as one did. Each session is told of the updates it subscribed
+/// to, and only those; one that unsubscribes or hangs up changes nothing for the others.
+#[tokio::test]
+#[expect(deprecated, reason = "resources/subscribe is the 2025-11 model this test covers")]
+async fn http_sessions_share_redis_and_keep_their_own_subscriptions() {
+    const SESSIONS: usize = 12;
+    let redis = RedisServer::start();
+    // Node names chosen so that the first stroke session's URI sorts before the second's: a
+    // session's notifications go out in that order (see `updates_until`).
+    let first_robot = manager(&redis, "aaa").await;
+    let second_robot = manager(&redis, "zzz").await;
+    let first = first_robot.start_stroke_session(3, 4, "demo").await.unwrap();
+    let second = second_robot.start_stroke_session(3, 4, "demo").await.unwrap();
+    let first_uri = format!("state://stroke/progress/{first}");
+    let second_uri = format!("state://stroke/progress/{second}");
+    assert!(first_uri < second_uri);
+    let (_running, addr) = http_server(&redis, &["--bind", "127.0.0.1:0", "--no-heartbeat"]);
+
+    let mut followers = Vec::new();
+    let mut with_one = 0;
+    for index in 0..SESSIONS {
+        let (tx, updates) = mpsc::channel(256);
+        let client = Updates(tx).serve(http_transport(addr, None)).await.unwrap();
+        for uri in [&first_uri, &second_uri] {
+            client
+                .subscribe(SubscribeRequestParams::new(uri.as_str()))
+                .await
+                .unwrap();
+        }
+        read(&client, &first_uri).await;
+        followers.push((client, updates));
+        if index == 0 {
+            with_one = redis_clients(&redis);
+        }
+    }
+    assert_eq!(
+        redis_clients(&redis),
+        with_one,
+        "{SESSIONS} sessions use more Redis connections than one"
+    );
+
+    let (unsubscribed, mut unsubscribed_updates) = followers.remove(0);
+    unsubscribed
+        .unsubscribe(UnsubscribeRequestParams::new(first_uri.as_str()))
+        .await
+        .unwrap();
+    let (gone, _) = followers.remove(0);
+    gone.cancel().await.unwrap();
+    first_robot
+        .update_stroke_progress(&first, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
+    second_robot
+        .update_stroke_progress(&second, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
+    for (_, updates) in &mut followers {
+        let seen = updates_until(updates, &second_uri).await;
+        assert!(seen.contains(&first_uri), "{seen:?}");
+    }
+    let seen = updates_until(&mut unsubscribed_updates, &second_uri).await;
+    assert!(!seen.contains(&first_uri), "an unsubscribed URI was notified: {seen:?}");
+    assert_eq!(redis_clients(&redis), with_one);
+}
+
 /// A request from a foreign Origin or for a foreign Host is refused with 403; our own origins
 /// and no Origin at all pass.
 #[test]
@@ -541,6 +608,34 @@ async fn wait_for_update(updates: &mut mpsc::Receiver<String>, uri: &str) {
     })
     .await;
     assert!(found.is_ok(), "no update for {uri} within {DEADLINE:?}");
+}
+
+/// The updates that arrive until one for `uri` does, that one included.
+///
+/// A session's notifications are sent in order and one batch at a time, each batch sorted by
+/// URI; so an update for a URI that sorts before `uri`, marked before or with it, is in the
+/// returned list if it was sent at all.
+async fn updates_until(updates: &mut mpsc::Receiver<String>, uri: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(updated) = updates.recv().await {
+            let done = updated == uri;
+            seen.push(updated);
+            if done {
+                return;
+            }
+        }
+        panic!("the client stopped before an update for {uri}");
+    })
+    .await;
+    assert!(found.is_ok(), "no update for {uri} within {DEADLINE:?}; got {seen:?}");
+    seen
+}
+
+/// How many clients the Redis server has besides the connection that asks.
+fn redis_clients(redis: &RedisServer) -> usize {
+    let list = redis.command(&["CLIENT", "LIST"]).expect("CLIENT LIST answers");
+    list.lines().filter(|line| line.contains("id=")).count() - 1
 }
 
 /// Waits until an update for each of `uris` has arrived (in any order), skipping others.

@@ -24,7 +24,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tatbot_state::StateManager;
 use tokio::net::TcpListener;
@@ -34,6 +33,7 @@ use crate::error::Error;
 use crate::reader::Reader;
 use crate::render::ConfigDescription;
 use crate::server::{ServerState, StateServer};
+use crate::session::{self, Sessions};
 
 /// Where MCP is served.
 pub const MCP_PATH: &str = "/mcp";
@@ -103,11 +103,15 @@ pub async fn serve_http(
     let mcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(allowed_hosts.clone())
         .with_max_request_body_bytes(MAX_REQUEST_BODY_BYTES)
+        .with_sse_retry(Some(session::SSE_RETRY))
         .with_cancellation_token(shutdown.child_token());
+    let sessions = Arc::new(Sessions::default());
+    let expiring = sessions.clone();
+    state.spawn(|stop| async move { expiring.expire_until(stop).await });
     let service_state = state.clone();
     let service = StreamableHttpService::new(
         move || Ok(StateServer::new(service_state.clone())),
-        Arc::new(LocalSessionManager::default()),
+        sessions,
         mcp_config,
     );
     let guard = Arc::new(Guard {
@@ -118,7 +122,9 @@ pub async fn serve_http(
         .nest_service(MCP_PATH, service)
         .layer(middleware::from_fn_with_state(guard, check_request));
     tracing::info!(addr = %local_addr, path = MCP_PATH, "serving MCP over HTTP");
-    let served = axum::serve(listener, app)
+    // `into_make_service` prepares the router once; served directly, axum rebuilds its route
+    // tables for every connection (2 KiB each, and a burst of clients opens hundreds).
+    let served = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     state.stop(STOP_DEADLINE).await;

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use tatbot_state::model::Event;
 use tatbot_state::params::{Prefix, Watch};
-use tatbot_state::{Message, NodeId, ParamName, SessionId};
+use tatbot_state::{Message, NodeId, ParamName, SessionId, Subscription};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -299,27 +299,41 @@ pub async fn watch_params(reader: Reader, hub: Arc<Hub>, watch: Option<Watch>, s
 /// Keeps a `PSUBSCRIBE` on [`EVENT_PATTERNS`] open until `shutdown`, marking what each message
 /// changes.
 ///
-/// Opening is retried with capped exponential backoff; once open, the library's
+/// `subscription` is the one the server opened before it started serving (see
+/// [`crate::server::ServerState::start`]), or `None` when Redis refused it then. Opening is
+/// then retried with capped exponential backoff; once open, the library's
 /// [`tatbot_state::Subscription`] reconnects by itself, and a reconnect seen here (its counter
 /// moved) marks every subscribed URI, since the events of the gap are gone.
-pub async fn listen_events(reader: Reader, hub: Arc<Hub>, shutdown: CancellationToken) {
+pub async fn listen_events(
+    reader: Reader,
+    hub: Arc<Hub>,
+    subscription: Option<Subscription>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = MIN_BACKOFF;
-    let mut subscription = loop {
-        let attempt = tokio::select! {
-            () = shutdown.cancelled() => return,
-            attempt = reader.subscribe(&EVENT_PATTERNS) => attempt,
-        };
-        match attempt {
-            Ok(subscription) => break subscription,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?backoff, "cannot subscribe to state events");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+    let mut subscription = match subscription {
+        Some(subscription) => subscription,
+        None => loop {
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return,
+                attempt = reader.subscribe(&EVENT_PATTERNS) => attempt,
+            };
+            match attempt {
+                Ok(subscription) => {
+                    // Events published before now are gone.
+                    hub.mark_all();
+                    break subscription;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot subscribe to state events");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
-        }
+        },
     };
     tracing::info!(patterns = ?EVENT_PATTERNS, "subscribed to state events");
     let mut reconnects = subscription.reconnects();

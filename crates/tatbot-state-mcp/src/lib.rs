@@ -18,6 +18,10 @@
 //!   and `subscriptions/listen` (2026-07 model).
 //! - `http.rs`: the axum app for streamable HTTP at [`MCP_PATH`], with the Host/Origin/token
 //!   guard ([`serve_http`]).
+//! - `session.rs`: the HTTP sessions (2025-11 model) for rmcp's `StreamableHttpService`:
+//!   rmcp's `LocalSessionManager` behaviour, kept as shared state instead of an actor task and
+//!   four channels of large messages per session, which cost too much memory with a hundred
+//!   clients.
 //! - `heartbeat.rs`: this node's heartbeat, marked as serving MCP ([`run_heartbeat`]); it runs
 //!   on a manager of its own, the one writer of the process.
 //!
@@ -32,6 +36,7 @@ mod hub;
 mod reader;
 mod render;
 mod server;
+mod session;
 pub mod uri;
 
 use std::time::Duration;

@@ -9,8 +9,10 @@
 //!
 //! - 2025-11 and earlier (`resources/subscribe`, `resources/unsubscribe`): the connection gets
 //!   one [`Subscriber`] on its first subscribe, and a task that sends
-//!   `notifications/resources/updated` through the connection's peer. The handler holds the
-//!   task's drop guard, so the task ends with the connection.
+//!   `notifications/resources/updated`: over HTTP straight onto the session's GET stream
+//!   ([`SessionNotifier`]), with one message per URI shared by all sessions
+//!   ([`UpdateMessages`]); on stdio through the connection's peer. The handler holds the task's
+//!   drop guard, so the task ends with the connection.
 //! - 2026-07 (`subscriptions/listen`): each listen request is its own subscriber, accepted for
 //!   the URIs of its filter that name a resource, and served by [`StateServer::listen`] itself
 //!   until the client cancels the request or the server shuts down.
@@ -19,14 +21,15 @@
 //! pending set and then waits [`MIN_NOTIFY_INTERVAL`], so a robot updating at 100 Hz costs a
 //! client at most ten notifications a second per URI.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use rmcp::model::{
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents, ResourceTemplate,
-    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
-    UnsubscribeRequestParams,
+    ResourceUpdatedNotification, ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig,
+    ServerJsonRpcMessage, ServerNotification, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, model};
@@ -38,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use crate::hub::{self, Hub, Subscriber};
 use crate::reader::Reader;
 use crate::render::{self, ConfigDescription, Rendered};
+use crate::session::SessionNotifier;
 use crate::uri::{self, Resource, UriError};
 
 /// Shortest time between two batches of update notifications to one subscriber.
@@ -55,23 +59,64 @@ pub struct ServerState {
     /// Cancelled by [`ServerState::stop`] or by the caller's token it is a child of; every
     /// task and every open `subscriptions/listen` request ends when it fires.
     shutdown: CancellationToken,
+    /// The update notifications the HTTP sessions send, one per URI.
+    updates: UpdateMessages,
+}
+
+/// The `notifications/resources/updated` message of each URI, shared by the HTTP sessions that
+/// send it: each session keeps its last few messages for a client that reconnects, and a
+/// hundred sessions following one resource would otherwise keep a hundred copies of each.
+#[derive(Default)]
+struct UpdateMessages {
+    /// Held weakly, so a message lives only while some session keeps it; dead entries are
+    /// dropped whenever one is added.
+    by_uri: Mutex<HashMap<String, Weak<ServerJsonRpcMessage>>>,
+}
+
+impl UpdateMessages {
+    /// The message for `uri`: the one sessions hold already, or a new one.
+    fn get(&self, uri: String) -> Arc<ServerJsonRpcMessage> {
+        // Only lookups, inserts and removals happen under this lock: a poisoned map is whole.
+        let mut by_uri = self.by_uri.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(message) = by_uri.get(&uri).and_then(Weak::upgrade) {
+            return message;
+        }
+        by_uri.retain(|_, message| message.strong_count() > 0);
+        let message = Arc::new(ServerJsonRpcMessage::notification(
+            ServerNotification::ResourceUpdatedNotification(ResourceUpdatedNotification::new(
+                ResourceUpdatedNotificationParam::new(uri.clone()),
+            )),
+        ));
+        by_uri.insert(uri, Arc::downgrade(&message));
+        message
+    }
 }
 
 impl ServerState {
     /// Starts the event listener, the parameter watch and the Redis watcher; they run until
     /// `shutdown` fires or [`ServerState::stop`] is called.
     ///
-    /// The parameter watch is opened before this returns, so every parameter change after a
-    /// client's subscription is notified: its start is fixed when it opens, and nothing can
-    /// subscribe before the server answers. If Redis refuses it now (unreachable), the watch
-    /// task tries again in the background (see
-    /// [`hub::watch_params`]); the wait here is bounded by the manager's connect and response
-    /// timeouts.
+    /// The parameter watch and the event subscription are opened before this returns, so every
+    /// change after a client's subscription is notified: nothing can subscribe before the
+    /// server answers. (Opened in the background, a subscription answered quickly could miss
+    /// the first event; `stdio_subscription_notifies_when_progress_advances` did, about one
+    /// run in twenty.) If Redis refuses either now (unreachable), its task tries again in the
+    /// background (see [`hub::watch_params`] and [`hub::listen_events`]); the wait here is
+    /// bounded by the manager's connect and response timeouts.
     pub async fn start(reader: Reader, config: ConfigDescription, shutdown: &CancellationToken) -> Arc<ServerState> {
-        let params_watch = match reader.watch_params(&Prefix::all()).await {
+        let all = Prefix::all();
+        let (params_watch, events) = tokio::join!(reader.watch_params(&all), reader.subscribe(&hub::EVENT_PATTERNS));
+        let params_watch = match params_watch {
             Ok(watch) => Some(watch),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot watch parameter changes yet; retrying in the background");
+                None
+            }
+        };
+        let events = match events {
+            Ok(subscription) => Some(subscription),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot subscribe to state events yet; retrying in the background");
                 None
             }
         };
@@ -81,10 +126,12 @@ impl ServerState {
             hub: Arc::new(Hub::default()),
             tracker: TaskTracker::new(),
             shutdown: shutdown.child_token(),
+            updates: UpdateMessages::default(),
         });
         state.tracker.spawn(hub::listen_events(
             state.reader.clone(),
             state.hub.clone(),
+            events,
             state.shutdown.clone(),
         ));
         state.tracker.spawn(hub::watch_params(
@@ -99,6 +146,16 @@ impl ServerState {
             state.shutdown.clone(),
         ));
         state
+    }
+
+    /// Runs `task` beside the background tasks, with the token that stops them:
+    /// [`ServerState::stop`] cancels it and waits for the task too.
+    pub fn spawn<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task(self.shutdown.clone()));
     }
 
     /// Stops the background tasks and waits for them, at most `deadline`.
@@ -197,7 +254,10 @@ impl StateServer {
     }
 
     /// This connection's legacy subscriber, starting its notification task on first use.
-    fn legacy_subscriber(&self, peer: &rmcp::Peer<RoleServer>) -> Arc<Subscriber> {
+    ///
+    /// The task sends on the HTTP session directly when the request came through one of our
+    /// sessions (see [`SessionNotifier`]), and through the peer otherwise (stdio).
+    fn legacy_subscriber(&self, context: &RequestContext<RoleServer>) -> Arc<Subscriber> {
         // Only `Option` assignments happen under this lock, so a poisoned one is still sound.
         let mut legacy = self.legacy.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(legacy) = &*legacy {
@@ -205,18 +265,16 @@ impl StateServer {
         }
         let subscriber = self.state.hub.register();
         let stop = self.state.shutdown.child_token();
-        let peer = peer.clone();
+        let sink = match context.extensions.get::<SessionNotifier>() {
+            Some(notifier) => Sink::Session(notifier.clone()),
+            None => Sink::Peer(context.peer.clone()),
+        };
+        let task_state = self.state.clone();
         let task_subscriber = subscriber.clone();
         let task_stop = stop.clone();
         self.state.tracker.spawn(async move {
-            let send = |uri: String| {
-                let peer = peer.clone();
-                async move {
-                    peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
-                        .await
-                        .is_ok()
-                }
-            };
+            let (sink, state) = (&sink, &*task_state);
+            let send = |uri: String| sink.send(state, uri);
             tokio::select! {
                 () = task_stop.cancelled() => {}
                 () = forward(&task_subscriber, send) => {}
@@ -227,6 +285,27 @@ impl StateServer {
             _stop: stop.drop_guard(),
         });
         subscriber
+    }
+}
+
+/// Where a connection's 2025-11 notifications go.
+enum Sink {
+    /// Through rmcp's service: stdio, and any transport without a session of ours.
+    Peer(rmcp::Peer<RoleServer>),
+    /// Straight onto the HTTP session's standalone stream.
+    Session(SessionNotifier),
+}
+
+impl Sink {
+    /// Tells the client that `uri` changed; `false` once it is gone.
+    async fn send(&self, state: &ServerState, uri: String) -> bool {
+        match self {
+            Sink::Peer(peer) => peer
+                .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                .await
+                .is_ok(),
+            Sink::Session(notifier) => notifier.send(state.updates.get(uri)).await,
+        }
     }
 }
 
@@ -381,7 +460,7 @@ impl ServerHandler for StateServer {
     ) -> Result<(), McpError> {
         let resource = uri::parse(&request.uri).map_err(uri_error)?;
         // Notifications carry the canonical URI (`state://health/rpi-1` for `rpi%2D1`).
-        self.legacy_subscriber(&context.peer).subscribe(resource.uri());
+        self.legacy_subscriber(&context).subscribe(resource.uri());
         tracing::debug!(uri = %request.uri, "subscribed");
         Ok(())
     }
@@ -392,7 +471,7 @@ impl ServerHandler for StateServer {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let resource = uri::parse(&request.uri).map_err(uri_error)?;
-        self.legacy_subscriber(&context.peer).unsubscribe(&resource.uri());
+        self.legacy_subscriber(&context).unsubscribe(&resource.uri());
         Ok(())
     }
 
@@ -425,5 +504,32 @@ impl ServerHandler for StateServer {
             () = forward(&subscriber, send) => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions following one URI share one message for it while any of them holds it; other
+    /// URIs get their own, and a message nobody holds is dropped.
+    #[test]
+    fn update_messages_are_shared_per_uri() {
+        let updates = UpdateMessages::default();
+        let first = updates.get("state://status".to_owned());
+        let again = updates.get("state://status".to_owned());
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = updates.get("state://nodes".to_owned());
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(
+            serde_json::to_value(&*other).unwrap(),
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "state://nodes"}})
+        );
+        drop((first, again));
+        let _errors = updates.get("state://errors".to_owned());
+        let by_uri = updates.by_uri.lock().unwrap();
+        let mut uris: Vec<&str> = by_uri.keys().map(String::as_str).collect();
+        uris.sort_unstable();
+        assert_eq!(uris, ["state://errors", "state://nodes"]);
     }
 }

@@ -4,7 +4,9 @@
 //! The end-to-end tests of the `tatbot-state mcp` binary (stdio and HTTP, security, outages)
 //! are in the CLI crate (`crates/tatbot-state-cli/tests/mcp.rs`); these cover what needs no
 //! process: the 2026-07 `subscriptions/listen` model (for progress and parameters) and
-//! heartbeat-driven notifications.
+//! heartbeat-driven notifications. `sessions.rs` checks the HTTP session model on the wire.
+
+mod sessions;
 
 use std::time::Duration;
 
