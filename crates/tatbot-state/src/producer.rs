@@ -93,12 +93,16 @@ pub enum Wake {
     /// The call wakes the writer itself: the lowest latency to subscribers (the default).
     #[default]
     Immediate,
-    /// A thread of the producer's own checks every interval (plus the kernel's timer slack,
-    /// about 50 us) whether something was queued, and wakes the writer. Calls then make no
+    /// A thread of the producer's own checks every interval (at least [`MIN_POLL_INTERVAL`],
+    /// plus the kernel's timer slack, about 50 us) whether something was queued, and wakes
+    /// the writer. Calls then make no
     /// system call, except the first after the producer was idle for [`POLL_LINGER`], which
     /// restarts that thread.
     Poll(Duration),
 }
+
+/// The shortest interval [`Wake::Poll`] uses; a shorter one would keep a core busy.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_micros(10);
 
 /// How long the polling thread of [`Wake::Poll`] keeps polling after the last call before it
 /// parks.
@@ -202,7 +206,7 @@ impl Poller {
         let (thread_poller, wake) = (poller.clone(), wake.clone());
         let spawned = std::thread::Builder::new()
             .name("tatbot-producer-poll".to_owned())
-            .spawn(move || thread_poller.run(&wake, interval));
+            .spawn(move || thread_poller.run(&wake, interval.max(MIN_POLL_INTERVAL)));
         match spawned {
             Ok(handle) => {
                 // Set here as well as in the thread, so a call never finds it unset once the
