@@ -24,14 +24,10 @@
 //! again; those that survived are skipped, those that were lost are written, in order.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesOrdered;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -486,23 +482,6 @@ impl Queue {
     }
 }
 
-/// Batches a writer has on the connection at once.
-const IN_FLIGHT: usize = 2;
-
-/// The answers to one batch's pipeline.
-type BatchFuture = Pin<Box<dyn Future<Output = Result<Vec<redis::RedisResult<redis::Value>>>> + Send>>;
-
-/// A batch sent and not answered yet.
-struct InFlight {
-    batch: Vec<Queued>,
-    /// The sequence number that is fully done once this batch is.
-    done_through: u64,
-    /// The sessions its ops write to.
-    sessions: HashSet<SessionId>,
-    /// Every progress update and run-state change in it took the fast path's planning.
-    all_fast: bool,
-}
-
 /// The background task that sends queued ops.
 struct Writer {
     manager: StateManager,
@@ -550,72 +529,19 @@ impl Writer {
 
     #[tracing::instrument(name = "producer", skip_all, fields(writer = %self.rev_key))]
     async fn run(mut self, shutdown: CancellationToken) {
-        // Up to IN_FLIGHT batches on the connection at once, answered in order: the next batch
-        // is built and sent while Redis runs the previous one.
-        let mut in_flight: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
-        let mut batches: VecDeque<InFlight> = VecDeque::new();
         loop {
-            // A batch planned without the fast path waits for its answers, which say what the
-            // documents are, before the next one is planned.
-            while batches.len() < IN_FLIGHT && batches.iter().all(|sent| sent.all_fast) {
-                let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
-                let Some((batch, done_through)) = taken else { break };
-                let (future, all_fast) = match self.connected().await {
-                    Ok(mut connection) => {
-                        let (pipe, all_fast) = self.pipeline(&batch);
-                        let future: BatchFuture = Box::pin(async move {
-                            pipe.query_async(&mut connection)
-                                .await
-                                .map_err(|err| Error::from_redis("producer batch", err))
-                        });
-                        (future, all_fast)
-                    }
-                    Err(err) => (Box::pin(std::future::ready(Err(err))) as BatchFuture, false),
-                };
-                let sessions = batch.iter().filter_map(|queued| queued.op.session().cloned()).collect();
-                in_flight.push_back(future);
-                batches.push_back(InFlight {
-                    batch,
-                    done_through,
-                    sessions,
-                    all_fast,
-                });
-            }
-            let answer = tokio::select! {
-                () = shutdown.cancelled() => break,
-                answer = in_flight.next(), if !batches.is_empty() => answer,
-                () = self.shared.wake.notified(), if batches.is_empty() => continue,
-            };
-            let (Some(answer), Some(sent)) = (answer, batches.pop_front()) else {
-                continue;
-            };
-            let later: HashSet<SessionId> = batches
-                .iter()
-                .flat_map(|later| later.sessions.iter().cloned())
-                .collect();
-            match answer.and_then(|results| self.settle(&sent.batch, results, &later)) {
-                Ok(()) => self.done(sent),
-                Err(err) => {
-                    // This batch and those sent after it go again, one at a time, on a new
-                    // connection; ops that were applied are skipped by their number.
-                    tracing::debug!(error = %err, "batch failed; resending");
-                    in_flight = FuturesOrdered::new();
-                    self.connection = None;
-                    self.docs.clear();
-                    self.shared.lock().stats.retries += 1;
-                    let mut stopped = false;
-                    for sent in std::iter::once(sent).chain(batches.drain(..)) {
-                        if !self.send_until_done(&sent.batch, &shutdown).await {
-                            stopped = true;
-                            break;
-                        }
-                        self.done(sent);
-                    }
-                    if stopped {
-                        break;
-                    }
+            let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
+            let Some((batch, done_through)) = taken else {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.shared.wake.notified() => continue,
                 }
+            };
+            if !self.send_until_done(&batch, &shutdown).await {
+                break;
             }
+            self.remember(batch);
+            self.shared.acknowledged.send_replace(done_through);
             self.report_drops();
             self.publish_stats().await;
         }
@@ -623,12 +549,6 @@ impl Writer {
             poller.stop();
         }
         tracing::debug!("producer writer stopped");
-    }
-
-    /// Records a batch Redis answered: kept for replay, acknowledged.
-    fn done(&mut self, sent: InFlight) {
-        self.remember(sent.batch);
-        self.shared.acknowledged.send_replace(sent.done_through);
     }
 
     /// Sends `batch` until Redis has answered every op; false when shut down first.
@@ -717,30 +637,17 @@ impl Writer {
         ops
     }
 
-    /// One pipeline, awaited; per-op refusals are logged and counted, a connection failure is
-    /// an error.
+    /// One pipeline; per-op refusals are logged and counted, a connection failure is an error.
+    ///
+    /// Progress updates take the fast path when the writer knows the session's document: each
+    /// is planned on the document the previous one will store, so a whole batch chains.
     async fn send(&mut self, connection: &mut MultiplexedConnection, batch: &[Queued]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let (pipe, _) = self.pipeline(batch);
-        let results: Vec<redis::RedisResult<redis::Value>> = pipe
-            .query_async(connection)
-            .await
-            .map_err(|err| Error::from_redis("producer batch", err))?;
-        self.settle(batch, results, &HashSet::new())
-    }
-
-    /// The pipeline of `batch`, and whether every progress update in it takes the fast path.
-    ///
-    /// Progress updates take the fast path when the writer knows the session's document: each
-    /// is planned on the document the previous one will store, so a whole batch chains, and
-    /// so does the next batch while this one is in flight.
-    fn pipeline(&mut self, batch: &[Queued]) -> (redis::Pipeline, bool) {
         let config = self.manager.config();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let mut all_fast = true;
         for queued in batch {
             // Snapshots are coalesced and so sent out of order with the other ops; each kind has
             // its own revision, and within a kind sequence numbers only ever increase.
@@ -750,21 +657,12 @@ impl Writer {
                 &self.rev_key
             };
             let fast = queued.op.plan(&mut self.docs, &config.node_id);
-            all_fast &= fast.is_some() || !matches!(queued.op, Op::Progress { .. } | Op::RunState { .. });
             pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq, fast.as_ref()));
         }
-        (pipe, all_fast)
-    }
-
-    /// Reads the answers to `batch`: per-op refusals are logged and counted, a connection
-    /// failure is an error. `later` holds the sessions that batches sent after this one write
-    /// to: a document this batch's answer reports for them is already out of date.
-    fn settle(
-        &mut self,
-        batch: &[Queued],
-        results: Vec<redis::RedisResult<redis::Value>>,
-        later: &HashSet<SessionId>,
-    ) -> Result<()> {
+        let results: Vec<redis::RedisResult<redis::Value>> = pipe
+            .query_async(connection)
+            .await
+            .map_err(|err| Error::from_redis("producer batch", err))?;
         let mut rejected = 0;
         // The last op on each session says what it holds now; earlier ones were planned over.
         let mut settled = HashSet::new();
@@ -773,11 +671,7 @@ impl Writer {
             match result {
                 Ok(reply) => {
                     if let (Some(session), Op::Progress { .. }) = (session, &queued.op) {
-                        if later.contains(session) && matches!(reply, redis::Value::Array(_)) {
-                            self.docs.forget(session);
-                        } else {
-                            self.docs.observe(session, reply);
-                        }
+                        self.docs.observe(session, reply);
                     }
                 }
                 Err(err) => {
