@@ -3,8 +3,7 @@
 //! The robot's control loop runs at 30 Hz or more. A producer call (progress, robot state,
 //! heartbeat, error, end/pause/resume) turns the write into an op (one script invocation), puts
 //! it on an in-memory queue under a mutex held for a few instructions, and returns; a background
-//! writer task sends what is queued as one pipeline per batch, with up to two batches on its
-//! connection at once. When Redis is slow, paused, restarting or down, calls still return at
+//! writer task sends what is queued as one pipeline per batch. When Redis is slow, paused, restarting or down, calls still return at
 //! once and the queue absorbs the backlog. [`Wake`] says how a call gets the writer going.
 //!
 //! Memory is bounded. Snapshots (robot state, heartbeats) are coalesced: only the newest per key

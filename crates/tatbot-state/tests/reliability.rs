@@ -87,6 +87,43 @@ async fn producer_delivers_in_order() {
     assert_eq!(stats.acknowledged, stats.enqueued);
 }
 
+/// Another client rewrites the progress document again and again while a producer streams
+/// updates with batches pipelined: every update lands once, in order, and the other client's
+/// fields survive (the fast path notices the changed bytes and the script merges instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_merges_around_another_writer() {
+    use redis::AsyncCommands as _;
+    let server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(400, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    let key = tatbot_state::keys::progress(&session);
+    let mut raw = crate::util::raw(&server).await;
+    const N: u32 = 8_000;
+    let mut marks = 0;
+    for i in 0..N {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+        if i % 800 == 400 {
+            // Read-modify-write as a Python node does it: its own spacing, a field of its own.
+            let stored: String = raw.hget(&key, "progress").await.unwrap();
+            let mut doc: serde_json::Value = serde_json::from_str(&stored).unwrap();
+            doc["operator_mark"] = marks.into();
+            let _: () = raw
+                .hset(&key, "progress", serde_json::to_string_pretty(&doc).unwrap())
+                .await
+                .unwrap();
+            marks += 1;
+        }
+    }
+    producer.flush(FLUSH).await.unwrap();
+    let indices = history_indices(&state, &session).await;
+    assert_exact(&indices, N);
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!((progress.stroke_idx, progress.pose_idx), (159, 49));
+    assert_eq!(progress.extra["operator_mark"], marks - 1);
+    producer.close(FLUSH).await.unwrap();
+}
+
 /// With `Wake::Poll` the calls never wake the writer themselves: the polling thread does, also
 /// for the first call after the producer was idle long enough for that thread to park.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
