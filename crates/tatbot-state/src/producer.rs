@@ -3,8 +3,9 @@
 //! The robot's control loop runs at 30 Hz or more. A producer call (progress, robot state,
 //! heartbeat, error, end/pause/resume) turns the write into an op (one script invocation), puts
 //! it on an in-memory queue under a mutex held for a few instructions, and returns; a background
-//! writer task sends what is queued as one pipeline per batch. When Redis is slow, paused, restarting or down, calls still return at
-//! once and the queue absorbs the backlog. [`Wake`] says how a call gets the writer going.
+//! writer task sends what is queued as one pipeline per batch. When Redis is slow, paused,
+//! restarting or down, calls still return at once and the queue absorbs the backlog. [`Wake`]
+//! says how a call gets the writer going.
 //!
 //! Memory is bounded. Snapshots (robot state, heartbeats) are coalesced: only the newest per key
 //! waits. Ops that carry history (progress, errors) queue up to [`ProducerConfig::max_queued`];
@@ -90,9 +91,8 @@ pub enum Wake {
     Immediate,
     /// A thread of the producer's own checks every interval (at least [`MIN_POLL_INTERVAL`],
     /// plus the kernel's timer slack, about 50 us) whether something was queued, and wakes
-    /// the writer. Calls then make no
-    /// system call, except the first after the producer was idle for [`POLL_LINGER`], which
-    /// restarts that thread.
+    /// the writer. Calls then make no system call, except the first after the producer was
+    /// idle for [`POLL_LINGER`], which restarts that thread.
     Poll(Duration),
 }
 
