@@ -515,20 +515,15 @@ async fn sections(
 
     if plan.runs(Section::Awaited) {
         progress("1/6 awaited updates against PING");
-        let before = baseline::command_time(endpoint, "evalsha").await;
-        if let Some(mut awaited) = section(report, "awaited", measure::awaited(&manager, &session, plan).await) {
+        // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
+        let (awaited, per_call) = baseline::evalsha_time(endpoint, measure::awaited(&manager, &session, plan)).await;
+        if let Some(mut awaited) = section(report, "awaited", awaited) {
             report.ping_rtt_p50_us = awaited.ping.percentile_us(0.5);
             report.ping_rtt_p99_us = awaited.ping.percentile_us(0.99);
             report.update_awaited_p50_us = awaited.update.percentile_us(0.5);
             report.update_awaited_p99_us = awaited.update.percentile_us(0.99);
         }
-        // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
-        if let (Ok((calls_before, usec_before)), Ok((calls, usec))) =
-            (before, baseline::command_time(endpoint, "evalsha").await)
-            && calls > calls_before
-        {
-            report.server_update_us = Some((usec - usec_before) as f64 / (calls - calls_before) as f64);
-        }
+        report.server_update_us = per_call;
         if let Some(tool) = &redis_benchmark {
             let ping = tool.run(1, plan.ping_requests, &["PING".to_owned()]).await;
             if let Some(run) = section(report, "redis-benchmark PING", ping) {
