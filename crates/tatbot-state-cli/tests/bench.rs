@@ -10,7 +10,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stdout};
+use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stderr, stdout};
 
 /// The keys issue #7 requires in `--json`, all numbers.
 const REQUIRED: [&str; 14] = [
@@ -81,6 +81,15 @@ fn only_runs_the_named_sections() {
 
     let output = run(bin(), &["bench", "--only", "latency"]);
     assert_code(&output, 2);
+    let error = stderr(&output);
+    assert!(
+        error.contains("invalid value 'latency' for '--only <SECTION>'"),
+        "{error}"
+    );
+    assert!(
+        error.contains("awaited, throughput, calls, e2e, status, memory"),
+        "{error}"
+    );
 }
 
 /// On a given server (with a password) the bench skips only the frozen-server case, prints
