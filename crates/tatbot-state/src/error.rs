@@ -113,6 +113,29 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 
+    /// A producer could not store writes queued before a flush: dropped from a full queue, or
+    /// refused by Redis. Each is counted in [`crate::ProducerStats`] and reported in the
+    /// stored errors.
+    #[error("the producer could not store {dropped} dropped and {rejected} refused writes")]
+    NotStored {
+        /// Writes dropped because the queue was full, since the last flush said so.
+        dropped: u64,
+        /// Writes Redis refused, since the last flush said so.
+        rejected: u64,
+    },
+
+    /// A producer's writer has stopped (closed or shut down); nothing more is written.
+    #[error("the producer's writer has stopped")]
+    ProducerStopped,
+
+    /// A producer closed before its last writes had been on the server for the fsync horizon,
+    /// so a crash of Redis now could still lose them, with nobody left to replay them.
+    #[error("Redis was not reachable for {horizon:?} after the last writes; a Redis crash now could lose them")]
+    NotDurable {
+        /// The fsync horizon the producer waits out ([`crate::ProducerConfig::durability_horizon`]).
+        horizon: Duration,
+    },
+
     /// A subscription's connection closed; re-subscribe to continue.
     #[error("subscription to Redis closed (connection lost)")]
     SubscriptionClosed,

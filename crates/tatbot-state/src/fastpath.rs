@@ -98,22 +98,7 @@ impl DocCache {
     ) -> Option<FastArgs> {
         let known = self.docs.remove(session_id)?;
         let mut doc = known.doc;
-        doc.timestamp = at;
-        doc.node_id = node_id.to_string();
-        doc.stroke_idx = update.stroke_idx.into();
-        doc.pose_idx = update.pose_idx.into();
-        if let Some(text) = &update.description_l {
-            doc.stroke_description_l.clone_from(text);
-        }
-        if let Some(text) = &update.description_r {
-            doc.stroke_description_r.clone_from(text);
-        }
-        if let Some(offset) = update.offset_idx_l {
-            doc.offset_idx_l = offset;
-        }
-        if let Some(offset) = update.offset_idx_r {
-            doc.offset_idx_r = offset;
-        }
+        update.apply_to(&mut doc, at, node_id);
         if !representable(&doc) {
             return None;
         }

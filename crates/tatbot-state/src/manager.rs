@@ -10,7 +10,7 @@
 //! ones Python nodes wrote) and their documents fetched in pipelined batches. A value that does
 //! not decode is reported per entry, naming its key, and never fails a whole listing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ pub const MAX_TEXT_LEN: usize = 4096;
 const SCAN_BATCH: usize = 1000;
 /// How long a per-second session counter lives; far longer than any clock step between nodes.
 const SESSION_SEQ_TTL_SECS: u64 = 120;
+/// Sessions a manager remembers having started, for producers that must re-create one.
+const MAX_STARTED: usize = 16;
 
 /// What a progress update changes; fields left `None` keep their stored value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +78,26 @@ impl ProgressUpdate {
         self.offset_idx_l = Some(left);
         self.offset_idx_r = Some(right);
         self
+    }
+
+    /// Merges this update, stamped `at` by `node_id`, into `doc` as the update script does.
+    pub(crate) fn apply_to(&self, doc: &mut StrokeProgress, at: Timestamp, node_id: &NodeId) {
+        doc.timestamp = at;
+        doc.node_id = node_id.to_string();
+        doc.stroke_idx = self.stroke_idx.into();
+        doc.pose_idx = self.pose_idx.into();
+        if let Some(text) = &self.description_l {
+            doc.stroke_description_l.clone_from(text);
+        }
+        if let Some(text) = &self.description_r {
+            doc.stroke_description_r.clone_from(text);
+        }
+        if let Some(offset) = self.offset_idx_l {
+            doc.offset_idx_l = offset;
+        }
+        if let Some(offset) = self.offset_idx_r {
+            doc.offset_idx_r = offset;
+        }
     }
 }
 
@@ -119,6 +141,11 @@ pub struct SystemStatus {
     /// Producer updates dropped because a producer's queue was full, over all producers that
     /// reported in the last week (`tatbot:producers`).
     pub dropped_updates: u64,
+    /// Producer writes Redis refused (unknown session, corrupt document, permission), over the
+    /// same producers.
+    pub rejected_updates: u64,
+    /// Sessions producers re-created after Redis lost them (a restart without their data).
+    pub restored_sessions: u64,
     /// Producers that reported their counters in the last minute.
     pub producers_active: usize,
     /// Values that did not decode.
@@ -158,6 +185,17 @@ struct Inner {
     connection: RwLock<ConnectionManager>,
     /// The progress documents this manager last stored, for the update's fast path.
     docs: Mutex<DocCache>,
+    /// The sessions this manager started last, oldest first: what a producer needs to
+    /// re-create one that a Redis restart lost.
+    started: Mutex<VecDeque<StartedSession>>,
+}
+
+/// A session as its start stored it.
+#[derive(Debug, Clone)]
+pub(crate) struct StartedSession {
+    pub session_id: SessionId,
+    pub progress: StrokeProgress,
+    pub start_ms: i64,
 }
 
 impl StateManager {
@@ -201,6 +239,7 @@ impl StateManager {
                 manager_config,
                 connection,
                 docs: Mutex::new(DocCache::default()),
+                started: Mutex::default(),
             }),
         }
     }
@@ -327,7 +366,49 @@ impl StateManager {
         tracing::debug!(session_id = %session_id, "stroke session started");
         let session_id = SessionId::new(session_id)?;
         self.docs().learn_built(&session_id, &progress, stored);
+        let mut started = self.inner.started.lock().unwrap_or_else(PoisonError::into_inner);
+        if started.len() >= MAX_STARTED {
+            started.pop_front();
+        }
+        started.push_back(StartedSession {
+            session_id: session_id.clone(),
+            progress,
+            start_ms: now.unix_millis(),
+        });
         Ok(session_id)
+    }
+
+    /// The sessions this manager started most recently.
+    pub(crate) fn started_sessions(&self) -> Vec<StartedSession> {
+        let started = self.inner.started.lock().unwrap_or_else(PoisonError::into_inner);
+        started.iter().cloned().collect()
+    }
+
+    /// Forgets a started session: it ended or was cleared, and must never be re-created.
+    fn forget_started(&self, session_id: &SessionId) {
+        let mut started = self.inner.started.lock().unwrap_or_else(PoisonError::into_inner);
+        started.retain(|session| session.session_id != *session_id);
+    }
+
+    /// The op that re-creates `session_id` with `progress` when Redis lost it.
+    pub(crate) fn ensure_op(&self, session_id: &SessionId, progress: &StrokeProgress, start_ms: i64) -> Result<Op> {
+        let started_at =
+            chrono::DateTime::from_timestamp_millis(start_ms).map_or(progress.timestamp, Timestamp::from_datetime);
+        let event = Event::SessionStart(crate::model::SessionStartEvent {
+            session_id: session_id.to_string(),
+            node_id: progress.node_id.clone(),
+            total_strokes: progress.total_strokes,
+            scene_name: progress.scene_name.clone(),
+            timestamp: started_at,
+            extra: Default::default(),
+        });
+        Ok(Op::Ensure {
+            session_id: session_id.clone(),
+            document: encode_json("progress", progress)?,
+            start_ms,
+            event: event.to_json(),
+            ended: !progress.is_executing,
+        })
     }
 
     /// Records progress: merges the named fields into the progress document, appends one
@@ -439,6 +520,7 @@ impl StateManager {
     pub async fn end_stroke_session(&self, session_id: &SessionId) -> Result<()> {
         self.apply(&self.run_state_op(session_id, RunState::End), "end_stroke_session")
             .await?;
+        self.forget_started(session_id);
         Ok(())
     }
 
@@ -722,6 +804,7 @@ impl StateManager {
     /// A Redis failure.
     pub async fn clear_session_data(&self, session_id: &SessionId) -> Result<bool> {
         self.docs().forget(session_id);
+        self.forget_started(session_id);
         let (deleted,): (usize,) = redis::pipe()
             .atomic()
             .del(&[keys::progress(session_id), keys::history(session_id)])
@@ -745,6 +828,8 @@ impl StateManager {
             nodes_online: 0,
             nodes_known: 0,
             dropped_updates: 0,
+            rejected_updates: 0,
+            restored_sessions: 0,
             producers_active: 0,
             corrupt: Vec::new(),
             error: None,
@@ -802,7 +887,10 @@ impl StateManager {
             let key = format!("{} field {writer}", keys::PRODUCERS);
             match decode_json::<Value>(&key, "producer stats", &record) {
                 Ok(record) => {
-                    status.dropped_updates += record["stats"]["dropped"].as_u64().unwrap_or(0);
+                    let count = |name: &str| record["stats"][name].as_u64().unwrap_or(0);
+                    status.dropped_updates = status.dropped_updates.saturating_add(count("dropped"));
+                    status.rejected_updates = status.rejected_updates.saturating_add(count("rejected"));
+                    status.restored_sessions = status.restored_sessions.saturating_add(count("restored"));
                     let updated = record["updated"].as_str().and_then(|text| Timestamp::parse(text).ok());
                     if updated.is_some_and(|at| now - at.unix_millis() < 60_000) {
                         status.producers_active += 1;

@@ -29,6 +29,20 @@ pub(crate) enum Op {
         update: ProgressUpdate,
         at: Timestamp,
     },
+    /// Re-create a session from a producer's copy of its document when Redis lost it, and
+    /// announce it with `session_start`; nothing when it exists. Queued after a producer starts
+    /// a session, so the start is replayed like any other recent write after a restart.
+    Ensure {
+        session_id: SessionId,
+        /// The progress document to store.
+        document: String,
+        /// The session index's score: when the session started.
+        start_ms: i64,
+        /// The `session_start` event.
+        event: String,
+        /// The document says the session ended: the keys get the retention TTL.
+        ended: bool,
+    },
     /// End, pause or resume a session.
     RunState {
         session_id: SessionId,
@@ -88,7 +102,9 @@ impl Op {
     /// The session whose progress document this op changes.
     pub(crate) fn session(&self) -> Option<&SessionId> {
         match self {
-            Op::Progress { session_id, .. } | Op::RunState { session_id, .. } => Some(session_id),
+            Op::Progress { session_id, .. } | Op::RunState { session_id, .. } | Op::Ensure { session_id, .. } => {
+                Some(session_id)
+            }
             _ => None,
         }
     }
@@ -98,7 +114,7 @@ impl Op {
     pub(crate) fn plan(&self, docs: &mut DocCache, node_id: &NodeId) -> Option<FastArgs> {
         match self {
             Op::Progress { session_id, update, at } => docs.plan(session_id, update, *at, node_id),
-            Op::RunState { session_id, .. } => {
+            Op::RunState { session_id, .. } | Op::Ensure { session_id, .. } => {
                 docs.forget(session_id);
                 None
             }
@@ -140,6 +156,34 @@ impl Op {
                         .arg(update.pose_idx)
                         .arg(config.node_id.as_str());
                 }
+                invocation
+            }
+            Op::Ensure {
+                session_id,
+                document,
+                start_ms,
+                event,
+                ended,
+            } => {
+                let retention = if *ended {
+                    config.session_retention.as_secs().max(1)
+                } else {
+                    0
+                };
+                let mut invocation = scripts::ENSURE.prepare_invoke();
+                invocation
+                    .key(keys::progress(session_id))
+                    .key(keys::SESSION_INDEX)
+                    .key(keys::EVENT_LOG)
+                    .arg(rev_key)
+                    .arg(seq)
+                    .arg(document)
+                    .arg(session_id.as_str())
+                    .arg(*start_ms)
+                    .arg(config.event_log_maxlen)
+                    .arg(keys::SESSION_EVENTS)
+                    .arg(event)
+                    .arg(retention);
                 invocation
             }
             Op::RunState {

@@ -22,6 +22,25 @@
 //! in the last [`ProducerConfig::replay_window`] and, when the server's `run_id` changes (a
 //! restart that may have lost the last second of an `appendfsync everysec` AOF), sends them
 //! again; those that survived are skipped, those that were lost are written, in order.
+//!
+//! A restart can also lose a whole session: its start fell in the lost tail, or the server came
+//! back without its data. The writer keeps its own copy of every session document it wrote (and
+//! of the sessions its manager started), and after a restart re-creates each executing or
+//! recently written session that is missing, before replaying, so the replayed and the later
+//! writes are stored. A re-created session whose start lies before the replay window has lost
+//! history for good: that is an error, logged, stored in `tatbot:errors` and counted in
+//! [`ProducerStats::restored`]. [`Producer::start_stroke_session`] queues the start itself as a
+//! write, so it is replayed like the others.
+//!
+//! An acknowledged write is not yet on disk: with `appendfsync everysec` a crash within about a
+//! second loses it. So after its last batch an idle writer keeps checking its connection every
+//! [`WATCH_INTERVAL`] until [`ProducerConfig::durability_horizon`] has passed; a crash in that
+//! time is found at once and the writes are replayed when Redis is back, even when the robot has
+//! nothing more to send. [`Producer::close`] waits for that too.
+//!
+//! Nothing is lost silently: writes dropped from a full queue or refused by Redis are counted,
+//! reported as one error event per batch (category `state_server`) and returned as
+//! [`Error::NotStored`] by the next [`Producer::flush`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +58,7 @@ use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
 use crate::ids::{Category, SessionId};
 use crate::manager::{ProgressUpdate, StateManager, health_op, robot_state_op};
-use crate::model::{NodeHealth, RobotState};
+use crate::model::{NodeHealth, RobotState, StrokeProgress};
 use crate::ops::{Op, RunState};
 use crate::scripts;
 use crate::{keys, timestamp::Timestamp};
@@ -61,6 +80,14 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const PRODUCERS_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Most ops kept for replay, whatever their age.
 const MAX_REPLAY_OPS: usize = 200_000;
+/// Default time an acknowledged write may still be lost by a Redis crash: `appendfsync
+/// everysec` writes the AOF every second and, when the disk is slow, Redis delays the write by
+/// up to another second.
+pub const DEFAULT_DURABILITY_HORIZON: Duration = Duration::from_secs(2);
+/// How often an idle writer checks its connection while its last writes may still be lost.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// Sessions a writer keeps its copy of; past it, the least recently written one goes.
+const MAX_KNOWN_SESSIONS: usize = 64;
 
 /// How a producer queues and sends.
 #[derive(Debug, Clone)]
@@ -75,6 +102,10 @@ pub struct ProducerConfig {
     pub max_backoff: Duration,
     /// How a call gets the writer going; see [`Wake`].
     pub wake: Wake,
+    /// How long after its last acknowledged write the writer keeps watching for a Redis crash
+    /// that could lose it (see the module docs); [`Producer::close`] waits for it. Zero turns
+    /// the watch off, for a server with `appendfsync always` or data that may be lost.
+    pub durability_horizon: Duration,
 }
 
 /// How a producer call gets the writer to send what it queued.
@@ -111,6 +142,7 @@ impl Default for ProducerConfig {
             replay_window: DEFAULT_REPLAY_WINDOW,
             max_backoff: DEFAULT_MAX_BACKOFF,
             wake: Wake::Immediate,
+            durability_horizon: DEFAULT_DURABILITY_HORIZON,
         }
     }
 }
@@ -137,6 +169,8 @@ pub struct ProducerStats {
     pub restarts: u64,
     /// Ops sent again after a restart.
     pub replayed: u64,
+    /// Sessions re-created after a Redis restart lost them.
+    pub restored: u64,
 }
 
 /// One queued op and its sequence number.
@@ -157,6 +191,9 @@ struct Queue {
     snapshots: HashMap<String, Queued>,
     /// Drops not yet reported as an error event.
     unreported_drops: u64,
+    /// Refusals not yet reported as an error event, and the first one's reason.
+    unreported_rejections: u64,
+    rejection_reason: Option<String>,
     stats: ProducerStats,
 }
 
@@ -169,6 +206,11 @@ struct Shared {
     poller: Option<Arc<Poller>>,
     /// The acknowledged sequence number; `flush` waits on it.
     acknowledged: watch::Sender<u64>,
+    /// The sequence number up to which writes have been on the server for the durability
+    /// horizon; `close` waits on it.
+    durable: watch::Sender<u64>,
+    /// The drop and refusal counts the last `flush` reported.
+    reported_failures: Mutex<(u64, u64)>,
     config: ProducerConfig,
 }
 
@@ -274,6 +316,7 @@ impl StateManager {
     /// `shutdown` (or by [`Producer::close`]).
     pub fn producer(&self, config: ProducerConfig, shutdown: CancellationToken) -> Producer {
         let (acknowledged, _) = watch::channel(0);
+        let (durable, _) = watch::channel(0);
         let wake = Arc::new(Notify::new());
         let poller = match config.wake {
             Wake::Immediate => None,
@@ -284,6 +327,8 @@ impl StateManager {
             wake,
             poller,
             acknowledged,
+            durable,
+            reported_failures: Mutex::default(),
             config,
         });
         let writer_id = format!("{}.{:08x}", self.node_id(), rand_u32());
@@ -319,6 +364,37 @@ impl Producer {
             Some(poller) => poller.pending(),
         }
         seq
+    }
+
+    /// Starts a session (awaited: the id comes from Redis) and queues its start as a write, so
+    /// that a Redis restart losing the start is repaired like any other recent write.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateManager::start_stroke_session`].
+    pub async fn start_stroke_session(
+        &self,
+        total_strokes: u32,
+        stroke_length: u32,
+        scene_name: &str,
+    ) -> Result<SessionId> {
+        let session_id = self
+            .manager
+            .start_stroke_session(total_strokes, stroke_length, scene_name)
+            .await?;
+        let started = self
+            .manager
+            .started_sessions()
+            .into_iter()
+            .rev()
+            .find(|started| started.session_id == session_id);
+        if let Some(started) = started {
+            self.push(
+                self.manager
+                    .ensure_op(&session_id, &started.progress, started.start_ms)?,
+            );
+        }
+        Ok(session_id)
     }
 
     /// Queues a progress update (see [`StateManager::update_stroke_progress`]); returns its
@@ -378,10 +454,34 @@ impl Producer {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when that takes longer than `limit` (Redis down or paused).
+    /// [`Error::Timeout`] when that takes longer than `limit` (Redis down or paused);
+    /// [`Error::NotStored`] when writes were dropped or refused since the last flush said so.
     pub async fn flush(&self, limit: Duration) -> Result<()> {
         let target = self.shared.lock().next_seq;
-        self.wait_for(target, limit).await
+        self.wait_for(target, limit).await?;
+        self.failures_since_last_flush()
+    }
+
+    /// [`Error::NotStored`] with the drops and refusals no flush has reported yet.
+    fn failures_since_last_flush(&self) -> Result<()> {
+        let (dropped, rejected) = {
+            let queue = self.shared.lock();
+            (queue.stats.dropped, queue.stats.rejected)
+        };
+        let mut reported = self
+            .shared
+            .reported_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (new_dropped, new_rejected) = (dropped - reported.0, rejected - reported.1);
+        *reported = (dropped, rejected);
+        if new_dropped == 0 && new_rejected == 0 {
+            return Ok(());
+        }
+        Err(Error::NotStored {
+            dropped: new_dropped,
+            rejected: new_rejected,
+        })
     }
 
     /// Waits until op `seq` (as returned by a queuing call) and all before it are done.
@@ -395,7 +495,7 @@ impl Producer {
         match reached {
             Ok(Ok(_)) => Ok(()),
             // The writer is gone (stopped); nothing more will be acknowledged.
-            Ok(Err(_)) => Err(Error::InvalidInput("the producer's writer has stopped".to_owned())),
+            Ok(Err(_)) => Err(Error::ProducerStopped),
             Err(_) => Err(Error::Timeout {
                 operation: "producer flush",
                 after: limit,
@@ -412,15 +512,31 @@ impl Producer {
         stats
     }
 
-    /// Flushes (up to `limit`) and stops the writer.
+    /// Flushes, waits until the last writes have been on the server for the durability horizon
+    /// (so a Redis crash in that time is still repaired), all within `limit`, and stops the
+    /// writer.
     ///
     /// # Errors
     ///
-    /// As [`Producer::flush`]; the writer is stopped either way.
+    /// As [`Producer::flush`], or [`Error::NotDurable`] when Redis could not be watched for the
+    /// horizon within `limit`; the writer is stopped either way.
     pub async fn close(&self, limit: Duration) -> Result<()> {
-        let flushed = self.flush(limit).await;
+        let deadline = tokio::time::Instant::now() + limit;
+        let target = self.shared.lock().next_seq;
+        let closed = async {
+            self.flush(limit).await?;
+            let mut durable = self.shared.durable.subscribe();
+            match tokio::time::timeout_at(deadline, durable.wait_for(|done| *done >= target)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(Error::ProducerStopped),
+                Err(_) => Err(Error::NotDurable {
+                    horizon: self.shared.config.durability_horizon,
+                }),
+            }
+        }
+        .await;
         self.stop.cancel();
-        flushed
+        closed
     }
 }
 
@@ -505,8 +621,31 @@ struct Writer {
     connection: Option<MultiplexedConnection>,
     /// When the counters were last stored in Redis.
     stats_published: Option<Instant>,
+    /// The drop, refusal and restore counts last stored.
+    failures_published: (u64, u64, u64),
     /// The progress documents this writer stored, for the update's fast path.
     docs: DocCache,
+    /// This writer's copy of the sessions it wrote, to re-create one a restart lost.
+    known: HashMap<SessionId, KnownSession>,
+    /// When the last batch was acknowledged, while its writes may still be lost in a crash;
+    /// the idle writer watches the connection until the durability horizon has passed.
+    unsafe_since: Option<Instant>,
+    /// The sequence number that is durable once the horizon has passed since `unsafe_since`.
+    unsafe_through: u64,
+}
+
+/// A writer's copy of one session.
+#[derive(Debug, Clone)]
+struct KnownSession {
+    /// The progress document as this writer's acknowledged writes left it.
+    doc: StrokeProgress,
+    /// When the session started (the session index's score).
+    start_ms: i64,
+    /// When this writer last wrote to it; `None` for a session only its manager started.
+    touched: Option<Instant>,
+    /// Some of this writer's writes to it left the replay window: a replay no longer
+    /// rebuilds its whole history.
+    pruned: bool,
 }
 
 impl Writer {
@@ -522,7 +661,11 @@ impl Writer {
             last_snapshots: HashMap::new(),
             connection: None,
             stats_published: None,
+            failures_published: (0, 0, 0),
             docs: DocCache::default(),
+            known: HashMap::new(),
+            unsafe_since: None,
+            unsafe_through: 0,
         }
     }
 
@@ -531,9 +674,16 @@ impl Writer {
         loop {
             let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
             let Some((batch, done_through)) = taken else {
+                let watching = self.unsafe_since.is_some();
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = self.shared.wake.notified() => continue,
+                    () = tokio::time::sleep(WATCH_INTERVAL), if watching => {
+                        if !self.watch(&shutdown).await {
+                            break;
+                        }
+                        continue;
+                    }
                 }
             };
             if !self.send_until_done(&batch, &shutdown).await {
@@ -541,13 +691,49 @@ impl Writer {
             }
             self.remember(batch);
             self.shared.acknowledged.send_replace(done_through);
-            self.report_drops();
+            self.mark_unsafe(done_through);
+            self.report_failures();
             self.publish_stats().await;
         }
         if let Some(poller) = &self.shared.poller {
             poller.stop();
         }
         tracing::debug!("producer writer stopped");
+    }
+
+    /// Writes up to `through` were just acknowledged: they are durable once the horizon has
+    /// passed with the server still up.
+    fn mark_unsafe(&mut self, through: u64) {
+        if self.shared.config.durability_horizon.is_zero() {
+            self.shared.durable.send_replace(through);
+        } else {
+            self.unsafe_since = Some(Instant::now());
+            self.unsafe_through = through;
+        }
+    }
+
+    /// One look at the connection while recent writes may still be lost: a server that died
+    /// is reconnected to (which replays what a restart lost); one that stayed up past the
+    /// horizon makes the writes durable. False when shut down first.
+    async fn watch(&mut self, shutdown: &CancellationToken) -> bool {
+        let alive = match self.connection.clone() {
+            Some(mut connection) => redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            self.connection = None;
+            tracing::debug!("redis went away while recent writes may not be on disk; reconnecting");
+            // Reconnecting prepares the connection, which replays when the server restarted.
+            return self.send_until_done(&[], shutdown).await;
+        }
+        if self
+            .unsafe_since
+            .is_some_and(|since| since.elapsed() >= self.shared.config.durability_horizon)
+        {
+            self.unsafe_since = None;
+            self.shared.durable.send_replace(self.unsafe_through);
+        }
+        true
     }
 
     /// Sends `batch` until Redis has answered every op; false when shut down first.
@@ -618,12 +804,86 @@ impl Writer {
             let replay: Vec<Queued> = self.recent_ops();
             tracing::warn!(ops = replay.len(), "redis restarted; replaying recent writes");
             self.docs.clear();
+            self.restore_sessions(connection).await?;
             self.send(connection, &replay).await?;
-            let mut queue = self.shared.lock();
-            queue.stats.restarts += 1;
-            queue.stats.replayed += replay.len() as u64;
+            {
+                let mut queue = self.shared.lock();
+                queue.stats.restarts += 1;
+                queue.stats.replayed += replay.len() as u64;
+            }
+            // The replayed writes are as fresh as any: watch them past the horizon again.
+            if self.unsafe_since.is_some() || !replay.is_empty() {
+                self.unsafe_since = Some(Instant::now());
+            }
         }
         self.run_id = run_id;
+        Ok(())
+    }
+
+    /// After a restart, re-creates each session this writer (or its manager) knows that is
+    /// executing or was written within the replay window and that the server no longer has.
+    async fn restore_sessions(&mut self, connection: &mut MultiplexedConnection) -> Result<()> {
+        for started in self.manager.started_sessions() {
+            self.known.entry(started.session_id).or_insert(KnownSession {
+                doc: started.progress,
+                start_ms: started.start_ms,
+                touched: None,
+                pruned: false,
+            });
+        }
+        let window = self.shared.config.replay_window;
+        let candidates: Vec<(SessionId, KnownSession)> = self
+            .known
+            .iter()
+            .filter(|(_, known)| known.doc.is_executing || known.touched.is_some_and(|at| at.elapsed() <= window))
+            .map(|(id, known)| (id.clone(), known.clone()))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        // A refusal (a key of the wrong type, a permission) is that session's, not the pipeline's.
+        pipe.ignore_errors();
+        for (session_id, known) in &candidates {
+            let op = self.manager.ensure_op(session_id, &known.doc, known.start_ms)?;
+            pipe.invoke_script(&op.invocation(self.manager.config(), "", 0, None));
+        }
+        let results: Vec<redis::RedisResult<i64>> = pipe
+            .query_async(connection)
+            .await
+            .map_err(|err| Error::from_redis("restore sessions", err))?;
+        let mut created = Vec::with_capacity(results.len());
+        for ((session_id, _), result) in candidates.iter().zip(results) {
+            match result {
+                Ok(count) => created.push(count),
+                Err(err) if err.is_io_error() || err.is_connection_dropped() || err.code() == Some("NOSCRIPT") => {
+                    return Err(Error::from_redis("restore sessions", err));
+                }
+                Err(err) => {
+                    tracing::error!(session = %session_id, error = %Error::from_redis("restore session", err), "cannot re-create a session redis lost");
+                    created.push(0);
+                }
+            }
+        }
+        for ((session_id, known), created) in candidates.iter().zip(created) {
+            if created != 1 {
+                continue;
+            }
+            self.shared.lock().stats.restored += 1;
+            if !known.pruned {
+                // Every write this producer made to it is still in the replay window.
+                tracing::warn!(session = %session_id, "redis lost a recent session; re-created it and replaying its writes");
+                continue;
+            }
+            let message = format!(
+                "Redis lost session {session_id} (restarted without its data); re-created it from this producer's copy: \
+                 progress is current, history older than the last {:?} is gone",
+                window
+            );
+            tracing::error!(session = %session_id, "{message}");
+            let details = serde_json::json!({"session_id": session_id.as_str(), "at": Timestamp::now()});
+            self.queue_report(&message, details);
+        }
         Ok(())
     }
 
@@ -662,6 +922,21 @@ impl Writer {
             .query_async(connection)
             .await
             .map_err(|err| Error::from_redis("producer batch", err))?;
+        let mut results = results;
+        if let Some(index) = results.iter().position(|result| {
+            result
+                .as_ref()
+                .is_err_and(|err| err.code() == Some("NOSCRIPT") || err.is_io_error() || err.is_connection_dropped())
+        }) && let Err(err) = results.swap_remove(index)
+        {
+            // The batch is resent whole; ops already applied are skipped by their number.
+            return Err(Error::from_redis("producer batch", err));
+        }
+        for (queued, result) in batch.iter().zip(&results) {
+            if let Ok(reply) = result {
+                self.learn(&queued.op, reply);
+            }
+        }
         let mut rejected = 0;
         // The last op on each session says what it holds now; earlier ones were planned over.
         let mut settled = HashSet::new();
@@ -674,21 +949,95 @@ impl Writer {
                     }
                 }
                 Err(err) => {
-                    if err.code() == Some("NOSCRIPT") || err.is_io_error() || err.is_connection_dropped() {
-                        // The batch is resent whole; ops already applied are skipped by their
-                        // number.
-                        return Err(Error::from_redis("producer batch", err));
-                    }
                     if let Some(session) = queued.op.session() {
                         self.docs.forget(session);
                     }
                     rejected += 1;
-                    tracing::warn!(seq = queued.seq, error = %Error::from_redis("producer write", err), "redis refused a queued write");
+                    let err = Error::from_redis("producer write", err);
+                    tracing::debug!(seq = queued.seq, error = %err, "redis refused a queued write");
+                    if !matches!(queued.op, Op::Error { .. }) {
+                        // Refused error reports are counted, not reported again.
+                        let mut queue = self.shared.lock();
+                        queue.unreported_rejections += 1;
+                        queue.rejection_reason.get_or_insert_with(|| err.to_string());
+                    }
                 }
             }
         }
         self.shared.lock().stats.rejected += rejected;
         Ok(())
+    }
+
+    /// Updates this writer's copy of a session from an op Redis applied and its reply.
+    fn learn(&mut self, op: &Op, reply: &redis::Value) {
+        let Some(session_id) = op.session() else { return };
+        if let Op::Ensure { document, start_ms, .. } = op
+            && !self.known.contains_key(session_id)
+            && let Ok(doc) = serde_json::from_str::<StrokeProgress>(document)
+        {
+            self.remember_session(session_id, doc, *start_ms);
+        }
+        // A merge inside the script answers with the document it stored, other writers'
+        // fields included: the best copy there is.
+        if let (Op::Progress { .. }, redis::Value::Array(parts)) = (op, reply)
+            && let Some(redis::Value::BulkString(stored)) = parts.get(1)
+            && let Ok(doc) = serde_json::from_slice::<StrokeProgress>(stored)
+        {
+            let start_ms = self
+                .known
+                .get(session_id)
+                .map_or_else(|| start_ms_of(session_id, &doc), |known| known.start_ms);
+            self.remember_session(session_id, doc, start_ms);
+            return;
+        }
+        let node_id = self.manager.node_id().clone();
+        let Some(known) = self.known.get_mut(session_id) else {
+            return;
+        };
+        known.touched = Some(Instant::now());
+        match op {
+            Op::Progress { update, at, .. } => update.apply_to(&mut known.doc, *at, &node_id),
+            Op::RunState { patch, kind, .. } => {
+                if let Some(at) = patch
+                    .get("timestamp")
+                    .and_then(Value::as_str)
+                    .and_then(|text| Timestamp::parse(text).ok())
+                {
+                    known.doc.timestamp = at;
+                }
+                known.doc.node_id = node_id.to_string();
+                match kind {
+                    RunState::Pause => known.doc.is_paused = true,
+                    RunState::Resume => known.doc.is_paused = false,
+                    RunState::End => (known.doc.is_executing, known.doc.is_paused) = (false, false),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps `doc` as this writer's copy of `session_id`, making room if needed.
+    fn remember_session(&mut self, session_id: &SessionId, doc: StrokeProgress, start_ms: i64) {
+        if self.known.len() >= MAX_KNOWN_SESSIONS && !self.known.contains_key(session_id) {
+            let oldest = self
+                .known
+                .iter()
+                .min_by_key(|(_, known)| (known.doc.is_executing, known.touched))
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.known.remove(&oldest);
+            }
+        }
+        let pruned = self.known.get(session_id).is_some_and(|known| known.pruned);
+        self.known.insert(
+            session_id.clone(),
+            KnownSession {
+                doc,
+                start_ms,
+                touched: Some(Instant::now()),
+                pruned,
+            },
+        );
     }
 
     /// Keeps acknowledged ops for replay and forgets those past the window.
@@ -708,17 +1057,19 @@ impl Writer {
             .front()
             .is_some_and(|(at, _)| now.duration_since(*at) > window || self.recent.len() > MAX_REPLAY_OPS)
         {
-            self.recent.pop_front();
+            // That session can no longer be rebuilt whole by a replay.
+            if let Some((_, pruned)) = self.recent.pop_front()
+                && let Some(session_id) = pruned.op.session()
+                && let Some(known) = self.known.get_mut(session_id)
+            {
+                known.pruned = true;
+            }
         }
     }
 
     /// Stores this producer's counters in `tatbot:producers` (at most once per
     /// [`STATS_INTERVAL`]) so `status` on any node can show drops and replays.
     async fn publish_stats(&mut self) {
-        if self.stats_published.is_some_and(|at| at.elapsed() < STATS_INTERVAL) {
-            return;
-        }
-        self.stats_published = Some(Instant::now());
         let stats = {
             let queue = self.shared.lock();
             let mut stats = queue.stats;
@@ -726,6 +1077,14 @@ impl Writer {
             stats.acknowledged = *self.shared.acknowledged.borrow();
             stats
         };
+        // A new failure is published at once, so `status` shows it while it matters.
+        let failures = (stats.dropped, stats.rejected, stats.restored);
+        let new_failure = failures != self.failures_published;
+        if !new_failure && self.stats_published.is_some_and(|at| at.elapsed() < STATS_INTERVAL) {
+            return;
+        }
+        self.stats_published = Some(Instant::now());
+        self.failures_published = failures;
         let record = serde_json::json!({"stats": stats, "updated": Timestamp::now()});
         let Some(mut connection) = self.connection.clone() else {
             return;
@@ -744,25 +1103,62 @@ impl Writer {
         }
     }
 
-    /// Queues an error event about dropped ops, once the writer is getting through again.
-    fn report_drops(&self) {
-        let dropped = std::mem::take(&mut self.shared.lock().unreported_drops);
-        if dropped == 0 {
-            return;
+    /// Queues an error event about dropped and refused ops, once the writer is getting through
+    /// again.
+    fn report_failures(&self) {
+        let (dropped, rejected, reason) = {
+            let mut queue = self.shared.lock();
+            (
+                std::mem::take(&mut queue.unreported_drops),
+                std::mem::take(&mut queue.unreported_rejections),
+                queue.rejection_reason.take(),
+            )
+        };
+        if dropped > 0 {
+            let message = format!("dropped {dropped} queued updates while Redis was unreachable (queue bound reached)");
+            tracing::error!("{message}");
+            self.queue_report(
+                &message,
+                serde_json::json!({"dropped": dropped, "at": Timestamp::now()}),
+            );
         }
+        if rejected > 0 {
+            let reason = reason.unwrap_or_default();
+            let message = format!("Redis refused {rejected} queued writes; the first: {reason}");
+            tracing::error!("{message}");
+            self.queue_report(
+                &message,
+                serde_json::json!({"rejected": rejected, "reason": reason, "at": Timestamp::now()}),
+            );
+        }
+    }
+
+    /// Queues an error event (category `state_server`) about this producer's own failures.
+    fn queue_report(&self, message: &str, details: Value) {
         let category = Category::new("state_server").expect("a valid literal category");
-        let message = format!("dropped {dropped} queued updates while Redis was unreachable (queue bound reached)");
-        let details = serde_json::json!({"dropped": dropped, "at": Timestamp::now()});
-        match self.manager.error_op(&category, &message, details) {
+        match self.manager.error_op(&category, message, details) {
             Ok(op) => {
                 let mut queue = self.shared.lock();
                 queue.next_seq += 1;
                 let seq = queue.next_seq;
                 queue.ops.push_back(Queued { seq, op });
             }
-            Err(err) => tracing::warn!(error = %err, "cannot report dropped updates"),
+            Err(err) => tracing::warn!(error = %err, "cannot report the producer's failures"),
         }
     }
+}
+
+/// When a session started, from its id (`stroke_{node}_{secs}[_{n}]`), or else from `doc`.
+fn start_ms_of(session_id: &SessionId, doc: &StrokeProgress) -> i64 {
+    let id = session_id.as_str();
+    let base = match id.rsplit_once('_') {
+        // `_{n}` follows the seconds only for a second session in the same second.
+        Some((head, n)) if n.len() < 5 && head.rsplit_once('_').is_some_and(|(_, secs)| secs.len() >= 9) => head,
+        _ => id,
+    };
+    base.rsplit_once('_')
+        .and_then(|(_, secs)| secs.parse::<i64>().ok())
+        .map_or_else(|| doc.timestamp.unix_millis(), |secs| secs.saturating_mul(1000))
 }
 
 /// A random number for writer ids, from the standard library's randomly seeded hasher.

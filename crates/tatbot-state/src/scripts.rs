@@ -133,6 +133,25 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'pa
 return id
 "#;
 
+/// Makes sure a session exists: when its progress hash is missing (a Redis restart lost it),
+/// stores the document a producer knows, indexes the session and announces it again with
+/// `session_start`. Nothing happens when the hash exists.
+///
+/// KEYS: progress hash, session index, event log.
+/// ARGV: rev key, seq, progress JSON, session id, start ms, event log maxlen, session channel,
+/// `session_start` event JSON, retention seconds (0 keeps the keys; set for an ended session).
+/// Returns 1 when it created the session, 0 otherwise.
+const ENSURE_SESSION: &str = r#"
+if not fresh(ARGV[1], ARGV[2]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[3])
+if tonumber(ARGV[9]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[9]) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+redis.call('PUBLISH', ARGV[7], ARGV[8])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ARGV[8])
+return 1
+"#;
+
 /// Merges a progress update, appends history, publishes and logs the event.
 ///
 /// KEYS: progress hash, history stream, event log.
@@ -233,6 +252,8 @@ fn with_prelude(body: &str) -> Script {
 
 /// [`START_SESSION`], compiled once.
 pub(crate) static START: LazyLock<Script> = LazyLock::new(|| with_prelude(START_SESSION));
+/// [`ENSURE_SESSION`], compiled once.
+pub(crate) static ENSURE: LazyLock<Script> = LazyLock::new(|| with_prelude(ENSURE_SESSION));
 /// [`UPDATE_PROGRESS`], compiled once.
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| with_prelude(UPDATE_PROGRESS));
 /// [`SET_RUN_STATE`], compiled once.
@@ -246,6 +267,6 @@ pub(crate) static ERROR: LazyLock<Script> = LazyLock::new(|| with_prelude(REPORT
 
 /// Every write script a [`crate::Producer`] pipelines; loaded after a reconnect, since
 /// `EVALSHA` inside a pipeline does not fall back to `EVAL`.
-pub(crate) fn pipelined() -> [&'static Script; 5] {
-    [&UPDATE, &RUN_STATE, &ROBOT, &HEARTBEAT, &ERROR]
+pub(crate) fn pipelined() -> [&'static Script; 6] {
+    [&ENSURE, &UPDATE, &RUN_STATE, &ROBOT, &HEARTBEAT, &ERROR]
 }

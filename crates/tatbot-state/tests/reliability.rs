@@ -334,7 +334,11 @@ async fn bounded_queue_drops_oldest_and_reports() {
     let dropped = producer.stats().dropped;
     assert!((190..=200).contains(&dropped), "dropped {dropped}");
     server.restart();
-    producer.flush(FLUSH).await.unwrap();
+    let err = producer.flush(FLUSH).await.unwrap_err();
+    assert!(
+        matches!(err, tatbot_state::Error::NotStored { dropped: d, rejected: 0 } if d == dropped),
+        "the drops are the caller's to see: {err:?}"
+    );
     let progress = lazy.get_stroke_progress(&session).await.unwrap().unwrap();
     assert_eq!(
         (progress.pose_idx, progress.offset_idx_l, progress.offset_idx_r),
@@ -506,4 +510,230 @@ async fn subscription_survives_half_open_connection() {
         silent_at.elapsed()
     );
     assert!(subscription.reconnects() >= 1);
+}
+
+/// Stops `server`, keeps a copy of its AOF as the disk holds it now, and starts it again: what
+/// [`roll_back`] later restores, as an OS crash inside the fsync window would.
+fn snapshot_aof(server: &mut RedisServer) -> std::path::PathBuf {
+    server.stop();
+    let saved = server.dir().join("saved-aof");
+    copy_dir(&server.dir().join("appendonlydir"), &saved);
+    server.restart();
+    saved
+}
+
+/// kill -9, put the AOF `saved` back, restart: the server lost everything written since.
+fn roll_back(server: &mut RedisServer, saved: &std::path::Path) {
+    server.kill();
+    let aof = server.dir().join("appendonlydir");
+    std::fs::remove_dir_all(&aof).unwrap();
+    copy_dir(saved, &aof);
+    server.restart();
+}
+
+/// Attack: start a session, stream 1,000 updates, then kill -9 Redis and restore an AOF from
+/// before the start (an OS crash inside the everysec window). Before the fix the session and
+/// all of its history were gone and every replayed and later write was refused, silently.
+/// Now the producer re-creates the session from its own copy and replays every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_session_start_is_recreated_and_replayed() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let saved = snapshot_aof(&mut server);
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    for i in 0..1000 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    roll_back(&mut server, &saved);
+    assert!(crate::util::eventually(Duration::from_secs(5), || async { state.ping().await.is_ok() }).await);
+    for i in 1000..1100 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.close(FLUSH).await.unwrap();
+    assert_exact(&history_indices(&state, &session).await, 1100);
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            progress.stroke_idx,
+            progress.pose_idx,
+            progress.total_strokes,
+            progress.scene_name.as_str()
+        ),
+        (21, 49, 100, "s")
+    );
+    let stats = producer.stats();
+    eprintln!("lost start: {stats:?}");
+    assert_eq!((stats.restored, stats.rejected, stats.dropped), (1, 0, 0), "{stats:?}");
+    assert_eq!(state.list_sessions().await.unwrap().len(), 1, "indexed again");
+}
+
+/// A session started through the producer is itself a replayed write: when a crash loses the
+/// start before any update, the idle producer notices and puts it back with its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_session_start_is_replayed() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let saved = snapshot_aof(&mut server);
+    let state = manager(&server, "hog").await;
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    let session = producer.start_stroke_session(10, 50, "lost").await.unwrap();
+    producer.flush(FLUSH).await.unwrap();
+    roll_back(&mut server, &saved);
+    producer.close(FLUSH).await.unwrap();
+    let progress = state
+        .get_stroke_progress(&session)
+        .await
+        .unwrap()
+        .expect("the start was replayed");
+    assert!(progress.is_executing && progress.scene_name == "lost");
+    let events = session_events(&server).await;
+    assert_eq!(
+        events.iter().filter(|event| event.contains(session.as_str())).count(),
+        1,
+        "{events:?}"
+    );
+}
+
+/// The `session_start` payloads in the event log.
+async fn session_events(server: &RedisServer) -> Vec<String> {
+    use redis::AsyncCommands as _;
+    let reply: redis::streams::StreamRangeReply = crate::util::raw(server)
+        .await
+        .xrange_all(tatbot_state::keys::EVENT_LOG)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .filter_map(|entry| entry.get::<String>("payload"))
+        .filter(|payload| payload.contains("session_start"))
+        .collect()
+}
+
+/// Attack: AOF rollback right after the last updates and the session end, with the producer
+/// alive but idle. Before the fix the restart was only checked on the next write, so the tail
+/// and the end stayed lost and the session executing. Now the idle writer watches until its
+/// writes are past the fsync horizon, and `close` waits for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_producer_replays_a_lost_tail() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let state = manager(&server, "hog").await;
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    let session = producer.start_stroke_session(100, 50, "s").await.unwrap();
+    for i in 0..300 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    let saved = snapshot_aof(&mut server);
+    for i in 300..600 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.end_stroke_session(&session);
+    producer.flush(FLUSH).await.unwrap();
+    roll_back(&mut server, &saved);
+    // No more writes: the producer finds the restart by itself.
+    producer.close(FLUSH).await.unwrap();
+    assert_exact(&history_indices(&state, &session).await, 600);
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert!(!progress.is_executing, "the end was replayed");
+    assert_eq!(progress.stroke_description_l, "d599");
+    assert!(producer.stats().restarts >= 2, "{:?}", producer.stats());
+}
+
+/// Attack: kill -9, delete the AOF, restart: the server comes back empty. Before the fix every
+/// later update was refused (2,500 in the attack) with no error anywhere. Now the producer
+/// re-creates the session from its copy, says so loudly (stored error, status, counters) and
+/// stores the robot's later updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_server_gets_the_session_back_and_says_so() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let state = manager(&server, "hog").await;
+    let config = ProducerConfig {
+        replay_window: Duration::from_millis(200),
+        ..ProducerConfig::default()
+    };
+    let producer = state.producer(config, CancellationToken::new());
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    for i in 0..200 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    // Age the first updates out of the replay window, so their history is lost for good.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    producer.update_stroke_progress(&session, &update(200)).unwrap();
+    producer.flush(FLUSH).await.unwrap();
+    server.kill();
+    std::fs::remove_dir_all(server.dir().join("appendonlydir")).unwrap();
+    server.restart();
+    for i in 201..2700 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.close(FLUSH).await.unwrap();
+    let indices = history_indices(&state, &session).await;
+    assert_eq!(
+        indices,
+        (200..2700).collect::<Vec<u32>>(),
+        "every update after the wipe is stored"
+    );
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(
+        (progress.stroke_idx, progress.pose_idx, progress.total_strokes),
+        (53, 49, 100)
+    );
+    let stats = producer.stats();
+    assert_eq!((stats.restored, stats.rejected), (1, 0), "{stats:?}");
+    let errors = state.list_errors(10).await.unwrap();
+    let message = &errors[0].value.as_ref().unwrap().message;
+    assert!(
+        message.starts_with(&format!("Redis lost session {session}")),
+        "{message}"
+    );
+    let status = state.system_status().await;
+    assert_eq!(status.restored_sessions, 1, "{status:?}");
+}
+
+/// Writes Redis refuses are no longer silent: counted, stored as one error, in `status`, and
+/// returned by the next flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_are_reported() {
+    let server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    let never_started = SessionId::new("stroke_hog_1").unwrap();
+    for i in 0..50 {
+        producer.update_stroke_progress(&never_started, &update(i)).unwrap();
+    }
+    let err = producer.flush(FLUSH).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tatbot_state::Error::NotStored {
+                dropped: 0,
+                rejected: 50
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the producer could not store 0 dropped and 50 refused writes"
+    );
+    producer.flush(FLUSH).await.expect("each failure is reported once");
+    let refused: u64 = state
+        .list_errors(10)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|entry| {
+            let message = &entry.value.as_ref().unwrap().message;
+            let (count, reason) = message
+                .strip_prefix("Redis refused ")?
+                .split_once(" queued writes; the first: ")?;
+            assert!(reason.starts_with("no stroke session"), "{message}");
+            count.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(refused, 50, "one stored error per batch, counting every refusal");
+    assert_eq!(state.system_status().await.rejected_updates, 50);
 }

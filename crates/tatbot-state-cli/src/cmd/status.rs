@@ -40,6 +40,8 @@ pub async fn run(global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
         writeln!(out, "Nodes Online: {}/{}", status.nodes_online, status.nodes_known)?;
         writeln!(out, "Producers Active: {}", status.producers_active)?;
         writeln!(out, "Dropped Updates: {}", status.dropped_updates)?;
+        writeln!(out, "Rejected Updates: {}", status.rejected_updates)?;
+        writeln!(out, "Restored Sessions: {}", status.restored_sessions)?;
         if !status.corrupt.is_empty() {
             writeln!(out, "Corrupt Entries: {}", status.corrupt.len())?;
             for corrupt in &status.corrupt {
