@@ -459,6 +459,7 @@ mod tests {
                 what: "event",
                 source,
             }),
+            from_log: false,
         }
     }
 

@@ -685,7 +685,8 @@ impl StateManager {
     ///
     /// # Errors
     ///
-    /// An empty or oversized channel name, or a Redis failure.
+    /// An empty or oversized channel name, an event over
+    /// [`crate::model::MAX_DOCUMENT_BYTES`], or a Redis failure.
     pub async fn publish_event(&self, channel: &str, event: &Event) -> Result<usize> {
         if channel.is_empty() || channel.len() > 256 || channel.contains(char::is_whitespace) {
             return Err(Error::InvalidInput(format!(
@@ -693,6 +694,14 @@ impl StateManager {
             )));
         }
         let payload = event.to_json();
+        if payload.len() > crate::model::MAX_DOCUMENT_BYTES {
+            // Redis would cut off every subscriber whose output buffer it overflows.
+            return Err(Error::InvalidInput(format!(
+                "event is {} bytes; the limit is {}",
+                payload.len(),
+                crate::model::MAX_DOCUMENT_BYTES
+            )));
+        }
         let mut pipe = redis::pipe();
         pipe.atomic().publish(channel, &payload);
         self.log_event(&mut pipe, channel, &payload);

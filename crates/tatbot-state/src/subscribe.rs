@@ -10,17 +10,34 @@
 //! The connection is watched: after [`KEEPALIVE`] without a message the subscription sends a
 //! `PING`, and a `PING` unanswered within [`PING_TIMEOUT`] (a half-open connection), a closed
 //! connection or a Redis restart make it reconnect with capped backoff and subscribe to the
-//! same patterns again. Pub/sub keeps nothing for absent listeners, so messages published
-//! during the gap are gone; [`Subscription::reconnects`] counts the gaps, and the follow API
-//! ([`crate::follow`]) is the gap-free alternative.
+//! same patterns again.
+//!
+//! Pub/sub keeps nothing for absent listeners, but every event our writers publish also goes to
+//! the event log stream (`tatbot:events`, `channel` and `payload` per entry), so a subscription
+//! fills its gaps from there. It keeps a mark in that log: the last entry id read before a
+//! moment when it had seen every message published so far (right after subscribing, and at
+//! every keepalive: the log's last id is read first, then a `PING` on the subscription
+//! connection, whose answer comes after every message published before it). After a
+//! reconnect it subscribes again, reads the log from the mark, and hands over first the entries
+//! on its channels that it had not delivered (it remembers a hash of the last
+//! [`DELIVERED_MEMORY`] messages), then the live ones, skipping a live message it just handed
+//! over from the log. [`Subscription::recovered`] counts what came from the log.
+//!
+//! What it cannot recover: messages that never went to the log (anything published by other
+//! clients with a plain `PUBLISH`), and entries trimmed from the log (`MAXLEN ~ 20000`) before
+//! the reconnect. The follow API ([`crate::follow`]) reads the streams themselves and has no gap.
 
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
+use wildmatch::WildMatch;
 
 use crate::connection::ManagerConfig;
 use crate::error::{Error, Result};
+use crate::keys;
 use crate::model::Event;
 
 /// Silence after which the subscription checks its connection with a `PING`.
@@ -31,6 +48,11 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Cap on the delay between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How many delivered messages a subscription remembers, to skip them when it reads the event
+/// log after a reconnect: more than two keepalive intervals of a robot at 1 kHz.
+pub const DELIVERED_MEMORY: usize = 16_384;
+/// Most log entries read to fill one gap.
+const MAX_RECOVERED: usize = 20_000;
 
 /// One received message.
 #[derive(Debug)]
@@ -43,6 +65,8 @@ pub struct Message {
     pub payload: String,
     /// The decoded event, or why the body did not decode.
     pub event: Result<Event>,
+    /// It was missed while the subscription reconnected and read from the event log instead.
+    pub from_log: bool,
 }
 
 /// A live `PSUBSCRIBE` on a dedicated connection; dropping it unsubscribes.
@@ -50,10 +74,28 @@ pub struct Subscription {
     client: redis::Client,
     connect_timeout: Duration,
     patterns: Vec<String>,
+    /// The patterns as matchers, for entries read from the event log.
+    matchers: Vec<WildMatch>,
     /// The command half (for `PING`) and the message half of the live connection; `None`
     /// between a failure and the next successful reconnect. Dropping both closes it.
     live: Option<(PubSubSink, PubSubStream)>,
     reconnects: u64,
+    /// A connection for reading the event log, opened when first needed.
+    log: Option<redis::aio::MultiplexedConnection>,
+    /// The event log id up to which every message on our channels was delivered; `None` when
+    /// the log could not be read (then a gap is not filled).
+    mark: Option<String>,
+    /// Hashes of the last delivered messages, oldest first, and the same as a set.
+    delivered: VecDeque<u64>,
+    delivered_set: HashSet<u64>,
+    /// Messages from the log waiting to be handed over, before any live one.
+    backlog: VecDeque<Message>,
+    /// Hashes of messages handed over from the log that may still arrive live.
+    from_log: HashSet<u64>,
+    recovered: u64,
+    hasher: RandomState,
+    /// When the next keepalive (a `PING` and a new mark) is due, whatever the traffic.
+    keepalive_at: tokio::time::Instant,
 }
 
 impl Subscription {
@@ -66,15 +108,147 @@ impl Subscription {
             client: client.clone(),
             connect_timeout: config.connect_timeout,
             patterns: patterns.iter().map(|pattern| (*pattern).to_owned()).collect(),
+            matchers: patterns.iter().map(|pattern| WildMatch::new(pattern)).collect(),
             live: None,
             reconnects: 0,
+            log: None,
+            mark: None,
+            delivered: VecDeque::new(),
+            delivered_set: HashSet::new(),
+            backlog: VecDeque::new(),
+            from_log: HashSet::new(),
+            recovered: 0,
+            hasher: RandomState::new(),
+            keepalive_at: tokio::time::Instant::now() + KEEPALIVE,
         };
         let target = config.endpoint.to_string();
         subscription.live = Some(subscription.connect().await.map_err(|err| match err {
             Error::Redis { source, .. } => Error::from_connect(&target, source),
             other => other,
         })?);
+        // Subscribed first, so everything in the log up to here was published before.
+        subscription.mark = subscription.log_tail().await;
         Ok(subscription)
+    }
+
+    /// The event log's last entry id (`0-0` when empty), or `None` when it cannot be read.
+    async fn log_tail(&mut self) -> Option<String> {
+        let read = async {
+            if self.log.is_none() {
+                self.log = Some(self.client.get_multiplexed_async_connection().await?);
+            }
+            let connection = self.log.as_mut().expect("just opened");
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(keys::EVENT_LOG)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(connection)
+                .await?;
+            Ok::<_, redis::RedisError>(
+                reply
+                    .ids
+                    .first()
+                    .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
+            )
+        };
+        match tokio::time::timeout(self.connect_timeout, read).await {
+            Ok(Ok(id)) => Some(id),
+            Ok(Err(err)) => {
+                self.log = None;
+                tracing::debug!(error = %err, "cannot read the event log; a gap would not be filled");
+                None
+            }
+            Err(_) => {
+                self.log = None;
+                None
+            }
+        }
+    }
+
+    /// After a reconnect: queues the logged messages on our channels after the mark that were
+    /// not delivered yet, and moves the mark to the last entry read.
+    async fn fill_gap(&mut self) {
+        let Some(mark) = self.mark.clone() else {
+            self.mark = self.log_tail().await;
+            return;
+        };
+        let read = async {
+            if self.log.is_none() {
+                self.log = Some(self.client.get_multiplexed_async_connection().await?);
+            }
+            let connection = self.log.as_mut().expect("just opened");
+            redis::cmd("XRANGE")
+                .arg(keys::EVENT_LOG)
+                .arg(format!("({mark}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(MAX_RECOVERED)
+                .query_async::<redis::streams::StreamRangeReply>(connection)
+                .await
+        };
+        let reply = match tokio::time::timeout(self.connect_timeout, read).await {
+            Ok(Ok(reply)) => reply,
+            outcome => {
+                self.log = None;
+                tracing::warn!(
+                    ?outcome,
+                    "cannot read the event log after resubscribing; messages of the gap are lost"
+                );
+                self.mark = None;
+                return;
+            }
+        };
+        let mut filled = 0;
+        for entry in &reply.ids {
+            let (Some(channel), Some(payload)) = (entry.get::<String>("channel"), entry.get::<Vec<u8>>("payload"))
+            else {
+                continue;
+            };
+            let Some(pattern) = self.matchers.iter().position(|matcher| matcher.matches(&channel)) else {
+                continue;
+            };
+            if payload.len() > crate::model::MAX_DOCUMENT_BYTES {
+                tracing::warn!(
+                    channel,
+                    bytes = payload.len(),
+                    "skipped an oversized event in the event log"
+                );
+                continue;
+            }
+            let hash = self.hash(&channel, &payload);
+            if self.delivered_set.contains(&hash) {
+                continue;
+            }
+            let mut message = decode_parts(channel, Some(self.patterns[pattern].clone()), &payload);
+            message.from_log = true;
+            self.from_log.insert(hash);
+            self.backlog.push_back(message);
+            filled += 1;
+        }
+        if let Some(last) = reply.ids.last() {
+            self.mark = Some(last.id.clone());
+        }
+        if filled > 0 {
+            tracing::info!(messages = filled, "filled the subscription's gap from the event log");
+        }
+    }
+
+    fn hash(&self, channel: &str, payload: &[u8]) -> u64 {
+        self.hasher.hash_one((channel, payload))
+    }
+
+    /// Remembers a handed-over message, so the log does not hand it over again.
+    fn delivered(&mut self, hash: u64) {
+        if self.delivered_set.insert(hash) {
+            self.delivered.push_back(hash);
+            if self.delivered.len() > DELIVERED_MEMORY
+                && let Some(oldest) = self.delivered.pop_front()
+            {
+                self.delivered_set.remove(&oldest);
+            }
+        }
     }
 
     async fn connect(&self) -> Result<(PubSubSink, PubSubStream)> {
@@ -105,19 +279,49 @@ impl Subscription {
         self.reconnects
     }
 
+    /// How many messages were handed over from the event log after reconnects.
+    pub fn recovered(&self) -> u64 {
+        self.recovered
+    }
+
     /// Waits for the next message, reconnecting as often as needed; `None` never comes while
     /// the subscription lives (the `Option` is kept for `while let` loops).
     pub async fn next(&mut self) -> Option<Message> {
         loop {
-            if let Some((sink, stream)) = &mut self.live {
+            if let Some(message) = self.backlog.pop_front() {
+                self.recovered += 1;
+                let hash = self.hash(&message.channel, message.payload.as_bytes());
+                self.delivered(hash);
+                return Some(message);
+            }
+            if let Some((_, stream)) = &mut self.live {
                 tokio::select! {
                     message = stream.next() => match message {
-                        Some(message) => return Some(decode(&message)),
+                        Some(message) => {
+                            let hash = self.hash(message.get_channel_name(), message.get_payload_bytes());
+                            if self.from_log.remove(&hash) {
+                                // Handed over from the log already.
+                                continue;
+                            }
+                            self.delivered(hash);
+                            return Some(decode(&message));
+                        }
                         None => tracing::warn!("subscription connection closed; resubscribing"),
                     },
-                    () = tokio::time::sleep(KEEPALIVE) => {
+                    () = tokio::time::sleep_until(self.keepalive_at) => {
+                        self.keepalive_at = tokio::time::Instant::now() + KEEPALIVE;
+                        // The log's tail first, then a PING whose answer follows every message
+                        // published before that read: past it, the tail is a safe mark.
+                        let tail = self.log_tail().await;
+                        let Some((sink, _)) = &mut self.live else { continue };
                         match tokio::time::timeout(PING_TIMEOUT, sink.ping::<String>()).await {
-                            Ok(Ok(_)) => continue,
+                            Ok(Ok(_)) => {
+                                if tail.is_some() {
+                                    self.mark = tail;
+                                    self.from_log.clear();
+                                }
+                                continue;
+                            }
                             _ => tracing::warn!("subscription connection silent; resubscribing"),
                         }
                     }
@@ -125,6 +329,7 @@ impl Subscription {
             }
             self.live = None;
             self.reconnect().await;
+            self.fill_gap().await;
         }
     }
 
@@ -147,9 +352,15 @@ impl Subscription {
 }
 
 fn decode(message: &redis::Msg) -> Message {
-    let channel = message.get_channel_name().to_owned();
     let pattern = message.get_pattern::<Option<String>>().ok().flatten();
-    let bytes = message.get_payload_bytes();
+    decode_parts(
+        message.get_channel_name().to_owned(),
+        pattern,
+        message.get_payload_bytes(),
+    )
+}
+
+fn decode_parts(channel: String, pattern: Option<String>, bytes: &[u8]) -> Message {
     let event = Event::from_json(bytes).map_err(|source| Error::Decode {
         key: format!("channel {channel}"),
         what: "event",
@@ -160,5 +371,6 @@ fn decode(message: &redis::Msg) -> Message {
         pattern,
         payload: String::from_utf8_lossy(bytes).into_owned(),
         event,
+        from_log: false,
     }
 }

@@ -227,3 +227,74 @@ async fn invalid_names_rejected() {
         .unwrap_err();
     assert!(err.to_string().contains("invalid channel name"), "{err}");
 }
+
+/// Attack: anyone PUBLISHes 50 MB on a channel we subscribe to. Redis disconnects every
+/// subscriber (client output buffer limit) and, before the fix, events published while the
+/// subscription came back were gone (a `session_end` vanished). Now the subscription reads what
+/// it missed from the event log: the `session_end` arrives, exactly once, and nothing that was
+/// delivered before the gap comes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_fills_a_gap_from_the_event_log() {
+    let (server, state) = setup("hog").await;
+    let mut subscription = state
+        .subscribe(&tatbot_state::keys::DEFAULT_EVENT_PATTERNS)
+        .await
+        .unwrap();
+    let session = state.start_stroke_session(2, 2, "scene").await.unwrap();
+    for pose in 0..2 {
+        state
+            .update_stroke_progress(&session, &tatbot_state::ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        next_event(&mut subscription).await;
+    }
+    let mut attacker = raw(&server).await;
+    let _: i64 = attacker
+        .publish("stroke:events:session", vec![b'x'; 50 << 20])
+        .await
+        .unwrap();
+    // The subscriber is cut off now; these go out while it is away.
+    state
+        .update_stroke_progress(&session, &tatbot_state::ProgressUpdate::new(1, 0))
+        .await
+        .unwrap();
+    state.end_stroke_session(&session).await.unwrap();
+    let mut after = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("the missed events within 10 s")
+            .unwrap();
+        let event = message.event.expect("no oversized message is handed over");
+        let kind = event.event_type().unwrap_or_default().to_owned();
+        after.push((kind.clone(), message.from_log));
+        if kind == "session_end" {
+            break;
+        }
+    }
+    assert_eq!(
+        after,
+        vec![("progress_update".to_owned(), true), ("session_end".to_owned(), true)],
+        "exactly the missed events, from the log"
+    );
+    assert!(subscription.reconnects() >= 1);
+    assert_eq!(subscription.recovered(), 2);
+    // Nothing comes twice: the next event is a new one.
+    state.start_stroke_session(1, 1, "next").await.unwrap();
+    let (_, event) = next_event(&mut subscription).await;
+    assert_eq!(event.event_type(), Some("session_start"));
+}
+
+/// Our publishers refuse an event that would cut subscribers off.
+#[tokio::test]
+async fn oversized_event_is_refused() {
+    let (_server, state) = setup("hog").await;
+    let huge = Event::Other(json!({"type": "blob", "data": "x".repeat(2 << 20)}));
+    let err = state.publish_event("robot:events", &huge).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("event is {} bytes; the limit is 1048576", huge.to_json().len())
+    );
+}
