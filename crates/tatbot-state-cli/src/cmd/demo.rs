@@ -75,19 +75,13 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
 
     let plan = if args.fast {
         Plan {
-            strokes: 3,
-            stroke_length: 4,
-            hz: 0.0,
-            scene: "demo".to_owned(),
             error_every: 2,
+            ..Plan::new(3, 4, 0.0, "demo")
         }
     } else {
         Plan {
-            strokes: 12,
-            stroke_length: 25,
-            hz: 10.0,
-            scene: "demo".to_owned(),
             error_every: 5,
+            ..Plan::new(12, 25, 10.0, "demo")
         }
     };
     let (endpoint, private) = match &args.redis {

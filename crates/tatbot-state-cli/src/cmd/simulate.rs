@@ -4,9 +4,15 @@
 //! library calls: it publishes the robot state (`connecting`, then `ready`), sends one
 //! heartbeat, starts a stroke session, moves to `executing`, sends exactly one progress update
 //! per pose (`strokes × stroke_length` updates, optionally paced to a rate), reports an error
-//! every few strokes when asked, ends the session and goes back to `ready`. Every call is
-//! awaited, so when it returns everything it sent has been acknowledged by Redis; it then reads
-//! the progress back and checks it equals the last update sent.
+//! every few strokes when asked, ends the session and goes back to `ready`.
+//!
+//! By default it writes as a robot should, through the non-blocking [`Producer`]: calls never
+//! wait on Redis, so a Redis crash, restart or pause during the run costs nothing but time, and
+//! the producer replays what the crash lost. At the end it closes the producer with a bounded
+//! wait. With `--awaited` every call is awaited instead (the first Redis failure ends the run).
+//! Either way it then reads back the final progress and the history stream and counts updates
+//! stored, missing and duplicated: the run is verified only when every update is stored exactly
+//! once and the progress equals the last update sent.
 //!
 //! The `demo` command runs the same function. The CLI prints the session id as the first line
 //! of stdout as soon as it is known (tests read it while the simulation runs) and a summary at
@@ -20,7 +26,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use tatbot_state::heartbeat::{self, HeartbeatOptions, MetricsSampler};
 use tatbot_state::model::{RobotState, StrokeProgress};
-use tatbot_state::{Category, ProgressUpdate, SessionId, StateManager};
+use tatbot_state::{CancellationToken, Category, Producer, ProducerConfig, ProgressUpdate, SessionId, StateManager};
 
 use crate::ctx::GlobalArgs;
 
@@ -45,6 +51,12 @@ pub struct Args {
     /// Report an error (category "simulation") every K strokes (0 = never)
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub error_every: u32,
+    /// Await every call instead of writing through the non-blocking producer
+    #[arg(long)]
+    pub awaited: bool,
+    /// Seconds to wait at the end for Redis to store what was sent
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub flush_timeout: u64,
 }
 
 /// What to simulate.
@@ -60,21 +72,115 @@ pub struct Plan {
     pub scene: String,
     /// Report an error every this many strokes; 0 never does.
     pub error_every: u32,
+    /// Await every call rather than write through a [`Producer`].
+    pub awaited: bool,
+    /// How long the end may wait for Redis to store what was sent.
+    pub flush_timeout: Duration,
 }
+
+impl Plan {
+    /// A plan with the CLI's defaults for the rest.
+    pub fn new(strokes: u32, stroke_length: u32, hz: f64, scene: &str) -> Plan {
+        Plan {
+            strokes,
+            stroke_length,
+            hz,
+            scene: scene.to_owned(),
+            error_every: 0,
+            awaited: false,
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+        }
+    }
+
+    /// Progress updates the plan sends.
+    pub fn total(&self) -> u64 {
+        u64::from(self.strokes) * u64::from(self.stroke_length)
+    }
+}
+
+/// The default bound on the final wait for Redis.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many updates may wait unacknowledged when no rate is set, before the robot waits.
+const UNPACED_WINDOW: u64 = 2_000;
 
 /// What a simulation did.
 #[derive(Debug, Clone)]
 pub struct Report {
     /// The session it ran.
     pub session_id: SessionId,
-    /// Progress updates sent and acknowledged.
+    /// Progress updates sent.
     pub updates_sent: u64,
+    /// Distinct updates the history stream holds.
+    pub updates_stored: u64,
+    /// Updates sent that the history stream does not hold (of those it should still keep).
+    pub missing: u64,
+    /// History entries beyond the first for the same update.
+    pub duplicated: u64,
+    /// The history stream is capped and keeps only the newest entries: how many it keeps.
+    pub history_cap: Option<usize>,
     /// From the first write to the read-back.
     pub elapsed: Duration,
     /// The progress read back after the session ended.
     pub final_progress: StrokeProgress,
-    /// Whether the read-back equals the last update sent (stroke, pose and descriptions).
+    /// The producer's counters at the end (`None` with `--awaited`).
+    pub producer: Option<tatbot_state::ProducerStats>,
+    /// Whether the read-back equals the last update sent (stroke, pose and descriptions), the
+    /// session ended, and every update is stored exactly once.
     pub verified: bool,
+}
+
+/// Where the robot's writes go: awaited one by one, or queued on a producer.
+enum Writes<'a> {
+    Awaited(&'a StateManager),
+    Queued(Producer),
+}
+
+impl Writes<'_> {
+    async fn robot_state(&self, node_id: &str, pose: &str, connected: bool) -> anyhow::Result<()> {
+        let mut state = RobotState::new(node_id);
+        state.is_connected_l = connected;
+        state.is_connected_r = connected;
+        state.current_pose = pose.to_owned();
+        let written = match self {
+            Writes::Awaited(manager) => manager.update_robot_state(&state).await,
+            Writes::Queued(producer) => producer.update_robot_state(&state).map(drop),
+        };
+        written.with_context(|| format!("publishing robot state {pose:?}"))
+    }
+
+    async fn progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> anyhow::Result<u64> {
+        let sent = match self {
+            Writes::Awaited(manager) => manager.update_stroke_progress(session_id, update).await.map(|_| 0),
+            Writes::Queued(producer) => producer.update_stroke_progress(session_id, update),
+        };
+        sent.with_context(|| {
+            format!(
+                "sending progress stroke {} pose {} of {session_id}",
+                update.stroke_idx, update.pose_idx
+            )
+        })
+    }
+
+    async fn error(&self, category: &Category, message: &str, details: serde_json::Value) -> anyhow::Result<()> {
+        let reported = match self {
+            Writes::Awaited(manager) => manager.report_error(category, message, details).await,
+            Writes::Queued(producer) => producer.report_error(category, message, details).map(drop),
+        };
+        reported.context("reporting the simulated error")
+    }
+
+    async fn end(&self, session_id: &SessionId) -> anyhow::Result<()> {
+        match self {
+            Writes::Awaited(manager) => manager
+                .end_stroke_session(session_id)
+                .await
+                .with_context(|| format!("ending session {session_id}")),
+            Writes::Queued(producer) => {
+                producer.end_stroke_session(session_id);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Runs one simulated stroke session on `manager` (as its node) and reports on it.
@@ -106,22 +212,46 @@ pub async fn simulate_robot(
     let started = Instant::now();
     let node_id = manager.node_id().to_string();
     let category = Category::new(ERROR_CATEGORY).context("building the error category")?;
+    let shutdown = CancellationToken::new();
+    let _stop_writer = shutdown.clone().drop_guard();
+    let writes = if plan.awaited {
+        Writes::Awaited(manager)
+    } else {
+        Writes::Queued(manager.producer(ProducerConfig::default(), shutdown.clone()))
+    };
 
-    set_pose(manager, &node_id, "connecting", false).await?;
+    writes.robot_state(&node_id, "connecting", false).await?;
     let heartbeat_options = HeartbeatOptions::default();
     let mut sampler = MetricsSampler::new(Path::new("/"));
-    heartbeat::beat(manager, &mut sampler, &heartbeat_options)
-        .await
-        .context("sending the heartbeat")?;
-    set_pose(manager, &node_id, "ready", true).await?;
+    match &writes {
+        Writes::Awaited(manager) => heartbeat::beat(manager, &mut sampler, &heartbeat_options)
+            .await
+            .map(drop)
+            .context("sending the heartbeat")?,
+        Writes::Queued(producer) => {
+            let metrics = sampler.sample().await;
+            let health = heartbeat::health_document(&node_id, &metrics, None, &heartbeat_options);
+            producer.update_node_health(&health).context("sending the heartbeat")?;
+        }
+    }
+    writes.robot_state(&node_id, "ready", true).await?;
 
-    let session_id = manager
-        .start_stroke_session(plan.strokes, plan.stroke_length, &plan.scene)
-        .await
-        .context("starting the stroke session")?;
-    set_pose(manager, &node_id, "executing", true).await?;
+    let session_id = match &writes {
+        Writes::Awaited(manager) => {
+            manager
+                .start_stroke_session(plan.strokes, plan.stroke_length, &plan.scene)
+                .await
+        }
+        Writes::Queued(producer) => {
+            producer
+                .start_stroke_session(plan.strokes, plan.stroke_length, &plan.scene)
+                .await
+        }
+    }
+    .context("starting the stroke session")?;
+    writes.robot_state(&node_id, "executing", true).await?;
 
-    let total = u64::from(plan.strokes) * u64::from(plan.stroke_length);
+    let total = plan.total();
     // `interval` ticks at once and then every period; Delay keeps the rate after a slow call
     // instead of bursting to catch up.
     let mut pacer = (plan.hz > 0.0).then(|| {
@@ -131,6 +261,7 @@ pub async fn simulate_robot(
     });
     let mut updates_sent = 0;
     let mut last_update = ProgressUpdate::default();
+    let mut sent_seqs = std::collections::VecDeque::new();
     for stroke_idx in 0..plan.strokes {
         for pose_idx in 0..plan.stroke_length {
             if let Some(pacer) = pacer.as_mut() {
@@ -143,36 +274,52 @@ pub async fn simulate_robot(
                     format!("right stroke {stroke_idx} pose {pose_idx}"),
                 )
                 .offsets(offset, offset + 1);
-            manager
-                .update_stroke_progress(&session_id, &last_update)
-                .await
-                .with_context(|| format!("sending progress stroke {stroke_idx} pose {pose_idx} of {session_id}"))?;
+            let seq = writes.progress(&session_id, &last_update).await?;
             updates_sent += 1;
             on_update(&session_id, updates_sent, total);
+            // Unpaced, the robot goes as fast as Redis takes the updates, not faster than the
+            // queue can hold them.
+            if let (Writes::Queued(producer), None) = (&writes, &pacer) {
+                sent_seqs.push_back(seq);
+                if sent_seqs.len() as u64 > UNPACED_WINDOW
+                    && let Some(oldest) = sent_seqs.pop_front()
+                {
+                    producer
+                        .wait_for(oldest, plan.flush_timeout)
+                        .await
+                        .context("waiting for Redis to take the updates")?;
+                }
+            }
         }
         if plan.error_every > 0 && (stroke_idx + 1) % plan.error_every == 0 {
             let details = json!({"session_id": session_id.as_str(), "stroke_idx": stroke_idx});
             let message = format!("simulated error after stroke {stroke_idx}");
-            manager
-                .report_error(&category, &message, details)
-                .await
-                .context("reporting the simulated error")?;
+            writes.error(&category, &message, details).await?;
         }
     }
 
-    manager
-        .end_stroke_session(&session_id)
-        .await
-        .with_context(|| format!("ending session {session_id}"))?;
-    set_pose(manager, &node_id, "ready", true).await?;
+    writes.end(&session_id).await?;
+    writes.robot_state(&node_id, "ready", true).await?;
+    let producer = match &writes {
+        Writes::Queued(producer) => {
+            producer
+                .close(plan.flush_timeout)
+                .await
+                .context("waiting for Redis to store the updates")?;
+            Some(producer.stats())
+        }
+        Writes::Awaited(_) => None,
+    };
 
-    let final_progress = manager
-        .get_stroke_progress(&session_id)
-        .await
-        .with_context(|| format!("reading back the progress of {session_id}"))?
-        .ok_or_else(|| tatbot_state::Error::SessionNotFound(session_id.to_string()))
-        .with_context(|| format!("reading back the progress of {session_id}"))?;
-    let verified = final_progress.stroke_idx == i64::from(last_update.stroke_idx)
+    let final_progress = read_back(manager, plan, &session_id, |manager, session_id| async move {
+        manager.get_stroke_progress(&session_id).await
+    })
+    .await
+    .with_context(|| format!("reading back the progress of {session_id}"))?
+    .ok_or_else(|| tatbot_state::Error::SessionNotFound(session_id.to_string()))
+    .with_context(|| format!("reading back the progress of {session_id}"))?;
+    let history = count_history(manager, plan, &session_id).await?;
+    let progress_matches = final_progress.stroke_idx == i64::from(last_update.stroke_idx)
         && final_progress.pose_idx == i64::from(last_update.pose_idx)
         && Some(&final_progress.stroke_description_l) == last_update.description_l.as_ref()
         && Some(&final_progress.stroke_description_r) == last_update.description_r.as_ref()
@@ -180,22 +327,85 @@ pub async fn simulate_robot(
     Ok(Report {
         session_id,
         updates_sent,
+        updates_stored: history.stored,
+        missing: history.missing,
+        duplicated: history.duplicated,
+        history_cap: history.cap,
         elapsed: started.elapsed(),
         final_progress,
-        verified,
+        producer,
+        verified: progress_matches && history.missing == 0 && history.duplicated == 0,
     })
 }
 
-/// Publishes this node's robot state with both arms `connected` or not, in pose `pose`.
-async fn set_pose(manager: &StateManager, node_id: &str, pose: &str, connected: bool) -> anyhow::Result<()> {
-    let mut state = RobotState::new(node_id);
-    state.is_connected_l = connected;
-    state.is_connected_r = connected;
-    state.current_pose = pose.to_owned();
-    manager
-        .update_robot_state(&state)
+/// What the history stream of a simulated session holds.
+struct HistoryCount {
+    stored: u64,
+    missing: u64,
+    duplicated: u64,
+    cap: Option<usize>,
+}
+
+/// Reads the whole history of `session_id` and counts the updates of `plan` in it.
+async fn count_history(manager: &StateManager, plan: &Plan, session_id: &SessionId) -> anyhow::Result<HistoryCount> {
+    let total = plan.total();
+    let mut seen = vec![0u32; usize::try_from(total).unwrap_or(usize::MAX)];
+    let mut after: Option<String> = None;
+    loop {
+        let cursor = after.clone();
+        let page = read_back(manager, plan, session_id, |manager, session_id| {
+            let cursor = cursor.clone();
+            async move { manager.get_history(&session_id, cursor.as_deref(), 1000).await }
+        })
         .await
-        .with_context(|| format!("publishing robot state {pose:?}"))
+        .with_context(|| format!("reading back the history of {session_id}"))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for entry in &page {
+            let index = entry.stroke_idx * i64::from(plan.stroke_length) + entry.pose_idx;
+            if let Some(count) = usize::try_from(index).ok().and_then(|index| seen.get_mut(index)) {
+                *count += 1;
+            }
+        }
+    }
+    let cap = manager.config().history_maxlen;
+    // A capped stream keeps the newest entries: count from the oldest it still holds.
+    let first = if total as usize > cap {
+        seen.iter().position(|count| *count > 0).unwrap_or(seen.len())
+    } else {
+        0
+    };
+    let kept = &seen[first..];
+    let stored = kept.iter().filter(|count| **count > 0).count() as u64;
+    Ok(HistoryCount {
+        stored,
+        missing: kept.len() as u64 - stored,
+        duplicated: kept.iter().map(|count| u64::from(count.saturating_sub(1))).sum(),
+        cap: (total as usize > cap).then_some(cap),
+    })
+}
+
+/// Runs a read, retrying while Redis is unreachable (it may be restarting) for up to the
+/// plan's flush timeout.
+async fn read_back<T, F, Fut>(
+    manager: &StateManager,
+    plan: &Plan,
+    session_id: &SessionId,
+    read: F,
+) -> tatbot_state::Result<T>
+where
+    F: Fn(StateManager, SessionId) -> Fut,
+    Fut: std::future::Future<Output = tatbot_state::Result<T>>,
+{
+    let deadline = Instant::now() + plan.flush_timeout;
+    loop {
+        match read(manager.clone(), session_id.clone()).await {
+            Err(err) if err.is_connection_error() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 /// Runs `simulate`.
@@ -207,6 +417,8 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         hz: args.hz,
         scene: args.scene,
         error_every: args.error_every,
+        awaited: args.awaited,
+        flush_timeout: Duration::from_secs(args.flush_timeout),
     };
     let json_output = global.json;
     // The callback cannot return an error, so the first stdout failure (a closed pipe) is kept
@@ -244,15 +456,38 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     if json_output {
         let summary = json!({
             "session_id": report.session_id.as_str(),
+            "mode": if plan.awaited { "awaited" } else { "producer" },
             "updates_sent": report.updates_sent,
+            "updates_stored": report.updates_stored,
+            "missing": report.missing,
+            "duplicated": report.duplicated,
+            "history_cap": report.history_cap,
             "elapsed_secs": seconds,
             "rate_per_sec": rate,
             "verified": report.verified,
+            "producer": report.producer,
             "final_progress": progress,
         });
         writeln!(out, "{summary}")?;
     } else {
         writeln!(out, "updates sent: {}", report.updates_sent)?;
+        writeln!(
+            out,
+            "updates stored: {} (missing {}, duplicated {}){}",
+            report.updates_stored,
+            report.missing,
+            report.duplicated,
+            report
+                .history_cap
+                .map_or_else(String::new, |cap| format!("; the history keeps the newest {cap}"))
+        )?;
+        if let Some(stats) = &report.producer {
+            writeln!(
+                out,
+                "producer: {} Redis restarts survived, {} writes replayed, {} retries",
+                stats.restarts, stats.replayed, stats.retries
+            )?;
+        }
         writeln!(out, "elapsed: {seconds:.3} s")?;
         writeln!(out, "rate: {rate:.1} updates/s")?;
         writeln!(
@@ -264,6 +499,15 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             progress.stroke_length,
             if report.verified { "verified" } else { "MISMATCH" }
         )?;
+    }
+    if report.missing > 0 || report.duplicated > 0 {
+        return Err(anyhow::anyhow!(
+            "the history of {} misses {} and repeats {} of the {} updates sent",
+            report.session_id,
+            report.missing,
+            report.duplicated,
+            report.updates_sent
+        ));
     }
     if !report.verified {
         return Err(anyhow::anyhow!(
