@@ -1,7 +1,8 @@
 //! `tatbot-state param`: each action end to end, with its exit codes and its `--json` output.
 
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use tatbot_state_testkit::RedisServer;
 use tempfile::TempDir;
@@ -340,4 +341,80 @@ fn redis_down_exits_3() {
         command.args(["-p", &port]);
         assert_code(&run(command, action), 3);
     }
+}
+
+/// Issue #14 point 13: `param load /dev/zero` stops reading at the size bound and exits 2 at
+/// once with a one-line error, instead of growing until the kernel kills it.
+#[test]
+fn issue_14_load_of_dev_zero_is_refused_quickly() {
+    let server = RedisServer::start();
+    let started = std::time::Instant::now();
+    let output = run(param(&server), &["param", "load", "/dev/zero"]);
+    let elapsed = started.elapsed();
+    assert_code(&output, 2);
+    assert_eq!(
+        stderr(&output),
+        "tatbot-state: /dev/zero is larger than the limit of 4194304 bytes (4 MiB) for a parameter file; split it\n"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(5), "took {elapsed:?}");
+}
+
+/// Issue #14 point 13: an endless pipe on stdin is read up to the bound only; the writer sees
+/// the pipe close once the loader has refused it.
+#[test]
+fn issue_14_load_of_an_endless_pipe_is_refused() {
+    let server = RedisServer::start();
+    let mut child = param(&server)
+        .args(["param", "load", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tatbot-state");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let writer = std::thread::spawn(move || {
+        let chunk = "a: 1\n".repeat(1000);
+        let mut written = 0_usize;
+        // Bounded: a loader that read everything would be stopped here after 64 MiB.
+        while written < 64 << 20 {
+            if stdin.write_all(chunk.as_bytes()).is_err() {
+                return written;
+            }
+            written += chunk.len();
+        }
+        written
+    });
+    let output = child.wait_with_output().expect("wait for tatbot-state");
+    let written = writer.join().expect("the writer thread");
+    assert_code(&output, 2);
+    assert_eq!(
+        stderr(&output),
+        "tatbot-state: stdin is larger than the limit of 4194304 bytes (4 MiB) for a parameter file; split it\n"
+    );
+    assert!(written < 64 << 20, "the loader read all {written} bytes");
+}
+
+/// Issue #14 point 13: an unknown tag and deep nesting each exit 2 with the line number, and
+/// nothing is loaded.
+#[test]
+fn issue_14_load_refuses_tags_and_depth_with_the_line() {
+    let server = RedisServer::start();
+    let dir = TempDir::new().unwrap();
+    let tagged = file(&dir, "tagged.yaml", "a: 1\nb: 2\nc: !!python/object:os.system ls\n");
+    let output = run(param(&server), &["param", "load", &tagged]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains(": line 3: unknown YAML tag !!python/object:os.system (only !!str,"),
+        "{}",
+        stderr(&output)
+    );
+    let deep = file(&dir, "deep.yaml", &format!("a: 1\nb: {}\n", "{c: ".repeat(200_000)));
+    let output = run(param(&server), &["param", "load", &deep]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains(": line 2: maps and lists nest deeper than 72 levels"),
+        "{}",
+        stderr(&output)
+    );
+    assert_code(&run(param(&server), &["param", "get", "a"]), 5);
 }

@@ -13,6 +13,7 @@
 //! - `script`: the one Lua script all writes go through.
 //! - `watch`: [`Watch`], the change stream tailed from the audit log, and [`Change`].
 //! - `yaml`: Hydra config trees in, dumps out.
+//! - `bounds`: the size, nesting and tag checks a YAML text passes before it is parsed.
 //! - this file: [`Params`], the calls, and the types they answer with.
 //!
 //! # Storage
@@ -38,6 +39,7 @@
 //! - A stored value always passes its descriptor: a re-declaration that would break that fails.
 //! - Names are never removed, and the type of a name never changes.
 
+mod bounds;
 mod script;
 mod value;
 mod watch;
@@ -55,6 +57,7 @@ use crate::params::script::{Refusal, Write};
 use crate::params::value::{Violation, from_json, infer_type};
 use crate::timestamp::Timestamp;
 
+pub use bounds::{MAX_LOAD_BYTES, MAX_NESTING};
 pub use value::{Descriptor, MAX_LIST_LEN, MAX_NAME_LEN, MAX_STRING_LEN, ParamName, ParamType, ParamValue, Prefix};
 pub use watch::{Change, WATCH_BLOCK, Watch};
 pub use yaml::Skipped;

@@ -1,5 +1,9 @@
 //! The ACL template `config/redis/users.acl`: the viewer may only read and subscribe, the robot
 //! may do its work but not administer the server, and wrong credentials get a one-line error.
+//!
+//! Issue #14 point 10: neither role may change server-side code (functions, the script cache),
+//! reach another database, or list key names outside the robot's namespaces; each attack is
+//! tried as the robot and as the viewer.
 
 use std::path::PathBuf;
 
@@ -38,21 +42,34 @@ async fn connect(server: &RedisServer, user: &str, password: &str) -> tatbot_sta
     .await
 }
 
-/// Sends one raw command as `user` and returns the server's error code, if any.
-async fn denied_code(server: &RedisServer, user: &str, password: &str, args: &[&str]) -> Option<String> {
+/// A raw connection as `user`, for commands the library never sends.
+async fn raw(server: &RedisServer, user: &str, password: &str) -> redis::aio::MultiplexedConnection {
     let url = format!("redis://{user}:{password}@{}:{}/", server.host(), server.port());
-    let mut connection = redis::Client::open(url)
+    redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Sends one raw command as `user` and returns the server's error code, if any.
+async fn denied_code(server: &RedisServer, user: &str, password: &str, args: &[&str]) -> Option<String> {
     let mut command = redis::cmd(args[0]);
     for arg in &args[1..] {
         command.arg(*arg);
     }
+    denied(server, user, password, &command).await
+}
+
+/// Sends `command` as `user` and returns the server's error code, if any.
+async fn denied(server: &RedisServer, user: &str, password: &str, command: &redis::Cmd) -> Option<String> {
+    let mut connection = raw(server, user, password).await;
     let result: redis::RedisResult<redis::Value> = command.query_async(&mut connection).await;
     result.err().map(|err| err.code().unwrap_or("?").to_owned())
 }
+
+/// The two roles that must not change server-side code or reach outside their data.
+const LOW_ROLES: [(&str, &str); 2] = [("robot", "robot-pw"), ("viewer", "viewer-pw")];
 
 const ADMIN_ONLY: [&[&str]; 4] = [
     &["FLUSHALL"],
@@ -130,8 +147,11 @@ async fn robot_works_but_cannot_administer() {
     assert_eq!(producer.stats().rejected, 0, "{:?}", producer.stats());
     assert!(!robot.get_stroke_progress(&session).await.unwrap().unwrap().is_executing);
     assert_eq!(robot.list_errors(10).await.unwrap().len(), 1);
+    // Listing needs SCAN, which the robot may not run (issue #14 point 10): the status says so.
     let status = robot.system_status().await;
-    assert!(status.error.is_none(), "{status:?}");
+    assert!(status.redis_connected, "{status:?}");
+    let error = status.error.unwrap_or_default();
+    assert!(error.contains("denied scan") && error.contains("viewer"), "{error}");
     for command in ADMIN_ONLY {
         assert_eq!(
             denied_code(&server, "robot", "robot-pw", command).await.as_deref(),
@@ -162,4 +182,206 @@ async fn wrong_credentials() {
     ))
     .await;
     assert!(matches!(anonymous, Err(Error::Auth { .. })), "{:?}", anonymous.err());
+}
+
+/// A function library whose function empties every database: what a robot would plant.
+const WIPING_LIBRARY: &str =
+    "#!lua name=planted\nredis.register_function('wipe', function() return redis.call('FLUSHALL') end)";
+
+/// A harmless library the admin loads, which the other roles must not change.
+const ADMIN_LIBRARY: &str =
+    "#!lua name=tatbot_admin\nredis.register_function('tatbot_ping', function() return 'pong' end)";
+
+/// Issue #14 point 10: neither the robot nor the viewer can load a function, so an admin's
+/// `FCALL` of a planted name finds nothing to run and the data stays.
+#[tokio::test]
+async fn issue_14_no_function_is_planted_for_the_admin() {
+    let (server, _dir) = server_with_roles();
+    let mut admin = raw(&server, "admin", "admin-pw").await;
+    let () = redis::cmd("SET")
+        .arg("tatbot:keep")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    for (user, password) in LOW_ROLES {
+        let mut plant = redis::cmd("FUNCTION");
+        plant.arg("LOAD").arg("REPLACE").arg(WIPING_LIBRARY);
+        assert_eq!(
+            denied(&server, user, password, &plant).await.as_deref(),
+            Some("NOPERM"),
+            "{user} loaded a function"
+        );
+    }
+    let fcall: redis::RedisResult<redis::Value> = redis::cmd("FCALL").arg("wipe").arg(0).query_async(&mut admin).await;
+    assert!(fcall.is_err(), "the admin ran a planted function: {fcall:?}");
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut admin).await.unwrap();
+    assert_eq!(size, 1);
+}
+
+/// Issue #14 point 10: the admin's functions and cached scripts cannot be flushed, deleted,
+/// replaced or killed by the robot or the viewer, and neither may start the script debugger.
+#[tokio::test]
+async fn issue_14_server_side_code_is_out_of_reach() {
+    let (server, _dir) = server_with_roles();
+    let mut admin = raw(&server, "admin", "admin-pw").await;
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(ADMIN_LIBRARY)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return 1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let dump: Vec<u8> = redis::cmd("FUNCTION")
+        .arg("DUMP")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+
+    let mut restore = redis::cmd("FUNCTION");
+    restore.arg("RESTORE").arg(&dump).arg("FLUSH");
+    let mut attacks: Vec<redis::Cmd> = [
+        &["FUNCTION", "FLUSH"][..],
+        &["FUNCTION", "DELETE", "tatbot_admin"],
+        &["FUNCTION", "KILL"],
+        &["SCRIPT", "FLUSH"],
+        &["SCRIPT", "KILL"],
+        &["SCRIPT", "DEBUG", "YES"],
+    ]
+    .iter()
+    .map(|args| {
+        let mut command = redis::cmd(args[0]);
+        command.arg(&args[1..]);
+        command
+    })
+    .collect();
+    attacks.push(restore);
+    for (user, password) in LOW_ROLES {
+        for command in &attacks {
+            assert_eq!(
+                denied(&server, user, password, command).await.as_deref(),
+                Some("NOPERM"),
+                "{user} ran {}",
+                String::from_utf8_lossy(&command.get_packed_command()).escape_debug()
+            );
+        }
+    }
+    let pong: String = redis::cmd("FCALL")
+        .arg("tatbot_ping")
+        .arg(0)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(pong, "pong");
+    let cached: Vec<u8> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(cached, [1]);
+}
+
+/// Issue #14 point 10: no role but admin reaches another database, by command or from a script.
+#[tokio::test]
+async fn issue_14_other_databases_are_out_of_reach() {
+    let (server, _dir) = server_with_roles();
+    let mut admin = raw(&server, "admin", "admin-pw").await;
+    let () = redis::cmd("SET")
+        .arg("tatbot:x")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let attacks: [&[&str]; 4] = [
+        &["SELECT", "1"],
+        &["MOVE", "tatbot:x", "1"],
+        &["COPY", "tatbot:x", "tatbot:x", "DB", "1"],
+        &["SWAPDB", "0", "1"],
+    ];
+    for (user, password) in LOW_ROLES {
+        for command in attacks {
+            assert_eq!(
+                denied_code(&server, user, password, command).await.as_deref(),
+                Some("NOPERM"),
+                "{user} ran {command:?}"
+            );
+        }
+    }
+
+    // The robot may load and run scripts (its write path does), but a script runs with the
+    // robot's rights; the viewer may not load one at all.
+    let mut robot = raw(&server, "robot", "robot-pw").await;
+    for body in [
+        "redis.call('SELECT', 1) return redis.call('SET', 'tatbot:x', 2)",
+        "return redis.call('MOVE', 'tatbot:x', 1)",
+        "return redis.call('COPY', 'tatbot:x', 'tatbot:x', 'DB', 1)",
+    ] {
+        let script = redis::Script::new(body);
+        let result: redis::RedisResult<redis::Value> = script.invoke_async(&mut robot).await;
+        let err = result.expect_err(body);
+        assert!(err.to_string().contains("can't run this command"), "{body}: {err}");
+    }
+    assert_eq!(
+        denied_code(&server, "viewer", "viewer-pw", &["SCRIPT", "LOAD", "return 1"])
+            .await
+            .as_deref(),
+        Some("NOPERM")
+    );
+
+    let other_url = format!("redis://admin:admin-pw@{}:{}/1", server.host(), server.port());
+    let mut other = redis::Client::open(other_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut other).await.unwrap();
+    assert_eq!(size, 0, "a key reached database 1");
+    let value: String = redis::cmd("GET").arg("tatbot:x").query_async(&mut admin).await.unwrap();
+    assert_eq!(value, "1");
+}
+
+/// Issue #14 point 10: the robot cannot learn key or channel names outside its namespaces
+/// (`SCAN`, `RANDOMKEY`, `PUBSUB CHANNELS`, broadcast client tracking); the viewer, which may
+/// read every key, still lists them; the robot's listing calls fail with a one-line hint.
+#[tokio::test]
+async fn issue_14_robot_cannot_list_names_outside_its_namespaces() {
+    let (server, _dir) = server_with_roles();
+    let mut admin = raw(&server, "admin", "admin-pw").await;
+    let () = redis::cmd("SET")
+        .arg("other:secret")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let listings: [&[&str]; 4] = [
+        &["SCAN", "0"],
+        &["RANDOMKEY"],
+        &["PUBSUB", "CHANNELS"],
+        &["CLIENT", "TRACKING", "on", "BCAST"],
+    ];
+    for command in listings {
+        assert_eq!(
+            denied_code(&server, "robot", "robot-pw", command).await.as_deref(),
+            Some("NOPERM"),
+            "robot ran {command:?}"
+        );
+    }
+    let mut viewer = raw(&server, "viewer", "viewer-pw").await;
+    let (_, names): (u64, Vec<String>) = redis::cmd("SCAN").arg(0).query_async(&mut viewer).await.unwrap();
+    assert_eq!(names, ["other:secret"], "the viewer reads every key by design");
+
+    let robot = connect(&server, "robot", "robot-pw").await.unwrap();
+    let err = robot.list_sessions().await.unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+    let line = err.to_string();
+    assert!(
+        line.contains("scan") && line.contains("viewer") && !line.contains('\n'),
+        "{line}"
+    );
 }

@@ -13,11 +13,12 @@
 //! file all or nothing, so a file with one bad value changes nothing and exits 2; `--dry-run`
 //! prints what would change and changes nothing.
 
+use std::io::Read as _;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tatbot_state::params::{CasOutcome, Change, ChangeOp, LoadPlan, Prefix};
+use tatbot_state::params::{CasOutcome, Change, ChangeOp, LoadPlan, MAX_LOAD_BYTES, Prefix};
 use tatbot_state::{Param, ParamName, Params};
 use tokio::io::AsyncReadExt as _;
 
@@ -274,24 +275,55 @@ async fn dump(global: &GlobalArgs, prefix: &Prefix) -> anyhow::Result<u8> {
     Ok(exit::SUCCESS)
 }
 
+/// Reads the YAML file, or stdin for `-`, stopping one byte past [`MAX_LOAD_BYTES`]: endless
+/// input (`/dev/zero`, a pipe that keeps writing) costs at most that much memory before it is
+/// refused.
+async fn read_bounded(file: &Path) -> anyhow::Result<String> {
+    let stdin = file.as_os_str() == "-";
+    let shown = if stdin {
+        "stdin".into()
+    } else {
+        file.display().to_string()
+    };
+    let limit = MAX_LOAD_BYTES as u64 + 1;
+    let mut bytes = Vec::new();
+    if stdin {
+        tokio::io::stdin()
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .await
+            .context("reading YAML from stdin")?;
+    } else {
+        // The workspace's tokio has no `fs` feature; a bounded file read is short blocking work.
+        let path = file.to_owned();
+        bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut bytes = Vec::new();
+            std::io::Read::take(std::fs::File::open(path)?, limit).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .context("reading the YAML file")?
+        .with_context(|| format!("reading {shown}"))?;
+    }
+    if bytes.len() > MAX_LOAD_BYTES {
+        return Err(tatbot_state::Error::InvalidInput(format!(
+            "{shown} is larger than the limit of {MAX_LOAD_BYTES} bytes (4 MiB) for a parameter file; split it"
+        ))
+        .into());
+    }
+    String::from_utf8(bytes).map_err(|err| {
+        tatbot_state::Error::InvalidInput(format!(
+            "{shown} is not UTF-8 text (invalid byte at offset {})",
+            err.utf8_error().valid_up_to()
+        ))
+        .into()
+    })
+}
+
 async fn load(global: &GlobalArgs, args: &LoadArgs) -> anyhow::Result<u8> {
     let prefix = prefix(args.prefix.as_deref())?;
     let shown = args.file.display();
-    let text = if args.file.as_os_str() == "-" {
-        let mut text = String::new();
-        tokio::io::stdin()
-            .read_to_string(&mut text)
-            .await
-            .context("reading YAML from stdin")?;
-        text
-    } else {
-        // The workspace's tokio has no `fs` feature; a file read is short blocking work.
-        let path = args.file.clone();
-        tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
-            .await
-            .context("reading the YAML file")?
-            .with_context(|| format!("reading {shown}"))?
-    };
+    let text = read_bounded(&args.file).await?;
     let params = params(global).await?;
     let plan = if args.dry_run {
         params.plan_load(&text, &prefix).await

@@ -8,6 +8,8 @@
 //! section, keys written `_like_this_` (`_target_`, `_partial_`...), unfilled mandatory values
 //! (`???`) and interpolations (`${...}`).
 //!
+//! Before parsing, [`bounds::check`] refuses oversized text, deep nesting and unknown tags.
+//!
 //! Flattening never fails half way on a bad entry: it collects every problem as one line, so a
 //! load can report them all at once and apply nothing.
 
@@ -18,6 +20,7 @@ use serde_json::Value as Json;
 use serde_yaml_ng::{Mapping, Value as Yaml};
 
 use crate::error::{Error, Result};
+use crate::params::bounds;
 use crate::params::value::{ParamName, ParamValue, Prefix, float_text, is_segment};
 
 /// Top-level keys that are Hydra directives, not configuration.
@@ -54,9 +57,11 @@ pub(crate) struct Flattened {
 ///
 /// # Errors
 ///
-/// [`Error::InvalidInput`] when `text` is not YAML, or its top level is not a map; problems
+/// [`Error::InvalidInput`] when `text` breaks a bound of [`bounds::check`] (size, nesting,
+/// tags), is not YAML, or its top level is not a map; problems
 /// with single entries are collected in [`Flattened::errors`] instead.
 pub(crate) fn flatten(text: &str, prefix: &Prefix) -> Result<Flattened> {
+    bounds::check(text).map_err(Error::InvalidInput)?;
     let document: Yaml =
         serde_yaml_ng::from_str(text).map_err(|err| Error::InvalidInput(format!("not valid YAML: {err}")))?;
     let mut flattened = Flattened::default();
@@ -165,6 +170,7 @@ fn check_duplicates_and_tree(flattened: &mut Flattened) {
 
 /// One value written as YAML (`2.5`, `true`, `[1, 2]`) as JSON.
 pub(crate) fn parse_scalar(text: &str) -> std::result::Result<Json, String> {
+    bounds::check(text)?;
     let value: Yaml = serde_yaml_ng::from_str(text).map_err(|err| format!("{text:?} is not a YAML value: {err}"))?;
     to_json(&value)
 }
@@ -200,7 +206,9 @@ fn to_json(value: &Yaml) -> std::result::Result<Json, String> {
             }
             Json::Object(object)
         }
-        Yaml::Tagged(tagged) => to_json(&tagged.value)?,
+        // `bounds::check` refuses these first, with a line number; this keeps a tag from ever
+        // being dropped silently.
+        Yaml::Tagged(tagged) => return Err(format!("unknown YAML tag {}", tagged.tag)),
     })
 }
 
