@@ -76,6 +76,28 @@ impl GlobalArgs {
         self.manager_for(endpoint).await
     }
 
+    /// A manager for a daemon: when Redis is not up yet, waits for it (logging each wait)
+    /// until Ctrl-C or SIGTERM; refused credentials and bad configuration still fail at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`GlobalArgs::manager`], except that an unreachable server is waited out.
+    pub async fn manager_waiting(&self) -> anyhow::Result<StateManager> {
+        let target = self.target()?;
+        let endpoint = Endpoint::from(&target);
+        let shown = endpoint.to_string();
+        let config = ManagerConfig::new(endpoint, self.node_id()?);
+        let stop = tatbot_state::CancellationToken::new();
+        let signal = stop.clone();
+        let signals = tokio::spawn(async move {
+            crate::signal::shutdown_signal().await;
+            signal.cancel();
+        });
+        let connected = StateManager::connect_waiting(config, &stop).await;
+        signals.abort();
+        connected.with_context(|| format!("connecting to Redis at {shown}"))
+    }
+
     /// A manager connected to `endpoint`, with this node's id.
     pub async fn manager_for(&self, endpoint: Endpoint) -> anyhow::Result<StateManager> {
         let shown = endpoint.to_string();

@@ -8,6 +8,7 @@
 mod cmd;
 mod ctx;
 mod exit;
+mod signal;
 
 use std::process::ExitCode;
 

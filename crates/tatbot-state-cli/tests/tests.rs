@@ -1,6 +1,7 @@
 //! End-to-end tests of the `tatbot-state` binary against test-kit Redis servers.
 
 mod bench;
+mod boot;
 mod demo;
 mod doctor;
 mod mcp;

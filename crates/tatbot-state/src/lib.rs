@@ -20,6 +20,7 @@
 //!
 //! The wire contract is `docs/WIRE.md` in the repository.
 
+pub mod backoff;
 pub mod config;
 pub mod connection;
 mod error;

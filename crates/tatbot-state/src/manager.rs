@@ -18,7 +18,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value as RedisValue};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::connection::{self, ManagerConfig};
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
@@ -36,6 +38,10 @@ pub const MAX_TEXT_LEN: usize = 4096;
 const SCAN_BATCH: usize = 1000;
 /// How long a per-second session counter lives; far longer than any clock step between nodes.
 const SESSION_SEQ_TTL_SECS: u64 = 120;
+/// First delay of [`StateManager::connect_waiting`].
+pub const WAIT_FIRST_RETRY: Duration = Duration::from_millis(250);
+/// Cap on the delay of [`StateManager::connect_waiting`].
+pub const WAIT_MAX_RETRY: Duration = Duration::from_secs(8);
 /// Sessions a manager remembers having started, for producers that must re-create one.
 const MAX_STARTED: usize = 16;
 
@@ -211,6 +217,47 @@ impl StateManager {
         let manager = StateManager::from_parts(config, client, manager_config, connection);
         tracing::info!(target = %manager.inner.config.endpoint, node_id = %manager.inner.config.node_id, "connected to redis");
         Ok(manager)
+    }
+
+    /// Connects, waiting as long as it takes for an unreachable server to come up (a fleet boots
+    /// in any order), with a capped backoff of [`WAIT_FIRST_RETRY`] doubling to
+    /// [`WAIT_MAX_RETRY`]. Each wait is logged at `warn` ("waiting for Redis at HOST:PORT: why;
+    /// retry in N s") while the delay grows or the reason changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Auth`] (and any other error that waiting cannot cure) at once; the last
+    /// connection error when `shutdown` fires first.
+    pub async fn connect_waiting(config: ManagerConfig, shutdown: &CancellationToken) -> Result<StateManager> {
+        let target = config.endpoint.to_string();
+        let mut backoff = Backoff::new(WAIT_FIRST_RETRY, WAIT_MAX_RETRY);
+        let mut said: Option<(String, Duration)> = None;
+        loop {
+            let err = match StateManager::connect(config.clone()).await {
+                Ok(manager) => {
+                    if said.is_some() {
+                        tracing::info!(target = %target, "redis is up");
+                    }
+                    return Ok(manager);
+                }
+                Err(err) if err.is_connection_error() => err,
+                Err(err) => return Err(err),
+            };
+            let reason = match &err {
+                Error::Unreachable { source, .. } => source.to_string(),
+                Error::Timeout { after, .. } => format!("no answer within {after:?}"),
+                other => other.to_string(),
+            };
+            let delay = backoff.next_delay();
+            if said.as_ref() != Some(&(reason.clone(), delay)) {
+                tracing::warn!("waiting for Redis at {target}: {reason}; retry in {}", humane(delay));
+                said = Some((reason, delay));
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(err),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
     }
 
     /// Makes a manager without touching the network; it connects on first use. Calls fail
@@ -1081,4 +1128,13 @@ pub(crate) fn history_entry(key: &str, id: &str, field: impl Fn(&str) -> Option<
         node_id: text("node_id")?,
         id: id.to_owned(),
     })
+}
+
+/// A delay as people say it: `250 ms`, `4 s`.
+fn humane(delay: Duration) -> String {
+    if delay < Duration::from_secs(1) {
+        format!("{} ms", delay.as_millis())
+    } else {
+        format!("{} s", delay.as_secs())
+    }
 }

@@ -54,6 +54,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
 use crate::ids::{Category, SessionId};
@@ -738,7 +739,7 @@ impl Writer {
 
     /// Sends `batch` until Redis has answered every op; false when shut down first.
     async fn send_until_done(&mut self, batch: &[Queued], shutdown: &CancellationToken) -> bool {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, self.shared.config.max_backoff);
         loop {
             let attempt = async {
                 let mut connection = self.connected().await?;
@@ -751,14 +752,13 @@ impl Writer {
                     // What the failed batch stored is unknown; its resend merges in the script.
                     self.docs.clear();
                     self.shared.lock().stats.retries += 1;
-                    tracing::debug!(error = %err, delay = ?backoff, "send failed; retrying");
+                    tracing::debug!(error = %err, "send failed; retrying");
                 }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(self.shared.config.max_backoff);
         }
     }
 

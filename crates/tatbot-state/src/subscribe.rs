@@ -35,6 +35,7 @@ use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use wildmatch::WildMatch;
 
+use crate::backoff::Backoff;
 use crate::connection::ManagerConfig;
 use crate::error::{Error, Result};
 use crate::keys;
@@ -334,7 +335,7 @@ impl Subscription {
     }
 
     async fn reconnect(&mut self) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             match self.connect().await {
                 Ok(live) => {
@@ -343,10 +344,9 @@ impl Subscription {
                     tracing::info!(patterns = ?self.patterns, "resubscribed");
                     return;
                 }
-                Err(err) => tracing::debug!(error = %err, delay = ?backoff, "resubscribe failed"),
+                Err(err) => tracing::debug!(error = %err, "resubscribe failed"),
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 }

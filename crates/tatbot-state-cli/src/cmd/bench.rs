@@ -46,10 +46,10 @@ use tokio::sync::oneshot;
 use crate::cmd::bench::baseline::RedisBenchmark;
 use crate::cmd::bench::measure::{POLL_INTERVAL, Path};
 use crate::cmd::bench::stats::{Samples, median};
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::cmd::server::private::{PrivateServer, free_port};
 use crate::ctx::GlobalArgs;
 use crate::exit::{self, Coded};
+use crate::signal::shutdown_signal;
 
 /// The node id the bench writes as.
 const BENCH_NODE: &str = "bench";

@@ -17,9 +17,9 @@ use tatbot_state::Message;
 use tatbot_state::keys::DEFAULT_EVENT_PATTERNS;
 use tatbot_state::model::Event;
 
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::signal::shutdown_signal;
 
 /// Flags of `events`.
 #[derive(Debug, clap::Args)]
@@ -38,7 +38,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     } else {
         args.patterns.iter().map(String::as_str).collect()
     };
-    let manager = global.manager().await?;
+    let manager = global.manager_waiting().await?;
     let mut subscription = manager.subscribe(&patterns).await.context("subscribing to events")?;
     // Stderr is diagnostics only; if it is closed there is no one to tell.
     let _ = writeln!(std::io::stderr(), "subscribed to {}", patterns.join(", "));

@@ -4,8 +4,6 @@
 //! stored with the contract's 60 s TTL, riding out Redis restarts. It stops on Ctrl-C or SIGTERM
 //! after the beat in flight. `--once` sends one beat and prints what was written, like
 //! `health NODE` would show it.
-//!
-//! [`shutdown_signal`] is shared by the commands that run until interrupted.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -17,6 +15,7 @@ use tatbot_state::heartbeat::{self, HeartbeatOptions, MetricsSampler};
 use crate::cmd::health::print_health;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::signal::shutdown_signal;
 
 /// How long the agent may take to finish its beat in flight after a shutdown signal.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
@@ -37,7 +36,11 @@ pub struct Args {
 
 /// Runs `heartbeat`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let manager = global.manager().await?;
+    let manager = if args.once {
+        global.manager().await?
+    } else {
+        global.manager_waiting().await?
+    };
     let options = HeartbeatOptions {
         interval: Duration::from_secs(args.interval),
         mcp_port: args.mcp_port,
@@ -72,35 +75,4 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         tracing::warn!(deadline = ?STOP_DEADLINE, "the heartbeat in flight did not finish; exiting anyway");
     }
     Ok(exit::SUCCESS)
-}
-
-/// Completes on Ctrl-C (SIGINT) or SIGTERM.
-///
-/// The handlers are installed when the future is first polled. A handler that cannot be
-/// installed is logged and that signal is not waited for.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
 }

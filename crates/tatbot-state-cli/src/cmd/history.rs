@@ -18,9 +18,9 @@ use anyhow::Context as _;
 use tatbot_state::model::HistoryEntry;
 use tatbot_state::{SessionId, StateManager};
 
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::signal::shutdown_signal;
 
 /// Entries fetched per round trip.
 const PAGE: usize = 1000;
@@ -43,7 +43,11 @@ pub struct Args {
 /// Runs `history`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let session_id = SessionId::new(args.session)?;
-    let manager = global.manager().await?;
+    let manager = if args.follow {
+        global.manager_waiting().await?
+    } else {
+        global.manager().await?
+    };
     let mut printer = Printer {
         json_output: global.json,
         printed: 0,

@@ -19,9 +19,9 @@ use tatbot_state_mcp::{ConfigDescription, HttpOptions, MCP_PATH};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::signal::shutdown_signal;
 
 /// How long the server and the heartbeat may take to stop after a shutdown signal.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);

@@ -23,9 +23,9 @@ use tatbot_state::follow::{self, FollowItem, LoggedEvent, NodeView, Scope};
 use tatbot_state::model::StrokeProgress;
 use tatbot_state::{Snapshot, Timestamp};
 
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::signal::shutdown_signal;
 
 /// Most session lines the progress panel takes.
 const MAX_SESSION_LINES: usize = 6;

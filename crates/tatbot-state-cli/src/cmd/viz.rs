@@ -13,9 +13,9 @@ use anyhow::Context as _;
 use tatbot_state::CancellationToken;
 use tatbot_state_viz::VizState;
 
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::signal::shutdown_signal;
 
 /// How long shutdown waits for the server after the streams were ended.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);

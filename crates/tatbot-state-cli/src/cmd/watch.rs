@@ -20,10 +20,10 @@ use serde_json::json;
 use tatbot_state::StateManager;
 use tatbot_state::model::StrokeProgress;
 
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::cmd::sessions::run_state;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::signal::shutdown_signal;
 
 /// Time between polls of the session list.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -42,7 +42,11 @@ pub struct Args {
 
 /// Runs `watch`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let manager = global.manager().await?;
+    let manager = if args.once {
+        global.manager().await?
+    } else {
+        global.manager_waiting().await?
+    };
     let active = active_sessions(&manager).await?;
     if active.is_empty() {
         if !global.json {
