@@ -4,7 +4,7 @@ use std::process::Output;
 
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{assert_code, bin, bin_for, dead_port, json, run, stdout};
+use crate::util::{assert_code, bin, bin_for, dead_port, json, role_server, run, stdout};
 
 /// Every check name, in output order.
 const CHECKS: [&str; 11] = [
@@ -224,4 +224,27 @@ fn paused_server_fails_fast() {
         "doctor took {:?}",
         started.elapsed()
     );
+}
+
+/// Issue #14: as the read-only viewer, doctor checks subscribing, skips publishing instead of
+/// failing, and names the `--user` flag as the source of the user name.
+#[test]
+fn viewer_role_passes_pubsub_without_publishing() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let server = role_server(dir.path());
+    let port = server.port().to_string();
+    let output = run(bin(), &["-p", &port, "--user", "viewer", "-a", "viewer-pw", "doctor"]);
+    let text = stdout(&output);
+    let pubsub = line(&text, "pubsub");
+    assert!(
+        pubsub.starts_with("[ok]") && pubsub.contains("may not PUBLISH") && pubsub.contains("SUBSCRIBE"),
+        "{text}"
+    );
+    let config = line(&text, "config");
+    assert!(
+        config.contains("(flag --user)") && !config.contains("--username"),
+        "{text}"
+    );
+    assert!(!text.contains("[FAIL]"), "{text}");
+    assert_code(&output, 0);
 }

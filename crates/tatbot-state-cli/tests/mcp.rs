@@ -22,7 +22,7 @@ use tatbot_state::{
 use tatbot_state_testkit::RedisServer;
 use tokio::sync::mpsc;
 
-use crate::util::{Running, assert_code, bin_for, is_alive, run, spawn, stderr};
+use crate::util::{Running, assert_code, bin_for, is_alive, role_server, run, spawn, stderr};
 
 /// Bound on every wait of these tests.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -574,6 +574,46 @@ async fn http_off_loopback_requires_the_token() {
     let (text, _) = read(&client, "state://status").await;
     assert!(text.starts_with("Redis Connected: true\n"), "{text}");
     client.cancel().await.unwrap();
+}
+
+/// Issue #14: a blank token is refused like a missing one: one line, exit code 2.
+#[test]
+fn blank_token_is_refused() {
+    let redis = RedisServer::start();
+    for blank in [" ", "\t  "] {
+        let refused = run(
+            bin_for(&redis),
+            &["mcp", "--transport", "http", "--bind", "127.0.0.1:0", "--token", blank],
+        );
+        assert_code(&refused, 2);
+        let message = stderr(&refused);
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(message.contains("blank"), "{message}");
+    }
+}
+
+/// Issue #14: as the read-only viewer, the server does not try to send a heartbeat (which
+/// Redis would refuse every interval), and serves reads.
+#[tokio::test]
+async fn viewer_role_sends_no_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = role_server(dir.path());
+    let viewer = ["-v", "--user", "viewer", "-a", "viewer-pw", "--bind", "127.0.0.1:0"];
+    let (mut running, addr) = http_server(&redis, &viewer);
+    let client = ().serve(http_transport(addr, None)).await.unwrap();
+    let (text, _) = read(&client, "state://status").await;
+    assert!(text.starts_with("Redis Connected: true\n"), "{text}");
+    client.cancel().await.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(running.pid()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(running.wait().success());
+    // Without the fix the first beat is refused right after the announcement, logged as
+    // "heartbeat failed ... NoPerm".
+    let log = running.stderr.rest().join("\n");
+    assert!(!log.contains("heartbeat") && !log.contains("NoPerm"), "{log}");
 }
 
 // Helpers.

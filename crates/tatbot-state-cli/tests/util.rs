@@ -326,3 +326,19 @@ impl Drop for ServerDir {
         }
     }
 }
+
+/// A test-kit server with the roles of `config/redis/users.acl`, whose passwords are
+/// `admin-pw`, `robot-pw` and `viewer-pw`; the ACL file lives in `dir`.
+pub fn role_server(dir: &Path) -> RedisServer {
+    let acl = dir.join("users.acl");
+    let template = include_str!("../../../config/redis/users.acl");
+    std::fs::write(
+        &acl,
+        template
+            .replace("CHANGE-ME-admin", "admin-pw")
+            .replace("CHANGE-ME-robot", "robot-pw")
+            .replace("CHANGE-ME-viewer", "viewer-pw"),
+    )
+    .expect("write the ACL file");
+    RedisServer::builder().acl_file(&acl).start()
+}

@@ -6,14 +6,16 @@
 
 use std::time::Duration;
 
-use tatbot_state::StateManager;
-use tatbot_state::heartbeat::{self, HeartbeatOptions};
+use tatbot_state::heartbeat::{self, HeartbeatOptions, MetricsSampler};
+use tatbot_state::{Error, StateManager};
 use tokio_util::sync::CancellationToken;
 
 /// Sends a heartbeat at once and then every `interval` until `shutdown` fires, with
 /// `mcp_server_running: true` and `mcp_port` set to `mcp_port` (`None` on stdio).
 ///
-/// A failed beat (Redis down) is logged and retried at the next interval.
+/// A failed beat (Redis down) is logged and retried at the next interval. A beat the Redis
+/// user is not permitted to send (a read-only role such as `viewer`) ends the heartbeat with
+/// one log line: retrying cannot succeed, and warning every interval would bury the log.
 pub async fn run_heartbeat(
     manager: StateManager,
     mcp_port: Option<u16>,
@@ -26,5 +28,22 @@ pub async fn run_heartbeat(
         mcp_port,
         ..HeartbeatOptions::default()
     };
-    heartbeat::run(manager, options, shutdown).await;
+    let mut sampler = MetricsSampler::new(&options.disk_path);
+    let mut ticker = tokio::time::interval(options.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        match heartbeat::beat(&manager, &mut sampler, &options).await {
+            Ok(health) => tracing::debug!(node_id = %health.node_id, "heartbeat sent"),
+            Err(err @ Error::PermissionDenied { .. }) => {
+                tracing::warn!(error = %err, "the Redis user may not write, so this node sends no heartbeat (pass --no-heartbeat to say so)");
+                return;
+            }
+            Err(err) => tracing::warn!(error = %err, "heartbeat failed; retrying at the next interval"),
+        }
+    }
+    tracing::info!(node_id = %manager.node_id(), "heartbeat stopped");
 }

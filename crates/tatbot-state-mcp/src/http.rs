@@ -1,31 +1,37 @@
 //! Streamable HTTP: the axum app that serves MCP at [`MCP_PATH`], behind a request guard.
 //!
 //! rmcp's `StreamableHttpService` speaks the protocol (sessions for 2025-11 clients, stateless
-//! requests for 2026-07 ones). In front of it, [`check_request`] runs on every request, before
-//! rmcp sees it:
+//! requests for 2026-07 ones). In front of it, on every request and before rmcp sees it:
 //!
-//! 1. `Host` must name this machine: `localhost`, `127.0.0.1`, `::1`, the bound IP (unless it is
-//!    the unspecified `0.0.0.0` / `::`), or a host the operator allowed. This defeats DNS
-//!    rebinding, where a web page re-points its own name at 127.0.0.1. Otherwise 403.
-//! 2. `Origin`, when present, must have one of the same hosts. Browsers send it on cross-site
-//!    requests; rmcp does not check it unless told to. Otherwise 403.
-//! 3. When a token is set, `Authorization: Bearer <token>` must carry it. Otherwise 401 with
-//!    `WWW-Authenticate: Bearer`. A listener that is not on loopback must have a token
-//!    ([`check_bind`]); that is what keeps the robot's state off the LAN by default.
+//! 1. The library's [`Guard`] (`tatbot_state::http`, shared with the dashboard): `Host` must
+//!    name this machine, `Origin` (when present) one of the same hosts, and when a token is set
+//!    `Authorization` must carry it (403, 403, 401). A listener that is not on loopback must
+//!    have a token ([`check_bind`]); that is what keeps the robot's state off the LAN by
+//!    default. rmcp's own `Host` check is configured with the same list, as a second line.
+//! 2. [`check_json`]: a POSTed JSON body that does not parse is answered with the JSON-RPC
+//!    error `-32700` (parse error), and JSON that is not a valid MCP message with `-32602`
+//!    (a request whose params do not fit its method) or `-32600` (anything else), all with
+//!    HTTP 400, as JSON-RPC clients expect; rmcp would answer HTTP 415 to all three.
 //!
-//! rmcp's own `Host` check is configured with the same list, as a second line.
+//! Connections are served by the library's [`serve`](tatbot_state::http::serve): a cap on
+//! open connections and a header-read timeout (see [`HttpOptions::serve`]). Sessions are
+//! capped and expire when idle (see [`HttpOptions::max_sessions`] and `session.rs`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use rmcp::model::ClientJsonRpcMessage;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::{Value, json};
 use tatbot_state::StateManager;
+use tatbot_state::http::{Guard, ServeConfig, guard_requests, security_headers};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +39,7 @@ use crate::error::Error;
 use crate::reader::Reader;
 use crate::render::ConfigDescription;
 use crate::server::{ServerState, StateServer};
-use crate::session::{self, Sessions};
+use crate::session::{self, SessionLimits, Sessions};
 
 /// Where MCP is served.
 pub const MCP_PATH: &str = "/mcp";
@@ -41,18 +47,40 @@ pub const MCP_PATH: &str = "/mcp";
 const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024;
 /// How long the background tasks may take to stop once the HTTP server has.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
-/// Hosts always accepted in `Host` and `Origin`.
-const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+/// Most HTTP sessions (2025-11 clients) open at once unless configured otherwise. A session
+/// costs 25 KiB to 150 KiB (docs/PERFORMANCE.md), so this bounds them to about 150 MiB.
+pub const DEFAULT_MAX_SESSIONS: usize = 1_000;
+/// A session without a request or a message for this long is closed unless configured
+/// otherwise (rmcp's default keep-alive).
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How the HTTP server checks its clients.
-#[derive(Clone, Default)]
+/// How the HTTP server checks its clients and bounds what they may hold.
+#[derive(Clone)]
 pub struct HttpOptions {
-    /// The bearer token every request must carry. Required when the listener is not on a
-    /// loopback address; optional (and then still enforced) on loopback.
+    /// The token every request must carry. Required when the listener is not on a loopback
+    /// address; optional (and then still enforced) on loopback.
     pub token: Option<String>,
     /// Host names or IPs accepted in `Host` and `Origin` besides `localhost`, `127.0.0.1`,
     /// `::1` and the bound IP: the names clients use to reach a server bound to `0.0.0.0`.
     pub allowed_hosts: Vec<String>,
+    /// The connection cap and the header-read timeout.
+    pub serve: ServeConfig,
+    /// Most sessions open at once: a new one past it closes the one idle longest.
+    pub max_sessions: usize,
+    /// A session without a request or a message for this long is closed.
+    pub session_idle_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> HttpOptions {
+        HttpOptions {
+            token: None,
+            allowed_hosts: Vec::new(),
+            serve: ServeConfig::default(),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// Redacts the token.
@@ -61,22 +89,21 @@ impl std::fmt::Debug for HttpOptions {
         f.debug_struct("HttpOptions")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("allowed_hosts", &self.allowed_hosts)
+            .field("serve", &self.serve)
+            .field("max_sessions", &self.max_sessions)
+            .field("session_idle_timeout", &self.session_idle_timeout)
             .finish()
     }
 }
 
 /// Checks that serving on `addr` with `token` is allowed: a non-loopback address needs a
-/// token, and a token must not be empty.
+/// token, and a token must not be empty or blank ([`tatbot_state::http::check_bind`]).
 ///
 /// # Errors
 ///
-/// [`Error::TokenRequired`] or [`Error::EmptyToken`].
+/// [`Error::Bind`].
 pub fn check_bind(addr: &SocketAddr, token: Option<&str>) -> Result<(), Error> {
-    match token {
-        Some("") => Err(Error::EmptyToken),
-        None if !addr.ip().is_loopback() => Err(Error::TokenRequired { addr: *addr }),
-        _ => Ok(()),
-    }
+    Ok(tatbot_state::http::check_bind(addr, token)?)
 }
 
 /// Serves MCP over streamable HTTP at [`MCP_PATH`] on `listener` until `shutdown` fires.
@@ -97,15 +124,18 @@ pub async fn serve_http(
 ) -> Result<(), Error> {
     let local_addr = listener.local_addr()?;
     check_bind(&local_addr, options.token.as_deref())?;
-    let allowed_hosts = allowed_hosts(local_addr.ip(), &options.allowed_hosts);
+    let guard = Arc::new(Guard::new(local_addr.ip(), &options.allowed_hosts, options.token));
     let state = ServerState::start(Reader::new(manager), config, &shutdown).await;
 
     let mcp_config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(allowed_hosts.clone())
+        .with_allowed_hosts(guard.allowed_hosts().to_vec())
         .with_max_request_body_bytes(MAX_REQUEST_BODY_BYTES)
         .with_sse_retry(Some(session::SSE_RETRY))
         .with_cancellation_token(shutdown.child_token());
-    let sessions = Arc::new(Sessions::default());
+    let sessions = Arc::new(Sessions::new(SessionLimits {
+        max_sessions: options.max_sessions,
+        idle_timeout: options.session_idle_timeout,
+    }));
     let expiring = sessions.clone();
     state.spawn(|stop| async move { expiring.expire_until(stop).await });
     let service_state = state.clone();
@@ -114,230 +144,119 @@ pub async fn serve_http(
         sessions,
         mcp_config,
     );
-    let guard = Arc::new(Guard {
-        allowed_hosts,
-        token: options.token,
-    });
     let app = Router::new()
         .nest_service(MCP_PATH, service)
-        .layer(middleware::from_fn_with_state(guard, check_request));
+        .layer(middleware::from_fn(check_json))
+        .layer(middleware::from_fn_with_state(guard, guard_requests))
+        .layer(middleware::from_fn(security_headers));
     tracing::info!(addr = %local_addr, path = MCP_PATH, "serving MCP over HTTP");
-    // `into_make_service` prepares the router once; served directly, axum rebuilds its route
-    // tables for every connection (2 KiB each, and a burst of clients opens hundreds).
-    let served = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let served = tatbot_state::http::serve(listener, app, options.serve, shutdown.clone()).await;
     state.stop(STOP_DEADLINE).await;
     Ok(served?)
 }
 
-/// The accepted hosts, lowercase, IPv6 without brackets.
-fn allowed_hosts(bound: IpAddr, extra: &[String]) -> Vec<String> {
-    let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|host| (*host).to_owned()).collect();
-    // 0.0.0.0 and :: mean "every interface", never a host a client may name: browsers have
-    // treated http://0.0.0.0 as localhost, which made it a way around localhost checks.
-    if !bound.is_unspecified() {
-        hosts.push(bound.to_string());
+/// The middleware that answers a POSTed body that is not an MCP message with a JSON-RPC error
+/// (see the module docs), and hands every other request on with its body.
+async fn check_json(request: Request, next: Next) -> Response {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            let essence = value.split_once(';').map_or(value, |(essence, _)| essence);
+            essence.trim().eq_ignore_ascii_case("application/json")
+        });
+    // rmcp answers other methods and content types itself (405, 415).
+    if request.method() != Method::POST || !is_json {
+        return next.run(request).await;
     }
-    hosts.extend(extra.iter().map(|host| normalize_host(host)));
-    hosts.sort();
-    hosts.dedup();
-    hosts
-}
-
-fn normalize_host(host: &str) -> String {
-    host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
-}
-
-/// What every request is checked against.
-struct Guard {
-    allowed_hosts: Vec<String>,
-    token: Option<String>,
-}
-
-/// Why a request was turned away.
-#[derive(Debug, PartialEq, Eq)]
-enum Rejection {
-    /// 403: the `Host` header is missing or names another machine.
-    Host(String),
-    /// 403: the `Origin` header names another site.
-    Origin(String),
-    /// 401: the bearer token is missing or wrong.
-    Unauthorized,
-}
-
-impl Guard {
-    fn allows(&self, host: &str) -> bool {
-        self.allowed_hosts.iter().any(|allowed| allowed == host)
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES).await else {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Payload Too Large: request body exceeds {MAX_REQUEST_BODY_BYTES} bytes\n"),
+        )
+            .into_response();
+    };
+    if let Err(error) = json_rpc_error(&bytes) {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            error.to_string(),
+        )
+            .into_response();
     }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
 
-    fn check(&self, headers: &HeaderMap) -> Result<(), Rejection> {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
-        let host_name = host
-            .parse::<axum::http::uri::Authority>()
-            .ok()
-            .map(|authority| normalize_host(authority.host()));
-        if !host_name.is_some_and(|name| self.allows(&name)) {
-            return Err(Rejection::Host(host.to_owned()));
+/// The JSON-RPC error response for a body that is not a client message, if it is not one.
+fn json_rpc_error(body: &Bytes) -> Result<(), Value> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(err) => {
+            return Err(error_response(Value::Null, -32700, format!("Parse error: {err}")));
         }
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let origin = origin.to_str().unwrap_or_default();
-            let origin_host = origin
-                .parse::<axum::http::Uri>()
-                .ok()
-                .filter(|uri| uri.scheme().is_some())
-                .and_then(|uri| uri.host().map(normalize_host));
-            if !origin_host.is_some_and(|name| self.allows(&name)) {
-                return Err(Rejection::Origin(origin.to_owned()));
-            }
-        }
-        if let Some(token) = &self.token {
-            let presented = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, presented)| presented.trim());
-            if !presented.is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes())) {
-                return Err(Rejection::Unauthorized);
-            }
-        }
-        Ok(())
+    };
+    let Err(err) = serde_json::from_value::<ClientJsonRpcMessage>(value.clone()) else {
+        return Ok(());
+    };
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    match value.get("method").and_then(Value::as_str) {
+        Some(method) if !id.is_null() => Err(error_response(
+            id,
+            -32602,
+            format!("Invalid params for {}: {err}", printable(method)),
+        )),
+        _ => Err(error_response(id, -32600, format!("Invalid Request: {err}"))),
     }
 }
 
-/// Compares without stopping at the first difference, so timing does not reveal a prefix.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len() && left.iter().zip(right).fold(0u8, |diff, (l, r)| diff | (l ^ r)) == 0
+fn error_response(id: Value, code: i64, message: String) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
-/// The middleware: answers 403 or 401 itself, or passes the request on.
-async fn check_request(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    match guard.check(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(Rejection::Host(host)) => {
-            tracing::warn!(host = %host, "rejected a request for another host (possible DNS rebinding)");
-            (StatusCode::FORBIDDEN, "Forbidden: Host header is not allowed\n").into_response()
-        }
-        Err(Rejection::Origin(origin)) => {
-            tracing::warn!(origin = %origin, "rejected a cross-origin request");
-            (StatusCode::FORBIDDEN, "Forbidden: Origin is not allowed\n").into_response()
-        }
-        Err(Rejection::Unauthorized) => {
-            tracing::warn!("rejected a request without the bearer token");
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "Unauthorized: send Authorization: Bearer <token>\n",
-            )
-                .into_response()
-        }
-    }
+/// A client's method name for an error message: at most 100 characters, control characters
+/// escaped.
+fn printable(text: &str) -> String {
+    text.chars().take(100).flat_map(char::escape_default).collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
 
-    fn guard(bound: &str, token: Option<&str>) -> Guard {
-        Guard {
-            allowed_hosts: allowed_hosts(bound.parse().unwrap(), &["Tatbot.LAN".to_owned()]),
-            token: token.map(str::to_owned),
-        }
-    }
-
-    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.insert(name.clone(), HeaderValue::from_str(value).unwrap());
-        }
-        headers
-    }
-
-    /// Loopback names, the bound IP and allowed names pass as Host; anything else is refused.
+    /// Bytes that are not JSON are a parse error without an id; JSON that is no message is an
+    /// invalid request; a request whose params do not fit is invalid params with its id.
     #[test]
-    fn host_rules() {
-        let guard = guard("192.168.1.5", None);
-        for host in [
-            "127.0.0.1:8000",
-            "localhost",
-            "[::1]:8000",
-            "192.168.1.5:8000",
-            "tatbot.lan:80",
-        ] {
-            assert_eq!(guard.check(&headers(&[(header::HOST, host)])), Ok(()), "{host}");
-        }
-        for host in ["evil.example:8000", "0.0.0.0:8000", "127.0.0.2"] {
+    fn json_rpc_errors() {
+        let code = |body: &str| {
+            json_rpc_error(&Bytes::from(body.to_owned()))
+                .map(|()| 0)
+                .unwrap_or_else(|e| e["error"]["code"].as_i64().unwrap())
+        };
+        assert_eq!(code("{not json"), -32700);
+        assert_eq!(code(""), -32700);
+        assert_eq!(code("[1, 2]"), -32600);
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":4,"method":"initialize","params":7}"#),
+            -32602
+        );
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), 0);
+        let error = json_rpc_error(&Bytes::from_static(b"{")).unwrap_err();
+        assert_eq!(error["id"], Value::Null);
+        assert_eq!(error["jsonrpc"], "2.0");
+    }
+
+    /// A blank token is refused, as an empty one is.
+    #[test]
+    fn blank_token_is_refused() {
+        let loopback: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        for blank in ["", " ", "  \t"] {
             assert!(
-                matches!(guard.check(&headers(&[(header::HOST, host)])), Err(Rejection::Host(_))),
-                "{host}"
+                matches!(check_bind(&loopback, Some(blank)), Err(Error::Bind(_))),
+                "{blank:?}"
             );
         }
-        assert!(matches!(guard.check(&HeaderMap::new()), Err(Rejection::Host(_))));
-        let wildcard = self::guard("0.0.0.0", None);
-        assert!(wildcard.check(&headers(&[(header::HOST, "0.0.0.0:8000")])).is_err());
-    }
-
-    /// No Origin, or one of our hosts on any scheme and port, passes; other sites and `null` do not.
-    #[test]
-    fn origin_rules() {
-        let guard = guard("127.0.0.1", None);
-        for origin in [
-            "http://localhost:3000",
-            "https://127.0.0.1",
-            "http://[::1]:9",
-            "http://tatbot.lan",
-        ] {
-            let request = headers(&[(header::HOST, "127.0.0.1:8000"), (header::ORIGIN, origin)]);
-            assert_eq!(guard.check(&request), Ok(()), "{origin}");
-        }
-        for origin in [
-            "http://evil.example",
-            "null",
-            "http://localhost.evil.example",
-            "localhost",
-            "garbage",
-        ] {
-            let request = headers(&[(header::HOST, "127.0.0.1:8000"), (header::ORIGIN, origin)]);
-            assert!(matches!(guard.check(&request), Err(Rejection::Origin(_))), "{origin}");
-        }
-    }
-
-    /// With a token, only `Authorization: Bearer <token>` passes.
-    #[test]
-    fn token_rules() {
-        let guard = guard("0.0.0.0", Some("s3cret"));
-        let host = (header::HOST, "127.0.0.1:8000");
-        assert_eq!(
-            guard.check(&headers(std::slice::from_ref(&host))),
-            Err(Rejection::Unauthorized)
-        );
-        for wrong in ["Bearer nope", "Basic s3cret", "Bearer s3cret2", "s3cret"] {
-            let request = headers(&[host.clone(), (header::AUTHORIZATION, wrong)]);
-            assert_eq!(guard.check(&request), Err(Rejection::Unauthorized), "{wrong}");
-        }
-        for right in ["Bearer s3cret", "bearer s3cret"] {
-            let request = headers(&[host.clone(), (header::AUTHORIZATION, right)]);
-            assert_eq!(guard.check(&request), Ok(()), "{right}");
-        }
-    }
-
-    /// Loopback needs no token; anything else does; an empty token is refused everywhere.
-    #[test]
-    fn bind_rules() {
-        let loopback: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-        let any: SocketAddr = "0.0.0.0:8000".parse().unwrap();
-        let any6: SocketAddr = "[::]:8000".parse().unwrap();
-        assert!(check_bind(&loopback, None).is_ok());
-        assert!(check_bind(&"[::1]:8000".parse().unwrap(), None).is_ok());
-        assert!(matches!(check_bind(&any, None), Err(Error::TokenRequired { .. })));
-        assert!(matches!(check_bind(&any6, None), Err(Error::TokenRequired { .. })));
-        assert!(check_bind(&any, Some("t")).is_ok());
-        assert!(matches!(check_bind(&loopback, Some("")), Err(Error::EmptyToken)));
+        assert!(check_bind(&loopback, Some("s3cret")).is_ok());
     }
 }

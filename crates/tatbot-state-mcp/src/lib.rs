@@ -49,7 +49,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::error::Error;
 pub use crate::heartbeat::run_heartbeat;
-pub use crate::http::{HttpOptions, MCP_PATH, check_bind, serve_http};
+pub use crate::http::{
+    DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT, HttpOptions, MCP_PATH, check_bind, serve_http,
+};
 pub use crate::render::{ConfigDescription, ConfigRow};
 
 /// How long the background tasks may take to stop once the client has gone.

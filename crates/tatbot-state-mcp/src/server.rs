@@ -44,6 +44,27 @@ use crate::render::{self, ConfigDescription, Rendered};
 use crate::session::SessionNotifier;
 use crate::uri::{self, Resource, UriError};
 
+/// The client-to-server request methods of MCP: a custom request with one of these names had
+/// params that did not fit it.
+const KNOWN_METHODS: [&str; 16] = [
+    "initialize",
+    "ping",
+    "completion/complete",
+    "logging/setLevel",
+    "prompts/get",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "subscriptions/listen",
+    "tools/call",
+    "tools/list",
+    "tasks/get",
+    "tasks/list",
+];
+
 /// Shortest time between two batches of update notifications to one subscriber.
 pub const MIN_NOTIFY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -435,6 +456,35 @@ impl ServerHandler for StateServer {
                      names are dotted, like arms.goal_time_slow. {BOTH_FORMS}"
                 )),
         ]))
+    }
+
+    /// A method rmcp could not parse lands here as a custom request. A method of the protocol
+    /// gets there only when its params do not fit it (`resources/read` without a `uri`, say),
+    /// which is `-32602` (invalid params), not `-32601` (no such method).
+    async fn on_custom_request(
+        &self,
+        request: model::CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<model::CustomResult, McpError> {
+        let method: String = request
+            .method
+            .chars()
+            .take(100)
+            .flat_map(char::escape_default)
+            .collect();
+        if KNOWN_METHODS.contains(&request.method.as_str()) {
+            return Err(McpError::invalid_params(
+                format!(
+                    "invalid params for {method}: check them against the MCP specification (resources/read needs {{\"uri\": \"state://...\"}})"
+                ),
+                None,
+            ));
+        }
+        Err(McpError::new(
+            model::ErrorCode::METHOD_NOT_FOUND,
+            format!("no method {method}; this server serves resources (resources/list, resources/read, ...)"),
+            None,
+        ))
     }
 
     async fn read_resource(

@@ -31,13 +31,18 @@
 //! same cache of the last [`STREAM_CAPACITY`] messages per stream for a client that comes back
 //! with `Last-Event-ID`, the same priming event on request streams, the same "shadow" streams
 //! for a second GET while the first is open, and the same timeouts (no `initialize` within
-//! [`INIT_TIMEOUT`], or nothing at all for [`IDLE_TIMEOUT`], closes the session).
+//! [`INIT_TIMEOUT`], or nothing at all for [`SessionLimits::idle_timeout`], closes the session).
 //!
-//! Two things differ, both on purpose:
+//! Three things differ, all on purpose:
 //!
 //! - Timeouts are checked by one task for all sessions ([`Sessions::expire_until`]) every
-//!   [`SWEEP_INTERVAL`] instead of by a timer per session, so a session may outlive its
-//!   timeout by up to that interval.
+//!   [`SWEEP_INTERVAL`] (or half the idle timeout, if shorter) instead of by a timer per
+//!   session, so a session may outlive its timeout by up to that interval.
+//! - Sessions are capped ([`SessionLimits::max_sessions`]): a new session past the cap closes
+//!   the one idle longest. rmcp keeps every session until it times out, so a client that
+//!   sends `initialize` in a loop (80,000 in 6 s, issue #14) held 2 GB that no timeout had yet
+//!   freed. Closing the idle-longest rather than refusing the new one keeps the server usable
+//!   by a real client during such a flood; the flood's own sessions are the ones closed.
 //! - A client that does not read one of its streams blocks only the messages for that stream;
 //!   in rmcp it blocks the whole session's actor.
 //!
@@ -70,9 +75,6 @@ use tokio_util::sync::CancellationToken;
 const STREAM_CAPACITY: usize = 16;
 /// Client messages that may wait for the session's service (rmcp's default capacity).
 const INBOX_CAPACITY: usize = 16;
-/// A session that neither receives a request nor sends a message for this long is closed
-/// (rmcp's default keep-alive): the safety net for clients that vanish without `DELETE`.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A session that has not received its `initialize` request this long after it was made is
 /// closed (rmcp's default).
 const INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -105,16 +107,37 @@ pub enum SessionError {
     InvalidEventId(String),
 }
 
+/// How many sessions may be open and how long one may idle.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Most sessions open at once; a new one past it closes the one idle longest.
+    pub max_sessions: usize,
+    /// A session that neither receives a request nor sends a message for this long is closed:
+    /// the safety net for clients that vanish without `DELETE`.
+    pub idle_timeout: Duration,
+}
+
 /// The sessions of one HTTP server, by id.
-#[derive(Default)]
 pub struct Sessions {
     /// The live sessions. A session leaves when it is closed (`DELETE`, its service ended, a
-    /// timeout); its service's transport may hold it a little longer, until the service sees
-    /// it closed.
+    /// timeout, eviction); its service's transport may hold it a little longer, until the
+    /// service sees it closed.
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    limits: SessionLimits,
 }
 
 impl Sessions {
+    /// No sessions yet, within `limits` (a cap below one counts as one).
+    pub fn new(limits: SessionLimits) -> Sessions {
+        Sessions {
+            sessions: Mutex::new(HashMap::new()),
+            limits: SessionLimits {
+                max_sessions: limits.max_sessions.max(1),
+                ..limits
+            },
+        }
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
         // Only inserts and removes happen under this lock, so a poisoned map is still whole.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
@@ -127,10 +150,13 @@ impl Sessions {
         }
     }
 
-    /// Closes the sessions past [`INIT_TIMEOUT`] or [`IDLE_TIMEOUT`] every [`SWEEP_INTERVAL`],
-    /// until `shutdown`.
+    /// Closes the sessions past [`INIT_TIMEOUT`] or the idle timeout every [`SWEEP_INTERVAL`]
+    /// (or half the idle timeout, if shorter), until `shutdown`.
     pub async fn expire_until(&self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+        let interval = SWEEP_INTERVAL
+            .min(self.limits.idle_timeout / 2)
+            .max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -144,8 +170,9 @@ impl Sessions {
     /// Closes the sessions that are past a timeout at `now`.
     fn expire(&self, now: Instant) {
         let mut expired = Vec::new();
+        let idle_timeout = self.limits.idle_timeout;
         self.map().retain(|id, session| {
-            let keep = !session.expired(now);
+            let keep = !session.expired(now, idle_timeout);
             if !keep {
                 expired.push((id.clone(), session.clone()));
             }
@@ -170,7 +197,28 @@ impl SessionManager for Sessions {
             state: Mutex::new(State::new(Instant::now())),
             closed: CancellationToken::new(),
         });
-        self.map().insert(id.clone(), session.clone());
+        let evicted = {
+            let mut map = self.map();
+            let evicted = if map.len() >= self.limits.max_sessions {
+                let idle_longest = map
+                    .iter()
+                    .min_by_key(|(_, session)| session.lock().last_active)
+                    .map(|(id, _)| id.clone());
+                idle_longest.and_then(|id| map.remove_entry(&id))
+            } else {
+                None
+            };
+            map.insert(id.clone(), session.clone());
+            evicted
+        };
+        if let Some((evicted_id, evicted)) = evicted {
+            tracing::warn!(
+                session_id = %evicted_id,
+                max_sessions = self.limits.max_sessions,
+                "too many MCP sessions; closed the one idle longest"
+            );
+            evicted.close();
+        }
         tracing::debug!(session_id = %id, "MCP session created");
         Ok((id, SessionTransport { session, inbox }))
     }
@@ -313,10 +361,10 @@ impl Session {
     }
 
     /// Whether the session is past a timeout at `now`.
-    fn expired(&self, now: Instant) -> bool {
+    fn expired(&self, now: Instant, idle_timeout: Duration) -> bool {
         let state = self.lock();
         if state.initialize_requested {
-            now.saturating_duration_since(state.last_active) >= IDLE_TIMEOUT
+            now.saturating_duration_since(state.last_active) >= idle_timeout
         } else {
             now.saturating_duration_since(state.created) >= INIT_TIMEOUT
         }
@@ -357,7 +405,7 @@ struct State {
     /// The last request of the client or message of the service.
     last_active: Instant,
     /// Whether `initialize` has arrived; until then [`INIT_TIMEOUT`] applies, after it
-    /// [`IDLE_TIMEOUT`].
+    /// [`SessionLimits::idle_timeout`].
     initialize_requested: bool,
     /// Set while `initialize` waits: the service's first message is its answer and goes here,
     /// not on a stream.
@@ -400,7 +448,7 @@ impl State {
         }
     }
 
-    /// Notes activity (see [`IDLE_TIMEOUT`]) and drops the caches of cancelled requests that
+    /// Notes activity (see [`SessionLimits::idle_timeout`]) and drops the caches of cancelled requests that
     /// expired.
     fn touch(&mut self) {
         self.last_active = Instant::now();
@@ -944,11 +992,17 @@ mod tests {
         assert_eq!(drain(&mut resumed), (vec![format!("0/{http_request_id}")], true));
     }
 
+    const LIMITS: SessionLimits = SessionLimits {
+        max_sessions: 1_000,
+        idle_timeout: Duration::from_secs(300),
+    };
+    const IDLE_TIMEOUT: Duration = LIMITS.idle_timeout;
+
     /// A session without `initialize` expires after [`INIT_TIMEOUT`]; after it, one without
-    /// activity after [`IDLE_TIMEOUT`]; an expired session is closed and removed.
+    /// activity after the idle timeout; an expired session is closed and removed.
     #[tokio::test]
     async fn sessions_expire() {
-        let sessions = Sessions::default();
+        let sessions = Sessions::new(LIMITS);
         let (waiting_id, _waiting) = sessions.create_session().await.unwrap();
         let (idle_id, mut idle) = sessions.create_session().await.unwrap();
         let started = Instant::now();
@@ -959,6 +1013,34 @@ mod tests {
         sessions.expire(started + IDLE_TIMEOUT + Duration::from_secs(1));
         assert!(!sessions.has_session(&idle_id).await.unwrap());
         assert!(idle.receive().await.is_none(), "the service sees the end of its input");
+    }
+
+    /// Past the cap, a new session closes the one idle longest, and only that one.
+    #[tokio::test]
+    async fn the_session_idle_longest_makes_room() {
+        let sessions = Sessions::new(SessionLimits {
+            max_sessions: 3,
+            ..LIMITS
+        });
+        let mut made = Vec::new();
+        for _ in 0..3 {
+            made.push(sessions.create_session().await.unwrap());
+        }
+        // The first session is the newest active now; the second is idle longest.
+        made[0].1.session.lock().touch();
+        let (newest, _) = sessions.create_session().await.unwrap();
+        assert!(
+            !sessions.has_session(&made[1].0).await.unwrap(),
+            "the idle-longest is closed"
+        );
+        for id in [&made[0].0, &made[2].0, &newest] {
+            assert!(sessions.has_session(id).await.unwrap());
+        }
+        assert_eq!(sessions.map().len(), 3);
+        assert!(
+            made[1].1.receive().await.is_none(),
+            "its service sees the end of its input"
+        );
     }
 
     /// Event ids round-trip the two forms rmcp writes, and nothing else parses.

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::{DEADLINE, manager};
 
 /// The protocol revision of the session model.
-const PROTOCOL: &str = "2025-11-25";
+pub(crate) const PROTOCOL: &str = "2025-11-25";
 
 /// A session answers each request on that request's POST stream (a priming event, then the
 /// answer, both numbered `index/stream`), sends its notifications on the GET stream numbered
@@ -92,6 +92,11 @@ async fn session_streams_and_delete() {
 
 /// Serves MCP over HTTP in this process on a free port; the guard stops it.
 async fn serve(redis: &RedisServer) -> (SocketAddr, tokio_util::sync::DropGuard) {
+    serve_with(redis, HttpOptions::default()).await
+}
+
+/// [`serve`] with `options`.
+pub(crate) async fn serve_with(redis: &RedisServer, options: HttpOptions) -> (SocketAddr, tokio_util::sync::DropGuard) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = ConfigDescription {
@@ -103,15 +108,15 @@ async fn serve(redis: &RedisServer) -> (SocketAddr, tokio_util::sync::DropGuard)
         listener,
         manager(redis, "mcp").await,
         config,
-        HttpOptions::default(),
+        options,
         shutdown.clone(),
     ));
     (addr, shutdown.drop_guard())
 }
 
 /// An answer whose head has been read; its body is read on demand.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     reader: BufReader<TcpStream>,
     chunked: bool,
@@ -121,26 +126,32 @@ struct Answer {
 
 /// One SSE event.
 #[derive(Debug)]
-struct Event {
+pub(crate) struct Event {
     id: Option<String>,
     retry: Option<u64>,
-    data: String,
+    pub(crate) data: String,
 }
 
 impl Event {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.data).unwrap_or_else(|err| panic!("{err}: {:?}", self.data))
     }
 }
 
 /// Sends one request with the headers an MCP client sends and reads the answer's head.
-async fn request(addr: SocketAddr, method: &str, session: Option<&str>, body: Option<&Value>) -> Answer {
+pub(crate) async fn request(addr: SocketAddr, method: &str, session: Option<&str>, body: Option<&Value>) -> Answer {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    request_raw(addr, method, session, &body).await
+}
+
+/// [`request`] with a body of any bytes (empty for none), JSON or not.
+pub(crate) async fn request_raw(addr: SocketAddr, method: &str, session: Option<&str>, body: &str) -> Answer {
     tokio::time::timeout(DEADLINE, send(addr, method, session, body))
         .await
         .unwrap_or_else(|_| panic!("no answer to {method} within {DEADLINE:?}"))
 }
 
-async fn send(addr: SocketAddr, method: &str, session: Option<&str>, body: Option<&Value>) -> Answer {
+async fn send(addr: SocketAddr, method: &str, session: Option<&str>, body: &str) -> Answer {
     let accept = if method == "GET" {
         "text/event-stream"
     } else {
@@ -152,7 +163,6 @@ async fn send(addr: SocketAddr, method: &str, session: Option<&str>, body: Optio
             "Mcp-Session-Id: {session}\r\nMCP-Protocol-Version: {PROTOCOL}\r\n"
         ));
     }
-    let body = body.map(Value::to_string).unwrap_or_default();
     if !body.is_empty() {
         text.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -160,7 +170,7 @@ async fn send(addr: SocketAddr, method: &str, session: Option<&str>, body: Optio
         ));
     }
     text.push_str("\r\n");
-    text.push_str(&body);
+    text.push_str(body);
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(text.as_bytes()).await.unwrap();
     let mut reader = BufReader::new(stream);
@@ -194,7 +204,7 @@ async fn send(addr: SocketAddr, method: &str, session: Option<&str>, body: Optio
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(key, _)| key == name)
@@ -208,8 +218,20 @@ impl Answer {
             .unwrap_or_else(|_| panic!("no event and no end within {DEADLINE:?}"))
     }
 
+    /// The whole body as text (not for SSE streams, which do not end).
+    pub(crate) async fn body(&mut self) -> String {
+        let mut body = std::mem::take(&mut self.unparsed);
+        while let Some(bytes) = tokio::time::timeout(DEADLINE, self.read_body())
+            .await
+            .unwrap_or_else(|_| panic!("no end of the body within {DEADLINE:?}"))
+        {
+            body.extend_from_slice(&bytes);
+        }
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     /// Every event until the body ends.
-    async fn events(&mut self) -> Vec<Event> {
+    pub(crate) async fn events(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
         while let Some(event) = self.next_event().await {
             events.push(event);

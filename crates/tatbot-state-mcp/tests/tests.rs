@@ -6,6 +6,7 @@
 //! process: the 2026-07 `subscriptions/listen` model (for progress and parameters) and
 //! heartbeat-driven notifications. `sessions.rs` checks the HTTP session model on the wire.
 
+mod hardening;
 mod sessions;
 
 use std::time::Duration;

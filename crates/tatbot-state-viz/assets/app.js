@@ -4,7 +4,9 @@
 // `Snapshot::apply` does. The browser's EventSource resends the last event id as
 // Last-Event-ID when it reconnects, so nothing is missed; when the sync toggle is switched
 // back on, the last id goes in `?cursor=` for the same effect. A `params` event carries the
-// whole parameter list and no id, so it replaces the list and leaves the cursor alone. Text
+// whole parameter list and no id, so it replaces the list and leaves the cursor alone. Ages
+// are measured against the server's time from the last `clock` event (sent right after every
+// snapshot), never against a snapshot's own server_time_ms, which may be minutes old. Text
 // from Redis is inserted with textContent only, never as HTML.
 "use strict";
 
@@ -50,7 +52,6 @@ function applySnapshot(snapshot) {
   view.errors = snapshot.recent_errors;
   view.eventsLimit = snapshot.recent_events_limit;
   view.errorsLimit = snapshot.recent_errors_limit;
-  view.serverOffsetMs = snapshot.server_time_ms - Date.now();
 }
 
 function applyChange(change) {
@@ -101,6 +102,10 @@ function open() {
     received(event);
     applyChange(JSON.parse(event.data));
     if (conn.state !== "connected") setConnection("connected"); else schedule();
+  });
+  source.addEventListener("clock", (event) => {
+    view.serverOffsetMs = JSON.parse(event.data).server_time_ms - Date.now();
+    schedule();
   });
   source.addEventListener("params", (event) => {
     received(event);

@@ -18,7 +18,9 @@
 //! - the current state: the last [`Snapshot`] with every later change applied, and that
 //!   state as a `snapshot` frame, serialized at most once per version and only when a client
 //!   asks for it;
-//! - the latest `params` frame and, during an outage, the `redis` frame that announced it.
+//! - the latest `params` frame and, during an outage, the `redis` frame that announced it;
+//! - the Redis server's time of the newest snapshot and the instant it arrived, from which a
+//!   stream tells each page the server's time at send (a `clock` frame, see `sse.rs`).
 //!
 //! The hub task publishes an item by pushing it onto the ring (and updating the state) under
 //! the lock, then bumping a [`watch`] with the next sequence number. A subscription is a
@@ -100,6 +102,9 @@ struct Shared {
     redis_lost: Option<Bytes>,
     /// The newest `params` frame; `None` until the first read.
     params: Option<Bytes>,
+    /// The Redis server's time of the newest snapshot and when the hub received it: the
+    /// server's time now is that plus the time since ([`Hub::server_time_ms`]).
+    clock: Option<(i64, Instant)>,
 }
 
 /// One published item.
@@ -189,6 +194,7 @@ impl Hub {
         let mut shared = self.lock();
         match item {
             FollowItem::Snapshot(snapshot) => {
+                shared.clock = Some((snapshot.server_time_ms, Instant::now()));
                 shared.state = Some(*snapshot);
                 shared.version += 1;
                 shared.snapshot = Some((shared.version, frame.clone()));
@@ -223,6 +229,18 @@ impl Hub {
             tag: Tag::Params,
         });
         self.published.send_replace(shared.next_seq);
+    }
+
+    /// The Redis server's time now, in Unix milliseconds: the newest snapshot's time plus the
+    /// time since it arrived (on this process's monotonic clock). `None` before the first
+    /// snapshot.
+    ///
+    /// The current state is a snapshot with later changes applied, so its own
+    /// `server_time_ms` may be minutes old; a page must measure ages against this instead.
+    pub(crate) fn server_time_ms(&self) -> Option<i64> {
+        let (server_time_ms, received) = self.lock().clock?;
+        let elapsed = i64::try_from(received.elapsed().as_millis()).unwrap_or(i64::MAX);
+        Some(server_time_ms.saturating_add(elapsed))
     }
 
     /// The next frame for `position`, if one was published that it has not read.
@@ -272,6 +290,7 @@ impl Shared {
             evicted_events: None,
             redis_lost: None,
             params: None,
+            clock: None,
         }
     }
 

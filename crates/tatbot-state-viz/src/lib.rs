@@ -28,6 +28,12 @@
 //!   fresh snapshot, never unbounded memory.
 //! - Every JSON request is bounded by [`REQUEST_TIMEOUT`]; streams end when the shutdown token
 //!   is cancelled, so graceful shutdown does not wait for them.
+//! - Guarded as the MCP server is, by the library's shared [`tatbot_state::http`]: `Host` and
+//!   `Origin` must name this machine (no DNS rebinding), a non-loopback bind needs a token
+//!   (sent as `Bearer`, or as the password the browser asks for), and every answer carries a
+//!   strict `Content-Security-Policy`, `X-Frame-Options: DENY` and `X-Content-Type-Options:
+//!   nosniff`. Connections are capped and must send their request head in time
+//!   ([`tatbot_state::http::ServeConfig`]).
 
 mod app;
 mod hub;
@@ -40,6 +46,7 @@ use std::time::Duration;
 
 use tatbot_state::StateManager;
 use tatbot_state::follow::FollowConfig;
+use tatbot_state::http::{Guard, ServeConfig, guard_requests, security_headers};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +87,12 @@ pub struct VizState {
     /// The hub, started by the first stream and shared by every clone of this state; its task
     /// ends at shutdown.
     hub: Arc<OnceLock<Arc<Hub>>>,
+    /// The token every request must carry; required off loopback.
+    token: Option<String>,
+    /// Hosts accepted in `Host` and `Origin` besides loopback and the bound IP.
+    allowed_hosts: Vec<String>,
+    /// The connection cap and header-read timeout of [`serve`].
+    serve_config: ServeConfig,
 }
 
 impl VizState {
@@ -92,7 +105,31 @@ impl VizState {
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             stream_ring: STREAM_RING,
             hub: Arc::new(OnceLock::new()),
+            token: None,
+            allowed_hosts: Vec::new(),
+            serve_config: ServeConfig::default(),
         }
+    }
+
+    /// Requires `token` on every request (`Authorization: Bearer <token>`, or Basic
+    /// credentials with the token as password, which a browser asks the user for). A server
+    /// that is not bound to loopback must have one.
+    pub fn with_token(mut self, token: Option<String>) -> VizState {
+        self.token = token;
+        self
+    }
+
+    /// Also accepts these host names or IPs in `Host` and `Origin` (the names LAN clients use
+    /// for a server bound to `0.0.0.0`).
+    pub fn with_allowed_hosts(mut self, hosts: Vec<String>) -> VizState {
+        self.allowed_hosts = hosts;
+        self
+    }
+
+    /// Serves within `config`'s connection cap and header-read timeout instead of the defaults.
+    pub fn with_serve_config(mut self, config: ServeConfig) -> VizState {
+        self.serve_config = config;
+        self
     }
 
     /// Follows with `config` instead (tests use shorter polls).
@@ -124,15 +161,23 @@ impl VizState {
 /// Serves the dashboard on `listener` until `shutdown` is cancelled, then ends the open
 /// streams and waits for in-flight requests (each bounded by [`REQUEST_TIMEOUT`]).
 ///
+/// Every request passes the Host/Origin/token guard first, and every answer carries the
+/// security headers (see the crate docs).
+///
 /// # Errors
 ///
-/// Accepting connections failed.
+/// The listener is not on loopback and no token was given, or the token is blank
+/// ([`tatbot_state::http::check_bind`], as `InvalidInput`); or the listener failed.
 pub async fn serve(listener: TcpListener, mut state: VizState, shutdown: CancellationToken) -> io::Result<()> {
+    let address = listener.local_addr()?;
+    tatbot_state::http::check_bind(&address, state.token.as_deref())
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
     state.shutdown = shutdown.clone();
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "dashboard listening");
-    }
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let guard = Arc::new(Guard::new(address.ip(), &state.allowed_hosts, state.token.take()).with_basic_challenge());
+    let serve_config = state.serve_config;
+    let router = app(state)
+        .layer(axum::middleware::from_fn_with_state(guard, guard_requests))
+        .layer(axum::middleware::from_fn(security_headers));
+    tracing::info!(%address, "dashboard listening");
+    tatbot_state::http::serve(listener, router, serve_config, shutdown).await
 }

@@ -7,6 +7,14 @@
 //! | `resync` | none | `{"reason": ...}`; a `snapshot` follows |
 //! | `redis` | none | `{"connected": false, "error": ...}` or `{"connected": true}` |
 //! | `params` | none | `{"params": [...]}`: every parameter (see `params.rs`) |
+//! | `clock` | none | `{"server_time_ms": ...}`: the Redis server's time when this frame was sent |
+//!
+//! The page measures every age (heartbeats, parameters) against the last `clock`, never
+//! against a snapshot's `server_time_ms`: the snapshot a new page gets is the hub's current
+//! state, serialized when that state was last snapshotted, maybe minutes ago (issue #14: a
+//! page opened from a 71 s old snapshot showed a 48 s old heartbeat as "0 s ago"). A stream
+//! sends a `clock` right after every `snapshot` frame, so a page that replaced its view also
+//! has the time to measure it against.
 //!
 //! The browser keeps the last `id` it saw and sends it back as `Last-Event-ID` when it
 //! reconnects; the page also passes it as `?cursor=` when the sync toggle is switched back on.
@@ -28,6 +36,7 @@
 //! [`KEEP_ALIVE_INTERVAL`] of silence.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -43,7 +52,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::VizState;
-use crate::hub::Subscription;
+use crate::hub::{Hub, Subscription};
 
 /// Longest silence on a stream before a keep-alive comment.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
@@ -75,8 +84,11 @@ pub(crate) async fn stream(
         .or(query.cursor.as_deref())
         .and_then(|text| text.parse::<Cursor>().ok());
     tracing::debug!(resume = ?resume.as_ref().map(ToString::to_string), "stream opened");
+    let hub = state.hub().clone();
     let feed = Feed {
-        subscription: state.hub().subscribe(resume.as_ref()),
+        subscription: hub.subscribe(resume.as_ref()),
+        hub,
+        clock_due: false,
         shutdown: state.shutdown.clone(),
         keep_alive: Instant::now() + KEEP_ALIVE_INTERVAL,
         _permit: permit,
@@ -98,6 +110,10 @@ pub(crate) async fn stream(
 /// What one stream reads from; dropped with the response body when the client goes.
 struct Feed {
     subscription: Subscription,
+    /// Where the `clock` frames' time comes from.
+    hub: Arc<Hub>,
+    /// A `snapshot` frame was just sent: the next frame is a `clock`.
+    clock_due: bool,
     /// Ends the stream at shutdown.
     shutdown: CancellationToken,
     /// When to send a keep-alive if nothing else was sent.
@@ -110,6 +126,11 @@ struct Feed {
 impl Feed {
     /// The next frame; `None` ends the stream (shutdown).
     async fn next(&mut self) -> Option<Bytes> {
+        if std::mem::take(&mut self.clock_due)
+            && let Some(server_time_ms) = self.hub.server_time_ms()
+        {
+            return Some(clock_frame(server_time_ms));
+        }
         let frame = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return None,
@@ -117,8 +138,17 @@ impl Feed {
             () = tokio::time::sleep_until(self.keep_alive) => KEEP_ALIVE,
         };
         self.keep_alive = Instant::now() + KEEP_ALIVE_INTERVAL;
+        self.clock_due = frame.starts_with(SNAPSHOT_PREFIX);
         Some(frame)
     }
+}
+
+/// How every `snapshot` frame starts (see [`frame`]).
+const SNAPSHOT_PREFIX: &[u8] = b"event: snapshot\n";
+
+/// A `clock` frame: the Redis server's time when it is sent.
+fn clock_frame(server_time_ms: i64) -> Bytes {
+    frame("clock", None, &json!({ "server_time_ms": server_time_ms }))
 }
 
 /// A follower item as a frame, and its `id` (the cursor text) when it has one.
@@ -195,5 +225,15 @@ mod tests {
             &resync_frame("gone")[..],
             b"event: resync\ndata: {\"reason\":\"gone\"}\n\n"
         );
+        assert_eq!(
+            &clock_frame(1_700_000_000_123)[..],
+            b"event: clock\ndata: {\"server_time_ms\":1700000000123}\n\n"
+        );
+        let snapshot: Snapshot = serde_json::from_value(json!({
+            "cursor": "1;1-0", "server_time_ms": 1, "sessions": {}, "nodes": {}, "recent_events": [],
+            "recent_errors": [], "recent_events_limit": 1, "recent_errors_limit": 1,
+        }))
+        .unwrap_or_else(|err| panic!("{err}"));
+        assert!(snapshot_frame(&snapshot).starts_with(SNAPSHOT_PREFIX));
     }
 }

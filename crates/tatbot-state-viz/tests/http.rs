@@ -31,6 +31,34 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String
     (status, body.to_owned())
 }
 
+/// Sends `GET path` with the given header lines (which replace the default `Host:
+/// localhost` when they name a `Host`) and returns (status, head, body) after the server closes.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("GET {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: localhost\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(LIMIT, stream.read_to_end(&mut response))
+        .await
+        .expect("a response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
 /// One received SSE event.
 #[derive(Debug, Clone, Default)]
 pub struct SseEvent {

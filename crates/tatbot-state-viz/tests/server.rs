@@ -53,19 +53,25 @@ pub async fn dashboard(state: &StateManager) -> Dashboard {
 
 /// Serves `viz` on a free loopback port.
 pub async fn serve(viz: VizState) -> Dashboard {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on("127.0.0.1:0", viz).await
+}
+
+/// Serves `viz` on `bind` (a free port of it).
+pub async fn serve_on(bind: &str, viz: VizState) -> Dashboard {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(tatbot_state_viz::serve(listener, viz, shutdown.clone()));
     Dashboard { addr, shutdown, task }
 }
 
-/// The next event of the follow stream, skipping `params` events (which may come at any time);
+/// The next event of the follow stream, skipping `params` and `clock` events (which are not
+/// follow items);
 /// `None` when the server closed the stream.
 pub async fn next_follow(stream: &mut SseStream) -> Option<SseEvent> {
     loop {
         let event = stream.next().await?;
-        if event.event != "params" {
+        if event.event != "params" && event.event != "clock" {
             return Some(event);
         }
     }

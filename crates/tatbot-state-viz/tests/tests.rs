@@ -3,6 +3,7 @@
 //! One test binary to save link time; each test starts its own server and serves the app on
 //! a free loopback port.
 
+mod hardening;
 mod http;
 mod hub;
 mod server;

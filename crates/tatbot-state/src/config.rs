@@ -1109,7 +1109,7 @@ fn flag_layer(inputs: &ConfigInputs) -> Result<Layer, ConfigError> {
     if let Some(username) = &inputs.username {
         layer.username = Some(Sourced {
             value: Some(username.clone()).filter(|u| !u.is_empty()),
-            source: Source::Flag("--username"),
+            source: Source::Flag("--user"),
         });
     }
     Ok(layer)
@@ -1817,7 +1817,7 @@ mod tests {
             t.username,
             Sourced {
                 value: None,
-                source: Source::Flag("--username")
+                source: Source::Flag("--user")
             }
         );
         assert_eq!(t.conf_dir, yaml.parent().and_then(Path::parent).map(Path::to_path_buf));
@@ -1837,7 +1837,7 @@ mod tests {
         assert_eq!(t.to_string(), t.display_redacted());
         let rows = t.describe();
         assert!(rows.contains(&("password", "(set)".to_string(), "flag --password".to_string())));
-        assert!(rows.contains(&("username", "bot".to_string(), "flag --username".to_string())));
+        assert!(rows.contains(&("username", "bot".to_string(), "flag --user".to_string())));
         assert!(rows.contains(&("host", "127.0.0.1".to_string(), "default".to_string())));
         assert!(rows.contains(&("connect", "127.0.0.1".to_string(), "ip literal".to_string())));
         let everything = format!("{} {rows:?} {t:?} {inputs:?}", t.display_redacted());

@@ -17,6 +17,8 @@
 //! - [`params`]: typed, validated runtime parameters with compare-and-set, audit and watch.
 //! - [`config`]: resolving the Redis target from YAML, env files, environment and flags.
 //! - [`connection`]: [`Endpoint`], [`ManagerConfig`] and their defaults.
+//! - `http` (feature `http`): the Host/Origin/token guard and the connection-limited server
+//!   that the dashboard and the MCP server share.
 //!
 //! The wire contract is `docs/WIRE.md` in the repository.
 
@@ -27,6 +29,8 @@ mod error;
 mod fastpath;
 pub mod follow;
 pub mod heartbeat;
+#[cfg(feature = "http")]
+pub mod http;
 mod ids;
 pub mod keys;
 pub mod manager;

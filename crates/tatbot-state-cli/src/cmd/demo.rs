@@ -199,11 +199,9 @@ async fn run_on(
     let mcp_reader = connect(endpoint, VIZ_NODE).await?;
     let mcp_token = tasks.child_token();
     tracker.spawn(async move {
-        let options = HttpOptions {
-            token: None,
-            allowed_hosts: Vec::new(),
-        };
-        if let Err(err) = tatbot_state_mcp::serve_http(mcp_listener, mcp_reader, mcp_config, options, mcp_token).await {
+        if let Err(err) =
+            tatbot_state_mcp::serve_http(mcp_listener, mcp_reader, mcp_config, HttpOptions::default(), mcp_token).await
+        {
             tracing::warn!(error = %err, "the demo's MCP server stopped");
         }
     });

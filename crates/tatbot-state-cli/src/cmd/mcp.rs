@@ -6,14 +6,19 @@
 //! goes to stderr.
 //!
 //! Reads and the heartbeat use two managers, so the server's connection sends only reads and
-//! subscriptions; `--no-heartbeat` removes the one write. HTTP binds 127.0.0.1 by default; any
-//! other address is refused (exit code 2) unless a token is given.
+//! subscriptions; `--no-heartbeat` removes the one write, and so does connecting as the
+//! read-only `viewer` role of `config/redis/users.acl`, which may not write (any other user
+//! that turns out not to be permitted stops the heartbeat after its first refusal). HTTP binds
+//! 127.0.0.1 by default; any other address is refused (exit code 2) unless a token is given.
+//! Before serving, the soft limit of open files is raised to the hard limit, so the connection
+//! cap is not the customary 1,024 descriptors.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tatbot_state::http::ServeConfig;
 use tatbot_state::{CancellationToken, Endpoint};
 use tatbot_state_mcp::{ConfigDescription, HttpOptions, MCP_PATH};
 use tokio::net::TcpListener;
@@ -25,6 +30,8 @@ use crate::signal::shutdown_signal;
 
 /// How long the server and the heartbeat may take to stop after a shutdown signal.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
+/// The user name of the read-only role in `config/redis/users.acl`.
+pub const VIEWER_USER: &str = "viewer";
 
 /// How MCP clients reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +64,18 @@ pub struct Args {
     /// Seconds between heartbeats (the key expires 60 s after the last one)
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=59))]
     pub heartbeat_interval: u64,
+    /// Most HTTP connections served at once; more are answered 503 (also capped by the open-file limit)
+    #[arg(long, value_name = "N", default_value_t = tatbot_state::http::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+    /// Seconds an HTTP connection may take to send its request head before it is closed
+    #[arg(long, value_name = "SECS", default_value_t = tatbot_state::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout: u64,
+    /// Most HTTP sessions open at once; a new one past it closes the one idle longest
+    #[arg(long, value_name = "N", default_value_t = tatbot_state_mcp::DEFAULT_MAX_SESSIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_sessions: usize,
+    /// Seconds an HTTP session may idle (no request, no message) before it is closed
+    #[arg(long, value_name = "SECS", default_value_t = tatbot_state_mcp::DEFAULT_SESSION_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub session_idle_timeout: u64,
 }
 
 /// Runs `mcp`.
@@ -66,6 +85,9 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         && let Err(err) = tatbot_state_mcp::check_bind(&args.bind, args.token.as_deref())
     {
         return Err(anyhow::Error::new(exit::Coded(exit::USAGE, err.to_string())));
+    }
+    if args.transport == Transport::Http {
+        raise_fd_limit();
     }
     let target = global.target()?;
     let config = ConfigDescription::from(&target);
@@ -86,7 +108,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if !args.no_heartbeat {
+    let viewer = target.username.value.as_deref() == Some(VIEWER_USER);
+    if viewer && !args.no_heartbeat {
+        tracing::info!("connected as the read-only {VIEWER_USER} role: no heartbeat for this node");
+    }
+    if !args.no_heartbeat && !viewer {
         let writer = global.manager_for(Endpoint::from(&target)).await?;
         tracker.spawn(tatbot_state_mcp::run_heartbeat(
             writer,
@@ -117,6 +143,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
                 let options = HttpOptions {
                     token: args.token.clone(),
                     allowed_hosts: allowed_hosts(&args),
+                    serve: ServeConfig {
+                        max_connections: args.max_connections,
+                        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+                    },
+                    max_sessions: args.max_sessions,
+                    session_idle_timeout: Duration::from_secs(args.session_idle_timeout),
                 };
                 tatbot_state_mcp::serve_http(listener, reader, config, options, shutdown.clone()).await
             }
@@ -156,4 +188,13 @@ fn allowed_hosts(args: &Args) -> Vec<String> {
         hosts.push(gethostname::gethostname().to_string_lossy().into_owned());
     }
     hosts
+}
+
+/// Raises the soft limit of open files to the hard limit; a failure only narrows the
+/// connection cap, so it is logged, not fatal.
+pub fn raise_fd_limit() {
+    match tatbot_state::http::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit raised"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit; serving fewer connections"),
+    }
 }

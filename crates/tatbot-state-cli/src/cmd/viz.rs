@@ -3,7 +3,10 @@
 //! Prints the dashboard's URL as the first line of stdout once it listens (with `--bind
 //! 127.0.0.1:0` that is how a caller learns the port), then serves until Ctrl-C or SIGTERM,
 //! ends the open streams and waits at most [`SHUTDOWN_DEADLINE`] for in-flight requests.
-//! It binds to loopback unless told otherwise; the dashboard is read-only either way.
+//! It binds to loopback unless told otherwise; any other address needs a token (`--token` or
+//! `TATBOT_VIZ_TOKEN`, exit code 2 without one), which the browser asks for as the password of
+//! a login. The dashboard is read-only either way. Before serving, the soft limit of open
+//! files is raised to the hard limit, so the connection cap is not 1,024 descriptors.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -11,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tatbot_state::CancellationToken;
+use tatbot_state::http::ServeConfig;
 use tatbot_state_viz::VizState;
 
 use crate::ctx::GlobalArgs;
@@ -26,10 +30,28 @@ pub struct Args {
     /// Address and port to listen on (use 0.0.0.0:PORT to serve the LAN)
     #[arg(long, default_value = tatbot_state_viz::DEFAULT_BIND, value_name = "ADDR:PORT")]
     pub bind: SocketAddr,
+    /// Token every request must carry, required off loopback; browsers ask for it as the
+    /// password (any user name). Prefer TATBOT_VIZ_TOKEN: flags show up in `ps`
+    #[arg(long, env = "TATBOT_VIZ_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Also accept this host name or IP in Host and Origin headers (repeatable)
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
+    /// Most connections served at once; more are answered 503 (also capped by the open-file limit)
+    #[arg(long, value_name = "N", default_value_t = tatbot_state::http::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send its request head before it is closed
+    #[arg(long, value_name = "SECS", default_value_t = tatbot_state::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout: u64,
 }
 
 /// Runs `viz`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    // The token rule first, so a refused bind is one line and exit 2.
+    if let Err(err) = tatbot_state::http::check_bind(&args.bind, args.token.as_deref()) {
+        return Err(anyhow::Error::new(exit::Coded(exit::USAGE, err.to_string())));
+    }
+    crate::cmd::mcp::raise_fd_limit();
     let manager = global.manager().await?;
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
@@ -41,11 +63,19 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         out.flush()?;
     }
     let shutdown = CancellationToken::new();
-    let mut server = tokio::spawn(tatbot_state_viz::serve(
-        listener,
-        VizState::new(manager),
-        shutdown.clone(),
-    ));
+    let mut allowed_hosts = args.allow_hosts;
+    if args.bind.ip().is_unspecified() {
+        // Clients on the LAN reach a server on every interface by this machine's name.
+        allowed_hosts.push(gethostname::gethostname().to_string_lossy().into_owned());
+    }
+    let state = VizState::new(manager)
+        .with_token(args.token)
+        .with_allowed_hosts(allowed_hosts)
+        .with_serve_config(ServeConfig {
+            max_connections: args.max_connections,
+            header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        });
+    let mut server = tokio::spawn(tatbot_state_viz::serve(listener, state, shutdown.clone()));
     tokio::select! {
         () = shutdown_signal() => {}
         joined = &mut server => {
