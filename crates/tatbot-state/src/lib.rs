@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod connection;
+mod decode;
 mod error;
 mod fastpath;
 pub mod follow;

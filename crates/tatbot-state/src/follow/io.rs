@@ -242,7 +242,7 @@ pub(crate) fn parse_xread(value: &Value) -> Vec<(String, Vec<RawEntry>)> {
 
 /// A history stream entry as a [`HistoryEntry`].
 pub(crate) fn decode_history(key: &str, entry: &RawEntry) -> Result<HistoryEntry> {
-    crate::manager::history_entry(key, &entry.id_text, |name| entry.field(name).map(str::to_owned))
+    crate::decode::history_entry(key, &entry.id_text, |name| entry.field(name).map(str::to_owned))
 }
 
 /// An event-log (or error-log) entry as a [`LoggedEvent`].
