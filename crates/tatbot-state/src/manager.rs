@@ -93,8 +93,9 @@ pub struct Entry<T> {
     pub value: Result<T>,
 }
 
-/// A value that did not decode, as reported by [`StateManager::system_status`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A value that did not decode, as reported by [`StateManager::system_status`] and the follow
+/// API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CorruptEntry {
     /// The key.
     pub key: String,
