@@ -919,7 +919,7 @@ impl StateManager {
                 // A key whose id breaks the id rules names nothing we could read or write.
                 let value = crate::ids::validate(id_kind, &id)
                     .map_err(|err| invalid_id_key(key, &err))
-                    .and_then(|()| raw)
+                    .and(raw)
                     .and_then(|raw| decode::document(key, what, &raw));
                 entries.push(Entry {
                     id,
