@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod doctor;
+mod hostile;
 mod mcp;
 mod param;
 mod read;
