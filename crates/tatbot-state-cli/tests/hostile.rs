@@ -35,9 +35,8 @@ fn text_views_escape_control_characters() {
         r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"evil{CLEAR}","stroke_idx":0,"pose_idx":0,"total_strokes":2,"stroke_length":2,"is_executing":true,"scene_name":"{TITLE}","stroke_description_l":"a\rb{CLEAR}"}}"#
     );
     hset(&server, "stroke:progress:stroke_evil_1", "progress", &document);
-    let health = format!(
-        r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"n{CLEAR}","last_heartbeat":"2026-11-25T17:15:37"}}"#
-    );
+    let health =
+        format!(r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"n{CLEAR}","last_heartbeat":"2026-11-25T17:15:37"}}"#);
     hset(&server, "node:health:evil", "health", &health);
     let entry = [
         "XADD",
@@ -77,7 +76,9 @@ fn text_views_escape_control_characters() {
         r#"{{"type":"session_start","session_id":"s","node_id":"x{CLEAR}","total_strokes":1,"scene_name":"{TITLE}","timestamp":"2026-11-25T17:15:37"}}"#
     );
     server.command(&["PUBLISH", "stroke:events:session", &start]).unwrap();
-    server.command(&["PUBLISH", "robot:events", "\x1b[2J not json\r"]).unwrap();
+    server
+        .command(&["PUBLISH", "robot:events", "\x1b[2J not json\r"])
+        .unwrap();
     assert_eq!(events.wait().code(), Some(0));
     assert_escaped("events", &events.stdout.rest().join("\n"));
 }
@@ -92,10 +93,30 @@ fn hostile_numbers_are_not_taken_at_face_value() {
             r#"{{"timestamp":"{when}","node_id":"n","stroke_idx":{stroke},"pose_idx":0,"total_strokes":{total},"stroke_length":3,"is_executing":true}}"#
         )
     };
-    hset(&server, "stroke:progress:stroke_neg_1", "progress", &doc(-4, -3, "2026-11-25T17:15:37"));
-    hset(&server, "stroke:progress:stroke_over_1", "progress", &doc(10, 3, "2026-11-25T17:15:38"));
-    hset(&server, "stroke:progress:stroke_good_1", "progress", &doc(1, 3, "2026-11-25T17:15:36"));
-    hset(&server, "stroke:progress:stroke_future_1", "progress", &doc(0, 3, "9999-01-01T00:00:00"));
+    hset(
+        &server,
+        "stroke:progress:stroke_neg_1",
+        "progress",
+        &doc(-4, -3, "2026-11-25T17:15:37"),
+    );
+    hset(
+        &server,
+        "stroke:progress:stroke_over_1",
+        "progress",
+        &doc(10, 3, "2026-11-25T17:15:38"),
+    );
+    hset(
+        &server,
+        "stroke:progress:stroke_good_1",
+        "progress",
+        &doc(1, 3, "2026-11-25T17:15:36"),
+    );
+    hset(
+        &server,
+        "stroke:progress:stroke_future_1",
+        "progress",
+        &doc(0, 3, "9999-01-01T00:00:00"),
+    );
     let health = r#"{"timestamp":"2026-11-25T17:15:37","node_id":"hot","cpu_percent":1e308,"memory_percent":-5,"last_heartbeat":"2026-11-25T17:15:37"}"#;
     hset(&server, "node:health:hot", "health", health);
     for (writer, dropped) in [("a", "18446744073709551614"), ("b", "5")] {
@@ -124,10 +145,16 @@ fn hostile_numbers_are_not_taken_at_face_value() {
     assert!(future.contains("(invalid: in the future)"), "{future}");
     assert!(future.contains("Progress: invalid (timestamp"), "{future}");
     let over = stdout(&run(bin_for(&server), &["progress", "stroke_over_1"]));
-    assert!(over.contains("Stroke: invalid (10/3)") && over.contains("Progress: invalid"), "{over}");
+    assert!(
+        over.contains("Stroke: invalid (10/3)") && over.contains("Progress: invalid"),
+        "{over}"
+    );
 
     let health = stdout(&run(bin_for(&server), &["health", "hot"]));
-    assert!(health.contains("CPU: invalid") && health.contains("Memory: invalid"), "{health}");
+    assert!(
+        health.contains("CPU: invalid") && health.contains("Memory: invalid"),
+        "{health}"
+    );
     assert!(health.lines().all(|line| line.len() < 100), "{health}");
 
     let status = json(&run(bin_for(&server), &["--json", "status"]));
@@ -142,8 +169,19 @@ fn history_reports_a_bad_entry_in_its_place() {
     let key = "stream:stroke_history:stroke_x_1";
     let entry = |id: &str, stroke: &str| {
         let fields = [
-            "XADD", key, id, "stroke_idx", stroke, "pose_idx", "0", "description_l", "l", "description_r", "r",
-            "node_id", "x",
+            "XADD",
+            key,
+            id,
+            "stroke_idx",
+            stroke,
+            "pose_idx",
+            "0",
+            "description_l",
+            "l",
+            "description_r",
+            "r",
+            "node_id",
+            "x",
         ];
         server.command(&fields).unwrap();
     };
@@ -155,6 +193,9 @@ fn history_reports_a_bad_entry_in_its_place() {
     let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines[0].starts_with("1-1  stroke 0"), "{lines:?}");
-    assert!(lines[1].starts_with("2-1  corrupt: ") && lines[1].contains("\"abc\""), "{lines:?}");
+    assert!(
+        lines[1].starts_with("2-1  corrupt: ") && lines[1].contains("\"abc\""),
+        "{lines:?}"
+    );
     assert!(lines[2].starts_with("3-1  stroke 1"), "{lines:?}");
 }

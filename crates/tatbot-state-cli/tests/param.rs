@@ -353,7 +353,10 @@ fn list_reports_a_corrupt_parameter() {
     let output = run(param(&server), &["param", "list"]);
     assert_code(&output, 0);
     let text = stdout(&output);
-    assert!(text.lines().any(|line| line.starts_with("arms.goal_time_slow ")), "{text}");
+    assert!(
+        text.lines().any(|line| line.starts_with("arms.goal_time_slow ")),
+        "{text}"
+    );
     assert!(
         text.lines()
             .any(|line| line.starts_with("arms.offset_num") && line.contains("error: tatbot:param:arms.offset_num")),

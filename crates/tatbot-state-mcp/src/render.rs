@@ -133,7 +133,11 @@ pub fn session_progress(session_id: &SessionId, progress: &StrokeProgress) -> Re
     if let Some(dataset) = &progress.dataset_name {
         let _ = writeln!(text, "Dataset: {dataset}");
     }
-    let _ = writeln!(text, "Stroke: {}", position(progress.stroke_idx, progress.total_strokes));
+    let _ = writeln!(
+        text,
+        "Stroke: {}",
+        position(progress.stroke_idx, progress.total_strokes)
+    );
     let _ = writeln!(text, "Pose: {}", position(progress.pose_idx, progress.stroke_length));
     let _ = writeln!(text, "Executing: {}", progress.is_executing);
     let _ = writeln!(text, "Paused: {}", progress.is_paused);

@@ -232,7 +232,10 @@ async fn params_resource_reports_a_corrupt_parameter() {
     let params = Params::new(&node);
     for name in ["arms.goal_time_slow", "arms.goal_time_fast"] {
         let name = ParamName::new(name).unwrap();
-        params.declare(&name, &Descriptor::new(ParamValue::Float(2.0))).await.unwrap();
+        params
+            .declare(&name, &Descriptor::new(ParamValue::Float(2.0)))
+            .await
+            .unwrap();
     }
     redis
         .command(&["HSET", "tatbot:param:arms.goal_time_fast", "value", "\"fast\""])

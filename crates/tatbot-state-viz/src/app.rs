@@ -90,16 +90,13 @@ async fn sessions(State(state): State<VizState>) -> Response {
 }
 
 async fn nodes(State(state): State<VizState>) -> Response {
-    with_snapshot(
-        state,
-        |snapshot| {
-            json!({
-                "server_time_ms": snapshot.server_time_ms,
-                "nodes": snapshot.nodes,
-                "corrupt": corrupt_where(&snapshot, |key| key.starts_with(NODE_KEYS)),
-            })
-        },
-    )
+    with_snapshot(state, |snapshot| {
+        json!({
+            "server_time_ms": snapshot.server_time_ms,
+            "nodes": snapshot.nodes,
+            "corrupt": corrupt_where(&snapshot, |key| key.starts_with(NODE_KEYS)),
+        })
+    })
     .await
 }
 

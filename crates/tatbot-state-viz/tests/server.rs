@@ -272,13 +272,17 @@ async fn hostile_data_is_reported_not_served() {
     let params = Params::new(&state);
     for name in ["a.x", "a.y"] {
         let name = ParamName::new(name).unwrap();
-        params.declare(&name, &Descriptor::new(ParamValue::Int(1))).await.unwrap();
+        params
+            .declare(&name, &Descriptor::new(ParamValue::Int(1)))
+            .await
+            .unwrap();
     }
     let session = state.start_stroke_session(2, 5, "good").await.unwrap();
     let pad = "x".repeat(tatbot_state::model::MAX_DOCUMENT_BYTES + 1);
     let huge_progress = format!(r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"n","pad":"{pad}"}}"#);
-    let huge_health =
-        format!(r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"big","last_heartbeat":"2026-11-25T17:15:37","pad":"{pad}"}}"#);
+    let huge_health = format!(
+        r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"big","last_heartbeat":"2026-11-25T17:15:37","pad":"{pad}"}}"#
+    );
     for command in [
         &["HSET", "tatbot:param:a.y", "value", "not json"][..],
         &["HSET", "stroke:progress:stroke_big_1", "progress", &huge_progress],
@@ -295,7 +299,10 @@ async fn hostile_data_is_reported_not_served() {
     assert_eq!(listed["params"].as_array().unwrap().len(), 1);
     assert_eq!(listed["corrupt"][0]["key"], "tatbot:param:a.y");
     for (path, keys) in [
-        ("/api/sessions", vec!["stroke:progress:stroke_big_1", "stroke:progress:x"]),
+        (
+            "/api/sessions",
+            vec!["stroke:progress:stroke_big_1", "stroke:progress:x"],
+        ),
         ("/api/nodes", vec!["node:health:big"]),
     ] {
         let (status, body) = request(dashboard.addr, "GET", path).await;
@@ -314,7 +321,12 @@ async fn hostile_data_is_reported_not_served() {
 
     let mut stream = SseStream::open(dashboard.addr, None).await;
     let snapshot = next_named(&mut stream, "snapshot").await.json();
-    assert_eq!(snapshot["corrupt"].as_array().unwrap().len(), 3, "{}", snapshot["corrupt"]);
+    assert_eq!(
+        snapshot["corrupt"].as_array().unwrap().len(),
+        3,
+        "{}",
+        snapshot["corrupt"]
+    );
     // A wrong-type key found by a poll, then progress after it: no `redis` event in between.
     server.command(&["RPUSH", "stroke:progress:y", "a"]).unwrap();
     let mut reported = false;

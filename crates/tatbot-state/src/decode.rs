@@ -95,12 +95,8 @@ pub(crate) fn history_entry(key: &str, id: &str, field: impl Fn(&str) -> Option<
     };
     let number = |name: &str| -> Result<i64> {
         let raw = text(name)?;
-        raw.parse().map_err(|_| {
-            corrupt(format!(
-                "field {name:?} is {:?}, not an integer",
-                preview(&raw)
-            ))
-        })
+        raw.parse()
+            .map_err(|_| corrupt(format!("field {name:?} is {:?}, not an integer", preview(&raw))))
     };
     Ok(HistoryEntry {
         stroke_idx: number("stroke_idx")?,
@@ -142,7 +138,10 @@ mod tests {
         let huge = format!("\"{}\"", "x".repeat(MAX_DOCUMENT_BYTES));
         let err = document::<String>("k", "thing", &huge).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-        assert!(err.to_string().starts_with("k: stored value is corrupt (thing is"), "{err}");
+        assert!(
+            err.to_string().starts_with("k: stored value is corrupt (thing is"),
+            "{err}"
+        );
         let reply = Ok(RedisValue::BulkString(huge.into_bytes()));
         let err = field_text("k", "f", reply).unwrap().unwrap_err().to_string();
         assert!(err.contains("the limit is"), "{err}");
@@ -167,7 +166,11 @@ mod tests {
     fn history_errors_quote_short() {
         let long = "9".repeat(100) + "x";
         let err = history_entry("s", "1-0", |name| {
-            Some(if name == "stroke_idx" { long.clone() } else { "0".to_owned() })
+            Some(if name == "stroke_idx" {
+                long.clone()
+            } else {
+                "0".to_owned()
+            })
         })
         .unwrap_err()
         .to_string();

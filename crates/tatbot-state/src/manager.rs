@@ -456,7 +456,8 @@ impl StateManager {
         let raw = self
             .read_field(&key, keys::FIELD_PROGRESS, "get_stroke_progress")
             .await?;
-        raw.map(|raw| decode::document(&key, "StrokeProgress", &raw)).transpose()
+        raw.map(|raw| decode::document(&key, "StrokeProgress", &raw))
+            .transpose()
     }
 
     /// Every stored session (ours and the Python nodes'), each decoded or with its error.
@@ -472,7 +473,7 @@ impl StateManager {
             keys::FIELD_PROGRESS,
             ("StrokeProgress", "session id"),
         )
-            .await
+        .await
     }
 
     /// The most recently written session that is executing, from any node; sessions whose
@@ -533,17 +534,17 @@ impl StateManager {
     ) -> Result<Vec<Entry<HistoryEntry>>> {
         let key = keys::history(session_id);
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let reply: redis::streams::StreamRangeReply = match self.connection().xrange_count(&key, start, "+", count).await
-        {
-            Ok(reply) => reply,
-            Err(err) if decode::is_wrong_type(&err) => {
-                return Err(Error::Corrupt {
-                    key,
-                    detail: "the key is not a stream".to_owned(),
-                });
-            }
-            Err(err) => return Err(self.redis_error("get_history", err)),
-        };
+        let reply: redis::streams::StreamRangeReply =
+            match self.connection().xrange_count(&key, start, "+", count).await {
+                Ok(reply) => reply,
+                Err(err) if decode::is_wrong_type(&err) => {
+                    return Err(Error::Corrupt {
+                        key,
+                        detail: "the key is not a stream".to_owned(),
+                    });
+                }
+                Err(err) => return Err(self.redis_error("get_history", err)),
+            };
         Ok(reply
             .ids
             .into_iter()
@@ -630,8 +631,13 @@ impl StateManager {
     /// A Redis failure; a bad value is reported in its [`Entry`].
     pub async fn get_all_nodes_health(&self) -> Result<Vec<Entry<NodeHealth>>> {
         let found = self.scan(keys::HEALTH_PATTERN).await?;
-        self.read_documents(found, keys::HEALTH_PREFIX, keys::FIELD_HEALTH, ("NodeHealth", "node id"))
-            .await
+        self.read_documents(
+            found,
+            keys::HEALTH_PREFIX,
+            keys::FIELD_HEALTH,
+            ("NodeHealth", "node id"),
+        )
+        .await
     }
 
     /// Nodes that ever sent a heartbeat through tatbot-state, with the time of the last one.

@@ -293,7 +293,11 @@ impl Params {
     ///
     /// As [`Params::get`]; one bad hash fails the call.
     pub async fn get_many(&self, names: &[ParamName]) -> Result<Vec<Option<Param>>> {
-        self.read_many(names).await?.into_iter().map(Option::transpose).collect()
+        self.read_many(names)
+            .await?
+            .into_iter()
+            .map(Option::transpose)
+            .collect()
     }
 
     /// Several parameters, each decoded or with the reason it did not decode; `None` for a
@@ -307,12 +311,16 @@ impl Params {
             for name in chunk {
                 pipe.cmd("HMGET").arg(keys::param(name)).arg(&FIELDS);
             }
-            let replies: Vec<redis::RedisResult<redis::Value>> = pipe
-                .query_async(&mut self.state.connection())
-                .await
-                .map_err(|err| self.state.redis_error("get_params", err))?;
+            let replies: Vec<redis::RedisResult<redis::Value>> =
+                pipe.query_async(&mut self.state.connection())
+                    .await
+                    .map_err(|err| self.state.redis_error("get_params", err))?;
             for (name, reply) in chunk.iter().zip(replies) {
-                params.push(read_fields(name, reply).and_then(|fields| decode(name, fields)).transpose());
+                params.push(
+                    read_fields(name, reply)
+                        .and_then(|fields| decode(name, fields))
+                        .transpose(),
+                );
             }
         }
         Ok(params)

@@ -142,7 +142,10 @@ async fn corrupt_history() {
         .await
         .unwrap();
     let err = state.get_history(&session, None, 10).await.unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "bad stored data is not bad usage: {err:?}");
+    assert!(
+        matches!(err, Error::Corrupt { .. }),
+        "bad stored data is not bad usage: {err:?}"
+    );
     assert_eq!(
         err.to_string(),
         r#"stream:stroke_history:stroke_x_1: stored value is corrupt (entry 5-1: field "stroke_idx" is "abc", not an integer); fix or delete the key"#
@@ -174,7 +177,10 @@ async fn oversized_history_entry_is_corrupt() {
         .unwrap();
     let entries = state.history_entries(&session, None, 10).await.unwrap();
     let err = entries[0].value.as_ref().unwrap_err().to_string();
-    assert!(err.contains(r#"field "description_l" is 1048577 bytes; the limit is 1048576"#), "{err}");
+    assert!(
+        err.contains(r#"field "description_l" is 1048577 bytes; the limit is 1048576"#),
+        "{err}"
+    );
 }
 
 /// Issue #14 point 8: keys with invalid ids are corrupt entries, not sessions or nodes; a
@@ -184,7 +190,8 @@ async fn invalid_id_and_wrong_type_keys_are_corrupt() {
     let (server, state) = setup("hog").await;
     state.start_stroke_session(1, 1, "s").await.unwrap();
     let mut redis = raw(&server).await;
-    let doc = r#"{"timestamp":"2026-11-25T17:15:37","node_id":"n","total_strokes":1,"stroke_length":1,"is_executing":true}"#;
+    let doc =
+        r#"{"timestamp":"2026-11-25T17:15:37","node_id":"n","total_strokes":1,"stroke_length":1,"is_executing":true}"#;
     let long = format!("stroke:progress:{}", "a".repeat(10_000));
     for key in ["stroke:progress:a*b?[c]", long.as_str()] {
         let () = redis.hset(key, "progress", doc).await.unwrap();
@@ -197,11 +204,17 @@ async fn invalid_id_and_wrong_type_keys_are_corrupt() {
     keys.sort();
     assert_eq!(keys, ["node:health:bad id", "stroke:progress:a*b?[c]", long.as_str()]);
     assert!(
-        status.corrupt.iter().all(|entry| entry.error.contains("does not end in a valid")),
+        status
+            .corrupt
+            .iter()
+            .all(|entry| entry.error.contains("does not end in a valid")),
         "{:?}",
         status.corrupt
     );
-    assert!(status.corrupt.iter().all(|entry| entry.error.len() < 10_200), "the id is not repeated");
+    assert!(
+        status.corrupt.iter().all(|entry| entry.error.len() < 10_200),
+        "the id is not repeated"
+    );
 
     let _: usize = redis.rpush("stroke:progress:stroke_list_1", "a").await.unwrap();
     let err = state
@@ -234,8 +247,14 @@ async fn out_of_domain_sessions_never_win_latest() {
     let good = state.start_stroke_session(3, 3, "s").await.unwrap();
     let mut redis = raw(&server).await;
     let docs = [
-        ("stroke_future_1", r#"{"timestamp":"9999-01-01T00:00:00","node_id":"n","total_strokes":3,"stroke_length":3,"is_executing":true}"#),
-        ("stroke_over_1", r#"{"timestamp":"2099-01-01T00:00:00","node_id":"n","stroke_idx":10,"total_strokes":3,"stroke_length":3,"is_executing":true}"#),
+        (
+            "stroke_future_1",
+            r#"{"timestamp":"9999-01-01T00:00:00","node_id":"n","total_strokes":3,"stroke_length":3,"is_executing":true}"#,
+        ),
+        (
+            "stroke_over_1",
+            r#"{"timestamp":"2099-01-01T00:00:00","node_id":"n","stroke_idx":10,"total_strokes":3,"stroke_length":3,"is_executing":true}"#,
+        ),
     ];
     for (session, doc) in docs {
         let key = format!("stroke:progress:{session}");

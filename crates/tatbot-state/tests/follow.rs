@@ -488,10 +488,7 @@ async fn follow_path_bounds_and_reports_corrupt_entries() {
         .await
         .unwrap();
     let () = redis.hset("node:health:big", "health", &huge_health).await.unwrap();
-    let () = redis
-        .hset("stroke:progress:a*b?[c]", "progress", "{}")
-        .await
-        .unwrap();
+    let () = redis.hset("stroke:progress:a*b?[c]", "progress", "{}").await.unwrap();
     let seen = collect(start(&state, Scope::All, None));
     wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
     {
@@ -503,11 +500,18 @@ async fn follow_path_bounds_and_reports_corrupt_entries() {
         keys.sort();
         assert_eq!(
             keys,
-            ["node:health:big", "stroke:progress:a*b?[c]", "stroke:progress:stroke_big_1"]
+            [
+                "node:health:big",
+                "stroke:progress:a*b?[c]",
+                "stroke:progress:stroke_big_1"
+            ]
         );
         let errors: Vec<&str> = view.corrupt.iter().map(|entry| entry.error.as_str()).collect();
         assert!(errors.iter().any(|error| error.contains("the limit is")), "{errors:?}");
-        assert!(errors.iter().any(|error| error.contains("valid session id")), "{errors:?}");
+        assert!(
+            errors.iter().any(|error| error.contains("valid session id")),
+            "{errors:?}"
+        );
     }
 
     let history_key = format!("stream:stroke_history:{session}");
@@ -530,7 +534,13 @@ async fn follow_path_bounds_and_reports_corrupt_entries() {
     .await;
     let seen = seen.lock().unwrap();
     assert_eq!(progress_of(&seen, &session)[0].pose_idx, 1);
-    let history_error = seen.view.as_ref().unwrap().corrupt.iter().find(|entry| entry.key == history_key);
+    let history_error = seen
+        .view
+        .as_ref()
+        .unwrap()
+        .corrupt
+        .iter()
+        .find(|entry| entry.key == history_key);
     assert!(
         history_error.is_some_and(|entry| entry.error.contains("\"description_l\" is")),
         "{:?}",

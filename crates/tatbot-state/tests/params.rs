@@ -696,7 +696,14 @@ async fn corrupt_param_is_reported_per_entry() {
     assert_eq!(names, ["a.x", "a.y", "a.z"]);
     assert!(entries[0].value.is_ok());
     let error = |idx: usize| entries[idx].value.as_ref().unwrap_err().to_string();
-    assert!(error(1).starts_with("tatbot:param:a.y: cannot decode parameter value"), "{}", error(1));
+    assert!(
+        error(1).starts_with("tatbot:param:a.y: cannot decode parameter value"),
+        "{}",
+        error(1)
+    );
     assert!(error(2).contains("the limit is"), "{}", error(2));
-    assert!(params.list(&Prefix::all()).await.is_err(), "the strict list still refuses");
+    assert!(
+        params.list(&Prefix::all()).await.is_err(),
+        "the strict list still refuses"
+    );
 }

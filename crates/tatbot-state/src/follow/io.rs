@@ -17,10 +17,10 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use crate::connection::ManagerConfig;
+use crate::decode;
 use crate::error::{Error, Result};
 use crate::follow::cursor::{Cursor, EntryId};
 use crate::follow::{FollowConfig, LoggedEvent, NodeView, Scope, Snapshot};
-use crate::decode;
 use crate::ids::{NodeId, SessionId};
 use crate::keys;
 use crate::manager::{CorruptEntry, invalid_id_key};
