@@ -418,3 +418,31 @@ fn issue_14_load_refuses_tags_and_depth_with_the_line() {
     );
     assert_code(&run(param(&server), &["param", "get", "a"]), 5);
 }
+
+/// Issue #14 point 7: one corrupt parameter is a row with its error; the others still list
+/// and `param list` succeeds, in text and JSON.
+#[test]
+fn list_reports_a_corrupt_parameter() {
+    let (server, _dir) = loaded();
+    server
+        .command(&["HSET", "tatbot:param:arms.offset_num", "value", "not json"])
+        .unwrap();
+    let output = run(param(&server), &["param", "list"]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    assert!(
+        text.lines().any(|line| line.starts_with("arms.goal_time_slow ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("arms.offset_num") && line.contains("error: tatbot:param:arms.offset_num")),
+        "{text}"
+    );
+    let listed = json(&run(param(&server), &["--json", "param", "list"]));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    let corrupt: Vec<_> = listed.iter().filter(|param| param.get("error").is_some()).collect();
+    assert_eq!(corrupt.len(), 1);
+    assert_eq!(corrupt[0]["name"], "arms.offset_num");
+}

@@ -4,7 +4,7 @@
 //! trusting every handler to call only reading methods of [`StateManager`], the server holds
 //! its manager inside a `Reader`, which exposes the reading and subscribing methods and nothing
 //! else. The same goes for parameters: [`Params`] can declare, set and load, so the reader
-//! makes one per call and passes on only `list`, `get` and `watch`. Its connection therefore
+//! makes one per call and passes on only `list_entries`, `get` and `watch`. Its connection therefore
 //! sends only reads (`HGET`, `HMGET`, `SCAN`, `ZRANGE`, `ZRANGEBYLEX`, `XREVRANGE`, `GET`,
 //! `INFO`), and, on
 //! connections of their own, `PSUBSCRIBE` and the parameter watch's `XREAD BLOCK`. The node
@@ -79,9 +79,9 @@ impl Reader {
         self.manager.list_errors(count).await
     }
 
-    /// See [`Params::list`].
-    pub async fn list_params(&self, prefix: &Prefix) -> Result<Vec<Param>> {
-        Params::new(&self.manager).list(prefix).await
+    /// See [`Params::list_entries`]: a corrupt parameter is reported in its entry.
+    pub async fn list_params(&self, prefix: &Prefix) -> Result<Vec<Entry<Param>>> {
+        Params::new(&self.manager).list_entries(prefix).await
     }
 
     /// See [`Params::get`].

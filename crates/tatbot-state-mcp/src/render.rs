@@ -133,12 +133,23 @@ pub fn session_progress(session_id: &SessionId, progress: &StrokeProgress) -> Re
     if let Some(dataset) = &progress.dataset_name {
         let _ = writeln!(text, "Dataset: {dataset}");
     }
-    let _ = writeln!(text, "Stroke: {}/{}", progress.stroke_idx + 1, progress.total_strokes);
-    let _ = writeln!(text, "Pose: {}/{}", progress.pose_idx + 1, progress.stroke_length);
+    let _ = writeln!(
+        text,
+        "Stroke: {}",
+        position(progress.stroke_idx, progress.total_strokes)
+    );
+    let _ = writeln!(text, "Pose: {}", position(progress.pose_idx, progress.stroke_length));
     let _ = writeln!(text, "Executing: {}", progress.is_executing);
     let _ = writeln!(text, "Paused: {}", progress.is_paused);
     let _ = writeln!(text, "State: {}", run_state(progress));
-    let _ = writeln!(text, "Progress: {:.1}%", 100.0 * progress.fraction());
+    match progress.problem() {
+        None => {
+            let _ = writeln!(text, "Progress: {:.1}%", 100.0 * progress.fraction());
+        }
+        Some(problem) => {
+            let _ = writeln!(text, "Progress: invalid ({})", shown(&problem));
+        }
+    }
     let _ = writeln!(
         text,
         "Left: {} (offset {})",
@@ -185,8 +196,8 @@ pub fn sessions(entries: Vec<Entry<StrokeProgress>>) -> Rendered {
             entry.id.clone(),
             progress.node_id.clone(),
             progress.scene_name.clone(),
-            format!("{}/{}", progress.stroke_idx + 1, progress.total_strokes),
-            format!("{}/{}", progress.pose_idx + 1, progress.stroke_length),
+            position(progress.stroke_idx, progress.total_strokes),
+            position(progress.pose_idx, progress.stroke_length),
             run_state(progress).to_owned(),
             progress.timestamp.to_string(),
         ]);
@@ -241,9 +252,9 @@ pub fn node_health(node_id: &NodeId, health: Option<&NodeHealth>) -> Rendered {
     let _ = writeln!(text, "Online: true");
     let _ = writeln!(text, "Last Heartbeat: {}", health.last_heartbeat);
     let _ = writeln!(text, "Reachable: {}", health.is_reachable);
-    let _ = writeln!(text, "CPU: {:.1}%", health.cpu_percent);
-    let _ = writeln!(text, "Memory: {:.1}%", health.memory_percent);
-    let _ = writeln!(text, "Disk: {:.1}%", health.disk_percent);
+    let _ = writeln!(text, "CPU: {}", percent(health.cpu_percent));
+    let _ = writeln!(text, "Memory: {}", percent(health.memory_percent));
+    let _ = writeln!(text, "Disk: {}", percent(health.disk_percent));
     let _ = writeln!(text, "GPU: {gpu}");
     let _ = writeln!(
         text,
@@ -295,9 +306,9 @@ pub fn nodes(live: Vec<Entry<NodeHealth>>, known: Vec<(String, i64)>) -> Rendere
                     node.clone(),
                     "yes".to_owned(),
                     health.last_heartbeat.to_string(),
-                    format!("{:.1}%", health.cpu_percent),
-                    format!("{:.1}%", health.memory_percent),
-                    format!("{:.1}%", health.disk_percent),
+                    percent(health.cpu_percent),
+                    percent(health.memory_percent),
+                    percent(health.disk_percent),
                     mcp_state(health),
                 ]);
                 listed.push(json!({"node_id": node, "online": true, "last_seen_unix_ms": seen_ms, "health": health}));
@@ -359,19 +370,23 @@ pub fn errors(entries: Vec<Entry<ErrorEvent>>) -> Rendered {
     }
 }
 
-/// `state://params`: every parameter, by name, one line each.
-pub fn params(params: &[Param]) -> Rendered {
+/// `state://params`: every parameter, by name, one line each; corrupt ones are listed after
+/// the others with their errors (`"corrupt"` in JSON), never failing the read.
+pub fn params(entries: Vec<Entry<Param>>) -> Rendered {
+    let (params, corrupt): (Vec<_>, Vec<_>) = entries.into_iter().partition(|entry| entry.value.is_ok());
+    let params: Vec<Param> = params.into_iter().filter_map(|entry| entry.value.ok()).collect();
     let mut text = format!("Parameters: {}\n", params.len());
-    for param in params {
-        let _ = writeln!(
-            text,
+    for param in &params {
+        let line = format!(
             "{} = {} ({}, v{}, set by {} at {})",
             param.name, param.value, param.descriptor.param_type, param.version, param.actor, param.updated
         );
+        let _ = writeln!(text, "{}", shown(&line));
     }
+    let corrupt = corrupt_list(&corrupt, &mut text);
     Rendered {
         text,
-        json: json!({"count": params.len(), "params": params}),
+        json: json!({"count": params.len(), "params": params, "corrupt": corrupt}),
     }
 }
 
@@ -415,7 +430,7 @@ fn corrupt_list<T>(corrupt: &[Entry<T>], text: &mut String) -> Vec<Value> {
         .iter()
         .map(|entry| {
             let error = entry.value.as_ref().err().map(ToString::to_string).unwrap_or_default();
-            let _ = writeln!(text, "  {}: {error}", entry.key);
+            let _ = writeln!(text, "  {}: {}", shown(&entry.key), shown(&error));
             json!({"key": entry.key, "error": error})
         })
         .collect()
@@ -427,7 +442,7 @@ fn to_value<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-use tatbot_state::text::table;
+use tatbot_state::text::{percent, position, shown, table};
 
 #[cfg(test)]
 mod tests {
@@ -478,14 +493,19 @@ mod tests {
     /// the library's form.
     #[test]
     fn params_lines() {
-        let rendered = params(&[goal_time()]);
+        let entry = |param: Param| Entry {
+            id: param.name.to_string(),
+            key: format!("tatbot:param:{}", param.name),
+            value: Ok(param),
+        };
+        let rendered = params(vec![entry(goal_time())]);
         assert_eq!(
             rendered.text,
             "Parameters: 1\narms.goal_time_slow = 2.5 (float, v3, set by hog at 2026-11-25T17:15:37.792132)\n"
         );
         assert_eq!(rendered.json["count"], 1);
         assert_eq!(rendered.json["params"][0]["descriptor"]["type"], "float");
-        assert_eq!(params(&[]).text, "Parameters: 0\n");
+        assert_eq!(params(Vec::new()).text, "Parameters: 0\n");
     }
 
     /// One parameter shows its whole declaration; a float bound keeps its ".0".

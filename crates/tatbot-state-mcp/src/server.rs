@@ -234,7 +234,7 @@ impl ServerState {
             }
             Resource::Config => render::config(&self.config),
             Resource::Errors => render::errors(reader.list_errors(render::MAX_LISTED_ERRORS).await.map_err(error)?),
-            Resource::Params => render::params(&reader.list_params(&Prefix::all()).await.map_err(error)?),
+            Resource::Params => render::params(reader.list_params(&Prefix::all()).await.map_err(error)?),
             Resource::Param(name) => match reader.get_param(name).await.map_err(error)? {
                 Some(param) => render::param(&param),
                 None => {

@@ -223,3 +223,31 @@ async fn heartbeat_changes_are_notified() {
     assert!(text.contains("Node: hog\nOnline: true\n"), "{text}");
     client.cancel().await.unwrap();
 }
+
+/// Issue #14 point 7: one corrupt parameter is listed with its error by `state://params`,
+/// which still answers with the others (it used to fail the whole read with -32603).
+#[tokio::test]
+async fn params_resource_reports_a_corrupt_parameter() {
+    let redis = RedisServer::start();
+    let node = manager(&redis, "hog").await;
+    let params = Params::new(&node);
+    for name in ["arms.goal_time_slow", "arms.goal_time_fast"] {
+        let name = ParamName::new(name).unwrap();
+        params
+            .declare(&name, &Descriptor::new(ParamValue::Float(2.0)))
+            .await
+            .unwrap();
+    }
+    redis
+        .command(&["HSET", "tatbot:param:arms.goal_time_fast", "value", "\"fast\""])
+        .unwrap();
+    let (pipe, _stop) = serve(&redis).await;
+    let client = ().serve(pipe).await.unwrap();
+    let text = read_text(&client, "state://params").await;
+    assert!(text.starts_with("Parameters: 1\narms.goal_time_slow = 2.0"), "{text}");
+    assert!(
+        text.contains("Corrupt Entries: 1\n  tatbot:param:arms.goal_time_fast: "),
+        "{text}"
+    );
+    client.cancel().await.unwrap();
+}

@@ -5,14 +5,17 @@
 //! | `GET /` | the page |
 //! | `GET /assets/app.js`, `GET /assets/style.css` | its script and style |
 //! | `GET /api/status` | the system summary ([`tatbot_state::SystemStatus`]) |
-//! | `GET /api/sessions` | `{"cursor", "server_time_ms", "sessions": {id: progress}}` |
-//! | `GET /api/nodes` | `{"server_time_ms", "nodes": {id: node}}` |
+//! | `GET /api/sessions` | `{"cursor", "server_time_ms", "sessions": {id: progress}, "corrupt": [...]}` |
+//! | `GET /api/nodes` | `{"server_time_ms", "nodes": {id: node}, "corrupt": [...]}` |
 //! | `GET /api/events` | `{"events": [...], "errors": [...]}`, oldest first |
-//! | `GET /api/params` | `{"params": [...]}`: every parameter by name ([`tatbot_state::Param`]) |
+//! | `GET /api/params` | `{"params": [...], "corrupt": [...]}`: every parameter by name ([`tatbot_state::Param`]) |
 //! | `GET /api/stream` | the SSE stream (see `sse.rs`) |
 //!
 //! The three snapshot endpoints read one consistent snapshot each. A Redis failure answers
-//! `503` with `{"error": ...}`.
+//! `503` with `{"error": ...}`. Stored values that are corrupt (the wrong type, over the 1 MiB
+//! bound, not decodable, under an invalid id) never fail a request: each is a
+//! `{"key", "error"}` in `corrupt` ([`tatbot_state::CorruptEntry`]), the sessions' and
+//! parameters' under their endpoints and the heartbeats' under `/api/nodes`.
 
 use std::future::Future;
 
@@ -80,16 +83,20 @@ async fn sessions(State(state): State<VizState>) -> Response {
             "cursor": snapshot.cursor,
             "server_time_ms": snapshot.server_time_ms,
             "sessions": snapshot.sessions,
+            "corrupt": corrupt_where(&snapshot, |key| !key.starts_with(NODE_KEYS)),
         })
     })
     .await
 }
 
 async fn nodes(State(state): State<VizState>) -> Response {
-    with_snapshot(
-        state,
-        |snapshot| json!({"server_time_ms": snapshot.server_time_ms, "nodes": snapshot.nodes}),
-    )
+    with_snapshot(state, |snapshot| {
+        json!({
+            "server_time_ms": snapshot.server_time_ms,
+            "nodes": snapshot.nodes,
+            "corrupt": corrupt_where(&snapshot, |key| key.starts_with(NODE_KEYS)),
+        })
+    })
     .await
 }
 
@@ -103,6 +110,14 @@ async fn events(State(state): State<VizState>) -> Response {
 
 async fn param_list(State(state): State<VizState>) -> Response {
     bounded(async move { params::list(&state.manager).await }).await
+}
+
+/// Where heartbeat keys live; every other corrupt key of a snapshot is a session's.
+const NODE_KEYS: &str = "node:";
+
+/// The snapshot's corrupt entries whose key passes `wanted`.
+fn corrupt_where(snapshot: &Snapshot, wanted: impl Fn(&str) -> bool) -> Vec<&tatbot_state::CorruptEntry> {
+    snapshot.corrupt.iter().filter(|entry| wanted(&entry.key)).collect()
 }
 
 async fn with_snapshot(state: VizState, shape: impl FnOnce(Snapshot) -> Value) -> Response {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tatbot_state::params::Prefix;
-use tatbot_state::{Params, StateManager};
+use tatbot_state::{CorruptEntry, Params, StateManager};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -25,17 +25,30 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// `{"params": [Param, ...]}`: every parameter, by name, as the library serializes it.
+/// `{"params": [Param, ...], "corrupt": [{"key", "error"}, ...]}`: every parameter, by name,
+/// as the library serializes it; a stored parameter that does not decode is listed in
+/// `corrupt` and never hides the others.
 ///
 /// # Errors
 ///
-/// The library's error as text: Redis unreachable, or a stored parameter that does not decode.
+/// The library's error as text: Redis unreachable.
 pub(crate) async fn list(manager: &StateManager) -> Result<Value, String> {
-    let params = Params::new(manager)
-        .list(&Prefix::all())
+    let entries = Params::new(manager)
+        .list_entries(&Prefix::all())
         .await
         .map_err(|err| err.to_string())?;
-    Ok(json!({ "params": params }))
+    let mut params = Vec::with_capacity(entries.len());
+    let mut corrupt = Vec::new();
+    for entry in entries {
+        match entry.value {
+            Ok(param) => params.push(param),
+            Err(err) => corrupt.push(CorruptEntry {
+                key: entry.key,
+                error: err.to_string(),
+            }),
+        }
+    }
+    Ok(json!({ "params": params, "corrupt": corrupt }))
 }
 
 /// Wakes the hub when parameters change; dropping it stops the watch and closes its

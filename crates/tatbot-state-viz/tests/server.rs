@@ -267,3 +267,89 @@ async fn json_api_reports_redis_down() {
     assert!(body.contains("error"), "{body}");
     dashboard.stop().await;
 }
+
+/// Issue #14 points 5-7: a wrong-type key, oversized documents and a corrupt parameter are
+/// reported in `corrupt` by the JSON API and as `corrupt` changes on the stream; responses stay
+/// small, `/api/params` answers 200, and the stream never says Redis was lost.
+#[tokio::test]
+async fn hostile_data_is_reported_not_served() {
+    let server = RedisServer::start();
+    let state = manager(&server).await;
+    let params = Params::new(&state);
+    for name in ["a.x", "a.y"] {
+        let name = ParamName::new(name).unwrap();
+        params
+            .declare(&name, &Descriptor::new(ParamValue::Int(1)))
+            .await
+            .unwrap();
+    }
+    let session = state.start_stroke_session(2, 5, "good").await.unwrap();
+    let pad = "x".repeat(tatbot_state::model::MAX_DOCUMENT_BYTES + 1);
+    let huge_progress = format!(r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"n","pad":"{pad}"}}"#);
+    let huge_health = format!(
+        r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"big","last_heartbeat":"2026-11-25T17:15:37","pad":"{pad}"}}"#
+    );
+    for command in [
+        &["HSET", "tatbot:param:a.y", "value", "not json"][..],
+        &["HSET", "stroke:progress:stroke_big_1", "progress", &huge_progress],
+        &["HSET", "node:health:big", "health", &huge_health],
+        &["RPUSH", "stroke:progress:x", "a"],
+    ] {
+        server.command(command).unwrap();
+    }
+    let dashboard = dashboard(&state).await;
+
+    let (status, body) = request(dashboard.addr, "GET", "/api/params").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["params"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["corrupt"][0]["key"], "tatbot:param:a.y");
+    for (path, keys) in [
+        (
+            "/api/sessions",
+            vec!["stroke:progress:stroke_big_1", "stroke:progress:x"],
+        ),
+        ("/api/nodes", vec!["node:health:big"]),
+    ] {
+        let (status, body) = request(dashboard.addr, "GET", path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.len() < 64 * 1024, "{path} answered {} bytes", body.len());
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let mut corrupt: Vec<&str> = answer["corrupt"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["key"].as_str().unwrap())
+            .collect();
+        corrupt.sort_unstable();
+        assert_eq!(corrupt, keys, "{path}");
+    }
+
+    let mut stream = SseStream::open(dashboard.addr, None).await;
+    let snapshot = next_named(&mut stream, "snapshot").await.json();
+    assert_eq!(
+        snapshot["corrupt"].as_array().unwrap().len(),
+        3,
+        "{}",
+        snapshot["corrupt"]
+    );
+    // A wrong-type key found by a poll, then progress after it: no `redis` event in between.
+    server.command(&["RPUSH", "stroke:progress:y", "a"]).unwrap();
+    let mut reported = false;
+    loop {
+        let event = next_follow(&mut stream).await.expect("the stream stays open");
+        assert_ne!(event.event, "redis", "Redis was reported lost: {}", event.data);
+        let change = event.json();
+        if change["kind"] == "corrupt" && change["key"] == "stroke:progress:y" {
+            reported = true;
+            state
+                .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+                .await
+                .unwrap();
+        }
+        if reported && change["kind"] == "progress" {
+            break;
+        }
+    }
+    dashboard.stop().await;
+}

@@ -37,6 +37,16 @@
 //! cursor was trimmed, or the stream went back (data lost in a restart), it sends
 //! [`FollowItem::Resync`] and a fresh snapshot rather than skip silently.
 //!
+//! # Hostile data
+//!
+//! Any writer on the LAN can store anything under our keys. A key of the wrong type (a list
+//! at `stroke:progress:x`), a document over [`crate::model::MAX_DOCUMENT_BYTES`] or one that
+//! does not decode, a key whose id is invalid, or a history entry that does not decode is
+//! reported as corrupt, naming its key, and the follow goes on: in [`Snapshot::corrupt`], and
+//! as a [`ChangeKind::Corrupt`] when the follower finds it later (once per key until that key
+//! reads well again). Decoding is `decode.rs`'s, which every read path shares, so the follow
+//! path and `StateManager::system_status` agree on what is corrupt.
+//!
 //! # Memory
 //!
 //! Items go through a channel of [`FOLLOW_BUFFER`] items. A consumer that stops reading stalls
@@ -56,8 +66,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::Result;
-use crate::ids::SessionId;
-use crate::manager::StateManager;
+use crate::ids::{NodeId, SessionId};
+use crate::keys;
+use crate::manager::{CorruptEntry, StateManager};
 use crate::model::{HistoryEntry, NodeHealth, StrokeProgress, event_types};
 
 pub use cursor::{Cursor, EntryId};
@@ -76,6 +87,9 @@ pub const DEFAULT_RECENT_EVENTS: usize = 50;
 pub const DEFAULT_RECENT_ERRORS: usize = 20;
 /// Longest wait between two reconnect attempts.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Most entries [`Snapshot::corrupt`] keeps; past it the oldest reports are dropped, so a
+/// writer that stores thousands of bad keys cannot grow a consumer's view without bound.
+pub const MAX_CORRUPT_ENTRIES: usize = 100;
 
 /// What to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +202,10 @@ pub struct Snapshot {
     pub recent_events_limit: usize,
     /// How many errors `recent_errors` keeps when changes are applied.
     pub recent_errors_limit: usize,
+    /// Keys (and history entries) whose stored value is corrupt, with why; at most
+    /// [`MAX_CORRUPT_ENTRIES`].
+    #[serde(default)]
+    pub corrupt: Vec<CorruptEntry>,
 }
 
 impl Snapshot {
@@ -202,9 +220,22 @@ impl Snapshot {
             }
             ChangeKind::Session { session_id, progress } => {
                 self.sessions.insert(session_id.to_string(), (**progress).clone());
+                self.forget_corrupt(&keys::progress(session_id));
             }
             ChangeKind::SessionRemoved { session_id } => {
                 self.sessions.remove(session_id.as_str());
+                self.forget_corrupt(&keys::progress(session_id));
+            }
+            ChangeKind::Corrupt { key, error } => {
+                self.forget_corrupt(key);
+                self.corrupt.push(CorruptEntry {
+                    key: key.clone(),
+                    error: error.clone(),
+                });
+                if self.corrupt.len() > MAX_CORRUPT_ENTRIES {
+                    let excess = self.corrupt.len() - MAX_CORRUPT_ENTRIES;
+                    self.corrupt.drain(..excess);
+                }
             }
             ChangeKind::Event { event } => {
                 if event.is_error() {
@@ -215,9 +246,18 @@ impl Snapshot {
                 }
             }
             ChangeKind::Node { node } => {
+                if node.health.is_some()
+                    && let Ok(node_id) = NodeId::new(node.node_id.as_str())
+                {
+                    self.forget_corrupt(&keys::health(&node_id));
+                }
                 self.nodes.insert(node.node_id.clone(), (**node).clone());
             }
         }
+    }
+
+    fn forget_corrupt(&mut self, key: &str) {
+        self.corrupt.retain(|entry| entry.key != key);
     }
 }
 
@@ -281,6 +321,15 @@ pub enum ChangeKind {
     Node {
         /// The node as it is now.
         node: Box<NodeView>,
+    },
+    /// A key (or a history entry) holds a value that is corrupt: the wrong type, over the size
+    /// bound, not the document the wire contract describes, or under an invalid id. Sent once
+    /// per key until it reads well again (a later `Session` or `Node` change for it clears it).
+    Corrupt {
+        /// The key; for a history entry its stream (the error names the entry).
+        key: String,
+        /// Why, for a person.
+        error: String,
     },
 }
 
@@ -417,6 +466,7 @@ mod tests {
             recent_errors: Vec::new(),
             recent_events_limit: 2,
             recent_errors_limit: 1,
+            corrupt: Vec::new(),
         };
         let entry = HistoryEntry {
             id: "5-0".into(),

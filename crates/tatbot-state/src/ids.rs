@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 /// The longest identifier we accept.
 pub const MAX_ID_LEN: usize = 64;
 
-fn validate(kind: &'static str, value: &str) -> Result<()> {
+/// Checks `value` against the identifier rules; `kind` names the identifier in the error.
+pub(crate) fn validate(kind: &'static str, value: &str) -> Result<()> {
     let reason = if value.is_empty() {
         "it is empty"
     } else if value.len() > MAX_ID_LEN {

@@ -25,6 +25,7 @@
 pub mod backoff;
 pub mod config;
 pub mod connection;
+mod decode;
 mod error;
 mod fastpath;
 pub mod follow;

@@ -8,7 +8,9 @@
 //!
 //! Listing never uses `KEYS`: sessions and nodes are found with `SCAN` (which also finds the
 //! ones Python nodes wrote) and their documents fetched in pipelined batches. A value that does
-//! not decode is reported per entry, naming its key, and never fails a whole listing.
+//! not decode (wrong type, over the size bound, not JSON, a key whose id is invalid) is reported
+//! per entry, naming its key, and never fails a whole listing; the rules are `decode.rs`'s, which
+//! every read path shares.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::connection::{self, ManagerConfig};
+use crate::decode;
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
 use crate::ids::{Category, NodeId, SessionId};
@@ -118,8 +121,9 @@ pub struct Entry<T> {
     pub value: Result<T>,
 }
 
-/// A value that did not decode, as reported by [`StateManager::system_status`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A value that did not decode, as reported by [`StateManager::system_status`] and the follow
+/// API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CorruptEntry {
     /// The key.
     pub key: String,
@@ -578,12 +582,11 @@ impl StateManager {
     /// [`Error::Decode`] naming the key when the stored value is not a StrokeProgress.
     pub async fn get_stroke_progress(&self, session_id: &SessionId) -> Result<Option<StrokeProgress>> {
         let key = keys::progress(session_id);
-        let raw: Option<String> = self
-            .connection()
-            .hget(&key, keys::FIELD_PROGRESS)
-            .await
-            .map_err(|err| self.redis_error("get_stroke_progress", err))?;
-        raw.map(|raw| decode_json(&key, "StrokeProgress", &raw)).transpose()
+        let raw = self
+            .read_field(&key, keys::FIELD_PROGRESS, "get_stroke_progress")
+            .await?;
+        raw.map(|raw| decode::document(&key, "StrokeProgress", &raw))
+            .transpose()
     }
 
     /// Every stored session (ours and the Python nodes'), each decoded or with its error.
@@ -593,11 +596,17 @@ impl StateManager {
     /// A Redis failure; a bad value is reported in its [`Entry`].
     pub async fn list_sessions(&self) -> Result<Vec<Entry<StrokeProgress>>> {
         let found = self.scan(keys::PROGRESS_PATTERN).await?;
-        self.read_documents(found, keys::PROGRESS_PREFIX, keys::FIELD_PROGRESS, "StrokeProgress")
-            .await
+        self.read_documents(
+            found,
+            keys::PROGRESS_PREFIX,
+            keys::FIELD_PROGRESS,
+            ("StrokeProgress", "session id"),
+        )
+        .await
     }
 
-    /// The most recently written session that is executing, from any node.
+    /// The most recently written session that is executing, from any node; sessions whose
+    /// document holds values outside their domain ([`StrokeProgress::problem`]) are left out.
     ///
     /// # Errors
     ///
@@ -611,7 +620,9 @@ impl StateManager {
                 let session_id = SessionId::new(entry.id).ok()?;
                 Some(SessionInfo { session_id, progress })
             })
-            .filter(|info| info.progress.is_executing)
+            // A document with values outside their domain (a timestamp far in the future
+            // would always win) is not a candidate.
+            .filter(|info| info.progress.is_executing && info.progress.problem().is_none())
             .max_by_key(|info| info.progress.timestamp))
     }
 
@@ -620,22 +631,58 @@ impl StateManager {
     ///
     /// # Errors
     ///
-    /// [`Error::Decode`] naming the stream and entry when an entry lacks a field or holds a
-    /// non-integer index, or a Redis failure.
+    /// [`Error::Corrupt`] naming the stream and entry when an entry lacks a field, holds a
+    /// non-integer index or a field over the size bound, or a Redis failure. To read past bad
+    /// entries, use [`StateManager::history_entries`].
     pub async fn get_history(
         &self,
         session_id: &SessionId,
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<HistoryEntry>> {
+        self.history_entries(session_id, after, count)
+            .await?
+            .into_iter()
+            .map(|entry| entry.value)
+            .collect()
+    }
+
+    /// Up to `count` history entries of a session, oldest first, after entry id `after`
+    /// (exclusive) or from the start, each decoded or with the reason it did not decode; the
+    /// [`Entry::id`] is the stream entry id, so a reader pages on past a bad entry.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure, or [`Error::Corrupt`] when the history key is not a stream; a bad entry
+    /// is reported in its [`Entry`].
+    pub async fn history_entries(
+        &self,
+        session_id: &SessionId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<Entry<HistoryEntry>>> {
         let key = keys::history(session_id);
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let reply: redis::streams::StreamRangeReply = self
-            .connection()
-            .xrange_count(&key, start, "+", count)
-            .await
-            .map_err(|err| self.redis_error("get_history", err))?;
-        reply.ids.into_iter().map(|entry| decode_history(&key, entry)).collect()
+        let reply: redis::streams::StreamRangeReply =
+            match self.connection().xrange_count(&key, start, "+", count).await {
+                Ok(reply) => reply,
+                Err(err) if decode::is_wrong_type(&err) => {
+                    return Err(Error::Corrupt {
+                        key,
+                        detail: "the key is not a stream".to_owned(),
+                    });
+                }
+                Err(err) => return Err(self.redis_error("get_history", err)),
+            };
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|entry| Entry {
+                value: decode::history_entry(&key, &entry.id, |field| entry.get::<String>(field)),
+                id: entry.id,
+                key: key.clone(),
+            })
+            .collect())
     }
 
     /// Stores the robot state (`state` and `last_updated`) and publishes `state_update`.
@@ -655,12 +702,8 @@ impl StateManager {
     /// [`Error::Decode`] naming the key, or a Redis failure.
     pub async fn get_robot_state(&self, node_id: &NodeId) -> Result<Option<RobotState>> {
         let key = keys::robot_state(node_id);
-        let raw: Option<String> = self
-            .connection()
-            .hget(&key, keys::FIELD_STATE)
-            .await
-            .map_err(|err| self.redis_error("get_robot_state", err))?;
-        raw.map(|raw| decode_json(&key, "RobotState", &raw)).transpose()
+        let raw = self.read_field(&key, keys::FIELD_STATE, "get_robot_state").await?;
+        raw.map(|raw| decode::document(&key, "RobotState", &raw)).transpose()
     }
 
     /// Stores a heartbeat with the health TTL and records the node in our registry.
@@ -690,17 +733,23 @@ impl StateManager {
     /// A Redis failure; a bad value is reported in its slot.
     pub async fn get_nodes_health(&self, node_ids: &[NodeId]) -> Result<Vec<Option<Result<NodeHealth>>>> {
         let mut pipe = redis::pipe();
+        // A key of the wrong type (WRONGTYPE) is that slot's error, not the call's.
+        pipe.ignore_errors();
         for node_id in node_ids {
             pipe.hget(keys::health(node_id), keys::FIELD_HEALTH);
         }
-        let raws: Vec<Option<String>> = pipe
+        let replies: Vec<redis::RedisResult<RedisValue>> = pipe
             .query_async(&mut self.connection())
             .await
             .map_err(|err| self.redis_error("get_nodes_health", err))?;
         Ok(node_ids
             .iter()
-            .zip(raws)
-            .map(|(node_id, raw)| raw.map(|raw| decode_json(&keys::health(node_id), "NodeHealth", &raw)))
+            .zip(replies)
+            .map(|(node_id, reply)| {
+                let key = keys::health(node_id);
+                decode::field_text(&key, keys::FIELD_HEALTH, reply)
+                    .map(|raw| raw.and_then(|raw| decode::document(&key, "NodeHealth", &raw)))
+            })
             .collect())
     }
 
@@ -711,8 +760,13 @@ impl StateManager {
     /// A Redis failure; a bad value is reported in its [`Entry`].
     pub async fn get_all_nodes_health(&self) -> Result<Vec<Entry<NodeHealth>>> {
         let found = self.scan(keys::HEALTH_PATTERN).await?;
-        self.read_documents(found, keys::HEALTH_PREFIX, keys::FIELD_HEALTH, "NodeHealth")
-            .await
+        self.read_documents(
+            found,
+            keys::HEALTH_PREFIX,
+            keys::FIELD_HEALTH,
+            ("NodeHealth", "node id"),
+        )
+        .await
     }
 
     /// Nodes that ever sent a heartbeat through tatbot-state, with the time of the last one.
@@ -941,8 +995,9 @@ impl StateManager {
         let now = Timestamp::now().unix_millis();
         for (writer, record) in producers {
             let key = format!("{} field {writer}", keys::PRODUCERS);
-            match decode_json::<Value>(&key, "producer stats", &record) {
+            match decode::document::<Value>(&key, "producer stats", &record) {
                 Ok(record) => {
+                    // Hostile counters (`u64::MAX` from any writer) saturate rather than wrap.
                     let count = |name: &str| record["stats"][name].as_u64().unwrap_or(0);
                     status.dropped_updates = status.dropped_updates.saturating_add(count("dropped"));
                     status.rejected_updates = status.rejected_updates.saturating_add(count("rejected"));
@@ -961,6 +1016,20 @@ impl StateManager {
         Ok(())
     }
 
+    /// One hash field's text; a key of the wrong type, a value that is not a string or one
+    /// over the size bound is [`Error::Corrupt`] naming the key.
+    async fn read_field(&self, key: &str, field: &str, operation: &'static str) -> Result<Option<String>> {
+        let reply = redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query_async::<RedisValue>(&mut self.connection())
+            .await;
+        match reply {
+            Err(err) if !decode::is_wrong_type(&err) => Err(self.redis_error(operation, err)),
+            reply => decode::field_text(key, field, reply).transpose(),
+        }
+    }
+
     /// All keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks the server).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
         scan_keys(&mut self.connection(), pattern, SCAN_BATCH)
@@ -968,13 +1037,14 @@ impl StateManager {
             .map_err(|err| self.redis_error("scan", err))
     }
 
-    /// Fetches `field` of each hash in pipelined batches and decodes it.
+    /// Fetches `field` of each hash in pipelined batches and decodes it; a key whose suffix
+    /// is not a valid `id_kind` is an entry with that error.
     async fn read_documents<T: serde::de::DeserializeOwned>(
         &self,
         found: Vec<String>,
         prefix: &str,
         field: &str,
-        what: &'static str,
+        (what, id_kind): (&'static str, &'static str),
     ) -> Result<Vec<Entry<T>>> {
         let mut connection = self.connection();
         let mut entries = Vec::with_capacity(found.len());
@@ -990,18 +1060,16 @@ impl StateManager {
                 .await
                 .map_err(|err| self.redis_error("read documents", err))?;
             for (key, value) in chunk.iter().zip(values) {
-                let raw = match value {
-                    // Expired between SCAN and HGET: it is gone, not corrupt.
-                    Ok(RedisValue::Nil) => continue,
-                    Ok(RedisValue::BulkString(bytes)) => String::from_utf8(bytes)
-                        .map_err(|_| Error::InvalidInput(format!("{key}: field {field} is not UTF-8"))),
-                    Ok(other) => Err(Error::InvalidInput(format!(
-                        "{key}: field {field} is not a string ({other:?})"
-                    ))),
-                    Err(err) => Err(Error::InvalidInput(format!("{key}: {err}"))),
+                // Expired between SCAN and HGET: it is gone, not corrupt.
+                let Some(raw) = decode::field_text(key, field, value) else {
+                    continue;
                 };
-                let value = raw.and_then(|raw| decode_json(key, what, &raw));
                 let id = keys::strip(key, prefix).unwrap_or(key).to_owned();
+                // A key whose id breaks the id rules names nothing we could read or write.
+                let value = crate::ids::validate(id_kind, &id)
+                    .map_err(|err| invalid_id_key(key, &err))
+                    .and(raw)
+                    .and_then(|raw| decode::document(key, what, &raw));
                 entries.push(Entry {
                     id,
                     key: key.clone(),
@@ -1090,44 +1158,16 @@ fn encode_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
     })
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(key: &str, what: &'static str, raw: &str) -> Result<T> {
-    if raw.len() > crate::model::MAX_DOCUMENT_BYTES {
-        return Err(Error::InvalidInput(format!(
-            "{key}: {what} is {} bytes; the limit is {}",
-            raw.len(),
-            crate::model::MAX_DOCUMENT_BYTES
-        )));
-    }
-    serde_json::from_str(raw).map_err(|source| Error::Decode {
+/// The error of a key whose id part breaks the id rules (kept short: the key may be huge).
+pub(crate) fn invalid_id_key(key: &str, err: &Error) -> Error {
+    let detail = match err {
+        Error::InvalidId { kind, reason, .. } => format!("the key does not end in a valid {kind}: {reason}"),
+        other => other.to_string(),
+    };
+    Error::Corrupt {
         key: key.to_owned(),
-        what,
-        source,
-    })
-}
-
-fn decode_history(key: &str, entry: redis::streams::StreamId) -> Result<HistoryEntry> {
-    history_entry(key, &entry.id, |field| entry.get::<String>(field))
-}
-
-/// A history stream entry from its id and a lookup of its fields (text), with errors naming
-/// the stream, the entry and the field.
-pub(crate) fn history_entry(key: &str, id: &str, field: impl Fn(&str) -> Option<String>) -> Result<HistoryEntry> {
-    let text = |name: &str| -> Result<String> {
-        field(name).ok_or_else(|| Error::InvalidInput(format!("{key} entry {id}: missing or non-text field {name:?}")))
-    };
-    let number = |name: &str| -> Result<i64> {
-        let raw = text(name)?;
-        raw.parse()
-            .map_err(|_| Error::InvalidInput(format!("{key} entry {id}: field {name:?} is {raw:?}, not an integer")))
-    };
-    Ok(HistoryEntry {
-        stroke_idx: number("stroke_idx")?,
-        pose_idx: number("pose_idx")?,
-        description_l: text("description_l")?,
-        description_r: text("description_r")?,
-        node_id: text("node_id")?,
-        id: id.to_owned(),
-    })
+        detail,
+    }
 }
 
 /// A delay as people say it: `250 ms`, `4 s`.

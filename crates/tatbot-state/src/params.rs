@@ -49,10 +49,11 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use crate::decode;
 use crate::error::{Error, Result};
 use crate::ids::NodeId;
 use crate::keys;
-use crate::manager::StateManager;
+use crate::manager::{Entry, StateManager};
 use crate::params::script::{Refusal, Write};
 use crate::params::value::{Violation, from_json, infer_type};
 use crate::timestamp::Timestamp;
@@ -295,18 +296,34 @@ impl Params {
     ///
     /// As [`Params::get`]; one bad hash fails the call.
     pub async fn get_many(&self, names: &[ParamName]) -> Result<Vec<Option<Param>>> {
+        self.read_many(names)
+            .await?
+            .into_iter()
+            .map(Option::transpose)
+            .collect()
+    }
+
+    /// Several parameters, each decoded or with the reason it did not decode; `None` for a
+    /// name that is not declared.
+    async fn read_many(&self, names: &[ParamName]) -> Result<Vec<Option<Result<Param>>>> {
         let mut params = Vec::with_capacity(names.len());
         for chunk in names.chunks(READ_BATCH) {
             let mut pipe = redis::pipe();
+            // A key of the wrong type (WRONGTYPE) is that parameter's error, not the call's.
+            pipe.ignore_errors();
             for name in chunk {
                 pipe.cmd("HMGET").arg(keys::param(name)).arg(&FIELDS);
             }
-            let replies: Vec<Vec<Option<String>>> = pipe
-                .query_async(&mut self.state.connection())
-                .await
-                .map_err(|err| self.state.redis_error("get_params", err))?;
-            for (name, fields) in chunk.iter().zip(replies) {
-                params.push(decode(name, fields)?);
+            let replies: Vec<redis::RedisResult<redis::Value>> =
+                pipe.query_async(&mut self.state.connection())
+                    .await
+                    .map_err(|err| self.state.redis_error("get_params", err))?;
+            for (name, reply) in chunk.iter().zip(replies) {
+                params.push(
+                    read_fields(name, reply)
+                        .and_then(|fields| decode(name, fields))
+                        .transpose(),
+                );
             }
         }
         Ok(params)
@@ -386,11 +403,37 @@ impl Params {
     ///
     /// # Errors
     ///
-    /// As [`Params::get_many`].
+    /// As [`Params::get_many`]: one corrupt parameter fails the call, which is what a dump
+    /// wants. Views use [`Params::list_entries`], which reports it in its entry instead.
     pub async fn list(&self, prefix: &Prefix) -> Result<Vec<Param>> {
+        self.list_entries(prefix)
+            .await?
+            .into_iter()
+            .map(|entry| entry.value)
+            .collect()
+    }
+
+    /// Every parameter at or under `prefix`, by name, each decoded or with the reason it did
+    /// not decode (wrong type, a field over the size bound, a value not of its type);
+    /// [`Entry::id`] is the name.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure; a corrupt parameter is reported in its [`Entry`].
+    pub async fn list_entries(&self, prefix: &Prefix) -> Result<Vec<Entry<Param>>> {
         let names = self.names(prefix).await?;
-        let params = self.get_many(&names).await?;
-        Ok(params.into_iter().flatten().collect())
+        let params = self.read_many(&names).await?;
+        Ok(names
+            .into_iter()
+            .zip(params)
+            .filter_map(|(name, param)| {
+                Some(Entry {
+                    key: keys::param(&name),
+                    id: name.to_string(),
+                    value: param?,
+                })
+            })
+            .collect())
     }
 
     /// The declared names at or under `prefix`, in name order.
@@ -639,6 +682,32 @@ impl Params {
             descriptor,
         }
     }
+}
+
+/// The fields of one `HMGET` reply (run with `ignore_errors`), each held to the size bound.
+fn read_fields(name: &ParamName, reply: redis::RedisResult<redis::Value>) -> Result<Vec<Option<String>>> {
+    let key = keys::param(name);
+    let values = match reply {
+        Ok(redis::Value::Array(values)) => values,
+        Ok(_) => {
+            return Err(Error::Corrupt {
+                key,
+                detail: "HMGET answered something other than a list".to_owned(),
+            });
+        }
+        Err(err) if decode::is_wrong_type(&err) => {
+            return Err(Error::Corrupt {
+                key,
+                detail: "the key is not a hash".to_owned(),
+            });
+        }
+        Err(err) => return Err(Error::from_redis("get_params", err)),
+    };
+    FIELDS
+        .iter()
+        .zip(values)
+        .map(|(field, value)| decode::field_text(&key, field, Ok(value)).transpose())
+        .collect()
 }
 
 /// Decodes one parameter hash read with [`FIELDS`]; `None` when it has no version (not declared).

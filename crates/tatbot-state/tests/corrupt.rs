@@ -109,7 +109,8 @@ async fn corrupt_progress() {
     );
 }
 
-/// History entries with a missing or non-integer field are errors naming stream and entry.
+/// History entries with a missing or non-integer field are errors naming stream and entry;
+/// issue #14 point 7: they are reported per entry and never hide the good ones.
 #[tokio::test]
 async fn corrupt_history() {
     let (server, state) = setup("hog").await;
@@ -129,11 +130,138 @@ async fn corrupt_history() {
         )
         .await
         .unwrap();
-    let err = state.get_history(&session, None, 10).await.unwrap_err().to_string();
-    assert_eq!(
-        err,
-        r#"stream:stroke_history:stroke_x_1 entry 5-1: field "stroke_idx" is "abc", not an integer"#
+    let good = [
+        ("stroke_idx", "0"),
+        ("pose_idx", "1"),
+        ("description_l", ""),
+        ("description_r", ""),
+        ("node_id", "x"),
+    ];
+    let _: String = redis
+        .xadd("stream:stroke_history:stroke_x_1", "6-1", &good)
+        .await
+        .unwrap();
+    let err = state.get_history(&session, None, 10).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }),
+        "bad stored data is not bad usage: {err:?}"
     );
+    assert_eq!(
+        err.to_string(),
+        r#"stream:stroke_history:stroke_x_1: stored value is corrupt (entry 5-1: field "stroke_idx" is "abc", not an integer); fix or delete the key"#
+    );
+    let entries = state.history_entries(&session, None, 10).await.unwrap();
+    let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+    assert_eq!(ids, ["5-1", "6-1"]);
+    assert!(entries[0].value.is_err());
+    assert_eq!(entries[1].value.as_ref().unwrap().pose_idx, 1);
+}
+
+/// Issue #14 point 6: history fields over the 1 MiB bound are corrupt, not returned.
+#[tokio::test]
+async fn oversized_history_entry_is_corrupt() {
+    let (server, state) = setup("hog").await;
+    let session = SessionId::new("stroke_x_1").unwrap();
+    let description = "d".repeat(tatbot_state::model::MAX_DOCUMENT_BYTES + 1);
+    let fields = [
+        ("stroke_idx", "0"),
+        ("pose_idx", "0"),
+        ("description_l", description.as_str()),
+        ("description_r", ""),
+        ("node_id", "x"),
+    ];
+    let _: String = raw(&server)
+        .await
+        .xadd("stream:stroke_history:stroke_x_1", "*", &fields)
+        .await
+        .unwrap();
+    let entries = state.history_entries(&session, None, 10).await.unwrap();
+    let err = entries[0].value.as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains(r#"field "description_l" is 1048577 bytes; the limit is 1048576"#),
+        "{err}"
+    );
+}
+
+/// Issue #14 point 8: keys with invalid ids are corrupt entries, not sessions or nodes; a
+/// key of the wrong type read directly is corrupt, not a Redis failure.
+#[tokio::test]
+async fn invalid_id_and_wrong_type_keys_are_corrupt() {
+    let (server, state) = setup("hog").await;
+    state.start_stroke_session(1, 1, "s").await.unwrap();
+    let mut redis = raw(&server).await;
+    let doc =
+        r#"{"timestamp":"2026-11-25T17:15:37","node_id":"n","total_strokes":1,"stroke_length":1,"is_executing":true}"#;
+    let long = format!("stroke:progress:{}", "a".repeat(10_000));
+    for key in ["stroke:progress:a*b?[c]", long.as_str()] {
+        let () = redis.hset(key, "progress", doc).await.unwrap();
+    }
+    let health = r#"{"timestamp":"2026-11-25T17:15:37","node_id":"n","last_heartbeat":"2026-11-25T17:15:37"}"#;
+    let () = redis.hset("node:health:bad id", "health", health).await.unwrap();
+    let status = state.system_status().await;
+    assert_eq!((status.active_sessions, status.total_sessions), (1, 3));
+    let mut keys: Vec<&str> = status.corrupt.iter().map(|entry| entry.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["node:health:bad id", "stroke:progress:a*b?[c]", long.as_str()]);
+    assert!(
+        status
+            .corrupt
+            .iter()
+            .all(|entry| entry.error.contains("does not end in a valid")),
+        "{:?}",
+        status.corrupt
+    );
+    assert!(
+        status.corrupt.iter().all(|entry| entry.error.len() < 10_200),
+        "the id is not repeated"
+    );
+
+    let _: usize = redis.rpush("stroke:progress:stroke_list_1", "a").await.unwrap();
+    let err = state
+        .get_stroke_progress(&SessionId::new("stroke_list_1").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { ref key, .. } if key == "stroke:progress:stroke_list_1"),
+        "{err:?}"
+    );
+}
+
+/// Issue #14 point 8: dropped counters saturate instead of wrapping (or panicking).
+#[tokio::test]
+async fn dropped_counters_saturate() {
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    for (writer, dropped) in [("a", u64::MAX - 1), ("b", 5)] {
+        let record = format!(r#"{{"stats":{{"dropped":{dropped}}},"updated":"2026-11-25T17:15:37"}}"#);
+        let () = redis.hset("tatbot:producers", writer, record).await.unwrap();
+    }
+    assert_eq!(state.system_status().await.dropped_updates, u64::MAX);
+}
+
+/// Issue #14 point 8: a session with a year-9999 timestamp or positions outside their domain
+/// never wins "latest active session".
+#[tokio::test]
+async fn out_of_domain_sessions_never_win_latest() {
+    let (server, state) = setup("hog").await;
+    let good = state.start_stroke_session(3, 3, "s").await.unwrap();
+    let mut redis = raw(&server).await;
+    let docs = [
+        (
+            "stroke_future_1",
+            r#"{"timestamp":"9999-01-01T00:00:00","node_id":"n","total_strokes":3,"stroke_length":3,"is_executing":true}"#,
+        ),
+        (
+            "stroke_over_1",
+            r#"{"timestamp":"2099-01-01T00:00:00","node_id":"n","stroke_idx":10,"total_strokes":3,"stroke_length":3,"is_executing":true}"#,
+        ),
+    ];
+    for (session, doc) in docs {
+        let key = format!("stroke:progress:{session}");
+        let () = redis.hset(&key, "progress", doc).await.unwrap();
+    }
+    let latest = state.latest_active_session().await.unwrap().unwrap();
+    assert_eq!(latest.session_id, good);
 }
 
 /// A stored error entry that is not an error event is reported in its entry.

@@ -405,3 +405,146 @@ async fn survives_kill_restart_and_pause() {
     );
     assert_eq!(progress_of(&seen, &session), expected);
 }
+
+fn corrupt_keys(seen: &Seen) -> Vec<String> {
+    seen.view
+        .as_ref()
+        .map(|view| view.corrupt.iter().map(|entry| entry.key.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Issue #14 point 5: a key of the wrong type (`rpush stroke:progress:x a`) is reported
+/// corrupt, and the follower neither loses Redis nor stops delivering progress.
+#[tokio::test]
+async fn wrong_type_key_is_corrupt_not_a_lost_connection() {
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(2, 4, "scene").await.unwrap();
+    let mut redis = raw(&server).await;
+    let _: usize = redis.rpush("stroke:progress:x", "a").await.unwrap();
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    assert_eq!(corrupt_keys(&seen.lock().unwrap()), ["stroke:progress:x"]);
+
+    // Found by a poll after the snapshot, and a tailed history that turns into a string.
+    let _: usize = redis.rpush("stroke:progress:y", "a").await.unwrap();
+    wait_for(&seen, "the poll to report the new key", |seen| {
+        corrupt_keys(seen).contains(&"stroke:progress:y".to_owned())
+    })
+    .await;
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
+    wait_for(&seen, "progress after the corrupt keys", |seen| {
+        progress_of(seen, &session).len() == 1
+    })
+    .await;
+    let broken = state.start_stroke_session(2, 4, "other").await.unwrap();
+    wait_for(&seen, "the second session", |seen| {
+        seen.view
+            .as_ref()
+            .is_some_and(|view| view.sessions.contains_key(broken.as_str()))
+    })
+    .await;
+    let history_key = format!("stream:stroke_history:{broken}");
+    let () = redis.set(&history_key, "not a stream").await.unwrap();
+    wait_for(&seen, "the history key to be reported", |seen| {
+        corrupt_keys(seen).contains(&history_key)
+    })
+    .await;
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(1, 0))
+        .await
+        .unwrap();
+    wait_for(&seen, "progress after the broken history", |seen| {
+        progress_of(seen, &session).len() == 2
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    assert_eq!((seen.lost, seen.reconnected, seen.snapshots), (0, 0, 1));
+    let reported = seen
+        .changes
+        .iter()
+        .filter(|change| matches!(&change.kind, ChangeKind::Corrupt { key, .. } if key == "stroke:progress:y"))
+        .count();
+    assert_eq!(reported, 1, "a corrupt key is reported once, not at every poll");
+}
+
+/// Issue #14 point 6: the 1 MiB bound holds on the follow path too; oversized documents and
+/// heartbeats, keys with invalid ids and bad history entries are reported, never delivered.
+#[tokio::test]
+async fn follow_path_bounds_and_reports_corrupt_entries() {
+    use tatbot_state::model::MAX_DOCUMENT_BYTES;
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(2, 4, "scene").await.unwrap();
+    let pad = "x".repeat(MAX_DOCUMENT_BYTES + 1);
+    let huge_progress = format!(r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"n","pad":"{pad}"}}"#);
+    let huge_health = format!(
+        r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"big","last_heartbeat":"2026-11-25T17:15:37","pad":"{pad}"}}"#
+    );
+    let mut redis = raw(&server).await;
+    let () = redis
+        .hset("stroke:progress:stroke_big_1", "progress", &huge_progress)
+        .await
+        .unwrap();
+    let () = redis.hset("node:health:big", "health", &huge_health).await.unwrap();
+    let () = redis.hset("stroke:progress:a*b?[c]", "progress", "{}").await.unwrap();
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    {
+        let seen = seen.lock().unwrap();
+        let view = seen.view.as_ref().unwrap();
+        assert!(!view.sessions.contains_key("stroke_big_1"));
+        assert!(view.nodes["big"].health.is_none());
+        let mut keys = corrupt_keys(&seen);
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "node:health:big",
+                "stroke:progress:a*b?[c]",
+                "stroke:progress:stroke_big_1"
+            ]
+        );
+        let errors: Vec<&str> = view.corrupt.iter().map(|entry| entry.error.as_str()).collect();
+        assert!(errors.iter().any(|error| error.contains("the limit is")), "{errors:?}");
+        assert!(
+            errors.iter().any(|error| error.contains("valid session id")),
+            "{errors:?}"
+        );
+    }
+
+    let history_key = format!("stream:stroke_history:{session}");
+    let description = "d".repeat(MAX_DOCUMENT_BYTES + 1);
+    let fields = [
+        ("stroke_idx", "0"),
+        ("pose_idx", "0"),
+        ("description_l", description.as_str()),
+        ("description_r", ""),
+        ("node_id", "n"),
+    ];
+    let _: String = redis.xadd(&history_key, "*", &fields).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
+    wait_for(&seen, "the good entry after the bad one", |seen| {
+        progress_of(seen, &session).len() == 1
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(progress_of(&seen, &session)[0].pose_idx, 1);
+    let history_error = seen
+        .view
+        .as_ref()
+        .unwrap()
+        .corrupt
+        .iter()
+        .find(|entry| entry.key == history_key);
+    assert!(
+        history_error.is_some_and(|entry| entry.error.contains("\"description_l\" is")),
+        "{:?}",
+        seen.view.as_ref().unwrap().corrupt
+    );
+    assert_eq!(seen.lost, 0);
+}

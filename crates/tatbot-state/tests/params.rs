@@ -735,3 +735,35 @@ async fn issue_14_oversized_text_is_refused() {
         "{err}"
     );
 }
+
+/// Issue #14 point 7: one corrupt parameter is reported in its entry and the others list.
+#[tokio::test]
+async fn corrupt_param_is_reported_per_entry() {
+    let (server, state) = setup("hog").await;
+    let params = Params::new(&state);
+    for name in ["a.x", "a.y", "a.z"] {
+        params
+            .declare(&ParamName::new(name).unwrap(), &Descriptor::new(ParamValue::Int(1)))
+            .await
+            .unwrap();
+    }
+    let mut redis = raw(&server).await;
+    let () = redis.hset("tatbot:param:a.y", "value", "not json").await.unwrap();
+    let huge = format!("\"{}\"", "x".repeat(tatbot_state::model::MAX_DOCUMENT_BYTES + 1));
+    let () = redis.hset("tatbot:param:a.z", "descriptor", huge).await.unwrap();
+    let entries = params.list_entries(&Prefix::all()).await.unwrap();
+    let names: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+    assert_eq!(names, ["a.x", "a.y", "a.z"]);
+    assert!(entries[0].value.is_ok());
+    let error = |idx: usize| entries[idx].value.as_ref().unwrap_err().to_string();
+    assert!(
+        error(1).starts_with("tatbot:param:a.y: cannot decode parameter value"),
+        "{}",
+        error(1)
+    );
+    assert!(error(2).contains("the limit is"), "{}", error(2));
+    assert!(
+        params.list(&Prefix::all()).await.is_err(),
+        "the strict list still refuses"
+    );
+}

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tatbot_state::Message;
 use tatbot_state::keys::DEFAULT_EVENT_PATTERNS;
 use tatbot_state::model::Event;
+use tatbot_state::text::{position, shown};
 
 use crate::ctx::GlobalArgs;
 use crate::exit;
@@ -61,6 +62,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         let line = if global.json {
             json_line(&message)
         } else {
+            // Every field may hold control characters from any publisher on the LAN.
             text_line(&message)
         };
         let mut out = std::io::stdout().lock();
@@ -89,44 +91,63 @@ fn json_line(message: &Message) -> String {
     .to_string()
 }
 
-/// `channel type key=value...`, or the channel, the error and the raw payload.
+/// `channel type key=value...`, or the channel, the error and the raw payload; every value
+/// goes through [`shown`], so control characters are escaped and long values cut.
 fn text_line(message: &Message) -> String {
     let event = match &message.event {
         Ok(event) => event,
-        Err(err) => return format!("{} malformed: {err:#}; payload {:?}", message.channel, message.payload),
+        Err(err) => {
+            return format!(
+                "{} malformed: {}; payload {}",
+                shown(&message.channel),
+                shown(&format!("{err:#}")),
+                shown(&format!("{:?}", message.payload))
+            );
+        }
     };
     let summary = match event {
         Event::StateUpdate(update) => format!(
             "state_update node={} pose={} connected_l={} connected_r={}",
-            update.node_id, update.current_pose, update.is_connected_l, update.is_connected_r
+            shown(&update.node_id),
+            shown(&update.current_pose),
+            update.is_connected_l,
+            update.is_connected_r
         ),
         Event::SessionStart(start) => format!(
             "session_start session={} node={} strokes={} scene={}",
-            start.session_id, start.node_id, start.total_strokes, start.scene_name
+            shown(&start.session_id),
+            shown(&start.node_id),
+            start.total_strokes,
+            shown(&start.scene_name)
         ),
         Event::SessionEnd(end) | Event::SessionPause(end) | Event::SessionResume(end) => format!(
             "{} session={} node={}",
             event.event_type().unwrap_or("session"),
-            end.session_id,
-            end.node_id
+            shown(&end.session_id),
+            shown(&end.node_id)
         ),
         Event::ProgressUpdate(update) => format!(
-            "progress_update session={} node={} stroke={}/{} pose={}/{} left={:?} right={:?}",
-            update.session_id,
-            update.node_id,
-            update.stroke_idx + 1,
-            update.total_strokes,
-            update.pose_idx + 1,
-            update.stroke_length,
-            update.description_l,
-            update.description_r
+            "progress_update session={} node={} stroke={} pose={} left={} right={}",
+            shown(&update.session_id),
+            shown(&update.node_id),
+            position(update.stroke_idx, update.total_strokes),
+            position(update.pose_idx, update.stroke_length),
+            shown(&format!("{:?}", update.description_l)),
+            shown(&format!("{:?}", update.description_r))
         ),
         Event::Error(error) => format!(
-            "error category={} node={} message={:?} details={}",
-            error.category, error.node_id, error.message, error.details
+            "error category={} node={} message={} details={}",
+            shown(&error.category),
+            shown(&error.node_id),
+            shown(&format!("{:?}", error.message)),
+            shown(&error.details.to_string())
         ),
-        // Unknown types (and any future variant) are shown as they came.
-        _ => format!("{} {}", event.event_type().unwrap_or("(no type)"), message.payload),
+        // Unknown types (and any future variant) are shown as they came, escaped.
+        _ => format!(
+            "{} {}",
+            shown(event.event_type().unwrap_or("(no type)")),
+            shown(&message.payload)
+        ),
     };
-    format!("{} {summary}", message.channel)
+    format!("{} {summary}", shown(&message.channel))
 }

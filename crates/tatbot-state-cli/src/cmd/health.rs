@@ -13,7 +13,9 @@ use serde_json::json;
 use tatbot_state::NodeId;
 use tatbot_state::model::NodeHealth;
 
-use crate::cmd::status::{age_secs, format_age, table};
+use tatbot_state::text::percent;
+
+use crate::cmd::status::{age_secs, format_age, format_ago, shown, table};
 use crate::ctx::GlobalArgs;
 use crate::exit;
 
@@ -60,8 +62,12 @@ pub fn print_health(health: &NodeHealth, json_output: bool) -> anyhow::Result<()
         return Ok(());
     }
     let gpu = match health.gpu_percent {
-        Some(percent) if health.gpu_available => {
-            format!("{percent:.1}% (memory {})", percent_or_dash(health.gpu_memory_percent))
+        Some(gpu_percent) if health.gpu_available => {
+            format!(
+                "{} (memory {})",
+                percent(gpu_percent),
+                percent_or_dash(health.gpu_memory_percent)
+            )
         }
         _ => "none".to_owned(),
     };
@@ -70,17 +76,17 @@ pub fn print_health(health: &NodeHealth, json_output: bool) -> anyhow::Result<()
         (true, None) => "running".to_owned(),
         (false, _) => "not running".to_owned(),
     };
-    writeln!(out, "Node: {}", health.node_id)?;
+    writeln!(out, "Node: {}", shown(&health.node_id))?;
     writeln!(
         out,
-        "Last Heartbeat: {} ({} ago)",
+        "Last Heartbeat: {} ({})",
         health.last_heartbeat,
-        format_age(age_secs(health.last_heartbeat))
+        format_ago(health.last_heartbeat)
     )?;
     writeln!(out, "Reachable: {}", health.is_reachable)?;
-    writeln!(out, "CPU: {:.1}%", health.cpu_percent)?;
-    writeln!(out, "Memory: {:.1}%", health.memory_percent)?;
-    writeln!(out, "Disk: {:.1}%", health.disk_percent)?;
+    writeln!(out, "CPU: {}", percent(health.cpu_percent))?;
+    writeln!(out, "Memory: {}", percent(health.memory_percent))?;
+    writeln!(out, "Disk: {}", percent(health.disk_percent))?;
     writeln!(out, "GPU: {gpu}")?;
     writeln!(out, "Ping: {}", ms_or_dash(health.ping_latency_ms))?;
     writeln!(out, "MCP Server: {mcp}")?;
@@ -145,9 +151,9 @@ async fn show_all(global: &GlobalArgs) -> anyhow::Result<u8> {
                 entry.id.clone(),
                 "yes".to_owned(),
                 format_age(age_secs(health.last_heartbeat)),
-                format!("{:.1}%", health.cpu_percent),
-                format!("{:.1}%", health.memory_percent),
-                format!("{:.1}%", health.disk_percent),
+                percent(health.cpu_percent),
+                percent(health.memory_percent),
+                percent(health.disk_percent),
                 if health.gpu_available {
                     percent_or_dash(health.gpu_percent)
                 } else {
@@ -176,9 +182,13 @@ async fn show_all(global: &GlobalArgs) -> anyhow::Result<u8> {
 }
 
 fn percent_or_dash(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".to_owned(), |percent| format!("{percent:.1}%"))
+    value.map_or_else(|| "-".to_owned(), percent)
 }
 
 fn ms_or_dash(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}ms"))
+    match value {
+        None => "-".to_owned(),
+        Some(ms) if ms.is_finite() && (0.0..1e9).contains(&ms) => format!("{ms:.2}ms"),
+        Some(_) => "invalid".to_owned(),
+    }
 }

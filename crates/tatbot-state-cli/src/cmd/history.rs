@@ -1,8 +1,11 @@
 //! `tatbot-state history SESSION`: a session's history stream, oldest first.
 //!
 //! Pages through `stream:stroke_history:{session_id}` with
-//! [`tatbot_state::StateManager::get_history`], one page per round trip, each page starting
-//! after the last id printed. `--follow` then keeps polling after that id every
+//! [`tatbot_state::StateManager::history_entries`], one page per round trip, each page starting
+//! after the last id printed. An entry that does not decode (a missing field, a non-integer
+//! index, a field over the 1 MiB bound) is printed in its place as `ID  corrupt: ...` (with
+//! `--json`, `{"id", "error"}`) and the rest of the history still prints; text goes through
+//! `shown`, so stored control characters are escaped. `--follow` then keeps polling after that id every
 //! [`FOLLOW_INTERVAL`] and prints new entries until Ctrl-C/SIGTERM or `--count`. Polling was
 //! chosen over `XREAD BLOCK` because the library reads history only by range, and a fifth of a
 //! second is well below what a person watching notices. A session with neither a progress hash
@@ -16,8 +19,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tatbot_state::model::HistoryEntry;
-use tatbot_state::{SessionId, StateManager};
+use tatbot_state::{Entry, SessionId, StateManager};
 
+use crate::cmd::status::shown;
 use crate::ctx::GlobalArgs;
 use crate::exit;
 use crate::signal::shutdown_signal;
@@ -100,9 +104,9 @@ async fn fetch(
     manager: &StateManager,
     session_id: &SessionId,
     after: Option<&str>,
-) -> anyhow::Result<Vec<HistoryEntry>> {
+) -> anyhow::Result<Vec<Entry<HistoryEntry>>> {
     manager
-        .get_history(session_id, after, PAGE)
+        .history_entries(session_id, after, PAGE)
         .await
         .with_context(|| format!("reading the history of {session_id}"))
 }
@@ -118,20 +122,26 @@ struct Printer {
 
 impl Printer {
     /// Prints `entries` up to the count; returns true once the count is reached.
-    fn print(&mut self, entries: &[HistoryEntry]) -> anyhow::Result<bool> {
+    fn print(&mut self, entries: &[Entry<HistoryEntry>]) -> anyhow::Result<bool> {
         let mut out = std::io::stdout().lock();
         for entry in entries {
             if self.count.is_some_and(|count| self.printed >= count) {
                 break;
             }
-            if self.json_output {
-                writeln!(out, "{}", serde_json::to_string(entry)?)?;
-            } else {
-                writeln!(
+            match (&entry.value, self.json_output) {
+                (Ok(decoded), true) => writeln!(out, "{}", serde_json::to_string(decoded)?)?,
+                (Err(err), true) => writeln!(out, "{}", serde_json::json!({"id": entry.id, "error": err.to_string()}))?,
+                (Ok(decoded), false) => writeln!(
                     out,
                     "{}  stroke {} pose {}  {}  L: {}  R: {}",
-                    entry.id, entry.stroke_idx, entry.pose_idx, entry.node_id, entry.description_l, entry.description_r
-                )?;
+                    decoded.id,
+                    decoded.stroke_idx,
+                    decoded.pose_idx,
+                    shown(&decoded.node_id),
+                    shown(&decoded.description_l),
+                    shown(&decoded.description_r)
+                )?,
+                (Err(err), false) => writeln!(out, "{}  corrupt: {}", entry.id, shown(&err.to_string()))?,
             }
             self.printed += 1;
             self.last_id = Some(entry.id.clone());

@@ -164,6 +164,7 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         recent_errors: Vec::new(),
         recent_events_limit: 0,
         recent_errors_limit: 0,
+        corrupt: Vec::new(),
     };
     let view = monitor.view.as_ref().unwrap_or(&empty);
     let sessions = session_lines(view);
@@ -197,14 +198,22 @@ fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot
         |at| at.as_datetime().format("%H:%M:%S").to_string(),
     );
     let sessions = if active == 1 { "session" } else { "sessions" };
-    let line = Line::from(vec![
+    let mut spans = vec![
         Span::raw("Redis "),
         Span::styled(redis, Style::default().fg(color).add_modifier(Modifier::BOLD)),
         Span::raw(format!(
             " · nodes {online}/{} online · {active} active {sessions} · updated {updated}",
             view.nodes.len()
         )),
-    ]);
+    ];
+    if !view.corrupt.is_empty() {
+        // Bad data is the data's problem, not Redis's: shown beside the Redis state, not as it.
+        spans.push(Span::styled(
+            format!(" · {} corrupt", view.corrupt.len()),
+            Style::default().fg(Color::Yellow),
+        ));
+    }
+    let line = Line::from(spans);
     let block = Block::default()
         .borders(Borders::ALL)
         .title(format!(" tatbot-state monitor · {} ", monitor.endpoint))
@@ -445,6 +454,7 @@ mod tests {
             recent_errors: Vec::new(),
             recent_events_limit: 50,
             recent_errors_limit: 20,
+            corrupt: Vec::new(),
         }
     }
 

@@ -186,14 +186,27 @@ async fn set(global: &GlobalArgs, name: &ParamName, args: &SetArgs) -> anyhow::R
     Ok(exit::SUCCESS)
 }
 
+/// Lists parameters; a corrupt one is a row (or a `{"name", "key", "error"}` object) carrying
+/// its error after the others, and never hides them.
 async fn list(global: &GlobalArgs, prefix: &Prefix) -> anyhow::Result<u8> {
-    let listed = params(global).await?.list(prefix).await.context("listing parameters")?;
+    let entries = params(global)
+        .await?
+        .list_entries(prefix)
+        .await
+        .context("listing parameters")?;
+    let (listed, corrupt): (Vec<_>, Vec<_>) = entries.into_iter().partition(|entry| entry.value.is_ok());
+    let listed: Vec<Param> = listed.into_iter().filter_map(|entry| entry.value.ok()).collect();
     let mut out = std::io::stdout().lock();
     if global.json {
-        writeln!(out, "{}", serde_json::to_string(&listed)?)?;
+        let mut shown_json: Vec<serde_json::Value> = listed.iter().map(|param| serde_json::json!(param)).collect();
+        for entry in &corrupt {
+            let error = entry.value.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            shown_json.push(serde_json::json!({"name": entry.id, "key": entry.key, "error": error}));
+        }
+        writeln!(out, "{}", serde_json::to_string(&shown_json)?)?;
         return Ok(exit::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = listed
+    let mut rows: Vec<Vec<String>> = listed
         .iter()
         .map(|param| {
             vec![
@@ -206,6 +219,10 @@ async fn list(global: &GlobalArgs, prefix: &Prefix) -> anyhow::Result<u8> {
             ]
         })
         .collect();
+    for entry in &corrupt {
+        let error = entry.value.as_ref().err().map(ToString::to_string).unwrap_or_default();
+        rows.push(vec![entry.id.clone(), format!("error: {error}")]);
+    }
     write!(
         out,
         "{}",

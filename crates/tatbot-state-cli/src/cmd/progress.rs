@@ -12,7 +12,9 @@ use tatbot_state::SessionId;
 use tatbot_state::model::StrokeProgress;
 
 use crate::cmd::sessions::run_state;
-use crate::cmd::status::{age_secs, format_age};
+use tatbot_state::text::position;
+
+use crate::cmd::status::{age_secs, format_ago, shown};
 use crate::ctx::GlobalArgs;
 use crate::exit;
 
@@ -67,30 +69,35 @@ fn print_progress(session_id: &SessionId, progress: &StrokeProgress, json_output
         return Ok(());
     }
     writeln!(out, "Session: {session_id}")?;
-    writeln!(out, "Node: {}", progress.node_id)?;
-    writeln!(out, "Scene: {}", progress.scene_name)?;
+    writeln!(out, "Node: {}", shown(&progress.node_id))?;
+    writeln!(out, "Scene: {}", shown(&progress.scene_name))?;
     if let Some(dataset) = &progress.dataset_name {
-        writeln!(out, "Dataset: {dataset}")?;
+        writeln!(out, "Dataset: {}", shown(dataset))?;
     }
     writeln!(out, "State: {}", run_state(progress))?;
-    writeln!(out, "Stroke: {}/{}", progress.stroke_idx + 1, progress.total_strokes)?;
-    writeln!(out, "Pose: {}/{}", progress.pose_idx + 1, progress.stroke_length)?;
-    writeln!(out, "Progress: {:.1}%", 100.0 * progress.fraction())?;
+    writeln!(out, "Stroke: {}", position(progress.stroke_idx, progress.total_strokes))?;
+    writeln!(out, "Pose: {}", position(progress.pose_idx, progress.stroke_length))?;
+    match progress.problem() {
+        None => writeln!(out, "Progress: {:.1}%", 100.0 * progress.fraction())?,
+        Some(problem) => writeln!(out, "Progress: invalid ({})", shown(&problem))?,
+    }
     writeln!(
         out,
         "Left: {} (offset {})",
-        progress.stroke_description_l, progress.offset_idx_l
+        shown(&progress.stroke_description_l),
+        progress.offset_idx_l
     )?;
     writeln!(
         out,
         "Right: {} (offset {})",
-        progress.stroke_description_r, progress.offset_idx_r
+        shown(&progress.stroke_description_r),
+        progress.offset_idx_r
     )?;
     writeln!(
         out,
-        "Updated: {} ({} ago)",
+        "Updated: {} ({})",
         progress.timestamp,
-        format_age(age_secs(progress.timestamp))
+        format_ago(progress.timestamp)
     )?;
     Ok(())
 }

@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use serde_json::json;
 use tatbot_state::model::StrokeProgress;
 
+use tatbot_state::text::position;
+
 use crate::cmd::status::{age_secs, format_age, table};
 use crate::ctx::GlobalArgs;
 use crate::exit;
@@ -92,8 +94,8 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
                 entry.id.clone(),
                 progress.node_id.clone(),
                 progress.scene_name.clone(),
-                format!("{}/{}", progress.stroke_idx + 1, progress.total_strokes),
-                format!("{}/{}", progress.pose_idx + 1, progress.stroke_length),
+                position(progress.stroke_idx, progress.total_strokes),
+                position(progress.pose_idx, progress.stroke_length),
                 run_state(progress).to_owned(),
                 format_age(age_secs(progress.timestamp)),
             ],

@@ -19,6 +19,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use tatbot_state::StateManager;
 use tatbot_state::model::StrokeProgress;
+use tatbot_state::text::{position, shown};
 
 use crate::cmd::sessions::run_state;
 use crate::ctx::GlobalArgs;
@@ -191,7 +192,7 @@ impl Display {
                 (None, None) if self.json_output => {
                     writeln!(out, "{}", json!({"session_id": session_id, "state": "gone"}))?;
                 }
-                (None, None) => writeln!(out, "{session_id} gone (deleted or expired)")?,
+                (None, None) => writeln!(out, "{} gone (deleted or expired)", shown(&session_id))?,
             }
         }
         out.flush()?;
@@ -209,11 +210,9 @@ fn done_poses(progress: &StrokeProgress) -> u64 {
 
 fn bar_message(progress: &StrokeProgress) -> String {
     format!(
-        "stroke {}/{} pose {}/{} {}",
-        progress.stroke_idx + 1,
-        progress.total_strokes,
-        progress.pose_idx + 1,
-        progress.stroke_length,
+        "stroke {} pose {} {}",
+        position(progress.stroke_idx, progress.total_strokes),
+        position(progress.pose_idx, progress.stroke_length),
         run_state(progress)
     )
 }
@@ -232,13 +231,17 @@ fn line(session_id: &str, progress: &StrokeProgress, json_output: bool) -> Strin
     }
     // `fraction` is clamped to 0..=1, so this is at most BAR_WIDTH.
     let filled = (fraction * BAR_WIDTH as f64).round() as usize;
+    let percent = match progress.problem() {
+        None => format!("{:5.1}%", 100.0 * fraction),
+        Some(_) => "invalid".to_owned(),
+    };
     format!(
-        "{session_id} {} {} [{}{}] {:5.1}% {}",
-        progress.node_id,
-        progress.scene_name,
+        "{} {} {} [{}{}] {percent} {}",
+        shown(session_id),
+        shown(&progress.node_id),
+        shown(&progress.scene_name),
         "#".repeat(filled),
         "-".repeat(BAR_WIDTH - filled.min(BAR_WIDTH)),
-        100.0 * fraction,
         bar_message(progress)
     )
 }

@@ -6,6 +6,9 @@
 //! manager's timeouts; the blocking one waits `block` longer for its answers.
 //!
 //! Replies are parsed by hand from [`redis::Value`] so both RESP2 arrays and RESP3 maps work.
+//! Stored values are decoded through `decode.rs`, like every other read path: the same size
+//! bound, and a key of the wrong type, a value that does not decode or a key whose id is invalid
+//! becomes a [`CorruptEntry`] for the consumer, never a failed read.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,12 +17,14 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use crate::connection::ManagerConfig;
+use crate::decode;
 use crate::error::{Error, Result};
 use crate::follow::cursor::{Cursor, EntryId};
 use crate::follow::{FollowConfig, LoggedEvent, NodeView, Scope, Snapshot};
 use crate::ids::{NodeId, SessionId};
 use crate::keys;
-use crate::model::{Event, HistoryEntry, NodeHealth, StrokeProgress};
+use crate::manager::{CorruptEntry, invalid_id_key};
+use crate::model::{Event, HistoryEntry, MAX_DOCUMENT_BYTES, NodeHealth, StrokeProgress};
 
 /// Keys per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
@@ -242,13 +247,29 @@ pub(crate) fn parse_xread(value: &Value) -> Vec<(String, Vec<RawEntry>)> {
 
 /// A history stream entry as a [`HistoryEntry`].
 pub(crate) fn decode_history(key: &str, entry: &RawEntry) -> Result<HistoryEntry> {
-    crate::manager::history_entry(key, &entry.id_text, |name| entry.field(name).map(str::to_owned))
+    crate::decode::history_entry(key, &entry.id_text, |name| entry.field(name).map(str::to_owned))
 }
 
 /// An event-log (or error-log) entry as a [`LoggedEvent`].
+///
+/// A channel or payload over [`MAX_DOCUMENT_BYTES`] is not kept: the event carries a short
+/// note in its place, so one huge entry cannot blow up every snapshot that holds it.
 pub(crate) fn decode_logged(entry: &RawEntry) -> LoggedEvent {
-    let channel = entry.field("channel").unwrap_or_default().to_owned();
+    let channel = entry.field("channel").unwrap_or_default();
     let raw = entry.field("payload").unwrap_or_default();
+    if raw.len() > MAX_DOCUMENT_BYTES || channel.len() > MAX_DOCUMENT_BYTES {
+        return LoggedEvent {
+            id: entry.id_text.clone(),
+            channel: decode::preview(channel),
+            event_type: None,
+            session_id: None,
+            payload: serde_json::Value::String(format!(
+                "(corrupt: the entry is {} bytes; the limit is {MAX_DOCUMENT_BYTES})",
+                raw.len() + channel.len()
+            )),
+        };
+    }
+    let channel = channel.to_owned();
     match serde_json::from_str::<serde_json::Value>(raw) {
         Ok(json) => logged(entry, channel, json, raw),
         Err(_) => LoggedEvent {
@@ -285,13 +306,19 @@ pub(crate) fn event_in_scope(scope: &Scope, event: &LoggedEvent) -> bool {
     }
 }
 
-/// Decodes a progress document read from `key`.
-pub(crate) fn decode_progress(key: &str, raw: &str) -> Result<StrokeProgress> {
-    serde_json::from_str(raw).map_err(|source| Error::Decode {
+/// Decodes the reply of `HGET {progress key} progress` (run with `ignore_errors`): `None`
+/// when the hash is gone, else the document or why it is corrupt.
+pub(crate) fn decode_progress(key: &str, reply: redis::RedisResult<Value>) -> Option<Result<StrokeProgress>> {
+    let raw = decode::field_text(key, keys::FIELD_PROGRESS, reply)?;
+    Some(raw.and_then(|raw| decode::document(key, "StrokeProgress", &raw)))
+}
+
+/// A [`CorruptEntry`] for `err`, which names `key`.
+pub(crate) fn corrupt_entry(key: &str, err: &Error) -> CorruptEntry {
+    CorruptEntry {
         key: key.to_owned(),
-        what: "StrokeProgress",
-        source,
-    })
+        error: err.to_string(),
+    }
 }
 
 /// All keys matching `pattern`, by `SCAN`.
@@ -301,25 +328,41 @@ pub(crate) async fn scan(connection: &mut MultiplexedConnection, pattern: &str) 
         .map_err(|err| Error::from_redis("follow scan", err))
 }
 
-/// The session ids of every progress hash in `scope` (keys whose suffix is not a valid id
-/// are skipped: nothing we could name a session by).
-pub(crate) async fn scan_sessions(connection: &mut MultiplexedConnection, scope: &Scope) -> Result<Vec<SessionId>> {
-    Ok(scan(connection, keys::PROGRESS_PATTERN)
-        .await?
-        .iter()
-        .filter_map(|key| SessionId::new(keys::strip(key, keys::PROGRESS_PREFIX)?).ok())
-        .filter(|session_id| scope.includes_session(session_id.as_str()))
-        .collect())
+/// The session ids of every progress hash in `scope`, and (for [`Scope::All`]) the keys
+/// whose suffix is not a valid session id, as corrupt: nothing we could name a session by.
+pub(crate) async fn scan_sessions(
+    connection: &mut MultiplexedConnection,
+    scope: &Scope,
+) -> Result<(Vec<SessionId>, Vec<CorruptEntry>)> {
+    let mut session_ids = Vec::new();
+    let mut corrupt = Vec::new();
+    for key in scan(connection, keys::PROGRESS_PATTERN).await? {
+        let suffix = keys::strip(&key, keys::PROGRESS_PREFIX).unwrap_or_default();
+        match SessionId::new(suffix) {
+            Ok(session_id) if scope.includes_session(session_id.as_str()) => session_ids.push(session_id),
+            Ok(_) => {}
+            Err(err) if scope.is_all() => corrupt.push(corrupt_entry(&key, &invalid_id_key(&key, &err))),
+            Err(_) => {}
+        }
+    }
+    Ok((session_ids, corrupt))
 }
 
-/// Node ids with a live heartbeat or in our registry, with their registry score. Keys whose
-/// suffix is not a valid node id are skipped.
-async fn scan_nodes(connection: &mut MultiplexedConnection) -> Result<BTreeMap<NodeId, Option<i64>>> {
-    let mut nodes: BTreeMap<NodeId, Option<i64>> = scan(connection, keys::HEALTH_PATTERN)
-        .await?
-        .iter()
-        .filter_map(|key| Some((NodeId::new(keys::strip(key, keys::HEALTH_PREFIX)?).ok()?, None)))
-        .collect();
+/// Node ids with a live heartbeat or in our registry, with their registry score, and the
+/// heartbeat keys whose suffix is not a valid node id, as corrupt.
+async fn scan_nodes(
+    connection: &mut MultiplexedConnection,
+) -> Result<(BTreeMap<NodeId, Option<i64>>, Vec<CorruptEntry>)> {
+    let mut nodes: BTreeMap<NodeId, Option<i64>> = BTreeMap::new();
+    let mut corrupt = Vec::new();
+    for key in scan(connection, keys::HEALTH_PATTERN).await? {
+        match NodeId::new(keys::strip(&key, keys::HEALTH_PREFIX).unwrap_or_default()) {
+            Ok(node_id) => {
+                nodes.insert(node_id, None);
+            }
+            Err(err) => corrupt.push(corrupt_entry(&key, &invalid_id_key(&key, &err))),
+        }
+    }
     let registry: Vec<(String, f64)> = redis::cmd("ZRANGE")
         .arg(keys::NODE_REGISTRY)
         .arg(0)
@@ -334,7 +377,7 @@ async fn scan_nodes(connection: &mut MultiplexedConnection) -> Result<BTreeMap<N
             nodes.insert(node_id, Some(score as i64));
         }
     }
-    Ok(nodes)
+    Ok((nodes, corrupt))
 }
 
 /// Queues the reads of [`node_views`] for `node_ids` on `pipe`: `HGET health` and `PTTL` each.
@@ -346,27 +389,30 @@ fn queue_node_reads<'a>(pipe: &mut redis::Pipeline, node_ids: impl Iterator<Item
     }
 }
 
-/// Builds node views from the replies queued by [`queue_node_reads`].
+/// Builds node views from the replies queued by [`queue_node_reads`]; a heartbeat that does
+/// not decode leaves its node without health and is added to `corrupt`.
 fn node_views(
     nodes: &BTreeMap<NodeId, Option<i64>>,
     replies: &[redis::RedisResult<Value>],
     now_ms: i64,
     health_ttl: Duration,
+    corrupt: &mut Vec<CorruptEntry>,
 ) -> BTreeMap<String, NodeView> {
     let ttl_ms = i64::try_from(health_ttl.as_millis()).unwrap_or(i64::MAX);
     nodes
         .iter()
         .zip(replies.chunks_exact(2))
         .map(|((node_id, registry_ms), reply)| {
-            let health: Option<NodeHealth> = match &reply[0] {
-                Ok(value) => text(value).and_then(|raw| match serde_json::from_str(&raw) {
-                    Ok(health) => Some(health),
-                    Err(err) => {
-                        tracing::debug!(node_id = %node_id, error = %err, "heartbeat does not decode");
-                        None
-                    }
-                }),
-                Err(_) => None,
+            let key = keys::health(node_id);
+            let decoded = decode::field_text(&key, keys::FIELD_HEALTH, reply[0].clone())
+                .map(|raw| raw.and_then(|raw| decode::document::<NodeHealth>(&key, "NodeHealth", &raw)));
+            let health = match decoded {
+                None => None,
+                Some(Ok(health)) => Some(health),
+                Some(Err(err)) => {
+                    corrupt.push(corrupt_entry(&key, &err));
+                    None
+                }
             };
             let pttl = reply[1]
                 .as_ref()
@@ -401,12 +447,13 @@ fn time_ms(value: &Value) -> Option<i64> {
     Some(seconds * 1000 + micros / 1000)
 }
 
-/// Reads every node's heartbeat and TTL: the poll's node half.
+/// Reads every node's heartbeat and TTL: the poll's node half. Also returns the heartbeat
+/// keys that are corrupt (bad id, wrong type, not a heartbeat).
 pub(crate) async fn read_nodes(
     connection: &mut MultiplexedConnection,
     health_ttl: Duration,
-) -> Result<BTreeMap<String, NodeView>> {
-    let nodes = scan_nodes(connection).await?;
+) -> Result<(BTreeMap<String, NodeView>, Vec<CorruptEntry>)> {
+    let (nodes, mut corrupt) = scan_nodes(connection).await?;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     pipe.cmd("TIME");
@@ -420,12 +467,14 @@ pub(crate) async fn read_nodes(
         .and_then(|reply| reply.as_ref().ok())
         .and_then(time_ms)
         .unwrap_or_else(|| crate::timestamp::Timestamp::now().unix_millis());
-    Ok(node_views(
+    let views = node_views(
         &nodes,
         replies.get(1..).unwrap_or_default(),
         now_ms,
         health_ttl,
-    ))
+        &mut corrupt,
+    );
+    Ok((views, corrupt))
 }
 
 /// Takes a snapshot: discovers sessions and nodes with `SCAN`, then reads their documents, the
@@ -440,9 +489,13 @@ pub(crate) async fn read_snapshot(
     config: &FollowConfig,
 ) -> Result<Snapshot> {
     let mut connection = connection.clone();
-    let session_ids = scan_sessions(&mut connection, scope).await?;
+    let (session_ids, mut corrupt) = scan_sessions(&mut connection, scope).await?;
     let nodes = match scope {
-        Scope::All => scan_nodes(&mut connection).await?,
+        Scope::All => {
+            let (nodes, bad_keys) = scan_nodes(&mut connection).await?;
+            corrupt.extend(bad_keys);
+            nodes
+        }
         Scope::Session(_) => BTreeMap::new(),
     };
     let scanned_events = config.recent_events.max(1) * RECENT_SCAN_FACTOR;
@@ -508,14 +561,14 @@ pub(crate) async fn read_snapshot(
     let mut sessions = BTreeMap::new();
     for (session_idx, session_id) in session_ids.iter().enumerate() {
         let base = 4 + session_idx * 2;
-        let Some(raw) = reply(base).and_then(text) else {
+        let key = keys::progress(session_id);
+        let document = replies.get(base).cloned().unwrap_or(Ok(Value::Nil));
+        let progress = match decode_progress(&key, document) {
             // Expired between SCAN and MULTI.
-            continue;
-        };
-        let progress = match decode_progress(&keys::progress(session_id), &raw) {
-            Ok(progress) => progress,
-            Err(err) => {
-                tracing::warn!(session_id = %session_id, error = %err, "session document does not decode; left out");
+            None => continue,
+            Some(Ok(progress)) => progress,
+            Some(Err(err)) => {
+                corrupt.push(corrupt_entry(&key, &err));
                 continue;
             }
         };
@@ -533,7 +586,9 @@ pub(crate) async fn read_snapshot(
         replies.get(node_base..).unwrap_or_default(),
         server_time_ms,
         manager_config.health_ttl,
+        &mut corrupt,
     );
+    corrupt.truncate(crate::follow::MAX_CORRUPT_ENTRIES);
     Ok(Snapshot {
         cursor,
         server_time_ms,
@@ -543,6 +598,7 @@ pub(crate) async fn read_snapshot(
         recent_errors,
         recent_events_limit: config.recent_events,
         recent_errors_limit: config.recent_errors,
+        corrupt,
     })
 }
 

@@ -5,6 +5,10 @@
 //! a pass of the main loop: the consumer is gone (the task ends), Redis failed (reconnect with
 //! backoff, then resume from the cursor), or the cursor points at something that no longer
 //! exists (send a resync and a fresh snapshot).
+//!
+//! Bad stored data is none of these: a key of the wrong type or a value that does not decode
+//! is reported once as a [`ChangeKind::Corrupt`] (`corrupt` remembers what was reported) and
+//! the loop goes on. Only errors of the connection itself end a pass.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -15,13 +19,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::connection::ManagerConfig;
+use crate::decode;
 use crate::error::Error;
 use crate::follow::cursor::{Cursor, EntryId};
 use crate::follow::io::{self, Connections, RawEntry};
 use crate::follow::{Change, ChangeKind, FollowConfig, FollowItem, LoggedEvent, NodeView, Scope};
 use crate::ids::SessionId;
 use crate::keys;
-use crate::manager::StateManager;
+use crate::manager::{CorruptEntry, StateManager};
 use crate::model::{StrokeProgress, event_types};
 
 /// First wait before reconnecting; doubled after each failure up to `max_backoff`.
@@ -47,8 +52,8 @@ impl From<Error> for Stop {
 enum DocRead {
     /// No progress hash.
     Missing,
-    /// A hash whose document does not decode; treated as unchanged.
-    Corrupt,
+    /// A key whose document does not decode (or that is not a hash); treated as unchanged.
+    Corrupt(CorruptEntry),
     /// The document.
     Doc(Box<StrokeProgress>),
 }
@@ -67,6 +72,9 @@ pub(crate) struct FollowTask {
     docs: BTreeMap<SessionId, StrokeProgress>,
     /// The last view sent for each node.
     nodes: BTreeMap<String, NodeView>,
+    /// The corrupt keys the consumer was told of, with the error told; a key is told again
+    /// only when its error changes or after it read well in between.
+    corrupt: BTreeMap<String, String>,
     /// True for a resumed follower until its first poll: sessions it has not sent yet that
     /// are not executing are sent as documents only, since the consumer had them already.
     baseline: bool,
@@ -92,6 +100,7 @@ impl FollowTask {
             cursor: Cursor::default(),
             docs: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            corrupt: BTreeMap::new(),
             baseline: false,
             caught_up: false,
             next_poll: Instant::now(),
@@ -197,6 +206,27 @@ impl FollowTask {
         self.send(FollowItem::Change(change)).await
     }
 
+    /// Tells the consumer that `entry`'s key is corrupt, unless it was told so already.
+    async fn report(&mut self, entry: CorruptEntry) -> Result<(), Stop> {
+        if self.corrupt.get(&entry.key) == Some(&entry.error) {
+            return Ok(());
+        }
+        tracing::debug!(key = %entry.key, error = %entry.error, "corrupt entry");
+        self.corrupt.insert(entry.key.clone(), entry.error.clone());
+        let CorruptEntry { key, error } = entry;
+        self.emit(ChangeKind::Corrupt { key, error }).await
+    }
+
+    /// Stops tailing a session whose history key is not a stream, and reports it.
+    async fn history_not_a_stream(&mut self, session_id: &SessionId) -> Result<(), Stop> {
+        self.cursor.history.remove(session_id);
+        let entry = CorruptEntry {
+            key: keys::history(session_id),
+            error: format!("{}: the key is not a stream", keys::history(session_id)),
+        };
+        self.report(entry).await
+    }
+
     async fn send_snapshot(&mut self) -> Result<(), Stop> {
         let connections = self.connections()?;
         let snapshot =
@@ -208,6 +238,11 @@ impl FollowTask {
             .filter_map(|(session_id, progress)| Some((SessionId::new(session_id.as_str()).ok()?, progress.clone())))
             .collect();
         self.nodes = snapshot.nodes.clone();
+        self.corrupt = snapshot
+            .corrupt
+            .iter()
+            .map(|entry| (entry.key.clone(), entry.error.clone()))
+            .collect();
         self.baseline = false;
         self.caught_up = true;
         self.next_poll = Instant::now() + self.config.poll_interval;
@@ -303,6 +338,18 @@ impl FollowTask {
             ))));
         }
         let infos = replies.split_off(1);
+        // A tailed history that is not a stream fails the whole XREAD with WRONGTYPE, and its
+        // XINFO says which one it is: stop tailing it and read again without it.
+        let mut wrong_type = false;
+        for ((session_id, _), info) in tracked.iter().zip(infos.iter().skip(1)) {
+            if info.as_ref().is_err_and(decode::is_wrong_type) {
+                wrong_type = true;
+                self.history_not_a_stream(session_id).await?;
+            }
+        }
+        if wrong_type {
+            return Ok(());
+        }
         let read = match replies.pop() {
             Some(Ok(value)) => io::parse_xread(&value),
             Some(Err(err)) => return Err(Stop::Redis(Error::from_redis("follow read", err))),
@@ -359,7 +406,7 @@ impl FollowTask {
                     let session_id = session_id.clone();
                     self.emit(ChangeKind::Progress { session_id, entry }).await?;
                 }
-                Err(err) => tracing::warn!(error = %err, "history entry skipped"),
+                Err(err) => self.report(io::corrupt_entry(&key, &err)).await?,
             }
         }
         Ok(())
@@ -413,9 +460,13 @@ impl FollowTask {
         }
         match doc {
             DocRead::Doc(progress) => self.send_doc(session_id, *progress).await?,
-            DocRead::Missing | DocRead::Corrupt => {
+            DocRead::Missing => {
                 self.cursor.history.remove(session_id);
                 return Ok(());
+            }
+            DocRead::Corrupt(entry) => {
+                self.cursor.history.remove(session_id);
+                return self.report(entry).await;
             }
         }
         self.drain(session_id).await?;
@@ -445,6 +496,7 @@ impl FollowTask {
                 .map_err(|err| Error::from_redis("follow drain history", err))?;
             let entries = match replies.first() {
                 Some(Ok(value)) => io::parse_entries(value),
+                Some(Err(err)) if decode::is_wrong_type(err) => return self.history_not_a_stream(session_id).await,
                 Some(Err(err)) => return Err(Stop::Redis(Error::from_redis("follow drain history", err.clone()))),
                 None => Vec::new(),
             };
@@ -458,24 +510,28 @@ impl FollowTask {
         }
     }
 
-    async fn read_doc(&self, session_id: &SessionId) -> Result<DocRead, Stop> {
+    /// Reads a session's document; a key of the wrong type or a document that does not
+    /// decode is [`DocRead::Corrupt`], not an error of the read.
+    async fn read_doc(&mut self, session_id: &SessionId) -> Result<DocRead, Stop> {
         let mut connection = self.connections()?.commands;
         let key = keys::progress(session_id);
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(&key)
-            .arg(keys::FIELD_PROGRESS)
+        let mut pipe = redis::pipe();
+        // So that WRONGTYPE is this command's reply, not a failure of the connection.
+        pipe.ignore_errors();
+        pipe.cmd("HGET").arg(&key).arg(keys::FIELD_PROGRESS);
+        let mut replies: Vec<redis::RedisResult<Value>> = pipe
             .query_async(&mut connection)
             .await
             .map_err(|err| Error::from_redis("follow read session", err))?;
-        Ok(match raw {
+        let reply = replies.pop().unwrap_or(Ok(Value::Nil));
+        Ok(match io::decode_progress(&key, reply) {
             None => DocRead::Missing,
-            Some(raw) => match io::decode_progress(&key, &raw) {
-                Ok(progress) => DocRead::Doc(Box::new(progress)),
-                Err(err) => {
-                    tracing::debug!(error = %err, "session document does not decode; kept as it was");
-                    DocRead::Corrupt
-                }
-            },
+            Some(Ok(progress)) => {
+                // Read well: a later corruption of this key is news again.
+                self.corrupt.remove(&key);
+                DocRead::Doc(Box::new(progress))
+            }
+            Some(Err(err)) => DocRead::Corrupt(io::corrupt_entry(&key, &err)),
         })
     }
 
@@ -483,7 +539,7 @@ impl FollowTask {
     /// that no longer executes, and reports one whose document is gone.
     async fn refresh_doc(&mut self, session_id: &SessionId) -> Result<(), Stop> {
         match self.read_doc(session_id).await? {
-            DocRead::Corrupt => Ok(()),
+            DocRead::Corrupt(entry) => self.report(entry).await,
             DocRead::Missing => {
                 self.cursor.history.remove(session_id);
                 if self.docs.remove(session_id).is_some() {
@@ -517,7 +573,10 @@ impl FollowTask {
             self.poll_nodes().await?;
         }
         let mut connection = self.connections()?.commands;
-        let session_ids = io::scan_sessions(&mut connection, &self.scope).await?;
+        let (session_ids, bad_keys) = io::scan_sessions(&mut connection, &self.scope).await?;
+        for entry in bad_keys {
+            self.report(entry).await?;
+        }
         for session_id in &session_ids {
             if self.cursor.history.contains_key(session_id) {
                 self.drain(session_id).await?;
@@ -531,7 +590,8 @@ impl FollowTask {
                         self.send_doc(session_id, *progress).await?;
                     }
                     DocRead::Doc(_) => self.announce_session(session_id, None).await?,
-                    DocRead::Missing | DocRead::Corrupt => {}
+                    DocRead::Missing => {}
+                    DocRead::Corrupt(entry) => self.report(entry).await?,
                 }
                 continue;
             }
@@ -552,7 +612,10 @@ impl FollowTask {
 
     async fn poll_nodes(&mut self) -> Result<(), Stop> {
         let mut connection = self.connections()?.commands;
-        let mut current = io::read_nodes(&mut connection, self.manager_config.health_ttl).await?;
+        let (mut current, corrupt) = io::read_nodes(&mut connection, self.manager_config.health_ttl).await?;
+        for entry in corrupt {
+            self.report(entry).await?;
+        }
         // A node that vanished from both the heartbeats and the registry stays, offline.
         for (node_id, old) in &self.nodes {
             if !current.contains_key(node_id) {
@@ -569,6 +632,12 @@ impl FollowTask {
                 Some(old) => old.health != node.health || old.last_seen_ms != node.last_seen_ms,
                 None => true,
             };
+            if node.health.is_some()
+                && let Ok(id) = crate::ids::NodeId::new(node_id.as_str())
+            {
+                // Read well: a later corruption of this heartbeat is news again.
+                self.corrupt.remove(&keys::health(&id));
+            }
             if changed {
                 self.nodes.insert(node_id, node.clone());
                 let node = Box::new(node);

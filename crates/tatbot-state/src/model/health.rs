@@ -54,6 +54,28 @@ fn yes() -> bool {
 }
 
 impl NodeHealth {
+    /// Why the heartbeat holds values outside their domain, if it does: a percentage that is
+    /// not a number from 0 to 100, a negative or non-finite ping, or a heartbeat more than
+    /// [`crate::model::MAX_FUTURE_SKEW`] in the future. Views show such figures as invalid.
+    pub fn problem(&self) -> Option<String> {
+        let percents = [
+            ("cpu_percent", Some(self.cpu_percent)),
+            ("memory_percent", Some(self.memory_percent)),
+            ("disk_percent", Some(self.disk_percent)),
+            ("gpu_percent", self.gpu_percent),
+            ("gpu_memory_percent", self.gpu_memory_percent),
+        ];
+        for (name, value) in percents {
+            if let Some(value) = value.filter(|value| !is_percent(*value)) {
+                return Some(format!("{name} {value:e} is outside 0..=100"));
+            }
+        }
+        if let Some(ms) = self.ping_latency_ms.filter(|ms| !(ms.is_finite() && *ms >= 0.0)) {
+            return Some(format!("ping_latency_ms {ms:e} is not a duration"));
+        }
+        crate::model::future_problem("last_heartbeat", self.last_heartbeat)
+    }
+
     /// A heartbeat with zeroed metrics, stamped now.
     pub fn new(node_id: &str) -> NodeHealth {
         let now = Timestamp::now();
@@ -74,4 +96,9 @@ impl NodeHealth {
             extra: Extra::new(),
         }
     }
+}
+
+/// Whether `value` is a percentage: a number from 0 to 100.
+pub fn is_percent(value: f64) -> bool {
+    (0.0..=100.0).contains(&value)
 }

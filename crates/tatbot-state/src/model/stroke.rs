@@ -84,4 +84,26 @@ impl StrokeProgress {
         let done = self.stroke_idx * self.stroke_length.max(1) + self.pose_idx + 1;
         (done as f64 / total as f64).clamp(0.0, 1.0)
     }
+
+    /// Why the document holds values outside their domain, if it does: a stroke or pose index
+    /// outside `0..total` (and so a total below 1), or a timestamp more than
+    /// [`crate::model::MAX_FUTURE_SKEW`] in the future.
+    ///
+    /// Any writer on the LAN can store such a document; views show it as invalid rather than
+    /// take its figures at face value, and it never wins "latest active session".
+    pub fn problem(&self) -> Option<String> {
+        if !(0..self.total_strokes).contains(&self.stroke_idx) {
+            return Some(format!(
+                "stroke_idx {} is outside 0..{} (total_strokes)",
+                self.stroke_idx, self.total_strokes
+            ));
+        }
+        if !(0..self.stroke_length).contains(&self.pose_idx) {
+            return Some(format!(
+                "pose_idx {} is outside 0..{} (stroke_length)",
+                self.pose_idx, self.stroke_length
+            ));
+        }
+        crate::model::future_problem("timestamp", self.timestamp)
+    }
 }

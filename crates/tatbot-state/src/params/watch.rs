@@ -260,12 +260,16 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A field's text, held to the size bound every read path shares (`decode.rs`).
     fn text(&self, name: &str) -> Result<Option<String>> {
         match self.map.get(name) {
             None => Ok(None),
-            Some(value) => redis::from_redis_value_ref::<String>(value)
-                .map(Some)
-                .map_err(|err| self.corrupt(format!("field {name}: {err}"))),
+            Some(value) => crate::decode::field_text(keys::PARAM_LOG, name, Ok(value.clone()))
+                .transpose()
+                .map_err(|err| match err {
+                    Error::Corrupt { detail, .. } => self.corrupt(detail),
+                    other => other,
+                }),
         }
     }
 
