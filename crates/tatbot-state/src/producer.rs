@@ -691,9 +691,11 @@ impl Writer {
                 break;
             }
             self.remember(batch);
+            // Queued before the acknowledgement, so a flush that returns after it has the
+            // report in its range.
+            self.report_failures();
             self.shared.acknowledged.send_replace(done_through);
             self.mark_unsafe(done_through);
-            self.report_failures();
             self.publish_stats().await;
         }
         if let Some(poller) = &self.shared.poller {
