@@ -46,14 +46,14 @@ pub struct GlobalArgs {
 impl GlobalArgs {
     /// The config resolver's inputs: flags plus the real process environment.
     pub fn config_inputs(&self) -> ConfigInputs {
-        ConfigInputs::from_process(
-            self.config.clone(),
-            self.env_file.clone(),
-            self.host.clone(),
-            self.port,
-            self.password.clone(),
-            self.user.clone(),
-        )
+        let mut inputs = ConfigInputs::from_env();
+        inputs.config.clone_from(&self.config);
+        inputs.env_file.clone_from(&self.env_file);
+        inputs.host.clone_from(&self.host);
+        inputs.port = self.port;
+        inputs.password.clone_from(&self.password);
+        inputs.username.clone_from(&self.user);
+        inputs
     }
 
     /// Resolves the Redis target (precedence: flags > environment > env file > YAML > default).

@@ -7,16 +7,13 @@
 //! REDIS_PORT=6390 cargo run -p tatbot-state --example stroke_session
 //! ```
 
-use tatbot_state::config::{self, ConfigInputs};
-use tatbot_state::{Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
+use tatbot_state::{ProgressUpdate, StateManager};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let inputs = ConfigInputs::from_process(None, None, None, None, None, None);
-    let target = config::resolve(&inputs, &config::resolve_host_system)?;
-    println!("redis: {}", target.display_redacted());
-    let node_id = NodeId::new(std::env::var("TATBOT_NODE_ID").unwrap_or_else(|_| "hog".to_owned()))?;
-    let state = StateManager::connect(ManagerConfig::new(Endpoint::from(&target), node_id)).await?;
+    let node_id = std::env::var("TATBOT_NODE_ID").unwrap_or_else(|_| "hog".to_owned());
+    let state = StateManager::connect_default(&node_id).await?;
+    println!("redis: {}", state.config().endpoint);
 
     let session = state.start_stroke_session(100, 50, "default").await?;
     println!("started {session}");

@@ -77,13 +77,15 @@ pub struct ConfigInputs {
     pub cwd: PathBuf,
     /// Home directory, used for `~/tatbot/src/conf`; `None` skips that candidate.
     pub home: Option<PathBuf>,
-    /// Env file read when it exists and nothing names another; normally [`DEFAULT_ENV_FILE`].
+    /// Env file read when it exists and nothing names another; normally [`DEFAULT_ENV_FILE`];
+    /// an empty path means none.
     pub default_env_file: PathBuf,
 }
 
 impl ConfigInputs {
     /// Builds inputs from the given flags plus the real process environment,
-    /// working directory and `$HOME`.
+    /// working directory and `$HOME`. Prefer [`ConfigInputs::from_env`] and the builder
+    /// methods, which cannot swap two flags.
     ///
     /// Environment entries that are not valid UTF-8 are skipped rather than
     /// panicking, since none of the variables this module reads can use them.
@@ -114,6 +116,74 @@ impl ConfigInputs {
             home,
             default_env_file: PathBuf::from(DEFAULT_ENV_FILE),
         }
+    }
+}
+
+impl ConfigInputs {
+    /// The process's environment, working directory and `$HOME`, and no flags: what every
+    /// binary resolves before its flags apply. Add flags with the builder methods.
+    pub fn from_env() -> Self {
+        Self::from_process(None, None, None, None, None, None)
+    }
+
+    /// As the `--config` flag: a conf dir, or the `redis/default.yaml` file itself.
+    #[must_use]
+    pub fn config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config = Some(path.into());
+        self
+    }
+
+    /// As the `--env-file` flag.
+    #[must_use]
+    pub fn env_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.env_file = Some(path.into());
+        self
+    }
+
+    /// As the `-h`/`--host` flag.
+    #[must_use]
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// As the `-p`/`--port` flag.
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// As the `-a`/`--password` flag; an empty string means "no password".
+    #[must_use]
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// As the `--user` flag; an empty string means "no username".
+    #[must_use]
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Resolves the target as the CLI does, host names through the system resolver.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the bad file, variable or flag.
+    pub fn resolve(&self) -> Result<RedisTarget, ConfigError> {
+        resolve(self, &resolve_host_system)
+    }
+
+    /// Resolves the target with `lookup` telling whether a host name resolves (for tests).
+    ///
+    /// # Errors
+    ///
+    /// As [`ConfigInputs::resolve`].
+    pub fn resolve_with(&self, lookup: &dyn Fn(&str) -> bool) -> Result<RedisTarget, ConfigError> {
+        resolve(self, lookup)
     }
 }
 
@@ -223,6 +293,23 @@ pub struct RedisTarget {
 }
 
 impl RedisTarget {
+    /// The target a `redis://[user[:pass]@]host[:port][/db]` URL names, and nothing else (no
+    /// YAML, env file or environment); its fields' source is "environment variable REDIS_URL",
+    /// the form the same URL takes in the environment.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the URL is malformed.
+    pub fn from_url(url: &str) -> Result<RedisTarget, ConfigError> {
+        let inputs = ConfigInputs {
+            env: BTreeMap::from([(REDIS_URL.to_owned(), url.to_owned())]),
+            // Only the URL counts: no default env file, no conf dir.
+            default_env_file: PathBuf::new(),
+            ..ConfigInputs::default()
+        };
+        inputs.resolve()
+    }
+
     /// The URL to hand to a Redis client: `redis://[user:pass@]connect_host:port/`.
     ///
     /// User and password are percent-encoded and IPv6 hosts are bracketed.
@@ -881,6 +968,10 @@ fn find_env_file(inputs: &ConfigInputs) -> Result<Option<PathBuf>, ConfigError> 
             Err(error) if error.kind() == io::ErrorKind::NotFound => Err(ConfigError::NotFound { what, path }),
             Err(error) => Err(ConfigError::Read { path, error }),
         };
+    }
+    if inputs.default_env_file.as_os_str().is_empty() {
+        // No default env file (as `RedisTarget::from_url` asks).
+        return Ok(None);
     }
     let default = inputs.cwd.join(&inputs.default_env_file);
     match default.try_exists() {
@@ -2216,6 +2307,39 @@ mod tests {
             msg,
             format!("{}: field \"nodes\": 3 is not a list", inventory.display())
         );
+    }
+
+    /// The builder sets exactly the flag fields, and `from_url` reads nothing but the URL.
+    #[test]
+    fn builder_and_url() {
+        let inputs = ConfigInputs::default()
+            .host("h")
+            .port(7001)
+            .password("")
+            .username("robot");
+        assert_eq!(
+            (
+                inputs.host.as_deref(),
+                inputs.port,
+                inputs.password.as_deref(),
+                inputs.username.as_deref()
+            ),
+            (Some("h"), Some(7001), Some(""), Some("robot"))
+        );
+        let target = inputs.resolve_with(&|_| true).unwrap();
+        assert_eq!((target.host.value.as_str(), target.port.value), ("h", 7001));
+        assert_eq!(target.port.source, Source::Flag("--port"));
+        let target = RedisTarget::from_url("redis://alice:s%40cret@10.0.0.1:7002/0").unwrap();
+        assert_eq!(
+            (
+                target.host.value.as_str(),
+                target.port.value,
+                target.password.value.as_deref()
+            ),
+            ("10.0.0.1", 7002, Some("s@cret"))
+        );
+        assert!(target.env_file.is_none() && target.conf_dir.is_none());
+        assert!(RedisTarget::from_url("http://x").is_err());
     }
 
     /// `from_process` takes the real working directory and the real default env file.

@@ -133,6 +133,18 @@ pub struct ManagerConfig {
 }
 
 impl ManagerConfig {
+    /// Every default, for node `node_id`, with the Redis target resolved exactly as the CLI
+    /// resolves it without flags: the Hydra YAML, an env file, `REDIS_URL`, `REDIS_HOST`,
+    /// `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_USERNAME` (see [`crate::config`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the configuration is bad.
+    pub fn from_env(node_id: NodeId) -> Result<ManagerConfig> {
+        let target = crate::config::ConfigInputs::from_env().resolve()?;
+        Ok(ManagerConfig::new(Endpoint::from(&target), node_id))
+    }
+
     /// A config with every default for `endpoint` and `node_id`.
     pub fn new(endpoint: Endpoint, node_id: NodeId) -> ManagerConfig {
         ManagerConfig {

@@ -223,6 +223,16 @@ impl StateManager {
         Ok(manager)
     }
 
+    /// Connects as node `node_id` to the Redis the configuration names, resolved as the CLI
+    /// does ([`ManagerConfig::from_env`]).
+    ///
+    /// # Errors
+    ///
+    /// An invalid node id, a bad configuration, or as [`StateManager::connect`].
+    pub async fn connect_default(node_id: &str) -> Result<StateManager> {
+        StateManager::connect(ManagerConfig::from_env(NodeId::new(node_id)?)?).await
+    }
+
     /// Connects, waiting as long as it takes for an unreachable server to come up (a fleet boots
     /// in any order), with a capped backoff of [`WAIT_FIRST_RETRY`] doubling to
     /// [`WAIT_MAX_RETRY`]. Each wait is logged at `warn` ("waiting for Redis at HOST:PORT: why;
