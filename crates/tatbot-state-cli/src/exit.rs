@@ -2,12 +2,14 @@
 
 use tatbot_state::Error;
 use tatbot_state::config::ConfigError;
+use tatbot_state::http::BindError;
 
 /// Everything worked (for `doctor`: every check passed).
 pub const SUCCESS: u8 = 0;
 /// A command failed for a reason not listed below, or a `doctor` check failed.
 pub const FAILURE: u8 = 1;
-/// Bad usage: unknown flag or a flag value that does not parse (clap's code).
+/// Bad usage: unknown flag, a flag value that does not parse (clap's code), or an argument
+/// the library rejects (an invalid id, a value that breaks a parameter's rules, input too large).
 pub const USAGE: u8 = 2;
 /// Redis could not be reached (refused, timed out, host unknown).
 pub const UNREACHABLE: u8 = 3;
@@ -17,10 +19,15 @@ pub const AUTH: u8 = 4;
 pub const NOT_FOUND: u8 = 5;
 /// The configuration (YAML, env file, environment, flags) is invalid.
 pub const CONFIG: u8 = 6;
+/// Data stored in Redis breaks the wire contract (not JSON, a missing field); fix or delete it.
+pub const CORRUPT: u8 = 7;
+/// Other writers kept changing what a compare-and-set write depends on; trying again may work.
+pub const CONFLICT: u8 = 8;
 
 /// The text appended to `--help`.
 pub const HELP: &str = "Exit codes: 0 success, 1 failure (or a doctor check failed), 2 bad usage, \
-3 Redis unreachable, 4 credentials refused, 5 session, node or parameter not found, 6 invalid configuration.";
+3 Redis unreachable, 4 credentials refused, 5 session, node or parameter not found, 6 invalid configuration, \
+7 corrupt data in Redis, 8 lost a race with other writers (try again).";
 
 /// Maps an error chain to an exit code by the first library error found in it.
 pub fn code_for(err: &anyhow::Error) -> u8 {
@@ -31,13 +38,18 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 Error::Auth { .. } | Error::PermissionDenied { .. } => AUTH,
                 Error::SessionNotFound(_) | Error::ParamNotFound(_) => NOT_FOUND,
                 Error::Config(_) => CONFIG,
-                Error::InvalidId { .. } | Error::InvalidInput(_) => USAGE,
+                Error::InvalidId { .. } | Error::InvalidInput(_) | Error::TooLarge { .. } => USAGE,
+                Error::Decode { .. } | Error::Corrupt { .. } => CORRUPT,
+                Error::Conflict(_) => CONFLICT,
                 _ if err.is_connection_error() => UNREACHABLE,
                 _ => FAILURE,
             };
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return CONFIG;
+        }
+        if cause.downcast_ref::<BindError>().is_some() {
+            return USAGE;
         }
         if let Some(code) = cause.downcast_ref::<Coded>() {
             return code.0;

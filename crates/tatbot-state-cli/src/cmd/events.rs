@@ -57,7 +57,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         };
         let Some(message) = message else {
             return Err(anyhow::Error::new(tatbot_state::Error::SubscriptionClosed)
-                .context("receiving events (check the server with `tatbot-state doctor`)"));
+                .context("receiving events"));
         };
         let line = if global.json {
             json_line(&message)
