@@ -21,7 +21,8 @@ pub const NOT_FOUND: u8 = 5;
 pub const CONFIG: u8 = 6;
 /// Data stored in Redis breaks the wire contract (not JSON, a missing field); fix or delete it.
 pub const CORRUPT: u8 = 7;
-/// Other writers kept changing what a compare-and-set write depends on; trying again may work.
+/// A race with other writers was lost (`param set --if-version` found another version, or
+/// others kept changing the parameters through every retry); nothing was written.
 pub const CONFLICT: u8 = 8;
 
 /// The text appended to `--help`.

@@ -38,6 +38,12 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(BindError::TokenRequired { .. }) = cause.downcast_ref::<BindError>() {
         return Some("pass --token (or its environment variable), or bind 127.0.0.1".to_owned());
     }
+    if cause
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    {
+        return Some("another process listens there; stop it or pass another --bind".to_owned());
+    }
     None
 }
 

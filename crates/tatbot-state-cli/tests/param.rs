@@ -208,7 +208,7 @@ fn set_and_its_exit_codes() {
         param(&server),
         &["param", "set", "arms.offset_num", "6", "--if-version", "5"],
     );
-    assert_code(&output, 1);
+    assert_code(&output, 8);
     assert!(
         stderr(&output).contains("arms.offset_num: version is 1, not 5; nothing was written"),
         "{}",

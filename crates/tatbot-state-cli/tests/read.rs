@@ -176,7 +176,7 @@ fn health_of_one_node() {
     assert_code(&output, 5);
     assert!(
         stderr(&output)
-            .contains("no heartbeat from node nobody (expired or never sent); list nodes with `tatbot-state health`"),
+            .contains("no heartbeat from node nobody (expired or never sent); hint: list nodes with `tatbot-state health`"),
         "{}",
         stderr(&output)
     );

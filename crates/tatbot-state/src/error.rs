@@ -114,8 +114,9 @@ pub enum Error {
         limit: usize,
     },
 
-    /// Other writers kept changing what a compare-and-set write depends on, and the write gave
-    /// up after its retries; trying again later may succeed.
+    /// A race with other writers was lost: a compare-and-set found the version moved on, or
+    /// others kept changing what a write depends on through all of its retries. Nothing was
+    /// written; reading again and retrying may succeed.
     #[error("{0}")]
     Conflict(String),
 
@@ -304,5 +305,40 @@ mod tests {
             err.report().to_string(),
             "cannot reach Redis at 127.0.0.1:1: Connection refused (os error 111)"
         );
+    }
+
+    /// Issue #12: no message names a command of a binary, an environment variable to set or a
+    /// site's address; binaries add that advice.
+    #[test]
+    fn messages_give_no_binary_advice() {
+        let driver = || redis::RedisError::from(std::io::Error::other("boom"));
+        let errors = [
+            Error::Unreachable {
+                target: "h:1".to_owned(),
+                source: driver(),
+            },
+            Error::Auth {
+                target: "h:1".to_owned(),
+                source: driver(),
+            },
+            Error::PermissionDenied {
+                operation: "op",
+                source: driver(),
+            },
+            Error::Timeout {
+                operation: "op",
+                after: Duration::from_secs(1),
+            },
+            Error::SessionNotFound("s".to_owned()),
+            Error::ParamNotFound("p".to_owned()),
+            Error::SubscriptionClosed,
+        ];
+        for err in errors {
+            let text = err.to_string();
+            for word in ["tatbot-state", "REDIS_", "192.168.", "doctor", "Try "] {
+                assert!(!text.contains(word), "{text:?} contains {word:?}");
+            }
+            assert!(!text.contains("boom"), "{text:?} repeats its source");
+        }
     }
 }

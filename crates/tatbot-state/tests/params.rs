@@ -120,7 +120,7 @@ async fn validation_rules_name_the_rule() {
         (
             "arms.nope",
             ParamValue::Int(1),
-            "arms.nope: no such parameter; declare it first (see `tatbot-state param list`)",
+            "arms.nope: no such parameter",
         ),
     ];
     for (text, bad, message) in cases {
