@@ -85,3 +85,55 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #12: each class of library error has its own code; corrupt data and lost races
+    /// are not "bad usage".
+    #[test]
+    fn each_error_class_has_its_code() {
+        let decode = serde_json::from_str::<serde_json::Value>("{").expect_err("not JSON");
+        let cases = [
+            (Error::InvalidInput("x".to_owned()), USAGE),
+            (
+                Error::TooLarge {
+                    what: "event".to_owned(),
+                    len: 2,
+                    limit: 1,
+                },
+                USAGE,
+            ),
+            (
+                Error::Decode {
+                    key: "k".to_owned(),
+                    what: "doc",
+                    source: decode,
+                },
+                CORRUPT,
+            ),
+            (
+                Error::Corrupt {
+                    key: "k".to_owned(),
+                    detail: "d".to_owned(),
+                },
+                CORRUPT,
+            ),
+            (Error::Conflict("c".to_owned()), CONFLICT),
+            (Error::NotConnected("follow"), UNREACHABLE),
+            (
+                Error::UnexpectedReply {
+                    operation: "op",
+                    detail: "d".to_owned(),
+                },
+                FAILURE,
+            ),
+            (Error::SessionNotFound("s".to_owned()), NOT_FOUND),
+        ];
+        for (err, code) in cases {
+            let shown = err.to_string();
+            assert_eq!(code_for(&anyhow::Error::new(err).context("doing it")), code, "{shown}");
+        }
+    }
+}

@@ -132,3 +132,32 @@ fn issue_12_common_failures_match_the_golden_file() {
          --- expected\n{expected}\n--- actual\n{actual}"
     );
 }
+
+/// Issue #12: data another LAN member stored wrongly is exit 7 "corrupt data", never 2 "bad
+/// usage" nor the generic 1, and the line names the key once.
+#[test]
+fn issue_12_corrupt_stored_data_exits_7() {
+    let server = RedisServer::start();
+    server
+        .command(&["SET", "stroke:progress:stroke_a_1", "not a hash"])
+        .expect("store a wrong type");
+    server
+        .command(&["HSET", "tatbot:param:arms.x", "descriptor", "{nope", "value", "1", "version", "1"])
+        .expect("store a bad descriptor");
+
+    let output = crate::util::run(bin_for(&server), &["progress", "stroke_a_1"]);
+    crate::util::assert_code(&output, 7);
+    assert_eq!(
+        stderr(&output),
+        "tatbot-state: reading the progress of stroke_a_1: stroke:progress:stroke_a_1: stored value is corrupt \
+         (the key is not a hash); fix or delete the key\n"
+    );
+
+    let output = crate::util::run(bin_for(&server), &["param", "get", "arms.x"]);
+    crate::util::assert_code(&output, 7);
+    assert_eq!(
+        stderr(&output),
+        "tatbot-state: reading parameter arms.x: tatbot:param:arms.x: cannot decode parameter descriptor: \
+         key must be a string at line 1 column 2\n"
+    );
+}
