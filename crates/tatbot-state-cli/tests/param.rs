@@ -162,7 +162,7 @@ fn load_then_read() {
     );
 }
 
-/// `set` parses with the declared type and exits 0, 2 for a bad value or name, 5 for an unknown parameter, 1 for a stale `--if-version`.
+/// `set` parses with the declared type and exits 0, 2 for a bad value or name, 5 for an unknown parameter, 8 for a stale `--if-version` (a lost race, issue #12).
 #[test]
 fn set_and_its_exit_codes() {
     let (server, _dir) = loaded();
