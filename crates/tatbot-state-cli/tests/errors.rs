@@ -36,7 +36,11 @@ fn case(name: &'static str, mut command: Command, args: &[&str]) -> Case {
         .filter_map(|(name, value)| Some(format!("{}={}", name.to_string_lossy(), value?.to_string_lossy())));
     let words = std::iter::once("tatbot-state".to_owned()).chain(command.get_args().map(|arg| {
         let arg = arg.to_string_lossy();
-        if arg.contains(' ') { format!("{arg:?}") } else { arg.into_owned() }
+        if arg.contains(' ') {
+            format!("{arg:?}")
+        } else {
+            arg.into_owned()
+        }
     }));
     let shown = set_vars
         .filter(|var| !var.starts_with("HOME="))
@@ -51,7 +55,9 @@ fn case(name: &'static str, mut command: Command, args: &[&str]) -> Case {
 fn normalize(text: &str, ports: &[u16], dir: &Path) -> String {
     let mut text = text.replace(&dir.display().to_string(), "<dir>");
     for port in ports {
-        text = text.replace(&format!(":{port}"), ":<port>").replace(&format!(" {port} "), " <port> ");
+        text = text
+            .replace(&format!(":{port}"), ":<port>")
+            .replace(&format!(" {port} "), " <port> ");
     }
     text
 }
@@ -93,7 +99,11 @@ fn issue_12_common_failures_match_the_golden_file() {
         case("NOAUTH", no_password, &["status"]),
         case("unknown session", bin_for(&server), &["progress", "stroke_nobody_1"]),
         case("unknown node", bin_for(&server), &["health", "nobody"]),
-        case("bad id", bin_for(&server), &["--node-id", "bad id", "heartbeat", "--once"]),
+        case(
+            "bad id",
+            bin_for(&server),
+            &["--node-id", "bad id", "heartbeat", "--once"],
+        ),
         case("bad YAML config", bin(), &["--config", &conf_arg, "status"]),
         case("bad URL", bad_url, &["status"]),
         case("address in use", bin_for(&server), &["viz", "--bind", &held_bind]),
@@ -110,7 +120,11 @@ fn issue_12_common_failures_match_the_golden_file() {
             case.name,
             stdout(&case.output)
         );
-        let code = case.output.status.code().map_or("a signal".to_owned(), |code| code.to_string());
+        let code = case
+            .output
+            .status
+            .code()
+            .map_or("a signal".to_owned(), |code| code.to_string());
         let _ = write!(
             actual,
             "## {}\n$ {}\nexit {code}\n{}\n",
@@ -124,8 +138,8 @@ fn issue_12_common_failures_match_the_golden_file() {
         std::fs::write(GOLDEN, &actual).expect("write the golden file");
         return;
     }
-    let expected = std::fs::read_to_string(GOLDEN)
-        .unwrap_or_else(|err| panic!("{GOLDEN}: {err}; create it with UPDATE_GOLDEN=1"));
+    let expected =
+        std::fs::read_to_string(GOLDEN).unwrap_or_else(|err| panic!("{GOLDEN}: {err}; create it with UPDATE_GOLDEN=1"));
     assert!(
         actual == expected,
         "the error lines differ from {GOLDEN} (rerun with UPDATE_GOLDEN=1 if the change is intended)\n\
@@ -142,7 +156,16 @@ fn issue_12_corrupt_stored_data_exits_7() {
         .command(&["SET", "stroke:progress:stroke_a_1", "not a hash"])
         .expect("store a wrong type");
     server
-        .command(&["HSET", "tatbot:param:arms.x", "descriptor", "{nope", "value", "1", "version", "1"])
+        .command(&[
+            "HSET",
+            "tatbot:param:arms.x",
+            "descriptor",
+            "{nope",
+            "value",
+            "1",
+            "version",
+            "1",
+        ])
         .expect("store a bad descriptor");
 
     let output = crate::util::run(bin_for(&server), &["progress", "stroke_a_1"]);

@@ -41,7 +41,6 @@ pub const ENV_FILE_VAR: &str = "TATBOT_ENV_FILE";
 /// File name of the node inventory inside the conf dir.
 pub const INVENTORY_FILE: &str = "nodes.yaml";
 
-
 /// The environment keys that carry Redis settings; every other key is ignored.
 const REDIS_URL: &str = "REDIS_URL";
 const REDIS_HOST: &str = "REDIS_HOST";
@@ -2056,7 +2055,13 @@ mod tests {
             "host \"eek.invalid\" does not resolve and no node inventory was found (no conf dir)"
         );
         assert!(
-            matches!(&err, ConfigError::Unresolvable { host_source: Source::Flag("--host"), .. }),
+            matches!(
+                &err,
+                ConfigError::Unresolvable {
+                    host_source: Source::Flag("--host"),
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }

@@ -295,7 +295,10 @@ mod tests {
     /// library's own message.
     #[test]
     fn report_says_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
         let err = Error::Unreachable {
             target: "127.0.0.1:1".to_owned(),
             source: redis::RedisError::from(io),

@@ -148,7 +148,11 @@ async fn require(params: &Params, name: &ParamName) -> anyhow::Result<Param> {
         .get(name)
         .await
         .with_context(|| format!("reading parameter {name}"))?;
-    found.ok_or_else(|| exit::not_found(format!("no parameter {name}; hint: list them with `tatbot-state param list`")))
+    found.ok_or_else(|| {
+        exit::not_found(format!(
+            "no parameter {name}; hint: list them with `tatbot-state param list`"
+        ))
+    })
 }
 
 async fn get(global: &GlobalArgs, name: &ParamName) -> anyhow::Result<u8> {
