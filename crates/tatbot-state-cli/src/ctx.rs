@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
 use tatbot_state::config::{self, ConfigInputs, RedisTarget};
 use tatbot_state::{Endpoint, ManagerConfig, NodeId, StateManager};
@@ -95,7 +94,7 @@ impl GlobalArgs {
         });
         let connected = StateManager::connect_waiting(config, &stop).await;
         signals.abort();
-        connected.with_context(|| format!("connecting to Redis at {shown}"))
+        connected.map_err(|err| connect_error(err, &shown))
     }
 
     /// A manager connected to `endpoint`, with this node's id.
@@ -104,7 +103,16 @@ impl GlobalArgs {
         let config = ManagerConfig::new(endpoint, self.node_id()?);
         StateManager::connect(config)
             .await
-            .with_context(|| format!("connecting to Redis at {shown}"))
+            .map_err(|err| connect_error(err, &shown))
+    }
+}
+
+/// A failed connect as an `anyhow` error, with "connecting to Redis at HOST:PORT" as context
+/// unless the library's message already names the target (so the line says it once).
+pub fn connect_error(err: tatbot_state::Error, shown: &str) -> anyhow::Error {
+    match err {
+        tatbot_state::Error::Unreachable { .. } | tatbot_state::Error::Auth { .. } => err.into(),
+        other => anyhow::Error::new(other).context(format!("connecting to Redis at {shown}")),
     }
 }
 

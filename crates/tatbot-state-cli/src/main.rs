@@ -2,12 +2,13 @@
 //!
 //! `main` only parses flags, installs logging (stderr), dispatches to one module per
 //! subcommand under `cmd/`, and turns the outcome into an exit code: it prints the error chain
-//! once, as one line, and maps it to the documented codes in [`exit`]. A broken pipe on stdout
-//! (`tatbot-state events | head`) counts as success.
+//! once, as one line with a hint ([`report`]), and maps it to the documented codes in [`exit`].
+//! A broken pipe on stdout (`tatbot-state events | head`) counts as success.
 
 mod cmd;
 mod ctx;
 mod exit;
+mod report;
 mod signal;
 
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
             if exit::is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("tatbot-state: {err:#}");
+            eprintln!("tatbot-state: {}", report::line(&err));
             ExitCode::from(exit::code_for(&err))
         }
     }

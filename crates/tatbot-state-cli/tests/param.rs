@@ -162,7 +162,7 @@ fn load_then_read() {
     );
 }
 
-/// `set` parses with the declared type and exits 0, 2 for a bad value or name, 5 for an unknown parameter, 1 for a stale `--if-version`.
+/// `set` parses with the declared type and exits 0, 2 for a bad value or name, 5 for an unknown parameter, 8 for a stale `--if-version` (a lost race, issue #12).
 #[test]
 fn set_and_its_exit_codes() {
     let (server, _dir) = loaded();
@@ -208,7 +208,7 @@ fn set_and_its_exit_codes() {
         param(&server),
         &["param", "set", "arms.offset_num", "6", "--if-version", "5"],
     );
-    assert_code(&output, 1);
+    assert_code(&output, 8);
     assert!(
         stderr(&output).contains("arms.offset_num: version is 1, not 5; nothing was written"),
         "{}",

@@ -175,8 +175,9 @@ fn health_of_one_node() {
     let output = run(bin_for(&server), &["health", "nobody"]);
     assert_code(&output, 5);
     assert!(
-        stderr(&output)
-            .contains("no heartbeat from node nobody (expired or never sent); list nodes with `tatbot-state health`"),
+        stderr(&output).contains(
+            "no heartbeat from node nobody (expired or never sent); hint: list nodes with `tatbot-state health`"
+        ),
         "{}",
         stderr(&output)
     );

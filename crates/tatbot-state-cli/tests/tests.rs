@@ -4,6 +4,7 @@ mod bench;
 mod boot;
 mod demo;
 mod doctor;
+mod errors;
 mod hostile;
 mod mcp;
 mod param;

@@ -191,9 +191,9 @@ impl ServerState {
     /// Maps a library error of a read to the MCP error the client sees.
     fn read_error(&self, err: &tatbot_state::Error) -> McpError {
         if !err.is_connection_error() {
-            return McpError::internal_error(err.to_string(), None);
+            return McpError::internal_error(err.report().to_string(), None);
         }
-        let mut message = format!("Redis is unreachable at {}: {err}", self.reader.target());
+        let mut message = format!("Redis is unreachable at {}: {}", self.reader.target(), err.report());
         if !message.contains("doctor") {
             message.push_str(". Check it with `tatbot-state doctor`");
         }

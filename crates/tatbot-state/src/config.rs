@@ -41,9 +41,6 @@ pub const ENV_FILE_VAR: &str = "TATBOT_ENV_FILE";
 /// File name of the node inventory inside the conf dir.
 pub const INVENTORY_FILE: &str = "nodes.yaml";
 
-/// IP shown in hints; it is the address of the node that normally runs Redis.
-const EXAMPLE_IP: &str = "192.168.1.97";
-
 /// The environment keys that carry Redis settings; every other key is ignored.
 const REDIS_URL: &str = "REDIS_URL";
 const REDIS_HOST: &str = "REDIS_HOST";
@@ -459,7 +456,7 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// A file exists but could not be read.
-    #[error("{}: cannot read: {error}", path.display())]
+    #[error("{}: cannot read", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -550,11 +547,12 @@ pub enum ConfigError {
         problem: String,
     },
     /// The host does not resolve and the node inventory cannot stand in for DNS.
-    #[error("{}", unresolvable_message(host, host_source, inventory.as_deref(), *inventory_found))]
+    #[error("{}", unresolvable_message(host, inventory.as_deref(), *inventory_found))]
     Unresolvable {
         /// The host name that did not resolve.
         host: String,
-        /// Where the host name came from; it decides the hint.
+        /// Where the host name came from: a binary's hint tells a user who passed a flag to
+        /// pass an IP, and anyone else to set the environment variable.
         host_source: Source,
         /// The inventory path that was consulted or looked for, if there was a conf dir.
         inventory: Option<PathBuf>,
@@ -577,19 +575,13 @@ fn entry_prefix(entry: &Option<String>) -> String {
     entry.as_ref().map_or_else(String::new, |e| format!("{e}: "))
 }
 
-fn unresolvable_message(host: &str, host_source: &Source, inventory: Option<&Path>, inventory_found: bool) -> String {
+fn unresolvable_message(host: &str, inventory: Option<&Path>, inventory_found: bool) -> String {
     let why = match (inventory, inventory_found) {
         (Some(path), true) => format!("{} has no entry for it", path.display()),
         (Some(path), false) => format!("no node inventory was found at {}", path.display()),
         (None, _) => "no node inventory was found (no conf dir)".to_string(),
     };
-    // A flag beats REDIS_HOST, so telling a user who passed --host to set the
-    // variable would not help them.
-    let hint = match host_source {
-        Source::Flag(flag) => format!("pass the Redis IP instead, e.g. {flag} {EXAMPLE_IP}"),
-        _ => format!("set REDIS_HOST to the Redis IP, e.g. export REDIS_HOST={EXAMPLE_IP}"),
-    };
-    format!("host {host:?} does not resolve and {why}: {hint}")
+    format!("host {host:?} does not resolve and {why}")
 }
 
 /// Resolves the Redis target from `inputs`.
@@ -2112,9 +2104,11 @@ mod tests {
         assert!(t.describe().contains(&connect));
     }
 
-    /// A host that does not resolve and is not in the inventory gives an error with the REDIS_HOST hint.
+    /// A host that does not resolve and is not in the inventory gives an error that says why
+    /// the inventory could not stand in and where the host came from (the binary's hint
+    /// depends on it); the message itself gives no site-specific advice (issue #12).
     #[test]
-    fn unknown_host_without_inventory_entry_is_error_with_hint() {
+    fn unknown_host_without_inventory_entry_is_error_naming_the_inventory() {
         let dir = TempDir::new().expect("tempdir");
         let conf = dir.path().join("src/conf");
         write_redis_yaml(&conf, "host: eek.invalid\n");
@@ -2124,7 +2118,7 @@ mod tests {
         assert_eq!(
             msg,
             format!(
-                "host \"eek.invalid\" does not resolve and no node inventory was found at {}: set REDIS_HOST to the Redis IP, e.g. export REDIS_HOST=192.168.1.97",
+                "host \"eek.invalid\" does not resolve and no node inventory was found at {}",
                 conf.join("nodes.yaml").display()
             )
         );
@@ -2136,7 +2130,7 @@ mod tests {
         assert_eq!(
             msg,
             format!(
-                "host \"eek.invalid\" does not resolve and {} has no entry for it: set REDIS_HOST to the Redis IP, e.g. export REDIS_HOST=192.168.1.97",
+                "host \"eek.invalid\" does not resolve and {} has no entry for it",
                 conf.join("nodes.yaml").display()
             )
         );
@@ -2146,12 +2140,20 @@ mod tests {
             cwd: dir.path().join("empty"),
             ..base(dir.path())
         };
-        let msg = resolve(&inputs, &resolve_host_system)
-            .expect_err("unresolvable")
-            .to_string();
+        let err = resolve(&inputs, &resolve_host_system).expect_err("unresolvable");
         assert_eq!(
-            msg,
-            "host \"eek.invalid\" does not resolve and no node inventory was found (no conf dir): pass the Redis IP instead, e.g. --host 192.168.1.97"
+            err.to_string(),
+            "host \"eek.invalid\" does not resolve and no node inventory was found (no conf dir)"
+        );
+        assert!(
+            matches!(
+                &err,
+                ConfigError::Unresolvable {
+                    host_source: Source::Flag("--host"),
+                    ..
+                }
+            ),
+            "{err:?}"
         );
     }
 

@@ -2,9 +2,16 @@
 //!
 //! Every fallible call returns [`Result`]. Variants are the cases a caller can act on: the
 //! server is unreachable, credentials were refused, a stored value does not decode (with the key
-//! that holds it), an identifier is invalid. Each `Display` is one line, and where a person can
-//! do something about it the line ends with a hint.
+//! that holds it), an identifier or other input is invalid, a concurrent writer won a race.
+//!
+//! Each `Display` is one line that says what went wrong and never repeats its source: a
+//! variant that keeps the driver's or parser's error exposes it through
+//! [`std::error::Error::source`] only, and whoever prints the error prints the chain once
+//! ([`Report`] does that, skipping a cause whose text is already shown).
+//! Messages name no command of a binary, no environment variable to set and no site's address:
+//! binaries add such hints where they print the final error line.
 
+use std::fmt;
 use std::time::Duration;
 
 /// A `Result` whose error is [`Error`].
@@ -26,7 +33,7 @@ pub enum Error {
     },
 
     /// No connection to Redis could be made.
-    #[error("cannot reach Redis at {target}: {source}. Is it running? Try `tatbot-state doctor`")]
+    #[error("cannot reach Redis at {target}")]
     Unreachable {
         /// `host:port` that was tried.
         target: String,
@@ -35,9 +42,7 @@ pub enum Error {
     },
 
     /// Redis refused the username or password.
-    #[error(
-        "Redis at {target} refused the credentials: {source}. Check REDIS_PASSWORD (and REDIS_USERNAME for ACL users)"
-    )]
+    #[error("Redis at {target} refused the credentials")]
     Auth {
         /// `host:port` that was tried.
         target: String,
@@ -46,10 +51,7 @@ pub enum Error {
     },
 
     /// The ACL user may not run a command this call needs.
-    #[error(
-        "Redis denied {operation}: {source}. The configured user lacks the permission \
-         (the robot user writes, the viewer user reads and lists; see docs/RELIABILITY.md, Roles)"
-    )]
+    #[error("Redis denied {operation}: the configured user lacks the permission")]
     PermissionDenied {
         /// The library operation that was refused.
         operation: &'static str,
@@ -58,7 +60,7 @@ pub enum Error {
     },
 
     /// A command did not answer in time.
-    #[error("Redis did not answer {operation} within {after:?}. Is the server overloaded or paused?")]
+    #[error("Redis did not answer {operation} within {after:?}")]
     Timeout {
         /// The library operation that timed out.
         operation: &'static str,
@@ -67,7 +69,7 @@ pub enum Error {
     },
 
     /// The connection failed while a command was in flight, or the server answered an error.
-    #[error("Redis command for {operation} failed: {source}")]
+    #[error("Redis command for {operation} failed")]
     Redis {
         /// The library operation that failed.
         operation: &'static str,
@@ -76,7 +78,7 @@ pub enum Error {
     },
 
     /// A stored value or a published message is not the JSON document the wire contract describes.
-    #[error("{key}: cannot decode {what}: {source}")]
+    #[error("{key}: cannot decode {what}")]
     Decode {
         /// The Redis key (or `channel <name>`) holding the bad value.
         key: String,
@@ -86,25 +88,69 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A stored value that is not JSON in a place we only parse inside Redis (a Lua script).
+    /// A stored value breaks the wire contract in a way the JSON decoder does not see: not JSON
+    /// where a Lua script parses it, a missing field, the wrong kind of document.
     #[error("{key}: stored value is corrupt ({detail}); fix or delete the key")]
     Corrupt {
-        /// The Redis key holding the bad value.
+        /// The Redis key (or stream entry) holding the bad value.
         key: String,
-        /// What the server-side decoder said.
+        /// What is wrong with it.
         detail: String,
     },
 
-    /// A value exceeds a size bound, or another input is out of range.
+    /// The caller's input breaks a rule: a parameter value out of bounds, a YAML document that
+    /// is not a map, a malformed cursor or channel name. Never used for stored data.
     #[error("{0}")]
     InvalidInput(String),
 
+    /// The caller's input is larger than a bound the library enforces.
+    #[error("{what} is {len} bytes; the limit is {limit}")]
+    TooLarge {
+        /// What is too large: "event", "scene", "parameter file x.yaml".
+        what: String,
+        /// Its size in bytes.
+        len: usize,
+        /// The bound in bytes.
+        limit: usize,
+    },
+
+    /// A race with other writers was lost: a compare-and-set found the version moved on, or
+    /// others kept changing what a write depends on through all of its retries. Nothing was
+    /// written; reading again and retrying may succeed.
+    #[error("{0}")]
+    Conflict(String),
+
+    /// A component was used before it connected (a bug of the caller or of the library).
+    #[error("{0}: not connected to Redis")]
+    NotConnected(&'static str),
+
+    /// Redis answered a well-formed command with a reply of the wrong shape.
+    #[error("Redis gave {operation} an unexpected reply: {detail}")]
+    UnexpectedReply {
+        /// The library operation that got the reply.
+        operation: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+
+    /// A value could not be written in an output format (YAML), which does not happen for the
+    /// values this library makes.
+    #[error("cannot write {what} as {format}: {detail}")]
+    Encode {
+        /// What was being written.
+        what: String,
+        /// The format: "YAML".
+        format: &'static str,
+        /// What the writer said.
+        detail: String,
+    },
+
     /// The session has no progress hash (never started, or expired after its retention).
-    #[error("no stroke session {0:?}: it was never started or has expired. List sessions with `tatbot-state sessions`")]
+    #[error("no stroke session {0:?}: it was never started or has expired")]
     SessionNotFound(String),
 
     /// The parameter is not declared.
-    #[error("{0}: no such parameter; declare it first (see `tatbot-state param list`)")]
+    #[error("{0}: no such parameter")]
     ParamNotFound(String),
 
     /// A watcher fell behind a capped log (or Redis lost entries); the message says how many
@@ -192,11 +238,110 @@ impl Error {
     /// True when the error means Redis could not be reached or the connection broke.
     pub fn is_connection_error(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } | Error::SubscriptionClosed => true,
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::SubscriptionClosed | Error::NotConnected(_) => {
+                true
+            }
             Error::Redis { source, .. } => {
                 source.is_io_error() || source.is_connection_dropped() || source.is_connection_refusal()
             }
             _ => false,
+        }
+    }
+}
+
+/// An error and its chain of sources as one line: `outer: cause: root cause`.
+///
+/// A cause whose text the line already contains is skipped, so a driver error that wraps an
+/// I/O error with the same message is said once. Binaries print their final error with it
+/// (after adding their own context), and anything that logs an [`Error`] can use
+/// [`Error::report`] to keep the driver's detail that `Display` alone leaves to `source()`.
+#[derive(Clone, Copy)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut line = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            let text = err.to_string();
+            if !text.is_empty() && !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = err.source();
+        }
+        f.write_str(&line)
+    }
+}
+
+impl fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Error {
+    /// This error with its sources, each said once (see [`Report`]).
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver error that wraps an I/O error with the same text is said once, after the
+    /// library's own message.
+    #[test]
+    fn report_says_each_cause_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let err = Error::Unreachable {
+            target: "127.0.0.1:1".to_owned(),
+            source: redis::RedisError::from(io),
+        };
+        assert_eq!(err.to_string(), "cannot reach Redis at 127.0.0.1:1");
+        assert_eq!(
+            err.report().to_string(),
+            "cannot reach Redis at 127.0.0.1:1: Connection refused (os error 111)"
+        );
+    }
+
+    /// Issue #12: no message names a command of a binary, an environment variable to set or a
+    /// site's address; binaries add that advice.
+    #[test]
+    fn messages_give_no_binary_advice() {
+        let driver = || redis::RedisError::from(std::io::Error::other("boom"));
+        let errors = [
+            Error::Unreachable {
+                target: "h:1".to_owned(),
+                source: driver(),
+            },
+            Error::Auth {
+                target: "h:1".to_owned(),
+                source: driver(),
+            },
+            Error::PermissionDenied {
+                operation: "op",
+                source: driver(),
+            },
+            Error::Timeout {
+                operation: "op",
+                after: Duration::from_secs(1),
+            },
+            Error::SessionNotFound("s".to_owned()),
+            Error::ParamNotFound("p".to_owned()),
+            Error::SubscriptionClosed,
+        ];
+        for err in errors {
+            let text = err.to_string();
+            for word in ["tatbot-state", "REDIS_", "192.168.", "doctor", "Try "] {
+                assert!(!text.contains(word), "{text:?} contains {word:?}");
+            }
+            assert!(!text.contains("boom"), "{text:?} repeats its source");
         }
     }
 }

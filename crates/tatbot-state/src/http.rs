@@ -80,9 +80,7 @@ img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; f
 #[non_exhaustive]
 pub enum BindError {
     /// A non-loopback address without a token.
-    #[error(
-        "refusing to serve on {addr} without a token: anyone on the network could read the robot's state; pass --token (or its environment variable), or bind 127.0.0.1"
-    )]
+    #[error("refusing to serve on {addr} without a token: anyone on the network could read the robot's state")]
     TokenRequired {
         /// The address asked for.
         addr: SocketAddr,

@@ -46,7 +46,7 @@ pub mod text;
 mod timestamp;
 
 pub use connection::{Endpoint, ManagerConfig};
-pub use error::{Error, Result};
+pub use error::{Error, Report, Result};
 pub use follow::{Cursor, FollowItem, Follower, Scope, Snapshot};
 pub use ids::{Category, MAX_ID_LEN, NodeId, SessionId};
 pub use manager::{CorruptEntry, Entry, ProgressUpdate, SessionInfo, StateManager, SystemStatus};

@@ -807,11 +807,11 @@ impl StateManager {
         let payload = event.to_json();
         if payload.len() > crate::model::MAX_DOCUMENT_BYTES {
             // Redis would cut off every subscriber whose output buffer it overflows.
-            return Err(Error::InvalidInput(format!(
-                "event is {} bytes; the limit is {}",
-                payload.len(),
-                crate::model::MAX_DOCUMENT_BYTES
-            )));
+            return Err(Error::TooLarge {
+                what: "event".to_owned(),
+                len: payload.len(),
+                limit: crate::model::MAX_DOCUMENT_BYTES,
+            });
         }
         let mut pipe = redis::pipe();
         pipe.atomic().publish(channel, &payload);
@@ -897,10 +897,16 @@ impl StateManager {
             .map(|entry| {
                 let key = format!("{} entry {}", keys::ERROR_LOG, entry.id);
                 let value = match entry.get::<String>("payload") {
-                    None => Err(Error::InvalidInput(format!("{key}: no payload field"))),
+                    None => Err(Error::Corrupt {
+                        key: key.clone(),
+                        detail: "no payload field".to_owned(),
+                    }),
                     Some(payload) => match Event::from_json(payload.as_bytes()) {
                         Ok(Event::Error(event)) => Ok(event),
-                        Ok(_) => Err(Error::InvalidInput(format!("{key}: payload is not an error event"))),
+                        Ok(_) => Err(Error::Corrupt {
+                            key: key.clone(),
+                            detail: "payload is not an error event".to_owned(),
+                        }),
                         Err(source) => Err(Error::Decode {
                             key: key.clone(),
                             what: "ErrorEvent",
@@ -1152,10 +1158,11 @@ pub(crate) fn health_op(health: &NodeHealth) -> Result<Op> {
 
 fn check_text(what: &str, text: &str) -> Result<()> {
     if text.len() > MAX_TEXT_LEN {
-        return Err(Error::InvalidInput(format!(
-            "{what} is {} bytes; the limit is {MAX_TEXT_LEN}",
-            text.len()
-        )));
+        return Err(Error::TooLarge {
+            what: what.to_owned(),
+            len: text.len(),
+            limit: MAX_TEXT_LEN,
+        });
     }
     Ok(())
 }

@@ -215,7 +215,8 @@ impl Params {
     ///
     /// [`Error::InvalidInput`] when the descriptor breaks a rule (bounds, default), the name
     /// is declared with another type, the stored value does not fit the new descriptor, or the
-    /// name sits under a parameter or has parameters under it; or a Redis failure.
+    /// name sits under a parameter or has parameters under it; [`Error::Conflict`] when other
+    /// writers kept changing it; or a Redis failure.
     pub async fn declare(&self, name: &ParamName, descriptor: &Descriptor) -> Result<Param> {
         let descriptor = descriptor.validated(name)?;
         let descriptor_json = to_json(name, &descriptor)?;
@@ -335,7 +336,8 @@ impl Params {
     /// # Errors
     ///
     /// [`Error::ParamNotFound`] for an undeclared parameter, [`Error::InvalidInput`] naming the
-    /// parameter and the rule broken (read-only, type, min, max, step, size), or a Redis failure.
+    /// parameter and the rule broken (read-only, type, min, max, step, size),
+    /// [`Error::Conflict`] when other writers kept changing it, or a Redis failure.
     pub async fn set(&self, name: &ParamName, value: &ParamValue) -> Result<Param> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.require(name).await?;
@@ -496,7 +498,8 @@ impl Params {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] listing every rule broken, separated by `; `, and nothing is
-    /// changed; or a Redis failure.
+    /// changed; [`Error::Conflict`] when other writers kept changing the parameters; or a
+    /// Redis failure.
     pub async fn load(&self, text: &str, prefix: &Prefix) -> Result<LoadPlan> {
         for _ in 0..MAX_ATTEMPTS {
             let (plan, writes) = self.plan(text, prefix).await?;
@@ -512,7 +515,7 @@ impl Params {
                 return Ok(plan);
             }
         }
-        Err(Error::InvalidInput(format!(
+        Err(Error::Conflict(format!(
             "parameters kept changing while loading ({MAX_ATTEMPTS} attempts); try again"
         )))
     }
@@ -769,7 +772,7 @@ fn read_only(name: &ParamName) -> Error {
 }
 
 fn contention(name: &ParamName) -> Error {
-    Error::InvalidInput(format!(
+    Error::Conflict(format!(
         "{name}: changed by others {MAX_ATTEMPTS} times while this write was validated; try again"
     ))
 }

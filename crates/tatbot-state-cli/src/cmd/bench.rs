@@ -501,7 +501,7 @@ async fn sections(
     let node_id = NodeId::new(BENCH_NODE).context("bug: the bench node id is invalid")?;
     let manager = StateManager::connect(ManagerConfig::new(endpoint.clone(), node_id))
         .await
-        .with_context(|| format!("connecting to Redis at {endpoint}"))?;
+        .map_err(|err| crate::ctx::connect_error(err, &endpoint.to_string()))?;
     report.redis_version = manager.system_status().await.redis_version;
     let redis_benchmark = RedisBenchmark::find(endpoint);
     if redis_benchmark.is_none() {

@@ -56,8 +56,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             message = subscription.next() => message,
         };
         let Some(message) = message else {
-            return Err(anyhow::Error::new(tatbot_state::Error::SubscriptionClosed)
-                .context("receiving events (check the server with `tatbot-state doctor`)"));
+            return Err(anyhow::Error::new(tatbot_state::Error::SubscriptionClosed).context("receiving events"));
         };
         let line = if global.json {
             json_line(&message)

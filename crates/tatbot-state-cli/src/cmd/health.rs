@@ -43,7 +43,7 @@ async fn show_node(global: &GlobalArgs, node: &str) -> anyhow::Result<u8> {
         .with_context(|| format!("reading the health of node {node_id}"))?;
     let Some(health) = health else {
         return Err(exit::not_found(format!(
-            "no heartbeat from node {node_id} (expired or never sent); list nodes with `tatbot-state health`"
+            "no heartbeat from node {node_id} (expired or never sent); hint: list nodes with `tatbot-state health`"
         )));
     };
     print_health(&health, global.json)?;

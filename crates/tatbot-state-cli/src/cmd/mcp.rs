@@ -84,7 +84,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     if args.transport == Transport::Http
         && let Err(err) = tatbot_state_mcp::check_bind(&args.bind, args.token.as_deref())
     {
-        return Err(anyhow::Error::new(exit::Coded(exit::USAGE, err.to_string())));
+        // The bind error itself, so `exit::code_for` maps it to exit 2 and the final line
+        // gets its hint.
+        return Err(match err {
+            tatbot_state_mcp::Error::Bind(bind) => anyhow::Error::new(bind),
+            other => anyhow::Error::new(other),
+        });
     }
     if args.transport == Transport::Http {
         raise_fd_limit();

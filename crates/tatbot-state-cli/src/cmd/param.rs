@@ -148,7 +148,11 @@ async fn require(params: &Params, name: &ParamName) -> anyhow::Result<Param> {
         .get(name)
         .await
         .with_context(|| format!("reading parameter {name}"))?;
-    found.ok_or_else(|| exit::not_found(format!("no parameter {name}; list them with `tatbot-state param list`")))
+    found.ok_or_else(|| {
+        exit::not_found(format!(
+            "no parameter {name}; hint: list them with `tatbot-state param list`"
+        ))
+    })
 }
 
 async fn get(global: &GlobalArgs, name: &ParamName) -> anyhow::Result<u8> {
@@ -171,9 +175,10 @@ async fn set(global: &GlobalArgs, name: &ParamName, args: &SetArgs) -> anyhow::R
         Some(version) => match params.set_if_version(name, &value, version).await? {
             CasOutcome::Applied(param) => *param,
             CasOutcome::Conflict { version: now } => {
-                return Err(anyhow::anyhow!(
+                return Err(tatbot_state::Error::Conflict(format!(
                     "{name}: version is {now}, not {version}; nothing was written"
-                ));
+                ))
+                .into());
             }
         },
     };

@@ -45,7 +45,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
                 .context("looking for the latest active session")?;
             let Some(latest) = latest else {
                 return Err(exit::not_found(
-                    "no active stroke session; list recent ones with `tatbot-state sessions`".to_owned(),
+                    "no active stroke session; hint: list recent ones with `tatbot-state sessions`".to_owned(),
                 ));
             };
             (latest.session_id, latest.progress)

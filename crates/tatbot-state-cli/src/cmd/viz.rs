@@ -47,10 +47,8 @@ pub struct Args {
 
 /// Runs `viz`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    // The token rule first, so a refused bind is one line and exit 2.
-    if let Err(err) = tatbot_state::http::check_bind(&args.bind, args.token.as_deref()) {
-        return Err(anyhow::Error::new(exit::Coded(exit::USAGE, err.to_string())));
-    }
+    // The token rule first, so a refused bind is one line and exit 2 (see `exit::code_for`).
+    tatbot_state::http::check_bind(&args.bind, args.token.as_deref())?;
     crate::cmd::mcp::raise_fd_limit();
     let manager = global.manager().await?;
     let listener = tokio::net::TcpListener::bind(args.bind)

@@ -191,7 +191,7 @@ impl FollowTask {
         // Only called from `serve`, which runs after the connections were opened.
         self.connections
             .clone()
-            .ok_or_else(|| Stop::Redis(Error::InvalidInput("follow: not connected".to_owned())))
+            .ok_or_else(|| Stop::Redis(Error::NotConnected("follow")))
     }
 
     async fn send(&self, item: FollowItem) -> Result<(), Stop> {
@@ -331,11 +331,10 @@ impl FollowTask {
             .await
             .map_err(|err| Error::from_redis("follow read", err))?;
         if replies.len() != stream_keys.len() + 1 {
-            return Err(Stop::Redis(Error::InvalidInput(format!(
-                "follow read: {} replies for {} commands",
-                replies.len(),
-                stream_keys.len() + 1
-            ))));
+            return Err(Stop::Redis(Error::UnexpectedReply {
+                operation: "follow read",
+                detail: format!("{} replies for {} commands", replies.len(), stream_keys.len() + 1),
+            }));
         }
         let infos = replies.split_off(1);
         // A tailed history that is not a stream fails the whole XREAD with WRONGTYPE, and its

@@ -232,16 +232,22 @@ fn shown(path: &[String]) -> String {
 ///
 /// # Errors
 ///
-/// [`Error::InvalidInput`] if the YAML writer fails, which it does not for these values.
+/// [`Error::Encode`] if the YAML writer fails, which it does not for these values.
 pub(crate) fn dump<'a>(params: impl IntoIterator<Item = (&'a ParamName, &'a ParamValue)>) -> Result<String> {
     let mut root = Mapping::new();
     for (name, value) in params {
-        let value = serde_yaml_ng::to_value(value)
-            .map_err(|err| Error::InvalidInput(format!("{name}: cannot write as YAML: {err}")))?;
+        let value = serde_yaml_ng::to_value(value).map_err(|err| Error::Encode {
+            what: name.to_string(),
+            format: "YAML",
+            detail: err.to_string(),
+        })?;
         insert(&mut root, name.as_str(), value);
     }
-    serde_yaml_ng::to_string(&Yaml::Mapping(root))
-        .map_err(|err| Error::InvalidInput(format!("cannot write parameters as YAML: {err}")))
+    serde_yaml_ng::to_string(&Yaml::Mapping(root)).map_err(|err| Error::Encode {
+        what: "parameters".to_owned(),
+        format: "YAML",
+        detail: err.to_string(),
+    })
 }
 
 /// Inserts `value` at the dotted `path`, making maps on the way. Should a stored name sit under
