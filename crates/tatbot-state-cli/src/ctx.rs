@@ -111,7 +111,9 @@ impl GlobalArgs {
 /// unless the library's message already names the target (so the line says it once).
 pub fn connect_error(err: tatbot_state::Error, shown: &str) -> anyhow::Error {
     match err {
-        tatbot_state::Error::Unreachable { .. } | tatbot_state::Error::Auth { .. } => err.into(),
+        tatbot_state::Error::Unreachable { .. }
+        | tatbot_state::Error::Auth { .. }
+        | tatbot_state::Error::NotRedis { .. } => err.into(),
         other => anyhow::Error::new(other).context(format!("connecting to Redis at {shown}")),
     }
 }

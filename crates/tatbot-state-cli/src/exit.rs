@@ -38,7 +38,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 Error::Unreachable { .. } | Error::Timeout { .. } | Error::SubscriptionClosed => UNREACHABLE,
                 Error::Auth { .. } | Error::PermissionDenied { .. } => AUTH,
                 Error::SessionNotFound(_) | Error::ParamNotFound(_) => NOT_FOUND,
-                Error::Config(_) => CONFIG,
+                Error::Config(_) | Error::NotRedis { .. } => CONFIG,
                 Error::InvalidId { .. } | Error::InvalidInput(_) | Error::TooLarge { .. } => USAGE,
                 Error::Decode { .. } | Error::Corrupt { .. } => CORRUPT,
                 Error::Conflict(_) => CONFLICT,

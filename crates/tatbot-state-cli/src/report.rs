@@ -16,7 +16,14 @@ const EXAMPLE_IP: &str = "192.168.1.97";
 /// holds is skipped), followed by `; hint: ...` when one applies.
 pub fn line(err: &anyhow::Error) -> String {
     let root: &(dyn std::error::Error + 'static) = err.as_ref();
-    let mut line = tatbot_state::Report(root).to_string();
+    // The driver's messages may span lines; the report is one.
+    let mut line = tatbot_state::Report(root)
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if let Some(hint) = err.chain().find_map(hint_for) {
         line.push_str("; hint: ");
         line.push_str(&hint);
@@ -51,6 +58,7 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
 pub fn hint(err: &Error) -> Option<&'static str> {
     Some(match err {
         Error::Unreachable { .. } => "is it running? Check with `tatbot-state doctor`",
+        Error::NotRedis { .. } => "is -p (REDIS_PORT) the Redis port? The dashboard and MCP listen on others",
         Error::Auth { .. } => "check REDIS_PASSWORD (and REDIS_USERNAME for ACL users), or -a and --user",
         Error::PermissionDenied { .. } => {
             "the robot user writes, the viewer user reads and lists; see docs/RELIABILITY.md, Roles"

@@ -62,8 +62,9 @@ fn normalize(text: &str, ports: &[u16], dir: &Path) -> String {
     text
 }
 
-/// The ten failures of issue #12, each said once with its hint and exit code; a closed stdout
-/// ends quietly with exit 0 and nothing on stderr.
+/// The ten failures of issue #12 and a web server where Redis should be (issue #14 point 16),
+/// each said once with its hint and exit code; a closed stdout ends quietly with exit 0 and
+/// nothing on stderr.
 #[test]
 fn issue_12_common_failures_match_the_golden_file() {
     let server = RedisServer::start();
@@ -72,6 +73,16 @@ fn issue_12_common_failures_match_the_golden_file() {
     let dead = dead_port();
     let held = TcpListener::bind("127.0.0.1:0").expect("bind a port to hold");
     let held_port = held.local_addr().expect("a bound listener has an address").port();
+
+    // A web server where Redis should be: answers every connection with an HTTP status line.
+    let web = TcpListener::bind("127.0.0.1:0").expect("bind the web port");
+    let web_port = web.local_addr().expect("a bound listener has an address").port();
+    std::thread::spawn(move || {
+        for stream in web.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
 
     let conf = dir.path().join("conf");
     std::fs::create_dir_all(conf.join("redis")).expect("create the conf dir");
@@ -108,10 +119,11 @@ fn issue_12_common_failures_match_the_golden_file() {
         case("bad URL", bad_url, &["status"]),
         case("address in use", bin_for(&server), &["viz", "--bind", &held_bind]),
         case("closed stdout", closed_stdout, &["--json", "status"]),
+        case("not a Redis server", bin(), &["-p", &web_port.to_string(), "status"]),
     ];
     drop(held);
 
-    let ports = [server.port(), locked.port(), dead, held_port];
+    let ports = [server.port(), locked.port(), dead, held_port, web_port];
     let mut actual = String::new();
     for case in &cases {
         assert!(

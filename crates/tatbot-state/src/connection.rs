@@ -194,7 +194,18 @@ pub(crate) async fn connect(
     let attempt = ConnectionManager::new_with_config(client.clone(), manager_config.clone());
     match tokio::time::timeout(limit, attempt).await {
         Ok(Ok(manager)) => Ok(manager),
-        Ok(Err(err)) => Err(Error::from_connect(&target, err)),
+        Ok(Err(err)) => {
+            let err = Error::from_connect(&target, err);
+            // A server that answered something the driver cannot parse may be no Redis at all.
+            if let Error::Unreachable { source, .. } = &err
+                && !source.is_io_error()
+                && !source.is_timeout()
+                && let Some(answered) = not_redis(&config.endpoint, config.connect_timeout).await
+            {
+                return Err(Error::NotRedis { target, answered });
+            }
+            Err(err)
+        }
         Err(_) => Err(Error::Unreachable {
             target,
             source: redis::RedisError::from(std::io::Error::new(
@@ -202,6 +213,31 @@ pub(crate) async fn connect(
                 format!("no answer within {limit:?}"),
             )),
         }),
+    }
+}
+
+/// Sends `PING` over a plain TCP connection to `endpoint` and tells what answered when it was
+/// not Redis: `HTTP` for a web server, else the start of the answer; `None` for an answer Redis
+/// could give (`+PONG`, an error reply such as `-NOAUTH`), or no answer at all.
+async fn not_redis(endpoint: &Endpoint, limit: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut answer = vec![0u8; 64];
+        let read = stream.read(&mut answer).await?;
+        answer.truncate(read);
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(limit, probe).await.ok()?.ok()?;
+    match answer.first() {
+        None | Some(b'+' | b'-') => None,
+        Some(_) if answer.starts_with(b"HTTP/") => Some("HTTP".to_owned()),
+        Some(_) => {
+            let text = String::from_utf8_lossy(&answer);
+            let first_line = text.lines().next().unwrap_or_default();
+            Some(format!("{:?}", first_line.chars().take(32).collect::<String>()))
+        }
     }
 }
 

@@ -41,6 +41,15 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// Something answered at the address, but not as Redis does (a web server, say).
+    #[error("{target} is not a Redis server: it answered {answered}")]
+    NotRedis {
+        /// `host:port` that was tried.
+        target: String,
+        /// What it answered to `PING`: `HTTP`, or the start of its answer.
+        answered: String,
+    },
+
     /// Redis refused the username or password.
     #[error("Redis at {target} refused the credentials")]
     Auth {
