@@ -952,7 +952,7 @@ impl StateManager {
             timestamp: Timestamp::now(),
         };
         if let Err(err) = self.fill_status(&mut status).await {
-            status.error = Some(err.to_string());
+            status.error = Some(err.report().to_string());
         }
         status
     }
@@ -977,7 +977,7 @@ impl StateManager {
                 Ok(_) => {}
                 Err(err) => status.corrupt.push(CorruptEntry {
                     key: entry.key,
-                    error: err.to_string(),
+                    error: err.report().to_string(),
                 }),
             }
         }
@@ -988,7 +988,7 @@ impl StateManager {
             if let Err(err) = entry.value {
                 status.corrupt.push(CorruptEntry {
                     key: entry.key,
-                    error: err.to_string(),
+                    error: err.report().to_string(),
                 });
             }
         }
@@ -1015,7 +1015,7 @@ impl StateManager {
                 }
                 Err(err) => status.corrupt.push(CorruptEntry {
                     key,
-                    error: err.to_string(),
+                    error: err.report().to_string(),
                 }),
             }
         }
