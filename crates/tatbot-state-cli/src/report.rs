@@ -60,9 +60,6 @@ pub fn hint(err: &Error) -> Option<&'static str> {
         Error::Unreachable { .. } => "is it running? Check with `tatbot-state doctor`",
         Error::NotRedis { .. } => "is -p (REDIS_PORT) the Redis port? The dashboard and MCP listen on others",
         Error::Auth { .. } => "check REDIS_PASSWORD (and REDIS_USERNAME for ACL users), or -a and --user",
-        Error::PermissionDenied { .. } => {
-            "the robot user writes, the viewer user reads and lists; see docs/RELIABILITY.md, Roles"
-        }
         Error::Timeout { .. } => "is the server overloaded or paused? Check with `tatbot-state doctor`",
         Error::SubscriptionClosed => "check the server with `tatbot-state doctor`",
         Error::SessionNotFound(_) => "list sessions with `tatbot-state sessions`",

@@ -406,7 +406,7 @@ pub async fn watch_redis(reader: Reader, hub: Arc<Hub>, shutdown: CancellationTo
             .map(|entry| {
                 let fingerprint = match entry.value {
                     Ok(health) => health.last_heartbeat.to_string(),
-                    Err(err) => format!("corrupt: {err}"),
+                    Err(err) => format!("corrupt: {}", err.report()),
                 };
                 (entry.id, fingerprint)
             })

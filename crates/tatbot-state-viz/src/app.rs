@@ -124,7 +124,7 @@ async fn with_snapshot(state: VizState, shape: impl FnOnce(Snapshot) -> Value) -
     bounded(async move {
         let snapshot = follow::snapshot(&state.manager, &Scope::All, &state.follow_config)
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| err.report().to_string())?;
         Ok(shape(snapshot))
     })
     .await

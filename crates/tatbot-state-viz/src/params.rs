@@ -36,7 +36,7 @@ pub(crate) async fn list(manager: &StateManager) -> Result<Value, String> {
     let entries = Params::new(manager)
         .list_entries(&Prefix::all())
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| err.report().to_string())?;
     let mut params = Vec::with_capacity(entries.len());
     let mut corrupt = Vec::new();
     for entry in entries {
@@ -44,7 +44,7 @@ pub(crate) async fn list(manager: &StateManager) -> Result<Value, String> {
             Ok(param) => params.push(param),
             Err(err) => corrupt.push(CorruptEntry {
                 key: entry.key,
-                error: err.to_string(),
+                error: err.report().to_string(),
             }),
         }
     }

@@ -60,7 +60,10 @@ pub enum Error {
     },
 
     /// The ACL user may not run a command this call needs.
-    #[error("Redis denied {operation}: the configured user lacks the permission")]
+    #[error(
+        "Redis denied {operation}: the configured user lacks the permission \
+         (the robot user writes, the viewer user reads and lists; see docs/RELIABILITY.md, Roles)"
+    )]
     PermissionDenied {
         /// The library operation that was refused.
         operation: &'static str,

@@ -962,7 +962,7 @@ impl StateManager {
             timestamp: Timestamp::now(),
         };
         if let Err(err) = self.fill_status(&mut status).await {
-            status.error = Some(err.to_string());
+            status.error = Some(err.report().to_string());
         }
         status
     }
@@ -987,7 +987,7 @@ impl StateManager {
                 Ok(_) => {}
                 Err(err) => status.corrupt.push(CorruptEntry {
                     key: entry.key,
-                    error: err.to_string(),
+                    error: err.report().to_string(),
                 }),
             }
         }
@@ -998,7 +998,7 @@ impl StateManager {
             if let Err(err) = entry.value {
                 status.corrupt.push(CorruptEntry {
                     key: entry.key,
-                    error: err.to_string(),
+                    error: err.report().to_string(),
                 });
             }
         }
@@ -1025,7 +1025,7 @@ impl StateManager {
                 }
                 Err(err) => status.corrupt.push(CorruptEntry {
                     key,
-                    error: err.to_string(),
+                    error: err.report().to_string(),
                 }),
             }
         }

@@ -577,7 +577,7 @@ impl Params {
                     {
                         Ok(descriptor) => descriptor,
                         Err(err) => {
-                            plan.errors.push(err.to_string());
+                            plan.errors.push(err.report().to_string());
                             continue;
                         }
                     };

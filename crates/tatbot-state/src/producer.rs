@@ -961,7 +961,7 @@ impl Writer {
                         // Refused error reports are counted, not reported again.
                         let mut queue = self.shared.lock();
                         queue.unreported_rejections += 1;
-                        queue.rejection_reason.get_or_insert_with(|| err.to_string());
+                        queue.rejection_reason.get_or_insert_with(|| err.report().to_string());
                     }
                 }
             }

@@ -145,8 +145,19 @@ async fn unknown_and_malformed_events() {
         "{err}"
     );
     assert_eq!(message.payload, "{not json");
-    let err = subscription.next().await.unwrap().event.unwrap_err().to_string();
-    assert!(err.contains("missing field `session_id`"), "{err}");
+    // The decoder's reason is the error's source (issue #12), said once by its report.
+    let err = subscription
+        .next()
+        .await
+        .unwrap()
+        .event
+        .unwrap_err()
+        .report()
+        .to_string();
+    assert!(
+        err.starts_with("channel stroke:events:progress: cannot decode event: missing field `session_id`"),
+        "{err}"
+    );
     let message = subscription.next().await.unwrap();
     assert_eq!(message.event.unwrap(), Event::Other(json!(["a list"])));
 }

@@ -141,7 +141,7 @@ impl Printer {
                     shown(&decoded.description_l),
                     shown(&decoded.description_r)
                 )?,
-                (Err(err), false) => writeln!(out, "{}  corrupt: {}", entry.id, shown(&err.to_string()))?,
+                (Err(err), false) => writeln!(out, "{}  corrupt: {}", entry.id, shown(&err.report().to_string()))?,
             }
             self.printed += 1;
             self.last_id = Some(entry.id.clone());

@@ -205,7 +205,12 @@ async fn list(global: &GlobalArgs, prefix: &Prefix) -> anyhow::Result<u8> {
     if global.json {
         let mut shown_json: Vec<serde_json::Value> = listed.iter().map(|param| serde_json::json!(param)).collect();
         for entry in &corrupt {
-            let error = entry.value.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            let error = entry
+                .value
+                .as_ref()
+                .err()
+                .map(|err| err.report().to_string())
+                .unwrap_or_default();
             shown_json.push(serde_json::json!({"name": entry.id, "key": entry.key, "error": error}));
         }
         writeln!(out, "{}", serde_json::to_string(&shown_json)?)?;
@@ -225,7 +230,12 @@ async fn list(global: &GlobalArgs, prefix: &Prefix) -> anyhow::Result<u8> {
         })
         .collect();
     for entry in &corrupt {
-        let error = entry.value.as_ref().err().map(ToString::to_string).unwrap_or_default();
+        let error = entry
+            .value
+            .as_ref()
+            .err()
+            .map(|err| err.report().to_string())
+            .unwrap_or_default();
         rows.push(vec![entry.id.clone(), format!("error: {error}")]);
     }
     write!(

@@ -317,7 +317,7 @@ pub(crate) fn decode_progress(key: &str, reply: redis::RedisResult<Value>) -> Op
 pub(crate) fn corrupt_entry(key: &str, err: &Error) -> CorruptEntry {
     CorruptEntry {
         key: key.to_owned(),
-        error: err.to_string(),
+        error: err.report().to_string(),
     }
 }
 

@@ -132,7 +132,7 @@ impl FollowTask {
             let error = match outcome {
                 Ok(never) => match never {},
                 Err(Stop::Closed) => return,
-                Err(Stop::Redis(err)) => err.to_string(),
+                Err(Stop::Redis(err)) => err.report().to_string(),
                 // `serve` answers gaps itself; should one escape, a reconnect resyncs too.
                 Err(Stop::Gap(reason)) => reason,
             };
