@@ -157,6 +157,11 @@ pub mod types {
     pub const SESSION_PAUSE: &str = "session_pause";
     /// `session_resume` (ours).
     pub const SESSION_RESUME: &str = "session_resume";
+    /// `session_abort` (ours): an operator ended a session with a reason.
+    pub const SESSION_ABORT: &str = "session_abort";
+    /// `session_stale` (ours): a session's owner let its lease lapse; published once per
+    /// session.
+    pub const SESSION_STALE: &str = "session_stale";
     /// `progress_update`.
     pub const PROGRESS_UPDATE: &str = "progress_update";
     /// `error`.
