@@ -20,7 +20,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use tatbot_state::follow::{self, FollowItem, LoggedEvent, NodeView, Scope};
-use tatbot_state::model::StrokeProgress;
+use tatbot_state::model::{SessionState, StrokeProgress};
 use tatbot_state::{Snapshot, Timestamp};
 
 use crate::ctx::GlobalArgs;
@@ -167,7 +167,8 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         corrupt: Vec::new(),
     };
     let view = monitor.view.as_ref().unwrap_or(&empty);
-    let sessions = session_lines(view);
+    let disconnected = matches!(monitor.redis, RedisState::Disconnected(_));
+    let sessions = session_lines(view, now_ms, disconnected);
     let node_rows = view.nodes.len().clamp(1, MAX_NODE_ROWS);
     let [header, progress, nodes, events] = Layout::vertical([
         Constraint::Length(3),
@@ -176,23 +177,33 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         Constraint::Min(3),
     ])
     .areas(frame.area());
-    draw_header(frame, header, monitor, view);
+    draw_header(frame, header, monitor, view, now_ms);
     frame.render_widget(
         Paragraph::new(sessions).block(Block::default().borders(Borders::ALL).title(" Stroke progress ")),
         progress,
     );
-    draw_nodes(frame, nodes, view, now_ms);
+    draw_nodes(frame, nodes, view, now_ms, disconnected);
     draw_events(frame, events, view);
 }
 
-fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot) {
+fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot, now_ms: i64) {
     let (redis, color) = match &monitor.redis {
         RedisState::Connecting => ("connecting".to_owned(), Color::Blue),
         RedisState::Connected => ("connected".to_owned(), Color::Green),
         RedisState::Disconnected(_) => ("DISCONNECTED".to_owned(), Color::Red),
     };
     let online = view.nodes.values().filter(|node| node.health.is_some()).count();
-    let active = view.sessions.values().filter(|progress| progress.is_executing).count();
+    let now = Timestamp::from_unix_millis(now_ms);
+    let active = view
+        .sessions
+        .values()
+        .filter(|progress| progress.state_at(now) == SessionState::Executing)
+        .count();
+    let stale = view
+        .sessions
+        .values()
+        .filter(|progress| progress.state_at(now) == SessionState::Stale)
+        .count();
     let updated = monitor.last_update.map_or_else(
         || "never".to_owned(),
         |at| at.as_datetime().format("%H:%M:%S").to_string(),
@@ -202,10 +213,21 @@ fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot
         Span::raw("Redis "),
         Span::styled(redis, Style::default().fg(color).add_modifier(Modifier::BOLD)),
         Span::raw(format!(
-            " · nodes {online}/{} online · {active} active {sessions} · updated {updated}",
+            " · nodes {online}/{} online · {active} active",
             view.nodes.len()
         )),
     ];
+    // Stale sessions are counted apart; the line stays within 80 columns with them.
+    if stale > 0 {
+        spans.push(Span::raw(" · "));
+        spans.push(Span::styled(
+            format!("{stale} stale"),
+            Style::default().fg(Color::Magenta).add_modifier(Modifier::BOLD),
+        ));
+    } else {
+        spans.push(Span::raw(format!(" {sessions}")));
+    }
+    spans.push(Span::raw(format!(" · updated {updated}")));
     if !view.corrupt.is_empty() {
         // Bad data is the data's problem, not Redis's: shown beside the Redis state, not as it.
         spans.push(Span::styled(
@@ -221,17 +243,25 @@ fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot
     frame.render_widget(Paragraph::new(line).block(block), area);
 }
 
-/// Progress lines: executing and paused sessions first (bar, then descriptions), then ended ones.
-fn session_lines(view: &Snapshot) -> Vec<Line<'static>> {
+/// Progress lines: executing, paused and stale sessions first (bar, then descriptions), then
+/// ended ones; each with the age of its last update at `now_ms`. While `disconnected`, every
+/// line is grey: it shows what was last seen, not what is.
+fn session_lines(view: &Snapshot, now_ms: i64, disconnected: bool) -> Vec<Line<'static>> {
+    let now = Timestamp::from_unix_millis(now_ms);
     let mut sessions: Vec<(&String, &StrokeProgress)> = view.sessions.iter().collect();
     sessions.sort_by(|(_, a), (_, b)| b.is_executing.cmp(&a.is_executing).then(b.timestamp.cmp(&a.timestamp)));
     let mut lines = Vec::new();
     for (session_id, progress) in sessions {
-        let (state, color) = match (progress.is_executing, progress.is_paused) {
-            (true, false) => ("executing", Color::Green),
-            (true, true) => ("paused", Color::Yellow),
-            (false, _) => ("ended", Color::DarkGray),
+        let state = progress.state_at(now);
+        let color = match state {
+            _ if disconnected => Color::DarkGray,
+            SessionState::Executing => Color::Green,
+            SessionState::Paused => Color::Yellow,
+            SessionState::Stale => Color::Magenta,
+            SessionState::Ended | SessionState::Aborted => Color::DarkGray,
         };
+        let age = format!(" {}s ago", progress.age_secs_at(now));
+        let state = state.as_str();
         let fraction = progress.fraction();
         // The fraction is clamped to 0..=1, so the product fits the bar.
         let filled = (fraction * BAR_WIDTH as f64).round() as usize;
@@ -254,6 +284,7 @@ fn session_lines(view: &Snapshot) -> Vec<Line<'static>> {
                 progress.stroke_length
             )),
             Span::styled(state, Style::default().fg(color)),
+            Span::styled(age, Style::default().fg(Color::DarkGray)),
         ]));
         if progress.is_executing {
             lines.push(Line::styled(
@@ -282,12 +313,14 @@ fn percent(value: Option<f64>) -> String {
     value.map_or_else(|| "—".to_owned(), |value| format!("{value:.0}%"))
 }
 
-fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
+/// Node rows; while `disconnected` they are grey and say `last seen`: what was last known.
+fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64, disconnected: bool) {
     let rows: Vec<Row> = view
         .nodes
         .values()
         .map(|node: &NodeView| {
             let (state, color) = match &node.health {
+                _ if disconnected => ("unknown", Color::DarkGray),
                 Some(_) => ("online", Color::Green),
                 None => ("offline", Color::Red),
             };
@@ -309,6 +342,11 @@ fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
             let skew = node
                 .clock_skew_ms
                 .map_or_else(|| "—".to_owned(), |skew| format!("{:.2}s", skew as f64 / 1000.0));
+            let row_style = if disconnected {
+                Style::default().fg(Color::DarkGray)
+            } else {
+                Style::default()
+            };
             Row::new(vec![
                 Cell::from(node.node_id.clone()),
                 Cell::from(state).style(Style::default().fg(color)),
@@ -319,6 +357,7 @@ fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
                 Cell::from(gpu),
                 Cell::from(skew),
             ])
+            .style(row_style)
         })
         .collect();
     let widths = [
@@ -523,6 +562,41 @@ mod tests {
         let text = screen(&monitor, 80, 24).join("\n");
         assert!(text.contains("Redis DISCONNECTED"), "{text}");
         assert!(text.contains("pose 2/5 paused"), "{text}");
+    }
+
+    /// Issue #13 point 2: a session whose owner went silent past its lease shows `stale`, never
+    /// `executing`, with the age of its last update, and the header counts it apart.
+    #[test]
+    fn dead_owner_session_shows_stale() {
+        let mut view = known_state();
+        let progress = view.sessions.get_mut("stroke_hog_1795626937").unwrap();
+        progress.timestamp = Timestamp::parse("2026-11-25T17:15:00").unwrap();
+        let text = screen(&monitor(Some(view), RedisState::Connected), 80, 24).join("\n");
+        assert!(text.contains("pose 2/5 stale 40s ago"), "{text}");
+        assert!(text.contains("0 active · 1 stale · updated never"), "{text}");
+    }
+
+    /// Disconnected: nodes and sessions are grey, nodes say their state is unknown.
+    #[test]
+    fn disconnected_marks_everything_grey() {
+        let monitor = monitor(
+            Some(known_state()),
+            RedisState::Disconnected("connection refused".into()),
+        );
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        let now_ms = Timestamp::parse("2026-11-25T17:15:40").unwrap().unix_millis();
+        terminal.draw(|frame| draw(frame, &monitor, now_ms)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let lines: Vec<String> = (0..24)
+            .map(|y| (0..80).map(|x| buffer[(x, y)].symbol()).collect::<String>())
+            .collect();
+        let text = lines.join("\n");
+        assert!(text.contains("unknown") && !text.contains("online  10s"), "{text}");
+        let row = lines.iter().position(|line| line.contains("executing")).unwrap();
+        let column = lines[row].find("executing").unwrap();
+        let column = u16::try_from(lines[row][..column].chars().count()).unwrap();
+        let cell = &buffer[(column, u16::try_from(row).unwrap())];
+        assert_eq!(cell.fg, Color::DarkGray, "the session is grey while disconnected");
     }
 
     /// Before the first snapshot the screen says so instead of showing stale panels.
