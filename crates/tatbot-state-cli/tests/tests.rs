@@ -10,6 +10,7 @@ mod param;
 mod read;
 mod server;
 mod simulate;
+mod stale;
 mod util;
 mod viz;
 mod webdriver;
