@@ -1,9 +1,14 @@
 //! `tatbot-state monitor`: a live terminal monitor built on the follow API and ratatui.
 //!
-//! The screen has four panels: a header (Redis state, nodes online, active sessions, time of
-//! the last update), stroke progress (one bar per session, executing and paused first, with
-//! the left and right descriptions and offsets), node health (state by heartbeat, CPU, memory,
-//! disk, GPU, clock skew) and recent events. It fits 80×24 and uses more room when there is.
+//! The screen has five panels: a header (Redis state, nodes online, active and stale sessions,
+//! time of the last update), stroke progress (one bar per session, executing, paused and stale
+//! first, with the left and right descriptions and offsets and the age of the last update),
+//! node health (state by heartbeat, CPU, memory, disk, GPU, clock skew), parameters (name,
+//! value, version; re-read every [`PARAMS_INTERVAL`]) and recent events. It fits 80×24 and
+//! uses more room when there is. Text too long for its place ends in `…`, never clipped
+//! silently. While Redis is unreachable, sessions and nodes are grey: they are what was last
+//! seen, not what is. The parameter re-read also announces stale sessions (`session_stale`,
+//! once per session whoever notices first).
 //!
 //! State comes from a [`tatbot_state::Follower`]: a snapshot, then every change, so nothing
 //! published while the monitor was away from Redis is lost. The screen is redrawn
@@ -33,6 +38,12 @@ const MAX_SESSION_LINES: usize = 6;
 const MAX_NODE_ROWS: usize = 4;
 /// Width of a progress bar in characters.
 const BAR_WIDTH: usize = 16;
+/// Widest description line of the progress panel: an 80-column screen less the borders.
+const DESCRIPTION_WIDTH: usize = 78;
+/// Most parameter rows the parameters panel takes.
+const MAX_PARAM_ROWS: usize = 3;
+/// How often the parameters are re-read (and stale sessions announced).
+const PARAMS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Flags of `monitor`.
 #[derive(Debug, clap::Args)]
@@ -74,6 +85,8 @@ pub struct Monitor {
     pub view: Option<Snapshot>,
     /// When the last item arrived.
     pub last_update: Option<Timestamp>,
+    /// The parameters as last read: name, value as text, version; or why they could not be.
+    pub params: Result<Vec<(String, String, u64)>, String>,
 }
 
 impl Monitor {
@@ -105,7 +118,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         redis: RedisState::Connecting,
         view: None,
         last_update: None,
+        params: Ok(Vec::new()),
     };
+    let params = tatbot_state::Params::new(&manager);
+    let mut params_tick = tokio::time::interval(PARAMS_INTERVAL);
+    params_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut follower = follow::follow(&manager, Scope::All, None);
     let mut terminal = ratatui::try_init().context("the monitor needs a terminal (stdout is not one)")?;
     let mut frames = tokio::time::interval(Duration::from_secs_f64(1.0 / args.refresh));
@@ -119,6 +136,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
                 Some(item) => monitor.apply(item),
                 None => break Ok(()),
             },
+            _ = params_tick.tick() => {
+                monitor.params = read_params(&params).await;
+                announce_stale(&manager, &monitor).await;
+            }
             _ = frames.tick() => {
                 match quit_requested() {
                     Ok(true) => break Ok(()),
@@ -134,6 +155,45 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     };
     ratatui::restore();
     outcome.map(|()| exit::SUCCESS)
+}
+
+/// Every declared parameter as (name, value, version), or why they could not be read.
+async fn read_params(params: &tatbot_state::Params) -> Result<Vec<(String, String, u64)>, String> {
+    let entries = params
+        .list_entries(&tatbot_state::params::Prefix::all())
+        .await
+        .map_err(|_| "cannot read the parameters".to_owned())?;
+    Ok(entries
+        .into_iter()
+        .map(|entry| match entry.value {
+            Ok(param) => (param.name.to_string(), param.value.to_string(), param.version),
+            Err(_) => (entry.id, "corrupt".to_owned(), 0),
+        })
+        .collect())
+}
+
+/// Announces the stale sessions of the view; a viewer user may not, and another watcher will.
+async fn announce_stale(manager: &tatbot_state::StateManager, monitor: &Monitor) {
+    let Some(view) = &monitor.view else { return };
+    let stale: Vec<(tatbot_state::SessionId, StrokeProgress)> = view
+        .sessions
+        .iter()
+        .filter(|(_, progress)| progress.state() == SessionState::Stale)
+        .filter_map(|(id, progress)| Some((tatbot_state::SessionId::new(id.as_str()).ok()?, progress.clone())))
+        .collect();
+    if let Err(err) = manager.announce_stale_sessions(&stale).await {
+        tracing::debug!(error = %err, "cannot announce stale sessions");
+    }
+}
+
+/// `text` cut to `width` characters, ending in `…` when it was longer.
+fn ellipsized(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// Reads the pending key presses without blocking; true on `q`, Esc or Ctrl-C.
@@ -170,10 +230,15 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
     let disconnected = matches!(monitor.redis, RedisState::Disconnected(_));
     let sessions = session_lines(view, now_ms, disconnected);
     let node_rows = view.nodes.len().clamp(1, MAX_NODE_ROWS);
-    let [header, progress, nodes, events] = Layout::vertical([
+    let param_rows = monitor
+        .params
+        .as_ref()
+        .map_or(1, |params| params.len().clamp(1, MAX_PARAM_ROWS));
+    let [header, progress, nodes, params, events] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(u16::try_from(sessions.len().clamp(1, MAX_SESSION_LINES)).unwrap_or(1) + 2),
         Constraint::Length(u16::try_from(node_rows).unwrap_or(1) + 3),
+        Constraint::Length(u16::try_from(param_rows).unwrap_or(1) + 2),
         Constraint::Min(3),
     ])
     .areas(frame.area());
@@ -183,6 +248,7 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         progress,
     );
     draw_nodes(frame, nodes, view, now_ms, disconnected);
+    draw_params(frame, params, monitor);
     draw_events(frame, events, view);
 }
 
@@ -267,7 +333,7 @@ fn session_lines(view: &Snapshot, now_ms: i64, disconnected: bool) -> Vec<Line<'
         let filled = (fraction * BAR_WIDTH as f64).round() as usize;
         lines.push(Line::from(vec![
             Span::styled(
-                format!("{session_id:<22.22} "),
+                format!("{:<22} ", ellipsized(session_id, 22)),
                 Style::default().add_modifier(Modifier::BOLD),
             ),
             Span::styled("█".repeat(filled), Style::default().fg(color)),
@@ -288,12 +354,15 @@ fn session_lines(view: &Snapshot, now_ms: i64, disconnected: bool) -> Vec<Line<'
         ]));
         if progress.is_executing {
             lines.push(Line::styled(
-                format!(
-                    "  L {} (offset {}) · R {} (offset {})",
-                    or_dash(&progress.stroke_description_l),
-                    progress.offset_idx_l,
-                    or_dash(&progress.stroke_description_r),
-                    progress.offset_idx_r
+                ellipsized(
+                    &format!(
+                        "  L {} (offset {}) · R {} (offset {})",
+                        or_dash(&progress.stroke_description_l),
+                        progress.offset_idx_l,
+                        or_dash(&progress.stroke_description_r),
+                        progress.offset_idx_r
+                    ),
+                    DESCRIPTION_WIDTH,
                 ),
                 Style::default().fg(Color::Gray),
             ));
@@ -378,6 +447,36 @@ fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64, disco
     frame.render_widget(table, area);
 }
 
+/// The parameters panel: `name = value (vN)`, each cut with an ellipsis to the panel's width.
+fn draw_params(frame: &mut Frame, area: Rect, monitor: &Monitor) {
+    let width = usize::from(area.width.saturating_sub(2));
+    let lines: Vec<Line> = match &monitor.params {
+        Err(why) => vec![Line::styled(why.clone(), Style::default().fg(Color::Yellow))],
+        Ok(params) if params.is_empty() => vec![Line::styled("no parameters", Style::default().fg(Color::DarkGray))],
+        Ok(params) => {
+            let mut lines: Vec<Line> = params
+                .iter()
+                .take(MAX_PARAM_ROWS)
+                .map(|(name, value, version)| Line::raw(ellipsized(&format!("{name} = {value} (v{version})"), width)))
+                .collect();
+            if params.len() > MAX_PARAM_ROWS
+                && let Some(last) = lines.last_mut()
+            {
+                *last = Line::styled(
+                    format!(
+                        "… and {} more (tatbot-state param list)",
+                        params.len() - MAX_PARAM_ROWS + 1
+                    ),
+                    Style::default().fg(Color::DarkGray),
+                );
+            }
+            lines
+        }
+    };
+    let block = Block::default().borders(Borders::ALL).title(" Parameters ");
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
 fn describe(event: &LoggedEvent) -> String {
     let when = event
         .payload
@@ -405,6 +504,7 @@ fn describe(event: &LoggedEvent) -> String {
 }
 
 fn draw_events(frame: &mut Frame, area: Rect, view: &Snapshot) {
+    let width = usize::from(area.width.saturating_sub(2));
     let lines: Vec<Line> = view
         .recent_events
         .iter()
@@ -415,7 +515,7 @@ fn draw_events(frame: &mut Frame, area: Rect, view: &Snapshot) {
             } else {
                 Style::default()
             };
-            Line::styled(describe(event), style)
+            Line::styled(ellipsized(&describe(event), width), style)
         })
         .collect();
     let lines = if lines.is_empty() {
@@ -513,6 +613,7 @@ mod tests {
             redis,
             view,
             last_update: None,
+            params: Ok(vec![("needle.depth_mm".into(), "1.5".into(), 3)]),
         }
     }
 
@@ -597,6 +698,28 @@ mod tests {
         let column = u16::try_from(lines[row][..column].chars().count()).unwrap();
         let cell = &buffer[(column, u16::try_from(row).unwrap())];
         assert_eq!(cell.fg, Color::DarkGray, "the session is grey while disconnected");
+    }
+
+    /// Issue #13 point 5: the parameters panel shows each parameter, and text longer than its
+    /// place ends in an ellipsis instead of being clipped.
+    #[test]
+    fn parameters_panel_and_ellipses() {
+        let mut view = known_state();
+        let progress = view.sessions.get_mut("stroke_hog_1795626937").unwrap();
+        progress.stroke_description_l = "a very long left stroke description ".repeat(4);
+        let mut monitor = monitor(Some(view), RedisState::Connected);
+        monitor.params = Ok(vec![("needle.depth_mm".into(), "x".repeat(200), 3)]);
+        let text = screen(&monitor, 80, 24).join("\n");
+        assert!(
+            text.contains("Parameters") && text.contains("needle.depth_mm = xxx"),
+            "{text}"
+        );
+        assert!(text.contains("xxx…│"), "the long value ends in an ellipsis:\n{text}");
+        let short = screen(&monitor, 80, 24)
+            .into_iter()
+            .find(|line| line.contains("L a very long"))
+            .unwrap();
+        assert!(short.trim_end_matches('│').trim_end().ends_with('…'), "{short}");
     }
 
     /// Before the first snapshot the screen says so instead of showing stale panels.
