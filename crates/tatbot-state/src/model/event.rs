@@ -230,7 +230,8 @@ impl Event {
         })
     }
 
-    /// The session the event is about, if any.
+    /// The session the event is about, if any; for a type this version does not model (such as
+    /// `session_stale` and `session_abort`), its `session_id` field when it is a string.
     pub fn session_id(&self) -> Option<&str> {
         match self {
             Event::SessionStart(event) => Some(&event.session_id),
@@ -238,6 +239,7 @@ impl Event {
                 Some(&event.session_id)
             }
             Event::ProgressUpdate(event) => Some(&event.session_id),
+            Event::Other(value) => value.get("session_id").and_then(Value::as_str),
             _ => None,
         }
     }
