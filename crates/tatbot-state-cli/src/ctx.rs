@@ -99,8 +99,23 @@ impl GlobalArgs {
 
     /// A manager connected to `endpoint`, with this node's id.
     pub async fn manager_for(&self, endpoint: Endpoint) -> anyhow::Result<StateManager> {
+        self.manager_configured(endpoint, |_| {}).await
+    }
+
+    /// As [`GlobalArgs::manager_for`], with `configure` changing the manager config first (a
+    /// robot's session lease, for example).
+    ///
+    /// # Errors
+    ///
+    /// As [`GlobalArgs::manager`].
+    pub async fn manager_configured(
+        &self,
+        endpoint: Endpoint,
+        configure: impl FnOnce(&mut ManagerConfig),
+    ) -> anyhow::Result<StateManager> {
         let shown = endpoint.to_string();
-        let config = ManagerConfig::new(endpoint, self.node_id()?);
+        let mut config = ManagerConfig::new(endpoint, self.node_id()?);
+        configure(&mut config);
         StateManager::connect(config)
             .await
             .map_err(|err| connect_error(err, &shown))

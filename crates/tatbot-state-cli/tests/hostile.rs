@@ -31,8 +31,10 @@ fn assert_escaped(view: &str, text: &str) {
 #[test]
 fn text_views_escape_control_characters() {
     let server = RedisServer::start();
+    // A fresh write: an old one would be a stale session, which `progress` does not pick.
+    let now = tatbot_state::Timestamp::now();
     let document = format!(
-        r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"evil{CLEAR}","stroke_idx":0,"pose_idx":0,"total_strokes":2,"stroke_length":2,"is_executing":true,"scene_name":"{TITLE}","stroke_description_l":"a\rb{CLEAR}"}}"#
+        r#"{{"timestamp":"{now}","node_id":"evil{CLEAR}","stroke_idx":0,"pose_idx":0,"total_strokes":2,"stroke_length":2,"is_executing":true,"scene_name":"{TITLE}","stroke_description_l":"a\rb{CLEAR}"}}"#
     );
     hset(&server, "stroke:progress:stroke_evil_1", "progress", &document);
     let health =
@@ -109,7 +111,8 @@ fn hostile_numbers_are_not_taken_at_face_value() {
         &server,
         "stroke:progress:stroke_good_1",
         "progress",
-        &doc(1, 3, "2026-11-25T17:15:36"),
+        // Written now: the only valid session, and live (not stale).
+        &doc(1, 3, &tatbot_state::Timestamp::now().to_string()),
     );
     hset(
         &server,
@@ -192,10 +195,11 @@ fn history_reports_a_bad_entry_in_its_place() {
     assert_code(&output, 0);
     let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
-    assert!(lines[0].starts_with("1-1  stroke 0"), "{lines:?}");
+    // Each line: the entry's time (from its id), the id, then 1-based positions.
+    assert!(lines[0].starts_with("00:00:00.001 1-1  stroke 1 pose 1"), "{lines:?}");
     assert!(
-        lines[1].starts_with("2-1  corrupt: ") && lines[1].contains("\"abc\""),
+        lines[1].starts_with("00:00:00.002 2-1  corrupt: ") && lines[1].contains("\"abc\""),
         "{lines:?}"
     );
-    assert!(lines[2].starts_with("3-1  stroke 1"), "{lines:?}");
+    assert!(lines[2].starts_with("00:00:00.003 3-1  stroke 2 pose 1"), "{lines:?}");
 }

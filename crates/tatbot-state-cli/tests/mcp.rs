@@ -696,7 +696,7 @@ async fn wait_for_updates(updates: &mut mpsc::Receiver<String>, uris: &[&str]) {
 
 /// Starts `tatbot-state mcp --transport stdio` as node `mcpnode` and connects a client to it
 /// (2025-11 `initialize` handshake). Returns the client and the server's pid.
-async fn stdio_client<H: ClientHandler>(
+pub(crate) async fn stdio_client<H: ClientHandler>(
     handler: H,
     redis: &RedisServer,
     extra: &[&str],
@@ -774,7 +774,7 @@ fn http_status(addr: SocketAddr, headers: &[(&str, &str)]) -> u16 {
 }
 
 /// A read's text and parsed JSON contents.
-async fn read<H: ClientHandler>(client: &RunningService<RoleClient, H>, uri: &str) -> (String, Value) {
+pub(crate) async fn read<H: ClientHandler>(client: &RunningService<RoleClient, H>, uri: &str) -> (String, Value) {
     read_result(client, uri)
         .await
         .unwrap_or_else(|err| panic!("reading {uri}: {err}"))

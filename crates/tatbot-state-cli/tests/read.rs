@@ -7,10 +7,11 @@ use crate::util::{
     assert_code, bin, bin_for, dead_port, json, json_lines, run, simulate, spawn, stderr, stdout, wait_until,
 };
 
-/// Stores a progress document the way a Python node writes it.
+/// Stores a progress document the way a Python node writes it, written now (so it is live).
 fn put_python_session(server: &RedisServer, session_id: &str, stroke_idx: u32, pose_idx: u32, executing: bool) {
+    let now = tatbot_state::Timestamp::now();
     let document = format!(
-        r#"{{"timestamp":"2026-11-25T17:15:37.792132","node_id":"py","stroke_idx":{stroke_idx},"pose_idx":{pose_idx},"total_strokes":5,"stroke_length":3,"is_executing":{executing},"scene_name":"rose"}}"#
+        r#"{{"timestamp":"{now}","node_id":"py","stroke_idx":{stroke_idx},"pose_idx":{pose_idx},"total_strokes":5,"stroke_length":3,"is_executing":{executing},"scene_name":"rose"}}"#
     );
     let reply = server
         .command(&["HSET", &format!("stroke:progress:{session_id}"), "progress", &document])
@@ -334,13 +335,16 @@ fn history_after_simulation() {
     assert_code(&output, 0);
     let text = stdout(&output);
     assert_eq!(text.lines().count(), 12, "{text}");
+    // Issue #13 point 5: 1-based positions as in every text view (the description is the
+    // robot's own text), and a time on every line.
     assert!(
         text.lines()
             .last()
             .unwrap()
-            .contains("stroke 2 pose 3  simbot  L: left stroke 2 pose 3"),
+            .contains("stroke 3 pose 4  simbot  L: left stroke 2 pose 3"),
         "{text}"
     );
+    assert!(text.lines().all(starts_with_time), "{text}");
 
     let entries = json_lines(&stdout(&run(bin_for(&server), &["--json", "history", &session_id])));
     assert_eq!(entries.len(), 12);
@@ -441,4 +445,16 @@ fn watch_until_sessions_end() {
     put_python_session(&server, session_id, 0, 1, false);
     watch.stdout.wait_for("stroke 1/5 pose 2/3 ended");
     assert_eq!(watch.wait().code(), Some(0));
+}
+
+/// Whether `line` starts with a `HH:MM:SS.mmm` time and a space.
+fn starts_with_time(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    bytes.len() > 13
+        && bytes[..12].iter().enumerate().all(|(idx, byte)| match idx {
+            2 | 5 => *byte == b':',
+            8 => *byte == b'.',
+            _ => byte.is_ascii_digit(),
+        })
+        && bytes[12] == b' '
 }

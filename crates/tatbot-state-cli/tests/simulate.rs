@@ -222,6 +222,13 @@ fn events_text_lines() {
         .unwrap();
     assert_eq!(events.wait().code(), Some(0));
     let lines = events.stdout.rest();
+    // Issue #13 point 5: every line starts with the time it arrived (`HH:MM:SS.mmm `).
+    let (when, lines): (Vec<&str>, Vec<&str>) = lines.iter().map(|line| line.split_at(13)).unzip();
+    assert!(
+        when.iter()
+            .all(|when| when.as_bytes()[2] == b':' && when.as_bytes()[8] == b'.'),
+        "{when:?}"
+    );
     assert!(lines[0].starts_with("error:events:hardware malformed:"), "{lines:?}");
     assert!(lines[0].contains("{oops"), "{lines:?}");
     assert_eq!(

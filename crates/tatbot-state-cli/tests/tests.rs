@@ -11,6 +11,7 @@ mod param;
 mod read;
 mod server;
 mod simulate;
+mod stale;
 mod systemd;
 mod util;
 mod viz;

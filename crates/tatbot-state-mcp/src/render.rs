@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use tatbot_state::model::{ErrorEvent, NodeHealth, StrokeProgress};
+use tatbot_state::model::{ErrorEvent, NodeHealth, SessionState, StrokeProgress};
 use tatbot_state::{Entry, NodeId, Param, ParamType, SessionId, SystemStatus};
 
 /// How many sessions `state://sessions` lists, newest first.
@@ -70,13 +70,10 @@ impl From<&tatbot_state::config::RedisTarget> for ConfigDescription {
     }
 }
 
-/// A session's run state: `executing`, `paused` or `ended`.
+/// A session's run state: `executing`, `paused`, `stale` (its owner's lease lapsed), `ended` or
+/// `aborted`.
 fn run_state(progress: &StrokeProgress) -> &'static str {
-    match (progress.is_executing, progress.is_paused) {
-        (true, true) => "paused",
-        (true, false) => "executing",
-        (false, _) => "ended",
-    }
+    progress.state().as_str()
 }
 
 /// `state://status`.
@@ -91,6 +88,7 @@ pub fn status(status: &SystemStatus) -> Rendered {
     );
     let _ = writeln!(text, "Active Sessions: {}", status.active_sessions);
     let _ = writeln!(text, "Paused Sessions: {}", status.paused_sessions);
+    let _ = writeln!(text, "Stale Sessions: {}", status.stale_sessions);
     let _ = writeln!(text, "Total Sessions: {}", status.total_sessions);
     let _ = writeln!(text, "Nodes Online: {}/{}", status.nodes_online, status.nodes_known);
     let _ = writeln!(text, "Corrupt Entries: {}", status.corrupt.len());
@@ -139,9 +137,23 @@ pub fn session_progress(session_id: &SessionId, progress: &StrokeProgress) -> Re
         position(progress.stroke_idx, progress.total_strokes)
     );
     let _ = writeln!(text, "Pose: {}", position(progress.pose_idx, progress.stroke_length));
-    let _ = writeln!(text, "Executing: {}", progress.is_executing);
+    let state = progress.state();
+    // A stale session is not shown as executing: its robot stopped answering.
+    let _ = writeln!(
+        text,
+        "Executing: {}",
+        progress.is_executing && state != SessionState::Stale
+    );
     let _ = writeln!(text, "Paused: {}", progress.is_paused);
-    let _ = writeln!(text, "State: {}", run_state(progress));
+    let _ = writeln!(text, "State: {state}");
+    let age_secs = progress.age_secs_at(tatbot_state::Timestamp::now());
+    let _ = writeln!(text, "Last Update: {age_secs} s ago");
+    if let Some(owner) = progress.owner() {
+        let _ = writeln!(text, "Owner: {owner}");
+    }
+    if let Some(reason) = progress.abort_reason() {
+        let _ = writeln!(text, "Abort Reason: {}", shown(reason));
+    }
     match progress.problem() {
         None => {
             let _ = writeln!(text, "Progress: {:.1}%", 100.0 * progress.fraction());
@@ -166,6 +178,7 @@ pub fn session_progress(session_id: &SessionId, progress: &StrokeProgress) -> Re
         json: json!({
             "session_id": session_id.as_str(),
             "state": run_state(progress),
+            "age_secs": age_secs,
             "fraction": progress.fraction(),
             "progress": progress,
         }),
@@ -184,10 +197,11 @@ pub fn sessions(entries: Vec<Entry<StrokeProgress>>) -> Rendered {
             .filter(|entry| entry.value.as_ref().is_ok_and(|progress| run_state(progress) == state))
             .count()
     };
-    let (executing, paused) = (count("executing"), count("paused"));
+    let (executing, paused, stale) = (count("executing"), count("paused"), count("stale"));
     sessions.truncate(MAX_LISTED_SESSIONS);
 
-    let mut text = format!("Sessions: {total} stored ({executing} executing, {paused} paused)\n");
+    let mut text = format!("Sessions: {total} stored ({executing} executing, {paused} paused, {stale} stale)\n");
+    let now = tatbot_state::Timestamp::now();
     let mut rows = Vec::with_capacity(sessions.len());
     let mut listed = Vec::with_capacity(sessions.len());
     for entry in &sessions {
@@ -199,11 +213,12 @@ pub fn sessions(entries: Vec<Entry<StrokeProgress>>) -> Rendered {
             position(progress.stroke_idx, progress.total_strokes),
             position(progress.pose_idx, progress.stroke_length),
             run_state(progress).to_owned(),
-            progress.timestamp.to_string(),
+            format!("{} s ago", progress.age_secs_at(now)),
         ]);
         listed.push(json!({
             "session_id": entry.id,
             "state": run_state(progress),
+            "age_secs": progress.age_secs_at(now),
             "fraction": progress.fraction(),
             "progress": progress,
         }));
@@ -224,6 +239,7 @@ pub fn sessions(entries: Vec<Entry<StrokeProgress>>) -> Rendered {
             "total": total,
             "executing": executing,
             "paused": paused,
+            "stale": stale,
             "sessions": listed,
             "corrupt": corrupt,
         }),
@@ -450,7 +466,7 @@ mod tests {
 
     fn progress() -> StrokeProgress {
         serde_json::from_value(json!({
-            "timestamp": "2026-11-25T17:15:37.792132",
+            "timestamp": tatbot_state::Timestamp::now(),
             "node_id": "hog",
             "stroke_idx": 2,
             "pose_idx": 3,
@@ -460,6 +476,24 @@ mod tests {
             "scene_name": "demo",
         }))
         .unwrap()
+    }
+
+    /// Issue #13 point 2: a session silent past its lease reads `stale`, not executing, with
+    /// the age of its last update.
+    #[test]
+    fn stale_session_is_not_executing() {
+        let mut stale = progress();
+        stale.timestamp = tatbot_state::Timestamp::parse("2026-11-25T17:15:37").unwrap();
+        let session_id = SessionId::new("stroke_hog_1").unwrap();
+        let rendered = session_progress(&session_id, &stale);
+        for line in ["Executing: false\n", "State: stale\n", " s ago\n"] {
+            assert!(rendered.text.contains(line), "{}", rendered.text);
+        }
+        assert_eq!(rendered.json["state"], "stale");
+        assert_eq!(
+            rendered.json["progress"]["is_executing"], true,
+            "JSON keeps the stored document"
+        );
     }
 
     /// Progress text is 1-based and keeps the old labels; JSON keeps the stored 0-based document.

@@ -8,9 +8,17 @@
 // are measured against the server's time from the last `clock` event (sent right after every
 // snapshot), never against a snapshot's own server_time_ms, which may be minutes old. Text
 // from Redis is inserted with textContent only, never as HTML.
+//
+// Nothing old is shown as live: a session whose owner let its lease lapse is "stale" (the
+// rule of `StrokeProgress::state_at` in the library, on the server's clock), every session
+// card shows the age of its last update, and while the stream is down nodes and sessions
+// turn grey with "last seen N s ago". Before the first snapshot the panels say "Loading".
 "use strict";
 
-const view = { sessions: {}, nodes: {}, params: [], events: [], errors: [], eventsLimit: 50, errorsLimit: 20, serverOffsetMs: 0 };
+const view = { loaded: false, sessions: {}, nodes: {}, params: [], events: [], errors: [], eventsLimit: 50, errorsLimit: 20, serverOffsetMs: 0 };
+// As the library's DEFAULT_SESSION_LEASE and MAX_SESSION_LEASE.
+const DEFAULT_LEASE_SECS = 15;
+const MAX_LEASE_SECS = 3600;
 const conn = { state: "pending", detail: "", lastId: null, lastUpdate: null, source: null, retry: null };
 const SHOWN_SESSIONS = 12;
 // The ids of the history entries received per session, for tests and debugging.
@@ -46,6 +54,7 @@ function pushBounded(list, item, limit) {
 }
 
 function applySnapshot(snapshot) {
+  view.loaded = true;
   view.sessions = snapshot.sessions;
   view.nodes = snapshot.nodes;
   view.events = snapshot.recent_events;
@@ -77,9 +86,11 @@ function applyChange(change) {
   }
 }
 
-function setConnection(state, detail) {
+// `detail` is for people; `cause` (an internal error string) only goes in the tooltip.
+function setConnection(state, detail, cause) {
   conn.state = state;
   conn.detail = detail || "";
+  conn.cause = cause || "";
   schedule();
 }
 
@@ -114,21 +125,21 @@ function open() {
   });
   source.addEventListener("resync", (event) => {
     received(event);
-    setConnection("pending", "resyncing: " + JSON.parse(event.data).reason);
+    setConnection("pending", "catching up after a gap", JSON.parse(event.data).reason);
   });
   source.addEventListener("redis", (event) => {
     received(event);
     const status = JSON.parse(event.data);
     if (status.connected) setConnection("connected");
-    else setConnection("disconnected", "Redis unreachable: " + status.error);
+    else setConnection("disconnected", "Redis is unreachable; retrying", status.error);
   });
   source.onerror = () => {
     if (conn.source !== source) return;
     if (source.readyState === EventSource.CLOSED) {
-      setConnection("error", "the dashboard server refused the stream; retrying");
+      setConnection("error", "the dashboard server is unavailable; retrying");
       conn.retry = setTimeout(open, 2000);
     } else {
-      setConnection("disconnected", "dashboard server unreachable; reconnecting");
+      setConnection("disconnected", "lost the dashboard server; reconnecting");
     }
   };
 }
@@ -147,25 +158,58 @@ function schedule() {
   setTimeout(() => { pending = false; render(); }, 50);
 }
 
-function sessionState(progress) {
-  if (!progress.is_executing) return "ended";
+function serverNow() {
+  return Date.now() + view.serverOffsetMs;
+}
+
+// The lease the owner promised, as the library reads it.
+function leaseMs(progress) {
+  const secs = Number(progress.lease_secs);
+  if (typeof progress.lease_secs !== "number" || !Number.isFinite(secs)) return DEFAULT_LEASE_SECS * 1000;
+  return Math.min(Math.max(secs, 1), MAX_LEASE_SECS) * 1000;
+}
+
+function lastAlive(progress) {
+  const written = wireTime(progress.timestamp) || 0;
+  const renewed = typeof progress.lease_renewed === "string" ? wireTime(progress.lease_renewed) || 0 : 0;
+  return Math.max(written, renewed);
+}
+
+function sessionState(progress, now) {
+  if (!progress.is_executing) return progress.aborted === true ? "aborted" : "ended";
+  if (now - lastAlive(progress) > leaseMs(progress)) return "stale";
   return progress.is_paused ? "paused" : "executing";
 }
 
+function live() {
+  return conn.state === "connected";
+}
+
 function renderSessions() {
+  const container = document.getElementById("sessions");
+  if (!view.loaded) {
+    container.replaceChildren(el("p", { class: "empty loading" }, "Loading…"));
+    return;
+  }
+  const now = serverNow();
   const ids = Object.keys(view.sessions);
   const rank = (id) => (view.sessions[id].is_executing ? 0 : 1);
   ids.sort((a, b) => rank(a) - rank(b) || (wireTime(view.sessions[b].timestamp) || 0) - (wireTime(view.sessions[a].timestamp) || 0));
-  const container = document.getElementById("sessions");
-  const active = ids.filter((id) => view.sessions[id].is_executing).length;
-  document.getElementById("session-count").textContent = `${active} active, ${ids.length} stored`;
+  const states = ids.map((id) => sessionState(view.sessions[id], now));
+  const active = states.filter((state) => state === "executing").length;
+  const stale = states.filter((state) => state === "stale").length;
+  document.getElementById("session-count").textContent =
+    `${active} active, ${stale ? stale + " stale, " : ""}${ids.length} stored`;
   if (ids.length === 0) {
     container.replaceChildren(el("p", { class: "empty" }, "No sessions yet."));
     return;
   }
   container.replaceChildren(...ids.slice(0, SHOWN_SESSIONS).map((id) => {
     const p = view.sessions[id];
-    const state = sessionState(p);
+    const state = sessionState(p, now);
+    const updated = wireTime(p.timestamp);
+    const age = updated === null ? "?" : ago(now - updated);
+    const ageText = live() ? `updated ${age}` : `last seen ${age}`;
     const length = Math.max(p.stroke_length, 1);
     const total = p.total_strokes * length;
     const done = Math.min(p.stroke_idx * length + p.pose_idx + 1, total);
@@ -174,8 +218,9 @@ function renderSessions() {
     return el("div", { class: "session " + state, "data-session": id },
       el("div", { class: "title" },
         el("span", { class: "id" }, id),
-        el("span", { class: "state " + state }, state),
+        el("span", { class: "state " + state, title: state === "stale" ? "its robot stopped writing; end or abort it with tatbot-state sessions" : "" }, state),
         el("span", { class: "progress-text" }, text),
+        el("span", { class: "age", title: p.timestamp }, ageText),
         el("span", { class: "dim" }, `${p.scene_name} · node ${p.node_id} · ${percent.toFixed(0)}%`)),
       el("div", { class: "bar" }, el("div", { style: `width: ${percent.toFixed(2)}%` })),
       el("dl", { class: "details" },
@@ -190,6 +235,10 @@ function percent(value) {
 
 function renderNodes() {
   const body = document.querySelector("#nodes tbody");
+  if (!view.loaded) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: "8", class: "empty loading" }, "Loading…")));
+    return;
+  }
   const ids = Object.keys(view.nodes).sort();
   const online = ids.filter((id) => view.nodes[id].health).length;
   document.getElementById("node-count").textContent = `${online} online, ${ids.length} known`;
@@ -203,11 +252,14 @@ function renderNodes() {
     const health = node.health;
     const seen = health ? wireTime(health.last_heartbeat) : node.last_seen_ms;
     const age = seen === null || seen === undefined ? "never" : `${Math.max(0, Math.round((now - seen) / 1000))} s ago`;
+    // While the stream is down the last known state is shown as such, not as live.
+    const stateText = !live() ? (seen === null || seen === undefined ? "unknown" : `last seen ${age}`) : health ? "online" : "offline";
+    const stateClass = !live() ? "unknown" : health ? "online" : "offline";
     const gpu = health && health.gpu_available ? percent(health.gpu_percent) : "none";
     const skew = node.clock_skew_ms === null || node.clock_skew_ms === undefined ? "—" : `${(Math.abs(node.clock_skew_ms) < 5 ? 0 : node.clock_skew_ms / 1000).toFixed(2)} s`;
     return el("tr", { "data-node": id },
       el("td", {}, id),
-      el("td", { class: health ? "online" : "offline" }, health ? "online" : "offline"),
+      el("td", { class: stateClass }, stateText),
       el("td", {}, age),
       el("td", {}, health ? percent(health.cpu_percent) : "—"),
       el("td", {}, health ? percent(health.memory_percent) : "—"),
@@ -285,6 +337,8 @@ function renderHeader() {
   const words = { pending: "Connecting", connected: "Connected", disconnected: "Disconnected", error: "Error", paused: "Paused" };
   badge.className = "badge " + conn.state;
   badge.textContent = words[conn.state] + (conn.detail ? ` — ${conn.detail}` : "");
+  badge.title = conn.cause || "";
+  document.body.classList.toggle("not-live", view.loaded && !live());
   document.getElementById("last-update").textContent = conn.lastUpdate === null ? "never" : clock(conn.lastUpdate);
 }
 

@@ -141,6 +141,7 @@ impl Hub {
             published: watch::Sender::new(0),
         });
         tokio::spawn(run(hub.clone(), manager.clone(), config, shutdown.clone()));
+        tokio::spawn(announce_stale(manager.clone(), shutdown.clone()));
         hub
     }
 
@@ -387,6 +388,41 @@ impl Subscription {
 
 /// A parameter read in flight, bounded by [`REQUEST_TIMEOUT`].
 type ParamsRead = Pin<Box<dyn Future<Output = Result<Result<Value, String>, Elapsed>> + Send>>;
+
+/// How often the dashboard looks for stale sessions to announce.
+const STALE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Announces stale sessions (`session_stale`, once per session whichever watcher notices
+/// first) every [`STALE_INTERVAL`] until `shutdown`. A viewer user may not write; then another
+/// watcher announces, and this only logs at `debug`.
+async fn announce_stale(manager: StateManager, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(STALE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let look = async {
+            let sessions = manager.list_sessions().await?;
+            let stale: Vec<_> = sessions
+                .into_iter()
+                .filter_map(|entry| {
+                    let progress = entry.value.ok()?;
+                    (progress.state() == tatbot_state::model::SessionState::Stale)
+                        .then(|| Some((tatbot_state::SessionId::new(entry.id).ok()?, progress)))
+                        .flatten()
+                })
+                .collect();
+            manager.announce_stale_sessions(&stale).await
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, look).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "cannot announce stale sessions"),
+            Err(_) => tracing::debug!("looking for stale sessions timed out"),
+        }
+    }
+}
 
 /// The hub task: publishes every follower item, and the parameter list whenever it may have
 /// changed (the watch opened or saw a change, a snapshot, Redis back), until `shutdown`.

@@ -353,3 +353,34 @@ async fn hostile_data_is_reported_not_served() {
     }
     dashboard.stop().await;
 }
+
+/// Issue #13 point 2: the dashboard is a watcher: with nobody else looking, it announces a
+/// session whose owner went silent past its lease, with one `session_stale` event.
+#[tokio::test]
+async fn dashboard_announces_a_stale_session() {
+    let server = RedisServer::start();
+    let state = manager(&server).await;
+    let dashboard = dashboard(&state).await;
+    // The hub (and its stale watch) starts with the first stream.
+    let mut stream = SseStream::open(dashboard.addr, None).await;
+    next_named(&mut stream, "snapshot").await;
+    let mut subscription = state.subscribe(&["stroke:events:session"]).await.unwrap();
+    let mut short = ManagerConfig::new(Endpoint::new(server.host(), server.port()), NodeId::new("ook").unwrap());
+    short.session_lease = Duration::from_secs(1);
+    let owner = StateManager::connect(short).await.unwrap();
+    let session = owner.start_stroke_session(2, 2, "s").await.unwrap();
+    drop(owner);
+    let stale = tokio::time::timeout(LIMIT, async {
+        loop {
+            let message = subscription.next().await.expect("the subscription stays open");
+            let Ok(event) = message.event else { continue };
+            if event.event_type() == Some("session_stale") {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the dashboard announced the stale session");
+    assert_eq!(stale.session_id(), Some(session.as_str()));
+    dashboard.stop().await;
+}

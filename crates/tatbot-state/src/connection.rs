@@ -116,6 +116,10 @@ pub struct ManagerConfig {
     pub node_id: NodeId,
     /// Ended sessions' progress and history expire after this long.
     pub session_retention: Duration,
+    /// How long a session this manager starts stays live without a write or a lease renewal
+    /// ([`crate::model::SessionState::Stale`] after it); stored in the session's document as
+    /// `lease_secs`, so every reader judges it by the owner's lease.
+    pub session_lease: Duration,
     /// TTL of heartbeats.
     pub health_ttl: Duration,
     /// `MAXLEN ~` of history streams.
@@ -151,6 +155,7 @@ impl ManagerConfig {
             endpoint,
             node_id,
             session_retention: DEFAULT_SESSION_RETENTION,
+            session_lease: crate::model::DEFAULT_SESSION_LEASE,
             health_ttl: HEALTH_TTL,
             history_maxlen: DEFAULT_HISTORY_MAXLEN,
             event_log_maxlen: DEFAULT_EVENT_LOG_MAXLEN,

@@ -187,7 +187,8 @@ pub fn health_document(
     health
 }
 
-/// Sends one heartbeat and returns what was written.
+/// Sends one heartbeat, renews the leases of the sessions `manager` started, and returns what
+/// was written.
 ///
 /// # Errors
 ///
@@ -201,6 +202,8 @@ pub async fn beat(
     let metrics = sampler.sample().await;
     let health = health_document(manager.node_id().as_str(), &metrics, Some(ping), options);
     manager.update_node_health(&health).await?;
+    // A robot that beats is alive: the sessions it started stay live while it is idle.
+    manager.renew_session_leases().await?;
     Ok(health)
 }
 

@@ -97,6 +97,15 @@ pub fn writer_rev(writer_id: &str) -> String {
     format!("{WRITER_REV_PREFIX}{writer_id}")
 }
 
+/// Ours: prefix of the claims that make `session_stale` exactly-once per session.
+pub const STALE_CLAIM_PREFIX: &str = "tatbot:stale:";
+
+/// `tatbot:stale:{session_id}`: set (`SET NX`) by the watcher that announces the session
+/// stale, so no other watcher announces it again.
+pub fn stale_claim(session_id: &SessionId) -> String {
+    format!("{STALE_CLAIM_PREFIX}{session_id}")
+}
+
 /// Ours: the channel `tatbot-state bench` uses for its plain pub/sub baseline.
 pub const BENCH_CHANNEL: &str = "tatbot:bench";
 

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
 use crate::ids::{Category, NodeId, SessionId};
 use crate::keys;
-use crate::model::{ErrorEvent, Event, HistoryEntry, NodeHealth, RobotState, StrokeProgress};
+use crate::model::{ErrorEvent, Event, HistoryEntry, NodeHealth, RobotState, SessionState, StrokeProgress};
 use crate::ops::{Op, RunState};
 use crate::scripts;
 use crate::subscribe::Subscription;
@@ -46,6 +46,10 @@ pub const WAIT_FIRST_RETRY: Duration = Duration::from_millis(250);
 /// Cap on the delay of [`StateManager::connect_waiting`].
 pub const WAIT_MAX_RETRY: Duration = Duration::from_secs(8);
 /// Sessions a manager remembers having started, for producers that must re-create one.
+/// How long a `session_stale` claim lasts when nobody ends the session (30 days): a session
+/// left stale that long may be announced again. Ending or aborting it shortens the claim to the
+/// session's retention.
+const STALE_CLAIM_TTL_SECS: u64 = 30 * 24 * 3600;
 const MAX_STARTED: usize = 16;
 
 /// What a progress update changes; fields left `None` keep their stored value.
@@ -138,10 +142,13 @@ pub struct SystemStatus {
     pub redis_connected: bool,
     /// `redis_version` from `INFO server`.
     pub redis_version: Option<String>,
-    /// Sessions executing now (started, not ended, not paused).
+    /// Sessions executing now (started, not ended, not paused, owner's lease alive).
     pub active_sessions: usize,
-    /// Sessions paused now.
+    /// Sessions paused now (owner's lease alive).
     pub paused_sessions: usize,
+    /// Sessions that claim to run but whose owner's lease lapsed (its robot died or lost
+    /// Redis); counted apart from executing and paused ones.
+    pub stale_sessions: usize,
     /// Sessions stored (executing, paused or ended within the retention).
     pub total_sessions: usize,
     /// Nodes with a live heartbeat.
@@ -198,6 +205,9 @@ struct Inner {
     /// The sessions this manager started last, oldest first: what a producer needs to
     /// re-create one that a Redis restart lost.
     started: Mutex<VecDeque<StartedSession>>,
+    /// This manager's instance id (random per process), written as `owner_instance` into the
+    /// sessions it starts: only this instance renews their leases.
+    instance: String,
 }
 
 /// A session as its start stored it.
@@ -301,6 +311,7 @@ impl StateManager {
                 connection,
                 docs: Mutex::new(DocCache::default()),
                 started: Mutex::default(),
+                instance: format!("{:08x}", crate::producer::rand_u32()),
             }),
         }
     }
@@ -403,6 +414,16 @@ impl StateManager {
             extra: Default::default(),
         };
         progress.extra.clear();
+        // In the order the scripts re-encode unknown fields (sorted), so the fast path's copy
+        // of the document matches what Redis stores.
+        progress.extra.insert(
+            "lease_secs".into(),
+            json!(self.inner.config.session_lease.as_secs().max(1)),
+        );
+        progress
+            .extra
+            .insert("owner_instance".into(), json!(self.inner.instance));
+        progress.extra.insert("owner_node_id".into(), json!(node_id));
         let base = keys::session_base(node_id, now.as_datetime().timestamp());
         let document = encode_json("progress", &progress)?;
         let stored = document.clone();
@@ -519,7 +540,7 @@ impl StateManager {
         match kind {
             RunState::Pause => patch.insert("is_paused".into(), true.into()),
             RunState::Resume => patch.insert("is_paused".into(), false.into()),
-            RunState::End => {
+            RunState::End | RunState::Abort => {
                 patch.insert("is_executing".into(), false.into());
                 patch.insert("is_paused".into(), false.into())
             }
@@ -585,6 +606,105 @@ impl StateManager {
         Ok(())
     }
 
+    /// Aborts a session on an operator's word (its robot died, or must not go on): ends it with
+    /// `aborted: true` and `abort_reason` in its document, publishes `session_abort` with the
+    /// reason, and lets it expire after the retention like an ended session.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateManager::update_stroke_progress`]; a reason over [`MAX_TEXT_LEN`].
+    pub async fn abort_stroke_session(&self, session_id: &SessionId, reason: &str) -> Result<()> {
+        check_text("abort reason", reason)?;
+        let mut op = self.run_state_op(session_id, RunState::Abort);
+        if let Op::RunState { patch, .. } = &mut op {
+            patch.insert("aborted".into(), true.into());
+            patch.insert("abort_reason".into(), reason.into());
+        }
+        self.apply(&op, "abort_stroke_session").await?;
+        self.forget_started(session_id);
+        Ok(())
+    }
+
+    /// Renews the lease of every session this manager started that still executes (see
+    /// [`crate::model::SessionState::Stale`]); the heartbeat calls it. Returns how many were
+    /// renewed.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure.
+    pub async fn renew_session_leases(&self) -> Result<usize> {
+        let now = Timestamp::now().to_string();
+        let mut renewed = 0;
+        for started in self.started_sessions() {
+            let done: i64 = scripts::RENEW
+                .key(keys::progress(&started.session_id))
+                .arg(&self.inner.instance)
+                .arg(&now)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|err| self.redis_error("renew_session_leases", err))?;
+            if done == 1 {
+                // The stored document changed under the fast path's copy.
+                self.docs().forget(&started.session_id);
+                renewed += 1;
+            }
+        }
+        Ok(renewed)
+    }
+
+    /// Announces each stale session among `sessions` with one `session_stale` event, exactly
+    /// once per session whichever watcher calls this first: the claim (`SET NX` on
+    /// [`keys::stale_claim`]) and the event are one atomic step, made only while the document is
+    /// still the one judged stale. Returns the sessions this call announced.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure, or [`Error::PermissionDenied`] for a user that may not write (a viewer
+    /// only watches; another watcher announces).
+    pub async fn announce_stale_sessions(&self, sessions: &[(SessionId, StrokeProgress)]) -> Result<Vec<SessionId>> {
+        let now = Timestamp::now();
+        let mut announced = Vec::new();
+        for (session_id, progress) in sessions {
+            if progress.state_at(now) != crate::model::SessionState::Stale {
+                continue;
+            }
+            let renewed = progress
+                .extra
+                .get("lease_renewed")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let age_secs = progress.age_secs_at(now);
+            let event = json!({
+                "type": crate::model::event_types::SESSION_STALE,
+                "session_id": session_id,
+                "node_id": progress.node_id,
+                "owner": progress.owner(),
+                "last_update": progress.timestamp,
+                "age_secs": age_secs,
+                "lease_secs": progress.lease().as_secs(),
+                "timestamp": now,
+            });
+            let done: i64 = scripts::STALE
+                .key(keys::progress(session_id))
+                .key(keys::stale_claim(session_id))
+                .key(keys::EVENT_LOG)
+                .arg(progress.timestamp.to_string())
+                .arg(renewed)
+                .arg(event.to_string())
+                .arg(STALE_CLAIM_TTL_SECS)
+                .arg(self.inner.config.event_log_maxlen)
+                .arg(keys::SESSION_EVENTS)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|err| self.redis_error("announce_stale_sessions", err))?;
+            if done == 1 {
+                tracing::warn!(session_id = %session_id, age_secs, "session is stale: its owner's lease lapsed");
+                announced.push(session_id.clone());
+            }
+        }
+        Ok(announced)
+    }
+
     /// One session's progress, or `None` when it does not exist.
     ///
     /// # Errors
@@ -615,7 +735,8 @@ impl StateManager {
         .await
     }
 
-    /// The most recently written session that is executing, from any node; sessions whose
+    /// The most recently written session that is executing or paused with its owner alive, from
+    /// any node; sessions whose
     /// document holds values outside their domain ([`StrokeProgress::problem`]) are left out.
     ///
     /// # Errors
@@ -632,7 +753,8 @@ impl StateManager {
             })
             // A document with values outside their domain (a timestamp far in the future
             // would always win) is not a candidate.
-            .filter(|info| info.progress.is_executing && info.progress.problem().is_none())
+            // A stale session (its robot died) is not active either.
+            .filter(|info| info.progress.state().is_live() && info.progress.problem().is_none())
             .max_by_key(|info| info.progress.timestamp))
     }
 
@@ -950,6 +1072,7 @@ impl StateManager {
             redis_version: None,
             active_sessions: 0,
             paused_sessions: 0,
+            stale_sessions: 0,
             total_sessions: 0,
             nodes_online: 0,
             nodes_known: 0,
@@ -979,17 +1102,31 @@ impl StateManager {
             .find_map(|line| line.strip_prefix("redis_version:"))
             .map(|version| version.trim().to_owned());
 
+        let now = Timestamp::now();
+        let mut stale = Vec::new();
         for entry in self.list_sessions().await? {
             status.total_sessions += 1;
             match entry.value {
-                Ok(progress) if progress.is_executing && progress.is_paused => status.paused_sessions += 1,
-                Ok(progress) if progress.is_executing => status.active_sessions += 1,
-                Ok(_) => {}
+                Ok(progress) => match progress.state_at(now) {
+                    SessionState::Executing => status.active_sessions += 1,
+                    SessionState::Paused => status.paused_sessions += 1,
+                    SessionState::Stale => {
+                        status.stale_sessions += 1;
+                        if let Ok(session_id) = SessionId::new(entry.id) {
+                            stale.push((session_id, progress));
+                        }
+                    }
+                    SessionState::Ended | SessionState::Aborted => {}
+                },
                 Err(err) => status.corrupt.push(CorruptEntry {
                     key: entry.key,
                     error: err.report().to_string(),
                 }),
             }
+        }
+        // Whoever looks first announces a stale session; a viewer may not, which is fine.
+        if let Err(err) = self.announce_stale_sessions(&stale).await {
+            tracing::debug!(error = %err, "cannot announce stale sessions");
         }
         let mut known: BTreeSet<String> = self.known_nodes().await?.into_iter().map(|(node, _)| node).collect();
         for entry in self.get_all_nodes_health().await? {

@@ -77,6 +77,8 @@ pub(crate) enum RunState {
     Pause,
     Resume,
     End,
+    /// An operator's abort: ends the session with a reason.
+    Abort,
 }
 
 impl RunState {
@@ -85,6 +87,7 @@ impl RunState {
             RunState::Pause => event_types::SESSION_PAUSE,
             RunState::Resume => event_types::SESSION_RESUME,
             RunState::End => event_types::SESSION_END,
+            RunState::Abort => event_types::SESSION_ABORT,
         }
     }
 }
@@ -192,7 +195,11 @@ impl Op {
                 kind,
             } => {
                 let retention = config.session_retention.as_secs().max(1);
-                let retention = if *kind == RunState::End { retention } else { 0 };
+                let retention = if matches!(kind, RunState::End | RunState::Abort) {
+                    retention
+                } else {
+                    0
+                };
                 let now_ms = patch.get("timestamp").and_then(Value::as_str).map_or(0, |text| {
                     crate::timestamp::Timestamp::parse(text).map_or(0, |ts| ts.unix_millis())
                 });
@@ -203,6 +210,7 @@ impl Op {
                     .key(keys::history(session_id))
                     .key(keys::EVENT_LOG)
                     .key(keys::SESSION_INDEX)
+                    .key(keys::stale_claim(session_id))
                     .arg(rev_key)
                     .arg(seq)
                     .arg(Value::Object(patch.clone()).to_string())

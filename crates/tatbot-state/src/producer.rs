@@ -1011,7 +1011,7 @@ impl Writer {
                 match kind {
                     RunState::Pause => known.doc.is_paused = true,
                     RunState::Resume => known.doc.is_paused = false,
-                    RunState::End => (known.doc.is_executing, known.doc.is_paused) = (false, false),
+                    RunState::End | RunState::Abort => (known.doc.is_executing, known.doc.is_paused) = (false, false),
                 }
             }
             _ => {}
@@ -1164,7 +1164,7 @@ fn start_ms_of(session_id: &SessionId, doc: &StrokeProgress) -> i64 {
 }
 
 /// A random number for writer ids, from the standard library's randomly seeded hasher.
-fn rand_u32() -> u32 {
+pub(crate) fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(

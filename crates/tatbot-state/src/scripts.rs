@@ -189,7 +189,9 @@ return {id, stored}
 
 /// Changes a session's run state (end, pause, resume) and publishes the matching event.
 ///
-/// KEYS: progress hash, history stream, event log, session index.
+/// An abort's patch carries `abort_reason`, which its event repeats as `reason`.
+///
+/// KEYS: progress hash, history stream, event log, session index, stale claim.
 /// ARGV: rev key, seq, patch JSON (timestamp, node_id and the flags), session id, retention
 /// seconds (0 keeps the keys), event log maxlen, session channel, event type, prune-before ms.
 const SET_RUN_STATE: &str = r#"
@@ -199,12 +201,54 @@ local retention = tonumber(ARGV[5])
 if retention > 0 then
   redis.call('EXPIRE', KEYS[1], retention)
   redis.call('EXPIRE', KEYS[2], retention)
+  redis.call('EXPIRE', KEYS[5], retention)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[9])
 end
-local ev = encode_event({{'type', ARGV[8]}, {'session_id', ARGV[4]}, {'node_id', patch.node_id},
-  {'timestamp', patch.timestamp}})
+local fields = {{'type', ARGV[8]}, {'session_id', ARGV[4]}, {'node_id', patch.node_id}}
+if type(patch.abort_reason) == 'string' then fields[#fields + 1] = {'reason', patch.abort_reason} end
+fields[#fields + 1] = {'timestamp', patch.timestamp}
+local ev = encode_event(fields)
 redis.call('PUBLISH', ARGV[7], ev)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ev)
+return 1
+"#;
+
+/// Renews the lease of a session its owner still runs: sets `lease_renewed` in the progress
+/// document. Nothing happens when the session is gone, ended, or owned by another instance.
+///
+/// KEYS: progress hash.
+/// ARGV: owner instance, timestamp.
+/// Returns 1 when renewed, 0 otherwise.
+const RENEW_LEASE: &str = r#"
+local raw = redis.call('HGET', KEYS[1], 'progress')
+if not raw then return 0 end
+local doc = decode_doc(KEYS[1], 'progress', raw)
+if not doc or doc.is_executing ~= true or doc.owner_instance ~= ARGV[1] then return 0 end
+doc.lease_renewed = ARGV[2]
+redis.call('HSET', KEYS[1], 'progress', encode_ordered(doc, PROGRESS_ORDER))
+return 1
+"#;
+
+/// Announces a stale session, once: when the document is still the one the caller judged stale
+/// (executing, same `timestamp` and `lease_renewed`), claims the session with `SET NX` and, only
+/// when the claim is new, publishes `session_stale` and logs it.
+///
+/// KEYS: progress hash, stale claim, event log.
+/// ARGV: timestamp seen, lease_renewed seen ('' for none), event JSON, claim TTL seconds,
+/// event log maxlen, session channel.
+/// Returns 1 when this call announced it, 0 otherwise.
+const CLAIM_STALE: &str = r#"
+local raw = redis.call('HGET', KEYS[1], 'progress')
+if not raw then return 0 end
+local doc = decode_doc(KEYS[1], 'progress', raw)
+if not doc or doc.is_executing ~= true then return 0 end
+if doc.timestamp ~= ARGV[1] then return 0 end
+local renewed = doc.lease_renewed
+if type(renewed) ~= 'string' then renewed = '' end
+if renewed ~= ARGV[2] then return 0 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then return 0 end
+redis.call('PUBLISH', ARGV[6], ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'channel', ARGV[6], 'payload', ARGV[3])
 return 1
 "#;
 
@@ -258,6 +302,10 @@ pub(crate) static ENSURE: LazyLock<Script> = LazyLock::new(|| with_prelude(ENSUR
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| with_prelude(UPDATE_PROGRESS));
 /// [`SET_RUN_STATE`], compiled once.
 pub(crate) static RUN_STATE: LazyLock<Script> = LazyLock::new(|| with_prelude(SET_RUN_STATE));
+/// [`RENEW_LEASE`], compiled once.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| with_prelude(RENEW_LEASE));
+/// [`CLAIM_STALE`], compiled once.
+pub(crate) static STALE: LazyLock<Script> = LazyLock::new(|| with_prelude(CLAIM_STALE));
 /// [`ROBOT_STATE`], compiled once.
 pub(crate) static ROBOT: LazyLock<Script> = LazyLock::new(|| with_prelude(ROBOT_STATE));
 /// [`HEALTH`], compiled once.

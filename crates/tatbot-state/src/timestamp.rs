@@ -30,6 +30,12 @@ impl Timestamp {
         self.0
     }
 
+    /// The instant `ms` milliseconds after the Unix epoch; the epoch itself for a value
+    /// `chrono` cannot represent.
+    pub fn from_unix_millis(ms: i64) -> Timestamp {
+        Timestamp::from_datetime(DateTime::from_timestamp_millis(ms).unwrap_or_default())
+    }
+
     /// Milliseconds since the Unix epoch.
     pub fn unix_millis(&self) -> i64 {
         self.0.timestamp_millis()

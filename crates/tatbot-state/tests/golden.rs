@@ -253,6 +253,11 @@ async fn writes_what_python_reads() {
     let theirs = stored(&format!("stroke:progress:{SESSION}"), "progress");
     let their_time = parse(&theirs)["timestamp"].as_str().unwrap().to_owned();
     let our_time = parse(&ours)["timestamp"].as_str().unwrap().to_owned();
+    // Our additive fields (docs/WIRE.md: the owner and its lease) come last, after every field
+    // Python knows; pydantic ignores them.
+    let (python_part, ours_only) = ours.split_once(r#","lease_secs":"#).expect("the lease is stored");
+    assert!(ours_only.contains(r#""owner_node_id":"hog""#), "{ours_only}");
+    let ours = format!("{python_part}}}");
     assert_eq!(ours.replace(&our_time, &their_time), theirs);
 
     // History: same fields, same order, same values.

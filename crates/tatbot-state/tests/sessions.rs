@@ -263,7 +263,10 @@ async fn ended_sessions_expire() {
 #[tokio::test]
 async fn python_sessions_are_listed() {
     let (server, state) = setup("hog").await;
-    let doc = r#"{"timestamp":"2026-11-25T17:15:37.795531","node_id":"py","stroke_idx":3,"pose_idx":1,"total_strokes":9,"stroke_length":4,"is_executing":true}"#;
+    let doc = format!(
+        r#"{{"timestamp":"{}","node_id":"py","stroke_idx":3,"pose_idx":1,"total_strokes":9,"stroke_length":4,"is_executing":true}}"#,
+        tatbot_state::Timestamp::now()
+    );
     let () = raw(&server)
         .await
         .hset("stroke:progress:stroke_py_1795626937", "progress", doc)
@@ -303,4 +306,101 @@ async fn oversized_text_refused() {
         "{err}"
     );
     assert_eq!(state.system_status().await.total_sessions, 0);
+}
+
+/// The `session_stale` events in the durable event log, as JSON.
+async fn stale_events(server: &tatbot_state_testkit::RedisServer) -> Vec<serde_json::Value> {
+    let entries: redis::streams::StreamRangeReply = raw(server).await.xrange_all("tatbot:events").await.unwrap();
+    entries
+        .ids
+        .iter()
+        .filter_map(|entry| entry.get::<String>("payload"))
+        .filter_map(|payload| serde_json::from_str::<serde_json::Value>(&payload).ok())
+        .filter(|event| event["type"] == "session_stale")
+        .collect()
+}
+
+/// Issue #13 point 2: a session whose owner stops writing turns stale after its lease (no
+/// writer needed), counts apart from executing ones, and is announced exactly once however
+/// many watchers race; an abort then closes it with its reason and lets it expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_owner_session_turns_stale_once() {
+    let (server, _) = setup("hog").await;
+    let mut short = config(&server, "hog");
+    short.session_lease = Duration::from_secs(1);
+    let owner = StateManager::connect(short).await.unwrap();
+    let session = owner.start_stroke_session(3, 3, "s").await.unwrap();
+    owner
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    let progress = owner.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(progress.state(), tatbot_state::model::SessionState::Executing);
+    assert_eq!(progress.owner().unwrap().split('/').next(), Some("hog"));
+    // The owner dies: nothing writes any more.
+    drop(owner);
+    let watcher = manager(&server, "watcher").await;
+    let stale = eventually(Duration::from_secs(5), || async {
+        let status = watcher.system_status().await;
+        status.stale_sessions == 1 && status.active_sessions == 0
+    })
+    .await;
+    assert!(stale, "the session never turned stale");
+    assert!(watcher.latest_active_session().await.unwrap().is_none());
+    // Many watchers notice at once; one event in all.
+    let progress = watcher.get_stroke_progress(&session).await.unwrap().unwrap();
+    let sessions = vec![(session.clone(), progress)];
+    let mut racing = Vec::new();
+    for n in 0..8 {
+        let watcher = manager(&server, &format!("w{n}")).await;
+        let sessions = sessions.clone();
+        racing.push(tokio::spawn(async move {
+            watcher.announce_stale_sessions(&sessions).await.unwrap().len()
+        }));
+    }
+    let mut announced = 0;
+    for task in racing {
+        announced += task.await.unwrap();
+    }
+    // `system_status` above may have announced it already.
+    assert!(announced <= 1, "{announced} watchers announced it");
+    let events = stale_events(&server).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["session_id"], session.as_str());
+    assert!(events[0]["age_secs"].as_u64().is_some(), "{events:?}");
+
+    watcher.abort_stroke_session(&session, "robot crashed").await.unwrap();
+    let progress = watcher.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!(progress.state(), tatbot_state::model::SessionState::Aborted);
+    assert_eq!(progress.abort_reason(), Some("robot crashed"));
+    let ttl: i64 = raw(&server)
+        .await
+        .ttl(format!("stroke:progress:{session}"))
+        .await
+        .unwrap();
+    // The aborting manager's retention (the default week) applies, as for an ended session.
+    assert!(ttl > 0, "aborted sessions expire like ended ones: ttl {ttl}");
+    assert_eq!(watcher.system_status().await.stale_sessions, 0);
+    assert_eq!(stale_events(&server).await.len(), 1, "no second event after the abort");
+}
+
+/// An idle owner that keeps beating keeps its session live past the lease.
+#[tokio::test]
+async fn lease_renewals_keep_an_idle_session_live() {
+    let (server, _) = setup("hog").await;
+    let mut short = config(&server, "hog");
+    short.session_lease = Duration::from_secs(1);
+    let owner = StateManager::connect(short).await.unwrap();
+    let session = owner.start_stroke_session(3, 3, "s").await.unwrap();
+    let started = std::time::Instant::now();
+    // Renew at a heartbeat's pace for twice the lease, writing no progress.
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(owner.renew_session_leases().await.unwrap(), 1);
+        let progress = owner.get_stroke_progress(&session).await.unwrap().unwrap();
+        assert_eq!(progress.state(), tatbot_state::model::SessionState::Executing);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Another instance of the same node may not renew it.
+    let other = manager(&server, "hog").await;
+    assert_eq!(other.renew_session_leases().await.unwrap(), 0);
 }

@@ -1,7 +1,8 @@
 //! `tatbot-state events [PATTERN...]`: print pub/sub events as they arrive.
 //!
 //! Subscribes with `PSUBSCRIBE` (by default to [`DEFAULT_EVENT_PATTERNS`], what an operator
-//! watches with `redis-cli psubscribe`) and prints one line per message: a short summary, or with
+//! watches with `redis-cli psubscribe`) and prints one line per message: the time it arrived
+//! (`HH:MM:SS.mmm`, UTC) and a short summary with 1-based stroke and pose positions, or with
 //! `--json` one object per line holding the channel, the matching pattern, the decoded event, the
 //! raw payload and the decode error. A message that does not decode (another client's typo) is
 //! printed with its error and never stops the stream. Once subscribed, a line goes to stderr, so
@@ -62,7 +63,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             json_line(&message)
         } else {
             // Every field may hold control characters from any publisher on the LAN.
-            text_line(&message)
+            format!(
+                "{} {}",
+                tatbot_state::Timestamp::now().as_datetime().format("%H:%M:%S%.3f"),
+                text_line(&message)
+            )
         };
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}")?;

@@ -11,8 +11,9 @@
 //! second is well below what a person watching notices. A session with neither a progress hash
 //! nor history entries does not exist (exit 5).
 //!
-//! Entries are printed as stored: stroke and pose indices are 0-based here, unlike the 1-based
-//! positions of `sessions` and `progress`, because this is the raw log a script replays.
+//! Each text line starts with the time the entry was stored (from its stream id, `HH:MM:SS.mmm`
+//! UTC) and numbers strokes and poses from 1, as every text view does; `--json` keeps the stored
+//! 0-based indices, because that is the raw log a script replays.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -133,15 +134,22 @@ impl Printer {
                 (Err(err), true) => writeln!(out, "{}", serde_json::json!({"id": entry.id, "error": err.to_string()}))?,
                 (Ok(decoded), false) => writeln!(
                     out,
-                    "{}  stroke {} pose {}  {}  L: {}  R: {}",
+                    "{} {}  stroke {} pose {}  {}  L: {}  R: {}",
+                    entry_time(&decoded.id),
                     decoded.id,
-                    decoded.stroke_idx,
-                    decoded.pose_idx,
+                    decoded.stroke_idx.saturating_add(1),
+                    decoded.pose_idx.saturating_add(1),
                     shown(&decoded.node_id),
                     shown(&decoded.description_l),
                     shown(&decoded.description_r)
                 )?,
-                (Err(err), false) => writeln!(out, "{}  corrupt: {}", entry.id, shown(&err.report().to_string()))?,
+                (Err(err), false) => writeln!(
+                    out,
+                    "{} {}  corrupt: {}",
+                    entry_time(&entry.id),
+                    entry.id,
+                    shown(&err.report().to_string())
+                )?,
             }
             self.printed += 1;
             self.last_id = Some(entry.id.clone());
@@ -149,4 +157,19 @@ impl Printer {
         out.flush()?;
         Ok(self.count.is_some_and(|count| self.printed >= count))
     }
+}
+
+/// When a stream entry was stored, from its id (`<ms>-<seq>`), as `HH:MM:SS.mmm` UTC.
+fn entry_time(id: &str) -> String {
+    id.split_once('-')
+        .and_then(|(ms, _)| ms.parse::<i64>().ok())
+        .map_or_else(
+            || "--:--:--.---".to_owned(),
+            |ms| {
+                tatbot_state::Timestamp::from_unix_millis(ms)
+                    .as_datetime()
+                    .format("%H:%M:%S%.3f")
+                    .to_string()
+            },
+        )
 }

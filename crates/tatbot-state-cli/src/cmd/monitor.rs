@@ -1,9 +1,14 @@
 //! `tatbot-state monitor`: a live terminal monitor built on the follow API and ratatui.
 //!
-//! The screen has four panels: a header (Redis state, nodes online, active sessions, time of
-//! the last update), stroke progress (one bar per session, executing and paused first, with
-//! the left and right descriptions and offsets), node health (state by heartbeat, CPU, memory,
-//! disk, GPU, clock skew) and recent events. It fits 80×24 and uses more room when there is.
+//! The screen has five panels: a header (Redis state, nodes online, active and stale sessions,
+//! time of the last update), stroke progress (one bar per session, executing, paused and stale
+//! first, with the left and right descriptions and offsets and the age of the last update),
+//! node health (state by heartbeat, CPU, memory, disk, GPU, clock skew), parameters (name,
+//! value, version; re-read every [`PARAMS_INTERVAL`]) and recent events. It fits 80×24 and
+//! uses more room when there is. Text too long for its place ends in `…`, never clipped
+//! silently. While Redis is unreachable, sessions and nodes are grey: they are what was last
+//! seen, not what is. The parameter re-read also announces stale sessions (`session_stale`,
+//! once per session whoever notices first).
 //!
 //! State comes from a [`tatbot_state::Follower`]: a snapshot, then every change, so nothing
 //! published while the monitor was away from Redis is lost. The screen is redrawn
@@ -20,7 +25,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use tatbot_state::follow::{self, FollowItem, LoggedEvent, NodeView, Scope};
-use tatbot_state::model::StrokeProgress;
+use tatbot_state::model::{SessionState, StrokeProgress};
 use tatbot_state::{Snapshot, Timestamp};
 
 use crate::ctx::GlobalArgs;
@@ -33,6 +38,12 @@ const MAX_SESSION_LINES: usize = 6;
 const MAX_NODE_ROWS: usize = 4;
 /// Width of a progress bar in characters.
 const BAR_WIDTH: usize = 16;
+/// Widest description line of the progress panel: an 80-column screen less the borders.
+const DESCRIPTION_WIDTH: usize = 78;
+/// Most parameter rows the parameters panel takes.
+const MAX_PARAM_ROWS: usize = 3;
+/// How often the parameters are re-read (and stale sessions announced).
+const PARAMS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Flags of `monitor`.
 #[derive(Debug, clap::Args)]
@@ -74,6 +85,8 @@ pub struct Monitor {
     pub view: Option<Snapshot>,
     /// When the last item arrived.
     pub last_update: Option<Timestamp>,
+    /// The parameters as last read: name, value as text, version; or why they could not be.
+    pub params: Result<Vec<(String, String, u64)>, String>,
 }
 
 impl Monitor {
@@ -105,7 +118,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         redis: RedisState::Connecting,
         view: None,
         last_update: None,
+        params: Ok(Vec::new()),
     };
+    let params = tatbot_state::Params::new(&manager);
+    let mut params_tick = tokio::time::interval(PARAMS_INTERVAL);
+    params_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut follower = follow::follow(&manager, Scope::All, None);
     let mut terminal = ratatui::try_init().context("the monitor needs a terminal (stdout is not one)")?;
     let mut frames = tokio::time::interval(Duration::from_secs_f64(1.0 / args.refresh));
@@ -119,6 +136,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
                 Some(item) => monitor.apply(item),
                 None => break Ok(()),
             },
+            _ = params_tick.tick() => {
+                monitor.params = read_params(&params).await;
+                announce_stale(&manager, &monitor).await;
+            }
             _ = frames.tick() => {
                 match quit_requested() {
                     Ok(true) => break Ok(()),
@@ -134,6 +155,45 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     };
     ratatui::restore();
     outcome.map(|()| exit::SUCCESS)
+}
+
+/// Every declared parameter as (name, value, version), or why they could not be read.
+async fn read_params(params: &tatbot_state::Params) -> Result<Vec<(String, String, u64)>, String> {
+    let entries = params
+        .list_entries(&tatbot_state::params::Prefix::all())
+        .await
+        .map_err(|_| "cannot read the parameters".to_owned())?;
+    Ok(entries
+        .into_iter()
+        .map(|entry| match entry.value {
+            Ok(param) => (param.name.to_string(), param.value.to_string(), param.version),
+            Err(_) => (entry.id, "corrupt".to_owned(), 0),
+        })
+        .collect())
+}
+
+/// Announces the stale sessions of the view; a viewer user may not, and another watcher will.
+async fn announce_stale(manager: &tatbot_state::StateManager, monitor: &Monitor) {
+    let Some(view) = &monitor.view else { return };
+    let stale: Vec<(tatbot_state::SessionId, StrokeProgress)> = view
+        .sessions
+        .iter()
+        .filter(|(_, progress)| progress.state() == SessionState::Stale)
+        .filter_map(|(id, progress)| Some((tatbot_state::SessionId::new(id.as_str()).ok()?, progress.clone())))
+        .collect();
+    if let Err(err) = manager.announce_stale_sessions(&stale).await {
+        tracing::debug!(error = %err, "cannot announce stale sessions");
+    }
+}
+
+/// `text` cut to `width` characters, ending in `…` when it was longer.
+fn ellipsized(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// Reads the pending key presses without blocking; true on `q`, Esc or Ctrl-C.
@@ -167,32 +227,49 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         corrupt: Vec::new(),
     };
     let view = monitor.view.as_ref().unwrap_or(&empty);
-    let sessions = session_lines(view);
+    let disconnected = matches!(monitor.redis, RedisState::Disconnected(_));
+    let sessions = session_lines(view, now_ms, disconnected);
     let node_rows = view.nodes.len().clamp(1, MAX_NODE_ROWS);
-    let [header, progress, nodes, events] = Layout::vertical([
+    let param_rows = monitor
+        .params
+        .as_ref()
+        .map_or(1, |params| params.len().clamp(1, MAX_PARAM_ROWS));
+    let [header, progress, nodes, params, events] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(u16::try_from(sessions.len().clamp(1, MAX_SESSION_LINES)).unwrap_or(1) + 2),
         Constraint::Length(u16::try_from(node_rows).unwrap_or(1) + 3),
+        Constraint::Length(u16::try_from(param_rows).unwrap_or(1) + 2),
         Constraint::Min(3),
     ])
     .areas(frame.area());
-    draw_header(frame, header, monitor, view);
+    draw_header(frame, header, monitor, view, now_ms);
     frame.render_widget(
         Paragraph::new(sessions).block(Block::default().borders(Borders::ALL).title(" Stroke progress ")),
         progress,
     );
-    draw_nodes(frame, nodes, view, now_ms);
+    draw_nodes(frame, nodes, view, now_ms, disconnected);
+    draw_params(frame, params, monitor);
     draw_events(frame, events, view);
 }
 
-fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot) {
+fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot, now_ms: i64) {
     let (redis, color) = match &monitor.redis {
         RedisState::Connecting => ("connecting".to_owned(), Color::Blue),
         RedisState::Connected => ("connected".to_owned(), Color::Green),
         RedisState::Disconnected(_) => ("DISCONNECTED".to_owned(), Color::Red),
     };
     let online = view.nodes.values().filter(|node| node.health.is_some()).count();
-    let active = view.sessions.values().filter(|progress| progress.is_executing).count();
+    let now = Timestamp::from_unix_millis(now_ms);
+    let active = view
+        .sessions
+        .values()
+        .filter(|progress| progress.state_at(now) == SessionState::Executing)
+        .count();
+    let stale = view
+        .sessions
+        .values()
+        .filter(|progress| progress.state_at(now) == SessionState::Stale)
+        .count();
     let updated = monitor.last_update.map_or_else(
         || "never".to_owned(),
         |at| at.as_datetime().format("%H:%M:%S").to_string(),
@@ -202,10 +279,21 @@ fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot
         Span::raw("Redis "),
         Span::styled(redis, Style::default().fg(color).add_modifier(Modifier::BOLD)),
         Span::raw(format!(
-            " · nodes {online}/{} online · {active} active {sessions} · updated {updated}",
+            " · nodes {online}/{} online · {active} active",
             view.nodes.len()
         )),
     ];
+    // Stale sessions are counted apart; the line stays within 80 columns with them.
+    if stale > 0 {
+        spans.push(Span::raw(" · "));
+        spans.push(Span::styled(
+            format!("{stale} stale"),
+            Style::default().fg(Color::Magenta).add_modifier(Modifier::BOLD),
+        ));
+    } else {
+        spans.push(Span::raw(format!(" {sessions}")));
+    }
+    spans.push(Span::raw(format!(" · updated {updated}")));
     if !view.corrupt.is_empty() {
         // Bad data is the data's problem, not Redis's: shown beside the Redis state, not as it.
         spans.push(Span::styled(
@@ -221,23 +309,31 @@ fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot
     frame.render_widget(Paragraph::new(line).block(block), area);
 }
 
-/// Progress lines: executing and paused sessions first (bar, then descriptions), then ended ones.
-fn session_lines(view: &Snapshot) -> Vec<Line<'static>> {
+/// Progress lines: executing, paused and stale sessions first (bar, then descriptions), then
+/// ended ones; each with the age of its last update at `now_ms`. While `disconnected`, every
+/// line is grey: it shows what was last seen, not what is.
+fn session_lines(view: &Snapshot, now_ms: i64, disconnected: bool) -> Vec<Line<'static>> {
+    let now = Timestamp::from_unix_millis(now_ms);
     let mut sessions: Vec<(&String, &StrokeProgress)> = view.sessions.iter().collect();
     sessions.sort_by(|(_, a), (_, b)| b.is_executing.cmp(&a.is_executing).then(b.timestamp.cmp(&a.timestamp)));
     let mut lines = Vec::new();
     for (session_id, progress) in sessions {
-        let (state, color) = match (progress.is_executing, progress.is_paused) {
-            (true, false) => ("executing", Color::Green),
-            (true, true) => ("paused", Color::Yellow),
-            (false, _) => ("ended", Color::DarkGray),
+        let state = progress.state_at(now);
+        let color = match state {
+            _ if disconnected => Color::DarkGray,
+            SessionState::Executing => Color::Green,
+            SessionState::Paused => Color::Yellow,
+            SessionState::Stale => Color::Magenta,
+            SessionState::Ended | SessionState::Aborted => Color::DarkGray,
         };
+        let age = format!(" {}s ago", progress.age_secs_at(now));
+        let state = state.as_str();
         let fraction = progress.fraction();
         // The fraction is clamped to 0..=1, so the product fits the bar.
         let filled = (fraction * BAR_WIDTH as f64).round() as usize;
         lines.push(Line::from(vec![
             Span::styled(
-                format!("{session_id:<22.22} "),
+                format!("{:<22} ", ellipsized(session_id, 22)),
                 Style::default().add_modifier(Modifier::BOLD),
             ),
             Span::styled("█".repeat(filled), Style::default().fg(color)),
@@ -254,15 +350,19 @@ fn session_lines(view: &Snapshot) -> Vec<Line<'static>> {
                 progress.stroke_length
             )),
             Span::styled(state, Style::default().fg(color)),
+            Span::styled(age, Style::default().fg(Color::DarkGray)),
         ]));
         if progress.is_executing {
             lines.push(Line::styled(
-                format!(
-                    "  L {} (offset {}) · R {} (offset {})",
-                    or_dash(&progress.stroke_description_l),
-                    progress.offset_idx_l,
-                    or_dash(&progress.stroke_description_r),
-                    progress.offset_idx_r
+                ellipsized(
+                    &format!(
+                        "  L {} (offset {}) · R {} (offset {})",
+                        or_dash(&progress.stroke_description_l),
+                        progress.offset_idx_l,
+                        or_dash(&progress.stroke_description_r),
+                        progress.offset_idx_r
+                    ),
+                    DESCRIPTION_WIDTH,
                 ),
                 Style::default().fg(Color::Gray),
             ));
@@ -282,12 +382,14 @@ fn percent(value: Option<f64>) -> String {
     value.map_or_else(|| "—".to_owned(), |value| format!("{value:.0}%"))
 }
 
-fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
+/// Node rows; while `disconnected` they are grey and say `last seen`: what was last known.
+fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64, disconnected: bool) {
     let rows: Vec<Row> = view
         .nodes
         .values()
         .map(|node: &NodeView| {
             let (state, color) = match &node.health {
+                _ if disconnected => ("unknown", Color::DarkGray),
                 Some(_) => ("online", Color::Green),
                 None => ("offline", Color::Red),
             };
@@ -309,6 +411,11 @@ fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
             let skew = node
                 .clock_skew_ms
                 .map_or_else(|| "—".to_owned(), |skew| format!("{:.2}s", skew as f64 / 1000.0));
+            let row_style = if disconnected {
+                Style::default().fg(Color::DarkGray)
+            } else {
+                Style::default()
+            };
             Row::new(vec![
                 Cell::from(node.node_id.clone()),
                 Cell::from(state).style(Style::default().fg(color)),
@@ -319,6 +426,7 @@ fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
                 Cell::from(gpu),
                 Cell::from(skew),
             ])
+            .style(row_style)
         })
         .collect();
     let widths = [
@@ -337,6 +445,36 @@ fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
         .header(header)
         .block(Block::default().borders(Borders::ALL).title(" Node health "));
     frame.render_widget(table, area);
+}
+
+/// The parameters panel: `name = value (vN)`, each cut with an ellipsis to the panel's width.
+fn draw_params(frame: &mut Frame, area: Rect, monitor: &Monitor) {
+    let width = usize::from(area.width.saturating_sub(2));
+    let lines: Vec<Line> = match &monitor.params {
+        Err(why) => vec![Line::styled(why.clone(), Style::default().fg(Color::Yellow))],
+        Ok(params) if params.is_empty() => vec![Line::styled("no parameters", Style::default().fg(Color::DarkGray))],
+        Ok(params) => {
+            let mut lines: Vec<Line> = params
+                .iter()
+                .take(MAX_PARAM_ROWS)
+                .map(|(name, value, version)| Line::raw(ellipsized(&format!("{name} = {value} (v{version})"), width)))
+                .collect();
+            if params.len() > MAX_PARAM_ROWS
+                && let Some(last) = lines.last_mut()
+            {
+                *last = Line::styled(
+                    format!(
+                        "… and {} more (tatbot-state param list)",
+                        params.len() - MAX_PARAM_ROWS + 1
+                    ),
+                    Style::default().fg(Color::DarkGray),
+                );
+            }
+            lines
+        }
+    };
+    let block = Block::default().borders(Borders::ALL).title(" Parameters ");
+    frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
 fn describe(event: &LoggedEvent) -> String {
@@ -366,6 +504,7 @@ fn describe(event: &LoggedEvent) -> String {
 }
 
 fn draw_events(frame: &mut Frame, area: Rect, view: &Snapshot) {
+    let width = usize::from(area.width.saturating_sub(2));
     let lines: Vec<Line> = view
         .recent_events
         .iter()
@@ -376,7 +515,7 @@ fn draw_events(frame: &mut Frame, area: Rect, view: &Snapshot) {
             } else {
                 Style::default()
             };
-            Line::styled(describe(event), style)
+            Line::styled(ellipsized(&describe(event), width), style)
         })
         .collect();
     let lines = if lines.is_empty() {
@@ -474,6 +613,7 @@ mod tests {
             redis,
             view,
             last_update: None,
+            params: Ok(vec![("needle.depth_mm".into(), "1.5".into(), 3)]),
         }
     }
 
@@ -523,6 +663,63 @@ mod tests {
         let text = screen(&monitor, 80, 24).join("\n");
         assert!(text.contains("Redis DISCONNECTED"), "{text}");
         assert!(text.contains("pose 2/5 paused"), "{text}");
+    }
+
+    /// Issue #13 point 2: a session whose owner went silent past its lease shows `stale`, never
+    /// `executing`, with the age of its last update, and the header counts it apart.
+    #[test]
+    fn dead_owner_session_shows_stale() {
+        let mut view = known_state();
+        let progress = view.sessions.get_mut("stroke_hog_1795626937").unwrap();
+        progress.timestamp = Timestamp::parse("2026-11-25T17:15:00").unwrap();
+        let text = screen(&monitor(Some(view), RedisState::Connected), 80, 24).join("\n");
+        assert!(text.contains("pose 2/5 stale 40s ago"), "{text}");
+        assert!(text.contains("0 active · 1 stale · updated never"), "{text}");
+    }
+
+    /// Disconnected: nodes and sessions are grey, nodes say their state is unknown.
+    #[test]
+    fn disconnected_marks_everything_grey() {
+        let monitor = monitor(
+            Some(known_state()),
+            RedisState::Disconnected("connection refused".into()),
+        );
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        let now_ms = Timestamp::parse("2026-11-25T17:15:40").unwrap().unix_millis();
+        terminal.draw(|frame| draw(frame, &monitor, now_ms)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let lines: Vec<String> = (0..24)
+            .map(|y| (0..80).map(|x| buffer[(x, y)].symbol()).collect::<String>())
+            .collect();
+        let text = lines.join("\n");
+        assert!(text.contains("unknown") && !text.contains("online  10s"), "{text}");
+        let row = lines.iter().position(|line| line.contains("executing")).unwrap();
+        let column = lines[row].find("executing").unwrap();
+        let column = u16::try_from(lines[row][..column].chars().count()).unwrap();
+        let cell = &buffer[(column, u16::try_from(row).unwrap())];
+        assert_eq!(cell.fg, Color::DarkGray, "the session is grey while disconnected");
+    }
+
+    /// Issue #13 point 5: the parameters panel shows each parameter, and text longer than its
+    /// place ends in an ellipsis instead of being clipped.
+    #[test]
+    fn parameters_panel_and_ellipses() {
+        let mut view = known_state();
+        let progress = view.sessions.get_mut("stroke_hog_1795626937").unwrap();
+        progress.stroke_description_l = "a very long left stroke description ".repeat(4);
+        let mut monitor = monitor(Some(view), RedisState::Connected);
+        monitor.params = Ok(vec![("needle.depth_mm".into(), "x".repeat(200), 3)]);
+        let text = screen(&monitor, 80, 24).join("\n");
+        assert!(
+            text.contains("Parameters") && text.contains("needle.depth_mm = xxx"),
+            "{text}"
+        );
+        assert!(text.contains("xxx…│"), "the long value ends in an ellipsis:\n{text}");
+        let short = screen(&monitor, 80, 24)
+            .into_iter()
+            .find(|line| line.contains("L a very long"))
+            .unwrap();
+        assert!(short.trim_end_matches('│').trim_end().ends_with('…'), "{short}");
     }
 
     /// Before the first snapshot the screen says so instead of showing stale panels.

@@ -57,6 +57,11 @@ pub struct Args {
     /// Seconds to wait at the end for Redis to store what was sent
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub flush_timeout: u64,
+    /// Seconds the session stays live without a write from this robot; after that every view
+    /// shows it stale (the robot died)
+    #[arg(long, value_name = "SECS", default_value_t = tatbot_state::model::DEFAULT_SESSION_LEASE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=tatbot_state::model::MAX_SESSION_LEASE.as_secs()))]
+    pub lease: u64,
 }
 
 /// What to simulate.
@@ -410,7 +415,11 @@ where
 
 /// Runs `simulate`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let manager = global.manager().await?;
+    let endpoint = tatbot_state::Endpoint::from(&global.target()?);
+    let lease = Duration::from_secs(args.lease);
+    let manager = global
+        .manager_configured(endpoint, |config| config.session_lease = lease)
+        .await?;
     let plan = Plan {
         strokes: args.strokes,
         stroke_length: args.stroke_length,

@@ -39,6 +39,7 @@ pub async fn run(global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
         )?;
         writeln!(out, "Active Sessions: {}", status.active_sessions)?;
         writeln!(out, "Paused Sessions: {}", status.paused_sessions)?;
+        writeln!(out, "Stale Sessions: {}", status.stale_sessions)?;
         writeln!(out, "Total Sessions: {}", status.total_sessions)?;
         writeln!(out, "Nodes Online: {}/{}", status.nodes_online, status.nodes_known)?;
         writeln!(out, "Producers Active: {}", status.producers_active)?;

@@ -157,6 +157,11 @@ pub mod types {
     pub const SESSION_PAUSE: &str = "session_pause";
     /// `session_resume` (ours).
     pub const SESSION_RESUME: &str = "session_resume";
+    /// `session_abort` (ours): an operator ended a session with a reason.
+    pub const SESSION_ABORT: &str = "session_abort";
+    /// `session_stale` (ours): a session's owner let its lease lapse; published once per
+    /// session.
+    pub const SESSION_STALE: &str = "session_stale";
     /// `progress_update`.
     pub const PROGRESS_UPDATE: &str = "progress_update";
     /// `error`.
@@ -225,7 +230,8 @@ impl Event {
         })
     }
 
-    /// The session the event is about, if any.
+    /// The session the event is about, if any; for a type this version does not model (such as
+    /// `session_stale` and `session_abort`), its `session_id` field when it is a string.
     pub fn session_id(&self) -> Option<&str> {
         match self {
             Event::SessionStart(event) => Some(&event.session_id),
@@ -233,6 +239,7 @@ impl Event {
                 Some(&event.session_id)
             }
             Event::ProgressUpdate(event) => Some(&event.session_id),
+            Event::Other(value) => value.get("session_id").and_then(Value::as_str),
             _ => None,
         }
     }

@@ -107,3 +107,183 @@ impl StrokeProgress {
         crate::model::future_problem("timestamp", self.timestamp)
     }
 }
+
+/// How long a session stays live without a write or a lease renewal from its owner, when its
+/// document does not say (`lease_secs`): sessions written by the Python nodes, and ours by
+/// default.
+pub const DEFAULT_SESSION_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
+/// The longest lease a document may ask for (one hour); a larger `lease_secs` is clamped so a
+/// hostile writer cannot make a dead session look live for days.
+pub const MAX_SESSION_LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A session's run state as every view shows it, derived from its document and the clock.
+///
+/// A session is [`SessionState::Stale`] when it claims to run but neither its owner's writes
+/// (the document's `timestamp`) nor its owner's lease renewals (`lease_renewed`) happened
+/// within its lease: the robot that owned it died or lost Redis. No writer is needed for a
+/// session to become stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Started, not paused, owner alive.
+    Executing,
+    /// Paused, owner alive.
+    Paused,
+    /// Executing or paused, but the owner's lease lapsed.
+    Stale,
+    /// Ended by its owner or an operator.
+    Ended,
+    /// Aborted by an operator (`sessions abort`), with a reason.
+    Aborted,
+}
+
+impl SessionState {
+    /// The state as text: `executing`, `paused`, `stale`, `ended`, `aborted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Executing => "executing",
+            SessionState::Paused => "paused",
+            SessionState::Stale => "stale",
+            SessionState::Ended => "ended",
+            SessionState::Aborted => "aborted",
+        }
+    }
+
+    /// True for executing and paused sessions, whose owner is alive.
+    pub fn is_live(self) -> bool {
+        matches!(self, SessionState::Executing | SessionState::Paused)
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl StrokeProgress {
+    /// The lease the owner promised (`lease_secs`, clamped to 1 s..[`MAX_SESSION_LEASE`]), or
+    /// [`DEFAULT_SESSION_LEASE`] when the document has none or a value that is not a number.
+    pub fn lease(&self) -> std::time::Duration {
+        let Some(secs) = self.extra.get("lease_secs").and_then(serde_json::Value::as_f64) else {
+            return DEFAULT_SESSION_LEASE;
+        };
+        if !secs.is_finite() {
+            return DEFAULT_SESSION_LEASE;
+        }
+        std::time::Duration::from_secs_f64(secs.clamp(1.0, MAX_SESSION_LEASE.as_secs_f64()))
+    }
+
+    /// The last sign of life of the owner: the later of the last write (`timestamp`) and the
+    /// last lease renewal (`lease_renewed`, when it parses).
+    pub fn last_alive(&self) -> Timestamp {
+        let renewed = self
+            .extra
+            .get("lease_renewed")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|text| Timestamp::parse(text).ok());
+        renewed.map_or(self.timestamp, |renewed| renewed.max(self.timestamp))
+    }
+
+    /// The session's owner as `node/instance` (`owner_node_id`, `owner_instance`), when the
+    /// document names one; sessions of the Python nodes have none.
+    pub fn owner(&self) -> Option<String> {
+        let node = self.extra.get("owner_node_id")?.as_str()?;
+        let instance = self.extra.get("owner_instance").and_then(serde_json::Value::as_str);
+        Some(match instance {
+            Some(instance) => format!("{node}/{instance}"),
+            None => node.to_owned(),
+        })
+    }
+
+    /// Why an operator aborted the session, when one did.
+    pub fn abort_reason(&self) -> Option<&str> {
+        self.extra.get("abort_reason")?.as_str()
+    }
+
+    /// The run state at `now`; see [`SessionState`].
+    pub fn state_at(&self, now: Timestamp) -> SessionState {
+        if !self.is_executing {
+            if self.extra.get("aborted").and_then(serde_json::Value::as_bool) == Some(true) {
+                return SessionState::Aborted;
+            }
+            return SessionState::Ended;
+        }
+        let silent_ms = now.unix_millis().saturating_sub(self.last_alive().unix_millis());
+        let lease_ms = i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX);
+        if silent_ms > lease_ms {
+            return SessionState::Stale;
+        }
+        if self.is_paused {
+            return SessionState::Paused;
+        }
+        SessionState::Executing
+    }
+
+    /// The run state now.
+    pub fn state(&self) -> SessionState {
+        self.state_at(Timestamp::now())
+    }
+
+    /// Whole seconds since the last write (`timestamp`) at `now`; 0 for a future timestamp.
+    pub fn age_secs_at(&self, now: Timestamp) -> u64 {
+        let ms = now.unix_millis().saturating_sub(self.timestamp.unix_millis()).max(0);
+        u64::try_from(ms / 1000).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(extra: serde_json::Value) -> StrokeProgress {
+        let mut value = serde_json::json!({
+            "timestamp": "2026-12-06T10:00:00", "node_id": "n", "stroke_idx": 0, "pose_idx": 0,
+            "total_strokes": 2, "stroke_length": 2, "is_executing": true,
+        });
+        value
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn at(text: &str) -> Timestamp {
+        Timestamp::parse(text).unwrap()
+    }
+
+    /// A session is stale once its lease passed without a write or a renewal, and not before.
+    #[test]
+    fn stale_after_the_lease() {
+        let progress = doc(serde_json::json!({"lease_secs": 5}));
+        assert_eq!(progress.state_at(at("2026-12-06T10:00:05")), SessionState::Executing);
+        assert_eq!(progress.state_at(at("2026-12-06T10:00:06")), SessionState::Stale);
+        let renewed = doc(serde_json::json!({"lease_secs": 5, "lease_renewed": "2026-12-06T10:00:04"}));
+        assert_eq!(renewed.state_at(at("2026-12-06T10:00:08")), SessionState::Executing);
+        // Without `lease_secs` (a Python session) the default applies.
+        let python = doc(serde_json::json!({}));
+        assert_eq!(python.state_at(at("2026-12-06T10:00:15")), SessionState::Executing);
+        assert_eq!(python.state_at(at("2026-12-06T10:00:16")), SessionState::Stale);
+    }
+
+    /// A hostile `lease_secs` is clamped or ignored, never trusted for days.
+    #[test]
+    fn hostile_lease_is_bounded() {
+        assert_eq!(doc(serde_json::json!({"lease_secs": 1e12})).lease(), MAX_SESSION_LEASE);
+        assert_eq!(
+            doc(serde_json::json!({"lease_secs": "x"})).lease(),
+            DEFAULT_SESSION_LEASE
+        );
+        assert_eq!(doc(serde_json::json!({"lease_secs": -3})).lease().as_secs(), 1);
+    }
+
+    /// Ended and aborted sessions are never stale.
+    #[test]
+    fn ended_and_aborted() {
+        let mut progress = doc(serde_json::json!({}));
+        progress.is_executing = false;
+        assert_eq!(progress.state_at(at("2027-01-01T00:00:00")), SessionState::Ended);
+        progress.extra.insert("aborted".into(), true.into());
+        assert_eq!(progress.state_at(at("2027-01-01T00:00:00")), SessionState::Aborted);
+    }
+}
