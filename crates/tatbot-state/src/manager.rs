@@ -706,6 +706,22 @@ impl StateManager {
         raw.map(|raw| decode::document(&key, "RobotState", &raw)).transpose()
     }
 
+    /// Every stored robot state (ours and the Python nodes'), each decoded or with its error.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure; a bad value is reported in its [`Entry`].
+    pub async fn get_all_robot_states(&self) -> Result<Vec<Entry<RobotState>>> {
+        let found = self.scan(keys::ROBOT_STATE_PATTERN).await?;
+        self.read_documents(
+            found,
+            keys::ROBOT_STATE_PREFIX,
+            keys::FIELD_STATE,
+            ("RobotState", "node id"),
+        )
+        .await
+    }
+
     /// Stores a heartbeat with the health TTL and records the node in our registry.
     ///
     /// # Errors
