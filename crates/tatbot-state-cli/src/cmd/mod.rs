@@ -15,6 +15,7 @@ mod mcp;
 mod monitor;
 mod param;
 mod progress;
+mod robot;
 mod server;
 mod sessions;
 mod simulate;
@@ -52,6 +53,8 @@ pub enum Command {
     Status(status::Args),
     /// Show one node's health, or a table of all nodes
     Health(health::Args),
+    /// Show one robot's state, or a table of all robots
+    Robot(robot::Args),
     /// List active and recent stroke sessions
     Sessions(sessions::Args),
     /// Show one session's progress (default: the latest active session)
@@ -90,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(global, args).await,
         Command::Status(args) => status::run(global, args).await,
         Command::Health(args) => health::run(global, args).await,
+        Command::Robot(args) => robot::run(global, args).await,
         Command::Sessions(args) => sessions::run(global, args).await,
         Command::Progress(args) => progress::run(global, args).await,
         Command::Events(args) => events::run(global, args).await,

@@ -21,6 +21,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use tatbot_state::follow::{self, FollowItem, LoggedEvent, NodeView, Scope};
 use tatbot_state::model::StrokeProgress;
+use tatbot_state::text::{joints, shown};
 use tatbot_state::{Snapshot, Timestamp};
 
 use crate::ctx::GlobalArgs;
@@ -31,6 +32,8 @@ use crate::signal::shutdown_signal;
 const MAX_SESSION_LINES: usize = 6;
 /// Most node rows the health panel takes.
 const MAX_NODE_ROWS: usize = 4;
+/// Most robot rows the robot panel takes.
+const MAX_ROBOT_ROWS: usize = 3;
 /// Width of a progress bar in characters.
 const BAR_WIDTH: usize = 16;
 
@@ -160,6 +163,7 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         server_time_ms: now_ms,
         sessions: Default::default(),
         nodes: Default::default(),
+        robots: Default::default(),
         recent_events: Vec::new(),
         recent_errors: Vec::new(),
         recent_events_limit: 0,
@@ -169,10 +173,12 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
     let view = monitor.view.as_ref().unwrap_or(&empty);
     let sessions = session_lines(view);
     let node_rows = view.nodes.len().clamp(1, MAX_NODE_ROWS);
-    let [header, progress, nodes, events] = Layout::vertical([
+    let robot_rows = view.robots.len().clamp(1, MAX_ROBOT_ROWS);
+    let [header, progress, nodes, robots, events] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(u16::try_from(sessions.len().clamp(1, MAX_SESSION_LINES)).unwrap_or(1) + 2),
         Constraint::Length(u16::try_from(node_rows).unwrap_or(1) + 3),
+        Constraint::Length(u16::try_from(robot_rows).unwrap_or(1) + 3),
         Constraint::Min(3),
     ])
     .areas(frame.area());
@@ -182,6 +188,7 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         progress,
     );
     draw_nodes(frame, nodes, view, now_ms);
+    draw_robots(frame, robots, view, now_ms);
     draw_events(frame, events, view);
 }
 
@@ -339,6 +346,52 @@ fn draw_nodes(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
     frame.render_widget(table, area);
 }
 
+/// One row per robot state: arms, pose, age of the snapshot and the left and right joints.
+fn draw_robots(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
+    let arm = |is_connected: bool| match is_connected {
+        true => Cell::from("up").style(Style::default().fg(Color::Green)),
+        false => Cell::from("down").style(Style::default().fg(Color::Red)),
+    };
+    let rows: Vec<Row> = view
+        .robots
+        .iter()
+        .map(|(node_id, robot)| {
+            let age = (now_ms - robot.timestamp.unix_millis()).max(0) / 1000;
+            Row::new(vec![
+                Cell::from(shown(node_id).into_owned()),
+                arm(robot.is_connected_l),
+                arm(robot.is_connected_r),
+                Cell::from(shown(&robot.current_pose).into_owned()),
+                Cell::from(format!("{age}s")),
+                Cell::from(format!(
+                    "{} {}",
+                    joints(robot.joints_l.as_deref()),
+                    joints(robot.joints_r.as_deref())
+                )),
+            ])
+        })
+        .collect();
+    let rows = if rows.is_empty() {
+        vec![Row::new(vec![Cell::from("none").style(Style::default().fg(Color::DarkGray))])]
+    } else {
+        rows
+    };
+    let widths = [
+        Constraint::Min(10),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(12),
+        Constraint::Length(6),
+        Constraint::Fill(3),
+    ];
+    let header = Row::new(["robot", "left", "right", "pose", "age", "joints L R"])
+        .style(Style::default().add_modifier(Modifier::BOLD));
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(Block::default().borders(Borders::ALL).title(" Robots "));
+    frame.render_widget(table, area);
+}
+
 fn describe(event: &LoggedEvent) -> String {
     let when = event
         .payload
@@ -435,6 +488,12 @@ mod tests {
                 },
             ),
         ]);
+        let mut robot = tatbot_state::model::RobotState::new("eek");
+        robot.timestamp = Timestamp::parse("2026-11-25T17:15:38").unwrap();
+        robot.is_connected_l = true;
+        robot.current_pose = "ready".into();
+        robot.joints_l = Some(vec![0.1, -1.5]);
+        let robots = BTreeMap::from([("eek".to_owned(), robot)]);
         let event = LoggedEvent {
             id: "1-0".into(),
             channel: "error:events:hardware".into(),
@@ -450,6 +509,7 @@ mod tests {
                 ("stroke_hog_1795620000".to_owned(), progress(3, 4, false, false)),
             ]),
             nodes,
+            robots,
             recent_events: vec![event],
             recent_errors: Vec::new(),
             recent_events_limit: 50,
@@ -496,6 +556,8 @@ mod tests {
             "ook",
             "offline",
             "17:15:36 error arm l timeout",
+            "Robots",
+            "eek         up    down  ready        2s     [0.10, -1.50] -",
             "q quits",
         ];
         for needle in expect {
@@ -520,9 +582,19 @@ mod tests {
                 progress: Box::new(progress),
             },
         }));
+        let mut robot = known_state().robots["eek"].clone();
+        robot.current_pose = "drawing".into();
+        monitor.apply(FollowItem::Change(Change {
+            cursor: Default::default(),
+            kind: ChangeKind::Robot {
+                node_id: "eek".into(),
+                state: Some(Box::new(robot)),
+            },
+        }));
         let text = screen(&monitor, 80, 24).join("\n");
         assert!(text.contains("Redis DISCONNECTED"), "{text}");
         assert!(text.contains("pose 2/5 paused"), "{text}");
+        assert!(text.contains("drawing"), "{text}");
     }
 
     /// Before the first snapshot the screen says so instead of showing stale panels.
@@ -531,5 +603,6 @@ mod tests {
         let text = screen(&monitor(None, RedisState::Connecting), 80, 24).join("\n");
         assert!(text.contains("Redis connecting"), "{text}");
         assert!(text.contains("no sessions") && text.contains("no events yet"), "{text}");
+        assert!(text.contains("│none "), "{text}");
     }
 }
