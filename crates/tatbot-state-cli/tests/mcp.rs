@@ -59,6 +59,7 @@ async fn stdio_lists_and_reads_every_resource() {
             "state://errors",
             "state://nodes",
             "state://params",
+            "state://robot",
             "state://sessions",
             "state://status",
             "state://stroke/progress"
@@ -74,6 +75,7 @@ async fn stdio_lists_and_reads_every_resource() {
         [
             "state://stroke/progress/{session_id}",
             "state://health/{node_id}",
+            "state://robot/{node_id}",
             "state://params/{name}"
         ]
     );
