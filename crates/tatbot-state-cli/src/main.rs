@@ -5,6 +5,26 @@
 //! once, as one line, and maps it to the documented codes in [`exit`]. A broken pipe on stdout
 //! (`tatbot-state events | head`) counts as success.
 
+/// `println!` that returns the write error instead of panicking: a closed stdout
+/// (`tatbot-state doctor | head -1`) must end the command with a broken pipe, which `main`
+/// counts as success, never with a panic (exit 101). Use it as `outln!(...)?`.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` that returns the write error; see [`outln!`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod cmd;
 mod ctx;
 mod exit;

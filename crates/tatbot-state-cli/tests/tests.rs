@@ -6,6 +6,7 @@ mod demo;
 mod doctor;
 mod hostile;
 mod mcp;
+mod papercuts;
 mod param;
 mod read;
 mod server;

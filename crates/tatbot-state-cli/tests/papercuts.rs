@@ -1,0 +1,60 @@
+//! Issue #13 point 6: papercuts found by trying the tool as a new user would.
+
+use std::process::{Command, Output, Stdio};
+
+use tatbot_state_testkit::RedisServer;
+
+use crate::util::{ServerDir, bin, bin_for, simulate, stderr};
+
+/// Runs `command` with its stdout on a pipe whose reader is already closed, as
+/// `tatbot-state doctor | head -1` leaves it once `head` has exited.
+fn run_into_closed_pipe(mut command: Command) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    command
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("the test binary runs")
+}
+
+/// Every read subcommand (text and JSON) ends cleanly on a closed stdout: exit 0 as a broken
+/// pipe counts as success, and no panic (it was exit 101 for `doctor` and `server status`).
+#[test]
+fn closed_stdout_never_panics() {
+    let server = RedisServer::start();
+    simulate(&server, "simbot", 1, 2);
+    let dir = ServerDir::new();
+    let dir_text = dir.path().display().to_string();
+    let commands: &[&[&str]] = &[
+        &["status"],
+        &["health"],
+        &["robot"],
+        &["robot", "simbot"],
+        &["sessions"],
+        &["config"],
+        &["doctor"],
+        &["param", "list"],
+        &["history", "--help"],
+        &["--help"],
+        &["--version"],
+    ];
+    for args in commands {
+        for json in [false, true] {
+            let mut command = bin_for(&server);
+            if json {
+                command.arg("--json");
+            }
+            command.args(*args);
+            let output = run_into_closed_pipe(command);
+            let errors = stderr(&output);
+            assert!(!errors.contains("panicked"), "{args:?} (json {json}) panicked: {errors}");
+            assert_eq!(output.status.code(), Some(0), "{args:?} (json {json}): {errors}");
+        }
+    }
+    let mut command = bin();
+    command.args(["-p", &dir.port.to_string(), "server", "status", "--dir", &dir_text]);
+    let output = run_into_closed_pipe(command);
+    assert!(!stderr(&output).contains("panicked"), "server status: {}", stderr(&output));
+    assert_ne!(output.status.code(), Some(101), "server status: {}", stderr(&output));
+}
