@@ -30,6 +30,7 @@ mod ctx;
 mod exit;
 mod signal;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -58,6 +59,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Colours only for a person at a terminal: never when stderr is a file, a pipe or a journal
+/// (escape codes there are noise), and never when `NO_COLOR` is set to anything non-empty
+/// (<https://no-color.org>).
+fn log_colors(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
 /// Logs go to stderr (stdout is data), `warn` by default, `RUST_LOG` or `-v` to see more.
 fn install_logging(verbose: u8) {
     let default = match verbose {
@@ -70,7 +78,22 @@ fn install_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colors(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Colours need a terminal, and `NO_COLOR` (non-empty) turns them off even there.
+    #[test]
+    fn log_colors_need_a_terminal_and_honour_no_color() {
+        assert!(log_colors(true, None));
+        assert!(log_colors(true, Some("".into())));
+        assert!(!log_colors(true, Some("1".into())));
+        assert!(!log_colors(false, None));
+    }
 }

@@ -58,3 +58,12 @@ fn closed_stdout_never_panics() {
     assert!(!stderr(&output).contains("panicked"), "server status: {}", stderr(&output));
     assert_ne!(output.status.code(), Some(101), "server status: {}", stderr(&output));
 }
+
+/// Logs carry no ANSI escape codes when stderr is not a terminal (here a pipe).
+#[test]
+fn logs_have_no_colors_off_a_terminal() {
+    let output = crate::util::run(bin(), &["-p", &crate::util::dead_port().to_string(), "-vv", "status"]);
+    let errors = stderr(&output);
+    assert!(errors.contains("DEBUG"), "{errors}");
+    assert!(!errors.contains('\x1b'), "{errors:?}");
+}
