@@ -67,3 +67,20 @@ fn logs_have_no_colors_off_a_terminal() {
     assert!(errors.contains("DEBUG"), "{errors}");
     assert!(!errors.contains('\x1b'), "{errors:?}");
 }
+
+/// A heartbeat agent stopped with SIGTERM marks its node offline at once (it used to show
+/// online for up to 60 s); the node stays known.
+#[test]
+fn heartbeat_stopped_by_sigterm_goes_offline_at_once() {
+    let server = RedisServer::start();
+    let mut agent = crate::util::spawn(bin_for(&server), &["--node-id", "beater", "heartbeat", "--interval", "1"]);
+    crate::util::wait_until("the first heartbeat", || {
+        server.command(&["EXISTS", "node:health:beater"]).unwrap() == ":1\r\n"
+    });
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.pid()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(agent.wait().success());
+    assert_eq!(server.command(&["EXISTS", "node:health:beater"]).unwrap(), ":0\r\n");
+    let known = server.command(&["ZSCORE", "tatbot:nodes", "beater"]).unwrap();
+    assert!(known.starts_with('$') && !known.starts_with("$-1"), "{known}");
+}

@@ -732,6 +732,23 @@ impl StateManager {
         Ok(())
     }
 
+    /// Deletes this manager's own heartbeat, so that its node shows offline at once instead of
+    /// when the TTL runs out; the node registry keeps it as a known node. A heartbeat agent
+    /// that stops on purpose calls this; one that is killed still expires by TTL.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure.
+    pub async fn remove_node_health(&self) -> Result<()> {
+        let key = keys::health(self.node_id());
+        let _: i64 = self
+            .connection()
+            .del(&key)
+            .await
+            .map_err(|err| self.redis_error("remove_node_health", err))?;
+        Ok(())
+    }
+
     /// One node's last heartbeat, or `None` when it has expired or never came.
     ///
     /// # Errors
