@@ -84,3 +84,19 @@ fn heartbeat_stopped_by_sigterm_goes_offline_at_once() {
     let known = server.command(&["ZSCORE", "tatbot:nodes", "beater"]).unwrap();
     assert!(known.starts_with('$') && !known.starts_with("$-1"), "{known}");
 }
+
+/// `viz --bind localhost:PORT` resolves the host name and serves; a port already taken gets
+/// a hint naming the way out instead of a bare "Address already in use".
+#[test]
+fn viz_binds_host_names_and_explains_a_taken_port() {
+    let server = RedisServer::start();
+    let mut viz = crate::util::spawn(bin_for(&server), &["viz", "--bind", "localhost:0"]);
+    let url = viz.stdout.next();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let taken = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let output = crate::util::run(bin_for(&server), &["mcp", "--transport", "http", "--bind", &taken]);
+    crate::util::assert_code(&output, 1);
+    let errors = stderr(&output);
+    assert!(errors.contains("the address is already in use"), "{errors}");
+    assert!(errors.contains("pass another port"), "{errors}");
+}

@@ -21,7 +21,6 @@ use anyhow::Context as _;
 use tatbot_state::http::ServeConfig;
 use tatbot_state::{CancellationToken, Endpoint};
 use tatbot_state_mcp::{ConfigDescription, HttpOptions, MCP_PATH};
-use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::ctx::GlobalArgs;
@@ -48,8 +47,8 @@ pub struct Args {
     /// How clients connect
     #[arg(long, value_enum, default_value_t = Transport::Stdio)]
     pub transport: Transport,
-    /// Address to serve HTTP on; a non-loopback address requires --token
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    /// Address (or host name) and port to serve HTTP on; a non-loopback address requires --token
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8000", value_parser = crate::ctx::parse_bind)]
     pub bind: SocketAddr,
     /// Bearer token every HTTP request must carry, required off loopback (prefer TATBOT_MCP_TOKEN:
     /// flags show up in `ps`)
@@ -95,9 +94,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
 
     let listener = match args.transport {
         Transport::Http => Some(
-            TcpListener::bind(args.bind)
-                .await
-                .with_context(|| format!("binding {}", args.bind))?,
+            crate::ctx::bind_listener(args.bind, "MCP server").await?,
         ),
         Transport::Stdio => None,
     };
