@@ -1,7 +1,9 @@
 //! `tatbot-state mcp`: serve read-only state resources over MCP (stdio or streamable HTTP).
 //!
 //! The server itself is the `tatbot-state-mcp` crate; this module validates the flags, connects,
-//! runs this node's heartbeat (marked as serving MCP) beside it, and stops both on Ctrl-C or
+//! runs this node's heartbeat (marked as serving MCP) beside it when serving HTTP, or on stdio
+//! when asked with `--heartbeat` (an assistant that launches the stdio server for a chat is not a
+//! node of the fleet, so by default it adds none), and stops both on Ctrl-C or
 //! SIGTERM. On stdio, stdout carries the protocol: everything else, the announcement included,
 //! goes to stderr.
 //!
@@ -58,8 +60,11 @@ pub struct Args {
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
     /// Send no heartbeat for this node (the process then writes nothing at all)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "heartbeat")]
     pub no_heartbeat: bool,
+    /// Send this node's heartbeat on stdio too (HTTP sends it unless --no-heartbeat)
+    #[arg(long)]
+    pub heartbeat: bool,
     /// Seconds between heartbeats (the key expires 60 s after the last one)
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=59))]
     pub heartbeat_interval: u64,
@@ -106,10 +111,14 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let viewer = target.username.value.as_deref() == Some(VIEWER_USER);
-    if viewer && !args.no_heartbeat {
+    let wants_heartbeat = match args.transport {
+        Transport::Http => !args.no_heartbeat,
+        Transport::Stdio => args.heartbeat,
+    };
+    if viewer && wants_heartbeat {
         tracing::info!("connected as the read-only {VIEWER_USER} role: no heartbeat for this node");
     }
-    if !args.no_heartbeat && !viewer {
+    if wants_heartbeat && !viewer {
         let writer = global.manager_for(Endpoint::from(&target)).await?;
         tracker.spawn(tatbot_state_mcp::run_heartbeat(
             writer,
