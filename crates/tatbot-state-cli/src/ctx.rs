@@ -142,7 +142,10 @@ pub fn parse_bind(text: &str) -> Result<std::net::SocketAddr, String> {
         return Ok(address);
     }
     let hint = "use ADDR:PORT or HOST:PORT, such as 127.0.0.1:8080 or localhost:8080";
-    if text.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
         return Err(format!("{text:?} has no port; {hint}"));
     }
     let addresses: Vec<std::net::SocketAddr> = text
@@ -187,6 +190,10 @@ mod bind_tests {
         assert_eq!(parse_bind("[::1]:80").unwrap().to_string(), "[::1]:80");
         assert_eq!(parse_bind("localhost:8080").unwrap().to_string(), "127.0.0.1:8080");
         assert!(parse_bind("localhost").unwrap_err().contains("has no port"));
-        assert!(parse_bind("no-such-host.invalid:80").unwrap_err().starts_with("cannot resolve"));
+        assert!(
+            parse_bind("no-such-host.invalid:80")
+                .unwrap_err()
+                .starts_with("cannot resolve")
+        );
     }
 }

@@ -78,7 +78,10 @@ fn install_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(log_colors(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
+        .with_ansi(log_colors(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

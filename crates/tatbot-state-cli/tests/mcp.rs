@@ -269,7 +269,10 @@ async fn stdio_sends_no_heartbeat_unless_asked() {
     let (text, _) = read(&client, "state://nodes").await;
     assert!(!text.contains("mcpnode"), "{text}");
     stop_stdio(client, pid).await;
-    assert_eq!(redis.command(&["ZSCORE", "tatbot:nodes", "mcpnode"]).unwrap(), "$-1\r\n");
+    assert_eq!(
+        redis.command(&["ZSCORE", "tatbot:nodes", "mcpnode"]).unwrap(),
+        "$-1\r\n"
+    );
     assert_eq!(redis.command(&["EXISTS", "node:health:mcpnode"]).unwrap(), ":0\r\n");
 }
 

@@ -48,14 +48,21 @@ fn closed_stdout_never_panics() {
             command.args(*args);
             let output = run_into_closed_pipe(command);
             let errors = stderr(&output);
-            assert!(!errors.contains("panicked"), "{args:?} (json {json}) panicked: {errors}");
+            assert!(
+                !errors.contains("panicked"),
+                "{args:?} (json {json}) panicked: {errors}"
+            );
             assert_eq!(output.status.code(), Some(0), "{args:?} (json {json}): {errors}");
         }
     }
     let mut command = bin();
     command.args(["-p", &dir.port.to_string(), "server", "status", "--dir", &dir_text]);
     let output = run_into_closed_pipe(command);
-    assert!(!stderr(&output).contains("panicked"), "server status: {}", stderr(&output));
+    assert!(
+        !stderr(&output).contains("panicked"),
+        "server status: {}",
+        stderr(&output)
+    );
     assert_ne!(output.status.code(), Some(101), "server status: {}", stderr(&output));
 }
 
@@ -73,7 +80,10 @@ fn logs_have_no_colors_off_a_terminal() {
 #[test]
 fn heartbeat_stopped_by_sigterm_goes_offline_at_once() {
     let server = RedisServer::start();
-    let mut agent = crate::util::spawn(bin_for(&server), &["--node-id", "beater", "heartbeat", "--interval", "1"]);
+    let mut agent = crate::util::spawn(
+        bin_for(&server),
+        &["--node-id", "beater", "heartbeat", "--interval", "1"],
+    );
     crate::util::wait_until("the first heartbeat", || {
         server.command(&["EXISTS", "node:health:beater"]).unwrap() == ":1\r\n"
     });
@@ -90,7 +100,7 @@ fn heartbeat_stopped_by_sigterm_goes_offline_at_once() {
 #[test]
 fn viz_binds_host_names_and_explains_a_taken_port() {
     let server = RedisServer::start();
-    let mut viz = crate::util::spawn(bin_for(&server), &["viz", "--bind", "localhost:0"]);
+    let viz = crate::util::spawn(bin_for(&server), &["viz", "--bind", "localhost:0"]);
     let url = viz.stdout.next();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let taken = url.trim_start_matches("http://").trim_end_matches('/').to_owned();

@@ -474,12 +474,19 @@ fn robot_shows_the_simulated_robot() {
     let output = run(bin_for(&server), &["robot", "simbot"]);
     assert_code(&output, 0);
     let text = stdout(&output);
-    assert!(text.contains("Pose: ready") && text.contains("Left Arm: connected"), "{text}");
+    assert!(
+        text.contains("Pose: ready") && text.contains("Left Arm: connected"),
+        "{text}"
+    );
     let robot = json(&run(bin_for(&server), &["--json", "robot", "simbot"]));
     assert_eq!(robot["node_id"], "simbot");
     assert_eq!(robot["is_connected_r"], true);
 
     let output = run(bin_for(&server), &["robot", "nobody"]);
     assert_code(&output, 5);
-    assert!(stderr(&output).contains("list robots with `tatbot-state robot`"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("list robots with `tatbot-state robot`"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -284,7 +284,17 @@ fn browser_shows_robot_state_and_its_change() {
     let mut simulate = Running::spawn({
         let mut command = bin_for(&server);
         // 3 × 10 poses at 10 Hz: three seconds executing, longer than the 1 s poll.
-        let args = ["--node-id", "hog", "simulate", "--hz", "10", "--strokes", "3", "--stroke-length", "10"];
+        let args = [
+            "--node-id",
+            "hog",
+            "simulate",
+            "--hz",
+            "10",
+            "--strokes",
+            "3",
+            "--stroke-length",
+            "10",
+        ];
         command.args(args);
         command
     });
@@ -295,7 +305,11 @@ fn browser_shows_robot_state_and_its_change() {
     );
     browser.screenshot(&artifact("viz-robot.png"));
     assert!(simulate.wait_success(), "simulate failed");
-    wait_in_page(&browser, "the robot ready", &shown("hog | connected | connected | ready"));
+    wait_in_page(
+        &browser,
+        "the robot ready",
+        &shown("hog | connected | connected | ready"),
+    );
     let count = browser.eval("return document.getElementById('robot-count').textContent");
     assert_eq!(count, "1 stored");
 

@@ -265,13 +265,19 @@ async fn robot_resources_show_and_notify() {
     robot.current_pose = "ready".to_owned();
     robot.joints_l = Some(vec![0.5, -1.25]);
     node.update_robot_state(&robot).await.unwrap();
-    redis.command(&["HSET", "robot:state:broken", "state", "{nope"]).unwrap();
+    redis
+        .command(&["HSET", "robot:state:broken", "state", "{nope"])
+        .unwrap();
     let (pipe, _stop) = serve(&redis).await;
     let (tx, mut rx) = mpsc::channel(64);
     let client = Updates(tx).serve(pipe).await.unwrap();
 
     let templates = client.list_all_resource_templates().await.unwrap();
-    assert!(templates.iter().any(|template| template.uri_template == "state://robot/{node_id}"));
+    assert!(
+        templates
+            .iter()
+            .any(|template| template.uri_template == "state://robot/{node_id}")
+    );
     let resources = client.list_all_resources().await.unwrap();
     assert!(resources.iter().any(|resource| resource.uri == "state://robot"));
 
@@ -281,9 +287,15 @@ async fn robot_resources_show_and_notify() {
     assert!(text.contains("[0.50, -1.25]"), "{text}");
     assert!(text.contains("Corrupt Entries: 1\n  robot:state:broken: "), "{text}");
     let text = read_text(&client, "state://robot/hog").await;
-    assert!(text.contains("Pose: ready\nLeft Arm: disconnected\n  Joints: [0.50, -1.25]"), "{text}");
+    assert!(
+        text.contains("Pose: ready\nLeft Arm: disconnected\n  Joints: [0.50, -1.25]"),
+        "{text}"
+    );
 
-    client.subscribe(SubscribeRequestParams::new("state://robot/hog")).await.unwrap();
+    client
+        .subscribe(SubscribeRequestParams::new("state://robot/hog"))
+        .await
+        .unwrap();
     robot.current_pose = "drawing".to_owned();
     node.update_robot_state(&robot).await.unwrap();
     let updated = tokio::time::timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
@@ -294,6 +306,9 @@ async fn robot_resources_show_and_notify() {
         .read_resource(ReadResourceRequestParams::new("state://robot/nobody"))
         .await
         .unwrap_err();
-    assert!(missing.to_string().contains("no robot state from node nobody"), "{missing}");
+    assert!(
+        missing.to_string().contains("no robot state from node nobody"),
+        "{missing}"
+    );
     client.cancel().await.unwrap();
 }

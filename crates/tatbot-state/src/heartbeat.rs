@@ -230,8 +230,12 @@ pub async fn run(manager: StateManager, options: HeartbeatOptions, shutdown: Can
     // Bounded: a paused Redis must not hold the exit; the TTL is the fallback.
     match tokio::time::timeout(OFFLINE_DEADLINE, manager.remove_node_health()).await {
         Ok(Ok(())) => tracing::info!(node_id = %manager.node_id(), "heartbeat agent stopped; node marked offline"),
-        Ok(Err(err)) => tracing::warn!(error = %err, "heartbeat agent stopped; could not mark the node offline, its heartbeat expires by TTL"),
-        Err(_) => tracing::warn!(deadline = ?OFFLINE_DEADLINE, "heartbeat agent stopped; marking the node offline timed out, its heartbeat expires by TTL"),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "heartbeat agent stopped; could not mark the node offline, its heartbeat expires by TTL")
+        }
+        Err(_) => {
+            tracing::warn!(deadline = ?OFFLINE_DEADLINE, "heartbeat agent stopped; marking the node offline timed out, its heartbeat expires by TTL")
+        }
     }
 }
 

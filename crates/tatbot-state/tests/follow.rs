@@ -567,12 +567,18 @@ async fn robot_states_are_followed() {
             .and_then(|view| view.robots.get("hog"))
             .map(|robot| robot.current_pose.clone())
     };
-    wait_for(&seen, "the robot in the snapshot", |seen| pose(seen).as_deref() == Some("ready")).await;
+    wait_for(&seen, "the robot in the snapshot", |seen| {
+        pose(seen).as_deref() == Some("ready")
+    })
+    .await;
     assert!(corrupt_keys(&seen.lock().unwrap()).contains(&"robot:state:bad".to_owned()));
     robot.current_pose = "drawing".to_owned();
     robot.is_connected_l = true;
     state.update_robot_state(&robot).await.unwrap();
-    wait_for(&seen, "the robot's change", |seen| pose(seen).as_deref() == Some("drawing")).await;
+    wait_for(&seen, "the robot's change", |seen| {
+        pose(seen).as_deref() == Some("drawing")
+    })
+    .await;
     let () = redis.del("robot:state:hog").await.unwrap();
     wait_for(&seen, "the robot's removal", |seen| {
         seen.view.as_ref().is_some_and(|view| view.robots.is_empty())

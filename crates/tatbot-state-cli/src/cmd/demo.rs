@@ -266,7 +266,9 @@ fn print_intro(endpoint: &Endpoint, private: Option<&PrivateServer>, plan: &Plan
     )?;
     crate::outln!(
         "  plan       {} strokes x {} poses {pace}, an error every {} strokes",
-        plan.strokes, plan.stroke_length, plan.error_every
+        plan.strokes,
+        plan.stroke_length,
+        plan.error_every
     )?;
     crate::outln!("Watch from another terminal:")?;
     crate::outln!("  redis-cli {host}-p {port} {auth}psubscribe 'stroke:events:*'")?;

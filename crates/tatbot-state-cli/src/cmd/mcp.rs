@@ -98,9 +98,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let reader = global.manager_for(Endpoint::from(&target)).await?;
 
     let listener = match args.transport {
-        Transport::Http => Some(
-            crate::ctx::bind_listener(args.bind, "MCP server").await?,
-        ),
+        Transport::Http => Some(crate::ctx::bind_listener(args.bind, "MCP server").await?),
         Transport::Stdio => None,
     };
     let mcp_port = match &listener {

@@ -372,7 +372,9 @@ fn draw_robots(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
         })
         .collect();
     let rows = if rows.is_empty() {
-        vec![Row::new(vec![Cell::from("none").style(Style::default().fg(Color::DarkGray))])]
+        vec![Row::new(vec![
+            Cell::from("none").style(Style::default().fg(Color::DarkGray)),
+        ])]
     } else {
         rows
     };
