@@ -13,6 +13,7 @@ use tatbot_state::{Endpoint, ManagerConfig, NodeId, StateManager};
 
 /// Flags shared by every subcommand, in redis-cli style (`-h` is the host; help is `--help`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global Options")]
 pub struct GlobalArgs {
     /// Redis host name or IP [default: from config, else 127.0.0.1]
     #[arg(short = 'h', long, global = true)]

@@ -33,12 +33,17 @@ mod signal;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches as _;
 
 use crate::cmd::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed from the command with the examples added, so that `--help` shows them.
+    let matches = cmd::examples::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     install_logging(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,

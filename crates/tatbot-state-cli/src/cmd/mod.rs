@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod doctor;
 mod events;
+pub mod examples;
 mod health;
 mod heartbeat;
 mod history;

@@ -18,10 +18,6 @@ use crate::exit;
 
 /// Flags of `robot`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
-  tatbot-state robot              table of every robot
-  tatbot-state robot hog          one robot's connection, pose and joints
-  tatbot-state robot hog --json   the stored document as JSON")]
 pub struct Args {
     /// Show this node's robot only [default: a table of all robots]
     pub node: Option<String>,
