@@ -12,6 +12,7 @@ use tatbot_state::{Endpoint, ManagerConfig, NodeId, StateManager};
 
 /// Flags shared by every subcommand, in redis-cli style (`-h` is the host; help is `--help`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global Options")]
 pub struct GlobalArgs {
     /// Redis host name or IP [default: from config, else 127.0.0.1]
     #[arg(short = 'h', long, global = true)]
@@ -150,4 +151,75 @@ pub fn hostname_node_id() -> NodeId {
     // A cleaned, non-empty, truncated name always validates; "node" is the fallback for an
     // empty host name.
     NodeId::new(cleaned).unwrap_or_else(|_| NodeId::new("node").expect("\"node\" is a valid id"))
+}
+
+/// Parses a `--bind` value: an `ADDR:PORT` such as `127.0.0.1:8080` or `[::1]:8080`, or a
+/// `HOST:PORT` such as `localhost:8080`, resolved now. A host with several addresses binds the
+/// first IPv4 one (`localhost` is `127.0.0.1` rather than `::1`, which is what a browser
+/// opening `http://localhost:8080/` tries first as well when both answer).
+///
+/// # Errors
+///
+/// A one-line message with an example when the text is not `HOST:PORT` or the host does not
+/// resolve.
+pub fn parse_bind(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let hint = "use ADDR:PORT or HOST:PORT, such as 127.0.0.1:8080 or localhost:8080";
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(format!("{text:?} has no port; {hint}"));
+    }
+    let addresses: Vec<std::net::SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {text:?}: {err}; {hint}"))?
+        .collect();
+    addresses
+        .iter()
+        .find(|address| address.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address; {hint}"))
+}
+
+/// Binds a listener on `address`, turning "address already in use" into a message that says
+/// what to do about it.
+///
+/// # Errors
+///
+/// The bind failed; the message names the address and, when it is taken, how to find who
+/// holds it and how to pick another port.
+pub async fn bind_listener(address: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Ok(listener),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::Error::new(err).context(format!(
+            "cannot serve the {what} on {address}: the address is already in use; find who holds it with `ss -ltnp 'sport = :{port}'` or pass another port (--bind {ip}:0 picks a free one)",
+            port = address.port(),
+            ip = address.ip(),
+        ))),
+        Err(err) => Err(anyhow::Error::new(err).context(format!("listening on {address}"))),
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    /// Addresses parse as they are, host names resolve, and a missing port is refused.
+    #[test]
+    fn bind_accepts_host_names() {
+        assert_eq!(parse_bind("127.0.0.1:8080").unwrap().to_string(), "127.0.0.1:8080");
+        assert_eq!(parse_bind("[::1]:80").unwrap().to_string(), "[::1]:80");
+        assert_eq!(parse_bind("localhost:8080").unwrap().to_string(), "127.0.0.1:8080");
+        assert!(parse_bind("localhost").unwrap_err().contains("has no port"));
+        assert!(
+            parse_bind("no-such-host.invalid:80")
+                .unwrap_err()
+                .starts_with("cannot resolve")
+        );
+    }
 }

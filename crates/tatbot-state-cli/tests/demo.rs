@@ -51,7 +51,8 @@ fn fast_demo_checks_out_and_cleans_up() {
     assert!(processes_in(&dir).is_empty());
 }
 
-/// `demo --redis URL` runs on the given server, starts none of its own, and leaves its state there.
+/// `demo --redis URL` runs on the given server, starts none of its own, and leaves its state
+/// there, its nodes known but offline.
 #[test]
 fn demo_on_a_given_redis() {
     let server = RedisServer::builder().password("s3cret").start();
@@ -61,10 +62,16 @@ fn demo_on_a_given_redis() {
     assert!(text.contains("all checks passed"), "{text}");
     assert!(!text.contains("temp dir"), "{text}");
     assert!(text.contains(&format!("-p {} -a PASSWORD", server.port())), "{text}");
+    // Its nodes stay known, and went offline when the demo stopped their heartbeats
+    // (issue #13 point 6: a stopped agent does not linger online for the TTL).
+    for node in ["demo-robot", "demo-viz"] {
+        let score = server.command(&["ZSCORE", "tatbot:nodes", node]).expect("ZSCORE");
+        assert!(score.starts_with('$') && !score.starts_with("$-1"), "{node}: {score}");
+    }
     let reply = server
         .command(&["EXISTS", "node:health:demo-robot", "node:health:demo-viz"])
         .expect("EXISTS");
-    assert_eq!(reply, ":2\r\n");
+    assert_eq!(reply, ":0\r\n");
 }
 
 /// SIGINT in the middle of a run stops the nodes and the private server and removes the temp dir.

@@ -47,7 +47,7 @@ async fn stdio_lists_and_reads_every_resource() {
         )
         .await
         .unwrap();
-    let (client, pid) = stdio_client((), &redis, &[]).await;
+    let (client, pid) = stdio_client((), &redis, &["--heartbeat"]).await;
 
     let resources = client.list_all_resources().await.unwrap();
     let mut uris: Vec<&str> = resources.iter().map(|resource| resource.uri.as_str()).collect();
@@ -59,6 +59,7 @@ async fn stdio_lists_and_reads_every_resource() {
             "state://errors",
             "state://nodes",
             "state://params",
+            "state://robot",
             "state://sessions",
             "state://status",
             "state://stroke/progress"
@@ -74,6 +75,7 @@ async fn stdio_lists_and_reads_every_resource() {
         [
             "state://stroke/progress/{session_id}",
             "state://health/{node_id}",
+            "state://robot/{node_id}",
             "state://params/{name}"
         ]
     );
@@ -254,6 +256,24 @@ async fn stdio_subscription_notifies_when_a_parameter_is_set() {
         "{text}"
     );
     stop_stdio(client, pid).await;
+}
+
+/// Issue #13 point 6: the stdio server an assistant launches adds no node unless asked with
+/// `--heartbeat`: after it served reads and stopped, the node was never registered.
+#[tokio::test]
+async fn stdio_sends_no_heartbeat_unless_asked() {
+    let redis = RedisServer::start();
+    let (client, pid) = stdio_client((), &redis, &[]).await;
+    let (text, _) = read(&client, "state://status").await;
+    assert!(text.contains("Redis Connected: true"), "{text}");
+    let (text, _) = read(&client, "state://nodes").await;
+    assert!(!text.contains("mcpnode"), "{text}");
+    stop_stdio(client, pid).await;
+    assert_eq!(
+        redis.command(&["ZSCORE", "tatbot:nodes", "mcpnode"]).unwrap(),
+        "$-1\r\n"
+    );
+    assert_eq!(redis.command(&["EXISTS", "node:health:mcpnode"]).unwrap(), ":0\r\n");
 }
 
 /// Invalid ids in a template are an MCP error that says why (and reach no Redis pattern), and

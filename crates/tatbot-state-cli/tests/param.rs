@@ -446,3 +446,26 @@ fn list_reports_a_corrupt_parameter() {
     assert_eq!(corrupt.len(), 1);
     assert_eq!(corrupt[0]["name"], "arms.offset_num");
 }
+
+/// Issue #13 point 6: `param dump arms > f; param load f` is the identity (nothing changes),
+/// and `param load --prefix arms f` on that file is refused instead of creating `arms.arms.*`.
+#[test]
+fn dump_then_load_is_the_identity_and_a_double_prefix_is_refused() {
+    let (server, dir) = loaded();
+    let dump = run(param(&server), &["param", "dump", "arms"]);
+    assert_code(&dump, 0);
+    let dumped = file(&dir, "dumped.yaml", &stdout(&dump));
+    let reload = run(param(&server), &["--json", "param", "load", &dumped]);
+    assert_code(&reload, 0);
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&reload)).unwrap();
+    assert_eq!(plan["changes"], serde_json::json!([]), "{plan}");
+    assert_eq!(stdout(&run(param(&server), &["param", "dump", "arms"])), stdout(&dump));
+
+    let doubled = run(param(&server), &["param", "load", &dumped, "--prefix", "arms"]);
+    assert_code(&doubled, 2);
+    let errors = stderr(&doubled);
+    assert!(errors.contains("already under arms"), "{errors}");
+    assert!(errors.contains("load it without --prefix"), "{errors}");
+    let list = stdout(&run(param(&server), &["param", "list"]));
+    assert!(!list.contains("arms.arms."), "{list}");
+}

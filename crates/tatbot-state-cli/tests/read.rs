@@ -458,3 +458,52 @@ fn starts_with_time(line: &str) -> bool {
         })
         && bytes[12] == b' '
 }
+
+/// Issue #13 point 3: `robot` shows the simulated robot in a table, alone and as JSON; a
+/// corrupt state is a row with its error and an unknown node exits 5 with a hint.
+#[test]
+fn robot_shows_the_simulated_robot() {
+    let server = RedisServer::start();
+    simulate(&server, "simbot", 1, 1);
+    server
+        .command(&["HSET", "robot:state:broken", "state", "{nope"])
+        .unwrap();
+    let output = run(bin_for(&server), &["robot"]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    assert!(text.starts_with("NODE  "), "{text}");
+    let row = |node: &str| {
+        text.lines()
+            .find(|line| line.starts_with(node))
+            .unwrap_or_else(|| panic!("no {node} row:\n{text}"))
+            .to_owned()
+    };
+    assert!(row("simbot").contains(" ready "), "{text}");
+    assert!(row("simbot").contains(" up "), "{text}");
+    assert!(row("broken").contains("error: robot:state:broken"), "{text}");
+
+    let robots = json(&run(bin_for(&server), &["--json", "robot"]));
+    let robots = robots.as_array().unwrap();
+    assert_eq!(robots.len(), 2);
+    assert!(robots[0]["error"].is_string());
+    assert_eq!(robots[1]["state"]["current_pose"], "ready");
+
+    let output = run(bin_for(&server), &["robot", "simbot"]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    assert!(
+        text.contains("Pose: ready") && text.contains("Left Arm: connected"),
+        "{text}"
+    );
+    let robot = json(&run(bin_for(&server), &["--json", "robot", "simbot"]));
+    assert_eq!(robot["node_id"], "simbot");
+    assert_eq!(robot["is_connected_r"], true);
+
+    let output = run(bin_for(&server), &["robot", "nobody"]);
+    assert_code(&output, 5);
+    assert!(
+        stderr(&output).contains("list robots with `tatbot-state robot`"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -7,6 +7,7 @@ mod doctor;
 mod errors;
 mod hostile;
 mod mcp;
+mod papercuts;
 mod param;
 mod read;
 mod server;

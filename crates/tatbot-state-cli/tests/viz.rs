@@ -260,6 +260,64 @@ fn browser_shows_parameter_changes() {
     assert!(viz.wait_success(), "viz exits 0 on SIGTERM");
 }
 
+/// Issue #13 point 3: the Robots panel shows the simulated robot's state (arms connected,
+/// pose "executing") while `simulate` runs, and its change to "ready" when it ends.
+#[test]
+fn browser_shows_robot_state_and_its_change() {
+    let server = RedisServer::start();
+    let mut viz = Running::spawn({
+        let mut command = bin_for(&server);
+        command.args(["--node-id", "viz", "viz", "--bind", "127.0.0.1:0"]);
+        command
+    });
+    let url = viz.first_line();
+    let browser = Browser::start(1280, 900);
+    browser.goto(&url);
+    wait_in_page(
+        &browser,
+        "Connected",
+        "return document.getElementById('connection').textContent.startsWith('Connected')",
+    );
+    let row = "const row = document.querySelector('[data-robot=\"hog\"]'); \
+               return row && [...row.children].slice(0, 4).map((cell) => cell.textContent).join(' | ')";
+    let shown = |expected: &str| format!("const shown = (() => {{ {row} }})(); return shown === '{expected}'");
+    let mut simulate = Running::spawn({
+        let mut command = bin_for(&server);
+        // 3 × 10 poses at 10 Hz: three seconds executing, longer than the 1 s poll.
+        let args = [
+            "--node-id",
+            "hog",
+            "simulate",
+            "--hz",
+            "10",
+            "--strokes",
+            "3",
+            "--stroke-length",
+            "10",
+        ];
+        command.args(args);
+        command
+    });
+    wait_in_page(
+        &browser,
+        "the robot executing",
+        &shown("hog | connected | connected | executing"),
+    );
+    browser.screenshot(&artifact("viz-robot.png"));
+    assert!(simulate.wait_success(), "simulate failed");
+    wait_in_page(
+        &browser,
+        "the robot ready",
+        &shown("hog | connected | connected | ready"),
+    );
+    let count = browser.eval("return document.getElementById('robot-count').textContent");
+    assert_eq!(count, "1 stored");
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(viz.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(viz.wait_success(), "viz exits 0 on SIGTERM");
+}
+
 /// A robot session of 3 × 10 poses, retrying each write until Redis answers again; returns
 /// the session id and the ids of its stored history entries.
 fn robot_session(config: ManagerConfig, sent: &AtomicU32) -> (String, Vec<String>) {

@@ -45,5 +45,9 @@ pub async fn run_heartbeat(
             Err(err) => tracing::warn!(error = %err, "heartbeat failed; retrying at the next interval"),
         }
     }
-    tracing::info!(node_id = %manager.node_id(), "heartbeat stopped");
+    // Stopped on purpose: the node goes offline at once rather than after the TTL.
+    match tokio::time::timeout(Duration::from_secs(2), manager.remove_node_health()).await {
+        Ok(Ok(())) => tracing::info!(node_id = %manager.node_id(), "heartbeat stopped; node marked offline"),
+        _ => tracing::info!(node_id = %manager.node_id(), "heartbeat stopped; it expires by TTL"),
+    }
 }

@@ -146,6 +146,7 @@ pub async fn serve_http(
     );
     let app = Router::new()
         .nest_service(MCP_PATH, service)
+        .layer(middleware::from_fn(delete_answers_ok))
         .layer(middleware::from_fn(check_json))
         .layer(middleware::from_fn_with_state(guard, guard_requests))
         .layer(middleware::from_fn(security_headers));
@@ -153,6 +154,20 @@ pub async fn serve_http(
     let served = tatbot_state::http::serve(listener, app, options.serve, shutdown.clone()).await;
     state.stop(STOP_DEADLINE).await;
     Ok(served?)
+}
+
+/// The middleware that turns rmcp's `202 Accepted` for a session `DELETE` into `200 OK`.
+///
+/// The session is closed by the time rmcp answers, so the termination is done, not merely
+/// accepted; and the streamable HTTP transport's clients expect 200 (or 405 when a server does
+/// not allow it): the Python SDK logs "Session termination failed: 202" for anything else.
+async fn delete_answers_ok(request: Request, next: Next) -> Response {
+    let is_delete = request.method() == Method::DELETE;
+    let mut response = next.run(request).await;
+    if is_delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
 }
 
 /// The middleware that answers a POSTed body that is not an MCP message with a JSON-RPC error

@@ -202,6 +202,15 @@ pub fn affected_uris(message: &Message) -> Vec<String> {
     if channel.starts_with(tatbot_state::keys::ERROR_EVENTS_PREFIX) {
         return vec![uri::ERRORS.to_owned()];
     }
+    if channel == tatbot_state::keys::ROBOT_EVENTS {
+        let mut uris = vec![uri::ROBOTS.to_owned()];
+        if let Some(Event::StateUpdate(update)) = message.event.as_ref().ok()
+            && let Ok(node_id) = NodeId::new(update.node_id.as_str())
+        {
+            uris.push(uri::robot_uri(&node_id));
+        }
+        return uris;
+    }
     if !channel.starts_with("stroke:events:") {
         return Vec::new();
     }
@@ -496,7 +505,12 @@ mod tests {
             affected_uris(&message("error:events:hardware", "{}")),
             ["state://errors"]
         );
-        assert!(affected_uris(&message("robot:events", "{}")).is_empty());
+        assert_eq!(affected_uris(&message("robot:events", "{}")), ["state://robot"]);
+        let update = message(
+            "robot:events",
+            r#"{"type": "state_update", "node_id": "hog", "is_connected_l": true, "is_connected_r": true, "current_pose": "ready", "timestamp": "2026-11-25T17:15:37"}"#,
+        );
+        assert_eq!(affected_uris(&update), ["state://robot", "state://robot/hog"]);
     }
 
     /// A subscriber is marked only for what it subscribed to, and a burst coalesces.

@@ -11,7 +11,7 @@
 //! heartbeat, the one write the MCP process makes, runs on a separate manager (see
 //! [`crate::heartbeat`]).
 
-use tatbot_state::model::{ErrorEvent, NodeHealth, StrokeProgress};
+use tatbot_state::model::{ErrorEvent, NodeHealth, RobotState, StrokeProgress};
 use tatbot_state::params::{Prefix, Watch};
 use tatbot_state::{
     Entry, NodeId, Param, ParamName, Params, Result, SessionId, SessionInfo, StateManager, Subscription, SystemStatus,
@@ -67,6 +67,16 @@ impl Reader {
     /// See [`StateManager::get_all_nodes_health`].
     pub async fn get_all_nodes_health(&self) -> Result<Vec<Entry<NodeHealth>>> {
         self.manager.get_all_nodes_health().await
+    }
+
+    /// See [`StateManager::get_robot_state`].
+    pub async fn get_robot_state(&self, node_id: &NodeId) -> Result<Option<RobotState>> {
+        self.manager.get_robot_state(node_id).await
+    }
+
+    /// See [`StateManager::get_all_robot_states`].
+    pub async fn get_all_robot_states(&self) -> Result<Vec<Entry<RobotState>>> {
+        self.manager.get_all_robot_states().await
     }
 
     /// See [`StateManager::known_nodes`].

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use tatbot_state::model::{ErrorEvent, NodeHealth, SessionState, StrokeProgress};
+use tatbot_state::model::{ErrorEvent, NodeHealth, RobotState, SessionState, StrokeProgress};
 use tatbot_state::{Entry, NodeId, Param, ParamType, SessionId, SystemStatus};
 
 /// How many sessions `state://sessions` lists, newest first.
@@ -438,6 +438,64 @@ pub fn param(param: &Param) -> Rendered {
 }
 
 /// Appends the entries that did not decode to `text` and returns them as JSON.
+/// `state://robot/{node_id}`: one robot's connection, pose and joints.
+pub fn robot(state: &RobotState) -> Rendered {
+    let connected = |is_connected: bool| if is_connected { "connected" } else { "disconnected" };
+    let mut text = String::new();
+    let _ = writeln!(text, "Node: {}", shown(&state.node_id));
+    let _ = writeln!(text, "Updated: {}", state.timestamp);
+    let _ = writeln!(text, "Pose: {}", shown(&state.current_pose));
+    let _ = writeln!(text, "Left Arm: {}", connected(state.is_connected_l));
+    let _ = writeln!(text, "  Joints: {}", joints(state.joints_l.as_deref()));
+    let _ = writeln!(text, "  Velocities: {}", joints(state.velocities_l.as_deref()));
+    let _ = writeln!(text, "Right Arm: {}", connected(state.is_connected_r));
+    let _ = writeln!(text, "  Joints: {}", joints(state.joints_r.as_deref()));
+    let _ = writeln!(text, "  Velocities: {}", joints(state.velocities_r.as_deref()));
+    let _ = writeln!(
+        text,
+        "Goal Times: slow {}s, fast {}s",
+        state.goal_time_slow, state.goal_time_fast
+    );
+    Rendered {
+        text,
+        json: to_value(state),
+    }
+}
+
+/// `state://robot`: every stored robot state, with the corrupt ones listed apart.
+pub fn robots(entries: Vec<Entry<RobotState>>) -> Rendered {
+    let (mut robots, corrupt): (Vec<_>, Vec<_>) = entries.into_iter().partition(|entry| entry.value.is_ok());
+    robots.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut text = format!("Robots: {}\n", robots.len());
+    let mut rows = Vec::with_capacity(robots.len());
+    let mut listed = Vec::with_capacity(robots.len());
+    for entry in &robots {
+        let Ok(state) = &entry.value else { continue };
+        let arm = |is_connected: bool| if is_connected { "up" } else { "down" }.to_owned();
+        rows.push(vec![
+            entry.id.clone(),
+            state.current_pose.clone(),
+            arm(state.is_connected_l),
+            arm(state.is_connected_r),
+            state.timestamp.to_string(),
+            joints(state.joints_l.as_deref()),
+            joints(state.joints_r.as_deref()),
+        ]);
+        listed.push(json!({"node_id": entry.id, "state": state}));
+    }
+    if !rows.is_empty() {
+        text.push_str(&table(
+            &["NODE", "POSE", "LEFT", "RIGHT", "UPDATED", "JOINTS L", "JOINTS R"],
+            &rows,
+        ));
+    }
+    let corrupt = corrupt_list(&corrupt, &mut text);
+    Rendered {
+        text,
+        json: json!({"robots": listed, "corrupt": corrupt}),
+    }
+}
+
 fn corrupt_list<T>(corrupt: &[Entry<T>], text: &mut String) -> Vec<Value> {
     if !corrupt.is_empty() {
         let _ = writeln!(text, "Corrupt Entries: {}", corrupt.len());
@@ -458,7 +516,7 @@ fn to_value<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-use tatbot_state::text::{percent, position, shown, table};
+use tatbot_state::text::{joints, percent, position, shown, table};
 
 #[cfg(test)]
 mod tests {

@@ -232,6 +232,19 @@ impl ServerState {
                     tokio::try_join!(reader.get_all_nodes_health(), reader.known_nodes()).map_err(error)?;
                 render::nodes(live, known)
             }
+            Resource::Robots => render::robots(reader.get_all_robot_states().await.map_err(error)?),
+            Resource::Robot(node_id) => match reader.get_robot_state(node_id).await.map_err(error)? {
+                Some(state) => render::robot(&state),
+                None => {
+                    return Err(McpError::resource_not_found(
+                        format!(
+                            "no robot state from node {node_id}: its robot never wrote one; read {} for the stored ones",
+                            uri::ROBOTS
+                        ),
+                        Some(json!({"uri": resource.uri()})),
+                    ));
+                }
+            },
             Resource::Config => render::config(&self.config),
             Resource::Errors => render::errors(reader.list_errors(render::MAX_LISTED_ERRORS).await.map_err(error)?),
             Resource::Params => render::params(reader.list_params(&Prefix::all()).await.map_err(error)?),
@@ -413,6 +426,12 @@ impl ServerHandler for StateServer {
                 "Every known node: online or not, and its last heartbeat.",
             ),
             resource(
+                uri::ROBOTS,
+                "robots",
+                "Robots",
+                "Every robot's state snapshot: arms connected, current pose, joints, when it was written.",
+            ),
+            resource(
                 uri::CONFIG,
                 "config",
                 "Redis configuration",
@@ -448,6 +467,11 @@ impl ServerHandler for StateServer {
                 .with_title("Node health")
                 .with_description(format!(
                     "One node's last heartbeat, or that it is offline. {BOTH_FORMS}"
+                )),
+            ResourceTemplate::new(uri::ROBOT_TEMPLATE, "robot")
+                .with_title("Robot state")
+                .with_description(format!(
+                    "One node's robot state: arms connected, current pose, joint positions and velocities. {BOTH_FORMS}"
                 )),
             ResourceTemplate::new(uri::PARAM_TEMPLATE, "param")
                 .with_title("Parameter")

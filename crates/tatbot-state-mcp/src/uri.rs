@@ -1,4 +1,4 @@
-//! The resource URIs: the fixed ones, the three templates, and parsing a URI into a [`Resource`].
+//! The resource URIs: the fixed ones, the four templates, and parsing a URI into a [`Resource`].
 //!
 //! Every URI a client sends goes through [`parse`] before anything reaches Redis. Template
 //! parameters are percent-decoded and then validated as a [`NodeId`] or [`SessionId`], whose
@@ -30,6 +30,10 @@ pub const HEALTH_TEMPLATE: &str = "state://health/{node_id}";
 pub const PARAMS: &str = "state://params";
 /// Template of one parameter with its declaration.
 pub const PARAM_TEMPLATE: &str = "state://params/{name}";
+/// Every robot's state snapshot.
+pub const ROBOTS: &str = "state://robot";
+/// Template of one node's robot state.
+pub const ROBOT_TEMPLATE: &str = "state://robot/{node_id}";
 
 /// What [`PROGRESS_TEMPLATE`] expands to, up to the session id.
 const PROGRESS_PREFIX: &str = "state://stroke/progress/";
@@ -37,6 +41,8 @@ const PROGRESS_PREFIX: &str = "state://stroke/progress/";
 const HEALTH_PREFIX: &str = "state://health/";
 /// What [`PARAM_TEMPLATE`] expands to, up to the parameter name.
 const PARAM_PREFIX: &str = "state://params/";
+/// What [`ROBOT_TEMPLATE`] expands to, up to the node id.
+const ROBOT_PREFIX: &str = "state://robot/";
 
 /// A resource this server can read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +67,10 @@ pub enum Resource {
     Params,
     /// One parameter ([`PARAM_TEMPLATE`]).
     Param(ParamName),
+    /// [`ROBOTS`].
+    Robots,
+    /// One node's robot state ([`ROBOT_TEMPLATE`]).
+    Robot(NodeId),
 }
 
 /// Why a URI names no resource.
@@ -95,6 +105,8 @@ impl Resource {
             Resource::Errors => ERRORS.to_owned(),
             Resource::Params => PARAMS.to_owned(),
             Resource::Param(name) => param_uri(name),
+            Resource::Robots => ROBOTS.to_owned(),
+            Resource::Robot(node_id) => robot_uri(node_id),
         }
     }
 }
@@ -107,6 +119,11 @@ pub fn progress_uri(session_id: &SessionId) -> String {
 /// `state://health/{node_id}`.
 pub fn health_uri(node_id: &NodeId) -> String {
     format!("{HEALTH_PREFIX}{node_id}")
+}
+
+/// `state://robot/{node_id}`.
+pub fn robot_uri(node_id: &NodeId) -> String {
+    format!("{ROBOT_PREFIX}{node_id}")
 }
 
 /// `state://params/{name}`.
@@ -139,6 +156,7 @@ pub fn parse(uri: &str) -> Result<Resource, UriError> {
         CONFIG => Some(Resource::Config),
         ERRORS => Some(Resource::Errors),
         PARAMS => Some(Resource::Params),
+        ROBOTS => Some(Resource::Robots),
         _ => None,
     };
     if let Some(resource) = fixed {
@@ -155,6 +173,9 @@ pub fn parse(uri: &str) -> Result<Resource, UriError> {
     }
     if let Some(raw) = uri.strip_prefix(HEALTH_PREFIX) {
         return NodeId::new(percent_decode(raw)).map(Resource::Health).map_err(invalid);
+    }
+    if let Some(raw) = uri.strip_prefix(ROBOT_PREFIX) {
+        return NodeId::new(percent_decode(raw)).map(Resource::Robot).map_err(invalid);
     }
     if let Some(raw) = uri.strip_prefix(PARAM_PREFIX) {
         return ParamName::new(percent_decode(raw))
@@ -220,6 +241,13 @@ mod tests {
             parse("state://health/rpi%2D1").unwrap(),
             Resource::Health(NodeId::new("rpi-1").unwrap())
         );
+        assert_eq!(parse("state://robot").unwrap(), Resource::Robots);
+        assert_eq!(
+            parse("state://robot/hog").unwrap(),
+            Resource::Robot(NodeId::new("hog").unwrap())
+        );
+        assert_eq!(parse("state://robot/hog").unwrap().uri(), "state://robot/hog");
+        assert!(matches!(parse("state://robot/*"), Err(UriError::InvalidId { .. })));
         let param = parse("state://params/arms.goal_time_slow").unwrap();
         assert_eq!(param, Resource::Param(ParamName::new("arms.goal_time_slow").unwrap()));
         assert_eq!(param.uri(), "state://params/arms.goal_time_slow");

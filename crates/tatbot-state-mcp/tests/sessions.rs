@@ -79,7 +79,9 @@ async fn session_streams_and_delete() {
         json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": progress_uri}})
     );
 
-    assert_eq!(request(addr, "DELETE", Some(&session), None).await.status, 202);
+    // Issue #13 point 6: 200, as the Python SDK expects (it logs "Session termination
+    // failed: 202" for rmcp's 202).
+    assert_eq!(request(addr, "DELETE", Some(&session), None).await.status, 200);
     assert!(
         standalone.next_event().await.is_none(),
         "the GET stream ends with the session"

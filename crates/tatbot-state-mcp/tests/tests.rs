@@ -251,3 +251,64 @@ async fn params_resource_reports_a_corrupt_parameter() {
     );
     client.cancel().await.unwrap();
 }
+
+/// Issue #13 point 3: `state://robot` and `state://robot/{node_id}` show the stored robot
+/// states, the template is listed, a subscriber is told of a change, and an unknown node is
+/// "resource not found".
+#[tokio::test]
+#[expect(deprecated, reason = "resources/subscribe is the 2025-11 model this test covers")]
+async fn robot_resources_show_and_notify() {
+    use tatbot_state::model::RobotState;
+    let redis = RedisServer::start();
+    let node = manager(&redis, "hog").await;
+    let mut robot = RobotState::new("hog");
+    robot.current_pose = "ready".to_owned();
+    robot.joints_l = Some(vec![0.5, -1.25]);
+    node.update_robot_state(&robot).await.unwrap();
+    redis
+        .command(&["HSET", "robot:state:broken", "state", "{nope"])
+        .unwrap();
+    let (pipe, _stop) = serve(&redis).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let client = Updates(tx).serve(pipe).await.unwrap();
+
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert!(
+        templates
+            .iter()
+            .any(|template| template.uri_template == "state://robot/{node_id}")
+    );
+    let resources = client.list_all_resources().await.unwrap();
+    assert!(resources.iter().any(|resource| resource.uri == "state://robot"));
+
+    let text = read_text(&client, "state://robot").await;
+    assert!(text.starts_with("Robots: 1\nNODE"), "{text}");
+    assert!(text.contains("hog   ready"), "{text}");
+    assert!(text.contains("[0.50, -1.25]"), "{text}");
+    assert!(text.contains("Corrupt Entries: 1\n  robot:state:broken: "), "{text}");
+    let text = read_text(&client, "state://robot/hog").await;
+    assert!(
+        text.contains("Pose: ready\nLeft Arm: disconnected\n  Joints: [0.50, -1.25]"),
+        "{text}"
+    );
+
+    client
+        .subscribe(SubscribeRequestParams::new("state://robot/hog"))
+        .await
+        .unwrap();
+    robot.current_pose = "drawing".to_owned();
+    node.update_robot_state(&robot).await.unwrap();
+    let updated = tokio::time::timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(updated, "state://robot/hog");
+    assert!(read_text(&client, "state://robot/hog").await.contains("Pose: drawing"));
+
+    let missing = client
+        .read_resource(ReadResourceRequestParams::new("state://robot/nobody"))
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("no robot state from node nobody"),
+        "{missing}"
+    );
+    client.cancel().await.unwrap();
+}

@@ -15,7 +15,7 @@
 // turn grey with "last seen N s ago". Before the first snapshot the panels say "Loading".
 "use strict";
 
-const view = { loaded: false, sessions: {}, nodes: {}, params: [], events: [], errors: [], eventsLimit: 50, errorsLimit: 20, serverOffsetMs: 0 };
+const view = { loaded: false, sessions: {}, nodes: {}, robots: {}, params: [], events: [], errors: [], eventsLimit: 50, errorsLimit: 20, serverOffsetMs: 0 };
 // As the library's DEFAULT_SESSION_LEASE and MAX_SESSION_LEASE.
 const DEFAULT_LEASE_SECS = 15;
 const MAX_LEASE_SECS = 3600;
@@ -57,6 +57,7 @@ function applySnapshot(snapshot) {
   view.loaded = true;
   view.sessions = snapshot.sessions;
   view.nodes = snapshot.nodes;
+  view.robots = snapshot.robots || {};
   view.events = snapshot.recent_events;
   view.errors = snapshot.recent_errors;
   view.eventsLimit = snapshot.recent_events_limit;
@@ -83,6 +84,9 @@ function applyChange(change) {
       if (change.event.event_type !== "progress_update") pushBounded(view.events, change.event, view.eventsLimit);
       break;
     case "node": view.nodes[change.node.node_id] = change.node; break;
+    case "robot":
+      if (change.state) view.robots[change.node_id] = change.state; else delete view.robots[change.node_id];
+      break;
   }
 }
 
@@ -269,6 +273,39 @@ function renderNodes() {
   }));
 }
 
+// Joint values as "[0.10, -1.57]"; anything but an array of numbers is shown as it is not.
+function jointsText(values) {
+  if (values === null || values === undefined) return "—";
+  if (!Array.isArray(values)) return "invalid";
+  const shown = values.slice(0, 16).map((value) => (typeof value === "number" ? value.toFixed(2) : "invalid"));
+  if (values.length > 16) shown.push("…");
+  return "[" + shown.join(", ") + "]";
+}
+
+function renderRobots() {
+  const body = document.querySelector("#robots tbody");
+  const ids = Object.keys(view.robots).sort();
+  document.getElementById("robot-count").textContent = `${ids.length} stored`;
+  if (ids.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: "7", class: "empty" }, "No robot state yet.")));
+    return;
+  }
+  const now = Date.now() + view.serverOffsetMs;
+  const arm = (connected) => el("td", { class: connected ? "online" : "offline" }, connected ? "connected" : "disconnected");
+  body.replaceChildren(...ids.map((id) => {
+    const robot = view.robots[id];
+    const updated = wireTime(robot.timestamp);
+    return el("tr", { "data-robot": id },
+      el("td", {}, id),
+      arm(robot.is_connected_l),
+      arm(robot.is_connected_r),
+      el("td", { class: "pose" }, String(robot.current_pose)),
+      el("td", { title: String(robot.timestamp) }, updated === null ? "?" : ago(now - updated)),
+      el("td", { class: "joints" }, jointsText(robot.joints_l)),
+      el("td", { class: "joints" }, jointsText(robot.joints_r)));
+  }));
+}
+
 // "12 s ago", "5 min ago", "3 h ago", "2 d ago": parameters live long.
 function ago(ms) {
   const seconds = Math.max(0, Math.round(ms / 1000));
@@ -346,6 +383,7 @@ function render() {
   renderHeader();
   renderSessions();
   renderNodes();
+  renderRobots();
   renderParams();
   renderLog("events", view.events, "No events yet.");
   renderLog("errors", view.errors, "No errors.");

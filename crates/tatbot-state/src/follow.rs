@@ -69,7 +69,7 @@ use crate::error::Result;
 use crate::ids::{NodeId, SessionId};
 use crate::keys;
 use crate::manager::{CorruptEntry, StateManager};
-use crate::model::{HistoryEntry, NodeHealth, StrokeProgress, event_types};
+use crate::model::{HistoryEntry, NodeHealth, RobotState, StrokeProgress, event_types};
 
 pub use cursor::{Cursor, EntryId};
 
@@ -194,6 +194,9 @@ pub struct Snapshot {
     pub sessions: BTreeMap<String, StrokeProgress>,
     /// Live and known nodes, by node id.
     pub nodes: BTreeMap<String, NodeView>,
+    /// Every robot state snapshot (`robot:state:*`), by node id; empty for a session scope.
+    #[serde(default)]
+    pub robots: BTreeMap<String, RobotState>,
     /// The newest events of the log except progress updates, oldest first.
     pub recent_events: Vec<LoggedEvent>,
     /// The newest errors of the error log, oldest first.
@@ -252,6 +255,19 @@ impl Snapshot {
                     self.forget_corrupt(&keys::health(&node_id));
                 }
                 self.nodes.insert(node.node_id.clone(), (**node).clone());
+            }
+            ChangeKind::Robot { node_id, state } => {
+                if let Ok(id) = NodeId::new(node_id.as_str()) {
+                    self.forget_corrupt(&keys::robot_state(&id));
+                }
+                match state {
+                    Some(state) => {
+                        self.robots.insert(node_id.clone(), (**state).clone());
+                    }
+                    None => {
+                        self.robots.remove(node_id);
+                    }
+                }
             }
         }
     }
@@ -321,6 +337,13 @@ pub enum ChangeKind {
     Node {
         /// The node as it is now.
         node: Box<NodeView>,
+    },
+    /// A robot state snapshot (`robot:state:{node_id}`) changed, appeared or was deleted.
+    Robot {
+        /// The node whose robot it is.
+        node_id: String,
+        /// The state as stored now; `None` once the key is gone.
+        state: Option<Box<RobotState>>,
     },
     /// A key (or a history entry) holds a value that is corrupt: the wrong type, over the size
     /// bound, not the document the wire contract describes, or under an invalid id. Sent once
@@ -462,6 +485,7 @@ mod tests {
             server_time_ms: 0,
             sessions: BTreeMap::from([(session_id.to_string(), progress(0))]),
             nodes: BTreeMap::new(),
+            robots: BTreeMap::new(),
             recent_events: Vec::new(),
             recent_errors: Vec::new(),
             recent_events_limit: 2,

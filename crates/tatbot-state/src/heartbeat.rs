@@ -207,10 +207,15 @@ pub async fn beat(
     Ok(health)
 }
 
+/// How long a stopping agent tries to delete its heartbeat.
+const OFFLINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the agent until `shutdown` is cancelled: one beat at once, then one per interval.
 ///
 /// Failed beats are logged at `warn` and retried at the next interval, so the agent rides out
-/// a Redis restart. Returns after the beat in flight (if any) has finished.
+/// a Redis restart. On `shutdown` it finishes the beat in flight (if any), then deletes its
+/// heartbeat so that the node shows offline at once rather than for up to the TTL; an agent
+/// that is killed leaves its heartbeat to expire.
 pub async fn run(manager: StateManager, options: HeartbeatOptions, shutdown: CancellationToken) {
     let mut sampler = MetricsSampler::new(&options.disk_path);
     let mut ticker = tokio::time::interval(options.interval);
@@ -225,7 +230,16 @@ pub async fn run(manager: StateManager, options: HeartbeatOptions, shutdown: Can
             Err(err) => tracing::warn!(error = %err, "heartbeat failed; retrying at the next interval"),
         }
     }
-    tracing::info!(node_id = %manager.node_id(), "heartbeat agent stopped");
+    // Bounded: a paused Redis must not hold the exit; the TTL is the fallback.
+    match tokio::time::timeout(OFFLINE_DEADLINE, manager.remove_node_health()).await {
+        Ok(Ok(())) => tracing::info!(node_id = %manager.node_id(), "heartbeat agent stopped; node marked offline"),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "heartbeat agent stopped; could not mark the node offline, its heartbeat expires by TTL")
+        }
+        Err(_) => {
+            tracing::warn!(deadline = ?OFFLINE_DEADLINE, "heartbeat agent stopped; marking the node offline timed out, its heartbeat expires by TTL")
+        }
+    }
 }
 
 #[cfg(test)]

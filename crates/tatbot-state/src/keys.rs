@@ -21,6 +21,8 @@ pub const HISTORY_PREFIX: &str = "stream:stroke_history:";
 pub const PROGRESS_PATTERN: &str = "stroke:progress:*";
 /// `SCAN` pattern for health hashes.
 pub const HEALTH_PATTERN: &str = "node:health:*";
+/// `SCAN` pattern for robot state hashes.
+pub const ROBOT_STATE_PATTERN: &str = "robot:state:*";
 
 /// Channel of `state_update` events.
 pub const ROBOT_EVENTS: &str = "robot:events";

@@ -838,6 +838,22 @@ impl StateManager {
         raw.map(|raw| decode::document(&key, "RobotState", &raw)).transpose()
     }
 
+    /// Every stored robot state (ours and the Python nodes'), each decoded or with its error.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure; a bad value is reported in its [`Entry`].
+    pub async fn get_all_robot_states(&self) -> Result<Vec<Entry<RobotState>>> {
+        let found = self.scan(keys::ROBOT_STATE_PATTERN).await?;
+        self.read_documents(
+            found,
+            keys::ROBOT_STATE_PREFIX,
+            keys::FIELD_STATE,
+            ("RobotState", "node id"),
+        )
+        .await
+    }
+
     /// Stores a heartbeat with the health TTL and records the node in our registry.
     ///
     /// # Errors
@@ -845,6 +861,23 @@ impl StateManager {
     /// An invalid `health.node_id`, or a Redis failure.
     pub async fn update_node_health(&self, health: &NodeHealth) -> Result<()> {
         self.apply(&health_op(health)?, "update_node_health").await?;
+        Ok(())
+    }
+
+    /// Deletes this manager's own heartbeat, so that its node shows offline at once instead of
+    /// when the TTL runs out; the node registry keeps it as a known node. A heartbeat agent
+    /// that stops on purpose calls this; one that is killed still expires by TTL.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure.
+    pub async fn remove_node_health(&self) -> Result<()> {
+        let key = keys::health(self.node_id());
+        let _: i64 = self
+            .connection()
+            .del(&key)
+            .await
+            .map_err(|err| self.redis_error("remove_node_health", err))?;
         Ok(())
     }
 

@@ -66,6 +66,32 @@ pub fn position(idx: i64, total: i64) -> String {
     }
 }
 
+/// Joint values (radians) as `[0.10, -1.57, 0.00]`, `-` when unknown; a value that is not
+/// finite is shown as `invalid`, and more than [`MAX_SHOWN_JOINTS`] values end in `…`.
+pub fn joints(values: Option<&[f64]>) -> String {
+    let Some(values) = values else {
+        return "-".to_owned();
+    };
+    let mut shown: Vec<String> = values
+        .iter()
+        .take(MAX_SHOWN_JOINTS)
+        .map(|value| {
+            if value.is_finite() && value.abs() < 1e6 {
+                format!("{value:.2}")
+            } else {
+                "invalid".to_owned()
+            }
+        })
+        .collect();
+    if values.len() > MAX_SHOWN_JOINTS {
+        shown.push("…".to_owned());
+    }
+    format!("[{}]", shown.join(", "))
+}
+
+/// The most joint values [`joints`] shows; a hostile writer may store millions.
+pub const MAX_SHOWN_JOINTS: usize = 16;
+
 /// Renders rows under headers in left-aligned columns separated by two spaces; every cell goes
 /// through [`shown`].
 ///
@@ -138,5 +164,8 @@ mod tests {
         assert_eq!(position(10, 3), "invalid (10/3)");
         assert_eq!(position(-4, -3), "invalid (-4/-3)");
         assert_eq!(position(0, 0), "invalid (0/0)");
+        assert_eq!(joints(None), "-");
+        assert_eq!(joints(Some(&[0.1, -1.571, f64::NAN])), "[0.10, -1.57, invalid]");
+        assert!(joints(Some(&[0.0; 1000])).ends_with(", …]"));
     }
 }

@@ -548,3 +548,40 @@ async fn follow_path_bounds_and_reports_corrupt_entries() {
     );
     assert_eq!(seen.lost, 0);
 }
+
+/// Issue #13 point 3: robot states are in the snapshot, their changes and deletions follow,
+/// and a corrupt `robot:state:*` key is reported without hiding the good one.
+#[tokio::test]
+async fn robot_states_are_followed() {
+    use tatbot_state::model::RobotState;
+    let (server, state) = setup("hog").await;
+    let mut robot = RobotState::new("hog");
+    robot.current_pose = "ready".to_owned();
+    state.update_robot_state(&robot).await.unwrap();
+    let mut redis = raw(&server).await;
+    let () = redis.rpush("robot:state:bad", "a").await.unwrap();
+    let seen = collect(start(&state, Scope::All, None));
+    let pose = |seen: &Seen| {
+        seen.view
+            .as_ref()
+            .and_then(|view| view.robots.get("hog"))
+            .map(|robot| robot.current_pose.clone())
+    };
+    wait_for(&seen, "the robot in the snapshot", |seen| {
+        pose(seen).as_deref() == Some("ready")
+    })
+    .await;
+    assert!(corrupt_keys(&seen.lock().unwrap()).contains(&"robot:state:bad".to_owned()));
+    robot.current_pose = "drawing".to_owned();
+    robot.is_connected_l = true;
+    state.update_robot_state(&robot).await.unwrap();
+    wait_for(&seen, "the robot's change", |seen| {
+        pose(seen).as_deref() == Some("drawing")
+    })
+    .await;
+    let () = redis.del("robot:state:hog").await.unwrap();
+    wait_for(&seen, "the robot's removal", |seen| {
+        seen.view.as_ref().is_some_and(|view| view.robots.is_empty())
+    })
+    .await;
+}

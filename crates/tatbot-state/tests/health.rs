@@ -99,6 +99,10 @@ async fn agent_beats_and_stops() {
         .await
         .expect("agent stops within 5 s")
         .unwrap();
+    // Issue #13 point 6: a stopped agent marks its node offline at once, not after the TTL.
+    assert_eq!(state.get_node_health(&hog).await.unwrap(), None);
+    let status = state.system_status().await;
+    assert_eq!((status.nodes_online, status.nodes_known), (0, 1));
 }
 
 /// The agent keeps running while Redis is down and resumes beating when it is back.

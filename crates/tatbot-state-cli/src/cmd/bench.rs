@@ -385,12 +385,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     if global.json {
         let mut json = serde_json::to_value(&report).context("encoding the report")?;
         round_floats(&mut json);
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json).context("encoding the report")?
-        );
+        )?;
     } else {
-        print!("{}", render(&report));
+        crate::out!("{}", render(&report))?;
     }
     if !report.failures.is_empty() {
         return Err(anyhow::Error::new(Coded(

@@ -175,10 +175,10 @@ async fn run_on(
         .context("binding the MCP server")?;
     let viz_addr = viz_listener.local_addr().context("reading the live viz address")?;
     let mcp_addr = mcp_listener.local_addr().context("reading the MCP server address")?;
-    print_intro(endpoint, private, plan);
-    println!("  live viz   http://{viz_addr}/");
-    println!("  MCP server http://{mcp_addr}{}", tatbot_state_mcp::MCP_PATH);
-    println!("Ctrl-C stops the demo and everything it started.");
+    print_intro(endpoint, private, plan)?;
+    crate::outln!("  live viz   http://{viz_addr}/")?;
+    crate::outln!("  MCP server http://{mcp_addr}{}", tatbot_state_mcp::MCP_PATH)?;
+    crate::outln!("Ctrl-C stops the demo and everything it started.")?;
 
     let tracker = TaskTracker::new();
     let tasks = shutdown.child_token();
@@ -233,7 +233,7 @@ async fn connect(endpoint: &Endpoint, node: &str) -> anyhow::Result<StateManager
         .with_context(|| format!("connecting {node} to Redis at {endpoint}"))
 }
 
-fn print_intro(endpoint: &Endpoint, private: Option<&PrivateServer>, plan: &Plan) {
+fn print_intro(endpoint: &Endpoint, private: Option<&PrivateServer>, plan: &Plan) -> std::io::Result<()> {
     let updates = u64::from(plan.strokes) * u64::from(plan.stroke_length);
     let pace = if plan.hz > 0.0 {
         format!("at {} Hz (about {:.0} s)", plan.hz, updates as f64 / plan.hz)
@@ -251,28 +251,31 @@ fn print_intro(endpoint: &Endpoint, private: Option<&PrivateServer>, plan: &Plan
         ""
     };
     let port = endpoint.port;
-    println!("tatbot-state demo");
-    println!("  redis      {endpoint}");
+    crate::outln!("tatbot-state demo")?;
+    crate::outln!("  redis      {endpoint}")?;
     if let Some(server) = private {
-        println!(
+        crate::outln!(
             "  server     private redis-server, pid {} (AOF on; stopped at exit)",
             server.pid()
-        );
-        println!("  temp dir   {} (removed at exit)", server.dir().display());
+        )?;
+        crate::outln!("  temp dir   {} (removed at exit)", server.dir().display())?;
     }
-    println!(
+    crate::outln!(
         "  nodes      {ROBOT_NODE}, {VIZ_NODE} (heartbeat every {} s)",
         HEARTBEAT_INTERVAL.as_secs()
-    );
-    println!(
+    )?;
+    crate::outln!(
         "  plan       {} strokes x {} poses {pace}, an error every {} strokes",
-        plan.strokes, plan.stroke_length, plan.error_every
-    );
-    println!("Watch from another terminal:");
-    println!("  redis-cli {host}-p {port} {auth}psubscribe 'stroke:events:*'");
-    println!("  tatbot-state {host}-p {port} {auth}watch");
-    println!("  tatbot-state {host}-p {port} {auth}status");
-    println!("  tatbot-state {host}-p {port} {auth}events");
+        plan.strokes,
+        plan.stroke_length,
+        plan.error_every
+    )?;
+    crate::outln!("Watch from another terminal:")?;
+    crate::outln!("  redis-cli {host}-p {port} {auth}psubscribe 'stroke:events:*'")?;
+    crate::outln!("  tatbot-state {host}-p {port} {auth}watch")?;
+    crate::outln!("  tatbot-state {host}-p {port} {auth}status")?;
+    crate::outln!("  tatbot-state {host}-p {port} {auth}events")?;
+    Ok(())
 }
 
 /// Runs the simulated robot with a progress display, then checks what Redis holds.
@@ -286,9 +289,9 @@ async fn simulate_and_check(robot: &StateManager, plan: &Plan, servers: Servers)
 
     let mut checks = verify(robot, plan, &report).await?;
     checks.extend(check_servers(servers, &report.session_id).await);
-    println!("Checked:");
+    crate::outln!("Checked:")?;
     for (passed, name, detail) in &checks {
-        println!("  {} {name:<9} {detail}", if *passed { "[ok]  " } else { "[FAIL]" });
+        crate::outln!("  {} {name:<9} {detail}", if *passed { "[ok]  " } else { "[FAIL]" })?;
     }
     let seconds = report.elapsed.as_secs_f64();
     let rate = if seconds > 0.0 {
@@ -300,10 +303,10 @@ async fn simulate_and_check(robot: &StateManager, plan: &Plan, servers: Servers)
     if failed > 0 {
         anyhow::bail!("{failed} of {} demo checks failed (see above)", checks.len());
     }
-    println!(
+    crate::outln!(
         "demo: {} updates in {seconds:.1} s ({rate:.1}/s); all checks passed",
         report.updates_sent
-    );
+    )?;
     Ok(exit::SUCCESS)
 }
 
@@ -434,7 +437,9 @@ impl ProgressDisplay {
         let step = done * 100 / total.max(1) / PLAIN_PROGRESS_STEP;
         if step > self.last_step || done == total {
             self.last_step = step;
-            println!("progress: {done}/{total} poses ({}%)", done * 100 / total.max(1));
+            // A closed stdout must not stop the demo's servers mid-run; the checks at the end
+            // fail on it instead.
+            let _ = crate::outln!("progress: {done}/{total} poses ({}%)", done * 100 / total.max(1));
         }
     }
 

@@ -142,9 +142,9 @@ pub async fn run(global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
     diagnose(global, &mut report).await;
     report.skip_rest("an earlier check failed");
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report.checks)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report.checks)?)?;
     } else {
-        print!("{}", render(&report));
+        crate::out!("{}", render(&report))?;
     }
     Ok(if report.failed() { exit::FAILURE } else { exit::SUCCESS })
 }

@@ -1,7 +1,9 @@
 //! `tatbot-state mcp`: serve read-only state resources over MCP (stdio or streamable HTTP).
 //!
 //! The server itself is the `tatbot-state-mcp` crate; this module validates the flags, connects,
-//! runs this node's heartbeat (marked as serving MCP) beside it, and stops both on Ctrl-C or
+//! runs this node's heartbeat (marked as serving MCP) beside it when serving HTTP, or on stdio
+//! when asked with `--heartbeat` (an assistant that launches the stdio server for a chat is not a
+//! node of the fleet, so by default it adds none), and stops both on Ctrl-C or
 //! SIGTERM. On stdio, stdout carries the protocol: everything else, the announcement included,
 //! goes to stderr.
 //!
@@ -21,7 +23,6 @@ use anyhow::Context as _;
 use tatbot_state::http::ServeConfig;
 use tatbot_state::{CancellationToken, Endpoint};
 use tatbot_state_mcp::{ConfigDescription, HttpOptions, MCP_PATH};
-use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::ctx::GlobalArgs;
@@ -48,8 +49,8 @@ pub struct Args {
     /// How clients connect
     #[arg(long, value_enum, default_value_t = Transport::Stdio)]
     pub transport: Transport,
-    /// Address to serve HTTP on; a non-loopback address requires --token
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    /// Address (or host name) and port to serve HTTP on; a non-loopback address requires --token
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8000", value_parser = crate::ctx::parse_bind)]
     pub bind: SocketAddr,
     /// Bearer token every HTTP request must carry, required off loopback (prefer TATBOT_MCP_TOKEN:
     /// flags show up in `ps`)
@@ -59,8 +60,11 @@ pub struct Args {
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
     /// Send no heartbeat for this node (the process then writes nothing at all)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "heartbeat")]
     pub no_heartbeat: bool,
+    /// Send this node's heartbeat on stdio too (HTTP sends it unless --no-heartbeat)
+    #[arg(long)]
+    pub heartbeat: bool,
     /// Seconds between heartbeats (the key expires 60 s after the last one)
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=59))]
     pub heartbeat_interval: u64,
@@ -99,11 +103,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let reader = global.manager_for(Endpoint::from(&target)).await?;
 
     let listener = match args.transport {
-        Transport::Http => Some(
-            TcpListener::bind(args.bind)
-                .await
-                .with_context(|| format!("binding {}", args.bind))?,
-        ),
+        Transport::Http => Some(crate::ctx::bind_listener(args.bind, "MCP server").await?),
         Transport::Stdio => None,
     };
     let mcp_port = match &listener {
@@ -114,10 +114,14 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let viewer = target.username.value.as_deref() == Some(VIEWER_USER);
-    if viewer && !args.no_heartbeat {
+    let wants_heartbeat = match args.transport {
+        Transport::Http => !args.no_heartbeat,
+        Transport::Stdio => args.heartbeat,
+    };
+    if viewer && wants_heartbeat {
         tracing::info!("connected as the read-only {VIEWER_USER} role: no heartbeat for this node");
     }
-    if !args.no_heartbeat && !viewer {
+    if wants_heartbeat && !viewer {
         let writer = global.manager_for(Endpoint::from(&target)).await?;
         tracker.spawn(tatbot_state_mcp::run_heartbeat(
             writer,

@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod doctor;
 mod events;
+pub mod examples;
 mod health;
 mod heartbeat;
 mod history;
@@ -15,6 +16,7 @@ mod mcp;
 mod monitor;
 mod param;
 mod progress;
+mod robot;
 mod server;
 mod sessions;
 mod simulate;
@@ -52,6 +54,8 @@ pub enum Command {
     Status(status::Args),
     /// Show one node's health, or a table of all nodes
     Health(health::Args),
+    /// Show one robot's state, or a table of all robots
+    Robot(robot::Args),
     /// List active and recent stroke sessions
     Sessions(sessions::Args),
     /// Show one session's progress (default: the latest active session)
@@ -90,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(global, args).await,
         Command::Status(args) => status::run(global, args).await,
         Command::Health(args) => health::run(global, args).await,
+        Command::Robot(args) => robot::run(global, args).await,
         Command::Sessions(args) => sessions::run(global, args).await,
         Command::Progress(args) => progress::run(global, args).await,
         Command::Events(args) => events::run(global, args).await,

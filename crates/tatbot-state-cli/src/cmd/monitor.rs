@@ -26,6 +26,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use tatbot_state::follow::{self, FollowItem, LoggedEvent, NodeView, Scope};
 use tatbot_state::model::{SessionState, StrokeProgress};
+use tatbot_state::text::{joints, shown};
 use tatbot_state::{Snapshot, Timestamp};
 
 use crate::ctx::GlobalArgs;
@@ -36,6 +37,8 @@ use crate::signal::shutdown_signal;
 const MAX_SESSION_LINES: usize = 6;
 /// Most node rows the health panel takes.
 const MAX_NODE_ROWS: usize = 4;
+/// Most robot rows the robot panel takes.
+const MAX_ROBOT_ROWS: usize = 3;
 /// Width of a progress bar in characters.
 const BAR_WIDTH: usize = 16;
 /// Widest description line of the progress panel: an 80-column screen less the borders.
@@ -220,6 +223,7 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         server_time_ms: now_ms,
         sessions: Default::default(),
         nodes: Default::default(),
+        robots: Default::default(),
         recent_events: Vec::new(),
         recent_errors: Vec::new(),
         recent_events_limit: 0,
@@ -234,10 +238,12 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         .params
         .as_ref()
         .map_or(1, |params| params.len().clamp(1, MAX_PARAM_ROWS));
-    let [header, progress, nodes, params, events] = Layout::vertical([
+    let robot_rows = view.robots.len().clamp(1, MAX_ROBOT_ROWS);
+    let [header, progress, nodes, robots, params, events] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(u16::try_from(sessions.len().clamp(1, MAX_SESSION_LINES)).unwrap_or(1) + 2),
         Constraint::Length(u16::try_from(node_rows).unwrap_or(1) + 3),
+        Constraint::Length(u16::try_from(robot_rows).unwrap_or(1) + 3),
         Constraint::Length(u16::try_from(param_rows).unwrap_or(1) + 2),
         Constraint::Min(3),
     ])
@@ -248,6 +254,7 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
         progress,
     );
     draw_nodes(frame, nodes, view, now_ms, disconnected);
+    draw_robots(frame, robots, view, now_ms);
     draw_params(frame, params, monitor);
     draw_events(frame, events, view);
 }
@@ -477,6 +484,54 @@ fn draw_params(frame: &mut Frame, area: Rect, monitor: &Monitor) {
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
+/// One row per robot state: arms, pose, age of the snapshot and the left and right joints.
+fn draw_robots(frame: &mut Frame, area: Rect, view: &Snapshot, now_ms: i64) {
+    let arm = |is_connected: bool| match is_connected {
+        true => Cell::from("up").style(Style::default().fg(Color::Green)),
+        false => Cell::from("down").style(Style::default().fg(Color::Red)),
+    };
+    let rows: Vec<Row> = view
+        .robots
+        .iter()
+        .map(|(node_id, robot)| {
+            let age = (now_ms - robot.timestamp.unix_millis()).max(0) / 1000;
+            Row::new(vec![
+                Cell::from(shown(node_id).into_owned()),
+                arm(robot.is_connected_l),
+                arm(robot.is_connected_r),
+                Cell::from(shown(&robot.current_pose).into_owned()),
+                Cell::from(format!("{age}s")),
+                Cell::from(format!(
+                    "{} {}",
+                    joints(robot.joints_l.as_deref()),
+                    joints(robot.joints_r.as_deref())
+                )),
+            ])
+        })
+        .collect();
+    let rows = if rows.is_empty() {
+        vec![Row::new(vec![
+            Cell::from("none").style(Style::default().fg(Color::DarkGray)),
+        ])]
+    } else {
+        rows
+    };
+    let widths = [
+        Constraint::Min(10),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(12),
+        Constraint::Length(6),
+        Constraint::Fill(3),
+    ];
+    let header = Row::new(["robot", "left", "right", "pose", "age", "joints L R"])
+        .style(Style::default().add_modifier(Modifier::BOLD));
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(Block::default().borders(Borders::ALL).title(" Robots "));
+    frame.render_widget(table, area);
+}
+
 fn describe(event: &LoggedEvent) -> String {
     let when = event
         .payload
@@ -574,6 +629,12 @@ mod tests {
                 },
             ),
         ]);
+        let mut robot = tatbot_state::model::RobotState::new("eek");
+        robot.timestamp = Timestamp::parse("2026-11-25T17:15:38").unwrap();
+        robot.is_connected_l = true;
+        robot.current_pose = "ready".into();
+        robot.joints_l = Some(vec![0.1, -1.5]);
+        let robots = BTreeMap::from([("eek".to_owned(), robot)]);
         let event = LoggedEvent {
             id: "1-0".into(),
             channel: "error:events:hardware".into(),
@@ -589,6 +650,7 @@ mod tests {
                 ("stroke_hog_1795620000".to_owned(), progress(3, 4, false, false)),
             ]),
             nodes,
+            robots,
             recent_events: vec![event],
             recent_errors: Vec::new(),
             recent_events_limit: 50,
@@ -636,6 +698,8 @@ mod tests {
             "ook",
             "offline",
             "17:15:36 error arm l timeout",
+            "Robots",
+            "eek         up    down  ready        2s     [0.10, -1.50] -",
             "q quits",
         ];
         for needle in expect {
@@ -660,9 +724,19 @@ mod tests {
                 progress: Box::new(progress),
             },
         }));
+        let mut robot = known_state().robots["eek"].clone();
+        robot.current_pose = "drawing".into();
+        monitor.apply(FollowItem::Change(Change {
+            cursor: Default::default(),
+            kind: ChangeKind::Robot {
+                node_id: "eek".into(),
+                state: Some(Box::new(robot)),
+            },
+        }));
         let text = screen(&monitor, 80, 24).join("\n");
         assert!(text.contains("Redis DISCONNECTED"), "{text}");
         assert!(text.contains("pose 2/5 paused"), "{text}");
+        assert!(text.contains("drawing"), "{text}");
     }
 
     /// Issue #13 point 2: a session whose owner went silent past its lease shows `stale`, never
@@ -728,5 +802,6 @@ mod tests {
         let text = screen(&monitor(None, RedisState::Connecting), 80, 24).join("\n");
         assert!(text.contains("Redis connecting"), "{text}");
         assert!(text.contains("no sessions") && text.contains("no events yet"), "{text}");
+        assert!(text.contains("│none "), "{text}");
     }
 }

@@ -414,7 +414,7 @@ fn print_started(global: &GlobalArgs, started: &Started) -> anyhow::Result<()> {
         "stop:    tatbot-state server stop -p {port} --dir {}",
         shell_word(&started.conf)
     );
-    print!("{out}");
+    crate::out!("{out}")?;
     Ok(())
 }
 
@@ -430,7 +430,7 @@ fn shell_word(conf: &Path) -> String {
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    println!("{text}");
+    crate::outln!("{text}")?;
     Ok(())
 }
 
@@ -488,7 +488,7 @@ async fn stop(global: &GlobalArgs, args: DirArgs) -> anyhow::Result<u8> {
     if global.json {
         print_json(&serde_json::json!({ "stopped": true, "pid": pid, "address": endpoint.to_string() }))?;
     } else {
-        println!("redis-server{pid_text} at {endpoint} stopped; its AOF was flushed to disk");
+        crate::outln!("redis-server{pid_text} at {endpoint} stopped; its AOF was flushed to disk")?;
     }
     Ok(exit::SUCCESS)
 }
@@ -581,7 +581,7 @@ async fn status(global: &GlobalArgs, args: DirArgs) -> anyhow::Result<u8> {
     if global.json {
         print_json(&report)?;
     } else {
-        print!("{}", status_text(&report));
+        crate::out!("{}", status_text(&report))?;
     }
     Ok(exit::SUCCESS)
 }

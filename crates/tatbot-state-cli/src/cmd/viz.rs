@@ -27,8 +27,8 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// Flags of `viz`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address and port to listen on (use 0.0.0.0:PORT to serve the LAN)
-    #[arg(long, default_value = tatbot_state_viz::DEFAULT_BIND, value_name = "ADDR:PORT")]
+    /// Address (or host name) and port to listen on (use 0.0.0.0:PORT to serve the LAN)
+    #[arg(long, default_value = tatbot_state_viz::DEFAULT_BIND, value_name = "ADDR:PORT", value_parser = crate::ctx::parse_bind)]
     pub bind: SocketAddr,
     /// Token every request must carry, required off loopback; browsers ask for it as the
     /// password (any user name). Prefer TATBOT_VIZ_TOKEN: flags show up in `ps`
@@ -51,9 +51,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     tatbot_state::http::check_bind(&args.bind, args.token.as_deref())?;
     crate::cmd::mcp::raise_fd_limit();
     let manager = global.manager().await?;
-    let listener = tokio::net::TcpListener::bind(args.bind)
-        .await
-        .with_context(|| format!("listening on {}", args.bind))?;
+    let listener = crate::ctx::bind_listener(args.bind, "dashboard").await?;
     let address = listener.local_addr().context("reading the bound address")?;
     {
         let mut out = std::io::stdout().lock();

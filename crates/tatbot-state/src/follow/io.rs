@@ -24,7 +24,7 @@ use crate::follow::{FollowConfig, LoggedEvent, NodeView, Scope, Snapshot};
 use crate::ids::{NodeId, SessionId};
 use crate::keys;
 use crate::manager::{CorruptEntry, invalid_id_key};
-use crate::model::{Event, HistoryEntry, MAX_DOCUMENT_BYTES, NodeHealth, StrokeProgress};
+use crate::model::{Event, HistoryEntry, MAX_DOCUMENT_BYTES, NodeHealth, RobotState, StrokeProgress};
 
 /// Keys per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
@@ -477,6 +477,49 @@ pub(crate) async fn read_nodes(
     Ok((views, corrupt))
 }
 
+/// Reads every robot state snapshot (`robot:state:*`), by node id: the poll's robot half.
+/// Also returns the keys that are corrupt (bad id, wrong type, not a robot state).
+///
+/// Robot states have no TTL and no event that carries the whole document (`state_update`
+/// has only the connection flags and the pose), so they are polled like heartbeats.
+pub(crate) async fn read_robots(
+    connection: &mut MultiplexedConnection,
+) -> Result<(BTreeMap<String, RobotState>, Vec<CorruptEntry>)> {
+    let mut node_ids = Vec::new();
+    let mut corrupt = Vec::new();
+    for key in scan(connection, keys::ROBOT_STATE_PATTERN).await? {
+        match NodeId::new(keys::strip(&key, keys::ROBOT_STATE_PREFIX).unwrap_or_default()) {
+            Ok(node_id) => node_ids.push(node_id),
+            Err(err) => corrupt.push(corrupt_entry(&key, &invalid_id_key(&key, &err))),
+        }
+    }
+    let mut robots = BTreeMap::new();
+    for chunk in node_ids.chunks(SCAN_COUNT) {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for node_id in chunk {
+            pipe.cmd("HGET").arg(keys::robot_state(node_id)).arg(keys::FIELD_STATE);
+        }
+        let replies: Vec<redis::RedisResult<Value>> = pipe
+            .query_async(connection)
+            .await
+            .map_err(|err| Error::from_redis("follow robots", err))?;
+        for (node_id, reply) in chunk.iter().zip(replies) {
+            let key = keys::robot_state(node_id);
+            let Some(raw) = decode::field_text(&key, keys::FIELD_STATE, reply) else {
+                continue;
+            };
+            match raw.and_then(|raw| decode::document::<RobotState>(&key, "RobotState", &raw)) {
+                Ok(state) => {
+                    robots.insert(node_id.to_string(), state);
+                }
+                Err(err) => corrupt.push(corrupt_entry(&key, &err)),
+            }
+        }
+    }
+    Ok((robots, corrupt))
+}
+
 /// Takes a snapshot: discovers sessions and nodes with `SCAN`, then reads their documents, the
 /// stream positions and the recent events in one `MULTI`, so the cursor matches the contents.
 ///
@@ -490,13 +533,16 @@ pub(crate) async fn read_snapshot(
 ) -> Result<Snapshot> {
     let mut connection = connection.clone();
     let (session_ids, mut corrupt) = scan_sessions(&mut connection, scope).await?;
-    let nodes = match scope {
+    let (nodes, robots) = match scope {
         Scope::All => {
             let (nodes, bad_keys) = scan_nodes(&mut connection).await?;
             corrupt.extend(bad_keys);
-            nodes
+            // Outside the MULTI: robot states are polled snapshots, not part of the cursor.
+            let (robots, bad_keys) = read_robots(&mut connection).await?;
+            corrupt.extend(bad_keys);
+            (nodes, robots)
         }
-        Scope::Session(_) => BTreeMap::new(),
+        Scope::Session(_) => (BTreeMap::new(), BTreeMap::new()),
     };
     let scanned_events = config.recent_events.max(1) * RECENT_SCAN_FACTOR;
 
@@ -594,6 +640,7 @@ pub(crate) async fn read_snapshot(
         server_time_ms,
         sessions,
         nodes,
+        robots,
         recent_events,
         recent_errors,
         recent_events_limit: config.recent_events,

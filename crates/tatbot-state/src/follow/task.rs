@@ -27,7 +27,7 @@ use crate::follow::{Change, ChangeKind, FollowConfig, FollowItem, LoggedEvent, N
 use crate::ids::SessionId;
 use crate::keys;
 use crate::manager::{CorruptEntry, StateManager};
-use crate::model::{StrokeProgress, event_types};
+use crate::model::{RobotState, StrokeProgress, event_types};
 
 /// First wait before reconnecting; doubled after each failure up to `max_backoff`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -72,6 +72,8 @@ pub(crate) struct FollowTask {
     docs: BTreeMap<SessionId, StrokeProgress>,
     /// The last view sent for each node.
     nodes: BTreeMap<String, NodeView>,
+    /// The last robot state sent for each node.
+    robots: BTreeMap<String, RobotState>,
     /// The corrupt keys the consumer was told of, with the error told; a key is told again
     /// only when its error changes or after it read well in between.
     corrupt: BTreeMap<String, String>,
@@ -100,6 +102,7 @@ impl FollowTask {
             cursor: Cursor::default(),
             docs: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            robots: BTreeMap::new(),
             corrupt: BTreeMap::new(),
             baseline: false,
             caught_up: false,
@@ -238,6 +241,7 @@ impl FollowTask {
             .filter_map(|(session_id, progress)| Some((SessionId::new(session_id.as_str()).ok()?, progress.clone())))
             .collect();
         self.nodes = snapshot.nodes.clone();
+        self.robots = snapshot.robots.clone();
         self.corrupt = snapshot
             .corrupt
             .iter()
@@ -570,6 +574,7 @@ impl FollowTask {
     async fn poll(&mut self) -> Result<(), Stop> {
         if self.scope.is_all() {
             self.poll_nodes().await?;
+            self.poll_robots().await?;
         }
         let mut connection = self.connections()?.commands;
         let (session_ids, bad_keys) = io::scan_sessions(&mut connection, &self.scope).await?;
@@ -606,6 +611,37 @@ impl FollowTask {
             self.refresh_doc(&session_id).await?;
         }
         self.baseline = false;
+        Ok(())
+    }
+
+    async fn poll_robots(&mut self) -> Result<(), Stop> {
+        let mut connection = self.connections()?.commands;
+        let (current, corrupt) = io::read_robots(&mut connection).await?;
+        for entry in corrupt {
+            self.report(entry).await?;
+        }
+        let gone: Vec<String> = self
+            .robots
+            .keys()
+            .filter(|node_id| !current.contains_key(*node_id))
+            .cloned()
+            .collect();
+        for node_id in gone {
+            self.robots.remove(&node_id);
+            self.emit(ChangeKind::Robot { node_id, state: None }).await?;
+        }
+        for (node_id, state) in current {
+            if let Ok(id) = crate::ids::NodeId::new(node_id.as_str()) {
+                // Read well: a later corruption of this state is news again.
+                self.corrupt.remove(&keys::robot_state(&id));
+            }
+            if self.robots.get(&node_id) == Some(&state) {
+                continue;
+            }
+            self.robots.insert(node_id.clone(), state.clone());
+            let state = Some(Box::new(state));
+            self.emit(ChangeKind::Robot { node_id, state }).await?;
+        }
         Ok(())
     }
 

@@ -69,6 +69,9 @@ pub(crate) fn flatten(text: &str, prefix: &Prefix) -> Result<Flattened> {
         .name()
         .map(|name| name.as_str().split('.').map(str::to_owned).collect())
         .unwrap_or_default();
+    if let (Some(first), Yaml::Mapping(map)) = (root.first(), &document) {
+        refuse_double_prefix(map, first, prefix)?;
+    }
     match document {
         Yaml::Null => {}
         Yaml::Mapping(map) => walk(&map, &root, true, &mut flattened),
@@ -80,6 +83,25 @@ pub(crate) fn flatten(text: &str, prefix: &Prefix) -> Result<Flattened> {
     }
     check_duplicates_and_tree(&mut flattened);
     Ok(flattened)
+}
+
+/// Refuses to load a file that is already under `prefix` (every top-level key, Hydra's aside,
+/// starts with the prefix's first segment, as a `param dump arms` does) with that prefix: it
+/// would create `arms.arms.*`, which nobody wants.
+fn refuse_double_prefix(map: &Mapping, first: &str, prefix: &Prefix) -> Result<()> {
+    let keys: Vec<&str> = map
+        .keys()
+        .filter_map(Yaml::as_str)
+        .filter(|key| !HYDRA_TOP_LEVEL.contains(key))
+        .collect();
+    let under = |key: &&str| key.split('.').next() == Some(first);
+    let all_text = map.keys().all(|key| key.as_str().is_some());
+    if keys.is_empty() || !all_text || !keys.iter().all(under) {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "the file is already under {prefix} (its top-level key is {first}); load it without --prefix, which would create {prefix}.{first}.*"
+    )))
 }
 
 fn walk(map: &Mapping, path: &[String], top_level: bool, out: &mut Flattened) {
