@@ -196,11 +196,10 @@ pub fn parse_bind(text: &str) -> Result<std::net::SocketAddr, String> {
 pub async fn bind_listener(address: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => Ok(listener),
-        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::Error::new(err).context(format!(
-            "cannot serve the {what} on {address}: the address is already in use; find who holds it with `ss -ltnp 'sport = :{port}'` or pass another port (--bind {ip}:0 picks a free one)",
-            port = address.port(),
-            ip = address.ip(),
-        ))),
+        // The way out is the final line's hint (`report::hint_for`), said once.
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(anyhow::Error::new(err).context(format!("cannot serve the {what} on {address}")))
+        }
         Err(err) => Err(anyhow::Error::new(err).context(format!("listening on {address}"))),
     }
 }

@@ -49,7 +49,10 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         .downcast_ref::<std::io::Error>()
         .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
     {
-        return Some("another process listens there; stop it or pass another --bind".to_owned());
+        return Some(
+            "another process listens there: find it with `ss -ltnp`, or pass another port (--bind IP:0 picks a free one)"
+                .to_owned(),
+        );
     }
     None
 }

@@ -107,6 +107,14 @@ fn viz_binds_host_names_and_explains_a_taken_port() {
     let output = crate::util::run(bin_for(&server), &["mcp", "--transport", "http", "--bind", &taken]);
     crate::util::assert_code(&output, 1);
     let errors = stderr(&output);
-    assert!(errors.contains("the address is already in use"), "{errors}");
-    assert!(errors.contains("pass another port"), "{errors}");
+    assert!(
+        errors.contains(&format!(
+            "cannot serve the MCP server on {taken}: Address already in use"
+        )),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("; hint: another process listens there: find it with `ss -ltnp`, or pass another port"),
+        "{errors}"
+    );
 }
