@@ -6,6 +6,7 @@ mod doctor;
 mod mcp;
 mod param;
 mod read;
+mod record;
 mod server;
 mod simulate;
 mod util;

@@ -915,14 +915,14 @@ impl StateManager {
     }
 
     /// All keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks the server).
-    async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
         scan_keys(&mut self.connection(), pattern, SCAN_BATCH)
             .await
             .map_err(|err| self.redis_error("scan", err))
     }
 
     /// Fetches `field` of each hash in pipelined batches and decodes it.
-    async fn read_documents<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn read_documents<T: serde::de::DeserializeOwned>(
         &self,
         found: Vec<String>,
         prefix: &str,
