@@ -63,14 +63,14 @@ impl Drop for Running {
     }
 }
 
-fn artifact(name: &str) -> PathBuf {
+pub(crate) fn artifact(name: &str) -> PathBuf {
     // CARGO_TARGET_TMPDIR is `<target>/tmp`; artifacts go next to it, in `<target>`.
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     tmp.parent().map_or(tmp.clone(), PathBuf::from).join(name)
 }
 
 /// Runs `script` until it returns a truthy value, and returns that value.
-fn wait_in_page(browser: &Browser, what: &str, script: &str) -> Value {
+pub(crate) fn wait_in_page(browser: &Browser, what: &str, script: &str) -> Value {
     let value = wait_until(LIMIT, || {
         let value = browser.eval(script);
         let truthy = !matches!(&value, Value::Null | Value::Bool(false)) && value != "";

@@ -408,33 +408,25 @@ impl Recorder {
             .get_multiplexed_async_connection()
             .await
             .map_err(|err| self.manager.redis_error("record: live connection", err))?;
-        let reply: Option<StreamReadReply> = match redis::AsyncCommands::xread_options(
-            &mut connection,
-            &stream_keys,
-            &ids,
-            &options,
-        )
-        .await
-        {
-            Ok(reply) => reply,
-            // One stream replaced by another type: read the others and report it.
-            Err(err) if err.code() == Some("WRONGTYPE") => {
-                self.stats.corrupt += 1;
-                tracing::warn!(error = %err, "a stream the recorder reads holds another type");
-                tokio::time::sleep(LIVE_BLOCK).await;
-                None
-            }
-            Err(err) => return Err(self.manager.redis_error("record: live read", err)),
-        };
+        let reply: Option<StreamReadReply> =
+            match redis::AsyncCommands::xread_options(&mut connection, &stream_keys, &ids, &options).await {
+                Ok(reply) => reply,
+                // One stream replaced by another type: read the others and report it.
+                Err(err) if err.code() == Some("WRONGTYPE") => {
+                    self.stats.corrupt += 1;
+                    tracing::warn!(error = %err, "a stream the recorder reads holds another type");
+                    tokio::time::sleep(LIVE_BLOCK).await;
+                    None
+                }
+                Err(err) => return Err(self.manager.redis_error("record: live read", err)),
+            };
         for stream in reply.map(|reply| reply.keys).unwrap_or_default() {
             for entry in stream.ids {
                 self.cursors.insert(stream.key.clone(), entry.id.clone());
                 self.decode_entry(&stream.key, &entry, &mut messages);
             }
         }
-        let due = self
-            .last_poll
-            .is_none_or(|last| last.elapsed() >= POLL_INTERVAL);
+        let due = self.last_poll.is_none_or(|last| last.elapsed() >= POLL_INTERVAL);
         if due {
             self.last_poll = Some(tokio::time::Instant::now());
             self.poll_documents(Some(now_nanos()), &mut messages).await?;
@@ -564,7 +556,9 @@ impl Recorder {
         };
         match event.get("type").and_then(Value::as_str) {
             Some(event_types::SESSION_START) if self.wanted.is_none() => {
-                self.cursors.entry(keys::history(&session_id)).or_insert_with(|| "0".to_owned());
+                self.cursors
+                    .entry(keys::history(&session_id))
+                    .or_insert_with(|| "0".to_owned());
             }
             Some(event_types::SESSION_END) => {
                 self.ended.insert(session_id);
@@ -630,7 +624,11 @@ impl Recorder {
                     continue;
                 }
             };
-            let stamp = value.get("timestamp").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let stamp = value
+                .get("timestamp")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             if self.seen_docs.get(&entry.key) == Some(&stamp) {
                 continue;
             }
@@ -666,7 +664,14 @@ impl Recorder {
         Ok(())
     }
 
-    fn push<T: Serialize>(&mut self, out: &mut Vec<Message>, topic: Topic, log_time: u64, publish_time: Option<u64>, record: &T) {
+    fn push<T: Serialize>(
+        &mut self,
+        out: &mut Vec<Message>,
+        topic: Topic,
+        log_time: u64,
+        publish_time: Option<u64>,
+        record: &T,
+    ) {
         match serde_json::to_vec(record) {
             Ok(data) => {
                 self.count(topic);

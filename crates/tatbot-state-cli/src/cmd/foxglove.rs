@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
-use foxglove::websocket::{AnyClient, GetParametersResponder, Parameter, ParameterHandler, SetParametersResponder};
 use foxglove::websocket::ParameterValue as FoxValue;
+use foxglove::websocket::{AnyClient, GetParametersResponder, Parameter, ParameterHandler, SetParametersResponder};
 use foxglove::{ChannelBuilder, Context, PartialMetadata, RawChannel, Schema, WebSocketServer, WebSocketServerHandle};
 use tatbot_state::params::Prefix;
 use tatbot_state::record::{ParamRecord, Recorder, Selection, Topic};
@@ -126,7 +126,13 @@ struct ParamHandler {
 }
 
 impl ParameterHandler for ParamHandler {
-    fn get(&self, _client: AnyClient, names: Vec<String>, _request_id: Option<String>, responder: GetParametersResponder) {
+    fn get(
+        &self,
+        _client: AnyClient,
+        names: Vec<String>,
+        _request_id: Option<String>,
+        responder: GetParametersResponder,
+    ) {
         let params = self.params.clone();
         tokio::spawn(async move {
             let found = match params.list(&Prefix::all()).await {
@@ -145,7 +151,13 @@ impl ParameterHandler for ParamHandler {
         });
     }
 
-    fn set(&self, _client: AnyClient, parameters: Vec<Parameter>, _request_id: Option<String>, responder: SetParametersResponder) {
+    fn set(
+        &self,
+        _client: AnyClient,
+        parameters: Vec<Parameter>,
+        _request_id: Option<String>,
+        responder: SetParametersResponder,
+    ) {
         let params = self.params.clone();
         let server = Arc::clone(&self.server);
         tokio::spawn(async move {
@@ -200,12 +212,16 @@ fn foxglove_parameter(name: &str, value: &ParamValue) -> Parameter {
         ParamValue::BoolList(flags) => Parameter {
             name: name.to_owned(),
             r#type: None,
-            value: Some(FoxValue::Array(flags.iter().map(|flag| FoxValue::Bool(*flag)).collect())),
+            value: Some(FoxValue::Array(
+                flags.iter().map(|flag| FoxValue::Bool(*flag)).collect(),
+            )),
         },
         ParamValue::StringList(texts) => Parameter {
             name: name.to_owned(),
             r#type: None,
-            value: Some(FoxValue::Array(texts.iter().map(|text| FoxValue::String(text.clone())).collect())),
+            value: Some(FoxValue::Array(
+                texts.iter().map(|text| FoxValue::String(text.clone())).collect(),
+            )),
         },
     }
 }

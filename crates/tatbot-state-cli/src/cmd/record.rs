@@ -68,7 +68,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     drop(backlog);
 
     if args.follow && !recorder.finished() {
-        eprintln!("recording live to {} until the sessions end (Ctrl-C stops)", args.output.display());
+        eprintln!(
+            "recording live to {} until the sessions end (Ctrl-C stops)",
+            args.output.display()
+        );
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         while !recorder.finished() {
@@ -113,7 +116,11 @@ fn report(global: &GlobalArgs, recorder: &Recorder, output: &std::path::Path) {
         println!("{summary}");
     } else {
         let per_topic: Vec<String> = stats.messages.iter().map(|(topic, n)| format!("{topic} {n}")).collect();
-        println!("recorded {total} messages to {} ({})", output.display(), per_topic.join(", "));
+        println!(
+            "recorded {total} messages to {} ({})",
+            output.display(),
+            per_topic.join(", ")
+        );
     }
     if stats.corrupt > 0 {
         eprintln!(

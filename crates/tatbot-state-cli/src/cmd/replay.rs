@@ -80,14 +80,21 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     };
     let options = ReplayOptions {
         rate: args.rate,
-        id_prefix: args
-            .id_prefix
-            .clone()
-            .unwrap_or_else(|| if private.is_some() { String::new() } else { DEFAULT_PREFIX.to_owned() }),
+        id_prefix: args.id_prefix.clone().unwrap_or_else(|| {
+            if private.is_some() {
+                String::new()
+            } else {
+                DEFAULT_PREFIX.to_owned()
+            }
+        }),
         params: private.is_some(),
     };
     let manager = global.manager_for(endpoint.clone()).await?;
-    println!("replaying {} messages into redis://{endpoint}/ at rate {}", recording.items.len(), args.rate);
+    println!(
+        "replaying {} messages into redis://{endpoint}/ at rate {}",
+        recording.items.len(),
+        args.rate
+    );
 
     let cancel = CancellationToken::new();
     let watcher = {
@@ -108,12 +115,19 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     println!(
         "replayed {} messages{}{}",
         stats.written,
-        if stats.skipped > 0 { format!(", skipped {}", stats.skipped) } else { String::new() },
+        if stats.skipped > 0 {
+            format!(", skipped {}", stats.skipped)
+        } else {
+            String::new()
+        },
         if stats.cancelled { " (interrupted)" } else { "" }
     );
     if let Some(server) = private {
         if !args.exit_when_done && !stats.cancelled {
-            println!("the private server stays up at {endpoint} until Ctrl-C (tatbot-state -p {} viz)", endpoint.port);
+            println!(
+                "the private server stays up at {endpoint} until Ctrl-C (tatbot-state -p {} viz)",
+                endpoint.port
+            );
             cancel.cancelled().await;
         }
         server.stop().await?;

@@ -90,7 +90,8 @@ pub enum Record {
 pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
     if !bytes.starts_with(MCAP_MAGIC) {
         return Err(Error::Recording(
-            "not an MCAP file (it does not start with the MCAP magic); record one with `tatbot-state record`".to_owned(),
+            "not an MCAP file (it does not start with the MCAP magic); record one with `tatbot-state record`"
+                .to_owned(),
         ));
     }
     let stream = mcap::MessageStream::new(bytes).map_err(read_error)?;
@@ -118,7 +119,11 @@ pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
             }),
             None => {
                 recording.corrupt += 1;
-                tracing::warn!(topic = topic.name(), sequence = message.sequence, "message does not decode; skipped");
+                tracing::warn!(
+                    topic = topic.name(),
+                    sequence = message.sequence,
+                    "message does not decode; skipped"
+                );
             }
         }
     }
@@ -127,8 +132,12 @@ pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
 
 fn read_error(err: mcap::McapError) -> Error {
     let hint = match err {
-        mcap::McapError::UnexpectedEof | mcap::McapError::UnexpectedEoc => " (the file is truncated: was the recorder killed?)",
-        mcap::McapError::UnsupportedCompression(_) => " (compressed chunks: this build reads uncompressed recordings only)",
+        mcap::McapError::UnexpectedEof | mcap::McapError::UnexpectedEoc => {
+            " (the file is truncated: was the recorder killed?)"
+        }
+        mcap::McapError::UnsupportedCompression(_) => {
+            " (compressed chunks: this build reads uncompressed recordings only)"
+        }
         _ => "",
     };
     Error::Recording(format!("corrupt MCAP file: {err}{hint}"))
@@ -281,9 +290,16 @@ impl Writer<'_> {
     }
 
     /// The session's document, made executing when the recording did not start with it.
-    fn doc(&mut self, pipe: &mut redis::Pipeline, session_id: &SessionId, node_id: &NodeId, now: &Timestamp) -> &mut StrokeProgress {
+    fn doc(
+        &mut self,
+        pipe: &mut redis::Pipeline,
+        session_id: &SessionId,
+        node_id: &NodeId,
+        now: &Timestamp,
+    ) -> &mut StrokeProgress {
         self.docs.entry(session_id.clone()).or_insert_with(|| {
-            pipe.zadd(keys::SESSION_INDEX, session_id.as_str(), now.unix_millis()).ignore();
+            pipe.zadd(keys::SESSION_INDEX, session_id.as_str(), now.unix_millis())
+                .ignore();
             new_doc(node_id, now)
         })
     }
@@ -292,7 +308,8 @@ impl Writer<'_> {
         if let Some(doc) = self.docs.get(session_id)
             && let Ok(json) = serde_json::to_string(doc)
         {
-            pipe.hset(keys::progress(session_id), keys::FIELD_PROGRESS, json).ignore();
+            pipe.hset(keys::progress(session_id), keys::FIELD_PROGRESS, json)
+                .ignore();
         }
     }
 
@@ -316,7 +333,8 @@ impl Writer<'_> {
             ("description_r", entry.description_r.clone()),
             ("node_id", node_id.to_string()),
         ];
-        pipe.xadd_maxlen(keys::history(&session_id), maxlen, "*", &fields).ignore();
+        pipe.xadd_maxlen(keys::history(&session_id), maxlen, "*", &fields)
+            .ignore();
         Some(())
     }
 
@@ -340,10 +358,28 @@ impl Writer<'_> {
         if object.contains_key("timestamp") {
             object.insert("timestamp".to_owned(), Value::from(now.to_string()));
         }
-        let event_type = object.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let event_type = object
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if let (Some(session_id), true) = (&session_id, record.channel == keys::SESSION_EVENTS) {
             let node_id = node_id.clone().or_else(|| self.node("replay"))?;
             self.session_event(pipe, session_id, &node_id, &event_type, &event, now);
+        }
+        // The plan's size travels in progress events only (a session start has no stroke length).
+        if let (Some(session_id), event_types::PROGRESS_UPDATE) = (&session_id, event_type.as_str())
+            && let Some(doc) = self.docs.get_mut(session_id)
+        {
+            doc.total_strokes = event
+                .get("total_strokes")
+                .and_then(Value::as_i64)
+                .unwrap_or(doc.total_strokes);
+            doc.stroke_length = event
+                .get("stroke_length")
+                .and_then(Value::as_i64)
+                .unwrap_or(doc.stroke_length);
+            self.store_doc(pipe, session_id);
         }
         let payload = serde_json::to_string(&event).ok()?;
         let maxlen = redis::streams::StreamMaxlen::Approx(self.manager.config().event_log_maxlen);
@@ -419,7 +455,8 @@ impl Writer<'_> {
         let ttl = i64::try_from(self.manager.config().health_ttl.as_secs()).unwrap_or(60);
         pipe.hset(&key, keys::FIELD_HEALTH, json).ignore();
         pipe.expire(&key, ttl).ignore();
-        pipe.zadd(keys::NODE_REGISTRY, node_id.as_str(), now.unix_millis()).ignore();
+        pipe.zadd(keys::NODE_REGISTRY, node_id.as_str(), now.unix_millis())
+            .ignore();
         Some(())
     }
 
