@@ -12,8 +12,11 @@ use tatbot_state_testkit::RedisServer;
 
 use crate::util::{DEADLINE, assert_code, bin, bin_for, run, simulate, spawn, stderr, stdout};
 
-/// Every message of an MCAP file: (topic, log time, JSON), and the schema encoding per topic.
-fn read_mcap(path: &Path) -> (Vec<(String, u64, Value)>, BTreeMap<String, String>) {
+/// A message read back: topic, log time, JSON.
+type Read = (String, u64, Value);
+
+/// Every message of an MCAP file, and the schema encoding per topic.
+fn read_mcap(path: &Path) -> (Vec<Read>, BTreeMap<String, String>) {
     let bytes = std::fs::read(path).unwrap();
     let mut messages = Vec::new();
     let mut schemas = BTreeMap::new();
@@ -28,7 +31,7 @@ fn read_mcap(path: &Path) -> (Vec<(String, u64, Value)>, BTreeMap<String, String
     (messages, schemas)
 }
 
-fn on_topic<'a>(messages: &'a [(String, u64, Value)], topic: &str) -> Vec<&'a Value> {
+fn on_topic<'a>(messages: &'a [Read], topic: &str) -> Vec<&'a Value> {
     messages
         .iter()
         .filter(|(name, ..)| name == topic)

@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use mcap::sans_io::linear_reader::{LinearReadEvent, LinearReader, LinearReaderOptions};
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -94,37 +95,66 @@ pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
                 .to_owned(),
         ));
     }
-    let stream = mcap::MessageStream::new(bytes).map_err(read_error)?;
     let mut recording = Recording::default();
-    for message in stream {
-        let message = message.map_err(read_error)?;
-        let channel = &message.channel;
-        let Some(topic) = Topic::from_name(&channel.topic) else {
-            return Err(Error::Recording(format!(
-                "unknown channel {:?} in the recording; tatbot recordings have {}",
-                channel.topic,
-                Topic::ALL.map(Topic::name).join(", ")
-            )));
-        };
-        if channel.message_encoding != "json" {
-            return Err(Error::Recording(format!(
-                "channel {} is encoded as {:?}, not json; only tatbot's own recordings replay",
-                channel.topic, channel.message_encoding
-            )));
-        }
-        match decode(topic, &message.data) {
-            Some(record) => recording.items.push(Item {
-                log_time: message.log_time,
-                record,
-            }),
-            None => {
-                recording.corrupt += 1;
-                tracing::warn!(
-                    topic = topic.name(),
-                    sequence = message.sequence,
-                    "message does not decode; skipped"
-                );
+    // The crate's `MessageStream` reads chunk contents with no record length limit, and a
+    // length near 2^64 then overflows inside it (a panic in debug builds, found by the unit test
+    // below); its sans-io reader with the file's size as the limit refuses such a record.
+    let options = LinearReaderOptions::default().with_record_length_limit(bytes.len());
+    let mut reader = LinearReader::new_with_options(options);
+    let mut rest = bytes;
+    // Channel id -> (topic, message encoding), from the channel records seen so far.
+    let mut channels: HashMap<u16, (Topic, String)> = HashMap::new();
+    while let Some(event) = reader.next_event() {
+        let (opcode, data) = match event.map_err(read_error)? {
+            LinearReadEvent::ReadRequest(need) => {
+                let len = need.min(rest.len());
+                reader.insert(len).copy_from_slice(&rest[..len]);
+                reader.notify_read(len);
+                rest = &rest[len..];
+                continue;
             }
+            LinearReadEvent::Record { data, opcode } => (opcode, data),
+        };
+        match mcap::parse_record(opcode, data).map_err(read_error)? {
+            mcap::records::Record::Channel(channel) => {
+                let Some(topic) = Topic::from_name(&channel.topic) else {
+                    return Err(Error::Recording(format!(
+                        "unknown channel {:?} in the recording; tatbot recordings have {}",
+                        channel.topic,
+                        Topic::ALL.map(Topic::name).join(", ")
+                    )));
+                };
+                if channel.message_encoding != "json" {
+                    return Err(Error::Recording(format!(
+                        "channel {} is encoded as {:?}, not json; only tatbot's own recordings replay",
+                        channel.topic, channel.message_encoding
+                    )));
+                }
+                channels.insert(channel.id, (topic, channel.message_encoding));
+            }
+            mcap::records::Record::Message { header, data } => {
+                let Some((topic, _)) = channels.get(&header.channel_id) else {
+                    return Err(Error::Recording(format!(
+                        "corrupt MCAP file: message {} names channel {}, which no channel record declares",
+                        header.sequence, header.channel_id
+                    )));
+                };
+                match decode(*topic, &data) {
+                    Some(record) => recording.items.push(Item {
+                        log_time: header.log_time,
+                        record,
+                    }),
+                    None => {
+                        recording.corrupt += 1;
+                        tracing::warn!(
+                            topic = topic.name(),
+                            sequence = header.sequence,
+                            "message does not decode; skipped"
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(recording)
@@ -514,5 +544,21 @@ fn new_doc(node_id: &NodeId, now: &Timestamp) -> StrokeProgress {
         scene_name: "default".to_owned(),
         dataset_name: None,
         extra: crate::model::Extra::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that are not a whole recording give a one-line error, never a panic.
+    #[test]
+    fn bad_bytes_are_one_line_errors() {
+        let mut magic_then_garbage = MCAP_MAGIC.to_vec();
+        magic_then_garbage.extend_from_slice(&[0xff; 64]);
+        for bytes in [&b""[..], b"hello", MCAP_MAGIC, &magic_then_garbage] {
+            let err = read_recording(bytes).expect_err("not a recording");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
     }
 }
