@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tatbot_state::SessionId;
 use tatbot_state::record::{McapSink, Recorder, Selection};
+use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::ctx::GlobalArgs;
 use crate::exit;
 
@@ -68,16 +68,18 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     drop(backlog);
 
     if args.follow && !recorder.finished() {
+        // Registered before saying so: a signal sent right after the line must find the handler.
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
+        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
         eprintln!(
             "recording live to {} until the sessions end (Ctrl-C stops)",
             args.output.display()
         );
-        let shutdown = shutdown_signal();
-        tokio::pin!(shutdown);
         while !recorder.finished() {
             let batch = tokio::select! {
                 batch = recorder.next_live() => batch?,
-                () = &mut shutdown => break,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
             };
             for message in &batch {
                 sink.write(message)?;

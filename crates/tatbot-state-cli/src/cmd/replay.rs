@@ -17,8 +17,8 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tatbot_state::record::replay::{ReplayOptions, read_recording, replay};
 use tatbot_state::{CancellationToken, config};
+use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cmd::heartbeat::shutdown_signal;
 use crate::cmd::server::private::PrivateServer;
 use crate::ctx::GlobalArgs;
 use crate::exit;
@@ -90,6 +90,9 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         params: private.is_some(),
     };
     let manager = global.manager_for(endpoint.clone()).await?;
+    // Registered before the first line: a signal sent right after it must find the handler.
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     println!(
         "replaying {} messages into redis://{endpoint}/ at rate {}",
         recording.items.len(),
@@ -100,7 +103,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let watcher = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
             cancel.cancel();
         })
     };
