@@ -10,6 +10,7 @@ mod mcp;
 mod papercuts;
 mod param;
 mod read;
+mod record;
 mod server;
 mod simulate;
 mod stale;

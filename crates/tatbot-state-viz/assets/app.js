@@ -397,3 +397,89 @@ setInterval(schedule, 1000);
 window.tatbot = { view, conn, entries };
 open();
 render();
+
+// Session timeline: click a session to see its progress over time from its history stream,
+// with its pauses, resumes and end marked, and scrub through its entries.
+const timeline = { id: null, data: null };
+
+function timelineDone(entry, progress) {
+  const length = Math.max((progress && progress.stroke_length) || 1, 1);
+  return entry.stroke_idx * length + entry.pose_idx + 1;
+}
+
+function renderTimeline() {
+  const panel = document.getElementById("timeline-panel");
+  const data = timeline.data;
+  if (!data) { panel.hidden = true; return; }
+  panel.hidden = false;
+  const entries = data.entries;
+  const state = data.progress ? sessionState(data.progress) : "stored";
+  document.getElementById("timeline-title").textContent = `${data.session_id} · ${entries.length} entries · ${state}`;
+  const svg = document.getElementById("timeline-plot");
+  const ns = "http://www.w3.org/2000/svg";
+  const times = entries.map((e) => e.t_ms || 0);
+  const first = Math.min(...times, Infinity), last = Math.max(...times, -Infinity);
+  const span = Math.max(last - first, 1);
+  const top = Math.max(...entries.map((e) => timelineDone(e, data.progress)), 1);
+  const x = (t) => (600 * (t - first)) / span;
+  const y = (done) => 115 - (110 * done) / top;
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", entries.map((e) => `${x(e.t_ms).toFixed(1)},${y(timelineDone(e, data.progress)).toFixed(1)}`).join(" "));
+  line.setAttribute("class", "timeline-line");
+  const marks = data.events.map((logged) => {
+    const t = Number(String(logged.id).split("-")[0]);
+    const mark = document.createElementNS(ns, "line");
+    mark.setAttribute("x1", x(t)); mark.setAttribute("x2", x(t));
+    mark.setAttribute("y1", 0); mark.setAttribute("y2", 120);
+    mark.setAttribute("class", "timeline-mark " + (logged.event_type || "event"));
+    const title = document.createElementNS(ns, "title");
+    title.textContent = logged.event_type || "event";
+    mark.append(title);
+    return mark;
+  });
+  const cursor = document.createElementNS(ns, "line");
+  cursor.setAttribute("id", "timeline-cursor");
+  cursor.setAttribute("y1", 0); cursor.setAttribute("y2", 120);
+  svg.replaceChildren(line, ...marks, cursor);
+  const scrub = document.getElementById("timeline-scrub");
+  scrub.max = Math.max(entries.length - 1, 0);
+  if (Number(scrub.value) > Number(scrub.max) || timeline.fresh) scrub.value = scrub.max;
+  timeline.fresh = false;
+  showTimelineAt(Number(scrub.value));
+}
+
+function showTimelineAt(index) {
+  const data = timeline.data;
+  const entry = data && data.entries[index];
+  const at = document.getElementById("timeline-at");
+  if (!entry) { at.textContent = "No history entries stored."; return; }
+  const times = data.entries.map((e) => e.t_ms || 0);
+  const first = Math.min(...times), span = Math.max(Math.max(...times) - first, 1);
+  const cursor = document.getElementById("timeline-cursor");
+  const cx = (600 * ((entry.t_ms || 0) - first)) / span;
+  cursor.setAttribute("x1", cx); cursor.setAttribute("x2", cx);
+  at.textContent = `${index + 1}/${data.entries.length} · ${clock(entry.t_ms)} · stroke ${entry.stroke_idx + 1} pose ${entry.pose_idx + 1} · ${entry.description_l || "—"} | ${entry.description_r || "—"}`;
+}
+
+async function openTimeline(id) {
+  timeline.id = id;
+  const response = await fetch(`/api/sessions/${encodeURIComponent(id)}/timeline`);
+  const body = await response.json();
+  if (timeline.id !== id) return;
+  if (!response.ok) {
+    timeline.data = { session_id: id, progress: null, entries: [], events: [] };
+    renderTimeline();
+    document.getElementById("timeline-at").textContent = body.error || `HTTP ${response.status}`;
+    return;
+  }
+  timeline.data = body;
+  timeline.fresh = true;
+  renderTimeline();
+}
+
+document.getElementById("sessions").addEventListener("click", (event) => {
+  const card = event.target.closest("[data-session]");
+  if (card) openTimeline(card.getAttribute("data-session"));
+});
+document.getElementById("timeline-scrub").addEventListener("input", (event) => showTimelineAt(Number(event.target.value)));
+window.tatbot.timeline = timeline;

@@ -10,6 +10,7 @@
 //! | `GET /api/events` | `{"events": [...], "errors": [...]}`, oldest first |
 //! | `GET /api/params` | `{"params": [...], "corrupt": [...]}`: every parameter by name ([`tatbot_state::Param`]) |
 //! | `GET /api/stream` | the SSE stream (see `sse.rs`) |
+//! | `GET /api/sessions/{id}/timeline` | one session's history for its timeline: `{"session_id", "progress", "entries": [...], "events": [...]}` (see [`timeline`]) |
 //!
 //! The three snapshot endpoints read one consistent snapshot each. A Redis failure answers
 //! `503` with `{"error": ...}`. Stored values that are corrupt (the wrong type, over the 1 MiB
@@ -21,7 +22,7 @@ use std::future::Future;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,6 +48,7 @@ pub fn app(state: VizState) -> Router {
         .route("/api/events", get(events))
         .route("/api/params", get(param_list))
         .route("/api/stream", get(sse::stream))
+        .route("/api/sessions/{id}/timeline", get(timeline))
         .with_state(state)
 }
 
@@ -138,4 +140,76 @@ async fn bounded(work: impl Future<Output = Result<Value, String>>) -> Response 
         Err(_) => format!("no answer from Redis within {REQUEST_TIMEOUT:?}"),
     };
     (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": error }))).into_response()
+}
+
+/// History entries a timeline shows at most: the history stream's own bound.
+const TIMELINE_ENTRIES: usize = 10_000;
+/// Entries fetched per round trip.
+const TIMELINE_PAGE: usize = 1_000;
+
+/// One session's timeline: its document, every stored history entry with its time (from the
+/// stream id), and the session's events among the recent ones (start, pauses, resumes, end).
+/// An ended session answers while its keys are stored; an unknown one is `404`, an invalid id
+/// `400`, each with `{"error": ...}`.
+async fn timeline(State(state): State<VizState>, Path(id): Path<String>) -> Response {
+    let session_id = match tatbot_state::SessionId::new(id) {
+        Ok(session_id) => session_id,
+        Err(err) => return (StatusCode::BAD_REQUEST, Json(json!({ "error": err.to_string() }))).into_response(),
+    };
+    let work = async move {
+        let manager = &state.manager;
+        let progress = manager
+            .get_stroke_progress(&session_id)
+            .await
+            .map_err(|err| err.to_string())?;
+        let mut entries = Vec::new();
+        let mut after: Option<String> = None;
+        while entries.len() < TIMELINE_ENTRIES {
+            let page = manager
+                .get_history(&session_id, after.as_deref(), TIMELINE_PAGE)
+                .await
+                .map_err(|err| err.to_string())?;
+            let full = page.len() == TIMELINE_PAGE;
+            after = page.last().map(|entry| entry.id.clone());
+            entries.extend(page.into_iter().map(|entry| {
+                let ms = entry.id.split_once('-').and_then(|(ms, _)| ms.parse::<u64>().ok());
+                json!({
+                    "id": entry.id, "t_ms": ms, "stroke_idx": entry.stroke_idx, "pose_idx": entry.pose_idx,
+                    "description_l": entry.description_l, "description_r": entry.description_r,
+                })
+            }));
+            if !full {
+                break;
+            }
+        }
+        if progress.is_none() && entries.is_empty() {
+            return Ok::<_, String>(None);
+        }
+        let snapshot = follow::snapshot(manager, &Scope::All, &state.follow_config)
+            .await
+            .map_err(|err| err.to_string())?;
+        let events: Vec<Value> = snapshot
+            .recent_events
+            .iter()
+            .filter(|logged| logged.session_id.as_deref() == Some(session_id.as_str()))
+            .filter_map(|logged| serde_json::to_value(logged).ok())
+            .collect();
+        Ok(Some(json!({
+            "session_id": session_id.as_str(), "progress": progress, "entries": entries, "events": events,
+        })))
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+        Ok(Ok(Some(value))) => Json(value).into_response(),
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such session (never started, or expired)" })),
+        )
+            .into_response(),
+        Ok(Err(error)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": error }))).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("no answer from Redis within {REQUEST_TIMEOUT:?}") })),
+        )
+            .into_response(),
+    }
 }

@@ -1198,6 +1198,20 @@ fn flag_layer(inputs: &ConfigInputs) -> Result<Layer, ConfigError> {
     Ok(layer)
 }
 
+/// The endpoint a `redis://[user[:pass]@]host[:port][/0]` URL names (port 6379 when left out),
+/// for commands that take a second server as a URL (`tatbot-state replay --into`).
+///
+/// # Errors
+///
+/// A one-line message naming the problem (scheme, database, host, port).
+pub fn endpoint_from_url(url: &str) -> Result<crate::Endpoint, String> {
+    let parsed = parse_redis_url(url).map_err(|problem| format!("{} {problem}", redact_url(url)))?;
+    let mut endpoint = crate::Endpoint::new(parsed.host, parsed.port.unwrap_or(DEFAULT_PORT));
+    endpoint.username = parsed.username;
+    endpoint.password = parsed.password;
+    Ok(endpoint)
+}
+
 /// The parts of a `redis://` URL.
 #[derive(Debug, PartialEq, Eq)]
 struct ParsedUrl {

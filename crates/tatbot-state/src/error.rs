@@ -197,6 +197,10 @@ pub enum Error {
         horizon: Duration,
     },
 
+    /// A recording could not be written, or a file is not a recording this version can replay.
+    #[error("{0}")]
+    Recording(String),
+
     /// A subscription's connection closed; re-subscribe to continue.
     #[error("subscription to Redis closed (connection lost)")]
     SubscriptionClosed,

@@ -14,6 +14,7 @@
 //! - [`keys`]: the key schema, the only place key names are built.
 //! - [`heartbeat`]: the node heartbeat agent, filled from real system metrics.
 //! - [`follow`]: a consistent snapshot, then every change, resumable from a cursor.
+//! - `record` (feature `record`): recordings as timed JSON messages, MCAP files and replay.
 //! - [`params`]: typed, validated runtime parameters with compare-and-set, audit and watch.
 //! - [`config`]: resolving the Redis target from YAML, env files, environment and flags.
 //! - [`connection`]: [`Endpoint`], [`ManagerConfig`] and their defaults.
@@ -40,6 +41,8 @@ mod ops;
 pub mod params;
 pub mod producer;
 mod pyjson;
+#[cfg(feature = "record")]
+pub mod record;
 mod scripts;
 pub mod subscribe;
 pub mod text;

@@ -1217,7 +1217,7 @@ impl StateManager {
     }
 
     /// All keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks the server).
-    async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
         scan_keys(&mut self.connection(), pattern, SCAN_BATCH)
             .await
             .map_err(|err| self.redis_error("scan", err))
@@ -1225,7 +1225,7 @@ impl StateManager {
 
     /// Fetches `field` of each hash in pipelined batches and decodes it; a key whose suffix
     /// is not a valid `id_kind` is an entry with that error.
-    async fn read_documents<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn read_documents<T: serde::de::DeserializeOwned>(
         &self,
         found: Vec<String>,
         prefix: &str,

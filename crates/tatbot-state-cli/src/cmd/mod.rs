@@ -9,6 +9,7 @@ mod demo;
 mod doctor;
 mod events;
 pub mod examples;
+mod foxglove;
 mod health;
 mod heartbeat;
 mod history;
@@ -16,6 +17,8 @@ mod mcp;
 mod monitor;
 mod param;
 mod progress;
+mod record;
+mod replay;
 mod robot;
 mod server;
 mod sessions;
@@ -84,6 +87,12 @@ pub enum Command {
     Doctor(doctor::Args),
     /// Measure latency and throughput against a baseline on the same server
     Bench(bench::Args),
+    /// Record sessions to an MCAP file (history, events, robot state, health, errors, parameters)
+    Record(record::Args),
+    /// Play an MCAP recording back into a Redis with its original timing
+    Replay(replay::Args),
+    /// Serve the live state over the Foxglove WebSocket protocol
+    Foxglove(foxglove::Args),
 }
 
 /// Dispatches to the subcommand; returns its exit code.
@@ -109,5 +118,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(args) => config::run(global, args).await,
         Command::Doctor(args) => doctor::run(global, args).await,
         Command::Bench(args) => bench::run(global, args).await,
+        Command::Record(args) => record::run(global, args).await,
+        Command::Replay(args) => replay::run(global, args).await,
+        Command::Foxglove(args) => foxglove::run(global, args).await,
     }
 }

@@ -100,6 +100,7 @@ pub struct ProgressUpdateEvent {
 
 /// `error` on `error:events:{category}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "record", derive(schemars::JsonSchema))]
 pub struct ErrorEvent {
     /// The category (also the channel suffix).
     #[serde(default)]

@@ -7,6 +7,7 @@ use crate::timestamp::Timestamp;
 
 /// One node's resource use and reachability at its last heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "record", derive(schemars::JsonSchema))]
 pub struct NodeHealth {
     /// When the sample was taken.
     pub timestamp: Timestamp,

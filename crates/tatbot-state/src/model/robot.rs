@@ -7,6 +7,7 @@ use crate::timestamp::Timestamp;
 
 /// Both arms' connection and joint state, written by the robot node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "record", derive(schemars::JsonSchema))]
 pub struct RobotState {
     /// When the state was sampled.
     pub timestamp: Timestamp,

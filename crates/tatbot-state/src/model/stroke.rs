@@ -59,6 +59,7 @@ fn default_scene() -> String {
 
 /// One entry of `stream:stroke_history:{session_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "record", derive(schemars::JsonSchema))]
 pub struct HistoryEntry {
     /// The stream entry id (`<ms>-<seq>`).
     pub id: String,

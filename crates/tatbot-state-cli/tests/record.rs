@@ -1,0 +1,515 @@
+//! `record`, `replay` and `foxglove` (issue #17): MCAP files read back with the `mcap` crate,
+//! a replay watched through the follow API, and a Foxglove WebSocket client.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tatbot_state_testkit::RedisServer;
+
+use crate::util::{DEADLINE, assert_code, bin, bin_for, run, simulate, spawn, stderr, stdout};
+
+/// A message read back: topic, log time, JSON.
+type Read = (String, u64, Value);
+
+/// Every message of an MCAP file, and the schema encoding per topic.
+fn read_mcap(path: &Path) -> (Vec<Read>, BTreeMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut messages = Vec::new();
+    let mut schemas = BTreeMap::new();
+    for message in mcap::MessageStream::new(&bytes).unwrap() {
+        let message = message.unwrap();
+        let schema = message.channel.schema.as_ref().expect("every channel has a schema");
+        assert!(!schema.data.is_empty());
+        schemas.insert(message.channel.topic.clone(), schema.encoding.clone());
+        let value: Value = serde_json::from_slice(&message.data).unwrap();
+        messages.push((message.channel.topic.clone(), message.log_time, value));
+    }
+    (messages, schemas)
+}
+
+fn on_topic<'a>(messages: &'a [Read], topic: &str) -> Vec<&'a Value> {
+    messages
+        .iter()
+        .filter(|(name, ..)| name == topic)
+        .map(|(_, _, value)| value)
+        .collect()
+}
+
+/// A recorded simulated session holds every history entry and event once, with a JSON Schema
+/// per channel, in log-time order; a corrupt history entry is counted and skipped.
+#[test]
+fn record_has_every_entry_once_with_schemas_in_log_time_order() {
+    let server = RedisServer::start();
+    let session = simulate(&server, "recbot", 3, 4);
+    let history_key = format!("stream:stroke_history:{session}");
+    server
+        .command(&[
+            "XADD",
+            &history_key,
+            "*",
+            "stroke_idx",
+            "not-a-number",
+            "\u{1b}[2J",
+            "x",
+        ])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session.mcap");
+    let output = run(bin_for(&server), &["record", &session, "-o", file.to_str().unwrap()]);
+    assert_code(&output, 0);
+    assert!(stderr(&output).contains("skipped 1 corrupt"), "{}", stderr(&output));
+    assert!(stdout(&output).contains("recorded"), "{}", stdout(&output));
+
+    let (messages, schemas) = read_mcap(&file);
+    assert!(schemas.values().all(|encoding| encoding == "jsonschema"), "{schemas:?}");
+    let times: Vec<u64> = messages.iter().map(|(_, time, _)| *time).collect();
+    assert!(
+        times.windows(2).all(|pair| pair[0] <= pair[1]),
+        "log times go back: {times:?}"
+    );
+
+    let progress = on_topic(&messages, "/tatbot/progress");
+    let steps: Vec<(i64, i64)> = progress
+        .iter()
+        .map(|record| {
+            (
+                record["stroke_idx"].as_i64().unwrap(),
+                record["pose_idx"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(i64, i64)> = (0..3)
+        .flat_map(|stroke| (0..4).map(move |pose| (stroke, pose)))
+        .collect();
+    assert_eq!(steps, expected);
+    assert!(progress.iter().all(|record| record["session_id"] == session.as_str()));
+    let stored_ids: Vec<String> = server
+        .command(&["XRANGE", &history_key, "-", "+"])
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains('-') && line.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect();
+    let recorded_ids: Vec<&str> = progress.iter().map(|record| record["id"].as_str().unwrap()).collect();
+    assert_eq!(&recorded_ids, &stored_ids[..12], "each stored entry once, in order");
+
+    let events = on_topic(&messages, "/tatbot/events");
+    let types: Vec<&str> = events
+        .iter()
+        .map(|record| record["event"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"session_start"), "{types:?}");
+    assert_eq!(types.last(), Some(&"session_end"), "{types:?}");
+    assert_eq!(types.iter().filter(|kind| **kind == "progress_update").count(), 12);
+    let mut event_ids: Vec<&str> = events.iter().map(|record| record["id"].as_str().unwrap()).collect();
+    event_ids.dedup();
+    assert_eq!(event_ids.len(), events.len(), "no event twice");
+}
+
+/// `record --all --follow` stopped by SIGINT still writes a complete, valid file.
+#[test]
+fn record_follow_interrupted_leaves_a_valid_file() {
+    let server = RedisServer::start();
+    let session = simulate(&server, "recbot", 2, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("live.mcap");
+    let mut recorder = spawn(
+        bin_for(&server),
+        &["record", "--all", "--follow", "-o", file.to_str().unwrap()],
+    );
+    recorder.stderr.wait_for("recording live");
+    signal::kill(Pid::from_raw(i32::try_from(recorder.pid()).unwrap()), Signal::SIGINT).unwrap();
+    assert!(recorder.wait().success());
+
+    let bytes = std::fs::read(&file).unwrap();
+    let summary = mcap::Summary::read(&bytes)
+        .unwrap()
+        .expect("a finished file has a summary");
+    assert_eq!(summary.channels.len(), 6);
+    let (messages, _) = read_mcap(&file);
+    let progress = on_topic(&messages, "/tatbot/progress");
+    assert_eq!(progress.len(), 6);
+    assert!(progress.iter().all(|record| record["session_id"] == session.as_str()));
+}
+
+/// `record SESSION --follow` records a running session live and stops by itself at its end.
+#[test]
+fn record_follow_stops_when_the_session_ends() {
+    let server = RedisServer::start();
+    let mut simulation = spawn(
+        bin_for(&server),
+        &[
+            "--node-id",
+            "livebot",
+            "simulate",
+            "--hz",
+            "40",
+            "--strokes",
+            "2",
+            "--stroke-length",
+            "10",
+        ],
+    );
+    let session = simulation.stdout.next();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("follow.mcap");
+    let output = run(
+        bin_for(&server),
+        &["record", &session, "--follow", "-o", file.to_str().unwrap()],
+    );
+    assert_code(&output, 0);
+    assert!(simulation.wait().success());
+    let (messages, _) = read_mcap(&file);
+    assert_eq!(on_topic(&messages, "/tatbot/progress").len(), 20);
+    let events = on_topic(&messages, "/tatbot/events");
+    assert_eq!(events.last().unwrap()["event"]["type"], "session_end");
+}
+
+/// Records `strokes` x `length` poses of a fresh simulation to a file in `dir`.
+fn recorded_session(server: &RedisServer, dir: &Path, hz: &str) -> (String, std::path::PathBuf) {
+    let output = run(
+        bin_for(server),
+        &[
+            "--node-id",
+            "hog",
+            "simulate",
+            "--hz",
+            hz,
+            "--strokes",
+            "2",
+            "--stroke-length",
+            "5",
+        ],
+    );
+    assert_code(&output, 0);
+    let session = stdout(&output).lines().next().unwrap().to_owned();
+    let file = dir.join("session.mcap");
+    assert_code(
+        &run(bin_for(server), &["record", &session, "-o", file.to_str().unwrap()]),
+        0,
+    );
+    (session, file)
+}
+
+/// A replay at rate 10 into another server: a follower sees the same progress steps as the
+/// original, under the replay prefix, and the replay takes about a tenth of the original time.
+#[test]
+fn replay_at_rate_10_shows_the_same_progress_to_a_follower() {
+    let original = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (session, file) = recorded_session(&original, dir.path(), "20");
+    let (messages, _) = read_mcap(&file);
+    let progress = on_topic(&messages, "/tatbot/progress");
+    let expected: Vec<(i64, i64, String)> = progress
+        .iter()
+        .map(|record| {
+            let description = record["description_l"].as_str().unwrap().to_owned();
+            (
+                record["stroke_idx"].as_i64().unwrap(),
+                record["pose_idx"].as_i64().unwrap(),
+                description,
+            )
+        })
+        .collect();
+    let times: Vec<u64> = messages.iter().map(|(_, time, _)| *time).collect();
+    let span = Duration::from_nanos(times.last().unwrap() - times.first().unwrap());
+
+    let target = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = runtime.block_on(async {
+        let config = tatbot_state::ManagerConfig::new(
+            tatbot_state::Endpoint::new(target.host(), target.port()),
+            tatbot_state::NodeId::new("watcher").unwrap(),
+        );
+        let manager = tatbot_state::StateManager::connect(config).await.unwrap();
+        let mut follower = tatbot_state::follow::follow(&manager, tatbot_state::Scope::All, None);
+        // The first item is the (empty) snapshot: the follower is reading before the replay.
+        assert!(matches!(
+            follower.next().await,
+            Some(tatbot_state::FollowItem::Snapshot(_))
+        ));
+        let url = format!("redis://{}:{}", target.host(), target.port());
+        let started = Instant::now();
+        let replay = tokio::process::Command::from(bin())
+            .args(["replay", file.to_str().unwrap(), "--rate", "10", "--into", &url])
+            .output();
+        let collect = async {
+            let mut seen = Vec::new();
+            while seen.len() < expected.len() {
+                let item = tokio::time::timeout(DEADLINE, follower.next()).await.unwrap().unwrap();
+                if let tatbot_state::FollowItem::Change(change) = item
+                    && let tatbot_state::follow::ChangeKind::Progress { session_id, entry } = change.kind
+                {
+                    seen.push((
+                        session_id.to_string(),
+                        entry.stroke_idx,
+                        entry.pose_idx,
+                        entry.description_l,
+                    ));
+                }
+            }
+            seen
+        };
+        let (output, seen) = tokio::join!(replay, collect);
+        let output = output.unwrap();
+        assert_code(&output, 0);
+        assert!(
+            started.elapsed() >= span / 10,
+            "{:?} is faster than a tenth of {span:?}",
+            started.elapsed()
+        );
+        seen
+    });
+    let replayed = format!("replay.{session}");
+    assert!(seen.iter().all(|(id, ..)| *id == replayed), "{seen:?}");
+    let steps: Vec<(i64, i64, String)> = seen
+        .into_iter()
+        .map(|(_, stroke, pose, text)| (stroke, pose, text))
+        .collect();
+    assert_eq!(steps, expected);
+    // The original session id was never written on the target.
+    let exists = target
+        .command(&["EXISTS", &format!("stroke:progress:{session}")])
+        .unwrap();
+    assert_eq!(exists.trim().trim_start_matches(':'), "0");
+}
+
+/// Not MCAP, truncated, an unknown channel, an empty file: one line on stderr, no panic.
+#[test]
+fn replay_rejects_bad_files_with_one_line() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, good) = recorded_session(&server, dir.path(), "0");
+    let bytes = std::fs::read(&good).unwrap();
+
+    let not_mcap = dir.path().join("notes.mcap");
+    std::fs::write(&not_mcap, "hello, this is text\n").unwrap();
+    let truncated = dir.path().join("truncated.mcap");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let empty = dir.path().join("empty.mcap");
+    std::fs::write(&empty, b"").unwrap();
+    let unknown = dir.path().join("unknown.mcap");
+    {
+        let mut writer = mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(&unknown).unwrap())).unwrap();
+        let channel = writer
+            .add_channel(0, "/camera/image", "json", &BTreeMap::new())
+            .unwrap();
+        let header = mcap::records::MessageHeader {
+            channel_id: channel,
+            sequence: 1,
+            log_time: 1,
+            publish_time: 1,
+        };
+        writer.write_to_known_channel(&header, b"{}").unwrap();
+        writer.finish().unwrap();
+    }
+    for (file, expected) in [
+        (&not_mcap, "not an MCAP file"),
+        (&truncated, "truncated"),
+        (&empty, "not an MCAP file"),
+        (&unknown, "unknown channel \"/camera/image\""),
+    ] {
+        let output = run(bin(), &["replay", file.to_str().unwrap(), "--exit-when-done"]);
+        assert_code(&output, 1);
+        let text = stderr(&output);
+        assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+        assert!(text.contains(expected), "{text}");
+    }
+    let output = run(
+        bin(),
+        &["replay", good.to_str().unwrap(), "--rate", "0", "--into", &server.url()],
+    );
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("rate 0 is not a positive number"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// A Foxglove WebSocket client gets the channels with their schemas, live progress messages on
+/// the progress channel it subscribed to, and the parameters.
+#[test]
+fn foxglove_serves_live_progress_and_parameters() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("params.yaml");
+    std::fs::write(&yaml, "arms:\n  goal_time_slow: 2.5\n").unwrap();
+    assert_code(&run(bin_for(&server), &["param", "load", yaml.to_str().unwrap()]), 0);
+
+    let foxglove = spawn(bin_for(&server), &["foxglove", "--bind", "127.0.0.1:0"]);
+    let line = foxglove.stdout.wait_for("ws://");
+    let address = line
+        .split_whitespace()
+        .find(|word| word.starts_with("ws://"))
+        .unwrap()
+        .to_owned();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut request = address.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "foxglove.sdk.v1".parse().unwrap());
+        let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(response.headers()["sec-websocket-protocol"], "foxglove.sdk.v1");
+
+        let mut channel_ids = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while channel_ids.len() < 6 {
+            let message = tokio::time::timeout_at(deadline, socket.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let WsMessage::Text(text) = message else { continue };
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if value["op"] == "advertise" {
+                for channel in value["channels"].as_array().unwrap() {
+                    assert_eq!(channel["schemaEncoding"], "jsonschema");
+                    assert!(channel["schema"].as_str().unwrap().contains("properties"));
+                    channel_ids.insert(
+                        channel["topic"].as_str().unwrap().to_owned(),
+                        channel["id"].as_u64().unwrap(),
+                    );
+                }
+            }
+        }
+        let subscribe = serde_json::json!({
+            "op": "subscribe",
+            "subscriptions": [{"id": 7, "channelId": channel_ids["/tatbot/progress"]}],
+        });
+        socket
+            .send(WsMessage::Text(subscribe.to_string().into()))
+            .await
+            .unwrap();
+        let get = serde_json::json!({"op": "getParameters", "parameterNames": [], "id": "all"});
+        socket.send(WsMessage::Text(get.to_string().into())).await.unwrap();
+
+        let simulation = tokio::process::Command::from(bin_for(&server))
+            .args([
+                "--node-id",
+                "foxbot",
+                "simulate",
+                "--hz",
+                "50",
+                "--strokes",
+                "2",
+                "--stroke-length",
+                "5",
+            ])
+            .output();
+        let read = async {
+            let (mut parameters, mut progress) = (None, Vec::new());
+            while parameters.is_none() || progress.len() < 3 {
+                let message = tokio::time::timeout_at(deadline, socket.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                match message {
+                    WsMessage::Text(text) => {
+                        let value: Value = serde_json::from_str(&text).unwrap();
+                        if value["op"] == "parameterValues" && value["id"] == "all" {
+                            parameters = Some(value["parameters"].clone());
+                        }
+                    }
+                    WsMessage::Binary(data) => {
+                        // Opcode 1 (message data), subscription id, log time, payload.
+                        assert_eq!(data[0], 1);
+                        assert_eq!(u32::from_le_bytes(data[1..5].try_into().unwrap()), 7);
+                        let record: Value = serde_json::from_slice(&data[13..]).unwrap();
+                        progress.push(record);
+                    }
+                    _ => {}
+                }
+            }
+            (parameters.unwrap(), progress)
+        };
+        let (output, (parameters, progress)) = tokio::join!(simulation, read);
+        assert!(output.unwrap().status.success());
+        assert_eq!(parameters[0]["name"], "arms.goal_time_slow");
+        assert_eq!(parameters[0]["value"], 2.5);
+        assert!(
+            progress
+                .iter()
+                .all(|record| record["session_id"].as_str().unwrap().starts_with("stroke_foxbot_"))
+        );
+        assert_eq!(progress[0]["stroke_idx"], 0);
+    });
+}
+
+/// The dashboard in Chromium shows a session replayed into its server; clicking it opens the
+/// session's timeline from its history stream, which stays browsable after the end, and the
+/// scrubber moves through its entries.
+#[test]
+fn dashboard_shows_a_replayed_session_and_its_timeline() {
+    use crate::viz::{artifact, wait_in_page};
+    use crate::webdriver::Browser;
+
+    let original = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (session, file) = recorded_session(&original, dir.path(), "50");
+    let target = RedisServer::start();
+    let viz = spawn(bin_for(&target), &["--node-id", "viz", "viz", "--bind", "127.0.0.1:0"]);
+    let url = viz.stdout.wait_for("http://");
+    let url = url
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let browser = Browser::start(1280, 1000);
+    browser.goto(&url);
+
+    let output = run(
+        bin(),
+        &[
+            "replay",
+            file.to_str().unwrap(),
+            "--rate",
+            "10",
+            "--into",
+            &target.url(),
+        ],
+    );
+    assert_code(&output, 0);
+    let replayed = format!("replay.{session}");
+    let card = format!("document.querySelector('[data-session=\"{replayed}\"]')");
+    wait_in_page(
+        &browser,
+        "the replayed session, ended",
+        &format!("const c = {card}; return c && c.querySelector('.state').textContent === 'ended'"),
+    );
+    browser.eval(&format!("{card}.click(); return true"));
+    let title = wait_in_page(
+        &browser,
+        "the timeline",
+        "const t = document.getElementById('timeline-title').textContent; return t.includes('10 entries') && t",
+    );
+    assert!(title.as_str().unwrap().contains("ended"), "{title}");
+    let marks = browser.eval("return [...document.querySelectorAll('.timeline-mark')].map((m) => m.textContent)");
+    assert_eq!(marks, serde_json::json!(["session_start", "session_end"]));
+    let last = browser.eval("return document.getElementById('timeline-at').textContent");
+    assert!(last.as_str().unwrap().starts_with("10/10"), "{last}");
+    let first = browser.eval(
+        "const s = document.getElementById('timeline-scrub'); s.value = 0; \
+         s.dispatchEvent(new Event('input')); return document.getElementById('timeline-at').textContent",
+    );
+    assert!(first.as_str().unwrap().starts_with("1/10"), "{first}");
+    assert!(first.as_str().unwrap().contains("stroke 1 pose 1"), "{first}");
+    browser.screenshot(&artifact("viz-timeline.png"));
+}
