@@ -38,6 +38,18 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     ),
     (&["sessions"], "tatbot-state sessions\n  tatbot-state --json sessions"),
     (
+        &["record"],
+        "tatbot-state record stroke_hog_1795626937 -o run.mcap\n  tatbot-state record --all --follow -o fleet.mcap",
+    ),
+    (
+        &["replay"],
+        "tatbot-state replay run.mcap\n  tatbot-state replay run.mcap --rate 10 --exit-when-done\n  tatbot-state replay run.mcap --into redis://127.0.0.1:6379",
+    ),
+    (
+        &["foxglove"],
+        "tatbot-state foxglove\n  tatbot-state foxglove --bind 127.0.0.1:0",
+    ),
+    (
         &["progress"],
         "tatbot-state progress\n  tatbot-state progress stroke_hog_1795626937",
     ),
