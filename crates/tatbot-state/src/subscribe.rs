@@ -132,13 +132,19 @@ impl Subscription {
         Ok(subscription)
     }
 
+    /// The connection for reading the event log, opened when first needed.
+    async fn log_connection(&mut self) -> redis::RedisResult<&mut redis::aio::MultiplexedConnection> {
+        if self.log.is_none() {
+            self.log = Some(self.client.get_multiplexed_async_connection().await?);
+        }
+        Ok(self.log.as_mut().expect("just opened"))
+    }
+
     /// The event log's last entry id (`0-0` when empty), or `None` when it cannot be read.
     async fn log_tail(&mut self) -> Option<String> {
+        let limit = self.connect_timeout;
         let read = async {
-            if self.log.is_none() {
-                self.log = Some(self.client.get_multiplexed_async_connection().await?);
-            }
-            let connection = self.log.as_mut().expect("just opened");
+            let connection = self.log_connection().await?;
             let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
                 .arg(keys::EVENT_LOG)
                 .arg("+")
@@ -154,7 +160,7 @@ impl Subscription {
                     .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
             )
         };
-        match tokio::time::timeout(self.connect_timeout, read).await {
+        match tokio::time::timeout(limit, read).await {
             Ok(Ok(id)) => Some(id),
             Ok(Err(err)) => {
                 self.log = None;
@@ -175,11 +181,9 @@ impl Subscription {
             self.mark = self.log_tail().await;
             return;
         };
+        let limit = self.connect_timeout;
         let read = async {
-            if self.log.is_none() {
-                self.log = Some(self.client.get_multiplexed_async_connection().await?);
-            }
-            let connection = self.log.as_mut().expect("just opened");
+            let connection = self.log_connection().await?;
             redis::cmd("XRANGE")
                 .arg(keys::EVENT_LOG)
                 .arg(format!("({mark}"))
@@ -189,7 +193,7 @@ impl Subscription {
                 .query_async::<redis::streams::StreamRangeReply>(connection)
                 .await
         };
-        let reply = match tokio::time::timeout(self.connect_timeout, read).await {
+        let reply = match tokio::time::timeout(limit, read).await {
             Ok(Ok(reply)) => reply,
             outcome => {
                 self.log = None;
