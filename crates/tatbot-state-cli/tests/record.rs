@@ -334,6 +334,46 @@ fn replay_rejects_bad_files_with_one_line() {
     );
 }
 
+/// Records that declare lengths far beyond their own size (a header from the `replay_reader`
+/// fuzz target, and a channel whose topic claims 3.7 GB) are one-line errors, run under a 2 GiB
+/// address-space limit: the `mcap` crate's parser reserves a declared string length before
+/// reading it, so without the check the process aborts on the allocation.
+#[test]
+fn replay_refuses_huge_declared_lengths() {
+    if std::process::Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // fuzz/artifacts/replay_reader/oom-002c04c8…, as the fuzzer wrote it.
+    let mut fuzzed = b"\x89MCAP0\r\n\x01\x0f".to_vec();
+    fuzzed.extend_from_slice(&[0; 12]);
+    fuzzed.extend_from_slice(&[0x40, 0x06]);
+    fuzzed.extend_from_slice(&[0xdf; 40]);
+    fuzzed.extend_from_slice(&[0; 24]);
+    fuzzed.extend_from_slice(&[0x09, 0x00]);
+    assert_eq!(fuzzed.len(), 90);
+    let mut channel = b"\x89MCAP0\r\n".to_vec();
+    let body: Vec<u8> = [&[1u8, 0, 0, 0][..], &0xdf06_4000u32.to_le_bytes(), b"/tatbot/progress"].concat();
+    channel.push(mcap::records::op::CHANNEL);
+    channel.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    channel.extend_from_slice(&body);
+    for (name, bytes, expected) in [
+        ("fuzzed.mcap", fuzzed, "corrupt MCAP file"),
+        ("channel.mcap", channel, "lengths overrun the record"),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let mut command = std::process::Command::new("prlimit");
+        command.arg("--as=2147483648").arg(env!("CARGO_BIN_EXE_tatbot-state"));
+        let output = run(command, &["replay", file.to_str().unwrap(), "--exit-when-done"]);
+        let text = stderr(&output);
+        assert_code(&output, 1);
+        assert_eq!(text.trim_end().lines().count(), 1, "{name}: {text}");
+        assert!(text.contains(expected), "{name}: {text}");
+    }
+}
+
 /// A Foxglove WebSocket client gets the channels with their schemas, live progress messages on
 /// the progress channel it subscribed to, and the parameters.
 #[test]

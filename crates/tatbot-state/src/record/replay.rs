@@ -115,6 +115,15 @@ pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
             }
             LinearReadEvent::Record { data, opcode } => (opcode, data),
         };
+        // Only channel and message records matter here, and only they are parsed: the crate's
+        // parser reserves a string's declared length before reading it, so a 90-byte record
+        // claiming a 3.7 GB string took 3.7 GB (found by the `replay_reader` fuzz target).
+        // A message has no length-prefixed field; a channel's are checked first.
+        match opcode {
+            mcap::records::op::MESSAGE => {}
+            mcap::records::op::CHANNEL => check_channel_lengths(data)?,
+            _ => continue,
+        }
         match mcap::parse_record(opcode, data).map_err(read_error)? {
             mcap::records::Record::Channel(channel) => {
                 let Some(topic) = Topic::from_name(&channel.topic) else {
@@ -158,6 +167,36 @@ pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
         }
     }
     Ok(recording)
+}
+
+/// Checks that every length prefix of a channel record's body (two strings, then a map of
+/// strings with its byte length) stays inside the body, before the crate allocates by them.
+fn check_channel_lengths(body: &[u8]) -> Result<()> {
+    let corrupt = || Error::Recording("corrupt MCAP file: a channel record's lengths overrun the record".to_owned());
+    let prefix = |at: usize| -> Option<usize> {
+        let bytes = body.get(at..at.checked_add(4)?)?;
+        usize::try_from(u32::from_le_bytes(bytes.try_into().ok()?)).ok()
+    };
+    // id and schema id (u16 each), then topic and message encoding.
+    let mut at = 4;
+    for _ in 0..2 {
+        let len = prefix(at).ok_or_else(corrupt)?;
+        at = at
+            .checked_add(4 + len)
+            .filter(|end| *end <= body.len())
+            .ok_or_else(corrupt)?;
+    }
+    let map_len = prefix(at).ok_or_else(corrupt)?;
+    let map_end = (at + 4)
+        .checked_add(map_len)
+        .filter(|end| *end <= body.len())
+        .ok_or_else(corrupt)?;
+    at += 4;
+    while at < map_end {
+        let len = prefix(at).filter(|len| at + 4 + len <= map_end).ok_or_else(corrupt)?;
+        at += 4 + len;
+    }
+    Ok(())
 }
 
 fn read_error(err: mcap::McapError) -> Error {
@@ -560,5 +599,32 @@ mod tests {
             let err = read_recording(bytes).expect_err("not a recording");
             assert!(!err.to_string().contains('\n'), "{err}");
         }
+    }
+
+    /// A channel record whose topic claims 4 GB in a record of a few bytes is refused by its
+    /// lengths; the CLI test `replay_refuses_huge_declared_lengths` runs the same bytes under
+    /// an address-space limit, which the crate's own parser would exceed.
+    #[test]
+    fn channel_lengths_must_stay_inside_the_record() {
+        let mut body = vec![1, 0, 0, 0];
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        body.extend_from_slice(b"x");
+        assert!(check_channel_lengths(&body).is_err());
+        // A well-formed channel: topic "t", encoding "json", a map {"k": "v"}.
+        let mut good = vec![1, 0, 0, 0];
+        for text in [&b"t"[..], b"json"] {
+            good.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            good.extend_from_slice(text);
+        }
+        good.extend_from_slice(&10u32.to_le_bytes());
+        for text in [b"k", b"v"] {
+            good.extend_from_slice(&1u32.to_le_bytes());
+            good.extend_from_slice(text);
+        }
+        check_channel_lengths(&good).expect("well-formed");
+        let mut map_overrun = good.clone();
+        let last = map_overrun.len() - 5;
+        map_overrun[last..last + 4].copy_from_slice(&9u32.to_le_bytes());
+        assert!(check_channel_lengths(&map_overrun).is_err());
     }
 }
