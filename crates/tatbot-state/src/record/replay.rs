@@ -95,34 +95,51 @@ pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
                 .to_owned(),
         ));
     }
-    let mut recording = Recording::default();
+    let mut reader = Reader::default();
     // The crate's `MessageStream` reads chunk contents with no record length limit, and a
     // length near 2^64 then overflows inside it (a panic in debug builds, found by the unit test
     // below); its sans-io reader with the file's size as the limit refuses such a record.
-    let options = LinearReaderOptions::default().with_record_length_limit(bytes.len());
-    let mut reader = LinearReader::new_with_options(options);
+    // Chunks come out whole and are walked here: the crate's own walk subtracts a record's
+    // declared length from what is left of its chunk unchecked (an overflow panic in debug
+    // builds, found by the `replay_reader` fuzz target).
+    let options = LinearReaderOptions::default()
+        .with_record_length_limit(bytes.len())
+        .with_emit_chunks(true);
+    let mut linear = LinearReader::new_with_options(options);
     let mut rest = bytes;
-    // Channel id -> (topic, message encoding), from the channel records seen so far.
-    let mut channels: HashMap<u16, (Topic, String)> = HashMap::new();
-    while let Some(event) = reader.next_event() {
-        let (opcode, data) = match event.map_err(read_error)? {
+    while let Some(event) = linear.next_event() {
+        match event.map_err(read_error)? {
             LinearReadEvent::ReadRequest(need) => {
                 let len = need.min(rest.len());
-                reader.insert(len).copy_from_slice(&rest[..len]);
-                reader.notify_read(len);
+                linear.insert(len).copy_from_slice(&rest[..len]);
+                linear.notify_read(len);
                 rest = &rest[len..];
-                continue;
             }
-            LinearReadEvent::Record { data, opcode } => (opcode, data),
-        };
-        // Only channel and message records matter here, and only they are parsed: the crate's
+            LinearReadEvent::Record { data, opcode } => reader.record(opcode, data)?,
+        }
+    }
+    Ok(reader.recording)
+}
+
+/// What [`read_recording`] has read so far.
+#[derive(Default)]
+struct Reader {
+    recording: Recording,
+    /// Channel id -> topic, from the channel records seen so far.
+    channels: HashMap<u16, Topic>,
+}
+
+impl Reader {
+    fn record(&mut self, opcode: u8, data: &[u8]) -> Result<()> {
+        // Only chunks, channels and messages matter here, and only they are parsed: the crate's
         // parser reserves a string's declared length before reading it, so a 90-byte record
         // claiming a 3.7 GB string took 3.7 GB (found by the `replay_reader` fuzz target).
         // A message has no length-prefixed field; a channel's are checked first.
         match opcode {
+            mcap::records::op::CHUNK => return self.chunk(data),
             mcap::records::op::MESSAGE => {}
             mcap::records::op::CHANNEL => check_channel_lengths(data)?,
-            _ => continue,
+            _ => return Ok(()),
         }
         match mcap::parse_record(opcode, data).map_err(read_error)? {
             mcap::records::Record::Channel(channel) => {
@@ -139,22 +156,22 @@ pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
                         channel.topic, channel.message_encoding
                     )));
                 }
-                channels.insert(channel.id, (topic, channel.message_encoding));
+                self.channels.insert(channel.id, topic);
             }
             mcap::records::Record::Message { header, data } => {
-                let Some((topic, _)) = channels.get(&header.channel_id) else {
+                let Some(topic) = self.channels.get(&header.channel_id) else {
                     return Err(Error::Recording(format!(
                         "corrupt MCAP file: message {} names channel {}, which no channel record declares",
                         header.sequence, header.channel_id
                     )));
                 };
                 match decode(*topic, &data) {
-                    Some(record) => recording.items.push(Item {
+                    Some(record) => self.recording.items.push(Item {
                         log_time: header.log_time,
                         record,
                     }),
                     None => {
-                        recording.corrupt += 1;
+                        self.recording.corrupt += 1;
                         tracing::warn!(
                             topic = topic.name(),
                             sequence = header.sequence,
@@ -165,18 +182,59 @@ pub fn read_recording(bytes: &[u8]) -> Result<Recording> {
             }
             _ => {}
         }
+        Ok(())
     }
-    Ok(recording)
+
+    /// An uncompressed chunk: its header (start and end time, size, CRC, compression, records
+    /// length), then records, each opcode, length and body, every length checked against what is
+    /// left of the chunk.
+    fn chunk(&mut self, body: &[u8]) -> Result<()> {
+        let corrupt = |what: &str| Error::Recording(format!("corrupt MCAP file: {what}"));
+        let compression_len = le_u32(body, 28).ok_or_else(|| corrupt("a chunk's header is cut short"))?;
+        let compression = body
+            .get(32..32 + compression_len)
+            .ok_or_else(|| corrupt("a chunk's compression name overruns the chunk"))?;
+        if !compression.is_empty() {
+            return Err(Error::Recording(format!(
+                "corrupt MCAP file: chunk compressed with {:?} (compressed chunks: this build reads uncompressed recordings only)",
+                String::from_utf8_lossy(compression)
+            )));
+        }
+        let records_at = 32 + compression_len + 8;
+        let records_len = body
+            .get(records_at - 8..records_at)
+            .map(|len| u64::from_le_bytes(len.try_into().expect("8 bytes")))
+            .ok_or_else(|| corrupt("a chunk's header is cut short"))?;
+        let mut records = usize::try_from(records_len)
+            .ok()
+            .and_then(|len| body.get(records_at..records_at.checked_add(len)?))
+            .ok_or_else(|| corrupt("a chunk's records overrun the chunk"))?;
+        while !records.is_empty() {
+            let (&opcode, after) = records.split_first().expect("not empty");
+            let len = after
+                .get(..8)
+                .map(|len| u64::from_le_bytes(len.try_into().expect("8 bytes")))
+                .and_then(|len| usize::try_from(len).ok())
+                .filter(|len| *len <= after.len() - 8)
+                .ok_or_else(|| corrupt("a record overruns its chunk"))?;
+            self.record(opcode, &after[8..8 + len])?;
+            records = &after[8 + len..];
+        }
+        Ok(())
+    }
+}
+
+/// The little-endian `u32` at `at`, as a length.
+fn le_u32(body: &[u8], at: usize) -> Option<usize> {
+    let bytes = body.get(at..at.checked_add(4)?)?;
+    usize::try_from(u32::from_le_bytes(bytes.try_into().ok()?)).ok()
 }
 
 /// Checks that every length prefix of a channel record's body (two strings, then a map of
 /// strings with its byte length) stays inside the body, before the crate allocates by them.
 fn check_channel_lengths(body: &[u8]) -> Result<()> {
     let corrupt = || Error::Recording("corrupt MCAP file: a channel record's lengths overrun the record".to_owned());
-    let prefix = |at: usize| -> Option<usize> {
-        let bytes = body.get(at..at.checked_add(4)?)?;
-        usize::try_from(u32::from_le_bytes(bytes.try_into().ok()?)).ok()
-    };
+    let prefix = |at: usize| le_u32(body, at);
     // id and schema id (u16 each), then topic and message encoding.
     let mut at = 4;
     for _ in 0..2 {
@@ -597,6 +655,21 @@ mod tests {
         magic_then_garbage.extend_from_slice(&[0xff; 64]);
         for bytes in [&b""[..], b"hello", MCAP_MAGIC, &magic_then_garbage] {
             let err = read_recording(bytes).expect_err("not a recording");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+    }
+
+    /// Inputs the `replay_reader` fuzz target found: a record in an uncompressed chunk longer
+    /// than the chunk (the crate's walk overflowed: a panic in debug builds), and a header
+    /// declaring a 3.7 GB string in 90 bytes. Each is a one-line error.
+    #[test]
+    fn fuzz_findings_are_one_line_errors() {
+        for bytes in [
+            &include_bytes!("../../tests/data/mcap/chunk-record-overrun.mcap")[..],
+            include_bytes!("../../tests/data/mcap/huge-string.mcap"),
+        ] {
+            let err = read_recording(bytes).expect_err("corrupt");
+            assert!(err.to_string().starts_with("corrupt MCAP file"), "{err}");
             assert!(!err.to_string().contains('\n'), "{err}");
         }
     }
