@@ -90,11 +90,169 @@ fn daemons_wait_for_redis_and_then_serve() {
     );
 }
 
-/// Waiting covers an unreachable server only: refused credentials still exit at once with 4.
+/// Waiting covers an unreachable server only: refused credentials still exit at once with 4,
+/// and invalid configuration with 6, each with its one-line message, for the agents and the
+/// servers alike.
 #[test]
 fn daemon_with_refused_credentials_exits_at_once() {
     let server = RedisServer::builder().password("right").start();
-    let output = run(bin(), &["-p", &server.port().to_string(), "-a", "wrong", "heartbeat"]);
-    assert_code(&output, 4);
-    assert!(!stderr(&output).contains("waiting for Redis"), "{}", stderr(&output));
+    let port = server.port().to_string();
+    let daemons: [&[&str]; 4] = [
+        &["heartbeat"],
+        &["viz", "--bind", "127.0.0.1:0"],
+        &["mcp", "--transport", "http", "--bind", "127.0.0.1:0"],
+        &["monitor"],
+    ];
+    for daemon in daemons {
+        let output = run(bin(), &[&["-p", &port, "-a", "wrong"][..], daemon].concat());
+        assert_code(&output, 4);
+        let text = stderr(&output);
+        assert!(!text.contains("waiting for Redis"), "{daemon:?}: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "{daemon:?}: {text}");
+
+        let mut bad_config = bin();
+        bad_config.env("REDIS_PORT", "notaport");
+        let output = run(bad_config, daemon);
+        assert_code(&output, 6);
+        let text = stderr(&output);
+        assert!(text.contains("REDIS_PORT") && text.trim().lines().count() == 1, "{daemon:?}: {text}");
+    }
+}
+
+/// A stopped server's port, and a heartbeat writer for once it is back.
+fn stopped_server() -> (RedisServer, u16) {
+    let mut server = RedisServer::start();
+    server.stop();
+    let port = server.port();
+    (server, port)
+}
+
+/// `viz` and `mcp --transport http`, started while Redis is down, serve at once and log that
+/// they wait; MCP's `state://status` says `Redis Connected: false`. Once Redis is up, the
+/// dashboard's `/api/nodes` and MCP's `state://nodes` list a live heartbeat and the status
+/// says `Redis Connected: true`, without restarting either server.
+#[tokio::test]
+async fn servers_wait_for_redis_and_then_serve_live_data() {
+    let (mut server, port) = stopped_server();
+    let mut viz = spawn(bin_for(&server), &["viz", "--bind", "127.0.0.1:0"]);
+    let url = viz.stdout.next();
+    let viz_port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url:?}"));
+    let mcp = spawn(
+        bin_for(&server),
+        &["--node-id", "mcpnode", "mcp", "--transport", "http", "--bind", "127.0.0.1:0"],
+    );
+    let announced = mcp.stderr.wait_for("serving MCP on http://");
+    let mcp_addr: std::net::SocketAddr = announced
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split("/mcp").next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {announced:?}"));
+    waits(&viz, port);
+    waits(&mcp, port);
+    assert!(!viz.has_exited(), "viz waits for Redis");
+
+    // Serving already: the dashboard answers (Redis is down, so no data), and so does MCP.
+    let (code, _) = crate::webdriver::http(viz_port, "GET", "/", None).unwrap();
+    assert_eq!(code, 200);
+    let client = rmcp::ServiceExt::serve((), crate::mcp::http_transport(mcp_addr, None))
+        .await
+        .unwrap();
+    let (text, _) = crate::mcp::read(&client, "state://status").await;
+    assert!(text.starts_with("Redis Connected: false\n"), "{text}");
+
+    server.restart();
+    let _heartbeat = spawn(bin_for(&server), &["--node-id", "early", "heartbeat", "--interval", "1"]);
+    wait_until("the dashboard lists the heartbeat's node", || {
+        crate::webdriver::http(viz_port, "GET", "/api/nodes", None)
+            .is_ok_and(|(code, body)| code == 200 && body.contains("\"early\""))
+    });
+    let nodes = crate::mcp::eventually("MCP lists the heartbeat's node", || async {
+        let (text, _) = crate::mcp::read_result(&client, "state://nodes").await.ok()?;
+        text.contains("early").then_some(text)
+    })
+    .await;
+    assert!(nodes.contains("early"), "{nodes}");
+    let (text, _) = crate::mcp::read(&client, "state://status").await;
+    assert!(text.starts_with("Redis Connected: true\n"), "{text}");
+    client.cancel().await.unwrap();
+}
+
+/// The monitor, started in a terminal while Redis is down, shows a banner saying it waits for
+/// Redis at the target; once Redis is up it shows a live heartbeat's node.
+#[test]
+fn monitor_waits_for_redis_with_a_banner() {
+    let (mut server, port) = stopped_server();
+    let screen = Screen::start(&format!("-p {port} monitor --refresh 10"));
+    screen.wait_for(&format!("waiting for Redis at 127.0.0.1:{port}"));
+    server.restart();
+    let _heartbeat = spawn(bin_for(&server), &["--node-id", "early-bird", "heartbeat", "--interval", "1"]);
+    screen.wait_for("early-bird");
+}
+
+/// `tatbot-state ARGS` in a pseudo-terminal of 100 x 40 (util-linux `script`), with all it
+/// draws collected; the process is killed on drop.
+struct Screen {
+    /// `script` with the command in it, killed on drop.
+    _running: Running,
+    drawn: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Kept open: `script` ends its session when its stdin closes.
+    _stdin: std::process::ChildStdin,
+}
+
+impl Screen {
+    fn start(args: &str) -> Screen {
+        let exe = env!("CARGO_BIN_EXE_tatbot-state");
+        // `bin()`'s clean environment and working dir, for the command inside `script`.
+        let command = bin();
+        let mut script = std::process::Command::new("script");
+        for (name, value) in command.get_envs() {
+            match value {
+                Some(value) => script.env(name, value),
+                None => script.env_remove(name),
+            };
+        }
+        if let Some(dir) = command.get_current_dir() {
+            script.current_dir(dir);
+        }
+        script
+            .env("TERM", "xterm")
+            .args(["-qfec", &format!("stty cols 100 rows 40; exec {exe} {args}"), "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = script.spawn().expect("util-linux `script` runs (apt install bsdutils)");
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let drawn = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = drawn.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        let stderr = crate::util::Lines::new(child.stderr.take().expect("stderr is piped"));
+        let stdout = crate::util::Lines::new(std::io::empty());
+        Screen {
+            _running: Running::from_parts(child, stdout, stderr),
+            drawn,
+            _stdin: stdin,
+        }
+    }
+
+    #[track_caller]
+    fn wait_for(&self, text: &str) {
+        wait_until(&format!("the screen shows {text:?}"), || {
+            String::from_utf8_lossy(&self.drawn.lock().unwrap()).contains(text)
+        });
+    }
 }

@@ -176,6 +176,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// A child spawned elsewhere, with readers of its output.
+    pub fn from_parts(child: Child, stdout: Lines, stderr: Lines) -> Running {
+        Running { child, stdout, stderr }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
