@@ -2,7 +2,7 @@
 
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{Running, assert_code, bin, bin_for, run, spawn, stderr, wait_until};
+use crate::util::{Running, Screen, assert_code, bin, bin_for, run, spawn, stderr, wait_until};
 
 /// A progress document of an executing session, as a Python node writes it.
 const EXECUTING: &str = r#"{"timestamp": "2026-12-06T10:00:00.000000", "node_id": "ook", "stroke_idx": 1, "pose_idx": 2, "total_strokes": 5, "stroke_length": 4, "stroke_description_l": "", "stroke_description_r": "", "offset_idx_l": 0, "offset_idx_r": 0, "is_executing": true, "is_paused": false, "scene_name": "boot", "dataset_name": null}"#;
@@ -193,66 +193,4 @@ fn monitor_waits_for_redis_with_a_banner() {
     server.restart();
     let _heartbeat = spawn(bin_for(&server), &["--node-id", "early-bird", "heartbeat", "--interval", "1"]);
     screen.wait_for("early-bird");
-}
-
-/// `tatbot-state ARGS` in a pseudo-terminal of 100 x 40 (util-linux `script`), with all it
-/// draws collected; the process is killed on drop.
-struct Screen {
-    /// `script` with the command in it, killed on drop.
-    _running: Running,
-    drawn: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    /// Kept open: `script` ends its session when its stdin closes.
-    _stdin: std::process::ChildStdin,
-}
-
-impl Screen {
-    fn start(args: &str) -> Screen {
-        let exe = env!("CARGO_BIN_EXE_tatbot-state");
-        // `bin()`'s clean environment and working dir, for the command inside `script`.
-        let command = bin();
-        let mut script = std::process::Command::new("script");
-        for (name, value) in command.get_envs() {
-            match value {
-                Some(value) => script.env(name, value),
-                None => script.env_remove(name),
-            };
-        }
-        if let Some(dir) = command.get_current_dir() {
-            script.current_dir(dir);
-        }
-        script
-            .env("TERM", "xterm")
-            .args(["-qfec", &format!("stty cols 100 rows 40; exec {exe} {args}"), "/dev/null"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = script.spawn().expect("util-linux `script` runs (apt install bsdutils)");
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let drawn = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = drawn.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = std::io::Read::read(&mut stdout, &mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
-        let stderr = crate::util::Lines::new(child.stderr.take().expect("stderr is piped"));
-        let stdout = crate::util::Lines::new(std::io::empty());
-        Screen {
-            _running: Running::from_parts(child, stdout, stderr),
-            drawn,
-            _stdin: stdin,
-        }
-    }
-
-    #[track_caller]
-    fn wait_for(&self, text: &str) {
-        wait_until(&format!("the screen shows {text:?}"), || {
-            String::from_utf8_lossy(&self.drawn.lock().unwrap()).contains(text)
-        });
-    }
 }
