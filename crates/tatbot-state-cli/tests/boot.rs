@@ -115,7 +115,10 @@ fn daemon_with_refused_credentials_exits_at_once() {
         let output = run(bad_config, daemon);
         assert_code(&output, 6);
         let text = stderr(&output);
-        assert!(text.contains("REDIS_PORT") && text.trim().lines().count() == 1, "{daemon:?}: {text}");
+        assert!(
+            text.contains("REDIS_PORT") && text.trim().lines().count() == 1,
+            "{daemon:?}: {text}"
+        );
     }
 }
 
@@ -144,7 +147,15 @@ async fn servers_wait_for_redis_and_then_serve_live_data() {
         .unwrap_or_else(|| panic!("no port in {url:?}"));
     let mcp = spawn(
         bin_for(&server),
-        &["--node-id", "mcpnode", "mcp", "--transport", "http", "--bind", "127.0.0.1:0"],
+        &[
+            "--node-id",
+            "mcpnode",
+            "mcp",
+            "--transport",
+            "http",
+            "--bind",
+            "127.0.0.1:0",
+        ],
     );
     let announced = mcp.stderr.wait_for("serving MCP on http://");
     let mcp_addr: std::net::SocketAddr = announced
@@ -167,7 +178,10 @@ async fn servers_wait_for_redis_and_then_serve_live_data() {
     assert!(text.starts_with("Redis Connected: false\n"), "{text}");
 
     server.restart();
-    let _heartbeat = spawn(bin_for(&server), &["--node-id", "early", "heartbeat", "--interval", "1"]);
+    let _heartbeat = spawn(
+        bin_for(&server),
+        &["--node-id", "early", "heartbeat", "--interval", "1"],
+    );
     wait_until("the dashboard lists the heartbeat's node", || {
         crate::webdriver::http(viz_port, "GET", "/api/nodes", None)
             .is_ok_and(|(code, body)| code == 200 && body.contains("\"early\""))
@@ -191,6 +205,9 @@ fn monitor_waits_for_redis_with_a_banner() {
     let screen = Screen::start(&format!("-p {port} monitor --refresh 10"));
     screen.wait_for(&format!("waiting for Redis at 127.0.0.1:{port}"));
     server.restart();
-    let _heartbeat = spawn(bin_for(&server), &["--node-id", "early-bird", "heartbeat", "--interval", "1"]);
+    let _heartbeat = spawn(
+        bin_for(&server),
+        &["--node-id", "early-bird", "heartbeat", "--interval", "1"],
+    );
     screen.wait_for("early-bird");
 }

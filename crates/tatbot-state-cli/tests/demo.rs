@@ -153,7 +153,10 @@ fn demo_in_a_terminal_serves_until_ctrl_c() {
     let mut screen = Screen::start("demo --fast --exit");
     assert!(screen.wait().success(), "{}", screen.text());
     let text = screen.text();
-    assert!(text.contains("all checks passed") && !text.contains("Ctrl-C to stop"), "{text}");
+    assert!(
+        text.contains("all checks passed") && !text.contains("Ctrl-C to stop"),
+        "{text}"
+    );
 }
 
 /// README's first command ends by itself: `scripts/demo.sh` passes `--exit`, and outside a

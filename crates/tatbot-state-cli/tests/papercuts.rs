@@ -142,11 +142,16 @@ fn config_explains_an_unresolvable_host_and_unknown_keys() {
     let output = crate::util::run(bin(), &["--config", conf.to_str().unwrap(), "config"]);
     crate::util::assert_code(&output, 6);
     let table = crate::util::stdout(&output);
-    assert!(table.contains("eek.invalid") && table.contains("default.yaml"), "{table}");
+    assert!(
+        table.contains("eek.invalid") && table.contains("default.yaml"),
+        "{table}"
+    );
     assert!(table.contains("does not resolve"), "{table}");
     let errors = stderr(&output);
     assert_eq!(
-        errors.matches("ignoring the unknown key \"prot\"; did you mean \"port\"?").count(),
+        errors
+            .matches("ignoring the unknown key \"prot\"; did you mean \"port\"?")
+            .count(),
         1,
         "{errors}"
     );
@@ -165,10 +170,17 @@ fn node_inventory_is_used_without_redis_yaml() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("src/conf");
     std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(conf.join("nodes.yaml"), "nodes:\n- name: eek.invalid\n  ip: 127.0.0.1\n").unwrap();
+    std::fs::write(
+        conf.join("nodes.yaml"),
+        "nodes:\n- name: eek.invalid\n  ip: 127.0.0.1\n",
+    )
+    .unwrap();
     let mut command = bin();
     command.current_dir(dir.path());
-    let output = crate::util::run(command, &["-h", "eek.invalid", "-p", &server.port().to_string(), "status"]);
+    let output = crate::util::run(
+        command,
+        &["-h", "eek.invalid", "-p", &server.port().to_string(), "status"],
+    );
     crate::util::assert_code(&output, 0);
     assert!(crate::util::stdout(&output).contains("Redis Connected: true"));
 }

@@ -477,20 +477,34 @@ fn undeclare_removes_a_parameter() {
     let (server, _dir) = loaded();
     let output = run(param(&server), &["param", "undeclare", "arms.offset_num"]);
     assert_code(&output, 0);
-    assert!(stdout(&output).contains("arms.offset_num (int) undeclared; it was 4"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("arms.offset_num (int) undeclared; it was 4"),
+        "{}",
+        stdout(&output)
+    );
     assert_code(&run(param(&server), &["param", "get", "arms.offset_num"]), 5);
     let list = stdout(&run(param(&server), &["param", "list", "arms"]));
-    assert!(!list.contains("offset_num") && list.contains("goal_time_slow"), "{list}");
+    assert!(
+        !list.contains("offset_num") && list.contains("goal_time_slow"),
+        "{list}"
+    );
     let history = stdout(&run(param(&server), &["--json", "param", "history", "arms.offset_num"]));
     let last = json_lines(&history).pop().expect("a change");
     assert_eq!(last["op"], "undeclare", "{history}");
     let again = run(param(&server), &["param", "undeclare", "arms.offset_num"]);
     assert_code(&again, 5);
-    assert!(stderr(&again).contains("no parameter arms.offset_num"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("no parameter arms.offset_num"),
+        "{}",
+        stderr(&again)
+    );
     let dir = TempDir::new().unwrap();
     let yaml = file(&dir, "offset.yaml", "arms:\n  offset_num: 7\n");
     assert_code(&run(param(&server), &["param", "load", &yaml]), 0);
-    assert_eq!(stdout(&run(param(&server), &["param", "get", "arms.offset_num"])).trim(), "7");
+    assert_eq!(
+        stdout(&run(param(&server), &["param", "get", "arms.offset_num"])).trim(),
+        "7"
+    );
 }
 
 /// Undeclaring is for admins: the robot and viewer roles of the ACL template are refused with a
@@ -501,7 +515,14 @@ fn undeclare_is_refused_for_robot_and_viewer() {
     let server = crate::util::role_server(dir.path());
     let as_user = |user: &str, args: &[&str]| {
         let mut command = bin();
-        command.args(["-p", &server.port().to_string(), "--user", user, "-a", &format!("{user}-pw")]);
+        command.args([
+            "-p",
+            &server.port().to_string(),
+            "--user",
+            user,
+            "-a",
+            &format!("{user}-pw"),
+        ]);
         run(command, args)
     };
     let yaml = file(&dir, "arms.yaml", "arms:\n  goal_time_slow: 2.0\n");
@@ -510,7 +531,10 @@ fn undeclare_is_refused_for_robot_and_viewer() {
         let output = as_user(user, &["param", "undeclare", "arms.goal_time_slow"]);
         assert_code(&output, 4);
         let text = stderr(&output);
-        assert!(text.contains("an admin operation") && text.contains("--user admin"), "{user}: {text}");
+        assert!(
+            text.contains("an admin operation") && text.contains("--user admin"),
+            "{user}: {text}"
+        );
         assert_eq!(text.trim().lines().count(), 1, "{user}: {text}");
     }
     assert_code(&as_user("viewer", &["param", "get", "arms.goal_time_slow"]), 0);

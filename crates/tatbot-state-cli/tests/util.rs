@@ -370,7 +370,11 @@ impl Screen {
         }
         script
             .env("TERM", "xterm")
-            .args(["-qfec", &format!("stty cols 100 rows 40; exec {exe} {args}"), "/dev/null"])
+            .args([
+                "-qfec",
+                &format!("stty cols 100 rows 40; exec {exe} {args}"),
+                "/dev/null",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -417,7 +421,10 @@ impl Screen {
             if let Some(status) = self.child.try_wait().expect("try_wait works") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the command did not exit within {DEADLINE:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the command did not exit within {DEADLINE:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -773,7 +773,10 @@ fn explicit_conf(path: PathBuf, what: &str) -> Result<ConfLocation, ConfigError>
     if meta.is_dir() {
         let yaml = redis_yaml_in(&path);
         if yaml.is_file() {
-            return Ok(ConfLocation { dir: path, yaml: Some(yaml) });
+            return Ok(ConfLocation {
+                dir: path,
+                yaml: Some(yaml),
+            });
         }
         if path.join(INVENTORY_FILE).is_file() {
             return Ok(ConfLocation { dir: path, yaml: None });
@@ -968,7 +971,9 @@ fn warn_unknown_keys(path: &Path, map: &serde_yaml_ng::Mapping) {
     static WARNED: std::sync::Mutex<std::collections::BTreeSet<(PathBuf, String)>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     for key in map.keys() {
-        let Some(message) = unknown_key_message(key) else { continue };
+        let Some(message) = unknown_key_message(key) else {
+            continue;
+        };
         // Only inserts happen under this lock: a poisoned set is whole.
         let mut warned = WARNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if warned.insert((path.to_path_buf(), message.clone())) {
@@ -2207,7 +2212,10 @@ mod tests {
     fn inventory_serves_without_redis_yaml() {
         let dir = TempDir::new().expect("tempdir");
         let conf = dir.path().join("src/conf");
-        write(&conf.join("nodes.yaml"), "nodes:\n- name: eek.invalid\n  ip: 192.168.1.97\n");
+        write(
+            &conf.join("nodes.yaml"),
+            "nodes:\n- name: eek.invalid\n  ip: 192.168.1.97\n",
+        );
         for config in [None, Some(conf.clone())] {
             let inputs = ConfigInputs {
                 config,
@@ -2265,7 +2273,10 @@ mod tests {
             Err(ConfigError::Unresolvable { .. })
         ));
         let t = resolve_unchecked(&inputs).expect("resolve");
-        assert_eq!((t.host.value.as_str(), t.connect_host.as_str()), ("eek.invalid", "eek.invalid"));
+        assert_eq!(
+            (t.host.value.as_str(), t.connect_host.as_str()),
+            ("eek.invalid", "eek.invalid")
+        );
     }
 
     /// A host that does not resolve and is not in the inventory gives an error that says why

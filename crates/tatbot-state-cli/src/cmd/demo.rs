@@ -282,9 +282,7 @@ async fn run_on(
         }
     };
     if demo.keep_serving && !shutdown.is_cancelled() {
-        crate::outln!(
-            "demo: still serving the live viz and the MCP server (the robot idles); Ctrl-C to stop"
-        )?;
+        crate::outln!("demo: still serving the live viz and the MCP server (the robot idles); Ctrl-C to stop")?;
         shutdown.cancelled().await;
     }
     tasks.cancel();

@@ -104,7 +104,10 @@ impl PrivateServer {
         let binary = process::redis_server_binary()?;
         let (mut child, pid) = spawn(&binary, &layout)?;
         if let Some(failure) = wait_ready(&mut child, pid, self.port, &layout).await? {
-            anyhow::bail!("the private redis-server did not come back on port {}: {failure}", self.port);
+            anyhow::bail!(
+                "the private redis-server did not come back on port {}: {failure}",
+                self.port
+            );
         }
         self.child = child;
         self.pid = pid;
