@@ -133,7 +133,8 @@ fn stopped_server() -> (RedisServer, u16) {
 /// `viz` and `mcp --transport http`, started while Redis is down, serve at once and log that
 /// they wait; MCP's `state://status` says `Redis Connected: false`. Once Redis is up, the
 /// dashboard's `/api/nodes` and MCP's `state://nodes` list a live heartbeat and the status
-/// says `Redis Connected: true`, without restarting either server.
+/// says `Redis Connected: true`, and a session's events notify an MCP subscriber, without
+/// restarting either server.
 #[tokio::test]
 async fn servers_wait_for_redis_and_then_serve_live_data() {
     let (mut server, port) = stopped_server();
@@ -171,7 +172,8 @@ async fn servers_wait_for_redis_and_then_serve_live_data() {
     // Serving already: the dashboard answers (Redis is down, so no data), and so does MCP.
     let (code, _) = crate::webdriver::http(viz_port, "GET", "/", None).unwrap();
     assert_eq!(code, 200);
-    let client = rmcp::ServiceExt::serve((), crate::mcp::http_transport(mcp_addr, None))
+    let (tx, mut updates) = tokio::sync::mpsc::channel(256);
+    let client = rmcp::ServiceExt::serve(crate::mcp::Updates(tx), crate::mcp::http_transport(mcp_addr, None))
         .await
         .unwrap();
     let (text, _) = crate::mcp::read(&client, "state://status").await;
@@ -194,6 +196,37 @@ async fn servers_wait_for_redis_and_then_serve_live_data() {
     assert!(nodes.contains("early"), "{nodes}");
     let (text, _) = crate::mcp::read(&client, "state://status").await;
     assert!(text.starts_with("Redis Connected: true\n"), "{text}");
+    // The event subscription, refused at start, came up by itself: a session's progress
+    // events notify its subscriber. Noticing that Redis is back marks every subscribed URI at
+    // most once, so three notifications must come from events. Events published before the
+    // listener subscribed are lost, so keep updating.
+    let robot = tatbot_state::StateManager::connect(tatbot_state::ManagerConfig::new(
+        tatbot_state::Endpoint::new("127.0.0.1", port),
+        tatbot_state::NodeId::new("early").unwrap(),
+    ))
+    .await
+    .unwrap();
+    let session_id = robot.start_stroke_session(1000, 1, "boot").await.unwrap();
+    let session_uri = format!("state://stroke/progress/{session_id}");
+    #[expect(deprecated, reason = "resources/subscribe is the model rmcp's client offers")]
+    client
+        .subscribe(rmcp::model::SubscribeRequestParams::new(session_uri.as_str()))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (mut stroke_idx, mut notified) = (0, 0);
+    while notified < 3 {
+        stroke_idx += 1;
+        robot
+            .update_stroke_progress(&session_id, &tatbot_state::ProgressUpdate::new(stroke_idx, 0))
+            .await
+            .unwrap();
+        tokio::select! {
+            uri = updates.recv() => if uri.as_deref() == Some(session_uri.as_str()) { notified += 1 },
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            () = tokio::time::sleep_until(deadline) => panic!("{notified} event notifications within 20 s"),
+        }
+    }
     client.cancel().await.unwrap();
 }
 

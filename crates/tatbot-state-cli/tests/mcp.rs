@@ -647,7 +647,7 @@ async fn manager(redis: &RedisServer, node: &str) -> StateManager {
 }
 
 /// Forwards `notifications/resources/updated` into a channel.
-struct Updates(mpsc::Sender<String>);
+pub(crate) struct Updates(pub(crate) mpsc::Sender<String>);
 
 impl ClientHandler for Updates {
     async fn on_resource_updated(&self, params: ResourceUpdatedNotificationParam, _: NotificationContext<RoleClient>) {
