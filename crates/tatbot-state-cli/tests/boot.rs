@@ -244,3 +244,21 @@ fn monitor_waits_for_redis_with_a_banner() {
     );
     screen.wait_for("early-bird");
 }
+
+/// `mcp` on stdio, launched by an assistant while Redis is down, completes the MCP handshake
+/// and answers `Redis Connected: false`; once Redis is up the same server answers `true`.
+#[tokio::test]
+async fn stdio_mcp_answers_before_redis_and_then_live() {
+    let (mut server, _) = stopped_server();
+    let (client, pid) = crate::mcp::stdio_client((), &server, &[]).await;
+    let (text, _) = crate::mcp::read(&client, "state://status").await;
+    assert!(text.starts_with("Redis Connected: false\n"), "{text}");
+    server.restart();
+    let text = crate::mcp::eventually("the status once Redis is up", || async {
+        let (text, _) = crate::mcp::read_result(&client, "state://status").await.ok()?;
+        text.starts_with("Redis Connected: true\n").then_some(text)
+    })
+    .await;
+    assert!(text.contains("Nodes Online"), "{text}");
+    crate::mcp::stop_stdio(client, pid).await;
+}

@@ -738,7 +738,7 @@ pub(crate) async fn stdio_client<H: ClientHandler>(
 }
 
 /// Closes the client's end of stdio and waits until the server has exited because of it.
-async fn stop_stdio<H: ClientHandler>(client: RunningService<RoleClient, H>, pid: u32) {
+pub(crate) async fn stop_stdio<H: ClientHandler>(client: RunningService<RoleClient, H>, pid: u32) {
     client.cancel().await.unwrap();
     eventually("the stdio server exiting after its client left", || async {
         (!is_alive(pid)).then_some(())
