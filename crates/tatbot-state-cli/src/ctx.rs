@@ -98,6 +98,51 @@ impl GlobalArgs {
         connected.map_err(|err| connect_error(err, &shown))
     }
 
+    /// A manager for a server (`viz`, `mcp`): it serves at once, Redis or not. When Redis is
+    /// not up yet, the manager connects on first use (reads fail until then) and a background
+    /// task logs the wait ("waiting for Redis at HOST:PORT: why; retry in N s") until Redis
+    /// answers; refused credentials and bad configuration still fail at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`GlobalArgs::manager`], except that an unreachable server is not an error.
+    pub async fn manager_serving(&self) -> anyhow::Result<StateManager> {
+        let (manager, waiting) = self.manager_or_lazy().await?;
+        if let Some(config) = waiting {
+            tokio::spawn(async move {
+                // Nothing cancels the wait: it ends when Redis answers or the process exits.
+                let forever = tatbot_state::CancellationToken::new();
+                let shown = config.endpoint.to_string();
+                if let Err(err) = StateManager::connect_waiting(config, &forever).await {
+                    tracing::error!("{}", crate::report::line(&connect_error(err, &shown)));
+                }
+            });
+        }
+        Ok(manager)
+    }
+
+    /// One connection attempt: the connected manager, or, when Redis is unreachable, a lazy
+    /// one with the config to wait for it with (the monitor shows the wait on screen instead
+    /// of logging it over the screen).
+    ///
+    /// # Errors
+    ///
+    /// As [`GlobalArgs::manager`], except that an unreachable server is not an error.
+    pub async fn manager_or_lazy(&self) -> anyhow::Result<(StateManager, Option<ManagerConfig>)> {
+        let target = self.target()?;
+        let endpoint = Endpoint::from(&target);
+        let shown = endpoint.to_string();
+        let config = ManagerConfig::new(endpoint, self.node_id()?);
+        match StateManager::connect(config.clone()).await {
+            Ok(manager) => Ok((manager, None)),
+            Err(err) if err.is_connection_error() => {
+                let manager = StateManager::connect_lazy(config.clone()).map_err(|err| connect_error(err, &shown))?;
+                Ok((manager, Some(config)))
+            }
+            Err(err) => Err(connect_error(err, &shown)),
+        }
+    }
+
     /// A manager connected to `endpoint`, with this node's id.
     pub async fn manager_for(&self, endpoint: Endpoint) -> anyhow::Result<StateManager> {
         self.manager_configured(endpoint, |_| {}).await

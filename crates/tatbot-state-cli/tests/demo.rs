@@ -6,7 +6,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{assert_code, bin, is_alive, processes_in, run, spawn, stdout};
+use crate::util::{Screen, assert_code, bin, is_alive, processes_in, run, spawn, stdout};
 
 /// The private server's pid and temp dir, from the lines the demo prints first.
 fn private_server(text: &str) -> (u32, PathBuf) {
@@ -96,4 +96,77 @@ fn interrupt_stops_everything() {
     assert!(!is_alive(pid), "redis-server {pid} outlived the demo");
     assert!(!dir.exists(), "{} outlived the demo", dir.display());
     assert!(processes_in(&dir).is_empty());
+}
+
+/// `demo --chaos` kills its private redis-server with SIGKILL twice mid-run and restarts it on
+/// the same port and AOF; the robot's producer replays what the crashes lost, so the session
+/// is exact at the end (issue #13 point 4).
+#[test]
+fn chaos_demo_survives_two_crashes_exactly() {
+    let output = run(bin(), &["demo", "--fast", "--chaos"]);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    let crashes: Vec<&str> = text.lines().filter(|line| line.starts_with("chaos: kill -9")).collect();
+    assert_eq!(crashes.len(), 2, "{text}");
+    for check in ["progress", "history", "chaos"] {
+        assert!(
+            text.lines()
+                .any(|line| line.trim_start().starts_with("[ok]") && line.contains(check)),
+            "{check} not ok in\n{text}"
+        );
+    }
+    assert!(text.contains("160 entries"), "{text}");
+    // The restarted server is the one stopped at the end.
+    let (_, dir) = private_server(&text);
+    let last_pid: u32 = crashes[1]
+        .split("as pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {:?}", crashes[1]));
+    assert!(!is_alive(last_pid), "redis-server {last_pid} outlived the demo");
+    assert!(!dir.exists(), "{} outlived the demo", dir.display());
+}
+
+/// In a terminal the demo keeps its viz and MCP server (and the idling robot) after the checks
+/// until Ctrl-C, then exits 0 and cleans up; `--exit` ends it after the checks there too.
+#[test]
+fn demo_in_a_terminal_serves_until_ctrl_c() {
+    let mut screen = Screen::start("demo --fast");
+    screen.wait_for("Ctrl-C to stop");
+    let text = screen.text();
+    assert!(text.contains("all checks passed"), "{text}");
+    let viz_port: u16 = text
+        .split("live viz   http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no viz address in {text}"));
+    let (code, body) = crate::webdriver::http(viz_port, "GET", "/api/nodes", None).unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("demo-robot"), "{body}");
+    assert!(!screen.has_exited(), "the demo ended instead of serving");
+    screen.type_keys("\x03");
+    assert!(screen.wait().success(), "{}", screen.text());
+    assert!(screen.text().contains("stopped the private redis-server"));
+
+    let mut screen = Screen::start("demo --fast --exit");
+    assert!(screen.wait().success(), "{}", screen.text());
+    let text = screen.text();
+    assert!(
+        text.contains("all checks passed") && !text.contains("Ctrl-C to stop"),
+        "{text}"
+    );
+}
+
+/// README's first command ends by itself: `scripts/demo.sh` passes `--exit`, and outside a
+/// terminal (CI) the demo ends after its checks anyway (`fast_demo_checks_out_and_cleans_up`).
+#[test]
+fn demo_script_ends_by_itself() {
+    let script = include_str!("../../../scripts/demo.sh");
+    let invocation = script
+        .lines()
+        .find(|line| line.contains("tatbot-state -- demo"))
+        .expect("demo.sh runs the demo");
+    assert!(invocation.contains("demo --exit"), "{invocation}");
 }

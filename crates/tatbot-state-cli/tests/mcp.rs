@@ -647,7 +647,7 @@ async fn manager(redis: &RedisServer, node: &str) -> StateManager {
 }
 
 /// Forwards `notifications/resources/updated` into a channel.
-struct Updates(mpsc::Sender<String>);
+pub(crate) struct Updates(pub(crate) mpsc::Sender<String>);
 
 impl ClientHandler for Updates {
     async fn on_resource_updated(&self, params: ResourceUpdatedNotificationParam, _: NotificationContext<RoleClient>) {
@@ -738,7 +738,7 @@ pub(crate) async fn stdio_client<H: ClientHandler>(
 }
 
 /// Closes the client's end of stdio and waits until the server has exited because of it.
-async fn stop_stdio<H: ClientHandler>(client: RunningService<RoleClient, H>, pid: u32) {
+pub(crate) async fn stop_stdio<H: ClientHandler>(client: RunningService<RoleClient, H>, pid: u32) {
     client.cancel().await.unwrap();
     eventually("the stdio server exiting after its client left", || async {
         (!is_alive(pid)).then_some(())
@@ -763,7 +763,7 @@ fn http_server(redis: &RedisServer, args: &[&str]) -> (Running, SocketAddr) {
 }
 
 /// rmcp's streamable HTTP client for the server at `addr`, with a bearer token if given.
-fn http_transport(addr: SocketAddr, token: Option<&str>) -> impl Transport<RoleClient> + 'static {
+pub(crate) fn http_transport(addr: SocketAddr, token: Option<&str>) -> impl Transport<RoleClient> + 'static {
     let mut config = StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp"));
     if let Some(token) = token {
         config = config.auth_header(token);
@@ -801,7 +801,7 @@ pub(crate) async fn read<H: ClientHandler>(client: &RunningService<RoleClient, H
 }
 
 /// A read's text and parsed JSON contents, checking there are exactly those two, in that order.
-async fn read_result<H: ClientHandler>(
+pub(crate) async fn read_result<H: ClientHandler>(
     client: &RunningService<RoleClient, H>,
     uri: &str,
 ) -> Result<(String, Value), ServiceError> {
@@ -843,7 +843,7 @@ async fn read_error<H: ClientHandler>(client: &RunningService<RoleClient, H>, ur
 }
 
 /// Retries `probe` every 50 ms until it returns `Some`, at most [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

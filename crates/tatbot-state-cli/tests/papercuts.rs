@@ -95,7 +95,7 @@ fn heartbeat_stopped_by_sigterm_goes_offline_at_once() {
     assert!(known.starts_with('$') && !known.starts_with("$-1"), "{known}");
 }
 
-/// `viz --bind localhost:PORT` resolves the host name and serves; a port already taken gets
+/// `viz --bind localhost:PORT` (and `mcp --bind localhost:PORT`) resolves the host name and serves; a port already taken gets
 /// a hint naming the way out instead of a bare "Address already in use".
 #[test]
 fn viz_binds_host_names_and_explains_a_taken_port() {
@@ -117,4 +117,70 @@ fn viz_binds_host_names_and_explains_a_taken_port() {
         errors.contains("; hint: another process listens there: find it with `ss -ltnp`, or pass another port"),
         "{errors}"
     );
+    // The MCP server resolves host names too.
+    let mcp = crate::util::spawn(
+        bin_for(&server),
+        &["mcp", "--transport", "http", "--bind", "localhost:0", "--no-heartbeat"],
+    );
+    let line = mcp.stderr.wait_for("serving MCP on");
+    assert!(line.contains("serving MCP on http://127.0.0.1:"), "{line}");
+}
+
+/// `config` with a host that does not resolve prints the resolution (where the host came from,
+/// the conf dir) and then why it failed, exit 6; a misspelled YAML key is named once with the
+/// key it likely meant, and Hydra's own keys pass silently.
+#[test]
+fn config_explains_an_unresolvable_host_and_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(conf.join("redis")).unwrap();
+    std::fs::write(
+        conf.join("redis/default.yaml"),
+        "# @package _global_\ndefaults:\n  - _self_\n_target_: tatbot.Redis\nhost: eek.invalid\nprot: 6380\n",
+    )
+    .unwrap();
+    let output = crate::util::run(bin(), &["--config", conf.to_str().unwrap(), "config"]);
+    crate::util::assert_code(&output, 6);
+    let table = crate::util::stdout(&output);
+    assert!(
+        table.contains("eek.invalid") && table.contains("default.yaml"),
+        "{table}"
+    );
+    assert!(table.contains("does not resolve"), "{table}");
+    let errors = stderr(&output);
+    assert_eq!(
+        errors
+            .matches("ignoring the unknown key \"prot\"; did you mean \"port\"?")
+            .count(),
+        1,
+        "{errors}"
+    );
+    assert!(!errors.contains("defaults") && !errors.contains("_target_"), "{errors}");
+    assert!(
+        errors.contains("tatbot-state: host \"eek.invalid\" does not resolve and no node inventory was found"),
+        "{errors}"
+    );
+}
+
+/// `./src/conf/nodes.yaml` alone (no `redis/default.yaml`) is the node inventory: a host that
+/// does not resolve connects to its IP there.
+#[test]
+fn node_inventory_is_used_without_redis_yaml() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("src/conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("nodes.yaml"),
+        "nodes:\n- name: eek.invalid\n  ip: 127.0.0.1\n",
+    )
+    .unwrap();
+    let mut command = bin();
+    command.current_dir(dir.path());
+    let output = crate::util::run(
+        command,
+        &["-h", "eek.invalid", "-p", &server.port().to_string(), "status"],
+    );
+    crate::util::assert_code(&output, 0);
+    assert!(crate::util::stdout(&output).contains("Redis Connected: true"));
 }

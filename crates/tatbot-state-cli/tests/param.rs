@@ -469,3 +469,74 @@ fn dump_then_load_is_the_identity_and_a_double_prefix_is_refused() {
     let list = stdout(&run(param(&server), &["param", "list"]));
     assert!(!list.contains("arms.arms."), "{list}");
 }
+
+/// `param undeclare NAME` removes the parameter (gone from `get` and `list`, the removal in the
+/// audit log), a second undeclare is "not found" (5), and the name can be declared again.
+#[test]
+fn undeclare_removes_a_parameter() {
+    let (server, _dir) = loaded();
+    let output = run(param(&server), &["param", "undeclare", "arms.offset_num"]);
+    assert_code(&output, 0);
+    assert!(
+        stdout(&output).contains("arms.offset_num (int) undeclared; it was 4"),
+        "{}",
+        stdout(&output)
+    );
+    assert_code(&run(param(&server), &["param", "get", "arms.offset_num"]), 5);
+    let list = stdout(&run(param(&server), &["param", "list", "arms"]));
+    assert!(
+        !list.contains("offset_num") && list.contains("goal_time_slow"),
+        "{list}"
+    );
+    let history = stdout(&run(param(&server), &["--json", "param", "history", "arms.offset_num"]));
+    let last = json_lines(&history).pop().expect("a change");
+    assert_eq!(last["op"], "undeclare", "{history}");
+    let again = run(param(&server), &["param", "undeclare", "arms.offset_num"]);
+    assert_code(&again, 5);
+    assert!(
+        stderr(&again).contains("no parameter arms.offset_num"),
+        "{}",
+        stderr(&again)
+    );
+    let dir = TempDir::new().unwrap();
+    let yaml = file(&dir, "offset.yaml", "arms:\n  offset_num: 7\n");
+    assert_code(&run(param(&server), &["param", "load", &yaml]), 0);
+    assert_eq!(
+        stdout(&run(param(&server), &["param", "get", "arms.offset_num"])).trim(),
+        "7"
+    );
+}
+
+/// Undeclaring is for admins: the robot and viewer roles of the ACL template are refused with a
+/// one-line message that names the admin user, exit 4, and the parameter stays.
+#[test]
+fn undeclare_is_refused_for_robot_and_viewer() {
+    let dir = TempDir::new().unwrap();
+    let server = crate::util::role_server(dir.path());
+    let as_user = |user: &str, args: &[&str]| {
+        let mut command = bin();
+        command.args([
+            "-p",
+            &server.port().to_string(),
+            "--user",
+            user,
+            "-a",
+            &format!("{user}-pw"),
+        ]);
+        run(command, args)
+    };
+    let yaml = file(&dir, "arms.yaml", "arms:\n  goal_time_slow: 2.0\n");
+    assert_code(&as_user("admin", &["param", "load", &yaml]), 0);
+    for user in ["robot", "viewer"] {
+        let output = as_user(user, &["param", "undeclare", "arms.goal_time_slow"]);
+        assert_code(&output, 4);
+        let text = stderr(&output);
+        assert!(
+            text.contains("an admin operation") && text.contains("--user admin"),
+            "{user}: {text}"
+        );
+        assert_eq!(text.trim().lines().count(), 1, "{user}: {text}");
+    }
+    assert_code(&as_user("viewer", &["param", "get", "arms.goal_time_slow"]), 0);
+    assert_code(&as_user("admin", &["param", "undeclare", "arms.goal_time_slow"]), 0);
+}

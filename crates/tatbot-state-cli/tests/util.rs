@@ -342,3 +342,102 @@ pub fn role_server(dir: &Path) -> RedisServer {
     .expect("write the ACL file");
     RedisServer::builder().acl_file(&acl).start()
 }
+
+/// `tatbot-state ARGS` in a pseudo-terminal of 100 x 40 (util-linux `script`), with `bin()`'s
+/// clean environment and everything it draws collected; killed on drop.
+pub struct Screen {
+    child: Child,
+    drawn: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// What the terminal's keyboard types; kept open, since `script` ends the session when
+    /// its stdin closes.
+    keys: std::process::ChildStdin,
+}
+
+impl Screen {
+    /// Starts `tatbot-state` with `args` (a shell word list) in the terminal.
+    pub fn start(args: &str) -> Screen {
+        let exe = env!("CARGO_BIN_EXE_tatbot-state");
+        let command = bin();
+        let mut script = Command::new("script");
+        for (name, value) in command.get_envs() {
+            match value {
+                Some(value) => script.env(name, value),
+                None => script.env_remove(name),
+            };
+        }
+        if let Some(dir) = command.get_current_dir() {
+            script.current_dir(dir);
+        }
+        script
+            .env("TERM", "xterm")
+            .args([
+                "-qfec",
+                &format!("stty cols 100 rows 40; exec {exe} {args}"),
+                "/dev/null",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = script.spawn().expect("util-linux `script` runs (apt install bsdutils)");
+        let keys = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let drawn = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = drawn.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        Screen { child, drawn, keys }
+    }
+
+    /// Everything drawn so far, as text (escape sequences included).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.drawn.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `text` has been drawn.
+    #[track_caller]
+    pub fn wait_for(&self, text: &str) {
+        wait_until(&format!("the screen shows {text:?}"), || self.text().contains(text));
+    }
+
+    /// Types `keys` on the terminal (`"\x03"` is Ctrl-C).
+    pub fn type_keys(&mut self, keys: &str) {
+        use std::io::Write as _;
+        self.keys.write_all(keys.as_bytes()).expect("typing on the terminal");
+        self.keys.flush().expect("typing on the terminal");
+    }
+
+    /// Waits for the command (and `script`) to exit within [`DEADLINE`]; its exit status.
+    #[track_caller]
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait works") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the command did not exit within {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether it has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait works").is_some()
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -356,3 +356,46 @@ fn robot_session(config: ManagerConfig, sent: &AtomicU32) -> (String, Vec<String
         (session.to_string(), ids)
     })
 }
+
+/// A dashboard started before Redis shows a banner that it waits for Redis (with the reason),
+/// and once Redis is up the banner goes and the page shows a live heartbeat's node
+/// (issue #13 point 1).
+#[test]
+fn browser_shows_the_wait_for_redis_then_live_data() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let mut viz = Running::spawn({
+        let mut command = bin_for(&server);
+        command.args(["viz", "--bind", "127.0.0.1:0"]);
+        command
+    });
+    let url = viz.first_line();
+    let browser = Browser::start(800, 480);
+    browser.goto(&url);
+    let banner = wait_in_page(
+        &browser,
+        "the waiting banner",
+        "const b = document.getElementById('redis-banner'); \
+         return !b.hidden && b.getBoundingClientRect().height > 0 && b.textContent",
+    );
+    let banner = banner.as_str().unwrap_or_default().to_owned();
+    assert!(banner.starts_with("Waiting for Redis"), "{banner}");
+    browser.screenshot(&artifact("viz-waiting-for-redis.png"));
+
+    server.restart();
+    let heartbeat = crate::util::spawn(
+        bin_for(&server),
+        &["--node-id", "late-node", "heartbeat", "--interval", "1"],
+    );
+    wait_in_page(
+        &browser,
+        "the heartbeat's node",
+        "return document.getElementById('nodes').textContent.includes('late-node')",
+    );
+    assert_eq!(
+        browser.eval("return document.getElementById('redis-banner').hidden"),
+        Value::Bool(true)
+    );
+    drop(heartbeat);
+    drop(viz);
+}

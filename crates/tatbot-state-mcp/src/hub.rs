@@ -334,7 +334,8 @@ pub async fn listen_events(
                     break subscription;
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot subscribe to state events");
+                    // `ServerState::start` warned already; the manager logs the wait for Redis.
+                    tracing::debug!(error = %err, retry_in = ?backoff, "still cannot subscribe to state events");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}

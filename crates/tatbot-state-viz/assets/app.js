@@ -19,7 +19,7 @@ const view = { loaded: false, sessions: {}, nodes: {}, robots: {}, params: [], e
 // As the library's DEFAULT_SESSION_LEASE and MAX_SESSION_LEASE.
 const DEFAULT_LEASE_SECS = 15;
 const MAX_LEASE_SECS = 3600;
-const conn = { state: "pending", detail: "", lastId: null, lastUpdate: null, source: null, retry: null };
+const conn = { state: "pending", detail: "", redisDown: false, lastId: null, lastUpdate: null, source: null, retry: null };
 const SHOWN_SESSIONS = 12;
 // The ids of the history entries received per session, for tests and debugging.
 const entries = {};
@@ -110,6 +110,7 @@ function open() {
   conn.source = source;
   source.addEventListener("snapshot", (event) => {
     received(event);
+    conn.redisDown = false;
     applySnapshot(JSON.parse(event.data));
     setConnection("connected");
   });
@@ -134,6 +135,7 @@ function open() {
   source.addEventListener("redis", (event) => {
     received(event);
     const status = JSON.parse(event.data);
+    conn.redisDown = !status.connected;
     if (status.connected) setConnection("connected");
     else setConnection("disconnected", "Redis is unreachable; retrying", status.error);
   });
@@ -376,6 +378,12 @@ function renderHeader() {
   badge.textContent = words[conn.state] + (conn.detail ? ` — ${conn.detail}` : "");
   badge.title = conn.cause || "";
   document.body.classList.toggle("not-live", view.loaded && !live());
+  // A banner while Redis is down: before the first snapshot the page has nothing to show yet.
+  const banner = document.getElementById("redis-banner");
+  banner.hidden = !conn.redisDown;
+  banner.textContent = !conn.redisDown ? "" : view.loaded
+    ? "Redis is unreachable; showing what was last seen until it is back."
+    : "Waiting for Redis" + (conn.cause ? ` (${conn.cause})` : "") + "; the dashboard fills in when it answers.";
   document.getElementById("last-update").textContent = conn.lastUpdate === null ? "never" : clock(conn.lastUpdate);
 }
 

@@ -8,7 +8,11 @@
 //!
 //! After the layering, a host name that does not resolve (the robot's HOME and
 //! EDGE networks have no shared DNS) is looked up in the node inventory
-//! `nodes.yaml` in the same conf dir, and its IP is used instead.
+//! `nodes.yaml` in the same conf dir, and its IP is used instead. A conf dir with
+//! the inventory but no `redis/default.yaml` still counts, for the inventory.
+//!
+//! Keys of the Redis YAML that are neither read here nor Hydra's own (`defaults`,
+//! `_target_`, ...) are logged as warnings, with the likely intended key.
 //!
 //! [`resolve`] never reads the process environment or the real working
 //! directory itself: everything comes in through [`ConfigInputs`], which keeps
@@ -592,8 +596,8 @@ pub fn resolve(inputs: &ConfigInputs, lookup: &dyn Fn(&str) -> bool) -> Result<R
     let mut fields = Fields::default();
 
     let conf = find_conf(inputs)?;
-    if let Some(conf) = &conf {
-        fields.overlay(read_conf_yaml(&conf.yaml)?);
+    if let Some(yaml) = conf.as_ref().and_then(|conf| conf.yaml.as_deref()) {
+        fields.overlay(read_conf_yaml(yaml)?);
     }
 
     let env_file = find_env_file(inputs)?;
@@ -631,6 +635,17 @@ pub fn resolve(inputs: &ConfigInputs, lookup: &dyn Fn(&str) -> bool) -> Result<R
         "resolved redis target"
     );
     Ok(target)
+}
+
+/// Resolves the Redis target from `inputs` as [`resolve`] does, but takes the host as it is:
+/// no lookup, no node inventory. For `config` to show what was resolved when the host does
+/// not resolve ([`ConfigError::Unresolvable`]).
+///
+/// # Errors
+///
+/// As [`resolve`], except that an unresolvable host is not one.
+pub fn resolve_unchecked(inputs: &ConfigInputs) -> Result<RedisTarget, ConfigError> {
+    resolve(inputs, &|_| true)
 }
 
 /// Whether `host` resolves through the system resolver (hosts file, DNS, mDNS).
@@ -698,10 +713,11 @@ struct Layer {
     username: Option<Sourced<Option<String>>>,
 }
 
-/// The conf dir in use and the Redis YAML inside it.
+/// The conf dir in use and the Redis YAML inside it, if it has one (a conf dir with only
+/// the node inventory still serves as the inventory).
 struct ConfLocation {
     dir: PathBuf,
-    yaml: PathBuf,
+    yaml: Option<PathBuf>,
 }
 
 fn redis_yaml_in(dir: &Path) -> PathBuf {
@@ -716,8 +732,9 @@ fn find_conf(inputs: &ConfigInputs) -> Result<Option<ConfLocation>, ConfigError>
         let what = format!("environment variable {CONF_DIR_VAR}");
         return explicit_conf(inputs.cwd.join(dir), &what).map(Some);
     }
-    // The implicit candidates only count when they hold the Redis YAML, so an
-    // unrelated project's `src/conf` under the working directory is passed over.
+    // The implicit candidates only count when they hold the Redis YAML or the node
+    // inventory, so an unrelated project's `src/conf` under the working directory is
+    // passed over.
     let implicit = [
         Some(inputs.cwd.join("src").join("conf")),
         inputs
@@ -725,13 +742,21 @@ fn find_conf(inputs: &ConfigInputs) -> Result<Option<ConfLocation>, ConfigError>
             .as_ref()
             .map(|home| home.join("tatbot").join("src").join("conf")),
     ];
-    for dir in implicit.into_iter().flatten() {
-        let yaml = redis_yaml_in(&dir);
+    let implicit: Vec<PathBuf> = implicit.into_iter().flatten().collect();
+    for dir in &implicit {
+        let yaml = redis_yaml_in(dir);
         if yaml.is_file() {
-            return Ok(Some(ConfLocation { dir, yaml }));
+            return Ok(Some(ConfLocation {
+                dir: dir.clone(),
+                yaml: Some(yaml),
+            }));
         }
     }
-    Ok(None)
+    // No Redis YAML anywhere: a conf dir with the inventory still serves it.
+    Ok(implicit
+        .into_iter()
+        .find(|dir| dir.join(INVENTORY_FILE).is_file())
+        .map(|dir| ConfLocation { dir, yaml: None }))
 }
 
 fn explicit_conf(path: PathBuf, what: &str) -> Result<ConfLocation, ConfigError> {
@@ -747,13 +772,19 @@ fn explicit_conf(path: PathBuf, what: &str) -> Result<ConfLocation, ConfigError>
     };
     if meta.is_dir() {
         let yaml = redis_yaml_in(&path);
-        if !yaml.is_file() {
-            return Err(ConfigError::NotConfDir {
-                what: what.to_string(),
-                path,
+        if yaml.is_file() {
+            return Ok(ConfLocation {
+                dir: path,
+                yaml: Some(yaml),
             });
         }
-        return Ok(ConfLocation { dir: path, yaml });
+        if path.join(INVENTORY_FILE).is_file() {
+            return Ok(ConfLocation { dir: path, yaml: None });
+        }
+        return Err(ConfigError::NotConfDir {
+            what: what.to_string(),
+            path,
+        });
     }
     // The file normally sits at `X/redis/default.yaml`, making `X` the conf
     // dir; a file elsewhere takes its own directory as the conf dir so that a
@@ -764,7 +795,7 @@ fn explicit_conf(path: PathBuf, what: &str) -> Result<ConfLocation, ConfigError>
     } else {
         parent
     };
-    Ok(ConfLocation { dir, yaml: path })
+    Ok(ConfLocation { dir, yaml: Some(path) })
 }
 
 /// An environment variable from the snapshot, treating an empty value as unset
@@ -834,6 +865,7 @@ fn read_conf_yaml(path: &Path) -> Result<Layer, ConfigError> {
             });
         }
     };
+    warn_unknown_keys(path, &map);
     let source = Source::ConfFile(path.to_path_buf());
     let field_error = |field: &str, value: String, problem: &str| ConfigError::ConfField {
         path: path.to_path_buf(),
@@ -913,6 +945,62 @@ fn read_conf_yaml(path: &Path) -> Result<Layer, ConfigError> {
         }
     }
     Ok(layer)
+}
+
+/// The keys of `redis/default.yaml` this module reads.
+const CONF_KEYS: [&str; 4] = ["host", "port", "password", "username"];
+
+/// Hydra's own keys, which a Hydra config may carry and this module ignores silently.
+const HYDRA_KEYS: [&str; 7] = [
+    "defaults",
+    "hydra",
+    "_target_",
+    "_recursive_",
+    "_convert_",
+    "_partial_",
+    "_args_",
+];
+
+/// Logs a warning naming each key of the Redis YAML that is neither read here nor Hydra's,
+/// with the key it most likely meant when one is close: a misspelled `prot: 6380` is
+/// otherwise ignored without a word, and the default port used.
+///
+/// Each warning is logged once per process, however often the file is read (`config`
+/// resolves twice when the host does not resolve).
+fn warn_unknown_keys(path: &Path, map: &serde_yaml_ng::Mapping) {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<(PathBuf, String)>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for key in map.keys() {
+        let Some(message) = unknown_key_message(key) else {
+            continue;
+        };
+        // Only inserts happen under this lock: a poisoned set is whole.
+        let mut warned = WARNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warned.insert((path.to_path_buf(), message.clone())) {
+            tracing::warn!(file = %path.display(), "{message}");
+        }
+    }
+}
+
+/// What to say about `key` of the Redis YAML: `None` for a known or Hydra key.
+fn unknown_key_message(key: &Value) -> Option<String> {
+    let key = match key {
+        Value::String(key) => key.as_str(),
+        other => return Some(format!("ignoring the key {} (not a name)", render_yaml(other))),
+    };
+    if CONF_KEYS.contains(&key) || HYDRA_KEYS.contains(&key) {
+        return None;
+    }
+    let closest = CONF_KEYS
+        .iter()
+        .map(|known| (strsim::damerau_levenshtein(&key.to_ascii_lowercase(), known), *known))
+        .min()
+        .filter(|(distance, _)| *distance <= 2);
+    let known = CONF_KEYS.join(", ");
+    Some(match closest {
+        Some((_, known)) => format!("ignoring the unknown key {key:?}; did you mean {known:?}?"),
+        None => format!("ignoring the unknown key {key:?} (this file sets {known})"),
+    })
 }
 
 /// Checks a host name or IP literal; `[v6]` brackets are removed.
@@ -2116,6 +2204,79 @@ mod tests {
             format!("node inventory {}", inventory.display()),
         );
         assert!(t.describe().contains(&connect));
+    }
+
+    /// `src/conf/nodes.yaml` serves as the inventory even without `redis/default.yaml` beside
+    /// it, found implicitly and through `--config DIR` alike (issue #13 point 6).
+    #[test]
+    fn inventory_serves_without_redis_yaml() {
+        let dir = TempDir::new().expect("tempdir");
+        let conf = dir.path().join("src/conf");
+        write(
+            &conf.join("nodes.yaml"),
+            "nodes:\n- name: eek.invalid\n  ip: 192.168.1.97\n",
+        );
+        for config in [None, Some(conf.clone())] {
+            let inputs = ConfigInputs {
+                config,
+                env: env(&[(REDIS_HOST, "eek.invalid")]),
+                ..base(dir.path())
+            };
+            let t = resolve(&inputs, &resolve_host_system).expect("resolve");
+            assert_eq!(t.connect_host, "192.168.1.97");
+            assert_eq!(t.conf_dir.as_deref(), Some(conf.as_path()));
+            assert_eq!(t.port.source, Source::Default);
+        }
+        // A dir with neither file is still not a conf dir.
+        let empty = dir.path().join("empty");
+        fs::create_dir_all(&empty).expect("create dir");
+        let inputs = ConfigInputs {
+            config: Some(empty),
+            ..base(dir.path())
+        };
+        assert!(err(&inputs).contains("has no redis/default.yaml"));
+    }
+
+    /// Unknown keys of the Redis YAML are named, with the likely key when one is close;
+    /// the keys it reads and Hydra's own are not.
+    #[test]
+    fn unknown_yaml_keys_are_named_with_a_suggestion() {
+        let message = |key: &str| unknown_key_message(&Value::String(key.to_owned()));
+        for key in ["host", "port", "password", "username", "defaults", "_target_", "hydra"] {
+            assert_eq!(message(key), None, "{key}");
+        }
+        assert_eq!(
+            message("prot").as_deref(),
+            Some("ignoring the unknown key \"prot\"; did you mean \"port\"?")
+        );
+        assert_eq!(
+            message("Hostname").as_deref(),
+            Some("ignoring the unknown key \"Hostname\" (this file sets host, port, password, username)")
+        );
+        assert_eq!(
+            message("passwrd").as_deref(),
+            Some("ignoring the unknown key \"passwrd\"; did you mean \"password\"?")
+        );
+    }
+
+    /// `resolve_unchecked` gives the layered fields of a host that does not resolve, which
+    /// `resolve` refuses.
+    #[test]
+    fn unchecked_resolution_keeps_an_unresolvable_host() {
+        let dir = TempDir::new().expect("tempdir");
+        let inputs = ConfigInputs {
+            env: env(&[(REDIS_HOST, "eek.invalid")]),
+            ..base(dir.path())
+        };
+        assert!(matches!(
+            resolve(&inputs, &|_| false),
+            Err(ConfigError::Unresolvable { .. })
+        ));
+        let t = resolve_unchecked(&inputs).expect("resolve");
+        assert_eq!(
+            (t.host.value.as_str(), t.connect_host.as_str()),
+            ("eek.invalid", "eek.invalid")
+        );
     }
 
     /// A host that does not resolve and is not in the inventory gives an error that says why

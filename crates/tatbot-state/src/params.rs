@@ -37,7 +37,8 @@
 //! - A parameter is a leaf of the name tree: no parameter sits under another (`arms` and
 //!   `arms.x` cannot both exist), so any set of parameters dumps to one YAML tree.
 //! - A stored value always passes its descriptor: a re-declaration that would break that fails.
-//! - Names are never removed, and the type of a name never changes.
+//! - The type of a name never changes while it is declared. Names are removed only by
+//!   [`Params::undeclare`], an admin operation; a name declared again starts over at version 1.
 
 mod bounds;
 mod script;
@@ -84,6 +85,8 @@ pub enum ChangeOp {
     Set,
     /// A value from [`Params::load`].
     Load,
+    /// [`Params::undeclare`]: the parameter was removed; `new` is the value it had.
+    Undeclare,
 }
 
 impl ChangeOp {
@@ -93,6 +96,7 @@ impl ChangeOp {
             ChangeOp::Declare => "declare",
             ChangeOp::Set => "set",
             ChangeOp::Load => "load",
+            ChangeOp::Undeclare => "undeclare",
         }
     }
 }
@@ -104,6 +108,7 @@ impl std::str::FromStr for ChangeOp {
             "declare" => Ok(ChangeOp::Declare),
             "set" => Ok(ChangeOp::Set),
             "load" => Ok(ChangeOp::Load),
+            "undeclare" => Ok(ChangeOp::Undeclare),
             other => Err(format!("unknown change {other:?}")),
         }
     }
@@ -274,6 +279,39 @@ impl Params {
                 }
                 (Err(Refusal::Conflict { .. }), _) => continue,
                 (Err(Refusal::Tree { name, other }), _) => return Err(tree_error(&name, &other)),
+            }
+        }
+        Err(contention(name))
+    }
+
+    /// Removes a declared parameter: its hash and its index entry, in one step that the audit
+    /// log records (op `undeclare`, with the value it had as `new`); returns it as it was.
+    ///
+    /// An admin operation: the caller must be a Redis user that may run `ACL WHOAMI` (the
+    /// `admin` role of `config/redis/users.acl`, or the default user of a server without
+    /// ACLs). The `robot` and `viewer` roles are refused before anything is written. That is a
+    /// guard against mistakes, not a boundary: the robot role may write `tatbot:*` keys.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ParamNotFound`] when it is not declared, [`Error::PermissionDenied`] for a
+    /// user other than an admin, [`Error::Conflict`] when other writers kept changing it, or
+    /// a Redis failure.
+    pub async fn undeclare(&self, name: &ParamName) -> Result<Param> {
+        let _whoami: String = redis::cmd("ACL")
+            .arg("WHOAMI")
+            .query_async(&mut self.state.connection())
+            .await
+            .map_err(|err| self.state.redis_error("undeclare_param", err))?;
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.require(name).await?;
+            match self.remove(&current).await? {
+                Ok(()) => {
+                    tracing::info!(param = %name, version = current.version, "parameter undeclared");
+                    return Ok(current);
+                }
+                Err(Refusal::Conflict { version: 0, .. }) => return Err(Error::ParamNotFound(name.to_string())),
+                Err(_) => continue,
             }
         }
         Err(contention(name))

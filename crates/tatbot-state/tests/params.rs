@@ -763,3 +763,43 @@ async fn corrupt_param_is_reported_per_entry() {
         "the strict list still refuses"
     );
 }
+
+/// `undeclare` removes the parameter and its index entry, a watch sees the removal (op
+/// `undeclare`, the last value as `new`), and the name may be declared again, even with another
+/// type, starting over at version 1; undeclaring a name that is not declared is not found.
+#[tokio::test]
+async fn undeclare_removes_and_is_watched() {
+    let (_server, params) = params().await;
+    declare_arms(&params).await;
+    let mut watch = params.watch(&all()).await.unwrap();
+    let removed = params.undeclare(&name("arms.pose")).await.unwrap();
+    assert_eq!(removed.value, ParamValue::String("ready".to_owned()));
+    assert_eq!(params.get(&name("arms.pose")).await.unwrap(), None);
+    let names: Vec<String> = params
+        .list(&all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|param| param.name.to_string())
+        .collect();
+    assert!(!names.contains(&"arms.pose".to_owned()), "{names:?}");
+    let change = next(&mut watch).await;
+    assert_eq!(
+        (change.name.as_str(), change.op, change.version, change.new),
+        (
+            "arms.pose",
+            ChangeOp::Undeclare,
+            removed.version + 1,
+            ParamValue::String("ready".to_owned())
+        )
+    );
+    let again = params
+        .declare(&name("arms.pose"), &Descriptor::new(3_i64))
+        .await
+        .unwrap();
+    assert_eq!((again.version, again.descriptor.param_type), (1, ParamType::Int));
+    assert!(matches!(
+        params.undeclare(&name("arms.nope")).await,
+        Err(tatbot_state::Error::ParamNotFound(_))
+    ));
+}

@@ -10,6 +10,14 @@
 //! history stream holds every update, both demo nodes are online, and every simulated error
 //! was stored.
 //!
+//! With `--chaos` the private server is killed with SIGKILL twice mid-run and restarted on the
+//! same port and AOF ([`PrivateServer::crash_and_restart`]); the robot writes through the
+//! producer, which replays what the crash lost, so the checks still find the session exact.
+//!
+//! In a terminal the demo then keeps serving the live viz and the MCP server, with the robot
+//! idling (its heartbeats go on), until Ctrl-C, so the operator can look at what it advertised;
+//! `--exit`, or a stdout that is not a terminal (scripts, CI), ends it after the checks.
+//!
 //! Shutdown: one [`CancellationToken`] is cancelled by SIGINT or SIGTERM; every task the demo
 //! starts gets a child of it and runs on a [`TaskTracker`]. Whether the demo ends normally,
 //! fails or is interrupted, it cancels the tasks, waits for them with a deadline, stops the
@@ -20,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -50,6 +59,8 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const TASKS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long both demo nodes get to show up as online.
 const NODES_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `--chaos` looks whether it is time for the next crash.
+const CHAOS_POLL: Duration = Duration::from_millis(10);
 /// Plain progress lines (when stdout is not a terminal) are printed every this many percent.
 const PLAIN_PROGRESS_STEP: u64 = 10;
 
@@ -62,6 +73,14 @@ pub struct Args {
     /// A small plan sent as fast as possible (seconds instead of about 30 s)
     #[arg(long)]
     fast: bool,
+    /// Kill -9 the private Redis twice mid-run and restart it (same port, same AOF): the
+    /// robot's producer must still store the session exactly
+    #[arg(long, conflicts_with = "redis")]
+    chaos: bool,
+    /// End after the checks even in a terminal (by default a terminal keeps the viz, the MCP
+    /// server and the idling robot until Ctrl-C; scripts and CI, not being terminals, end)
+    #[arg(long)]
+    exit: bool,
 }
 
 /// Runs `demo`.
@@ -73,7 +92,13 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         signal_token.cancel();
     });
 
-    let plan = if args.fast {
+    let plan = if args.fast && args.chaos {
+        // Paced, so the run lasts long enough (about 1.5 s) for two crashes in the middle.
+        Plan {
+            error_every: 2,
+            ..Plan::new(4, 40, 100.0, "demo")
+        }
+    } else if args.fast {
         Plan {
             error_every: 2,
             ..Plan::new(3, 4, 0.0, "demo")
@@ -84,7 +109,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             ..Plan::new(12, 25, 10.0, "demo")
         }
     };
-    let (endpoint, private) = match &args.redis {
+    let options = Options {
+        chaos: args.chaos,
+        keep_serving: !args.exit && std::io::stdout().is_terminal(),
+    };
+    let (endpoint, mut private) = match &args.redis {
         Some(url) => (endpoint_from_url(global, url)?, None),
         None => {
             let server = tokio::select! {
@@ -94,7 +123,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             (server.endpoint(), Some(server))
         }
     };
-    let outcome = run_on(&endpoint, private.as_ref(), &plan, &shutdown).await;
+    let outcome = run_on(&endpoint, private.as_mut(), &plan, options, &shutdown).await;
     if let Some(server) = private {
         let (pid, dir) = (server.pid(), server.dir().display().to_string());
         server.stop().await?;
@@ -157,11 +186,21 @@ pub(crate) fn endpoint_from_url(global: &GlobalArgs, url: &str) -> anyhow::Resul
     Ok(Endpoint::from(&target))
 }
 
+/// How the demo runs besides its plan.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    /// Crash and restart the private server twice mid-run.
+    chaos: bool,
+    /// After the checks, keep serving until Ctrl-C.
+    keep_serving: bool,
+}
+
 /// Runs the demo on a server that is up, and cleans up its own tasks whatever happens.
 async fn run_on(
     endpoint: &Endpoint,
-    private: Option<&PrivateServer>,
+    mut private: Option<&mut PrivateServer>,
     plan: &Plan,
+    demo: Options,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<u8> {
     let robot = connect(endpoint, ROBOT_NODE).await?;
@@ -175,7 +214,7 @@ async fn run_on(
         .context("binding the MCP server")?;
     let viz_addr = viz_listener.local_addr().context("reading the live viz address")?;
     let mcp_addr = mcp_listener.local_addr().context("reading the MCP server address")?;
-    print_intro(endpoint, private, plan)?;
+    print_intro(endpoint, private.as_deref(), plan)?;
     crate::outln!("  live viz   http://{viz_addr}/")?;
     crate::outln!("  MCP server http://{mcp_addr}{}", tatbot_state_mcp::MCP_PATH)?;
     crate::outln!("Ctrl-C stops the demo and everything it started.")?;
@@ -214,10 +253,38 @@ async fn run_on(
     }
     tracker.close();
 
-    let outcome = tokio::select! {
-        outcome = simulate_and_check(&robot, plan, Servers { viz: viz_addr, mcp: mcp_addr }) => outcome,
-        () = shutdown.cancelled() => Err(interrupted()),
+    let sent = AtomicU64::new(0);
+    let crashes = AtomicU64::new(0);
+    let servers = Servers {
+        viz: viz_addr,
+        mcp: mcp_addr,
     };
+    let simulation = simulate_and_check(&robot, plan, servers, &sent, demo.chaos.then_some(&crashes));
+    tokio::pin!(simulation);
+    let chaos = async {
+        match private.as_deref_mut() {
+            Some(server) if demo.chaos => crash_twice(server, &sent, plan.total(), &crashes).await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(chaos);
+    let mut chaos_done = false;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut simulation => break outcome,
+            crashed = &mut chaos, if !chaos_done => {
+                chaos_done = true;
+                if let Err(err) = crashed {
+                    break Err(err.context("crashing and restarting the private redis-server"));
+                }
+            }
+            () = shutdown.cancelled() => break Err(interrupted()),
+        }
+    };
+    if demo.keep_serving && !shutdown.is_cancelled() {
+        crate::outln!("demo: still serving the live viz and the MCP server (the robot idles); Ctrl-C to stop")?;
+        shutdown.cancelled().await;
+    }
     tasks.cancel();
     if tokio::time::timeout(TASKS_TIMEOUT, tracker.wait()).await.is_err() {
         tracing::warn!("the heartbeat agents did not stop within {} s", TASKS_TIMEOUT.as_secs());
@@ -278,17 +345,62 @@ fn print_intro(endpoint: &Endpoint, private: Option<&PrivateServer>, plan: &Plan
     Ok(())
 }
 
-/// Runs the simulated robot with a progress display, then checks what Redis holds.
-async fn simulate_and_check(robot: &StateManager, plan: &Plan, servers: Servers) -> anyhow::Result<u8> {
+/// Kills the private server with SIGKILL and restarts it twice, once a third and once two
+/// thirds of the `total` updates are `sent`; counts each in `crashes`.
+async fn crash_twice(
+    server: &mut PrivateServer,
+    sent: &AtomicU64,
+    total: u64,
+    crashes: &AtomicU64,
+) -> anyhow::Result<()> {
+    for third in 1..=2 {
+        let due = total * third / 3;
+        while sent.load(Ordering::Relaxed) < due {
+            tokio::time::sleep(CHAOS_POLL).await;
+        }
+        let (old_pid, at) = (server.pid(), sent.load(Ordering::Relaxed));
+        let new_pid = server.crash_and_restart().await?;
+        crashes.fetch_add(1, Ordering::Relaxed);
+        crate::outln!(
+            "chaos: kill -9 redis-server (pid {old_pid}) at {at}/{total} poses; restarted it as pid {new_pid} on the same port and AOF"
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs the simulated robot with a progress display, then checks what Redis holds; `sent`
+/// follows the updates sent. With `crashes` (`--chaos`), one more check: the robot's producer
+/// saw each crash as a restart and replayed what it lost.
+async fn simulate_and_check(
+    robot: &StateManager,
+    plan: &Plan,
+    servers: Servers,
+    sent: &AtomicU64,
+    crashes: Option<&AtomicU64>,
+) -> anyhow::Result<u8> {
     let total = u64::from(plan.strokes) * u64::from(plan.stroke_length);
     let mut display = ProgressDisplay::new(total);
-    let mut on_update = |_session: &SessionId, done: u64, total: u64| display.update(done, total);
+    let mut on_update = |_session: &SessionId, done: u64, total: u64| {
+        sent.store(done, Ordering::Relaxed);
+        display.update(done, total);
+    };
     let report = simulate::simulate_robot(robot, plan, &mut on_update).await;
     display.finish();
     let report = report.context("running the simulated robot")?;
 
     let mut checks = verify(robot, plan, &report).await?;
     checks.extend(check_servers(servers, &report.session_id).await);
+    if let Some(crashes) = crashes {
+        let crashes = crashes.load(Ordering::Relaxed);
+        let restarts = report.producer.as_ref().map_or(0, |stats| stats.restarts);
+        checks.push((
+            crashes == 2 && restarts >= crashes,
+            "chaos",
+            format!(
+                "{crashes} kill -9s of redis-server; the robot's producer saw {restarts} restarts and stored every update once"
+            ),
+        ));
+    }
     crate::outln!("Checked:")?;
     for (passed, name, detail) in &checks {
         crate::outln!("  {} {name:<9} {detail}", if *passed { "[ok]  " } else { "[FAIL]" })?;

@@ -82,6 +82,10 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     ),
     (&["param", "watch"], "tatbot-state param watch arms"),
     (
+        &["param", "undeclare"],
+        "tatbot-state --user admin param undeclare arms.old_setting",
+    ),
+    (
         &["param", "history"],
         "tatbot-state param history\n  tatbot-state param history arms.goal_time_slow",
     ),

@@ -1,6 +1,7 @@
 //! `tatbot-state mcp`: serve read-only state resources over MCP (stdio or streamable HTTP).
 //!
-//! The server itself is the `tatbot-state-mcp` crate; this module validates the flags, connects,
+//! The server itself is the `tatbot-state-mcp` crate; this module validates the flags, connects
+//! (or, while Redis is not up yet, serves anyway, logs the wait and connects when it is),
 //! runs this node's heartbeat (marked as serving MCP) beside it when serving HTTP, or on stdio
 //! when asked with `--heartbeat` (an assistant that launches the stdio server for a chat is not a
 //! node of the fleet, so by default it adds none), and stops both on Ctrl-C or
@@ -100,7 +101,8 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     }
     let target = global.target()?;
     let config = ConfigDescription::from(&target);
-    let reader = global.manager_for(Endpoint::from(&target)).await?;
+    // Serves before Redis is up: reads answer that it is unreachable until it is.
+    let reader = global.manager_serving().await?;
 
     let listener = match args.transport {
         Transport::Http => Some(crate::ctx::bind_listener(args.bind, "MCP server").await?),
@@ -122,7 +124,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         tracing::info!("connected as the read-only {VIEWER_USER} role: no heartbeat for this node");
     }
     if wants_heartbeat && !viewer {
-        let writer = global.manager_for(Endpoint::from(&target)).await?;
+        // Lazy: the heartbeat retries each interval until Redis is up (the reader logs the wait).
+        let writer = tatbot_state::StateManager::connect_lazy(tatbot_state::ManagerConfig::new(
+            Endpoint::from(&target),
+            global.node_id()?,
+        ))?;
         tracker.spawn(tatbot_state_mcp::run_heartbeat(
             writer,
             mcp_port,

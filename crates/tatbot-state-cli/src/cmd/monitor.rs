@@ -6,7 +6,8 @@
 //! node health (state by heartbeat, CPU, memory, disk, GPU, clock skew), parameters (name,
 //! value, version; re-read every [`PARAMS_INTERVAL`]) and recent events. It fits 80×24 and
 //! uses more room when there is. Text too long for its place ends in `…`, never clipped
-//! silently. While Redis is unreachable, sessions and nodes are grey: they are what was last
+//! silently. Started before Redis is up, the header is a banner ("waiting for Redis at
+//! HOST:PORT: why") until the first snapshot. While Redis is unreachable, sessions and nodes are grey: they are what was last
 //! seen, not what is. The parameter re-read also announces stale sessions (`session_stale`,
 //! once per session whoever notices first).
 //!
@@ -115,7 +116,8 @@ impl Monitor {
 
 /// Runs `monitor`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let manager = global.manager().await?;
+    // Starts before Redis is up: the header shows the wait until the first snapshot.
+    let (manager, _waiting) = global.manager_or_lazy().await?;
     let mut monitor = Monitor {
         endpoint: manager.config().endpoint.to_string(),
         redis: RedisState::Connecting,
@@ -260,6 +262,22 @@ pub fn draw(frame: &mut Frame, monitor: &Monitor, now_ms: i64) {
 }
 
 fn draw_header(frame: &mut Frame, area: Rect, monitor: &Monitor, view: &Snapshot, now_ms: i64) {
+    if let (RedisState::Disconnected(reason), None) = (&monitor.redis, &monitor.view) {
+        // Never connected yet: a banner that says what the monitor waits for.
+        let banner = Line::from(Span::styled(
+            ellipsized(
+                &format!("waiting for Redis at {}: {reason}; retrying", monitor.endpoint),
+                usize::from(area.width.saturating_sub(2)),
+            ),
+            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+        ));
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .title(format!(" tatbot-state monitor · {} ", monitor.endpoint))
+            .title_bottom(Line::from(" q quits ").right_aligned());
+        frame.render_widget(Paragraph::new(banner).block(block), area);
+        return;
+    }
     let (redis, color) = match &monitor.redis {
         RedisState::Connecting => ("connecting".to_owned(), Color::Blue),
         RedisState::Connected => ("connected".to_owned(), Color::Green),

@@ -57,6 +57,8 @@ enum Action {
     Watch(WatchArgs),
     /// Print the latest changes from the audit log, oldest first
     History(HistoryArgs),
+    /// Remove a parameter and its value (admin; the robot and viewer roles are refused)
+    Undeclare(NameArgs),
 }
 
 /// One parameter name.
@@ -131,6 +133,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         Action::Load(args) => load(global, &args).await,
         Action::Watch(args) => watch(global, &prefix(args.prefix.as_deref())?, args.count).await,
         Action::History(args) => history(global, &prefix(args.prefix.as_deref())?, args.count).await,
+        Action::Undeclare(args) => undeclare(global, &ParamName::new(args.name)?).await,
     }
 }
 
@@ -187,6 +190,36 @@ async fn set(global: &GlobalArgs, name: &ParamName, args: &SetArgs) -> anyhow::R
         writeln!(out, "{}", serde_json::to_string(&param)?)?;
     } else {
         writeln!(out, "{} = {} (version {})", param.name, param.value, param.version)?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Removes a parameter; an admin operation, so a refusal says which user may.
+async fn undeclare(global: &GlobalArgs, name: &ParamName) -> anyhow::Result<u8> {
+    let params = params(global).await?;
+    let removed = match params.undeclare(name).await {
+        Ok(removed) => removed,
+        Err(tatbot_state::Error::ParamNotFound(_)) => {
+            return Err(exit::not_found(format!(
+                "no parameter {name}; hint: list them with `tatbot-state param list`"
+            )));
+        }
+        Err(err @ tatbot_state::Error::PermissionDenied { .. }) => {
+            return Err(anyhow::Error::new(err).context(format!(
+                "cannot undeclare {name}: an admin operation (the robot and viewer roles may not remove parameters); connect as the admin user (--user admin)"
+            )));
+        }
+        Err(err) => return Err(anyhow::Error::new(err).context(format!("undeclaring {name}"))),
+    };
+    let mut out = std::io::stdout().lock();
+    if global.json {
+        writeln!(out, "{}", serde_json::to_string(&removed)?)?;
+    } else {
+        writeln!(
+            out,
+            "- {} ({}) undeclared; it was {} (version {})",
+            removed.name, removed.descriptor.param_type, removed.value, removed.version
+        )?;
     }
     Ok(exit::SUCCESS)
 }

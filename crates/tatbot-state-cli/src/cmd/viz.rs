@@ -1,5 +1,7 @@
 //! `tatbot-state viz`: serves the live web dashboard ([`tatbot_state_viz`]).
 //!
+//! It serves whether Redis is up or not: while it is not, the log says so once per change of
+//! the wait and the dashboard shows a banner, and the page fills in when Redis answers.
 //! Prints the dashboard's URL as the first line of stdout once it listens (with `--bind
 //! 127.0.0.1:0` that is how a caller learns the port), then serves until Ctrl-C or SIGTERM,
 //! ends the open streams and waits at most [`SHUTDOWN_DEADLINE`] for in-flight requests.
@@ -50,7 +52,8 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     // The token rule first, so a refused bind is one line and exit 2 (see `exit::code_for`).
     tatbot_state::http::check_bind(&args.bind, args.token.as_deref())?;
     crate::cmd::mcp::raise_fd_limit();
-    let manager = global.manager().await?;
+    // Serves before Redis is up: the dashboard shows the wait and fills in when it answers.
+    let manager = global.manager_serving().await?;
     let listener = crate::ctx::bind_listener(args.bind, "dashboard").await?;
     let address = listener.local_addr().context("reading the bound address")?;
     {

@@ -1,4 +1,5 @@
-//! The one Lua script every parameter write goes through: a batch of compare-and-set writes,
+//! The Lua scripts parameter writes go through: [`REMOVE`] for an undeclare, and for every
+//! other write the one script [`WRITE`], a batch of compare-and-set writes,
 //! applied all or nothing, each recorded in the audit log.
 //!
 //! Rust validates first (for good messages) and hands the script the version each parameter
@@ -100,6 +101,27 @@ return versions
 /// [`WRITE`], compiled once.
 static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE));
 
+/// KEYS: parameter index, audit log, seq counter, the parameter's hash.
+/// ARGV: audit log maxlen, actor, time, name, expected version.
+/// Removes the parameter if it still has the expected version, and logs it.
+const REMOVE: &str = r#"
+local stored = redis.call('HMGET', KEYS[4], 'version', 'type', 'value')
+local version = stored[1] or '0'
+if version ~= ARGV[5] then
+  return redis.error_reply('TATBOT_PARAM_CONFLICT ' .. ARGV[4] .. ' ' .. version)
+end
+redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[1], ARGV[4])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'name', ARGV[4],
+  'type', stored[2], 'version', tonumber(version) + 1, 'op', 'undeclare', 'actor', ARGV[2],
+  'time', ARGV[3], 'old', stored[3], 'new', stored[3])
+return 1
+"#;
+
+/// [`REMOVE`], compiled once.
+static REMOVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE));
+
 /// One compare-and-set write of a batch.
 #[derive(Debug, Clone)]
 pub(crate) struct Write {
@@ -170,6 +192,35 @@ impl Params {
             Err(err) => match refusal(&err)? {
                 Some(refusal) => Ok((Err(refusal), now)),
                 None => Err(self.state.redis_error(operation, err)),
+            },
+        }
+    }
+}
+
+impl Params {
+    /// Removes `current` if it still has its version, logging the removal.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure; a version that moved on is the [`Refusal`].
+    pub(crate) async fn remove(&self, current: &super::Param) -> Result<std::result::Result<(), Refusal>> {
+        let reply: redis::RedisResult<i64> = REMOVE_SCRIPT
+            .key(keys::PARAM_INDEX)
+            .key(keys::PARAM_LOG)
+            .key(keys::PARAM_SEQ)
+            .key(keys::param(&current.name))
+            .arg(super::AUDIT_LOG_MAXLEN)
+            .arg(self.state.node_id().as_str())
+            .arg(Timestamp::now().to_string())
+            .arg(current.name.as_str())
+            .arg(current.version)
+            .invoke_async(&mut self.state.connection())
+            .await;
+        match reply {
+            Ok(_) => Ok(Ok(())),
+            Err(err) => match refusal(&err)? {
+                Some(refusal) => Ok(Err(refusal)),
+                None => Err(self.state.redis_error("undeclare_param", err)),
             },
         }
     }

@@ -5,7 +5,8 @@
 //! fresh temporary directory with a free loopback port, starts `redis-server` on it as a child
 //! in its own process group (so a Ctrl-C in the terminal reaches only our process, which then
 //! stops the server in order), and returns once the server answers `PING` with the child's own
-//! pid. [`PrivateServer::stop`] shuts it down gracefully, reaps it and removes the directory.
+//! pid. [`PrivateServer::crash_and_restart`] kills it with SIGKILL and starts it again on the
+//! same port and data (`demo --chaos`). [`PrivateServer::stop`] shuts it down gracefully, reaps it and removes the directory.
 //! The child is also `kill_on_drop`, so even an early error return cannot leave a server
 //! behind; only a SIGKILL of our own process can.
 
@@ -61,7 +62,6 @@ impl PrivateServer {
             base: dir.path().to_owned(),
         };
         std::fs::create_dir_all(layout.data()).with_context(|| format!("creating {}", layout.data().display()))?;
-        let stderr_path = layout.base.join("redis.stderr");
         let mut last_failure = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
@@ -74,43 +74,10 @@ impl PrivateServer {
                 acl_file: None,
             })?;
             std::fs::write(layout.conf(), text).with_context(|| format!("writing {}", layout.conf().display()))?;
-            let stderr =
-                std::fs::File::create(&stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
-            let mut child = tokio::process::Command::new(&binary)
-                .arg(layout.conf())
-                .current_dir(&layout.base)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                // Its own process group: a Ctrl-C in the terminal must reach only our process,
-                // which then stops the server after the clients that use it.
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {}", binary.display()))?;
-            let pid = child
-                .id()
-                .context("bug: the redis-server child has no pid right after spawning")?;
-            let endpoint = Endpoint::new("127.0.0.1", port);
-            let deadline = Instant::now() + STARTUP_TIMEOUT;
-            loop {
-                if let Some(status) = child.try_wait().context("watching the redis-server child")? {
-                    last_failure = format!("exited with {status}: {}", process::log_tail(&layout.log(), 3));
-                    break;
-                }
-                if let Probe::Redis { pid: Some(answering) } = server::probe(&endpoint).await
-                    && answering == pid
-                {
-                    return Ok(PrivateServer { child, pid, port, dir });
-                }
-                if Instant::now() >= deadline {
-                    anyhow::bail!(
-                        "the private redis-server did not answer PING within {} s: {}",
-                        STARTUP_TIMEOUT.as_secs(),
-                        process::log_tail(&layout.log(), 3)
-                    );
-                }
-                tokio::time::sleep(process::POLL_INTERVAL).await;
+            let (mut child, pid) = spawn(&binary, &layout)?;
+            match wait_ready(&mut child, pid, port, &layout).await? {
+                None => return Ok(PrivateServer { child, pid, port, dir }),
+                Some(failure) => last_failure = failure,
             }
             // Another process took the port between `free_port` and the bind: try a new one.
             if !last_failure.contains("Address already in use") {
@@ -118,6 +85,33 @@ impl PrivateServer {
             }
         }
         anyhow::bail!("the private redis-server did not start: {last_failure}")
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no final AOF flush: a crash), reaps it and
+    /// starts it again on the same port with the same config and data directory, so it loads
+    /// what its AOF kept. Returns the new pid once it answers `PING`.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent, or the server did not come back within
+    /// [`STARTUP_TIMEOUT`] (the message carries the end of its log).
+    pub async fn crash_and_restart(&mut self) -> anyhow::Result<u32> {
+        self.signal(Signal::SIGKILL)?;
+        self.child.wait().await.context("reaping the killed redis-server")?;
+        let layout = Layout {
+            base: self.dir.path().to_owned(),
+        };
+        let binary = process::redis_server_binary()?;
+        let (mut child, pid) = spawn(&binary, &layout)?;
+        if let Some(failure) = wait_ready(&mut child, pid, self.port, &layout).await? {
+            anyhow::bail!(
+                "the private redis-server did not come back on port {}: {failure}",
+                self.port
+            );
+        }
+        self.child = child;
+        self.pid = pid;
+        Ok(pid)
     }
 
     /// Where it listens: loopback, no credentials.
@@ -180,6 +174,64 @@ impl PrivateServer {
         self.dir
             .close()
             .with_context(|| format!("removing {path}: remove it by hand"))
+    }
+}
+
+/// Starts `redis-server` on the config in `layout`, stderr to `redis.stderr` there, in its own
+/// process group (a Ctrl-C in the terminal must reach only our process, which then stops the
+/// server after the clients that use it).
+fn spawn(binary: &Path, layout: &Layout) -> anyhow::Result<(tokio::process::Child, u32)> {
+    let stderr_path = layout.base.join("redis.stderr");
+    let stderr = std::fs::File::create(&stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
+    let child = tokio::process::Command::new(binary)
+        .arg(layout.conf())
+        .current_dir(&layout.base)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pid = child
+        .id()
+        .context("bug: the redis-server child has no pid right after spawning")?;
+    Ok((child, pid))
+}
+
+/// Waits until the server on `port` answers `PING` with `pid`: `None` then, or why it exited.
+///
+/// # Errors
+///
+/// It neither answered nor exited within [`STARTUP_TIMEOUT`].
+async fn wait_ready(
+    child: &mut tokio::process::Child,
+    pid: u32,
+    port: u16,
+    layout: &Layout,
+) -> anyhow::Result<Option<String>> {
+    let endpoint = Endpoint::new("127.0.0.1", port);
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().context("watching the redis-server child")? {
+            return Ok(Some(format!(
+                "exited with {status}: {}",
+                process::log_tail(&layout.log(), 3)
+            )));
+        }
+        if let Probe::Redis { pid: Some(answering) } = server::probe(&endpoint).await
+            && answering == pid
+        {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the private redis-server did not answer PING within {} s: {}",
+                STARTUP_TIMEOUT.as_secs(),
+                process::log_tail(&layout.log(), 3)
+            );
+        }
+        tokio::time::sleep(process::POLL_INTERVAL).await;
     }
 }
 
