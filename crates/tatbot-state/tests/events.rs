@@ -261,17 +261,41 @@ async fn subscription_fills_a_gap_from_the_event_log() {
     for _ in 0..3 {
         next_event(&mut subscription).await;
     }
-    let mut attacker = raw(&server).await;
+    // 50 MB take longer than the client's default 500 ms response timeout on a loaded machine.
+    let mut attacker = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
     let _: i64 = attacker
         .publish("stroke:events:session", vec![b'x'; 50 << 20])
         .await
         .unwrap();
-    // The subscriber is cut off now; these go out while it is away.
-    state
-        .update_stroke_progress(&session, &tatbot_state::ProgressUpdate::new(1, 0))
-        .await
-        .unwrap();
-    state.end_stroke_session(&session).await.unwrap();
+    // The subscriber is cut off now; these go out while it is away. They are sent from another
+    // thread with its own runtime and manager while this thread blocks: the subscription runs on
+    // this (current-thread) runtime, so it cannot resubscribe before both are out. Sent from
+    // here, a fast resubscribe under load received them live and the test saw no gap.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let other = crate::util::manager(&server, "hog").await;
+                    other
+                        .update_stroke_progress(&session, &tatbot_state::ProgressUpdate::new(1, 0))
+                        .await
+                        .unwrap();
+                    other.end_stroke_session(&session).await.unwrap();
+                });
+            })
+            .join()
+            .unwrap();
+    });
     let mut after = Vec::new();
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
