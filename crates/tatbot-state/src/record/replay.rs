@@ -250,9 +250,12 @@ fn check_channel_lengths(body: &[u8]) -> Result<()> {
         .filter(|end| *end <= body.len())
         .ok_or_else(corrupt)?;
     at += 4;
+    // The crate reads a key and then its value while it is inside the map, so both must fit.
     while at < map_end {
-        let len = prefix(at).filter(|len| at + 4 + len <= map_end).ok_or_else(corrupt)?;
-        at += 4 + len;
+        for _ in 0..2 {
+            let len = prefix(at).filter(|len| at + 4 + len <= map_end).ok_or_else(corrupt)?;
+            at += 4 + len;
+        }
     }
     Ok(())
 }
@@ -660,13 +663,15 @@ mod tests {
     }
 
     /// Inputs the `replay_reader` fuzz target found: a record in an uncompressed chunk longer
-    /// than the chunk (the crate's walk overflowed: a panic in debug builds), and a header
-    /// declaring a 3.7 GB string in 90 bytes. Each is a one-line error.
+    /// than the chunk (the crate's walk overflowed: a panic in debug builds), a header
+    /// declaring a 3.7 GB string in 90 bytes, and a channel whose metadata map ends after a key,
+    /// so the crate read a 4 GB value length from past the map. Each is a one-line error.
     #[test]
     fn fuzz_findings_are_one_line_errors() {
         for bytes in [
             &include_bytes!("../../tests/data/mcap/chunk-record-overrun.mcap")[..],
             include_bytes!("../../tests/data/mcap/huge-string.mcap"),
+            include_bytes!("../../tests/data/mcap/map-value-past-the-map.mcap"),
         ] {
             let err = read_recording(bytes).expect_err("corrupt");
             assert!(err.to_string().starts_with("corrupt MCAP file"), "{err}");
@@ -695,6 +700,13 @@ mod tests {
             good.extend_from_slice(text);
         }
         check_channel_lengths(&good).expect("well-formed");
+        // A map of 5 bytes: a key "k", then the value's length would lie past the map.
+        let mut key_only = good[..good.len() - 14].to_vec();
+        key_only.extend_from_slice(&5u32.to_le_bytes());
+        key_only.extend_from_slice(&1u32.to_le_bytes());
+        key_only.extend_from_slice(b"k");
+        key_only.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(check_channel_lengths(&key_only).is_err());
         let mut map_overrun = good.clone();
         let last = map_overrun.len() - 5;
         map_overrun[last..last + 4].copy_from_slice(&9u32.to_le_bytes());
