@@ -8,6 +8,8 @@
 //!
 //! - this file: the module, the one shared tokio runtime, [`Call`] (one pending library call,
 //!   awaited from asyncio or waited for from a thread), [`Reply`] and the error mapping.
+//! - `bridge`: [`bridge::Bridge`], which hands awaited results back to an asyncio loop without
+//!   taking the GIL on a tokio thread.
 //! - `manager`: [`manager::Target`] (configuration resolved as the CLI does) and
 //!   [`manager::Manager`] (one connected `StateManager`), parameters included.
 //! - `producer`: [`producer::Producer`], the non-blocking writer whose calls release the GIL.
@@ -15,8 +17,8 @@
 //!
 //! # Invariants
 //!
-//! - One multi-thread tokio runtime per process (pyo3-async-runtimes' global one) runs every
-//!   future; nothing here creates another.
+//! - One multi-thread tokio runtime per process ([`runtime`]) runs every future, producer
+//!   writer and follower; nothing here creates another.
 //! - No Rust panic reaches Python as a crash: futures are wrapped in `catch_unwind` and
 //!   synchronous calls in [`guard`], both turning a panic into `RuntimeError`.
 //! - Every library error becomes a Python exception whose message is the error's one-line
@@ -25,6 +27,7 @@
 //!   its models: the glue does not mirror the library's types, so a changed Rust signature is
 //!   a one-line fix here.
 
+mod bridge;
 mod manager;
 mod producer;
 mod streams;
@@ -32,7 +35,7 @@ mod streams;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -125,7 +128,7 @@ impl Call {
         }
     }
 
-    fn take(&self) -> PyResult<Pending> {
+    pub(crate) fn take(&self) -> PyResult<Pending> {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -136,11 +139,12 @@ impl Call {
 
 #[pymethods]
 impl Call {
-    /// Makes the call awaitable from a running asyncio loop.
-    fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let pending = self.take()?;
-        let awaitable = pyo3_async_runtimes::tokio::future_into_py(py, pending)?;
-        awaitable.call_method0("__await__")
+    /// Makes the call awaitable from a running asyncio loop: the loop's [`bridge::Bridge`]
+    /// (`tatbot_state._bridge.run`) starts it and resumes the awaiting task with its result.
+    fn __await__<'py>(slf: Bound<'py, Call>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let run = py.import("tatbot_state._bridge")?.getattr("run")?;
+        run.call1((slf,))?.call_method0("__await__")
     }
 
     /// Runs the call to completion on this thread (the GIL is released meanwhile).
@@ -150,9 +154,21 @@ impl Call {
     }
 }
 
-/// The process's one tokio runtime.
+/// The process's one tokio runtime, made at first use.
+///
+/// # Panics
+///
+/// When the operating system refuses the runtime's threads; nothing could run then, and the
+/// panic reaches Python as `RuntimeError` where a call is guarded.
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("tatbot-state")
+            .build()
+            .expect("the OS refused the tokio runtime's threads")
+    })
 }
 
 /// Runs a synchronous call, turning a panic into `RuntimeError` instead of unwinding into
@@ -233,6 +249,7 @@ fn _panic_for_tests(message: String, in_future: bool) -> PyResult<Call> {
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = module.py();
     module.add_class::<Call>()?;
+    module.add_class::<bridge::Bridge>()?;
     module.add_class::<manager::Target>()?;
     module.add_class::<manager::Manager>()?;
     module.add_class::<producer::Producer>()?;
