@@ -401,10 +401,11 @@ impl Manager {
         })
     }
 
-    /// Starts a producer on the shared runtime.
-    #[pyo3(signature = (max_queued=None))]
-    fn producer(&self, max_queued: Option<i64>) -> PyResult<crate::producer::Producer> {
-        crate::producer::Producer::start(&self.state, max_queued)
+    /// Starts a producer on the shared runtime; with `poll_interval_us`, its writer is polled
+    /// (`Wake::Poll`) instead of woken by each call.
+    #[pyo3(signature = (max_queued=None, poll_interval_us=None))]
+    fn producer(&self, max_queued: Option<i64>, poll_interval_us: Option<i64>) -> PyResult<crate::producer::Producer> {
+        crate::producer::Producer::start(&self.state, max_queued, poll_interval_us)
     }
 
     /// Follows everything, or one session, from a cursor (`None`: a snapshot first).

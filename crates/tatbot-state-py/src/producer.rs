@@ -8,11 +8,13 @@
 //! handing their JSON down.
 
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use tatbot_state::model::{NodeHealth, RobotState};
-use tatbot_state::{CancellationToken, Category, ProducerConfig, SessionId, StateManager};
+use tatbot_state::producer::MIN_POLL_INTERVAL;
+use tatbot_state::{CancellationToken, Category, ProducerConfig, SessionId, StateManager, Wake};
 
 use crate::manager::{document, error_details, progress_update};
 use crate::{guard, py_error, runtime, to_duration, to_json, to_u32};
@@ -29,8 +31,24 @@ pub(crate) struct Producer {
 }
 
 impl Producer {
-    pub(crate) fn start(state: &StateManager, max_queued: Option<i64>) -> PyResult<Producer> {
+    pub(crate) fn start(
+        state: &StateManager,
+        max_queued: Option<i64>,
+        poll_interval_us: Option<i64>,
+    ) -> PyResult<Producer> {
         let mut config = ProducerConfig::default();
+        if let Some(micros) = poll_interval_us {
+            let micros = u64::try_from(micros)
+                .ok()
+                .filter(|micros| *micros >= MIN_POLL_INTERVAL.as_micros() as u64)
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "poll_interval_us must be at least {}, got {micros}",
+                        MIN_POLL_INTERVAL.as_micros()
+                    ))
+                })?;
+            config.wake = Wake::Poll(Duration::from_micros(micros));
+        }
         if let Some(max_queued) = max_queued {
             config.max_queued = usize::try_from(max_queued)
                 .ok()

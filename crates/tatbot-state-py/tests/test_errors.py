@@ -36,6 +36,8 @@ def test_bad_arguments_raise_type_and_value_errors(redis_server):
             (ValueError, "scene name is", lambda: state.start_stroke_session(1, 1, "s" * 5000)),
             (ValueError, "at least one channel", lambda: state.subscribe_events()),
             (ValueError, "timeout must be a finite number", lambda: state.producer().flush(-1)),
+            (ValueError, "poll_interval_us must be at least 10, got 1", lambda: state.producer(poll_interval_us=1)),
+            (ValueError, "max_queued must be at least 1, got 0", lambda: state.producer(max_queued=0)),
             (ValueError, "arms.speed: value must be", lambda: state.params.set("arms.speed", {"a": 1})),
             (NotFoundError, "arms.speed: no such parameter", lambda: state.params.set("arms.speed", 1)),
             (ValueError, "follow cursor", lambda: state.follow(cursor="nonsense")),

@@ -132,6 +132,17 @@ def test_flush_releases_the_gil(redis_server):
     assert during > 10_000, during
 
 
+def test_polled_writer_stores_everything(redis_server, raw):
+    """With ``poll_interval_us`` the writer is polled instead of woken, and stores the same."""
+    state = connected(redis_server)
+    with state.producer(poll_interval_us=100) as producer:
+        session_id = producer.start_stroke_session(1, 200, "polled")
+        for pose in range(200):
+            producer.update_stroke_progress(0, pose, f"d{pose}", "r")
+        producer.flush(10)
+    assert history(raw, session_id) == [(0, pose, f"d{pose}") for pose in range(200)]
+
+
 def test_producer_needs_a_session(redis_server):
     """A progress update without a session says how to get one."""
     producer = connected(redis_server).producer()

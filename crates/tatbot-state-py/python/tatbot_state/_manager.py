@@ -179,8 +179,13 @@ class StateManager:
         """The parameter server on this Redis."""
         return Params(self)
 
-    def producer(self, max_queued: Optional[int] = None) -> Producer:
-        """A non-blocking writer for a control loop (synchronous; needs a connected manager)."""
+    def producer(self, max_queued: Optional[int] = None, poll_interval_us: Optional[int] = None) -> Producer:
+        """A non-blocking writer for a control loop (synchronous; needs a connected manager).
+
+        ``max_queued`` bounds the queued progress updates and errors (default 100,000; past it
+        the oldest is dropped and counted). With ``poll_interval_us`` the writer is polled at
+        that interval instead of woken by each call: calls then make no system call, for loops
+        that need the call's tail short, at up to one interval of extra latency."""
         if self._native is None:
             raise ConnectionError("the StateManager is not connected; hint: await state.connect() (or use async with) first")
-        return Producer(self._native.producer(max_queued))
+        return Producer(self._native.producer(max_queued, poll_interval_us))

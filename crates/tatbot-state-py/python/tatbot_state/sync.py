@@ -182,7 +182,7 @@ class StateManager:
         """The parameter server on this Redis."""
         return Params(self)
 
-    def producer(self, max_queued: Optional[int] = None) -> Producer:
-        """A non-blocking writer for a control loop."""
+    def producer(self, max_queued: Optional[int] = None, poll_interval_us: Optional[int] = None) -> Producer:
+        """A non-blocking writer for a control loop (arguments as the async manager's)."""
         self._ensure_connected()
-        return Producer(self._native.producer(max_queued))
+        return Producer(self._native.producer(max_queued, poll_interval_us))
