@@ -191,3 +191,21 @@ def test_follow_and_params(redis_server):
     change = asyncio.run(scenario())
     assert (change["change"]["entry"]["stroke_idx"], change["change"]["entry"]["pose_idx"]) == (1, 2)
     assert change["cursor"]
+
+
+def test_cancelled_awaits_leave_the_manager_working(redis_server):
+    """A task cancelled while its call is in flight does not break the loop's bridge: the late
+    result is dropped and the next calls answer."""
+
+    async def scenario():
+        async with manager(redis_server) as state:
+            for _ in range(5):
+                task = asyncio.ensure_future(state.get_system_status())
+                await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            statuses = await asyncio.gather(*(state.get_system_status() for _ in range(20)))
+            return statuses
+
+    assert all(status["redis_connected"] for status in asyncio.run(scenario()))

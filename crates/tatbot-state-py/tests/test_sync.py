@@ -86,7 +86,7 @@ def test_many_threads_share_one_facade(redis_server):
 
         def work() -> None:
             for _ in range(5):
-                session_id = state._native.start_stroke_session(2, 2, "t").wait()
+                session_id = state.start_stroke_session(2, 2, "t")
                 with lock:
                     session_ids.append(session_id)
 
