@@ -1,0 +1,98 @@
+"""Point 3 and call pattern (b): GUIs that run Redis work in a thread, with the blocking facade
+or with ``asyncio.run`` around ``async with`` + ``async for subscribe_events``."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+
+from conftest import wait_until
+from tatbot_state import RobotState, StateManager, sync
+
+
+def numpat(raw) -> int:
+    return int(raw.execute_command("PUBSUB", "NUMPAT"))
+
+
+def test_pattern_b_gui_thread_with_reconnect(redis_server, raw):
+    """Pattern (b): a GUI thread runs ``asyncio.run`` around ``async with`` and ``async for
+    subscribe_events("stroke:events:*")``; Redis restarts and the same loop keeps receiving."""
+    received: "queue.Queue[dict]" = queue.Queue()
+    state = StateManager(redis_host=redis_server.host, redis_port=redis_server.port, node_id="gui")
+
+    async def gui_loop():
+        async with state:
+            async for message in state.subscribe_events("stroke:events:*"):
+                received.put(message)
+                if message["data"].get("type") == "quit":
+                    return
+
+    thread = threading.Thread(target=asyncio.run, args=(gui_loop(),), daemon=True)
+    thread.start()
+    assert wait_until(lambda: numpat(raw) == 1)
+    raw.publish("stroke:events:progress", '{"type": "progress_update", "session_id": "s", "node_id": "hog", "timestamp": "2026-11-25T17:15:37"}')
+    first = received.get(timeout=10)
+    assert first["channel"] == "stroke:events:progress" and first["pattern"] == "stroke:events:*"
+
+    redis_server.restart()
+    after = raw.__class__(host=redis_server.host, port=redis_server.port, decode_responses=True)
+    assert wait_until(lambda: numpat(after) == 1, timeout=20), "the subscription did not come back"
+    after.publish("stroke:events:session", '{"type": "note", "n": 2}')
+    second = received.get(timeout=10)
+    assert second["data"] == {"type": "note", "n": 2}
+    after.publish("stroke:events:session", '{"type": "quit"}')
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_blocking_facade_and_subscription(redis_server, raw):
+    """``tatbot_state.sync.StateManager``: the same calls, blocking; its subscription iterates
+    in a thread and ``close`` from another thread ends it."""
+    with sync.StateManager(redis_host=redis_server.host, redis_port=redis_server.port, node_id="gui") as state:
+        session_id = state.start_stroke_session(4, 4)
+        state.update_stroke_progress(1, 3, "l", "r")
+        assert state.get_stroke_progress(session_id).pose_idx == 3
+        state.update_robot_state(RobotState(node_id="gui", current_pose="home"))
+        assert state.get_robot_state().current_pose == "home"
+        assert state.get_system_status()["active_sessions"] == 1
+        state.params.declare("gui.rate", 30)
+        assert state.params.set("gui.rate", 60)["value"] == 60
+
+        subscription = state.subscribe_events("stroke:events:*")
+        assert subscription.get(timeout=0.05) is None
+        got = []
+        listener = threading.Thread(target=lambda: got.extend(subscription))
+        listener.start()
+        assert wait_until(lambda: numpat(raw) == 1)
+        state.end_stroke_session(session_id)
+        assert wait_until(lambda: len(got) == 1)
+        subscription.close()
+        listener.join(10)
+        assert not listener.is_alive()
+        assert got[0]["data"]["type"] == "session_end"
+
+        with state.follow() as follower:
+            snapshot = follower.get(timeout=10)
+            assert snapshot["type"] == "snapshot" and session_id in snapshot["snapshot"]["sessions"]
+            assert follower.get(timeout=0.05) is None
+
+
+def test_many_threads_share_one_facade(redis_server):
+    """Threads share one blocking manager; each call releases the GIL while it waits."""
+    with sync.StateManager(redis_host=redis_server.host, redis_port=redis_server.port, node_id="gui") as state:
+        session_ids = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            for _ in range(5):
+                session_id = state.start_stroke_session(2, 2, "t")
+                with lock:
+                    session_ids.append(session_id)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(set(session_ids)) == 20
