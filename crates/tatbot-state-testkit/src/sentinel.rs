@@ -181,7 +181,10 @@ impl ClusterBuilder {
             // an old primary as a replica take a second or two instead of ten.
             let reply = sentinel.command(&["SENTINEL", "DEBUG", "info-period", "1000", "publish-period", "500"])?;
             if !reply.starts_with("+OK") {
-                return Err(io::Error::other(format!("SENTINEL DEBUG refused: {}", reply.trim_end())));
+                return Err(io::Error::other(format!(
+                    "SENTINEL DEBUG refused: {}",
+                    reply.trim_end()
+                )));
             }
             sentinels.push(sentinel);
         }
@@ -280,7 +283,9 @@ impl SentinelCluster {
 
     /// The master port the first Sentinel that answers reports.
     pub fn master_port(&self) -> Option<u16> {
-        self.sentinels.iter().find_map(|sentinel| master_addr(sentinel, &self.master_name))
+        self.sentinels
+            .iter()
+            .find_map(|sentinel| master_addr(sentinel, &self.master_name))
     }
 
     /// Waits until every Sentinel reports a master other than `old` that itself answers `ROLE`
@@ -332,7 +337,10 @@ fn wait_until(deadline: Instant, what: &str, mut condition: impl FnMut() -> bool
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("timed out waiting for {what}")));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out waiting for {what}"),
+            ));
         }
         thread::sleep(POLL_INTERVAL);
     }

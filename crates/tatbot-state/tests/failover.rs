@@ -1,0 +1,136 @@
+//! Sentinel failover under a live Producer session: the primary is killed (or frozen past the
+//! failover) while a robot writes at 1 kHz, a Sentinel promotes the replica, and every client
+//! moves to it with nothing acknowledged lost. Loopback only; each test is bounded by the
+//! timeouts below and runs its own cluster, so nextest runs them in parallel.
+
+use std::time::Duration;
+
+use tatbot_state::{CancellationToken, ProducerConfig, SessionId, StateManager};
+use tatbot_state_testkit::SentinelCluster;
+
+use crate::reliability::{FLUSH, assert_exact, history_indices, update};
+use crate::util::sentinel_config;
+
+/// Updates in a session, written at 1 kHz.
+const UPDATES: u32 = 5000;
+/// The update at which the primary is killed.
+const KILL_AT: u32 = 1000;
+/// Bound on a failover (Sentinel's `down-after-milliseconds` is 1 s in the test kit).
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Writes `from..to` through `producer` at 1 kHz.
+async fn write_at_1khz(producer: &tatbot_state::Producer, session: &SessionId, range: std::ops::Range<u32>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for i in range {
+        tick.tick().await;
+        producer.update_stroke_progress(session, &update(i)).unwrap();
+    }
+}
+
+/// The final progress and the whole history are exact: every update once, in order.
+async fn assert_session_exact(state: &StateManager, session: &SessionId) {
+    assert_exact(&history_indices(state, session).await, UPDATES);
+    let progress = state.get_stroke_progress(session).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            progress.stroke_idx,
+            progress.pose_idx,
+            progress.stroke_description_l.as_str()
+        ),
+        (99, 49, "d4999")
+    );
+}
+
+/// Kills the master on `port` and waits for the Sentinels to promote another; returns its port.
+fn kill_and_wait(cluster: &mut SentinelCluster, port: u16) -> u16 {
+    cluster.server_mut(port).kill();
+    tokio::task::block_in_place(|| cluster.wait_for_new_master(port, FAILOVER_LIMIT)).expect("a replica is promoted")
+}
+
+/// Updates the primary acknowledges while its replica is cut off, just before it dies.
+const LAGGED: u32 = 300;
+
+/// kill -9 of the primary during a 5,000-update session at 1 kHz, with the replica cut off for
+/// the last 300 acknowledged updates (on loopback replication is otherwise too quick to lose
+/// any): the Producer moves to the promoted replica and replays exactly what the failover lost;
+/// the awaited manager follows too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_kill_primary_loses_nothing() {
+    let mut cluster = SentinelCluster::start();
+    let old = cluster.servers()[0].port();
+    let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    write_at_1khz(&producer, &session, 0..KILL_AT).await;
+    // The replica can no longer authenticate to its master, so once its link is cut it stays
+    // behind: what the primary acknowledges from here on exists only there.
+    let replica = &cluster.servers()[1];
+    assert!(
+        replica
+            .command(&["CONFIG", "SET", "masterauth", "wrong"])
+            .unwrap()
+            .starts_with("+OK")
+    );
+    cluster.servers()[0]
+        .command(&["CLIENT", "KILL", "TYPE", "replica"])
+        .unwrap();
+    let acknowledged = producer.update_stroke_progress(&session, &update(KILL_AT)).unwrap();
+    write_at_1khz(&producer, &session, KILL_AT + 1..KILL_AT + LAGGED).await;
+    producer
+        .wait_for(acknowledged + u64::from(LAGGED) - 1, FLUSH)
+        .await
+        .unwrap();
+    let new = tokio::join!(
+        async { kill_and_wait(&mut cluster, old) },
+        write_at_1khz(&producer, &session, KILL_AT + LAGGED..UPDATES)
+    )
+    .0;
+    producer.flush(FLUSH).await.unwrap();
+    assert_eq!(state.current_master().port, new);
+    assert_session_exact(&state, &session).await;
+    let stats = producer.stats();
+    assert!(stats.restarts >= 1, "the writer saw the new master: {stats:?}");
+    assert!(stats.replayed >= u64::from(LAGGED), "{stats:?}");
+    assert_eq!((stats.dropped, stats.rejected), (0, 0), "{stats:?}");
+}
+
+/// The same, and the old primary comes back (as a replica, the Sentinels see to it) while the
+/// session goes on: nothing is written to it, and once synced it holds the exact history too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_old_primary_returns_as_replica() {
+    let mut cluster = SentinelCluster::start();
+    let old = cluster.servers()[0].port();
+    let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    write_at_1khz(&producer, &session, 0..KILL_AT).await;
+    let returned = async {
+        kill_and_wait(&mut cluster, old);
+        tokio::task::block_in_place(|| {
+            cluster.server_mut(old).restart();
+            cluster.wait_for_replica(old, FAILOVER_LIMIT)
+        })
+        .expect("the old primary rejoins as a replica");
+    };
+    tokio::join!(returned, write_at_1khz(&producer, &session, KILL_AT..UPDATES));
+    producer.flush(FLUSH).await.unwrap();
+    assert_ne!(state.current_master().port, old);
+    assert_session_exact(&state, &session).await;
+    // The returned replica has the same data: read it directly.
+    let mut direct = crate::util::config(cluster.server(old), "reader");
+    direct.sentinel = None;
+    let replica = StateManager::connect(direct).await.unwrap();
+    assert!(
+        crate::util::eventually(FAILOVER_LIMIT, || async {
+            replica
+                .get_stroke_progress(&session)
+                .await
+                .ok()
+                .flatten()
+                .map(|p| p.stroke_description_l)
+                == Some("d4999".to_owned())
+        })
+        .await
+    );
+    assert_exact(&history_indices(&replica, &session).await, UPDATES);
+}
