@@ -10,9 +10,14 @@
 //! EDGE networks have no shared DNS) is looked up in the node inventory
 //! `nodes.yaml` in the same conf dir, and its IP is used instead.
 //!
+//! A Sentinel target (`sentinels`, `master_name`, `sentinel_password`) is resolved beside it,
+//! from the same sources, by [`resolve_sentinel`] (module `ha`).
+//!
 //! [`resolve`] never reads the process environment or the real working
 //! directory itself: everything comes in through [`ConfigInputs`], which keeps
 //! it testable without mutating global state.
+
+mod ha;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +27,8 @@ use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
+
+pub use self::ha::{SentinelInputs, SentinelSettings, resolve_sentinel};
 
 /// Host used when no source names one.
 pub const DEFAULT_HOST: &str = "127.0.0.1";

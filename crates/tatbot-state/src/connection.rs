@@ -143,14 +143,19 @@ pub struct ManagerConfig {
 impl ManagerConfig {
     /// Every default, for node `node_id`, with the Redis target resolved exactly as the CLI
     /// resolves it without flags: the Hydra YAML, an env file, `REDIS_URL`, `REDIS_HOST`,
-    /// `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_USERNAME` (see [`crate::config`]).
+    /// `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_USERNAME`, and for Sentinel `REDIS_SENTINELS`,
+    /// `REDIS_MASTER_NAME`, `REDIS_SENTINEL_PASSWORD` (see [`crate::config`]).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when the configuration is bad.
     pub fn from_env(node_id: NodeId) -> Result<ManagerConfig> {
-        let target = crate::config::ConfigInputs::from_env().resolve()?;
-        Ok(ManagerConfig::new(Endpoint::from(&target), node_id))
+        let inputs = crate::config::ConfigInputs::from_env();
+        let target = inputs.resolve()?;
+        let sentinel = crate::config::resolve_sentinel(&inputs, &crate::config::SentinelInputs::default())?;
+        let mut config = ManagerConfig::new(Endpoint::from(&target), node_id);
+        config.sentinel = sentinel.map(|settings| settings.target());
+        Ok(config)
     }
 
     /// A config with every default for `endpoint` and `node_id`.

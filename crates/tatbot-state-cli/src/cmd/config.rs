@@ -3,7 +3,8 @@
 //! Resolution is [`tatbot_state::config::resolve`] (flags > environment > env file > YAML >
 //! default); this command only shows its result, with the password redacted. It never connects,
 //! so it works when Redis is down. An invalid configuration fails with exit code 6 and names the
-//! offending source, as every other command would.
+//! offending source, as every other command would. With Sentinel settings (`--sentinel`,
+//! `REDIS_SENTINELS`, the YAML's `sentinels`), their rows follow the plain target's.
 
 use std::io::Write as _;
 
@@ -20,7 +21,10 @@ pub struct Args {}
 /// Runs `config`.
 pub async fn run(global: &GlobalArgs, _args: Args) -> anyhow::Result<u8> {
     let target = global.target()?;
-    let rows = target.describe();
+    let mut rows = target.describe();
+    if let Some(sentinel) = global.sentinel()? {
+        rows.extend(sentinel.describe());
+    }
     let mut out = std::io::stdout().lock();
     if global.json {
         let mut fields = Map::new();
