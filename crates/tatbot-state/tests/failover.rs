@@ -134,3 +134,63 @@ async fn failover_old_primary_returns_as_replica() {
     );
     assert_exact(&history_indices(&replica, &session).await, UPDATES);
 }
+
+/// Calls of `EVALSHA` a server executed (refused calls are counted apart by Redis), or `None`
+/// while it does not answer.
+fn evalsha_calls(server: &tatbot_state_testkit::RedisServer) -> Option<u64> {
+    let info = server.command(&["INFO", "commandstats"]).ok()?;
+    let line = info.lines().find(|line| line.starts_with("cmdstat_evalsha:"));
+    let Some(line) = line else { return Some(0) };
+    line.split([':', ','])
+        .find_map(|part| part.strip_prefix("calls=")?.parse().ok())
+}
+
+/// The old primary frozen (SIGSTOP) past the failover and then resumed (SIGCONT) while the robot
+/// writes: no client writes to it after the switch (the clients moved; `min-replicas-to-write`
+/// refuses what a stale one would send), the Sentinels make it a replica, and nothing
+/// acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_partitioned_old_primary_takes_no_writes() {
+    let cluster = SentinelCluster::builder()
+        .data_config("min-replicas-to-write", "1")
+        .data_config("min-replicas-max-lag", "2")
+        .start();
+    let old = cluster.servers()[0].port();
+    let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    write_at_1khz(&producer, &session, 0..KILL_AT).await;
+    let partition = async {
+        cluster.server(old).pause();
+        let new = tokio::task::block_in_place(|| cluster.wait_for_new_master(old, FAILOVER_LIMIT))
+            .expect("a replica is promoted");
+        cluster.server(old).resume();
+        // What it executes from here on came after the switch: in-flight commands sent before
+        // the freeze run first, on the resumed event loop.
+        let resumed_calls = evalsha_calls(cluster.server(old)).expect("the resumed server answers");
+        tokio::task::block_in_place(|| cluster.wait_for_replica(old, FAILOVER_LIMIT))
+            .expect("the sentinels make the old primary a replica");
+        (new, resumed_calls)
+    };
+    let ((new, resumed_calls), ()) = tokio::join!(partition, write_at_1khz(&producer, &session, KILL_AT..UPDATES));
+    producer.flush(FLUSH).await.unwrap();
+    // An awaited write after the switch lands on the new master too.
+    assert!(
+        crate::util::eventually(FAILOVER_LIMIT, || async {
+            state
+                .update_robot_state(&tatbot_state::model::RobotState::new("robot"))
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    assert_eq!(state.current_master().port, new);
+    assert_session_exact(&state, &session).await;
+    assert_eq!(
+        evalsha_calls(cluster.server(old)),
+        Some(resumed_calls),
+        "a client wrote to the old primary after the switch"
+    );
+    let stats = producer.stats();
+    assert_eq!((stats.dropped, stats.rejected), (0, 0), "{stats:?}");
+}
