@@ -194,3 +194,82 @@ async fn failover_partitioned_old_primary_takes_no_writes() {
     let stats = producer.stats();
     assert_eq!((stats.dropped, stats.rejected), (0, 0), "{stats:?}");
 }
+
+/// Updates in the session the readers watch.
+const WATCHED: u32 = 3000;
+
+/// The follow API, a pattern subscription and the heartbeat agent across a kill -9 failover:
+/// the follower and the subscriber see the session's last update, which was written to the
+/// new master, and the heartbeating node never drops out of the online set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_followers_subscribers_and_heartbeat_keep_up() {
+    use tatbot_state::follow::{ChangeKind, follow};
+    use tatbot_state::heartbeat::{self, HeartbeatOptions};
+    use tatbot_state::model::Event;
+    use tatbot_state::{FollowItem, Scope};
+
+    let mut cluster = SentinelCluster::start();
+    let old = cluster.servers()[0].port();
+    let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
+    let agent = StateManager::connect(sentinel_config(&cluster, "beater"))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let options = HeartbeatOptions {
+        interval: Duration::from_millis(500),
+        ..HeartbeatOptions::default()
+    };
+    let beating = tokio::spawn(heartbeat::run(agent, options, stop.clone()));
+    let session = state.start_stroke_session(60, 50, "s").await.unwrap();
+    let mut follower = follow(&state, Scope::Session(session.clone()), None);
+    let mut subscription = state.subscribe(&["stroke:events:*"]).await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    write_at_1khz(&producer, &session, 0..KILL_AT).await;
+    tokio::join!(
+        async { kill_and_wait(&mut cluster, old) },
+        write_at_1khz(&producer, &session, KILL_AT..WATCHED)
+    );
+    producer.flush(FLUSH).await.unwrap();
+    let last = ((WATCHED - 1) / 50, (WATCHED - 1) % 50);
+
+    let followed = tokio::time::timeout(FAILOVER_LIMIT, async {
+        while let Some(item) = follower.next().await {
+            if let FollowItem::Change(change) = item
+                && let ChangeKind::Progress { entry, .. } = change.kind
+                && (entry.stroke_idx, entry.pose_idx) == (i64::from(last.0), i64::from(last.1))
+            {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(followed.await.unwrap_or(false), "the follower saw the last update");
+
+    let subscribed = tokio::time::timeout(FAILOVER_LIMIT, async {
+        while let Some(message) = subscription.next().await {
+            if let Ok(Event::ProgressUpdate(event)) = &message.event
+                && (event.stroke_idx, event.pose_idx) == (i64::from(last.0), i64::from(last.1))
+            {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(subscribed.await.unwrap_or(false), "the subscriber saw the last update");
+    assert!(subscription.reconnects() >= 1);
+
+    // The heartbeat's TTL (60 s) covers the failover, and the agent writes to the new master.
+    let nodes = state.get_all_nodes_health().await.unwrap();
+    let beater = nodes
+        .iter()
+        .find(|entry| entry.key.ends_with("beater"))
+        .expect("the agent's node is online");
+    let health = beater.value.as_ref().unwrap();
+    let since = tatbot_state::Timestamp::now().unix_millis() - health.last_heartbeat.unix_millis();
+    assert!(
+        since < 5_000,
+        "the agent beat within the last 5 s, on the new master ({since} ms ago)"
+    );
+    stop.cancel();
+    beating.await.unwrap();
+}
