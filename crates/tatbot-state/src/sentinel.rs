@@ -287,3 +287,68 @@ pub(crate) async fn watch_switches(target: SentinelTarget, on_switch: impl Fn(),
         }
     }
 }
+
+/// What one Sentinel says, for `doctor`.
+#[derive(Debug)]
+pub struct SentinelView {
+    /// The Sentinel asked.
+    pub sentinel: Endpoint,
+    /// The master address it names (`None`: it does not know the master name), or why it could
+    /// not be asked.
+    pub master: Result<Option<(String, u16)>>,
+    /// Its `SENTINEL CKQUORUM` answer: `Ok` with the text when the quorum and a majority for a
+    /// failover are reachable, `Err` with the refusal otherwise.
+    pub quorum: std::result::Result<String, String>,
+}
+
+/// Asks every Sentinel of `target` for the master's address and for `SENTINEL CKQUORUM`, each
+/// within `limit`. Never fails as a whole: each answer or failure is in its [`SentinelView`].
+pub async fn inspect(target: &SentinelTarget, limit: Duration) -> Vec<SentinelView> {
+    let mut views = Vec::with_capacity(target.sentinels.len());
+    for sentinel in &target.sentinels {
+        let ask = async {
+            let client = redis::Client::open(sentinel_info(sentinel)?)
+                .map_err(|err| Error::from_connect(&sentinel.to_string(), err))?;
+            let settings = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(limit))
+                .set_response_timeout(Some(limit));
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await
+                .map_err(|err| Error::from_connect(&sentinel.to_string(), err))?;
+            let master: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&target.master_name)
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| Error::from_redis("sentinel get-master-addr-by-name", err))?;
+            let quorum: redis::RedisResult<String> = redis::cmd("SENTINEL")
+                .arg("CKQUORUM")
+                .arg(&target.master_name)
+                .query_async(&mut connection)
+                .await;
+            let quorum = quorum.map_err(|err| err.detail().map_or_else(|| err.to_string(), str::to_owned));
+            Ok::<_, Error>((master, quorum))
+        };
+        let (master, quorum) = match tokio::time::timeout(limit * 2, ask).await {
+            Ok(Ok((master, quorum))) => (Ok(master), quorum),
+            Ok(Err(err)) => {
+                let text = err.report().to_string();
+                (Err(err), Err(text))
+            }
+            Err(_) => (
+                Err(Error::Timeout {
+                    operation: "sentinel",
+                    after: limit * 2,
+                }),
+                Err("no answer".to_owned()),
+            ),
+        };
+        views.push(SentinelView {
+            sentinel: sentinel.clone(),
+            master,
+            quorum,
+        });
+    }
+    views
+}
