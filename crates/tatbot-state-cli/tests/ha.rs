@@ -115,3 +115,16 @@ fn ha_fleet_started_status_and_doctor() {
         "{text}"
     );
 }
+
+/// `bench --quick --only failover` times one kill -9 failover on a fleet of its own and reports
+/// it (the figure itself is not checked: these machines are too noisy); the default run leaves
+/// the section out.
+#[test]
+fn bench_only_failover_reports_the_time() {
+    let output = run(bin(), &["--json", "bench", "--quick", "--only", "failover"]);
+    assert_code(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["sections"], serde_json::json!(["failover"]));
+    assert!(report["failover_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
+    assert_eq!(report["failover_runs_ms"].as_array().map(Vec::len), Some(1));
+}
