@@ -117,7 +117,7 @@ impl Monitor {
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let manager = global.manager().await?;
     let mut monitor = Monitor {
-        endpoint: manager.config().endpoint.to_string(),
+        endpoint: manager.current_master().to_string(),
         redis: RedisState::Connecting,
         view: None,
         last_update: None,
