@@ -32,6 +32,15 @@ pub struct GlobalArgs {
     /// Env file with REDIS_* lines [default: TATBOT_ENV_FILE, else /nfs/tatbot/.env if present]
     #[arg(long, global = true, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+    /// A Sentinel to find the Redis master through, HOST[:PORT] (repeatable; turns Sentinel mode on) [default: REDIS_SENTINELS, else the YAML's sentinels]
+    #[arg(long = "sentinel", global = true, value_name = "HOST:PORT")]
+    pub sentinels: Vec<String>,
+    /// The master name the Sentinels monitor [default: REDIS_MASTER_NAME, else the YAML's master_name, else tatbot]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub master_name: Option<String>,
+    /// The Sentinels' password, not Redis's (prefer REDIS_SENTINEL_PASSWORD: flags show up in `ps`)
+    #[arg(long, global = true, value_name = "PASSWORD")]
+    pub sentinel_password: Option<String>,
     /// This node's id [default: the host name]
     #[arg(long, global = true, value_name = "ID")]
     pub node_id: Option<String>,
@@ -61,6 +70,31 @@ impl GlobalArgs {
         Ok(config::resolve(&self.config_inputs(), &config::resolve_host_system)?)
     }
 
+    /// The Sentinel settings, when any layer names a Sentinel (same precedence as the target).
+    pub fn sentinel(&self) -> anyhow::Result<Option<config::SentinelSettings>> {
+        let flags = config::SentinelInputs {
+            sentinels: self.sentinels.clone(),
+            master_name: self.master_name.clone(),
+            sentinel_password: self.sentinel_password.clone(),
+        };
+        Ok(config::resolve_sentinel(&self.config_inputs(), &flags)?)
+    }
+
+    /// The manager config for `endpoint`: with Sentinel settings, and `endpoint` being the
+    /// configured target (not a private server a command started), the master is found
+    /// through the Sentinels and followed across failovers.
+    fn manager_config(&self, endpoint: Endpoint) -> anyhow::Result<(ManagerConfig, String)> {
+        let mut shown = endpoint.to_string();
+        let configured = Endpoint::from(&self.target()?) == endpoint;
+        let mut config = ManagerConfig::new(endpoint, self.node_id()?);
+        if configured && let Some(settings) = self.sentinel()? {
+            let target = settings.target();
+            shown = target.to_string();
+            config.sentinel = Some(target);
+        }
+        Ok((config, shown))
+    }
+
     /// `--node-id`, or the host name made into a valid id.
     pub fn node_id(&self) -> anyhow::Result<NodeId> {
         match &self.node_id {
@@ -84,9 +118,7 @@ impl GlobalArgs {
     /// As [`GlobalArgs::manager`], except that an unreachable server is waited out.
     pub async fn manager_waiting(&self) -> anyhow::Result<StateManager> {
         let target = self.target()?;
-        let endpoint = Endpoint::from(&target);
-        let shown = endpoint.to_string();
-        let config = ManagerConfig::new(endpoint, self.node_id()?);
+        let (config, shown) = self.manager_config(Endpoint::from(&target))?;
         let stop = tatbot_state::CancellationToken::new();
         let signal = stop.clone();
         let signals = tokio::spawn(async move {
@@ -159,8 +191,7 @@ impl GlobalArgs {
         endpoint: Endpoint,
         configure: impl FnOnce(&mut ManagerConfig),
     ) -> anyhow::Result<StateManager> {
-        let shown = endpoint.to_string();
-        let mut config = ManagerConfig::new(endpoint, self.node_id()?);
+        let (mut config, shown) = self.manager_config(endpoint)?;
         configure(&mut config);
         StateManager::connect(config)
             .await

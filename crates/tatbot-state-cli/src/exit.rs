@@ -35,7 +35,10 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(err) = cause.downcast_ref::<Error>() {
             return match err {
-                Error::Unreachable { .. } | Error::Timeout { .. } | Error::SubscriptionClosed => UNREACHABLE,
+                Error::Unreachable { .. }
+                | Error::Timeout { .. }
+                | Error::SubscriptionClosed
+                | Error::NoMaster { .. } => UNREACHABLE,
                 Error::Auth { .. } | Error::PermissionDenied { .. } => AUTH,
                 Error::SessionNotFound(_) | Error::ParamNotFound(_) => NOT_FOUND,
                 Error::Config(_) | Error::NotRedis { .. } => CONFIG,

@@ -65,6 +65,9 @@ pub fn hint(err: &Error) -> Option<&'static str> {
         Error::Auth { .. } => "check REDIS_PASSWORD (and REDIS_USERNAME for ACL users), or -a and --user",
         Error::Timeout { .. } => "is the server overloaded or paused? Check with `tatbot-state doctor`",
         Error::SubscriptionClosed => "check the server with `tatbot-state doctor`",
+        Error::NoMaster { .. } => {
+            "a failover may be under way (it takes a few seconds); check the sentinels and --master-name (REDIS_MASTER_NAME) with `tatbot-state doctor`"
+        }
         Error::SessionNotFound(_) => "list sessions with `tatbot-state sessions`",
         Error::ParamNotFound(_) => "declare it first; list parameters with `tatbot-state param list`",
         _ => return None,

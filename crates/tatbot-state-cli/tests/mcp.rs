@@ -860,3 +860,52 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// MCP started with `--sentinel` keeps serving live progress across a kill -9 failover: its
+/// connections find the promoted replica through the Sentinels by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_mcp_follows_the_new_master() {
+    let mut cluster = tatbot_state_testkit::SentinelCluster::start();
+    let old = cluster.servers()[0].port();
+    let mut extra: Vec<String> = vec!["--no-heartbeat".to_owned()];
+    for address in cluster.sentinel_addrs() {
+        extra.extend(["--sentinel".to_owned(), address]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (tx, _updates) = mpsc::channel(256);
+    let (client, pid) = stdio_client(Updates(tx), &cluster.servers()[0], &extra).await;
+    let mut config = ManagerConfig::new(Endpoint::new("127.0.0.1", old), NodeId::new("hog").unwrap());
+    config.sentinel = Some(tatbot_state::sentinel::SentinelTarget {
+        sentinels: cluster
+            .sentinels()
+            .iter()
+            .map(|sentinel| Endpoint::new(sentinel.host(), sentinel.port()))
+            .collect(),
+        master_name: cluster.master_name().to_owned(),
+    });
+    let robot = StateManager::connect(config).await.unwrap();
+    let session_id = robot.start_stroke_session(100, 1, "ha").await.unwrap();
+    robot
+        .update_stroke_progress(&session_id, &ProgressUpdate::new(2, 0))
+        .await
+        .unwrap();
+    let uri = format!("state://stroke/progress/{session_id}");
+    assert_eq!(read(&client, &uri).await.1["progress"]["stroke_idx"], 2);
+
+    cluster.server_mut(old).kill();
+    tokio::task::block_in_place(|| cluster.wait_for_new_master(old, DEADLINE)).expect("a replica is promoted");
+    // The robot's awaited writes fail until its manager has moved too; then one lands.
+    eventually("a write on the new master", || async {
+        robot
+            .update_stroke_progress(&session_id, &ProgressUpdate::new(7, 0))
+            .await
+            .ok()
+    })
+    .await;
+    eventually("MCP reading the new master", || async {
+        let (_, json) = read_result(&client, &uri).await.ok()?;
+        (json["progress"]["stroke_idx"] == 7).then_some(())
+    })
+    .await;
+    stop_stdio(client, pid).await;
+}

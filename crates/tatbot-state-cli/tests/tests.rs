@@ -5,6 +5,7 @@ mod boot;
 mod demo;
 mod doctor;
 mod errors;
+mod ha;
 mod hostile;
 mod mcp;
 mod papercuts;

@@ -29,9 +29,10 @@ impl Reader {
         Reader { manager }
     }
 
-    /// The address of the server, for messages (never the password).
+    /// The address of the server (with Sentinel, the master last found), for messages (never
+    /// the password).
     pub fn target(&self) -> String {
-        self.manager.config().endpoint.to_string()
+        self.manager.current_master().to_string()
     }
 
     /// See [`StateManager::ping`].

@@ -25,6 +25,7 @@
 
 mod conf;
 mod resp;
+mod sentinel;
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -44,6 +45,8 @@ use tempfile::TempDir;
 
 use crate::conf::{AOF_DIR_NAME, AOF_FILE_NAME, ConfSpec};
 use crate::resp::Conn;
+
+pub use crate::sentinel::{ClusterBuilder, SentinelCluster};
 
 /// The environment variable that overrides which `redis-server` binary is started.
 pub const REDIS_SERVER_ENV: &str = "TATBOT_REDIS_SERVER";
@@ -87,6 +90,7 @@ pub struct Builder {
     password: Option<String>,
     acl_file: Option<PathBuf>,
     extra: Vec<(String, String)>,
+    sentinel: bool,
 }
 
 impl Builder {
@@ -132,6 +136,17 @@ impl Builder {
     #[must_use]
     pub fn config(mut self, key: &str, value: &str) -> Self {
         self.extra.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts the process as a Sentinel (`redis-server CONF --sentinel`) instead of a data
+    /// server; its `sentinel ...` directives come from [`config`](Self::config).
+    ///
+    /// [`SentinelCluster`] uses this; a sentinel rewrites its own config file as it learns the
+    /// topology, which is why the file lives in the server's private directory.
+    #[must_use]
+    pub fn sentinel(mut self, on: bool) -> Self {
+        self.sentinel = on;
         self
     }
 
@@ -191,6 +206,7 @@ impl Builder {
             noauth_is_up: acl_file.is_some() && self.password.is_none(),
             binary,
             conf_path,
+            sentinel: self.sentinel,
             dir,
         };
         let mut last_log = String::new();
@@ -243,6 +259,8 @@ pub struct RedisServer {
     noauth_is_up: bool,
     binary: PathBuf,
     conf_path: PathBuf,
+    /// Started with `--sentinel`.
+    sentinel: bool,
     /// Declared last so that it is dropped (and the directory removed) only after
     /// `Drop::drop` has killed the process that writes into it.
     dir: TempDir,
@@ -527,8 +545,12 @@ impl RedisServer {
             .map_err(|e| LaunchError::Other(with_context(e, &format!("cannot open {}", stderr_path.display()))))?;
         // Redis writes config-file errors to stderr before it opens its log file, so
         // stderr goes to a file next to the log instead of being discarded.
-        let mut child = Command::new(&self.binary)
-            .arg(&self.conf_path)
+        let mut command = Command::new(&self.binary);
+        command.arg(&self.conf_path);
+        if self.sentinel {
+            command.arg("--sentinel");
+        }
+        let mut child = command
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

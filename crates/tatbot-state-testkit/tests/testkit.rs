@@ -277,3 +277,32 @@ fn server_is_send_and_sync() {
     assert_send_sync::<RedisServer>();
     assert_send_sync::<tatbot_state_testkit::Builder>();
 }
+
+#[test]
+fn sentinel_cluster_agrees_and_fails_over() {
+    use tatbot_state_testkit::SentinelCluster;
+    let mut cluster = SentinelCluster::builder()
+        .password("pw")
+        .sentinel_password("spw")
+        .start();
+    let old = cluster.master_port().expect("the sentinels name a master");
+    assert_eq!(old, cluster.servers()[0].port());
+    assert_eq!(cluster.sentinel_addrs().len(), 3);
+    cluster.server_mut(old).kill();
+    let new = cluster
+        .wait_for_new_master(old, Duration::from_secs(30))
+        .expect("a replica is promoted");
+    assert_eq!(new, cluster.servers()[1].port());
+    assert!(
+        cluster
+            .server(new)
+            .command(&["SET", "k", "v"])
+            .unwrap()
+            .starts_with("+OK")
+    );
+    // The old primary comes back as a replica of the new one.
+    cluster.server_mut(old).restart();
+    cluster
+        .wait_for_replica(old, Duration::from_secs(30))
+        .expect("the old primary rejoins as a replica");
+}

@@ -14,9 +14,14 @@
 //! Keys of the Redis YAML that are neither read here nor Hydra's own (`defaults`,
 //! `_target_`, ...) are logged as warnings, with the likely intended key.
 //!
+//! A Sentinel target (`sentinels`, `master_name`, `sentinel_password`) is resolved beside it,
+//! from the same sources, by [`resolve_sentinel`] (module `ha`).
+//!
 //! [`resolve`] never reads the process environment or the real working
 //! directory itself: everything comes in through [`ConfigInputs`], which keeps
 //! it testable without mutating global state.
+
+mod ha;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +31,8 @@ use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
+
+pub use self::ha::{SentinelInputs, SentinelSettings, resolve_sentinel};
 
 /// Host used when no source names one.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -948,7 +955,15 @@ fn read_conf_yaml(path: &Path) -> Result<Layer, ConfigError> {
 }
 
 /// The keys of `redis/default.yaml` this module reads.
-const CONF_KEYS: [&str; 4] = ["host", "port", "password", "username"];
+const CONF_KEYS: [&str; 7] = [
+    "host",
+    "port",
+    "password",
+    "username",
+    "sentinels",
+    "master_name",
+    "sentinel_password",
+];
 
 /// Hydra's own keys, which a Hydra config may carry and this module ignores silently.
 const HYDRA_KEYS: [&str; 7] = [
@@ -2242,7 +2257,18 @@ mod tests {
     #[test]
     fn unknown_yaml_keys_are_named_with_a_suggestion() {
         let message = |key: &str| unknown_key_message(&Value::String(key.to_owned()));
-        for key in ["host", "port", "password", "username", "defaults", "_target_", "hydra"] {
+        for key in [
+            "host",
+            "port",
+            "password",
+            "username",
+            "sentinels",
+            "master_name",
+            "sentinel_password",
+            "defaults",
+            "_target_",
+            "hydra",
+        ] {
             assert_eq!(message(key), None, "{key}");
         }
         assert_eq!(
@@ -2251,7 +2277,13 @@ mod tests {
         );
         assert_eq!(
             message("Hostname").as_deref(),
-            Some("ignoring the unknown key \"Hostname\" (this file sets host, port, password, username)")
+            Some(
+                "ignoring the unknown key \"Hostname\" (this file sets host, port, password, username, sentinels, master_name, sentinel_password)"
+            )
+        );
+        assert_eq!(
+            message("master-name").as_deref(),
+            Some("ignoring the unknown key \"master-name\"; did you mean \"master_name\"?")
         );
         assert_eq!(
             message("passwrd").as_deref(),

@@ -110,8 +110,12 @@ impl fmt::Debug for Endpoint {
 /// Everything a [`crate::StateManager`] needs; defaults are the named constants above.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// The server.
+    /// The server; with [`ManagerConfig::sentinel`], only its credentials are used (for the
+    /// master the Sentinels name) and its address is the one shown before the first lookup.
     pub endpoint: Endpoint,
+    /// Find the master through Redis Sentinel instead of dialling `endpoint`, and follow its
+    /// failovers ([`crate::sentinel`]).
+    pub sentinel: Option<crate::sentinel::SentinelTarget>,
     /// This node's id: it is written into every document and event.
     pub node_id: NodeId,
     /// Ended sessions' progress and history expire after this long.
@@ -139,20 +143,26 @@ pub struct ManagerConfig {
 impl ManagerConfig {
     /// Every default, for node `node_id`, with the Redis target resolved exactly as the CLI
     /// resolves it without flags: the Hydra YAML, an env file, `REDIS_URL`, `REDIS_HOST`,
-    /// `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_USERNAME` (see [`crate::config`]).
+    /// `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_USERNAME`, and for Sentinel `REDIS_SENTINELS`,
+    /// `REDIS_MASTER_NAME`, `REDIS_SENTINEL_PASSWORD` (see [`crate::config`]).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when the configuration is bad.
     pub fn from_env(node_id: NodeId) -> Result<ManagerConfig> {
-        let target = crate::config::ConfigInputs::from_env().resolve()?;
-        Ok(ManagerConfig::new(Endpoint::from(&target), node_id))
+        let inputs = crate::config::ConfigInputs::from_env();
+        let target = inputs.resolve()?;
+        let sentinel = crate::config::resolve_sentinel(&inputs, &crate::config::SentinelInputs::default())?;
+        let mut config = ManagerConfig::new(Endpoint::from(&target), node_id);
+        config.sentinel = sentinel.map(|settings| settings.target());
+        Ok(config)
     }
 
     /// A config with every default for `endpoint` and `node_id`.
     pub fn new(endpoint: Endpoint, node_id: NodeId) -> ManagerConfig {
         ManagerConfig {
             endpoint,
+            sentinel: None,
             node_id,
             session_retention: DEFAULT_SESSION_RETENTION,
             session_lease: crate::model::DEFAULT_SESSION_LEASE,
@@ -167,18 +177,14 @@ impl ManagerConfig {
     }
 }
 
-/// The client (which opens dedicated connections) and the settings of the shared connection.
-pub(crate) fn client(config: &ManagerConfig) -> Result<(redis::Client, ConnectionManagerConfig)> {
-    let target = config.endpoint.to_string();
-    let client =
-        redis::Client::open(config.endpoint.connection_info()?).map_err(|err| Error::from_connect(&target, err))?;
-    let manager_config = ConnectionManagerConfig::new()
+/// The settings of the shared connection.
+pub(crate) fn manager_config(config: &ManagerConfig) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(2));
-    Ok((client, manager_config))
+        .set_max_delay(Duration::from_secs(2))
 }
 
 /// A shared connection that connects on first use, so it can be made while Redis is down.
@@ -190,10 +196,11 @@ pub(crate) fn lazy(client: &redis::Client, manager_config: &ConnectionManagerCon
 /// Opens the shared connection now and checks that the server accepts it.
 pub(crate) async fn connect(
     config: &ManagerConfig,
+    endpoint: &Endpoint,
     client: &redis::Client,
     manager_config: &ConnectionManagerConfig,
 ) -> Result<ConnectionManager> {
-    let target = config.endpoint.to_string();
+    let target = endpoint.to_string();
     // The driver retries inside `new`; the outer timeout bounds the whole attempt.
     let limit = config.connect_timeout * 3;
     let attempt = ConnectionManager::new_with_config(client.clone(), manager_config.clone());
@@ -205,7 +212,7 @@ pub(crate) async fn connect(
             if let Error::Unreachable { source, .. } = &err
                 && !source.is_io_error()
                 && !source.is_timeout()
-                && let Some(answered) = not_redis(&config.endpoint, config.connect_timeout).await
+                && let Some(answered) = not_redis(endpoint, config.connect_timeout).await
             {
                 return Err(Error::NotRedis { target, answered });
             }

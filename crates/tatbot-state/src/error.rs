@@ -41,6 +41,16 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// No Sentinel named a reachable server that confirms it is the master (during a failover,
+    /// or when every Sentinel is down).
+    #[error("no Sentinel names a reachable Redis master {master_name:?} ({tried})")]
+    NoMaster {
+        /// The master name asked for.
+        master_name: String,
+        /// What each Sentinel answered, or why it could not be asked.
+        tried: String,
+    },
+
     /// Something answered at the address, but not as Redis does (a web server, say).
     #[error("{target} is not a Redis server: it answered {answered}")]
     NotRedis {
@@ -254,11 +264,16 @@ impl Error {
     /// True when the error means Redis could not be reached or the connection broke.
     pub fn is_connection_error(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } | Error::SubscriptionClosed | Error::NotConnected(_) => {
-                true
-            }
+            Error::Unreachable { .. }
+            | Error::Timeout { .. }
+            | Error::SubscriptionClosed
+            | Error::NotConnected(_)
+            | Error::NoMaster { .. } => true,
             Error::Redis { source, .. } => {
-                source.is_io_error() || source.is_connection_dropped() || source.is_connection_refusal()
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || matches!(source.code(), Some("READONLY" | "NOREPLICAS" | "MASTERDOWN"))
             }
             _ => false,
         }

@@ -450,7 +450,7 @@ pub fn follow_with(
 ///
 /// Redis could not be reached or failed.
 pub async fn snapshot(manager: &StateManager, scope: &Scope, config: &FollowConfig) -> Result<Snapshot> {
-    let connections = io::Connections::open(manager.config(), config.block).await?;
+    let connections = io::Connections::open(manager.config(), manager.locator(), config.block).await?;
     io::read_snapshot(&connections.commands, manager.config(), scope, config).await
 }
 

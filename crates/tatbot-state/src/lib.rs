@@ -18,6 +18,7 @@
 //! - [`params`]: typed, validated runtime parameters with compare-and-set, audit and watch.
 //! - [`config`]: resolving the Redis target from YAML, env files, environment and flags.
 //! - [`connection`]: [`Endpoint`], [`ManagerConfig`] and their defaults.
+//! - [`sentinel`]: finding the master through Redis Sentinel and following its failovers.
 //! - `http` (feature `http`): the Host/Origin/token guard and the connection-limited server
 //!   that the dashboard and the MCP server share.
 //!
@@ -44,6 +45,7 @@ mod pyjson;
 #[cfg(feature = "record")]
 pub mod record;
 mod scripts;
+pub mod sentinel;
 pub mod subscribe;
 pub mod text;
 mod timestamp;

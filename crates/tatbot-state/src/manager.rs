@@ -13,6 +13,7 @@
 //! every read path shares.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value as RedisValue};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::backoff::Backoff;
 use crate::connection::{self, ManagerConfig};
@@ -32,6 +34,7 @@ use crate::keys;
 use crate::model::{ErrorEvent, Event, HistoryEntry, NodeHealth, RobotState, SessionState, StrokeProgress};
 use crate::ops::{Op, RunState};
 use crate::scripts;
+use crate::sentinel::{self, Locator};
 use crate::subscribe::Subscription;
 use crate::timestamp::Timestamp;
 
@@ -192,14 +195,23 @@ pub struct StateManager {
 
 struct Inner {
     config: ManagerConfig,
-    /// Opens the dedicated connections that subscriptions need.
-    client: redis::Client,
+    /// Finds the master for every (re)connect: the fixed endpoint, or through Sentinel.
+    locator: Locator,
     /// Settings for (re)making the shared connection.
     manager_config: ConnectionManagerConfig,
-    /// The shared multiplexed connection. The driver reconnects it after a reset, but not after
-    /// a timeout, which is what a half-open connection (peer silent, no reset) produces; so on a
-    /// timeout we swap in a fresh lazy connection here. The lock is held only to clone or swap.
-    connection: RwLock<ConnectionManager>,
+    /// The shared multiplexed connection and the client it was made from. The driver reconnects
+    /// it after a reset, but always to the same address, and not after a timeout, which is what
+    /// a half-open connection (peer silent, no reset) produces; so on a timeout, and with
+    /// Sentinel on any sign that the master moved, we swap in a fresh lazy connection here (to
+    /// the master the Sentinels name now). The lock is held only to clone or swap.
+    connection: RwLock<(redis::Client, ConnectionManager)>,
+    /// Set while a task looks the master up again, so a burst of failing calls starts one.
+    relocating: AtomicBool,
+    /// Counts the master switches the Sentinels announced; the producer's writer and other
+    /// long-lived connections watch it to move at once. Receivers live in those tasks.
+    switches: watch::Sender<u64>,
+    /// Stops the `+switch-master` listener when the last clone of the manager goes.
+    _switch_watch: Option<DropGuard>,
     /// The progress documents this manager last stored, for the update's fast path.
     docs: Mutex<DocCache>,
     /// The sessions this manager started last, oldest first: what a producer needs to
@@ -226,10 +238,12 @@ impl StateManager {
     /// [`Error::Unreachable`] when nothing answers within the connect timeout, [`Error::Auth`]
     /// when the credentials are refused.
     pub async fn connect(config: ManagerConfig) -> Result<StateManager> {
-        let (client, manager_config) = connection::client(&config)?;
-        let connection = connection::connect(&config, &client, &manager_config).await?;
-        let manager = StateManager::from_parts(config, client, manager_config, connection);
-        tracing::info!(target = %manager.inner.config.endpoint, node_id = %manager.inner.config.node_id, "connected to redis");
+        let locator = Locator::new(&config);
+        let client = locator.client().await?;
+        let manager_config = connection::manager_config(&config);
+        let connection = connection::connect(&config, &locator.current(), &client, &manager_config).await?;
+        let manager = StateManager::from_parts(config, locator, client, manager_config, connection);
+        tracing::info!(target = %manager.inner.locator.current(), node_id = %manager.inner.config.node_id, "connected to redis");
         Ok(manager)
     }
 
@@ -253,7 +267,7 @@ impl StateManager {
     /// [`Error::Auth`] (and any other error that waiting cannot cure) at once; the last
     /// connection error when `shutdown` fires first.
     pub async fn connect_waiting(config: ManagerConfig, shutdown: &CancellationToken) -> Result<StateManager> {
-        let target = config.endpoint.to_string();
+        let target = Locator::new(&config).describe();
         let mut backoff = Backoff::new(WAIT_FIRST_RETRY, WAIT_MAX_RETRY);
         let mut said: Option<(String, Duration)> = None;
         loop {
@@ -290,30 +304,65 @@ impl StateManager {
     /// # Errors
     ///
     /// Only an endpoint the driver cannot represent.
+    ///
+    /// With a Sentinel target, the first connection is tried at [`ManagerConfig::endpoint`]'s
+    /// address and the master is looked up at once when a runtime is running (else on the
+    /// first failing call).
     pub fn connect_lazy(config: ManagerConfig) -> Result<StateManager> {
-        let (client, manager_config) = connection::client(&config)?;
+        let locator = Locator::new(&config);
+        let target = config.endpoint.to_string();
+        let client =
+            redis::Client::open(config.endpoint.connection_info()?).map_err(|err| Error::from_connect(&target, err))?;
+        let manager_config = connection::manager_config(&config);
         let connection = connection::lazy(&client, &manager_config)?;
-        Ok(StateManager::from_parts(config, client, manager_config, connection))
+        let manager = StateManager::from_parts(config, locator, client, manager_config, connection);
+        if manager.inner.locator.sentinel().is_some() {
+            manager.relocate();
+        }
+        Ok(manager)
     }
 
     fn from_parts(
         config: ManagerConfig,
+        locator: Locator,
         client: redis::Client,
         manager_config: ConnectionManagerConfig,
         connection: ConnectionManager,
     ) -> StateManager {
-        let connection = RwLock::new(connection);
-        StateManager {
+        let (switches, _) = watch::channel(0);
+        let switch_shutdown = CancellationToken::new();
+        let listen = locator
+            .sentinel()
+            .cloned()
+            .zip(tokio::runtime::Handle::try_current().ok());
+        let _switch_watch = listen.is_some().then(|| switch_shutdown.clone().drop_guard());
+        let manager = StateManager {
             inner: Arc::new(Inner {
                 config,
-                client,
+                locator,
                 manager_config,
-                connection,
+                connection: RwLock::new((client, connection)),
+                relocating: AtomicBool::new(false),
+                switches,
+                _switch_watch,
                 docs: Mutex::new(DocCache::default()),
                 started: Mutex::default(),
                 instance: format!("{:08x}", crate::producer::rand_u32()),
             }),
+        };
+        if let Some((target, runtime)) = listen {
+            // The listener holds only a weak reference, so it never keeps the manager alive;
+            // the drop guard above stops it with the last clone.
+            let weak = Arc::downgrade(&manager.inner);
+            let on_switch = move || {
+                if let Some(inner) = weak.upgrade() {
+                    inner.switches.send_modify(|count| *count += 1);
+                    StateManager { inner }.relocate();
+                }
+            };
+            runtime.spawn(sentinel::watch_switches(target, on_switch, switch_shutdown));
         }
+        manager
     }
 
     /// This node's id.
@@ -326,9 +375,21 @@ impl StateManager {
         &self.inner.config
     }
 
-    /// The client, for components that need a connection of their own.
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.inner.client
+    /// Finds the master, for components that open connections of their own: ask it for a
+    /// client on every (re)connect.
+    pub(crate) fn locator(&self) -> &Locator {
+        &self.inner.locator
+    }
+
+    /// A receiver that changes each time a Sentinel announces a new master (never without
+    /// Sentinel).
+    pub(crate) fn switches(&self) -> watch::Receiver<u64> {
+        self.inner.switches.subscribe()
+    }
+
+    /// The Redis server in use: the fixed endpoint, or the master last found through Sentinel.
+    pub fn current_master(&self) -> crate::connection::Endpoint {
+        self.inner.locator.current()
     }
 
     pub(crate) fn connection(&self) -> ConnectionManager {
@@ -338,24 +399,70 @@ impl StateManager {
             .connection
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .1
             .clone()
     }
 
-    /// Replaces the shared connection with a fresh one that connects on next use.
-    fn replace_connection(&self) {
-        match connection::lazy(&self.inner.client, &self.inner.manager_config) {
+    /// Replaces the shared connection with a fresh one (made from `client`) that connects on
+    /// next use.
+    fn replace_connection(inner: &Inner, client: redis::Client) {
+        match connection::lazy(&client, &inner.manager_config) {
             Ok(fresh) => {
-                *self.inner.connection.write().unwrap_or_else(PoisonError::into_inner) = fresh;
-                tracing::warn!(target = %self.inner.config.endpoint, "redis did not answer in time; replaced the connection");
+                *inner.connection.write().unwrap_or_else(PoisonError::into_inner) = (client, fresh);
             }
             Err(err) => tracing::warn!(error = %err, "cannot replace the redis connection"),
         }
     }
 
+    /// Swaps in a fresh connection: without Sentinel at once, to the same server; with it, in
+    /// a task that looks the master up first (one task at a time; without a runtime, at once to
+    /// the same server).
+    fn relocate(&self) {
+        let same_client = || {
+            self.inner
+                .connection
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+                .clone()
+        };
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let (Some(_), Some(runtime)) = (self.inner.locator.sentinel(), runtime) else {
+            StateManager::replace_connection(&self.inner, same_client());
+            tracing::warn!(target = %self.inner.locator.current(), "redis did not answer in time; replaced the connection");
+            return;
+        };
+        if self.inner.relocating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        runtime.spawn(async move {
+            // A failed lookup (mid-failover) still replaces the connection, which a timeout
+            // may have left half-open; the next failing call or switch looks again.
+            let client = match inner.locator.client().await {
+                Ok(client) => client,
+                Err(err) => {
+                    tracing::debug!(error = %err.report(), "cannot locate the redis master yet");
+                    inner
+                        .connection
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                        .clone()
+                }
+            };
+            StateManager::replace_connection(&inner, client);
+            inner.relocating.store(false, Ordering::Release);
+        });
+    }
+
     pub(crate) fn redis_error(&self, operation: &'static str, err: redis::RedisError) -> Error {
+        if self.inner.locator.sentinel().is_some() && sentinel::is_failover_signal(&err) && !err.is_timeout() {
+            self.relocate();
+        }
         match Error::from_redis(operation, err) {
             Error::Timeout { operation, .. } => {
-                self.replace_connection();
+                self.relocate();
                 Error::Timeout {
                     operation,
                     after: self.inner.config.response_timeout,
@@ -998,7 +1105,7 @@ impl StateManager {
     ///
     /// The connection could not be opened.
     pub async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription> {
-        Subscription::open(&self.inner.client, &self.inner.config, patterns).await
+        Subscription::open(&self.inner.locator, &self.inner.config, patterns).await
     }
 
     /// Publishes an `error` event on `error:events:{category}` and stores it in our error log,

@@ -62,6 +62,7 @@ use crate::manager::{ProgressUpdate, StateManager, health_op, robot_state_op};
 use crate::model::{NodeHealth, RobotState, StrokeProgress};
 use crate::ops::{Op, RunState};
 use crate::scripts;
+use crate::sentinel;
 use crate::{keys, timestamp::Timestamp};
 
 /// Default bound on queued history-bearing ops.
@@ -608,8 +609,10 @@ struct Writer {
     rev_key: String,
     /// `tatbot:rev:{writer}.snapshots`: the same for snapshots.
     snapshot_rev_key: String,
-    /// The server's `run_id` when last seen.
-    run_id: Option<String>,
+    /// The server last written to: its address, `run_id` and replication id. Any change (a
+    /// restart, a failover to another server, a promotion) may have lost acknowledged writes,
+    /// so it triggers the replay.
+    server: Option<ServerIdentity>,
     /// Acknowledged ops kept for replay, oldest first, with when they were acknowledged.
     recent: VecDeque<(Instant, Queued)>,
     /// The last snapshot sent per key, for replay.
@@ -635,6 +638,17 @@ struct Writer {
     unsafe_through: u64,
 }
 
+/// Which Redis server a writer wrote to; see [`Writer::server`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServerIdentity {
+    /// `host:port` as located.
+    address: String,
+    /// `run_id`: new on every start of the process.
+    run_id: Option<String>,
+    /// `master_replid`: new when a replica is promoted (and on every start).
+    replid: Option<String>,
+}
+
 /// A writer's copy of one session.
 #[derive(Debug, Clone)]
 struct KnownSession {
@@ -657,7 +671,7 @@ impl Writer {
             writer_id: writer_id.to_owned(),
             rev_key: keys::writer_rev(writer_id),
             snapshot_rev_key: keys::writer_rev(&format!("{writer_id}.snapshots")),
-            run_id: None,
+            server: None,
             recent: VecDeque::new(),
             last_snapshots: HashMap::new(),
             connection: None,
@@ -742,12 +756,22 @@ impl Writer {
     /// Sends `batch` until Redis has answered every op; false when shut down first.
     async fn send_until_done(&mut self, batch: &[Queued], shutdown: &CancellationToken) -> bool {
         let mut backoff = Backoff::new(MIN_BACKOFF, self.shared.config.max_backoff);
+        // A Sentinel's `+switch-master` ends an attempt stuck on the old master (paused, or cut
+        // off) at once instead of after the response timeout, and cuts a backoff short.
+        let mut switches = self.manager.switches();
         loop {
             let attempt = async {
                 let mut connection = self.connected().await?;
                 self.send(&mut connection, batch).await
             };
-            match attempt.await {
+            let outcome = tokio::select! {
+                outcome = attempt => outcome,
+                Ok(()) = switches.changed() => Err(Error::NoMaster {
+                    master_name: self.manager.locator().describe(),
+                    tried: "a sentinel announced a new master".to_owned(),
+                }),
+            };
+            match outcome {
                 Ok(()) => return true,
                 Err(err) => {
                     self.connection = None;
@@ -760,6 +784,7 @@ impl Writer {
             tokio::select! {
                 () = shutdown.cancelled() => return false,
                 () = tokio::time::sleep(backoff.next_delay()) => {}
+                Ok(()) = switches.changed() => {}
             }
         }
     }
@@ -773,18 +798,19 @@ impl Writer {
         let settings = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
-        let mut connection = self
-            .manager
-            .client()
+        // Looked up on every connect: with Sentinel this is the master the Sentinels name now.
+        let client = self.manager.locator().client().await?;
+        let mut connection = client
             .get_multiplexed_async_connection_with_config(&settings)
             .await
-            .map_err(|err| Error::from_connect(&config.endpoint.to_string(), err))?;
+            .map_err(|err| Error::from_connect(&self.manager.locator().current().to_string(), err))?;
         self.prepare(&mut connection).await?;
         self.connection = Some(connection.clone());
         Ok(connection)
     }
 
-    /// Loads the scripts and checks `run_id`; after a restart, replays recent ops.
+    /// Loads the scripts and checks the server's identity; after a restart or a failover,
+    /// replays recent ops.
     async fn prepare(&mut self, connection: &mut MultiplexedConnection) -> Result<()> {
         for script in scripts::pipelined() {
             script
@@ -794,17 +820,36 @@ impl Writer {
         }
         let info: String = redis::cmd("INFO")
             .arg("server")
+            .arg("replication")
             .query_async(connection)
             .await
             .map_err(|err| Error::from_redis("INFO server", err))?;
-        let run_id = info
-            .lines()
-            .find_map(|line| line.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_owned());
-        let restarted = self.run_id.is_some() && run_id != self.run_id;
-        if restarted {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(|value| value.trim().to_owned())
+        };
+        if field("role").is_some_and(|role| role != "master") {
+            // Sentinel named it a moment ago, but it was demoted since: look again.
+            return Err(Error::NoMaster {
+                master_name: self.manager.locator().describe(),
+                tried: "the server named is no longer the master".to_owned(),
+            });
+        }
+        let server = ServerIdentity {
+            address: self.manager.locator().current().to_string(),
+            run_id: field("run_id"),
+            replid: field("master_replid"),
+        };
+        let changed = self.server.as_ref().filter(|last| **last != server);
+        if let Some(last) = changed {
             let replay: Vec<Queued> = self.recent_ops();
-            tracing::warn!(ops = replay.len(), "redis restarted; replaying recent writes");
+            let why = if last.address != server.address || last.run_id != server.run_id {
+                "redis restarted or failed over"
+            } else {
+                "redis was promoted or resynced"
+            };
+            tracing::warn!(ops = replay.len(), from = %last.address, to = %server.address, "{why}; replaying recent writes");
             self.docs.clear();
             self.restore_sessions(connection).await?;
             self.send(connection, &replay).await?;
@@ -818,7 +863,7 @@ impl Writer {
                 self.unsafe_since = Some(Instant::now());
             }
         }
-        self.run_id = run_id;
+        self.server = Some(server);
         Ok(())
     }
 
@@ -928,10 +973,13 @@ impl Writer {
         if let Some(index) = results.iter().position(|result| {
             result
                 .as_ref()
-                .is_err_and(|err| err.code() == Some("NOSCRIPT") || err.is_io_error() || err.is_connection_dropped())
+                .is_err_and(|err| err.code() == Some("NOSCRIPT") || sentinel::is_failover_signal(err))
         }) && let Err(err) = results.swap_remove(index)
         {
-            // The batch is resent whole; ops already applied are skipped by their number.
+            // The batch is resent whole; ops already applied are skipped by their number. A
+            // server that is no longer a writable master (`READONLY`: demoted after a failover;
+            // `NOREPLICAS`: cut off from its replicas) applied nothing, and the reconnect looks
+            // the master up again.
             return Err(Error::from_redis("producer batch", err));
         }
         for (queued, result) in batch.iter().zip(&results) {

@@ -403,9 +403,8 @@ impl Recorder {
             .count(PAGE)
             .block(usize::try_from(LIVE_BLOCK.as_millis()).unwrap_or(200));
         // A dedicated connection: a blocking read must not hold up the shared one.
-        let mut connection = self
-            .manager
-            .client()
+        let client = self.manager.locator().client().await?;
+        let mut connection = client
             .get_multiplexed_async_connection()
             .await
             .map_err(|err| self.manager.redis_error("record: live connection", err))?;

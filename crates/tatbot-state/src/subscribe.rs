@@ -40,6 +40,7 @@ use crate::connection::ManagerConfig;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::Event;
+use crate::sentinel::Locator;
 
 /// Silence after which the subscription checks its connection with a `PING`.
 pub const KEEPALIVE: Duration = Duration::from_secs(2);
@@ -72,7 +73,8 @@ pub struct Message {
 
 /// A live `PSUBSCRIBE` on a dedicated connection; dropping it unsubscribes.
 pub struct Subscription {
-    client: redis::Client,
+    /// Finds the master on every reconnect (with Sentinel, it may have moved).
+    locator: Locator,
     connect_timeout: Duration,
     patterns: Vec<String>,
     /// The patterns as matchers, for entries read from the event log.
@@ -100,13 +102,9 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) async fn open(
-        client: &redis::Client,
-        config: &ManagerConfig,
-        patterns: &[&str],
-    ) -> Result<Subscription> {
+    pub(crate) async fn open(locator: &Locator, config: &ManagerConfig, patterns: &[&str]) -> Result<Subscription> {
         let mut subscription = Subscription {
-            client: client.clone(),
+            locator: locator.clone(),
             connect_timeout: config.connect_timeout,
             patterns: patterns.iter().map(|pattern| (*pattern).to_owned()).collect(),
             matchers: patterns.iter().map(|pattern| WildMatch::new(pattern)).collect(),
@@ -122,7 +120,7 @@ impl Subscription {
             hasher: RandomState::new(),
             keepalive_at: tokio::time::Instant::now() + KEEPALIVE,
         };
-        let target = config.endpoint.to_string();
+        let target = locator.describe();
         subscription.live = Some(subscription.connect().await.map_err(|err| match err {
             Error::Redis { source, .. } => Error::from_connect(&target, source),
             other => other,
@@ -135,7 +133,13 @@ impl Subscription {
     /// The connection for reading the event log, opened when first needed.
     async fn log_connection(&mut self) -> redis::RedisResult<&mut redis::aio::MultiplexedConnection> {
         if self.log.is_none() {
-            self.log = Some(self.client.get_multiplexed_async_connection().await?);
+            let client = self.locator.client().await.map_err(|err| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    err.report().to_string(),
+                ))
+            })?;
+            self.log = Some(client.get_multiplexed_async_connection().await?);
         }
         Ok(self.log.as_mut().expect("just opened"))
     }
@@ -258,15 +262,23 @@ impl Subscription {
 
     async fn connect(&self) -> Result<(PubSubSink, PubSubStream)> {
         let attempt = async {
-            let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+            let client = self.locator.client().await?;
+            let (mut sink, stream) = client
+                .get_async_pubsub()
+                .await
+                .map_err(|err| Error::from_redis("subscribe", err))?
+                .split();
             for pattern in &self.patterns {
-                sink.psubscribe(pattern.as_str()).await?;
+                sink.psubscribe(pattern.as_str())
+                    .await
+                    .map_err(|err| Error::from_redis("subscribe", err))?;
             }
-            Ok::<_, redis::RedisError>((sink, stream))
+            Ok::<_, Error>((sink, stream))
         };
-        match tokio::time::timeout(self.connect_timeout, attempt).await {
+        // Twice the connect timeout: with Sentinel, the lookup comes first.
+        match tokio::time::timeout(self.connect_timeout * 2, attempt).await {
             Ok(Ok(live)) => Ok(live),
-            Ok(Err(err)) => Err(Error::from_redis("subscribe", err)),
+            Ok(Err(err)) => Err(err),
             Err(_) => Err(Error::Timeout {
                 operation: "subscribe",
                 after: self.connect_timeout,
@@ -344,6 +356,9 @@ impl Subscription {
             match self.connect().await {
                 Ok(live) => {
                     self.live = Some(live);
+                    // The log connection may be on the server the subscription just left
+                    // (with Sentinel, an old master); the next read opens one on the new one.
+                    self.log = None;
                     self.reconnects += 1;
                     tracing::info!(patterns = ?self.patterns, "resubscribed");
                     return;

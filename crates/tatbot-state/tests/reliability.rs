@@ -16,14 +16,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::util::{config, manager};
 
-const FLUSH: Duration = Duration::from_secs(30);
+pub(crate) const FLUSH: Duration = Duration::from_secs(30);
 
-fn update(i: u32) -> ProgressUpdate {
+pub(crate) fn update(i: u32) -> ProgressUpdate {
     ProgressUpdate::new(i / 50, i % 50).descriptions(format!("d{i}"), "r")
 }
 
 /// The history of a session as (stroke, pose) pairs, asserting each entry's description.
-async fn history_indices(state: &StateManager, session: &SessionId) -> Vec<u32> {
+pub(crate) async fn history_indices(state: &StateManager, session: &SessionId) -> Vec<u32> {
     // After a crash the reader's own connection may fail once before it reconnects.
     assert!(crate::util::eventually(Duration::from_secs(10), || async { state.ping().await.is_ok() }).await);
     let mut all = Vec::new();
@@ -41,7 +41,7 @@ async fn history_indices(state: &StateManager, session: &SessionId) -> Vec<u32> 
     all
 }
 
-fn assert_exact(indices: &[u32], n: u32) {
+pub(crate) fn assert_exact(indices: &[u32], n: u32) {
     let expected: Vec<u32> = (0..n).collect();
     if indices != expected {
         let unique: HashSet<&u32> = indices.iter().collect();

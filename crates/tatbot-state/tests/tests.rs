@@ -5,6 +5,7 @@
 mod connect;
 mod corrupt;
 mod events;
+mod failover;
 mod follow;
 mod golden;
 mod health;

@@ -54,3 +54,24 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The manager config for `cluster`'s master, found through its Sentinels, as node `node`.
+pub fn sentinel_config(cluster: &tatbot_state_testkit::SentinelCluster, node: &str) -> ManagerConfig {
+    let primary = &cluster.servers()[0];
+    let mut config = config(primary, node);
+    config.sentinel = Some(tatbot_state::sentinel::SentinelTarget {
+        sentinels: cluster
+            .sentinels()
+            .iter()
+            .map(|sentinel| {
+                let endpoint = Endpoint::new(sentinel.host(), sentinel.port());
+                match sentinel.password() {
+                    Some(password) => endpoint.with_password(password),
+                    None => endpoint,
+                }
+            })
+            .collect(),
+        master_name: cluster.master_name().to_owned(),
+    });
+    config
+}

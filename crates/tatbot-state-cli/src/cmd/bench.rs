@@ -15,6 +15,8 @@
 //! 4. Producer-to-subscriber latency at 1 kHz through pub/sub and through the follow API.
 //! 5. `status` and all-nodes health over 100 to 10,000 sessions ([`scale`]).
 //! 6. Peak memory of `mcp --transport http` and `viz` with 100 clients ([`memory`]).
+//! 7. Only with `--only failover`: kill -9 of the master to the first write acknowledged on
+//!    the new one, through Sentinel, on a loopback fleet of its own ([`failover`]).
 //!
 //! By default the bench starts a private `redis-server` (the project's config, AOF on) on a
 //! free loopback port and stops it at the end ([`PrivateServer`]). With `-h`/`-p` (and the
@@ -30,6 +32,7 @@
 //! by tests: `--quick` (small counts, a few seconds) only proves the benchmark works.
 
 mod baseline;
+mod failover;
 mod measure;
 mod memory;
 mod scale;
@@ -112,6 +115,8 @@ pub enum Section {
     Status,
     /// 6: peak memory of mcp and viz with 100 clients
     Memory,
+    /// 7 (only when named): kill -9 of the master to the first acknowledged write, via Sentinel
+    Failover,
 }
 
 /// Counts and durations of one run.
@@ -150,7 +155,13 @@ pub struct Plan {
 impl Plan {
     /// Whether `section` runs: every section does unless `--only` named some.
     pub fn runs(&self, section: Section) -> bool {
-        self.only.is_empty() || self.only.contains(&section)
+        // The failover section starts fleets of its own and takes a while: only when named.
+        (self.only.is_empty() && section != Section::Failover) || self.only.contains(&section)
+    }
+
+    /// Failovers timed (median reported).
+    fn failovers(&self) -> usize {
+        if self.quick { 1 } else { 3 }
     }
 
     /// The full run (about two minutes) or the quick one (a few seconds).
@@ -278,6 +289,9 @@ pub struct Report {
     mcp_clients_updated: Option<usize>,
     viz_clients_connected: Option<usize>,
     viz_clients_updated: Option<usize>,
+    /// Kill -9 of the master to the first write acknowledged on the new one (median, and each run).
+    failover_ms: Option<f64>,
+    failover_runs_ms: Vec<f64>,
     /// Why a figure is missing, and anything else a reader should know.
     notes: Vec<String>,
     /// Sections that failed, with the error.
@@ -487,7 +501,7 @@ fn section<T>(report: &mut Report, name: &str, result: anyhow::Result<T>) -> Opt
 }
 
 /// Prints a progress line on stderr.
-fn progress(text: &str) {
+pub(crate) fn progress(text: &str) {
     eprintln!("bench: {text}");
 }
 
@@ -733,6 +747,18 @@ async fn sections(
         robot.cancel();
         let ran = robot_task.await.context("bug: the session task panicked")?;
         section(report, "running the followed session", ran);
+    }
+
+    if plan.runs(Section::Failover) {
+        progress(&format!(
+            "7/7 failover: kill -9 of the master to the first acknowledged write, {} run(s)",
+            plan.failovers()
+        ));
+        let times = failover::measure(plan.failovers(), shutdown).await;
+        if let Some(times) = section(report, "failover", times) {
+            report.failover_ms = median(&times);
+            report.failover_runs_ms = times;
+        }
     }
 
     // The bench's own sessions; the event log keeps their events until it is trimmed.
@@ -1028,6 +1054,16 @@ fn render(report: &Report) -> String {
             verdict: verdict(rss, |rss| rss <= target::RSS_MB),
         });
     }
+    let failover_target = failover::TARGET.as_secs_f64() * 1000.0;
+    rows.push(Row {
+        section: Section::Failover,
+        name: "failover: kill -9 to first acked write (median)".to_owned(),
+        value: show(report.failover_ms, "ms", 0),
+        baseline: "down-after 1000 ms".to_owned(),
+        ratio: "-".to_owned(),
+        target: format!("<= {} s", failover::TARGET.as_secs()),
+        verdict: verdict(report.failover_ms, |ms| ms <= failover_target),
+    });
     rows.retain(|row| report.sections.contains(&row.section));
 
     let mut out = String::new();

@@ -5,7 +5,9 @@
 //! so it works when Redis is down. An invalid configuration fails with exit code 6 and names the
 //! offending source, as every other command would; a host that does not resolve (nor stands in
 //! the node inventory) still prints the table first, so the operator sees where the name came
-//! from and which conf dir was looked at, then the reason.
+//! from and which conf dir was looked at, then the reason. With Sentinel settings
+//! (`--sentinel`, `REDIS_SENTINELS`, the YAML's `sentinels`), their rows follow the plain
+//! target's.
 
 use std::io::Write as _;
 
@@ -47,6 +49,9 @@ fn print(global: &GlobalArgs, target: &RedisTarget, unresolved: bool) -> anyhow:
                 *source = "does not resolve (see below)".to_owned();
             }
         }
+    }
+    if let Some(sentinel) = global.sentinel()? {
+        rows.extend(sentinel.describe());
     }
     let mut out = std::io::stdout().lock();
     if global.json {

@@ -12,6 +12,8 @@
 //! network step has a timeout. The exit code is 0 when nothing failed (warnings allowed) and 1
 //! otherwise.
 
+mod ha;
+
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -42,7 +44,7 @@ const CHECKS: [&str; 11] = [
     "pubsub",
 ];
 /// Deadline of the TCP connect and of each Redis command.
-const NETWORK_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const NETWORK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of the host name lookup (the system resolver has no timeout of its own).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// PINGs whose median is the reported latency.
@@ -92,7 +94,7 @@ struct Check {
 
 /// The checks so far.
 #[derive(Debug, Default)]
-struct Report {
+pub(crate) struct Report {
     checks: Vec<Check>,
 }
 
@@ -184,10 +186,27 @@ async fn diagnose(global: &GlobalArgs, report: &mut Report) {
             );
         }
     }
+    let sentinel = match global.sentinel() {
+        Ok(sentinel) => sentinel,
+        Err(err) => {
+            return report.fail(
+                "config",
+                format!("{err:#}"),
+                "fix the sentinel setting named above; `tatbot-state config` shows where it comes from",
+            );
+        }
+    };
     let Some(target) = resolve_check(inputs, report).await else {
         return;
     };
-    let endpoint = Endpoint::from(&target);
+    let mut endpoint = Endpoint::from(&target);
+    if let Some(settings) = &sentinel {
+        // The data checks run against the master the Sentinels name.
+        match ha::sentinels_check(settings, &endpoint, report).await {
+            Some(master) => endpoint = master,
+            None => return,
+        }
+    }
     if !tcp_check(&endpoint, report).await {
         return;
     }
@@ -203,6 +222,9 @@ async fn diagnose(global: &GlobalArgs, report: &mut Report) {
     exposure_check(&mut session.connection, session.password_required, report).await;
     clock_check(&mut session.connection, report).await;
     pubsub_check(&session.endpoint, &mut session.connection, report).await;
+    if sentinel.is_some() {
+        ha::replication_check(&mut session.connection, report).await;
+    }
 }
 
 /// `host X (source), port ... ; conf dir ...; env file ...` from the resolved rows.

@@ -16,7 +16,15 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     ),
     (
         &["server", "start"],
-        "tatbot-state server start\n  tatbot-state -p 6380 server start --dir /tmp/redis-test",
+        "tatbot-state server start\n  tatbot-state -p 6380 server start --dir /tmp/redis-test\n  tatbot-state server start --ha --bind 192.168.1.97\n  tatbot-state server start --replica-of 192.168.1.97:6379",
+    ),
+    (
+        &["server", "sentinel"],
+        "tatbot-state server sentinel start --monitor 192.168.1.97:6379 --quorum 2",
+    ),
+    (
+        &["server", "sentinel", "start"],
+        "tatbot-state server sentinel start --monitor 192.168.1.97:6379 --quorum 2\n  tatbot-state server sentinel start --monitor 192.168.1.97:6379 --quorum 2 --bind 192.168.1.98",
     ),
     (&["server", "stop"], "tatbot-state server stop"),
     (
@@ -112,7 +120,10 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     ),
     (&["config"], "tatbot-state config\n  tatbot-state --json config"),
     (&["doctor"], "tatbot-state doctor\n  tatbot-state -h eek doctor --json"),
-    (&["bench"], "tatbot-state bench --quick\n  tatbot-state --json bench"),
+    (
+        &["bench"],
+        "tatbot-state bench --quick\n  tatbot-state --json bench\n  tatbot-state bench --only failover",
+    ),
 ];
 
 /// The clap command of [`Cli`] with every subcommand's examples appended to its help.

@@ -119,7 +119,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     // Starts before Redis is up: the header shows the wait until the first snapshot.
     let (manager, _waiting) = global.manager_or_lazy().await?;
     let mut monitor = Monitor {
-        endpoint: manager.config().endpoint.to_string(),
+        endpoint: manager.current_master().to_string(),
         redis: RedisState::Connecting,
         view: None,
         last_update: None,

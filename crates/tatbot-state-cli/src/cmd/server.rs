@@ -14,6 +14,7 @@
 //! Loopback is always bound; LAN addresses are bound only when passed with `--bind`.
 
 pub mod conf;
+pub mod ha;
 pub mod link;
 pub mod private;
 pub mod process;
@@ -38,7 +39,7 @@ use crate::exit::{self, Coded};
 /// Deadline of one connect or command while probing or inspecting a server.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a starting server gets to load its data and answer `PING` with its pid.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `redis-server` may take to check the config and fork into the background.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `SHUTDOWN` (AOF fsync plus an RDB save) may take before the process is gone.
@@ -63,8 +64,10 @@ enum Action {
     Start(StartArgs),
     /// Shut the server down with SHUTDOWN (flushes the AOF) and wait until it has exited
     Stop(DirArgs),
-    /// Show pid, uptime, clients, memory, persistence health and listening addresses
+    /// Show pid, uptime, clients, memory, persistence health, listening addresses, role and replication lag
     Status(DirArgs),
+    /// Run a Redis Sentinel that watches the master and promotes a replica when it fails (docs/HA.md)
+    Sentinel(ha::SentinelArgs),
 }
 
 /// Flags of `server start`.
@@ -79,6 +82,12 @@ struct StartArgs {
     /// Load ACL users from this file (aclfile)
     #[arg(long, value_name = "FILE")]
     acl_file: Option<PathBuf>,
+    /// A member of a Sentinel-watched fleet: append config/redis/ha.conf (min-replicas-to-write, masterauth)
+    #[arg(long)]
+    ha: bool,
+    /// Start as a replica of this master, HOST:PORT (implies --ha)
+    #[arg(long, value_name = "HOST:PORT")]
+    replica_of: Option<String>,
 }
 
 /// Flags of `server stop` and `server status`.
@@ -95,12 +104,13 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         Action::Start(start_args) => start(global, start_args).await,
         Action::Stop(dir_args) => stop(global, dir_args).await,
         Action::Status(dir_args) => status(global, dir_args).await,
+        Action::Sentinel(sentinel_args) => ha::run(global, sentinel_args).await,
     }
 }
 
 /// The base dir: `--dir`, else `$XDG_STATE_HOME/tatbot-state`, else `~/.local/state/tatbot-state`,
 /// made absolute because Redis resolves relative paths against its own working directory.
-fn layout(dir: Option<PathBuf>) -> anyhow::Result<Layout> {
+pub(crate) fn layout(dir: Option<PathBuf>) -> anyhow::Result<Layout> {
     let var = |name: &str| {
         std::env::var_os(name)
             .filter(|value| !value.is_empty())
@@ -188,6 +198,10 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<u8> {
         ),
         None => None,
     };
+    let replica_of = match &args.replica_of {
+        Some(text) => Some(ha::parse_host_port(text, "--replica-of")?),
+        None => None,
+    };
     let bind = conf::bind_addresses(&args.bind);
     let started = |pid: u32, already_running: bool| Started {
         already_running,
@@ -231,7 +245,7 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<u8> {
     let binary = process::redis_server_binary()?;
     create_private_dir(&layout.base)?;
     create_private_dir(&layout.data())?;
-    let text = conf::render(&ConfSpec {
+    let mut text = conf::render(&ConfSpec {
         extra_bind: &args.bind,
         port,
         daemonize: true,
@@ -239,6 +253,9 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<u8> {
         password: password.as_deref(),
         acl_file: acl_file.as_deref(),
     })?;
+    if args.ha || replica_of.is_some() {
+        text.push_str(&ha::ha_block(replica_of.as_ref(), password.as_deref()));
+    }
     write_private_file(&layout.conf(), &text)?;
     // A pid file left by a crash names a dead process; removing it means any pid file seen
     // from now on is the new server's.
@@ -345,7 +362,7 @@ fn is_redis_process(pid: u32) -> bool {
     process::is_alive(pid) && process::cmdline(pid).is_none_or(|cmdline| cmdline.contains("redis-server"))
 }
 
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -355,7 +372,7 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes a file only its owner can read: it may hold `requirepass`.
-fn write_private_file(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private_file(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     use std::os::unix::fs::PermissionsExt as _;
@@ -428,7 +445,7 @@ fn shell_word(conf: &Path) -> String {
     }
 }
 
-fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
     crate::outln!("{text}")?;
     Ok(())
@@ -518,6 +535,7 @@ struct ServerStatus {
     protected_mode: Option<String>,
     data_dir: Option<String>,
     logfile: Option<String>,
+    replication: ha::Replication,
 }
 
 async fn status(global: &GlobalArgs, args: DirArgs) -> anyhow::Result<u8> {
@@ -536,7 +554,7 @@ async fn status(global: &GlobalArgs, args: DirArgs) -> anyhow::Result<u8> {
     })?;
     let info = link::info(
         &mut connection,
-        &["server", "clients", "memory", "persistence"],
+        &["server", "clients", "memory", "persistence", "replication"],
         COMMAND_TIMEOUT,
     )
     .await
@@ -577,6 +595,7 @@ async fn status(global: &GlobalArgs, args: DirArgs) -> anyhow::Result<u8> {
         protected_mode: settings.get("protected-mode").cloned(),
         data_dir: settings.get("dir").cloned(),
         logfile: settings.get("logfile").cloned().filter(|file| !file.is_empty()),
+        replication: ha::Replication::from_info(&info),
     };
     if global.json {
         print_json(&report)?;
@@ -612,6 +631,7 @@ fn status_text(report: &ServerStatus) -> String {
     let _ = writeln!(out, "  listens   {bind} port {port} (protected-mode {protected})");
     let clients = report.connected_clients.map_or_else(unknown, |n| n.to_string());
     let _ = writeln!(out, "  clients   {clients} connected");
+    out.push_str(&report.replication.text());
     let _ = writeln!(
         out,
         "  memory    {} used",

@@ -25,6 +25,7 @@ use crate::ids::{NodeId, SessionId};
 use crate::keys;
 use crate::manager::{CorruptEntry, invalid_id_key};
 use crate::model::{Event, HistoryEntry, MAX_DOCUMENT_BYTES, NodeHealth, RobotState, StrokeProgress};
+use crate::sentinel::Locator;
 
 /// Keys per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
@@ -42,10 +43,10 @@ pub(crate) struct Connections {
 
 impl Connections {
     /// Opens both connections and checks the server answers.
-    pub(crate) async fn open(config: &ManagerConfig, block: Duration) -> Result<Connections> {
-        let target = config.endpoint.to_string();
-        let client =
-            redis::Client::open(config.endpoint.connection_info()?).map_err(|err| Error::from_connect(&target, err))?;
+    pub(crate) async fn open(config: &ManagerConfig, locator: &Locator, block: Duration) -> Result<Connections> {
+        // Looked up on every (re)connect: with Sentinel, the master may have moved.
+        let client = locator.client().await?;
+        let target = locator.current().to_string();
         let open = |response_timeout: Duration| {
             let client = client.clone();
             let target = target.clone();

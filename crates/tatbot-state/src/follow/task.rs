@@ -28,6 +28,7 @@ use crate::ids::SessionId;
 use crate::keys;
 use crate::manager::{CorruptEntry, StateManager};
 use crate::model::{RobotState, StrokeProgress, event_types};
+use crate::sentinel::Locator;
 
 /// First wait before reconnecting; doubled after each failure up to `max_backoff`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -61,6 +62,8 @@ enum DocRead {
 /// The state of one follower; see the module docs.
 pub(crate) struct FollowTask {
     manager_config: ManagerConfig,
+    /// Finds the master on every reconnect (with Sentinel, it may have moved).
+    locator: Locator,
     scope: Scope,
     config: FollowConfig,
     /// The consumer's end is the [`crate::follow::Follower`]; a failed send means it is gone.
@@ -95,6 +98,7 @@ impl FollowTask {
     ) -> FollowTask {
         FollowTask {
             manager_config: manager.config().clone(),
+            locator: manager.locator().clone(),
             scope,
             config,
             tx,
@@ -117,7 +121,7 @@ impl FollowTask {
         let mut lost = false;
         let mut backoff = INITIAL_BACKOFF;
         loop {
-            let outcome = match Connections::open(&self.manager_config, self.config.block).await {
+            let outcome = match Connections::open(&self.manager_config, &self.locator, self.config.block).await {
                 Err(err) => Err(Stop::Redis(err)),
                 Ok(connections) => {
                     self.connections = Some(connections);

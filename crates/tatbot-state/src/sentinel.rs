@@ -1,0 +1,354 @@
+//! High availability: finding the Redis master through Redis Sentinel, and noticing when it moves.
+//!
+//! A [`SentinelTarget`] in the [`crate::ManagerConfig`] replaces the fixed address. Every
+//! connection the library makes (the manager's shared one, the producer's writer, subscriptions,
+//! followers, parameter watches) asks a [`Locator`] for the master's client when it (re)connects:
+//! the locator asks each Sentinel in turn for `SENTINEL GET-MASTER-ADDR-BY-NAME`, and accepts an
+//! answer only after the named server itself says `ROLE` is `master` (a Sentinel that has not
+//! seen a failover yet, or an old master that came back, can name a replica).
+//!
+//! The `redis` crate's own `sentinel` module does the lookup, but its clients are fixed once
+//! built, and its `ConnectionManager` keeps dialling the old master after a failover (redis-rs
+//! issue #1438); it also has no per-call timeout. So the lookup is done here, with the connect
+//! and response timeouts of the manager, and the callers decide when to look again: after an I/O
+//! error, a timeout, a `READONLY` reply (an old master that was demoted to a replica), a
+//! `NOREPLICAS` reply (a master cut off from its replicas, which may be on the losing side of a
+//! partition), and whenever a Sentinel announces `+switch-master`
+//! ([`watch_switches`]) so they move within milliseconds of the Sentinels' decision.
+//!
+//! Without a Sentinel target the locator hands out the fixed client and nothing changes.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::connection::{Endpoint, ManagerConfig};
+use crate::error::{Error, Result};
+
+/// The master name the shipped Sentinel config monitors.
+pub const DEFAULT_MASTER_NAME: &str = "tatbot";
+/// The default Sentinel port.
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+/// The Sentinel channel that announces a new master: `NAME OLD_IP OLD_PORT NEW_IP NEW_PORT`.
+pub const SWITCH_MASTER_CHANNEL: &str = "+switch-master";
+
+/// Where the Sentinels are and which master they watch.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelTarget {
+    /// The Sentinels, tried in order; each carries the Sentinels' password (`requirepass` of the
+    /// Sentinels, which is not the password of Redis), if any.
+    pub sentinels: Vec<Endpoint>,
+    /// The name the Sentinels monitor the master under (`sentinel monitor NAME ...`).
+    pub master_name: String,
+}
+
+/// `master NAME via host:port,host:port`, never a password.
+impl fmt::Display for SentinelTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "master {} via sentinel ", self.master_name)?;
+        for (index, sentinel) in self.sentinels.iter().enumerate() {
+            if index > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{sentinel}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Redacts the passwords (through [`Endpoint`]'s `Debug`).
+impl fmt::Debug for SentinelTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelTarget")
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .finish()
+    }
+}
+
+/// Finds the master's client for every (re)connect; cheap to clone (clones share the last
+/// master found). See the module docs.
+#[derive(Clone)]
+pub(crate) struct Locator {
+    inner: Arc<LocatorInner>,
+}
+
+struct LocatorInner {
+    /// The fixed address without Sentinel; with it, the master's credentials (user, password).
+    endpoint: Endpoint,
+    sentinel: Option<SentinelTarget>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    /// The master last found (the fixed endpoint without Sentinel), for logs and displays.
+    current: Mutex<Endpoint>,
+}
+
+impl Locator {
+    pub(crate) fn new(config: &ManagerConfig) -> Locator {
+        Locator {
+            inner: Arc::new(LocatorInner {
+                endpoint: config.endpoint.clone(),
+                sentinel: config.sentinel.clone(),
+                connect_timeout: config.connect_timeout,
+                response_timeout: config.response_timeout,
+                current: Mutex::new(config.endpoint.clone()),
+            }),
+        }
+    }
+
+    /// The Sentinel target, when there is one.
+    pub(crate) fn sentinel(&self) -> Option<&SentinelTarget> {
+        self.inner.sentinel.as_ref()
+    }
+
+    /// The master last found (or the fixed endpoint).
+    pub(crate) fn current(&self) -> Endpoint {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What to name in an error: the fixed endpoint, or the Sentinel target.
+    pub(crate) fn describe(&self) -> String {
+        match &self.inner.sentinel {
+            Some(target) => target.to_string(),
+            None => self.inner.endpoint.to_string(),
+        }
+    }
+
+    /// A client for the master: the fixed one, or the one the Sentinels name now (verified).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoMaster`] when no Sentinel names a server that says it is the master.
+    pub(crate) async fn client(&self) -> Result<redis::Client> {
+        let endpoint = match &self.inner.sentinel {
+            None => self.inner.endpoint.clone(),
+            Some(target) => self.locate(target).await?,
+        };
+        let target = endpoint.to_string();
+        redis::Client::open(endpoint.connection_info()?).map_err(|err| Error::from_connect(&target, err))
+    }
+
+    /// Asks every Sentinel in turn, and returns the first master that confirms its role.
+    async fn locate(&self, target: &SentinelTarget) -> Result<Endpoint> {
+        let mut tried = Vec::with_capacity(target.sentinels.len());
+        for sentinel in &target.sentinels {
+            let named = match self.ask(sentinel, &target.master_name).await {
+                Ok(Some(named)) => named,
+                Ok(None) => {
+                    tried.push(format!("{sentinel} does not know master {}", target.master_name));
+                    continue;
+                }
+                Err(err) => {
+                    tried.push(format!("{sentinel}: {}", err.report()));
+                    continue;
+                }
+            };
+            match self.role(&named).await {
+                Ok(role) if role == "master" => {
+                    let mut current = self.inner.current.lock().unwrap_or_else(PoisonError::into_inner);
+                    if *current != named {
+                        tracing::info!(master = %named, sentinel = %sentinel, "redis master located through sentinel");
+                        current.clone_from(&named);
+                    }
+                    return Ok(named);
+                }
+                Ok(role) => tried.push(format!("{sentinel} names {named}, which is a {role}")),
+                Err(err) => tried.push(format!("{sentinel} names {named}: {}", err.report())),
+            }
+        }
+        Err(Error::NoMaster {
+            master_name: target.master_name.clone(),
+            tried: tried.join("; "),
+        })
+    }
+
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on one Sentinel.
+    async fn ask(&self, sentinel: &Endpoint, master_name: &str) -> Result<Option<Endpoint>> {
+        let mut connection = self.open(sentinel_info(sentinel)?, &sentinel.to_string()).await?;
+        let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(master_name)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| Error::from_redis("sentinel get-master-addr-by-name", err))?;
+        Ok(named.map(|(host, port)| Endpoint {
+            host,
+            port,
+            ..self.inner.endpoint.clone()
+        }))
+    }
+
+    /// What a data server says its role is (`master`, `slave`, `sentinel`).
+    async fn role(&self, endpoint: &Endpoint) -> Result<String> {
+        let mut connection = self.open(endpoint.connection_info()?, &endpoint.to_string()).await?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE")
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| Error::from_redis("role", err))?;
+        match role.first() {
+            Some(redis::Value::BulkString(bytes)) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+            Some(redis::Value::SimpleString(text)) => Ok(text.clone()),
+            _ => Ok("server with an unknown role".to_owned()),
+        }
+    }
+
+    async fn open(&self, info: ConnectionInfo, target: &str) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(info).map_err(|err| Error::from_connect(target, err))?;
+        let settings = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.connect_timeout))
+            .set_response_timeout(Some(self.inner.response_timeout));
+        let limit = self.inner.connect_timeout * 2;
+        match tokio::time::timeout(limit, client.get_multiplexed_async_connection_with_config(&settings)).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(err)) => Err(Error::from_connect(target, err)),
+            Err(_) => Err(Error::Timeout {
+                operation: "connect",
+                after: limit,
+            }),
+        }
+    }
+}
+
+/// The connection info of a Sentinel: RESP2 (what every Sentinel speaks) and its own password.
+fn sentinel_info(sentinel: &Endpoint) -> Result<ConnectionInfo> {
+    let mut redis_info = RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP2);
+    if let Some(username) = &sentinel.username {
+        redis_info = redis_info.set_username(username);
+    }
+    if let Some(password) = &sentinel.password {
+        redis_info = redis_info.set_password(password);
+    }
+    let info = ConnectionAddr::Tcp(sentinel.host.clone(), sentinel.port)
+        .into_connection_info()
+        .map_err(|err| Error::from_connect(&sentinel.to_string(), err))?;
+    Ok(info.set_redis_settings(redis_info))
+}
+
+/// True when a reply or failure means the master may have moved and it must be looked up
+/// again: the connection broke or timed out, or the server is no longer a writable master.
+pub(crate) fn is_failover_signal(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || matches!(err.code(), Some("READONLY" | "NOREPLICAS" | "MASTERDOWN" | "LOADING"))
+}
+
+/// Subscribes to [`SWITCH_MASTER_CHANNEL`] on one Sentinel after another (whichever answers) and
+/// calls `on_switch` for each announcement about `target`'s master, until `shutdown`.
+///
+/// A lost Sentinel connection is made again with capped backoff, on the next Sentinel; an
+/// announcement missed meanwhile is covered by the callers' own error handling.
+pub(crate) async fn watch_switches(target: SentinelTarget, on_switch: impl Fn(), shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let prefix = format!("{} ", target.master_name);
+    for sentinel in target.sentinels.iter().cycle() {
+        let listen = async {
+            let info = sentinel_info(sentinel)?;
+            let client = redis::Client::open(info).map_err(|err| Error::from_connect(&sentinel.to_string(), err))?;
+            let mut pubsub = client
+                .get_async_pubsub()
+                .await
+                .map_err(|err| Error::from_connect(&sentinel.to_string(), err))?;
+            pubsub
+                .subscribe(SWITCH_MASTER_CHANNEL)
+                .await
+                .map_err(|err| Error::from_redis("subscribe +switch-master", err))?;
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                let payload: String = message.get_payload().unwrap_or_default();
+                if payload.starts_with(&prefix) {
+                    tracing::warn!(announcement = %payload, "sentinel switched the redis master");
+                    on_switch();
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            outcome = listen => {
+                if let Err(err) = outcome {
+                    tracing::debug!(sentinel = %sentinel, error = %err.report(), "cannot listen to a sentinel");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// What one Sentinel says, for `doctor`.
+#[derive(Debug)]
+pub struct SentinelView {
+    /// The Sentinel asked.
+    pub sentinel: Endpoint,
+    /// The master address it names (`None`: it does not know the master name), or why it could
+    /// not be asked.
+    pub master: Result<Option<(String, u16)>>,
+    /// Its `SENTINEL CKQUORUM` answer: `Ok` with the text when the quorum and a majority for a
+    /// failover are reachable, `Err` with the refusal otherwise.
+    pub quorum: std::result::Result<String, String>,
+}
+
+/// Asks every Sentinel of `target` for the master's address and for `SENTINEL CKQUORUM`, each
+/// within `limit`. Never fails as a whole: each answer or failure is in its [`SentinelView`].
+pub async fn inspect(target: &SentinelTarget, limit: Duration) -> Vec<SentinelView> {
+    let mut views = Vec::with_capacity(target.sentinels.len());
+    for sentinel in &target.sentinels {
+        let ask = async {
+            let client = redis::Client::open(sentinel_info(sentinel)?)
+                .map_err(|err| Error::from_connect(&sentinel.to_string(), err))?;
+            let settings = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(limit))
+                .set_response_timeout(Some(limit));
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await
+                .map_err(|err| Error::from_connect(&sentinel.to_string(), err))?;
+            let master: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&target.master_name)
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| Error::from_redis("sentinel get-master-addr-by-name", err))?;
+            let quorum: redis::RedisResult<String> = redis::cmd("SENTINEL")
+                .arg("CKQUORUM")
+                .arg(&target.master_name)
+                .query_async(&mut connection)
+                .await;
+            let quorum = quorum.map_err(|err| err.detail().map_or_else(|| err.to_string(), str::to_owned));
+            Ok::<_, Error>((master, quorum))
+        };
+        let (master, quorum) = match tokio::time::timeout(limit * 2, ask).await {
+            Ok(Ok((master, quorum))) => (Ok(master), quorum),
+            Ok(Err(err)) => {
+                let text = err.report().to_string();
+                (Err(err), Err(text))
+            }
+            Err(_) => (
+                Err(Error::Timeout {
+                    operation: "sentinel",
+                    after: limit * 2,
+                }),
+                Err("no answer".to_owned()),
+            ),
+        };
+        views.push(SentinelView {
+            sentinel: sentinel.clone(),
+            master,
+            quorum,
+        });
+    }
+    views
+}
