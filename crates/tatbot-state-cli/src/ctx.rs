@@ -162,9 +162,7 @@ impl GlobalArgs {
     /// As [`GlobalArgs::manager`], except that an unreachable server is not an error.
     pub async fn manager_or_lazy(&self) -> anyhow::Result<(StateManager, Option<ManagerConfig>)> {
         let target = self.target()?;
-        let endpoint = Endpoint::from(&target);
-        let shown = endpoint.to_string();
-        let config = ManagerConfig::new(endpoint, self.node_id()?);
+        let (config, shown) = self.manager_config(Endpoint::from(&target))?;
         match StateManager::connect(config.clone()).await {
             Ok(manager) => Ok((manager, None)),
             Err(err) if err.is_connection_error() => {
