@@ -27,9 +27,12 @@ use crate::connection::{self, ManagerConfig};
 use crate::decode;
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
-use crate::ids::{Category, NodeId, SessionId};
+use crate::ids::{Category, EntryId, NodeId, SessionId};
 use crate::keys;
-use crate::model::{ErrorEvent, Event, HistoryEntry, NodeHealth, RobotState, SessionState, StrokeProgress};
+use crate::model::{
+    ErrorEvent, Event, HistoryCursor, HistoryEntry, KnownNode, NodeHealth, RobotState, SessionPlan, SessionState,
+    StrokeProgress,
+};
 use crate::ops::{Op, RunState};
 use crate::scripts;
 use crate::subscribe::Subscription;
@@ -123,6 +126,51 @@ pub struct Entry<T> {
     pub key: String,
     /// The decoded document.
     pub value: Result<T>,
+}
+
+/// One value looked up by name, in the order asked ([`StateManager::get_nodes_health`],
+/// [`crate::Params::get_many`]): found and decoded, absent, or present but undecodable.
+#[derive(Debug)]
+pub enum Lookup<T> {
+    /// The value is stored and decoded.
+    Found(T),
+    /// Nothing is stored under the name (never written, or expired).
+    Missing,
+    /// Something is stored but does not decode; the error names the key.
+    Corrupt(Error),
+}
+
+impl<T> Lookup<T> {
+    /// The value, `None` when missing, or the decode error.
+    ///
+    /// # Errors
+    ///
+    /// The [`Lookup::Corrupt`] error.
+    pub fn into_result(self) -> Result<Option<T>> {
+        match self {
+            Lookup::Found(value) => Ok(Some(value)),
+            Lookup::Missing => Ok(None),
+            Lookup::Corrupt(err) => Err(err),
+        }
+    }
+
+    /// The value when it was found and decoded.
+    pub fn found(&self) -> Option<&T> {
+        match self {
+            Lookup::Found(value) => Some(value),
+            Lookup::Missing | Lookup::Corrupt(_) => None,
+        }
+    }
+}
+
+impl<T> From<Result<Option<T>>> for Lookup<T> {
+    fn from(read: Result<Option<T>>) -> Lookup<T> {
+        match read {
+            Ok(Some(value)) => Lookup::Found(value),
+            Ok(None) => Lookup::Missing,
+            Err(err) => Lookup::Corrupt(err),
+        }
+    }
 }
 
 /// A value that did not decode, as reported by [`StateManager::system_status`] and the follow
@@ -387,12 +435,13 @@ impl StateManager {
     /// # Errors
     ///
     /// A scene name longer than [`MAX_TEXT_LEN`], or a Redis failure.
-    pub async fn start_stroke_session(
-        &self,
-        total_strokes: u32,
-        stroke_length: u32,
-        scene_name: &str,
-    ) -> Result<SessionId> {
+    pub async fn start_stroke_session(&self, plan: &SessionPlan) -> Result<SessionId> {
+        let SessionPlan {
+            total_strokes,
+            stroke_length,
+            scene: scene_name,
+        } = plan;
+        let (total_strokes, stroke_length, scene_name) = (*total_strokes, *stroke_length, scene_name.as_str());
         check_text("scene name", scene_name)?;
         let now = Timestamp::now();
         let node_id = self.node_id();
@@ -502,11 +551,21 @@ impl StateManager {
     /// # Errors
     ///
     /// [`Error::SessionNotFound`], [`Error::Corrupt`] when the stored document is not JSON, a
-    /// description longer than [`MAX_TEXT_LEN`], or a Redis failure.
-    pub async fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<String> {
+    /// description longer than [`MAX_TEXT_LEN`], a Redis failure, or
+    /// [`Error::UnexpectedReply`] when Redis answers without an entry id.
+    pub async fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<EntryId> {
         let op = self.progress_op(session_id, update)?;
         let reply = self.apply(&op, "update_stroke_progress").await?;
-        Ok(self.docs().observe(session_id, reply).unwrap_or_default())
+        let Some(id) = self.docs().observe(session_id, reply) else {
+            return Err(Error::UnexpectedReply {
+                operation: "update_stroke_progress",
+                detail: "no history entry id".to_owned(),
+            });
+        };
+        id.parse().map_err(|_| Error::UnexpectedReply {
+            operation: "update_stroke_progress",
+            detail: format!("{id:?} is not a stream entry id"),
+        })
     }
 
     /// The cache of stored progress documents; a poisoned lock only means a panic elsewhere
@@ -758,8 +817,7 @@ impl StateManager {
             .max_by_key(|info| info.progress.timestamp))
     }
 
-    /// Up to `count` history entries of a session, oldest first, after entry id `after`
-    /// (exclusive) or from the start.
+    /// Up to `count` history entries of a session, oldest first, from where `from` says.
     ///
     /// # Errors
     ///
@@ -769,18 +827,18 @@ impl StateManager {
     pub async fn get_history(
         &self,
         session_id: &SessionId,
-        after: Option<&str>,
+        from: &HistoryCursor,
         count: usize,
     ) -> Result<Vec<HistoryEntry>> {
-        self.history_entries(session_id, after, count)
+        self.history_entries(session_id, from, count)
             .await?
             .into_iter()
             .map(|entry| entry.value)
             .collect()
     }
 
-    /// Up to `count` history entries of a session, oldest first, after entry id `after`
-    /// (exclusive) or from the start, each decoded or with the reason it did not decode; the
+    /// Up to `count` history entries of a session, oldest first, from where `from` says, each
+    /// decoded or with the reason it did not decode; the
     /// [`Entry::id`] is the stream entry id, so a reader pages on past a bad entry.
     ///
     /// # Errors
@@ -790,11 +848,14 @@ impl StateManager {
     pub async fn history_entries(
         &self,
         session_id: &SessionId,
-        after: Option<&str>,
+        from: &HistoryCursor,
         count: usize,
     ) -> Result<Vec<Entry<HistoryEntry>>> {
         let key = keys::history(session_id);
-        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let start = match from {
+            HistoryCursor::Start => "-".to_owned(),
+            HistoryCursor::After(id) => format!("({id}"),
+        };
         let reply: redis::streams::StreamRangeReply =
             match self.connection().xrange_count(&key, start, "+", count).await {
                 Ok(reply) => reply,
@@ -888,15 +949,15 @@ impl StateManager {
     /// [`Error::Decode`] naming the key, or a Redis failure.
     pub async fn get_node_health(&self, node_id: &NodeId) -> Result<Option<NodeHealth>> {
         let mut healths = self.get_nodes_health(std::slice::from_ref(node_id)).await?;
-        healths.pop().flatten().transpose()
+        healths.pop().map_or(Ok(None), Lookup::into_result)
     }
 
     /// Several nodes' heartbeats in one round trip, in the order asked.
     ///
     /// # Errors
     ///
-    /// A Redis failure; a bad value is reported in its slot.
-    pub async fn get_nodes_health(&self, node_ids: &[NodeId]) -> Result<Vec<Option<Result<NodeHealth>>>> {
+    /// A Redis failure; a bad value is reported in its [`Lookup`].
+    pub async fn get_nodes_health(&self, node_ids: &[NodeId]) -> Result<Vec<Lookup<NodeHealth>>> {
         let mut pipe = redis::pipe();
         // A key of the wrong type (WRONGTYPE) is that slot's error, not the call's.
         pipe.ignore_errors();
@@ -914,6 +975,7 @@ impl StateManager {
                 let key = keys::health(node_id);
                 decode::field_text(&key, keys::FIELD_HEALTH, reply)
                     .map(|raw| raw.and_then(|raw| decode::document(&key, "NodeHealth", &raw)))
+                    .map_or(Lookup::Missing, |read| Lookup::from(read.map(Some)))
             })
             .collect())
     }
@@ -939,11 +1001,19 @@ impl StateManager {
     /// # Errors
     ///
     /// A Redis failure.
-    pub async fn known_nodes(&self) -> Result<Vec<(String, i64)>> {
-        self.connection()
+    pub async fn known_nodes(&self) -> Result<Vec<KnownNode>> {
+        let members: Vec<(String, i64)> = self
+            .connection()
             .zrange_withscores(keys::NODE_REGISTRY, 0, -1)
             .await
-            .map_err(|err| self.redis_error("known_nodes", err))
+            .map_err(|err| self.redis_error("known_nodes", err))?;
+        Ok(members
+            .into_iter()
+            .map(|(node_id, last_heartbeat_ms)| KnownNode {
+                node_id,
+                last_heartbeat_ms,
+            })
+            .collect())
     }
 
     /// Publishes an event on `channel` (as Python's `json.dumps` would write it) and appends it
@@ -1161,7 +1231,7 @@ impl StateManager {
         if let Err(err) = self.announce_stale_sessions(&stale).await {
             tracing::debug!(error = %err, "cannot announce stale sessions");
         }
-        let mut known: BTreeSet<String> = self.known_nodes().await?.into_iter().map(|(node, _)| node).collect();
+        let mut known: BTreeSet<String> = self.known_nodes().await?.into_iter().map(|node| node.node_id).collect();
         for entry in self.get_all_nodes_health().await? {
             status.nodes_online += 1;
             known.insert(entry.id);

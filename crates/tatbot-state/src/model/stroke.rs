@@ -1,7 +1,9 @@
-//! `StrokeProgress` (the `stroke:progress:{session_id}` document) and history stream entries.
+//! `StrokeProgress` (the `stroke:progress:{session_id}` document), history stream entries, and
+//! the typed arguments of session calls ([`SessionPlan`], [`HistoryCursor`]).
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::EntryId;
 use crate::model::Extra;
 use crate::timestamp::Timestamp;
 
@@ -57,12 +59,41 @@ fn default_scene() -> String {
     "default".to_owned()
 }
 
+/// What a stroke session will do, as [`crate::StateManager::start_stroke_session`] takes it:
+/// named fields, so the two counts cannot be swapped silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPlan {
+    /// Strokes in the session.
+    pub total_strokes: u32,
+    /// Poses per stroke.
+    pub stroke_length: u32,
+    /// The scene being tattooed (`scene_name` on the wire); at most
+    /// [`crate::manager::MAX_TEXT_LEN`] bytes.
+    pub scene: String,
+}
+
+/// Where a history read starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HistoryCursor {
+    /// From the first entry.
+    #[default]
+    Start,
+    /// After this entry (exclusive): pass the id of the last entry read to get the next page.
+    After(EntryId),
+}
+
+impl From<EntryId> for HistoryCursor {
+    fn from(id: EntryId) -> HistoryCursor {
+        HistoryCursor::After(id)
+    }
+}
+
 /// One entry of `stream:stroke_history:{session_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "record", derive(schemars::JsonSchema))]
 pub struct HistoryEntry {
     /// The stream entry id (`<ms>-<seq>`).
-    pub id: String,
+    pub id: EntryId,
     /// Stroke index, as written.
     pub stroke_idx: i64,
     /// Pose index, as written.
