@@ -1,4 +1,5 @@
-//! Validated identifiers: [`NodeId`], [`SessionId`], [`Category`], and stream [`EntryId`]s.
+//! Validated identifiers: [`NodeId`], [`SessionId`], [`Category`], [`ParamName`], and stream
+//! [`EntryId`]s.
 //!
 //! Identifiers end up inside Redis key names, channel names and `SCAN` patterns, so they are
 //! checked where they are made: 1 to 64 characters of `[A-Za-z0-9_.-]`. That excludes `:` (our
@@ -12,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The longest parameter name we accept, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
 /// The longest identifier we accept.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -165,6 +168,96 @@ impl TryFrom<String> for EntryId {
 impl From<EntryId> for String {
     fn from(id: EntryId) -> String {
         id.to_string()
+    }
+}
+
+/// A validated parameter name: dotted segments of `[A-Za-z0-9_-]`, at most [`MAX_NAME_LEN`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ParamName(String);
+
+impl ParamName {
+    /// Validates `value` and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`] (kind "parameter name") when `value` is empty, longer than
+    /// [`MAX_NAME_LEN`], has an empty segment, or a character outside `[A-Za-z0-9_-]` and the dots.
+    pub fn new(value: impl Into<String>) -> Result<ParamName> {
+        let value = value.into();
+        let reason = if value.is_empty() {
+            "it is empty"
+        } else if value.len() > MAX_NAME_LEN {
+            "it is longer than 128 bytes"
+        } else if value.split('.').any(str::is_empty) {
+            "it has an empty segment (two dots in a row, or a dot at an end)"
+        } else if !value.split('.').all(is_segment) {
+            "segments may hold only letters, digits, '_' and '-', with '.' between them"
+        } else {
+            return Ok(ParamName(value));
+        };
+        Err(Error::InvalidId {
+            kind: "parameter name",
+            value,
+            reason,
+        })
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when `self` lies strictly under `parent` (`arms.goal_time` under `arms`).
+    pub fn is_under(&self, parent: &ParamName) -> bool {
+        self.0
+            .strip_prefix(parent.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
+    }
+
+    /// The names strictly above this one, shortest first (`a`, `a.b` for `a.b.c`).
+    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
+        self.0.match_indices('.').map(|(dot, _)| &self.0[..dot])
+    }
+}
+
+/// True when `segment` is one non-empty segment of a name.
+pub(crate) fn is_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+impl fmt::Display for ParamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ParamName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for ParamName {
+    type Err = Error;
+    fn from_str(value: &str) -> Result<ParamName> {
+        ParamName::new(value)
+    }
+}
+
+impl TryFrom<String> for ParamName {
+    type Error = Error;
+    fn try_from(value: String) -> Result<ParamName> {
+        ParamName::new(value)
+    }
+}
+
+impl From<ParamName> for String {
+    fn from(name: ParamName) -> String {
+        name.0
     }
 }
 

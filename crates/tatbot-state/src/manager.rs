@@ -30,10 +30,10 @@ use crate::fastpath::DocCache;
 use crate::ids::{Category, EntryId, NodeId, SessionId};
 use crate::keys;
 use crate::model::{
-    ErrorEvent, Event, HistoryCursor, HistoryEntry, KnownNode, NodeHealth, RobotState, SessionPlan, SessionState,
-    StrokeProgress,
+    ErrorEvent, Event, HistoryCursor, HistoryEntry, KnownNode, NodeHealth, ProgressUpdate, RobotState, SessionPlan,
+    SessionState, StrokeProgress,
 };
-use crate::ops::{Op, RunState};
+use crate::ops::{Op, RunState, encode_json, health_op, robot_state_op};
 use crate::scripts;
 use crate::subscribe::Subscription;
 use crate::timestamp::Timestamp;
@@ -54,68 +54,6 @@ pub const WAIT_MAX_RETRY: Duration = Duration::from_secs(8);
 /// session's retention.
 const STALE_CLAIM_TTL_SECS: u64 = 30 * 24 * 3600;
 const MAX_STARTED: usize = 16;
-
-/// What a progress update changes; fields left `None` keep their stored value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProgressUpdate {
-    /// Current stroke, 0-based.
-    pub stroke_idx: u32,
-    /// Current pose within the stroke, 0-based.
-    pub pose_idx: u32,
-    /// New left description.
-    pub description_l: Option<String>,
-    /// New right description.
-    pub description_r: Option<String>,
-    /// New left offset index.
-    pub offset_idx_l: Option<i64>,
-    /// New right offset index.
-    pub offset_idx_r: Option<i64>,
-}
-
-impl ProgressUpdate {
-    /// An update of the stroke and pose only.
-    pub fn new(stroke_idx: u32, pose_idx: u32) -> ProgressUpdate {
-        ProgressUpdate {
-            stroke_idx,
-            pose_idx,
-            ..ProgressUpdate::default()
-        }
-    }
-
-    /// Also sets both descriptions.
-    pub fn descriptions(mut self, left: impl Into<String>, right: impl Into<String>) -> ProgressUpdate {
-        self.description_l = Some(left.into());
-        self.description_r = Some(right.into());
-        self
-    }
-
-    /// Also sets both offset indices.
-    pub fn offsets(mut self, left: i64, right: i64) -> ProgressUpdate {
-        self.offset_idx_l = Some(left);
-        self.offset_idx_r = Some(right);
-        self
-    }
-
-    /// Merges this update, stamped `at` by `node_id`, into `doc` as the update script does.
-    pub(crate) fn apply_to(&self, doc: &mut StrokeProgress, at: Timestamp, node_id: &NodeId) {
-        doc.timestamp = at;
-        doc.node_id = node_id.to_string();
-        doc.stroke_idx = self.stroke_idx.into();
-        doc.pose_idx = self.pose_idx.into();
-        if let Some(text) = &self.description_l {
-            doc.stroke_description_l.clone_from(text);
-        }
-        if let Some(text) = &self.description_r {
-            doc.stroke_description_r.clone_from(text);
-        }
-        if let Some(offset) = self.offset_idx_l {
-            doc.offset_idx_l = offset;
-        }
-        if let Some(offset) = self.offset_idx_r {
-            doc.offset_idx_r = offset;
-        }
-    }
-}
 
 /// One listed item: its id, its key, and its decoded value or the reason it did not decode.
 #[derive(Debug)]
@@ -1366,36 +1304,6 @@ pub(crate) async fn scan_keys<C: redis::aio::ConnectionLike>(
     Ok(found)
 }
 
-/// The op storing `state` under its node's key.
-pub(crate) fn robot_state_op(state: &RobotState) -> Result<Op> {
-    let node_id = NodeId::new(state.node_id.as_str())?;
-    let event = Event::StateUpdate(crate::model::StateUpdateEvent {
-        node_id: state.node_id.clone(),
-        timestamp: state.timestamp,
-        is_connected_l: state.is_connected_l,
-        is_connected_r: state.is_connected_r,
-        current_pose: state.current_pose.clone(),
-        extra: Default::default(),
-    });
-    Ok(Op::RobotState {
-        key: keys::robot_state(&node_id),
-        state: encode_json("state", state)?,
-        last_updated: Timestamp::now().to_string(),
-        event: event.to_json(),
-    })
-}
-
-/// The op storing a heartbeat under its node's key.
-pub(crate) fn health_op(health: &NodeHealth) -> Result<Op> {
-    let node_id = NodeId::new(health.node_id.as_str())?;
-    Ok(Op::Health {
-        key: keys::health(&node_id),
-        node_id: node_id.to_string(),
-        health: encode_json("health", health)?,
-        heartbeat_ms: health.last_heartbeat.unix_millis(),
-    })
-}
-
 fn check_text(what: &str, text: &str) -> Result<()> {
     if text.len() > MAX_TEXT_LEN {
         return Err(Error::TooLarge {
@@ -1405,14 +1313,6 @@ fn check_text(what: &str, text: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn encode_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|source| Error::Decode {
-        key: format!("(encoding {what})"),
-        what,
-        source,
-    })
 }
 
 /// The error of a key whose id part breaks the id rules (kept short: the key may be huge).

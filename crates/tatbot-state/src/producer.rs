@@ -58,9 +58,9 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
 use crate::ids::{Category, SessionId};
-use crate::manager::{ProgressUpdate, StateManager, health_op, robot_state_op};
-use crate::model::{NodeHealth, RobotState, SessionPlan, StrokeProgress};
-use crate::ops::{Op, RunState};
+use crate::manager::StateManager;
+use crate::model::{NodeHealth, ProgressUpdate, RobotState, SessionPlan, StrokeProgress};
+use crate::ops::{Op, RunState, health_op, robot_state_op};
 use crate::scripts;
 use crate::{keys, timestamp::Timestamp};
 

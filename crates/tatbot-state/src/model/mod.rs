@@ -15,7 +15,8 @@ pub use event::{ErrorEvent, Event, ProgressUpdateEvent, SessionEndEvent, Session
 pub use health::{KnownNode, NodeHealth, is_percent};
 pub use robot::RobotState;
 pub use stroke::{
-    DEFAULT_SESSION_LEASE, HistoryCursor, HistoryEntry, MAX_SESSION_LEASE, SessionPlan, SessionState, StrokeProgress,
+    DEFAULT_SESSION_LEASE, HistoryCursor, HistoryEntry, MAX_SESSION_LEASE, ProgressUpdate, SessionPlan, SessionState,
+    StrokeProgress,
 };
 
 /// The largest stored document or event body we decode (1 MiB); anything larger is refused
