@@ -406,3 +406,22 @@ async fn issue_14_robot_cannot_list_names_outside_its_namespaces() {
         "{line}"
     );
 }
+
+/// Issue #12: the heartbeat agent of a read-only user stops at once with `PermissionDenied`
+/// (retrying cannot succeed), instead of warning every interval until it is cancelled; the MCP
+/// server's heartbeat is this agent and relies on that.
+#[tokio::test]
+async fn viewer_heartbeat_agent_stops_with_permission_denied() {
+    let (server, _dir) = server_with_roles();
+    let viewer = connect(&server, "viewer", "viewer-pw").await.unwrap();
+    let options = tatbot_state::heartbeat::HeartbeatOptions {
+        interval: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    // Never cancelled: only the refusal can end the agent.
+    let shutdown = CancellationToken::new();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), viewer.heartbeat(options, shutdown))
+        .await
+        .expect("the agent stops by itself");
+    assert!(matches!(stopped, Err(Error::PermissionDenied { .. })), "{stopped:?}");
+}
