@@ -206,7 +206,14 @@ async fn servers_wait_for_redis_and_then_serve_live_data() {
     ))
     .await
     .unwrap();
-    let session_id = robot.start_stroke_session(1000, 1, "boot").await.unwrap();
+    let session_id = robot
+        .start_stroke_session(&tatbot_state::SessionPlan {
+            total_strokes: 1000,
+            stroke_length: 1,
+            scene: "boot".into(),
+        })
+        .await
+        .unwrap();
     let session_uri = format!("state://stroke/progress/{session_id}");
     #[expect(deprecated, reason = "resources/subscribe is the model rmcp's client offers")]
     client

@@ -17,7 +17,8 @@ use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
 use serde_json::Value;
 use tatbot_state::model::NodeHealth;
 use tatbot_state::{
-    Category, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, Params, ProgressUpdate, StateManager,
+    Category, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, ProgressUpdate, SessionPlan,
+    StateManager,
 };
 use tatbot_state_testkit::RedisServer;
 use tokio::sync::mpsc;
@@ -33,7 +34,14 @@ const DEADLINE: Duration = Duration::from_secs(20);
 async fn stdio_lists_and_reads_every_resource() {
     let redis = RedisServer::start();
     let robot = manager(&redis, "hog").await;
-    let session_id = robot.start_stroke_session(3, 4, "demo").await.unwrap();
+    let session_id = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 4,
+            scene: "demo".into(),
+        })
+        .await
+        .unwrap();
     robot
         .update_stroke_progress(&session_id, &ProgressUpdate::new(1, 2).descriptions("left", "right"))
         .await
@@ -135,7 +143,14 @@ async fn stdio_lists_and_reads_every_resource() {
 async fn stdio_subscription_notifies_when_progress_advances() {
     let redis = RedisServer::start();
     let robot = manager(&redis, "hog").await;
-    let session_id = robot.start_stroke_session(3, 4, "demo").await.unwrap();
+    let session_id = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 4,
+            scene: "demo".into(),
+        })
+        .await
+        .unwrap();
     let (tx, mut updates) = mpsc::channel(256);
     let (client, pid) = stdio_client(Updates(tx), &redis, &[]).await;
     let progress_uri = format!("state://stroke/progress/{session_id}");
@@ -166,7 +181,7 @@ async fn stdio_subscription_notifies_when_progress_advances() {
 async fn stdio_reads_parameters() {
     let redis = RedisServer::start();
     let robot = manager(&redis, "hog").await;
-    let params = Params::new(&robot);
+    let params = robot.params();
     let goal = ParamName::new("arms.goal_time_slow").unwrap();
     let descriptor = Descriptor::new(2.0).description("slow move time, s").range(0.1, 5.0);
     params.declare(&goal, &descriptor).await.unwrap();
@@ -225,7 +240,7 @@ async fn stdio_reads_parameters() {
 async fn stdio_subscription_notifies_when_a_parameter_is_set() {
     let redis = RedisServer::start();
     let robot = manager(&redis, "hog").await;
-    let params = Params::new(&robot);
+    let params = robot.params();
     let goal = ParamName::new("arms.goal_time_slow").unwrap();
     params
         .declare(&goal, &Descriptor::new(2.0).range(0.1, 5.0))
@@ -339,7 +354,14 @@ async fn redis_outage_answers_unreachable_then_recovers() {
     let robot = manager(&redis, "hog").await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        robot.start_stroke_session(1, 1, "before").await.unwrap();
+        robot
+            .start_stroke_session(&SessionPlan {
+                total_strokes: 1,
+                stroke_length: 1,
+                scene: "before".into(),
+            })
+            .await
+            .unwrap();
         tokio::select! {
             uri = updates.recv() => if uri.as_deref() == Some("state://stroke/progress") { break },
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -371,7 +393,14 @@ async fn redis_outage_answers_unreachable_then_recovers() {
     // at most once, so three updates of a session subscribed after the restart must come from
     // events. Events published before the listener re-subscribed are lost: keep producing.
     let robot = manager(&redis, "hog").await;
-    let session_id = robot.start_stroke_session(100, 1, "after").await.unwrap();
+    let session_id = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 1,
+            scene: "after".into(),
+        })
+        .await
+        .unwrap();
     let session_uri = format!("state://stroke/progress/{session_id}");
     client
         .subscribe(SubscribeRequestParams::new(session_uri.as_str()))
@@ -444,7 +473,14 @@ async fn read_only_user_serves_every_resource() {
 async fn http_serves_reads_and_notifications() {
     let redis = RedisServer::start();
     let robot = manager(&redis, "hog").await;
-    let session_id = robot.start_stroke_session(2, 2, "demo").await.unwrap();
+    let session_id = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "demo".into(),
+        })
+        .await
+        .unwrap();
     let (mut running, addr) = http_server(&redis, &["--bind", "127.0.0.1:0"]);
     let (tx, mut updates) = mpsc::channel(256);
     let client = Updates(tx).serve(http_transport(addr, None)).await.unwrap();
@@ -492,8 +528,22 @@ async fn http_sessions_share_redis_and_keep_their_own_subscriptions() {
     // session's notifications go out in that order (see `updates_until`).
     let first_robot = manager(&redis, "aaa").await;
     let second_robot = manager(&redis, "zzz").await;
-    let first = first_robot.start_stroke_session(3, 4, "demo").await.unwrap();
-    let second = second_robot.start_stroke_session(3, 4, "demo").await.unwrap();
+    let first = first_robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 4,
+            scene: "demo".into(),
+        })
+        .await
+        .unwrap();
+    let second = second_robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 4,
+            scene: "demo".into(),
+        })
+        .await
+        .unwrap();
     let first_uri = format!("state://stroke/progress/{first}");
     let second_uri = format!("state://stroke/progress/{second}");
     assert!(first_uri < second_uri);
@@ -884,7 +934,14 @@ async fn failover_mcp_follows_the_new_master() {
         master_name: cluster.master_name().to_owned(),
     });
     let robot = StateManager::connect(config).await.unwrap();
-    let session_id = robot.start_stroke_session(100, 1, "ha").await.unwrap();
+    let session_id = robot
+        .start_stroke_session(&tatbot_state::SessionPlan {
+            total_strokes: 100,
+            stroke_length: 1,
+            scene: "ha".into(),
+        })
+        .await
+        .unwrap();
     robot
         .update_stroke_progress(&session_id, &ProgressUpdate::new(2, 0))
         .await

@@ -229,7 +229,7 @@ fn replay_at_rate_10_shows_the_same_progress_to_a_follower() {
             tatbot_state::NodeId::new("watcher").unwrap(),
         );
         let manager = tatbot_state::StateManager::connect(config).await.unwrap();
-        let mut follower = tatbot_state::follow::follow(&manager, tatbot_state::Scope::All, None);
+        let mut follower = manager.follow(tatbot_state::Scope::All, None);
         // The first item is the (empty) snapshot: the follower is reading before the replay.
         assert!(matches!(
             follower.next().await,

@@ -1,6 +1,6 @@
 //! `server start | stop | status` on real redis-server processes in temp dirs.
 
-use tatbot_state::{Endpoint, ManagerConfig, NodeId, ProgressUpdate, SessionId, StateManager};
+use tatbot_state::{Endpoint, ManagerConfig, NodeId, ProgressUpdate, SessionId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
 use crate::util::{ServerDir, assert_code, bin, is_alive, json, run, stderr, stdout};
@@ -51,7 +51,11 @@ fn start_status_stop_restart_keeps_data() {
     let session_id: SessionId = block_on(async {
         let manager = manager(port).await;
         let session_id = manager
-            .start_stroke_session(2, 3, "persisted")
+            .start_stroke_session(&SessionPlan {
+                total_strokes: 2,
+                stroke_length: 3,
+                scene: "persisted".into(),
+            })
             .await
             .expect("start a session");
         manager

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use tatbot_state::{Endpoint, ManagerConfig, NodeId, ProgressUpdate, StateManager};
+use tatbot_state::{Endpoint, HistoryCursor, ManagerConfig, NodeId, ProgressUpdate, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
 use crate::util::{assert_code, bin_for, run};
@@ -327,7 +327,14 @@ fn robot_session(config: ManagerConfig, sent: &AtomicU32) -> (String, Vec<String
         .unwrap();
     runtime.block_on(async move {
         let state = StateManager::connect(config).await.unwrap();
-        let session = state.start_stroke_session(3, 10, "outage").await.unwrap();
+        let session = state
+            .start_stroke_session(&SessionPlan {
+                total_strokes: 3,
+                stroke_length: 10,
+                scene: "outage".into(),
+            })
+            .await
+            .unwrap();
         for step in 0..30u32 {
             let update = ProgressUpdate::new(step / 10, step % 10)
                 .descriptions(format!("left {step}"), format!("right {step}"))
@@ -347,11 +354,11 @@ fn robot_session(config: ManagerConfig, sent: &AtomicU32) -> (String, Vec<String
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let ids = state
-            .get_history(&session, None, 1000)
+            .get_history(&session, &HistoryCursor::Start, 1000)
             .await
             .unwrap()
             .into_iter()
-            .map(|entry| entry.id)
+            .map(|entry| entry.id.to_string())
             .collect();
         (session.to_string(), ids)
     })

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use tatbot_state::heartbeat::{self, HeartbeatOptions, MetricsSampler};
-use tatbot_state::{Error, StateManager};
+use tatbot_state::StateManager;
+use tatbot_state::heartbeat::HeartbeatOptions;
 use tokio_util::sync::CancellationToken;
 
 /// Sends a heartbeat at once and then every `interval` until `shutdown` fires, with
@@ -28,36 +28,9 @@ pub async fn run_heartbeat(
         mcp_port,
         ..HeartbeatOptions::default()
     };
-    let mut sampler = MetricsSampler::new(&options.disk_path);
-    let mut ticker = tokio::time::interval(options.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        match heartbeat::beat(&manager, &mut sampler, &options).await {
-            Ok(health) => {
-                failing = false;
-                tracing::debug!(node_id = %health.node_id, "heartbeat sent");
-            }
-            Err(err @ Error::PermissionDenied { .. }) => {
-                tracing::warn!(error = %err, "the Redis user may not write, so this node sends no heartbeat (pass --no-heartbeat to say so)");
-                return;
-            }
-            // One warning per run of failures: while Redis is down (or not up yet) the wait for
-            // it is logged already, and a line every interval would bury it.
-            Err(err) if failing => tracing::debug!(error = %err, "heartbeat still failing"),
-            Err(err) => {
-                failing = true;
-                tracing::warn!(error = %err, "heartbeat failed; retrying every interval");
-            }
-        }
-    }
-    // Stopped on purpose: the node goes offline at once rather than after the TTL.
-    match tokio::time::timeout(Duration::from_secs(2), manager.remove_node_health()).await {
-        Ok(Ok(())) => tracing::info!(node_id = %manager.node_id(), "heartbeat stopped; node marked offline"),
-        _ => tracing::info!(node_id = %manager.node_id(), "heartbeat stopped; it expires by TTL"),
+    // The library's agent: it stops by itself on a permission error, and marks the node
+    // offline when stopped on purpose.
+    if let Err(err) = manager.heartbeat(options, shutdown).await {
+        tracing::warn!(error = %err, "the Redis user may not write, so this node sends no heartbeat (pass --no-heartbeat to say so)");
     }
 }

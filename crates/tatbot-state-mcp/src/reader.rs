@@ -14,7 +14,8 @@
 use tatbot_state::model::{ErrorEvent, NodeHealth, RobotState, StrokeProgress};
 use tatbot_state::params::{Prefix, Watch};
 use tatbot_state::{
-    Entry, NodeId, Param, ParamName, Params, Result, SessionId, SessionInfo, StateManager, Subscription, SystemStatus,
+    Entry, KnownNode, NodeId, Param, ParamName, Result, SessionId, SessionInfo, StateManager, Subscription,
+    SystemStatus,
 };
 
 /// A [`StateManager`] restricted to reads and subscriptions.
@@ -81,7 +82,7 @@ impl Reader {
     }
 
     /// See [`StateManager::known_nodes`].
-    pub async fn known_nodes(&self) -> Result<Vec<(String, i64)>> {
+    pub async fn known_nodes(&self) -> Result<Vec<KnownNode>> {
         self.manager.known_nodes().await
     }
 
@@ -92,17 +93,17 @@ impl Reader {
 
     /// See [`Params::list_entries`]: a corrupt parameter is reported in its entry.
     pub async fn list_params(&self, prefix: &Prefix) -> Result<Vec<Entry<Param>>> {
-        Params::new(&self.manager).list_entries(prefix).await
+        self.manager.params().list_entries(prefix).await
     }
 
     /// See [`Params::get`].
     pub async fn get_param(&self, name: &ParamName) -> Result<Option<Param>> {
-        Params::new(&self.manager).get(name).await
+        self.manager.params().get(name).await
     }
 
     /// See [`Params::watch`].
     pub async fn watch_params(&self, prefix: &Prefix) -> Result<Watch> {
-        Params::new(&self.manager).watch(prefix).await
+        self.manager.params().watch(prefix).await
     }
 
     /// See [`StateManager::subscribe`].

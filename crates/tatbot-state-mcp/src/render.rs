@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tatbot_state::model::{ErrorEvent, NodeHealth, RobotState, SessionState, StrokeProgress};
-use tatbot_state::{Entry, NodeId, Param, ParamType, SessionId, SystemStatus};
+use tatbot_state::{Entry, KnownNode, NodeId, Param, ParamType, SessionId, SystemStatus};
 
 /// How many sessions `state://sessions` lists, newest first.
 pub const MAX_LISTED_SESSIONS: usize = 50;
@@ -297,8 +297,11 @@ fn mcp_state(health: &NodeHealth) -> String {
 /// `state://nodes`: live heartbeats plus the nodes of the registry whose heartbeat expired.
 ///
 /// `known` is the registry: node ids with the time of their last heartbeat (Unix ms).
-pub fn nodes(live: Vec<Entry<NodeHealth>>, known: Vec<(String, i64)>) -> Rendered {
-    let mut last_seen: BTreeMap<String, Option<i64>> = known.into_iter().map(|(node, ms)| (node, Some(ms))).collect();
+pub fn nodes(live: Vec<Entry<NodeHealth>>, known: Vec<KnownNode>) -> Rendered {
+    let mut last_seen: BTreeMap<String, Option<i64>> = known
+        .into_iter()
+        .map(|node| (node.node_id, Some(node.last_heartbeat_ms)))
+        .collect();
     let (live, corrupt): (Vec<_>, Vec<_>) = live.into_iter().partition(|entry| entry.value.is_ok());
     let live: BTreeMap<String, NodeHealth> = live
         .into_iter()

@@ -8,6 +8,7 @@
 //! is [`UriError::Unknown`]; one whose parameter is invalid is [`UriError::InvalidId`], which
 //! carries the library's explanation.
 
+use percent_encoding::percent_decode_str;
 use tatbot_state::{NodeId, ParamName, SessionId};
 
 /// The system summary.
@@ -189,32 +190,7 @@ pub fn parse(uri: &str) -> Result<Resource, UriError> {
 ///
 /// Bytes that do not form UTF-8 become U+FFFD, which the id validation then rejects.
 fn percent_decode(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut byte_idx = 0;
-    while byte_idx < bytes.len() {
-        let escaped = match bytes.get(byte_idx..byte_idx + 3) {
-            Some([b'%', high, low]) => hex_value(*high).zip(hex_value(*low)),
-            _ => None,
-        };
-        match escaped {
-            Some((high, low)) => {
-                decoded.push(high << 4 | low);
-                byte_idx += 3;
-            }
-            None => {
-                decoded.push(bytes[byte_idx]);
-                byte_idx += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    char::from(digit)
-        .to_digit(16)
-        .and_then(|value| u8::try_from(value).ok())
+    percent_decode_str(raw).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -312,5 +288,7 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%4"), "%4");
         assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("stroke%5Fhog%2D1"), "stroke_hog-1");
+        assert_eq!(percent_decode("%C3%A9%FF"), "é\u{FFFD}");
     }
 }

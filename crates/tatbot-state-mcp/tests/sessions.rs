@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use serde_json::{Value, json};
-use tatbot_state::{CancellationToken, ProgressUpdate};
+use tatbot_state::{CancellationToken, ProgressUpdate, SessionPlan};
 use tatbot_state_mcp::{ConfigDescription, HttpOptions, serve_http};
 use tatbot_state_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -27,7 +27,14 @@ pub(crate) const PROTOCOL: &str = "2025-11-25";
 async fn session_streams_and_delete() {
     let redis = RedisServer::start();
     let robot = manager(&redis, "hog").await;
-    let stroke_session = robot.start_stroke_session(2, 2, "demo").await.unwrap();
+    let stroke_session = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "demo".into(),
+        })
+        .await
+        .unwrap();
     let (addr, _stop) = serve(&redis).await;
 
     let initialize = json!({

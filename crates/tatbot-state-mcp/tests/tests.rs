@@ -19,7 +19,7 @@ use rmcp::service::{NotificationContext, RunningService};
 use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
 use tatbot_state::model::NodeHealth;
 use tatbot_state::{
-    CancellationToken, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, Params, ProgressUpdate,
+    CancellationToken, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, ProgressUpdate, SessionPlan,
     StateManager,
 };
 use tatbot_state_mcp::{ConfigDescription, serve_io};
@@ -92,7 +92,14 @@ async fn read_text<S: rmcp::Service<RoleClient>>(client: &RunningService<RoleCli
 async fn listen_model_notifies_progress() {
     let redis = RedisServer::start();
     let robot = manager(&redis, "hog").await;
-    let session_id = robot.start_stroke_session(3, 4, "demo").await.unwrap();
+    let session_id = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 4,
+            scene: "demo".into(),
+        })
+        .await
+        .unwrap();
     let (pipe, _stop) = serve(&redis).await;
     let client = ()
         .serve_with_lifecycle(
@@ -140,7 +147,7 @@ async fn listen_model_notifies_progress() {
 async fn listen_model_notifies_param_changes() {
     let redis = RedisServer::start();
     let robot = manager(&redis, "hog").await;
-    let params = Params::new(&robot);
+    let params = robot.params();
     let goal = ParamName::new("arms.goal_time_slow").unwrap();
     params.declare(&goal, &Descriptor::new(2.0)).await.unwrap();
     let (pipe, _stop) = serve(&redis).await;
@@ -230,7 +237,7 @@ async fn heartbeat_changes_are_notified() {
 async fn params_resource_reports_a_corrupt_parameter() {
     let redis = RedisServer::start();
     let node = manager(&redis, "hog").await;
-    let params = Params::new(&node);
+    let params = node.params();
     for name in ["arms.goal_time_slow", "arms.goal_time_fast"] {
         let name = ParamName::new(name).unwrap();
         params

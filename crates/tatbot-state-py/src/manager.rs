@@ -11,12 +11,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use serde_json::{Map, Value, json};
 use tatbot_state::config::ConfigInputs;
-use tatbot_state::heartbeat::{self, HeartbeatOptions, MetricsSampler};
+use tatbot_state::heartbeat::{HeartbeatOptions, MetricsSampler};
 use tatbot_state::model::{Event, NodeHealth, RobotState};
 use tatbot_state::params::{CasOutcome, Prefix};
 use tatbot_state::{
-    Category, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, Params, ProgressUpdate, SessionId,
-    StateManager,
+    Category, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, ProgressUpdate, SessionId,
+    SessionPlan, StateManager,
 };
 
 use crate::streams::{Follower, Subscription};
@@ -195,7 +195,11 @@ impl Manager {
         let state = self.state.clone();
         Ok(Call::new(async move {
             let session_id = state
-                .start_stroke_session(total_strokes, stroke_length, &scene_name)
+                .start_stroke_session(&SessionPlan {
+                    total_strokes,
+                    stroke_length,
+                    scene: scene_name,
+                })
                 .await
                 .map_err(py_error)?;
             Ok(Reply::Text(session_id.to_string()))
@@ -304,7 +308,7 @@ impl Manager {
                     let options = HeartbeatOptions::default();
                     let mut sampler = sampler.lock().await;
                     let sampler = sampler.get_or_insert_with(|| MetricsSampler::new(&options.disk_path));
-                    heartbeat::beat(&state, sampler, &options).await.map_err(py_error)?;
+                    state.send_heartbeat(sampler, &options).await.map_err(py_error)?;
                 }
             }
             Ok(Reply::None)
@@ -441,7 +445,7 @@ impl Manager {
         if raw.get("read_only").and_then(Value::as_bool) == Some(true) {
             descriptor = descriptor.read_only();
         }
-        let params = Params::new(&self.state);
+        let params = self.state.params();
         Ok(Call::new(async move {
             let param = params.declare(&name, &descriptor).await.map_err(py_error)?;
             Ok(Reply::Text(to_json(&param)?))
@@ -451,7 +455,7 @@ impl Manager {
     /// The Param JSON of `name`, or `None` when it is not declared.
     fn param_get(&self, name: &str) -> PyResult<Call> {
         let name = param_name(name)?;
-        let params = Params::new(&self.state);
+        let params = self.state.params();
         Ok(Call::new(async move {
             let param = params.get(&name).await.map_err(py_error)?;
             Ok(Reply::MaybeText(param.as_ref().map(to_json).transpose()?))
@@ -468,7 +472,7 @@ impl Manager {
                 "{name}: value must be a bool, int, float, str or a list of one of them"
             ))
         })?;
-        let params = Params::new(&self.state);
+        let params = self.state.params();
         Ok(Call::new(async move {
             let param = match if_version {
                 None => params.set(&name, &value).await.map_err(py_error)?,
@@ -488,7 +492,7 @@ impl Manager {
     /// `{"params": [Param], "corrupt": [{"key", "error"}]}` as JSON, under `prefix` ("" for all).
     fn param_list(&self, prefix: &str) -> PyResult<Call> {
         let prefix = self::prefix(prefix)?;
-        let params = Params::new(&self.state);
+        let params = self.state.params();
         Ok(Call::new(async move {
             let entries = params.list_entries(&prefix).await.map_err(py_error)?;
             let mut listed = Vec::new();
@@ -506,7 +510,7 @@ impl Manager {
     /// The parameters under `prefix` as a YAML tree.
     fn param_dump(&self, prefix: &str) -> PyResult<Call> {
         let prefix = self::prefix(prefix)?;
-        let params = Params::new(&self.state);
+        let params = self.state.params();
         Ok(Call::new(async move {
             Ok(Reply::Text(params.dump(&prefix).await.map_err(py_error)?))
         }))
@@ -516,7 +520,7 @@ impl Manager {
     /// `skipped`, `errors`). A plan with errors applied nothing.
     fn param_load(&self, text: String, prefix: &str) -> PyResult<Call> {
         let prefix = self::prefix(prefix)?;
-        let params = Params::new(&self.state);
+        let params = self.state.params();
         Ok(Call::new(async move {
             let plan = params.load(&text, &prefix).await.map_err(py_error)?;
             Ok(Reply::Text(to_json(&plan)?))

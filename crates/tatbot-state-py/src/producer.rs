@@ -106,7 +106,11 @@ impl Producer {
         let session_id = py.detach(|| {
             guard(|| {
                 runtime()
-                    .block_on(producer.start_stroke_session(total_strokes, stroke_length, &scene_name))
+                    .block_on(producer.start_stroke_session(&tatbot_state::SessionPlan {
+                        total_strokes,
+                        stroke_length,
+                        scene: scene_name,
+                    }))
                     .map_err(py_error)
             })
         })?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use serde_json::json;
-use tatbot_state::follow::{self, Scope};
+use tatbot_state::follow::Scope;
 use tatbot_state::{CancellationToken, Cursor, FollowItem, SessionId, StateManager};
 use tokio::sync::Mutex;
 
@@ -106,7 +106,7 @@ impl Follower {
         let resume = cursor.map(str::parse::<Cursor>).transpose().map_err(py_error)?;
         // The follower's task is spawned on the shared runtime, which needs its context here.
         let _entered = runtime().enter();
-        let follower = follow::follow(state, scope, resume);
+        let follower = state.follow(scope, resume);
         Ok(Follower {
             follower: Arc::new(Mutex::new(follower)),
             closed: CancellationToken::new(),

@@ -5,6 +5,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
 /// The name Redis gives the AOF; with Redis 7 it is the prefix of the files inside
 /// [`AOF_DIR_NAME`] (the multi-part AOF: a base file, incremental files and a manifest).
 pub(crate) const AOF_FILE_NAME: &str = "appendonly.aof";
@@ -117,16 +119,11 @@ pub(crate) fn quote(raw: &[u8]) -> Vec<u8> {
 /// but guarantees that `@`, `:`, `/`, `%` and friends in a password can never change how
 /// the URL is parsed.
 pub(crate) fn percent_encode(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for &b in raw.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(raw, USERINFO_KEEPS).to_string()
 }
+
+/// RFC 3986 unreserved characters: the only ones [`percent_encode`] keeps as they are.
+const USERINFO_KEEPS: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 #[cfg(test)]
 mod tests {

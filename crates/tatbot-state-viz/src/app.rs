@@ -27,8 +27,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
-use tatbot_state::Snapshot;
-use tatbot_state::follow::{self, Scope};
+use tatbot_state::follow::Scope;
+use tatbot_state::{HistoryCursor, Snapshot};
 
 use crate::{REQUEST_TIMEOUT, VizState, params, sse};
 
@@ -124,7 +124,9 @@ fn corrupt_where(snapshot: &Snapshot, wanted: impl Fn(&str) -> bool) -> Vec<&tat
 
 async fn with_snapshot(state: VizState, shape: impl FnOnce(Snapshot) -> Value) -> Response {
     bounded(async move {
-        let snapshot = follow::snapshot(&state.manager, &Scope::All, &state.follow_config)
+        let snapshot = state
+            .manager
+            .snapshot(&Scope::All, &state.follow_config)
             .await
             .map_err(|err| err.report().to_string())?;
         Ok(shape(snapshot))
@@ -163,16 +165,18 @@ async fn timeline(State(state): State<VizState>, Path(id): Path<String>) -> Resp
             .await
             .map_err(|err| err.to_string())?;
         let mut entries = Vec::new();
-        let mut after: Option<String> = None;
+        let mut after = HistoryCursor::Start;
         while entries.len() < TIMELINE_ENTRIES {
             let page = manager
-                .get_history(&session_id, after.as_deref(), TIMELINE_PAGE)
+                .get_history(&session_id, &after, TIMELINE_PAGE)
                 .await
                 .map_err(|err| err.to_string())?;
             let full = page.len() == TIMELINE_PAGE;
-            after = page.last().map(|entry| entry.id.clone());
+            if let Some(last) = page.last() {
+                after = HistoryCursor::After(last.id);
+            }
             entries.extend(page.into_iter().map(|entry| {
-                let ms = entry.id.split_once('-').and_then(|(ms, _)| ms.parse::<u64>().ok());
+                let ms = entry.id.ms;
                 json!({
                     "id": entry.id, "t_ms": ms, "stroke_idx": entry.stroke_idx, "pose_idx": entry.pose_idx,
                     "description_l": entry.description_l, "description_r": entry.description_r,
@@ -185,7 +189,8 @@ async fn timeline(State(state): State<VizState>, Path(id): Path<String>) -> Resp
         if progress.is_none() && entries.is_empty() {
             return Ok::<_, String>(None);
         }
-        let snapshot = follow::snapshot(manager, &Scope::All, &state.follow_config)
+        let snapshot = manager
+            .snapshot(&Scope::All, &state.follow_config)
             .await
             .map_err(|err| err.to_string())?;
         let events: Vec<Value> = snapshot

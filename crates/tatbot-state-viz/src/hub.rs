@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use serde_json::Value;
-use tatbot_state::follow::{self, EntryId, FollowConfig, FollowItem, Scope};
+use tatbot_state::follow::{EntryId, FollowConfig, FollowItem, Scope};
 use tatbot_state::{Cursor, Snapshot, StateManager};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -431,7 +431,7 @@ async fn announce_stale(manager: StateManager, shutdown: CancellationToken) {
 /// take [`REQUEST_TIMEOUT`], and every page waits on this task.
 #[tracing::instrument(name = "viz_hub", skip_all)]
 async fn run(hub: Arc<Hub>, manager: StateManager, config: FollowConfig, shutdown: CancellationToken) {
-    let mut follower = follow::follow_with(&manager, Scope::All, None, config, &shutdown);
+    let mut follower = manager.follow_with(Scope::All, None, config, &shutdown);
     let params_feed = ParamsFeed::start(&manager, &shutdown);
     let mut params_stale = false;
     let mut params_read: Option<ParamsRead> = None;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tatbot_state::params::Prefix;
-use tatbot_state::{CorruptEntry, Params, StateManager};
+use tatbot_state::{CorruptEntry, StateManager};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -33,7 +33,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 ///
 /// The library's error as text: Redis unreachable.
 pub(crate) async fn list(manager: &StateManager) -> Result<Value, String> {
-    let entries = Params::new(manager)
+    let entries = manager
+        .params()
         .list_entries(&Prefix::all())
         .await
         .map_err(|err| err.report().to_string())?;
@@ -86,7 +87,7 @@ impl ParamsFeed {
 /// connection error this only waits and reads on. Other errors (the log was trimmed past the
 /// watch, an entry does not decode) may hide a change, so they wake the hub too.
 async fn watch(manager: StateManager, changed: Arc<Notify>, stop: CancellationToken) {
-    let params = Params::new(&manager);
+    let params = manager.params();
     let all = Prefix::all();
     let mut backoff = MIN_BACKOFF;
     let mut watch = loop {

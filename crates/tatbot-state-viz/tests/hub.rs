@@ -2,7 +2,7 @@
 //! snapshots for cursors it cannot resume from and for clients that fall behind.
 
 use tatbot_state::follow::EntryId;
-use tatbot_state::{Cursor, ProgressUpdate, SessionId};
+use tatbot_state::{Cursor, ProgressUpdate, SessionId, SessionPlan};
 use tatbot_state_testkit::RedisServer;
 
 use crate::http::{SseEvent, SseStream};
@@ -14,7 +14,14 @@ use crate::server::{dashboard, manager, next_follow, next_named, serve, viz_stat
 async fn many_streams_share_one_follower() {
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let session = state.start_stroke_session(1, 4, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 4,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let dashboard = dashboard(&state).await;
     let before = redis_clients(&server);
 
@@ -51,7 +58,14 @@ async fn many_streams_share_one_follower() {
 async fn resume_inside_the_ring_gets_exactly_the_missed_items() {
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let session = state.start_stroke_session(1, 10, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 10,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let dashboard = dashboard(&state).await;
     let mut stayed = SseStream::open(dashboard.addr, None).await;
     assert_eq!(next_follow(&mut stayed).await.unwrap().event, "snapshot");
@@ -109,7 +123,14 @@ async fn resume_inside_the_ring_gets_exactly_the_missed_items() {
 async fn unknown_cursor_gets_a_snapshot() {
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let session = state.start_stroke_session(1, 10, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 10,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let earlier = dashboard(&state).await;
     let mut stream = SseStream::open(earlier.addr, None).await;
     assert_eq!(next_follow(&mut stream).await.unwrap().event, "snapshot");
@@ -150,7 +171,14 @@ async fn lagging_client_gets_resync_and_snapshot() {
     const ENTRIES: u32 = 160;
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let session = state.start_stroke_session(1, ENTRIES + 1, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: ENTRIES + 1,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let dashboard = serve(viz_state(&state).with_stream_ring(8)).await;
     let mut slow = SseStream::open_with(dashboard.addr, "/api/stream", None, Some(4096)).await;
     assert_eq!(next_follow(&mut slow).await.unwrap().event, "snapshot");
@@ -230,7 +258,14 @@ async fn snapshot_then_live_has_no_gap_or_duplicate() {
     const CLIENTS: u32 = 10;
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let session = state.start_stroke_session(1, WRITES, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: WRITES,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let dashboard = dashboard(&state).await;
 
     // The producer asks for a new client every WRITES / CLIENTS writes and carries on at once,
@@ -245,7 +280,7 @@ async fn snapshot_then_live_has_no_gap_or_duplicate() {
                     .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
                     .await
                     .unwrap();
-                written.push(id.parse::<EntryId>().unwrap());
+                written.push(id);
                 if pose % (WRITES / CLIENTS) == 0 {
                     open_tx.try_send(()).unwrap();
                 }
@@ -287,7 +322,14 @@ async fn redis_outage_reaches_every_stream() {
         .config("appendfsync", "always")
         .start();
     let state = manager(&server).await;
-    let session = state.start_stroke_session(1, 4, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 4,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let dashboard = dashboard(&state).await;
     let mut before = SseStream::open(dashboard.addr, None).await;
     opened(&mut before).await;

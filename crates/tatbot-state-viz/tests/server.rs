@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tatbot_state::follow::FollowConfig;
 use tatbot_state::{
-    CancellationToken, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, Params, ProgressUpdate,
+    CancellationToken, Descriptor, Endpoint, ManagerConfig, NodeId, ParamName, ParamValue, ProgressUpdate, SessionPlan,
     StateManager,
 };
 use tatbot_state_testkit::RedisServer;
@@ -91,7 +91,14 @@ pub async fn next_named(stream: &mut SseStream, name: &str) -> SseEvent {
 async fn stream_resumes_from_last_event_id() {
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let session = state.start_stroke_session(1, 6, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 6,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let dashboard = dashboard(&state).await;
 
     let mut stream = SseStream::open(dashboard.addr, None).await;
@@ -141,7 +148,14 @@ async fn stream_resumes_from_last_event_id() {
 async fn page_and_json_api_are_read_only() {
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let session = state.start_stroke_session(2, 2, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let category = tatbot_state::Category::new("hardware").unwrap();
     state
         .report_error(&category, "arm fault", serde_json::json!({}))
@@ -192,7 +206,7 @@ async fn page_and_json_api_are_read_only() {
 async fn params_api_and_stream_events() {
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let params = Params::new(&state);
+    let params = state.params();
     let goal = ParamName::new("arms.goal_time_slow").unwrap();
     let descriptor = Descriptor::new(2.0).description("slow move time, s").range(0.1, 5.0);
     params.declare(&goal, &descriptor).await.unwrap();
@@ -275,7 +289,7 @@ async fn json_api_reports_redis_down() {
 async fn hostile_data_is_reported_not_served() {
     let server = RedisServer::start();
     let state = manager(&server).await;
-    let params = Params::new(&state);
+    let params = state.params();
     for name in ["a.x", "a.y"] {
         let name = ParamName::new(name).unwrap();
         params
@@ -283,7 +297,14 @@ async fn hostile_data_is_reported_not_served() {
             .await
             .unwrap();
     }
-    let session = state.start_stroke_session(2, 5, "good").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 5,
+            scene: "good".into(),
+        })
+        .await
+        .unwrap();
     let pad = "x".repeat(tatbot_state::model::MAX_DOCUMENT_BYTES + 1);
     let huge_progress = format!(r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"n","pad":"{pad}"}}"#);
     let huge_health = format!(
@@ -368,7 +389,14 @@ async fn dashboard_announces_a_stale_session() {
     let mut short = ManagerConfig::new(Endpoint::new(server.host(), server.port()), NodeId::new("ook").unwrap());
     short.session_lease = Duration::from_secs(1);
     let owner = StateManager::connect(short).await.unwrap();
-    let session = owner.start_stroke_session(2, 2, "s").await.unwrap();
+    let session = owner
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     drop(owner);
     let stale = tokio::time::timeout(LIMIT, async {
         loop {

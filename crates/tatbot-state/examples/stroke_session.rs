@@ -7,7 +7,7 @@
 //! REDIS_PORT=6390 cargo run -p tatbot-state --example stroke_session
 //! ```
 
-use tatbot_state::{ProgressUpdate, StateManager};
+use tatbot_state::{ProgressUpdate, SessionPlan, StateManager};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,7 +15,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let state = StateManager::connect_default(&node_id).await?;
     println!("redis: {}", state.config().endpoint);
 
-    let session = state.start_stroke_session(100, 50, "default").await?;
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "default".into(),
+        })
+        .await?;
     println!("started {session}");
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(5, 25))

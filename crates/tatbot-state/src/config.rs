@@ -30,9 +30,12 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_yaml_ng::Value;
 
 pub use self::ha::{SentinelInputs, SentinelSettings, resolve_sentinel};
+
+use crate::redacted::Redacted;
 
 /// Host used when no source names one.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -222,7 +225,7 @@ impl fmt::Debug for ConfigInputs {
             .field("env_file", &self.env_file)
             .field("host", &self.host)
             .field("port", &self.port)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &Redacted(&self.password))
             .field("username", &self.username)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("cwd", &self.cwd)
@@ -423,7 +426,7 @@ impl fmt::Debug for RedisTarget {
     /// Like a derived `Debug`, but the password value is redacted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let password = Sourced {
-            value: self.password.value.as_ref().map(|_| "<redacted>"),
+            value: Redacted(&self.password.value),
             source: self.password.source.clone(),
         };
         f.debug_struct("RedisTarget")
@@ -1421,39 +1424,32 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// RFC 3986 unreserved characters are the only ones a URL's userinfo keeps as they are.
+const USERINFO_KEEPS: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Decodes `%XX` escapes; unlike a browser, a `%` without two hex digits after it is an error,
+/// since a password with a stray `%` was most likely not encoded at all.
 fn percent_decode(text: &str) -> Result<String, &'static str> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("bad percent-encoding")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let malformed = bytes.iter().enumerate().any(|(byte_idx, &byte)| {
+        byte == b'%'
+            && !bytes
+                .get(byte_idx + 1..byte_idx + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err("bad percent-encoding");
     }
-    String::from_utf8(out).map_err(|_| "percent-encoding that is not UTF-8")
+    percent_decode_str(text)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| "percent-encoding that is not UTF-8")
 }
 
 /// Percent-encodes everything except RFC 3986 unreserved characters, which is
 /// always safe inside the userinfo of a URL.
 fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(text, USERINFO_KEEPS).to_string()
 }
 
 /// Wraps IPv6 literals in brackets for use before `:port`.
@@ -1922,6 +1918,26 @@ mod tests {
         assert_eq!(t.username.value.as_deref(), Some("alice"));
         assert_eq!(t.password.value.as_deref(), Some("s@cret"));
         assert_eq!(t.redis_url(), "redis://alice:s%40cret@10.0.0.2:7002/");
+    }
+
+    /// The percent-encoding crate keeps the hand-written encoder's exact output (issue #12):
+    /// only RFC 3986 unreserved characters stay, hex is upper case, UTF-8 is encoded by bytes;
+    /// decoding still refuses a stray `%` and non-UTF-8 instead of guessing.
+    #[test]
+    fn percent_encoding_outputs() {
+        assert_eq!(percent_encode("abc-._~XYZ09"), "abc-._~XYZ09");
+        assert_eq!(
+            percent_encode("p@ss:w/rd% ?#[]!"),
+            "p%40ss%3Aw%2Frd%25%20%3F%23%5B%5D%21"
+        );
+        assert_eq!(percent_encode("é\u{1F512}"), "%C3%A9%F0%9F%94%92");
+        for text in ["abc-._~XYZ09", "p@ss:w/rd% ?#[]!", "é\u{1F512}", ""] {
+            assert_eq!(percent_decode(&percent_encode(text)).as_deref(), Ok(text));
+        }
+        assert_eq!(percent_decode("s%40cret%2f"), Ok("s@cret/".to_owned()));
+        assert_eq!(percent_decode("100%"), Err("bad percent-encoding"));
+        assert_eq!(percent_decode("%4g"), Err("bad percent-encoding"));
+        assert_eq!(percent_decode("%FF"), Err("percent-encoding that is not UTF-8"));
     }
 
     /// A URL names a whole target: its missing port is 6379 and lower-layer passwords do not leak through.

@@ -13,6 +13,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
 
 use crate::error::{Error, Result};
 use crate::ids::NodeId;
+use crate::redacted::Redacted;
 
 /// Default Redis port.
 pub const DEFAULT_PORT: u16 = 6379;
@@ -102,7 +103,7 @@ impl fmt::Debug for Endpoint {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &Redacted(&self.password))
             .finish()
     }
 }

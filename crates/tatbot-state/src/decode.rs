@@ -15,6 +15,7 @@ use redis::Value as RedisValue;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::ids::EntryId;
 use crate::model::{HistoryEntry, MAX_DOCUMENT_BYTES};
 
 /// How much of a bad value an error message quotes, in characters.
@@ -98,13 +99,16 @@ pub(crate) fn history_entry(key: &str, id: &str, field: impl Fn(&str) -> Option<
         raw.parse()
             .map_err(|_| corrupt(format!("field {name:?} is {:?}, not an integer", preview(&raw))))
     };
+    let entry_id = id
+        .parse::<EntryId>()
+        .map_err(|_| corrupt("the entry id is not <ms>-<seq>".to_owned()))?;
     Ok(HistoryEntry {
         stroke_idx: number("stroke_idx")?,
         pose_idx: number("pose_idx")?,
         description_l: text("description_l")?,
         description_r: text("description_r")?,
         node_id: text("node_id")?,
-        id: id.to_owned(),
+        id: entry_id,
     })
 }
 

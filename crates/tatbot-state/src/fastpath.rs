@@ -22,9 +22,8 @@
 use std::collections::HashMap;
 
 use crate::ids::{NodeId, SessionId};
-use crate::manager::ProgressUpdate;
-use crate::model::StrokeProgress;
-use crate::ops::json_string;
+use crate::model::{ProgressUpdate, StrokeProgress};
+use crate::pyjson::json_string;
 use crate::timestamp::Timestamp;
 
 /// Sessions a cache remembers; past it, the cache starts over (a robot runs one at a time).

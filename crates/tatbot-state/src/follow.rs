@@ -71,7 +71,8 @@ use crate::keys;
 use crate::manager::{CorruptEntry, StateManager};
 use crate::model::{HistoryEntry, NodeHealth, RobotState, StrokeProgress, event_types};
 
-pub use cursor::{Cursor, EntryId};
+pub use crate::ids::EntryId;
+pub use cursor::Cursor;
 
 /// Items a follower's task may send before it waits for the consumer.
 pub const FOLLOW_BUFFER: usize = 256;
@@ -395,63 +396,59 @@ impl Follower {
     }
 }
 
-/// Follows `scope` with the default [`FollowConfig`]; see [`follow_with`].
-///
-/// # Panics
-///
-/// Outside a tokio runtime.
-pub fn follow(manager: &StateManager, scope: Scope, resume: Option<Cursor>) -> Follower {
-    follow_with(
-        manager,
-        scope,
-        resume,
-        FollowConfig::default(),
-        &CancellationToken::new(),
-    )
-}
-
-/// Follows `scope`: from `resume` when given (replaying what came after it, or a resync and a
-/// snapshot when that is gone), else from a fresh snapshot.
-///
-/// The follower runs on a task of its own with two connections of its own; it stops when
-/// the [`Follower`] is dropped or `shutdown` is cancelled.
-///
-/// # Panics
-///
-/// Outside a tokio runtime.
-pub fn follow_with(
-    manager: &StateManager,
-    scope: Scope,
-    resume: Option<Cursor>,
-    config: FollowConfig,
-    shutdown: &CancellationToken,
-) -> Follower {
-    let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);
-    let token = shutdown.child_token();
-    let task = task::FollowTask::new(manager, scope, config, tx);
-    let stop = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = stop.cancelled() => {}
-            () = task.run(resume) => {}
-        }
-    });
-    Follower {
-        rx,
-        _stop: token.drop_guard(),
+impl StateManager {
+    /// Follows `scope` with the default [`FollowConfig`]; see [`StateManager::follow_with`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn follow(&self, scope: Scope, resume: Option<Cursor>) -> Follower {
+        self.follow_with(scope, resume, FollowConfig::default(), &CancellationToken::new())
     }
-}
 
-/// Takes one consistent snapshot of `scope`, as a follower's first item.
-///
-/// Opens a connection of its own for the call.
-///
-/// # Errors
-///
-/// Redis could not be reached or failed.
-pub async fn snapshot(manager: &StateManager, scope: &Scope, config: &FollowConfig) -> Result<Snapshot> {
-    let connections = io::Connections::open(manager.config(), manager.locator(), config.block).await?;
-    io::read_snapshot(&connections.commands, manager.config(), scope, config).await
+    /// Follows `scope`: from `resume` when given (replaying what came after it, or a resync and
+    /// a snapshot when that is gone), else from a fresh snapshot.
+    ///
+    /// The follower runs on a task of its own with two connections of its own; it stops when
+    /// the [`Follower`] is dropped or `shutdown` is cancelled.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn follow_with(
+        &self,
+        scope: Scope,
+        resume: Option<Cursor>,
+        config: FollowConfig,
+        shutdown: &CancellationToken,
+    ) -> Follower {
+        let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);
+        let token = shutdown.child_token();
+        let task = task::FollowTask::new(self, scope, config, tx);
+        let stop = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = task.run(resume) => {}
+            }
+        });
+        Follower {
+            rx,
+            _stop: token.drop_guard(),
+        }
+    }
+
+    /// Takes one consistent snapshot of `scope`, as a follower's first item.
+    ///
+    /// Opens a connection of its own for the call.
+    ///
+    /// # Errors
+    ///
+    /// Redis could not be reached or failed.
+    pub async fn snapshot(&self, scope: &Scope, config: &FollowConfig) -> Result<Snapshot> {
+        let connections = io::Connections::open(self.config(), self.locator(), config.block).await?;
+        io::read_snapshot(&connections.commands, self.config(), scope, config).await
+    }
 }
 
 #[cfg(test)]
@@ -493,7 +490,7 @@ mod tests {
             corrupt: Vec::new(),
         };
         let entry = HistoryEntry {
-            id: "5-0".into(),
+            id: "5-0".parse().unwrap(),
             stroke_idx: 3,
             pose_idx: 2,
             description_l: "l".into(),

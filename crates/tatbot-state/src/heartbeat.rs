@@ -187,17 +187,37 @@ pub fn health_document(
     health
 }
 
-/// Sends one heartbeat, renews the leases of the sessions `manager` started, and returns what
-/// was written.
-///
-/// # Errors
-///
-/// Redis could not be reached.
-pub async fn beat(
-    manager: &StateManager,
-    sampler: &mut MetricsSampler,
-    options: &HeartbeatOptions,
-) -> Result<NodeHealth> {
+impl StateManager {
+    /// Sends one heartbeat of this node, renews the leases of the sessions this manager
+    /// started, and returns what was written.
+    ///
+    /// # Errors
+    ///
+    /// Redis could not be reached.
+    pub async fn send_heartbeat(&self, sampler: &mut MetricsSampler, options: &HeartbeatOptions) -> Result<NodeHealth> {
+        beat(self, sampler, options).await
+    }
+
+    /// Runs the heartbeat agent of this node until `shutdown` is cancelled: one beat at once,
+    /// then one per interval.
+    ///
+    /// Failed beats are logged at `warn` once per run of failures and retried at the next interval, so the agent rides
+    /// out a Redis restart. On `shutdown` it finishes the beat in flight (if any), then deletes
+    /// its heartbeat so that the node shows offline at once rather than for up to the TTL; an
+    /// agent that is killed leaves its heartbeat to expire.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::PermissionDenied`] at once when the Redis user may not write heartbeats
+    /// (a read-only role): retrying cannot succeed, so the agent stops instead of warning every
+    /// interval. Every other failure is retried.
+    pub async fn heartbeat(&self, options: HeartbeatOptions, shutdown: CancellationToken) -> Result<()> {
+        run(self, options, shutdown).await
+    }
+}
+
+/// See [`StateManager::send_heartbeat`].
+async fn beat(manager: &StateManager, sampler: &mut MetricsSampler, options: &HeartbeatOptions) -> Result<NodeHealth> {
     let ping = manager.ping().await?;
     let metrics = sampler.sample().await;
     let health = health_document(manager.node_id().as_str(), &metrics, Some(ping), options);
@@ -210,24 +230,32 @@ pub async fn beat(
 /// How long a stopping agent tries to delete its heartbeat.
 const OFFLINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs the agent until `shutdown` is cancelled: one beat at once, then one per interval.
-///
-/// Failed beats are logged at `warn` and retried at the next interval, so the agent rides out
-/// a Redis restart. On `shutdown` it finishes the beat in flight (if any), then deletes its
-/// heartbeat so that the node shows offline at once rather than for up to the TTL; an agent
-/// that is killed leaves its heartbeat to expire.
-pub async fn run(manager: StateManager, options: HeartbeatOptions, shutdown: CancellationToken) {
+/// See [`StateManager::heartbeat`].
+async fn run(manager: &StateManager, options: HeartbeatOptions, shutdown: CancellationToken) -> Result<()> {
     let mut sampler = MetricsSampler::new(&options.disk_path);
     let mut ticker = tokio::time::interval(options.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        match beat(&manager, &mut sampler, &options).await {
-            Ok(health) => tracing::debug!(node_id = %health.node_id, cpu = health.cpu_percent, "heartbeat sent"),
-            Err(err) => tracing::warn!(error = %err, "heartbeat failed; retrying at the next interval"),
+        match beat(manager, &mut sampler, &options).await {
+            Ok(health) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(node_id = %health.node_id, "heartbeat sent again");
+                }
+                tracing::debug!(node_id = %health.node_id, cpu = health.cpu_percent, "heartbeat sent");
+            }
+            Err(err @ crate::Error::PermissionDenied { .. }) => return Err(err),
+            // One warning per run of failures: while Redis is down, a line every interval
+            // would bury the wait that the daemon logs already.
+            Err(err) if failing => tracing::debug!(error = %err, "heartbeat still failing"),
+            Err(err) => {
+                failing = true;
+                tracing::warn!(error = %err, "heartbeat failed; retrying every interval");
+            }
         }
     }
     // Bounded: a paused Redis must not hold the exit; the TTL is the fallback.
@@ -240,6 +268,7 @@ pub async fn run(manager: StateManager, options: HeartbeatOptions, shutdown: Can
             tracing::warn!(deadline = ?OFFLINE_DEADLINE, "heartbeat agent stopped; marking the node offline timed out, its heartbeat expires by TTL")
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

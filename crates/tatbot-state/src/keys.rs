@@ -6,8 +6,7 @@
 //! because Python parses everything after those prefixes as a node or session id.
 //! docs/WIRE.md documents both groups.
 
-use crate::ids::{Category, NodeId, SessionId};
-use crate::params::ParamName;
+use crate::ids::{Category, NodeId, ParamName, SessionId};
 
 /// Prefix of `robot:state:{node_id}` hashes.
 pub const ROBOT_STATE_PREFIX: &str = "robot:state:";

@@ -12,10 +12,12 @@
 //! - [`Subscription`] ([`subscribe`]): typed pub/sub events on a connection of their own.
 //! - [`model`]: serde types for every document and event of the wire contract.
 //! - [`keys`]: the key schema, the only place key names are built.
-//! - [`heartbeat`]: the node heartbeat agent, filled from real system metrics.
+//! - `heartbeat` (feature `heartbeat`, default): the node heartbeat agent, filled from real
+//!   system metrics.
 //! - [`follow`]: a consistent snapshot, then every change, resumable from a cursor.
 //! - `record` (feature `record`): recordings as timed JSON messages, MCAP files and replay.
 //! - [`params`]: typed, validated runtime parameters with compare-and-set, audit and watch.
+//! - [`Redacted`]: how every secret (password, token) shows in `Debug` output.
 //! - [`config`]: resolving the Redis target from YAML, env files, environment and flags.
 //! - [`connection`]: [`Endpoint`], [`ManagerConfig`] and their defaults.
 //! - [`sentinel`]: finding the master through Redis Sentinel and following its failovers.
@@ -31,6 +33,7 @@ mod decode;
 mod error;
 mod fastpath;
 pub mod follow;
+#[cfg(feature = "heartbeat")]
 pub mod heartbeat;
 #[cfg(feature = "http")]
 pub mod http;
@@ -44,6 +47,7 @@ pub mod producer;
 mod pyjson;
 #[cfg(feature = "record")]
 pub mod record;
+mod redacted;
 mod scripts;
 pub mod sentinel;
 pub mod subscribe;
@@ -53,10 +57,12 @@ mod timestamp;
 pub use connection::{Endpoint, ManagerConfig};
 pub use error::{Error, Report, Result};
 pub use follow::{Cursor, FollowItem, Follower, Scope, Snapshot};
-pub use ids::{Category, MAX_ID_LEN, NodeId, SessionId};
-pub use manager::{CorruptEntry, Entry, ProgressUpdate, SessionInfo, StateManager, SystemStatus};
+pub use ids::{Category, EntryId, MAX_ID_LEN, NodeId, SessionId};
+pub use manager::{CorruptEntry, Entry, Lookup, SessionInfo, StateManager, SystemStatus};
+pub use model::{HistoryCursor, KnownNode, ProgressUpdate, SessionPlan};
 pub use params::{Descriptor, Param, ParamName, ParamType, ParamValue, Params};
 pub use producer::{Producer, ProducerConfig, ProducerStats, Wake};
+pub use redacted::Redacted;
 pub use subscribe::{Message, Subscription};
 pub use timestamp::Timestamp;
 

@@ -29,10 +29,13 @@ use crate::connection::{self, ManagerConfig};
 use crate::decode;
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
-use crate::ids::{Category, NodeId, SessionId};
+use crate::ids::{Category, EntryId, NodeId, SessionId};
 use crate::keys;
-use crate::model::{ErrorEvent, Event, HistoryEntry, NodeHealth, RobotState, SessionState, StrokeProgress};
-use crate::ops::{Op, RunState};
+use crate::model::{
+    ErrorEvent, Event, HistoryCursor, HistoryEntry, KnownNode, NodeHealth, ProgressUpdate, RobotState, SessionPlan,
+    SessionState, StrokeProgress,
+};
+use crate::ops::{Op, RunState, encode_json, health_op, robot_state_op};
 use crate::scripts;
 use crate::sentinel::{self, Locator};
 use crate::subscribe::Subscription;
@@ -55,68 +58,6 @@ pub const WAIT_MAX_RETRY: Duration = Duration::from_secs(8);
 const STALE_CLAIM_TTL_SECS: u64 = 30 * 24 * 3600;
 const MAX_STARTED: usize = 16;
 
-/// What a progress update changes; fields left `None` keep their stored value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProgressUpdate {
-    /// Current stroke, 0-based.
-    pub stroke_idx: u32,
-    /// Current pose within the stroke, 0-based.
-    pub pose_idx: u32,
-    /// New left description.
-    pub description_l: Option<String>,
-    /// New right description.
-    pub description_r: Option<String>,
-    /// New left offset index.
-    pub offset_idx_l: Option<i64>,
-    /// New right offset index.
-    pub offset_idx_r: Option<i64>,
-}
-
-impl ProgressUpdate {
-    /// An update of the stroke and pose only.
-    pub fn new(stroke_idx: u32, pose_idx: u32) -> ProgressUpdate {
-        ProgressUpdate {
-            stroke_idx,
-            pose_idx,
-            ..ProgressUpdate::default()
-        }
-    }
-
-    /// Also sets both descriptions.
-    pub fn descriptions(mut self, left: impl Into<String>, right: impl Into<String>) -> ProgressUpdate {
-        self.description_l = Some(left.into());
-        self.description_r = Some(right.into());
-        self
-    }
-
-    /// Also sets both offset indices.
-    pub fn offsets(mut self, left: i64, right: i64) -> ProgressUpdate {
-        self.offset_idx_l = Some(left);
-        self.offset_idx_r = Some(right);
-        self
-    }
-
-    /// Merges this update, stamped `at` by `node_id`, into `doc` as the update script does.
-    pub(crate) fn apply_to(&self, doc: &mut StrokeProgress, at: Timestamp, node_id: &NodeId) {
-        doc.timestamp = at;
-        doc.node_id = node_id.to_string();
-        doc.stroke_idx = self.stroke_idx.into();
-        doc.pose_idx = self.pose_idx.into();
-        if let Some(text) = &self.description_l {
-            doc.stroke_description_l.clone_from(text);
-        }
-        if let Some(text) = &self.description_r {
-            doc.stroke_description_r.clone_from(text);
-        }
-        if let Some(offset) = self.offset_idx_l {
-            doc.offset_idx_l = offset;
-        }
-        if let Some(offset) = self.offset_idx_r {
-            doc.offset_idx_r = offset;
-        }
-    }
-}
-
 /// One listed item: its id, its key, and its decoded value or the reason it did not decode.
 #[derive(Debug)]
 pub struct Entry<T> {
@@ -126,6 +67,51 @@ pub struct Entry<T> {
     pub key: String,
     /// The decoded document.
     pub value: Result<T>,
+}
+
+/// One value looked up by name, in the order asked ([`StateManager::get_nodes_health`],
+/// [`crate::Params::get_many`]): found and decoded, absent, or present but undecodable.
+#[derive(Debug)]
+pub enum Lookup<T> {
+    /// The value is stored and decoded.
+    Found(T),
+    /// Nothing is stored under the name (never written, or expired).
+    Missing,
+    /// Something is stored but does not decode; the error names the key.
+    Corrupt(Error),
+}
+
+impl<T> Lookup<T> {
+    /// The value, `None` when missing, or the decode error.
+    ///
+    /// # Errors
+    ///
+    /// The [`Lookup::Corrupt`] error.
+    pub fn into_result(self) -> Result<Option<T>> {
+        match self {
+            Lookup::Found(value) => Ok(Some(value)),
+            Lookup::Missing => Ok(None),
+            Lookup::Corrupt(err) => Err(err),
+        }
+    }
+
+    /// The value when it was found and decoded.
+    pub fn found(&self) -> Option<&T> {
+        match self {
+            Lookup::Found(value) => Some(value),
+            Lookup::Missing | Lookup::Corrupt(_) => None,
+        }
+    }
+}
+
+impl<T> From<Result<Option<T>>> for Lookup<T> {
+    fn from(read: Result<Option<T>>) -> Lookup<T> {
+        match read {
+            Ok(Some(value)) => Lookup::Found(value),
+            Ok(None) => Lookup::Missing,
+            Err(err) => Lookup::Corrupt(err),
+        }
+    }
 }
 
 /// A value that did not decode, as reported by [`StateManager::system_status`] and the follow
@@ -494,12 +480,13 @@ impl StateManager {
     /// # Errors
     ///
     /// A scene name longer than [`MAX_TEXT_LEN`], or a Redis failure.
-    pub async fn start_stroke_session(
-        &self,
-        total_strokes: u32,
-        stroke_length: u32,
-        scene_name: &str,
-    ) -> Result<SessionId> {
+    pub async fn start_stroke_session(&self, plan: &SessionPlan) -> Result<SessionId> {
+        let SessionPlan {
+            total_strokes,
+            stroke_length,
+            scene: scene_name,
+        } = plan;
+        let (total_strokes, stroke_length, scene_name) = (*total_strokes, *stroke_length, scene_name.as_str());
         check_text("scene name", scene_name)?;
         let now = Timestamp::now();
         let node_id = self.node_id();
@@ -609,11 +596,21 @@ impl StateManager {
     /// # Errors
     ///
     /// [`Error::SessionNotFound`], [`Error::Corrupt`] when the stored document is not JSON, a
-    /// description longer than [`MAX_TEXT_LEN`], or a Redis failure.
-    pub async fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<String> {
+    /// description longer than [`MAX_TEXT_LEN`], a Redis failure, or
+    /// [`Error::UnexpectedReply`] when Redis answers without an entry id.
+    pub async fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<EntryId> {
         let op = self.progress_op(session_id, update)?;
         let reply = self.apply(&op, "update_stroke_progress").await?;
-        Ok(self.docs().observe(session_id, reply).unwrap_or_default())
+        let Some(id) = self.docs().observe(session_id, reply) else {
+            return Err(Error::UnexpectedReply {
+                operation: "update_stroke_progress",
+                detail: "no history entry id".to_owned(),
+            });
+        };
+        id.parse().map_err(|_| Error::UnexpectedReply {
+            operation: "update_stroke_progress",
+            detail: format!("{id:?} is not a stream entry id"),
+        })
     }
 
     /// The cache of stored progress documents; a poisoned lock only means a panic elsewhere
@@ -865,8 +862,7 @@ impl StateManager {
             .max_by_key(|info| info.progress.timestamp))
     }
 
-    /// Up to `count` history entries of a session, oldest first, after entry id `after`
-    /// (exclusive) or from the start.
+    /// Up to `count` history entries of a session, oldest first, from where `from` says.
     ///
     /// # Errors
     ///
@@ -876,18 +872,18 @@ impl StateManager {
     pub async fn get_history(
         &self,
         session_id: &SessionId,
-        after: Option<&str>,
+        from: &HistoryCursor,
         count: usize,
     ) -> Result<Vec<HistoryEntry>> {
-        self.history_entries(session_id, after, count)
+        self.history_entries(session_id, from, count)
             .await?
             .into_iter()
             .map(|entry| entry.value)
             .collect()
     }
 
-    /// Up to `count` history entries of a session, oldest first, after entry id `after`
-    /// (exclusive) or from the start, each decoded or with the reason it did not decode; the
+    /// Up to `count` history entries of a session, oldest first, from where `from` says, each
+    /// decoded or with the reason it did not decode; the
     /// [`Entry::id`] is the stream entry id, so a reader pages on past a bad entry.
     ///
     /// # Errors
@@ -897,11 +893,14 @@ impl StateManager {
     pub async fn history_entries(
         &self,
         session_id: &SessionId,
-        after: Option<&str>,
+        from: &HistoryCursor,
         count: usize,
     ) -> Result<Vec<Entry<HistoryEntry>>> {
         let key = keys::history(session_id);
-        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let start = match from {
+            HistoryCursor::Start => "-".to_owned(),
+            HistoryCursor::After(id) => format!("({id}"),
+        };
         let reply: redis::streams::StreamRangeReply =
             match self.connection().xrange_count(&key, start, "+", count).await {
                 Ok(reply) => reply,
@@ -995,15 +994,15 @@ impl StateManager {
     /// [`Error::Decode`] naming the key, or a Redis failure.
     pub async fn get_node_health(&self, node_id: &NodeId) -> Result<Option<NodeHealth>> {
         let mut healths = self.get_nodes_health(std::slice::from_ref(node_id)).await?;
-        healths.pop().flatten().transpose()
+        healths.pop().map_or(Ok(None), Lookup::into_result)
     }
 
     /// Several nodes' heartbeats in one round trip, in the order asked.
     ///
     /// # Errors
     ///
-    /// A Redis failure; a bad value is reported in its slot.
-    pub async fn get_nodes_health(&self, node_ids: &[NodeId]) -> Result<Vec<Option<Result<NodeHealth>>>> {
+    /// A Redis failure; a bad value is reported in its [`Lookup`].
+    pub async fn get_nodes_health(&self, node_ids: &[NodeId]) -> Result<Vec<Lookup<NodeHealth>>> {
         let mut pipe = redis::pipe();
         // A key of the wrong type (WRONGTYPE) is that slot's error, not the call's.
         pipe.ignore_errors();
@@ -1021,6 +1020,7 @@ impl StateManager {
                 let key = keys::health(node_id);
                 decode::field_text(&key, keys::FIELD_HEALTH, reply)
                     .map(|raw| raw.and_then(|raw| decode::document(&key, "NodeHealth", &raw)))
+                    .map_or(Lookup::Missing, |read| Lookup::from(read.map(Some)))
             })
             .collect())
     }
@@ -1046,11 +1046,19 @@ impl StateManager {
     /// # Errors
     ///
     /// A Redis failure.
-    pub async fn known_nodes(&self) -> Result<Vec<(String, i64)>> {
-        self.connection()
+    pub async fn known_nodes(&self) -> Result<Vec<KnownNode>> {
+        let members: Vec<(String, i64)> = self
+            .connection()
             .zrange_withscores(keys::NODE_REGISTRY, 0, -1)
             .await
-            .map_err(|err| self.redis_error("known_nodes", err))
+            .map_err(|err| self.redis_error("known_nodes", err))?;
+        Ok(members
+            .into_iter()
+            .map(|(node_id, last_heartbeat_ms)| KnownNode {
+                node_id,
+                last_heartbeat_ms,
+            })
+            .collect())
     }
 
     /// Publishes an event on `channel` (as Python's `json.dumps` would write it) and appends it
@@ -1268,7 +1276,7 @@ impl StateManager {
         if let Err(err) = self.announce_stale_sessions(&stale).await {
             tracing::debug!(error = %err, "cannot announce stale sessions");
         }
-        let mut known: BTreeSet<String> = self.known_nodes().await?.into_iter().map(|(node, _)| node).collect();
+        let mut known: BTreeSet<String> = self.known_nodes().await?.into_iter().map(|node| node.node_id).collect();
         for entry in self.get_all_nodes_health().await? {
             status.nodes_online += 1;
             known.insert(entry.id);
@@ -1403,36 +1411,6 @@ pub(crate) async fn scan_keys<C: redis::aio::ConnectionLike>(
     Ok(found)
 }
 
-/// The op storing `state` under its node's key.
-pub(crate) fn robot_state_op(state: &RobotState) -> Result<Op> {
-    let node_id = NodeId::new(state.node_id.as_str())?;
-    let event = Event::StateUpdate(crate::model::StateUpdateEvent {
-        node_id: state.node_id.clone(),
-        timestamp: state.timestamp,
-        is_connected_l: state.is_connected_l,
-        is_connected_r: state.is_connected_r,
-        current_pose: state.current_pose.clone(),
-        extra: Default::default(),
-    });
-    Ok(Op::RobotState {
-        key: keys::robot_state(&node_id),
-        state: encode_json("state", state)?,
-        last_updated: Timestamp::now().to_string(),
-        event: event.to_json(),
-    })
-}
-
-/// The op storing a heartbeat under its node's key.
-pub(crate) fn health_op(health: &NodeHealth) -> Result<Op> {
-    let node_id = NodeId::new(health.node_id.as_str())?;
-    Ok(Op::Health {
-        key: keys::health(&node_id),
-        node_id: node_id.to_string(),
-        health: encode_json("health", health)?,
-        heartbeat_ms: health.last_heartbeat.unix_millis(),
-    })
-}
-
 fn check_text(what: &str, text: &str) -> Result<()> {
     if text.len() > MAX_TEXT_LEN {
         return Err(Error::TooLarge {
@@ -1442,14 +1420,6 @@ fn check_text(what: &str, text: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn encode_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|source| Error::Decode {
-        key: format!("(encoding {what})"),
-        what,
-        source,
-    })
 }
 
 /// The error of a key whose id part breaks the id rules (kept short: the key may be huge).

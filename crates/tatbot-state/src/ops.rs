@@ -7,14 +7,16 @@
 use std::fmt::Write as _;
 
 use redis::ScriptInvocation;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::connection::ManagerConfig;
+use crate::error::{Error, Result};
 use crate::fastpath::{DocCache, FastArgs};
 use crate::ids::{NodeId, SessionId};
 use crate::keys;
-use crate::manager::ProgressUpdate;
-use crate::model::event_types;
+use crate::model::{Event, NodeHealth, ProgressUpdate, RobotState, event_types};
+use crate::pyjson::json_string;
 use crate::scripts;
 use crate::timestamp::Timestamp;
 
@@ -311,10 +313,43 @@ fn progress_patch(update: &ProgressUpdate, at: Timestamp, node_id: &NodeId) -> S
     patch
 }
 
-/// `text` as a JSON string literal.
-pub(crate) fn json_string(text: &str) -> String {
-    // Serializing a `str` cannot fail; the fallback only keeps this total.
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+/// The op storing `state` under its node's key.
+pub(crate) fn robot_state_op(state: &RobotState) -> Result<Op> {
+    let node_id = NodeId::new(state.node_id.as_str())?;
+    let event = Event::StateUpdate(crate::model::StateUpdateEvent {
+        node_id: state.node_id.clone(),
+        timestamp: state.timestamp,
+        is_connected_l: state.is_connected_l,
+        is_connected_r: state.is_connected_r,
+        current_pose: state.current_pose.clone(),
+        extra: Default::default(),
+    });
+    Ok(Op::RobotState {
+        key: keys::robot_state(&node_id),
+        state: encode_json("state", state)?,
+        last_updated: Timestamp::now().to_string(),
+        event: event.to_json(),
+    })
+}
+
+/// The op storing a heartbeat under its node's key.
+pub(crate) fn health_op(health: &NodeHealth) -> Result<Op> {
+    let node_id = NodeId::new(health.node_id.as_str())?;
+    Ok(Op::Health {
+        key: keys::health(&node_id),
+        node_id: node_id.to_string(),
+        health: encode_json("health", health)?,
+        heartbeat_ms: health.last_heartbeat.unix_millis(),
+    })
+}
+
+/// `value` as JSON text; `what` names it in the error.
+pub(crate) fn encode_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|source| Error::Decode {
+        key: format!("(encoding {what})"),
+        what,
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ use crate::decode;
 use crate::error::{Error, Result};
 use crate::ids::NodeId;
 use crate::keys;
-use crate::manager::{Entry, StateManager};
+use crate::manager::{Entry, Lookup, StateManager};
 use crate::params::script::{Refusal, Write};
 use crate::params::value::{Violation, from_json, infer_type};
 use crate::timestamp::Timestamp;
@@ -203,12 +203,14 @@ pub struct Params {
     state: StateManager,
 }
 
-impl Params {
-    /// The parameters of the Redis `state` talks to.
-    pub fn new(state: &StateManager) -> Params {
-        Params { state: state.clone() }
+impl StateManager {
+    /// The runtime parameters on the Redis this manager talks to, written as its node.
+    pub fn params(&self) -> Params {
+        Params { state: self.clone() }
     }
+}
 
+impl Params {
     /// Declares a parameter, or confirms an existing declaration; returns it as stored.
     ///
     /// Idempotent: a new parameter starts at the default; an existing one keeps its value (it
@@ -338,13 +340,13 @@ impl Params {
         self.read_many(names)
             .await?
             .into_iter()
-            .map(Option::transpose)
+            .map(Lookup::into_result)
             .collect()
     }
 
-    /// Several parameters, each decoded or with the reason it did not decode; `None` for a
-    /// name that is not declared.
-    async fn read_many(&self, names: &[ParamName]) -> Result<Vec<Option<Result<Param>>>> {
+    /// Several parameters, each decoded or with the reason it did not decode;
+    /// [`Lookup::Missing`] for a name that is not declared.
+    async fn read_many(&self, names: &[ParamName]) -> Result<Vec<Lookup<Param>>> {
         let mut params = Vec::with_capacity(names.len());
         for chunk in names.chunks(READ_BATCH) {
             let mut pipe = redis::pipe();
@@ -358,11 +360,9 @@ impl Params {
                     .await
                     .map_err(|err| self.state.redis_error("get_params", err))?;
             for (name, reply) in chunk.iter().zip(replies) {
-                params.push(
-                    read_fields(name, reply)
-                        .and_then(|fields| decode(name, fields))
-                        .transpose(),
-                );
+                params.push(Lookup::from(
+                    read_fields(name, reply).and_then(|fields| decode(name, fields)),
+                ));
             }
         }
         Ok(params)
@@ -467,10 +467,15 @@ impl Params {
             .into_iter()
             .zip(params)
             .filter_map(|(name, param)| {
+                let value = match param {
+                    Lookup::Found(param) => Ok(param),
+                    Lookup::Missing => return None,
+                    Lookup::Corrupt(err) => Err(err),
+                };
                 Some(Entry {
                     key: keys::param(&name),
                     id: name.to_string(),
-                    value: param?,
+                    value,
                 })
             })
             .collect())

@@ -58,9 +58,9 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
 use crate::ids::{Category, SessionId};
-use crate::manager::{ProgressUpdate, StateManager, health_op, robot_state_op};
-use crate::model::{NodeHealth, RobotState, StrokeProgress};
-use crate::ops::{Op, RunState};
+use crate::manager::StateManager;
+use crate::model::{NodeHealth, ProgressUpdate, RobotState, SessionPlan, StrokeProgress};
+use crate::ops::{Op, RunState, health_op, robot_state_op};
 use crate::scripts;
 use crate::sentinel;
 use crate::{keys, timestamp::Timestamp};
@@ -374,16 +374,8 @@ impl Producer {
     /// # Errors
     ///
     /// As [`StateManager::start_stroke_session`].
-    pub async fn start_stroke_session(
-        &self,
-        total_strokes: u32,
-        stroke_length: u32,
-        scene_name: &str,
-    ) -> Result<SessionId> {
-        let session_id = self
-            .manager
-            .start_stroke_session(total_strokes, stroke_length, scene_name)
-            .await?;
+    pub async fn start_stroke_session(&self, plan: &SessionPlan) -> Result<SessionId> {
+        let session_id = self.manager.start_stroke_session(plan).await?;
         let started = self
             .manager
             .started_sessions()

@@ -71,6 +71,12 @@ pub fn to_string<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String>
     Ok(String::from_utf8(out).unwrap_or_default())
 }
 
+/// `text` as a JSON string literal.
+pub(crate) fn json_string(text: &str) -> String {
+    // Serializing a `str` cannot fail; the fallback only keeps this total.
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

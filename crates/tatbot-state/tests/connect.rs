@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tatbot_state::{Endpoint, Error, ManagerConfig, NodeId, StateManager};
+use tatbot_state::{Endpoint, Error, ManagerConfig, NodeId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
 use crate::util::{config, eventually};
@@ -97,5 +97,12 @@ async fn reconnects_after_restart() {
     server.restart();
     assert!(eventually(Duration::from_secs(10), || async { state.ping().await.is_ok() }).await);
     // The scripts are loaded again after the restart (EVALSHA falls back to EVAL).
-    state.start_stroke_session(1, 1, "s").await.unwrap();
+    state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
 }

@@ -3,7 +3,7 @@
 
 use redis::AsyncCommands;
 use tatbot_state::model::NodeHealth;
-use tatbot_state::{Category, Error, NodeId, ProgressUpdate, SessionId};
+use tatbot_state::{Category, Error, HistoryCursor, NodeId, ProgressUpdate, SessionId, SessionPlan};
 
 use crate::util::{raw, setup};
 
@@ -63,7 +63,14 @@ async fn corrupt_health() {
 #[tokio::test]
 async fn corrupt_progress() {
     let (server, state) = setup("hog").await;
-    let good = state.start_stroke_session(1, 1, "s").await.unwrap();
+    let good = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let mut redis = raw(&server).await;
     let () = redis
         .hset("stroke:progress:stroke_bad_1", "progress", "[1, 2]")
@@ -141,7 +148,10 @@ async fn corrupt_history() {
         .xadd("stream:stroke_history:stroke_x_1", "6-1", &good)
         .await
         .unwrap();
-    let err = state.get_history(&session, None, 10).await.unwrap_err();
+    let err = state
+        .get_history(&session, &HistoryCursor::Start, 10)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::Corrupt { .. }),
         "bad stored data is not bad usage: {err:?}"
@@ -150,7 +160,10 @@ async fn corrupt_history() {
         err.to_string(),
         r#"stream:stroke_history:stroke_x_1: stored value is corrupt (entry 5-1: field "stroke_idx" is "abc", not an integer); fix or delete the key"#
     );
-    let entries = state.history_entries(&session, None, 10).await.unwrap();
+    let entries = state
+        .history_entries(&session, &HistoryCursor::Start, 10)
+        .await
+        .unwrap();
     let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
     assert_eq!(ids, ["5-1", "6-1"]);
     assert!(entries[0].value.is_err());
@@ -175,7 +188,10 @@ async fn oversized_history_entry_is_corrupt() {
         .xadd("stream:stroke_history:stroke_x_1", "*", &fields)
         .await
         .unwrap();
-    let entries = state.history_entries(&session, None, 10).await.unwrap();
+    let entries = state
+        .history_entries(&session, &HistoryCursor::Start, 10)
+        .await
+        .unwrap();
     let err = entries[0].value.as_ref().unwrap_err().to_string();
     assert!(
         err.contains(r#"field "description_l" is 1048577 bytes; the limit is 1048576"#),
@@ -188,7 +204,14 @@ async fn oversized_history_entry_is_corrupt() {
 #[tokio::test]
 async fn invalid_id_and_wrong_type_keys_are_corrupt() {
     let (server, state) = setup("hog").await;
-    state.start_stroke_session(1, 1, "s").await.unwrap();
+    state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let mut redis = raw(&server).await;
     let doc =
         r#"{"timestamp":"2026-11-25T17:15:37","node_id":"n","total_strokes":1,"stroke_length":1,"is_executing":true}"#;
@@ -244,7 +267,14 @@ async fn dropped_counters_saturate() {
 #[tokio::test]
 async fn out_of_domain_sessions_never_win_latest() {
     let (server, state) = setup("hog").await;
-    let good = state.start_stroke_session(3, 3, "s").await.unwrap();
+    let good = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 3,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let mut redis = raw(&server).await;
     let docs = [
         (

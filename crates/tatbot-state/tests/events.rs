@@ -5,7 +5,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::json;
 use tatbot_state::model::{Event, RobotState};
-use tatbot_state::{Category, ProgressUpdate, StateManager, Subscription};
+use tatbot_state::{Category, ProgressUpdate, SessionPlan, StateManager, Subscription};
 
 use crate::util::{config, raw, setup};
 
@@ -29,7 +29,14 @@ async fn operations_publish_their_events() {
     robot.current_pose = "ready".into();
     robot.is_connected_l = true;
     state.update_robot_state(&robot).await.unwrap();
-    let session = state.start_stroke_session(2, 2, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 1).descriptions("l", "r"))
         .await
@@ -166,7 +173,14 @@ async fn unknown_and_malformed_events() {
 #[tokio::test]
 async fn event_log_records_everything() {
     let (server, state) = setup("hog").await;
-    let session = state.start_stroke_session(1, 2, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 2,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
         .await
@@ -251,7 +265,14 @@ async fn subscription_fills_a_gap_from_the_event_log() {
         .subscribe(&tatbot_state::keys::DEFAULT_EVENT_PATTERNS)
         .await
         .unwrap();
-    let session = state.start_stroke_session(2, 2, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     for pose in 0..2 {
         state
             .update_stroke_progress(&session, &tatbot_state::ProgressUpdate::new(0, pose))
@@ -317,7 +338,14 @@ async fn subscription_fills_a_gap_from_the_event_log() {
     assert!(subscription.reconnects() >= 1);
     assert_eq!(subscription.recovered(), 2);
     // Nothing comes twice: the next event is a new one.
-    state.start_stroke_session(1, 1, "next").await.unwrap();
+    state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "next".into(),
+        })
+        .await
+        .unwrap();
     let (_, event) = next_event(&mut subscription).await;
     assert_eq!(event.event_type(), Some("session_start"));
 }

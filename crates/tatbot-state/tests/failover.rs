@@ -59,7 +59,14 @@ async fn failover_kill_primary_loses_nothing() {
     let mut cluster = SentinelCluster::start();
     let old = cluster.servers()[0].port();
     let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
-    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&tatbot_state::SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     write_at_1khz(&producer, &session, 0..KILL_AT).await;
     // The replica can no longer authenticate to its master, so once its link is cut it stays
@@ -101,7 +108,14 @@ async fn failover_old_primary_returns_as_replica() {
     let mut cluster = SentinelCluster::start();
     let old = cluster.servers()[0].port();
     let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
-    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&tatbot_state::SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     write_at_1khz(&producer, &session, 0..KILL_AT).await;
     let returned = async {
@@ -157,7 +171,14 @@ async fn failover_partitioned_old_primary_takes_no_writes() {
         .start();
     let old = cluster.servers()[0].port();
     let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
-    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&tatbot_state::SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     write_at_1khz(&producer, &session, 0..KILL_AT).await;
     let partition = async {
@@ -203,8 +224,8 @@ const WATCHED: u32 = 3000;
 /// new master, and the heartbeating node never drops out of the online set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_followers_subscribers_and_heartbeat_keep_up() {
-    use tatbot_state::follow::{ChangeKind, follow};
-    use tatbot_state::heartbeat::{self, HeartbeatOptions};
+    use tatbot_state::follow::ChangeKind;
+    use tatbot_state::heartbeat::HeartbeatOptions;
     use tatbot_state::model::Event;
     use tatbot_state::{FollowItem, Scope};
 
@@ -219,9 +240,19 @@ async fn failover_followers_subscribers_and_heartbeat_keep_up() {
         interval: Duration::from_millis(500),
         ..HeartbeatOptions::default()
     };
-    let beating = tokio::spawn(heartbeat::run(agent, options, stop.clone()));
-    let session = state.start_stroke_session(60, 50, "s").await.unwrap();
-    let mut follower = follow(&state, Scope::Session(session.clone()), None);
+    let beating = tokio::spawn({
+        let stop = stop.clone();
+        async move { agent.heartbeat(options, stop).await }
+    });
+    let session = state
+        .start_stroke_session(&tatbot_state::SessionPlan {
+            total_strokes: 60,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
+    let mut follower = state.follow(Scope::Session(session.clone()), None);
     let mut subscription = state.subscribe(&["stroke:events:*"]).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     write_at_1khz(&producer, &session, 0..KILL_AT).await;
@@ -271,5 +302,5 @@ async fn failover_followers_subscribers_and_heartbeat_keep_up() {
         "the agent beat within the last 5 s, on the new master ({since} ms ago)"
     );
     stop.cancel();
-    beating.await.unwrap();
+    beating.await.unwrap().expect("the agent stops cleanly");
 }

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use tatbot_state::follow::{self, Change, ChangeKind, FollowConfig, FollowItem, Follower, Scope, Snapshot};
+use tatbot_state::follow::{Change, ChangeKind, FollowConfig, FollowItem, Follower, Scope, Snapshot};
 use tatbot_state::model::{HistoryEntry, NodeHealth};
-use tatbot_state::{CancellationToken, Cursor, ProgressUpdate, SessionId, StateManager};
+use tatbot_state::{CancellationToken, Cursor, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
 use crate::util::{eventually, manager, raw, setup};
@@ -26,7 +26,7 @@ fn quick() -> FollowConfig {
 }
 
 fn start(state: &StateManager, scope: Scope, resume: Option<Cursor>) -> Follower {
-    follow::follow_with(state, scope, resume, quick(), &CancellationToken::new())
+    state.follow_with(scope, resume, quick(), &CancellationToken::new())
 }
 
 /// Everything a follower delivered, folded.
@@ -82,7 +82,10 @@ async fn wait_for(seen: &Arc<Mutex<Seen>>, what: &str, check: impl Fn(&Seen) -> 
 
 /// Every history entry of `session_id` as stored.
 async fn stored_history(state: &StateManager, session_id: &SessionId) -> Vec<HistoryEntry> {
-    state.get_history(session_id, None, 100_000).await.unwrap()
+    state
+        .get_history(session_id, &HistoryCursor::Start, 100_000)
+        .await
+        .unwrap()
 }
 
 fn progress_of(seen: &Seen, session_id: &SessionId) -> Vec<HistoryEntry> {
@@ -101,7 +104,7 @@ async fn wait_until_view_matches(state: &StateManager, seen: &Arc<Mutex<Seen>>) 
         let seen = Arc::clone(seen);
         let fresh = Arc::clone(&fresh);
         async move {
-            let Ok(snapshot) = follow::snapshot(&state, &Scope::All, &quick()).await else {
+            let Ok(snapshot) = state.snapshot(&Scope::All, &quick()).await else {
                 return false;
             };
             let same = seen
@@ -132,7 +135,14 @@ async fn snapshot_then_every_change() {
     let seen = collect(start(&state, Scope::All, None));
     wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
 
-    let session = state.start_stroke_session(3, 4, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 4,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     for step in 0..12 {
         let update = ProgressUpdate::new(step / 4, step % 4).descriptions(format!("l{step}"), "r");
         state.update_stroke_progress(&session, &update).await.unwrap();
@@ -172,7 +182,14 @@ async fn snapshot_then_every_change() {
 #[tokio::test]
 async fn resume_replays_exactly_what_was_missed() {
     let (_server, state) = setup("hog").await;
-    let session = state.start_stroke_session(1, 10, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 10,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let first = collect(start(&state, Scope::All, None));
     wait_for(&first, "the snapshot", |seen| seen.snapshots == 1).await;
     for pose in 0..4 {
@@ -224,8 +241,15 @@ async fn resume_replays_exactly_what_was_missed() {
 #[tokio::test]
 async fn trimmed_event_log_resyncs() {
     let (server, state) = setup("hog").await;
-    let session = state.start_stroke_session(1, 1, "scene").await.unwrap();
-    let old = follow::snapshot(&state, &Scope::All, &quick()).await.unwrap().cursor;
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
+    let old = state.snapshot(&Scope::All, &quick()).await.unwrap().cursor;
     state.pause_stroke_session(&session).await.unwrap();
     state.resume_stroke_session(&session).await.unwrap();
     let _: i64 = raw(&server)
@@ -246,12 +270,19 @@ async fn trimmed_event_log_resyncs() {
 #[tokio::test]
 async fn trimmed_history_resyncs() {
     let (server, state) = setup("hog").await;
-    let session = state.start_stroke_session(1, 20, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 20,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
         .await
         .unwrap();
-    let old = follow::snapshot(&state, &Scope::All, &quick()).await.unwrap().cursor;
+    let old = state.snapshot(&Scope::All, &quick()).await.unwrap().cursor;
     assert!(old.history(&session).is_some());
     for pose in 1..5 {
         state
@@ -362,7 +393,14 @@ async fn survives_kill_restart_and_pause() {
     let seen = collect(start(&state, Scope::All, None));
     wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
 
-    let session = state.start_stroke_session(6, 10, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 6,
+            stroke_length: 10,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let producer = {
         let state = state.clone();
         let session = session.clone();
@@ -418,7 +456,14 @@ fn corrupt_keys(seen: &Seen) -> Vec<String> {
 #[tokio::test]
 async fn wrong_type_key_is_corrupt_not_a_lost_connection() {
     let (server, state) = setup("hog").await;
-    let session = state.start_stroke_session(2, 4, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 4,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let mut redis = raw(&server).await;
     let _: usize = redis.rpush("stroke:progress:x", "a").await.unwrap();
     let seen = collect(start(&state, Scope::All, None));
@@ -439,7 +484,14 @@ async fn wrong_type_key_is_corrupt_not_a_lost_connection() {
         progress_of(seen, &session).len() == 1
     })
     .await;
-    let broken = state.start_stroke_session(2, 4, "other").await.unwrap();
+    let broken = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 4,
+            scene: "other".into(),
+        })
+        .await
+        .unwrap();
     wait_for(&seen, "the second session", |seen| {
         seen.view
             .as_ref()
@@ -476,7 +528,14 @@ async fn wrong_type_key_is_corrupt_not_a_lost_connection() {
 async fn follow_path_bounds_and_reports_corrupt_entries() {
     use tatbot_state::model::MAX_DOCUMENT_BYTES;
     let (server, state) = setup("hog").await;
-    let session = state.start_stroke_session(2, 4, "scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 4,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
     let pad = "x".repeat(MAX_DOCUMENT_BYTES + 1);
     let huge_progress = format!(r#"{{"timestamp":"2026-11-25T17:15:37","node_id":"n","pad":"{pad}"}}"#);
     let huge_health = format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::Value;
 use tatbot_state::model::{Event, NodeHealth, RobotState};
-use tatbot_state::{Category, NodeId, ProgressUpdate, SessionId};
+use tatbot_state::{Category, HistoryCursor, NodeId, ProgressUpdate, SessionId, SessionPlan};
 
 use crate::util::{raw, setup};
 
@@ -116,8 +116,8 @@ async fn reads_python_state() {
         ("interop_scene", None)
     );
 
-    let history = state.get_history(&session, None, 100).await.unwrap();
-    let ids: Vec<&str> = history.iter().map(|entry| entry.id.as_str()).collect();
+    let history = state.get_history(&session, &HistoryCursor::Start, 100).await.unwrap();
+    let ids: Vec<String> = history.iter().map(|entry| entry.id.to_string()).collect();
     assert_eq!(
         ids,
         [
@@ -216,7 +216,14 @@ async fn writes_what_python_reads() {
     let health: NodeHealth = serde_json::from_str(&stored("node:health:hog", "health")).unwrap();
     state.update_node_health(&health).await.unwrap();
 
-    let session = state.start_stroke_session(12, 8, "interop_scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 12,
+            stroke_length: 8,
+            scene: "interop_scene".into(),
+        })
+        .await
+        .unwrap();
     let sample = sample();
     let entries = sample["keys"][format!("stream:stroke_history:{SESSION}")]["entries"]
         .as_array()

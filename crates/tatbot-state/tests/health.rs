@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use tatbot_state::heartbeat::{self, HeartbeatOptions};
+use tatbot_state::heartbeat::HeartbeatOptions;
 use tatbot_state::model::NodeHealth;
-use tatbot_state::{CancellationToken, NodeId, StateManager};
+use tatbot_state::{CancellationToken, Lookup, NodeId, StateManager};
 
 use crate::util::{config, eventually, raw, setup};
 
@@ -26,9 +26,9 @@ async fn heartbeat_roundtrip_and_listing() {
 
     let ids = [NodeId::new("ook").unwrap(), NodeId::new("nobody").unwrap(), hog];
     let healths = state.get_nodes_health(&ids).await.unwrap();
-    assert_eq!(healths[0].as_ref().unwrap().as_ref().unwrap().node_id, "ook");
-    assert!(healths[1].is_none());
-    assert_eq!(healths[2].as_ref().unwrap().as_ref().unwrap().node_id, "hog");
+    assert_eq!(healths[0].found().unwrap().node_id, "ook");
+    assert!(matches!(healths[1], Lookup::Missing));
+    assert_eq!(healths[2].found().unwrap().node_id, "hog");
 
     let mut all: Vec<String> = state
         .get_all_nodes_health()
@@ -72,7 +72,10 @@ async fn agent_beats_and_stops() {
         mcp_port: Some(8000),
         ..HeartbeatOptions::default()
     };
-    let agent = tokio::spawn(heartbeat::run(state.clone(), options, shutdown.clone()));
+    let agent = tokio::spawn({
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        async move { state.heartbeat(options, shutdown).await }
+    });
     let hog = NodeId::new("hog").unwrap();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -98,6 +101,7 @@ async fn agent_beats_and_stops() {
     tokio::time::timeout(Duration::from_secs(5), agent)
         .await
         .expect("agent stops within 5 s")
+        .unwrap()
         .unwrap();
     // Issue #13 point 6: a stopped agent marks its node offline at once, not after the TTL.
     assert_eq!(state.get_node_health(&hog).await.unwrap(), None);
@@ -114,7 +118,10 @@ async fn agent_survives_redis_restart() {
         interval: Duration::from_millis(100),
         ..HeartbeatOptions::default()
     };
-    let agent = tokio::spawn(heartbeat::run(state.clone(), options, shutdown.clone()));
+    let agent = tokio::spawn({
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        async move { state.heartbeat(options, shutdown).await }
+    });
     let hog = NodeId::new("hog").unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -133,6 +140,7 @@ async fn agent_survives_redis_restart() {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), agent)
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
 }

@@ -25,7 +25,7 @@ fn all() -> Prefix {
 /// A fresh server and the parameters of node `hog` on it.
 async fn params() -> (RedisServer, Params) {
     let (server, state) = setup("hog").await;
-    (server, Params::new(&state))
+    (server, state.params())
 }
 
 /// Declares the parameters most tests use: a bounded float, a stepped int, a read-only int, a
@@ -247,9 +247,9 @@ async fn compare_and_set_has_one_winner_per_round() {
     const ROUNDS: u64 = 200;
     let server = RedisServer::start();
     let counter = name("arms.offset_num");
-    let first = Params::new(&manager(&server, "hog").await);
+    let first = manager(&server, "hog").await.params();
     first.declare(&counter, &Descriptor::new(0_i64)).await.unwrap();
-    let second = Params::new(&manager(&server, "eek").await);
+    let second = manager(&server, "eek").await.params();
     let barrier = Arc::new(Barrier::new(2));
     let writer = |params: Params, who: i64| {
         let barrier = Arc::clone(&barrier);
@@ -292,12 +292,12 @@ async fn racing_sets_all_land() {
     const SETS: i64 = 100;
     let server = RedisServer::start();
     let goal = name("arms.goal_time_slow");
-    let first = Params::new(&manager(&server, "hog").await);
+    let first = manager(&server, "hog").await.params();
     first
         .declare(&goal, &Descriptor::new(1.0).range(0.0, 1000.0))
         .await
         .unwrap();
-    let second = Params::new(&manager(&server, "eek").await);
+    let second = manager(&server, "eek").await.params();
     let writer = |params: Params, offset: i64| {
         let goal = goal.clone();
         tokio::spawn(async move {
@@ -542,7 +542,7 @@ async fn watch_sees_every_change_once_in_order() {
     );
 
     // Made by another node while the watch is blocked in XREAD, and then between its reads.
-    let other = Params::new(&manager(&server, "eek").await);
+    let other = manager(&server, "eek").await.params();
     let writer = {
         let other = other.clone();
         let goal = goal.clone();
@@ -616,7 +616,7 @@ async fn values_survive_a_restart() {
         .persistence(true)
         .config("appendfsync", "always")
         .start();
-    let params = Params::new(&manager(&server, "hog").await);
+    let params = manager(&server, "hog").await.params();
     declare_arms(&params).await;
     params
         .set(&name("arms.goal_time_slow"), &ParamValue::Float(4.25))
@@ -629,7 +629,7 @@ async fn values_survive_a_restart() {
     let before = params.list(&all()).await.unwrap();
     server.kill();
     server.restart();
-    let params = Params::new(&manager(&server, "hog").await);
+    let params = manager(&server, "hog").await.params();
     assert_eq!(params.list(&all()).await.unwrap(), before);
     let history = params.history(&all(), 100).await.unwrap();
     assert_eq!(history.len(), 7);
@@ -736,7 +736,7 @@ async fn issue_14_oversized_text_is_refused() {
 #[tokio::test]
 async fn corrupt_param_is_reported_per_entry() {
     let (server, state) = setup("hog").await;
-    let params = Params::new(&state);
+    let params = state.params();
     for name in ["a.x", "a.y", "a.z"] {
         params
             .declare(&ParamName::new(name).unwrap(), &Descriptor::new(ParamValue::Int(1)))

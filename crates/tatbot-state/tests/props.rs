@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use redis::AsyncCommands;
 use serde_json::Value;
 use tatbot_state::model::{Event, MAX_DOCUMENT_BYTES, NodeHealth, RobotState, StrokeProgress};
-use tatbot_state::{NodeId, SessionId, Timestamp};
+use tatbot_state::{HistoryCursor, NodeId, SessionId, Timestamp};
 
 use crate::util::{raw, setup};
 
@@ -110,7 +110,7 @@ fn readers_never_panic_on_stored_bytes() {
                 let _ = state.get_robot_state(&node).await;
                 let _ = state.get_node_health(&node).await;
                 let _ = state.get_stroke_progress(&session).await;
-                let _ = state.get_history(&session, None, 100).await;
+                let _ = state.get_history(&session, &HistoryCursor::Start, 100).await;
                 let _ = state.list_errors(100).await;
                 let _ = state.latest_active_session().await;
                 assert_eq!(state.list_sessions().await.unwrap().len(), 1);

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tatbot_state::model::{NodeHealth, RobotState};
 use tatbot_state::producer::POLL_LINGER;
 use tatbot_state::{
-    CancellationToken, Endpoint, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, SessionId, StateManager, Wake,
+    CancellationToken, Endpoint, HistoryCursor, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, SessionId,
+    SessionPlan, StateManager, Wake,
 };
 use tatbot_state_testkit::RedisServer;
 use tokio::net::{TcpListener, TcpStream};
@@ -27,11 +28,11 @@ pub(crate) async fn history_indices(state: &StateManager, session: &SessionId) -
     // After a crash the reader's own connection may fail once before it reconnects.
     assert!(crate::util::eventually(Duration::from_secs(10), || async { state.ping().await.is_ok() }).await);
     let mut all = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after = HistoryCursor::Start;
     loop {
-        let page = state.get_history(session, after.as_deref(), 1000).await.unwrap();
+        let page = state.get_history(session, &after, 1000).await.unwrap();
         let Some(last) = page.last() else { break };
-        after = Some(last.id.clone());
+        after = HistoryCursor::After(last.id);
         for entry in &page {
             let i = u32::try_from(entry.stroke_idx * 50 + entry.pose_idx).unwrap();
             assert_eq!(entry.description_l, format!("d{i}"));
@@ -59,7 +60,14 @@ pub(crate) fn assert_exact(indices: &[u32], n: u32) {
 async fn producer_delivers_in_order() {
     let server = RedisServer::start();
     let state = manager(&server, "hog").await;
-    let session = state.start_stroke_session(20, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 20,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     let mut robot = RobotState::new("hog");
     for i in 0..1000 {
@@ -95,7 +103,14 @@ async fn producer_merges_around_another_writer() {
     use redis::AsyncCommands as _;
     let server = RedisServer::start();
     let state = manager(&server, "hog").await;
-    let session = state.start_stroke_session(400, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 400,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     let key = tatbot_state::keys::progress(&session);
     let mut raw = crate::util::raw(&server).await;
@@ -130,7 +145,14 @@ async fn producer_merges_around_another_writer() {
 async fn polled_producer_delivers_also_after_idle() {
     let server = RedisServer::start();
     let state = manager(&server, "hog").await;
-    let session = state.start_stroke_session(20, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 20,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let config = ProducerConfig {
         wake: Wake::Poll(Duration::from_micros(200)),
         ..ProducerConfig::default()
@@ -158,7 +180,14 @@ async fn polled_producer_delivers_also_after_idle() {
 async fn survives_five_crashes() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for chunk in 0..5u32 {
         let mut midpoint = 0;
@@ -195,7 +224,14 @@ async fn survives_five_crashes() {
 async fn reasserts_writes_lost_in_a_crash() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for i in 0..300 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
@@ -248,7 +284,14 @@ async fn paused_redis_never_blocks_the_caller() {
     let mut short = config(&server, "hog");
     short.response_timeout = Duration::from_millis(500);
     let state = StateManager::connect(short).await.unwrap();
-    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for i in 0..100 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
@@ -286,7 +329,11 @@ async fn producer_started_while_redis_is_down() {
     let mut server = RedisServer::builder().persistence(true).start();
     let session = manager(&server, "hog")
         .await
-        .start_stroke_session(10, 50, "s")
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 10,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
         .await
         .unwrap();
     server.stop();
@@ -312,7 +359,14 @@ async fn producer_started_while_redis_is_down() {
 async fn bounded_queue_drops_oldest_and_reports() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state.start_stroke_session(10, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 10,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     server.stop();
     let lazy = StateManager::connect_lazy(config(&server, "hog")).unwrap();
     let producer = lazy.producer(
@@ -540,7 +594,14 @@ async fn lost_session_start_is_recreated_and_replayed() {
     let mut server = RedisServer::builder().persistence(true).start();
     let saved = snapshot_aof(&mut server);
     let state = manager(&server, "hog").await;
-    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for i in 0..1000 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
@@ -577,7 +638,14 @@ async fn producer_session_start_is_replayed() {
     let saved = snapshot_aof(&mut server);
     let state = manager(&server, "hog").await;
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
-    let session = producer.start_stroke_session(10, 50, "lost").await.unwrap();
+    let session = producer
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 10,
+            stroke_length: 50,
+            scene: "lost".into(),
+        })
+        .await
+        .unwrap();
     producer.flush(FLUSH).await.unwrap();
     roll_back(&mut server, &saved);
     producer.close(FLUSH).await.unwrap();
@@ -620,7 +688,14 @@ async fn idle_producer_replays_a_lost_tail() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
-    let session = producer.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = producer
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     for i in 0..300 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
     }
@@ -654,7 +729,14 @@ async fn wiped_server_gets_the_session_back_and_says_so() {
         ..ProducerConfig::default()
     };
     let producer = state.producer(config, CancellationToken::new());
-    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     for i in 0..200 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
     }

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use serde_json::json;
 use tatbot_state::model::NodeHealth;
 use tatbot_state::{
-    CancellationToken, Category, Endpoint, Error, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, StateManager,
+    CancellationToken, Category, Endpoint, Error, HistoryCursor, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate,
+    SessionPlan, StateManager,
 };
 use tatbot_state_testkit::RedisServer;
 
@@ -83,21 +84,34 @@ const ADMIN_ONLY: [&[&str]; 4] = [
 async fn viewer_reads_only() {
     let (server, _dir) = server_with_roles();
     let robot = connect(&server, "robot", "robot-pw").await.unwrap();
-    let session = robot.start_stroke_session(2, 2, "s").await.unwrap();
+    let session = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
 
     let viewer = connect(&server, "viewer", "viewer-pw").await.unwrap();
     let status = viewer.system_status().await;
     assert!(status.redis_connected && status.error.is_none(), "{status:?}");
     assert_eq!(status.active_sessions, 1);
     assert!(viewer.get_stroke_progress(&session).await.unwrap().is_some());
-    assert!(viewer.get_history(&session, None, 10).await.unwrap().is_empty());
-    let snapshot = tatbot_state::follow::snapshot(
-        &viewer,
-        &tatbot_state::Scope::All,
-        &tatbot_state::follow::FollowConfig::default(),
-    )
-    .await
-    .unwrap();
+    assert!(
+        viewer
+            .get_history(&session, &HistoryCursor::Start, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let snapshot = viewer
+        .snapshot(
+            &tatbot_state::Scope::All,
+            &tatbot_state::follow::FollowConfig::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(snapshot.sessions.len(), 1, "the follow snapshot works for the viewer");
     let mut subscription = viewer.subscribe(&["stroke:events:*"]).await.unwrap();
     robot
@@ -133,7 +147,14 @@ async fn viewer_reads_only() {
 async fn robot_works_but_cannot_administer() {
     let (server, _dir) = server_with_roles();
     let robot = connect(&server, "robot", "robot-pw").await.unwrap();
-    let session = robot.start_stroke_session(2, 2, "s").await.unwrap();
+    let session = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let producer = robot.producer(ProducerConfig::default(), CancellationToken::new());
     producer
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
@@ -384,4 +405,23 @@ async fn issue_14_robot_cannot_list_names_outside_its_namespaces() {
         line.contains("scan") && line.contains("viewer") && !line.contains('\n'),
         "{line}"
     );
+}
+
+/// Issue #12: the heartbeat agent of a read-only user stops at once with `PermissionDenied`
+/// (retrying cannot succeed), instead of warning every interval until it is cancelled; the MCP
+/// server's heartbeat is this agent and relies on that.
+#[tokio::test]
+async fn viewer_heartbeat_agent_stops_with_permission_denied() {
+    let (server, _dir) = server_with_roles();
+    let viewer = connect(&server, "viewer", "viewer-pw").await.unwrap();
+    let options = tatbot_state::heartbeat::HeartbeatOptions {
+        interval: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    // Never cancelled: only the refusal can end the agent.
+    let shutdown = CancellationToken::new();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), viewer.heartbeat(options, shutdown))
+        .await
+        .expect("the agent stops by itself");
+    assert!(matches!(stopped, Err(Error::PermissionDenied { .. })), "{stopped:?}");
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use tatbot_state::{Error, ProgressUpdate, SessionId, StateManager};
+use tatbot_state::{Error, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 
 use crate::util::{config, eventually, manager, raw, setup};
 
@@ -12,7 +12,14 @@ use crate::util::{config, eventually, manager, raw, setup};
 #[tokio::test]
 async fn lifecycle() {
     let (server, state) = setup("hog").await;
-    let session = state.start_stroke_session(12, 8, "interop_scene").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 12,
+            stroke_length: 8,
+            scene: "interop_scene".into(),
+        })
+        .await
+        .unwrap();
     assert!(session.as_str().starts_with("stroke_hog_"), "{session}");
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
     assert!(progress.is_executing && !progress.is_paused);
@@ -36,7 +43,7 @@ async fn lifecycle() {
     assert_eq!(progress.stroke_description_l, "l1.0");
     assert_eq!((progress.offset_idx_l, progress.offset_idx_r), (2, 3));
 
-    let history = state.get_history(&session, None, 100).await.unwrap();
+    let history = state.get_history(&session, &HistoryCursor::Start, 100).await.unwrap();
     let poses: Vec<(i64, i64)> = history.iter().map(|entry| (entry.stroke_idx, entry.pose_idx)).collect();
     assert_eq!(poses, [(0, 0), (0, 1), (1, 0)]);
     assert!(
@@ -44,7 +51,10 @@ async fn lifecycle() {
             .iter()
             .all(|entry| entry.node_id == "hog" && entry.description_r == "r")
     );
-    let after_first = state.get_history(&session, Some(&history[0].id), 100).await.unwrap();
+    let after_first = state
+        .get_history(&session, &HistoryCursor::After(history[0].id), 100)
+        .await
+        .unwrap();
     assert_eq!(after_first.len(), 2);
 
     state.pause_stroke_session(&session).await.unwrap();
@@ -80,7 +90,14 @@ async fn lifecycle() {
 #[tokio::test]
 async fn update_changes_only_what_it_names() {
     let (server, state) = setup("hog").await;
-    let session = state.start_stroke_session(3, 3, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 3,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     state
         .update_stroke_progress(
             &session,
@@ -147,7 +164,14 @@ async fn unknown_session() {
 async fn concurrent_writers_lose_no_field() {
     let (server, state) = setup("hog").await;
     let other = manager(&server, "ook").await;
-    let session = state.start_stroke_session(100, 10, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 100,
+            stroke_length: 10,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     const N: u32 = 300;
     let left = async {
         for i in 0..N {
@@ -173,7 +197,10 @@ async fn concurrent_writers_lose_no_field() {
     assert_eq!(progress.stroke_description_l, format!("a{}", N - 1));
     assert_eq!(progress.offset_idx_r, i64::from(N - 1));
     assert!(progress.is_paused, "the pause from the second writer survived");
-    let history = state.get_history(&session, None, 10_000).await.unwrap();
+    let history = state
+        .get_history(&session, &HistoryCursor::Start, 10_000)
+        .await
+        .unwrap();
     assert_eq!(history.len(), 2 * N as usize);
 }
 
@@ -183,7 +210,14 @@ async fn concurrent_writers_lose_no_field() {
 #[tokio::test]
 async fn change_by_another_client_between_updates_is_kept() {
     let (server, state) = setup("hog").await;
-    let session = state.start_stroke_session(10, 10, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 10,
+            stroke_length: 10,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
         .await
@@ -207,14 +241,26 @@ async fn change_by_another_client_between_updates_is_kept() {
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
     assert_eq!((progress.pose_idx, progress.scene_name.as_str()), (4, "changed"));
     assert_eq!(progress.extra["operator"], "python");
-    assert_eq!(state.get_history(&session, None, 100).await.unwrap().len(), 4);
+    assert_eq!(
+        state
+            .get_history(&session, &HistoryCursor::Start, 100)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
 }
 
 /// 1,000 sessions started at once by one node get distinct ids of the reference shape.
 #[tokio::test]
 async fn thousand_sessions_distinct_ids() {
     let (_server, state) = setup("hog").await;
-    let starts = (0..1000).map(|_| state.start_stroke_session(1, 1, "s"));
+    let plan = SessionPlan {
+        total_strokes: 1,
+        stroke_length: 1,
+        scene: "s".into(),
+    };
+    let starts = (0..1000).map(|_| state.start_stroke_session(&plan));
     let ids: Vec<SessionId> = futures_util::future::join_all(starts)
         .await
         .into_iter()
@@ -236,19 +282,39 @@ async fn ended_sessions_expire() {
     let mut short = config(&server, "hog");
     short.session_retention = Duration::from_secs(1);
     let state = StateManager::connect(short).await.unwrap();
-    let session = state.start_stroke_session(1, 1, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
         .await
         .unwrap();
-    let running = state.start_stroke_session(1, 1, "s").await.unwrap();
+    let running = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     state.end_stroke_session(&session).await.unwrap();
     let gone = eventually(Duration::from_secs(5), || async {
         state.get_stroke_progress(&session).await.unwrap().is_none()
     })
     .await;
     assert!(gone, "ended session still stored after its retention");
-    assert!(state.get_history(&session, None, 10).await.unwrap().is_empty());
+    assert!(
+        state
+            .get_history(&session, &HistoryCursor::Start, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let listed: Vec<String> = state
         .list_sessions()
         .await
@@ -285,14 +351,27 @@ async fn python_sessions_are_listed() {
 #[tokio::test]
 async fn clear_session() {
     let (_server, state) = setup("hog").await;
-    let session = state.start_stroke_session(1, 1, "s").await.unwrap();
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
         .await
         .unwrap();
     assert!(state.clear_session_data(&session).await.unwrap());
     assert_eq!(state.get_stroke_progress(&session).await.unwrap(), None);
-    assert!(state.get_history(&session, None, 10).await.unwrap().is_empty());
+    assert!(
+        state
+            .get_history(&session, &HistoryCursor::Start, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(!state.clear_session_data(&session).await.unwrap());
 }
 
@@ -300,7 +379,14 @@ async fn clear_session() {
 #[tokio::test]
 async fn oversized_text_refused() {
     let (_server, state) = setup("hog").await;
-    let err = state.start_stroke_session(1, 1, &"x".repeat(5000)).await.unwrap_err();
+    let err = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "x".repeat(5000),
+        })
+        .await
+        .unwrap_err();
     assert!(
         err.to_string().contains("scene name is 5000 bytes; the limit is 4096"),
         "{err}"
@@ -329,7 +415,14 @@ async fn dead_owner_session_turns_stale_once() {
     let mut short = config(&server, "hog");
     short.session_lease = Duration::from_secs(1);
     let owner = StateManager::connect(short).await.unwrap();
-    let session = owner.start_stroke_session(3, 3, "s").await.unwrap();
+    let session = owner
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 3,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     owner
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
         .await
@@ -391,7 +484,14 @@ async fn lease_renewals_keep_an_idle_session_live() {
     let mut short = config(&server, "hog");
     short.session_lease = Duration::from_secs(1);
     let owner = StateManager::connect(short).await.unwrap();
-    let session = owner.start_stroke_session(3, 3, "s").await.unwrap();
+    let session = owner
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 3,
+            stroke_length: 3,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     // Renew at a heartbeat's pace for twice the lease, writing no progress.
     while started.elapsed() < Duration::from_secs(2) {

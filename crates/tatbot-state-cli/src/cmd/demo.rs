@@ -34,8 +34,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tatbot_state::config;
-use tatbot_state::heartbeat::{self, HeartbeatOptions};
-use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, SessionId, StateManager};
+use tatbot_state::heartbeat::HeartbeatOptions;
+use tatbot_state::{CancellationToken, Endpoint, HistoryCursor, ManagerConfig, NodeId, SessionId, StateManager};
 use tatbot_state_mcp::{ConfigDescription, ConfigRow, HttpOptions};
 use tatbot_state_viz::VizState;
 use tokio::net::TcpListener;
@@ -249,7 +249,12 @@ async fn run_on(
         ..HeartbeatOptions::default()
     };
     for manager in [robot.clone(), connect(endpoint, VIZ_NODE).await?] {
-        tracker.spawn(heartbeat::run(manager, options.clone(), tasks.child_token()));
+        let (options, token) = (options.clone(), tasks.child_token());
+        tracker.spawn(async move {
+            if let Err(err) = manager.heartbeat(options, token).await {
+                tracing::warn!(error = %err, node_id = %manager.node_id(), "the demo's heartbeat stopped");
+            }
+        });
     }
     tracker.close();
 
@@ -461,7 +466,7 @@ async fn verify(
     let history = robot
         .get_history(
             session_id,
-            None,
+            &HistoryCursor::Start,
             usize::try_from(expected_entries + 1).unwrap_or(usize::MAX),
         )
         .await
@@ -481,7 +486,7 @@ async fn verify(
     let node_ids = [NodeId::new(ROBOT_NODE)?, NodeId::new(VIZ_NODE)?];
     let online = process::poll_until(NODES_TIMEOUT, || async {
         let health = robot.get_nodes_health(&node_ids).await.ok()?;
-        health.iter().all(|entry| matches!(entry, Some(Ok(_)))).then_some(())
+        health.iter().all(|lookup| lookup.found().is_some()).then_some(())
     })
     .await
     .is_some();

@@ -54,7 +54,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     }
     let server_handle = Arc::new(OnceLock::new());
     let handler = Arc::new(ParamHandler {
-        params: Params::new(&manager),
+        params: manager.params(),
         server: Arc::clone(&server_handle),
     });
     let server = WebSocketServer::new()

@@ -104,10 +104,10 @@ async fn show_all(global: &GlobalArgs) -> anyhow::Result<u8> {
     let live_ids: BTreeSet<&str> = live.iter().map(|entry| entry.id.as_str()).collect();
     let mut offline: Vec<(String, f64)> = known
         .iter()
-        .filter(|(node, _)| !live_ids.contains(node.as_str()))
-        .map(|(node, last_millis)| {
-            let age = (tatbot_state::Timestamp::now().unix_millis() - last_millis) as f64 / 1000.0;
-            (node.clone(), age)
+        .filter(|node| !live_ids.contains(node.node_id.as_str()))
+        .map(|node| {
+            let age = (tatbot_state::Timestamp::now().unix_millis() - node.last_heartbeat_ms) as f64 / 1000.0;
+            (node.node_id.clone(), age)
         })
         .collect();
     offline.sort_by(|a, b| a.0.cmp(&b.0));

@@ -1,6 +1,6 @@
 //! `tatbot-state heartbeat`: run this node's heartbeat agent, or send one beat.
 //!
-//! The agent is [`tatbot_state::heartbeat::run`]: one beat at once, then one per interval, each
+//! The agent is [`tatbot_state::StateManager::heartbeat`]: one beat at once, then one per interval, each
 //! stored with the contract's 60 s TTL, riding out Redis restarts. It stops on Ctrl-C or SIGTERM
 //! after the beat in flight. `--once` sends one beat and prints what was written, like
 //! `health NODE` would show it.
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tatbot_state::CancellationToken;
-use tatbot_state::heartbeat::{self, HeartbeatOptions, MetricsSampler};
+use tatbot_state::heartbeat::{HeartbeatOptions, MetricsSampler};
 
 use crate::cmd::health::print_health;
 use crate::ctx::GlobalArgs;
@@ -48,7 +48,8 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     };
     if args.once {
         let mut sampler = MetricsSampler::new(&options.disk_path);
-        let health = heartbeat::beat(&manager, &mut sampler, &options)
+        let health = manager
+            .send_heartbeat(&mut sampler, &options)
             .await
             .with_context(|| format!("sending a heartbeat for node {}", manager.node_id()))?;
         print_health(&health, global.json)?;
@@ -63,16 +64,19 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         args.interval
     );
     let shutdown = CancellationToken::new();
-    let agent = heartbeat::run(manager, options, shutdown.clone());
+    let node_id = manager.node_id().clone();
+    let agent = manager.heartbeat(options, shutdown.clone());
     tokio::pin!(agent);
+    let refused = |err| anyhow::Error::new(err).context(format!("sending heartbeats for node {node_id}"));
     tokio::select! {
         // Biased so the signal handlers are installed before the agent's first beat goes out.
         biased;
         () = shutdown_signal() => shutdown.cancel(),
-        () = &mut agent => return Ok(exit::SUCCESS),
+        stopped = &mut agent => return stopped.map(|()| exit::SUCCESS).map_err(refused),
     }
-    if tokio::time::timeout(STOP_DEADLINE, agent).await.is_err() {
-        tracing::warn!(deadline = ?STOP_DEADLINE, "the heartbeat in flight did not finish; exiting anyway");
+    match tokio::time::timeout(STOP_DEADLINE, agent).await {
+        Ok(stopped) => stopped.map_err(refused)?,
+        Err(_) => tracing::warn!(deadline = ?STOP_DEADLINE, "the heartbeat in flight did not finish; exiting anyway"),
     }
     Ok(exit::SUCCESS)
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tatbot_state::model::HistoryEntry;
-use tatbot_state::{Entry, SessionId, StateManager};
+use tatbot_state::{Entry, HistoryCursor, SessionId, StateManager};
 
 use crate::cmd::status::shown;
 use crate::ctx::GlobalArgs;
@@ -57,10 +57,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         json_output: global.json,
         printed: 0,
         count: args.count,
-        last_id: None,
+        last_id: HistoryCursor::Start,
     };
 
-    let first = fetch(&manager, &session_id, None).await?;
+    let first = fetch(&manager, &session_id, &HistoryCursor::Start).await?;
     if first.is_empty() {
         let progress = manager
             .get_stroke_progress(&session_id)
@@ -79,7 +79,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         if !full {
             break;
         }
-        page = fetch(&manager, &session_id, printer.last_id.as_deref()).await?;
+        page = fetch(&manager, &session_id, &printer.last_id).await?;
     }
     if !args.follow {
         return Ok(exit::SUCCESS);
@@ -94,7 +94,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             () = &mut shutdown => return Ok(exit::SUCCESS),
             _ = poll.tick() => {}
         }
-        let page = fetch(&manager, &session_id, printer.last_id.as_deref()).await?;
+        let page = fetch(&manager, &session_id, &printer.last_id).await?;
         if printer.print(&page)? {
             return Ok(exit::SUCCESS);
         }
@@ -104,7 +104,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
 async fn fetch(
     manager: &StateManager,
     session_id: &SessionId,
-    after: Option<&str>,
+    after: &HistoryCursor,
 ) -> anyhow::Result<Vec<Entry<HistoryEntry>>> {
     manager
         .history_entries(session_id, after, PAGE)
@@ -117,8 +117,8 @@ struct Printer {
     json_output: bool,
     printed: u64,
     count: Option<u64>,
-    /// The id of the last entry printed; the next page starts after it.
-    last_id: Option<String>,
+    /// Just after the last entry printed: where the next page starts.
+    last_id: HistoryCursor,
 }
 
 impl Printer {
@@ -135,7 +135,7 @@ impl Printer {
                 (Ok(decoded), false) => writeln!(
                     out,
                     "{} {}  stroke {} pose {}  {}  L: {}  R: {}",
-                    entry_time(&decoded.id),
+                    entry_time(&entry.id),
                     decoded.id,
                     decoded.stroke_idx.saturating_add(1),
                     decoded.pose_idx.saturating_add(1),
@@ -152,7 +152,7 @@ impl Printer {
                 )?,
             }
             self.printed += 1;
-            self.last_id = Some(entry.id.clone());
+            self.last_id = HistoryCursor::After(entry.id.parse()?);
         }
         out.flush()?;
         Ok(self.count.is_some_and(|count| self.printed >= count))

@@ -25,7 +25,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
-use tatbot_state::follow::{self, FollowItem, LoggedEvent, NodeView, Scope};
+use tatbot_state::follow::{FollowItem, LoggedEvent, NodeView, Scope};
 use tatbot_state::model::{SessionState, StrokeProgress};
 use tatbot_state::text::{joints, shown};
 use tatbot_state::{Snapshot, Timestamp};
@@ -125,10 +125,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         last_update: None,
         params: Ok(Vec::new()),
     };
-    let params = tatbot_state::Params::new(&manager);
+    let params = manager.params();
     let mut params_tick = tokio::time::interval(PARAMS_INTERVAL);
     params_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut follower = follow::follow(&manager, Scope::All, None);
+    let mut follower = manager.follow(Scope::All, None);
     let mut terminal = ratatui::try_init().context("the monitor needs a terminal (stdout is not one)")?;
     let mut frames = tokio::time::interval(Duration::from_secs_f64(1.0 / args.refresh));
     frames.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -142,7 +142,7 @@ fn prefix(text: Option<&str>) -> anyhow::Result<Prefix> {
 }
 
 async fn params(global: &GlobalArgs) -> anyhow::Result<Params> {
-    Ok(Params::new(&global.manager().await?))
+    Ok(global.manager().await?.params())
 }
 
 /// The parameter, or the "not found" exit.

@@ -26,7 +26,10 @@ use anyhow::Context as _;
 use serde_json::json;
 use tatbot_state::heartbeat::{self, HeartbeatOptions, MetricsSampler};
 use tatbot_state::model::{RobotState, StrokeProgress};
-use tatbot_state::{CancellationToken, Category, Producer, ProducerConfig, ProgressUpdate, SessionId, StateManager};
+use tatbot_state::{
+    CancellationToken, Category, HistoryCursor, Producer, ProducerConfig, ProgressUpdate, SessionId, SessionPlan,
+    StateManager,
+};
 
 use crate::ctx::GlobalArgs;
 
@@ -229,7 +232,8 @@ pub async fn simulate_robot(
     let heartbeat_options = HeartbeatOptions::default();
     let mut sampler = MetricsSampler::new(Path::new("/"));
     match &writes {
-        Writes::Awaited(manager) => heartbeat::beat(manager, &mut sampler, &heartbeat_options)
+        Writes::Awaited(manager) => manager
+            .send_heartbeat(&mut sampler, &heartbeat_options)
             .await
             .map(drop)
             .context("sending the heartbeat")?,
@@ -241,17 +245,14 @@ pub async fn simulate_robot(
     }
     writes.robot_state(&node_id, "ready", true).await?;
 
+    let session_plan = SessionPlan {
+        total_strokes: plan.strokes,
+        stroke_length: plan.stroke_length,
+        scene: plan.scene.clone(),
+    };
     let session_id = match &writes {
-        Writes::Awaited(manager) => {
-            manager
-                .start_stroke_session(plan.strokes, plan.stroke_length, &plan.scene)
-                .await
-        }
-        Writes::Queued(producer) => {
-            producer
-                .start_stroke_session(plan.strokes, plan.stroke_length, &plan.scene)
-                .await
-        }
+        Writes::Awaited(manager) => manager.start_stroke_session(&session_plan).await,
+        Writes::Queued(producer) => producer.start_stroke_session(&session_plan).await,
     }
     .context("starting the stroke session")?;
     writes.robot_state(&node_id, "executing", true).await?;
@@ -355,17 +356,17 @@ struct HistoryCount {
 async fn count_history(manager: &StateManager, plan: &Plan, session_id: &SessionId) -> anyhow::Result<HistoryCount> {
     let total = plan.total();
     let mut seen = vec![0u32; usize::try_from(total).unwrap_or(usize::MAX)];
-    let mut after: Option<String> = None;
+    let mut after = HistoryCursor::Start;
     loop {
         let cursor = after.clone();
         let page = read_back(manager, plan, session_id, |manager, session_id| {
             let cursor = cursor.clone();
-            async move { manager.get_history(&session_id, cursor.as_deref(), 1000).await }
+            async move { manager.get_history(&session_id, &cursor, 1000).await }
         })
         .await
         .with_context(|| format!("reading back the history of {session_id}"))?;
         let Some(last) = page.last() else { break };
-        after = Some(last.id.clone());
+        after = HistoryCursor::After(last.id);
         for entry in &page {
             let index = entry.stroke_idx * i64::from(plan.stroke_length) + entry.pose_idx;
             if let Some(count) = usize::try_from(index).ok().and_then(|index| seen.get_mut(index)) {

@@ -1,4 +1,4 @@
-//! [`EntryId`] and [`Cursor`]: where a follower is in the streams it reads.
+//! [`Cursor`]: where a follower is in the streams it reads.
 //!
 //! A cursor is the id of the last event-log entry delivered plus, for every session still
 //! executing, the id of the last history entry delivered. It has a compact text form,
@@ -13,51 +13,15 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::ids::SessionId;
+use crate::ids::{EntryId, SessionId};
 
 /// The version tag that starts every cursor string.
 const CURSOR_VERSION: &str = "1";
 
-/// A Redis stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EntryId {
-    /// The milliseconds part.
-    pub ms: u64,
-    /// The sequence part.
-    pub seq: u64,
-}
-
-impl EntryId {
-    /// `0-0`: before every entry of every stream.
-    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
-}
-
-impl fmt::Display for EntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-impl FromStr for EntryId {
-    type Err = Error;
-
-    fn from_str(text: &str) -> Result<EntryId> {
-        let invalid = || Error::InvalidInput(format!("{text:?} is not a stream entry id (<ms>-<seq>)"));
-        let (ms, seq) = match text.split_once('-') {
-            Some((ms, seq)) => (ms, seq),
-            None => (text, "0"),
-        };
-        Ok(EntryId {
-            ms: ms.parse().map_err(|_| invalid())?,
-            seq: seq.parse().map_err(|_| invalid())?,
-        })
-    }
-}
-
 /// How far a follower has read: the event log, and the history stream of each executing session.
 ///
 /// Every [`crate::follow::Change`] carries the cursor just after it; hand the last one you
-/// processed to [`crate::follow::follow`] to continue from there.
+/// processed to [`crate::StateManager::follow`] to continue from there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
     /// Last delivered entry of `tatbot:events`.

@@ -1,9 +1,19 @@
-//! `NodeHealth`: the heartbeat stored in `node:health:{node_id}` with a 60 s TTL.
+//! `NodeHealth`: the heartbeat stored in `node:health:{node_id}` with a 60 s TTL, and
+//! [`KnownNode`], a member of the node registry.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::Extra;
 use crate::timestamp::Timestamp;
+
+/// A node that once sent a heartbeat through tatbot-state, from the `tatbot:nodes` registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KnownNode {
+    /// The node id as the registry holds it; shared data, so it is not validated here.
+    pub node_id: String,
+    /// Unix time in milliseconds of its last heartbeat (the registry's score).
+    pub last_heartbeat_ms: i64,
+}
 
 /// One node's resource use and reachability at its last heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

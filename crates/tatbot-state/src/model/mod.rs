@@ -12,9 +12,12 @@ mod stroke;
 
 pub use event::types as event_types;
 pub use event::{ErrorEvent, Event, ProgressUpdateEvent, SessionEndEvent, SessionStartEvent, StateUpdateEvent};
-pub use health::{NodeHealth, is_percent};
+pub use health::{KnownNode, NodeHealth, is_percent};
 pub use robot::RobotState;
-pub use stroke::{DEFAULT_SESSION_LEASE, HistoryEntry, MAX_SESSION_LEASE, SessionState, StrokeProgress};
+pub use stroke::{
+    DEFAULT_SESSION_LEASE, HistoryCursor, HistoryEntry, MAX_SESSION_LEASE, ProgressUpdate, SessionPlan, SessionState,
+    StrokeProgress,
+};
 
 /// The largest stored document or event body we decode (1 MiB); anything larger is refused
 /// with an error rather than parsed, so a runaway writer cannot make readers allocate without

@@ -1,7 +1,9 @@
-//! `StrokeProgress` (the `stroke:progress:{session_id}` document) and history stream entries.
+//! `StrokeProgress` (the `stroke:progress:{session_id}` document), history stream entries, and
+//! the typed arguments of session calls ([`SessionPlan`], [`ProgressUpdate`], [`HistoryCursor`]).
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{EntryId, NodeId};
 use crate::model::Extra;
 use crate::timestamp::Timestamp;
 
@@ -57,12 +59,103 @@ fn default_scene() -> String {
     "default".to_owned()
 }
 
+/// What a stroke session will do, as [`crate::StateManager::start_stroke_session`] takes it:
+/// named fields, so the two counts cannot be swapped silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPlan {
+    /// Strokes in the session.
+    pub total_strokes: u32,
+    /// Poses per stroke.
+    pub stroke_length: u32,
+    /// The scene being tattooed (`scene_name` on the wire); at most
+    /// [`crate::manager::MAX_TEXT_LEN`] bytes.
+    pub scene: String,
+}
+
+/// What a progress update changes; fields left `None` keep their stored value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgressUpdate {
+    /// Current stroke, 0-based.
+    pub stroke_idx: u32,
+    /// Current pose within the stroke, 0-based.
+    pub pose_idx: u32,
+    /// New left description.
+    pub description_l: Option<String>,
+    /// New right description.
+    pub description_r: Option<String>,
+    /// New left offset index.
+    pub offset_idx_l: Option<i64>,
+    /// New right offset index.
+    pub offset_idx_r: Option<i64>,
+}
+
+impl ProgressUpdate {
+    /// An update of the stroke and pose only.
+    pub fn new(stroke_idx: u32, pose_idx: u32) -> ProgressUpdate {
+        ProgressUpdate {
+            stroke_idx,
+            pose_idx,
+            ..ProgressUpdate::default()
+        }
+    }
+
+    /// Also sets both descriptions.
+    pub fn descriptions(mut self, left: impl Into<String>, right: impl Into<String>) -> ProgressUpdate {
+        self.description_l = Some(left.into());
+        self.description_r = Some(right.into());
+        self
+    }
+
+    /// Also sets both offset indices.
+    pub fn offsets(mut self, left: i64, right: i64) -> ProgressUpdate {
+        self.offset_idx_l = Some(left);
+        self.offset_idx_r = Some(right);
+        self
+    }
+
+    /// Merges this update, stamped `at` by `node_id`, into `doc` as the update script does.
+    pub(crate) fn apply_to(&self, doc: &mut StrokeProgress, at: Timestamp, node_id: &NodeId) {
+        doc.timestamp = at;
+        doc.node_id = node_id.to_string();
+        doc.stroke_idx = self.stroke_idx.into();
+        doc.pose_idx = self.pose_idx.into();
+        if let Some(text) = &self.description_l {
+            doc.stroke_description_l.clone_from(text);
+        }
+        if let Some(text) = &self.description_r {
+            doc.stroke_description_r.clone_from(text);
+        }
+        if let Some(offset) = self.offset_idx_l {
+            doc.offset_idx_l = offset;
+        }
+        if let Some(offset) = self.offset_idx_r {
+            doc.offset_idx_r = offset;
+        }
+    }
+}
+
+/// Where a history read starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HistoryCursor {
+    /// From the first entry.
+    #[default]
+    Start,
+    /// After this entry (exclusive): pass the id of the last entry read to get the next page.
+    After(EntryId),
+}
+
+impl From<EntryId> for HistoryCursor {
+    fn from(id: EntryId) -> HistoryCursor {
+        HistoryCursor::After(id)
+    }
+}
+
 /// One entry of `stream:stroke_history:{session_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "record", derive(schemars::JsonSchema))]
 pub struct HistoryEntry {
     /// The stream entry id (`<ms>-<seq>`).
-    pub id: String,
+    pub id: EntryId,
     /// Stroke index, as written.
     pub stroke_idx: i64,
     /// Pose index, as written.

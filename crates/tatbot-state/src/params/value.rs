@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+pub(crate) use crate::ids::is_segment;
+pub use crate::ids::{MAX_NAME_LEN, ParamName};
 
-/// The longest parameter name we accept, in bytes.
-pub const MAX_NAME_LEN: usize = 128;
 /// The longest string value (or list element) we accept, in bytes.
 pub const MAX_STRING_LEN: usize = 4096;
 /// The most elements a list value may hold.
@@ -32,96 +32,6 @@ pub const MAX_LIST_LEN: usize = 1024;
 const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
 /// Relative tolerance of the float step grid, for decimal steps such as 0.1 that `f64` rounds.
 const STEP_TOLERANCE: f64 = 1e-9;
-
-/// A validated parameter name: dotted segments of `[A-Za-z0-9_-]`, at most [`MAX_NAME_LEN`] bytes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ParamName(String);
-
-impl ParamName {
-    /// Validates `value` and wraps it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidId`] (kind "parameter name") when `value` is empty, longer than
-    /// [`MAX_NAME_LEN`], has an empty segment, or a character outside `[A-Za-z0-9_-]` and the dots.
-    pub fn new(value: impl Into<String>) -> Result<ParamName> {
-        let value = value.into();
-        let reason = if value.is_empty() {
-            "it is empty"
-        } else if value.len() > MAX_NAME_LEN {
-            "it is longer than 128 bytes"
-        } else if value.split('.').any(str::is_empty) {
-            "it has an empty segment (two dots in a row, or a dot at an end)"
-        } else if !value.split('.').all(is_segment) {
-            "segments may hold only letters, digits, '_' and '-', with '.' between them"
-        } else {
-            return Ok(ParamName(value));
-        };
-        Err(Error::InvalidId {
-            kind: "parameter name",
-            value,
-            reason,
-        })
-    }
-
-    /// The name as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// True when `self` lies strictly under `parent` (`arms.goal_time` under `arms`).
-    pub fn is_under(&self, parent: &ParamName) -> bool {
-        self.0
-            .strip_prefix(parent.as_str())
-            .is_some_and(|rest| rest.starts_with('.'))
-    }
-
-    /// The names strictly above this one, shortest first (`a`, `a.b` for `a.b.c`).
-    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
-        self.0.match_indices('.').map(|(dot, _)| &self.0[..dot])
-    }
-}
-
-/// True when `segment` is one non-empty segment of a name.
-pub(crate) fn is_segment(segment: &str) -> bool {
-    !segment.is_empty()
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-}
-
-impl fmt::Display for ParamName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl AsRef<str> for ParamName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for ParamName {
-    type Err = Error;
-    fn from_str(value: &str) -> Result<ParamName> {
-        ParamName::new(value)
-    }
-}
-
-impl TryFrom<String> for ParamName {
-    type Error = Error;
-    fn try_from(value: String) -> Result<ParamName> {
-        ParamName::new(value)
-    }
-}
-
-impl From<ParamName> for String {
-    fn from(name: ParamName) -> String {
-        name.0
-    }
-}
 
 /// Which parameters a listing, dump, watch or history covers: all, or one name and everything
 /// under it (`arms` covers `arms` and `arms.goal_time_slow`, not `arms2`).

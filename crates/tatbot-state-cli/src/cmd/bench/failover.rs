@@ -61,7 +61,13 @@ async fn one(mut cluster: SentinelCluster) -> anyhow::Result<Duration> {
     });
     let old = primary.port();
     let manager = StateManager::connect(config).await?;
-    let session = manager.start_stroke_session(100, 50, "bench-failover").await?;
+    let session = manager
+        .start_stroke_session(&tatbot_state::SessionPlan {
+            total_strokes: 100,
+            stroke_length: 50,
+            scene: "bench-failover".into(),
+        })
+        .await?;
     let producer = manager.producer(ProducerConfig::default(), CancellationToken::new());
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     for i in 0..BEFORE_KILL {

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
-use tatbot_state::follow::{self, ChangeKind, FollowConfig, FollowItem, Scope};
+use tatbot_state::follow::{ChangeKind, FollowConfig, FollowItem, Scope};
 use tatbot_state::model::Event;
 use tatbot_state::{
-    CancellationToken, Endpoint, ManagerConfig, Producer, ProducerConfig, ProgressUpdate, SessionId, StateManager,
-    Wake, keys,
+    CancellationToken, Endpoint, ManagerConfig, Producer, ProducerConfig, ProgressUpdate, SessionId, SessionPlan,
+    StateManager, Wake, keys,
 };
 use tokio::time::MissedTickBehavior;
 
@@ -89,10 +89,13 @@ fn update_index(stroke_idx: i64, pose_idx: i64) -> Option<usize> {
 ///
 /// Redis failed.
 pub async fn start_session(manager: &StateManager) -> anyhow::Result<SessionId> {
-    let strokes = STROKES as u32;
-    let poses = POSES as u32;
+    let plan = SessionPlan {
+        total_strokes: STROKES as u32,
+        stroke_length: POSES as u32,
+        scene: "bench".to_owned(),
+    };
     manager
-        .start_stroke_session(strokes, poses, "bench")
+        .start_stroke_session(&plan)
         .await
         .context("starting a bench session")
 }
@@ -339,7 +342,7 @@ pub async fn producer_calls(
 pub enum Path {
     /// `PSUBSCRIBE stroke:events:progress` through [`StateManager::subscribe`].
     PubSub,
-    /// [`follow::follow_with`] on the session.
+    /// [`StateManager::follow_with`] on the session.
     Follow,
 }
 
@@ -385,7 +388,7 @@ pub async fn end_to_end(
         Path::Follow => {
             let config = FollowConfig::default();
             let scope = Scope::Session(session.clone());
-            let mut follower = follow::follow_with(manager, scope, None, config, shutdown);
+            let mut follower = manager.follow_with(scope, None, config, shutdown);
             match tokio::time::timeout(RECEIVE_GRACE, follower.next()).await {
                 Ok(Some(FollowItem::Snapshot(_))) => {}
                 Ok(other) => anyhow::bail!("the follower's first item was {other:?}, not a snapshot"),
