@@ -24,6 +24,7 @@
 //! expected, because the generated config uses directives that older versions reject.
 
 mod conf;
+mod proxy;
 mod resp;
 
 use std::ffi::OsStr;
@@ -44,6 +45,8 @@ use tempfile::TempDir;
 
 use crate::conf::{AOF_DIR_NAME, AOF_FILE_NAME, ConfSpec};
 use crate::resp::Conn;
+
+pub use crate::proxy::ReplyProxy;
 
 /// The environment variable that overrides which `redis-server` binary is started.
 pub const REDIS_SERVER_ENV: &str = "TATBOT_REDIS_SERVER";

@@ -808,6 +808,14 @@ impl Writer {
             self.docs.clear();
             self.restore_sessions(connection).await?;
             self.send(connection, &replay).await?;
+            // The replayed writes are as recent on this server as writes acknowledged now: a
+            // second crash before its next fsync can lose them again, so their replay window
+            // starts again. Counted from their first acknowledgement, the next batch after it
+            // would forget them while this server may not have them on disk yet.
+            let now = Instant::now();
+            for (at, _) in &mut self.recent {
+                *at = now;
+            }
             {
                 let mut queue = self.shared.lock();
                 queue.stats.restarts += 1;

@@ -737,3 +737,56 @@ async fn refused_writes_are_reported() {
     assert_eq!(refused, 50, "one stored error per batch, counting every refusal");
     assert_eq!(state.system_status().await.rejected_updates, 50);
 }
+
+/// Race (issue #18 point 3): writes acknowledged at t0 and lost by a crash are replayed on the
+/// new server at t1, later in the replay window. The window used to count from t0 alone, so the
+/// first batch after t0 + window dropped them from the replay set while the new server had not
+/// had them for an fsync yet, and a second crash then lost them for good (here: 90 of 101
+/// history entries). A replay now starts the window again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_writes_get_a_new_replay_window() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    let mut server = RedisServer::builder().persistence(true).start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    let config = ProducerConfig {
+        replay_window: WINDOW,
+        ..ProducerConfig::default()
+    };
+    let producer = state.producer(config, CancellationToken::new());
+    for i in 0..10 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    let saved = snapshot_aof(&mut server);
+    for i in 10..100 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    let acknowledged = Instant::now();
+    // A crash that loses 10..99; the server stays down for 1.2 s, so the replay comes late in
+    // the window (the time passing is what is tested).
+    server.kill();
+    let aof = server.dir().join("appendonlydir");
+    std::fs::remove_dir_all(&aof).unwrap();
+    copy_dir(&saved, &aof);
+    tokio::time::sleep_until((acknowledged + Duration::from_millis(1200)).into()).await;
+    server.restart();
+    let replayed = crate::util::eventually(Duration::from_secs(10), || async {
+        state
+            .get_stroke_progress(&session)
+            .await
+            .is_ok_and(|progress| progress.is_some_and(|progress| progress.stroke_description_l == "d99"))
+    })
+    .await;
+    assert!(replayed, "the idle producer replays the lost writes");
+    // A batch acknowledged after t0 + window, then a crash that loses the replay too.
+    tokio::time::sleep_until((acknowledged + WINDOW + Duration::from_millis(200)).into()).await;
+    producer.update_stroke_progress(&session, &update(100)).unwrap();
+    producer.flush(FLUSH).await.unwrap();
+    roll_back(&mut server, &saved);
+    producer.close(FLUSH).await.unwrap();
+    assert_exact(&history_indices(&state, &session).await, 101);
+    let stats = producer.stats();
+    assert!(stats.restarts >= 3, "{stats:?}");
+}
