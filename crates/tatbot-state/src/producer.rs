@@ -43,10 +43,14 @@
 //! [`Error::NotStored`] by the next [`Producer::flush`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -598,6 +602,24 @@ impl Queue {
     }
 }
 
+/// Batches a writer has on its connection at once: the next is built and sent while Redis
+/// runs the previous one.
+const IN_FLIGHT: usize = 2;
+
+/// The answers to one batch's pipeline.
+type BatchFuture = Pin<Box<dyn Future<Output = Result<Vec<redis::RedisResult<redis::Value>>>> + Send>>;
+
+/// A batch sent and not answered yet.
+struct InFlight {
+    batch: Vec<Queued>,
+    /// The sequence number that is fully done once this batch is.
+    done_through: u64,
+    /// The sessions its ops write to.
+    sessions: HashSet<SessionId>,
+    /// Every progress update and run-state change in it took the fast path's planning.
+    all_fast: bool,
+}
+
 /// The background task that sends queued ops.
 struct Writer {
     manager: StateManager,
@@ -672,36 +694,127 @@ impl Writer {
 
     #[tracing::instrument(name = "producer", skip_all, fields(writer = %self.rev_key))]
     async fn run(mut self, shutdown: CancellationToken) {
+        // The answers of the batches in flight, oldest first, and the batches themselves.
+        let mut answers: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
+        let mut sent: VecDeque<InFlight> = VecDeque::new();
         loop {
-            let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
-            let Some((batch, done_through)) = taken else {
-                let watching = self.unsafe_since.is_some();
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = self.shared.wake.notified() => continue,
-                    () = tokio::time::sleep(WATCH_INTERVAL), if watching => {
-                        if !self.watch(&shutdown).await {
-                            break;
-                        }
-                        continue;
+            self.fill(&mut answers, &mut sent);
+            if sent.is_empty() {
+                let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
+                let Some((batch, done_through)) = taken else {
+                    if !self.idle(&shutdown).await {
+                        break;
                     }
+                    continue;
+                };
+                // No connection: this batch goes alone, on a new one, after the replay.
+                if !self.send_until_done(&batch, &shutdown).await {
+                    break;
                 }
-            };
-            if !self.send_until_done(&batch, &shutdown).await {
-                break;
+                self.finish(batch, done_through).await;
+                continue;
             }
-            self.remember(batch);
-            // Queued before the acknowledgement, so a flush that returns after it has the
-            // report in its range.
-            self.report_failures();
-            self.shared.acknowledged.send_replace(done_through);
-            self.mark_unsafe(done_through);
-            self.publish_stats().await;
+            // A call may queue more while the answers are awaited: then the next batch goes out.
+            let room = sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast);
+            let answer = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                answer = answers.next() => answer,
+                () = self.shared.wake.notified(), if room => continue,
+            };
+            let (Some(answer), Some(oldest)) = (answer, sent.pop_front()) else {
+                continue;
+            };
+            let later: HashSet<SessionId> = sent
+                .iter()
+                .flat_map(|later| later.sessions.iter().cloned())
+                .collect();
+            if let Err(err) = answer.and_then(|results| self.settle(&oldest.batch, results, &later)) {
+                // This batch and every one sent after it go again, in order, on a new connection
+                // (which replays first when Redis restarted); ops already applied are skipped by
+                // their number. Nothing newer goes out before them.
+                tracing::debug!(error = %err, "batch failed; resending");
+                answers = FuturesOrdered::new();
+                self.connection = None;
+                self.docs.clear();
+                self.shared.lock().stats.retries += 1;
+                let mut stopped = false;
+                for again in std::iter::once(oldest).chain(sent.drain(..)) {
+                    if !self.send_until_done(&again.batch, &shutdown).await {
+                        stopped = true;
+                        break;
+                    }
+                    self.finish(again.batch, again.done_through).await;
+                }
+                if stopped {
+                    break;
+                }
+                continue;
+            }
+            self.finish(oldest.batch, oldest.done_through).await;
         }
         if let Some(poller) = &self.shared.poller {
             poller.stop();
         }
         tracing::debug!("producer writer stopped");
+    }
+
+    /// Sends queued batches on the current connection until [`IN_FLIGHT`] are on it.
+    ///
+    /// The invariant that keeps a replay from losing a write: every op below the first one
+    /// unanswered is acknowledged by the server the connection talks to (or replayed to it),
+    /// and every op from it on goes out on that one connection, in order. So no batch is sent
+    /// while there is no connection and others are in flight (after a failure they are resent
+    /// first, on the new one), and a batch planned without the fast path waits for its answers,
+    /// which say what the documents are, before the next one is planned.
+    fn fill(&mut self, answers: &mut FuturesOrdered<BatchFuture>, sent: &mut VecDeque<InFlight>) {
+        while sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast) {
+            let Some(mut connection) = self.connection.clone() else {
+                return;
+            };
+            let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
+            let Some((batch, done_through)) = taken else {
+                return;
+            };
+            let (pipe, all_fast) = self.pipeline(&batch);
+            // `FuturesOrdered` polls a new future after those pushed before it, and the
+            // connection queues requests in the order they are first polled, so the batches
+            // reach Redis in sequence order.
+            answers.push_back(Box::pin(async move {
+                pipe.query_async(&mut connection)
+                    .await
+                    .map_err(|err| Error::from_redis("producer batch", err))
+            }));
+            let sessions = batch.iter().filter_map(|queued| queued.op.session().cloned()).collect();
+            sent.push_back(InFlight {
+                batch,
+                done_through,
+                sessions,
+                all_fast,
+            });
+        }
+    }
+
+    /// Nothing queued, nothing in flight: waits for a call, watching the connection while
+    /// recent writes may still be lost. False when shut down.
+    async fn idle(&mut self, shutdown: &CancellationToken) -> bool {
+        let watching = self.unsafe_since.is_some();
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = self.shared.wake.notified() => true,
+            () = tokio::time::sleep(WATCH_INTERVAL), if watching => self.watch(shutdown).await,
+        }
+    }
+
+    /// Records a batch Redis answered: kept for replay, failures reported, acknowledged.
+    async fn finish(&mut self, batch: Vec<Queued>, done_through: u64) {
+        self.remember(batch);
+        // Queued before the acknowledgement, so a flush that returns after it has the report
+        // in its range.
+        self.report_failures();
+        self.shared.acknowledged.send_replace(done_through);
+        self.mark_unsafe(done_through);
+        self.publish_stats().await;
     }
 
     /// Writes up to `through` were just acknowledged: they are durable once the horizon has
@@ -906,17 +1019,31 @@ impl Writer {
         ops
     }
 
-    /// One pipeline; per-op refusals are logged and counted, a connection failure is an error.
-    ///
-    /// Progress updates take the fast path when the writer knows the session's document: each
-    /// is planned on the document the previous one will store, so a whole batch chains.
+    /// One pipeline, awaited; per-op refusals are logged and counted, a connection failure is
+    /// an error.
     async fn send(&mut self, connection: &mut MultiplexedConnection, batch: &[Queued]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
+        let (pipe, _) = self.pipeline(batch);
+        let results: Vec<redis::RedisResult<redis::Value>> = pipe
+            .query_async(connection)
+            .await
+            .map_err(|err| Error::from_redis("producer batch", err))?;
+        self.settle(batch, results, &HashSet::new())
+    }
+
+    /// The pipeline of `batch`, and whether every progress update and run-state change in it
+    /// took the fast path's planning.
+    ///
+    /// Progress updates take the fast path when the writer knows the session's document: each
+    /// is planned on the document the previous one will store, so a whole batch chains, and so
+    /// does the next batch while this one is in flight.
+    fn pipeline(&mut self, batch: &[Queued]) -> (redis::Pipeline, bool) {
         let config = self.manager.config();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let mut all_fast = true;
         for queued in batch {
             // Snapshots are coalesced and so sent out of order with the other ops; each kind has
             // its own revision, and within a kind sequence numbers only ever increase.
@@ -926,12 +1053,21 @@ impl Writer {
                 &self.rev_key
             };
             let fast = queued.op.plan(&mut self.docs, &config.node_id);
+            all_fast &= fast.is_some() || !matches!(queued.op, Op::Progress { .. } | Op::RunState { .. });
             pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq, fast.as_ref()));
         }
-        let results: Vec<redis::RedisResult<redis::Value>> = pipe
-            .query_async(connection)
-            .await
-            .map_err(|err| Error::from_redis("producer batch", err))?;
+        (pipe, all_fast)
+    }
+
+    /// Reads the answers to `batch`: per-op refusals are logged and counted, a connection
+    /// failure is an error. `later` holds the sessions that batches sent after this one write
+    /// to: a document this batch's answer reports for them is already out of date.
+    fn settle(
+        &mut self,
+        batch: &[Queued],
+        results: Vec<redis::RedisResult<redis::Value>>,
+        later: &HashSet<SessionId>,
+    ) -> Result<()> {
         let mut results = results;
         if let Some(index) = results.iter().position(|result| {
             result
@@ -955,7 +1091,13 @@ impl Writer {
             match result {
                 Ok(reply) => {
                     if let (Some(session), Op::Progress { .. }) = (session, &queued.op) {
-                        self.docs.observe(session, reply);
+                        if later.contains(session) && matches!(reply, redis::Value::Array(_)) {
+                            // A later batch was planned on a document this one did not store:
+                            // its own answer will say what is stored.
+                            self.docs.forget(session);
+                        } else {
+                            self.docs.observe(session, reply);
+                        }
                     }
                 }
                 Err(err) => {
@@ -1107,8 +1249,12 @@ impl Writer {
             .query_async(&mut connection)
             .await;
         if let Err(err) = result {
-            // The next batch reconnects and prepares.
-            self.connection = None;
+            if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+                // The next batch reconnects and prepares.
+                self.connection = None;
+            }
+            // Otherwise the key is not a hash (anyone on the LAN may write it): the connection
+            // is fine, and dropping it would reconnect after every batch.
             tracing::debug!(error = %err, "cannot store producer stats");
         }
     }

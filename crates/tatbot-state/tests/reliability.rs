@@ -11,7 +11,7 @@ use tatbot_state::producer::POLL_LINGER;
 use tatbot_state::{
     CancellationToken, Endpoint, ManagerConfig, NodeId, ProducerConfig, ProgressUpdate, SessionId, StateManager, Wake,
 };
-use tatbot_state_testkit::RedisServer;
+use tatbot_state_testkit::{RedisServer, ReplyProxy};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::util::{config, manager};
@@ -789,4 +789,77 @@ async fn replayed_writes_get_a_new_replay_window() {
     assert_exact(&history_indices(&state, &session).await, 101);
     let stats = producer.stats();
     assert!(stats.restarts >= 3, "{stats:?}");
+}
+
+/// Race (issue #18 point 3), forced with a proxy: two batches in flight, the first answered,
+/// the writer stuck storing its counters, more updates queued, Redis restarted with the AOF
+/// tail lost (both batches gone), and only then the old connection cut. A writer that sends
+/// the queued updates on a new connection while the second batch is still unanswered on the
+/// old one makes Redis apply later numbers first and skip the second batch as a duplicate:
+/// update 21 was lost. Every batch unanswered now goes again, first, on the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_between_two_batches_replies_loses_nothing() {
+    use redis::AsyncCommands as _;
+    const HELD: Duration = Duration::from_secs(10);
+    let mut server = RedisServer::builder().persistence(true).start();
+    let proxy = ReplyProxy::start(server.addr());
+    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
+    let state = StateManager::connect(via_proxy).await.unwrap();
+    let session = state.start_stroke_session(100, 50, "s").await.unwrap();
+    // A short horizon, so the idle writer stops pinging (answers the proxy would hold too)
+    // before the test holds the answers.
+    let config = ProducerConfig {
+        durability_horizon: Duration::from_millis(200),
+        ..ProducerConfig::default()
+    };
+    let producer = state.producer(config, CancellationToken::new());
+    for i in 0..10 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    producer.flush(FLUSH).await.unwrap();
+    let saved = snapshot_aof(&mut server);
+    for i in 10..20 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+        producer.flush(FLUSH).await.unwrap();
+    }
+    let history_len = |server: &RedisServer| {
+        let url = server.url();
+        let key = tatbot_state::keys::history(&session);
+        async move {
+            let mut raw = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            raw.xlen::<_, usize>(key).await.unwrap()
+        }
+    };
+    assert_eq!(history_len(&server).await, 20);
+    // The counters are stored at most once a second: after this, the next answered batch
+    // stores them (the time passing is what is tested), and the horizon has passed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    proxy.hold();
+    producer.update_stroke_progress(&session, &update(20)).unwrap();
+    assert!(proxy.wait_held(1, HELD), "the first batch is answered");
+    let first = proxy.held();
+    producer.update_stroke_progress(&session, &update(21)).unwrap();
+    assert!(proxy.wait_held(first + 1, HELD), "the second batch goes out before the first's answer");
+    assert_eq!(history_len(&server).await, 22, "both batches applied, neither answer delivered");
+    let second = proxy.held() - first;
+    proxy.release(first);
+    // The writer acknowledges the first batch and stores its counters; that answer is held.
+    assert!(proxy.wait_held(second + 1, HELD), "the writer stores its counters");
+    for i in 22..30 {
+        producer.update_stroke_progress(&session, &update(i)).unwrap();
+    }
+    // Redis restarts without both batches (the AOF from before update 10), then the old
+    // connection dies.
+    roll_back(&mut server, &saved);
+    assert_eq!(history_len(&server).await, 10);
+    proxy.cut();
+    producer.close(FLUSH).await.unwrap();
+    assert_exact(&history_indices(&state, &session).await, 30);
+    let stats = producer.stats();
+    assert_eq!((stats.dropped, stats.rejected), (0, 0), "{stats:?}");
 }
