@@ -121,12 +121,44 @@ impl ReplyProxy {
         }
     }
 
-    /// Forwards the first `bytes` held bytes of every connection and keeps holding the rest.
-    pub fn release(&self, bytes: usize) {
+    /// Complete RESP replies held now, over all connections.
+    pub fn held_replies(&self) -> usize {
+        let state = self.shared.lock();
+        state.conns.iter().map(|conn| reply_ends(&conn.held).len()).sum()
+    }
+
+    /// Waits until at least `count` complete replies are held; false when `limit` passes first.
+    pub fn wait_held_replies(&self, count: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut state = self.shared.lock();
+        loop {
+            let held: usize = state.conns.iter().map(|conn| reply_ends(&conn.held).len()).sum();
+            if held >= count {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Forwards the first `count` complete replies held on every connection and keeps holding
+    /// the rest.
+    pub fn release_replies(&self, count: usize) {
         let mut state = self.shared.lock();
         for conn in state.conns.iter_mut().filter(|conn| conn.open) {
-            let count = bytes.min(conn.held.len());
-            let out: Vec<u8> = conn.held.drain(..count).collect();
+            let ends = reply_ends(&conn.held);
+            let Some(&end) = ends.get(count.min(ends.len()).wrapping_sub(1)) else {
+                continue;
+            };
+            let out: Vec<u8> = conn.held.drain(..end).collect();
             if conn.client.write_all(&out).is_err() {
                 close(conn);
             }
@@ -175,6 +207,48 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A pump thread that panicked left the state as consistent as any single push.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The end offsets of the complete RESP2/RESP3 replies at the start of `bytes`.
+fn reply_ends(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = 0;
+    while let Some(end) = reply_end(bytes, at) {
+        ends.push(end);
+        at = end;
+    }
+    ends
+}
+
+/// Where the reply starting at `at` ends, if it is complete.
+fn reply_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + bytes.get(at..)?.windows(2).position(|pair| pair == b"\r\n")?;
+    let after_line = line_end + 2;
+    let kind = *bytes.get(at)?;
+    let number = || -> Option<i64> { std::str::from_utf8(&bytes[at + 1..line_end]).ok()?.parse().ok() };
+    match kind {
+        // Blob string, blob error, verbatim string: a length, then that many bytes and CRLF.
+        b'$' | b'!' | b'=' => {
+            let len = number()?;
+            if len < 0 {
+                return Some(after_line);
+            }
+            let end = after_line + usize::try_from(len).ok()? + 2;
+            (end <= bytes.len()).then_some(end)
+        }
+        // Aggregates: a count of replies (maps and attributes count pairs).
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let count = number()?;
+            let items = if matches!(kind, b'%' | b'|') { count * 2 } else { count };
+            let mut end = after_line;
+            for _ in 0..items.max(0) {
+                end = reply_end(bytes, end)?;
+            }
+            // An attribute precedes the reply it describes.
+            if kind == b'|' { reply_end(bytes, end) } else { Some(end) }
+        }
+        _ => Some(after_line),
     }
 }
 

@@ -3,7 +3,8 @@
 //! The robot's control loop runs at 30 Hz or more. A producer call (progress, robot state,
 //! heartbeat, error, end/pause/resume) turns the write into an op (one script invocation), puts
 //! it on an in-memory queue under a mutex held for a few instructions, and returns; a background
-//! writer task sends what is queued as one pipeline per batch. When Redis is slow, paused,
+//! writer task sends what is queued as one pipeline per batch, with up to two batches on its
+//! connection at once (the next built while Redis runs the previous). When Redis is slow, paused,
 //! restarting or down, calls still return at once and the queue absorbs the backlog. [`Wake`]
 //! says how a call gets the writer going.
 //!
@@ -22,6 +23,13 @@
 //! in the last [`ProducerConfig::replay_window`] and, when the server's `run_id` changes (a
 //! restart that may have lost the last second of an `appendfsync everysec` AOF), sends them
 //! again; those that survived are skipped, those that were lost are written, in order.
+//!
+//! Skipping by number is only safe while Redis sees the numbers in order: a later number applied
+//! first makes an earlier write look like a duplicate, and it is lost. So a batch goes out only
+//! on the connection that carries every unanswered batch before it; after a failure the
+//! unanswered batches go again first, in order, on the new connection, after the replay. A
+//! replay also starts the replay window again for what it sent, since the new server may lose
+//! it again until its next fsync.
 //!
 //! A restart can also lose a whole session: its start fell in the lost tail, or the server came
 //! back without its data. The writer keeps its own copy of every session document it wrote (and
@@ -122,7 +130,9 @@ pub struct ProducerConfig {
 /// while the producer is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Wake {
-    /// The call wakes the writer itself: the lowest latency to subscribers (the default).
+    /// The call wakes the writer itself when the writer is parked: the lowest latency to
+    /// subscribers (the default). A writer that is sending, or that finished a batch less than
+    /// [`SPIN_BEFORE_PARK`] ago, looks at the queue itself, and the call makes no system call.
     #[default]
     Immediate,
     /// A thread of the producer's own checks every interval (at least [`MIN_POLL_INTERVAL`],
@@ -131,6 +141,9 @@ pub enum Wake {
     /// idle for [`POLL_LINGER`], which restarts that thread.
     Poll(Duration),
 }
+
+/// How long an idle writer keeps looking at the queue before it parks (see [`Wake::Immediate`]).
+pub const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// The shortest interval [`Wake::Poll`] uses; a shorter one would keep a core busy.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_micros(10);
@@ -205,8 +218,11 @@ struct Queue {
 /// State shared by the handles and the writer task.
 struct Shared {
     queue: Mutex<Queue>,
-    /// Wakes the writer when something is queued.
+    /// Wakes the writer when something is queued and it is parked.
     wake: Arc<Notify>,
+    /// The writer is parked (or about to park) on `wake`: a call must wake it. While it works
+    /// or spins it looks at the queue itself, and a call makes no system call.
+    parked: AtomicBool,
     /// The polling thread of [`Wake::Poll`], if that is the policy.
     poller: Option<Arc<Poller>>,
     /// The acknowledged sequence number; `flush` waits on it.
@@ -330,6 +346,7 @@ impl StateManager {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             wake,
+            parked: AtomicBool::new(false),
             poller,
             acknowledged,
             durable,
@@ -365,7 +382,10 @@ impl Producer {
         }
         drop(queue);
         match &self.shared.poller {
-            None => self.shared.wake.notify_one(),
+            // Pairs with the writer's store of `parked` before its last look at the queue: either
+            // it sees this op there, or this load sees it parked.
+            None if self.shared.parked.load(Ordering::SeqCst) => self.shared.wake.notify_one(),
+            None => {}
             Some(poller) => poller.pending(),
         }
         seq
@@ -585,6 +605,11 @@ impl Queue {
         }
     }
 
+    /// Nothing waits to be sent.
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.snapshots.is_empty()
+    }
+
     /// Takes up to `limit` ops and every waiting snapshot, and the sequence number that is
     /// fully done once they are.
     fn take_batch(&mut self, limit: usize) -> Option<(Vec<Queued>, u64)> {
@@ -797,13 +822,36 @@ impl Writer {
 
     /// Nothing queued, nothing in flight: waits for a call, watching the connection while
     /// recent writes may still be lost. False when shut down.
+    ///
+    /// It first spins for [`SPIN_BEFORE_PARK`], yielding to other tasks, so that calls coming
+    /// soon after a batch find it awake and make no system call; then it parks and says so in
+    /// `parked`, and the next call wakes it.
     async fn idle(&mut self, shutdown: &CancellationToken) -> bool {
+        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        while Instant::now() < spin_until && !shutdown.is_cancelled() {
+            if !self.shared.lock().is_empty() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.shared.parked.store(true, Ordering::SeqCst);
+        // The last look, after announcing the park: a call that did not see `parked` queued
+        // before it and is found here.
+        if !self.shared.lock().is_empty() {
+            self.shared.parked.store(false, Ordering::SeqCst);
+            return true;
+        }
         let watching = self.unsafe_since.is_some();
-        tokio::select! {
+        let awake = tokio::select! {
             () = shutdown.cancelled() => false,
             () = self.shared.wake.notified() => true,
-            () = tokio::time::sleep(WATCH_INTERVAL), if watching => self.watch(shutdown).await,
-        }
+            () = tokio::time::sleep(WATCH_INTERVAL), if watching => {
+                self.shared.parked.store(false, Ordering::SeqCst);
+                self.watch(shutdown).await
+            }
+        };
+        self.shared.parked.store(false, Ordering::SeqCst);
+        awake
     }
 
     /// Records a batch Redis answered: kept for replay, failures reported, acknowledged.
@@ -935,7 +983,8 @@ impl Writer {
                 queue.stats.replayed += replay.len() as u64;
             }
             // The replayed writes are as fresh as any: watch them past the horizon again.
-            if self.unsafe_since.is_some() || !replay.is_empty() {
+            let watched = !self.shared.config.durability_horizon.is_zero();
+            if watched && (self.unsafe_since.is_some() || !replay.is_empty()) {
                 self.unsafe_since = Some(Instant::now());
             }
         }
