@@ -526,7 +526,11 @@ impl RedisServer {
     /// be nested"), and a half-applied script plus its replay are applied together. Fixed
     /// upstream in valkey (pull request 4342); `redis-check-aof` cuts before the `MULTI`.
     fn repair_aof(&self) -> io::Result<()> {
-        let manifest = self.dir.path().join(AOF_DIR_NAME).join(format!("{AOF_FILE_NAME}.manifest"));
+        let manifest = self
+            .dir
+            .path()
+            .join(AOF_DIR_NAME)
+            .join(format!("{AOF_FILE_NAME}.manifest"));
         if !manifest.exists() {
             return Ok(());
         }

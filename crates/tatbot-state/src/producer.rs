@@ -750,10 +750,7 @@ impl Writer {
             let (Some(answer), Some(oldest)) = (answer, sent.pop_front()) else {
                 continue;
             };
-            let later: HashSet<SessionId> = sent
-                .iter()
-                .flat_map(|later| later.sessions.iter().cloned())
-                .collect();
+            let later: HashSet<SessionId> = sent.iter().flat_map(|later| later.sessions.iter().cloned()).collect();
             if let Err(err) = answer.and_then(|results| self.settle(&oldest.batch, results, &later)) {
                 // This batch and every one sent after it go again, in order, on a new connection
                 // (which replays first when Redis restarted); ops already applied are skipped by
