@@ -739,7 +739,9 @@ impl Writer {
                 self.finish(batch, done_through).await;
                 continue;
             }
-            // A call may queue more while the answers are awaited: then the next batch goes out.
+            // What is queued while the answers are awaited goes out with the next answer, or at
+            // once when the polling thread of `Wake::Poll` says so; calls themselves only wake a
+            // parked writer, so they make no system call here.
             let room = sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast);
             let answer = tokio::select! {
                 biased;
