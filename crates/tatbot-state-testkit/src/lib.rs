@@ -24,6 +24,7 @@
 //! expected, because the generated config uses directives that older versions reject.
 
 mod conf;
+mod proxy;
 mod resp;
 mod sentinel;
 
@@ -46,6 +47,7 @@ use tempfile::TempDir;
 use crate::conf::{AOF_DIR_NAME, AOF_FILE_NAME, ConfSpec};
 use crate::resp::Conn;
 
+pub use crate::proxy::ReplyProxy;
 pub use crate::sentinel::{ClusterBuilder, SentinelCluster};
 
 /// The environment variable that overrides which `redis-server` binary is started.
@@ -426,6 +428,7 @@ impl RedisServer {
     /// time.
     pub fn try_restart(&mut self) -> io::Result<()> {
         self.kill();
+        self.repair_aof()?;
         let deadline = Instant::now() + REBIND_TIMEOUT;
         loop {
             match self.launch() {
@@ -531,6 +534,63 @@ impl RedisServer {
     }
 
     /// Spawns `redis-server` on the current config and waits until it answers.
+    /// Repairs an AOF that a crash cut in the middle of a write, as `redis-check-aof --fix`
+    /// does: cut before the last whole command, and before an unfinished `MULTI` block.
+    ///
+    /// Redis 7.0 repairs a cut AOF itself (`aof-load-truncated yes`), but only to the last whole
+    /// command: when that lies inside the `MULTI`/`EXEC` block of a script's writes, the block
+    /// stays open, what Redis appends next joins it on the following load ("MULTI calls can not
+    /// be nested"), and a half-applied script plus its replay are applied together. Fixed
+    /// upstream in valkey (pull request 4342); `redis-check-aof` cuts before the `MULTI`.
+    fn repair_aof(&self) -> io::Result<()> {
+        let manifest = self
+            .dir
+            .path()
+            .join(AOF_DIR_NAME)
+            .join(format!("{AOF_FILE_NAME}.manifest"));
+        if !manifest.exists() {
+            return Ok(());
+        }
+        let checker = self
+            .binary
+            .parent()
+            .map(|dir| dir.join("redis-check-aof"))
+            .filter(|path| path.exists())
+            .unwrap_or_else(|| PathBuf::from("redis-check-aof"));
+        let mut child = Command::new(&checker)
+            .arg("--fix")
+            .arg(&manifest)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                with_context(
+                    e,
+                    &format!(
+                        "cannot run {} to repair the AOF before a restart (it comes with redis-server)",
+                        checker.display()
+                    ),
+                )
+            })?;
+        // It asks before it cuts; a broken pipe only means it did not ask.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = io::Write::write_all(&mut stdin, b"y\n");
+        }
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            // An AOF it cannot repair (damage before the end) is left to Redis, whose error the
+            // start then reports.
+            eprintln!(
+                "tatbot-state-testkit: redis-check-aof --fix failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
     fn launch(&self) -> Result<Child, LaunchError> {
         let log_path = self.log_path();
         let stderr_path = self.dir.path().join("redis.stderr");

@@ -3,7 +3,8 @@
 //! The robot's control loop runs at 30 Hz or more. A producer call (progress, robot state,
 //! heartbeat, error, end/pause/resume) turns the write into an op (one script invocation), puts
 //! it on an in-memory queue under a mutex held for a few instructions, and returns; a background
-//! writer task sends what is queued as one pipeline per batch. When Redis is slow, paused,
+//! writer task sends what is queued as one pipeline per batch, with up to two batches on its
+//! connection at once (the next built while Redis runs the previous). When Redis is slow, paused,
 //! restarting or down, calls still return at once and the queue absorbs the backlog. [`Wake`]
 //! says how a call gets the writer going.
 //!
@@ -22,6 +23,13 @@
 //! in the last [`ProducerConfig::replay_window`] and, when the server's `run_id` changes (a
 //! restart that may have lost the last second of an `appendfsync everysec` AOF), sends them
 //! again; those that survived are skipped, those that were lost are written, in order.
+//!
+//! Skipping by number is only safe while Redis sees the numbers in order: a later number applied
+//! first makes an earlier write look like a duplicate, and it is lost. So a batch goes out only
+//! on the connection that carries every unanswered batch before it; after a failure the
+//! unanswered batches go again first, in order, on the new connection, after the replay. A
+//! replay also starts the replay window again for what it sent, since the new server may lose
+//! it again until its next fsync.
 //!
 //! A restart can also lose a whole session: its start fell in the lost tail, or the server came
 //! back without its data. The writer keeps its own copy of every session document it wrote (and
@@ -43,10 +51,14 @@
 //! [`Error::NotStored`] by the next [`Producer::flush`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -119,7 +131,9 @@ pub struct ProducerConfig {
 /// while the producer is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Wake {
-    /// The call wakes the writer itself: the lowest latency to subscribers (the default).
+    /// The call wakes the writer itself when the writer is parked: the lowest latency to
+    /// subscribers (the default). A writer that is sending, or that finished a batch less than
+    /// [`SPIN_BEFORE_PARK`] ago, looks at the queue itself, and the call makes no system call.
     #[default]
     Immediate,
     /// A thread of the producer's own checks every interval (at least [`MIN_POLL_INTERVAL`],
@@ -128,6 +142,9 @@ pub enum Wake {
     /// idle for [`POLL_LINGER`], which restarts that thread.
     Poll(Duration),
 }
+
+/// How long an idle writer keeps looking at the queue before it parks (see [`Wake::Immediate`]).
+pub const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// The shortest interval [`Wake::Poll`] uses; a shorter one would keep a core busy.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_micros(10);
@@ -202,8 +219,11 @@ struct Queue {
 /// State shared by the handles and the writer task.
 struct Shared {
     queue: Mutex<Queue>,
-    /// Wakes the writer when something is queued.
+    /// Wakes the writer when something is queued and it is parked.
     wake: Arc<Notify>,
+    /// The writer is parked (or about to park) on `wake`: a call must wake it. While it works
+    /// or spins it looks at the queue itself, and a call makes no system call.
+    parked: AtomicBool,
     /// The polling thread of [`Wake::Poll`], if that is the policy.
     poller: Option<Arc<Poller>>,
     /// The acknowledged sequence number; `flush` waits on it.
@@ -327,6 +347,7 @@ impl StateManager {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             wake,
+            parked: AtomicBool::new(false),
             poller,
             acknowledged,
             durable,
@@ -362,7 +383,10 @@ impl Producer {
         }
         drop(queue);
         match &self.shared.poller {
-            None => self.shared.wake.notify_one(),
+            // Pairs with the writer's store of `parked` before its last look at the queue: either
+            // it sees this op there, or this load sees it parked.
+            None if self.shared.parked.load(Ordering::SeqCst) => self.shared.wake.notify_one(),
+            None => {}
             Some(poller) => poller.pending(),
         }
         seq
@@ -574,6 +598,11 @@ impl Queue {
         }
     }
 
+    /// Nothing waits to be sent.
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.snapshots.is_empty()
+    }
+
     /// Takes up to `limit` ops and every waiting snapshot, and the sequence number that is
     /// fully done once they are.
     fn take_batch(&mut self, limit: usize) -> Option<(Vec<Queued>, u64)> {
@@ -589,6 +618,24 @@ impl Queue {
         let done_through = self.ops.front().map_or(self.next_seq, |queued| queued.seq - 1);
         Some((batch, done_through))
     }
+}
+
+/// Batches a writer has on its connection at once: the next is built and sent while Redis
+/// runs the previous one.
+const IN_FLIGHT: usize = 2;
+
+/// The answers to one batch's pipeline.
+type BatchFuture = Pin<Box<dyn Future<Output = Result<Vec<redis::RedisResult<redis::Value>>>> + Send>>;
+
+/// A batch sent and not answered yet.
+struct InFlight {
+    batch: Vec<Queued>,
+    /// The sequence number that is fully done once this batch is.
+    done_through: u64,
+    /// The sessions its ops write to.
+    sessions: HashSet<SessionId>,
+    /// Every progress update and run-state change in it took the fast path's planning.
+    all_fast: bool,
 }
 
 /// The background task that sends queued ops.
@@ -678,36 +725,149 @@ impl Writer {
 
     #[tracing::instrument(name = "producer", skip_all, fields(writer = %self.rev_key))]
     async fn run(mut self, shutdown: CancellationToken) {
+        // The answers of the batches in flight, oldest first, and the batches themselves.
+        let mut answers: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
+        let mut sent: VecDeque<InFlight> = VecDeque::new();
         loop {
-            let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
-            let Some((batch, done_through)) = taken else {
-                let watching = self.unsafe_since.is_some();
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = self.shared.wake.notified() => continue,
-                    () = tokio::time::sleep(WATCH_INTERVAL), if watching => {
-                        if !self.watch(&shutdown).await {
-                            break;
-                        }
-                        continue;
+            self.fill(&mut answers, &mut sent);
+            if sent.is_empty() {
+                let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
+                let Some((batch, done_through)) = taken else {
+                    if !self.idle(&shutdown).await {
+                        break;
                     }
+                    continue;
+                };
+                // No connection: this batch goes alone, on a new one, after the replay.
+                if !self.send_until_done(&batch, &shutdown).await {
+                    break;
                 }
-            };
-            if !self.send_until_done(&batch, &shutdown).await {
-                break;
+                self.finish(batch, done_through).await;
+                continue;
             }
-            self.remember(batch);
-            // Queued before the acknowledgement, so a flush that returns after it has the
-            // report in its range.
-            self.report_failures();
-            self.shared.acknowledged.send_replace(done_through);
-            self.mark_unsafe(done_through);
-            self.publish_stats().await;
+            // What is queued while the answers are awaited goes out with the next answer, or at
+            // once when the polling thread of `Wake::Poll` says so; calls themselves only wake a
+            // parked writer, so they make no system call here.
+            let room = sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast);
+            let answer = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                answer = answers.next() => answer,
+                () = self.shared.wake.notified(), if room => continue,
+            };
+            let (Some(answer), Some(oldest)) = (answer, sent.pop_front()) else {
+                continue;
+            };
+            let later: HashSet<SessionId> = sent.iter().flat_map(|later| later.sessions.iter().cloned()).collect();
+            if let Err(err) = answer.and_then(|results| self.settle(&oldest.batch, results, &later)) {
+                // This batch and every one sent after it go again, in order, on a new connection
+                // (which replays first when Redis restarted); ops already applied are skipped by
+                // their number. Nothing newer goes out before them.
+                tracing::debug!(error = %err, "batch failed; resending");
+                answers = FuturesOrdered::new();
+                self.connection = None;
+                self.docs.clear();
+                self.shared.lock().stats.retries += 1;
+                let mut stopped = false;
+                for again in std::iter::once(oldest).chain(sent.drain(..)) {
+                    if !self.send_until_done(&again.batch, &shutdown).await {
+                        stopped = true;
+                        break;
+                    }
+                    self.finish(again.batch, again.done_through).await;
+                }
+                if stopped {
+                    break;
+                }
+                continue;
+            }
+            self.finish(oldest.batch, oldest.done_through).await;
         }
         if let Some(poller) = &self.shared.poller {
             poller.stop();
         }
         tracing::debug!("producer writer stopped");
+    }
+
+    /// Sends queued batches on the current connection until [`IN_FLIGHT`] are on it.
+    ///
+    /// The invariant that keeps a replay from losing a write: every op below the first one
+    /// unanswered is acknowledged by the server the connection talks to (or replayed to it),
+    /// and every op from it on goes out on that one connection, in order. So no batch is sent
+    /// while there is no connection and others are in flight (after a failure they are resent
+    /// first, on the new one), and a batch planned without the fast path waits for its answers,
+    /// which say what the documents are, before the next one is planned.
+    fn fill(&mut self, answers: &mut FuturesOrdered<BatchFuture>, sent: &mut VecDeque<InFlight>) {
+        while sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast) {
+            let Some(mut connection) = self.connection.clone() else {
+                return;
+            };
+            let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
+            let Some((batch, done_through)) = taken else {
+                return;
+            };
+            let (pipe, all_fast) = self.pipeline(&batch);
+            // `FuturesOrdered` polls a new future after those pushed before it, and the
+            // connection queues requests in the order they are first polled, so the batches
+            // reach Redis in sequence order.
+            answers.push_back(Box::pin(async move {
+                pipe.query_async(&mut connection)
+                    .await
+                    .map_err(|err| Error::from_redis("producer batch", err))
+            }));
+            let sessions = batch.iter().filter_map(|queued| queued.op.session().cloned()).collect();
+            sent.push_back(InFlight {
+                batch,
+                done_through,
+                sessions,
+                all_fast,
+            });
+        }
+    }
+
+    /// Nothing queued, nothing in flight: waits for a call, watching the connection while
+    /// recent writes may still be lost. False when shut down.
+    ///
+    /// It first spins for [`SPIN_BEFORE_PARK`], yielding to other tasks, so that calls coming
+    /// soon after a batch find it awake and make no system call; then it parks and says so in
+    /// `parked`, and the next call wakes it.
+    async fn idle(&mut self, shutdown: &CancellationToken) -> bool {
+        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        while Instant::now() < spin_until && !shutdown.is_cancelled() {
+            if !self.shared.lock().is_empty() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.shared.parked.store(true, Ordering::SeqCst);
+        // The last look, after announcing the park: a call that did not see `parked` queued
+        // before it and is found here.
+        if !self.shared.lock().is_empty() {
+            self.shared.parked.store(false, Ordering::SeqCst);
+            return true;
+        }
+        let watching = self.unsafe_since.is_some();
+        let awake = tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = self.shared.wake.notified() => true,
+            () = tokio::time::sleep(WATCH_INTERVAL), if watching => {
+                self.shared.parked.store(false, Ordering::SeqCst);
+                self.watch(shutdown).await
+            }
+        };
+        self.shared.parked.store(false, Ordering::SeqCst);
+        awake
+    }
+
+    /// Records a batch Redis answered: kept for replay, failures reported, acknowledged.
+    async fn finish(&mut self, batch: Vec<Queued>, done_through: u64) {
+        self.remember(batch);
+        // Queued before the acknowledgement, so a flush that returns after it has the report
+        // in its range.
+        self.report_failures();
+        self.shared.acknowledged.send_replace(done_through);
+        self.mark_unsafe(done_through);
+        self.publish_stats().await;
     }
 
     /// Writes up to `through` were just acknowledged: they are durable once the horizon has
@@ -845,13 +1005,22 @@ impl Writer {
             self.docs.clear();
             self.restore_sessions(connection).await?;
             self.send(connection, &replay).await?;
+            // The replayed writes are as recent on this server as writes acknowledged now: a
+            // second crash before its next fsync can lose them again, so their replay window
+            // starts again. Counted from their first acknowledgement, the next batch after it
+            // would forget them while this server may not have them on disk yet.
+            let now = Instant::now();
+            for (at, _) in &mut self.recent {
+                *at = now;
+            }
             {
                 let mut queue = self.shared.lock();
                 queue.stats.restarts += 1;
                 queue.stats.replayed += replay.len() as u64;
             }
             // The replayed writes are as fresh as any: watch them past the horizon again.
-            if self.unsafe_since.is_some() || !replay.is_empty() {
+            let watched = !self.shared.config.durability_horizon.is_zero();
+            if watched && (self.unsafe_since.is_some() || !replay.is_empty()) {
                 self.unsafe_since = Some(Instant::now());
             }
         }
@@ -935,17 +1104,31 @@ impl Writer {
         ops
     }
 
-    /// One pipeline; per-op refusals are logged and counted, a connection failure is an error.
-    ///
-    /// Progress updates take the fast path when the writer knows the session's document: each
-    /// is planned on the document the previous one will store, so a whole batch chains.
+    /// One pipeline, awaited; per-op refusals are logged and counted, a connection failure is
+    /// an error.
     async fn send(&mut self, connection: &mut MultiplexedConnection, batch: &[Queued]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
+        let (pipe, _) = self.pipeline(batch);
+        let results: Vec<redis::RedisResult<redis::Value>> = pipe
+            .query_async(connection)
+            .await
+            .map_err(|err| Error::from_redis("producer batch", err))?;
+        self.settle(batch, results, &HashSet::new())
+    }
+
+    /// The pipeline of `batch`, and whether every progress update and run-state change in it
+    /// took the fast path's planning.
+    ///
+    /// Progress updates take the fast path when the writer knows the session's document: each
+    /// is planned on the document the previous one will store, so a whole batch chains, and so
+    /// does the next batch while this one is in flight.
+    fn pipeline(&mut self, batch: &[Queued]) -> (redis::Pipeline, bool) {
         let config = self.manager.config();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let mut all_fast = true;
         for queued in batch {
             // Snapshots are coalesced and so sent out of order with the other ops; each kind has
             // its own revision, and within a kind sequence numbers only ever increase.
@@ -955,12 +1138,21 @@ impl Writer {
                 &self.rev_key
             };
             let fast = queued.op.plan(&mut self.docs, &config.node_id);
+            all_fast &= fast.is_some() || !matches!(queued.op, Op::Progress { .. } | Op::RunState { .. });
             pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq, fast.as_ref()));
         }
-        let results: Vec<redis::RedisResult<redis::Value>> = pipe
-            .query_async(connection)
-            .await
-            .map_err(|err| Error::from_redis("producer batch", err))?;
+        (pipe, all_fast)
+    }
+
+    /// Reads the answers to `batch`: per-op refusals are logged and counted, a connection
+    /// failure is an error. `later` holds the sessions that batches sent after this one write
+    /// to: a document this batch's answer reports for them is already out of date.
+    fn settle(
+        &mut self,
+        batch: &[Queued],
+        results: Vec<redis::RedisResult<redis::Value>>,
+        later: &HashSet<SessionId>,
+    ) -> Result<()> {
         let mut results = results;
         if let Some(index) = results.iter().position(|result| {
             result
@@ -987,7 +1179,13 @@ impl Writer {
             match result {
                 Ok(reply) => {
                     if let (Some(session), Op::Progress { .. }) = (session, &queued.op) {
-                        self.docs.observe(session, reply);
+                        if later.contains(session) && matches!(reply, redis::Value::Array(_)) {
+                            // A later batch was planned on a document this one did not store:
+                            // its own answer will say what is stored.
+                            self.docs.forget(session);
+                        } else {
+                            self.docs.observe(session, reply);
+                        }
                     }
                 }
                 Err(err) => {
@@ -1139,8 +1337,12 @@ impl Writer {
             .query_async(&mut connection)
             .await;
         if let Err(err) = result {
-            // The next batch reconnects and prepares.
-            self.connection = None;
+            if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+                // The next batch reconnects and prepares.
+                self.connection = None;
+            }
+            // Otherwise the key is not a hash (anyone on the LAN may write it): the connection
+            // is fine, and dropping it would reconnect after every batch.
             tracing::debug!(error = %err, "cannot store producer stats");
         }
     }
