@@ -137,3 +137,77 @@ fn bind_failure_is_reported_from_the_log() {
     );
     assert!(crate::util::processes_in(server_dir.path()).is_empty());
 }
+
+/// Runs one script that writes `keys` (so its effects reach the AOF inside `MULTI`/`EXEC`) on
+/// the server at `port`, and answers which of `probe` exist.
+fn script_writes_then_exists(port: u16, keys: &[&str], probe: &[&str]) -> Vec<bool> {
+    block_on(async {
+        let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the started server accepts connections");
+        if !keys.is_empty() {
+            let script = "for _, key in ipairs(KEYS) do redis.call('SET', key, '1') end";
+            let mut invocation = redis::cmd("EVAL");
+            invocation.arg(script).arg(keys.len()).arg(keys);
+            let () = invocation.query_async(&mut connection).await.expect("the script runs");
+        }
+        let mut exists = Vec::new();
+        for key in probe {
+            let found: bool = redis::cmd("EXISTS")
+                .arg(*key)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            exists.push(found);
+        }
+        exists
+    })
+}
+
+/// A crash that cuts the AOF inside a script's `MULTI` block: Redis 7.0 alone keeps the open
+/// block and, at the restart after the next one, merges the writes made in between into it, so
+/// the half-written script comes back applied. `server start` repairs the AOF first (cut before
+/// the `MULTI`, with a warning): the cut script stays unapplied, the later one applied.
+#[test]
+fn start_repairs_an_aof_cut_inside_a_script() {
+    let server_dir = ServerDir::new();
+    let port = server_dir.port;
+    assert_code(&server_dir.server("start", &[]), 0);
+    script_writes_then_exists(port, &["cut_a", "cut_b"], &[]);
+    assert_code(&server_dir.server("stop", &[]), 0);
+
+    // The crash: the file ends inside the block's closing EXEC (14 bytes: *1 $4 EXEC).
+    let aof_dir = server_dir.path().join("data").join("appendonlydir");
+    let incr = std::fs::read_dir(&aof_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
+        .expect("an incremental AOF file");
+    let bytes = std::fs::read(&incr).unwrap();
+    assert!(
+        bytes.ends_with(b"EXEC\r\n"),
+        "the script's writes end the AOF inside MULTI/EXEC"
+    );
+    std::fs::write(&incr, &bytes[..bytes.len() - 5]).unwrap();
+
+    let started = server_dir.server("start", &[]);
+    assert_code(&started, 0);
+    assert!(
+        stderr(&started).contains("the AOF ended inside a write"),
+        "{}",
+        stderr(&started)
+    );
+    assert_eq!(
+        script_writes_then_exists(port, &["later_c", "later_d"], &["cut_a", "cut_b"]),
+        [false, false]
+    );
+    assert_code(&server_dir.server("stop", &[]), 0);
+    assert_code(&server_dir.server("start", &[]), 0);
+    assert_eq!(
+        script_writes_then_exists(port, &[], &["cut_a", "cut_b", "later_c", "later_d"]),
+        [false, false, true, true],
+        "the cut script stays unapplied after the next restart, the later one is kept"
+    );
+}

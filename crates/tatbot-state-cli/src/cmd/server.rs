@@ -13,6 +13,7 @@
 //! node configured to connect can also start, stop and inspect it with the same settings.
 //! Loopback is always bound; LAN addresses are bound only when passed with `--bind`.
 
+pub mod aof;
 pub mod conf;
 pub mod ha;
 pub mod link;
@@ -262,6 +263,9 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<u8> {
     remove_if_exists(&layout.pidfile())?;
     let log_offset = std::fs::metadata(layout.log()).map_or(0, |meta| meta.len());
 
+    // After a crash the AOF may end inside a script's MULTI block, which Redis 7.0 would keep
+    // open and merge with later writes (see `aof`).
+    aof::repair_logged(&binary, &layout.data()).await?;
     launch_daemon(&binary, &layout).await?;
     let pid = wait_until_ready(&endpoint, &layout, log_offset).await?;
     print_started(global, &started(pid, false))?;

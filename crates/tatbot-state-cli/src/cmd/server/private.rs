@@ -102,6 +102,8 @@ impl PrivateServer {
             base: self.dir.path().to_owned(),
         };
         let binary = process::redis_server_binary()?;
+        // The kill may have cut the AOF inside a script's MULTI block (see `aof`).
+        super::aof::repair_logged(&binary, &layout.data()).await?;
         let (mut child, pid) = spawn(&binary, &layout)?;
         if let Some(failure) = wait_ready(&mut child, pid, self.port, &layout).await? {
             anyhow::bail!(
