@@ -4,6 +4,7 @@
 //! Flags are parsed by clap into [`GlobalArgs`] (stage one) and validated here into typed values
 //! (stage two), the way ripgrep splits low-level and high-level arguments.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -22,7 +23,7 @@ pub struct GlobalArgs {
     pub port: Option<u16>,
     /// Redis password (prefer REDIS_PASSWORD: flags show up in `ps`)
     #[arg(short = 'a', long, global = true)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Redis ACL user name
     #[arg(long, global = true)]
     pub user: Option<String>,
@@ -40,7 +41,7 @@ pub struct GlobalArgs {
     pub master_name: Option<String>,
     /// The Sentinels' password, not Redis's (prefer REDIS_SENTINEL_PASSWORD: flags show up in `ps`)
     #[arg(long, global = true, value_name = "PASSWORD")]
-    pub sentinel_password: Option<String>,
+    pub sentinel_password: Option<Secret>,
     /// This node's id [default: the host name]
     #[arg(long, global = true, value_name = "ID")]
     pub node_id: Option<String>,
@@ -60,7 +61,7 @@ impl GlobalArgs {
         inputs.env_file.clone_from(&self.env_file);
         inputs.host.clone_from(&self.host);
         inputs.port = self.port;
-        inputs.password.clone_from(&self.password);
+        inputs.password = self.password.clone().map(Secret::into_inner);
         inputs.username.clone_from(&self.user);
         inputs
     }
@@ -75,7 +76,7 @@ impl GlobalArgs {
         let flags = config::SentinelInputs {
             sentinels: self.sentinels.clone(),
             master_name: self.master_name.clone(),
-            sentinel_password: self.sentinel_password.clone(),
+            sentinel_password: self.sentinel_password.clone().map(Secret::into_inner),
         };
         Ok(config::resolve_sentinel(&self.config_inputs(), &flags)?)
     }
@@ -275,6 +276,78 @@ pub async fn bind_listener(address: std::net::SocketAddr, what: &str) -> anyhow:
             Err(anyhow::Error::new(err).context(format!("cannot serve the {what} on {address}")))
         }
         Err(err) => Err(anyhow::Error::new(err).context(format!("listening on {address}"))),
+    }
+}
+
+/// A secret flag's value (a password, a token): taken as given, shown by `Debug` as
+/// `"<redacted>"`, so the derived `Debug` of the flag structs never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The secret itself, owned.
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt("<redacted>", f)
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use clap::Parser as _;
+
+    use crate::cmd::Cli;
+
+    /// Passwords and tokens given as flags never show in the parsed flags' `Debug`.
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        for args in [
+            &[
+                "tatbot-state",
+                "-a",
+                "hunter2",
+                "--sentinel-password",
+                "s3ntinel",
+                "viz",
+                "--token",
+                "t0ken",
+            ][..],
+            &[
+                "tatbot-state",
+                "-a",
+                "hunter2",
+                "--sentinel-password",
+                "s3ntinel",
+                "mcp",
+                "--token",
+                "t0ken",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("the flags parse");
+            let shown = format!("{cli:?}");
+            for secret in ["hunter2", "s3ntinel", "t0ken"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 }
 

@@ -56,7 +56,7 @@ pub struct Args {
     /// Bearer token every HTTP request must carry, required off loopback (prefer TATBOT_MCP_TOKEN:
     /// flags show up in `ps`)
     #[arg(long, env = "TATBOT_MCP_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
+    pub token: Option<crate::ctx::Secret>,
     /// Also accept this host name or IP in Host and Origin headers (repeatable)
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
@@ -87,7 +87,7 @@ pub struct Args {
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     // The token rule is checked before anything else, so a refused bind is one line and exit 2.
     if args.transport == Transport::Http
-        && let Err(err) = tatbot_state_mcp::check_bind(&args.bind, args.token.as_deref())
+        && let Err(err) = tatbot_state_mcp::check_bind(&args.bind, args.token.as_ref().map(crate::ctx::Secret::expose))
     {
         // The bind error itself, so `exit::code_for` maps it to exit 2 and the final line
         // gets its hint.
@@ -156,7 +156,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         match listener {
             Some(listener) => {
                 let options = HttpOptions {
-                    token: args.token.clone(),
+                    token: args.token.clone().map(crate::ctx::Secret::into_inner),
                     allowed_hosts: allowed_hosts(&args),
                     serve: ServeConfig {
                         max_connections: args.max_connections,

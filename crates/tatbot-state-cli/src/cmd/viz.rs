@@ -35,7 +35,7 @@ pub struct Args {
     /// Token every request must carry, required off loopback; browsers ask for it as the
     /// password (any user name). Prefer TATBOT_VIZ_TOKEN: flags show up in `ps`
     #[arg(long, env = "TATBOT_VIZ_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
+    pub token: Option<crate::ctx::Secret>,
     /// Also accept this host name or IP in Host and Origin headers (repeatable)
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
@@ -50,7 +50,7 @@ pub struct Args {
 /// Runs `viz`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     // The token rule first, so a refused bind is one line and exit 2 (see `exit::code_for`).
-    tatbot_state::http::check_bind(&args.bind, args.token.as_deref())?;
+    tatbot_state::http::check_bind(&args.bind, args.token.as_ref().map(crate::ctx::Secret::expose))?;
     crate::cmd::mcp::raise_fd_limit();
     // Serves before Redis is up: the dashboard shows the wait and fills in when it answers.
     let manager = global.manager_serving().await?;
@@ -68,7 +68,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         allowed_hosts.push(gethostname::gethostname().to_string_lossy().into_owned());
     }
     let state = VizState::new(manager)
-        .with_token(args.token)
+        .with_token(args.token.map(crate::ctx::Secret::into_inner))
         .with_allowed_hosts(allowed_hosts)
         .with_serve_config(ServeConfig {
             max_connections: args.max_connections,
