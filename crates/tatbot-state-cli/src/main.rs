@@ -28,6 +28,7 @@ macro_rules! out {
 mod cmd;
 mod ctx;
 mod exit;
+mod output;
 mod report;
 mod signal;
 

@@ -14,9 +14,9 @@ use std::io::Write as _;
 use serde_json::{Map, Value, json};
 use tatbot_state::config::{self, ConfigError, RedisTarget};
 
-use crate::cmd::status::table;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::output::table;
 
 /// Flags of `config`.
 #[derive(Debug, clap::Args)]

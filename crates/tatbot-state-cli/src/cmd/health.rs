@@ -15,9 +15,9 @@ use tatbot_state::model::NodeHealth;
 
 use tatbot_state::text::percent;
 
-use crate::cmd::status::{age_secs, format_age, format_ago, shown, table};
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::output::{age_secs, format_age, format_ago, shown, table};
 
 /// Flags of `health`.
 #[derive(Debug, clap::Args)]

@@ -22,9 +22,9 @@ use anyhow::Context as _;
 use tatbot_state::model::HistoryEntry;
 use tatbot_state::{Entry, HistoryCursor, SessionId, StateManager};
 
-use crate::cmd::status::shown;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::output::shown;
 use crate::signal::shutdown_signal;
 
 /// Entries fetched per round trip.

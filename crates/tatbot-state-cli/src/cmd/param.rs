@@ -22,9 +22,9 @@ use tatbot_state::params::{CasOutcome, Change, ChangeOp, LoadPlan, MAX_LOAD_BYTE
 use tatbot_state::{Param, ParamName, Params};
 use tokio::io::AsyncReadExt as _;
 
-use crate::cmd::status::table;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::output::table;
 use crate::signal::shutdown_signal;
 
 /// How many changes `history` prints without `-n`.

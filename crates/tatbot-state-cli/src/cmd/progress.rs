@@ -14,9 +14,9 @@ use tatbot_state::model::StrokeProgress;
 use crate::cmd::sessions::run_state;
 use tatbot_state::text::position;
 
-use crate::cmd::status::{age_secs, format_ago, shown};
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::output::{age_secs, format_ago, shown};
 
 /// Flags of `progress`.
 #[derive(Debug, clap::Args)]

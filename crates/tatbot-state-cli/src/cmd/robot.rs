@@ -12,9 +12,9 @@ use tatbot_state::NodeId;
 use tatbot_state::model::RobotState;
 use tatbot_state::text::joints;
 
-use crate::cmd::status::{age_secs, format_age, format_ago, shown, table};
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::output::{age_secs, format_age, format_ago, shown, table};
 
 /// Flags of `robot`.
 #[derive(Debug, clap::Args)]

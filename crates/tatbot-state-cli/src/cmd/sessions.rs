@@ -18,9 +18,9 @@ use tatbot_state::{SessionId, StateManager};
 
 use tatbot_state::text::position;
 
-use crate::cmd::status::{age_secs, format_age, table};
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::output::{age_secs, format_age, table};
 
 /// How many sessions are listed without `--limit` or `--all`.
 const DEFAULT_LIMIT: usize = 20;
