@@ -201,20 +201,14 @@ impl Reader {
             )));
         }
         let records_at = 32 + compression_len + 8;
-        let records_len = body
-            .get(records_at - 8..records_at)
-            .map(|len| u64::from_le_bytes(len.try_into().expect("8 bytes")))
-            .ok_or_else(|| corrupt("a chunk's header is cut short"))?;
-        let mut records = usize::try_from(records_len)
-            .ok()
-            .and_then(|len| body.get(records_at..records_at.checked_add(len)?))
+        let records_len = le_u64(body, records_at - 8).ok_or_else(|| corrupt("a chunk's header is cut short"))?;
+        let mut records = records_at
+            .checked_add(records_len)
+            .and_then(|end| body.get(records_at..end))
             .ok_or_else(|| corrupt("a chunk's records overrun the chunk"))?;
         while !records.is_empty() {
             let (&opcode, after) = records.split_first().expect("not empty");
-            let len = after
-                .get(..8)
-                .map(|len| u64::from_le_bytes(len.try_into().expect("8 bytes")))
-                .and_then(|len| usize::try_from(len).ok())
+            let len = le_u64(after, 0)
                 .filter(|len| *len <= after.len() - 8)
                 .ok_or_else(|| corrupt("a record overruns its chunk"))?;
             self.record(opcode, &after[8..8 + len])?;
@@ -230,21 +224,26 @@ fn le_u32(body: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(bytes.try_into().ok()?)).ok()
 }
 
+/// The little-endian `u64` at `at`, as a length (`None` past the end or beyond `usize`).
+fn le_u64(body: &[u8], at: usize) -> Option<usize> {
+    let bytes = body.get(at..at.checked_add(8)?)?;
+    usize::try_from(u64::from_le_bytes(bytes.try_into().ok()?)).ok()
+}
+
 /// Checks that every length prefix of a channel record's body (two strings, then a map of
 /// strings with its byte length) stays inside the body, before the crate allocates by them.
 fn check_channel_lengths(body: &[u8]) -> Result<()> {
     let corrupt = || Error::Recording("corrupt MCAP file: a channel record's lengths overrun the record".to_owned());
-    let prefix = |at: usize| le_u32(body, at);
     // id and schema id (u16 each), then topic and message encoding.
     let mut at = 4;
     for _ in 0..2 {
-        let len = prefix(at).ok_or_else(corrupt)?;
+        let len = le_u32(body, at).ok_or_else(corrupt)?;
         at = at
             .checked_add(4 + len)
             .filter(|end| *end <= body.len())
             .ok_or_else(corrupt)?;
     }
-    let map_len = prefix(at).ok_or_else(corrupt)?;
+    let map_len = le_u32(body, at).ok_or_else(corrupt)?;
     let map_end = (at + 4)
         .checked_add(map_len)
         .filter(|end| *end <= body.len())
@@ -253,7 +252,9 @@ fn check_channel_lengths(body: &[u8]) -> Result<()> {
     // The crate reads a key and then its value while it is inside the map, so both must fit.
     while at < map_end {
         for _ in 0..2 {
-            let len = prefix(at).filter(|len| at + 4 + len <= map_end).ok_or_else(corrupt)?;
+            let len = le_u32(body, at)
+                .filter(|len| at + 4 + len <= map_end)
+                .ok_or_else(corrupt)?;
             at += 4 + len;
         }
     }
