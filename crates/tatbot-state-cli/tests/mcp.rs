@@ -924,15 +924,7 @@ async fn failover_mcp_follows_the_new_master() {
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (tx, _updates) = mpsc::channel(256);
     let (client, pid) = stdio_client(Updates(tx), &cluster.servers()[0], &extra).await;
-    let mut config = ManagerConfig::new(Endpoint::new("127.0.0.1", old), NodeId::new("hog").unwrap());
-    config.sentinel = Some(tatbot_state::sentinel::SentinelTarget {
-        sentinels: cluster
-            .sentinels()
-            .iter()
-            .map(|sentinel| Endpoint::new(sentinel.host(), sentinel.port()))
-            .collect(),
-        master_name: cluster.master_name().to_owned(),
-    });
+    let config = crate::util::sentinel_config(&cluster, "hog");
     let robot = StateManager::connect(config).await.unwrap();
     let session_id = robot
         .start_stroke_session(&tatbot_state::SessionPlan {

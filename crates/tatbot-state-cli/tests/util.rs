@@ -444,3 +444,23 @@ impl Drop for Screen {
         let _ = self.child.wait();
     }
 }
+
+/// The manager config for `cluster`'s master, found through its Sentinels, as node `node`
+/// (the robot's side of the failover tests).
+pub fn sentinel_config(cluster: &tatbot_state_testkit::SentinelCluster, node: &str) -> tatbot_state::ManagerConfig {
+    use tatbot_state::{Endpoint, ManagerConfig, NodeId};
+    let primary = &cluster.servers()[0];
+    let mut config = ManagerConfig::new(
+        Endpoint::new(primary.host(), primary.port()),
+        NodeId::new(node).expect("a valid node id"),
+    );
+    config.sentinel = Some(tatbot_state::sentinel::SentinelTarget {
+        sentinels: cluster
+            .sentinels()
+            .iter()
+            .map(|sentinel| Endpoint::new(sentinel.host(), sentinel.port()))
+            .collect(),
+        master_name: cluster.master_name().to_owned(),
+    });
+    config
+}

@@ -432,15 +432,7 @@ fn browser_follows_a_sentinel_failover() {
         "return document.getElementById('connection').textContent.startsWith('Connected')",
     );
 
-    let mut config = ManagerConfig::new(Endpoint::new("127.0.0.1", old), NodeId::new("eek").unwrap());
-    config.sentinel = Some(tatbot_state::sentinel::SentinelTarget {
-        sentinels: cluster
-            .sentinels()
-            .iter()
-            .map(|sentinel| Endpoint::new(sentinel.host(), sentinel.port()))
-            .collect(),
-        master_name: cluster.master_name().to_owned(),
-    });
+    let config = crate::util::sentinel_config(&cluster, "eek");
     let sent = Arc::new(AtomicU32::new(0));
     let robot = {
         let sent = Arc::clone(&sent);
