@@ -211,3 +211,38 @@ fn start_repairs_an_aof_cut_inside_a_script() {
         "the cut script stays unapplied after the next restart, the later one is kept"
     );
 }
+
+/// Damage in the middle of the AOF (not a crash's cut at its end) is not cut: `--fix` would drop
+/// every write after it. `server start` refuses with one line naming the checker, and the file
+/// is left as it was for a person to rescue.
+#[test]
+fn start_leaves_an_aof_damaged_in_the_middle_alone() {
+    let server_dir = ServerDir::new();
+    let port = server_dir.port;
+    assert_code(&server_dir.server("start", &[]), 0);
+    for key in ["k1", "k2", "k3"] {
+        script_writes_then_exists(port, &[key], &[]);
+    }
+    assert_code(&server_dir.server("stop", &[]), 0);
+    let aof_dir = server_dir.path().join("data").join("appendonlydir");
+    let incr = std::fs::read_dir(&aof_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
+        .expect("an incremental AOF file");
+    let bytes = std::fs::read(&incr).unwrap();
+    let at = bytes
+        .windows(2)
+        .position(|window| window == b"k2")
+        .expect("k2 is in the AOF");
+    let damaged = [&bytes[..at], b"@@flipped@@", &bytes[at..]].concat();
+    std::fs::write(&incr, &damaged).unwrap();
+
+    let refused = server_dir.server("start", &[]);
+    assert_code(&refused, 1);
+    let text = stderr(&refused);
+    assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+    assert!(text.contains("is damaged before its end, not cut by a crash"), "{text}");
+    assert!(text.contains("keep a copy of the directory"), "{text}");
+    assert_eq!(std::fs::read(&incr).unwrap(), damaged, "the file is left as it was");
+}

@@ -32,14 +32,15 @@ pub enum Repair {
     },
 }
 
-/// Runs `redis-check-aof --fix` on the AOF under `data` (when there is one), answering its
-/// question, and says whether it cut anything. `redis_server` finds the checker: the one beside
+/// Checks the AOF under `data` (when there is one) with `redis-check-aof`, and when it ends
+/// inside a write, cuts it back with `--fix` (answering its question); says whether it cut. `redis_server` finds the checker: the one beside
 /// it (Debian ships both, the checker a link to the server), else the first on `PATH`.
 ///
 /// # Errors
 ///
-/// The checker could not run, or it failed: damage it cannot repair (before the end of the
-/// file) is for a person to look at, and Redis would refuse to load it anyway.
+/// The checker could not run, or the AOF is damaged before its end: that is for a person to
+/// look at (a cut there would drop every write after the damage), and Redis refuses to load it
+/// anyway.
 pub async fn repair(redis_server: &Path, data: &Path) -> anyhow::Result<Repair> {
     let manifest = manifest(data);
     if !manifest.exists() {
@@ -50,9 +51,47 @@ pub async fn repair(redis_server: &Path, data: &Path) -> anyhow::Result<Repair> 
         .map(|dir| dir.join("redis-check-aof"))
         .filter(|path| path.exists())
         .unwrap_or_else(|| PathBuf::from("redis-check-aof"));
-    let mut child = tokio::process::Command::new(&checker)
-        .arg("--fix")
-        .arg(&manifest)
+    // First only look: `--fix` cuts at the first damage wherever it is, and everything after
+    // damage in the middle of the file (a flipped byte) is data a person may still rescue.
+    let checked = check(&checker, &manifest, false).await?;
+    if !checked.contains("--fix option") {
+        return Ok(Repair::Intact);
+    }
+    // Only what Redis itself would cut (`aof-load-truncated`: a file that ends early) is cut
+    // here, before its `MULTI` instead of inside it.
+    let ends_early = ["Reached EOF", "Unexpected EOF"]
+        .iter()
+        .any(|eof| checked.contains(eof))
+        || checked
+            .split("Expected to read ")
+            .nth(1)
+            .is_some_and(|rest| rest.contains(" bytes, got "));
+    if !ends_early {
+        anyhow::bail!(
+            "the AOF in {} is damaged before its end, not cut by a crash, and Redis will not load it: keep a copy of the directory, then look at it with `redis-check-aof {}` (its `--fix` drops everything after the damage); it said: {checked}",
+            data.display(),
+            manifest.display()
+        );
+    }
+    let said = check(&checker, &manifest, true).await?;
+    if !said.contains("Successfully truncated") {
+        anyhow::bail!(
+            "the AOF in {} ends inside a write but `redis-check-aof --fix` did not cut it; it said: {said}",
+            data.display()
+        );
+    }
+    Ok(Repair::Cut { said })
+}
+
+/// Runs the checker on `manifest`, with `--fix` (answering its question) or without, and
+/// answers what it said on one line.
+async fn check(checker: &Path, manifest: &Path, fix: bool) -> anyhow::Result<String> {
+    let mut command = tokio::process::Command::new(checker);
+    if fix {
+        command.arg("--fix");
+    }
+    let mut child = command
+        .arg(manifest)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -64,24 +103,13 @@ pub async fn repair(redis_server: &Path, data: &Path) -> anyhow::Result<Repair> 
                 checker.display()
             )
         })?;
-    // It asks before it cuts; a closed pipe only means it did not ask.
+    // With `--fix` it asks before it cuts; a closed pipe only means it did not ask.
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(b"y\n").await;
+        let _ = stdin.write_all(if fix { b"y\n" } else { b"n\n" }).await;
     }
     let output = child.wait_with_output().await.context("waiting for redis-check-aof")?;
     let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
-    if !output.status.success() {
-        anyhow::bail!(
-            "the AOF in {} is damaged beyond a cut write; `redis-check-aof --fix` said: {said}",
-            data.display()
-        );
-    }
-    Ok(if said.contains("Successfully truncated") {
-        Repair::Cut { said }
-    } else {
-        Repair::Intact
-    })
+    Ok(said.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// [`repair`], with a cut logged as a warning naming the dir.
