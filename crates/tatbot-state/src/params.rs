@@ -238,6 +238,7 @@ impl Params {
                         descriptor: Some(descriptor_json.clone()),
                         value: Some(descriptor.default.to_json()),
                         op: ChangeOp::Declare,
+                        guard: None,
                     };
                     (write, descriptor.default.clone())
                 }
@@ -270,6 +271,7 @@ impl Params {
                         descriptor: Some(descriptor_json.clone()),
                         value: (value != current.value).then(|| value.to_json()),
                         op: ChangeOp::Declare,
+                        guard: None,
                     };
                     (write, value)
                 }
@@ -371,6 +373,10 @@ impl Params {
     /// Sets a value, validated against the parameter's descriptor; returns the parameter as
     /// stored. A write is made even when the value is unchanged, so it always bumps the version.
     ///
+    /// The last writer wins: the write lands as long as the descriptor it was validated against
+    /// is still the stored one, whatever others set meanwhile, so racing sets all land. Use
+    /// [`Params::set_if_version`] to refuse a write over a value you have not seen.
+    ///
     /// # Errors
     ///
     /// [`Error::ParamNotFound`] for an undeclared parameter, [`Error::InvalidInput`] naming the
@@ -379,7 +385,7 @@ impl Params {
     pub async fn set(&self, name: &ParamName, value: &ParamValue) -> Result<Param> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.require(name).await?;
-            if let Ok(param) = self.set_at(&current, value).await? {
+            if let Ok(param) = self.set_at(&current, value, true).await? {
                 return Ok(param);
             }
         }
@@ -398,15 +404,21 @@ impl Params {
                 version: current.version,
             });
         }
-        Ok(match self.set_at(&current, value).await? {
+        Ok(match self.set_at(&current, value, false).await? {
             Ok(param) => CasOutcome::Applied(Box::new(param)),
             Err(version) => CasOutcome::Conflict { version },
         })
     }
 
-    /// Validates `value` against `current` and writes it if the version is still `current`'s;
-    /// the inner `Err` is the version found instead.
-    async fn set_at(&self, current: &Param, value: &ParamValue) -> Result<std::result::Result<Param, u64>> {
+    /// Validates `value` against `current` and writes it if the version is still `current`'s,
+    /// or, when `guarded`, if the descriptor still is; the inner `Err` is the version found
+    /// instead.
+    async fn set_at(
+        &self,
+        current: &Param,
+        value: &ParamValue,
+        guarded: bool,
+    ) -> Result<std::result::Result<Param, u64>> {
         let name = &current.name;
         if current.descriptor.read_only {
             return Err(read_only(name));
@@ -422,6 +434,7 @@ impl Params {
             descriptor: None,
             value: Some(value.to_json()),
             op: ChangeOp::Set,
+            guard: guarded.then(|| to_json(name, &current.descriptor)).transpose()?,
         };
         match self.write(&[write], "set_param").await? {
             (Ok(versions), updated) => {
@@ -593,6 +606,7 @@ impl Params {
                             descriptor: None,
                             value: Some(value.to_json()),
                             op: ChangeOp::Load,
+                            guard: None,
                         });
                         plan.changes.push(PlannedChange {
                             name,
@@ -639,6 +653,7 @@ impl Params {
                         descriptor: Some(to_json(&name, &descriptor)?),
                         value: Some(descriptor.default.to_json()),
                         op: ChangeOp::Declare,
+                        guard: None,
                     });
                     plan.changes.push(PlannedChange {
                         name,
@@ -827,4 +842,64 @@ fn tree_error(name: &str, other: &str) -> Error {
         format!("{name}: cannot be declared because the parameter {other} is under it")
     };
     Error::InvalidInput(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use tatbot_state_testkit::RedisServer;
+
+    use super::*;
+    use crate::{Endpoint, ManagerConfig, StateManager};
+
+    async fn params(server: &RedisServer, node: &str) -> Params {
+        let config = ManagerConfig::new(Endpoint::new(server.host(), server.port()), NodeId::new(node).unwrap());
+        StateManager::connect(config).await.unwrap().params()
+    }
+
+    /// A plain set validated against the stored descriptor lands even when others set the
+    /// value after it was read; a compare-and-set does not, and neither does a plain set once
+    /// the descriptor it was validated against was replaced.
+    #[tokio::test]
+    async fn a_plain_set_is_voided_by_a_new_descriptor_not_by_a_new_value() {
+        let server = RedisServer::start();
+        let (hog, eek) = (params(&server, "hog").await, params(&server, "eek").await);
+        let goal = ParamName::new("arms.goal_time_slow").unwrap();
+        hog.declare(&goal, &Descriptor::new(1.0).range(0.0, 1000.0))
+            .await
+            .unwrap();
+        let stale = hog.require(&goal).await.unwrap();
+        eek.set(&goal, &ParamValue::Float(2.0)).await.unwrap();
+
+        assert_eq!(
+            hog.set_at(&stale, &ParamValue::Float(3.0), false)
+                .await
+                .unwrap()
+                .unwrap_err(),
+            2
+        );
+        let landed = hog
+            .set_at(&stale, &ParamValue::Float(500.0), true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((landed.version, landed.value.clone()), (3, ParamValue::Float(500.0)));
+        assert_eq!(hog.get(&goal).await.unwrap().unwrap().version, 3);
+
+        eek.set(&goal, &ParamValue::Float(5.0)).await.unwrap();
+        eek.declare(&goal, &Descriptor::new(1.0).range(0.0, 10.0))
+            .await
+            .unwrap();
+        assert_eq!(
+            hog.set_at(&stale, &ParamValue::Float(500.0), true)
+                .await
+                .unwrap()
+                .unwrap_err(),
+            5
+        );
+        let stored = hog.get(&goal).await.unwrap().unwrap();
+        assert_eq!((stored.version, stored.value), (5, ParamValue::Float(5.0)));
+        let history = hog.history(&Prefix::all(), 100).await.unwrap();
+        let versions: Vec<u64> = history.iter().map(|change| change.version).collect();
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
+    }
 }

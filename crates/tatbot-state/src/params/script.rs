@@ -4,7 +4,10 @@
 //!
 //! Rust validates first (for good messages) and hands the script the version each parameter
 //! had when it was read. The script checks every item before it changes anything: the stored
-//! version must still be the expected one (`0` for "not declared yet"), the stored type must be
+//! version must still be the expected one (`0` for "not declared yet"), or, for an item that
+//! carries a guard, the stored descriptor must still be the guard (a plain set was validated
+//! against the descriptor, not the value, so a value others set meanwhile does not void it and
+//! racing plain sets never starve each other); the stored type must be
 //! the item's, and a new name must not sit under a parameter or have parameters under it. One
 //! failed check fails the whole batch with a typed error reply and nothing is written; a
 //! caller that lost a race reads again and re-validates. Redis runs a script alone, so no
@@ -28,11 +31,12 @@ use crate::timestamp::Timestamp;
 
 /// KEYS: parameter index, audit log, seq counter, then one parameter hash per item.
 /// ARGV: audit log maxlen, actor, time, item count, then per item: name, expected version,
-/// type, descriptor JSON (`''` keeps it), value JSON (`''` keeps it), op.
+/// type, descriptor JSON (`''` keeps it), value JSON (`''` keeps it), op, guard (the
+/// descriptor JSON that lets the item land at any version; `''` for none).
 /// Returns the new versions, in item order.
 const WRITE: &str = r#"
 local n = tonumber(ARGV[4])
-local function arg(i, j) return ARGV[4 + (i - 1) * 6 + j] end
+local function arg(i, j) return ARGV[4 + (i - 1) * 7 + j] end
 
 -- The first parameter above or below `name`, if any: parameters are leaves of the name tree.
 local function tree_conflict(name)
@@ -50,10 +54,11 @@ local function tree_conflict(name)
 end
 
 for i = 1, n do
-  local name, expected, ty = arg(i, 1), arg(i, 2), arg(i, 3)
-  local stored = redis.call('HMGET', KEYS[3 + i], 'version', 'type')
+  local name, expected, ty, guard = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 7)
+  local stored = redis.call('HMGET', KEYS[3 + i], 'version', 'type', 'descriptor')
   local version = stored[1] or '0'
-  if version ~= expected then
+  local guarded = guard ~= '' and stored[1] and stored[3] == guard
+  if version ~= expected and not guarded then
     return redis.error_reply('TATBOT_PARAM_CONFLICT ' .. name .. ' ' .. version)
   end
   if stored[2] and stored[2] ~= ty then
@@ -70,8 +75,9 @@ for i = 1, n do
   local key = KEYS[3 + i]
   local name, expected, ty = arg(i, 1), arg(i, 2), arg(i, 3)
   local descriptor, value, op = arg(i, 4), arg(i, 5), arg(i, 6)
-  local version = tonumber(expected) + 1
-  local old = redis.call('HGET', key, 'value')
+  local stored = redis.call('HMGET', key, 'version', 'value')
+  local version = tonumber(stored[1] or '0') + 1
+  local old = stored[2]
   local fields = {'type', ty, 'version', version, 'actor', ARGV[2], 'updated', ARGV[3]}
   if descriptor ~= '' then
     fields[#fields + 1] = 'descriptor'
@@ -134,6 +140,10 @@ pub(crate) struct Write {
     /// The new value JSON, or `None` to keep the stored one.
     pub(crate) value: Option<String>,
     pub(crate) op: ChangeOp,
+    /// The descriptor JSON the value was validated against: while it is still the stored
+    /// one, the write lands whatever the version (a plain set); `None` for a strict
+    /// compare-and-set on `expected`.
+    pub(crate) guard: Option<String>,
 }
 
 /// Why the script refused a batch; nothing was written.
@@ -184,7 +194,8 @@ impl Params {
                 .arg(write.param_type.as_str())
                 .arg(write.descriptor.as_deref().unwrap_or(""))
                 .arg(write.value.as_deref().unwrap_or(""))
-                .arg(write.op.as_str());
+                .arg(write.op.as_str())
+                .arg(write.guard.as_deref().unwrap_or(""));
         }
         let reply: redis::RedisResult<Vec<u64>> = invocation.invoke_async(&mut self.state.connection()).await;
         match reply {
