@@ -7,6 +7,8 @@ import asyncio
 import queue
 import threading
 
+import pytest
+
 from conftest import wait_until
 from tatbot_state import RobotState, StateManager, sync
 
@@ -96,3 +98,43 @@ def test_many_threads_share_one_facade(redis_server):
         for thread in threads:
             thread.join(30)
         assert len(set(session_ids)) == 20
+
+
+def test_blocking_facade_one_instance_per_process(redis_server):
+    """Issue #15 (b): the blocking facade follows the async manager's one-instance rule: the same
+    configuration gives the same object, another one (for either kind) is a ValueError naming
+    both, and ``reset_instance`` lets the process re-target."""
+
+    def facade(node_id: str) -> sync.StateManager:
+        return sync.StateManager(redis_host=redis_server.host, redis_port=redis_server.port, node_id=node_id)
+
+    first = facade("gui")
+    assert facade("gui") is first
+    with pytest.raises(ValueError, match=r"a tatbot_state.sync.StateManager for .* already exists in this process, not .*hint"):
+        facade("other")
+    with pytest.raises(ValueError, match=r"tatbot_state.sync.StateManager for .*as node gui already exists"):
+        StateManager(redis_host=redis_server.host, redis_port=redis_server.port, node_id="other")
+    kept = StateManager(redis_host=redis_server.host, redis_port=redis_server.port, node_id="gui")  # the same config
+    assert kept.node_id == "gui" and kept is not first
+    with pytest.raises(ValueError, match=r"StateManager for .*:%d as node gui already exists in this process, not .*:%d" % (redis_server.port, redis_server.port + 1)):
+        sync.StateManager(redis_host=redis_server.host, redis_port=redis_server.port + 1, node_id="gui")
+    sync.StateManager.reset_instance()
+    assert facade("other").node_id == "other"
+
+
+def test_threads_constructing_the_facade_get_one_object(redis_server):
+    """Threads that make the facade at the same moment all get the one instance."""
+    barrier = threading.Barrier(8)
+    made: "queue.Queue[sync.StateManager]" = queue.Queue()
+
+    def make() -> None:
+        barrier.wait()
+        made.put(sync.StateManager(redis_host=redis_server.host, redis_port=redis_server.port, node_id="gui"))
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    instances = {id(made.get(timeout=1)) for _ in threads}
+    assert len(instances) == 1

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from typing import Any, Dict, List, Optional, Type, TypeVar
+import threading
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Type, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,6 +29,48 @@ def default_node_id() -> str:
     raw = socket.gethostname()
     cleaned = "".join(c if (c.isascii() and c.isalnum()) or c in "_.-" else "-" for c in raw)
     return cleaned[:MAX_ID_LEN] or "node"
+
+
+#: The process's managers by kind (the async manager's and the blocking facade's class names),
+#: held weakly: a manager nobody holds any more no longer pins the configuration.
+_instances: Dict[str, "weakref.ReferenceType[Any]"] = {}
+_instances_lock = threading.Lock()
+
+
+def one_instance(cls: type, kind: str, target: Any, setup: Callable[[Any], None]) -> Any:
+    """The process's manager of class ``cls`` (named ``kind`` in errors) for ``target``: the existing one when it names the
+    same configuration, else a new one made with ``setup`` (under the lock, so no other thread
+    sees it half made).
+
+    One instance per process, as the old manager had: every manager of the process, async or
+    blocking, must name the same server, credentials and node; another one raises
+    ``ValueError`` naming both, with the way out.
+    """
+    with _instances_lock:
+        for other_kind, ref in list(_instances.items()):
+            existing = ref()
+            if existing is None:
+                del _instances[other_kind]
+            elif not existing._target.same_as(target):
+                raise ValueError(
+                    f"a {other_kind} for {existing._target.describe()} already exists in this process, "
+                    f"not {target.describe()}; hint: reuse it, or disconnect() it and call StateManager.reset_instance()"
+                )
+        ref = _instances.get(kind)
+        existing = ref() if ref is not None else None
+        if existing is not None:
+            return existing
+        made = object.__new__(cls)
+        made._target = target
+        setup(made)
+        _instances[kind] = weakref.ref(made)
+        return made
+
+
+def forget_instances() -> None:
+    """Forgets the process's managers (both kinds), so the next one may name another configuration."""
+    with _instances_lock:
+        _instances.clear()
 
 
 def model_json(model: Type[M], value: Any, what: str) -> str:

@@ -8,8 +8,6 @@ four, with no sleeps in the caller. One instance per process, as before.
 from __future__ import annotations
 
 import json
-import threading
-import weakref
 from typing import Any, AsyncIterator, Dict, Optional
 
 from tatbot_state import _common, _native, _ops
@@ -47,9 +45,6 @@ class StateManager:
     configuration it raises ``ValueError`` (one instance per process).
     """
 
-    _instance: Optional["weakref.ReferenceType[StateManager]"] = None
-    _instance_lock = threading.Lock()
-
     def __new__(
         cls,
         redis_host: Optional[str] = None,
@@ -58,23 +53,13 @@ class StateManager:
         node_id: Optional[str] = None,
     ) -> "StateManager":
         target = _native.Target(node_id if node_id is not None else _common.default_node_id(), redis_host, redis_port, redis_password)
-        with cls._instance_lock:
-            existing = cls._instance() if cls._instance is not None else None
-            if existing is not None:
-                if existing._target.same_as(target):
-                    return existing
-                raise ValueError(
-                    f"a StateManager for {existing._target.describe()} already exists in this process, "
-                    f"not {target.describe()}; hint: reuse it, or disconnect() it and call StateManager.reset_instance()"
-                )
-            self = super().__new__(cls)
-            self._target = target
-            self._native = None
-            self._entered = 0
-            self._connect_lock = None
-            self.current_session_id = None
-            cls._instance = weakref.ref(self)
-            return self
+        return _common.one_instance(cls, "tatbot_state.StateManager", target, cls._setup)
+
+    def _setup(self) -> None:
+        self._native = None
+        self._entered = 0
+        self._connect_lock = None
+        self.current_session_id = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Everything is set up in __new__, which may return the existing instance.
@@ -82,9 +67,9 @@ class StateManager:
 
     @classmethod
     def reset_instance(cls) -> None:
-        """Forgets the process's instance, so the next construction may use another config."""
-        with cls._instance_lock:
-            cls._instance = None
+        """Forgets the process's instance (and the blocking facade's), so the next construction
+        may use another configuration."""
+        _common.forget_instances()
 
     @property
     def node_id(self) -> str:

@@ -4,7 +4,9 @@
 the Rust core with the GIL released, so other Python threads run meanwhile, and no asyncio loop
 is made (no more ``asyncio.run`` in a thread). :meth:`StateManager.subscribe_events` returns a
 :class:`Subscription` to iterate over, or to poll with a timeout, and to ``close`` from any
-thread. Any number of these may exist; the one-instance rule is the async manager's.
+thread. One instance per process, as for the async manager: constructing it again with the
+same configuration returns the same object, and any manager of the process (async or blocking)
+naming another configuration raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -104,21 +106,35 @@ class Params:
 class StateManager:
     """The old API as blocking calls: ``with StateManager(node_id="gui") as state: ...``.
 
-    Arguments and defaults as :class:`tatbot_state.StateManager`. Safe to share between
-    threads; each call releases the GIL while it waits.
+    Arguments and defaults as :class:`tatbot_state.StateManager`, and the same one-instance rule
+    (the same configuration gives the same object; another one raises ``ValueError``). Safe to
+    share between threads; each call releases the GIL while it waits.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         redis_host: Optional[str] = None,
         redis_port: Optional[int] = None,
         redis_password: Optional[str] = None,
         node_id: Optional[str] = None,
-    ) -> None:
-        self._target = _native.Target(node_id if node_id is not None else _common.default_node_id(), redis_host, redis_port, redis_password)
+    ) -> "StateManager":
+        target = _native.Target(node_id if node_id is not None else _common.default_node_id(), redis_host, redis_port, redis_password)
+        return _common.one_instance(cls, "tatbot_state.sync.StateManager", target, cls._setup)
+
+    def _setup(self) -> None:
         self._native: Any = None
         self._lock = threading.Lock()
         self.current_session_id: Optional[str] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Everything is set up in __new__, which may return the existing instance.
+        pass
+
+    @classmethod
+    def reset_instance(cls) -> None:
+        """Forgets the process's instance (and the async manager's), so the next construction
+        may use another configuration."""
+        _common.forget_instances()
 
     @property
     def node_id(self) -> str:
