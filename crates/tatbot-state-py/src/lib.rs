@@ -27,6 +27,20 @@
 //!   its models: the glue does not mirror the library's types, so a changed Rust signature is
 //!   a one-line fix here.
 
+/// Awaits a library call, and runs it once more when the first attempt never left this process:
+/// its connection could not be made ([`never_sent`]). That is what the first call after a Redis
+/// outage meets: the shared connection's driver tried to reconnect while Redis was down, failed,
+/// and keeps that failure for the next caller, then reconnects. Nothing reached Redis, so
+/// running the call again cannot apply it twice; a second failure is reported as it is.
+macro_rules! reconnecting {
+    ($call:expr) => {
+        match $call.await {
+            Err(err) if $crate::never_sent(&err) => $call.await,
+            done => done,
+        }
+    };
+}
+
 mod bridge;
 mod manager;
 mod producer;
@@ -41,7 +55,8 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use pyo3::exceptions::{PyConnectionError, PyPermissionError, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::{IntoPyObjectExt as _, create_exception};
+use pyo3::sync::PyOnceLock;
+use pyo3::{IntoPyObjectExt as _, create_exception, intern};
 use tatbot_state::Error;
 
 create_exception!(
@@ -142,9 +157,11 @@ impl Call {
     /// Makes the call awaitable from a running asyncio loop: the loop's [`bridge::Bridge`]
     /// (`tatbot_state._bridge.run`) starts it and resumes the awaiting task with its result.
     fn __await__<'py>(slf: Bound<'py, Call>) -> PyResult<Bound<'py, PyAny>> {
+        // Looked up once: an import per await cost about 1 us on the awaited path.
+        static RUN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let py = slf.py();
-        let run = py.import("tatbot_state._bridge")?.getattr("run")?;
-        run.call1((slf,))?.call_method0("__await__")
+        let run = RUN.import(py, "tatbot_state._bridge", "run")?;
+        run.call1((slf,))?.call_method0(intern!(py, "__await__"))
     }
 
     /// Runs the call to completion on this thread (the GIL is released meanwhile).
@@ -166,9 +183,31 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("tatbot-state")
+            .on_thread_start(yield_to_callers)
             .build()
             .expect("the OS refused the tokio runtime's threads")
     })
+}
+
+/// Makes the calling thread (one of the runtime's) `SCHED_BATCH`: it still gets its fair share
+/// of the CPU, but waking it never preempts the thread that woke it.
+///
+/// Every awaited call and every producer call that finds the writer parked wakes a runtime
+/// thread from the Python thread. As a normal thread, the woken one preempts the Python thread
+/// when they share a core (the scheduler favours a thread that slept), and on a loaded machine
+/// the Python thread then waits tens of microseconds to milliseconds for the core to come back
+/// (docs/PERFORMANCE.md, "Python package"). As a batch thread it runs on an idle core, or once
+/// the Python thread blocks (an awaiting loop soon does), and the call returns at once.
+/// Best effort: a system that refuses the policy keeps the default.
+fn yield_to_callers() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread and `param` is a valid sched_param for the call's
+        // duration; lowering one's own policy to SCHED_BATCH needs no privilege.
+        #[expect(unsafe_code, reason = "sched_setscheduler has no safe wrapper in our dependencies")]
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
+    }
 }
 
 /// Runs a synchronous call, turning a panic into `RuntimeError` instead of unwinding into
@@ -207,9 +246,18 @@ pub(crate) fn py_error(err: Error) -> PyErr {
         Error::Unreachable { .. } | Error::NotRedis { .. } => PyConnectionError::new_err(format!(
             "{line}; hint: start redis-server there, or pass redis_host=/redis_port= (or set REDIS_HOST/REDIS_PORT)"
         )),
-        other if other.is_connection_error() => PyConnectionError::new_err(line),
+        other if other.is_connection_error() => PyConnectionError::new_err(format!(
+            "{line}; hint: check that redis-server is up; the next call connects again by itself"
+        )),
         _ => PyRuntimeError::new_err(line),
     }
+}
+
+/// Whether `err` says the request never left this process: the connection it was to go out on
+/// was refused. Only then is running a write again safe; a connection that broke after the
+/// request went out (reset, end of file, timeout) may have applied it.
+pub(crate) fn never_sent(err: &Error) -> bool {
+    matches!(err, Error::Redis { source, .. } | Error::Unreachable { source, .. } if source.is_connection_refusal())
 }
 
 /// `value` as a `u32` index or count named `what`, or `ValueError`.

@@ -1,9 +1,12 @@
 //! [`Producer`]: the robot's write path for Python, over [`tatbot_state::Producer`].
 //!
 //! Every queuing call is a plain synchronous method: it validates, queues and returns the
-//! write's sequence number without waiting on Redis, and releases the GIL while the Rust side
-//! works, so other Python threads run meanwhile. `flush` and `close` block (GIL released) until
-//! the writer has stored what was queued. The Python package's `Producer` binds these methods
+//! write's sequence number without waiting on Redis; the writer works on the runtime's threads,
+//! which never take the GIL. A queuing call keeps the GIL for its sub-microsecond push: released,
+//! it would go to any other Python thread that wants it, and this thread would wait up to the
+//! interpreter's switch interval (5 ms) to get it back, which was the worst tail of these calls
+//! in a process with a busy second thread. `flush`, `close` and `start_stroke_session` wait on
+//! Redis and release the GIL meanwhile. The Python package's `Producer` binds these methods
 //! directly (no Python frame on the hot path) and adds the ones that take pydantic models,
 //! handing their JSON down.
 
@@ -103,14 +106,15 @@ impl Producer {
         let total_strokes = to_u32("total_strokes", total_strokes)?;
         let stroke_length = to_u32("stroke_length", stroke_length)?;
         let producer = self.producer.clone();
+        let plan = tatbot_state::SessionPlan {
+            total_strokes,
+            stroke_length,
+            scene: scene_name,
+        };
         let session_id = py.detach(|| {
             guard(|| {
                 runtime()
-                    .block_on(producer.start_stroke_session(&tatbot_state::SessionPlan {
-                        total_strokes,
-                        stroke_length,
-                        scene: scene_name,
-                    }))
+                    .block_on(async { reconnecting!(producer.start_stroke_session(&plan)) })
                     .map_err(py_error)
             })
         })?;
@@ -143,7 +147,6 @@ impl Producer {
     #[expect(clippy::too_many_arguments, reason = "the old Python API's keyword arguments")]
     fn update_stroke_progress(
         &self,
-        py: Python<'_>,
         stroke_idx: i64,
         pose_idx: i64,
         stroke_description_l: String,
@@ -159,21 +162,19 @@ impl Producer {
             (stroke_description_l, stroke_description_r),
             (offset_idx_l, offset_idx_r),
         )?;
-        py.detach(|| {
-            guard(|| {
-                self.producer
-                    .update_stroke_progress(&session_id, &update)
-                    .map_err(py_error)
-            })
+        guard(|| {
+            self.producer
+                .update_stroke_progress(&session_id, &update)
+                .map_err(py_error)
         })
     }
 
     /// Queues the end of `session_id` (the current session when `None`), after every update
     /// queued before it.
     #[pyo3(signature = (session_id=None))]
-    fn end_stroke_session(&self, py: Python<'_>, session_id: Option<&str>) -> PyResult<u64> {
+    fn end_stroke_session(&self, session_id: Option<&str>) -> PyResult<u64> {
         let session_id = self.session(session_id)?;
-        let seq = py.detach(|| guard(|| Ok(self.producer.end_stroke_session(&session_id))))?;
+        let seq = guard(|| Ok(self.producer.end_stroke_session(&session_id)))?;
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if current.as_ref() == Some(&session_id) {
             *current = None;
@@ -182,27 +183,25 @@ impl Producer {
     }
 
     /// Queues a robot state given as RobotState JSON.
-    fn _update_robot_state_json(&self, py: Python<'_>, state_json: &str) -> PyResult<u64> {
+    fn _update_robot_state_json(&self, state_json: &str) -> PyResult<u64> {
         let state: RobotState = document("robot_state", state_json)?;
-        py.detach(|| guard(|| self.producer.update_robot_state(&state).map_err(py_error)))
+        guard(|| self.producer.update_robot_state(&state).map_err(py_error))
     }
 
     /// Queues a heartbeat given as NodeHealth JSON.
-    fn _update_node_health_json(&self, py: Python<'_>, health_json: &str) -> PyResult<u64> {
+    fn _update_node_health_json(&self, health_json: &str) -> PyResult<u64> {
         let health: NodeHealth = document("health", health_json)?;
-        py.detach(|| guard(|| self.producer.update_node_health(&health).map_err(py_error)))
+        guard(|| self.producer.update_node_health(&health).map_err(py_error))
     }
 
     /// Queues an error report; `details_json` is a JSON object.
-    fn _report_error_json(&self, py: Python<'_>, category: &str, message: &str, details_json: &str) -> PyResult<u64> {
+    fn _report_error_json(&self, category: &str, message: &str, details_json: &str) -> PyResult<u64> {
         let category = Category::new(category).map_err(py_error)?;
         let details = error_details(details_json)?;
-        py.detach(|| {
-            guard(|| {
-                self.producer
-                    .report_error(&category, message, details)
-                    .map_err(py_error)
-            })
+        guard(|| {
+            self.producer
+                .report_error(&category, message, details)
+                .map_err(py_error)
         })
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
@@ -209,3 +210,37 @@ def test_cancelled_awaits_leave_the_manager_working(redis_server):
             return statuses
 
     assert all(status["redis_connected"] for status in asyncio.run(scenario()))
+
+
+#: How long the outage tests keep Redis down: longer than the shared connection's driver keeps
+#: trying to reconnect (two attempts 50 ms apart), so that its failure is what the next call
+#: meets. The driver says nothing when it gives up, so there is no event to wait for; the
+#: outage's length is the scenario itself.
+OUTAGE_S = 1.0
+
+
+def test_first_call_after_an_outage_reconnects(persistent_redis):
+    """Issue #15 (a): the first awaited call after Redis came back works, as it did with the old
+    manager (redis-py's pool reconnected on use), and is applied once: while Redis was down the
+    driver's reconnect failed and kept that failure for the next caller, which raised
+    ``ConnectionError`` though Redis was up again."""
+    import redis
+
+    async def scenario():
+        async with manager(persistent_redis) as state:
+            session_id = await state.start_stroke_session(4, 4)
+            await state.update_stroke_progress(0, 1, session_id=session_id)
+            persistent_redis.kill()
+            with pytest.raises(ConnectionError, match="Connection refused.*hint: "):
+                await state.get_robot_state()  # while down: a clear error, not a hang
+            time.sleep(OUTAGE_S)
+            persistent_redis.start()
+            await state.update_stroke_progress(0, 2, session_id=session_id)  # the first call after
+            assert (await state.get_stroke_progress(session_id)).pose_idx == 2
+            return session_id
+
+    session_id = asyncio.run(scenario())
+    client = redis.Redis(host=persistent_redis.host, port=persistent_redis.port, decode_responses=True)
+    poses = [fields["pose_idx"] for _, fields in client.xrange(f"stream:stroke_history:{session_id}")]
+    client.close()
+    assert poses == ["1", "2"]  # the update after the outage was stored once

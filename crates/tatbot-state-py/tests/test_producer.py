@@ -4,6 +4,7 @@ through ``state.producer()``; and the producer riding out Redis killed (-9) and 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import threading
 import time
@@ -148,3 +149,19 @@ def test_producer_needs_a_session(redis_server):
     producer = connected(redis_server).producer()
     with pytest.raises(ValueError, match="no current stroke session; hint: call start_stroke_session"):
         producer.update_stroke_progress(0, 0)
+
+
+def test_runtime_threads_do_not_preempt_the_caller(redis_server):
+    """The shared runtime's threads (the producer's writer among them) run as SCHED_BATCH, so
+    waking one never preempts the Python thread that queued the work."""
+    state = connected(redis_server)
+    producer = state.producer()
+    producer.start_stroke_session(1, 1, "policy")
+    tids = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as comm:
+            if comm.read().strip() == "tatbot-state":
+                tids.append(int(tid))
+    producer.close()
+    assert tids, "no runtime thread named tatbot-state"
+    assert {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_BATCH}

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 
 import pytest
 
 from conftest import wait_until
 from tatbot_state import RobotState, StateManager, sync
+from test_api import OUTAGE_S
 
 
 def numpat(raw) -> int:
@@ -98,6 +100,28 @@ def test_many_threads_share_one_facade(redis_server):
         for thread in threads:
             thread.join(30)
         assert len(set(session_ids)) == 20
+
+
+def test_first_blocking_call_after_an_outage_reconnects(redis_server):
+    """Issue #15 (a) for the blocking facade: after Redis was down longer than the driver kept
+    trying, the first call once it is back works; once a write, once a status (which never
+    raises, and said "not connected" instead)."""
+
+    def outage() -> None:
+        redis_server.kill()
+        with pytest.raises(ConnectionError, match="Connection refused.*hint: "):
+            state.get_robot_state()
+        time.sleep(OUTAGE_S)
+        redis_server.start()
+
+    with sync.StateManager(redis_host=redis_server.host, redis_port=redis_server.port, node_id="gui") as state:
+        assert state.get_system_status()["redis_connected"] is True
+        outage()
+        state.update_robot_state(RobotState(node_id="gui", is_connected_l=True))  # the first call after
+        assert state.get_robot_state().is_connected_l is True
+        outage()
+        status = state.get_system_status()  # the first call after
+        assert status["redis_connected"] is True and status.get("error") is None, status
 
 
 def test_blocking_facade_one_instance_per_process(redis_server):

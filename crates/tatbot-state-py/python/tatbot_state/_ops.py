@@ -192,7 +192,8 @@ def awaited(op: Callable, name: Optional[str] = None) -> Callable:
     """``op`` as a coroutine method: connects when needed, then awaits the core's call."""
 
     async def method(self, *args: Any, **kwargs: Any) -> Any:
-        await self._ensure_connected()
+        if self._native is None:  # tested here, not in a coroutine: one fewer per call
+            await self._ensure_connected()
         call, finish = op(self, *args, **kwargs)
         return finish(await call)
 
