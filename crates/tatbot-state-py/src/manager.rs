@@ -470,14 +470,16 @@ impl Manager {
         Ok(Call::new(async move {
             let param = match if_version {
                 None => reconnecting!(params.set(&name, &value)).map_err(py_error)?,
-                Some(version) => match reconnecting!(params.set_if_version(&name, &value, version)).map_err(py_error)? {
-                    CasOutcome::Applied(param) => *param,
-                    CasOutcome::Conflict { version: now } => {
-                        return Err(ConflictError::new_err(format!(
-                            "{name}: version is {now}, not {version}; nothing was written"
-                        )));
+                Some(version) => {
+                    match reconnecting!(params.set_if_version(&name, &value, version)).map_err(py_error)? {
+                        CasOutcome::Applied(param) => *param,
+                        CasOutcome::Conflict { version: now } => {
+                            return Err(ConflictError::new_err(format!(
+                                "{name}: version is {now}, not {version}; nothing was written"
+                            )));
+                        }
                     }
-                },
+                }
             };
             Ok(Reply::Text(to_json(&param)?))
         }))
