@@ -1,9 +1,10 @@
 """The robot's fast path: :class:`Producer`, a writer whose calls never wait on Redis.
 
 Each queuing call validates its arguments, hands the write to the Rust writer's queue and
-returns its sequence number, with the GIL released while the Rust side works; a background
-task on the shared tokio runtime pipelines, coalesces and replays the writes after a Redis
-restart. ``flush(timeout)`` blocks until what was queued is stored. Usable from a plain
+returns its sequence number, keeping the GIL for that sub-microsecond push (released, another
+Python thread could take it and the call would wait for it back); a background task on the
+shared tokio runtime, which never takes the GIL, pipelines, coalesces and replays the writes
+after a Redis restart. ``flush(timeout)`` blocks until what was queued is stored. Usable from a plain
 synchronous control loop; see docs/PYTHON.md.
 """
 
