@@ -5,10 +5,15 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "yaml")]
 use serde_yaml_ng::Value;
 
-use crate::config::layers::{Layer, non_empty_var, parse_port, read_file, validate_host};
-use crate::config::{CONF_DIR_VAR, ConfigError, ConfigInputs, INVENTORY_FILE, PORT_PROBLEM, Source, Sourced};
+use crate::config::layers::{Layer, non_empty_var};
+#[cfg(feature = "yaml")]
+use crate::config::layers::{parse_port, read_file, validate_host};
+use crate::config::{CONF_DIR_VAR, ConfigError, ConfigInputs, INVENTORY_FILE};
+#[cfg(feature = "yaml")]
+use crate::config::{PORT_PROBLEM, Source, Sourced};
 
 /// The conf dir in use and the Redis YAML inside it, if it has one (a conf dir with only
 /// the node inventory still serves as the inventory).
@@ -95,6 +100,7 @@ fn explicit_conf(path: PathBuf, what: &str) -> Result<ConfLocation, ConfigError>
     Ok(ConfLocation { dir, yaml: Some(path) })
 }
 
+#[cfg(feature = "yaml")]
 pub(super) fn parse_yaml(path: &Path, text: &str) -> Result<Value, ConfigError> {
     serde_yaml_ng::from_str(text).map_err(|error| {
         let location = error.location();
@@ -107,6 +113,7 @@ pub(super) fn parse_yaml(path: &Path, text: &str) -> Result<Value, ConfigError> 
     })
 }
 
+#[cfg(feature = "yaml")]
 /// Renders a YAML value the way it would be written: strings quoted, scalars bare.
 pub(super) fn render_yaml(value: &Value) -> String {
     match value {
@@ -118,6 +125,7 @@ pub(super) fn render_yaml(value: &Value) -> String {
     }
 }
 
+#[cfg(feature = "yaml")]
 /// Names a YAML value's kind without showing it, for values that may be secret.
 pub(super) fn yaml_kind(value: &Value) -> &'static str {
     match value {
@@ -131,6 +139,7 @@ pub(super) fn yaml_kind(value: &Value) -> &'static str {
     }
 }
 
+#[cfg(feature = "yaml")]
 pub(super) fn read_conf_yaml(path: &Path) -> Result<Layer, ConfigError> {
     let text = read_file(path)?;
     let map = match parse_yaml(path, &text)? {
@@ -231,6 +240,16 @@ pub(super) fn read_conf_yaml(path: &Path) -> Result<Layer, ConfigError> {
     Ok(layer)
 }
 
+#[cfg(not(feature = "yaml"))]
+/// Without the `yaml` feature a Redis YAML that resolution finds is refused rather than passed
+/// over: passing over it would connect with defaults the file meant to change.
+pub(super) fn read_conf_yaml(path: &Path) -> Result<Layer, ConfigError> {
+    Err(ConfigError::YamlDisabled {
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(feature = "yaml")]
 /// The keys of `redis/default.yaml` this module reads.
 const CONF_KEYS: [&str; 7] = [
     "host",
@@ -242,6 +261,7 @@ const CONF_KEYS: [&str; 7] = [
     "sentinel_password",
 ];
 
+#[cfg(feature = "yaml")]
 /// Hydra's own keys, which a Hydra config may carry and this module ignores silently.
 const HYDRA_KEYS: [&str; 7] = [
     "defaults",
@@ -253,6 +273,7 @@ const HYDRA_KEYS: [&str; 7] = [
     "_args_",
 ];
 
+#[cfg(feature = "yaml")]
 /// Logs a warning naming each key of the Redis YAML that is neither read here nor Hydra's,
 /// with the key it most likely meant when one is close: a misspelled `prot: 6380` is
 /// otherwise ignored without a word, and the default port used.
@@ -274,6 +295,7 @@ fn warn_unknown_keys(path: &Path, map: &serde_yaml_ng::Mapping) {
     }
 }
 
+#[cfg(feature = "yaml")]
 /// What to say about `key` of the Redis YAML: `None` for a known or Hydra key.
 fn unknown_key_message(key: &Value) -> Option<String> {
     let key = match key {
@@ -295,7 +317,7 @@ fn unknown_key_message(key: &Value) -> Option<String> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml"))]
 mod tests {
     use tempfile::TempDir;
 

@@ -230,6 +230,7 @@ mod tests {
     use crate::config::testutil::*;
     use crate::config::*;
 
+    #[cfg(feature = "yaml")]
     /// The env file beats the YAML, with `export` lines, quotes, comments and unrelated keys handled.
     #[test]
     fn env_file_beats_yaml() {
@@ -388,6 +389,7 @@ mod tests {
         assert_eq!(t.redis_url(), "redis://alice:s%40cret@10.0.0.2:7002/");
     }
 
+    #[cfg(feature = "yaml")]
     /// A URL names a whole target: its missing port is 6379 and lower-layer passwords do not leak through.
     #[test]
     fn redis_url_is_a_whole_target() {

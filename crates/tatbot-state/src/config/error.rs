@@ -136,6 +136,16 @@ pub enum ConfigError {
         /// Whether that inventory file exists.
         inventory_found: bool,
     },
+    /// A Redis YAML or node inventory that resolution needs, in a build without the `yaml`
+    /// feature (see the crate docs); it is refused rather than passed over.
+    #[error(
+        "{}: reading YAML is not built in (enable the tatbot-state feature \"yaml\" to read it)",
+        path.display()
+    )]
+    YamlDisabled {
+        /// The YAML file that would have been read.
+        path: PathBuf,
+    },
 }
 
 /// Adds the parser's location to its message unless the message already has it.

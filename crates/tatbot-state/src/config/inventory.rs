@@ -3,9 +3,12 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "yaml")]
 use serde_yaml_ng::Value;
 
+#[cfg(feature = "yaml")]
 use crate::config::conf_file::{parse_yaml, render_yaml, yaml_kind};
+#[cfg(feature = "yaml")]
 use crate::config::layers::read_file;
 use crate::config::{ConfigError, INVENTORY_FILE, Sourced};
 
@@ -63,6 +66,7 @@ pub(super) fn connect_target(
     ))
 }
 
+#[cfg(feature = "yaml")]
 /// Finds `name` in the inventory. Every entry is checked, so a malformed
 /// inventory is reported the first time it is needed rather than only when the
 /// broken entry happens to be the one asked for.
@@ -137,7 +141,16 @@ fn inventory_ip(path: &Path, name: &str) -> Result<Option<IpAddr>, ConfigError> 
     Ok(found)
 }
 
-#[cfg(test)]
+#[cfg(not(feature = "yaml"))]
+/// Without the `yaml` feature the inventory cannot be read, so a host that needs it is refused
+/// with that reason rather than reported as missing from it.
+fn inventory_ip(path: &Path, _name: &str) -> Result<Option<IpAddr>, ConfigError> {
+    Err(ConfigError::YamlDisabled {
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(all(test, feature = "yaml"))]
 mod tests {
     use std::fs;
 

@@ -188,7 +188,7 @@ pub(super) fn flag_layer(inputs: &ConfigInputs) -> Result<Layer, ConfigError> {
     Ok(layer)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml"))]
 mod tests {
     use tempfile::TempDir;
 

@@ -54,7 +54,9 @@ pub use self::resolution::{RedisTarget, resolve, resolve_host_system, resolve_un
 pub use self::url::endpoint_from_url;
 
 // The helpers the Sentinel resolver (`ha`) shares with the plain one.
-use self::conf_file::{find_conf, parse_yaml, render_yaml};
+use self::conf_file::find_conf;
+#[cfg(feature = "yaml")]
+use self::conf_file::{parse_yaml, render_yaml};
 use self::env_file::{find_env_file, parse_env_line};
 use self::layers::{read_file, validate_host};
 

@@ -243,6 +243,9 @@ pub fn resolve_host_system(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(not(feature = "yaml"))]
+    use std::fs;
+
     use tempfile::TempDir;
 
     use super::*;
@@ -267,6 +270,7 @@ mod tests {
         assert_eq!(t.redis_url(), "redis://127.0.0.1:6379/");
     }
 
+    #[cfg(feature = "yaml")]
     /// An empty REDIS_PASSWORD explicitly means "no password", overriding the YAML's.
     #[test]
     fn empty_password_means_none() {
@@ -304,5 +308,47 @@ mod tests {
 
         let t = resolve(&base(dir.path()), &never).expect("resolve");
         assert_eq!(t.display_redacted(), "127.0.0.1:6379 (no password)");
+    }
+
+    /// Issue #12: built without the `yaml` feature, a Redis YAML or a node inventory that
+    /// resolution would read is refused with one line naming the file and the feature, never
+    /// passed over (which would connect with defaults the file meant to change).
+    #[cfg(not(feature = "yaml"))]
+    #[test]
+    fn without_yaml_a_conf_file_or_inventory_is_refused() {
+        let dir = TempDir::new().expect("tempdir");
+        let conf = dir.path().join("src/conf");
+        let yaml = conf.join("redis/default.yaml");
+        write(&yaml, "port: 6380\n");
+        let message = |inputs: &ConfigInputs| match resolve(inputs, &|_| false) {
+            Err(ConfigError::YamlDisabled { path }) => path,
+            other => panic!("expected YamlDisabled, got {other:?}"),
+        };
+        assert_eq!(message(&base(dir.path())), yaml);
+        let sentinel = resolve_sentinel(&base(dir.path()), &SentinelInputs::default());
+        assert!(
+            matches!(sentinel, Err(ConfigError::YamlDisabled { .. })),
+            "{sentinel:?}"
+        );
+        assert_eq!(
+            err(&base(dir.path())),
+            format!(
+                "{}: reading YAML is not built in (enable the tatbot-state feature \"yaml\" to read it)",
+                yaml.display()
+            )
+        );
+        // An inventory is read only for a host that does not resolve.
+        fs::remove_file(&yaml).expect("remove yaml");
+        let inventory = conf.join(INVENTORY_FILE);
+        write(&inventory, "nodes:\n- {name: eek, ip: 10.0.0.1}\n");
+        let inputs = ConfigInputs {
+            host: Some("eek".to_owned()),
+            ..base(dir.path())
+        };
+        assert_eq!(message(&inputs), inventory);
+        assert!(
+            resolve(&inputs, &|_| true).is_ok(),
+            "a resolving host needs no inventory"
+        );
     }
 }

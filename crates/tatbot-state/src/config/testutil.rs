@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(feature = "yaml")]
+use std::path::PathBuf;
 
 use crate::config::{ConfigInputs, resolve};
 
@@ -29,6 +31,7 @@ pub(crate) fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+#[cfg(feature = "yaml")]
 pub(crate) fn write_redis_yaml(conf: &Path, text: &str) -> PathBuf {
     let path = conf.join("redis").join("default.yaml");
     write(&path, text);
@@ -42,4 +45,5 @@ pub(crate) fn err(inputs: &ConfigInputs) -> String {
     }
 }
 
+#[cfg(feature = "yaml")]
 pub(crate) const HYDRA_YAML: &str = "# @package _global_\ndefaults:\n  - _self_\n_target_: tatbot.Redis\nhost: \"10.1.2.3\"\nport: 6380\npassword: null\nextra: {a: 1}\n";
