@@ -4,9 +4,11 @@
 //! Flags are parsed by clap into [`GlobalArgs`] (stage one) and validated here into typed values
 //! (stage two), the way ripgrep splits low-level and high-level arguments.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::Args;
 use tatbot_state::config::{self, ConfigInputs, RedisTarget};
 use tatbot_state::{Endpoint, ManagerConfig, NodeId, StateManager};
@@ -69,6 +71,26 @@ impl GlobalArgs {
     /// Resolves the Redis target (precedence: flags > environment > env file > YAML > default).
     pub fn target(&self) -> anyhow::Result<RedisTarget> {
         Ok(config::resolve(&self.config_inputs(), &config::resolve_host_system)?)
+    }
+
+    /// The target a command's `--redis URL` names (`demo`, `bench`), parsed by the library's
+    /// resolver as if it were `REDIS_URL`; of the machine's settings only the conf dir (its
+    /// node inventory) still counts.
+    pub fn endpoint_from_url(&self, url: &str) -> anyhow::Result<Endpoint> {
+        let mut inputs = self.config_inputs();
+        let mut env = BTreeMap::from([("REDIS_URL".to_owned(), url.to_owned())]);
+        if let Some(conf_dir) = inputs.env.get(config::CONF_DIR_VAR) {
+            env.insert(config::CONF_DIR_VAR.to_owned(), conf_dir.clone());
+        }
+        inputs.env = env;
+        // An empty env file: the URL names the whole target, so no REDIS_* line may override it.
+        inputs.env_file = Some(PathBuf::from("/dev/null"));
+        inputs.host = None;
+        inputs.port = None;
+        inputs.password = None;
+        inputs.username = None;
+        let target = config::resolve(&inputs, &config::resolve_host_system).context("--redis (read as REDIS_URL)")?;
+        Ok(Endpoint::from(&target))
     }
 
     /// The Sentinel settings, when any layer names a Sentinel (same precedence as the target).

@@ -29,6 +29,7 @@ mod cmd;
 mod ctx;
 mod exit;
 mod output;
+mod private_server;
 mod report;
 mod signal;
 

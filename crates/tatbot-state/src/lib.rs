@@ -24,6 +24,20 @@
 //! - `http` (feature `http`): the Host/Origin/token guard and the connection-limited server
 //!   that the dashboard and the MCP server share.
 //!
+//! # Features
+//!
+//! | feature | default | what it adds | dependencies |
+//! |---|---|---|---|
+//! | `heartbeat` | on | the node heartbeat agent (`heartbeat`, `StateManager::heartbeat`) | sysinfo |
+//! | `yaml` | on | the Hydra conf file `redis/default.yaml` and the node inventory `nodes.yaml` in [`config`]; parameter `load`, `plan_load`, `dump` and `Param::parse_value` in [`params`] | serde_yaml_ng |
+//! | `http` | off | `http`: the guard and server the dashboard and the MCP server share | axum, hyper |
+//! | `record` | off | `record`: MCAP recording and replay | mcap, schemars |
+//!
+//! A robot that only writes state builds with `default-features = false`. Without `yaml`,
+//! resolution refuses a conf file or inventory it finds with
+//! [`ConfigError::YamlDisabled`](config::ConfigError::YamlDisabled) rather than passing over it;
+//! the binaries of this workspace enable every feature they use explicitly.
+//!
 //! The wire contract is `docs/WIRE.md` in the repository.
 
 pub mod backoff;

@@ -12,7 +12,8 @@
 //!   validation rule; pure code.
 //! - `script`: the one Lua script all writes go through.
 //! - `watch`: [`Watch`], the change stream tailed from the audit log, and [`Change`].
-//! - `yaml`: Hydra config trees in, dumps out.
+//! - `yaml`: Hydra config trees in, dumps out (feature `yaml`, like everything below that
+//!   takes or gives YAML: `Param::parse_value`, `dump`, `plan_load`, `load`, `LoadPlan`).
 //! - `bounds`: the size, nesting and tag checks a YAML text passes before it is parsed.
 //! - this file: [`Params`], the calls, and the types they answer with.
 //!
@@ -40,12 +41,15 @@
 //! - The type of a name never changes while it is declared. Names are removed only by
 //!   [`Params::undeclare`], an admin operation; a name declared again starts over at version 1.
 
+#[cfg(feature = "yaml")]
 mod bounds;
 mod script;
 mod value;
 mod watch;
+#[cfg(feature = "yaml")]
 mod yaml;
 
+#[cfg(feature = "yaml")]
 use std::collections::BTreeSet;
 
 use serde::Serialize;
@@ -56,12 +60,16 @@ use crate::ids::NodeId;
 use crate::keys;
 use crate::manager::{Entry, Lookup, StateManager};
 use crate::params::script::{Refusal, Write};
-use crate::params::value::{Violation, from_json, infer_type};
+use crate::params::value::from_json;
+#[cfg(feature = "yaml")]
+use crate::params::value::{Violation, infer_type};
 use crate::timestamp::Timestamp;
 
+#[cfg(feature = "yaml")]
 pub use bounds::{MAX_LOAD_BYTES, MAX_NESTING};
 pub use value::{Descriptor, MAX_LIST_LEN, MAX_NAME_LEN, MAX_STRING_LEN, ParamName, ParamType, ParamValue, Prefix};
 pub use watch::{Change, WATCH_BLOCK, Watch};
+#[cfg(feature = "yaml")]
 pub use yaml::Skipped;
 
 /// `MAXLEN ~` of the audit log.
@@ -83,7 +91,7 @@ pub enum ChangeOp {
     Declare,
     /// [`Params::set`] or [`Params::set_if_version`].
     Set,
-    /// A value from [`Params::load`].
+    /// A value from `Params::load` (feature `yaml`).
     Load,
     /// [`Params::undeclare`]: the parameter was removed; `new` is the value it had.
     Undeclare,
@@ -132,6 +140,7 @@ pub struct Param {
 }
 
 impl Param {
+    #[cfg(feature = "yaml")]
     /// Reads `text` as a value of this parameter: strings as they are, anything else as YAML
     /// (`2.5`, `true`, `[1, 2]`), coerced to the type and checked against the descriptor.
     ///
@@ -164,6 +173,7 @@ pub enum CasOutcome {
     },
 }
 
+#[cfg(feature = "yaml")]
 /// What a load changes (or, for a dry run, would change).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LoadPlan {
@@ -177,6 +187,7 @@ pub struct LoadPlan {
     pub errors: Vec<String>,
 }
 
+#[cfg(feature = "yaml")]
 /// One change of a [`LoadPlan`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlannedChange {
@@ -523,6 +534,7 @@ impl Params {
             .collect())
     }
 
+    #[cfg(feature = "yaml")]
     /// The values at or under `prefix` as one YAML tree (`arms: {goal_time_slow: 2.0}`), which
     /// [`Params::load`] reads back.
     ///
@@ -534,6 +546,7 @@ impl Params {
         yaml::dump(params.iter().map(|param| (&param.name, &param.value)))
     }
 
+    #[cfg(feature = "yaml")]
     /// What loading `text` under `prefix` would change, without changing anything (a dry run).
     ///
     /// # Errors
@@ -544,6 +557,7 @@ impl Params {
         Ok(self.plan(text, prefix).await?.0)
     }
 
+    #[cfg(feature = "yaml")]
     /// Loads a YAML tree (a dump, or a Hydra config) under `prefix`, all or nothing: every value
     /// is validated first and then everything is applied in one atomic script, or nothing is.
     ///
@@ -576,6 +590,7 @@ impl Params {
         )))
     }
 
+    #[cfg(feature = "yaml")]
     async fn plan(&self, text: &str, prefix: &Prefix) -> Result<(LoadPlan, Vec<Write>)> {
         let flattened = yaml::flatten(text, prefix)?;
         let names: Vec<ParamName> = flattened.leaves.iter().map(|leaf| leaf.name.clone()).collect();

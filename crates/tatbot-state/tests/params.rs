@@ -46,6 +46,7 @@ async fn declare_arms(params: &Params) {
     }
 }
 
+#[cfg(feature = "yaml")]
 async fn value(params: &Params, text: &str) -> ParamValue {
     params.get(&name(text)).await.unwrap().expect("declared").value
 }
@@ -313,6 +314,7 @@ async fn racing_sets_all_land() {
     assert_eq!(stored.version, 1 + 2 * u64::try_from(SETS).unwrap());
 }
 
+#[cfg(feature = "yaml")]
 /// A load with one bad value changes nothing; its dry run changes nothing either but shows the diff and the error.
 #[tokio::test]
 async fn load_is_all_or_nothing() {
@@ -368,6 +370,7 @@ arms:
     assert_eq!((again.changes.len(), again.unchanged.len()), (0, 4));
 }
 
+#[cfg(feature = "yaml")]
 /// A load cannot change a read-only value, but may restate it.
 #[tokio::test]
 async fn load_respects_read_only() {
@@ -388,6 +391,7 @@ async fn load_respects_read_only() {
     assert_eq!(plan.unchanged, [name("arms.joint_count")]);
 }
 
+#[cfg(feature = "yaml")]
 /// A Hydra config declares what is missing with inferred types, skips Hydra's entries, and sets the rest.
 #[tokio::test]
 async fn hydra_load_infers_types() {
@@ -459,6 +463,7 @@ nothing: null
     );
 }
 
+#[cfg(feature = "yaml")]
 /// A dump loads back to the same values, onto the same server and onto an empty one.
 #[tokio::test]
 async fn dump_loads_back() {
@@ -641,6 +646,7 @@ async fn values_survive_a_restart() {
     assert_eq!(set.version, 3);
 }
 
+#[cfg(feature = "yaml")]
 /// Text from a command line is read with the parameter's type: strings as given, the rest as YAML.
 #[tokio::test]
 async fn parse_value_uses_the_type() {
@@ -672,6 +678,7 @@ async fn parse_value_uses_the_type() {
     );
 }
 
+#[cfg(feature = "yaml")]
 /// Issue #14 point 13: deeply nested YAML is refused before the parser sees it, in well under a
 /// second (the parser alone took 48 s on 200 KB), with the line number; nothing is written.
 #[tokio::test]
@@ -691,6 +698,7 @@ async fn issue_14_deep_nesting_is_refused_fast() {
     assert!(params.get(&name("ok")).await.unwrap().is_none());
 }
 
+#[cfg(feature = "yaml")]
 /// Issue #14 point 13: a tag outside the core schema is refused with its line number instead
 /// of being dropped (`!!binary aGk=` used to load as the string "aGk="); core tags still apply.
 #[tokio::test]
@@ -720,6 +728,7 @@ async fn issue_14_unknown_tags_are_refused_with_the_line() {
     assert_eq!(value(&params, "f").await, ParamValue::Float(1.0));
 }
 
+#[cfg(feature = "yaml")]
 /// Issue #14 point 13: a text over the size bound is refused without being parsed.
 #[tokio::test]
 async fn issue_14_oversized_text_is_refused() {

@@ -49,9 +49,9 @@ use tokio::sync::oneshot;
 use crate::cmd::bench::baseline::RedisBenchmark;
 use crate::cmd::bench::measure::{POLL_INTERVAL, Path};
 use crate::cmd::bench::stats::{Samples, median};
-use crate::cmd::server::private::{PrivateServer, free_port};
 use crate::ctx::GlobalArgs;
 use crate::exit::{self, Coded};
+use crate::private_server::{PrivateServer, free_port};
 use crate::signal::shutdown_signal;
 
 /// The node id the bench writes as.
@@ -356,7 +356,7 @@ enum Target {
 /// Runs `bench`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let target = match (&args.redis, global.host.is_some() || global.port.is_some()) {
-        (Some(url), _) => Target::Given(crate::cmd::demo::endpoint_from_url(global, url)?),
+        (Some(url), _) => Target::Given(global.endpoint_from_url(url)?),
         (None, true) => Target::Given(Endpoint::from(&global.target()?)),
         (None, false) => Target::Private,
     };

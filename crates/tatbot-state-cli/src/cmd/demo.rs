@@ -25,15 +25,12 @@
 //! it and removes the temporary directory. The child is also `kill_on_drop`, so even an early
 //! error return cannot leave a server behind.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tatbot_state::config;
 use tatbot_state::heartbeat::HeartbeatOptions;
 use tatbot_state::{CancellationToken, Endpoint, HistoryCursor, ManagerConfig, NodeId, SessionId, StateManager};
 use tatbot_state_mcp::{ConfigDescription, ConfigRow, HttpOptions};
@@ -41,11 +38,12 @@ use tatbot_state_viz::VizState;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::server::private::PrivateServer;
 use crate::cmd::server::process;
 use crate::cmd::simulate::{self, Plan, Report};
 use crate::ctx::GlobalArgs;
 use crate::exit::{self, Coded};
+use crate::private_server::PrivateServer;
+use crate::signal::shutdown_signal;
 
 /// The simulated robot's node id; it also sends heartbeats.
 const ROBOT_NODE: &str = "demo-robot";
@@ -88,7 +86,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        shutdown_signal().await;
         signal_token.cancel();
     });
 
@@ -114,7 +112,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         keep_serving: !args.exit && std::io::stdout().is_terminal(),
     };
     let (endpoint, mut private) = match &args.redis {
-        Some(url) => (endpoint_from_url(global, url)?, None),
+        Some(url) => (global.endpoint_from_url(url)?, None),
         None => {
             let server = tokio::select! {
                 server = PrivateServer::start("tatbot-demo-") => server?,
@@ -132,58 +130,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     outcome
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM; never returns if neither handler can be installed.
-async fn wait_for_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(terminate) => Some(terminate),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot handle SIGTERM; only Ctrl-C stops the demo cleanly");
-            None
-        }
-    };
-    let term = async {
-        match terminate.as_mut() {
-            Some(terminate) => {
-                terminate.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => {
-            if let Err(err) = result {
-                tracing::warn!(error = %err, "cannot handle Ctrl-C");
-                std::future::pending::<()>().await;
-            }
-        }
-        () = term => {}
-    }
-}
-
 fn interrupted() -> anyhow::Error {
     anyhow::Error::new(Coded(
         exit::FAILURE,
         "demo interrupted; everything it started has been stopped".to_owned(),
     ))
-}
-
-/// The target named by `--redis`, parsed by the library's config resolver as if it were
-/// `REDIS_URL`; of the machine's settings only the conf dir (its node inventory) still counts.
-pub(crate) fn endpoint_from_url(global: &GlobalArgs, url: &str) -> anyhow::Result<Endpoint> {
-    let mut inputs = global.config_inputs();
-    let mut env = BTreeMap::from([("REDIS_URL".to_owned(), url.to_owned())]);
-    if let Some(conf_dir) = inputs.env.get(config::CONF_DIR_VAR) {
-        env.insert(config::CONF_DIR_VAR.to_owned(), conf_dir.clone());
-    }
-    inputs.env = env;
-    // An empty env file: the URL names the whole target, so no REDIS_* line may override it.
-    inputs.env_file = Some(PathBuf::from("/dev/null"));
-    inputs.host = None;
-    inputs.port = None;
-    inputs.password = None;
-    inputs.username = None;
-    let target = config::resolve(&inputs, &config::resolve_host_system).context("--redis (read as REDIS_URL)")?;
-    Ok(Endpoint::from(&target))
 }
 
 /// How the demo runs besides its plan.

@@ -20,7 +20,7 @@ mod progress;
 mod record;
 mod replay;
 mod robot;
-mod server;
+pub(crate) mod server;
 mod sessions;
 mod simulate;
 mod status;

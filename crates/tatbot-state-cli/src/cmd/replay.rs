@@ -19,9 +19,9 @@ use tatbot_state::record::replay::{ReplayOptions, read_recording, replay};
 use tatbot_state::{CancellationToken, config};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cmd::server::private::PrivateServer;
 use crate::ctx::GlobalArgs;
 use crate::exit;
+use crate::private_server::PrivateServer;
 
 /// The id prefix a replay into a given server uses unless told otherwise.
 const DEFAULT_PREFIX: &str = "replay.";

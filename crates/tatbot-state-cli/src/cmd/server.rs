@@ -17,7 +17,6 @@ pub mod aof;
 pub mod conf;
 pub mod ha;
 pub mod link;
-pub mod private;
 pub mod process;
 
 use std::collections::BTreeMap;

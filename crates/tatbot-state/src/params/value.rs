@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+#[cfg(feature = "yaml")]
 pub(crate) use crate::ids::is_segment;
 pub use crate::ids::{MAX_NAME_LEN, ParamName};
 
@@ -166,6 +167,7 @@ impl ParamType {
         }
     }
 
+    #[cfg(feature = "yaml")]
     /// The list type of a scalar type (the list type itself for lists).
     fn list_of(self) -> ParamType {
         match self {
@@ -588,6 +590,7 @@ impl Descriptor {
         Ok(value)
     }
 
+    #[cfg(feature = "yaml")]
     /// Coerces JSON to the declared type and checks it against every rule except read-only.
     pub(crate) fn check_json(&self, json: &Value) -> std::result::Result<ParamValue, Violation> {
         let value = from_json(json, self.param_type)?;
@@ -819,6 +822,7 @@ fn mismatch(target: ParamType, json: &Value) -> Violation {
     Violation::new(format!("expected {}, got {got}", target.described()))
 }
 
+#[cfg(feature = "yaml")]
 /// The type a value found in a config file most likely has: `None` for null, an empty list,
 /// maps, and lists that mix kinds (ints and floats make a list of floats).
 pub(crate) fn infer_type(json: &Value) -> std::result::Result<ParamType, &'static str> {
@@ -993,6 +997,7 @@ mod tests {
         assert_eq!(descriptor.default, ParamValue::FloatList(vec![1.0, 2.0]));
     }
 
+    #[cfg(feature = "yaml")]
     /// Types are inferred from config values; what has no single type is refused with a reason.
     #[test]
     fn inference() {

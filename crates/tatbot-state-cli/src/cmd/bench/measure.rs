@@ -23,7 +23,7 @@ use crate::cmd::bench::Plan;
 use crate::cmd::bench::baseline;
 use crate::cmd::bench::stats::Samples;
 use crate::cmd::server::link;
-use crate::cmd::server::private::PrivateServer;
+use crate::private_server::PrivateServer;
 
 /// Poses per stroke in a bench session: update `i` is stroke `i / POSES`, pose `i % POSES`.
 const POSES: usize = 1000;

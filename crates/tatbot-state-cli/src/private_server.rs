@@ -1,5 +1,7 @@
 //! A private `redis-server` child process for commands that bring their own server (`demo`,
-//! `bench`).
+//! `bench`, `replay --private`); it lives beside `output.rs` rather than under `server` because
+//! no one subcommand owns it. It renders its config with `server`'s template and probes with
+//! `server`'s helpers.
 //!
 //! [`PrivateServer::start`] renders the project's config ([`conf::TEMPLATE`], AOF on) into a
 //! fresh temporary directory with a free loopback port, starts `redis-server` on it as a child
@@ -103,7 +105,7 @@ impl PrivateServer {
         };
         let binary = process::redis_server_binary()?;
         // The kill may have cut the AOF inside a script's MULTI block (see `aof`).
-        super::aof::repair_logged(&binary, &layout.data()).await?;
+        server::aof::repair_logged(&binary, &layout.data()).await?;
         let (mut child, pid) = spawn(&binary, &layout)?;
         if let Some(failure) = wait_ready(&mut child, pid, self.port, &layout).await? {
             anyhow::bail!(
