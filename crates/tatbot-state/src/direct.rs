@@ -139,11 +139,10 @@ impl Direct {
                 self.buffer.drain(..self.start);
                 self.start = 0;
             }
-            let filled = self.buffer.len();
-            self.buffer.resize(filled + READ_CHUNK, 0);
-            let read = self.stream.read(&mut self.buffer[filled..]).await;
-            self.buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
-            if read? == 0 {
+            // `read_buf` into spare capacity: the buffer's length only grows by what was read,
+            // so a read abandoned half way leaves nothing behind.
+            self.buffer.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.buffer).await? == 0 {
                 return Err(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "redis closed the connection",
