@@ -180,6 +180,10 @@ pub struct StateManager {
     inner: Arc<Inner>,
 }
 
+/// How long after a failed attempt to open the direct connection awaited calls use only the
+/// shared one.
+const DIRECT_RETRY: Duration = Duration::from_secs(1);
+
 struct Inner {
     config: ManagerConfig,
     /// Finds the master for every (re)connect: the fixed endpoint, or through Sentinel.
@@ -206,6 +210,10 @@ struct Inner {
     /// ([`crate::direct`]). It remembers the address it was opened to, and is dropped when the
     /// shared connection moves elsewhere.
     direct: tokio::sync::Mutex<Option<((String, u16), Direct)>>,
+    /// When opening the direct connection last failed: for [`DIRECT_RETRY`] after it, awaited
+    /// calls go straight to the shared connection instead of waiting for a second connect
+    /// that would fail the same way.
+    direct_failed: Mutex<Option<Instant>>,
     /// The sessions this manager started last, oldest first: what a producer needs to
     /// re-create one that a Redis restart lost.
     started: Mutex<VecDeque<StartedSession>>,
@@ -339,6 +347,7 @@ impl StateManager {
                 _switch_watch,
                 docs: Mutex::new(DocCache::default()),
                 direct: tokio::sync::Mutex::new(None),
+                direct_failed: Mutex::new(None),
                 started: Mutex::default(),
                 instance: format!("{:08x}", crate::producer::rand_u32()),
             }),
@@ -706,10 +715,22 @@ impl StateManager {
             *slot = None;
         }
         if slot.is_none() {
-            let direct = Direct::connect(&client, self.inner.config.connect_timeout)
-                .await
-                .ok()??;
-            *slot = Some((address, direct));
+            let failed_lately = self
+                .inner
+                .direct_failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|at| at.elapsed() < DIRECT_RETRY);
+            if failed_lately {
+                return None;
+            }
+            match Direct::connect(&client, self.inner.config.connect_timeout).await {
+                Ok(direct) => *slot = Some((address, direct?)),
+                Err(_) => {
+                    *self.inner.direct_failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    return None;
+                }
+            }
         }
         let (_, direct) = slot.as_mut()?;
         let packed = redis::Cmd::invoke_script(invocation).get_packed_command();
