@@ -544,6 +544,14 @@ async fn http_sessions_share_redis_and_keep_their_own_subscriptions() {
         })
         .await
         .unwrap();
+    // A first awaited update each, before any connection is counted: it opens the robot's
+    // own connection for awaited writes (issue #18), which is the robots', not the server's.
+    for (robot, session) in [(&first_robot, &first), (&second_robot, &second)] {
+        robot
+            .update_stroke_progress(session, &ProgressUpdate::new(0, 0))
+            .await
+            .unwrap();
+    }
     let first_uri = format!("state://stroke/progress/{first}");
     let second_uri = format!("state://stroke/progress/{second}");
     assert!(first_uri < second_uri);

@@ -44,6 +44,7 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 mod decode;
+mod direct;
 mod error;
 mod fastpath;
 pub mod follow;

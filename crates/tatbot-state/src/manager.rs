@@ -27,6 +27,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::backoff::Backoff;
 use crate::connection::{self, ManagerConfig};
 use crate::decode;
+use crate::direct::{self, Direct};
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
 use crate::ids::{Category, EntryId, NodeId, SessionId};
@@ -179,6 +180,10 @@ pub struct StateManager {
     inner: Arc<Inner>,
 }
 
+/// How long after a failed attempt to open the direct connection awaited calls use only the
+/// shared one.
+const DIRECT_RETRY: Duration = Duration::from_secs(1);
+
 struct Inner {
     config: ManagerConfig,
     /// Finds the master for every (re)connect: the fixed endpoint, or through Sentinel.
@@ -200,6 +205,15 @@ struct Inner {
     _switch_watch: Option<DropGuard>,
     /// The progress documents this manager last stored, for the update's fast path.
     docs: Mutex<DocCache>,
+    /// The connection awaited updates take when no other call holds it: read and written by
+    /// the awaiting task, one thread hop fewer each way than the shared connection
+    /// ([`crate::direct`]). It remembers the address it was opened to, and is dropped when the
+    /// shared connection moves elsewhere.
+    direct: tokio::sync::Mutex<Option<((String, u16), Direct)>>,
+    /// When opening the direct connection last failed: for [`DIRECT_RETRY`] after it, awaited
+    /// calls go straight to the shared connection instead of waiting for a second connect
+    /// that would fail the same way.
+    direct_failed: Mutex<Option<Instant>>,
     /// The sessions this manager started last, oldest first: what a producer needs to
     /// re-create one that a Redis restart lost.
     started: Mutex<VecDeque<StartedSession>>,
@@ -332,6 +346,8 @@ impl StateManager {
                 switches,
                 _switch_watch,
                 docs: Mutex::new(DocCache::default()),
+                direct: tokio::sync::Mutex::new(None),
+                direct_failed: Mutex::new(None),
                 started: Mutex::default(),
                 instance: format!("{:08x}", crate::producer::rand_u32()),
             }),
@@ -659,17 +675,83 @@ impl StateManager {
     /// Runs one op now (no writer revision) and returns the script's answer.
     async fn apply(&self, op: &Op, operation: &'static str) -> Result<redis::Value> {
         let fast = op.plan(&mut self.docs(), self.node_id());
-        let reply = op
-            .invocation(&self.inner.config, "", 0, fast.as_ref())
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(|err| self.redis_error(operation, err));
+        let invocation = op.invocation(&self.inner.config, "", 0, fast.as_ref());
+        let reply = match self.apply_direct(&invocation).await {
+            Some(reply) => reply,
+            None => invocation.invoke_async(&mut self.connection()).await,
+        }
+        .map_err(|err| self.redis_error(operation, err));
         if reply.is_err()
             && let Some(session_id) = op.session()
         {
             self.docs().forget(session_id);
         }
         reply
+    }
+
+    /// Runs `invocation` on the direct connection, opened if needed. `None` leaves the call to
+    /// the shared connection: another call holds the direct one, it cannot be opened (the
+    /// shared connection then reports why, and reconnects as it does), or the server does not
+    /// have the script yet (the shared path loads it).
+    async fn apply_direct(&self, invocation: &redis::ScriptInvocation<'_>) -> Option<redis::RedisResult<RedisValue>> {
+        let mut slot = self.inner.direct.try_lock().ok()?;
+        let client = self
+            .inner
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone();
+        let redis::ConnectionAddr::Tcp(host, port) = client.get_connection_info().addr() else {
+            return None;
+        };
+        let address = (host.clone(), *port);
+        // A connection to a server no longer in use (Sentinel named another), one owing answers
+        // to an abandoned call, or one the server closed while it was idle, goes.
+        if slot
+            .as_ref()
+            .is_some_and(|(opened_to, direct)| *opened_to != address || !direct.is_clean())
+        {
+            *slot = None;
+        }
+        if slot.is_none() {
+            let failed_lately = self
+                .inner
+                .direct_failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|at| at.elapsed() < DIRECT_RETRY);
+            if failed_lately {
+                return None;
+            }
+            match Direct::connect(&client, self.inner.config.connect_timeout).await {
+                Ok(direct) => *slot = Some((address, direct?)),
+                Err(_) => {
+                    *self.inner.direct_failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    return None;
+                }
+            }
+        }
+        let (_, direct) = slot.as_mut()?;
+        let packed = redis::Cmd::invoke_script(invocation).get_packed_command();
+        let answer = tokio::time::timeout(self.inner.config.response_timeout, direct.query(&packed, 1)).await;
+        let answer = match answer {
+            Ok(Ok(mut answers)) => answers
+                .pop()
+                .map_or_else(|| Err(direct::timed_out("script")), RedisValue::extract_error),
+            Ok(Err(err)) => {
+                *slot = None;
+                Err(err)
+            }
+            Err(_) => {
+                *slot = None;
+                Err(direct::timed_out("script"))
+            }
+        };
+        match answer {
+            Err(err) if err.code() == Some("NOSCRIPT") => None,
+            answer => Some(answer),
+        }
     }
 
     /// Marks the session paused (`is_paused: true`) and publishes `session_pause`.

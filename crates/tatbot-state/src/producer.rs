@@ -51,14 +51,10 @@
 //! [`Error::NotStored`] by the next [`Producer::flush`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesOrdered;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -67,6 +63,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::direct::{self, Direct};
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
 use crate::ids::{Category, SessionId};
@@ -624,8 +621,15 @@ impl Queue {
 /// runs the previous one.
 const IN_FLIGHT: usize = 2;
 
-/// The answers to one batch's pipeline.
-type BatchFuture = Pin<Box<dyn Future<Output = Result<Vec<redis::RedisResult<redis::Value>>>> + Send>>;
+/// What ended the writer's wait for answers.
+enum Step {
+    /// The next answer on the direct connection.
+    Answer(redis::RedisResult<redis::Value>),
+    /// A call queued something and there is room for another batch.
+    Woken,
+    /// The oldest batch was not answered within the response timeout.
+    TimedOut,
+}
 
 /// A batch sent and not answered yet.
 struct InFlight {
@@ -636,6 +640,10 @@ struct InFlight {
     sessions: HashSet<SessionId>,
     /// Every progress update and run-state change in it took the fast path's planning.
     all_fast: bool,
+    /// Answers its pipeline gets: one per op.
+    answers: usize,
+    /// When it counts as unanswered.
+    deadline: tokio::time::Instant,
 }
 
 /// The background task that sends queued ops.
@@ -662,6 +670,12 @@ struct Writer {
     /// server would skip the `run_id` check. Every connection here is prepared (scripts loaded,
     /// `run_id` checked, lost writes replayed) before the first batch goes out on it.
     connection: Option<MultiplexedConnection>,
+    /// The connection the batches in flight go out on, opened just before `connection` to the
+    /// same server (so a restart between the two kills it), and read by this task itself: no
+    /// driver task between the writer and Redis ([`crate::direct`]). Used only while
+    /// `connection` is `Some`; `None` when the address is not TCP (every batch then goes
+    /// alone on `connection`).
+    direct: Option<Direct>,
     /// When the counters were last stored in Redis.
     stats_published: Option<Instant>,
     /// The drop, refusal and restore counts last stored.
@@ -714,6 +728,7 @@ impl Writer {
             recent: VecDeque::new(),
             last_snapshots: HashMap::new(),
             connection: None,
+            direct: None,
             stats_published: None,
             failures_published: (0, 0, 0),
             docs: DocCache::default(),
@@ -725,11 +740,11 @@ impl Writer {
 
     #[tracing::instrument(name = "producer", skip_all, fields(writer = %self.rev_key))]
     async fn run(mut self, shutdown: CancellationToken) {
-        // The answers of the batches in flight, oldest first, and the batches themselves.
-        let mut answers: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
+        // The batches in flight, oldest first, and the answers the oldest got so far.
         let mut sent: VecDeque<InFlight> = VecDeque::new();
+        let mut answers: Vec<redis::RedisResult<redis::Value>> = Vec::new();
         loop {
-            self.fill(&mut answers, &mut sent);
+            let filled = self.fill(&mut sent).await;
             if sent.is_empty() {
                 let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
                 let Some((batch, done_through)) = taken else {
@@ -749,23 +764,47 @@ impl Writer {
             // once when the polling thread of `Wake::Poll` says so; calls themselves only wake a
             // parked writer, so they make no system call here.
             let room = sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast);
-            let answer = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                answer = answers.next() => answer,
-                () = self.shared.wake.notified(), if room => continue,
+            let deadline = sent
+                .front()
+                .map_or_else(tokio::time::Instant::now, |oldest| oldest.deadline);
+            let step = match (filled, self.direct.as_mut()) {
+                (Err(err), _) => Step::Answer(Err(err)),
+                (Ok(()), None) => Step::Answer(Err(direct::timed_out("batch (no connection)"))),
+                (Ok(()), Some(live)) => tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    answer = live.next_answer() => Step::Answer(answer),
+                    () = self.shared.wake.notified(), if room => Step::Woken,
+                    () = tokio::time::sleep_until(deadline) => Step::TimedOut,
+                },
             };
-            let (Some(answer), Some(oldest)) = (answer, sent.pop_front()) else {
+            let failure = match step {
+                Step::Woken => continue,
+                Step::TimedOut => Err(direct::timed_out("producer batch")),
+                Step::Answer(Ok(value)) => {
+                    answers.push(value.extract_error());
+                    if sent.front().is_some_and(|oldest| answers.len() < oldest.answers) {
+                        continue;
+                    }
+                    Ok(())
+                }
+                Step::Answer(Err(err)) => Err(err),
+            };
+            let Some(oldest) = sent.pop_front() else {
                 continue;
             };
             let later: HashSet<SessionId> = sent.iter().flat_map(|later| later.sessions.iter().cloned()).collect();
-            if let Err(err) = answer.and_then(|results| self.settle(&oldest.batch, results, &later)) {
+            let results = std::mem::take(&mut answers);
+            let settled = failure
+                .map_err(|err| Error::from_redis("producer batch", err))
+                .and_then(|()| self.settle(&oldest.batch, results, &later));
+            if let Err(err) = settled {
                 // This batch and every one sent after it go again, in order, on a new connection
                 // (which replays first when Redis restarted); ops already applied are skipped by
                 // their number. Nothing newer goes out before them.
                 tracing::debug!(error = %err, "batch failed; resending");
-                answers = FuturesOrdered::new();
                 self.connection = None;
+                self.direct = None;
                 self.docs.clear();
                 self.shared.lock().stats.retries += 1;
                 let mut stopped = false;
@@ -797,32 +836,33 @@ impl Writer {
     /// while there is no connection and others are in flight (after a failure they are resent
     /// first, on the new one), and a batch planned without the fast path waits for its answers,
     /// which say what the documents are, before the next one is planned.
-    fn fill(&mut self, answers: &mut FuturesOrdered<BatchFuture>, sent: &mut VecDeque<InFlight>) {
+    ///
+    /// The batches go out on the direct connection in sequence order; a failed write is an
+    /// error, and the batch is already in `sent`, so it goes again with the others.
+    async fn fill(&mut self, sent: &mut VecDeque<InFlight>) -> redis::RedisResult<()> {
         while sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast) {
-            let Some(mut connection) = self.connection.clone() else {
-                return;
-            };
+            if self.connection.is_none() || self.direct.is_none() {
+                return Ok(());
+            }
             let taken = self.shared.lock().take_batch(self.shared.config.batch_size);
             let Some((batch, done_through)) = taken else {
-                return;
+                return Ok(());
             };
             let (pipe, all_fast) = self.pipeline(&batch);
-            // `FuturesOrdered` polls a new future after those pushed before it, and the
-            // connection queues requests in the order they are first polled, so the batches
-            // reach Redis in sequence order.
-            answers.push_back(Box::pin(async move {
-                pipe.query_async(&mut connection)
-                    .await
-                    .map_err(|err| Error::from_redis("producer batch", err))
-            }));
             let sessions = batch.iter().filter_map(|queued| queued.op.session().cloned()).collect();
             sent.push_back(InFlight {
                 batch,
                 done_through,
                 sessions,
                 all_fast,
+                answers: pipe.len(),
+                deadline: tokio::time::Instant::now() + self.manager.config().response_timeout,
             });
+            if let Some(live) = self.direct.as_mut() {
+                live.send(&pipe.get_packed_pipeline(), pipe.len()).await?;
+            }
         }
+        Ok(())
     }
 
     /// Nothing queued, nothing in flight: waits for a call, watching the connection while
@@ -952,6 +992,11 @@ impl Writer {
             .set_response_timeout(Some(config.response_timeout));
         // Looked up on every connect: with Sentinel this is the master the Sentinels name now.
         let client = self.manager.locator().client().await?;
+        // Opened before the prepared connection: a restart between the two closes this one, so
+        // a batch never reaches a server whose identity was not checked.
+        self.direct = Direct::connect(&client, config.connect_timeout)
+            .await
+            .map_err(|err| Error::from_connect(&self.manager.locator().current().to_string(), err))?;
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&settings)
             .await

@@ -31,12 +31,12 @@ use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::{PushKind, Value};
 use wildmatch::WildMatch;
 
 use crate::backoff::Backoff;
 use crate::connection::ManagerConfig;
+use crate::direct::Direct;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::Event;
@@ -79,9 +79,13 @@ pub struct Subscription {
     patterns: Vec<String>,
     /// The patterns as matchers, for entries read from the event log.
     matchers: Vec<WildMatch>,
-    /// The command half (for `PING`) and the message half of the live connection; `None`
-    /// between a failure and the next successful reconnect. Dropping both closes it.
-    live: Option<(PubSubSink, PubSubStream)>,
+    /// The live connection, read by the task that awaits the next message (no driver task in
+    /// between: [`crate::direct`]); `None` between a failure and the next successful
+    /// reconnect. Dropping it closes it.
+    live: Option<Direct>,
+    /// A keepalive `PING` is on the wire: the log id read just before it (the next mark), and
+    /// when the connection counts as dead without its answer.
+    ping: Option<(Option<String>, tokio::time::Instant)>,
     reconnects: u64,
     /// A connection for reading the event log, opened when first needed.
     log: Option<redis::aio::MultiplexedConnection>,
@@ -109,6 +113,7 @@ impl Subscription {
             patterns: patterns.iter().map(|pattern| (*pattern).to_owned()).collect(),
             matchers: patterns.iter().map(|pattern| WildMatch::new(pattern)).collect(),
             live: None,
+            ping: None,
             reconnects: 0,
             log: None,
             mark: None,
@@ -260,20 +265,39 @@ impl Subscription {
         }
     }
 
-    async fn connect(&self) -> Result<(PubSubSink, PubSubStream)> {
+    async fn connect(&self) -> Result<Direct> {
         let attempt = async {
             let client = self.locator.client().await?;
-            let (mut sink, stream) = client
-                .get_async_pubsub()
+            let mut live = Direct::connect(&client, self.connect_timeout)
                 .await
                 .map_err(|err| Error::from_redis("subscribe", err))?
-                .split();
-            for pattern in &self.patterns {
-                sink.psubscribe(pattern.as_str())
-                    .await
-                    .map_err(|err| Error::from_redis("subscribe", err))?;
+                .ok_or_else(|| Error::UnexpectedReply {
+                    operation: "subscribe",
+                    detail: "the server's address is not TCP".to_owned(),
+                })?;
+            let command = redis::cmd("PSUBSCRIBE").arg(&self.patterns).get_packed_command();
+            live.send(&command, self.patterns.len())
+                .await
+                .map_err(|err| Error::from_redis("subscribe", err))?;
+            for _ in &self.patterns {
+                let answer = live.next_answer().await.and_then(Value::extract_error);
+                match answer.map_err(|err| Error::from_redis("subscribe", err))? {
+                    Value::Push {
+                        kind: PushKind::PSubscribe,
+                        ..
+                    } => {}
+                    other => {
+                        return Err(Error::UnexpectedReply {
+                            operation: "subscribe",
+                            detail: format!(
+                                "{:?} instead of a psubscribe confirmation",
+                                crate::decode::preview(&format!("{other:?}"))
+                            ),
+                        });
+                    }
+                }
             }
-            Ok::<_, Error>((sink, stream))
+            Ok::<_, Error>(live)
         };
         // Twice the connect timeout: with Sentinel, the lookup comes first.
         match tokio::time::timeout(self.connect_timeout * 2, attempt).await {
@@ -311,39 +335,55 @@ impl Subscription {
                 self.delivered(hash);
                 return Some(message);
             }
-            if let Some((_, stream)) = &mut self.live {
+            if let Some(live) = &mut self.live {
+                let pong_due = self.ping.as_ref().map(|(_, due)| *due);
                 tokio::select! {
-                    message = stream.next() => match message {
-                        Some(message) => {
-                            let hash = self.hash(message.get_channel_name(), message.get_payload_bytes());
+                    answer = live.next_answer() => match answer {
+                        Ok(Value::Push { kind: PushKind::PMessage, data }) => {
+                            let Some((pattern, channel, payload)) = pmessage(data) else {
+                                tracing::warn!("skipped a pmessage that is not three strings");
+                                continue;
+                            };
+                            let hash = self.hash(&channel, &payload);
                             if self.from_log.remove(&hash) {
                                 // Handed over from the log already.
                                 continue;
                             }
                             self.delivered(hash);
-                            return Some(decode(&message));
+                            return Some(decode_parts(channel, Some(pattern), &payload));
                         }
-                        None => tracing::warn!("subscription connection closed; resubscribing"),
+                        Ok(Value::SimpleString(pong)) if pong == "PONG" && self.ping.is_some() => {
+                            // The answer follows every message published before the log read.
+                            if let Some((Some(tail), _)) = self.ping.take() {
+                                self.mark = Some(tail);
+                                self.from_log.clear();
+                            }
+                            continue;
+                        }
+                        // Other pushes (a subscription count, a server's notice) carry no message.
+                        Ok(Value::Push { .. }) => continue,
+                        Ok(other) => tracing::warn!(answer = ?other, "subscription connection answered out of turn; resubscribing"),
+                        Err(err) => tracing::warn!(error = %err, "subscription connection closed; resubscribing"),
                     },
-                    () = tokio::time::sleep_until(self.keepalive_at) => {
+                    () = tokio::time::sleep_until(self.keepalive_at), if pong_due.is_none() => {
                         self.keepalive_at = tokio::time::Instant::now() + KEEPALIVE;
                         // The log's tail first, then a PING whose answer follows every message
                         // published before that read: past it, the tail is a safe mark.
                         let tail = self.log_tail().await;
-                        let Some((sink, _)) = &mut self.live else { continue };
-                        match tokio::time::timeout(PING_TIMEOUT, sink.ping::<String>()).await {
-                            Ok(Ok(_)) => {
-                                if tail.is_some() {
-                                    self.mark = tail;
-                                    self.from_log.clear();
-                                }
-                                continue;
-                            }
-                            _ => tracing::warn!("subscription connection silent; resubscribing"),
+                        let Some(live) = &mut self.live else { continue };
+                        let ping = redis::cmd("PING").get_packed_command();
+                        if live.send(&ping, 1).await.is_ok() {
+                            self.ping = Some((tail, tokio::time::Instant::now() + PING_TIMEOUT));
+                            continue;
                         }
+                        tracing::warn!("subscription connection closed; resubscribing");
+                    }
+                    () = tokio::time::sleep_until(pong_due.unwrap_or(self.keepalive_at)), if pong_due.is_some() => {
+                        tracing::warn!("subscription connection silent; resubscribing");
                     }
                 }
             }
+            self.ping = None;
             self.live = None;
             self.reconnect().await;
             self.fill_gap().await;
@@ -370,13 +410,17 @@ impl Subscription {
     }
 }
 
-fn decode(message: &redis::Msg) -> Message {
-    let pattern = message.get_pattern::<Option<String>>().ok().flatten();
-    decode_parts(
-        message.get_channel_name().to_owned(),
-        pattern,
-        message.get_payload_bytes(),
-    )
+/// The pattern, channel and payload of a `pmessage` push; `None` when it is not three strings.
+fn pmessage(data: Vec<Value>) -> Option<(String, String, Vec<u8>)> {
+    let mut parts = data.into_iter().map(|part| match part {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    });
+    let pattern = String::from_utf8_lossy(&parts.next()??).into_owned();
+    let channel = String::from_utf8_lossy(&parts.next()??).into_owned();
+    let payload = parts.next()??;
+    Some((pattern, channel, payload))
 }
 
 fn decode_parts(channel: String, pattern: Option<String>, bytes: &[u8]) -> Message {

@@ -1043,3 +1043,115 @@ fn last_incr_aof(server: &RedisServer) -> std::path::PathBuf {
         .max_by_key(|path| std::fs::metadata(path).unwrap().modified().unwrap())
         .expect("an incr AOF file")
 }
+
+/// A session for the awaited-path tests below.
+async fn awaited_session(state: &StateManager) -> tatbot_state::SessionId {
+    state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 10,
+            stroke_length: 10,
+            scene: "s".into(),
+        })
+        .await
+        .unwrap()
+}
+
+/// An awaited update abandoned while its answer is outstanding (Redis frozen, the caller's
+/// timeout fires) leaves no answer behind for the next call: the next update returns its own
+/// history entry, not the abandoned one's (awaited updates read their own socket, issue #18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_awaited_update_does_not_answer_the_next() {
+    let server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let session = awaited_session(&state).await;
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
+    server.pause();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        state.update_stroke_progress(&session, &ProgressUpdate::new(0, 2)),
+    )
+    .await;
+    server.resume();
+    assert!(abandoned.is_err(), "the update answered while Redis was frozen");
+    let id = state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 3))
+        .await
+        .unwrap();
+    let history = state
+        .get_history(&session, &tatbot_state::HistoryCursor::Start, 10)
+        .await
+        .unwrap();
+    let last = history.last().expect("history entries");
+    assert_eq!((last.id.to_string(), last.pose_idx), (id.to_string(), 3), "{history:?}");
+}
+
+/// A Redis restart while the manager is idle does not fail the next awaited update: the closed
+/// connection is noticed before the update is written, and a new one is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awaited_update_after_a_restart_needs_no_retry() {
+    let mut server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let session = awaited_session(&state).await;
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .unwrap();
+    server.restart();
+    // The shared connection finds the new server (it may fail once), then a new session.
+    assert!(crate::util::eventually(Duration::from_secs(10), || async { state.ping().await.is_ok() }).await);
+    let session = awaited_session(&state).await;
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 1))
+        .await
+        .expect("the first update after the restart");
+}
+
+/// A writer woken while it waits for a batch's answer (the answer held back by a proxy; the
+/// polling thread of `Wake::Poll` wakes a writer that waits, calls only a parked one) sends the
+/// next batch and goes on reading the same connection: both batches are answered there, with
+/// no resend. The writer reads its connection itself (issue #18), and a read it abandons for
+/// the wake must leave nothing behind in its buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_woken_while_waiting_keeps_its_connection() {
+    let server = RedisServer::start();
+    let proxy = ReplyProxy::start(server.addr());
+    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
+    let state = StateManager::connect(via_proxy).await.unwrap();
+    let session = awaited_session(&state).await;
+    let config = ProducerConfig {
+        batch_size: 1,
+        durability_horizon: Duration::from_millis(200),
+        wake: Wake::Poll(Duration::from_millis(1)),
+        ..ProducerConfig::default()
+    };
+    let producer = state.producer(config, CancellationToken::new());
+    producer.update_stroke_progress(&session, &update(0)).unwrap();
+    producer.flush(FLUSH).await.unwrap();
+    // Past the horizon the idle writer stops pinging, whose answers would be held too.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    proxy.hold();
+    producer.update_stroke_progress(&session, &update(1)).unwrap();
+    assert!(proxy.wait_held_replies(1, FLUSH), "update 1 was not sent");
+    // Queued while the writer waits: it wakes, sends a second batch, and waits again.
+    producer.update_stroke_progress(&session, &update(2)).unwrap();
+    assert!(
+        proxy.wait_held_replies(2, FLUSH),
+        "update 2 was not sent while 1 was in flight"
+    );
+    proxy.pass();
+    producer.flush(FLUSH).await.unwrap();
+    let stats = producer.stats();
+    assert_eq!((stats.retries, stats.rejected, stats.dropped), (0, 0, 0), "{stats:?}");
+    let history = state
+        .get_history(&session, &tatbot_state::HistoryCursor::Start, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|entry| entry.pose_idx).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+}

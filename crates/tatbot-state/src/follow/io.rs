@@ -1,9 +1,11 @@
 //! The follower's Redis side: its two connections, the snapshot read, and reply parsing.
 //!
-//! A follower owns two multiplexed connections: `blocking` runs nothing but `XREAD BLOCK` (and
-//! the `XINFO` checks pipelined behind it), so a blocked read never delays another command;
-//! `commands` runs everything else. Both are opened here from the manager's endpoint, with the
-//! manager's timeouts; the blocking one waits `block` longer for its answers.
+//! A follower owns two connections: `blocking` runs nothing but `XREAD BLOCK` (and the `XINFO`
+//! checks pipelined behind it), so a blocked read never delays another command; `commands`, a
+//! multiplexed connection, runs everything else. `blocking` is a [`Direct`] connection, read by
+//! the follower's task itself, so a new entry wakes that task without a driver task in between
+//! (issue #18). Both are opened here from the manager's endpoint, with the manager's timeouts;
+//! the blocking one waits `block` longer for its answers.
 //!
 //! Replies are parsed by hand from [`redis::Value`] so both RESP2 arrays and RESP3 maps work.
 //! Stored values are decoded through `decode.rs`, like every other read path: the same size
@@ -11,6 +13,7 @@
 //! becomes a [`CorruptEntry`] for the consumer, never a failed read.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
@@ -18,6 +21,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::connection::ManagerConfig;
 use crate::decode;
+use crate::direct::Direct;
 use crate::error::{Error, Result};
 use crate::follow::cursor::Cursor;
 use crate::follow::{FollowConfig, LoggedEvent, NodeView, Scope, Snapshot};
@@ -35,8 +39,12 @@ const RECENT_SCAN_FACTOR: usize = 10;
 /// The follower's two connections; see the module docs.
 #[derive(Clone)]
 pub(crate) struct Connections {
-    /// Runs only `XREAD BLOCK` and the checks pipelined behind it.
-    pub(crate) blocking: MultiplexedConnection,
+    /// Runs only `XREAD BLOCK` and the checks pipelined behind it; only the follower's task
+    /// uses it, and drops it with the rest after any failure.
+    pub(crate) blocking: Arc<tokio::sync::Mutex<Direct>>,
+    /// How long the blocking connection waits for an answer: the response timeout plus the
+    /// block.
+    pub(crate) blocking_timeout: Duration,
     /// Runs every other command.
     pub(crate) commands: MultiplexedConnection,
 }
@@ -67,12 +75,25 @@ impl Connections {
             }
         };
         let mut commands = open(config.response_timeout).await?;
-        let blocking = open(config.response_timeout + block).await?;
+        let blocking = match Direct::connect(&client, config.connect_timeout).await {
+            Ok(Some(direct)) => direct,
+            Ok(None) => {
+                return Err(Error::UnexpectedReply {
+                    operation: "follow connect",
+                    detail: format!("{target} is not a TCP address"),
+                });
+            }
+            Err(err) => return Err(Error::from_connect(&target, err)),
+        };
         let _: String = redis::cmd("PING")
             .query_async(&mut commands)
             .await
             .map_err(|err| Error::from_redis("follow ping", err))?;
-        Ok(Connections { blocking, commands })
+        Ok(Connections {
+            blocking: Arc::new(tokio::sync::Mutex::new(blocking)),
+            blocking_timeout: config.response_timeout + block,
+            commands,
+        })
     }
 }
 

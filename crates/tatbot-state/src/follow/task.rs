@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::connection::ManagerConfig;
 use crate::decode;
+use crate::direct;
 use crate::error::Error;
 use crate::follow::cursor::Cursor;
 use crate::follow::io::{self, Connections, RawEntry};
@@ -306,7 +307,8 @@ impl FollowTask {
 
     /// One `XREAD BLOCK` over the event log and every tailed history, then the checks.
     async fn read_batch(&mut self) -> Result<(), Stop> {
-        let mut connection = self.connections()?.blocking;
+        let connections = self.connections()?;
+        let mut blocking = connections.blocking.lock().await;
         let tracked: Vec<(SessionId, EntryId)> = self
             .cursor
             .history
@@ -334,10 +336,16 @@ impl FollowTask {
         for key in &stream_keys {
             pipe.cmd("XINFO").arg("STREAM").arg(key);
         }
-        let mut replies: Vec<redis::RedisResult<Value>> = pipe
-            .query_async(&mut connection)
+        let packed = pipe.get_packed_pipeline();
+        let read = blocking.query(&packed, pipe.len());
+        let mut replies: Vec<redis::RedisResult<Value>> = tokio::time::timeout(connections.blocking_timeout, read)
             .await
-            .map_err(|err| Error::from_redis("follow read", err))?;
+            .unwrap_or_else(|_| Err(direct::timed_out("follow read")))
+            .map_err(|err| Error::from_redis("follow read", err))?
+            .into_iter()
+            .map(Value::extract_error)
+            .collect();
+        drop(blocking);
         if replies.len() != stream_keys.len() + 1 {
             return Err(Stop::Redis(Error::UnexpectedReply {
                 operation: "follow read",
