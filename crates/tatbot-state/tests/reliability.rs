@@ -255,7 +255,11 @@ async fn restart_after_the_last_ack_is_counted_by_the_idle_writer() {
     let counted = crate::util::eventually(FLUSH, || async { producer.stats().restarts == 1 }).await;
     let stats = producer.stats();
     assert!(counted, "{stats:?}");
-    assert_eq!((stats.replayed, stats.dropped, stats.rejected), (100, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.replayed, stats.dropped, stats.rejected),
+        (100, 0, 0),
+        "{stats:?}"
+    );
     assert_exact(&history_indices(&state, &session).await, 100);
 }
 
@@ -1079,4 +1083,3 @@ fn last_incr_aof(server: &RedisServer) -> std::path::PathBuf {
         .max_by_key(|path| std::fs::metadata(path).unwrap().modified().unwrap())
         .expect("an incr AOF file")
 }
-
