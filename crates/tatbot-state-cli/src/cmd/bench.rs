@@ -3,7 +3,7 @@
 //!
 //! These machines are noisy (two cores shared with builds, the robot, the viz), so an absolute
 //! figure says little; a ratio against the server's own raw speed, measured minutes apart on
-//! the same server, says whether our code adds cost. The six sections:
+//! the same server, says whether our code adds cost. The sections:
 //!
 //! 1. Awaited progress update latency against `PING` on the same connection (interleaved),
 //!    and against `redis-benchmark -c 1 -P 1 PING`.
@@ -106,7 +106,7 @@ pub struct Args {
     only: Vec<Section>,
 }
 
-/// The six sections, for `--only`.
+/// The sections, for `--only`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Section {
@@ -229,7 +229,7 @@ pub struct Report {
     redis_version: Option<String>,
     /// Where it ran.
     machine: Machine,
-    /// The sections that ran (all six unless `--only` named some).
+    /// The sections that ran (all but failover unless `--only` named some).
     sections: Vec<Section>,
     ping_rtt_p50_us: Option<f64>,
     ping_rtt_p99_us: Option<f64>,
