@@ -3,8 +3,14 @@
 //! `tatbot-state mcp --transport http` is started as a child of this executable on
 //! `127.0.0.1:0` (as in [`memory`](super::memory)), and then, from this process:
 //!
-//! 1. **A kept-alive connection.** One session sends `ping` and reads a small resource, one
-//!    request at a time, on the connection its HTTP client keeps alive: p50/p99 of each.
+//! 1. **One request at a time.** One rmcp session sends `ping` and reads a small resource,
+//!    one request at a time: p50/p99 of each. rmcp's client reads each answer's SSE stream only
+//!    up to the answer and drops it, so its HTTP client closes the connection every time: these
+//!    requests each go on a new connection.
+//!    Then one session on one kept-alive connection, with a minimal HTTP/1.1 client that reads
+//!    each answer to its end (as `curl` or Python's `http.client` do): `initialize`,
+//!    `notifications/initialized`, then `ping`s, p50/p99. The server closing that connection is
+//!    an error.
 //! 2. **Many sessions at once.** `sessions` clients start together; each opens a session
 //!    (`initialize`, `notifications/initialized`, the standalone SSE stream that rmcp's client
 //!    opens by itself), subscribes to the followed session's progress (`resources/subscribe`)
@@ -28,6 +34,8 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{RoleClient, ServiceExt as _};
 use tatbot_state::{Endpoint, SessionId};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 
 use crate::cmd::bench::memory::{self, Server};
@@ -39,6 +47,10 @@ const SESSIONS_DEADLINE: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests of each kind timed on the kept-alive connection, after as many untimed.
 const KEPT_ALIVE_REQUESTS: usize = 200;
+/// The largest answer the kept-alive client reads.
+const MAX_BODY: usize = 1 << 20;
+/// The MCP protocol revision of the kept-alive client (the session model of 2025-11).
+const MCP_PROTOCOL: &str = "2025-11-25";
 
 /// What the section measured.
 #[derive(Debug, Clone, Default)]
@@ -61,7 +73,11 @@ pub struct Sessions {
     pub ping_p50_ms: Option<f64>,
     /// See `ping_p50_ms`.
     pub ping_p99_ms: Option<f64>,
-    /// `resources/read` of `state://status` on a kept-alive connection, p50 and p99, ms.
+    /// `ping` from rmcp's client (a new connection each), p50 and p99, ms.
+    pub rmcp_ping_p50_ms: Option<f64>,
+    /// See `rmcp_ping_p50_ms`.
+    pub rmcp_ping_p99_ms: Option<f64>,
+    /// `resources/read` of `state://status` from rmcp's client, p50 and p99, ms.
     pub read_p50_ms: Option<f64>,
     /// See `read_p50_ms`.
     pub read_p99_ms: Option<f64>,
@@ -79,6 +95,7 @@ pub async fn measure(endpoint: &Endpoint, session: &SessionId, sessions: usize) 
     let mut running = memory::start(Server::Mcp, endpoint).await?;
     let outcome = async {
         let mut report = Sessions::default();
+        one_at_a_time(running.addr, &mut report).await?;
         kept_alive(running.addr, &mut report).await?;
         many_sessions(running.addr, session, sessions, &mut report).await;
         report.peak_rss_mb = Some(memory::read_memory(running.pid)?.hwm);
@@ -168,8 +185,8 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<RunningService<RoleClient, 
     ().serve(transport).await.context("initialize")
 }
 
-/// Step 1; see the module docs.
-async fn kept_alive(addr: SocketAddr, report: &mut Sessions) -> anyhow::Result<()> {
+/// Step 1 with rmcp's client; see the module docs.
+async fn one_at_a_time(addr: SocketAddr, report: &mut Sessions) -> anyhow::Result<()> {
     let client = tokio::time::timeout(REQUEST_TIMEOUT, connect(addr))
         .await
         .context("the kept-alive session did not open in time")??;
@@ -204,8 +221,8 @@ async fn kept_alive(addr: SocketAddr, report: &mut Sessions) -> anyhow::Result<(
                 reads.push(read);
             }
         }
-        report.ping_p50_ms = ms(pings.percentile_us(0.5));
-        report.ping_p99_ms = ms(pings.percentile_us(0.99));
+        report.rmcp_ping_p50_ms = ms(pings.percentile_us(0.5));
+        report.rmcp_ping_p99_ms = ms(pings.percentile_us(0.99));
         report.read_p50_ms = ms(reads.percentile_us(0.5));
         report.read_p99_ms = ms(reads.percentile_us(0.99));
         Ok(())
@@ -213,6 +230,114 @@ async fn kept_alive(addr: SocketAddr, report: &mut Sessions) -> anyhow::Result<(
     .await;
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, client.cancel()).await;
     outcome
+}
+
+/// Step 1 on one kept-alive connection; see the module docs.
+async fn kept_alive(addr: SocketAddr, report: &mut Sessions) -> anyhow::Result<()> {
+    let stream = TcpStream::connect(addr).await.context("connecting")?;
+    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    let mut connection = BufReader::new(stream);
+    let initialize = format!(
+        r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{MCP_PROTOCOL}","capabilities":{{}},"clientInfo":{{"name":"bench","version":"1"}}}}}}"#
+    );
+    let (head, _) = exchange(&mut connection, addr, None, &initialize).await?;
+    let session = head.session.context("the initialize answer has no mcp-session-id")?;
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    exchange(&mut connection, addr, Some(&session), initialized).await?;
+    let mut pings = Samples::with_capacity(KEPT_ALIVE_REQUESTS);
+    for id in 1..=2 * KEPT_ALIVE_REQUESTS {
+        let ping = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+        let started = Instant::now();
+        let (_, body) = exchange(&mut connection, addr, Some(&session), &ping).await?;
+        let elapsed = started.elapsed();
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        anyhow::ensure!(body.contains(&answer), "ping {id}: unexpected answer {body:?}");
+        if id > KEPT_ALIVE_REQUESTS {
+            pings.push(elapsed);
+        }
+    }
+    report.ping_p50_ms = ms(pings.percentile_us(0.5));
+    report.ping_p99_ms = ms(pings.percentile_us(0.99));
+    Ok(())
+}
+
+/// What [`exchange`] needs of an answer's head.
+struct Head {
+    /// `mcp-session-id`, if sent.
+    session: Option<String>,
+}
+
+/// POSTs `body` to `/mcp` on `connection` and reads the whole answer (chunked or with a
+/// length), leaving the connection ready for the next request; gives the head and the body.
+async fn exchange(
+    connection: &mut BufReader<TcpStream>,
+    addr: SocketAddr,
+    session: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(Head, String)> {
+    let session_header = session.map_or_else(String::new, |id| {
+        format!("Mcp-Session-Id: {id}\r\nMcp-Protocol-Version: {MCP_PROTOCOL}\r\n")
+    });
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session_header}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        connection.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        connection.read_line(&mut line).await?;
+        anyhow::ensure!(!line.is_empty(), "the server closed the kept-alive connection");
+        anyhow::ensure!(
+            line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.1 202"),
+            "answered {}",
+            line.trim_end()
+        );
+        let (mut chunked, mut length, mut head) = (false, 0usize, Head { session: None });
+        loop {
+            line.clear();
+            connection.read_line(&mut line).await?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            match name.as_str() {
+                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                "content-length" => length = value.parse().context("content-length")?,
+                "mcp-session-id" => head.session = Some(value.to_owned()),
+                "connection" => {
+                    anyhow::ensure!(!value.eq_ignore_ascii_case("close"), "the server closes the connection")
+                }
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if !chunked {
+            anyhow::ensure!(length <= MAX_BODY, "an answer of {length} bytes");
+            body.resize(length, 0);
+            connection.read_exact(&mut body).await?;
+            return Ok((head, String::from_utf8_lossy(&body).into_owned()));
+        }
+        loop {
+            line.clear();
+            connection.read_line(&mut line).await?;
+            let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or_default(), 16)
+                .with_context(|| format!("a chunk size {:?}", line.trim_end()))?;
+            anyhow::ensure!(body.len() + size <= MAX_BODY, "an answer over {MAX_BODY} bytes");
+            let start = body.len();
+            body.resize(start + size + 2, 0);
+            connection.read_exact(&mut body[start..]).await?;
+            body.truncate(start + size);
+            if size == 0 {
+                return Ok((head, String::from_utf8_lossy(&body).into_owned()));
+            }
+        }
+    })
+    .await
+    .context("the kept-alive request timed out")?
 }
 
 /// Microseconds to milliseconds.
