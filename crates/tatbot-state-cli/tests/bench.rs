@@ -12,8 +12,8 @@ use tatbot_state_testkit::RedisServer;
 
 use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stderr, stdout};
 
-/// The keys issue #7 requires in `--json`, all numbers.
-const REQUIRED: [&str; 14] = [
+/// The keys issues #7 and #18 require in `--json`, all numbers.
+const REQUIRED: [&str; 17] = [
     "ping_rtt_p50_us",
     "ping_rtt_p99_us",
     "update_awaited_p50_us",
@@ -28,6 +28,9 @@ const REQUIRED: [&str; 14] = [
     "status_1000_nodes_10000_sessions_ms",
     "rss_mcp_100_clients_mb",
     "rss_viz_100_clients_mb",
+    "mcp_sessions_wall_ms",
+    "mcp_ping_p99_ms",
+    "rss_mcp_sessions_mb",
 ];
 
 /// Whether `redis-benchmark` is on PATH; without it the pipelined limit is null by design.
@@ -51,6 +54,10 @@ fn quick_json_has_every_figure() {
     }
     assert_eq!(report["server"], "private");
     assert_eq!(report["failures"], serde_json::json!([]));
+    assert_eq!(
+        report["mcp_sessions_completed"], report["mcp_sessions_started"],
+        "{report:#}"
+    );
 }
 
 /// `--only` runs the named sections: their figures are numbers, the others' null, and the

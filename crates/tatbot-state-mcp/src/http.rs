@@ -53,6 +53,27 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1_000;
 /// A session without a request or a message for this long is closed unless configured
 /// otherwise (rmcp's default keep-alive).
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connections one open session may hold: its standalone SSE stream (`GET`), the kept-alive
+/// connection its requests go on, and one more that its HTTP client opens when it sends a
+/// request before the previous answer's stream has ended (rmcp's client sends
+/// `notifications/initialized` so). Measured with 1,000 rmcp clients at once
+/// (`tatbot-state bench --only mcp`): at most 2.7 per session at the peak.
+pub const CONNECTIONS_PER_SESSION: usize = 3;
+/// Connections beyond those of the sessions: stateless (2026-07) clients, a session's
+/// concurrent requests, an operator's `curl`.
+pub const SPARE_CONNECTIONS: usize = 64;
+
+/// The connection cap that lets `max_sessions` sessions be open at once, each with its
+/// connections, plus [`SPARE_CONNECTIONS`]: the default of the MCP server's cap.
+///
+/// The dashboard's cap of 1,024 ([`tatbot_state::http::DEFAULT_MAX_CONNECTIONS`]) was the
+/// MCP server's too, so its 1,000 sessions could never all be open: of 1,000 clients at once,
+/// 424 to 812 got `503` for their stream or their requests (issue #18).
+pub fn default_max_connections(max_sessions: usize) -> usize {
+    max_sessions
+        .saturating_mul(CONNECTIONS_PER_SESSION)
+        .saturating_add(SPARE_CONNECTIONS)
+}
 
 /// How the HTTP server checks its clients and bounds what they may hold.
 #[derive(Clone)]
@@ -63,7 +84,8 @@ pub struct HttpOptions {
     /// Host names or IPs accepted in `Host` and `Origin` besides `localhost`, `127.0.0.1`,
     /// `::1` and the bound IP: the names clients use to reach a server bound to `0.0.0.0`.
     pub allowed_hosts: Vec<String>,
-    /// The connection cap and the header-read timeout.
+    /// The connection cap and the header-read timeout. Give the cap room for
+    /// [`CONNECTIONS_PER_SESSION`] per session ([`default_max_connections`]).
     pub serve: ServeConfig,
     /// Most sessions open at once: a new one past it closes the one idle longest.
     pub max_sessions: usize,
@@ -76,7 +98,10 @@ impl Default for HttpOptions {
         HttpOptions {
             token: None,
             allowed_hosts: Vec::new(),
-            serve: ServeConfig::default(),
+            serve: ServeConfig {
+                max_connections: default_max_connections(DEFAULT_MAX_SESSIONS),
+                ..ServeConfig::default()
+            },
             max_sessions: DEFAULT_MAX_SESSIONS,
             session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
         }

@@ -50,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 pub use crate::error::Error;
 pub use crate::heartbeat::run_heartbeat;
 pub use crate::http::{
-    DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT, HttpOptions, MCP_PATH, check_bind, serve_http,
+    CONNECTIONS_PER_SESSION, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT, HttpOptions, MCP_PATH,
+    SPARE_CONNECTIONS, check_bind, default_max_connections, serve_http,
 };
 pub use crate::render::{ConfigDescription, ConfigRow};
 

@@ -1,11 +1,17 @@
 //! Issue #14 against MCP over HTTP: the connection cap and header-read timeout (point 11),
-//! the session cap and idle expiry (point 12), and JSON-RPC errors for bad requests (point 16).
+//! the session cap and idle expiry (point 12), and JSON-RPC errors for bad requests (point 16);
+//! issue #18: every session the cap allows can be open at once.
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
+use rmcp::ServiceExt as _;
+use rmcp::model::{ReadResourceRequestParams, SubscribeRequestParams};
+use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::{Value, json};
+use tatbot_state::SessionPlan;
 use tatbot_state::http::ServeConfig;
-use tatbot_state_mcp::HttpOptions;
+use tatbot_state_mcp::{DEFAULT_MAX_SESSIONS, HttpOptions};
 use tatbot_state_testkit::RedisServer;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
@@ -143,3 +149,65 @@ async fn bad_requests_get_json_rpc_errors() {
         .expect("an answer to the unknown method");
     assert_eq!(error["error"]["code"], -32601, "{error}");
 }
+
+/// Issue #18 point 5: as many rmcp clients as the default session cap (1,000), all at once,
+/// each open a session with its standalone stream, subscribe and read, and all stay open
+/// together. With the dashboard's connection cap (1,024), 424 to 812 of them got `503`: each
+/// session holds up to three connections.
+#[tokio::test]
+#[expect(deprecated, reason = "resources/subscribe is the 2025-11 session model covered here")]
+async fn every_session_the_cap_allows_is_served_at_once() {
+    tatbot_state::http::raise_fd_limit().unwrap();
+    let redis = RedisServer::start();
+    let robot = crate::manager(&redis, "hog").await;
+    let stroke_session = robot
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 2,
+            stroke_length: 2,
+            scene: "demo".into(),
+        })
+        .await
+        .unwrap();
+    let uri = format!("state://stroke/progress/{stroke_session}");
+    let (addr, _stop) = serve_with(&redis, HttpOptions::default()).await;
+    let clients = (0..DEFAULT_MAX_SESSIONS).map(|_| {
+        let uri = uri.clone();
+        tokio::spawn(async move {
+            let transport = StreamableHttpClientTransport::from_uri(format!("http://{addr}/mcp"));
+            let session = async {
+                let client = ().serve(transport).await.map_err(|err| format!("initialize: {err}"))?;
+                client
+                    .subscribe(SubscribeRequestParams::new(uri.as_str()))
+                    .await
+                    .map_err(|err| format!("subscribe: {err}"))?;
+                client
+                    .read_resource(ReadResourceRequestParams::new(uri.as_str()))
+                    .await
+                    .map_err(|err| format!("read: {err}"))?;
+                Ok::<_, String>(client)
+            };
+            tokio::time::timeout(SESSIONS_DEADLINE, session)
+                .await
+                .unwrap_or_else(|_| Err("not done in time".to_owned()))
+        })
+    });
+    let outcomes = join_all(clients).await;
+    let mut open = Vec::new();
+    let mut failed = Vec::new();
+    for outcome in outcomes {
+        match outcome.unwrap() {
+            Ok(client) => open.push(client),
+            Err(err) => failed.push(err),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {DEFAULT_MAX_SESSIONS} sessions failed; the first: {}",
+        failed.len(),
+        failed[0]
+    );
+    join_all(open.into_iter().map(|client| client.cancel())).await;
+}
+
+/// Bound on [`every_session_the_cap_allows_is_served_at_once`]'s sessions.
+const SESSIONS_DEADLINE: Duration = Duration::from_secs(120);

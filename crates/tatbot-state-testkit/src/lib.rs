@@ -23,6 +23,7 @@
 //! `TATBOT_REDIS_SERVER` environment variable, else from `PATH`. Redis 7 or newer is
 //! expected, because the generated config uses directives that older versions reject.
 
+pub mod aof;
 mod conf;
 mod proxy;
 mod resp;
@@ -425,7 +426,9 @@ impl RedisServer {
     /// Like [`restart`](Self::restart), but returns failures instead of panicking.
     ///
     /// If the port is briefly held by another process, binding is retried for a bounded
-    /// time.
+    /// time. Before the start, an AOF that the crash cut inside a write is cut back to the
+    /// last whole one ([`aof::repair`]); an AOF damaged before its end is an `InvalidData`
+    /// error, and the file is left as it was.
     pub fn try_restart(&mut self) -> io::Result<()> {
         self.kill();
         self.repair_aof()?;
@@ -533,64 +536,20 @@ impl RedisServer {
             .any(|path| fs::read(path).is_ok_and(|data| data.windows(needle.len().max(1)).any(|w| w == needle)))
     }
 
-    /// Spawns `redis-server` on the current config and waits until it answers.
-    /// Repairs an AOF that a crash cut in the middle of a write, as `redis-check-aof --fix`
-    /// does: cut before the last whole command, and before an unfinished `MULTI` block.
-    ///
-    /// Redis 7.0 repairs a cut AOF itself (`aof-load-truncated yes`), but only to the last whole
-    /// command: when that lies inside the `MULTI`/`EXEC` block of a script's writes, the block
-    /// stays open, what Redis appends next joins it on the following load ("MULTI calls can not
-    /// be nested"), and a half-applied script plus its replay are applied together. Fixed
-    /// upstream in valkey (pull request 4342); `redis-check-aof` cuts before the `MULTI`.
+    /// Repairs an AOF that a crash cut in the middle of a write, by the rule of [`aof::repair`]:
+    /// a file that ends early is cut before the unfinished script's `MULTI`; damage before the
+    /// end is refused and the file left as it was.
     fn repair_aof(&self) -> io::Result<()> {
-        let manifest = self
-            .dir
-            .path()
-            .join(AOF_DIR_NAME)
-            .join(format!("{AOF_FILE_NAME}.manifest"));
-        if !manifest.exists() {
-            return Ok(());
+        match aof::repair(&self.binary, self.dir.path()) {
+            Ok(_) => Ok(()),
+            Err(err @ aof::RepairError::Damaged { .. }) => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, err.to_string()))
+            }
+            Err(err) => Err(io::Error::other(err.to_string())),
         }
-        let checker = self
-            .binary
-            .parent()
-            .map(|dir| dir.join("redis-check-aof"))
-            .filter(|path| path.exists())
-            .unwrap_or_else(|| PathBuf::from("redis-check-aof"));
-        let mut child = Command::new(&checker)
-            .arg("--fix")
-            .arg(&manifest)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                with_context(
-                    e,
-                    &format!(
-                        "cannot run {} to repair the AOF before a restart (it comes with redis-server)",
-                        checker.display()
-                    ),
-                )
-            })?;
-        // It asks before it cuts; a broken pipe only means it did not ask.
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = io::Write::write_all(&mut stdin, b"y\n");
-        }
-        let output = child.wait_with_output()?;
-        if !output.status.success() {
-            // An AOF it cannot repair (damage before the end) is left to Redis, whose error the
-            // start then reports.
-            eprintln!(
-                "tatbot-state-testkit: redis-check-aof --fix failed: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
     }
 
+    /// Spawns `redis-server` on the current config and waits until it answers.
     fn launch(&self) -> Result<Child, LaunchError> {
         let log_path = self.log_path();
         let stderr_path = self.dir.path().join("redis.stderr");

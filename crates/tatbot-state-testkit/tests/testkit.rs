@@ -135,6 +135,89 @@ fn aof_survives_kill_and_restart() {
     assert_eq!(server.command(&["GET", "crash-key"]).unwrap(), "$11\r\ncrash-value\r\n");
 }
 
+/// A script writing `keys`, whose writes Redis appends to the AOF as one `MULTI`/`EXEC` block,
+/// as every write of the library is.
+fn script_writes(server: &RedisServer, keys: &[&str]) {
+    let mut args = vec!["EVAL", "for _, key in ipairs(KEYS) do redis.call('SET', key, '1') end"];
+    let count = keys.len().to_string();
+    args.push(&count);
+    args.extend_from_slice(keys);
+    assert_eq!(server.command(&args).unwrap(), "$-1\r\n");
+}
+
+/// Whether each of `keys` exists.
+fn exist(server: &RedisServer, keys: &[&str]) -> Vec<bool> {
+    keys.iter()
+        .map(|key| server.command(&["EXISTS", key]).unwrap() == ":1\r\n")
+        .collect()
+}
+
+/// The AOF file Redis appends to.
+fn incr_aof(server: &RedisServer) -> std::path::PathBuf {
+    std::fs::read_dir(server.dir().join("appendonlydir"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
+        .expect("an incremental AOF file")
+}
+
+/// An AOF that a crash cut inside a script's `EXEC` is cut before its `MULTI` at the restart:
+/// the script stays unapplied, also after the next restart, and later writes are kept.
+#[test]
+fn restart_cuts_an_aof_that_ends_inside_a_write() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    script_writes(&server, &["cut_a", "cut_b"]);
+    server.stop();
+    let incr = incr_aof(&server);
+    let bytes = std::fs::read(&incr).unwrap();
+    assert!(
+        bytes.ends_with(b"EXEC\r\n"),
+        "the script's writes end the AOF inside MULTI/EXEC"
+    );
+    std::fs::write(&incr, &bytes[..bytes.len() - 5]).unwrap();
+
+    server.restart();
+    assert_eq!(exist(&server, &["cut_a", "cut_b"]), [false, false]);
+    script_writes(&server, &["later_c", "later_d"]);
+    server.stop();
+    server.restart();
+    assert_eq!(
+        exist(&server, &["cut_a", "cut_b", "later_c", "later_d"]),
+        [false, false, true, true],
+        "the cut script stays unapplied after the next restart, the later one is kept"
+    );
+}
+
+/// Damage in the middle of the AOF is not cut (`redis-check-aof --fix` would drop every write
+/// after it): the restart fails with `InvalidData` and one line, and the file is left as it was.
+#[test]
+fn restart_leaves_an_aof_damaged_in_the_middle_alone() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    for key in ["k1", "k2", "k3"] {
+        script_writes(&server, &[key]);
+    }
+    server.stop();
+    let incr = incr_aof(&server);
+    let bytes = std::fs::read(&incr).unwrap();
+    let at = bytes
+        .windows(2)
+        .position(|window| window == b"k2")
+        .expect("k2 is in the AOF");
+    let damaged = [&bytes[..at], b"@@flipped@@", &bytes[at..]].concat();
+    std::fs::write(&incr, &damaged).unwrap();
+
+    let err = server.try_restart().expect_err("a damaged AOF is refused");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    let message = err.to_string();
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.contains("is damaged before its end, not cut by a crash"),
+        "{message}"
+    );
+    assert!(!server.is_running());
+    assert_eq!(std::fs::read(&incr).unwrap(), damaged, "the file is left as it was");
+}
+
 /// A graceful stop flushes the AOF, so the data is there after a restart.
 #[test]
 fn stop_flushes_aof_and_restart_keeps_data() {

@@ -3,7 +3,7 @@
 //!
 //! These machines are noisy (two cores shared with builds, the robot, the viz), so an absolute
 //! figure says little; a ratio against the server's own raw speed, measured minutes apart on
-//! the same server, says whether our code adds cost. The six sections:
+//! the same server, says whether our code adds cost. The sections:
 //!
 //! 1. Awaited progress update latency against `PING` on the same connection (interleaved),
 //!    and against `redis-benchmark -c 1 -P 1 PING`.
@@ -17,6 +17,8 @@
 //! 6. Peak memory of `mcp --transport http` and `viz` with 100 clients ([`memory`]).
 //! 7. Only with `--only failover`: kill -9 of the master to the first write acknowledged on
 //!    the new one, through Sentinel, on a loopback fleet of its own ([`failover`]).
+//! 8. MCP over streamable HTTP with rmcp's client: 1,000 sessions at once (initialize,
+//!    subscribe, read), and requests on a kept-alive connection ([`mcp`]).
 //!
 //! By default the bench starts a private `redis-server` (the project's config, AOF on) on a
 //! free loopback port and stops it at the end ([`PrivateServer`]). With `-h`/`-p` (and the
@@ -33,6 +35,7 @@
 
 mod baseline;
 mod failover;
+mod mcp;
 mod measure;
 mod memory;
 mod scale;
@@ -77,6 +80,10 @@ mod target {
     pub const GROWTH: f64 = 12.0;
     /// Peak RSS of a server with 100 clients, MiB.
     pub const RSS_MB: f64 = 20.0;
+    /// 1,000 MCP sessions opened at once, each subscribed and read, seconds (issue #18).
+    pub const MCP_SESSIONS_S: f64 = 10.0;
+    /// An MCP request on a kept-alive connection, milliseconds (issue #18).
+    pub const MCP_KEPT_ALIVE_MS: f64 = 2.0;
 }
 
 /// Flags of `bench`.
@@ -99,7 +106,7 @@ pub struct Args {
     only: Vec<Section>,
 }
 
-/// The six sections, for `--only`.
+/// The sections, for `--only`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Section {
@@ -117,6 +124,8 @@ pub enum Section {
     Memory,
     /// 7 (only when named): kill -9 of the master to the first acknowledged write, via Sentinel
     Failover,
+    /// 8: MCP over HTTP: 1,000 sessions at once, and requests on a kept-alive connection
+    Mcp,
 }
 
 /// Counts and durations of one run.
@@ -148,6 +157,8 @@ pub struct Plan {
     pub clients: usize,
     /// How long the clients follow before memory is read.
     pub hold: Duration,
+    /// MCP sessions opened at once.
+    pub mcp_sessions: usize,
     /// The sections to run; empty runs them all.
     pub only: Vec<Section>,
 }
@@ -181,6 +192,7 @@ impl Plan {
                 status_repeats: 1,
                 clients: 100,
                 hold: Duration::from_secs(1),
+                mcp_sessions: 50,
                 only: Vec::new(),
             };
         }
@@ -198,6 +210,7 @@ impl Plan {
             status_repeats: 5,
             clients: 100,
             hold: Duration::from_secs(5),
+            mcp_sessions: 1_000,
             only: Vec::new(),
         }
     }
@@ -216,7 +229,7 @@ pub struct Report {
     redis_version: Option<String>,
     /// Where it ran.
     machine: Machine,
-    /// The sections that ran (all six unless `--only` named some).
+    /// The sections that ran (all but failover unless `--only` named some).
     sections: Vec<Section>,
     ping_rtt_p50_us: Option<f64>,
     ping_rtt_p99_us: Option<f64>,
@@ -292,6 +305,24 @@ pub struct Report {
     /// Kill -9 of the master to the first write acknowledged on the new one (median, and each run).
     failover_ms: Option<f64>,
     failover_runs_ms: Vec<f64>,
+    /// MCP sessions opened at once, and those that initialized, subscribed and read.
+    mcp_sessions_started: Option<usize>,
+    mcp_sessions_completed: Option<usize>,
+    /// Wall time until all of them had, and one session's own time.
+    mcp_sessions_wall_ms: Option<f64>,
+    mcp_session_p50_ms: Option<f64>,
+    mcp_session_p99_ms: Option<f64>,
+    /// The MCP server's peak resident set with all of them open.
+    rss_mcp_sessions_mb: Option<f64>,
+    /// `ping` on a kept-alive connection.
+    mcp_ping_p50_ms: Option<f64>,
+    mcp_ping_p99_ms: Option<f64>,
+    /// `ping` and `resources/read` of `state://status` from rmcp's client, which closes the
+    /// connection after each answer.
+    mcp_rmcp_ping_p50_ms: Option<f64>,
+    mcp_rmcp_ping_p99_ms: Option<f64>,
+    mcp_read_p50_ms: Option<f64>,
+    mcp_read_p99_ms: Option<f64>,
     /// Why a figure is missing, and anything else a reader should know.
     notes: Vec<String>,
     /// Sections that failed, with the error.
@@ -761,6 +792,37 @@ async fn sections(
         }
     }
 
+    if plan.runs(Section::Mcp) {
+        progress(&format!(
+            "8/8 mcp over http: {} sessions at once, then requests on a kept-alive connection",
+            plan.mcp_sessions
+        ));
+        let mcp_session = measure::start_session(&manager).await?;
+        sessions.push(mcp_session.clone());
+        let measured = mcp::measure(endpoint, &mcp_session, plan.mcp_sessions).await;
+        if let Some(measured) = section(report, "mcp sessions", measured) {
+            report.mcp_sessions_started = Some(measured.started);
+            report.mcp_sessions_completed = Some(measured.completed);
+            report.mcp_sessions_wall_ms = Some(measured.wall_ms);
+            report.mcp_session_p50_ms = measured.session_p50_ms;
+            report.mcp_session_p99_ms = measured.session_p99_ms;
+            report.rss_mcp_sessions_mb = measured.peak_rss_mb;
+            report.mcp_ping_p50_ms = measured.ping_p50_ms;
+            report.mcp_ping_p99_ms = measured.ping_p99_ms;
+            report.mcp_rmcp_ping_p50_ms = measured.rmcp_ping_p50_ms;
+            report.mcp_rmcp_ping_p99_ms = measured.rmcp_ping_p99_ms;
+            report.mcp_read_p50_ms = measured.read_p50_ms;
+            report.mcp_read_p99_ms = measured.read_p99_ms;
+            if let Some(error) = measured.first_error {
+                report.notes.push(format!(
+                    "mcp sessions: {} of {} failed; the first: {error}",
+                    measured.started - measured.completed,
+                    measured.started
+                ));
+            }
+        }
+    }
+
     // The bench's own sessions; the event log keeps their events until it is trimmed.
     for session in &sessions {
         let _ = manager.clear_session_data(session).await;
@@ -1063,6 +1125,63 @@ fn render(report: &Report) -> String {
         ratio: "-".to_owned(),
         target: format!("<= {} s", failover::TARGET.as_secs()),
         verdict: verdict(report.failover_ms, |ms| ms <= failover_target),
+    });
+    let all_done =
+        report.mcp_sessions_completed.is_some() && report.mcp_sessions_completed == report.mcp_sessions_started;
+    let wall_s = report.mcp_sessions_wall_ms.map(|ms| ms / 1000.0);
+    rows.push(Row {
+        section: Section::Mcp,
+        name: format!(
+            "mcp: {} sessions at once, all done",
+            report
+                .mcp_sessions_started
+                .map_or_else(|| "?".to_owned(), |n| n.to_string())
+        ),
+        value: show(wall_s, "s", 2),
+        baseline: format!(
+            "{} done; one session p50 {}, p99 {}; server peak RSS {}",
+            report
+                .mcp_sessions_completed
+                .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            show(report.mcp_session_p50_ms, "ms", 0),
+            show(report.mcp_session_p99_ms, "ms", 0),
+            show(report.rss_mcp_sessions_mb, "MiB", 1)
+        ),
+        ratio: "-".to_owned(),
+        target: format!("<= {} s", target::MCP_SESSIONS_S),
+        // A run where some sessions failed misses the target whatever its time.
+        verdict: verdict(wall_s, |s| all_done && s <= target::MCP_SESSIONS_S),
+    });
+    rows.push(Row {
+        section: Section::Mcp,
+        name: "mcp: ping p99, kept-alive connection".to_owned(),
+        value: show(report.mcp_ping_p99_ms, "ms", 2),
+        baseline: format!("p50 {}", show(report.mcp_ping_p50_ms, "ms", 2)),
+        ratio: "-".to_owned(),
+        target: format!("<= {} ms", target::MCP_KEPT_ALIVE_MS),
+        verdict: verdict(report.mcp_ping_p99_ms, |ms| ms <= target::MCP_KEPT_ALIVE_MS),
+    });
+    rows.push(Row {
+        section: Section::Mcp,
+        name: "mcp: ping p99, rmcp client".to_owned(),
+        value: show(report.mcp_rmcp_ping_p99_ms, "ms", 2),
+        baseline: format!(
+            "p50 {}; a new connection each",
+            show(report.mcp_rmcp_ping_p50_ms, "ms", 2)
+        ),
+        ratio: "-".to_owned(),
+        target: "-".to_owned(),
+        verdict: "",
+    });
+    // Reading `state://status` is Redis work (a scan of the sessions) as much as MCP's.
+    rows.push(Row {
+        section: Section::Mcp,
+        name: "mcp: status read p99, rmcp client".to_owned(),
+        value: show(report.mcp_read_p99_ms, "ms", 2),
+        baseline: format!("p50 {}", show(report.mcp_read_p50_ms, "ms", 2)),
+        ratio: "-".to_owned(),
+        target: "-".to_owned(),
+        verdict: "",
     });
     rows.retain(|row| report.sections.contains(&row.section));
 

@@ -69,9 +69,9 @@ pub struct Args {
     /// Seconds between heartbeats (the key expires 60 s after the last one)
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=59))]
     pub heartbeat_interval: u64,
-    /// Most HTTP connections served at once; more are answered 503 (also capped by the open-file limit)
-    #[arg(long, value_name = "N", default_value_t = tatbot_state::http::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
-    pub max_connections: usize,
+    /// Most HTTP connections served at once; more are answered 503 (default: 3 per session of --max-sessions, plus 64; also capped by the open-file limit)
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: Option<usize>,
     /// Seconds an HTTP connection may take to send its request head before it is closed
     #[arg(long, value_name = "SECS", default_value_t = tatbot_state::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_read_timeout: u64,
@@ -159,7 +159,9 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
                     token: args.token.clone().map(crate::ctx::Secret::into_inner),
                     allowed_hosts: allowed_hosts(&args),
                     serve: ServeConfig {
-                        max_connections: args.max_connections,
+                        max_connections: args
+                            .max_connections
+                            .unwrap_or_else(|| tatbot_state_mcp::default_max_connections(args.max_sessions)),
                         header_read_timeout: Duration::from_secs(args.header_read_timeout),
                     },
                     max_sessions: args.max_sessions,

@@ -97,21 +97,9 @@ pub async fn measure(
     clients: usize,
     hold: Duration,
 ) -> anyhow::Result<Peak> {
-    let exe = std::env::current_exe().context("finding this executable to start the server")?;
-    let mut child = spawn(&exe, server, endpoint)?;
-    let pid = child
-        .id()
-        .context("bug: the server child has no pid right after spawning")?;
+    let mut running = start(server, endpoint).await?;
+    let (addr, pid) = (running.addr, running.pid);
     let outcome = async {
-        let addr = tokio::time::timeout(STARTUP_TIMEOUT, announced_address(&mut child, server))
-            .await
-            .with_context(|| {
-                format!(
-                    "{} printed no address within {} s",
-                    server.name(),
-                    STARTUP_TIMEOUT.as_secs()
-                )
-            })??;
         tokio::time::sleep(SETTLE).await;
         let idle = read_memory(pid)?;
         let streams: Vec<Option<ClientStream>> = match server {
@@ -139,8 +127,48 @@ pub async fn measure(
         })
     }
     .await;
-    stop(&mut child, pid).await;
+    running.stop().await;
     outcome
+}
+
+/// A server started by [`start`]; [`Running::stop`] stops it (and dropping it kills it).
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its process id, for `/proc` and signals.
+    pub pid: u32,
+    /// The process; `kill_on_drop`, so an early return does not leave it running.
+    child: Child,
+}
+
+impl Running {
+    /// SIGTERM, a bounded wait, then SIGKILL.
+    pub async fn stop(&mut self) {
+        stop(&mut self.child, self.pid).await;
+    }
+}
+
+/// Starts `server` against `endpoint` on `127.0.0.1:0` and waits until it says where it listens.
+///
+/// # Errors
+///
+/// The server did not start, or did not print its address within [`STARTUP_TIMEOUT`].
+pub async fn start(server: Server, endpoint: &Endpoint) -> anyhow::Result<Running> {
+    let exe = std::env::current_exe().context("finding this executable to start the server")?;
+    let mut child = spawn(&exe, server, endpoint)?;
+    let pid = child
+        .id()
+        .context("bug: the server child has no pid right after spawning")?;
+    let addr = tokio::time::timeout(STARTUP_TIMEOUT, announced_address(&mut child, server))
+        .await
+        .with_context(|| {
+            format!(
+                "{} printed no address within {} s",
+                server.name(),
+                STARTUP_TIMEOUT.as_secs()
+            )
+        })??;
+    Ok(Running { addr, pid, child })
 }
 
 /// The node ids the servers run as; the MCP server sends heartbeats as its node.
@@ -249,16 +277,16 @@ fn address_in(line: &str) -> Option<SocketAddr> {
 }
 
 /// Memory of a process, MiB, from `/proc/<pid>/status`.
-struct Memory {
+pub struct Memory {
     /// `VmHWM`: the peak resident set.
-    hwm: f64,
+    pub hwm: f64,
     /// `VmRSS`: the resident set now.
     rss: f64,
     /// `RssAnon`: its anonymous part.
     anon: f64,
 }
 
-fn read_memory(pid: u32) -> anyhow::Result<Memory> {
+pub fn read_memory(pid: u32) -> anyhow::Result<Memory> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}: is this Linux?"))?;
     let field = |name: &str| -> anyhow::Result<f64> {

@@ -1,0 +1,185 @@
+//! Repairing an AOF that a crash cut in the middle of a write, before Redis loads it: the one
+//! rule that the testkit's restarts and the CLI's managed servers (`server start`, the private
+//! servers of `demo`, `replay` and `bench`) both follow.
+//!
+//! Redis 7.0 repairs a cut AOF itself (`aof-load-truncated yes`), but only back to the last
+//! whole command. When that lies inside the `MULTI`/`EXEC` block of one script's writes (every
+//! write of ours is a script), the block stays open: what Redis appends after the restart joins
+//! it on the next load ("MULTI calls can not be nested"), and a half-applied script plus its
+//! replay are applied together, so one update is written twice and another lost (fixed upstream
+//! in valkey, pull request 4342). `redis-check-aof --fix` cuts before the `MULTI` instead; the
+//! producers then replay what was cut.
+//!
+//! But `--fix` cuts at the first damage wherever it is, and everything after damage in the
+//! middle of the file (a flipped byte) is data a person may still rescue. So [`repair`] first
+//! only looks, cuts only a file that ends early (what Redis itself would cut), and refuses
+//! anything else, leaving the file as it was.
+
+use std::fmt;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::conf::{AOF_DIR_NAME, AOF_FILE_NAME};
+
+/// The AOF manifest under a data dir, as the testkit's and the project's `redis.conf` name it.
+pub fn manifest(data: &Path) -> PathBuf {
+    data.join(AOF_DIR_NAME).join(format!("{AOF_FILE_NAME}.manifest"))
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// No AOF yet, or it ends with a whole write: nothing to do.
+    Intact,
+    /// The AOF ended inside a write; it was cut back to the last whole one.
+    Cut {
+        /// What `redis-check-aof` said, on one line.
+        said: String,
+    },
+}
+
+/// Why an AOF was not repaired. Each message is one line that says what to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RepairError {
+    /// `redis-check-aof` could not be run.
+    Checker {
+        /// The checker that was tried.
+        checker: PathBuf,
+        /// Why it did not run.
+        source: io::Error,
+    },
+    /// The AOF is damaged before its end: not cut, left as it was.
+    Damaged {
+        /// The data dir.
+        data: PathBuf,
+        /// What `redis-check-aof` said, on one line.
+        said: String,
+    },
+    /// The AOF ends inside a write, but `redis-check-aof --fix` did not cut it.
+    NotCut {
+        /// The data dir.
+        data: PathBuf,
+        /// What `redis-check-aof --fix` said, on one line.
+        said: String,
+    },
+}
+
+impl fmt::Display for RepairError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepairError::Checker { checker, source } => write!(
+                f,
+                "cannot run {} to check the AOF after a possible crash (it comes with redis-server; install redis-tools): {source}",
+                checker.display()
+            ),
+            RepairError::Damaged { data, said } => write!(
+                f,
+                "the AOF in {} is damaged before its end, not cut by a crash, and Redis will not load it: keep a copy of the directory, then look at it with `redis-check-aof {}` (its `--fix` drops everything after the damage); it said: {said}",
+                data.display(),
+                manifest(data).display()
+            ),
+            RepairError::NotCut { data, said } => write!(
+                f,
+                "the AOF in {} ends inside a write but `redis-check-aof --fix` did not cut it; it said: {said}",
+                data.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RepairError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RepairError::Checker { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The `redis-check-aof` that belongs to `redis_server`: the one beside it (Debian ships both,
+/// the checker a link to the server), else the first on `PATH`.
+pub fn checker(redis_server: &Path) -> PathBuf {
+    redis_server
+        .parent()
+        .map(|dir| dir.join("redis-check-aof"))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("redis-check-aof"))
+}
+
+/// Checks the AOF under the data dir `data` (when there is one) with the checker of
+/// `redis_server`, and when it ends inside a write, cuts it back with `--fix` (answering its
+/// question); says whether it cut. Blocks while the checker runs (milliseconds for a test's
+/// AOF).
+///
+/// # Errors
+///
+/// The checker could not run ([`RepairError::Checker`]), or the AOF is damaged before its end
+/// ([`RepairError::Damaged`]: that is for a person to look at, a cut there would drop every
+/// write after the damage, and Redis refuses to load it anyway), or `--fix` did not cut a file
+/// that ends early ([`RepairError::NotCut`]).
+pub fn repair(redis_server: &Path, data: &Path) -> Result<Repair, RepairError> {
+    let manifest = manifest(data);
+    if !manifest.exists() {
+        return Ok(Repair::Intact);
+    }
+    let checker = checker(redis_server);
+    let checked = check(&checker, &manifest, false)?;
+    if !checked.contains("--fix option") {
+        return Ok(Repair::Intact);
+    }
+    if !ends_early(&checked) {
+        return Err(RepairError::Damaged {
+            data: data.to_owned(),
+            said: checked,
+        });
+    }
+    let said = check(&checker, &manifest, true)?;
+    if !said.contains("Successfully truncated") {
+        return Err(RepairError::NotCut {
+            data: data.to_owned(),
+            said,
+        });
+    }
+    Ok(Repair::Cut { said })
+}
+
+/// Whether the checker's report says the file ends early (the EOF cut that Redis's own
+/// `aof-load-truncated` handles), rather than damage before its end.
+fn ends_early(checked: &str) -> bool {
+    ["Reached EOF", "Unexpected EOF"]
+        .iter()
+        .any(|eof| checked.contains(eof))
+        || checked
+            .split("Expected to read ")
+            .nth(1)
+            .is_some_and(|rest| rest.contains(" bytes, got "))
+}
+
+/// Runs the checker on `manifest`, with `--fix` (answering its question) or without, and
+/// answers what it said on one line.
+fn check(checker: &Path, manifest: &Path, fix: bool) -> Result<String, RepairError> {
+    let failed = |source: io::Error| RepairError::Checker {
+        checker: checker.to_owned(),
+        source,
+    };
+    let mut command = Command::new(checker);
+    if fix {
+        command.arg("--fix");
+    }
+    let mut child = command
+        .arg(manifest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    // With `--fix` it asks before it cuts; a closed pipe only means it did not ask.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(if fix { b"y\n" } else { b"n\n" });
+    }
+    let output = child.wait_with_output().map_err(failed)?;
+    let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    Ok(said.split_whitespace().collect::<Vec<_>>().join(" "))
+}
