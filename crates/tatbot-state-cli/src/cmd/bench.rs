@@ -3,7 +3,7 @@
 //!
 //! These machines are noisy (two cores shared with builds, the robot, the viz), so an absolute
 //! figure says little; a ratio against the server's own raw speed, measured minutes apart on
-//! the same server, says whether our code adds cost. The six sections:
+//! the same server, says whether our code adds cost. The sections:
 //!
 //! 1. Awaited progress update latency against `PING` on the same connection (interleaved),
 //!    and against `redis-benchmark -c 1 -P 1 PING`.
@@ -15,7 +15,9 @@
 //! 4. Producer-to-subscriber latency at 1 kHz through pub/sub and through the follow API.
 //! 5. `status` and all-nodes health over 100 to 10,000 sessions ([`scale`]).
 //! 6. Peak memory of `mcp --transport http` and `viz` with 100 clients ([`memory`]).
-//! 7. Only with `--only failover`: kill -9 of the master to the first write acknowledged on
+//! 7. Record and replay throughput of one session's history: Redis to MCAP and back
+//!    ([`recording`]).
+//! 8. Only with `--only failover`: kill -9 of the master to the first write acknowledged on
 //!    the new one, through Sentinel, on a loopback fleet of its own ([`failover`]).
 //!
 //! By default the bench starts a private `redis-server` (the project's config, AOF on) on a
@@ -35,6 +37,7 @@ mod baseline;
 mod failover;
 mod measure;
 mod memory;
+mod recording;
 mod scale;
 mod stats;
 
@@ -63,6 +66,8 @@ const CANCEL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Targets of issue #7, each relative to a baseline of the same run where one applies.
 mod target {
+    /// Record and replay, messages per second of wall time (issue #17).
+    pub const RECORD_PER_S: f64 = 100_000.0;
     /// Sustained producer updates/s, at least this times the pipelined limit.
     pub const THROUGHPUT_RATIO: f64 = 0.7;
     /// Awaited update p50, at most this times the `PING` p50.
@@ -99,7 +104,7 @@ pub struct Args {
     only: Vec<Section>,
 }
 
-/// The six sections, for `--only`.
+/// The sections, for `--only`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Section {
@@ -115,7 +120,9 @@ pub enum Section {
     Status,
     /// 6: peak memory of mcp and viz with 100 clients
     Memory,
-    /// 7 (only when named): kill -9 of the master to the first acknowledged write, via Sentinel
+    /// 7: record and replay throughput
+    Record,
+    /// 8 (only when named): kill -9 of the master to the first acknowledged write, via Sentinel
     Failover,
 }
 
@@ -148,6 +155,8 @@ pub struct Plan {
     pub clients: usize,
     /// How long the clients follow before memory is read.
     pub hold: Duration,
+    /// History entries recorded and replayed per record/replay run.
+    pub record_messages: usize,
     /// The sections to run; empty runs them all.
     pub only: Vec<Section>,
 }
@@ -181,6 +190,7 @@ impl Plan {
                 status_repeats: 1,
                 clients: 100,
                 hold: Duration::from_secs(1),
+                record_messages: 5_000,
                 only: Vec::new(),
             };
         }
@@ -198,6 +208,7 @@ impl Plan {
             status_repeats: 5,
             clients: 100,
             hold: Duration::from_secs(5),
+            record_messages: 100_000,
             only: Vec::new(),
         }
     }
@@ -216,7 +227,7 @@ pub struct Report {
     redis_version: Option<String>,
     /// Where it ran.
     machine: Machine,
-    /// The sections that ran (all six unless `--only` named some).
+    /// The sections that ran (all but failover unless `--only` named some).
     sections: Vec<Section>,
     ping_rtt_p50_us: Option<f64>,
     ping_rtt_p99_us: Option<f64>,
@@ -289,6 +300,18 @@ pub struct Report {
     mcp_clients_updated: Option<usize>,
     viz_clients_connected: Option<usize>,
     viz_clients_updated: Option<usize>,
+    /// Messages per record/replay run.
+    record_messages: Option<u64>,
+    /// Bytes of the recorded MCAP file.
+    record_file_bytes: Option<usize>,
+    /// Record (Redis to MCAP) and replay (MCAP to Redis), messages per second of wall time and
+    /// of this process's CPU time: medians, and each run.
+    record_per_s: Option<f64>,
+    record_per_cpu_s: Option<f64>,
+    replay_per_s: Option<f64>,
+    replay_per_cpu_s: Option<f64>,
+    record_runs_per_s: Vec<f64>,
+    replay_runs_per_s: Vec<f64>,
     /// Kill -9 of the master to the first write acknowledged on the new one (median, and each run).
     failover_ms: Option<f64>,
     failover_runs_ms: Vec<f64>,
@@ -528,7 +551,7 @@ async fn sections(
     let mut sessions = vec![session.clone()];
 
     if plan.runs(Section::Awaited) {
-        progress("1/6 awaited updates against PING");
+        progress("1/7 awaited updates against PING");
         // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
         let (awaited, per_call) = baseline::evalsha_time(endpoint, measure::awaited(&manager, &session, plan)).await;
         if let Some(mut awaited) = section(report, "awaited", awaited) {
@@ -548,7 +571,7 @@ async fn sections(
     }
 
     if plan.runs(Section::Throughput) {
-        progress("2/6 producer throughput against redis-benchmark -P 32");
+        progress("2/7 producer throughput against redis-benchmark -P 32");
         let command = match &redis_benchmark {
             Some(_) => match measure::capture_update(endpoint, &manager, &session).await {
                 Ok(command) => Some(command),
@@ -599,7 +622,7 @@ async fn sections(
     }
 
     if plan.runs(Section::Calls) {
-        progress("3/6 producer call time with Redis up, paused and down");
+        progress("3/7 producer call time with Redis up, paused and down");
         if private.is_none() {
             report
                 .notes
@@ -641,7 +664,7 @@ async fn sections(
     }
 
     if plan.runs(Section::E2e) {
-        progress("4/6 producer to subscriber at 1 kHz: pub/sub, then the follow API");
+        progress("4/7 producer to subscriber at 1 kHz: pub/sub, then the follow API");
         let raw = measure::raw_pubsub(endpoint, plan.e2e).await;
         if let Some(mut raw) = section(report, "raw pub/sub latency", raw) {
             report.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
@@ -668,7 +691,7 @@ async fn sections(
     }
 
     if plan.runs(Section::Status) {
-        progress("5/6 status and all-nodes health over 100, 1,000 and 10,000 sessions");
+        progress("5/7 status and all-nodes health over 100, 1,000 and 10,000 sessions");
         let mut seeded = scale::Seeded::connect(endpoint).await?;
         let steps = scale::measure(&manager, &mut seeded, plan.status_repeats).await;
         let removed = seeded.remove().await;
@@ -691,7 +714,7 @@ async fn sections(
 
     if plan.runs(Section::Memory) {
         progress(&format!(
-            "6/6 memory of mcp and viz with {} clients following a session",
+            "6/7 memory of mcp and viz with {} clients following a session",
             plan.clients
         ));
         let memory_session = measure::start_session(&manager).await?;
@@ -749,9 +772,32 @@ async fn sections(
         section(report, "running the followed session", ran);
     }
 
+    if plan.runs(Section::Record) {
+        progress(&format!(
+            "7/7 record and replay of {} history entries, {} run(s)",
+            plan.record_messages, plan.repeats
+        ));
+        let mut runs = Vec::with_capacity(plan.repeats);
+        for _ in 0..plan.repeats {
+            let run = recording::measure(endpoint, &manager, plan.record_messages, shutdown).await;
+            runs.extend(section(report, "record and replay", run));
+        }
+        if let Some(first) = runs.first() {
+            report.record_messages = Some(first.messages);
+            report.record_file_bytes = Some(first.file_bytes);
+        }
+        let rates = |rate: fn(&recording::Run) -> f64| runs.iter().map(rate).collect::<Vec<f64>>();
+        report.record_runs_per_s = rates(|run| run.record.per_s(run.messages));
+        report.replay_runs_per_s = rates(|run| run.replay.per_s(run.messages));
+        report.record_per_s = median(&report.record_runs_per_s);
+        report.replay_per_s = median(&report.replay_runs_per_s);
+        report.record_per_cpu_s = median(&rates(|run| run.record.per_cpu_s(run.messages)));
+        report.replay_per_cpu_s = median(&rates(|run| run.replay.per_cpu_s(run.messages)));
+    }
+
     if plan.runs(Section::Failover) {
         progress(&format!(
-            "7/7 failover: kill -9 of the master to the first acknowledged write, {} run(s)",
+            "8/8 failover: kill -9 of the master to the first acknowledged write, {} run(s)",
             plan.failovers()
         ));
         let times = failover::measure(plan.failovers(), shutdown).await;
@@ -1052,6 +1098,31 @@ fn render(report: &Report) -> String {
             ratio: "-".to_owned(),
             target: format!("<= {} MiB", target::RSS_MB),
             verdict: verdict(rss, |rss| rss <= target::RSS_MB),
+        });
+    }
+    for (name, rate, cpu_rate, runs) in [
+        (
+            "record, Redis to MCAP",
+            report.record_per_s,
+            report.record_per_cpu_s,
+            &report.record_runs_per_s,
+        ),
+        (
+            "replay, MCAP to Redis",
+            report.replay_per_s,
+            report.replay_per_cpu_s,
+            &report.replay_runs_per_s,
+        ),
+    ] {
+        let each: Vec<String> = runs.iter().map(|rate| format!("{rate:.0}")).collect();
+        rows.push(Row {
+            section: Section::Record,
+            name: format!("{name} (median)"),
+            value: show(rate, "msg/s", 0),
+            baseline: format!("per CPU s {}; runs {}", show(cpu_rate, "msg/s", 0), each.join(", ")),
+            ratio: "-".to_owned(),
+            target: format!(">= {:.0} /s", target::RECORD_PER_S),
+            verdict: verdict(rate, |rate| rate >= target::RECORD_PER_S),
         });
     }
     let failover_target = failover::TARGET.as_secs_f64() * 1000.0;
