@@ -12,8 +12,8 @@ use tatbot_state_testkit::RedisServer;
 
 use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stderr, stdout};
 
-/// The keys issue #7 requires in `--json`, all numbers.
-const REQUIRED: [&str; 14] = [
+/// The keys issues #7 and #17 require in `--json`, all numbers.
+const REQUIRED: [&str; 18] = [
     "ping_rtt_p50_us",
     "ping_rtt_p99_us",
     "update_awaited_p50_us",
@@ -28,6 +28,10 @@ const REQUIRED: [&str; 14] = [
     "status_1000_nodes_10000_sessions_ms",
     "rss_mcp_100_clients_mb",
     "rss_viz_100_clients_mb",
+    "record_per_s",
+    "replay_per_s",
+    "record_per_cpu_s",
+    "replay_per_cpu_s",
 ];
 
 /// Whether `redis-benchmark` is on PATH; without it the pipelined limit is null by design.

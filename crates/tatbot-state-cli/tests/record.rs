@@ -668,7 +668,10 @@ fn long_sessions_record_merged_and_replay_in_order() {
         .collect();
     expected.sort_by_key(|(_, id)| millis(id));
     assert_eq!(recorded.len(), 2 * LONG_SESSION);
-    assert!(recorded == expected, "the recording is not the entries merged by log time");
+    assert!(
+        recorded == expected,
+        "the recording is not the entries merged by log time"
+    );
     let times: Vec<u64> = messages.iter().map(|(_, time, _)| *time).collect();
     assert!(times.windows(2).all(|pair| pair[0] <= pair[1]), "log times go back");
 
@@ -679,7 +682,11 @@ fn long_sessions_record_merged_and_replay_in_order() {
         &["replay", file.to_str().unwrap(), "--rate", "1000000000", "--into", &url],
     );
     assert_code(&output, 0);
-    assert!(stdout(&output).contains(&format!("replayed {}", 2 * LONG_SESSION)), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains(&format!("replayed {}", 2 * LONG_SESSION)),
+        "{}",
+        stdout(&output)
+    );
     for session in sessions {
         let (entries, doc) = read_history(&target, &format!("replay.{session}"));
         // The stream is trimmed to about its bound (10,000): what is left is the end, in order.

@@ -483,7 +483,10 @@ impl StateManager {
             scanned += page.len();
             for entry in &page {
                 // Most entries are other sessions' progress: skip them before parsing JSON.
-                if !entry.field("payload").is_some_and(|payload| payload.contains(session_id.as_str())) {
+                if !entry
+                    .field("payload")
+                    .is_some_and(|payload| payload.contains(session_id.as_str()))
+                {
                     continue;
                 }
                 let event = io::decode_logged(entry);

@@ -312,6 +312,12 @@ pub struct Report {
     replay_per_cpu_s: Option<f64>,
     record_runs_per_s: Vec<f64>,
     replay_runs_per_s: Vec<f64>,
+    /// CPU seconds per 100,000 messages (medians): this process, and the private
+    /// `redis-server` (null on a given server). Their sum over two cores bounds the wall rate.
+    record_client_cpu_s_per_100k: Option<f64>,
+    record_server_cpu_s_per_100k: Option<f64>,
+    replay_client_cpu_s_per_100k: Option<f64>,
+    replay_server_cpu_s_per_100k: Option<f64>,
     /// Kill -9 of the master to the first write acknowledged on the new one (median, and each run).
     failover_ms: Option<f64>,
     failover_runs_ms: Vec<f64>,
@@ -779,7 +785,14 @@ async fn sections(
         ));
         let mut runs = Vec::with_capacity(plan.repeats);
         for _ in 0..plan.repeats {
-            let run = recording::measure(endpoint, &manager, plan.record_messages, shutdown).await;
+            let run = recording::measure(
+                endpoint,
+                private.map(PrivateServer::pid),
+                &manager,
+                plan.record_messages,
+                shutdown,
+            )
+            .await;
             runs.extend(section(report, "record and replay", run));
         }
         if let Some(first) = runs.first() {
@@ -793,6 +806,27 @@ async fn sections(
         report.replay_per_s = median(&report.replay_runs_per_s);
         report.record_per_cpu_s = median(&rates(|run| run.record.per_cpu_s(run.messages)));
         report.replay_per_cpu_s = median(&rates(|run| run.replay.per_cpu_s(run.messages)));
+        let per_100k = |time: Duration, messages: u64| time.as_secs_f64() * 100_000.0 / messages.max(1) as f64;
+        let client = |step: fn(&recording::Run) -> recording::Timing| {
+            median(
+                &runs
+                    .iter()
+                    .map(|run| per_100k(step(run).cpu, run.messages))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let server = |step: fn(&recording::Run) -> recording::Timing| {
+            median(
+                &runs
+                    .iter()
+                    .filter_map(|run| Some(per_100k(step(run).server_cpu?, run.messages)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        report.record_client_cpu_s_per_100k = client(|run| run.record);
+        report.record_server_cpu_s_per_100k = server(|run| run.record);
+        report.replay_client_cpu_s_per_100k = client(|run| run.replay);
+        report.replay_server_cpu_s_per_100k = server(|run| run.replay);
     }
 
     if plan.runs(Section::Failover) {
@@ -1100,18 +1134,22 @@ fn render(report: &Report) -> String {
             verdict: verdict(rss, |rss| rss <= target::RSS_MB),
         });
     }
-    for (name, rate, cpu_rate, runs) in [
+    for (name, rate, cpu_rate, runs, client, server) in [
         (
             "record, Redis to MCAP",
             report.record_per_s,
             report.record_per_cpu_s,
             &report.record_runs_per_s,
+            report.record_client_cpu_s_per_100k,
+            report.record_server_cpu_s_per_100k,
         ),
         (
             "replay, MCAP to Redis",
             report.replay_per_s,
             report.replay_per_cpu_s,
             &report.replay_runs_per_s,
+            report.replay_client_cpu_s_per_100k,
+            report.replay_server_cpu_s_per_100k,
         ),
     ] {
         let each: Vec<String> = runs.iter().map(|rate| format!("{rate:.0}")).collect();
@@ -1119,7 +1157,13 @@ fn render(report: &Report) -> String {
             section: Section::Record,
             name: format!("{name} (median)"),
             value: show(rate, "msg/s", 0),
-            baseline: format!("per CPU s {}; runs {}", show(cpu_rate, "msg/s", 0), each.join(", ")),
+            baseline: format!(
+                "per CPU s {}; CPU per 100k: ours {}, redis {}; runs {}",
+                show(cpu_rate, "msg/s", 0),
+                show(client, "s", 2),
+                show(server, "s", 2),
+                each.join(", ")
+            ),
             ratio: "-".to_owned(),
             target: format!(">= {:.0} /s", target::RECORD_PER_S),
             verdict: verdict(rate, |rate| rate >= target::RECORD_PER_S),

@@ -358,7 +358,7 @@ pub async fn replay(
     let start = Instant::now();
     let connection = manager.connection();
     // The pipeline sent last and not yet answered, with the messages handled once it is.
-    let mut in_flight: Option<(Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>, usize)> = None;
+    let mut in_flight: Option<(Sending, usize)> = None;
     let mut next = 0;
     while next < order.len() {
         let due = start + offset(order[next]);
@@ -385,8 +385,7 @@ pub async fn replay(
         writer.flush_docs(&mut pipe);
         let mut sending = {
             let mut connection = connection.clone();
-            Box::pin(async move { pipe.query_async::<()>(&mut connection).await })
-                as Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>
+            Box::pin(async move { pipe.query_async::<()>(&mut connection).await }) as Sending
         };
         // One poll hands the pipeline to the connection's writer, behind the one in flight:
         // Redis runs them in this order.
@@ -410,6 +409,9 @@ pub async fn replay(
     }
     Ok(writer.stats)
 }
+
+/// A pipeline handed to the connection, resolving when Redis has answered it.
+type Sending = Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
 
 /// Turns records into commands, keeping each session's document as the replay built it.
 struct Writer<'a> {

@@ -5,17 +5,18 @@
 //! on a `Vec`), which is read back ([`read_recording`]) and replayed into the same server with
 //! the id prefix `bench.` at a rate that makes every message due at once, so both figures are
 //! throughput. Each step is timed in wall time and in this process's CPU time
-//! (`getrusage`), so a loaded machine shows as the gap between the two. Everything the
-//! section wrote is deleted at the end.
+//! (`getrusage`), and, on the bench's private server, in `redis-server`'s CPU time (from
+//! `/proc`), so a loaded machine shows as the gap between wall time and the sum of the two.
+//! Everything the section wrote is deleted at the end.
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nix::sys::resource::{UsageWho, getrusage};
+use redis::aio::MultiplexedConnection;
 use tatbot_state::record::replay::{ReplayOptions, read_recording, replay};
 use tatbot_state::record::{McapSink, Recorder, Selection};
-use redis::aio::MultiplexedConnection;
 use tatbot_state::{CancellationToken, Endpoint, SessionId, StateManager, keys};
 
 use crate::cmd::server::link;
@@ -49,6 +50,8 @@ pub struct Timing {
     pub wall: Duration,
     /// User and system time of this process over the same span.
     pub cpu: Duration,
+    /// User and system time of the private `redis-server` over the same span, when known.
+    pub server_cpu: Option<Duration>,
 }
 
 impl Timing {
@@ -73,14 +76,32 @@ fn cpu_time() -> anyhow::Result<Duration> {
     Ok(micros(usage.user_time()) + micros(usage.system_time()))
 }
 
-/// Times `work` in wall and CPU time.
-async fn timed<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, Timing)> {
+/// User and system time of process `pid` from `/proc/PID/stat` (clock ticks of 10 ms, the
+/// usual `CLK_TCK` of 100), or `None` where it cannot be read.
+fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name in parentheses may hold spaces; the fields after it are space-separated, and
+    // utime and stime are the 12th and 13th of them.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+/// Times `work` in wall and CPU time, and in the CPU time of `server` (a pid) when given.
+async fn timed<T>(server: Option<u32>, work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, Timing)> {
+    let server_before = server.and_then(process_cpu_time);
     let cpu_before = cpu_time()?;
     let started = Instant::now();
     let value = work.await?;
     let wall = started.elapsed();
     let cpu = cpu_time()?.saturating_sub(cpu_before);
-    Ok((value, Timing { wall, cpu }))
+    let server_cpu = match (server.and_then(process_cpu_time), server_before) {
+        (Some(after), Some(before)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    Ok((value, Timing { wall, cpu, server_cpu }))
 }
 
 /// Seeds a session of `count` history entries, records it, replays it, and deletes both.
@@ -90,6 +111,7 @@ async fn timed<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Resu
 /// A Redis failure, or a recording that does not hold every entry.
 pub async fn measure(
     endpoint: &Endpoint,
+    server: Option<u32>,
     manager: &StateManager,
     count: usize,
     shutdown: &CancellationToken,
@@ -99,7 +121,7 @@ pub async fn measure(
         .map_err(|err| link::to_error(&err, endpoint, "connecting to seed history"))?;
     let session = SessionId::new(format!("bench_record_{}", std::process::id())).context("bug: bench session id")?;
     let replayed = SessionId::new(format!("{REPLAY_PREFIX}{session}")).context("bug: replayed session id")?;
-    let outcome = run(&mut connection, manager, &session, count, shutdown).await;
+    let outcome = run(&mut connection, manager, server, &session, count, shutdown).await;
     for session in [&session, &replayed] {
         manager
             .clear_session_data(session)
@@ -118,13 +140,14 @@ pub async fn measure(
 async fn run(
     connection: &mut MultiplexedConnection,
     manager: &StateManager,
+    server: Option<u32>,
     session: &SessionId,
     count: usize,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Run> {
     seed(connection, session, count).await?;
 
-    let (bytes, record) = timed(async {
+    let (bytes, record) = timed(server, async {
         let mut recorder = Recorder::new(manager, Selection::Sessions(vec![session.clone()])).await?;
         let mut sink = McapSink::new(Cursor::new(Vec::new()))?;
         recorder.backlog_with(|message| sink.write(&message)).await?;
@@ -133,7 +156,7 @@ async fn run(
     .await
     .context("recording")?;
 
-    let (written, replay_timing) = timed(async {
+    let (written, replay_timing) = timed(server, async {
         let recording = read_recording(&bytes)?;
         let options = ReplayOptions {
             rate: AS_FAST_AS_POSSIBLE,
