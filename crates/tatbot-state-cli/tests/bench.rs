@@ -153,7 +153,7 @@ fn interrupt_stops_the_private_server() {
         .and_then(|rest| rest.split(" (").next())
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("no dir in {line:?}"));
-    bench.stderr.wait_for("1/6");
+    bench.stderr.wait_for("1/7");
     assert!(is_alive(pid) && dir.exists());
     let raw = i32::try_from(bench.pid()).unwrap();
     signal::kill(Pid::from_raw(raw), Signal::SIGINT).unwrap();
