@@ -12,8 +12,8 @@ use tatbot_state_testkit::RedisServer;
 
 use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stderr, stdout};
 
-/// The keys issues #7 and #18 require in `--json`, all numbers.
-const REQUIRED: [&str; 17] = [
+/// The keys issues #7, #17 and #18 require in `--json`, all numbers.
+const REQUIRED: [&str; 21] = [
     "ping_rtt_p50_us",
     "ping_rtt_p99_us",
     "update_awaited_p50_us",
@@ -31,6 +31,10 @@ const REQUIRED: [&str; 17] = [
     "mcp_sessions_wall_ms",
     "mcp_ping_p99_ms",
     "rss_mcp_sessions_mb",
+    "record_per_s",
+    "replay_per_s",
+    "record_per_cpu_s",
+    "replay_per_cpu_s",
 ];
 
 /// Whether `redis-benchmark` is on PATH; without it the pipelined limit is null by design.
@@ -156,7 +160,7 @@ fn interrupt_stops_the_private_server() {
         .and_then(|rest| rest.split(" (").next())
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("no dir in {line:?}"));
-    bench.stderr.wait_for("1/6");
+    bench.stderr.wait_for("1/8");
     assert!(is_alive(pid) && dir.exists());
     let raw = i32::try_from(bench.pid()).unwrap();
     signal::kill(Pid::from_raw(raw), Signal::SIGINT).unwrap();

@@ -553,3 +553,151 @@ fn dashboard_shows_a_replayed_session_and_its_timeline() {
     assert!(first.as_str().unwrap().contains("stroke 1 pose 1"), "{first}");
     browser.screenshot(&artifact("viz-timeline.png"));
 }
+
+/// Entries per session in [`long_sessions_record_merged_and_replay_in_order`]: more than one
+/// `XRANGE` page (10,000) and more than one replay pipeline (1,000).
+const LONG_SESSION: usize = 12_000;
+
+/// Writes `LONG_SESSION` entries to each session's history, alternating between them so their
+/// ids interleave; entry `i` is stroke `i / 1000`, pose `i % 1000`. Returns each session's ids.
+fn seed_long_sessions(server: &RedisServer, sessions: [&str; 2]) -> [Vec<String>; 2] {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = redis::Client::open(format!("redis://{}:{}/", server.host(), server.port())).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let mut ids = [Vec::new(), Vec::new()];
+        for start in (0..LONG_SESSION).step_by(1_000) {
+            let mut pipe = redis::pipe();
+            for i in start..start + 1_000 {
+                for session in sessions {
+                    pipe.cmd("XADD")
+                        .arg(format!("stream:stroke_history:{session}"))
+                        .arg("*")
+                        .arg("stroke_idx")
+                        .arg(i / 1_000)
+                        .arg("pose_idx")
+                        .arg(i % 1_000)
+                        .arg("description_l")
+                        .arg(format!("{session} {i}"))
+                        .arg("description_r")
+                        .arg("")
+                        .arg("node_id")
+                        .arg("hog");
+                }
+            }
+            let added: Vec<String> = pipe.query_async(&mut connection).await.unwrap();
+            for (index, id) in added.into_iter().enumerate() {
+                ids[index % 2].push(id);
+            }
+        }
+        ids
+    })
+}
+
+/// The `(pose_idx, description_l)` of every entry of a history stream, and a progress
+/// document, read with a plain client.
+fn read_history(server: &RedisServer, session: &str) -> (Vec<(i64, String)>, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = redis::Client::open(format!("redis://{}:{}/", server.host(), server.port())).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("stream:stroke_history:{session}"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let entries = reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let pose: String = entry.get("pose_idx").unwrap();
+                (pose.parse().unwrap(), entry.get("description_l").unwrap())
+            })
+            .collect();
+        let doc: String = redis::cmd("HGET")
+            .arg(format!("stroke:progress:{session}"))
+            .arg("progress")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        (entries, serde_json::from_str(&doc).unwrap())
+    })
+}
+
+/// Two long sessions whose entries interleave, each read in several pages: the recording has
+/// every entry once, merged in log-time order (equal milliseconds in the order the sessions
+/// were named, each session's entries in stream order). Replayed as fast as it goes, with
+/// pipelines in flight back to back, each replayed stream holds its entries in the original
+/// order and each progress document is that of the session's last entry.
+#[test]
+fn long_sessions_record_merged_and_replay_in_order() {
+    let server = RedisServer::start();
+    let sessions = ["long_a", "long_b"];
+    let ids = seed_long_sessions(&server, sessions);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("long.mcap");
+    let output = run(
+        bin_for(&server),
+        &["record", sessions[0], sessions[1], "-o", file.to_str().unwrap()],
+    );
+    assert_code(&output, 0);
+
+    let (messages, _) = read_mcap(&file);
+    let recorded: Vec<(String, String)> = on_topic(&messages, "/tatbot/progress")
+        .iter()
+        .map(|record| {
+            (
+                record["session_id"].as_str().unwrap().to_owned(),
+                record["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let millis = |id: &str| id.split_once('-').unwrap().0.parse::<u64>().unwrap();
+    let mut expected: Vec<(String, String)> = sessions
+        .iter()
+        .zip(&ids)
+        .flat_map(|(session, ids)| ids.iter().map(|id| ((*session).to_owned(), id.clone())))
+        .collect();
+    expected.sort_by_key(|(_, id)| millis(id));
+    assert_eq!(recorded.len(), 2 * LONG_SESSION);
+    assert!(
+        recorded == expected,
+        "the recording is not the entries merged by log time"
+    );
+    let times: Vec<u64> = messages.iter().map(|(_, time, _)| *time).collect();
+    assert!(times.windows(2).all(|pair| pair[0] <= pair[1]), "log times go back");
+
+    let target = RedisServer::start();
+    let url = format!("redis://{}:{}", target.host(), target.port());
+    let output = run(
+        bin(),
+        &["replay", file.to_str().unwrap(), "--rate", "1000000000", "--into", &url],
+    );
+    assert_code(&output, 0);
+    assert!(
+        stdout(&output).contains(&format!("replayed {}", 2 * LONG_SESSION)),
+        "{}",
+        stdout(&output)
+    );
+    for session in sessions {
+        let (entries, doc) = read_history(&target, &format!("replay.{session}"));
+        // The stream is trimmed to about its bound (10,000): what is left is the end, in order.
+        assert!(entries.len() >= 10_000, "{} entries", entries.len());
+        let skipped = LONG_SESSION - entries.len();
+        let original: Vec<(i64, String)> = (skipped..LONG_SESSION)
+            .map(|i| ((i % 1_000) as i64, format!("{session} {i}")))
+            .collect();
+        assert!(entries == original, "replay.{session} is not in the original order");
+        assert_eq!(doc["stroke_idx"], 11);
+        assert_eq!(doc["pose_idx"], 999);
+        assert_eq!(doc["stroke_description_l"], format!("{session} {}", LONG_SESSION - 1));
+    }
+}

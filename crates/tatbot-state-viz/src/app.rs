@@ -148,9 +148,12 @@ async fn bounded(work: impl Future<Output = Result<Value, String>>) -> Response 
 const TIMELINE_ENTRIES: usize = 10_000;
 /// Entries fetched per round trip.
 const TIMELINE_PAGE: usize = 1_000;
+/// Session events (start, pauses, resumes, errors, end) a timeline shows at most.
+const TIMELINE_EVENTS: usize = 1_000;
 
 /// One session's timeline: its document, every stored history entry with its time (from the
-/// stream id), and the session's events among the recent ones (start, pauses, resumes, end).
+/// stream id), and every event of the session the event log still holds (start, pauses,
+/// resumes, errors, end), however long the session ran.
 /// An ended session answers while its keys are stored; an unknown one is `404`, an invalid id
 /// `400`, each with `{"error": ...}`.
 async fn timeline(State(state): State<VizState>, Path(id): Path<String>) -> Response {
@@ -189,14 +192,11 @@ async fn timeline(State(state): State<VizState>, Path(id): Path<String>) -> Resp
         if progress.is_none() && entries.is_empty() {
             return Ok::<_, String>(None);
         }
-        let snapshot = manager
-            .snapshot(&Scope::All, &state.follow_config)
+        let events: Vec<Value> = manager
+            .session_events(&session_id, TIMELINE_EVENTS)
             .await
-            .map_err(|err| err.to_string())?;
-        let events: Vec<Value> = snapshot
-            .recent_events
+            .map_err(|err| err.to_string())?
             .iter()
-            .filter(|logged| logged.session_id.as_deref() == Some(session_id.as_str()))
             .filter_map(|logged| serde_json::to_value(logged).ok())
             .collect();
         Ok(Some(json!({

@@ -412,3 +412,50 @@ async fn dashboard_announces_a_stale_session() {
     assert_eq!(stale.session_id(), Some(session.as_str()));
     dashboard.stop().await;
 }
+
+/// A long session's timeline has its start, pause and resume, not only what is among the
+/// fleet's last events: 600 progress updates and another session's 120 pauses and resumes
+/// come after them (a snapshot scans the last 500 log entries for the last 50 events).
+#[tokio::test]
+async fn timeline_has_a_long_sessions_early_events() {
+    let server = RedisServer::start();
+    let state = manager(&server).await;
+    let plan = SessionPlan {
+        total_strokes: 1,
+        stroke_length: 1_000,
+        scene: "koi".to_owned(),
+    };
+    let session = state.start_stroke_session(&plan).await.unwrap();
+    state.pause_stroke_session(&session).await.unwrap();
+    state.resume_stroke_session(&session).await.unwrap();
+    for pose in 0..600 {
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    let other = state.start_stroke_session(&plan).await.unwrap();
+    for _ in 0..60 {
+        state.pause_stroke_session(&other).await.unwrap();
+        state.resume_stroke_session(&other).await.unwrap();
+    }
+    state.end_stroke_session(&session).await.unwrap();
+
+    let dashboard = dashboard(&state).await;
+    let (status, body) = request(dashboard.addr, "GET", &format!("/api/sessions/{session}/timeline")).await;
+    assert_eq!(status, 200, "{body}");
+    let timeline: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(timeline["entries"].as_array().unwrap().len(), 600);
+    let types: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["session_start", "session_pause", "session_resume", "session_end"],
+        "{body}"
+    );
+    dashboard.stop().await;
+}

@@ -54,7 +54,7 @@
 //! continues from its cursor, or resyncs if the log was trimmed meanwhile. Nothing grows.
 
 mod cursor;
-mod io;
+pub(crate) mod io;
 mod task;
 
 use std::collections::BTreeMap;
@@ -449,7 +449,66 @@ impl StateManager {
         let connections = io::Connections::open(self.config(), self.locator(), config.block).await?;
         io::read_snapshot(&connections.commands, self.config(), scope, config).await
     }
+
+    /// Every event of `session_id` the event log `tatbot:events` still holds, oldest first:
+    /// its start, pauses, resumes, end and errors, however long ago (a snapshot's
+    /// `recent_events` has only the last few of the whole fleet). Progress updates are left
+    /// out (the history stream has them). At most `limit` events, the oldest, and at most
+    /// [`SESSION_EVENTS_SCAN`] log entries are read, so a log grown past its bound by a hostile
+    /// writer cannot make this unbounded; an entry that does not decode is skipped.
+    ///
+    /// # Errors
+    ///
+    /// Redis could not be reached or failed.
+    pub async fn session_events(&self, session_id: &SessionId, limit: usize) -> Result<Vec<LoggedEvent>> {
+        let mut connection = self.connection();
+        let mut events = Vec::new();
+        let mut start = "-".to_owned();
+        let mut scanned = 0;
+        while scanned < SESSION_EVENTS_SCAN && events.len() < limit {
+            let reply: redis::Value = redis::cmd("XRANGE")
+                .arg(keys::EVENT_LOG)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(SESSION_EVENTS_PAGE)
+                .query_async(&mut connection)
+                .await
+                .or_else(|err| match err.code() {
+                    // Something else under the log's key: no events to show.
+                    Some("WRONGTYPE") => Ok(redis::Value::Nil),
+                    _ => Err(self.redis_error("session events", err)),
+                })?;
+            let page = io::parse_entries(&reply);
+            scanned += page.len();
+            for entry in &page {
+                // Most entries are other sessions' progress: skip them before parsing JSON.
+                if !entry
+                    .field("payload")
+                    .is_some_and(|payload| payload.contains(session_id.as_str()))
+                {
+                    continue;
+                }
+                let event = io::decode_logged(entry);
+                if event.session_id.as_deref() == Some(session_id.as_str()) && !event.is_progress() {
+                    events.push(event);
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == SESSION_EVENTS_PAGE => start = format!("({}", last.id_text),
+                _ => break,
+            }
+        }
+        events.truncate(limit);
+        Ok(events)
+    }
 }
+
+/// Event-log entries [`StateManager::session_events`] reads per round trip.
+const SESSION_EVENTS_PAGE: usize = 2_000;
+/// The most event-log entries [`StateManager::session_events`] reads: five times the log's
+/// default bound.
+pub const SESSION_EVENTS_SCAN: usize = 100_000;
 
 #[cfg(test)]
 mod tests {

@@ -30,7 +30,8 @@
 
 pub mod replay;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::io::{Seek, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +42,7 @@ use serde_json::Value;
 
 use crate::decode::history_entry;
 use crate::error::{Error, Result};
+use crate::follow::io::{RawEntry, parse_entries};
 use crate::ids::SessionId;
 use crate::keys;
 use crate::manager::StateManager;
@@ -48,6 +50,9 @@ use crate::model::{ErrorEvent, HistoryEntry, MAX_DOCUMENT_BYTES, NodeHealth, Rob
 
 /// Stream entries fetched per `XRANGE` or `XREAD` round trip.
 const PAGE: usize = 10_000;
+/// `XRANGE` pages of one stream read ahead of the one being decoded, so Redis answers the next
+/// while the recorder decodes and writes this one.
+const PREFETCH: usize = 2;
 /// How long [`Recorder::next_live`] blocks waiting for new stream entries.
 pub const LIVE_BLOCK: Duration = Duration::from_millis(200);
 /// How often a live recorder re-reads robot states and heartbeats.
@@ -324,43 +329,135 @@ impl Recorder {
             .is_some_and(|wanted| wanted.iter().all(|session| self.ended.contains(session)))
     }
 
+    /// How many entries the streams [`Recorder::backlog_with`] reads hold now (`XLEN`): the
+    /// most stream messages it can produce, for a progress bar. A key that is not a stream
+    /// counts 0.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure.
+    pub async fn backlog_len(&self) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for key in self.stream_keys() {
+            pipe.cmd("XLEN").arg(key);
+        }
+        let lengths: Vec<redis::RedisResult<u64>> = pipe
+            .query_async(&mut self.manager.connection())
+            .await
+            .map_err(|err| self.manager.redis_error("record: stream lengths", err))?;
+        Ok(lengths.into_iter().filter_map(std::result::Result::ok).sum())
+    }
+
     /// Everything Redis holds for the selection, in log-time order; afterwards
-    /// [`Recorder::next_live`] returns only what is newer.
+    /// [`Recorder::next_live`] returns only what is newer. Holds the whole backlog in memory:
+    /// [`Recorder::backlog_with`] streams it instead.
     ///
     /// # Errors
     ///
     /// A Redis failure. Corrupt entries are skipped and counted, not errors.
     pub async fn backlog(&mut self) -> Result<Vec<Message>> {
         let mut messages = Vec::new();
+        self.backlog_with(|message| {
+            messages.push(message);
+            Ok(())
+        })
+        .await?;
+        Ok(messages)
+    }
+
+    /// Hands everything Redis holds for the selection to `emit`, in log-time order (equal
+    /// times in stream order, then the robot states and heartbeats), as it is read; afterwards
+    /// [`Recorder::next_live`] returns only what is newer.
+    ///
+    /// Each stream is read by a task of its own in `XRANGE` pages of 10,000 entries, up to
+    /// [`PREFETCH`] pages ahead, and the streams (each already in log-time order) are merged
+    /// as they arrive: Redis prepares the next pages while this one is decoded and written,
+    /// and only a few pages per stream are held at once.
+    ///
+    /// # Errors
+    ///
+    /// A Redis failure, or the first error `emit` returns. Corrupt entries are skipped and
+    /// counted, not errors.
+    pub async fn backlog_with(&mut self, mut emit: impl FnMut(Message) -> Result<()>) -> Result<()> {
+        let mut readers = tokio::task::JoinSet::new();
+        let mut streams: Vec<Pending> = Vec::new();
         for key in self.stream_keys() {
-            loop {
-                let start = match self.cursors.get(&key).map(String::as_str) {
-                    Some("0") | None => "-".to_owned(),
-                    Some(id) => format!("({id}"),
-                };
-                let reply: RedisValue = redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(PAGE)
-                    .query_async(&mut self.manager.connection())
-                    .await
-                    .or_else(|err| self.wrong_type(&key, err))?;
-                let entries = self.stream_entries(&key, reply);
-                let full = entries.len() == PAGE;
-                for entry in entries {
-                    self.cursors.insert(key.clone(), entry.id.clone());
-                    self.decode_entry(&key, &entry, &mut messages);
-                }
-                if !full {
-                    break;
-                }
+            let (pages, receiver) = tokio::sync::mpsc::channel(PREFETCH);
+            let after = match self.cursors.get(&key).map(String::as_str) {
+                Some("0") | None => None,
+                Some(id) => Some(id.to_owned()),
+            };
+            readers.spawn(read_pages(self.manager.connection(), key.clone(), after, pages));
+            streams.push(Pending {
+                key,
+                pages: Some(receiver),
+                buffer: VecDeque::new(),
+            });
+        }
+        let mut documents = Vec::new();
+        self.poll_documents(None, &mut documents).await?;
+        sort_by_log_time(&mut documents);
+        streams.push(Pending {
+            key: String::new(),
+            pages: None,
+            buffer: documents.into(),
+        });
+        // The stream with the earliest head; equal times go in stream order.
+        let mut heads = BinaryHeap::new();
+        for (index, stream) in streams.iter_mut().enumerate() {
+            self.refill(stream).await?;
+            if let Some(head) = stream.buffer.front() {
+                heads.push(Reverse((head.log_time, index)));
             }
         }
-        self.poll_documents(None, &mut messages).await?;
-        sort_by_log_time(&mut messages);
-        Ok(messages)
+        while let Some(Reverse((_, index))) = heads.pop() {
+            let stream = &mut streams[index];
+            let Some(message) = stream.buffer.pop_front() else {
+                continue;
+            };
+            emit(message)?;
+            if stream.buffer.is_empty() {
+                self.refill(stream).await?;
+            }
+            if let Some(head) = stream.buffer.front() {
+                heads.push(Reverse((head.log_time, index)));
+            }
+        }
+        readers.shutdown().await;
+        Ok(())
+    }
+
+    /// Decodes pages of `stream` until one gives a message or the stream ends.
+    async fn refill(&mut self, stream: &mut Pending) -> Result<()> {
+        while stream.buffer.is_empty() {
+            let Some(pages) = &mut stream.pages else {
+                return Ok(());
+            };
+            let Some(page) = pages.recv().await else {
+                stream.pages = None;
+                return Ok(());
+            };
+            // Lets the reader's next request go out before this page is decoded.
+            tokio::task::yield_now().await;
+            let entries = match page {
+                Ok(entries) => entries,
+                Err(err) => {
+                    stream.pages = None;
+                    self.wrong_type(&stream.key, err)?;
+                    Vec::new()
+                }
+            };
+            let mut decoded = Vec::with_capacity(entries.len());
+            for entry in &entries {
+                self.decode_entry(&stream.key, entry, &mut decoded);
+            }
+            if let Some(last) = entries.last() {
+                self.cursors.insert(stream.key.clone(), last.id_text.clone());
+            }
+            stream.buffer = decoded.into();
+        }
+        Ok(())
     }
 
     /// Starts live reading from now: nothing Redis holds already is returned.
@@ -423,7 +520,7 @@ impl Recorder {
         for stream in reply.map(|reply| reply.keys).unwrap_or_default() {
             for entry in stream.ids {
                 self.cursors.insert(stream.key.clone(), entry.id.clone());
-                self.decode_entry(&stream.key, &entry, &mut messages);
+                self.decode_entry(&stream.key, &StreamEntry(&entry), &mut messages);
             }
         }
         let due = self.last_poll.is_none_or(|last| last.elapsed() >= POLL_INTERVAL);
@@ -470,14 +567,15 @@ impl Recorder {
     }
 
     /// Turns one stream entry into a message (or counts it corrupt), applying the selection.
-    fn decode_entry(&mut self, key: &str, entry: &StreamId, out: &mut Vec<Message>) {
-        let Some(log_ms) = id_millis(&entry.id) else {
-            return self.corrupt(key, &entry.id, "unparsable stream id");
+    fn decode_entry(&mut self, key: &str, entry: &impl Entry, out: &mut Vec<Message>) {
+        let id = entry.id();
+        let Some(log_ms) = id_millis(id) else {
+            return self.corrupt(key, id, "unparsable stream id");
         };
         let log_time = log_ms.saturating_mul(1_000_000);
-        let text = |field: &str| entry.get::<String>(field);
+        let text = |field: &str| entry.text(field);
         if let Some(session) = key.strip_prefix(keys::HISTORY_PREFIX) {
-            match history_entry(key, &entry.id, text) {
+            match history_entry(key, id, text) {
                 Ok(history) => self.push(
                     out,
                     Topic::Progress,
@@ -488,7 +586,7 @@ impl Recorder {
                         entry: history,
                     },
                 ),
-                Err(err) => self.corrupt(key, &entry.id, &err.to_string()),
+                Err(err) => self.corrupt(key, id, &err.to_string()),
             }
             return;
         }
@@ -497,15 +595,15 @@ impl Recorder {
             if key == keys::PARAM_LOG {
                 return self.decode_param(entry, log_time, before_window, out);
             }
-            return self.corrupt(key, &entry.id, "missing channel or payload");
+            return self.corrupt(key, id, "missing channel or payload");
         };
         if payload.len() > MAX_DOCUMENT_BYTES {
-            return self.corrupt(key, &entry.id, "payload over 1 MiB");
+            return self.corrupt(key, id, "payload over 1 MiB");
         }
         let event: Value = match serde_json::from_str(&payload) {
             Ok(event @ Value::Object(_)) => event,
-            Ok(_) => return self.corrupt(key, &entry.id, "payload is not a JSON object"),
-            Err(err) => return self.corrupt(key, &entry.id, &format!("payload is not JSON: {err}")),
+            Ok(_) => return self.corrupt(key, id, "payload is not a JSON object"),
+            Err(err) => return self.corrupt(key, id, &format!("payload is not JSON: {err}")),
         };
         let publish_time = event.get("timestamp").and_then(Value::as_str).and_then(timestamp_nanos);
         if key == keys::ERROR_LOG {
@@ -515,13 +613,13 @@ impl Recorder {
             match serde_json::from_value::<ErrorEvent>(event) {
                 Ok(error) => {
                     let record = ErrorRecord {
-                        id: entry.id.clone(),
+                        id: id.to_owned(),
                         channel,
                         error,
                     };
                     self.push(out, Topic::Errors, log_time, publish_time, &record);
                 }
-                Err(err) => self.corrupt(key, &entry.id, &format!("not an error event: {err}")),
+                Err(err) => self.corrupt(key, id, &format!("not an error event: {err}")),
             }
             return;
         }
@@ -534,7 +632,7 @@ impl Recorder {
         };
         if keep {
             let record = EventRecord {
-                id: entry.id.clone(),
+                id: id.to_owned(),
                 channel,
                 event,
             };
@@ -567,16 +665,16 @@ impl Recorder {
         }
     }
 
-    fn decode_param(&mut self, entry: &StreamId, log_time: u64, before_window: bool, out: &mut Vec<Message>) {
+    fn decode_param(&mut self, entry: &impl Entry, log_time: u64, before_window: bool, out: &mut Vec<Message>) {
         if before_window {
             return;
         }
-        let text = |field: &str| entry.get::<String>(field);
+        let text = |field: &str| entry.text(field);
         let json = |field: &str| text(field).and_then(|raw| serde_json::from_str::<Value>(&raw).ok());
         let number = |field: &str| text(field).and_then(|raw| raw.parse::<u64>().ok());
         let record = (|| {
             Some(ParamRecord {
-                id: entry.id.clone(),
+                id: entry.id().to_owned(),
                 seq: number("seq")?,
                 name: text("name")?,
                 param_type: text("type")?,
@@ -593,7 +691,7 @@ impl Recorder {
                 let publish_time = timestamp_nanos(&record.time);
                 self.push(out, Topic::Params, log_time, publish_time, &record);
             }
-            None => self.corrupt(keys::PARAM_LOG, &entry.id, "missing or malformed field"),
+            None => self.corrupt(keys::PARAM_LOG, entry.id(), "missing or malformed field"),
         }
     }
 
@@ -704,6 +802,83 @@ impl Recorder {
     fn corrupt(&mut self, key: &str, id: &str, reason: &str) {
         self.stats.corrupt += 1;
         tracing::warn!(key, id, reason = ?reason, "corrupt entry skipped");
+    }
+}
+
+/// A stream being merged by [`Recorder::backlog_with`].
+struct Pending {
+    key: String,
+    /// Pages from its reader task; `None` once it has ended (or for the documents).
+    pages: Option<tokio::sync::mpsc::Receiver<Page>>,
+    /// Decoded messages not yet handed out, in log-time order.
+    buffer: VecDeque<Message>,
+}
+
+/// One `XRANGE` page of a stream, parsed, or the error that ended its reading.
+type Page = redis::RedisResult<Vec<RawEntry>>;
+
+/// Reads `key` in `XRANGE` pages after `after` (from the start with `None`) and sends each
+/// page, or the error that ends the stream, until a short page or the receiver is gone.
+async fn read_pages(
+    mut connection: redis::aio::ConnectionManager,
+    key: String,
+    mut after: Option<String>,
+    pages: tokio::sync::mpsc::Sender<Page>,
+) {
+    loop {
+        let start = after.as_ref().map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let reply: redis::RedisResult<RedisValue> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(&mut connection)
+            .await;
+        let full = matches!(&reply, Ok(RedisValue::Array(entries)) if entries.len() == PAGE);
+        let page = reply.map(|reply| parse_entries(&reply));
+        let next = match &page {
+            Ok(entries) if full => entries.last().map(|entry| entry.id_text.clone()),
+            _ => None,
+        };
+        if pages.send(page).await.is_err() {
+            return;
+        }
+        match next {
+            Some(id) => after = Some(id),
+            None => return,
+        }
+    }
+}
+
+/// A stream entry as decoding needs it: its id and its fields as text.
+trait Entry {
+    /// The stream id, `<ms>-<seq>`.
+    fn id(&self) -> &str;
+    /// The field `name`, when it is there and is UTF-8.
+    fn text(&self, name: &str) -> Option<String>;
+}
+
+/// An entry of a reply decoded by the redis crate.
+struct StreamEntry<'a>(&'a StreamId);
+
+impl Entry for StreamEntry<'_> {
+    fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        self.0.get::<String>(name)
+    }
+}
+
+impl Entry for RawEntry {
+    fn id(&self) -> &str {
+        &self.id_text
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        self.field(name).map(str::to_owned)
     }
 }
 

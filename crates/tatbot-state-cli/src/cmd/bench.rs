@@ -15,10 +15,12 @@
 //! 4. Producer-to-subscriber latency at 1 kHz through pub/sub and through the follow API.
 //! 5. `status` and all-nodes health over 100 to 10,000 sessions ([`scale`]).
 //! 6. Peak memory of `mcp --transport http` and `viz` with 100 clients ([`memory`]).
-//! 7. Only with `--only failover`: kill -9 of the master to the first write acknowledged on
-//!    the new one, through Sentinel, on a loopback fleet of its own ([`failover`]).
+//! 7. Record and replay throughput of one session's history: Redis to MCAP and back
+//!    ([`recording`]).
 //! 8. MCP over streamable HTTP with rmcp's client: 1,000 sessions at once (initialize,
 //!    subscribe, read), and requests on a kept-alive connection ([`mcp`]).
+//! 9. Only with `--only failover`: kill -9 of the master to the first write acknowledged on
+//!    the new one, through Sentinel, on a loopback fleet of its own ([`failover`]).
 //!
 //! By default the bench starts a private `redis-server` (the project's config, AOF on) on a
 //! free loopback port and stops it at the end ([`PrivateServer`]). With `-h`/`-p` (and the
@@ -38,6 +40,7 @@ mod failover;
 mod mcp;
 mod measure;
 mod memory;
+mod recording;
 mod scale;
 mod stats;
 
@@ -66,6 +69,8 @@ const CANCEL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Targets of issue #7, each relative to a baseline of the same run where one applies.
 mod target {
+    /// Record and replay, messages per second of wall time (issue #17).
+    pub const RECORD_PER_S: f64 = 100_000.0;
     /// Sustained producer updates/s, at least this times the pipelined limit.
     pub const THROUGHPUT_RATIO: f64 = 0.7;
     /// Awaited update p50, at most this times the `PING` p50.
@@ -122,10 +127,12 @@ pub enum Section {
     Status,
     /// 6: peak memory of mcp and viz with 100 clients
     Memory,
-    /// 7 (only when named): kill -9 of the master to the first acknowledged write, via Sentinel
-    Failover,
+    /// 7: record and replay throughput
+    Record,
     /// 8: MCP over HTTP: 1,000 sessions at once, and requests on a kept-alive connection
     Mcp,
+    /// 9 (only when named): kill -9 of the master to the first acknowledged write, via Sentinel
+    Failover,
 }
 
 /// Counts and durations of one run.
@@ -159,6 +166,8 @@ pub struct Plan {
     pub hold: Duration,
     /// MCP sessions opened at once.
     pub mcp_sessions: usize,
+    /// History entries recorded and replayed per record/replay run.
+    pub record_messages: usize,
     /// The sections to run; empty runs them all.
     pub only: Vec<Section>,
 }
@@ -193,6 +202,7 @@ impl Plan {
                 clients: 100,
                 hold: Duration::from_secs(1),
                 mcp_sessions: 50,
+                record_messages: 5_000,
                 only: Vec::new(),
             };
         }
@@ -211,6 +221,7 @@ impl Plan {
             clients: 100,
             hold: Duration::from_secs(5),
             mcp_sessions: 1_000,
+            record_messages: 100_000,
             only: Vec::new(),
         }
     }
@@ -302,6 +313,24 @@ pub struct Report {
     mcp_clients_updated: Option<usize>,
     viz_clients_connected: Option<usize>,
     viz_clients_updated: Option<usize>,
+    /// Messages per record/replay run.
+    record_messages: Option<u64>,
+    /// Bytes of the recorded MCAP file.
+    record_file_bytes: Option<usize>,
+    /// Record (Redis to MCAP) and replay (MCAP to Redis), messages per second of wall time and
+    /// of this process's CPU time: medians, and each run.
+    record_per_s: Option<f64>,
+    record_per_cpu_s: Option<f64>,
+    replay_per_s: Option<f64>,
+    replay_per_cpu_s: Option<f64>,
+    record_runs_per_s: Vec<f64>,
+    replay_runs_per_s: Vec<f64>,
+    /// CPU seconds per 100,000 messages (medians): this process, and the private
+    /// `redis-server` (null on a given server). Their sum over two cores bounds the wall rate.
+    record_client_cpu_s_per_100k: Option<f64>,
+    record_server_cpu_s_per_100k: Option<f64>,
+    replay_client_cpu_s_per_100k: Option<f64>,
+    replay_server_cpu_s_per_100k: Option<f64>,
     /// Kill -9 of the master to the first write acknowledged on the new one (median, and each run).
     failover_ms: Option<f64>,
     failover_runs_ms: Vec<f64>,
@@ -559,7 +588,7 @@ async fn sections(
     let mut sessions = vec![session.clone()];
 
     if plan.runs(Section::Awaited) {
-        progress("1/6 awaited updates against PING");
+        progress("1/8 awaited updates against PING");
         // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
         let (awaited, per_call) = baseline::evalsha_time(endpoint, measure::awaited(&manager, &session, plan)).await;
         if let Some(mut awaited) = section(report, "awaited", awaited) {
@@ -579,7 +608,7 @@ async fn sections(
     }
 
     if plan.runs(Section::Throughput) {
-        progress("2/6 producer throughput against redis-benchmark -P 32");
+        progress("2/8 producer throughput against redis-benchmark -P 32");
         let command = match &redis_benchmark {
             Some(_) => match measure::capture_update(endpoint, &manager, &session).await {
                 Ok(command) => Some(command),
@@ -630,7 +659,7 @@ async fn sections(
     }
 
     if plan.runs(Section::Calls) {
-        progress("3/6 producer call time with Redis up, paused and down");
+        progress("3/8 producer call time with Redis up, paused and down");
         if private.is_none() {
             report
                 .notes
@@ -672,7 +701,7 @@ async fn sections(
     }
 
     if plan.runs(Section::E2e) {
-        progress("4/6 producer to subscriber at 1 kHz: pub/sub, then the follow API");
+        progress("4/8 producer to subscriber at 1 kHz: pub/sub, then the follow API");
         let raw = measure::raw_pubsub(endpoint, plan.e2e).await;
         if let Some(mut raw) = section(report, "raw pub/sub latency", raw) {
             report.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
@@ -699,7 +728,7 @@ async fn sections(
     }
 
     if plan.runs(Section::Status) {
-        progress("5/6 status and all-nodes health over 100, 1,000 and 10,000 sessions");
+        progress("5/8 status and all-nodes health over 100, 1,000 and 10,000 sessions");
         let mut seeded = scale::Seeded::connect(endpoint).await?;
         let steps = scale::measure(&manager, &mut seeded, plan.status_repeats).await;
         let removed = seeded.remove().await;
@@ -722,7 +751,7 @@ async fn sections(
 
     if plan.runs(Section::Memory) {
         progress(&format!(
-            "6/6 memory of mcp and viz with {} clients following a session",
+            "6/8 memory of mcp and viz with {} clients following a session",
             plan.clients
         ));
         let memory_session = measure::start_session(&manager).await?;
@@ -780,16 +809,55 @@ async fn sections(
         section(report, "running the followed session", ran);
     }
 
-    if plan.runs(Section::Failover) {
+    if plan.runs(Section::Record) {
         progress(&format!(
-            "7/7 failover: kill -9 of the master to the first acknowledged write, {} run(s)",
-            plan.failovers()
+            "7/8 record and replay of {} history entries, {} run(s)",
+            plan.record_messages, plan.repeats
         ));
-        let times = failover::measure(plan.failovers(), shutdown).await;
-        if let Some(times) = section(report, "failover", times) {
-            report.failover_ms = median(&times);
-            report.failover_runs_ms = times;
+        let mut runs = Vec::with_capacity(plan.repeats);
+        for _ in 0..plan.repeats {
+            let run = recording::measure(
+                endpoint,
+                private.map(PrivateServer::pid),
+                &manager,
+                plan.record_messages,
+                shutdown,
+            )
+            .await;
+            runs.extend(section(report, "record and replay", run));
         }
+        if let Some(first) = runs.first() {
+            report.record_messages = Some(first.messages);
+            report.record_file_bytes = Some(first.file_bytes);
+        }
+        let rates = |rate: fn(&recording::Run) -> f64| runs.iter().map(rate).collect::<Vec<f64>>();
+        report.record_runs_per_s = rates(|run| run.record.per_s(run.messages));
+        report.replay_runs_per_s = rates(|run| run.replay.per_s(run.messages));
+        report.record_per_s = median(&report.record_runs_per_s);
+        report.replay_per_s = median(&report.replay_runs_per_s);
+        report.record_per_cpu_s = median(&rates(|run| run.record.per_cpu_s(run.messages)));
+        report.replay_per_cpu_s = median(&rates(|run| run.replay.per_cpu_s(run.messages)));
+        let per_100k = |time: Duration, messages: u64| time.as_secs_f64() * 100_000.0 / messages.max(1) as f64;
+        let client = |step: fn(&recording::Run) -> recording::Timing| {
+            median(
+                &runs
+                    .iter()
+                    .map(|run| per_100k(step(run).cpu, run.messages))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let server = |step: fn(&recording::Run) -> recording::Timing| {
+            median(
+                &runs
+                    .iter()
+                    .filter_map(|run| Some(per_100k(step(run).server_cpu?, run.messages)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        report.record_client_cpu_s_per_100k = client(|run| run.record);
+        report.record_server_cpu_s_per_100k = server(|run| run.record);
+        report.replay_client_cpu_s_per_100k = client(|run| run.replay);
+        report.replay_server_cpu_s_per_100k = server(|run| run.replay);
     }
 
     if plan.runs(Section::Mcp) {
@@ -820,6 +888,18 @@ async fn sections(
                     measured.started
                 ));
             }
+        }
+    }
+
+    if plan.runs(Section::Failover) {
+        progress(&format!(
+            "9/9 failover: kill -9 of the master to the first acknowledged write, {} run(s)",
+            plan.failovers()
+        ));
+        let times = failover::measure(plan.failovers(), shutdown).await;
+        if let Some(times) = section(report, "failover", times) {
+            report.failover_ms = median(&times);
+            report.failover_runs_ms = times;
         }
     }
 
@@ -1114,6 +1194,41 @@ fn render(report: &Report) -> String {
             ratio: "-".to_owned(),
             target: format!("<= {} MiB", target::RSS_MB),
             verdict: verdict(rss, |rss| rss <= target::RSS_MB),
+        });
+    }
+    for (name, rate, cpu_rate, runs, client, server) in [
+        (
+            "record, Redis to MCAP",
+            report.record_per_s,
+            report.record_per_cpu_s,
+            &report.record_runs_per_s,
+            report.record_client_cpu_s_per_100k,
+            report.record_server_cpu_s_per_100k,
+        ),
+        (
+            "replay, MCAP to Redis",
+            report.replay_per_s,
+            report.replay_per_cpu_s,
+            &report.replay_runs_per_s,
+            report.replay_client_cpu_s_per_100k,
+            report.replay_server_cpu_s_per_100k,
+        ),
+    ] {
+        let each: Vec<String> = runs.iter().map(|rate| format!("{rate:.0}")).collect();
+        rows.push(Row {
+            section: Section::Record,
+            name: format!("{name} (median)"),
+            value: show(rate, "msg/s", 0),
+            baseline: format!(
+                "per CPU s {}; CPU per 100k: ours {}, redis {}; runs {}",
+                show(cpu_rate, "msg/s", 0),
+                show(client, "s", 2),
+                show(server, "s", 2),
+                each.join(", ")
+            ),
+            ratio: "-".to_owned(),
+            target: format!(">= {:.0} /s", target::RECORD_PER_S),
+            verdict: verdict(rate, |rate| rate >= target::RECORD_PER_S),
         });
     }
     let failover_target = failover::TARGET.as_secs_f64() * 1000.0;

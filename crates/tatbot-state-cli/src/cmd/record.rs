@@ -4,7 +4,8 @@
 //! sessions end) and [`McapSink`] writes it, one JSON channel per topic with its JSON Schema
 //! (docs/OPERATIONS.md, Recording). Ctrl-C or SIGTERM stop a live recording and still finish the
 //! file (summary and indexes), so it is always valid. Corrupt entries are counted, warned about
-//! and skipped. A progress bar on stderr shows long exports.
+//! and skipped. A progress bar on stderr shows long exports. What Redis holds is written as it
+//! is read ([`Recorder::backlog_with`]), so a long session is never held in memory whole.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -58,14 +59,15 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let file = File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     let mut sink = McapSink::new(BufWriter::new(file))?;
 
-    let backlog = recorder.backlog().await?;
-    let bar = progress_bar(backlog.len() as u64);
-    for message in &backlog {
-        sink.write(message)?;
-        bar.inc(1);
-    }
+    // Written as it is read: the streams are merged in log-time order, a few pages at a time.
+    let bar = progress_bar(recorder.backlog_len().await?);
+    recorder
+        .backlog_with(|message| {
+            bar.inc(1);
+            sink.write(&message)
+        })
+        .await?;
     bar.finish_and_clear();
-    drop(backlog);
 
     if args.follow && !recorder.finished() {
         // Registered before saying so: a signal sent right after the line must find the handler.

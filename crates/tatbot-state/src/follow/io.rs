@@ -106,7 +106,8 @@ pub(crate) struct RawEntry {
 }
 
 impl RawEntry {
-    fn field(&self, name: &str) -> Option<&str> {
+    /// The field `name`, when the entry has it as text.
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
             .find(|(field, _)| field == name)

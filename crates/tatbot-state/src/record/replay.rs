@@ -13,8 +13,11 @@
 //! channel). So the dashboard, the monitor, MCP and `watch` show the session as it happened.
 //! Every timestamp written is the replay's time; the original ones stay in the file.
 //!
-//! Messages due at the same moment go to Redis in one pipeline of at most [`BATCH`] commands'
-//! worth of messages, which is what lets a fast replay reach Redis's pipelined throughput.
+//! Messages due at the same moment go to Redis in one pipeline of at most [`BATCH`] messages,
+//! and the next pipeline is built and sent while Redis still works on the one before (two in
+//! flight, in order on one connection), which is what lets a fast replay reach Redis's
+//! pipelined throughput. Within one pipeline a session's progress document is written once,
+//! after its history entries, in the state the last of them left it.
 //!
 //! # Collisions
 //!
@@ -24,7 +27,10 @@
 //! that would grow past 64 characters is skipped and counted. Parameter changes rewrite the audit
 //! log, so they are replayed only when [`ReplayOptions::params`] is set (a private server).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use mcap::sans_io::linear_reader::{LinearReadEvent, LinearReader, LinearReaderOptions};
@@ -339,6 +345,7 @@ pub async fn replay(
         manager,
         options,
         docs: HashMap::new(),
+        dirty: HashSet::new(),
         stats: ReplayStats::default(),
     };
     let Some(first) = recording.items.iter().map(|item| item.log_time).min() else {
@@ -349,7 +356,9 @@ pub async fn replay(
     order.sort_by_key(|item| item.log_time);
     let offset = |item: &Item| Duration::from_secs_f64((item.log_time - first) as f64 / 1e9 / options.rate);
     let start = Instant::now();
-    let mut connection = manager.connection();
+    let connection = manager.connection();
+    // The pipeline sent last and not yet answered, with the messages handled once it is.
+    let mut in_flight: Option<(Sending, usize)> = None;
     let mut next = 0;
     while next < order.len() {
         let due = start + offset(order[next]);
@@ -373,14 +382,36 @@ pub async fn replay(
         for item in &order[next..batch_end] {
             writer.add(&mut pipe, &item.record, &now);
         }
-        pipe.query_async::<()>(&mut connection)
-            .await
-            .map_err(|err| manager.redis_error("replay", err))?;
+        writer.flush_docs(&mut pipe);
+        let mut sending = {
+            let mut connection = connection.clone();
+            Box::pin(async move { pipe.query_async::<()>(&mut connection).await }) as Sending
+        };
+        // One poll hands the pipeline to the connection's writer, behind the one in flight:
+        // Redis runs them in this order.
+        let sent_at_once = std::future::poll_fn(|context| Poll::Ready(sending.as_mut().poll(context))).await;
+        if let Some((previous, done)) = in_flight.take() {
+            previous.await.map_err(|err| manager.redis_error("replay", err))?;
+            progress(done as u64);
+        }
+        match sent_at_once {
+            Poll::Ready(result) => {
+                result.map_err(|err| manager.redis_error("replay", err))?;
+                progress(batch_end as u64);
+            }
+            Poll::Pending => in_flight = Some((sending, batch_end)),
+        }
         next = batch_end;
-        progress(next as u64);
+    }
+    if let Some((last, done)) = in_flight {
+        last.await.map_err(|err| manager.redis_error("replay", err))?;
+        progress(done as u64);
     }
     Ok(writer.stats)
 }
+
+/// A pipeline handed to the connection, resolving when Redis has answered it.
+type Sending = Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
 
 /// Turns records into commands, keeping each session's document as the replay built it.
 struct Writer<'a> {
@@ -388,6 +419,8 @@ struct Writer<'a> {
     options: &'a ReplayOptions,
     /// The progress document of each replayed session (by its replayed id).
     docs: HashMap<SessionId, StrokeProgress>,
+    /// Sessions whose document changed since it was last queued for writing.
+    dirty: HashSet<SessionId>,
     stats: ReplayStats,
 }
 
@@ -435,7 +468,15 @@ impl Writer<'_> {
         })
     }
 
-    fn store_doc(&self, pipe: &mut redis::Pipeline, session_id: &SessionId) {
+    /// Queues the document of every session a history entry changed since it was last written.
+    fn flush_docs(&mut self, pipe: &mut redis::Pipeline) {
+        for session_id in std::mem::take(&mut self.dirty) {
+            self.store_doc(pipe, &session_id);
+        }
+    }
+
+    fn store_doc(&mut self, pipe: &mut redis::Pipeline, session_id: &SessionId) {
+        self.dirty.remove(session_id);
         if let Some(doc) = self.docs.get(session_id)
             && let Ok(json) = serde_json::to_string(doc)
         {
@@ -455,7 +496,8 @@ impl Writer<'_> {
         doc.pose_idx = entry.pose_idx;
         doc.stroke_description_l.clone_from(&entry.description_l);
         doc.stroke_description_r.clone_from(&entry.description_r);
-        self.store_doc(pipe, &session_id);
+        // Written once per pipeline (flush_docs), or with the next event that writes it.
+        self.dirty.insert(session_id.clone());
         let maxlen = redis::streams::StreamMaxlen::Approx(self.manager.config().history_maxlen);
         let fields = [
             ("stroke_idx", entry.stroke_idx.to_string()),
