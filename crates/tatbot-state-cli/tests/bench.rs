@@ -103,6 +103,56 @@ fn only_runs_the_named_sections() {
     );
 }
 
+/// `--only` with one section: every figure of that section is a number, and every figure of
+/// every other section is there as null (or an empty list), so the flat `--json` keeps its
+/// keys whichever sections ran.
+#[test]
+fn only_one_section_fills_only_its_figures() {
+    let output = run(bin(), &["bench", "--quick", "--json", "--only", "e2e"]);
+    assert_code(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["sections"], serde_json::json!(["e2e"]));
+    let fields = report.as_object().expect("a JSON object");
+    let about_the_run = [
+        "quick",
+        "server",
+        "redis_version",
+        "machine",
+        "sections",
+        "notes",
+        "failures",
+    ];
+    let mut e2e = 0;
+    for (key, value) in fields {
+        if about_the_run.contains(&key.as_str()) {
+            continue;
+        }
+        if key.starts_with("e2e_") {
+            e2e += 1;
+            assert!(value.is_number(), "{key} is {value} in\n{report:#}");
+        } else {
+            assert!(
+                value.is_null() || value == &serde_json::json!([]),
+                "{key} is {value} in\n{report:#}"
+            );
+        }
+    }
+    assert_eq!(e2e, 11, "{report:#}");
+    for key in [
+        "ping_rtt_p99_us",
+        "throughput_updates_per_s",
+        "producer_call_p99_us_up",
+        "status_1000_nodes_10000_sessions_ms",
+        "rss_viz_100_clients_mb",
+        "record_per_s",
+        "mcp_ping_p99_ms",
+        "failover_ms",
+    ] {
+        // Present as null, not left out: a reader finds every key whichever sections ran.
+        assert_eq!(fields.get(key), Some(&serde_json::Value::Null), "{key} in\n{report:#}");
+    }
+}
+
 /// On a given server (with a password) the bench skips only the frozen-server case, prints
 /// every row of the table, and deletes the sessions and nodes it wrote.
 #[test]

@@ -22,6 +22,10 @@
 //! 9. Only with `--only failover`: kill -9 of the master to the first write acknowledged on
 //!    the new one, through Sentinel, on a loopback fleet of its own ([`failover`]).
 //!
+//! Each section fills its own struct of figures, and the table prints each section from its
+//! struct ([`report`]); `--json` flattens them into one object with the same keys whichever
+//! sections ran.
+//!
 //! By default the bench starts a private `redis-server` (the project's config, AOF on) on a
 //! free loopback port and stops it at the end ([`PrivateServer`]). With `-h`/`-p` (and the
 //! usual credentials) or `--redis URL` it benches that server instead: it then writes bench
@@ -41,6 +45,7 @@ mod mcp;
 mod measure;
 mod memory;
 mod recording;
+mod report;
 mod scale;
 mod stats;
 
@@ -54,6 +59,10 @@ use tokio::sync::oneshot;
 
 use crate::cmd::bench::baseline::RedisBenchmark;
 use crate::cmd::bench::measure::{POLL_INTERVAL, Path};
+use crate::cmd::bench::report::{
+    AwaitedFigures, CallFigures, E2eFigures, FailoverFigures, Machine, McpFigures, MemoryFigures, RecordFigures,
+    Report, StatusFigures, ThroughputFigures, load_average, render,
+};
 use crate::cmd::bench::stats::{Samples, median};
 use crate::ctx::GlobalArgs;
 use crate::exit::{self, Coded};
@@ -225,184 +234,6 @@ impl Plan {
             only: Vec::new(),
         }
     }
-}
-
-/// Everything measured; `--json` prints it as one object. Times in microseconds (`_us`) or
-/// milliseconds (`_ms`), memory in MiB (`_mb`), rates per second; `null` where a figure could
-/// not be measured (`notes` says why).
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    /// Whether this was a `--quick` run.
-    quick: bool,
-    /// `private` (started by the bench) or `given`.
-    server: &'static str,
-    /// The server's version.
-    redis_version: Option<String>,
-    /// Where it ran.
-    machine: Machine,
-    /// The sections that ran (all but failover unless `--only` named some).
-    sections: Vec<Section>,
-    ping_rtt_p50_us: Option<f64>,
-    ping_rtt_p99_us: Option<f64>,
-    update_awaited_p50_us: Option<f64>,
-    update_awaited_p99_us: Option<f64>,
-    /// Time Redis spent per update script (`INFO commandstats`), network excluded.
-    server_update_us: Option<f64>,
-    /// Redis's time per update during the producer's throughput runs, and during
-    /// `redis-benchmark -P 32` of the same command.
-    server_update_us_producer: Option<f64>,
-    server_update_us_pipelined: Option<f64>,
-    redis_benchmark_ping_p50_us: Option<f64>,
-    redis_benchmark_ping_p99_us: Option<f64>,
-    /// The update command sent one at a time by `redis-benchmark`: the floor for an awaited update.
-    redis_benchmark_update_p50_us: Option<f64>,
-    throughput_updates_per_s: Option<f64>,
-    pipelined_limit_per_s: Option<f64>,
-    pipelined_reference_eval_per_s: Option<f64>,
-    pipelined_ping_per_s: Option<f64>,
-    producer_call_p50_us_up: Option<f64>,
-    producer_call_p99_us_up: Option<f64>,
-    producer_call_p999_us_up: Option<f64>,
-    /// With `Wake::Poll` (calls make no system call) instead of the default wake.
-    producer_call_p50_us_up_polled: Option<f64>,
-    producer_call_p99_us_up_polled: Option<f64>,
-    producer_call_p999_us_up_polled: Option<f64>,
-    producer_call_p50_us_paused: Option<f64>,
-    producer_call_p99_us_paused: Option<f64>,
-    producer_call_p999_us_paused: Option<f64>,
-    producer_call_p50_us_down: Option<f64>,
-    producer_call_p99_us_down: Option<f64>,
-    producer_call_p999_us_down: Option<f64>,
-    /// A plain `PUBLISH` to a plain subscriber in this process: the transport floor.
-    e2e_raw_publish_p50_us: Option<f64>,
-    e2e_raw_publish_p99_us: Option<f64>,
-    e2e_pubsub_p50_us: Option<f64>,
-    e2e_pubsub_p99_us: Option<f64>,
-    e2e_pubsub_missed: Option<usize>,
-    /// Pub/sub with a `Wake::Poll` producer.
-    e2e_pubsub_p50_us_polled: Option<f64>,
-    e2e_pubsub_p99_us_polled: Option<f64>,
-    e2e_pubsub_missed_polled: Option<usize>,
-    e2e_follow_p50_us: Option<f64>,
-    e2e_follow_p99_us: Option<f64>,
-    e2e_follow_missed: Option<usize>,
-    status_10_nodes_100_sessions_ms: Option<f64>,
-    status_100_nodes_1000_sessions_ms: Option<f64>,
-    status_1000_nodes_10000_sessions_ms: Option<f64>,
-    health_10_nodes_ms: Option<f64>,
-    health_100_nodes_ms: Option<f64>,
-    health_1000_nodes_ms: Option<f64>,
-    status_growth_100_to_1000: Option<f64>,
-    status_growth_1000_to_10000: Option<f64>,
-    health_growth_10_to_100: Option<f64>,
-    health_growth_100_to_1000: Option<f64>,
-    rss_mcp_100_clients_mb: Option<f64>,
-    rss_viz_100_clients_mb: Option<f64>,
-    rss_mcp_end_mb: Option<f64>,
-    rss_viz_end_mb: Option<f64>,
-    /// Resident set of the server before any client connected: the baseline of the two above.
-    rss_mcp_idle_mb: Option<f64>,
-    rss_viz_idle_mb: Option<f64>,
-    /// The anonymous part (heap, stacks) of the resident set, idle and with the clients; the
-    /// rest is the mapped binary, shared between processes.
-    rss_mcp_anon_idle_mb: Option<f64>,
-    rss_mcp_anon_mb: Option<f64>,
-    rss_viz_anon_idle_mb: Option<f64>,
-    rss_viz_anon_mb: Option<f64>,
-    mcp_clients_connected: Option<usize>,
-    mcp_clients_updated: Option<usize>,
-    viz_clients_connected: Option<usize>,
-    viz_clients_updated: Option<usize>,
-    /// Messages per record/replay run.
-    record_messages: Option<u64>,
-    /// Bytes of the recorded MCAP file.
-    record_file_bytes: Option<usize>,
-    /// Record (Redis to MCAP) and replay (MCAP to Redis), messages per second of wall time and
-    /// of this process's CPU time: medians, and each run.
-    record_per_s: Option<f64>,
-    record_per_cpu_s: Option<f64>,
-    replay_per_s: Option<f64>,
-    replay_per_cpu_s: Option<f64>,
-    record_runs_per_s: Vec<f64>,
-    replay_runs_per_s: Vec<f64>,
-    /// CPU seconds per 100,000 messages (medians): this process, and the private
-    /// `redis-server` (null on a given server). Their sum over two cores bounds the wall rate.
-    record_client_cpu_s_per_100k: Option<f64>,
-    record_server_cpu_s_per_100k: Option<f64>,
-    replay_client_cpu_s_per_100k: Option<f64>,
-    replay_server_cpu_s_per_100k: Option<f64>,
-    /// Kill -9 of the master to the first write acknowledged on the new one (median, and each run).
-    failover_ms: Option<f64>,
-    failover_runs_ms: Vec<f64>,
-    /// MCP sessions opened at once, and those that initialized, subscribed and read.
-    mcp_sessions_started: Option<usize>,
-    mcp_sessions_completed: Option<usize>,
-    /// Wall time until all of them had, and one session's own time.
-    mcp_sessions_wall_ms: Option<f64>,
-    mcp_session_p50_ms: Option<f64>,
-    mcp_session_p99_ms: Option<f64>,
-    /// The MCP server's peak resident set with all of them open.
-    rss_mcp_sessions_mb: Option<f64>,
-    /// `ping` on a kept-alive connection.
-    mcp_ping_p50_ms: Option<f64>,
-    mcp_ping_p99_ms: Option<f64>,
-    /// `ping` and `resources/read` of `state://status` from rmcp's client, which closes the
-    /// connection after each answer.
-    mcp_rmcp_ping_p50_ms: Option<f64>,
-    mcp_rmcp_ping_p99_ms: Option<f64>,
-    mcp_read_p50_ms: Option<f64>,
-    mcp_read_p99_ms: Option<f64>,
-    /// Why a figure is missing, and anything else a reader should know.
-    notes: Vec<String>,
-    /// Sections that failed, with the error.
-    failures: Vec<String>,
-}
-
-/// The machine the bench ran on.
-#[derive(Debug, Default, Serialize)]
-struct Machine {
-    /// Logical CPUs.
-    cpus: usize,
-    /// `model name` of the first CPU in `/proc/cpuinfo`.
-    cpu_model: Option<String>,
-    /// `MemTotal`, MiB.
-    memory_mb: Option<f64>,
-    /// One-minute load average when the bench started.
-    load_start: Option<f64>,
-    /// One-minute load average when it ended.
-    load_end: Option<f64>,
-}
-
-impl Machine {
-    fn now() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        Machine {
-            cpus: std::thread::available_parallelism().map_or(1, usize::from),
-            cpu_model: cpuinfo
-                .lines()
-                .find_map(|line| line.strip_prefix("model name"))
-                .and_then(|rest| rest.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned()),
-            memory_mb: meminfo
-                .lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                .map(|kib| kib / 1024.0),
-            load_start: load_average(),
-            load_end: None,
-        }
-    }
-}
-
-/// The one-minute load average, where `/proc` has it.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Which server to bench.
@@ -590,21 +421,23 @@ async fn sections(
     if plan.runs(Section::Awaited) {
         progress("1/8 awaited updates against PING");
         // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
+        let mut figures = AwaitedFigures::default();
         let (awaited, per_call) = baseline::evalsha_time(endpoint, measure::awaited(&manager, &session, plan)).await;
         if let Some(mut awaited) = section(report, "awaited", awaited) {
-            report.ping_rtt_p50_us = awaited.ping.percentile_us(0.5);
-            report.ping_rtt_p99_us = awaited.ping.percentile_us(0.99);
-            report.update_awaited_p50_us = awaited.update.percentile_us(0.5);
-            report.update_awaited_p99_us = awaited.update.percentile_us(0.99);
+            figures.ping_rtt_p50_us = awaited.ping.percentile_us(0.5);
+            figures.ping_rtt_p99_us = awaited.ping.percentile_us(0.99);
+            figures.update_awaited_p50_us = awaited.update.percentile_us(0.5);
+            figures.update_awaited_p99_us = awaited.update.percentile_us(0.99);
         }
-        report.server_update_us = per_call;
+        figures.server_update_us = per_call;
         if let Some(tool) = &redis_benchmark {
             let ping = tool.run(1, plan.ping_requests, &["PING".to_owned()]).await;
             if let Some(run) = section(report, "redis-benchmark PING", ping) {
-                report.redis_benchmark_ping_p50_us = Some(run.p50_us);
-                report.redis_benchmark_ping_p99_us = Some(run.p99_us);
+                figures.redis_benchmark_ping_p50_us = Some(run.p50_us);
+                figures.redis_benchmark_ping_p99_us = Some(run.p99_us);
             }
         }
+        report.awaited = figures;
     }
 
     if plan.runs(Section::Throughput) {
@@ -621,6 +454,7 @@ async fn sections(
             },
             None => None,
         };
+        let mut figures = ThroughputFigures::default();
         let mut rates = Vec::with_capacity(plan.repeats);
         let mut limits = Vec::with_capacity(plan.repeats);
         let (mut producer_times, mut tool_times) = (Vec::new(), Vec::new());
@@ -636,14 +470,14 @@ async fn sections(
                 tool_times.extend(per_call);
             }
         }
-        report.server_update_us_producer = median(&producer_times);
-        report.server_update_us_pipelined = median(&tool_times);
-        report.throughput_updates_per_s = median(&rates);
-        report.pipelined_limit_per_s = median(&limits);
+        figures.server_update_us_producer = median(&producer_times);
+        figures.server_update_us_pipelined = median(&tool_times);
+        figures.throughput_updates_per_s = median(&rates);
+        figures.pipelined_limit_per_s = median(&limits);
         if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
             let single = tool.run(1, plan.ping_requests, command).await;
             if let Some(run) = section(report, "redis-benchmark update command -P 1", single) {
-                report.redis_benchmark_update_p50_us = Some(run.p50_us);
+                figures.redis_benchmark_update_p50_us = Some(run.p50_us);
             }
         }
         if let Some(tool) = &redis_benchmark {
@@ -651,11 +485,12 @@ async fn sections(
                 Ok(reference) => tool.run(32, plan.pipelined_requests, &reference).await,
                 Err(err) => Err(err),
             };
-            report.pipelined_reference_eval_per_s =
+            figures.pipelined_reference_eval_per_s =
                 section(report, "redis-benchmark reference EVAL", reference).map(|run| run.rps);
             let ping = tool.run(32, plan.pipelined_ping_requests, &["PING".to_owned()]).await;
-            report.pipelined_ping_per_s = section(report, "redis-benchmark PING -P 32", ping).map(|run| run.rps);
+            figures.pipelined_ping_per_s = section(report, "redis-benchmark PING -P 32", ping).map(|run| run.rps);
         }
+        report.throughput = figures;
     }
 
     if plan.runs(Section::Calls) {
@@ -667,6 +502,7 @@ async fn sections(
         }
         let dead_port = free_port()?;
         let calls = measure::producer_calls(&manager, &session, plan, private, dead_port, shutdown).await;
+        let mut figures = CallFigures::default();
         if let Some(mut calls) = section(report, "producer calls", calls) {
             let percentiles = |samples: &mut Samples| {
                 (
@@ -676,55 +512,58 @@ async fn sections(
                 )
             };
             (
-                report.producer_call_p50_us_up,
-                report.producer_call_p99_us_up,
-                report.producer_call_p999_us_up,
+                figures.producer_call_p50_us_up,
+                figures.producer_call_p99_us_up,
+                figures.producer_call_p999_us_up,
             ) = percentiles(&mut calls.up);
             (
-                report.producer_call_p50_us_up_polled,
-                report.producer_call_p99_us_up_polled,
-                report.producer_call_p999_us_up_polled,
+                figures.producer_call_p50_us_up_polled,
+                figures.producer_call_p99_us_up_polled,
+                figures.producer_call_p999_us_up_polled,
             ) = percentiles(&mut calls.up_polled);
             if let Some(paused) = &mut calls.paused {
                 (
-                    report.producer_call_p50_us_paused,
-                    report.producer_call_p99_us_paused,
-                    report.producer_call_p999_us_paused,
+                    figures.producer_call_p50_us_paused,
+                    figures.producer_call_p99_us_paused,
+                    figures.producer_call_p999_us_paused,
                 ) = percentiles(paused);
             }
             (
-                report.producer_call_p50_us_down,
-                report.producer_call_p99_us_down,
-                report.producer_call_p999_us_down,
+                figures.producer_call_p50_us_down,
+                figures.producer_call_p99_us_down,
+                figures.producer_call_p999_us_down,
             ) = percentiles(&mut calls.down);
         }
+        report.calls = figures;
     }
 
     if plan.runs(Section::E2e) {
         progress("4/8 producer to subscriber at 1 kHz: pub/sub, then the follow API");
+        let mut figures = E2eFigures::default();
         let raw = measure::raw_pubsub(endpoint, plan.e2e).await;
         if let Some(mut raw) = section(report, "raw pub/sub latency", raw) {
-            report.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
-            report.e2e_raw_publish_p99_us = raw.samples.percentile_us(0.99);
+            figures.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
+            figures.e2e_raw_publish_p99_us = raw.samples.percentile_us(0.99);
         }
         let pubsub = measure::end_to_end(&manager, plan, Path::PubSub, Wake::Immediate, shutdown).await;
         if let Some(mut pubsub) = section(report, "pub/sub latency", pubsub) {
-            report.e2e_pubsub_p50_us = pubsub.samples.percentile_us(0.5);
-            report.e2e_pubsub_p99_us = pubsub.samples.percentile_us(0.99);
-            report.e2e_pubsub_missed = Some(pubsub.missed);
+            figures.e2e_pubsub_p50_us = pubsub.samples.percentile_us(0.5);
+            figures.e2e_pubsub_p99_us = pubsub.samples.percentile_us(0.99);
+            figures.e2e_pubsub_missed = Some(pubsub.missed);
         }
         let polled = measure::end_to_end(&manager, plan, Path::PubSub, Wake::Poll(POLL_INTERVAL), shutdown).await;
         if let Some(mut polled) = section(report, "pub/sub latency, polled wake", polled) {
-            report.e2e_pubsub_p50_us_polled = polled.samples.percentile_us(0.5);
-            report.e2e_pubsub_p99_us_polled = polled.samples.percentile_us(0.99);
-            report.e2e_pubsub_missed_polled = Some(polled.missed);
+            figures.e2e_pubsub_p50_us_polled = polled.samples.percentile_us(0.5);
+            figures.e2e_pubsub_p99_us_polled = polled.samples.percentile_us(0.99);
+            figures.e2e_pubsub_missed_polled = Some(polled.missed);
         }
         let follow = measure::end_to_end(&manager, plan, Path::Follow, Wake::Immediate, shutdown).await;
         if let Some(mut follow) = section(report, "follow latency", follow) {
-            report.e2e_follow_p50_us = follow.samples.percentile_us(0.5);
-            report.e2e_follow_p99_us = follow.samples.percentile_us(0.99);
-            report.e2e_follow_missed = Some(follow.missed);
+            figures.e2e_follow_p50_us = follow.samples.percentile_us(0.5);
+            figures.e2e_follow_p99_us = follow.samples.percentile_us(0.99);
+            figures.e2e_follow_missed = Some(follow.missed);
         }
+        report.e2e = figures;
     }
 
     if plan.runs(Section::Status) {
@@ -732,20 +571,22 @@ async fn sections(
         let mut seeded = scale::Seeded::connect(endpoint).await?;
         let steps = scale::measure(&manager, &mut seeded, plan.status_repeats).await;
         let removed = seeded.remove().await;
+        let mut figures = StatusFigures::default();
         if let Some(steps) = section(report, "status scale", steps)
             && let [small, medium, large] = steps.as_slice()
         {
-            report.status_10_nodes_100_sessions_ms = Some(small.status_ms);
-            report.status_100_nodes_1000_sessions_ms = Some(medium.status_ms);
-            report.status_1000_nodes_10000_sessions_ms = Some(large.status_ms);
-            report.health_10_nodes_ms = Some(small.health_ms);
-            report.health_100_nodes_ms = Some(medium.health_ms);
-            report.health_1000_nodes_ms = Some(large.health_ms);
-            report.status_growth_100_to_1000 = Some(medium.status_ms / small.status_ms);
-            report.status_growth_1000_to_10000 = Some(large.status_ms / medium.status_ms);
-            report.health_growth_10_to_100 = Some(medium.health_ms / small.health_ms);
-            report.health_growth_100_to_1000 = Some(large.health_ms / medium.health_ms);
+            figures.status_10_nodes_100_sessions_ms = Some(small.status_ms);
+            figures.status_100_nodes_1000_sessions_ms = Some(medium.status_ms);
+            figures.status_1000_nodes_10000_sessions_ms = Some(large.status_ms);
+            figures.health_10_nodes_ms = Some(small.health_ms);
+            figures.health_100_nodes_ms = Some(medium.health_ms);
+            figures.health_1000_nodes_ms = Some(large.health_ms);
+            figures.status_growth_100_to_1000 = Some(medium.status_ms / small.status_ms);
+            figures.status_growth_1000_to_10000 = Some(large.status_ms / medium.status_ms);
+            figures.health_growth_10_to_100 = Some(medium.health_ms / small.health_ms);
+            figures.health_growth_100_to_1000 = Some(large.health_ms / medium.health_ms);
         }
+        report.status = figures;
         section(report, "removing the seeded sessions", removed);
     }
 
@@ -762,6 +603,7 @@ async fn sections(
             memory_session.clone(),
             robot.clone(),
         ));
+        let mut figures = MemoryFigures::default();
         for server in [memory::Server::Mcp, memory::Server::Viz] {
             let peak = memory::measure(server, endpoint, &memory_session, plan.clients, plan.hold).await;
             let name = match server {
@@ -771,22 +613,22 @@ async fn sections(
             if let Some(peak) = section(report, name, peak) {
                 let (rss, end, idle, anon, anon_idle, connected, updated) = match server {
                     memory::Server::Mcp => (
-                        &mut report.rss_mcp_100_clients_mb,
-                        &mut report.rss_mcp_end_mb,
-                        &mut report.rss_mcp_idle_mb,
-                        &mut report.rss_mcp_anon_mb,
-                        &mut report.rss_mcp_anon_idle_mb,
-                        &mut report.mcp_clients_connected,
-                        &mut report.mcp_clients_updated,
+                        &mut figures.rss_mcp_100_clients_mb,
+                        &mut figures.rss_mcp_end_mb,
+                        &mut figures.rss_mcp_idle_mb,
+                        &mut figures.rss_mcp_anon_mb,
+                        &mut figures.rss_mcp_anon_idle_mb,
+                        &mut figures.mcp_clients_connected,
+                        &mut figures.mcp_clients_updated,
                     ),
                     memory::Server::Viz => (
-                        &mut report.rss_viz_100_clients_mb,
-                        &mut report.rss_viz_end_mb,
-                        &mut report.rss_viz_idle_mb,
-                        &mut report.rss_viz_anon_mb,
-                        &mut report.rss_viz_anon_idle_mb,
-                        &mut report.viz_clients_connected,
-                        &mut report.viz_clients_updated,
+                        &mut figures.rss_viz_100_clients_mb,
+                        &mut figures.rss_viz_end_mb,
+                        &mut figures.rss_viz_idle_mb,
+                        &mut figures.rss_viz_anon_mb,
+                        &mut figures.rss_viz_anon_idle_mb,
+                        &mut figures.viz_clients_connected,
+                        &mut figures.viz_clients_updated,
                     ),
                 };
                 *rss = Some(peak.hwm_mb);
@@ -804,6 +646,7 @@ async fn sections(
                 }
             }
         }
+        report.memory = figures;
         robot.cancel();
         let ran = robot_task.await.context("bug: the session task panicked")?;
         section(report, "running the followed session", ran);
@@ -814,6 +657,7 @@ async fn sections(
             "7/8 record and replay of {} history entries, {} run(s)",
             plan.record_messages, plan.repeats
         ));
+        let mut figures = RecordFigures::default();
         let mut runs = Vec::with_capacity(plan.repeats);
         for _ in 0..plan.repeats {
             let run = recording::measure(
@@ -827,16 +671,16 @@ async fn sections(
             runs.extend(section(report, "record and replay", run));
         }
         if let Some(first) = runs.first() {
-            report.record_messages = Some(first.messages);
-            report.record_file_bytes = Some(first.file_bytes);
+            figures.record_messages = Some(first.messages);
+            figures.record_file_bytes = Some(first.file_bytes);
         }
         let rates = |rate: fn(&recording::Run) -> f64| runs.iter().map(rate).collect::<Vec<f64>>();
-        report.record_runs_per_s = rates(|run| run.record.per_s(run.messages));
-        report.replay_runs_per_s = rates(|run| run.replay.per_s(run.messages));
-        report.record_per_s = median(&report.record_runs_per_s);
-        report.replay_per_s = median(&report.replay_runs_per_s);
-        report.record_per_cpu_s = median(&rates(|run| run.record.per_cpu_s(run.messages)));
-        report.replay_per_cpu_s = median(&rates(|run| run.replay.per_cpu_s(run.messages)));
+        figures.record_runs_per_s = rates(|run| run.record.per_s(run.messages));
+        figures.replay_runs_per_s = rates(|run| run.replay.per_s(run.messages));
+        figures.record_per_s = median(&figures.record_runs_per_s);
+        figures.replay_per_s = median(&figures.replay_runs_per_s);
+        figures.record_per_cpu_s = median(&rates(|run| run.record.per_cpu_s(run.messages)));
+        figures.replay_per_cpu_s = median(&rates(|run| run.replay.per_cpu_s(run.messages)));
         let per_100k = |time: Duration, messages: u64| time.as_secs_f64() * 100_000.0 / messages.max(1) as f64;
         let client = |step: fn(&recording::Run) -> recording::Timing| {
             median(
@@ -854,10 +698,11 @@ async fn sections(
                     .collect::<Vec<_>>(),
             )
         };
-        report.record_client_cpu_s_per_100k = client(|run| run.record);
-        report.record_server_cpu_s_per_100k = server(|run| run.record);
-        report.replay_client_cpu_s_per_100k = client(|run| run.replay);
-        report.replay_server_cpu_s_per_100k = server(|run| run.replay);
+        figures.record_client_cpu_s_per_100k = client(|run| run.record);
+        figures.record_server_cpu_s_per_100k = server(|run| run.record);
+        figures.replay_client_cpu_s_per_100k = client(|run| run.replay);
+        figures.replay_server_cpu_s_per_100k = server(|run| run.replay);
+        report.record = figures;
     }
 
     if plan.runs(Section::Mcp) {
@@ -868,19 +713,20 @@ async fn sections(
         let mcp_session = measure::start_session(&manager).await?;
         sessions.push(mcp_session.clone());
         let measured = mcp::measure(endpoint, &mcp_session, plan.mcp_sessions).await;
+        let mut figures = McpFigures::default();
         if let Some(measured) = section(report, "mcp sessions", measured) {
-            report.mcp_sessions_started = Some(measured.started);
-            report.mcp_sessions_completed = Some(measured.completed);
-            report.mcp_sessions_wall_ms = Some(measured.wall_ms);
-            report.mcp_session_p50_ms = measured.session_p50_ms;
-            report.mcp_session_p99_ms = measured.session_p99_ms;
-            report.rss_mcp_sessions_mb = measured.peak_rss_mb;
-            report.mcp_ping_p50_ms = measured.ping_p50_ms;
-            report.mcp_ping_p99_ms = measured.ping_p99_ms;
-            report.mcp_rmcp_ping_p50_ms = measured.rmcp_ping_p50_ms;
-            report.mcp_rmcp_ping_p99_ms = measured.rmcp_ping_p99_ms;
-            report.mcp_read_p50_ms = measured.read_p50_ms;
-            report.mcp_read_p99_ms = measured.read_p99_ms;
+            figures.mcp_sessions_started = Some(measured.started);
+            figures.mcp_sessions_completed = Some(measured.completed);
+            figures.mcp_sessions_wall_ms = Some(measured.wall_ms);
+            figures.mcp_session_p50_ms = measured.session_p50_ms;
+            figures.mcp_session_p99_ms = measured.session_p99_ms;
+            figures.rss_mcp_sessions_mb = measured.peak_rss_mb;
+            figures.mcp_ping_p50_ms = measured.ping_p50_ms;
+            figures.mcp_ping_p99_ms = measured.ping_p99_ms;
+            figures.mcp_rmcp_ping_p50_ms = measured.rmcp_ping_p50_ms;
+            figures.mcp_rmcp_ping_p99_ms = measured.rmcp_ping_p99_ms;
+            figures.mcp_read_p50_ms = measured.read_p50_ms;
+            figures.mcp_read_p99_ms = measured.read_p99_ms;
             if let Some(error) = measured.first_error {
                 report.notes.push(format!(
                     "mcp sessions: {} of {} failed; the first: {error}",
@@ -889,6 +735,7 @@ async fn sections(
                 ));
             }
         }
+        report.mcp = figures;
     }
 
     if plan.runs(Section::Failover) {
@@ -898,8 +745,10 @@ async fn sections(
         ));
         let times = failover::measure(plan.failovers(), shutdown).await;
         if let Some(times) = section(report, "failover", times) {
-            report.failover_ms = median(&times);
-            report.failover_runs_ms = times;
+            report.failover = FailoverFigures {
+                failover_ms: median(&times),
+                failover_runs_ms: times,
+            };
         }
     }
 
@@ -909,463 +758,4 @@ async fn sections(
     }
     memory::forget_nodes(endpoint).await;
     Ok(())
-}
-
-/// One table row: what, its value, its baseline, the ratio, the target and the verdict.
-struct Row {
-    section: Section,
-    name: String,
-    value: String,
-    baseline: String,
-    ratio: String,
-    target: String,
-    verdict: &'static str,
-}
-
-/// `ok` or `MISS` for a figure and its limit; `-` when it is missing.
-fn verdict(value: Option<f64>, met: impl Fn(f64) -> bool) -> &'static str {
-    match value {
-        Some(value) if met(value) => "ok",
-        Some(_) => "MISS",
-        None => "-",
-    }
-}
-
-fn show(value: Option<f64>, unit: &str, decimals: usize) -> String {
-    value.map_or_else(|| "n/a".to_owned(), |value| format!("{value:.decimals$} {unit}"))
-}
-
-fn ratio_of(value: Option<f64>, baseline: Option<f64>) -> Option<f64> {
-    Some(value? / baseline?)
-}
-
-fn show_ratio(ratio: Option<f64>) -> String {
-    ratio.map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}x"))
-}
-
-/// The text table.
-fn render(report: &Report) -> String {
-    let mut rows = Vec::new();
-    let awaited_ratio = ratio_of(report.update_awaited_p50_us, report.ping_rtt_p50_us);
-    rows.push(Row {
-        section: Section::Awaited,
-        name: "awaited update p50".to_owned(),
-        value: show(report.update_awaited_p50_us, "us", 0),
-        baseline: format!("PING p50 {}", show(report.ping_rtt_p50_us, "us", 0)),
-        ratio: show_ratio(awaited_ratio),
-        target: format!("<= {}x", target::AWAITED_RATIO),
-        verdict: verdict(awaited_ratio, |ratio| ratio <= target::AWAITED_RATIO),
-    });
-    rows.push(Row {
-        section: Section::Awaited,
-        name: "awaited update p99".to_owned(),
-        value: show(report.update_awaited_p99_us, "us", 0),
-        baseline: format!("PING p99 {}", show(report.ping_rtt_p99_us, "us", 0)),
-        ratio: show_ratio(ratio_of(report.update_awaited_p99_us, report.ping_rtt_p99_us)),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    rows.push(Row {
-        section: Section::Awaited,
-        name: "  same client vs redis-benchmark".to_owned(),
-        value: format!("PING p50 {}", show(report.ping_rtt_p50_us, "us", 0)),
-        baseline: format!(
-            "redis-benchmark -P 1 {}",
-            show(report.redis_benchmark_ping_p50_us, "us", 0)
-        ),
-        ratio: show_ratio(ratio_of(report.ping_rtt_p50_us, report.redis_benchmark_ping_p50_us)),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    rows.push(Row {
-        section: Section::Awaited,
-        name: "  update vs redis-benchmark".to_owned(),
-        value: show(report.update_awaited_p50_us, "us", 0),
-        baseline: format!(
-            "same command -P 1 {}",
-            show(report.redis_benchmark_update_p50_us, "us", 0)
-        ),
-        ratio: show_ratio(ratio_of(
-            report.update_awaited_p50_us,
-            report.redis_benchmark_update_p50_us,
-        )),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    rows.push(Row {
-        section: Section::Awaited,
-        name: "  Redis time per update script".to_owned(),
-        value: show(report.server_update_us, "us", 1),
-        baseline: "INFO commandstats, network excluded".to_owned(),
-        ratio: "-".to_owned(),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    let throughput_ratio = ratio_of(report.throughput_updates_per_s, report.pipelined_limit_per_s);
-    rows.push(Row {
-        section: Section::Throughput,
-        name: "throughput, one producer".to_owned(),
-        value: show(report.throughput_updates_per_s, "/s", 0),
-        baseline: format!("same command -P 32 {}", show(report.pipelined_limit_per_s, "/s", 0)),
-        ratio: show_ratio(throughput_ratio),
-        target: format!(">= {}x", target::THROUGHPUT_RATIO),
-        verdict: verdict(throughput_ratio, |ratio| ratio >= target::THROUGHPUT_RATIO),
-    });
-    rows.push(Row {
-        section: Section::Throughput,
-        name: "  vs reference EVAL".to_owned(),
-        value: String::new(),
-        baseline: format!(
-            "HSET+XADD+PUBLISH -P 32 {}",
-            show(report.pipelined_reference_eval_per_s, "/s", 0)
-        ),
-        ratio: show_ratio(ratio_of(
-            report.throughput_updates_per_s,
-            report.pipelined_reference_eval_per_s,
-        )),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    rows.push(Row {
-        section: Section::Throughput,
-        name: "  vs PING".to_owned(),
-        value: String::new(),
-        baseline: format!("PING -P 32 {}", show(report.pipelined_ping_per_s, "/s", 0)),
-        ratio: show_ratio(ratio_of(report.throughput_updates_per_s, report.pipelined_ping_per_s)),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    rows.push(Row {
-        section: Section::Throughput,
-        name: "  Redis time per update, producer".to_owned(),
-        value: show(report.server_update_us_producer, "us", 1),
-        baseline: format!(
-            "same command -P 32 {}",
-            show(report.server_update_us_pipelined, "us", 1)
-        ),
-        ratio: show_ratio(ratio_of(
-            report.server_update_us_producer,
-            report.server_update_us_pipelined,
-        )),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    for (condition, p50, p99, p999) in [
-        (
-            "up",
-            report.producer_call_p50_us_up,
-            report.producer_call_p99_us_up,
-            report.producer_call_p999_us_up,
-        ),
-        (
-            "up, polled wake",
-            report.producer_call_p50_us_up_polled,
-            report.producer_call_p99_us_up_polled,
-            report.producer_call_p999_us_up_polled,
-        ),
-        (
-            "paused",
-            report.producer_call_p50_us_paused,
-            report.producer_call_p99_us_paused,
-            report.producer_call_p999_us_paused,
-        ),
-        (
-            "down",
-            report.producer_call_p50_us_down,
-            report.producer_call_p99_us_down,
-            report.producer_call_p999_us_down,
-        ),
-    ] {
-        rows.push(Row {
-            section: Section::Calls,
-            name: format!("producer call p99, redis {condition}"),
-            value: show(p99, "us", 2),
-            baseline: format!("p50 {}, p99.9 {}", show(p50, "us", 2), show(p999, "us", 1)),
-            ratio: "-".to_owned(),
-            target: format!("<= {} us", target::CALL_P99_US),
-            verdict: verdict(p99, |p99| p99 <= target::CALL_P99_US),
-        });
-    }
-    rows.push(Row {
-        section: Section::E2e,
-        name: "plain PUBLISH->subscriber p99".to_owned(),
-        value: show(report.e2e_raw_publish_p99_us, "us", 0),
-        baseline: format!(
-            "PING p99 {} (p50 {})",
-            show(report.ping_rtt_p99_us, "us", 0),
-            show(report.e2e_raw_publish_p50_us, "us", 0)
-        ),
-        ratio: show_ratio(ratio_of(report.e2e_raw_publish_p99_us, report.ping_rtt_p99_us)),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    for (path, p50, p99) in [
-        ("pub/sub", report.e2e_pubsub_p50_us, report.e2e_pubsub_p99_us),
-        (
-            "pub/sub, polled wake",
-            report.e2e_pubsub_p50_us_polled,
-            report.e2e_pubsub_p99_us_polled,
-        ),
-        ("follow", report.e2e_follow_p50_us, report.e2e_follow_p99_us),
-    ] {
-        let ratio = ratio_of(p99, report.ping_rtt_p99_us);
-        rows.push(Row {
-            section: Section::E2e,
-            name: format!("producer->subscriber p99, {path}"),
-            value: show(p99, "us", 0),
-            baseline: format!(
-                "PING p99 {} (p50 {})",
-                show(report.ping_rtt_p99_us, "us", 0),
-                show(p50, "us", 0)
-            ),
-            ratio: show_ratio(ratio),
-            target: format!("<= {}x", target::E2E_RATIO),
-            verdict: verdict(ratio, |ratio| ratio <= target::E2E_RATIO),
-        });
-    }
-    rows.push(Row {
-        section: Section::Status,
-        name: "status, 1,000 nodes 10,000 sessions".to_owned(),
-        value: show(report.status_1000_nodes_10000_sessions_ms, "ms", 1),
-        baseline: format!(
-            "100: {}, 1,000: {}",
-            show(report.status_10_nodes_100_sessions_ms, "ms", 1),
-            show(report.status_100_nodes_1000_sessions_ms, "ms", 1)
-        ),
-        ratio: "-".to_owned(),
-        target: format!("<= {} ms", target::STATUS_MS),
-        verdict: verdict(report.status_1000_nodes_10000_sessions_ms, |ms| ms <= target::STATUS_MS),
-    });
-    for (name, growth) in [
-        ("status growth, 100 -> 1,000 sessions", report.status_growth_100_to_1000),
-        ("status growth, 1,000 -> 10,000", report.status_growth_1000_to_10000),
-        ("health growth, 10 -> 100 nodes", report.health_growth_10_to_100),
-        ("health growth, 100 -> 1,000", report.health_growth_100_to_1000),
-    ] {
-        rows.push(Row {
-            section: Section::Status,
-            name: name.to_owned(),
-            value: show_ratio(growth),
-            baseline: "10x the data".to_owned(),
-            ratio: "-".to_owned(),
-            target: format!("<= {}x", target::GROWTH),
-            verdict: verdict(growth, |growth| growth <= target::GROWTH),
-        });
-    }
-    rows.push(Row {
-        section: Section::Status,
-        name: "all-nodes health, 1,000 nodes".to_owned(),
-        value: show(report.health_1000_nodes_ms, "ms", 1),
-        baseline: String::new(),
-        ratio: "-".to_owned(),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    for (name, rss, idle, anon, connected, updated) in [
-        (
-            "peak RSS, mcp --transport http",
-            report.rss_mcp_100_clients_mb,
-            report.rss_mcp_idle_mb,
-            report.rss_mcp_anon_mb,
-            report.mcp_clients_connected,
-            report.mcp_clients_updated,
-        ),
-        (
-            "peak RSS, viz",
-            report.rss_viz_100_clients_mb,
-            report.rss_viz_idle_mb,
-            report.rss_viz_anon_mb,
-            report.viz_clients_connected,
-            report.viz_clients_updated,
-        ),
-    ] {
-        let count = |count: Option<usize>| count.map_or_else(|| "?".to_owned(), |count| count.to_string());
-        rows.push(Row {
-            section: Section::Memory,
-            name: name.to_owned(),
-            value: show(rss, "MiB", 1),
-            baseline: format!(
-                "idle {}, heap {}; {} clients on, {} updated",
-                show(idle, "MiB", 1),
-                show(anon, "MiB", 1),
-                count(connected),
-                count(updated)
-            ),
-            ratio: "-".to_owned(),
-            target: format!("<= {} MiB", target::RSS_MB),
-            verdict: verdict(rss, |rss| rss <= target::RSS_MB),
-        });
-    }
-    for (name, rate, cpu_rate, runs, client, server) in [
-        (
-            "record, Redis to MCAP",
-            report.record_per_s,
-            report.record_per_cpu_s,
-            &report.record_runs_per_s,
-            report.record_client_cpu_s_per_100k,
-            report.record_server_cpu_s_per_100k,
-        ),
-        (
-            "replay, MCAP to Redis",
-            report.replay_per_s,
-            report.replay_per_cpu_s,
-            &report.replay_runs_per_s,
-            report.replay_client_cpu_s_per_100k,
-            report.replay_server_cpu_s_per_100k,
-        ),
-    ] {
-        let each: Vec<String> = runs.iter().map(|rate| format!("{rate:.0}")).collect();
-        rows.push(Row {
-            section: Section::Record,
-            name: format!("{name} (median)"),
-            value: show(rate, "msg/s", 0),
-            baseline: format!(
-                "per CPU s {}; CPU per 100k: ours {}, redis {}; runs {}",
-                show(cpu_rate, "msg/s", 0),
-                show(client, "s", 2),
-                show(server, "s", 2),
-                each.join(", ")
-            ),
-            ratio: "-".to_owned(),
-            target: format!(">= {:.0} /s", target::RECORD_PER_S),
-            verdict: verdict(rate, |rate| rate >= target::RECORD_PER_S),
-        });
-    }
-    let failover_target = failover::TARGET.as_secs_f64() * 1000.0;
-    rows.push(Row {
-        section: Section::Failover,
-        name: "failover: kill -9 to first acked write (median)".to_owned(),
-        value: show(report.failover_ms, "ms", 0),
-        baseline: "down-after 1000 ms".to_owned(),
-        ratio: "-".to_owned(),
-        target: format!("<= {} s", failover::TARGET.as_secs()),
-        verdict: verdict(report.failover_ms, |ms| ms <= failover_target),
-    });
-    let all_done =
-        report.mcp_sessions_completed.is_some() && report.mcp_sessions_completed == report.mcp_sessions_started;
-    let wall_s = report.mcp_sessions_wall_ms.map(|ms| ms / 1000.0);
-    rows.push(Row {
-        section: Section::Mcp,
-        name: format!(
-            "mcp: {} sessions at once, all done",
-            report
-                .mcp_sessions_started
-                .map_or_else(|| "?".to_owned(), |n| n.to_string())
-        ),
-        value: show(wall_s, "s", 2),
-        baseline: format!(
-            "{} done; one session p50 {}, p99 {}; server peak RSS {}",
-            report
-                .mcp_sessions_completed
-                .map_or_else(|| "?".to_owned(), |n| n.to_string()),
-            show(report.mcp_session_p50_ms, "ms", 0),
-            show(report.mcp_session_p99_ms, "ms", 0),
-            show(report.rss_mcp_sessions_mb, "MiB", 1)
-        ),
-        ratio: "-".to_owned(),
-        target: format!("<= {} s", target::MCP_SESSIONS_S),
-        // A run where some sessions failed misses the target whatever its time.
-        verdict: verdict(wall_s, |s| all_done && s <= target::MCP_SESSIONS_S),
-    });
-    rows.push(Row {
-        section: Section::Mcp,
-        name: "mcp: ping p99, kept-alive connection".to_owned(),
-        value: show(report.mcp_ping_p99_ms, "ms", 2),
-        baseline: format!("p50 {}", show(report.mcp_ping_p50_ms, "ms", 2)),
-        ratio: "-".to_owned(),
-        target: format!("<= {} ms", target::MCP_KEPT_ALIVE_MS),
-        verdict: verdict(report.mcp_ping_p99_ms, |ms| ms <= target::MCP_KEPT_ALIVE_MS),
-    });
-    rows.push(Row {
-        section: Section::Mcp,
-        name: "mcp: ping p99, rmcp client".to_owned(),
-        value: show(report.mcp_rmcp_ping_p99_ms, "ms", 2),
-        baseline: format!(
-            "p50 {}; a new connection each",
-            show(report.mcp_rmcp_ping_p50_ms, "ms", 2)
-        ),
-        ratio: "-".to_owned(),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    // Reading `state://status` is Redis work (a scan of the sessions) as much as MCP's.
-    rows.push(Row {
-        section: Section::Mcp,
-        name: "mcp: status read p99, rmcp client".to_owned(),
-        value: show(report.mcp_read_p99_ms, "ms", 2),
-        baseline: format!("p50 {}", show(report.mcp_read_p50_ms, "ms", 2)),
-        ratio: "-".to_owned(),
-        target: "-".to_owned(),
-        verdict: "",
-    });
-    rows.retain(|row| report.sections.contains(&row.section));
-
-    let mut out = String::new();
-    let machine = &report.machine;
-    out.push_str(&format!(
-        "tatbot-state bench{}: {} redis-server {}, {} CPUs ({}), load {} -> {}\n",
-        if report.quick {
-            " --quick (small counts; figures mean little)"
-        } else {
-            ""
-        },
-        report.server,
-        report.redis_version.as_deref().unwrap_or("?"),
-        machine.cpus,
-        machine.cpu_model.as_deref().unwrap_or("unknown CPU"),
-        machine
-            .load_start
-            .map_or_else(|| "?".to_owned(), |load| format!("{load:.2}")),
-        machine
-            .load_end
-            .map_or_else(|| "?".to_owned(), |load| format!("{load:.2}")),
-    ));
-    let header = Row {
-        section: Section::Awaited,
-        name: "measure".to_owned(),
-        value: "value".to_owned(),
-        baseline: "baseline (same run, same server)".to_owned(),
-        ratio: "ratio".to_owned(),
-        target: "target".to_owned(),
-        verdict: "",
-    };
-    let width = |field: fn(&Row) -> &str| {
-        rows.iter()
-            .chain(std::iter::once(&header))
-            .map(|row| field(row).chars().count())
-            .max()
-            .unwrap_or(0)
-    };
-    let widths = [
-        width(|row| &row.name),
-        width(|row| &row.value),
-        width(|row| &row.baseline),
-        width(|row| &row.ratio),
-        width(|row| &row.target),
-    ];
-    for row in std::iter::once(&header).chain(&rows) {
-        let line = format!(
-            "{:<w0$}  {:>w1$}  {:<w2$}  {:>w3$}  {:<w4$}  {}",
-            row.name,
-            row.value,
-            row.baseline,
-            row.ratio,
-            row.target,
-            row.verdict,
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-            w4 = widths[4],
-        );
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    for note in &report.notes {
-        out.push_str(&format!("note: {note}\n"));
-    }
-    for failure in &report.failures {
-        out.push_str(&format!("failed: {failure}\n"));
-    }
-    out
 }
