@@ -27,6 +27,10 @@
 //!   its models: the glue does not mirror the library's types, so a changed Rust signature is
 //!   a one-line fix here.
 
+// These docs are for the extension's maintainers (it has no public Rust API): they link to
+// its private items on purpose.
+#![allow(rustdoc::private_intra_doc_links)]
+
 /// Awaits a library call, and runs it once more when the first attempt never left this process:
 /// its connection could not be made ([`never_sent`]). That is what the first call after a Redis
 /// outage meets: the shared connection's driver tried to reconnect while Redis was down, failed,

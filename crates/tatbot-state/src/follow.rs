@@ -1,9 +1,9 @@
 //! Following the system live without missing anything: a consistent snapshot, then every change.
 //!
-//! [`follow`] returns a [`Follower`]. Its first item is a [`Snapshot`] (sessions with their
+//! [`StateManager::follow`](crate::StateManager::follow) returns a [`Follower`]. Its first item is a [`Snapshot`] (sessions with their
 //! progress, nodes with their health, recent events and errors) taken atomically with a
 //! [`Cursor`]; every later item is a [`Change`] that carries the cursor just after it. Hand the
-//! last cursor you processed back to [`follow`] and the new follower replays exactly what came
+//! last cursor you processed back to [`StateManager::follow`](crate::StateManager::follow) and the new follower replays exactly what came
 //! after it, from the streams, instead of taking a snapshot.
 //!
 //! # Where changes come from

@@ -371,7 +371,7 @@ impl Recorder {
     /// [`Recorder::next_live`] returns only what is newer.
     ///
     /// Each stream is read by a task of its own in `XRANGE` pages of 10,000 entries, up to
-    /// [`PREFETCH`] pages ahead, and the streams (each already in log-time order) are merged
+    /// `PREFETCH` pages ahead, and the streams (each already in log-time order) are merged
     /// as they arrive: Redis prepares the next pages while this one is decoded and written,
     /// and only a few pages per stream are held at once.
     ///

@@ -2,7 +2,7 @@
 //!
 //! A [`SentinelTarget`] in the [`crate::ManagerConfig`] replaces the fixed address. Every
 //! connection the library makes (the manager's shared one, the producer's writer, subscriptions,
-//! followers, parameter watches) asks a [`Locator`] for the master's client when it (re)connects:
+//! followers, parameter watches) asks a `Locator` for the master's client when it (re)connects:
 //! the locator asks each Sentinel in turn for `SENTINEL GET-MASTER-ADDR-BY-NAME`, and accepts an
 //! answer only after the named server itself says `ROLE` is `master` (a Sentinel that has not
 //! seen a failover yet, or an old master that came back, can name a replica).
@@ -14,7 +14,7 @@
 //! error, a timeout, a `READONLY` reply (an old master that was demoted to a replica), a
 //! `NOREPLICAS` reply (a master cut off from its replicas, which may be on the losing side of a
 //! partition), and whenever a Sentinel announces `+switch-master`
-//! ([`watch_switches`]) so they move within milliseconds of the Sentinels' decision.
+//! (`watch_switches`) so they move within milliseconds of the Sentinels' decision.
 //!
 //! Without a Sentinel target the locator hands out the fixed client and nothing changes.
 
