@@ -8,7 +8,7 @@ use std::time::Duration;
 use tatbot_state::{CancellationToken, ProducerConfig, SessionId, StateManager};
 use tatbot_state_testkit::SentinelCluster;
 
-use crate::reliability::{FLUSH, assert_exact, history_indices, update};
+use crate::reliability::{FLUSH, assert_exact, history_indices, plan, update};
 use crate::util::sentinel_config;
 
 /// Updates in a session, written at 1 kHz.
@@ -59,14 +59,7 @@ async fn failover_kill_primary_loses_nothing() {
     let mut cluster = SentinelCluster::start();
     let old = cluster.servers()[0].port();
     let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
-    let session = state
-        .start_stroke_session(&tatbot_state::SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     write_at_1khz(&producer, &session, 0..KILL_AT).await;
     // The replica can no longer authenticate to its master, so once its link is cut it stays
@@ -108,14 +101,7 @@ async fn failover_old_primary_returns_as_replica() {
     let mut cluster = SentinelCluster::start();
     let old = cluster.servers()[0].port();
     let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
-    let session = state
-        .start_stroke_session(&tatbot_state::SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     write_at_1khz(&producer, &session, 0..KILL_AT).await;
     let returned = async {
@@ -171,14 +157,7 @@ async fn failover_partitioned_old_primary_takes_no_writes() {
         .start();
     let old = cluster.servers()[0].port();
     let state = StateManager::connect(sentinel_config(&cluster, "robot")).await.unwrap();
-    let session = state
-        .start_stroke_session(&tatbot_state::SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     write_at_1khz(&producer, &session, 0..KILL_AT).await;
     let partition = async {
@@ -244,14 +223,7 @@ async fn failover_followers_subscribers_and_heartbeat_keep_up() {
         let stop = stop.clone();
         async move { agent.heartbeat(options, stop).await }
     });
-    let session = state
-        .start_stroke_session(&tatbot_state::SessionPlan {
-            total_strokes: 60,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(60)).await.unwrap();
     let mut follower = state.follow(Scope::Session(session.clone()), None);
     let mut subscription = state.subscribe(&["stroke:events:*"]).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());

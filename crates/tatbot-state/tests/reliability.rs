@@ -19,8 +19,20 @@ use crate::util::{config, manager};
 
 pub(crate) const FLUSH: Duration = Duration::from_secs(30);
 
+/// Poses per stroke in these tests: [`plan`] declares it and [`update`] numbers by it.
+pub(crate) const POSES: u32 = 50;
+
 pub(crate) fn update(i: u32) -> ProgressUpdate {
-    ProgressUpdate::new(i / 50, i % 50).descriptions(format!("d{i}"), "r")
+    ProgressUpdate::new(i / POSES, i % POSES).descriptions(format!("d{i}"), "r")
+}
+
+/// A session of `total_strokes` strokes of [`POSES`] poses, scene `s`.
+pub(crate) fn plan(total_strokes: u32) -> SessionPlan {
+    SessionPlan {
+        total_strokes,
+        stroke_length: POSES,
+        scene: "s".into(),
+    }
 }
 
 /// The history of a session as (stroke, pose) pairs, asserting each entry's description.
@@ -65,14 +77,7 @@ pub(crate) fn assert_exact(indices: &[u32], n: u32) {
 async fn producer_delivers_in_order() {
     let server = RedisServer::start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 20,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(20)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     let mut robot = RobotState::new("hog");
     for i in 0..1000 {
@@ -108,14 +113,7 @@ async fn producer_merges_around_another_writer() {
     use redis::AsyncCommands as _;
     let server = RedisServer::start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 400,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(400)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     let key = tatbot_state::keys::progress(&session);
     let mut raw = crate::util::raw(&server).await;
@@ -150,14 +148,7 @@ async fn producer_merges_around_another_writer() {
 async fn polled_producer_delivers_also_after_idle() {
     let server = RedisServer::start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 20,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(20)).await.unwrap();
     let config = ProducerConfig {
         wake: Wake::Poll(Duration::from_micros(200)),
         ..ProducerConfig::default()
@@ -185,14 +176,7 @@ async fn polled_producer_delivers_also_after_idle() {
 async fn survives_five_crashes() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for chunk in 0..5u32 {
         let mut midpoint = 0;
@@ -235,14 +219,7 @@ async fn survives_five_crashes() {
 async fn restart_after_the_last_ack_is_counted_by_the_idle_writer() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for i in 0..100 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
@@ -269,14 +246,7 @@ async fn restart_after_the_last_ack_is_counted_by_the_idle_writer() {
 async fn reasserts_writes_lost_in_a_crash() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     // No durability watch: the idle writer notices the restart only at its next write, so the
     // test sees what the "disk" kept first.
     let config = ProducerConfig {
@@ -335,14 +305,7 @@ async fn paused_redis_never_blocks_the_caller() {
     let mut short = config(&server, "hog");
     short.response_timeout = Duration::from_millis(500);
     let state = StateManager::connect(short).await.unwrap();
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for i in 0..100 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
@@ -380,11 +343,7 @@ async fn producer_started_while_redis_is_down() {
     let mut server = RedisServer::builder().persistence(true).start();
     let session = manager(&server, "hog")
         .await
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 10,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
+        .start_stroke_session(&plan(10))
         .await
         .unwrap();
     server.stop();
@@ -410,14 +369,7 @@ async fn producer_started_while_redis_is_down() {
 async fn bounded_queue_drops_oldest_and_reports() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 10,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(10)).await.unwrap();
     server.stop();
     let lazy = StateManager::connect_lazy(config(&server, "hog")).unwrap();
     let producer = lazy.producer(
@@ -645,14 +597,7 @@ async fn lost_session_start_is_recreated_and_replayed() {
     let mut server = RedisServer::builder().persistence(true).start();
     let saved = snapshot_aof(&mut server);
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for i in 0..1000 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
@@ -741,14 +686,7 @@ async fn idle_producer_replays_a_lost_tail() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
-    let session = producer
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = producer.start_stroke_session(&plan(100)).await.unwrap();
     for i in 0..300 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
     }
@@ -782,14 +720,7 @@ async fn wiped_server_gets_the_session_back_and_says_so() {
         ..ProducerConfig::default()
     };
     let producer = state.producer(config, CancellationToken::new());
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     for i in 0..200 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
     }
@@ -883,14 +814,7 @@ async fn replayed_writes_get_a_new_replay_window() {
     const WINDOW: Duration = Duration::from_secs(2);
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let config = ProducerConfig {
         replay_window: WINDOW,
         ..ProducerConfig::default()
@@ -947,14 +871,7 @@ async fn restart_between_two_batches_replies_loses_nothing() {
     let proxy = ReplyProxy::start(server.addr());
     let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
     let state = StateManager::connect(via_proxy).await.unwrap();
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     // One op per batch, so two queued updates are two batches; a short horizon, so the idle
     // writer stops pinging (answers the proxy would hold too) before the test holds answers.
     let config = ProducerConfig {
@@ -1038,14 +955,7 @@ async fn restart_between_two_batches_replies_loses_nothing() {
 async fn aof_cut_inside_a_script_loses_nothing() {
     let mut server = RedisServer::builder().persistence(true).start();
     let state = manager(&server, "hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 100,
-            stroke_length: 50,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     for i in 0..100 {
         producer.update_stroke_progress(&session, &update(i)).unwrap();
