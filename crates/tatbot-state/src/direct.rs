@@ -197,6 +197,10 @@ fn frame_end(bytes: &[u8]) -> RedisResult<Option<usize>> {
         let Some(line_len) = bytes[at..].windows(2).position(|pair| pair == b"\r\n") else {
             return Ok(None);
         };
+        if line_len == 0 {
+            // A line with no type byte.
+            return Err(protocol_error(b'?', b""));
+        }
         let line = &bytes[at + 1..at + line_len];
         let next = at + line_len + 2;
         remaining -= 1;
@@ -287,6 +291,8 @@ mod tests {
     fn rejects_what_is_not_resp() {
         for case in [
             &b"HTTP/1.1 400\r\n"[..],
+            b"\r\n",
+            b"*1\r\n\r\n",
             b"$x\r\n",
             b"*-5\r\n",
             b"*99999999999999\r\n",
