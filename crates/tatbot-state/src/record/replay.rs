@@ -217,6 +217,11 @@ impl Reader {
             let len = le_u64(after, 0)
                 .filter(|len| *len <= after.len() - 8)
                 .ok_or_else(|| corrupt("a record overruns its chunk"))?;
+            // A chunk holds schemas, channels and messages; one inside another would make this
+            // walk recurse as deep as the file nests them (49 bytes a level: a stack overflow).
+            if opcode == mcap::records::op::CHUNK {
+                return Err(corrupt("a chunk inside a chunk"));
+            }
             self.record(opcode, &after[8..8 + len])?;
             records = &after[8 + len..];
         }
@@ -720,6 +725,27 @@ mod tests {
             assert!(err.to_string().starts_with("corrupt MCAP file"), "{err}");
             assert!(!err.to_string().contains('\n'), "{err}");
         }
+    }
+
+    /// A chunk inside a chunk is refused, not walked: nested a few MB deep, the walk's
+    /// recursion would overflow the stack.
+    #[test]
+    fn a_chunk_inside_a_chunk_is_refused() {
+        // An uncompressed chunk's body: 28 bytes of times and sizes, an empty compression name,
+        // the records' length, the records.
+        let chunk = |records: &[u8]| {
+            let mut body = vec![0; 32];
+            body.extend_from_slice(&(records.len() as u64).to_le_bytes());
+            body.extend_from_slice(records);
+            body
+        };
+        let inner = chunk(&[]);
+        let mut record = vec![mcap::records::op::CHUNK];
+        record.extend_from_slice(&(inner.len() as u64).to_le_bytes());
+        record.extend_from_slice(&inner);
+        let err = Reader::default().chunk(&chunk(&record)).expect_err("nested");
+        assert_eq!(err.to_string(), "corrupt MCAP file: a chunk inside a chunk");
+        Reader::default().chunk(&inner).expect("an empty chunk is fine");
     }
 
     /// A channel record whose topic claims 4 GB in a record of a few bytes is refused by its
