@@ -196,6 +196,17 @@ impl GlobalArgs {
         }
     }
 
+    /// A manager for the resolved target (through the Sentinels when configured) that
+    /// connects on first use: for a writer that retries on its own, such as a heartbeat.
+    ///
+    /// # Errors
+    ///
+    /// Bad configuration.
+    pub fn manager_lazy(&self) -> anyhow::Result<StateManager> {
+        let (config, shown) = self.manager_config(Endpoint::from(&self.target()?))?;
+        StateManager::connect_lazy(config).map_err(|err| connect_error(err, &shown))
+    }
+
     /// A manager connected to `endpoint`, with this node's id.
     pub async fn manager_for(&self, endpoint: Endpoint) -> anyhow::Result<StateManager> {
         self.manager_configured(endpoint, |_| {}).await

@@ -925,7 +925,10 @@ where
 async fn failover_mcp_follows_the_new_master() {
     let mut cluster = tatbot_state_testkit::SentinelCluster::start();
     let old = cluster.servers()[0].port();
-    let mut extra: Vec<String> = vec!["--no-heartbeat".to_owned()];
+    // The MCP node's own heartbeat must follow the failover too.
+    let mut extra: Vec<String> = ["--heartbeat", "--heartbeat-interval", "1", "--node-id", "mcpha"]
+        .map(str::to_owned)
+        .to_vec();
     for address in cluster.sentinel_addrs() {
         extra.extend(["--sentinel".to_owned(), address]);
     }
@@ -962,6 +965,13 @@ async fn failover_mcp_follows_the_new_master() {
     eventually("MCP reading the new master", || async {
         let (_, json) = read_result(&client, &uri).await.ok()?;
         (json["progress"]["stroke_idx"] == 7).then_some(())
+    })
+    .await;
+    let promoted = tatbot_state::Timestamp::now();
+    let mcp_node = tatbot_state::NodeId::new("mcpha").unwrap();
+    eventually("the MCP node's heartbeat on the new master", || async {
+        let health = robot.get_node_health(&mcp_node).await.ok()??;
+        (health.timestamp > promoted).then_some(())
     })
     .await;
     stop_stdio(client, pid).await;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tatbot_state::http::ServeConfig;
-use tatbot_state::{CancellationToken, Endpoint};
+use tatbot_state::CancellationToken;
 use tatbot_state_mcp::{ConfigDescription, HttpOptions, MCP_PATH};
 use tokio_util::task::TaskTracker;
 
@@ -125,10 +125,9 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     }
     if wants_heartbeat && !viewer {
         // Lazy: the heartbeat retries each interval until Redis is up (the reader logs the wait).
-        let writer = tatbot_state::StateManager::connect_lazy(tatbot_state::ManagerConfig::new(
-            Endpoint::from(&target),
-            global.node_id()?,
-        ))?;
+        // Through the Sentinels when configured, like the reader: a fixed address would be a
+        // replica after a failover, and every beat would be refused.
+        let writer = global.manager_lazy()?;
         tracker.spawn(tatbot_state_mcp::run_heartbeat(
             writer,
             mcp_port,
