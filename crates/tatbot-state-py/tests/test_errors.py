@@ -40,6 +40,7 @@ def test_bad_arguments_raise_type_and_value_errors(redis_server):
             (ValueError, "max_queued must be at least 1, got 0", lambda: state.producer(max_queued=0)),
             (ValueError, "arms.speed: value must be", lambda: state.params.set("arms.speed", {"a": 1})),
             (NotFoundError, "arms.speed: no such parameter", lambda: state.params.set("arms.speed", 1)),
+            (NotFoundError, "arms.speed: no such parameter", lambda: state.params.value("arms.speed")),
             (ValueError, "follow cursor", lambda: state.follow(cursor="nonsense")),
         ]
         for kind, message, call in cases:

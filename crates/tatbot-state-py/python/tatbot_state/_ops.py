@@ -13,7 +13,7 @@ import functools
 import json
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from tatbot_state import _common
+from tatbot_state import _common, _native
 from tatbot_state.models import NodeHealth, RobotState, StrokeProgress
 
 #: What an operation returns: the core's pending call and what makes the answer.
@@ -153,7 +153,7 @@ def param_get(self, name: str) -> Op:
 def param_value(self, name: str) -> Op:
     def value(raw: Optional[str]) -> Any:
         if raw is None:
-            raise LookupError(f"{name}: no such parameter; hint: declare it first")
+            raise _native.NotFoundError(f"{name}: no such parameter; hint: declare it first")
         return json.loads(raw)["value"]
 
     return self._native.param_get(_common.text(name, "name")), value
