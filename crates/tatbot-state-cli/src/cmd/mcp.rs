@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tatbot_state::http::ServeConfig;
 use tatbot_state::CancellationToken;
+use tatbot_state::http::ServeConfig;
 use tatbot_state_mcp::{ConfigDescription, HttpOptions, MCP_PATH};
 use tokio_util::task::TaskTracker;
 
