@@ -108,9 +108,12 @@ impl GlobalArgs {
     /// through the Sentinels and followed across failovers.
     fn manager_config(&self, endpoint: Endpoint) -> anyhow::Result<(ManagerConfig, String)> {
         let mut shown = endpoint.to_string();
-        let configured = Endpoint::from(&self.target()?) == endpoint;
         let mut config = ManagerConfig::new(endpoint, self.node_id()?);
-        if configured && let Some(settings) = self.sentinel()? {
+        // Whether `endpoint` is the configured target matters only with Sentinel settings;
+        // without them the target (env file, YAML, host lookup) is not resolved a second time.
+        if let Some(settings) = self.sentinel()?
+            && Endpoint::from(&self.target()?) == config.endpoint
+        {
             let target = settings.target();
             shown = target.to_string();
             config.sentinel = Some(target);
