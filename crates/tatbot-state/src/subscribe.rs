@@ -300,12 +300,13 @@ impl Subscription {
             Ok::<_, Error>(live)
         };
         // Twice the connect timeout: with Sentinel, the lookup comes first.
-        match tokio::time::timeout(self.connect_timeout * 2, attempt).await {
+        let limit = self.connect_timeout * 2;
+        match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(live)) => Ok(live),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(Error::Timeout {
                 operation: "subscribe",
-                after: self.connect_timeout,
+                after: limit,
             }),
         }
     }
