@@ -15,7 +15,7 @@ use tatbot_state::follow::Scope;
 use tatbot_state::{CancellationToken, Cursor, FollowItem, SessionId, StateManager};
 use tokio::sync::Mutex;
 
-use crate::{Call, Reply, py_error, runtime, to_duration, to_json};
+use crate::{Call, Reply, py_error, to_duration, to_json};
 
 /// Waits for `next` until `timeout` (forever when `None`) or until `closed` fires; `None` for
 /// either of those.
@@ -104,8 +104,6 @@ impl Follower {
             Some(text) => Scope::Session(SessionId::new(text).map_err(py_error)?),
         };
         let resume = cursor.map(str::parse::<Cursor>).transpose().map_err(py_error)?;
-        // The follower's task is spawned on the shared runtime, which needs its context here.
-        let _entered = runtime().enter();
         let follower = state.follow(scope, resume);
         Ok(Follower {
             follower: Arc::new(Mutex::new(follower)),

@@ -33,6 +33,12 @@ pub const DEFAULT_ERROR_LOG_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default per-command timeout.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default [`ManagerConfig::reply_spin`]: longer than a loopback or LAN round trip of an update
+/// (40 to 130 us here), so the answer is usually read by the awaiting thread as it arrives.
+/// Waiting for it instead costs a wake-up of that thread by the runtime's I/O driver, another
+/// thread: 10 to 20 us on a small virtual machine (docs/PERFORMANCE.md, issue #18 point 4).
+/// The price is a core busy for up to this long per awaited write.
+pub const DEFAULT_REPLY_SPIN: Duration = Duration::from_micros(200);
 
 /// A Redis server address and credentials.
 #[derive(Clone, PartialEq, Eq)]
@@ -139,6 +145,10 @@ pub struct ManagerConfig {
     pub connect_timeout: Duration,
     /// Per-command timeout.
     pub response_timeout: Duration,
+    /// How long an awaited write on the direct connection keeps reading its socket without
+    /// waiting (yielding to other tasks between reads) before it waits for the answer the usual
+    /// way; see [`DEFAULT_REPLY_SPIN`]. Zero always waits.
+    pub reply_spin: Duration,
 }
 
 impl ManagerConfig {
@@ -174,6 +184,7 @@ impl ManagerConfig {
             error_log_max_age: DEFAULT_ERROR_LOG_MAX_AGE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            reply_spin: DEFAULT_REPLY_SPIN,
         }
     }
 }

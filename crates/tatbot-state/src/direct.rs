@@ -23,7 +23,7 @@
 //! `redis-protocol` crate's RESP3 decoder, tried instead, refuses RESP2's null bulk string
 //! (`$-1`) and waits forever on a count of 10^14 elements where this one fails at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, RedisError, RedisResult, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -129,6 +129,13 @@ impl Direct {
     ///
     /// The socket failed or closed, or the server sent something that is not RESP.
     pub(crate) async fn next_answer(&mut self) -> RedisResult<Value> {
+        self.next_answer_spinning(None).await
+    }
+
+    /// [`Direct::next_answer`], reading the socket without waiting until `spin_until` (yielding
+    /// to other tasks between reads), so that an answer that comes by then is read by this
+    /// task as it arrives, with no wake-up through the runtime's I/O driver.
+    async fn next_answer_spinning(&mut self, spin_until: Option<Instant>) -> RedisResult<Value> {
         loop {
             if let Some(end) = frame_end(&self.buffer[self.start..])? {
                 let value = redis::parse_redis_value(&self.buffer[self.start..self.start + end])?;
@@ -147,11 +154,17 @@ impl Direct {
             // `read_buf` into spare capacity: the buffer's length only grows by what was read,
             // so a read abandoned half way leaves nothing behind.
             self.buffer.reserve(READ_CHUNK);
+            if spin_until.is_some_and(|until| Instant::now() < until) {
+                match self.stream.try_read_buf(&mut self.buffer) {
+                    Ok(0) => return Err(closed()),
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => tokio::task::yield_now().await,
+                    Err(err) => return Err(err.into()),
+                }
+                continue;
+            }
             if self.stream.read_buf(&mut self.buffer).await? == 0 {
-                return Err(RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "redis closed the connection",
-                )));
+                return Err(closed());
             }
         }
     }
@@ -163,13 +176,37 @@ impl Direct {
     ///
     /// The socket failed or the server sent something that is not RESP.
     pub(crate) async fn query(&mut self, packed: &[u8], answers: usize) -> RedisResult<Vec<Value>> {
+        self.query_spinning(packed, answers, Duration::ZERO).await
+    }
+
+    /// [`Direct::query`], reading the answers without waiting for up to `spin` after the
+    /// request went out (see [`Direct::next_answer_spinning`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Direct::query`].
+    pub(crate) async fn query_spinning(
+        &mut self,
+        packed: &[u8],
+        answers: usize,
+        spin: Duration,
+    ) -> RedisResult<Vec<Value>> {
         self.send(packed, answers).await?;
+        let spin_until = (!spin.is_zero()).then(|| Instant::now() + spin);
         let mut values = Vec::with_capacity(answers);
         for _ in 0..answers {
-            values.push(self.next_answer().await?);
+            values.push(self.next_answer_spinning(spin_until).await?);
         }
         Ok(values)
     }
+}
+
+/// The server closed the connection.
+fn closed() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "redis closed the connection",
+    ))
 }
 
 /// An error that [`RedisError::is_timeout`] recognises, for a round trip over its deadline.

@@ -49,8 +49,11 @@
 //!
 //! # Memory
 //!
-//! Items go through a channel of [`FOLLOW_BUFFER`] items. A consumer that stops reading stalls
-//! the follower's task, which then stops reading Redis; when the consumer catches up the task
+//! The follower does its work inside [`Follower::next`]: the consumer's task reads the
+//! follower's connections itself, so a change reaches it with no hand-off between tasks
+//! (issue #18). Items it found beyond the one returned wait in a buffer of [`FOLLOW_BUFFER`]
+//! items; when that is full the follower stops reading Redis until the consumer takes some. A
+//! consumer that stops calling `next` stops the follower; when it calls again the follower
 //! continues from its cursor, or resyncs if the log was trimmed meanwhile. Nothing grows.
 
 mod cursor;
@@ -58,6 +61,8 @@ pub(crate) mod io;
 mod task;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -74,7 +79,7 @@ use crate::model::{HistoryEntry, NodeHealth, RobotState, StrokeProgress, event_t
 pub use crate::ids::EntryId;
 pub use cursor::Cursor;
 
-/// Items a follower's task may send before it waits for the consumer.
+/// Items a follower may find ahead of the consumer before it stops reading Redis.
 pub const FOLLOW_BUFFER: usize = 256;
 /// Default `XREAD BLOCK` time: also the longest a poll can be delayed by a quiet log.
 pub const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
@@ -380,28 +385,46 @@ pub enum FollowItem {
 
 /// A live follow of the system; see the [module docs](self).
 ///
-/// Dropping it stops its task and closes its Redis connections.
+/// Dropping it stops the follow and closes its Redis connections.
 pub struct Follower {
-    /// Items from the task; the task waits when [`FOLLOW_BUFFER`] items are unread.
+    /// Items found and not returned yet; the follow waits when [`FOLLOW_BUFFER`] are unread.
     rx: mpsc::Receiver<FollowItem>,
-    /// Cancels the task's token when the follower is dropped.
+    /// The follow itself, run by [`Follower::next`]; `None` once it ended.
+    follow: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Cancels the follow's token when the follower is dropped.
     _stop: DropGuard,
 }
 
 impl Follower {
-    /// The next item; `None` only after the task stopped (cancelled with the follower's
-    /// parent token). Cancel-safe: dropping the future loses nothing.
+    /// The next item; `None` only after the follow stopped (cancelled with the follower's
+    /// parent token). Runs the follow until it has an item. Cancel-safe: dropping the future
+    /// loses nothing, and the follow goes on at the next call.
     pub async fn next(&mut self) -> Option<FollowItem> {
-        self.rx.recv().await
+        let Some(follow) = self.follow.as_mut() else {
+            return self.rx.recv().await;
+        };
+        tokio::select! {
+            biased;
+            item = self.rx.recv() => item,
+            () = follow => {
+                self.follow = None;
+                self.rx.recv().await
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("unread", &self.rx.len())
+            .field("running", &self.follow.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl StateManager {
     /// Follows `scope` with the default [`FollowConfig`]; see [`StateManager::follow_with`].
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
     pub fn follow(&self, scope: Scope, resume: Option<Cursor>) -> Follower {
         self.follow_with(scope, resume, FollowConfig::default(), &CancellationToken::new())
     }
@@ -409,12 +432,11 @@ impl StateManager {
     /// Follows `scope`: from `resume` when given (replaying what came after it, or a resync and
     /// a snapshot when that is gone), else from a fresh snapshot.
     ///
-    /// The follower runs on a task of its own with two connections of its own; it stops when
-    /// the [`Follower`] is dropped or `shutdown` is cancelled.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
+    /// The follower has two connections of its own and does its work while the consumer awaits
+    /// [`Follower::next`]: the snapshot is taken (or the replay from `resume` starts) at the
+    /// first call, so a consumer that wants the changes from now on reads it from now on, as
+    /// the viz and the monitor do. It stops when the [`Follower`] is dropped or `shutdown` is
+    /// cancelled.
     pub fn follow_with(
         &self,
         scope: Scope,
@@ -426,14 +448,15 @@ impl StateManager {
         let token = shutdown.child_token();
         let task = task::FollowTask::new(self, scope, config, tx);
         let stop = token.clone();
-        tokio::spawn(async move {
+        let follow = async move {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = task.run(resume) => {}
             }
-        });
+        };
         Follower {
             rx,
+            follow: Some(Box::pin(follow)),
             _stop: token.drop_guard(),
         }
     }

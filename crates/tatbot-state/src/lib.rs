@@ -76,7 +76,7 @@ pub use ids::{Category, EntryId, MAX_ID_LEN, NodeId, SessionId};
 pub use manager::{CorruptEntry, Entry, Lookup, SessionInfo, StateManager, SystemStatus};
 pub use model::{HistoryCursor, KnownNode, ProgressUpdate, SessionPlan};
 pub use params::{Descriptor, Param, ParamName, ParamType, ParamValue, Params};
-pub use producer::{Producer, ProducerConfig, ProducerStats, Wake};
+pub use producer::{Producer, ProducerConfig, ProducerStats, Wake, WakeStats};
 pub use redacted::Redacted;
 pub use subscribe::{Message, Subscription};
 pub use timestamp::Timestamp;

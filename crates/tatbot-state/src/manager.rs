@@ -734,7 +734,12 @@ impl StateManager {
         }
         let (_, direct) = slot.as_mut()?;
         let packed = redis::Cmd::invoke_script(invocation).get_packed_command();
-        let answer = tokio::time::timeout(self.inner.config.response_timeout, direct.query(&packed, 1)).await;
+        let config = &self.inner.config;
+        let answer = tokio::time::timeout(
+            config.response_timeout,
+            direct.query_spinning(&packed, 1, config.reply_spin),
+        )
+        .await;
         let answer = match answer {
             Ok(Ok(mut answers)) => answers
                 .pop()

@@ -225,17 +225,10 @@ async fn failover_followers_subscribers_and_heartbeat_keep_up() {
     });
     let session = state.start_stroke_session(&plan(60)).await.unwrap();
     let mut follower = state.follow(Scope::Session(session.clone()), None);
-    let mut subscription = state.subscribe(&["stroke:events:*"]).await.unwrap();
-    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
-    write_at_1khz(&producer, &session, 0..KILL_AT).await;
-    tokio::join!(
-        async { kill_and_wait(&mut cluster, old) },
-        write_at_1khz(&producer, &session, KILL_AT..WATCHED)
-    );
-    producer.flush(FLUSH).await.unwrap();
     let last = ((WATCHED - 1) / 50, (WATCHED - 1) % 50);
-
-    let followed = tokio::time::timeout(FAILOVER_LIMIT, async {
+    // Read from the start, as the viz and the monitor read theirs: a follower works while it
+    // is read.
+    let followed = tokio::spawn(async move {
         while let Some(item) = follower.next().await {
             if let FollowItem::Change(change) = item
                 && let ChangeKind::Progress { entry, .. } = change.kind
@@ -246,7 +239,17 @@ async fn failover_followers_subscribers_and_heartbeat_keep_up() {
         }
         false
     });
-    assert!(followed.await.unwrap_or(false), "the follower saw the last update");
+    let mut subscription = state.subscribe(&["stroke:events:*"]).await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    write_at_1khz(&producer, &session, 0..KILL_AT).await;
+    tokio::join!(
+        async { kill_and_wait(&mut cluster, old) },
+        write_at_1khz(&producer, &session, KILL_AT..WATCHED)
+    );
+    producer.flush(FLUSH).await.unwrap();
+
+    let followed = tokio::time::timeout(FAILOVER_LIMIT, followed).await;
+    assert!(matches!(followed, Ok(Ok(true))), "the follower saw the last update");
 
     let subscribed = tokio::time::timeout(FAILOVER_LIMIT, async {
         while let Some(message) = subscription.next().await {

@@ -3,8 +3,8 @@
 //! A follower owns two connections: `blocking` runs nothing but `XREAD BLOCK` (and the `XINFO`
 //! checks pipelined behind it), so a blocked read never delays another command; `commands`, a
 //! multiplexed connection, runs everything else. `blocking` is a [`Direct`] connection, read by
-//! the follower's task itself, so a new entry wakes that task without a driver task in between
-//! (issue #18). Both are opened here from the manager's endpoint, with the manager's timeouts;
+//! the consumer's task inside [`crate::follow::Follower::next`], so a new entry wakes the
+//! consumer without a task in between (issue #18). Both are opened here from the manager's endpoint, with the manager's timeouts;
 //! the blocking one waits `block` longer for its answers.
 //!
 //! Replies are parsed by hand from [`redis::Value`] so both RESP2 arrays and RESP3 maps work.

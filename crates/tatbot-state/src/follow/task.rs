@@ -1,4 +1,5 @@
-//! The follower's task: connect, snapshot or resume, then read, poll and reconnect forever.
+//! The follow itself, run inside [`crate::follow::Follower::next`]: connect, snapshot or
+//! resume, then read, poll and reconnect forever.
 //!
 //! The task keeps the follower's own view of what it already sent (`docs`, `nodes`) so that
 //! polls send only differences, and the [`Cursor`] that every change carries. Three things end

@@ -15,7 +15,7 @@ use tatbot_state::follow::{ChangeKind, FollowConfig, FollowItem, Scope};
 use tatbot_state::model::Event;
 use tatbot_state::{
     CancellationToken, Endpoint, ManagerConfig, Producer, ProducerConfig, ProgressUpdate, SessionId, SessionPlan,
-    StateManager, Wake, keys,
+    StateManager, Wake, WakeStats, keys,
 };
 use tokio::time::MissedTickBehavior;
 
@@ -52,8 +52,12 @@ pub struct Awaited {
 
 /// Producer call times (section 3) in the three conditions.
 pub struct Calls {
-    /// Redis up and answering.
+    /// Redis up and answering, the default wake ([`Wake::Anticipate`]).
     pub up: Samples,
+    /// How the default wake's writer was woken while `up` was timed.
+    pub up_wakes: WakeStats,
+    /// The same with [`Wake::Immediate`]: every call that finds the writer parked wakes it.
+    pub up_immediate: Samples,
     /// The same with [`Wake::Poll`] every [`POLL_INTERVAL`].
     pub up_polled: Samples,
     /// Redis frozen by SIGSTOP; `None` when the server is not ours to freeze.
@@ -258,23 +262,41 @@ async fn warm_producer(
     Ok(producer)
 }
 
-/// Times `count` producer calls, [`CALLS_PER_TICK`] per [`CALL_TICK`].
+/// Times `count` producer calls, [`CALLS_PER_TICK`] per [`CALL_TICK`], from a control loop.
 async fn time_calls(producer: &Producer, session: &SessionId, count: usize) -> anyhow::Result<Samples> {
-    let mut samples = Samples::with_capacity(count);
-    let mut ticker = tokio::time::interval(CALL_TICK);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut index = 0;
-    while index < count {
-        ticker.tick().await;
-        for _ in 0..CALLS_PER_TICK.min(count - index) {
+    let (producer, session) = (producer.clone(), session.clone());
+    control_loop(count.div_ceil(CALLS_PER_TICK), move |tick, samples: &mut Samples| {
+        for index in tick * CALLS_PER_TICK..((tick + 1) * CALLS_PER_TICK).min(count) {
             let update = indexed_update(index);
             let started = Instant::now();
-            producer.update_stroke_progress(session, &update)?;
+            producer.update_stroke_progress(&session, &update)?;
             samples.push(started.elapsed());
-            index += 1;
         }
-    }
-    Ok(samples)
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `tick` `ticks` times, one per [`CALL_TICK`], on a thread of its own, as a robot's
+/// control loop calls the producer: each tick at its own deadline, the time to it slept.
+/// (Tokio's interval, ticking on its 1 ms timer wheel, made the ticks 1 to 2 ms apart at
+/// random, which no control loop does.)
+async fn control_loop<T: Default + Send + 'static>(
+    ticks: usize,
+    mut tick: impl FnMut(usize, &mut T) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(move || {
+        let mut state = T::default();
+        let mut deadline = Instant::now();
+        for index in 0..ticks {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            deadline += CALL_TICK;
+            tick(index, &mut state)?;
+        }
+        Ok(state)
+    })
+    .await
+    .context("bug: the control loop panicked")?
 }
 
 /// Section 3: producer call times with Redis up, frozen (SIGSTOP of `freeze`, when the
@@ -298,8 +320,16 @@ pub async fn producer_calls(
         .await
         .context("closing the polled producer")?;
 
-    let producer = warm_producer(manager, session, Wake::Immediate, shutdown).await?;
+    let immediate = warm_producer(manager, session, Wake::Immediate, shutdown).await?;
+    let up_immediate = time_calls(&immediate, session, plan.calls).await?;
+    immediate
+        .close(FLUSH_TIMEOUT)
+        .await
+        .context("closing the producer woken by calls")?;
+
+    let producer = warm_producer(manager, session, Wake::default(), shutdown).await?;
     let up = time_calls(&producer, session, plan.calls).await?;
+    let up_wakes = producer.wake_stats();
     producer
         .flush(FLUSH_TIMEOUT)
         .await
@@ -331,6 +361,8 @@ pub async fn producer_calls(
     stop.cancel();
     Ok(Calls {
         up,
+        up_wakes,
+        up_immediate,
         up_polled,
         paused,
         down: down?,
@@ -414,15 +446,14 @@ pub async fn end_to_end(
         }
     };
 
-    let mut sent = Vec::with_capacity(count);
-    let mut ticker = tokio::time::interval(CALL_TICK);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    for index in 0..count {
-        ticker.tick().await;
+    let (calls, on_session) = (producer.clone(), session.clone());
+    let sent = control_loop(count, move |index, sent: &mut Vec<Instant>| {
         let update = indexed_update(index);
         sent.push(Instant::now());
-        producer.update_stroke_progress(&session, &update)?;
-    }
+        calls.update_stroke_progress(&on_session, &update)?;
+        Ok(())
+    })
+    .await?;
     let received = receiver.await.context("bug: the receiving task panicked")?;
     producer.close(FLUSH_TIMEOUT).await.context("closing the producer")?;
     let _ = manager.clear_session_data(&session).await;

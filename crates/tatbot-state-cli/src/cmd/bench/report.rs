@@ -107,6 +107,19 @@ pub struct CallFigures {
     pub producer_call_p99_us_up: Option<f64>,
     /// See `producer_call_p50_us_up`.
     pub producer_call_p999_us_up: Option<f64>,
+    /// Bursts the default wake (`Wake::Anticipate`) had the writer awake for, bursts it
+    /// missed, and calls that woke the writer themselves.
+    pub producer_wake_anticipated: Option<u64>,
+    /// See `producer_wake_anticipated`.
+    pub producer_wake_missed: Option<u64>,
+    /// See `producer_wake_anticipated`.
+    pub producer_wake_by_calls: Option<u64>,
+    /// With `Wake::Immediate` (each call that finds the writer parked wakes it).
+    pub producer_call_p50_us_up_immediate: Option<f64>,
+    /// See `producer_call_p50_us_up_immediate`.
+    pub producer_call_p99_us_up_immediate: Option<f64>,
+    /// See `producer_call_p50_us_up_immediate`.
+    pub producer_call_p999_us_up_immediate: Option<f64>,
     /// With `Wake::Poll` (calls make no system call) instead of the default wake.
     pub producer_call_p50_us_up_polled: Option<f64>,
     /// See `producer_call_p50_us_up_polled`.
@@ -140,6 +153,12 @@ pub struct E2eFigures {
     pub e2e_pubsub_p99_us: Option<f64>,
     /// Updates the subscriber never saw.
     pub e2e_pubsub_missed: Option<usize>,
+    /// Pub/sub with a `Wake::Immediate` producer.
+    pub e2e_pubsub_p50_us_immediate: Option<f64>,
+    /// See `e2e_pubsub_p50_us_immediate`.
+    pub e2e_pubsub_p99_us_immediate: Option<f64>,
+    /// See `e2e_pubsub_p50_us_immediate`.
+    pub e2e_pubsub_missed_immediate: Option<usize>,
     /// Pub/sub with a `Wake::Poll` producer.
     pub e2e_pubsub_p50_us_polled: Option<f64>,
     /// See `e2e_pubsub_p50_us_polled`.
@@ -485,6 +504,12 @@ impl CallFigures {
                 self.producer_call_p999_us_up,
             ),
             (
+                "up, woken by calls",
+                self.producer_call_p50_us_up_immediate,
+                self.producer_call_p99_us_up_immediate,
+                self.producer_call_p999_us_up_immediate,
+            ),
+            (
                 "up, polled wake",
                 self.producer_call_p50_us_up_polled,
                 self.producer_call_p99_us_up_polled,
@@ -535,6 +560,11 @@ impl E2eFigures {
         }];
         for (path, p50, p99) in [
             ("pub/sub", self.e2e_pubsub_p50_us, self.e2e_pubsub_p99_us),
+            (
+                "pub/sub, woken by calls",
+                self.e2e_pubsub_p50_us_immediate,
+                self.e2e_pubsub_p99_us_immediate,
+            ),
             (
                 "pub/sub, polled wake",
                 self.e2e_pubsub_p50_us_polled,

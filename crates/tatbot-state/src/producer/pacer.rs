@@ -1,0 +1,386 @@
+//! [`Wake::Anticipate`](super::Wake::Anticipate): the writer is awake when the robot's next call
+//! is due, so that the call makes no system call.
+//!
+//! A robot loop calls the producer at a steady rate (30 Hz to 1 kHz), in bursts of one or a few
+//! calls. Between bursts the writer parks, and the first call of the next burst has to wake it:
+//! a system call that on a virtualised machine costs the call 10 to 100 us. The [`Rhythm`]
+//! learns when bursts start; when they come at a steady period it predicts the next one, and the
+//! pacer's thread wakes the writer a little before it (the *lead*), so the writer is spinning when
+//! the call comes and takes the op without anyone making a system call on the call's thread.
+//!
+//! The lead adapts: a burst that came while the writer was parked anyway (the thread woke too
+//! late) makes it longer, bursts caught with time to spare make it slowly shorter. Calls that
+//! come at no steady period are not predicted and wake the writer themselves, as with
+//! [`Wake::Immediate`](super::Wake::Immediate). Once bursts stop coming the thread parks.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// Burst-to-burst intervals the rhythm keeps.
+const HISTORY: usize = 8;
+/// Intervals needed before a period is trusted.
+const MIN_INTERVALS: usize = HISTORY;
+/// Calls closer than this are one burst (a caller preempted in the middle of its burst comes
+/// back hundreds of microseconds later); so loops faster than about 1.6 kHz are not predicted.
+pub(super) const MIN_PERIOD: Duration = Duration::from_micros(600);
+/// Periods longer than this are not predicted.
+const MAX_PERIOD: Duration = Duration::from_secs(1);
+/// Intervals may stray this far from the period (and at most a quarter of it).
+const MAX_JITTER: Duration = Duration::from_micros(250);
+/// How long after its due time the writer keeps waiting for a burst, beyond the jitter.
+const WINDOW_MARGIN: Duration = Duration::from_micros(20);
+/// The first lead, and its bounds.
+const FIRST_LEAD: Duration = Duration::from_micros(100);
+const MIN_LEAD: Duration = Duration::from_micros(30);
+const MAX_LEAD: Duration = Duration::from_micros(400);
+/// Periods without a burst after which the rhythm counts as stopped.
+const MAX_SKIPPED: u32 = 4;
+
+/// The period of the bursts and how much they stray from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Beat {
+    pub period: Duration,
+    pub jitter: Duration,
+}
+
+/// When bursts start, and what the pacer predicts from it. Pure bookkeeping over the instants it
+/// is given, so that tests can drive it.
+#[derive(Debug)]
+pub(super) struct Rhythm {
+    /// When the last bursts started, oldest first.
+    starts: VecDeque<Instant>,
+    /// How long before a due burst the writer is woken.
+    lead: Duration,
+    /// The due time of the burst the writer was last woken for, until a burst comes.
+    expected: Option<Instant>,
+    /// The due time the pacer last woke the writer for: it is not woken twice for one burst.
+    woken_for: Option<Instant>,
+    /// Bursts the writer was awake for, and bursts it was woken for and missed.
+    pub caught: u64,
+    pub missed: u64,
+}
+
+impl Default for Rhythm {
+    fn default() -> Rhythm {
+        Rhythm {
+            starts: VecDeque::with_capacity(HISTORY + 1),
+            lead: FIRST_LEAD,
+            expected: None,
+            woken_for: None,
+            caught: 0,
+            missed: 0,
+        }
+    }
+}
+
+impl Rhythm {
+    /// The steady period of the last bursts, if they have one.
+    pub fn beat(&self) -> Option<Beat> {
+        if self.starts.len() <= MIN_INTERVALS {
+            return None;
+        }
+        let mut intervals: Vec<Duration> = self
+            .starts
+            .iter()
+            .zip(self.starts.iter().skip(1))
+            .map(|(earlier, later)| later.saturating_duration_since(*earlier))
+            .collect();
+        intervals.sort_unstable();
+        let period = intervals[intervals.len() / 2];
+        let mut strays: Vec<Duration> = intervals.iter().map(|interval| interval.abs_diff(period)).collect();
+        strays.sort_unstable();
+        // One outlier (a missed tick, a preempted loop) does not break the beat.
+        let jitter = strays[strays.len() - 2];
+        let steady = (MIN_PERIOD..=MAX_PERIOD).contains(&period) && jitter <= MAX_JITTER && jitter <= period / 4;
+        steady.then_some(Beat { period, jitter })
+    }
+
+    /// When to wake the writer next, and for which due time: the first predicted burst whose
+    /// wake-up still lies ahead of `now` and that it was not woken for. `None` when there is no
+    /// beat or the bursts stopped.
+    pub fn next_wake(&self, now: Instant) -> Option<(Instant, Instant)> {
+        let beat = self.beat()?;
+        let last = *self.starts.back()?;
+        let mut due = last + beat.period;
+        for _ in 0..MAX_SKIPPED {
+            let fresh = self.woken_for.is_none_or(|woken| due > woken + beat.period / 2);
+            if fresh && due.checked_sub(self.lead).is_some_and(|wake| wake > now) {
+                return Some((due - self.lead, due));
+            }
+            due += beat.period;
+        }
+        None
+    }
+
+    /// The pacer woke the writer for the burst due at `due`.
+    pub fn woke_for(&mut self, due: Instant) {
+        self.expected = Some(due);
+        self.woken_for = Some(due);
+    }
+
+    /// How long a writer with nothing to do should stay awake: until the end of the window of
+    /// the burst it was woken for.
+    pub fn awake_until(&self) -> Option<Instant> {
+        let due = self.expected?;
+        let jitter = self.beat().map_or(Duration::ZERO, |beat| beat.jitter);
+        Some(due + jitter + WINDOW_MARGIN)
+    }
+
+    /// A call's op reached the writer at `at`: `caught` when the writer was awake for it (the call
+    /// made no system call), `waited` how long the writer had been awake for it.
+    pub fn arrived(&mut self, at: Instant, caught: bool, waited: Duration) {
+        if self.expected.take().is_some() {
+            if caught {
+                self.caught += 1;
+                // Up with time to spare: a shorter lead spins less.
+                if waited > self.lead / 2 {
+                    self.lead = (self.lead - self.lead / 64).max(MIN_LEAD);
+                }
+            } else {
+                self.missed += 1;
+                self.lead = (self.lead * 3 / 2).min(MAX_LEAD);
+            }
+        }
+        let min_gap = self.beat().map_or(MIN_PERIOD, |beat| (beat.period / 2).max(MIN_PERIOD));
+        if self
+            .starts
+            .back()
+            .is_some_and(|last| at.saturating_duration_since(*last) < min_gap)
+        {
+            return;
+        }
+        if self.starts.len() > HISTORY {
+            self.starts.pop_front();
+        }
+        self.starts.push_back(at);
+    }
+}
+
+/// The pacer: the rhythm, its thread, and what calls tell it.
+#[derive(Debug)]
+pub(super) struct Pacer {
+    rhythm: Mutex<Rhythm>,
+    /// The thread is parked (no beat) and must be unparked when one appears.
+    parked: AtomicBool,
+    /// The writer stopped: the thread ends.
+    stopped: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+    /// When the call that last woke a parked writer was made, in nanoseconds since `epoch`.
+    called_at: AtomicU64,
+    /// Calls that found the writer parked and woke it.
+    pub call_wakes: AtomicU64,
+    epoch: Instant,
+}
+
+impl Pacer {
+    /// Starts the thread; `None`, with a warning, when the system refuses one (calls then wake
+    /// the writer themselves).
+    pub fn spawn(wake: &Arc<Notify>, writer_parked: Arc<AtomicBool>) -> Option<Arc<Pacer>> {
+        let pacer = Arc::new(Pacer {
+            rhythm: Mutex::default(),
+            parked: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            thread: OnceLock::new(),
+            called_at: AtomicU64::new(0),
+            call_wakes: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let (thread_pacer, wake) = (pacer.clone(), wake.clone());
+        let spawned = std::thread::Builder::new()
+            .name("tatbot-producer-pace".to_owned())
+            .spawn(move || thread_pacer.run(&wake, &writer_parked));
+        match spawned {
+            Ok(handle) => {
+                let _ = pacer.thread.set(handle.thread().clone());
+                Some(pacer)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start the producer's pacing thread; calls wake the writer instead");
+                None
+            }
+        }
+    }
+
+    fn rhythm(&self) -> std::sync::MutexGuard<'_, Rhythm> {
+        // Every mutation is a few field stores: a panic elsewhere leaves it consistent.
+        self.rhythm.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A call found the writer parked and is about to wake it.
+    pub fn call_wakes_writer(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.called_at.store(nanos, Ordering::Relaxed);
+        self.call_wakes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// When the call that last woke the writer was made.
+    pub fn last_call_wake(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.called_at.load(Ordering::Relaxed))
+    }
+
+    /// See [`Rhythm::awake_until`].
+    pub fn awake_until(&self) -> Option<Instant> {
+        self.rhythm().awake_until()
+    }
+
+    /// See [`Rhythm::arrived`]; restarts the thread when the bursts have a beat again.
+    pub fn arrived(&self, at: Instant, caught: bool, waited: Duration) {
+        let beat = {
+            let mut rhythm = self.rhythm();
+            rhythm.arrived(at, caught, waited);
+            rhythm.beat()
+        };
+        if beat.is_some()
+            && self.parked.load(Ordering::SeqCst)
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+    }
+
+    /// Bursts caught and missed, and the lead now.
+    pub fn counts(&self) -> (u64, u64, Duration) {
+        let rhythm = self.rhythm();
+        (rhythm.caught, rhythm.missed, rhythm.lead)
+    }
+
+    /// Ends the thread.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    fn run(&self, wake: &Notify, writer_parked: &AtomicBool) {
+        let _ = self.thread.set(std::thread::current());
+        precise_sleeps();
+        while !self.stopped.load(Ordering::SeqCst) {
+            let next = self.rhythm().next_wake(Instant::now());
+            let Some((wake_at, due)) = next else {
+                // Announce the park before the last look, so that `arrived` either is seen
+                // here or sees `parked` and unparks (a token kept for `park` if it comes first).
+                self.parked.store(true, Ordering::SeqCst);
+                if self.rhythm().next_wake(Instant::now()).is_none() && !self.stopped.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                continue;
+            };
+            std::thread::sleep(wake_at.saturating_duration_since(Instant::now()));
+            self.rhythm().woke_for(due);
+            if writer_parked.load(Ordering::SeqCst) {
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Asks the kernel not to stretch this thread's sleeps (its default timer slack is 50 us, as
+/// long as a lead).
+fn precise_sleeps() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_TIMERSLACK takes one integer argument and changes only the calling
+        // thread's timer slack.
+        #[expect(unsafe_code, reason = "prctl has no safe wrapper in our dependencies")]
+        let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn steady(rhythm: &mut Rhythm, from: Instant, period: Duration, count: u32) -> Instant {
+        for tick in 0..count {
+            rhythm.arrived(from + period * tick, false, Duration::ZERO);
+        }
+        from + period * (count - 1)
+    }
+
+    #[test]
+    fn a_steady_loop_gets_a_beat_and_the_next_wake_comes_a_lead_before_it() {
+        let start = Instant::now();
+        let mut rhythm = Rhythm::default();
+        steady(&mut rhythm, start, MS, MIN_INTERVALS as u32);
+        assert_eq!(rhythm.beat(), None, "too few intervals to trust");
+        let last = steady(&mut rhythm, start, MS, 9);
+        assert_eq!(
+            rhythm.beat(),
+            Some(Beat {
+                period: MS,
+                jitter: Duration::ZERO
+            })
+        );
+        let (wake_at, due) = rhythm.next_wake(last).unwrap();
+        assert_eq!(due, last + MS);
+        assert_eq!(wake_at, due - FIRST_LEAD);
+        // Woken for it: the next wake is for the burst after.
+        rhythm.woke_for(due);
+        assert_eq!(rhythm.next_wake(wake_at).unwrap().1, due + MS);
+    }
+
+    #[test]
+    fn calls_at_no_steady_period_are_not_predicted() {
+        let start = Instant::now();
+        let mut rhythm = Rhythm::default();
+        for gap_us in [0, 1000, 2500, 2700, 5000, 5300, 8000, 8100, 9900] {
+            rhythm.arrived(start + Duration::from_micros(gap_us), false, Duration::ZERO);
+        }
+        assert_eq!(rhythm.beat(), None);
+        assert_eq!(rhythm.next_wake(start), None);
+    }
+
+    #[test]
+    fn calls_within_a_burst_are_one_burst_and_one_outlier_keeps_the_beat() {
+        let start = Instant::now();
+        let mut rhythm = Rhythm::default();
+        for tick in 0..8u32 {
+            let burst = start + MS * tick;
+            rhythm.arrived(burst, false, Duration::ZERO);
+            rhythm.arrived(burst + Duration::from_micros(60), false, Duration::ZERO);
+        }
+        // A skipped tick: one interval of 2 ms among 1 ms ones.
+        rhythm.arrived(start + MS * 9, false, Duration::ZERO);
+        let beat = rhythm.beat().unwrap();
+        assert_eq!(beat.period, MS);
+        assert_eq!(beat.jitter, Duration::ZERO);
+    }
+
+    #[test]
+    fn stopped_bursts_end_the_predictions() {
+        let start = Instant::now();
+        let mut rhythm = Rhythm::default();
+        let last = steady(&mut rhythm, start, MS, 9);
+        assert!(rhythm.next_wake(last + MS * 2).is_some());
+        assert_eq!(rhythm.next_wake(last + MS * (MAX_SKIPPED + 1)), None);
+    }
+
+    #[test]
+    fn a_missed_burst_lengthens_the_lead_and_caught_ones_shorten_it() {
+        let start = Instant::now();
+        let mut rhythm = Rhythm::default();
+        let last = steady(&mut rhythm, start, MS, 9);
+        rhythm.woke_for(last + MS);
+        rhythm.arrived(last + MS, false, Duration::ZERO);
+        assert_eq!(rhythm.lead, FIRST_LEAD * 3 / 2);
+        assert_eq!((rhythm.caught, rhythm.missed), (0, 1));
+        let lead = rhythm.lead;
+        rhythm.woke_for(last + MS * 2);
+        rhythm.arrived(last + MS * 2, true, lead);
+        assert!(rhythm.lead < lead);
+        assert_eq!((rhythm.caught, rhythm.missed), (1, 1));
+        // Without a wake for it, a burst changes neither.
+        let lead = rhythm.lead;
+        rhythm.arrived(last + MS * 3, false, Duration::ZERO);
+        assert_eq!(rhythm.lead, lead);
+        assert_eq!(rhythm.awake_until(), None);
+    }
+}
