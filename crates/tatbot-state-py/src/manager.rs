@@ -57,8 +57,14 @@ impl Target {
                 inputs = inputs.password(password);
             }
             let target = inputs.resolve().map_err(|err| py_error(err.into()))?;
+            // Awaited calls come from the asyncio loop through the bridge, which hands the answer
+            // back through a socket anyway; reading the answer by spinning on the runtime's one
+            // worker made them twice as slow (docs/PERFORMANCE.md, "Python package").
             Ok(Target {
-                config: ManagerConfig::new(Endpoint::from(&target), node_id),
+                config: ManagerConfig {
+                    reply_spin: std::time::Duration::ZERO,
+                    ..ManagerConfig::new(Endpoint::from(&target), node_id)
+                },
             })
         })
     }
@@ -404,8 +410,8 @@ impl Manager {
         })
     }
 
-    /// Starts a producer on the shared runtime; with `poll_interval_us`, its writer is polled
-    /// (`Wake::Poll`) instead of woken by each call.
+    /// Starts a producer on the shared runtime; its writer is awake when a steady loop's next
+    /// call is due (`Wake::Anticipate`), or, with `poll_interval_us`, polled (`Wake::Poll`).
     #[pyo3(signature = (max_queued=None, poll_interval_us=None))]
     fn producer(&self, max_queued: Option<i64>, poll_interval_us: Option<i64>) -> PyResult<crate::producer::Producer> {
         crate::producer::Producer::start(&self.state, max_queued, poll_interval_us)

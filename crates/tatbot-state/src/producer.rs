@@ -215,6 +215,8 @@ pub struct WakeStats {
     pub anticipated: u64,
     /// Bursts the pacer woke the writer for that came while it was parked anyway.
     pub missed: u64,
+    /// Bursts the pacer's thread woke up for too late (after they were due).
+    pub late: u64,
     /// How long before a due burst the pacer wakes the writer now, in microseconds.
     pub lead_us: u64,
 }
@@ -571,11 +573,12 @@ impl Producer {
     /// [`Wake::Anticipate`].
     pub fn wake_stats(&self) -> WakeStats {
         self.shared.pacer.as_ref().map_or_else(WakeStats::default, |pacer| {
-            let (anticipated, missed, lead) = pacer.counts();
+            let (anticipated, missed, late, lead) = pacer.counts();
             WakeStats {
                 call_wakes: pacer.call_wakes.load(Ordering::Relaxed),
                 anticipated,
                 missed,
+                late,
                 lead_us: u64::try_from(lead.as_micros()).unwrap_or(u64::MAX),
             }
         })
@@ -933,7 +936,8 @@ impl Writer {
         let mut awake_until = Instant::now() + SPIN_BEFORE_PARK;
         loop {
             let spinning_since = Instant::now();
-            if let Some(until) = self.shared.pacer.as_ref().and_then(|pacer| pacer.awake_until()) {
+            let expected = self.shared.pacer.as_ref().and_then(|pacer| pacer.awake_until());
+            if let Some(until) = expected {
                 awake_until = awake_until.max(until.min(spinning_since + MAX_AWAKE));
             }
             while Instant::now() < awake_until && !shutdown.is_cancelled() {
@@ -941,7 +945,13 @@ impl Writer {
                     self.arrived(true, spinning_since);
                     return true;
                 }
+                // Other tasks first, then other threads: on a machine with few cores the call's
+                // own thread may be waiting for this one's core.
                 tokio::task::yield_now().await;
+                std::thread::yield_now();
+            }
+            if let (Some(pacer), Some(_)) = (&self.shared.pacer, expected) {
+                pacer.gave_up();
             }
             let call_wakes = self.call_wakes();
             self.shared.parked.store(true, Ordering::SeqCst);
@@ -987,10 +997,10 @@ impl Writer {
 
     /// Tells the pacer a burst reached the idle writer: now, or when the call that woke it was
     /// made.
-    fn arrived(&self, caught: bool, spinning_since: Instant) {
+    fn arrived(&self, caught: bool, awake_since: Instant) {
         if let Some(pacer) = &self.shared.pacer {
             let at = if caught { Instant::now() } else { pacer.last_call_wake() };
-            pacer.arrived(at, caught, at.saturating_duration_since(spinning_since));
+            pacer.arrived(at, caught, awake_since);
         }
     }
 

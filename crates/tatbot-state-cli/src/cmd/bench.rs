@@ -84,6 +84,9 @@ mod target {
     pub const THROUGHPUT_RATIO: f64 = 0.7;
     /// Awaited update p50, at most this times the `PING` p50.
     pub const AWAITED_RATIO: f64 = 1.3;
+    /// Awaited update p50, at most this times `redis-benchmark -c 1 -P 1` of the same command
+    /// (issue #18).
+    pub const AWAITED_FLOOR_RATIO: f64 = 1.1;
     /// Producer call p99, microseconds, whether Redis is up, paused or down.
     pub const CALL_P99_US: f64 = 5.0;
     /// Producer-to-subscriber p99, at most this times the `PING` p99.
@@ -428,6 +431,7 @@ async fn sections(
             figures.ping_rtt_p99_us = awaited.ping.percentile_us(0.99);
             figures.update_awaited_p50_us = awaited.update.percentile_us(0.5);
             figures.update_awaited_p99_us = awaited.update.percentile_us(0.99);
+            figures.update_awaited_p50_us_waiting = awaited.update_waiting.percentile_us(0.5);
         }
         figures.server_update_us = per_call;
         if let Some(tool) = &redis_benchmark {
@@ -518,7 +522,11 @@ async fn sections(
             ) = percentiles(&mut calls.up);
             figures.producer_wake_anticipated = Some(calls.up_wakes.anticipated);
             figures.producer_wake_missed = Some(calls.up_wakes.missed);
+            figures.producer_wake_late = Some(calls.up_wakes.late);
             figures.producer_wake_by_calls = Some(calls.up_wakes.call_wakes);
+            figures.producer_cpu_pct_up = Some(calls.cpu_share_up * 100.0);
+            figures.producer_cpu_pct_up_immediate = Some(calls.cpu_share_immediate * 100.0);
+            figures.producer_cpu_pct_up_polled = Some(calls.cpu_share_polled * 100.0);
             (
                 figures.producer_call_p50_us_up_immediate,
                 figures.producer_call_p99_us_up_immediate,

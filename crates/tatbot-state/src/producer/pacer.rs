@@ -31,12 +31,21 @@ pub(super) const MIN_PERIOD: Duration = Duration::from_micros(600);
 const MAX_PERIOD: Duration = Duration::from_secs(1);
 /// Intervals may stray this far from the period (and at most a quarter of it).
 const MAX_JITTER: Duration = Duration::from_micros(250);
-/// How long after its due time the writer keeps waiting for a burst, beyond the jitter.
-const WINDOW_MARGIN: Duration = Duration::from_micros(20);
 /// The first lead, and its bounds.
 const FIRST_LEAD: Duration = Duration::from_micros(100);
-const MIN_LEAD: Duration = Duration::from_micros(30);
+const MIN_LEAD: Duration = Duration::from_micros(20);
 const MAX_LEAD: Duration = Duration::from_micros(400);
+/// The first tail (how long after a burst's due time the writer keeps waiting for it), and its
+/// bounds.
+const FIRST_TAIL: Duration = Duration::from_micros(50);
+const MIN_TAIL: Duration = Duration::from_micros(10);
+const MAX_TAIL: Duration = Duration::from_micros(400);
+/// A lead or tail that was not needed shrinks by this fraction of itself per burst; one that
+/// was too short grows by half. Misses then settle at about one burst in four hundred.
+const SHRINK: u32 = 1024;
+/// The writer stays awake for a burst at most this fraction of the period (lead and tail scaled
+/// down together): a fast loop gets fewer bursts anticipated rather than a core kept busy.
+const AWAKE_SHARE: u32 = 4;
 /// Periods without a burst after which the rhythm counts as stopped.
 const MAX_SKIPPED: u32 = 4;
 
@@ -55,13 +64,19 @@ pub(super) struct Rhythm {
     starts: VecDeque<Instant>,
     /// How long before a due burst the writer is woken.
     lead: Duration,
+    /// How long after a due burst the writer keeps waiting for it.
+    tail: Duration,
     /// The due time of the burst the writer was last woken for, until a burst comes.
     expected: Option<Instant>,
     /// The due time the pacer last woke the writer for: it is not woken twice for one burst.
     woken_for: Option<Instant>,
-    /// Bursts the writer was awake for, and bursts it was woken for and missed.
+    /// The writer stayed awake for the whole window of `expected` and parked.
+    gave_up: bool,
+    /// Bursts the writer was awake for, bursts it was woken for and missed, and wake-ups of
+    /// the pacer's thread that came after the burst was due.
     pub caught: u64,
     pub missed: u64,
+    pub late: u64,
 }
 
 impl Default for Rhythm {
@@ -69,10 +84,13 @@ impl Default for Rhythm {
         Rhythm {
             starts: VecDeque::with_capacity(HISTORY + 1),
             lead: FIRST_LEAD,
+            tail: FIRST_TAIL,
             expected: None,
             woken_for: None,
+            gave_up: false,
             caught: 0,
             missed: 0,
+            late: 0,
         }
     }
 }
@@ -93,8 +111,8 @@ impl Rhythm {
         let period = intervals[intervals.len() / 2];
         let mut strays: Vec<Duration> = intervals.iter().map(|interval| interval.abs_diff(period)).collect();
         strays.sort_unstable();
-        // One outlier (a missed tick, a preempted loop) does not break the beat.
-        let jitter = strays[strays.len() - 2];
+        // Two outliers (a missed tick, a preempted loop) do not break the beat.
+        let jitter = strays[strays.len() - 3];
         let steady = (MIN_PERIOD..=MAX_PERIOD).contains(&period) && jitter <= MAX_JITTER && jitter <= period / 4;
         steady.then_some(Beat { period, jitter })
     }
@@ -104,47 +122,99 @@ impl Rhythm {
     /// beat or the bursts stopped.
     pub fn next_wake(&self, now: Instant) -> Option<(Instant, Instant)> {
         let beat = self.beat()?;
-        let last = *self.starts.back()?;
-        let mut due = last + beat.period;
+        let (lead, _) = self.window(beat.period);
+        let mut due = self.anchor(beat.period)? + beat.period;
         for _ in 0..MAX_SKIPPED {
             let fresh = self.woken_for.is_none_or(|woken| due > woken + beat.period / 2);
-            if fresh && due.checked_sub(self.lead).is_some_and(|wake| wake > now) {
-                return Some((due - self.lead, due));
+            if fresh && due.checked_sub(lead).is_some_and(|wake| wake > now) {
+                return Some((due - lead, due));
             }
             due += beat.period;
         }
         None
     }
 
-    /// The pacer woke the writer for the burst due at `due`.
-    pub fn woke_for(&mut self, due: Instant) {
-        self.expected = Some(due);
+    /// When the last burst should have started by the beat: the median of every kept start
+    /// carried forward by whole periods, so one late or early burst does not shift the next
+    /// prediction.
+    fn anchor(&self, period: Duration) -> Option<Instant> {
+        let count = u32::try_from(self.starts.len()).ok()?;
+        let mut projected: Vec<Instant> = (0..count)
+            .zip(&self.starts)
+            .map(|(index, start)| *start + period * (count - 1 - index))
+            .collect();
+        projected.sort_unstable();
+        projected.get(projected.len() / 2).copied()
+    }
+
+    /// The pacer's thread woke at `now` for the burst due at `due`: true when that is before
+    /// the burst, and the writer is to be woken. A wake-up that came after it (the thread's
+    /// sleep overran the lead) lengthens the lead instead.
+    pub fn woke_for(&mut self, due: Instant, now: Instant) -> bool {
         self.woken_for = Some(due);
+        if now >= due {
+            self.late += 1;
+            self.lead = (self.lead * 3 / 2).min(MAX_LEAD);
+            return false;
+        }
+        self.expected = Some(due);
+        self.gave_up = false;
+        true
+    }
+
+    /// The writer waited out the window of the burst it was woken for and parks.
+    pub fn gave_up(&mut self) {
+        self.gave_up = self.expected.is_some();
     }
 
     /// How long a writer with nothing to do should stay awake: until the end of the window of
     /// the burst it was woken for.
     pub fn awake_until(&self) -> Option<Instant> {
-        let due = self.expected?;
-        let jitter = self.beat().map_or(Duration::ZERO, |beat| beat.jitter);
-        Some(due + jitter + WINDOW_MARGIN)
+        let period = self.beat().map_or(MAX_PERIOD, |beat| beat.period);
+        Some(self.expected? + self.window(period).1)
+    }
+
+    /// The lead and tail in use for bursts `period` apart: together at most
+    /// 1/[`AWAKE_SHARE`] of it.
+    fn window(&self, period: Duration) -> (Duration, Duration) {
+        let budget = period / AWAKE_SHARE;
+        let wanted = self.lead + self.tail;
+        if wanted <= budget {
+            return (self.lead, self.tail);
+        }
+        let scale = budget.as_secs_f64() / wanted.as_secs_f64();
+        (self.lead.mul_f64(scale), self.tail.mul_f64(scale))
     }
 
     /// A call's op reached the writer at `at`: `caught` when the writer was awake for it (the call
-    /// made no system call), `waited` how long the writer had been awake for it.
-    pub fn arrived(&mut self, at: Instant, caught: bool, waited: Duration) {
-        if self.expected.take().is_some() {
+    /// made no system call), `awake_since` when the writer started waiting for it.
+    ///
+    /// A burst the writer was woken for adapts the lead and the tail: missed after the writer
+    /// waited out its window, the tail was too short (the burst came late); missed otherwise,
+    /// the lead was (the writer was not up yet). Caught with much of either to spare, that one
+    /// shrinks a little.
+    pub fn arrived(&mut self, at: Instant, caught: bool, awake_since: Instant) {
+        let period = self.beat().map_or(MAX_PERIOD, |beat| beat.period);
+        // An expectation more than half a period old was for a burst that did not come.
+        if let Some(due) = self.expected.take().filter(|due| at <= *due + period / 2) {
             if caught {
                 self.caught += 1;
-                // Up with time to spare: a shorter lead spins less.
-                if waited > self.lead / 2 {
-                    self.lead = (self.lead - self.lead / 64).max(MIN_LEAD);
+                if due.saturating_duration_since(awake_since) > self.lead / 2 {
+                    self.lead = (self.lead - self.lead / SHRINK).max(MIN_LEAD);
+                }
+                if (due + self.tail).saturating_duration_since(at) > self.tail / 2 {
+                    self.tail = (self.tail - self.tail / SHRINK).max(MIN_TAIL);
                 }
             } else {
                 self.missed += 1;
-                self.lead = (self.lead * 3 / 2).min(MAX_LEAD);
+                if self.gave_up {
+                    self.tail = (self.tail * 3 / 2).min(MAX_TAIL);
+                } else {
+                    self.lead = (self.lead * 3 / 2).min(MAX_LEAD);
+                }
             }
         }
+        self.gave_up = false;
         let min_gap = self.beat().map_or(MIN_PERIOD, |beat| (beat.period / 2).max(MIN_PERIOD));
         if self
             .starts
@@ -227,11 +297,16 @@ impl Pacer {
         self.rhythm().awake_until()
     }
 
+    /// See [`Rhythm::gave_up`].
+    pub fn gave_up(&self) {
+        self.rhythm().gave_up();
+    }
+
     /// See [`Rhythm::arrived`]; restarts the thread when the bursts have a beat again.
-    pub fn arrived(&self, at: Instant, caught: bool, waited: Duration) {
+    pub fn arrived(&self, at: Instant, caught: bool, awake_since: Instant) {
         let beat = {
             let mut rhythm = self.rhythm();
-            rhythm.arrived(at, caught, waited);
+            rhythm.arrived(at, caught, awake_since);
             rhythm.beat()
         };
         if beat.is_some()
@@ -242,10 +317,10 @@ impl Pacer {
         }
     }
 
-    /// Bursts caught and missed, and the lead now.
-    pub fn counts(&self) -> (u64, u64, Duration) {
+    /// Bursts caught and missed, late wake-ups, and the lead now.
+    pub fn counts(&self) -> (u64, u64, u64, Duration) {
         let rhythm = self.rhythm();
-        (rhythm.caught, rhythm.missed, rhythm.lead)
+        (rhythm.caught, rhythm.missed, rhythm.late, rhythm.lead)
     }
 
     /// Ends the thread.
@@ -272,8 +347,8 @@ impl Pacer {
                 continue;
             };
             std::thread::sleep(wake_at.saturating_duration_since(Instant::now()));
-            self.rhythm().woke_for(due);
-            if writer_parked.load(Ordering::SeqCst) {
+            let on_time = self.rhythm().woke_for(due, Instant::now());
+            if on_time && writer_parked.load(Ordering::SeqCst) {
                 wake.notify_one();
             }
         }
@@ -300,7 +375,7 @@ mod tests {
 
     fn steady(rhythm: &mut Rhythm, from: Instant, period: Duration, count: u32) -> Instant {
         for tick in 0..count {
-            rhythm.arrived(from + period * tick, false, Duration::ZERO);
+            rhythm.arrived(from + period * tick, false, from);
         }
         from + period * (count - 1)
     }
@@ -322,8 +397,9 @@ mod tests {
         let (wake_at, due) = rhythm.next_wake(last).unwrap();
         assert_eq!(due, last + MS);
         assert_eq!(wake_at, due - FIRST_LEAD);
+        assert_eq!(rhythm.window(MS), (FIRST_LEAD, FIRST_TAIL));
         // Woken for it: the next wake is for the burst after.
-        rhythm.woke_for(due);
+        assert!(rhythm.woke_for(due, wake_at));
         assert_eq!(rhythm.next_wake(wake_at).unwrap().1, due + MS);
     }
 
@@ -332,7 +408,7 @@ mod tests {
         let start = Instant::now();
         let mut rhythm = Rhythm::default();
         for gap_us in [0, 1000, 2500, 2700, 5000, 5300, 8000, 8100, 9900] {
-            rhythm.arrived(start + Duration::from_micros(gap_us), false, Duration::ZERO);
+            rhythm.arrived(start + Duration::from_micros(gap_us), false, start);
         }
         assert_eq!(rhythm.beat(), None);
         assert_eq!(rhythm.next_wake(start), None);
@@ -344,14 +420,57 @@ mod tests {
         let mut rhythm = Rhythm::default();
         for tick in 0..8u32 {
             let burst = start + MS * tick;
-            rhythm.arrived(burst, false, Duration::ZERO);
-            rhythm.arrived(burst + Duration::from_micros(60), false, Duration::ZERO);
+            rhythm.arrived(burst, false, start);
+            rhythm.arrived(burst + Duration::from_micros(60), false, start);
         }
         // A skipped tick: one interval of 2 ms among 1 ms ones.
-        rhythm.arrived(start + MS * 9, false, Duration::ZERO);
+        rhythm.arrived(start + MS * 9, false, start);
         let beat = rhythm.beat().unwrap();
         assert_eq!(beat.period, MS);
         assert_eq!(beat.jitter, Duration::ZERO);
+    }
+
+    #[test]
+    fn one_late_burst_does_not_shift_the_next_prediction() {
+        let start = Instant::now();
+        let mut rhythm = Rhythm::default();
+        let last = steady(&mut rhythm, start, MS, 9);
+        // The tenth burst comes 200 us late; the eleventh is due on the beat all the same.
+        rhythm.arrived(last + MS + Duration::from_micros(200), false, start);
+        assert_eq!(
+            rhythm.next_wake(last + MS + Duration::from_micros(300)).unwrap().1,
+            last + MS * 2
+        );
+    }
+
+    #[test]
+    fn a_late_wake_up_lengthens_the_lead_and_wakes_nobody() {
+        let start = Instant::now();
+        let mut rhythm = Rhythm::default();
+        let last = steady(&mut rhythm, start, MS, 9);
+        let due = last + MS;
+        assert!(!rhythm.woke_for(due, due + Duration::from_micros(10)));
+        assert_eq!((rhythm.late, rhythm.lead), (1, FIRST_LEAD * 3 / 2));
+        assert_eq!(rhythm.awake_until(), None);
+        // Not predicted twice.
+        assert_eq!(rhythm.next_wake(due).unwrap().1, due + MS);
+    }
+
+    #[test]
+    fn the_writer_is_awake_at_most_a_quarter_of_the_period() {
+        let mut rhythm = Rhythm {
+            lead: MAX_LEAD,
+            tail: MAX_TAIL,
+            ..Rhythm::default()
+        };
+        let (lead, tail) = rhythm.window(MS);
+        assert!(
+            lead + tail <= MS / AWAKE_SHARE + Duration::from_nanos(1),
+            "{lead:?} {tail:?}"
+        );
+        assert_eq!(lead, tail);
+        rhythm.lead = FIRST_LEAD;
+        assert_eq!(rhythm.window(MS * 100), (FIRST_LEAD, MAX_TAIL));
     }
 
     #[test]
@@ -364,23 +483,34 @@ mod tests {
     }
 
     #[test]
-    fn a_missed_burst_lengthens_the_lead_and_caught_ones_shorten_it() {
+    fn an_early_miss_lengthens_the_lead_a_late_one_the_tail_and_catches_shorten_them() {
         let start = Instant::now();
         let mut rhythm = Rhythm::default();
         let last = steady(&mut rhythm, start, MS, 9);
-        rhythm.woke_for(last + MS);
-        rhythm.arrived(last + MS, false, Duration::ZERO);
-        assert_eq!(rhythm.lead, FIRST_LEAD * 3 / 2);
-        assert_eq!((rhythm.caught, rhythm.missed), (0, 1));
-        let lead = rhythm.lead;
-        rhythm.woke_for(last + MS * 2);
-        rhythm.arrived(last + MS * 2, true, lead);
-        assert!(rhythm.lead < lead);
-        assert_eq!((rhythm.caught, rhythm.missed), (1, 1));
+        let us = Duration::from_micros;
+        // Came 10 us before its due time, while the writer was still parked: the lead.
+        let due = last + MS;
+        assert!(rhythm.woke_for(due, due - FIRST_LEAD));
+        rhythm.arrived(due - us(10), false, due);
+        assert_eq!((rhythm.lead, rhythm.tail), (FIRST_LEAD * 3 / 2, FIRST_TAIL));
+        // Came after the writer gave up on it: the tail.
+        let due = due + MS;
+        assert!(rhythm.woke_for(due, due - rhythm.lead));
+        rhythm.gave_up();
+        rhythm.arrived(due + FIRST_TAIL + us(5), false, due + FIRST_TAIL + us(5));
+        assert_eq!(rhythm.tail, FIRST_TAIL * 3 / 2);
+        assert_eq!((rhythm.caught, rhythm.missed), (0, 2));
+        // Caught on time, the writer up the whole lead before: both shrink.
+        let (lead, tail) = (rhythm.lead, rhythm.tail);
+        let due = due + MS;
+        assert!(rhythm.woke_for(due, due - lead));
+        rhythm.arrived(due, true, due - lead);
+        assert!(rhythm.lead < lead && rhythm.tail < tail, "{rhythm:?}");
+        assert_eq!((rhythm.caught, rhythm.missed), (1, 2));
         // Without a wake for it, a burst changes neither.
-        let lead = rhythm.lead;
-        rhythm.arrived(last + MS * 3, false, Duration::ZERO);
-        assert_eq!(rhythm.lead, lead);
+        let (lead, tail) = (rhythm.lead, rhythm.tail);
+        rhythm.arrived(due + MS, false, start);
+        assert_eq!((rhythm.lead, rhythm.tail), (lead, tail));
         assert_eq!(rhythm.awake_until(), None);
     }
 }

@@ -21,6 +21,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::cmd::bench::Plan;
 use crate::cmd::bench::baseline;
+use crate::cmd::bench::recording;
 use crate::cmd::bench::stats::Samples;
 use crate::cmd::server::link;
 use crate::private_server::PrivateServer;
@@ -48,6 +49,8 @@ pub struct Awaited {
     pub ping: Samples,
     /// Awaited progress updates.
     pub update: Samples,
+    /// The same through a manager with `reply_spin` zero.
+    pub update_waiting: Samples,
 }
 
 /// Producer call times (section 3) in the three conditions.
@@ -58,6 +61,13 @@ pub struct Calls {
     pub up_wakes: WakeStats,
     /// The same with [`Wake::Immediate`]: every call that finds the writer parked wakes it.
     pub up_immediate: Samples,
+    /// This process's CPU time while `up`, `up_immediate` and `up_polled` were timed, as a
+    /// share of one core: what each wake policy costs.
+    pub cpu_share_up: f64,
+    /// See `cpu_share_up`.
+    pub cpu_share_immediate: f64,
+    /// See `cpu_share_up`.
+    pub cpu_share_polled: f64,
     /// The same with [`Wake::Poll`] every [`POLL_INTERVAL`].
     pub up_polled: Samples,
     /// Redis frozen by SIGSTOP; `None` when the server is not ours to freeze.
@@ -113,21 +123,35 @@ pub async fn awaited(manager: &StateManager, session: &SessionId, plan: &Plan) -
     let mut result = Awaited {
         ping: Samples::with_capacity(plan.awaited),
         update: Samples::with_capacity(plan.awaited),
+        update_waiting: Samples::with_capacity(plan.awaited),
     };
-    for index in 0..plan.warmup + plan.awaited {
-        let update = indexed_update(index);
-        let ping = manager.ping().await.context("PING")?;
+    let waiting = StateManager::connect(ManagerConfig {
+        reply_spin: Duration::ZERO,
+        ..manager.config().clone()
+    })
+    .await
+    .context("connecting a manager that waits for its answers")?;
+    // A session of its own: each manager's fast path expects the document it stored last.
+    let waiting_session = start_session(&waiting).await?;
+    let timed = async |manager: &StateManager, session: &SessionId, index: usize| {
         let started = Instant::now();
         manager
-            .update_stroke_progress(session, &update)
+            .update_stroke_progress(session, &indexed_update(index))
             .await
             .context("awaited progress update")?;
-        let took = started.elapsed();
+        anyhow::Ok(started.elapsed())
+    };
+    for index in 0..plan.warmup + plan.awaited {
+        let ping = manager.ping().await.context("PING")?;
+        let took = timed(manager, session, index).await?;
+        let took_waiting = timed(&waiting, &waiting_session, index).await?;
         if index >= plan.warmup {
             result.ping.push(ping);
             result.update.push(took);
+            result.update_waiting.push(took_waiting);
         }
     }
+    let _ = waiting.clear_session_data(&waiting_session).await;
     Ok(result)
 }
 
@@ -277,6 +301,14 @@ async fn time_calls(producer: &Producer, session: &SessionId, count: usize) -> a
     .await
 }
 
+/// Runs `work` and says what share of one core this process used meanwhile.
+async fn with_cpu_share<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, f64)> {
+    let (cpu, wall) = (recording::cpu_time()?, Instant::now());
+    let done = work.await?;
+    let used = recording::cpu_time()?.saturating_sub(cpu);
+    Ok((done, used.as_secs_f64() / wall.elapsed().as_secs_f64().max(1e-9)))
+}
+
 /// Runs `tick` `ticks` times, one per [`CALL_TICK`], on a thread of its own, as a robot's
 /// control loop calls the producer: each tick at its own deadline, the time to it slept.
 /// (Tokio's interval, ticking on its 1 ms timer wheel, made the ticks 1 to 2 ms apart at
@@ -314,21 +346,21 @@ pub async fn producer_calls(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Calls> {
     let polled = warm_producer(manager, session, Wake::Poll(POLL_INTERVAL), shutdown).await?;
-    let up_polled = time_calls(&polled, session, plan.calls).await?;
+    let (up_polled, cpu_share_polled) = with_cpu_share(time_calls(&polled, session, plan.calls)).await?;
     polled
         .close(FLUSH_TIMEOUT)
         .await
         .context("closing the polled producer")?;
 
     let immediate = warm_producer(manager, session, Wake::Immediate, shutdown).await?;
-    let up_immediate = time_calls(&immediate, session, plan.calls).await?;
+    let (up_immediate, cpu_share_immediate) = with_cpu_share(time_calls(&immediate, session, plan.calls)).await?;
     immediate
         .close(FLUSH_TIMEOUT)
         .await
         .context("closing the producer woken by calls")?;
 
     let producer = warm_producer(manager, session, Wake::default(), shutdown).await?;
-    let up = time_calls(&producer, session, plan.calls).await?;
+    let (up, cpu_share_up) = with_cpu_share(time_calls(&producer, session, plan.calls)).await?;
     let up_wakes = producer.wake_stats();
     producer
         .flush(FLUSH_TIMEOUT)
@@ -363,6 +395,9 @@ pub async fn producer_calls(
         up,
         up_wakes,
         up_immediate,
+        cpu_share_up,
+        cpu_share_immediate,
+        cpu_share_polled,
         up_polled,
         paused,
         down: down?,

@@ -67,7 +67,7 @@ impl Timing {
 }
 
 /// This process's user plus system time.
-fn cpu_time() -> anyhow::Result<Duration> {
+pub(crate) fn cpu_time() -> anyhow::Result<Duration> {
     let usage = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
     let micros = |time: nix::sys::time::TimeVal| {
         Duration::from_secs(u64::try_from(time.tv_sec()).unwrap_or(0))

@@ -69,6 +69,9 @@ pub struct AwaitedFigures {
     pub update_awaited_p50_us: Option<f64>,
     /// See `update_awaited_p50_us`.
     pub update_awaited_p99_us: Option<f64>,
+    /// The same with `reply_spin` zero: the answer waited for through the runtime's I/O
+    /// driver (the library before issue #18's last change), interleaved with the others.
+    pub update_awaited_p50_us_waiting: Option<f64>,
     /// Time Redis spent per update script (`INFO commandstats`), network excluded.
     pub server_update_us: Option<f64>,
     /// `redis-benchmark -c 1 -P 1 PING`.
@@ -114,6 +117,15 @@ pub struct CallFigures {
     pub producer_wake_missed: Option<u64>,
     /// See `producer_wake_anticipated`.
     pub producer_wake_by_calls: Option<u64>,
+    /// See `producer_wake_anticipated`: wake-ups of the pacer that came after the burst was due.
+    pub producer_wake_late: Option<u64>,
+    /// This process's CPU while the calls were made (1 kHz, bursts of 10), in percent of one
+    /// core: the default wake, woken by calls, polled.
+    pub producer_cpu_pct_up: Option<f64>,
+    /// See `producer_cpu_pct_up`.
+    pub producer_cpu_pct_up_immediate: Option<f64>,
+    /// See `producer_cpu_pct_up`.
+    pub producer_cpu_pct_up_polled: Option<f64>,
     /// With `Wake::Immediate` (each call that finds the writer parked wakes it).
     pub producer_call_p50_us_up_immediate: Option<f64>,
     /// See `producer_call_p50_us_up_immediate`.
@@ -423,6 +435,17 @@ impl AwaitedFigures {
                 value: show(self.update_awaited_p50_us, "us", 0),
                 baseline: format!("same command -P 1 {}", show(update_floor, "us", 0)),
                 ratio: show_ratio(ratio_of(self.update_awaited_p50_us, update_floor)),
+                target: format!("<= {}x", target::AWAITED_FLOOR_RATIO),
+                verdict: verdict(ratio_of(self.update_awaited_p50_us, update_floor), |ratio| {
+                    ratio <= target::AWAITED_FLOOR_RATIO
+                }),
+            },
+            Row {
+                section: Section::Awaited,
+                name: "  update, answer waited for".to_owned(),
+                value: show(self.update_awaited_p50_us_waiting, "us", 0),
+                baseline: format!("same command -P 1 {}", show(update_floor, "us", 0)),
+                ratio: show_ratio(ratio_of(self.update_awaited_p50_us_waiting, update_floor)),
                 target: "-".to_owned(),
                 verdict: "",
             },
@@ -538,6 +561,40 @@ impl CallFigures {
             target: format!("<= {} us", target::CALL_P99_US),
             verdict: verdict(p99, |p99| p99 <= target::CALL_P99_US),
         })
+        .chain([
+            Row {
+                section: Section::Calls,
+                name: "  default wake: bursts anticipated".to_owned(),
+                value: self
+                    .producer_wake_anticipated
+                    .map_or_else(|| "n/a".to_owned(), |count| count.to_string()),
+                baseline: format!(
+                    "missed {}, late {}, calls that woke the writer {}",
+                    self.producer_wake_missed
+                        .map_or_else(|| "n/a".to_owned(), |count| count.to_string()),
+                    self.producer_wake_late
+                        .map_or_else(|| "n/a".to_owned(), |count| count.to_string()),
+                    self.producer_wake_by_calls
+                        .map_or_else(|| "n/a".to_owned(), |count| count.to_string()),
+                ),
+                ratio: "-".to_owned(),
+                target: "-".to_owned(),
+                verdict: "",
+            },
+            Row {
+                section: Section::Calls,
+                name: "  CPU while calling, default wake".to_owned(),
+                value: show(self.producer_cpu_pct_up, "%", 1),
+                baseline: format!(
+                    "woken by calls {}, polled {}",
+                    show(self.producer_cpu_pct_up_immediate, "%", 1),
+                    show(self.producer_cpu_pct_up_polled, "%", 1)
+                ),
+                ratio: "-".to_owned(),
+                target: "-".to_owned(),
+                verdict: "",
+            },
+        ])
         .collect()
     }
 }
