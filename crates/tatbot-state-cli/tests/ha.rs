@@ -67,7 +67,12 @@ fn ha_fleet_started_status_and_doctor() {
     );
     let status = json(&primary.server("status", &["--json"]));
     assert_eq!(status["replication"]["role"], "master");
-    assert_eq!(status["replication"]["replicas"][0]["state"], "online");
+    // The replica says "link up" once it has loaded the master's snapshot; the master moves it
+    // from `wait_bgsave` to `online` when its first acknowledgement arrives, a moment later.
+    wait_until("the master sees the replica online", || {
+        let status = json(&primary.server("status", &["--json"]));
+        status["replication"]["replicas"][0]["state"] == "online"
+    });
 
     let sentinels = KillOnDrop(tempfile::tempdir().unwrap());
     let dir = sentinels.0.path().display().to_string();
