@@ -133,10 +133,11 @@ pub struct ProducerConfig {
 pub enum Wake {
     /// The default: the writer learns the period of the bursts of calls and a thread of the
     /// producer's own wakes it a little before the next burst is due, so the call finds it
-    /// awake and makes no system call, and the op goes out at once. Calls at no steady
-    /// period (or between 250 us and 1 s apart at most) wake the writer themselves, as with
-    /// [`Wake::Immediate`]. The price is the writer spinning for the lead before each burst
-    /// (30 to 400 us, adapted to how late the wake-ups come) and a thread that sleeps between
+    /// awake and makes no system call, and the op goes out at once. Calls at no steady period
+    /// (bursts from 600 us to 1 s apart) wake the writer themselves, as with
+    /// [`Wake::Immediate`]. The price is the writer awake, spinning, around each burst: a lead
+    /// before its due time and a tail after it, adapted to how late the wake-ups and the bursts
+    /// come and together at most a quarter of the period; and a thread that sleeps between
     /// bursts and parks when they stop.
     #[default]
     Anticipate,
