@@ -276,12 +276,11 @@ impl Shared {
     }
 }
 
-/// The polling thread of [`Wake::Poll`], and what calls tell it.
+/// A thread of the producer's own ([`Wake::Poll`]'s poller, [`Wake::Anticipate`]'s pacer) that
+/// parks when it has nothing to do, and what others need to reach it.
 #[derive(Debug, Default)]
-struct Poller {
-    /// Something was queued since the thread last looked.
-    pending: AtomicBool,
-    /// The thread is parked (idle past [`POLL_LINGER`]) and a call must unpark it.
+struct HelperThread {
+    /// The thread is parked (or about to park) and must be unparked to go on.
     parked: AtomicBool,
     /// The writer stopped: the thread ends.
     stopped: AtomicBool,
@@ -289,37 +288,52 @@ struct Poller {
     thread: OnceLock<std::thread::Thread>,
 }
 
-impl Poller {
-    /// Starts the thread; `None`, with a warning, when the system refuses one (calls then wake
-    /// the writer themselves).
-    fn spawn(wake: &Arc<Notify>, interval: Duration) -> Option<Arc<Poller>> {
-        let poller = Arc::new(Poller::default());
-        let (thread_poller, wake) = (poller.clone(), wake.clone());
-        let spawned = std::thread::Builder::new()
-            .name("tatbot-producer-poll".to_owned())
-            .spawn(move || thread_poller.run(&wake, interval.max(MIN_POLL_INTERVAL)));
-        match spawned {
+impl HelperThread {
+    /// Starts `body` on a thread named `name`; false, with a warning naming `what`, when the
+    /// system refuses one (calls then wake the writer themselves).
+    fn start(&self, name: &str, what: &str, body: impl FnOnce() + Send + 'static) -> bool {
+        match std::thread::Builder::new().name(name.to_owned()).spawn(body) {
             Ok(handle) => {
-                // Set here as well as in the thread, so a call never finds it unset once the
-                // thread may park.
-                let _ = poller.thread.set(handle.thread().clone());
-                Some(poller)
+                // Set here as well as in the thread (`enter`), so nobody finds it unset once
+                // the thread may park.
+                let _ = self.thread.set(handle.thread().clone());
+                true
             }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot start the producer's polling thread; calls wake the writer instead");
-                None
+                tracing::warn!(error = %err, "cannot start the producer's {what} thread; calls wake the writer instead");
+                false
             }
         }
     }
 
-    /// A call queued something: a store, and a system call only when the thread is parked.
-    fn pending(&self) {
-        self.pending.store(true, Ordering::SeqCst);
+    /// Called first by the thread itself.
+    fn enter(&self) {
+        let _ = self.thread.set(std::thread::current());
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Unparks the thread if it is parked: a store, and a system call only then.
+    fn wake(&self) {
         if self.parked.load(Ordering::SeqCst)
             && let Some(thread) = self.thread.get()
         {
             thread.unpark();
         }
+    }
+
+    /// Parks the calling thread unless `idle` has become false or the thread was stopped.
+    /// The park is announced before the last look, so whoever changes what `idle` reads and
+    /// then calls [`HelperThread::wake`] is either seen here or sees `parked` and unparks (a
+    /// token kept for `park` if it comes first).
+    fn park_while(&self, idle: impl Fn() -> bool) {
+        self.parked.store(true, Ordering::SeqCst);
+        if idle() && !self.is_stopped() {
+            std::thread::park();
+        }
+        self.parked.store(false, Ordering::SeqCst);
     }
 
     /// Ends the thread.
@@ -329,22 +343,49 @@ impl Poller {
             thread.unpark();
         }
     }
+}
+
+/// The polling thread of [`Wake::Poll`], and what calls tell it.
+#[derive(Debug, Default)]
+struct Poller {
+    /// Something was queued since the thread last looked.
+    pending: AtomicBool,
+    /// The thread; it parks when idle past [`POLL_LINGER`], and a call must unpark it.
+    helper: HelperThread,
+}
+
+impl Poller {
+    /// Starts the thread; `None` when the system refuses one.
+    fn spawn(wake: &Arc<Notify>, interval: Duration) -> Option<Arc<Poller>> {
+        let poller = Arc::new(Poller::default());
+        let (thread_poller, wake) = (poller.clone(), wake.clone());
+        let body = move || thread_poller.run(&wake, interval.max(MIN_POLL_INTERVAL));
+        poller
+            .helper
+            .start("tatbot-producer-poll", "polling", body)
+            .then_some(poller)
+    }
+
+    /// A call queued something: a store, and a system call only when the thread is parked.
+    fn pending(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        self.helper.wake();
+    }
+
+    /// Ends the thread.
+    fn stop(&self) {
+        self.helper.stop();
+    }
 
     fn run(&self, wake: &Notify, interval: Duration) {
-        let _ = self.thread.set(std::thread::current());
+        self.helper.enter();
         let mut last_call = Instant::now();
-        while !self.stopped.load(Ordering::SeqCst) {
+        while !self.helper.is_stopped() {
             if self.pending.swap(false, Ordering::SeqCst) {
                 wake.notify_one();
                 last_call = Instant::now();
             } else if last_call.elapsed() > POLL_LINGER {
-                // Announce the park before the last look, so a call either is seen here or
-                // sees `parked` and unparks (a token kept for `park` if it comes first).
-                self.parked.store(true, Ordering::SeqCst);
-                if !self.pending.load(Ordering::SeqCst) && !self.stopped.load(Ordering::SeqCst) {
-                    std::thread::park();
-                }
-                self.parked.store(false, Ordering::SeqCst);
+                self.helper.park_while(|| !self.pending.load(Ordering::SeqCst));
                 last_call = Instant::now();
                 continue;
             }

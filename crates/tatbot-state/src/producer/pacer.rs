@@ -15,10 +15,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use super::HelperThread;
 
 /// Burst-to-burst intervals the rhythm keeps.
 const HISTORY: usize = 8;
@@ -62,6 +64,8 @@ pub(super) struct Beat {
 pub(super) struct Rhythm {
     /// When the last bursts started, oldest first.
     starts: VecDeque<Instant>,
+    /// Their beat, measured each time a start is added.
+    beat: Option<Beat>,
     /// How long before a due burst the writer is woken.
     lead: Duration,
     /// How long after a due burst the writer keeps waiting for it.
@@ -83,6 +87,7 @@ impl Default for Rhythm {
     fn default() -> Rhythm {
         Rhythm {
             starts: VecDeque::with_capacity(HISTORY + 1),
+            beat: None,
             lead: FIRST_LEAD,
             tail: FIRST_TAIL,
             expected: None,
@@ -98,6 +103,11 @@ impl Default for Rhythm {
 impl Rhythm {
     /// The steady period of the last bursts, if they have one.
     pub fn beat(&self) -> Option<Beat> {
+        self.beat
+    }
+
+    /// Measures [`Rhythm::beat`] from the kept starts.
+    fn measure_beat(&self) -> Option<Beat> {
         if self.starts.len() <= MIN_INTERVALS {
             return None;
         }
@@ -121,7 +131,7 @@ impl Rhythm {
     /// wake-up still lies ahead of `now` and that it was not woken for. `None` when there is no
     /// beat or the bursts stopped.
     pub fn next_wake(&self, now: Instant) -> Option<(Instant, Instant)> {
-        let beat = self.beat()?;
+        let beat = self.beat?;
         let (lead, _) = self.window(beat.period);
         let mut due = self.anchor(beat.period)? + beat.period;
         for _ in 0..MAX_SKIPPED {
@@ -170,7 +180,7 @@ impl Rhythm {
     /// How long a writer with nothing to do should stay awake: until the end of the window of
     /// the burst it was woken for.
     pub fn awake_until(&self) -> Option<Instant> {
-        let period = self.beat().map_or(MAX_PERIOD, |beat| beat.period);
+        let period = self.beat.map_or(MAX_PERIOD, |beat| beat.period);
         Some(self.expected? + self.window(period).1)
     }
 
@@ -194,7 +204,7 @@ impl Rhythm {
     /// the lead was (the writer was not up yet). Caught with much of either to spare, that one
     /// shrinks a little.
     pub fn arrived(&mut self, at: Instant, caught: bool, awake_since: Instant) {
-        let period = self.beat().map_or(MAX_PERIOD, |beat| beat.period);
+        let period = self.beat.map_or(MAX_PERIOD, |beat| beat.period);
         // An expectation more than half a period old was for a burst that did not come.
         if let Some(due) = self.expected.take().filter(|due| at <= *due + period / 2) {
             if caught {
@@ -215,7 +225,7 @@ impl Rhythm {
             }
         }
         self.gave_up = false;
-        let min_gap = self.beat().map_or(MIN_PERIOD, |beat| (beat.period / 2).max(MIN_PERIOD));
+        let min_gap = self.beat.map_or(MIN_PERIOD, |beat| (beat.period / 2).max(MIN_PERIOD));
         if self
             .starts
             .back()
@@ -227,6 +237,7 @@ impl Rhythm {
             self.starts.pop_front();
         }
         self.starts.push_back(at);
+        self.beat = self.measure_beat();
     }
 }
 
@@ -234,11 +245,8 @@ impl Rhythm {
 #[derive(Debug)]
 pub(super) struct Pacer {
     rhythm: Mutex<Rhythm>,
-    /// The thread is parked (no beat) and must be unparked when one appears.
-    parked: AtomicBool,
-    /// The writer stopped: the thread ends.
-    stopped: AtomicBool,
-    thread: OnceLock<std::thread::Thread>,
+    /// The thread; it parks while there is no beat and must be unparked when one appears.
+    helper: HelperThread,
     /// When the call that last woke a parked writer was made, in nanoseconds since `epoch`.
     called_at: AtomicU64,
     /// Calls that found the writer parked and woke it.
@@ -247,32 +255,21 @@ pub(super) struct Pacer {
 }
 
 impl Pacer {
-    /// Starts the thread; `None`, with a warning, when the system refuses one (calls then wake
-    /// the writer themselves).
+    /// Starts the thread; `None` when the system refuses one.
     pub fn spawn(wake: &Arc<Notify>, writer_parked: Arc<AtomicBool>) -> Option<Arc<Pacer>> {
         let pacer = Arc::new(Pacer {
             rhythm: Mutex::default(),
-            parked: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-            thread: OnceLock::new(),
+            helper: HelperThread::default(),
             called_at: AtomicU64::new(0),
             call_wakes: AtomicU64::new(0),
             epoch: Instant::now(),
         });
         let (thread_pacer, wake) = (pacer.clone(), wake.clone());
-        let spawned = std::thread::Builder::new()
-            .name("tatbot-producer-pace".to_owned())
-            .spawn(move || thread_pacer.run(&wake, &writer_parked));
-        match spawned {
-            Ok(handle) => {
-                let _ = pacer.thread.set(handle.thread().clone());
-                Some(pacer)
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot start the producer's pacing thread; calls wake the writer instead");
-                None
-            }
-        }
+        let body = move || thread_pacer.run(&wake, &writer_parked);
+        pacer
+            .helper
+            .start("tatbot-producer-pace", "pacing", body)
+            .then_some(pacer)
     }
 
     fn rhythm(&self) -> std::sync::MutexGuard<'_, Rhythm> {
@@ -309,11 +306,8 @@ impl Pacer {
             rhythm.arrived(at, caught, awake_since);
             rhythm.beat()
         };
-        if beat.is_some()
-            && self.parked.load(Ordering::SeqCst)
-            && let Some(thread) = self.thread.get()
-        {
-            thread.unpark();
+        if beat.is_some() {
+            self.helper.wake();
         }
     }
 
@@ -325,25 +319,18 @@ impl Pacer {
 
     /// Ends the thread.
     pub fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.get() {
-            thread.unpark();
-        }
+        self.helper.stop();
     }
 
     fn run(&self, wake: &Notify, writer_parked: &AtomicBool) {
-        let _ = self.thread.set(std::thread::current());
+        self.helper.enter();
         precise_sleeps();
-        while !self.stopped.load(Ordering::SeqCst) {
+        while !self.helper.is_stopped() {
             let next = self.rhythm().next_wake(Instant::now());
             let Some((wake_at, due)) = next else {
-                // Announce the park before the last look, so that `arrived` either is seen
-                // here or sees `parked` and unparks (a token kept for `park` if it comes first).
-                self.parked.store(true, Ordering::SeqCst);
-                if self.rhythm().next_wake(Instant::now()).is_none() && !self.stopped.load(Ordering::SeqCst) {
-                    std::thread::park();
-                }
-                self.parked.store(false, Ordering::SeqCst);
+                // `arrived` records a beat, then wakes the thread.
+                self.helper
+                    .park_while(|| self.rhythm().next_wake(Instant::now()).is_none());
                 continue;
             };
             std::thread::sleep(wake_at.saturating_duration_since(Instant::now()));

@@ -390,6 +390,10 @@ fn ratio_of(value: Option<f64>, baseline: Option<f64>) -> Option<f64> {
     Some(value? / baseline?)
 }
 
+fn show_count(count: Option<u64>) -> String {
+    count.map_or_else(|| "n/a".to_owned(), |count| count.to_string())
+}
+
 fn show_ratio(ratio: Option<f64>) -> String {
     ratio.map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}x"))
 }
@@ -565,17 +569,12 @@ impl CallFigures {
             Row {
                 section: Section::Calls,
                 name: "  default wake: bursts anticipated".to_owned(),
-                value: self
-                    .producer_wake_anticipated
-                    .map_or_else(|| "n/a".to_owned(), |count| count.to_string()),
+                value: show_count(self.producer_wake_anticipated),
                 baseline: format!(
                     "missed {}, late {}, calls that woke the writer {}",
-                    self.producer_wake_missed
-                        .map_or_else(|| "n/a".to_owned(), |count| count.to_string()),
-                    self.producer_wake_late
-                        .map_or_else(|| "n/a".to_owned(), |count| count.to_string()),
-                    self.producer_wake_by_calls
-                        .map_or_else(|| "n/a".to_owned(), |count| count.to_string()),
+                    show_count(self.producer_wake_missed),
+                    show_count(self.producer_wake_late),
+                    show_count(self.producer_wake_by_calls),
                 ),
                 ratio: "-".to_owned(),
                 target: "-".to_owned(),
