@@ -4,7 +4,7 @@
 # Installs redis-server, chromium and python3-venv first when they are missing.
 # Extra arguments go to the cargo test runner (for example a test name filter).
 # Last, the Python package (crates/tatbot-state-py): a venv in the target dir gets maturin,
-# pytest, pydantic and redis-py from pip when they are missing, the extension is built into it
+# pytest, pytest-timeout, pydantic and redis-py from pip when they are missing, the extension is built into it
 # (debug profile, in the same target dir) and pytest runs its tests against real redis-servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +23,8 @@ venv="$target_dir/py-venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if [ ! -x "$venv/bin/maturin" ] || ! "$venv/bin/python" -c "import pytest, pydantic, redis" >/dev/null 2>&1; then
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin pytest "pydantic>=2,<3" redis
+if [ ! -x "$venv/bin/maturin" ] || ! "$venv/bin/python" -c "import pytest, pytest_timeout, pydantic, redis" >/dev/null 2>&1; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin pytest pytest-timeout "pydantic>=2,<3" redis
 fi
 # The wire tests run the CLI binary that cargo built for the CLI's own tests above.
 export TATBOT_STATE_BIN="$target_dir/debug/tatbot-state"

@@ -78,7 +78,7 @@ impl Bridge {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((id, result));
-            if !shared.told.swap(true, Ordering::AcqRel) {
+            if !shared.told.swap(true, Ordering::SeqCst) {
                 // WouldBlock means the buffer is full of wake bytes: the loop is woken anyway.
                 let _ = (&shared.wake).write(&[1]);
             }
@@ -87,8 +87,14 @@ impl Bridge {
     }
 
     /// The finished calls as `(id, value, ok)`: the answer when `ok`, else the exception.
-    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Vec<(u64, Bound<'py, PyAny>, bool)>> {
-        self.shared.told.store(false, Ordering::Release);
+    ///
+    /// The wake bytes are read *before* `told` is cleared. Cleared first, a result that came in
+    /// between wrote a byte this read then swallowed, leaving `told` set with nothing to read:
+    /// every later result skipped its byte and the loop was never woken again (issue #15's
+    /// lost wake, seen as a hung `await` in CI). In this order a result that comes before the
+    /// clear finds `told` set and is in the `take` below; one that comes after writes a byte
+    /// that stays for the next drain.
+    fn drain<'py>(&self, py: Python<'py>) -> Vec<(u64, Bound<'py, PyAny>, bool)> {
         let mut sink = [0u8; 256];
         loop {
             match (&self.watched).read(&mut sink) {
@@ -98,11 +104,16 @@ impl Bridge {
                 Err(_) => break,
             }
         }
+        self.shared.told.store(false, Ordering::SeqCst);
         let done = std::mem::take(&mut *self.shared.done.lock().unwrap_or_else(PoisonError::into_inner));
         done.into_iter()
-            .map(|(id, result)| match result {
-                Ok(reply) => Ok((id, reply.into_pyobject(py)?, true)),
-                Err(err) => Ok((id, err.into_value(py).into_bound(py).into_any(), false)),
+            .map(|(id, result)| {
+                // A reply that cannot become a Python value fails its own call only: an error
+                // returned from here would drop every other result taken above.
+                match result.and_then(|reply| reply.into_pyobject(py)) {
+                    Ok(value) => (id, value, true),
+                    Err(err) => (id, err.into_value(py).into_bound(py).into_any(), false),
+                }
             })
             .collect()
     }

@@ -213,6 +213,25 @@ def test_cancelled_awaits_leave_the_manager_working(redis_server):
     assert all(status["redis_connected"] for status in asyncio.run(scenario()))
 
 
+def test_every_result_wakes_its_loop(redis_server):
+    """Results that finish while the loop is taking earlier ones still wake it: the bridge's
+    drain used to clear its "told" flag before reading the wake bytes, so a result that came in
+    between had its byte swallowed, the flag stayed set, and every later ``await`` on that loop
+    hung for good (CI hung in ``test_subscribe_events_with_patterns``). Many rounds of concurrent
+    calls make that window likely; each round is bounded so a lost wake fails here, not hangs."""
+
+    async def rounds(state, count):
+        for _ in range(count):
+            await asyncio.wait_for(asyncio.gather(*(state.get_robot_state() for _ in range(20))), 10)
+
+    async def scenario():
+        async with manager(redis_server) as state:
+            await rounds(state, 50)
+
+    for _ in range(20):  # a loop of its own each time, as asyncio.run in a GUI thread makes
+        asyncio.run(scenario())
+
+
 #: How long the outage tests keep Redis down: longer than the shared connection's driver keeps
 #: trying to reconnect (two attempts 50 ms apart), so that its failure is what the next call
 #: meets. The driver says nothing when it gives up, so there is no event to wait for; the
