@@ -95,6 +95,11 @@ pub struct Subscription {
     /// Hashes of the last delivered messages, oldest first, and the same as a set.
     delivered: VecDeque<u64>,
     delivered_set: HashSet<u64>,
+    /// The connection was lost and the messages published meanwhile are not queued from the
+    /// log yet. Kept across calls: a `next` cancelled between the reconnect and the log read
+    /// (a caller's timeout) leaves it set, and the next call reads the log before anything
+    /// live, instead of going on live with the gap unfilled.
+    gap_open: bool,
     /// Messages from the log waiting to be handed over, before any live one.
     backlog: VecDeque<Message>,
     /// Hashes of messages handed over from the log that may still arrive live.
@@ -119,6 +124,7 @@ impl Subscription {
             mark: None,
             delivered: VecDeque::new(),
             delivered_set: HashSet::new(),
+            gap_open: false,
             backlog: VecDeque::new(),
             from_log: HashSet::new(),
             recovered: 0,
@@ -328,6 +334,10 @@ impl Subscription {
 
     /// Waits for the next message, reconnecting as often as needed; `None` never comes while
     /// the subscription lives (the `Option` is kept for `while let` loops).
+    ///
+    /// Cancel-safe: dropping the future (a timeout around it) loses no message. A message is
+    /// only taken off the connection or the backlog when it is returned, and a gap found
+    /// before the cancellation is filled at the next call (`gap_open`).
     pub async fn next(&mut self) -> Option<Message> {
         loop {
             if let Some(message) = self.backlog.pop_front() {
@@ -335,6 +345,16 @@ impl Subscription {
                 let hash = self.hash(&message.channel, message.payload.as_bytes());
                 self.delivered(hash);
                 return Some(message);
+            }
+            if self.live.is_none() {
+                self.reconnect().await;
+            }
+            if self.gap_open {
+                // Changes nothing until its log read is back, so a cancellation here only
+                // means it runs again at the next call.
+                self.fill_gap().await;
+                self.gap_open = false;
+                continue;
             }
             if let Some(live) = &mut self.live {
                 let pong_due = self.ping.as_ref().map(|(_, due)| *due);
@@ -386,8 +406,7 @@ impl Subscription {
             }
             self.ping = None;
             self.live = None;
-            self.reconnect().await;
-            self.fill_gap().await;
+            self.gap_open = true;
         }
     }
 

@@ -5,7 +5,10 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::json;
 use tatbot_state::model::{Event, RobotState};
-use tatbot_state::{Category, ProgressUpdate, SessionPlan, StateManager, Subscription};
+use tatbot_state::{
+    Category, Endpoint, ManagerConfig, NodeId, ProgressUpdate, SessionPlan, StateManager, Subscription,
+};
+use tatbot_state_testkit::ReplyProxy;
 
 use crate::util::{config, raw, setup};
 
@@ -348,6 +351,70 @@ async fn subscription_fills_a_gap_from_the_event_log() {
         .unwrap();
     let (_, event) = next_event(&mut subscription).await;
     assert_eq!(event.event_type(), Some("session_start"));
+}
+
+/// A `next` cancelled by the caller's timeout after the subscription reconnected, while it was
+/// still reading the event log for the gap, loses nothing: the next call hands over the
+/// missed event from the log. Before the fix the reconnected connection was taken as whole
+/// and the gap was never filled. A proxy holds the log connection's first answers, so the
+/// cancellation lands in that window every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
+    let (server, state) = setup("hog").await;
+    let proxy = std::sync::Arc::new(ReplyProxy::start(server.addr()));
+    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
+    // Lazy: its shared connection is never opened, so only the subscription's own connections
+    // go through the proxy and the answers held are theirs.
+    let listener = StateManager::connect_lazy(via_proxy).unwrap();
+    let mut subscription = listener.subscribe(&["stroke:events:*"]).await.unwrap();
+    let plan = |scene: &str| SessionPlan {
+        total_strokes: 1,
+        stroke_length: 1,
+        scene: scene.into(),
+    };
+    state.start_stroke_session(&plan("before")).await.unwrap();
+    assert_eq!(
+        next_event(&mut subscription).await.1.event_type(),
+        Some("session_start")
+    );
+
+    // Every connection through the proxy is cut, and what the new ones are answered is held.
+    proxy.cut();
+    proxy.hold();
+    let missed = state.start_stroke_session(&plan("missed")).await.unwrap();
+    // Lets through the new subscription connection's HELLO and PSUBSCRIBE answers, then
+    // returns once the log connection's handshake is held: `next` is inside the gap's read.
+    let gate = proxy.clone();
+    let reading_the_log = tokio::task::spawn_blocking(move || {
+        for answer in ["HELLO", "PSUBSCRIBE"] {
+            assert!(
+                gate.wait_held_replies(1, Duration::from_secs(10)),
+                "the subscription's {answer} within 10 s"
+            );
+            gate.release_replies(1);
+        }
+        assert!(
+            gate.wait_held_replies(1, Duration::from_secs(10)),
+            "the log connection's handshake within 10 s"
+        );
+    });
+    tokio::select! {
+        message = subscription.next() => panic!("nothing can arrive while the log read is held: {message:?}"),
+        gate = reading_the_log => gate.unwrap(),
+    }
+    proxy.pass();
+
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the missed event within 10 s")
+        .unwrap();
+    let event = message.event.expect("the missed event decodes");
+    assert_eq!(
+        (event.event_type(), event.session_id(), message.from_log),
+        (Some("session_start"), Some(missed.as_str()), true),
+        "the event published while the subscription was away, from the log"
+    );
+    assert_eq!(subscription.recovered(), 1);
 }
 
 /// Our publishers refuse an event that would cut subscribers off.
