@@ -1198,7 +1198,7 @@ impl StateManager {
     ///
     /// # Errors
     ///
-    /// The connection could not be opened.
+    /// No pattern was given ([`Error::InvalidInput`]), or the connection could not be opened.
     pub async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription> {
         Subscription::open(&self.inner.locator, &self.inner.config, patterns).await
     }

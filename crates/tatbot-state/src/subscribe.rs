@@ -112,6 +112,13 @@ pub struct Subscription {
 
 impl Subscription {
     pub(crate) async fn open(locator: &Locator, config: &ManagerConfig, patterns: &[&str]) -> Result<Subscription> {
+        if patterns.is_empty() {
+            // `PSUBSCRIBE` with no pattern is an error reply, which `next` would take for a
+            // broken connection and resubscribe, forever.
+            return Err(Error::InvalidInput(
+                "subscribe needs at least one channel pattern, such as stroke:events:*".to_owned(),
+            ));
+        }
         let mut subscription = Subscription {
             locator: locator.clone(),
             connect_timeout: config.connect_timeout,
@@ -427,6 +434,18 @@ impl Subscription {
             }
             tokio::time::sleep(backoff.next_delay()).await;
         }
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("patterns", &self.patterns)
+            .field("connected", &self.live.is_some())
+            .field("reconnects", &self.reconnects)
+            .field("recovered", &self.recovered)
+            .field("backlog", &self.backlog.len())
+            .finish_non_exhaustive()
     }
 }
 

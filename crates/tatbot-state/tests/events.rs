@@ -417,6 +417,15 @@ async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
     assert_eq!(subscription.recovered(), 1);
 }
 
+/// A subscription to no pattern is refused with one line, not opened to resubscribe forever.
+#[tokio::test]
+async fn subscribing_to_nothing_is_refused() {
+    let (_server, state) = setup("hog").await;
+    let err = state.subscribe(&[]).await.expect_err("no pattern, no subscription");
+    assert!(matches!(err, tatbot_state::Error::InvalidInput(_)), "{err:?}");
+    assert!(err.to_string().contains("at least one channel pattern"), "{err}");
+}
+
 /// Our publishers refuse an event that would cut subscribers off.
 #[tokio::test]
 async fn oversized_event_is_refused() {
