@@ -200,6 +200,10 @@ impl Subscription {
     /// not delivered yet, and moves the mark to the last entry read.
     async fn fill_gap(&mut self) {
         let Some(mark) = self.mark.clone() else {
+            tracing::warn!(
+                patterns = ?self.patterns,
+                "resubscribed with no mark in the event log (it could not be read); messages published meanwhile are not recovered"
+            );
             self.mark = self.log_tail().await;
             return;
         };
