@@ -51,7 +51,7 @@
 //! [`Error::NotStored`] by the next [`Producer::flush`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -249,6 +249,10 @@ struct Queue {
 /// State shared by the handles and the writer task.
 struct Shared {
     queue: Mutex<Queue>,
+    /// Calls queued so far, counted after each push: the idle writer spins on this instead of
+    /// on the queue's lock, so a call never waits for a lock that a spinning writer holds (or
+    /// was preempted holding).
+    pushes: AtomicU64,
     /// Wakes the writer when something is queued and it is parked.
     wake: Arc<Notify>,
     /// The writer is parked (or about to park) on `wake`: a call must wake it. While it works
@@ -421,6 +425,7 @@ impl StateManager {
         };
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
+            pushes: AtomicU64::new(0),
             wake,
             parked,
             poller,
@@ -458,6 +463,7 @@ impl Producer {
             queue.ops.push_back(Queued { seq, op });
         }
         drop(queue);
+        self.shared.pushes.fetch_add(1, Ordering::SeqCst);
         match &self.shared.poller {
             // Pairs with the writer's store of `parked` before its last look at the queue: either
             // it sees this op there, or this load sees it parked.
@@ -976,6 +982,8 @@ impl Writer {
     /// next call (or the pacer, before the next burst is due) wakes it.
     async fn idle(&mut self, shutdown: &CancellationToken) -> bool {
         let mut awake_until = Instant::now() + SPIN_BEFORE_PARK;
+        // The push count at the last look at the queue; none yet, so the first look is made.
+        let mut looked_at = None;
         loop {
             let spinning_since = Instant::now();
             let expected = self.shared.pacer.as_ref().and_then(|pacer| pacer.awake_until());
@@ -983,9 +991,15 @@ impl Writer {
                 awake_until = awake_until.max(until.min(spinning_since + MAX_AWAKE));
             }
             while Instant::now() < awake_until && !shutdown.is_cancelled() {
-                if !self.shared.lock().is_empty() {
-                    self.arrived(true, spinning_since);
-                    return true;
+                // Read before the look: a push after it changes the count, so the next round
+                // looks again.
+                let pushes = self.shared.pushes.load(Ordering::SeqCst);
+                if looked_at != Some(pushes) {
+                    looked_at = Some(pushes);
+                    if !self.shared.lock().is_empty() {
+                        self.arrived(true, spinning_since);
+                        return true;
+                    }
                 }
                 // Other tasks first, then other threads: on a machine with few cores the call's
                 // own thread may be waiting for this one's core.

@@ -6,7 +6,8 @@
 //! the same server, says whether our code adds cost. The sections:
 //!
 //! 1. Awaited progress update latency against `PING` on the same connection (interleaved),
-//!    and against `redis-benchmark -c 1 -P 1 PING`.
+//!    against `redis-benchmark -c 1 -P 1 PING`, and against `redis-benchmark -c 1 -P 1` of the
+//!    very command an update sends, run after each of five rounds of the updates.
 //! 2. Sustained updates per second through one [`tatbot_state::Producer`], against
 //!    `redis-benchmark -c 1 -P 32` running the very command an update sends (captured with
 //!    `MONITOR`), the issue's reference `EVAL` (HSET + XADD + PUBLISH) and `PING`.
@@ -75,6 +76,8 @@ const BENCH_NODE: &str = "bench";
 const WORKER_THREADS: usize = 2;
 /// How long a cancelled run gets to stop its servers.
 const CANCEL_DEADLINE: Duration = Duration::from_secs(30);
+/// Rounds of section 1, each followed by `redis-benchmark` of the same command.
+const AWAITED_ROUNDS: usize = 5;
 
 /// Targets of issue #7, each relative to a baseline of the same run where one applies.
 mod target {
@@ -421,19 +424,59 @@ async fn sections(
     let session = measure::start_session(&manager).await?;
     let mut sessions = vec![session.clone()];
 
+    // The command an update sends, for redis-benchmark to repeat in sections 1 and 2.
+    let command = match &redis_benchmark {
+        Some(_) if plan.runs(Section::Awaited) || plan.runs(Section::Throughput) => {
+            match measure::capture_update(endpoint, &manager, &session).await {
+                Ok(command) => Some(command),
+                Err(err) => {
+                    report.notes.push(format!(
+                        "could not capture the update command with MONITOR ({err:#}): no same-work baseline"
+                    ));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
     if plan.runs(Section::Awaited) {
         progress("1/8 awaited updates against PING");
-        // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
         let mut figures = AwaitedFigures::default();
-        let (awaited, per_call) = baseline::evalsha_time(endpoint, measure::awaited(&manager, &session, plan)).await;
-        if let Some(mut awaited) = section(report, "awaited", awaited) {
+        // In rounds, each followed by redis-benchmark sending the same command one at a time, so
+        // that both are measured in the same stretch of the machine's weather: measured minutes
+        // apart, either p50 moved by up to a quarter between runs.
+        let mut awaited = measure::Awaited::with_capacity(plan.awaited);
+        let (mut per_call, mut floors, mut complete) = (Vec::new(), Vec::new(), true);
+        for _ in 0..AWAITED_ROUNDS {
+            let round = measure::awaited(
+                &manager,
+                &session,
+                plan.warmup,
+                plan.awaited / AWAITED_ROUNDS,
+                &mut awaited,
+            );
+            // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
+            let (done, server_time) = baseline::evalsha_time(endpoint, round).await;
+            if section(report, "awaited", done).is_none() {
+                complete = false;
+                break;
+            }
+            per_call.extend(server_time);
+            if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
+                let single = tool.run(1, plan.ping_requests / AWAITED_ROUNDS as u64, command).await;
+                floors.extend(section(report, "redis-benchmark update command -P 1", single).map(|run| run.p50_us));
+            }
+        }
+        if complete {
             figures.ping_rtt_p50_us = awaited.ping.percentile_us(0.5);
             figures.ping_rtt_p99_us = awaited.ping.percentile_us(0.99);
             figures.update_awaited_p50_us = awaited.update.percentile_us(0.5);
             figures.update_awaited_p99_us = awaited.update.percentile_us(0.99);
             figures.update_awaited_p50_us_waiting = awaited.update_waiting.percentile_us(0.5);
+            figures.redis_benchmark_update_p50_us = median(&floors);
         }
-        figures.server_update_us = per_call;
+        figures.server_update_us = median(&per_call);
         if let Some(tool) = &redis_benchmark {
             let ping = tool.run(1, plan.ping_requests, &["PING".to_owned()]).await;
             if let Some(run) = section(report, "redis-benchmark PING", ping) {
@@ -446,18 +489,6 @@ async fn sections(
 
     if plan.runs(Section::Throughput) {
         progress("2/8 producer throughput against redis-benchmark -P 32");
-        let command = match &redis_benchmark {
-            Some(_) => match measure::capture_update(endpoint, &manager, &session).await {
-                Ok(command) => Some(command),
-                Err(err) => {
-                    report.notes.push(format!(
-                        "could not capture the update command with MONITOR ({err:#}): no same-work baseline"
-                    ));
-                    None
-                }
-            },
-            None => None,
-        };
         let mut figures = ThroughputFigures::default();
         let mut rates = Vec::with_capacity(plan.repeats);
         let mut limits = Vec::with_capacity(plan.repeats);
@@ -478,12 +509,6 @@ async fn sections(
         figures.server_update_us_pipelined = median(&tool_times);
         figures.throughput_updates_per_s = median(&rates);
         figures.pipelined_limit_per_s = median(&limits);
-        if let (Some(tool), Some(command)) = (&redis_benchmark, &command) {
-            let single = tool.run(1, plan.ping_requests, command).await;
-            if let Some(run) = section(report, "redis-benchmark update command -P 1", single) {
-                figures.redis_benchmark_update_p50_us = Some(run.p50_us);
-            }
-        }
         if let Some(tool) = &redis_benchmark {
             let reference = match measure::reference_command(&manager, &session).await {
                 Ok(reference) => tool.run(32, plan.pipelined_requests, &reference).await,

@@ -114,17 +114,30 @@ pub async fn start_session(manager: &StateManager) -> anyhow::Result<SessionId> 
         .context("starting a bench session")
 }
 
-/// Section 1: `count` awaited updates and `count` `PING`s, alternating, after `warmup` of each.
+impl Awaited {
+    /// Room for `count` samples of each kind.
+    pub fn with_capacity(count: usize) -> Awaited {
+        Awaited {
+            ping: Samples::with_capacity(count),
+            update: Samples::with_capacity(count),
+            update_waiting: Samples::with_capacity(count),
+        }
+    }
+}
+
+/// One round of section 1: `count` awaited updates and `count` `PING`s, alternating, after
+/// `warmup` of each, added to `into`.
 ///
 /// # Errors
 ///
 /// Redis failed or refused an update.
-pub async fn awaited(manager: &StateManager, session: &SessionId, plan: &Plan) -> anyhow::Result<Awaited> {
-    let mut result = Awaited {
-        ping: Samples::with_capacity(plan.awaited),
-        update: Samples::with_capacity(plan.awaited),
-        update_waiting: Samples::with_capacity(plan.awaited),
-    };
+pub async fn awaited(
+    manager: &StateManager,
+    session: &SessionId,
+    warmup: usize,
+    count: usize,
+    into: &mut Awaited,
+) -> anyhow::Result<()> {
     let waiting = StateManager::connect(ManagerConfig {
         reply_spin: Duration::ZERO,
         ..manager.config().clone()
@@ -141,18 +154,18 @@ pub async fn awaited(manager: &StateManager, session: &SessionId, plan: &Plan) -
             .context("awaited progress update")?;
         anyhow::Ok(started.elapsed())
     };
-    for index in 0..plan.warmup + plan.awaited {
+    for index in 0..warmup + count {
         let ping = manager.ping().await.context("PING")?;
         let took = timed(manager, session, index).await?;
         let took_waiting = timed(&waiting, &waiting_session, index).await?;
-        if index >= plan.warmup {
-            result.ping.push(ping);
-            result.update.push(took);
-            result.update_waiting.push(took_waiting);
+        if index >= warmup {
+            into.ping.push(ping);
+            into.update.push(took);
+            into.update_waiting.push(took_waiting);
         }
     }
     let _ = waiting.clear_session_data(&waiting_session).await;
-    Ok(result)
+    Ok(())
 }
 
 /// Section 2: one run of `count` updates queued at once through a fresh producer, counted

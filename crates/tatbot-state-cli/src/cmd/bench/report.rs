@@ -74,6 +74,10 @@ pub struct AwaitedFigures {
     pub update_awaited_p50_us_waiting: Option<f64>,
     /// Time Redis spent per update script (`INFO commandstats`), network excluded.
     pub server_update_us: Option<f64>,
+    /// The update command sent one at a time by `redis-benchmark` (`-c 1 -P 1`), after each
+    /// round of the awaited updates: the median of the rounds' p50s, the floor for an
+    /// awaited update.
+    pub redis_benchmark_update_p50_us: Option<f64>,
     /// `redis-benchmark -c 1 -P 1 PING`.
     pub redis_benchmark_ping_p50_us: Option<f64>,
     /// See `redis_benchmark_ping_p50_us`.
@@ -88,9 +92,6 @@ pub struct ThroughputFigures {
     pub server_update_us_producer: Option<f64>,
     /// See `server_update_us_producer`.
     pub server_update_us_pipelined: Option<f64>,
-    /// The update command sent one at a time by `redis-benchmark`: the floor for an awaited
-    /// update (printed in section 1's rows).
-    pub redis_benchmark_update_p50_us: Option<f64>,
     /// Updates acknowledged per second through one producer (median).
     pub throughput_updates_per_s: Option<f64>,
     /// `redis-benchmark -P 32` of the very command an update sends (median).
@@ -399,8 +400,9 @@ fn show_ratio(ratio: Option<f64>) -> String {
 }
 
 impl AwaitedFigures {
-    /// Section 1's rows; `update_floor` is section 2's `redis_benchmark_update_p50_us`.
-    fn rows(&self, update_floor: Option<f64>) -> Vec<Row> {
+    /// Section 1's rows.
+    fn rows(&self) -> Vec<Row> {
+        let update_floor = self.redis_benchmark_update_p50_us;
         let awaited_ratio = ratio_of(self.update_awaited_p50_us, self.ping_rtt_p50_us);
         vec![
             Row {
@@ -856,7 +858,7 @@ impl McpFigures {
 /// The text table: each section's rows from its own figures, for the sections that ran.
 pub fn render(report: &Report) -> String {
     let mut rows = Vec::new();
-    rows.extend(report.awaited.rows(report.throughput.redis_benchmark_update_p50_us));
+    rows.extend(report.awaited.rows());
     rows.extend(report.throughput.rows());
     rows.extend(report.calls.rows());
     rows.extend(report.e2e.rows(report.awaited.ping_rtt_p99_us));
