@@ -63,6 +63,7 @@ mod task;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -400,17 +401,22 @@ impl Follower {
     /// parent token). Runs the follow until it has an item. Cancel-safe: dropping the future
     /// loses nothing, and the follow goes on at the next call.
     pub async fn next(&mut self) -> Option<FollowItem> {
-        let Some(follow) = self.follow.as_mut() else {
-            return self.rx.recv().await;
-        };
-        tokio::select! {
-            biased;
-            item = self.rx.recv() => item,
-            () = follow => {
-                self.follow = None;
-                self.rx.recv().await
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(item) = self.rx.poll_recv(cx) {
+                return Poll::Ready(item);
             }
-        }
+            let Some(follow) = self.follow.as_mut() else {
+                return Poll::Pending;
+            };
+            if follow.as_mut().poll(cx).is_ready() {
+                // Its end dropped the sender: what is buffered comes, then `None`.
+                self.follow = None;
+            }
+            // What the follow found during this poll, at once: it yields after handing over
+            // an item, and waiting for the task to be scheduled again would cost a wake-up.
+            self.rx.poll_recv(cx)
+        })
+        .await
     }
 }
 

@@ -204,7 +204,14 @@ impl FollowTask {
     }
 
     async fn send(&self, item: FollowItem) -> Result<(), Stop> {
-        self.tx.send(item).await.map_err(|_| Stop::Closed)
+        self.tx.send(item).await.map_err(|_| Stop::Closed)?;
+        if self.tx.capacity() + 1 == self.tx.max_capacity() {
+            // The only item waiting: the consumer is in `Follower::next` for it. Hand the turn
+            // back, so that `next` returns it now rather than after this follow has written
+            // its next read (a system call) and found nothing more to do.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
 
     async fn emit(&self, kind: ChangeKind) -> Result<(), Stop> {
