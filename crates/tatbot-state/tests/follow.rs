@@ -178,6 +178,64 @@ async fn snapshot_then_every_change() {
     );
 }
 
+/// `Follower::next` is cancel-safe: a consumer whose every `next` is cut short by a timeout
+/// shorter than a Redis round trip still gets each history entry once, in order. The follow
+/// lives in the follower, so a dropped `next` only pauses it, and an item it handed over is
+/// in the channel for the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_cut_short_by_timeouts_loses_nothing() {
+    let (_server, state) = setup("hog").await;
+    let mut follower = start(&state, Scope::All, None);
+    let first = tokio::time::timeout(LIMIT, follower.next())
+        .await
+        .expect("the snapshot");
+    assert!(matches!(first, Some(FollowItem::Snapshot(_))), "{first:?}");
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 10,
+            stroke_length: 20,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
+    let writer = {
+        let (state, session) = (state.clone(), session.clone());
+        tokio::spawn(async move {
+            for step in 0..200 {
+                let update = ProgressUpdate::new(step / 20, step % 20);
+                state.update_stroke_progress(&session, &update).await.unwrap();
+            }
+            state.end_stroke_session(&session).await.unwrap();
+        })
+    };
+    let (mut progress, mut cut_short, mut ended) = (Vec::new(), 0, false);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !ended {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session's end within {LIMIT:?}"
+        );
+        match tokio::time::timeout(Duration::from_micros(50), follower.next()).await {
+            Err(_) => cut_short += 1,
+            Ok(None) => panic!("the follow stopped"),
+            Ok(Some(FollowItem::Change(change))) => match change.kind {
+                ChangeKind::Progress { session_id, entry } if session_id == session => progress.push(entry),
+                ChangeKind::Event { event } => ended = event.event_type.as_deref() == Some("session_end"),
+                _ => {}
+            },
+            Ok(Some(_)) => {}
+        }
+    }
+    writer.await.unwrap();
+    assert!(cut_short > 0, "some calls were cut short");
+    assert_eq!(
+        progress,
+        stored_history(&state, &session).await,
+        "each entry once, in order"
+    );
+    assert_eq!(progress.len(), 200);
+}
+
 /// A follower resumed from a change's cursor gets exactly the changes after it, no snapshot.
 #[tokio::test]
 async fn resume_replays_exactly_what_was_missed() {
