@@ -79,8 +79,20 @@ impl Bridge {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((id, result));
             if !shared.told.swap(true, Ordering::SeqCst) {
-                // WouldBlock means the buffer is full of wake bytes: the loop is woken anyway.
-                let _ = (&shared.wake).write(&[1]);
+                loop {
+                    match (&shared.wake).write(&[1]) {
+                        Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                        // WouldBlock: the buffer is full of wake bytes, the loop is woken anyway.
+                        Ok(_) => break,
+                        Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                        // No byte went out (the loop is gone, or the system is out of buffers):
+                        // `told` must not stay set, or no later result would try again.
+                        Err(_) => {
+                            shared.told.store(false, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                }
             }
         });
         Ok(id)

@@ -32,6 +32,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use redis::{PushKind, Value};
+use tokio_util::task::AbortOnDropHandle;
 use wildmatch::WildMatch;
 
 use crate::backoff::Backoff;
@@ -41,6 +42,9 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::Event;
 use crate::sentinel::Locator;
+
+/// What the gap's log read ends with: the log connection and the entries, or why not.
+type GapRead = std::result::Result<(redis::aio::MultiplexedConnection, redis::streams::StreamRangeReply), String>;
 
 /// Silence after which the subscription checks its connection with a `PING`.
 pub const KEEPALIVE: Duration = Duration::from_secs(2);
@@ -100,6 +104,8 @@ pub struct Subscription {
     /// (a caller's timeout) leaves it set, and the next call reads the log before anything
     /// live, instead of going on live with the gap unfilled.
     gap_open: bool,
+    /// The gap's log read, started by `fill_gap` and awaited until it is done.
+    gap_read: Option<AbortOnDropHandle<GapRead>>,
     /// Messages from the log waiting to be handed over, before any live one.
     backlog: VecDeque<Message>,
     /// Hashes of messages handed over from the log that may still arrive live.
@@ -132,6 +138,7 @@ impl Subscription {
             delivered: VecDeque::new(),
             delivered_set: HashSet::new(),
             gap_open: false,
+            gap_read: None,
             backlog: VecDeque::new(),
             from_log: HashSet::new(),
             recovered: 0,
@@ -198,35 +205,71 @@ impl Subscription {
 
     /// After a reconnect: queues the logged messages on our channels after the mark that were
     /// not delivered yet, and moves the mark to the last entry read.
+    ///
+    /// The log read runs as a task of its own, kept in `gap_read` until it is done: a caller
+    /// whose timeout cuts `next` short (a GUI polling every few milliseconds) waits for the same
+    /// read at its next call instead of starting it again, so a long read still finishes.
     async fn fill_gap(&mut self) {
         let Some(mark) = self.mark.clone() else {
             tracing::warn!(
                 patterns = ?self.patterns,
                 "resubscribed with no mark in the event log (it could not be read); messages published meanwhile are not recovered"
             );
-            self.mark = self.log_tail().await;
+            // The next keepalive reads the log's tail again and sets a mark.
             return;
         };
-        let limit = self.connect_timeout;
-        let read = async {
-            let connection = self.log_connection().await?;
-            redis::cmd("XRANGE")
-                .arg(keys::EVENT_LOG)
-                .arg(format!("({mark}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(MAX_RECOVERED)
-                .query_async::<redis::streams::StreamRangeReply>(connection)
-                .await
-        };
-        let reply = match tokio::time::timeout(limit, read).await {
-            Ok(Ok(reply)) => reply,
-            outcome => {
+        if self.gap_read.is_none() {
+            let (locator, log, limit) = (self.locator.clone(), self.log.clone(), self.connect_timeout);
+            let read = async move {
+                let mut connection = match log {
+                    Some(connection) => connection,
+                    None => {
+                        let client = locator.client().await.map_err(|err| err.report().to_string())?;
+                        client
+                            .get_multiplexed_async_connection()
+                            .await
+                            .map_err(|err| err.to_string())?
+                    }
+                };
+                let reply = redis::cmd("XRANGE")
+                    .arg(keys::EVENT_LOG)
+                    .arg(format!("({mark}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(MAX_RECOVERED)
+                    .query_async::<redis::streams::StreamRangeReply>(&mut connection)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                Ok((connection, reply))
+            };
+            let bounded = async move {
+                tokio::time::timeout(limit, read)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+            };
+            self.gap_read = Some(AbortOnDropHandle::new(tokio::spawn(bounded)));
+        }
+        let Some(read) = self.gap_read.as_mut() else { return };
+        // Cancel-safe: the task goes on, and the next call awaits it again.
+        let outcome = read.await;
+        self.gap_read = None;
+        let reply = match outcome {
+            Ok(Ok((connection, reply))) => {
+                self.log = Some(connection);
+                reply
+            }
+            Ok(Err(error)) => {
                 self.log = None;
                 tracing::warn!(
-                    ?outcome,
+                    error,
                     "cannot read the event log after resubscribing; messages of the gap are lost"
                 );
+                self.mark = None;
+                return;
+            }
+            Err(join) => {
+                self.log = None;
+                tracing::warn!(error = %join, "the event log read after resubscribing failed; messages of the gap are lost");
                 self.mark = None;
                 return;
             }

@@ -357,7 +357,8 @@ async fn subscription_fills_a_gap_from_the_event_log() {
 /// still reading the event log for the gap, loses nothing: the next call hands over the
 /// missed event from the log. Before the fix the reconnected connection was taken as whole
 /// and the gap was never filled. A proxy holds the log connection's first answers, so the
-/// cancellation lands in that window every time.
+/// cancellation lands in that window every time; calls cut short meanwhile wait for the same
+/// read rather than start it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
     let (server, state) = setup("hog").await;
@@ -402,6 +403,19 @@ async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
         message = subscription.next() => panic!("nothing can arrive while the log read is held: {message:?}"),
         gate = reading_the_log => gate.unwrap(),
     }
+    // A caller polling with a short timeout meanwhile waits for the same read: it is not
+    // started again (a new log connection each time, whose answers the proxy would hold too),
+    // so a read longer than the caller's timeout still finishes.
+    let held = proxy.held_replies();
+    for _ in 0..5 {
+        let cut = tokio::time::timeout(Duration::from_millis(20), subscription.next()).await;
+        assert!(cut.is_err(), "nothing can arrive while the log read is held: {cut:?}");
+    }
+    assert!(
+        proxy.held_replies() < 2 * held,
+        "the log read was started again: {} answers held, {held} before",
+        proxy.held_replies()
+    );
     proxy.pass();
 
     let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())

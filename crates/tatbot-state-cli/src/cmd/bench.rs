@@ -475,8 +475,8 @@ async fn sections(
             figures.update_awaited_p99_us = awaited.update.percentile_us(0.99);
             figures.update_awaited_p50_us_waiting = awaited.update_waiting.percentile_us(0.5);
             figures.redis_benchmark_update_p50_us = median(&floors);
+            figures.server_update_us = median(&per_call);
         }
-        figures.server_update_us = median(&per_call);
         if let Some(tool) = &redis_benchmark {
             let ping = tool.run(1, plan.ping_requests, &["PING".to_owned()]).await;
             if let Some(run) = section(report, "redis-benchmark PING", ping) {
