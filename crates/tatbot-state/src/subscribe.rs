@@ -43,8 +43,9 @@ use crate::keys;
 use crate::model::Event;
 use crate::sentinel::Locator;
 
-/// What the gap's log read ends with: the log connection and the entries, or why not.
-type GapRead = std::result::Result<(redis::aio::MultiplexedConnection, redis::streams::StreamRangeReply), String>;
+/// What a log read run as a task of its own ends with: the log connection (given back for the
+/// next read) and the entries, or why not.
+type LogRead = std::result::Result<(redis::aio::MultiplexedConnection, redis::streams::StreamRangeReply), String>;
 
 /// Silence after which the subscription checks its connection with a `PING`.
 pub const KEEPALIVE: Duration = Duration::from_secs(2);
@@ -105,7 +106,10 @@ pub struct Subscription {
     /// live, instead of going on live with the gap unfilled.
     gap_open: bool,
     /// The gap's log read, started by `fill_gap` and awaited until it is done.
-    gap_read: Option<AbortOnDropHandle<GapRead>>,
+    gap_read: Option<AbortOnDropHandle<LogRead>>,
+    /// The keepalive's read of the log's tail, started when a keepalive is due and awaited
+    /// until it is done, then the `PING` goes out.
+    tail_read: Option<AbortOnDropHandle<LogRead>>,
     /// Messages from the log waiting to be handed over, before any live one.
     backlog: VecDeque<Message>,
     /// Hashes of messages handed over from the log that may still arrive live.
@@ -139,6 +143,7 @@ impl Subscription {
             delivered_set: HashSet::new(),
             gap_open: false,
             gap_read: None,
+            tail_read: None,
             backlog: VecDeque::new(),
             from_log: HashSet::new(),
             recovered: 0,
@@ -203,6 +208,73 @@ impl Subscription {
         }
     }
 
+    /// Runs `range` (an `XRANGE` or `XREVRANGE` of the event log) on the log connection, opened
+    /// first when there is none, in a task of its own bounded by the connect timeout. The task
+    /// goes on when the `next` that awaits it is dropped, so the next call awaits the same read
+    /// instead of starting it again: a caller whose timeouts are shorter than a slow read still
+    /// gets it done.
+    fn spawn_log_read(&self, range: redis::Cmd) -> AbortOnDropHandle<LogRead> {
+        let (locator, log, limit) = (self.locator.clone(), self.log.clone(), self.connect_timeout);
+        let read = async move {
+            let mut connection = match log {
+                Some(connection) => connection,
+                None => {
+                    let client = locator.client().await.map_err(|err| err.report().to_string())?;
+                    client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .map_err(|err| err.to_string())?
+                }
+            };
+            let reply = range
+                .query_async::<redis::streams::StreamRangeReply>(&mut connection)
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok((connection, reply))
+        };
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            tokio::time::timeout(limit, read)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+        }))
+    }
+
+    /// The keepalive's look at the log's tail (`None` when it cannot be read): a read of its
+    /// own (see [`Subscription::spawn_log_read`]), so that the keepalive's `PING` goes out
+    /// within the connect timeout even when the log connection hangs and every `next` is cut
+    /// short sooner.
+    async fn keepalive_tail(&mut self) -> Option<String> {
+        if self.tail_read.is_none() {
+            let mut tail = redis::cmd("XREVRANGE");
+            tail.arg(keys::EVENT_LOG).arg("+").arg("-").arg("COUNT").arg(1);
+            self.tail_read = Some(self.spawn_log_read(tail));
+        }
+        let read = self.tail_read.as_mut()?;
+        let outcome = read.await;
+        self.tail_read = None;
+        match outcome {
+            Ok(Ok((connection, reply))) => {
+                self.log = Some(connection);
+                Some(
+                    reply
+                        .ids
+                        .first()
+                        .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
+                )
+            }
+            Ok(Err(error)) => {
+                self.log = None;
+                tracing::debug!(error, "cannot read the event log; a gap would not be filled");
+                None
+            }
+            Err(join) => {
+                self.log = None;
+                tracing::debug!(error = %join, "cannot read the event log; a gap would not be filled");
+                None
+            }
+        }
+    }
+
     /// After a reconnect: queues the logged messages on our channels after the mark that were
     /// not delivered yet, and moves the mark to the last entry read.
     ///
@@ -219,35 +291,14 @@ impl Subscription {
             return;
         };
         if self.gap_read.is_none() {
-            let (locator, log, limit) = (self.locator.clone(), self.log.clone(), self.connect_timeout);
-            let read = async move {
-                let mut connection = match log {
-                    Some(connection) => connection,
-                    None => {
-                        let client = locator.client().await.map_err(|err| err.report().to_string())?;
-                        client
-                            .get_multiplexed_async_connection()
-                            .await
-                            .map_err(|err| err.to_string())?
-                    }
-                };
-                let reply = redis::cmd("XRANGE")
-                    .arg(keys::EVENT_LOG)
-                    .arg(format!("({mark}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(MAX_RECOVERED)
-                    .query_async::<redis::streams::StreamRangeReply>(&mut connection)
-                    .await
-                    .map_err(|err| err.to_string())?;
-                Ok((connection, reply))
-            };
-            let bounded = async move {
-                tokio::time::timeout(limit, read)
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
-            };
-            self.gap_read = Some(AbortOnDropHandle::new(tokio::spawn(bounded)));
+            let mut range = redis::cmd("XRANGE");
+            range
+                .arg(keys::EVENT_LOG)
+                .arg(format!("({mark}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(MAX_RECOVERED);
+            self.gap_read = Some(self.spawn_log_read(range));
         }
         let Some(read) = self.gap_read.as_mut() else { return };
         // Cancel-safe: the task goes on, and the next call awaits it again.
@@ -441,10 +492,12 @@ impl Subscription {
                         Err(err) => tracing::warn!(error = %err, "subscription connection closed; resubscribing"),
                     },
                     () = tokio::time::sleep_until(self.keepalive_at), if pong_due.is_none() => {
-                        self.keepalive_at = tokio::time::Instant::now() + KEEPALIVE;
                         // The log's tail first, then a PING whose answer follows every message
-                        // published before that read: past it, the tail is a safe mark.
-                        let tail = self.log_tail().await;
+                        // published before that read: past it, the tail is a safe mark. The
+                        // keepalive stays due until the PING is out, so a `next` cut short
+                        // during the read comes back to it.
+                        let tail = self.keepalive_tail().await;
+                        self.keepalive_at = tokio::time::Instant::now() + KEEPALIVE;
                         let Some(live) = &mut self.live else { continue };
                         let ping = redis::cmd("PING").get_packed_command();
                         if live.send(&ping, 1).await.is_ok() {
@@ -472,7 +525,11 @@ impl Subscription {
                     self.live = Some(live);
                     // The log connection may be on the server the subscription just left
                     // (with Sentinel, an old master); the next read opens one on the new one.
+                    // A read still running there is dropped with it (the gap is read again,
+                    // from the same mark).
                     self.log = None;
+                    self.tail_read = None;
+                    self.gap_read = None;
                     self.reconnects += 1;
                     tracing::info!(patterns = ?self.patterns, "resubscribed");
                     return;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::json;
 use tatbot_state::model::{Event, RobotState};
+use tatbot_state::subscribe::{KEEPALIVE, PING_TIMEOUT};
 use tatbot_state::{
     Category, Endpoint, ManagerConfig, NodeId, ProgressUpdate, SessionPlan, StateManager, Subscription,
 };
@@ -429,6 +430,50 @@ async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
         "the event published while the subscription was away, from the log"
     );
     assert_eq!(subscription.recovered(), 1);
+}
+
+/// A subscription whose connections all go silent (the server's host gone, a cable pulled)
+/// notices it even when every `next` is cut short by a caller's timeout, as a GUI polling every
+/// 50 ms does: the keepalive's read of the event log runs on by itself, its `PING` goes out, and
+/// the missing answer makes the subscription come back once the server answers again, with the
+/// event published meanwhile. Before, each call dropped the keepalive's read, no `PING` was
+/// ever sent, and the subscription stayed on its dead connection for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_is_found_by_a_caller_with_short_timeouts() {
+    let (server, state) = setup("hog").await;
+    let proxy = ReplyProxy::start(server.addr());
+    let mut via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
+    via_proxy.connect_timeout = Duration::from_millis(300);
+    let listener = StateManager::connect_lazy(via_proxy).unwrap();
+    let mut subscription = listener.subscribe(&["stroke:events:*"]).await.unwrap();
+    let plan = |scene: &str| SessionPlan {
+        total_strokes: 1,
+        stroke_length: 1,
+        scene: scene.into(),
+    };
+    state.start_stroke_session(&plan("before")).await.unwrap();
+    assert_eq!(
+        next_event(&mut subscription).await.1.event_type(),
+        Some("session_start")
+    );
+
+    proxy.hold();
+    let missed = state.start_stroke_session(&plan("silent")).await.unwrap();
+    // Longer than the keepalive (2 s), the log read's limit (0.3 s) and the PING's (2 s).
+    let until = tokio::time::Instant::now() + KEEPALIVE + PING_TIMEOUT + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        let cut = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+        assert!(cut.is_err(), "nothing can arrive while every answer is held: {cut:?}");
+    }
+    proxy.pass();
+
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the event published while the connections were silent, within 10 s")
+        .unwrap();
+    let event = message.event.expect("the event decodes");
+    assert_eq!(event.session_id(), Some(missed.as_str()));
+    assert_eq!(subscription.reconnects(), 1, "the silent connection was given up");
 }
 
 /// A subscription to no pattern is refused with one line, not opened to resubscribe forever.
