@@ -89,6 +89,11 @@ impl ReplyProxy {
         self.addr.port()
     }
 
+    /// Connections made through the proxy so far, closed ones included.
+    pub fn connections(&self) -> usize {
+        self.shared.lock().conns.len()
+    }
+
     /// From now on, replies on every connection are held, not forwarded.
     pub fn hold(&self) {
         self.shared.lock().holding = true;

@@ -29,7 +29,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{PushKind, Value};
 use tokio_util::task::AbortOnDropHandle;
@@ -44,8 +44,15 @@ use crate::model::Event;
 use crate::sentinel::Locator;
 
 /// What a log read run as a task of its own ends with: the log connection (given back for the
-/// next read) and the entries, or why not.
-type LogRead = std::result::Result<(redis::aio::MultiplexedConnection, redis::streams::StreamRangeReply), String>;
+/// next read), the entries and when they were read, or why not.
+type LogRead = std::result::Result<
+    (
+        redis::aio::MultiplexedConnection,
+        redis::streams::StreamRangeReply,
+        Instant,
+    ),
+    String,
+>;
 
 /// Silence after which the subscription checks its connection with a `PING`.
 pub const KEEPALIVE: Duration = Duration::from_secs(2);
@@ -105,6 +112,12 @@ pub struct Subscription {
     /// (a caller's timeout) leaves it set, and the next call reads the log before anything
     /// live, instead of going on live with the gap unfilled.
     gap_open: bool,
+    /// The resubscribe attempt under way, awaited until it is done (see `reconnect`).
+    connecting: Option<AbortOnDropHandle<Result<Direct>>>,
+    /// No attempt before this, after a failed one.
+    retry_at: Option<tokio::time::Instant>,
+    /// Delays between failed attempts, reset by a successful one.
+    backoff: Backoff,
     /// The gap's log read, started by `fill_gap` and awaited until it is done.
     gap_read: Option<AbortOnDropHandle<LogRead>>,
     /// The keepalive's read of the log's tail, started when a keepalive is due and awaited
@@ -142,6 +155,9 @@ impl Subscription {
             delivered: VecDeque::new(),
             delivered_set: HashSet::new(),
             gap_open: false,
+            connecting: None,
+            retry_at: None,
+            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             gap_read: None,
             tail_read: None,
             backlog: VecDeque::new(),
@@ -220,8 +236,13 @@ impl Subscription {
                 Some(connection) => connection,
                 None => {
                     let client = locator.client().await.map_err(|err| err.report().to_string())?;
+                    // redis-rs's own response timeout (500 ms) would cut a long gap's read
+                    // short of the limit this read is given.
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(limit))
+                        .set_response_timeout(Some(limit));
                     client
-                        .get_multiplexed_async_connection()
+                        .get_multiplexed_async_connection_with_config(&config)
                         .await
                         .map_err(|err| err.to_string())?
                 }
@@ -230,7 +251,7 @@ impl Subscription {
                 .query_async::<redis::streams::StreamRangeReply>(&mut connection)
                 .await
                 .map_err(|err| err.to_string())?;
-            Ok((connection, reply))
+            Ok((connection, reply, Instant::now()))
         };
         AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::time::timeout(limit, read)
@@ -244,16 +265,31 @@ impl Subscription {
     /// within the connect timeout even when the log connection hangs and every `next` is cut
     /// short sooner.
     async fn keepalive_tail(&mut self) -> Option<String> {
-        if self.tail_read.is_none() {
-            let mut tail = redis::cmd("XREVRANGE");
-            tail.arg(keys::EVENT_LOG).arg("+").arg("-").arg("COUNT").arg(1);
-            self.tail_read = Some(self.spawn_log_read(tail));
+        loop {
+            if self.tail_read.is_none() {
+                let mut tail = redis::cmd("XREVRANGE");
+                tail.arg(keys::EVENT_LOG).arg("+").arg("-").arg("COUNT").arg(1);
+                self.tail_read = Some(self.spawn_log_read(tail));
+            }
+            let read = self.tail_read.as_mut()?;
+            let outcome = read.await;
+            self.tail_read = None;
+            // A tail read long ago (the caller came back late) would make an old mark: the next
+            // gap would be read from there, longer than it is. Read it again.
+            if let Ok(Ok((connection, _, at))) = &outcome
+                && at.elapsed() > KEEPALIVE
+            {
+                self.log = Some(connection.clone());
+                continue;
+            }
+            return self.tail_of(outcome);
         }
-        let read = self.tail_read.as_mut()?;
-        let outcome = read.await;
-        self.tail_read = None;
+    }
+
+    /// The tail id a finished tail read gives, keeping its connection.
+    fn tail_of(&mut self, outcome: std::result::Result<LogRead, tokio::task::JoinError>) -> Option<String> {
         match outcome {
-            Ok(Ok((connection, reply))) => {
+            Ok(Ok((connection, reply, _))) => {
                 self.log = Some(connection);
                 Some(
                     reply
@@ -287,7 +323,8 @@ impl Subscription {
                 patterns = ?self.patterns,
                 "resubscribed with no mark in the event log (it could not be read); messages published meanwhile are not recovered"
             );
-            // The next keepalive reads the log's tail again and sets a mark.
+            // The keepalive reads the log's tail again and sets a mark: now, not in 2 s.
+            self.keepalive_at = tokio::time::Instant::now();
             return;
         };
         if self.gap_read.is_none() {
@@ -305,7 +342,7 @@ impl Subscription {
         let outcome = read.await;
         self.gap_read = None;
         let reply = match outcome {
-            Ok(Ok((connection, reply))) => {
+            Ok(Ok((connection, reply, _))) => {
                 self.log = Some(connection);
                 reply
             }
@@ -316,12 +353,14 @@ impl Subscription {
                     "cannot read the event log after resubscribing; messages of the gap are lost"
                 );
                 self.mark = None;
+                self.keepalive_at = tokio::time::Instant::now();
                 return;
             }
             Err(join) => {
                 self.log = None;
                 tracing::warn!(error = %join, "the event log read after resubscribing failed; messages of the gap are lost");
                 self.mark = None;
+                self.keepalive_at = tokio::time::Instant::now();
                 return;
             }
         };
@@ -377,54 +416,18 @@ impl Subscription {
     }
 
     async fn connect(&self) -> Result<Direct> {
-        let attempt = async {
-            let client = self.locator.client().await?;
-            let mut live = Direct::connect(&client, self.connect_timeout)
-                .await
-                .map_err(|err| Error::from_redis("subscribe", err))?
-                .ok_or_else(|| Error::UnexpectedReply {
-                    operation: "subscribe",
-                    detail: "the server's address is not TCP".to_owned(),
-                })?;
-            let command = redis::cmd("PSUBSCRIBE").arg(&self.patterns).get_packed_command();
-            live.send(&command, self.patterns.len())
-                .await
-                .map_err(|err| Error::from_redis("subscribe", err))?;
-            for _ in &self.patterns {
-                let answer = live.next_answer().await.and_then(Value::extract_error);
-                match answer.map_err(|err| Error::from_redis("subscribe", err))? {
-                    Value::Push {
-                        kind: PushKind::PSubscribe,
-                        ..
-                    } => {}
-                    other => {
-                        return Err(Error::UnexpectedReply {
-                            operation: "subscribe",
-                            detail: format!(
-                                "{:?} instead of a psubscribe confirmation",
-                                crate::decode::preview(&format!("{other:?}"))
-                            ),
-                        });
-                    }
-                }
-            }
-            Ok::<_, Error>(live)
-        };
-        // Twice the connect timeout: with Sentinel, the lookup comes first.
-        let limit = self.connect_timeout * 2;
-        match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok(live)) => Ok(live),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(Error::Timeout {
-                operation: "subscribe",
-                after: limit,
-            }),
-        }
+        subscribe_on(self.locator.clone(), self.patterns.clone(), self.connect_timeout).await
     }
 
     /// The patterns subscribed to.
     pub fn patterns(&self) -> &[String] {
         &self.patterns
+    }
+
+    /// Whether the subscription holds a connection it takes as live: false from a failure (a
+    /// closed connection, a `PING` unanswered in time) until the next successful resubscribe.
+    pub fn is_connected(&self) -> bool {
+        self.live.is_some()
     }
 
     /// How many times the connection was lost and made again.
@@ -517,12 +520,30 @@ impl Subscription {
         }
     }
 
+    /// Resubscribes, with capped backoff between attempts. Cancel-safe: the attempt runs as a
+    /// task of its own (`connecting`) and the backoff lives in the subscription, so a caller
+    /// whose timeouts are shorter than a connect (a lookup through Sentinel, a slow link) waits
+    /// for the same attempt at its next call, and a down server is not tried at the caller's
+    /// polling rate.
     async fn reconnect(&mut self) {
-        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
-            match self.connect().await {
-                Ok(live) => {
+            if let Some(at) = self.retry_at {
+                tokio::time::sleep_until(at).await;
+                self.retry_at = None;
+            }
+            let attempt = match self.connecting.as_mut() {
+                Some(attempt) => attempt,
+                None => {
+                    let connect = subscribe_on(self.locator.clone(), self.patterns.clone(), self.connect_timeout);
+                    self.connecting.insert(AbortOnDropHandle::new(tokio::spawn(connect)))
+                }
+            };
+            let outcome = attempt.await;
+            self.connecting = None;
+            match outcome {
+                Ok(Ok(live)) => {
                     self.live = Some(live);
+                    self.backoff.reset();
                     // The log connection may be on the server the subscription just left
                     // (with Sentinel, an old master); the next read opens one on the new one.
                     // A read still running there is dropped with it (the gap is read again,
@@ -534,9 +555,10 @@ impl Subscription {
                     tracing::info!(patterns = ?self.patterns, "resubscribed");
                     return;
                 }
-                Err(err) => tracing::debug!(error = %err, "resubscribe failed"),
+                Ok(Err(err)) => tracing::debug!(error = %err, "resubscribe failed"),
+                Err(join) => tracing::debug!(error = %join, "resubscribe failed"),
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            self.retry_at = Some(tokio::time::Instant::now() + self.backoff.next_delay());
         }
     }
 }
@@ -550,6 +572,53 @@ impl std::fmt::Debug for Subscription {
             .field("recovered", &self.recovered)
             .field("backlog", &self.backlog.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Connects to the server `locator` finds and subscribes to `patterns`, within twice
+/// `connect_timeout` (with Sentinel, the lookup comes first).
+async fn subscribe_on(locator: Locator, patterns: Vec<String>, connect_timeout: Duration) -> Result<Direct> {
+    let attempt = async {
+        let client = locator.client().await?;
+        let mut live = Direct::connect(&client, connect_timeout)
+            .await
+            .map_err(|err| Error::from_redis("subscribe", err))?
+            .ok_or_else(|| Error::UnexpectedReply {
+                operation: "subscribe",
+                detail: "the server's address is not TCP".to_owned(),
+            })?;
+        let command = redis::cmd("PSUBSCRIBE").arg(&patterns).get_packed_command();
+        live.send(&command, patterns.len())
+            .await
+            .map_err(|err| Error::from_redis("subscribe", err))?;
+        for _ in &patterns {
+            let answer = live.next_answer().await.and_then(Value::extract_error);
+            match answer.map_err(|err| Error::from_redis("subscribe", err))? {
+                Value::Push {
+                    kind: PushKind::PSubscribe,
+                    ..
+                } => {}
+                other => {
+                    return Err(Error::UnexpectedReply {
+                        operation: "subscribe",
+                        detail: format!(
+                            "{:?} instead of a psubscribe confirmation",
+                            crate::decode::preview(&format!("{other:?}"))
+                        ),
+                    });
+                }
+            }
+        }
+        Ok::<_, Error>(live)
+    };
+    let limit = connect_timeout * 2;
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(live)) => Ok(live),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(Error::Timeout {
+            operation: "subscribe",
+            after: limit,
+        }),
     }
 }
 
