@@ -123,6 +123,9 @@ pub struct Subscription {
     /// The keepalive's read of the log's tail, started when a keepalive is due and awaited
     /// until it is done, then the `PING` goes out.
     tail_read: Option<AbortOnDropHandle<LogRead>>,
+    /// The tail read under way replaces one that came back too old; this one is used however
+    /// old it is.
+    tail_reread: bool,
     /// Messages from the log waiting to be handed over, before any live one.
     backlog: VecDeque<Message>,
     /// Hashes of messages handed over from the log that may still arrive live.
@@ -160,6 +163,7 @@ impl Subscription {
             backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             gap_read: None,
             tail_read: None,
+            tail_reread: false,
             backlog: VecDeque::new(),
             from_log: HashSet::new(),
             recovered: 0,
@@ -274,14 +278,19 @@ impl Subscription {
             let read = self.tail_read.as_mut()?;
             let outcome = read.await;
             self.tail_read = None;
-            // A tail read long ago (the caller came back late) would make an old mark: the next
-            // gap would be read from there, longer than it is. Read it again.
+            // A tail read long ago (the caller came back late) still makes a safe mark, but an
+            // old one: the next gap would be read from there, longer than it is. Read it again,
+            // once: a caller whose every call is cut short might never see a fresh one, and the
+            // PING must go out.
             if let Ok(Ok((connection, _, at))) = &outcome
                 && at.elapsed() > KEEPALIVE
+                && !self.tail_reread
             {
                 self.log = Some(connection.clone());
+                self.tail_reread = true;
                 continue;
             }
+            self.tail_reread = false;
             return self.tail_of(outcome);
         }
     }
@@ -550,6 +559,7 @@ impl Subscription {
                     // from the same mark).
                     self.log = None;
                     self.tail_read = None;
+                    self.tail_reread = false;
                     self.gap_read = None;
                     self.reconnects += 1;
                     tracing::info!(patterns = ?self.patterns, "resubscribed");

