@@ -180,54 +180,6 @@ impl Subscription {
         Ok(subscription)
     }
 
-    /// The connection for reading the event log, opened when first needed.
-    async fn log_connection(&mut self) -> redis::RedisResult<&mut redis::aio::MultiplexedConnection> {
-        if self.log.is_none() {
-            let client = self.locator.client().await.map_err(|err| {
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    err.report().to_string(),
-                ))
-            })?;
-            self.log = Some(client.get_multiplexed_async_connection().await?);
-        }
-        Ok(self.log.as_mut().expect("just opened"))
-    }
-
-    /// The event log's last entry id (`0-0` when empty), or `None` when it cannot be read.
-    async fn log_tail(&mut self) -> Option<String> {
-        let limit = self.connect_timeout;
-        let read = async {
-            let connection = self.log_connection().await?;
-            let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(keys::EVENT_LOG)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(connection)
-                .await?;
-            Ok::<_, redis::RedisError>(
-                reply
-                    .ids
-                    .first()
-                    .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
-            )
-        };
-        match tokio::time::timeout(limit, read).await {
-            Ok(Ok(id)) => Some(id),
-            Ok(Err(err)) => {
-                self.log = None;
-                tracing::debug!(error = %err, "cannot read the event log; a gap would not be filled");
-                None
-            }
-            Err(_) => {
-                self.log = None;
-                None
-            }
-        }
-    }
-
     /// Runs `range` (an `XRANGE` or `XREVRANGE` of the event log) on the log connection, opened
     /// first when there is none, in a task of its own bounded by the connect timeout. The task
     /// goes on when the `next` that awaits it is dropped, so the next call awaits the same read
@@ -264,11 +216,11 @@ impl Subscription {
         }))
     }
 
-    /// The keepalive's look at the log's tail (`None` when it cannot be read): a read of its
-    /// own (see [`Subscription::spawn_log_read`]), so that the keepalive's `PING` goes out
-    /// within the connect timeout even when the log connection hangs and every `next` is cut
-    /// short sooner.
-    async fn keepalive_tail(&mut self) -> Option<String> {
+    /// The event log's last entry id (`0-0` when empty), or `None` when it cannot be read: at
+    /// subscribe time and at each keepalive. A read of its own (see
+    /// [`Subscription::spawn_log_read`]), so that the keepalive's `PING` goes out within the
+    /// connect timeout even when the log connection hangs and every `next` is cut short sooner.
+    async fn log_tail(&mut self) -> Option<String> {
         loop {
             if self.tail_read.is_none() {
                 let mut tail = redis::cmd("XREVRANGE");
@@ -508,7 +460,7 @@ impl Subscription {
                         // published before that read: past it, the tail is a safe mark. The
                         // keepalive stays due until the PING is out, so a `next` cut short
                         // during the read comes back to it.
-                        let tail = self.keepalive_tail().await;
+                        let tail = self.log_tail().await;
                         self.keepalive_at = tokio::time::Instant::now() + KEEPALIVE;
                         let Some(live) = &mut self.live else { continue };
                         let ping = redis::cmd("PING").get_packed_command();
