@@ -9,7 +9,7 @@ use tatbot_state::subscribe::{KEEPALIVE, PING_TIMEOUT};
 use tatbot_state::{
     Category, Endpoint, ManagerConfig, NodeId, ProgressUpdate, SessionPlan, StateManager, Subscription,
 };
-use tatbot_state_testkit::ReplyProxy;
+use tatbot_state_testkit::{RedisServer, ReplyProxy};
 
 use crate::util::{config, raw, setup};
 
@@ -354,6 +354,39 @@ async fn subscription_fills_a_gap_from_the_event_log() {
     assert_eq!(event.event_type(), Some("session_start"));
 }
 
+/// A one-pose session plan for `scene`: its start publishes a `session_start` to wait for.
+fn one_pose(scene: &str) -> SessionPlan {
+    SessionPlan {
+        total_strokes: 1,
+        stroke_length: 1,
+        scene: scene.into(),
+    }
+}
+
+/// A subscription to `stroke:events:*` whose connections go through a proxy in front of
+/// `server`, live (it got a session start `state` made). The manager is lazy: its shared
+/// connection is never opened, so only the subscription's own connections go through the
+/// proxy and the answers held there are theirs.
+async fn subscribed_through_proxy(
+    server: &RedisServer,
+    state: &StateManager,
+    connect_timeout: Option<Duration>,
+) -> (std::sync::Arc<ReplyProxy>, Subscription) {
+    let proxy = std::sync::Arc::new(ReplyProxy::start(server.addr()));
+    let mut via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
+    if let Some(limit) = connect_timeout {
+        via_proxy.connect_timeout = limit;
+    }
+    let listener = StateManager::connect_lazy(via_proxy).unwrap();
+    let mut subscription = listener.subscribe(&["stroke:events:*"]).await.unwrap();
+    state.start_stroke_session(&one_pose("before")).await.unwrap();
+    assert_eq!(
+        next_event(&mut subscription).await.1.event_type(),
+        Some("session_start")
+    );
+    (proxy, subscription)
+}
+
 /// A `next` cancelled by the caller's timeout after the subscription reconnected, while it was
 /// still reading the event log for the gap, loses nothing: the next call hands over the
 /// missed event from the log. Before the fix the reconnected connection was taken as whole
@@ -363,27 +396,12 @@ async fn subscription_fills_a_gap_from_the_event_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
     let (server, state) = setup("hog").await;
-    let proxy = std::sync::Arc::new(ReplyProxy::start(server.addr()));
-    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
-    // Lazy: its shared connection is never opened, so only the subscription's own connections
-    // go through the proxy and the answers held are theirs.
-    let listener = StateManager::connect_lazy(via_proxy).unwrap();
-    let mut subscription = listener.subscribe(&["stroke:events:*"]).await.unwrap();
-    let plan = |scene: &str| SessionPlan {
-        total_strokes: 1,
-        stroke_length: 1,
-        scene: scene.into(),
-    };
-    state.start_stroke_session(&plan("before")).await.unwrap();
-    assert_eq!(
-        next_event(&mut subscription).await.1.event_type(),
-        Some("session_start")
-    );
+    let (proxy, mut subscription) = subscribed_through_proxy(&server, &state, None).await;
 
     // Every connection through the proxy is cut, and what the new ones are answered is held.
     proxy.cut();
     proxy.hold();
-    let missed = state.start_stroke_session(&plan("missed")).await.unwrap();
+    let missed = state.start_stroke_session(&one_pose("missed")).await.unwrap();
     // Lets through the new subscription connection's HELLO and PSUBSCRIBE answers, then
     // returns once the log connection's handshake is held: `next` is inside the gap's read.
     let gate = proxy.clone();
@@ -441,24 +459,10 @@ async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silence_is_found_by_a_caller_with_short_timeouts() {
     let (server, state) = setup("hog").await;
-    let proxy = ReplyProxy::start(server.addr());
-    let mut via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
-    via_proxy.connect_timeout = Duration::from_millis(300);
-    let listener = StateManager::connect_lazy(via_proxy).unwrap();
-    let mut subscription = listener.subscribe(&["stroke:events:*"]).await.unwrap();
-    let plan = |scene: &str| SessionPlan {
-        total_strokes: 1,
-        stroke_length: 1,
-        scene: scene.into(),
-    };
-    state.start_stroke_session(&plan("before")).await.unwrap();
-    assert_eq!(
-        next_event(&mut subscription).await.1.event_type(),
-        Some("session_start")
-    );
+    let (proxy, mut subscription) = subscribed_through_proxy(&server, &state, Some(Duration::from_millis(300))).await;
 
     proxy.hold();
-    let missed = state.start_stroke_session(&plan("silent")).await.unwrap();
+    let missed = state.start_stroke_session(&one_pose("silent")).await.unwrap();
     // The keepalive (2 s), the log read's limit (0.3 s) and the PING's (2 s), with room for a
     // loaded machine.
     let limit = KEEPALIVE + PING_TIMEOUT + Duration::from_secs(10);
@@ -488,28 +492,12 @@ async fn silence_is_found_by_a_caller_with_short_timeouts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_resubscribe_is_not_started_again_by_each_call() {
     let (server, state) = setup("hog").await;
-    let proxy = ReplyProxy::start(server.addr());
-    let listener = StateManager::connect_lazy(ManagerConfig::new(
-        Endpoint::new("127.0.0.1", proxy.port()),
-        NodeId::new("hog").unwrap(),
-    ))
-    .unwrap();
-    let mut subscription = listener.subscribe(&["stroke:events:*"]).await.unwrap();
-    let plan = |scene: &str| SessionPlan {
-        total_strokes: 1,
-        stroke_length: 1,
-        scene: scene.into(),
-    };
-    state.start_stroke_session(&plan("before")).await.unwrap();
-    assert_eq!(
-        next_event(&mut subscription).await.1.event_type(),
-        Some("session_start")
-    );
+    let (proxy, mut subscription) = subscribed_through_proxy(&server, &state, None).await;
 
     // The connections are cut, and the new one's answers held: the resubscribe waits.
     proxy.cut();
     proxy.hold();
-    let missed = state.start_stroke_session(&plan("away")).await.unwrap();
+    let missed = state.start_stroke_session(&one_pose("away")).await.unwrap();
     let before = proxy.connections();
     for _ in 0..10 {
         let cut = tokio::time::timeout(Duration::from_millis(20), subscription.next()).await;
