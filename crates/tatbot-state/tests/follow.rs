@@ -236,6 +236,70 @@ async fn next_cut_short_by_timeouts_loses_nothing() {
     assert_eq!(progress.len(), 200);
 }
 
+/// Calls of `XINFO STREAM` the server executed: the follower pipelines one per followed
+/// stream behind each of its reads, so this counts its reads.
+fn xinfo_calls(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "commandstats"]).unwrap();
+    let line = info.lines().find(|line| line.starts_with("cmdstat_xinfo|stream:"));
+    line.and_then(|line| {
+        line.split([':', ','])
+            .find_map(|part| part.strip_prefix("calls=")?.parse().ok())
+    })
+    .unwrap_or(0)
+}
+
+/// Whether some client is blocked (the follower's `XREAD BLOCK`, waiting for an entry).
+fn a_client_is_blocked(server: &RedisServer) -> bool {
+    let clients = server.command(&["CLIENT", "LIST"]).unwrap();
+    clients.lines().any(|line| {
+        line.split(' ')
+            .find_map(|field| field.strip_prefix("flags="))
+            .is_some_and(|flags| flags.contains('b'))
+    })
+}
+
+/// A progress update writes its session's history and the event log in one script, and wakes
+/// a waiting follower once: one read brings both entries (Redis 7.0 answers the blocked read
+/// with the history alone; the read pipelined behind it brings the log's entry), where it used
+/// to take a second round trip right after the first.
+#[tokio::test]
+async fn one_read_per_progress_update() {
+    const UPDATES: u32 = 20;
+    let (server, state) = setup("hog").await;
+    let config = FollowConfig {
+        block: Duration::from_secs(60),
+        poll_interval: Duration::from_secs(60),
+        ..quick()
+    };
+    let seen = collect(state.follow_with(Scope::All, None, config, &CancellationToken::new()));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 100,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
+    let blocked = || async { a_client_is_blocked(&server) };
+    let mut before = None;
+    for pose in 0..=UPDATES {
+        // The follower tails the session and waits in its read before each update.
+        assert!(eventually(LIMIT, blocked).await, "the follower waits in XREAD BLOCK");
+        before = before.or(Some(xinfo_calls(&server)));
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+        let delivered = usize::try_from(pose + 1).unwrap();
+        wait_for(&seen, "the update", |seen| progress_of(seen, &session).len() == delivered).await;
+    }
+    assert!(eventually(LIMIT, blocked).await, "the follower waits in XREAD BLOCK");
+    // Each read pipelines two XINFOs: the event log's and the session history's.
+    let reads = (xinfo_calls(&server) - before.unwrap()) / 2;
+    assert_eq!(reads, u64::from(UPDATES) + 1, "one read per update");
+}
+
 /// A follower resumed from a change's cursor gets exactly the changes after it, no snapshot.
 #[tokio::test]
 async fn resume_replays_exactly_what_was_missed() {

@@ -268,6 +268,19 @@ pub(crate) fn parse_xread(value: &Value) -> Vec<(String, Vec<RawEntry>)> {
         .collect()
 }
 
+/// The entries of several `XREAD` replies by stream key, in id order, each id once.
+pub(crate) fn merge_reads(reads: Vec<(String, Vec<RawEntry>)>) -> BTreeMap<String, Vec<RawEntry>> {
+    let mut merged: BTreeMap<String, Vec<RawEntry>> = BTreeMap::new();
+    for (key, entries) in reads {
+        merged.entry(key).or_default().extend(entries);
+    }
+    for entries in merged.values_mut() {
+        entries.sort_by_key(|entry| entry.id);
+        entries.dedup_by_key(|entry| entry.id);
+    }
+    merged
+}
+
 /// A history stream entry as a [`HistoryEntry`].
 pub(crate) fn decode_history(key: &str, entry: &RawEntry) -> Result<HistoryEntry> {
     crate::decode::history_entry(key, &entry.id_text, |name| entry.field(name).map(str::to_owned))
@@ -688,6 +701,29 @@ mod tests {
             length,
             entries_added: added,
         }
+    }
+
+    fn raw(text: &str) -> RawEntry {
+        RawEntry {
+            id: id(text),
+            id_text: text.to_owned(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// The blocked read and the one pipelined behind it: a stream in either is kept, each
+    /// entry once, in id order, also when a trim between the two left the second one shorter.
+    #[test]
+    fn merged_reads_keep_every_entry_once_in_order() {
+        let ids = |entries: &[RawEntry]| entries.iter().map(|entry| entry.id_text.clone()).collect::<Vec<_>>();
+        let merged = merge_reads(vec![
+            ("history".to_owned(), vec![raw("5-0"), raw("7-0")]),
+            ("log".to_owned(), vec![raw("9-0")]),
+            ("history".to_owned(), vec![raw("7-0"), raw("8-0")]),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(ids(&merged["history"]), ["5-0", "7-0", "8-0"]);
+        assert_eq!(ids(&merged["log"]), ["9-0"]);
     }
 
     /// Trimming past the cursor, a stream that went back, and XDEL are gaps; trimming behind is not.

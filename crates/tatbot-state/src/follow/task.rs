@@ -314,6 +314,13 @@ impl FollowTask {
     }
 
     /// One `XREAD BLOCK` over the event log and every tailed history, then the checks.
+    ///
+    /// When caught up, the same `XREAD` without `BLOCK` is pipelined behind the blocking one:
+    /// Redis 7.0 answers a blocked read with the one stream whose write woke it, so the other
+    /// stream written by the same update (a progress update writes its history and the event
+    /// log in one script) would otherwise take a second round trip. Redis runs the second read
+    /// as soon as the first is answered, and it starts from the same ids, so its entries are a
+    /// superset of the first's unless a trim came in between; the two are merged.
     async fn read_batch(&mut self) -> Result<(), Stop> {
         let connections = self.connections()?;
         let mut blocking = connections.blocking.lock().await;
@@ -327,20 +334,30 @@ impl FollowTask {
         stream_keys.extend(tracked.iter().map(|(session_id, _)| keys::history(session_id)));
         let block_ms = u64::try_from(self.config.block.as_millis()).unwrap_or(u64::MAX).max(1);
 
+        let mut ids = vec![self.cursor.events.to_string()];
+        ids.extend(tracked.iter().map(|(_, id)| id.to_string()));
+
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let xread = pipe
-            .cmd("XREAD")
+        pipe.cmd("XREAD")
             .arg("COUNT")
             .arg(self.config.batch)
             .arg("BLOCK")
             .arg(block_ms)
             .arg("STREAMS")
             .arg(&stream_keys)
-            .arg(self.cursor.events.to_string());
-        for (_, id) in &tracked {
-            xread.arg(id.to_string());
-        }
+            .arg(&ids);
+        let reads = if self.caught_up {
+            pipe.cmd("XREAD")
+                .arg("COUNT")
+                .arg(self.config.batch)
+                .arg("STREAMS")
+                .arg(&stream_keys)
+                .arg(&ids);
+            2
+        } else {
+            1
+        };
         for key in &stream_keys {
             pipe.cmd("XINFO").arg("STREAM").arg(key);
         }
@@ -354,13 +371,13 @@ impl FollowTask {
             .map(Value::extract_error)
             .collect();
         drop(blocking);
-        if replies.len() != stream_keys.len() + 1 {
+        if replies.len() != stream_keys.len() + reads {
             return Err(Stop::Redis(Error::UnexpectedReply {
                 operation: "follow read",
-                detail: format!("{} replies for {} commands", replies.len(), stream_keys.len() + 1),
+                detail: format!("{} replies for {} commands", replies.len(), stream_keys.len() + reads),
             }));
         }
-        let infos = replies.split_off(1);
+        let infos = replies.split_off(reads);
         // A tailed history that is not a stream fails the whole XREAD with WRONGTYPE, and its
         // XINFO says which one it is: stop tailing it and read again without it.
         let mut wrong_type = false;
@@ -373,11 +390,13 @@ impl FollowTask {
         if wrong_type {
             return Ok(());
         }
-        let read = match replies.pop() {
-            Some(Ok(value)) => io::parse_xread(&value),
-            Some(Err(err)) => return Err(Stop::Redis(Error::from_redis("follow read", err))),
-            None => Vec::new(),
-        };
+        let mut read = Vec::new();
+        for reply in replies {
+            match reply {
+                Ok(value) => read.extend(io::parse_xread(&value)),
+                Err(err) => return Err(Stop::Redis(Error::from_redis("follow read", err))),
+            }
+        }
 
         // Checked against the cursor from before this batch: see `StreamInfo::gap_after`.
         self.check_event_log(infos.first())?;
@@ -385,15 +404,9 @@ impl FollowTask {
             self.check_history(session_id, reply)?;
         }
 
-        let mut log_entries = Vec::new();
-        let mut history: BTreeMap<String, Vec<RawEntry>> = BTreeMap::new();
-        for (key, entries) in read {
-            if key == keys::EVENT_LOG {
-                log_entries = entries;
-            } else {
-                history.insert(key, entries);
-            }
-        }
+        let mut read = io::merge_reads(read);
+        let log_entries = read.remove(keys::EVENT_LOG).unwrap_or_default();
+        let mut history = read;
         self.caught_up = log_entries.len() < self.config.batch;
         for (session_id, _) in &tracked {
             if let Some(entries) = history.remove(&keys::history(session_id)) {
