@@ -83,6 +83,13 @@ impl Subscription {
             .map_or(0, |subscription| subscription.reconnects())
     }
 
+    /// How many reconnects left messages behind that the event log could not give back.
+    fn unrecovered(&self) -> u64 {
+        self.subscription
+            .try_lock()
+            .map_or(0, |subscription| subscription.unrecovered())
+    }
+
     /// Ends the subscription: pending and later `next` calls answer `None`.
     fn close(&self) {
         self.closed.cancel();

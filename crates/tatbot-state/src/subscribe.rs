@@ -25,7 +25,10 @@
 //!
 //! What it cannot recover: messages that never went to the log (anything published by other
 //! clients with a plain `PUBLISH`), and entries trimmed from the log (`MAXLEN ~ 20000`) before
-//! the reconnect. The follow API ([`crate::follow`]) reads the streams themselves and has no gap.
+//! the reconnect. The second it tells: the gap's read asks the log (`XINFO STREAM`) whether
+//! entries after the mark are gone, and such a gap, like one the log could not be read for, is
+//! counted in [`Subscription::unrecovered`] and logged as a warning. The follow API
+//! ([`crate::follow`]) reads the streams themselves and has no gap.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -39,20 +42,16 @@ use crate::backoff::Backoff;
 use crate::connection::ManagerConfig;
 use crate::direct::Direct;
 use crate::error::{Error, Result};
+use crate::follow::io::{StreamInfo, parse_info};
+use crate::ids::EntryId;
 use crate::keys;
 use crate::model::Event;
 use crate::sentinel::Locator;
 
 /// What a log read run as a task of its own ends with: the log connection (given back for the
-/// next read), the entries and when they were read, or why not.
-type LogRead = std::result::Result<
-    (
-        redis::aio::MultiplexedConnection,
-        redis::streams::StreamRangeReply,
-        Instant,
-    ),
-    String,
->;
+/// next read), one reply per command (an error reply as [`Value::ServerError`]) and when they
+/// were read, or why not.
+type LogRead = std::result::Result<(redis::aio::MultiplexedConnection, Vec<Value>, Instant), String>;
 
 /// Silence after which the subscription checks its connection with a `PING`.
 pub const KEEPALIVE: Duration = Duration::from_secs(2);
@@ -131,6 +130,8 @@ pub struct Subscription {
     /// Hashes of messages handed over from the log that may still arrive live.
     from_log: HashSet<u64>,
     recovered: u64,
+    /// Reconnects whose gap the log could not fill; see [`Subscription::unrecovered`].
+    unrecovered: u64,
     hasher: RandomState,
     /// When the next keepalive (a `PING` and a new mark) is due, whatever the traffic.
     keepalive_at: tokio::time::Instant,
@@ -167,6 +168,7 @@ impl Subscription {
             backlog: VecDeque::new(),
             from_log: HashSet::new(),
             recovered: 0,
+            unrecovered: 0,
             hasher: RandomState::new(),
             keepalive_at: tokio::time::Instant::now() + KEEPALIVE,
         };
@@ -180,12 +182,13 @@ impl Subscription {
         Ok(subscription)
     }
 
-    /// Runs `range` (an `XRANGE` or `XREVRANGE` of the event log) on the log connection, opened
-    /// first when there is none, in a task of its own bounded by the connect timeout. The task
+    /// Runs `reads` (an `XRANGE` or `XREVRANGE` of the event log, and maybe its `XINFO`) on the
+    /// log connection, opened first when there is none, in a task of its own bounded by the
+    /// connect timeout. The task
     /// goes on when the `next` that awaits it is dropped, so the next call awaits the same read
     /// instead of starting it again: a caller whose timeouts are shorter than a slow read still
     /// gets it done.
-    fn spawn_log_read(&self, range: redis::Cmd) -> AbortOnDropHandle<LogRead> {
+    fn spawn_log_read(&self, mut reads: redis::Pipeline) -> AbortOnDropHandle<LogRead> {
         let (locator, log, limit) = (self.locator.clone(), self.log.clone(), self.connect_timeout);
         let read = async move {
             let mut connection = match log {
@@ -203,11 +206,12 @@ impl Subscription {
                         .map_err(|err| err.to_string())?
                 }
             };
-            let reply = range
-                .query_async::<redis::streams::StreamRangeReply>(&mut connection)
+            let replies = reads
+                .ignore_errors()
+                .query_async::<Vec<Value>>(&mut connection)
                 .await
                 .map_err(|err| err.to_string())?;
-            Ok((connection, reply, Instant::now()))
+            Ok((connection, replies, Instant::now()))
         };
         AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::time::timeout(limit, read)
@@ -223,8 +227,13 @@ impl Subscription {
     async fn log_tail(&mut self) -> Option<String> {
         loop {
             if self.tail_read.is_none() {
-                let mut tail = redis::cmd("XREVRANGE");
-                tail.arg(keys::EVENT_LOG).arg("+").arg("-").arg("COUNT").arg(1);
+                let mut tail = redis::pipe();
+                tail.cmd("XREVRANGE")
+                    .arg(keys::EVENT_LOG)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
                 self.tail_read = Some(self.spawn_log_read(tail));
             }
             let read = self.tail_read.as_mut()?;
@@ -250,14 +259,20 @@ impl Subscription {
     /// The tail id a finished tail read gives, keeping its connection.
     fn tail_of(&mut self, outcome: std::result::Result<LogRead, tokio::task::JoinError>) -> Option<String> {
         match outcome {
-            Ok(Ok((connection, reply, _))) => {
+            Ok(Ok((connection, replies, _))) => {
                 self.log = Some(connection);
-                Some(
-                    reply
-                        .ids
-                        .first()
-                        .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
-                )
+                match range_reply(replies.first()) {
+                    Ok(reply) => Some(
+                        reply
+                            .ids
+                            .first()
+                            .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
+                    ),
+                    Err(error) => {
+                        tracing::debug!(error, "cannot read the event log; a gap would not be filled");
+                        None
+                    }
+                }
             }
             Ok(Err(error)) => {
                 self.log = None;
@@ -280,6 +295,7 @@ impl Subscription {
     /// read at its next call instead of starting it again, so a long read still finishes.
     async fn fill_gap(&mut self) {
         let Some(mark) = self.mark.clone() else {
+            self.unrecovered += 1;
             tracing::warn!(
                 patterns = ?self.patterns,
                 "resubscribed with no mark in the event log (it could not be read); messages published meanwhile are not recovered"
@@ -289,26 +305,41 @@ impl Subscription {
             return;
         };
         if self.gap_read.is_none() {
-            let mut range = redis::cmd("XRANGE");
-            range
+            let mut reads = redis::pipe();
+            // Where the log's ids are, to tell whether entries after the mark are gone.
+            reads.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
+            reads
+                .cmd("XRANGE")
                 .arg(keys::EVENT_LOG)
                 .arg(format!("({mark}"))
                 .arg("+")
                 .arg("COUNT")
-                .arg(MAX_RECOVERED);
-            self.gap_read = Some(self.spawn_log_read(range));
+                // One more than is filled, to tell a longer gap.
+                .arg(MAX_RECOVERED + 1);
+            self.gap_read = Some(self.spawn_log_read(reads));
         }
         let Some(read) = self.gap_read.as_mut() else { return };
         // Cancel-safe: the task goes on, and the next call awaits it again.
         let outcome = read.await;
         self.gap_read = None;
-        let reply = match outcome {
-            Ok(Ok((connection, reply, _))) => {
+        let read = match outcome {
+            Ok(Ok((connection, replies, _))) => {
                 self.log = Some(connection);
-                reply
+                range_reply(replies.get(1)).map(|reply| (replies.first().and_then(parse_info), reply))
             }
             Ok(Err(error)) => {
                 self.log = None;
+                Err(error)
+            }
+            Err(join) => {
+                self.log = None;
+                Err(join.to_string())
+            }
+        };
+        let (info, mut reply) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                self.unrecovered += 1;
                 tracing::warn!(
                     error,
                     "cannot read the event log after resubscribing; messages of the gap are lost"
@@ -317,14 +348,16 @@ impl Subscription {
                 self.keepalive_at = tokio::time::Instant::now();
                 return;
             }
-            Err(join) => {
-                self.log = None;
-                tracing::warn!(error = %join, "the event log read after resubscribing failed; messages of the gap are lost");
-                self.mark = None;
-                self.keepalive_at = tokio::time::Instant::now();
-                return;
-            }
         };
+        if let Some(reason) = lost_after(info.as_ref(), &mark, reply.ids.len()) {
+            self.unrecovered += 1;
+            tracing::warn!(
+                reason,
+                patterns = ?self.patterns,
+                "the event log does not hold the whole gap; some messages published while disconnected may be lost"
+            );
+        }
+        reply.ids.truncate(MAX_RECOVERED);
         let mut filled = 0;
         for entry in &reply.ids {
             let (Some(channel), Some(payload)) = (entry.get::<String>("channel"), entry.get::<Vec<u8>>("payload"))
@@ -399,6 +432,14 @@ impl Subscription {
     /// How many messages were handed over from the event log after reconnects.
     pub fn recovered(&self) -> u64 {
         self.recovered
+    }
+
+    /// How many reconnects left messages behind that the event log could not give back: it
+    /// could not be read, or it no longer holds every entry published while the connection
+    /// was down (trimmed to its `MAXLEN`, deleted, or lost by Redis). Each is logged as a
+    /// warning with its reason.
+    pub fn unrecovered(&self) -> u64 {
+        self.unrecovered
     }
 
     /// Waits for the next message, reconnecting as often as needed; `None` never comes while
@@ -532,8 +573,35 @@ impl std::fmt::Debug for Subscription {
             .field("connected", &self.live.is_some())
             .field("reconnects", &self.reconnects)
             .field("recovered", &self.recovered)
+            .field("unrecovered", &self.unrecovered)
             .field("backlog", &self.backlog.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// The entries of an `XRANGE`/`XREVRANGE` reply read in a pipeline, or why it failed.
+fn range_reply(reply: Option<&Value>) -> std::result::Result<redis::streams::StreamRangeReply, String> {
+    match reply {
+        None => Err("no reply to the event log read".to_owned()),
+        Some(Value::ServerError(err)) => Err(err.to_string()),
+        Some(reply) => redis::FromRedisValue::from_redis_value_ref(reply).map_err(|err| err.to_string()),
+    }
+}
+
+/// Why the event log, as `info` describes it after a gap read of `read` entries from `mark`,
+/// may not hold every entry after the mark; `None` when it does. No `XINFO` (the log does not
+/// exist) after a mark in it means the log is gone.
+fn lost_after(info: Option<&StreamInfo>, mark: &str, read: usize) -> Option<String> {
+    let mark_id: EntryId = mark.parse().ok()?;
+    if read > MAX_RECOVERED {
+        return Some(format!(
+            "more than {MAX_RECOVERED} entries after {mark}; the later ones are skipped"
+        ));
+    }
+    match info {
+        Some(info) => info.gap_after(keys::EVENT_LOG, mark_id),
+        None if mark_id > EntryId::ZERO => Some(format!("{} is gone (Redis lost its data?)", keys::EVENT_LOG)),
+        None => None,
     }
 }
 
@@ -609,5 +677,38 @@ fn decode_parts(channel: String, pattern: Option<String>, bytes: &[u8]) -> Messa
         payload: String::from_utf8_lossy(bytes).into_owned(),
         event,
         from_log: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(first: &str, last: &str, length: u64, added: u64) -> StreamInfo {
+        StreamInfo {
+            last_generated: last.parse().unwrap(),
+            max_deleted: EntryId::ZERO,
+            first_entry: Some(first.parse().unwrap()),
+            length,
+            entries_added: added,
+        }
+    }
+
+    /// A gap is whole when the log still starts at or before the mark and the read got all of
+    /// it; trimmed past the mark, longer than one read, or a log gone after a mark in it are not.
+    #[test]
+    fn gaps_the_log_cannot_fill() {
+        let trimmed_behind = info("5-0", "9-0", 5, 9);
+        assert_eq!(lost_after(Some(&trimmed_behind), "5-0", 4), None);
+        let trimmed_past = info("7-0", "9-0", 3, 9);
+        assert!(lost_after(Some(&trimmed_past), "5-0", 3).unwrap().contains("trimmed"));
+        assert!(
+            lost_after(Some(&trimmed_behind), "5-0", MAX_RECOVERED + 1)
+                .unwrap()
+                .contains("more than")
+        );
+        assert_eq!(lost_after(Some(&trimmed_behind), "5-0", MAX_RECOVERED), None);
+        assert!(lost_after(None, "5-0", 0).unwrap().contains("gone"));
+        assert_eq!(lost_after(None, "0-0", 0), None, "no log and nothing in it before");
     }
 }

@@ -341,6 +341,7 @@ async fn subscription_fills_a_gap_from_the_event_log() {
     );
     assert!(subscription.reconnects() >= 1);
     assert_eq!(subscription.recovered(), 2);
+    assert_eq!(subscription.unrecovered(), 0, "the log held the whole gap");
     // Nothing comes twice: the next event is a new one.
     state
         .start_stroke_session(&SessionPlan {
@@ -448,6 +449,41 @@ async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
         "the event published while the subscription was away, from the log"
     );
     assert_eq!(subscription.recovered(), 1);
+    assert_eq!(subscription.unrecovered(), 0, "the log held the whole gap");
+}
+
+/// Entries published while a subscription was away and trimmed from the event log before it
+/// came back cannot be handed over; the subscription says so (`unrecovered`, and a warning)
+/// instead of going on as if the gap were filled, and still hands over what the log kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_trimmed_from_the_log_is_reported() {
+    let (server, state) = setup("hog").await;
+    let (proxy, mut subscription) = subscribed_through_proxy(&server, &state, None).await;
+
+    // Nothing reconnects until `next` is called.
+    proxy.cut();
+    state.start_stroke_session(&one_pose("trimmed")).await.unwrap();
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(tatbot_state::keys::EVENT_LOG)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut raw(&server).await)
+        .await
+        .unwrap();
+    let kept = state.start_stroke_session(&one_pose("kept")).await.unwrap();
+
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the kept event within 10 s")
+        .unwrap();
+    let event = message.event.expect("the kept event decodes");
+    assert_eq!(
+        (event.session_id(), message.from_log),
+        (Some(kept.as_str()), true),
+        "the event the log still holds, from the log"
+    );
+    assert_eq!(subscription.recovered(), 1);
+    assert_eq!(subscription.unrecovered(), 1, "the trimmed event is reported lost");
 }
 
 /// A subscription whose connections all go silent (the server's host gone, a cable pulled)

@@ -292,7 +292,10 @@ async fn one_read_per_progress_update() {
             .await
             .unwrap();
         let delivered = usize::try_from(pose + 1).unwrap();
-        wait_for(&seen, "the update", |seen| progress_of(seen, &session).len() == delivered).await;
+        wait_for(&seen, "the update", |seen| {
+            progress_of(seen, &session).len() == delivered
+        })
+        .await;
     }
     assert!(eventually(LIMIT, blocked).await, "the follower waits in XREAD BLOCK");
     // Each read pipelines two XINFOs: the event log's and the session history's.
