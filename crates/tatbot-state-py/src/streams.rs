@@ -7,6 +7,7 @@
 //! a blocked GUI thread is woken by.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -46,6 +47,9 @@ pub(crate) struct Subscription {
     subscription: Arc<Mutex<tatbot_state::Subscription>>,
     /// Cancelled by `close`; ends every pending and later `next` with `None`.
     closed: CancellationToken,
+    /// The subscription's counts as of the last `next` that finished (`reconnects`,
+    /// `unrecovered`): read while another `next` holds the subscription.
+    counts: Arc<[AtomicU64; 2]>,
 }
 
 impl Subscription {
@@ -53,6 +57,7 @@ impl Subscription {
         Subscription {
             subscription: Arc::new(Mutex::new(subscription)),
             closed: CancellationToken::new(),
+            counts: Arc::default(),
         }
     }
 }
@@ -66,9 +71,12 @@ impl Subscription {
         let timeout = self::timeout(timeout)?;
         let subscription = self.subscription.clone();
         let closed = self.closed.clone();
+        let counts = self.counts.clone();
         Ok(Call::new(async move {
             let mut subscription = subscription.lock().await;
             let message = next_or_none(subscription.next(), timeout, &closed).await;
+            counts[0].store(subscription.reconnects(), Ordering::Relaxed);
+            counts[1].store(subscription.unrecovered(), Ordering::Relaxed);
             Ok(match message {
                 None => Reply::None,
                 Some(message) => Reply::Texts(vec![Some(message.channel), message.pattern, Some(message.payload)]),
@@ -78,16 +86,12 @@ impl Subscription {
 
     /// How many times the connection was lost and made again.
     fn reconnects(&self) -> u64 {
-        self.subscription
-            .try_lock()
-            .map_or(0, |subscription| subscription.reconnects())
+        self.counts[0].load(Ordering::Relaxed)
     }
 
     /// How many reconnects left messages behind that the event log could not give back.
     fn unrecovered(&self) -> u64 {
-        self.subscription
-            .try_lock()
-            .map_or(0, |subscription| subscription.unrecovered())
+        self.counts[1].load(Ordering::Relaxed)
     }
 
     /// Ends the subscription: pending and later `next` calls answer `None`.

@@ -14,9 +14,9 @@
 //!
 //! Pub/sub keeps nothing for absent listeners, but every event our writers publish also goes to
 //! the event log stream (`tatbot:events`, `channel` and `payload` per entry), so a subscription
-//! fills its gaps from there. It keeps a mark in that log: the last entry id read before a
+//! fills its gaps from there. It keeps a mark in that log: the log's end read before a
 //! moment when it had seen every message published so far (right after subscribing, and at
-//! every keepalive: the log's last id is read first, then a `PING` on the subscription
+//! every keepalive: the log's end is read first, then a `PING` on the subscription
 //! connection, whose answer comes after every message published before it). After a
 //! reconnect it subscribes again, reads the log from the mark, and hands over first the entries
 //! on its channels that it had not delivered (it remembers a hash of the last
@@ -25,9 +25,10 @@
 //!
 //! What it cannot recover: messages that never went to the log (anything published by other
 //! clients with a plain `PUBLISH`), and entries trimmed from the log (`MAXLEN ~ 20000`) before
-//! the reconnect. The second it tells: the gap's read asks the log (`XINFO STREAM`) whether
-//! entries after the mark are gone, and such a gap, like one the log could not be read for, is
-//! counted in [`Subscription::unrecovered`] and logged as a warning. The follow API
+//! the reconnect. The second it tells: the mark holds the log's `entries-added` too, and the
+//! gap's read compares the entries it finds after the mark with the entries added since; a
+//! gap the log no longer holds, like one the log could not be read for, is counted in
+//! [`Subscription::unrecovered`] and logged as a warning. The follow API
 //! ([`crate::follow`]) reads the streams themselves and has no gap.
 
 use std::collections::{HashSet, VecDeque};
@@ -42,7 +43,7 @@ use crate::backoff::Backoff;
 use crate::connection::ManagerConfig;
 use crate::direct::Direct;
 use crate::error::{Error, Result};
-use crate::follow::io::{StreamInfo, parse_info};
+use crate::follow::io::parse_info;
 use crate::ids::EntryId;
 use crate::keys;
 use crate::model::Event;
@@ -96,13 +97,13 @@ pub struct Subscription {
     live: Option<Direct>,
     /// A keepalive `PING` is on the wire: the log id read just before it (the next mark), and
     /// when the connection counts as dead without its answer.
-    ping: Option<(Option<String>, tokio::time::Instant)>,
+    ping: Option<(Option<Mark>, tokio::time::Instant)>,
     reconnects: u64,
     /// A connection for reading the event log, opened when first needed.
     log: Option<redis::aio::MultiplexedConnection>,
     /// The event log id up to which every message on our channels was delivered; `None` when
     /// the log could not be read (then a gap is not filled).
-    mark: Option<String>,
+    mark: Option<Mark>,
     /// Hashes of the last delivered messages, oldest first, and the same as a set.
     delivered: VecDeque<u64>,
     delivered_set: HashSet<u64>,
@@ -224,16 +225,11 @@ impl Subscription {
     /// subscribe time and at each keepalive. A read of its own (see
     /// [`Subscription::spawn_log_read`]), so that the keepalive's `PING` goes out within the
     /// connect timeout even when the log connection hangs and every `next` is cut short sooner.
-    async fn log_tail(&mut self) -> Option<String> {
+    async fn log_tail(&mut self) -> Option<Mark> {
         loop {
             if self.tail_read.is_none() {
                 let mut tail = redis::pipe();
-                tail.cmd("XREVRANGE")
-                    .arg(keys::EVENT_LOG)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1);
+                tail.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
                 self.tail_read = Some(self.spawn_log_read(tail));
             }
             let read = self.tail_read.as_mut()?;
@@ -256,18 +252,13 @@ impl Subscription {
         }
     }
 
-    /// The tail id a finished tail read gives, keeping its connection.
-    fn tail_of(&mut self, outcome: std::result::Result<LogRead, tokio::task::JoinError>) -> Option<String> {
+    /// The mark a finished tail read gives, keeping its connection.
+    fn tail_of(&mut self, outcome: std::result::Result<LogRead, tokio::task::JoinError>) -> Option<Mark> {
         match outcome {
             Ok(Ok((connection, replies, _))) => {
                 self.log = Some(connection);
-                match range_reply(replies.first()) {
-                    Ok(reply) => Some(
-                        reply
-                            .ids
-                            .first()
-                            .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()),
-                    ),
+                match Mark::of(replies.first()) {
+                    Ok(mark) => Some(mark),
                     Err(error) => {
                         tracing::debug!(error, "cannot read the event log; a gap would not be filled");
                         None
@@ -288,13 +279,14 @@ impl Subscription {
     }
 
     /// After a reconnect: queues the logged messages on our channels after the mark that were
-    /// not delivered yet, and moves the mark to the last entry read.
+    /// not delivered yet, tells whether the log still held all of them, and moves the mark to
+    /// the log's end.
     ///
     /// The log read runs as a task of its own, kept in `gap_read` until it is done: a caller
     /// whose timeout cuts `next` short (a GUI polling every few milliseconds) waits for the same
     /// read at its next call instead of starting it again, so a long read still finishes.
     async fn fill_gap(&mut self) {
-        let Some(mark) = self.mark.clone() else {
+        let Some(mark) = self.mark else {
             self.unrecovered += 1;
             tracing::warn!(
                 patterns = ?self.patterns,
@@ -305,17 +297,20 @@ impl Subscription {
             return;
         };
         if self.gap_read.is_none() {
+            // The entries after the mark, and how many the log says were added (in one
+            // transaction, so that both see the same log): fewer entries than were added means
+            // some are gone.
             let mut reads = redis::pipe();
-            // Where the log's ids are, to tell whether entries after the mark are gone.
-            reads.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
+            reads.atomic();
             reads
                 .cmd("XRANGE")
                 .arg(keys::EVENT_LOG)
-                .arg(format!("({mark}"))
+                .arg(format!("({}", mark.id))
                 .arg("+")
                 .arg("COUNT")
                 // One more than is filled, to tell a longer gap.
                 .arg(MAX_RECOVERED + 1);
+            reads.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
             self.gap_read = Some(self.spawn_log_read(reads));
         }
         let Some(read) = self.gap_read.as_mut() else { return };
@@ -325,7 +320,7 @@ impl Subscription {
         let read = match outcome {
             Ok(Ok((connection, replies, _))) => {
                 self.log = Some(connection);
-                range_reply(replies.get(1)).map(|reply| (replies.first().and_then(parse_info), reply))
+                range_reply(replies.first()).map(|reply| (Mark::of(replies.get(1)), reply))
             }
             Ok(Err(error)) => {
                 self.log = None;
@@ -336,7 +331,7 @@ impl Subscription {
                 Err(join.to_string())
             }
         };
-        let (info, mut reply) = match read {
+        let (end, mut reply) = match read {
             Ok(read) => read,
             Err(error) => {
                 self.unrecovered += 1;
@@ -349,13 +344,21 @@ impl Subscription {
                 return;
             }
         };
-        if let Some(reason) = lost_after(info.as_ref(), &mark, reply.ids.len()) {
-            self.unrecovered += 1;
-            tracing::warn!(
-                reason,
-                patterns = ?self.patterns,
-                "the event log does not hold the whole gap; some messages published while disconnected may be lost"
-            );
+        match &end {
+            Ok(end) => {
+                if let Some(reason) = mark.lost_before(end, reply.ids.len()) {
+                    self.unrecovered += 1;
+                    tracing::warn!(
+                        reason,
+                        patterns = ?self.patterns,
+                        "the event log does not hold the whole gap; some messages published while disconnected are lost"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(
+                error,
+                "cannot tell whether the event log held the whole gap (XINFO STREAM failed)"
+            ),
         }
         reply.ids.truncate(MAX_RECOVERED);
         let mut filled = 0;
@@ -385,8 +388,13 @@ impl Subscription {
             self.backlog.push_back(message);
             filled += 1;
         }
-        if let Some(last) = reply.ids.last() {
-            self.mark = Some(last.id.clone());
+        // Past a gap too long for one read, the rest is skipped (and was reported above).
+        match end {
+            Ok(end) => self.mark = Some(end),
+            Err(_) => {
+                self.mark = None;
+                self.keepalive_at = tokio::time::Instant::now();
+            }
         }
         if filled > 0 {
             tracing::info!(messages = filled, "filled the subscription's gap from the event log");
@@ -574,6 +582,7 @@ impl std::fmt::Debug for Subscription {
             .field("reconnects", &self.reconnects)
             .field("recovered", &self.recovered)
             .field("unrecovered", &self.unrecovered)
+            .field("mark", &self.mark.map(|mark| mark.id.to_string()))
             .field("backlog", &self.backlog.len())
             .finish_non_exhaustive()
     }
@@ -588,20 +597,78 @@ fn range_reply(reply: Option<&Value>) -> std::result::Result<redis::streams::Str
     }
 }
 
-/// Why the event log, as `info` describes it after a gap read of `read` entries from `mark`,
-/// may not hold every entry after the mark; `None` when it does. No `XINFO` (the log does not
-/// exist) after a mark in it means the log is gone.
-fn lost_after(info: Option<&StreamInfo>, mark: &str, read: usize) -> Option<String> {
-    let mark_id: EntryId = mark.parse().ok()?;
-    if read > MAX_RECOVERED {
-        return Some(format!(
-            "more than {MAX_RECOVERED} entries after {mark}; the later ones are skipped"
-        ));
+/// A place in the event log: every message on our channels logged up to `id` was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    /// The log's `last-generated-id` then: `0-0` when the log did not exist.
+    id: EntryId,
+    /// The log's `entries-added` then; with its value later, how many entries came after `id`.
+    added: u64,
+}
+
+impl Mark {
+    /// The log's end, from its `XINFO STREAM` reply: `0-0` with nothing added when the log
+    /// does not exist; why not for any other answer.
+    fn of(reply: Option<&Value>) -> std::result::Result<Mark, String> {
+        match reply {
+            None => Err("no reply to the event log read".to_owned()),
+            Some(Value::ServerError(err)) if err.details().is_some_and(|details| details.contains("no such key")) => {
+                Ok(Mark {
+                    id: EntryId::ZERO,
+                    added: 0,
+                })
+            }
+            Some(Value::ServerError(err)) => Err(err.to_string()),
+            Some(reply) => parse_info(reply)
+                .map(|info| Mark {
+                    id: info.last_generated,
+                    added: info.entries_added,
+                })
+                .ok_or_else(|| format!("{}: XINFO STREAM answered {reply:?}", keys::EVENT_LOG)),
+        }
     }
-    match info {
-        Some(info) => info.gap_after(keys::EVENT_LOG, mark_id),
-        None if mark_id > EntryId::ZERO => Some(format!("{} is gone (Redis lost its data?)", keys::EVENT_LOG)),
-        None => None,
+
+    /// Why a gap read of `read` entries after this mark, with the log's `end` seen in the same
+    /// transaction, did not get every entry added after the mark; `None` when it did.
+    ///
+    /// Every entry added to the log after the mark counts in `entries-added`, so the read must
+    /// find `end.added - self.added` of them: fewer means some were trimmed (`MAXLEN`) or
+    /// deleted, and a log that counts fewer than at the mark, or whose end went back, is not the
+    /// log the mark was taken in (deleted, or lost by Redis), so what was published between
+    /// the mark and its loss is gone. Entries trimmed at or before the mark were delivered
+    /// already and do not count.
+    fn lost_before(&self, end: &Mark, read: usize) -> Option<String> {
+        let log = keys::EVENT_LOG;
+        let cap = u64::try_from(MAX_RECOVERED).unwrap_or(u64::MAX);
+        if end.id < self.id || end.added < self.added {
+            return Some(format!(
+                "{log} went back to {} ({} entries added) from {} ({} added): deleted, or lost by Redis",
+                end.id, end.added, self.id, self.added
+            ));
+        }
+        let added = end.added - self.added;
+        let read = u64::try_from(read).unwrap_or(u64::MAX);
+        let wanted = added.min(cap + 1);
+        if read < wanted {
+            return Some(format!(
+                "{log}: {} of the {added} entries added after {} are gone (trimmed or deleted)",
+                wanted - read,
+                self.id
+            ));
+        }
+        if read > added {
+            return Some(format!(
+                "{log} holds {read} entries after {} where {added} were added since: it was deleted and written again",
+                self.id
+            ));
+        }
+        if added > cap {
+            return Some(format!(
+                "{added} entries after {}, more than the {MAX_RECOVERED} read; the later ones are skipped",
+                self.id
+            ));
+        }
+        None
     }
 }
 
@@ -684,31 +751,30 @@ fn decode_parts(channel: String, pattern: Option<String>, bytes: &[u8]) -> Messa
 mod tests {
     use super::*;
 
-    fn info(first: &str, last: &str, length: u64, added: u64) -> StreamInfo {
-        StreamInfo {
-            last_generated: last.parse().unwrap(),
-            max_deleted: EntryId::ZERO,
-            first_entry: Some(first.parse().unwrap()),
-            length,
-            entries_added: added,
+    fn mark(id: &str, added: u64) -> Mark {
+        Mark {
+            id: id.parse().unwrap(),
+            added,
         }
     }
 
-    /// A gap is whole when the log still starts at or before the mark and the read got all of
-    /// it; trimmed past the mark, longer than one read, or a log gone after a mark in it are not.
+    /// The read must find every entry added after the mark: fewer were trimmed or deleted, more
+    /// or a count that went back mean another log; trimming at or before the mark is no loss.
     #[test]
     fn gaps_the_log_cannot_fill() {
-        let trimmed_behind = info("5-0", "9-0", 5, 9);
-        assert_eq!(lost_after(Some(&trimmed_behind), "5-0", 4), None);
-        let trimmed_past = info("7-0", "9-0", 3, 9);
-        assert!(lost_after(Some(&trimmed_past), "5-0", 3).unwrap().contains("trimmed"));
-        assert!(
-            lost_after(Some(&trimmed_behind), "5-0", MAX_RECOVERED + 1)
-                .unwrap()
-                .contains("more than")
-        );
-        assert_eq!(lost_after(Some(&trimmed_behind), "5-0", MAX_RECOVERED), None);
-        assert!(lost_after(None, "5-0", 0).unwrap().contains("gone"));
-        assert_eq!(lost_after(None, "0-0", 0), None, "no log and nothing in it before");
+        let at = mark("5-0", 5);
+        assert_eq!(at.lost_before(&mark("9-0", 9), 4), None, "4 added, 4 read");
+        assert_eq!(at.lost_before(&mark("5-0", 5), 0), None, "nothing added");
+        assert!(at.lost_before(&mark("9-0", 9), 3).unwrap().contains("1 of the 4"));
+        assert!(at.lost_before(&mark("9-0", 3), 1).unwrap().contains("went back"));
+        assert!(at.lost_before(&mark("4-0", 9), 4).unwrap().contains("went back"));
+        assert!(at.lost_before(&mark("9-0", 6), 4).unwrap().contains("written again"));
+        let cap = u64::try_from(MAX_RECOVERED).unwrap();
+        let long = mark("99999-0", 5 + cap + 10);
+        assert!(at.lost_before(&long, MAX_RECOVERED + 1).unwrap().contains("more than"));
+        assert!(at.lost_before(&long, MAX_RECOVERED).unwrap().contains("are gone"));
+        assert_eq!(at.lost_before(&mark("99999-0", 5 + cap), MAX_RECOVERED), None);
+        let empty = mark("0-0", 0);
+        assert_eq!(empty.lost_before(&mark("3-0", 3), 3), None, "a log made after the mark");
     }
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 use tatbot_state::model::{Event, RobotState};
 use tatbot_state::subscribe::{KEEPALIVE, PING_TIMEOUT};
 use tatbot_state::{
-    Category, Endpoint, ManagerConfig, NodeId, ProgressUpdate, SessionPlan, StateManager, Subscription,
+    Category, Endpoint, ManagerConfig, NodeId, ProgressUpdate, SessionId, SessionPlan, StateManager, Subscription,
 };
 use tatbot_state_testkit::{RedisServer, ReplyProxy};
 
@@ -452,38 +452,88 @@ async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
     assert_eq!(subscription.unrecovered(), 0, "the log held the whole gap");
 }
 
-/// Entries published while a subscription was away and trimmed from the event log before it
-/// came back cannot be handed over; the subscription says so (`unrecovered`, and a warning)
-/// instead of going on as if the gap were filled, and still hands over what the log kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gap_trimmed_from_the_log_is_reported() {
-    let (server, state) = setup("hog").await;
-    let (proxy, mut subscription) = subscribed_through_proxy(&server, &state, None).await;
-
-    // Nothing reconnects until `next` is called.
-    proxy.cut();
-    state.start_stroke_session(&one_pose("trimmed")).await.unwrap();
-    let _: i64 = redis::cmd("XTRIM")
-        .arg(tatbot_state::keys::EVENT_LOG)
-        .arg("MAXLEN")
-        .arg(0)
-        .query_async(&mut raw(&server).await)
+/// The event log's last entry id.
+async fn last_log_id(log: &mut redis::aio::MultiplexedConnection) -> String {
+    let newest: redis::streams::StreamRangeReply = log
+        .xrevrange_count(tatbot_state::keys::EVENT_LOG, "+", "-", 1)
         .await
         .unwrap();
-    let kept = state.start_stroke_session(&one_pose("kept")).await.unwrap();
+    newest.ids[0].id.clone()
+}
 
+/// The next message, which must come from the event log for the session `session_id`.
+async fn next_from_log(subscription: &mut Subscription, session_id: &SessionId, what: &str) {
     let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
         .await
-        .expect("the kept event within 10 s")
+        .unwrap_or_else(|_| panic!("{what} within 10 s"))
         .unwrap();
-    let event = message.event.expect("the kept event decodes");
+    let event = message.event.expect("the event decodes");
     assert_eq!(
         (event.session_id(), message.from_log),
-        (Some(kept.as_str()), true),
-        "the event the log still holds, from the log"
+        (Some(session_id.as_str()), true),
+        "{what}, from the log"
     );
-    assert_eq!(subscription.recovered(), 1);
-    assert_eq!(subscription.unrecovered(), 1, "the trimmed event is reported lost");
+}
+
+/// Entries published while a subscription was away and gone from the event log before it came
+/// back cannot be handed over; the subscription says so (`unrecovered`, and a warning) instead
+/// of going on as if the gap were filled, and still hands over what the log kept. Entries
+/// trimmed that it had delivered already are no loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_the_log_no_longer_holds_is_reported() {
+    let (server, state) = setup("hog").await;
+    let (proxy, mut subscription) = subscribed_through_proxy(&server, &state, None).await;
+    let mut log = raw(&server).await;
+    let trimmer = log.clone();
+    let trim = |kind: &'static str, threshold: String| {
+        let mut log = trimmer.clone();
+        async move {
+            let _: i64 = redis::cmd("XTRIM")
+                .arg(tatbot_state::keys::EVENT_LOG)
+                .arg(kind)
+                .arg(threshold)
+                .query_async(&mut log)
+                .await
+                .unwrap();
+        }
+    };
+    // The keepalive moves the mark past the session start delivered live.
+    let delivered = last_log_id(&mut log).await;
+    let marked = format!("mark: Some(\"{delivered}\")");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !format!("{subscription:?}").contains(&marked) {
+        assert!(tokio::time::Instant::now() < deadline, "a keepalive within 10 s");
+        let cut = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+        assert!(cut.is_err(), "nothing was published: {cut:?}");
+    }
+
+    // Trimmed past the mark (nothing reconnects until `next` is called).
+    proxy.cut();
+    state.start_stroke_session(&one_pose("trimmed")).await.unwrap();
+    trim("MAXLEN", "0".to_owned()).await;
+    let kept = state.start_stroke_session(&one_pose("kept")).await.unwrap();
+    next_from_log(&mut subscription, &kept, "the event the log still holds").await;
+    assert_eq!(
+        (subscription.recovered(), subscription.unrecovered()),
+        (1, 1),
+        "the trimmed event is reported lost"
+    );
+
+    // Trimmed only up to the mark: what went is what was handed over already.
+    proxy.cut();
+    let missed = state.start_stroke_session(&one_pose("missed")).await.unwrap();
+    trim("MINID", last_log_id(&mut log).await).await;
+    next_from_log(&mut subscription, &missed, "the missed event").await;
+    assert_eq!(subscription.unrecovered(), 1, "no loss in a trim of delivered entries");
+
+    // The log deleted (as by a Redis that lost its data) and written again.
+    proxy.cut();
+    state.start_stroke_session(&one_pose("lost")).await.unwrap();
+    let _: i64 = log.del(tatbot_state::keys::EVENT_LOG).await.unwrap();
+    let after = state.start_stroke_session(&one_pose("after")).await.unwrap();
+    next_from_log(&mut subscription, &after, "the event written after the loss").await;
+    assert_eq!(subscription.unrecovered(), 2, "the deleted log is reported");
+    assert_eq!(subscription.reconnects(), 3);
 }
 
 /// A subscription whose connections all go silent (the server's host gone, a cable pulled)

@@ -47,6 +47,9 @@ pub(crate) struct Connections {
     pub(crate) blocking_timeout: Duration,
     /// Runs every other command.
     pub(crate) commands: MultiplexedConnection,
+    /// The server answers a blocked `XREAD` with the one stream whose write woke it (Redis
+    /// before 7.2), so a second `XREAD`, without `BLOCK`, follows the blocking one.
+    pub(crate) reread: bool,
 }
 
 impl Connections {
@@ -85,7 +88,12 @@ impl Connections {
             }
             Err(err) => return Err(Error::from_connect(&target, err)),
         };
-        let _: String = redis::cmd("PING")
+        // The server answers; its version, when this user may ask (`INFO`).
+        let (_, info): (String, redis::RedisResult<String>) = redis::pipe()
+            .ignore_errors()
+            .cmd("PING")
+            .cmd("INFO")
+            .arg("server")
             .query_async(&mut commands)
             .await
             .map_err(|err| Error::from_redis("follow ping", err))?;
@@ -93,7 +101,28 @@ impl Connections {
             blocking: Arc::new(tokio::sync::Mutex::new(blocking)),
             blocking_timeout: config.response_timeout + block,
             commands,
+            reread: info.map_or(true, |info| answers_blocked_reads_with_one_stream(&info)),
         })
+    }
+}
+
+/// Whether the server of this `INFO server` text answers a blocked multi-stream `XREAD` with
+/// the woken stream alone: before Redis 7.2, which runs the whole command again instead. An
+/// unknown version counts as old (the second read then only costs a little).
+fn answers_blocked_reads_with_one_stream(info: &str) -> bool {
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .map(|version| {
+            version
+                .trim()
+                .split('.')
+                .map(|part| part.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        });
+    match version.as_deref() {
+        Some([Some(major), Some(minor), ..]) => (*major, *minor) < (7, 2),
+        _ => true,
     }
 }
 
@@ -709,6 +738,19 @@ mod tests {
             id_text: text.to_owned(),
             fields: Vec::new(),
         }
+    }
+
+    #[test]
+    fn servers_before_7_2_answer_a_blocked_read_with_one_stream() {
+        let info = |version: &str| format!("# Server\r\nredis_version:{version}\r\nprocess_id:1\r\n");
+        assert!(answers_blocked_reads_with_one_stream(&info("7.0.15")));
+        assert!(answers_blocked_reads_with_one_stream(&info("6.2.14")));
+        assert!(!answers_blocked_reads_with_one_stream(&info("7.2.4")));
+        assert!(!answers_blocked_reads_with_one_stream(&info("8.0.2")));
+        assert!(
+            answers_blocked_reads_with_one_stream("# Server\r\n"),
+            "unknown counts as old"
+        );
     }
 
     /// The blocked read and the one pipelined behind it: a stream in either is kept, each

@@ -315,12 +315,14 @@ impl FollowTask {
 
     /// One `XREAD BLOCK` over the event log and every tailed history, then the checks.
     ///
-    /// When caught up, the same `XREAD` without `BLOCK` is pipelined behind the blocking one:
-    /// Redis 7.0 answers a blocked read with the one stream whose write woke it, so the other
-    /// stream written by the same update (a progress update writes its history and the event
-    /// log in one script) would otherwise take a second round trip. Redis runs the second read
-    /// as soon as the first is answered, and it starts from the same ids, so its entries are a
-    /// superset of the first's unless a trim came in between; the two are merged.
+    /// When caught up, on a server before Redis 7.2, the same `XREAD` without `BLOCK` is
+    /// pipelined behind the blocking one: such a server answers a blocked read with the one
+    /// stream whose write woke it, so the other stream written by the same update (a progress
+    /// update writes its history and the event log in one script) would otherwise take a
+    /// second round trip. The second read runs after the first is answered (other clients'
+    /// commands may run in between) from the same ids, so its entries are a superset of the
+    /// first's unless a trim or an `XDEL` came in between, which the `XINFO` checks after both
+    /// find; the two are merged.
     async fn read_batch(&mut self) -> Result<(), Stop> {
         let connections = self.connections()?;
         let mut blocking = connections.blocking.lock().await;
@@ -347,7 +349,7 @@ impl FollowTask {
             .arg("STREAMS")
             .arg(&stream_keys)
             .arg(&ids);
-        let reads = if self.caught_up {
+        let reads = if self.caught_up && connections.reread {
             pipe.cmd("XREAD")
                 .arg("COUNT")
                 .arg(self.config.batch)
