@@ -7,7 +7,6 @@
 //! a blocked GUI thread is woken by.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -47,17 +46,16 @@ pub(crate) struct Subscription {
     subscription: Arc<Mutex<tatbot_state::Subscription>>,
     /// Cancelled by `close`; ends every pending and later `next` with `None`.
     closed: CancellationToken,
-    /// The subscription's counts as of the last `next` that finished (`reconnects`,
-    /// `unrecovered`): read while another `next` holds the subscription.
-    counts: Arc<[AtomicU64; 2]>,
+    /// The subscription's counts, read while a `next` holds the subscription.
+    counts: tatbot_state::SubscriptionCounts,
 }
 
 impl Subscription {
     pub(crate) fn new(subscription: tatbot_state::Subscription) -> Subscription {
         Subscription {
+            counts: subscription.counts(),
             subscription: Arc::new(Mutex::new(subscription)),
             closed: CancellationToken::new(),
-            counts: Arc::default(),
         }
     }
 }
@@ -71,12 +69,9 @@ impl Subscription {
         let timeout = self::timeout(timeout)?;
         let subscription = self.subscription.clone();
         let closed = self.closed.clone();
-        let counts = self.counts.clone();
         Ok(Call::new(async move {
             let mut subscription = subscription.lock().await;
             let message = next_or_none(subscription.next(), timeout, &closed).await;
-            counts[0].store(subscription.reconnects(), Ordering::Relaxed);
-            counts[1].store(subscription.unrecovered(), Ordering::Relaxed);
             Ok(match message {
                 None => Reply::None,
                 Some(message) => Reply::Texts(vec![Some(message.channel), message.pattern, Some(message.payload)]),
@@ -86,12 +81,12 @@ impl Subscription {
 
     /// How many times the connection was lost and made again.
     fn reconnects(&self) -> u64 {
-        self.counts[0].load(Ordering::Relaxed)
+        self.counts.reconnects()
     }
 
     /// How many reconnects left messages behind that the event log could not give back.
     fn unrecovered(&self) -> u64 {
-        self.counts[1].load(Ordering::Relaxed)
+        self.counts.unrecovered()
     }
 
     /// Ends the subscription: pending and later `next` calls answer `None`.

@@ -78,7 +78,7 @@ pub use model::{HistoryCursor, KnownNode, ProgressUpdate, SessionPlan};
 pub use params::{Descriptor, Param, ParamName, ParamType, ParamValue, Params};
 pub use producer::{Producer, ProducerConfig, ProducerStats, Wake, WakeStats};
 pub use redacted::Redacted;
-pub use subscribe::{Message, Subscription};
+pub use subscribe::{Message, Subscription, SubscriptionCounts};
 pub use timestamp::Timestamp;
 
 /// Re-exported so callers can pass cancellation tokens without a direct dependency.

@@ -33,6 +33,8 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::{PushKind, Value};
@@ -98,7 +100,8 @@ pub struct Subscription {
     /// A keepalive `PING` is on the wire: the log id read just before it (the next mark), and
     /// when the connection counts as dead without its answer.
     ping: Option<(Option<Mark>, tokio::time::Instant)>,
-    reconnects: u64,
+    /// What [`Subscription::counts`] hands out.
+    counts: SubscriptionCounts,
     /// A connection for reading the event log, opened when first needed.
     log: Option<redis::aio::MultiplexedConnection>,
     /// The event log id up to which every message on our channels was delivered; `None` when
@@ -130,9 +133,6 @@ pub struct Subscription {
     backlog: VecDeque<Message>,
     /// Hashes of messages handed over from the log that may still arrive live.
     from_log: HashSet<u64>,
-    recovered: u64,
-    /// Reconnects whose gap the log could not fill; see [`Subscription::unrecovered`].
-    unrecovered: u64,
     hasher: RandomState,
     /// When the next keepalive (a `PING` and a new mark) is due, whatever the traffic.
     keepalive_at: tokio::time::Instant,
@@ -154,7 +154,7 @@ impl Subscription {
             matchers: patterns.iter().map(|pattern| WildMatch::new(pattern)).collect(),
             live: None,
             ping: None,
-            reconnects: 0,
+            counts: SubscriptionCounts::default(),
             log: None,
             mark: None,
             delivered: VecDeque::new(),
@@ -168,8 +168,6 @@ impl Subscription {
             tail_reread: false,
             backlog: VecDeque::new(),
             from_log: HashSet::new(),
-            recovered: 0,
-            unrecovered: 0,
             hasher: RandomState::new(),
             keepalive_at: tokio::time::Instant::now() + KEEPALIVE,
         };
@@ -287,7 +285,7 @@ impl Subscription {
     /// read at its next call instead of starting it again, so a long read still finishes.
     async fn fill_gap(&mut self) {
         let Some(mark) = self.mark else {
-            self.unrecovered += 1;
+            self.counts.unrecovered.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 patterns = ?self.patterns,
                 "resubscribed with no mark in the event log (it could not be read); messages published meanwhile are not recovered"
@@ -334,7 +332,7 @@ impl Subscription {
         let (end, mut reply) = match read {
             Ok(read) => read,
             Err(error) => {
-                self.unrecovered += 1;
+                self.counts.unrecovered.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     error,
                     "cannot read the event log after resubscribing; messages of the gap are lost"
@@ -347,7 +345,7 @@ impl Subscription {
         match &end {
             Ok(end) => {
                 if let Some(reason) = mark.lost_before(end, reply.ids.len()) {
-                    self.unrecovered += 1;
+                    self.counts.unrecovered.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         reason,
                         patterns = ?self.patterns,
@@ -355,10 +353,13 @@ impl Subscription {
                     );
                 }
             }
-            Err(error) => tracing::warn!(
-                error,
-                "cannot tell whether the event log held the whole gap (XINFO STREAM failed)"
-            ),
+            Err(error) => {
+                self.counts.unrecovered.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    error,
+                    "cannot tell whether the event log held the whole gap (XINFO STREAM failed); counted as unrecovered"
+                );
+            }
         }
         reply.ids.truncate(MAX_RECOVERED);
         let mut filled = 0;
@@ -434,12 +435,12 @@ impl Subscription {
 
     /// How many times the connection was lost and made again.
     pub fn reconnects(&self) -> u64 {
-        self.reconnects
+        self.counts.reconnects()
     }
 
     /// How many messages were handed over from the event log after reconnects.
     pub fn recovered(&self) -> u64 {
-        self.recovered
+        self.counts.recovered()
     }
 
     /// How many reconnects left messages behind that the event log could not give back: it
@@ -447,7 +448,14 @@ impl Subscription {
     /// was down (trimmed to its `MAXLEN`, deleted, or lost by Redis). Each is logged as a
     /// warning with its reason.
     pub fn unrecovered(&self) -> u64 {
-        self.unrecovered
+        self.counts.unrecovered()
+    }
+
+    /// The counts of [`Subscription::reconnects`], [`Subscription::recovered`] and
+    /// [`Subscription::unrecovered`], as a handle that reads them while the subscription is in
+    /// use (a `next` pending on another task or thread).
+    pub fn counts(&self) -> SubscriptionCounts {
+        self.counts.clone()
     }
 
     /// Waits for the next message, reconnecting as often as needed; `None` never comes while
@@ -459,7 +467,7 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Message> {
         loop {
             if let Some(message) = self.backlog.pop_front() {
-                self.recovered += 1;
+                self.counts.recovered.fetch_add(1, Ordering::Relaxed);
                 let hash = self.hash(&message.channel, message.payload.as_bytes());
                 self.delivered(hash);
                 return Some(message);
@@ -562,7 +570,7 @@ impl Subscription {
                     self.tail_read = None;
                     self.tail_reread = false;
                     self.gap_read = None;
-                    self.reconnects += 1;
+                    self.counts.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(patterns = ?self.patterns, "resubscribed");
                     return;
                 }
@@ -579,9 +587,9 @@ impl std::fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("patterns", &self.patterns)
             .field("connected", &self.live.is_some())
-            .field("reconnects", &self.reconnects)
-            .field("recovered", &self.recovered)
-            .field("unrecovered", &self.unrecovered)
+            .field("reconnects", &self.reconnects())
+            .field("recovered", &self.recovered())
+            .field("unrecovered", &self.unrecovered())
             .field("mark", &self.mark.map(|mark| mark.id.to_string()))
             .field("backlog", &self.backlog.len())
             .finish_non_exhaustive()
@@ -597,13 +605,39 @@ fn range_reply(reply: Option<&Value>) -> std::result::Result<redis::streams::Str
     }
 }
 
+/// A [`Subscription`]'s counts, shared with it: see [`Subscription::counts`].
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionCounts {
+    reconnects: Arc<AtomicU64>,
+    recovered: Arc<AtomicU64>,
+    unrecovered: Arc<AtomicU64>,
+}
+
+impl SubscriptionCounts {
+    /// See [`Subscription::reconnects`].
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// See [`Subscription::recovered`].
+    pub fn recovered(&self) -> u64 {
+        self.recovered.load(Ordering::Relaxed)
+    }
+
+    /// See [`Subscription::unrecovered`].
+    pub fn unrecovered(&self) -> u64 {
+        self.unrecovered.load(Ordering::Relaxed)
+    }
+}
+
 /// A place in the event log: every message on our channels logged up to `id` was delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
     /// The log's `last-generated-id` then: `0-0` when the log did not exist.
     id: EntryId,
     /// The log's `entries-added` then; with its value later, how many entries came after `id`.
-    added: u64,
+    /// `None` from a server that does not count them (before Redis 7.0).
+    added: Option<u64>,
 }
 
 impl Mark {
@@ -615,14 +649,14 @@ impl Mark {
             Some(Value::ServerError(err)) if err.details().is_some_and(|details| details.contains("no such key")) => {
                 Ok(Mark {
                     id: EntryId::ZERO,
-                    added: 0,
+                    added: Some(0),
                 })
             }
             Some(Value::ServerError(err)) => Err(err.to_string()),
             Some(reply) => parse_info(reply)
                 .map(|info| Mark {
                     id: info.last_generated,
-                    added: info.entries_added,
+                    added: info.counts_added.then_some(info.entries_added),
                 })
                 .ok_or_else(|| format!("{}: XINFO STREAM answered {reply:?}", keys::EVENT_LOG)),
         }
@@ -637,17 +671,33 @@ impl Mark {
     /// log the mark was taken in (deleted, or lost by Redis), so what was published between
     /// the mark and its loss is gone. Entries trimmed at or before the mark were delivered
     /// already and do not count.
+    /// Without the counts (a server before Redis 7.0) only a log that went back and a gap too
+    /// long for one read are told.
     fn lost_before(&self, end: &Mark, read: usize) -> Option<String> {
         let log = keys::EVENT_LOG;
         let cap = u64::try_from(MAX_RECOVERED).unwrap_or(u64::MAX);
-        if end.id < self.id || end.added < self.added {
+        let read = u64::try_from(read).unwrap_or(u64::MAX);
+        if end.id < self.id {
             return Some(format!(
-                "{log} went back to {} ({} entries added) from {} ({} added): deleted, or lost by Redis",
-                end.id, end.added, self.id, self.added
+                "{log} went back to {} from {}: deleted, or lost by Redis",
+                end.id, self.id
             ));
         }
-        let added = end.added - self.added;
-        let read = u64::try_from(read).unwrap_or(u64::MAX);
+        let (Some(then), Some(now)) = (self.added, end.added) else {
+            return (read > cap).then(|| {
+                format!(
+                    "more than {MAX_RECOVERED} entries after {}; the later ones are skipped",
+                    self.id
+                )
+            });
+        };
+        if now < then {
+            return Some(format!(
+                "{log} counts {now} entries added where it counted {then} at {}: deleted, or lost by Redis",
+                self.id
+            ));
+        }
+        let added = now - then;
         let wanted = added.min(cap + 1);
         if read < wanted {
             return Some(format!(
@@ -754,7 +804,7 @@ mod tests {
     fn mark(id: &str, added: u64) -> Mark {
         Mark {
             id: id.parse().unwrap(),
-            added,
+            added: Some(added),
         }
     }
 
@@ -766,7 +816,7 @@ mod tests {
         assert_eq!(at.lost_before(&mark("9-0", 9), 4), None, "4 added, 4 read");
         assert_eq!(at.lost_before(&mark("5-0", 5), 0), None, "nothing added");
         assert!(at.lost_before(&mark("9-0", 9), 3).unwrap().contains("1 of the 4"));
-        assert!(at.lost_before(&mark("9-0", 3), 1).unwrap().contains("went back"));
+        assert!(at.lost_before(&mark("9-0", 3), 1).unwrap().contains("where it counted"));
         assert!(at.lost_before(&mark("4-0", 9), 4).unwrap().contains("went back"));
         assert!(at.lost_before(&mark("9-0", 6), 4).unwrap().contains("written again"));
         let cap = u64::try_from(MAX_RECOVERED).unwrap();
@@ -776,5 +826,20 @@ mod tests {
         assert_eq!(at.lost_before(&mark("99999-0", 5 + cap), MAX_RECOVERED), None);
         let empty = mark("0-0", 0);
         assert_eq!(empty.lost_before(&mark("3-0", 3), 3), None, "a log made after the mark");
+        let uncounted = |id: &str| Mark {
+            id: id.parse().unwrap(),
+            added: None,
+        };
+        assert_eq!(
+            uncounted("5-0").lost_before(&uncounted("9-0"), 1),
+            None,
+            "no counts, no claim"
+        );
+        assert!(
+            uncounted("5-0")
+                .lost_before(&uncounted("4-0"), 0)
+                .unwrap()
+                .contains("went back")
+        );
     }
 }

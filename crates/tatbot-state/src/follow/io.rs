@@ -89,7 +89,7 @@ impl Connections {
             Err(err) => return Err(Error::from_connect(&target, err)),
         };
         // The server answers; its version, when this user may ask (`INFO`).
-        let (_, info): (String, redis::RedisResult<String>) = redis::pipe()
+        let (ping, info): (redis::RedisResult<String>, redis::RedisResult<String>) = redis::pipe()
             .ignore_errors()
             .cmd("PING")
             .cmd("INFO")
@@ -97,6 +97,7 @@ impl Connections {
             .query_async(&mut commands)
             .await
             .map_err(|err| Error::from_redis("follow ping", err))?;
+        ping.map_err(|err| Error::from_redis("follow ping", err))?;
         Ok(Connections {
             blocking: Arc::new(tokio::sync::Mutex::new(blocking)),
             blocking_timeout: config.response_timeout + block,
@@ -158,6 +159,8 @@ pub(crate) struct StreamInfo {
     pub(crate) length: u64,
     /// Entries ever added (Redis 7+); `length` when unknown.
     pub(crate) entries_added: u64,
+    /// Whether the server said `entries-added` (Redis 7+), rather than `length` standing in.
+    pub(crate) counts_added: bool,
 }
 
 impl StreamInfo {
@@ -249,6 +252,7 @@ pub(crate) fn parse_info(value: &Value) -> Option<StreamInfo> {
             _ => {}
         }
     }
+    info.counts_added = entries_added.is_some();
     info.entries_added = entries_added.unwrap_or(info.length);
     if info.length == 0 {
         info.first_entry = None;
@@ -729,6 +733,7 @@ mod tests {
             first_entry: first.map(id),
             length,
             entries_added: added,
+            counts_added: true,
         }
     }
 
