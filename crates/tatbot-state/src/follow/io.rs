@@ -48,7 +48,8 @@ pub(crate) struct Connections {
     /// Runs every other command.
     pub(crate) commands: MultiplexedConnection,
     /// The server answers a blocked `XREAD` with the one stream whose write woke it (Redis
-    /// before 7.2), so a second `XREAD`, without `BLOCK`, follows the blocking one.
+    /// before 7.2), so a second `XREAD` of the event log, without `BLOCK`, follows the
+    /// blocking one.
     pub(crate) reread: bool,
 }
 

@@ -315,14 +315,15 @@ impl FollowTask {
 
     /// One `XREAD BLOCK` over the event log and every tailed history, then the checks.
     ///
-    /// When caught up, on a server before Redis 7.2, the same `XREAD` without `BLOCK` is
-    /// pipelined behind the blocking one: such a server answers a blocked read with the one
-    /// stream whose write woke it, so the other stream written by the same update (a progress
-    /// update writes its history and the event log in one script) would otherwise take a
-    /// second round trip. The second read runs after the first is answered (other clients'
-    /// commands may run in between) from the same ids, so its entries are a superset of the
-    /// first's unless a trim or an `XDEL` came in between, which the `XINFO` checks after both
-    /// find; the two are merged.
+    /// When caught up, on a server before Redis 7.2, an `XREAD` of the event log without
+    /// `BLOCK` is pipelined behind the blocking one: such a server answers a blocked read with
+    /// the one stream whose write woke it, which for a progress update (its history and the
+    /// event log written in one script, the history first) is the history, so the log's entry
+    /// would otherwise take a second round trip. The second read runs after the first is
+    /// answered (other clients' commands may run in between) from the same id, so its entries
+    /// of the log are a superset of the first's unless a trim or an `XDEL` came in between,
+    /// which the `XINFO` checks after both find; the two are merged. (Reading every stream again
+    /// doubled the data of each read and made the follow's median latency 20 to 35 us worse.)
     async fn read_batch(&mut self) -> Result<(), Stop> {
         let connections = self.connections()?;
         let mut blocking = connections.blocking.lock().await;
@@ -354,8 +355,8 @@ impl FollowTask {
                 .arg("COUNT")
                 .arg(self.config.batch)
                 .arg("STREAMS")
-                .arg(&stream_keys)
-                .arg(&ids);
+                .arg(keys::EVENT_LOG)
+                .arg(&ids[0]);
             2
         } else {
             1
