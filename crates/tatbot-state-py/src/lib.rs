@@ -31,20 +31,6 @@
 // its private items on purpose.
 #![allow(rustdoc::private_intra_doc_links)]
 
-/// Awaits a library call, and runs it once more when the first attempt never left this process:
-/// its connection could not be made ([`never_sent`]). That is what the first call after a Redis
-/// outage meets: the shared connection's driver tried to reconnect while Redis was down, failed,
-/// and keeps that failure for the next caller, then reconnects. Nothing reached Redis, so
-/// running the call again cannot apply it twice; a second failure is reported as it is.
-macro_rules! reconnecting {
-    ($call:expr) => {
-        match $call.await {
-            Err(err) if $crate::never_sent(&err) => $call.await,
-            done => done,
-        }
-    };
-}
-
 mod bridge;
 mod manager;
 mod producer;
@@ -262,13 +248,6 @@ pub(crate) fn py_error(err: Error) -> PyErr {
         )),
         _ => PyRuntimeError::new_err(line),
     }
-}
-
-/// Whether `err` says the request never left this process: the connection it was to go out on
-/// was refused. Only then is running a write again safe; a connection that broke after the
-/// request went out (reset, end of file, timeout) may have applied it.
-pub(crate) fn never_sent(err: &Error) -> bool {
-    matches!(err, Error::Redis { source, .. } | Error::Unreachable { source, .. } if source.is_connection_refusal())
 }
 
 /// `value` as a `u32` index or count named `what`, or `ValueError`.

@@ -189,7 +189,7 @@ impl Manager {
     fn ping(&self) -> Call {
         let state = self.state.clone();
         Call::new(async move {
-            let rtt = reconnecting!(state.ping()).map_err(py_error)?;
+            let rtt = state.ping().await.map_err(py_error)?;
             Ok(Reply::Text(rtt.as_secs_f64().to_string()))
         })
     }
@@ -205,7 +205,7 @@ impl Manager {
                 stroke_length,
                 scene: scene_name,
             };
-            let session_id = reconnecting!(state.start_stroke_session(&plan)).map_err(py_error)?;
+            let session_id = state.start_stroke_session(&plan).await.map_err(py_error)?;
             Ok(Reply::Text(session_id.to_string()))
         }))
     }
@@ -231,7 +231,10 @@ impl Manager {
         )?;
         let state = self.state.clone();
         Ok(Call::new(async move {
-            reconnecting!(state.update_stroke_progress(&session_id, &update)).map_err(py_error)?;
+            state
+                .update_stroke_progress(&session_id, &update)
+                .await
+                .map_err(py_error)?;
             Ok(Reply::None)
         }))
     }
@@ -244,8 +247,11 @@ impl Manager {
         let state = self.state.clone();
         Ok(Call::new(async move {
             let progress = match session_id {
-                Some(session_id) => reconnecting!(state.get_stroke_progress(&session_id)),
-                None => reconnecting!(state.latest_active_session()).map(|found| found.map(|info| info.progress)),
+                Some(session_id) => state.get_stroke_progress(&session_id).await,
+                None => state
+                    .latest_active_session()
+                    .await
+                    .map(|found| found.map(|info| info.progress)),
             }
             .map_err(py_error)?;
             Ok(Reply::MaybeText(progress.as_ref().map(to_json).transpose()?))
@@ -256,7 +262,7 @@ impl Manager {
     fn latest_session_id(&self) -> Call {
         let state = self.state.clone();
         Call::new(async move {
-            let found = reconnecting!(state.latest_active_session()).map_err(py_error)?;
+            let found = state.latest_active_session().await.map_err(py_error)?;
             Ok(Reply::MaybeText(found.map(|info| info.session_id.to_string())))
         })
     }
@@ -266,7 +272,7 @@ impl Manager {
         let session_id = self::session_id(session_id)?;
         let state = self.state.clone();
         Ok(Call::new(async move {
-            reconnecting!(state.end_stroke_session(&session_id)).map_err(py_error)?;
+            state.end_stroke_session(&session_id).await.map_err(py_error)?;
             Ok(Reply::None)
         }))
     }
@@ -276,7 +282,7 @@ impl Manager {
         let robot_state: RobotState = document("robot_state", state_json)?;
         let state = self.state.clone();
         Ok(Call::new(async move {
-            reconnecting!(state.update_robot_state(&robot_state)).map_err(py_error)?;
+            state.update_robot_state(&robot_state).await.map_err(py_error)?;
             Ok(Reply::None)
         }))
     }
@@ -287,7 +293,7 @@ impl Manager {
         let node_id = node_id_or(&self.state, node_id)?;
         let state = self.state.clone();
         Ok(Call::new(async move {
-            let found = reconnecting!(state.get_robot_state(&node_id)).map_err(py_error)?;
+            let found = state.get_robot_state(&node_id).await.map_err(py_error)?;
             Ok(Reply::MaybeText(found.as_ref().map(to_json).transpose()?))
         }))
     }
@@ -301,12 +307,12 @@ impl Manager {
         let sampler = self.sampler.clone();
         Ok(Call::new(async move {
             match health {
-                Some(health) => reconnecting!(state.update_node_health(&health)).map_err(py_error)?,
+                Some(health) => state.update_node_health(&health).await.map_err(py_error)?,
                 None => {
                     let options = HeartbeatOptions::default();
                     let mut sampler = sampler.lock().await;
                     let sampler = sampler.get_or_insert_with(|| MetricsSampler::new(&options.disk_path));
-                    reconnecting!(state.send_heartbeat(sampler, &options)).map_err(py_error)?;
+                    state.send_heartbeat(sampler, &options).await.map_err(py_error)?;
                 }
             }
             Ok(Reply::None)
@@ -319,7 +325,7 @@ impl Manager {
         let node_id = node_id_or(&self.state, node_id)?;
         let state = self.state.clone();
         Ok(Call::new(async move {
-            let found = reconnecting!(state.get_node_health(&node_id)).map_err(py_error)?;
+            let found = state.get_node_health(&node_id).await.map_err(py_error)?;
             Ok(Reply::MaybeText(found.as_ref().map(to_json).transpose()?))
         }))
     }
@@ -329,7 +335,7 @@ impl Manager {
     fn get_all_nodes_health(&self) -> Call {
         let state = self.state.clone();
         Call::new(async move {
-            let entries = reconnecting!(state.get_all_nodes_health()).map_err(py_error)?;
+            let entries = state.get_all_nodes_health().await.map_err(py_error)?;
             let mut nodes = Map::new();
             let mut corrupt = Vec::new();
             for entry in entries {
@@ -350,7 +356,7 @@ impl Manager {
             .map_err(|err| PyValueError::new_err(format!("event_data is not a valid event: {err}")))?;
         let state = self.state.clone();
         Ok(Call::new(async move {
-            let receivers = reconnecting!(state.publish_event(&channel, &event)).map_err(py_error)?;
+            let receivers = state.publish_event(&channel, &event).await.map_err(py_error)?;
             Ok(Reply::Int(receivers as u64))
         }))
     }
@@ -365,7 +371,7 @@ impl Manager {
         let state = self.state.clone();
         Ok(Call::new(async move {
             let borrowed: Vec<&str> = patterns.iter().map(String::as_str).collect();
-            let subscription = reconnecting!(state.subscribe(&borrowed)).map_err(py_error)?;
+            let subscription = state.subscribe(&borrowed).await.map_err(py_error)?;
             Ok(Reply::Subscription(Subscription::new(subscription)))
         }))
     }
@@ -376,7 +382,10 @@ impl Manager {
         let details = error_details(details_json)?;
         let state = self.state.clone();
         Ok(Call::new(async move {
-            reconnecting!(state.report_error(&category, &message, details.clone())).map_err(py_error)?;
+            state
+                .report_error(&category, &message, details.clone())
+                .await
+                .map_err(py_error)?;
             Ok(Reply::None)
         }))
     }
@@ -386,7 +395,7 @@ impl Manager {
         let session_id = self::session_id(session_id)?;
         let state = self.state.clone();
         Ok(Call::new(async move {
-            let deleted = reconnecting!(state.clear_session_data(&session_id)).map_err(py_error)?;
+            let deleted = state.clear_session_data(&session_id).await.map_err(py_error)?;
             Ok(Reply::Bool(deleted))
         }))
     }
@@ -452,7 +461,7 @@ impl Manager {
         }
         let params = self.state.params();
         Ok(Call::new(async move {
-            let param = reconnecting!(params.declare(&name, &descriptor)).map_err(py_error)?;
+            let param = params.declare(&name, &descriptor).await.map_err(py_error)?;
             Ok(Reply::Text(to_json(&param)?))
         }))
     }
@@ -462,7 +471,7 @@ impl Manager {
         let name = param_name(name)?;
         let params = self.state.params();
         Ok(Call::new(async move {
-            let param = reconnecting!(params.get(&name)).map_err(py_error)?;
+            let param = params.get(&name).await.map_err(py_error)?;
             Ok(Reply::MaybeText(param.as_ref().map(to_json).transpose()?))
         }))
     }
@@ -480,17 +489,15 @@ impl Manager {
         let params = self.state.params();
         Ok(Call::new(async move {
             let param = match if_version {
-                None => reconnecting!(params.set(&name, &value)).map_err(py_error)?,
-                Some(version) => {
-                    match reconnecting!(params.set_if_version(&name, &value, version)).map_err(py_error)? {
-                        CasOutcome::Applied(param) => *param,
-                        CasOutcome::Conflict { version: now } => {
-                            return Err(ConflictError::new_err(format!(
-                                "{name}: version is {now}, not {version}; nothing was written"
-                            )));
-                        }
+                None => params.set(&name, &value).await.map_err(py_error)?,
+                Some(version) => match params.set_if_version(&name, &value, version).await.map_err(py_error)? {
+                    CasOutcome::Applied(param) => *param,
+                    CasOutcome::Conflict { version: now } => {
+                        return Err(ConflictError::new_err(format!(
+                            "{name}: version is {now}, not {version}; nothing was written"
+                        )));
                     }
-                }
+                },
             };
             Ok(Reply::Text(to_json(&param)?))
         }))
@@ -501,7 +508,7 @@ impl Manager {
         let prefix = self::prefix(prefix)?;
         let params = self.state.params();
         Ok(Call::new(async move {
-            let entries = reconnecting!(params.list_entries(&prefix)).map_err(py_error)?;
+            let entries = params.list_entries(&prefix).await.map_err(py_error)?;
             let mut listed = Vec::new();
             let mut corrupt = Vec::new();
             for entry in entries {
@@ -519,7 +526,7 @@ impl Manager {
         let prefix = self::prefix(prefix)?;
         let params = self.state.params();
         Ok(Call::new(async move {
-            Ok(Reply::Text(reconnecting!(params.dump(&prefix)).map_err(py_error)?))
+            Ok(Reply::Text(params.dump(&prefix).await.map_err(py_error)?))
         }))
     }
 
@@ -529,7 +536,7 @@ impl Manager {
         let prefix = self::prefix(prefix)?;
         let params = self.state.params();
         Ok(Call::new(async move {
-            let plan = reconnecting!(params.load(&text, &prefix)).map_err(py_error)?;
+            let plan = params.load(&text, &prefix).await.map_err(py_error)?;
             Ok(Reply::Text(to_json(&plan)?))
         }))
     }

@@ -114,7 +114,7 @@ impl Producer {
         let session_id = py.detach(|| {
             guard(|| {
                 runtime()
-                    .block_on(async { reconnecting!(producer.start_stroke_session(&plan)) })
+                    .block_on(async { producer.start_stroke_session(&plan).await })
                     .map_err(py_error)
             })
         })?;

@@ -199,6 +199,46 @@ pub(crate) fn manager_config(config: &ManagerConfig) -> ConnectionManagerConfig 
         .set_max_delay(Duration::from_secs(2))
 }
 
+/// The manager's shared connection: redis-rs's [`ConnectionManager`], with one more attempt
+/// for a request whose connection was refused.
+///
+/// While Redis is down, the connection's reconnect fails and keeps that failure for the next
+/// request, which got it even when Redis was back (the first call after an outage longer than
+/// the reconnect attempts failed). Such a request never left the process, so it is made once
+/// more, which reconnects. Errors that may follow a sent request (a reset, an end of file, a
+/// timeout) are not repeated: nothing is sent twice.
+#[derive(Clone)]
+pub(crate) struct Shared(pub(crate) ConnectionManager);
+
+impl redis::aio::ConnectionLike for Shared {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            match self.0.req_packed_command(cmd).await {
+                Err(err) if err.is_connection_refusal() => self.0.req_packed_command(cmd).await,
+                done => done,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            match self.0.req_packed_commands(pipeline, offset, count).await {
+                Err(err) if err.is_connection_refusal() => self.0.req_packed_commands(pipeline, offset, count).await,
+                done => done,
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 /// A shared connection that connects on first use, so it can be made while Redis is down.
 pub(crate) fn lazy(client: &redis::Client, manager_config: &ConnectionManagerConfig) -> Result<ConnectionManager> {
     ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())

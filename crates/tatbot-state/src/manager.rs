@@ -394,15 +394,17 @@ impl StateManager {
         self.inner.locator.current()
     }
 
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> crate::connection::Shared {
         // A poisoned lock only means a panic elsewhere while cloning or swapping; the
         // connection inside is still valid.
-        self.inner
-            .connection
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .1
-            .clone()
+        crate::connection::Shared(
+            self.inner
+                .connection
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1
+                .clone(),
+        )
     }
 
     /// Replaces the shared connection with a fresh one (made from `client`) that connects on

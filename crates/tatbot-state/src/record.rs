@@ -820,7 +820,7 @@ type Page = redis::RedisResult<Vec<RawEntry>>;
 /// Reads `key` in `XRANGE` pages after `after` (from the start with `None`) and sends each
 /// page, or the error that ends the stream, until a short page or the receiver is gone.
 async fn read_pages(
-    mut connection: redis::aio::ConnectionManager,
+    mut connection: crate::connection::Shared,
     key: String,
     mut after: Option<String>,
     pages: tokio::sync::mpsc::Sender<Page>,

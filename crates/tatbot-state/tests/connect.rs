@@ -106,3 +106,40 @@ async fn reconnects_after_restart() {
         .await
         .unwrap();
 }
+
+/// An outage longer than the shared connection's reconnect attempts.
+const OUTAGE: Duration = Duration::from_secs(1);
+
+/// Whether `err` is a refused connection: the request never left the process.
+fn refused(err: &Error) -> bool {
+    matches!(err, Error::Redis { source, .. } | Error::Unreachable { source, .. } if source.is_connection_refusal())
+}
+
+/// The first call after Redis came back works. While Redis was down, the shared connection's
+/// reconnect failed and kept that failure, and the next caller got it though Redis was up
+/// again; a call whose connection was refused never left the process, so it is made once more
+/// on a fresh connection.
+#[tokio::test]
+async fn first_call_after_an_outage_works() {
+    let mut server = RedisServer::start();
+    let state = StateManager::connect(config(&server, "hog")).await.unwrap();
+    state.ping().await.unwrap();
+    server.kill();
+    // Until a call is refused: the failed reconnect is what the next call gets.
+    let refusing = eventually(Duration::from_secs(10), || async {
+        state.ping().await.is_err_and(|err| refused(&err))
+    });
+    assert!(refusing.await, "calls refused while Redis is down");
+    // The outage itself, longer than the connection's own reconnect attempts (50 ms apart).
+    tokio::time::sleep(OUTAGE).await;
+    server.restart();
+    state.ping().await.expect("the first call after the outage");
+    state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 1,
+            scene: "s".into(),
+        })
+        .await
+        .expect("a write after the outage");
+}
