@@ -122,6 +122,24 @@ fn record_follow_interrupted_leaves_a_valid_file() {
         &["record", "--all", "--follow", "-o", file.to_str().unwrap()],
     );
     recorder.stderr.wait_for("recording live");
+    // Live, the recorder reads with `XREAD BLOCK` 200 ms, over and over, on one connection: it
+    // used to open a new one for every read (five a second while idle, more while busy).
+    let (connections, reads) = connections_and_xreads(&server);
+    let deadline = Instant::now() + DEADLINE;
+    let (mut connections_now, mut reads_now) = (connections, reads);
+    let mut probes = 1;
+    while reads_now < reads + 10 {
+        assert!(Instant::now() < deadline, "10 live reads within {DEADLINE:?}");
+        (connections_now, reads_now) = connections_and_xreads(&server);
+        probes += 1;
+    }
+    // Each look above is a connection of its own.
+    assert!(
+        connections_now - connections <= probes + 1,
+        "{} connections for {} live reads",
+        connections_now - connections - probes,
+        reads_now - reads
+    );
     signal::kill(Pid::from_raw(i32::try_from(recorder.pid()).unwrap()), Signal::SIGINT).unwrap();
     assert!(recorder.wait().success());
 
@@ -134,6 +152,26 @@ fn record_follow_interrupted_leaves_a_valid_file() {
     let progress = on_topic(&messages, "/tatbot/progress");
     assert_eq!(progress.len(), 6);
     assert!(progress.iter().all(|record| record["session_id"] == session.as_str()));
+}
+
+/// The server's `total_connections_received` and `XREAD` calls, counting this look's own
+/// connection.
+fn connections_and_xreads(server: &RedisServer) -> (u64, u64) {
+    let info = server.command(&["INFO", "stats", "commandstats"]).unwrap();
+    let field = |prefix: &str, name: &str| {
+        info.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| {
+                line.trim_start_matches(prefix)
+                    .split(',')
+                    .find_map(|part| part.strip_prefix(name)?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    (
+        field("total_connections_received:", ""),
+        field("cmdstat_xread:", "calls="),
+    )
 }
 
 /// `record SESSION --follow` records a running session live and stops by itself at its end.

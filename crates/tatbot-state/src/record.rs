@@ -250,6 +250,9 @@ pub struct Recorder {
     seen_docs: HashMap<String, String>,
     /// When robot states and heartbeats were last polled by the live loop.
     last_poll: Option<tokio::time::Instant>,
+    /// The live loop's connection for its blocking reads, kept from one read to the next and
+    /// dropped after a failure (the next read opens one, on the master of the moment).
+    live: Option<redis::aio::MultiplexedConnection>,
     stats: RecordStats,
 }
 
@@ -269,6 +272,7 @@ impl Recorder {
             since_ms: None,
             seen_docs: HashMap::new(),
             last_poll: None,
+            live: None,
             stats: RecordStats::default(),
         };
         let sessions = match selection {
@@ -500,16 +504,30 @@ impl Recorder {
             .count(PAGE)
             .block(usize::try_from(LIVE_BLOCK.as_millis()).unwrap_or(200));
         // A dedicated connection: a blocking read must not hold up the shared one.
-        let client = self.manager.locator().client().await?;
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|err| self.manager.redis_error("record: live connection", err))?;
+        let mut connection = match self.live.take() {
+            Some(connection) => connection,
+            None => {
+                let client = self.manager.locator().client().await?;
+                let config = self.manager.config();
+                // Its answers wait out the block too.
+                let settings = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.response_timeout + LIVE_BLOCK));
+                client
+                    .get_multiplexed_async_connection_with_config(&settings)
+                    .await
+                    .map_err(|err| self.manager.redis_error("record: live connection", err))?
+            }
+        };
         let reply: Option<StreamReadReply> =
             match redis::AsyncCommands::xread_options(&mut connection, &stream_keys, &ids, &options).await {
-                Ok(reply) => reply,
+                Ok(reply) => {
+                    self.live = Some(connection);
+                    reply
+                }
                 // One stream replaced by another type: read the others and report it.
                 Err(err) if err.code() == Some("WRONGTYPE") => {
+                    self.live = Some(connection);
                     self.stats.corrupt += 1;
                     tracing::warn!(error = %err, "a stream the recorder reads holds another type");
                     tokio::time::sleep(LIVE_BLOCK).await;
