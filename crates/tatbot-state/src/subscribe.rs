@@ -97,15 +97,15 @@ pub struct Subscription {
     /// between: [`crate::direct`]); `None` between a failure and the next successful
     /// reconnect. Dropping it closes it.
     live: Option<Direct>,
-    /// A keepalive `PING` is on the wire: the log id read just before it (the next mark), and
-    /// when the connection counts as dead without its answer.
+    /// A keepalive `PING` is on the wire: the log's end read just before it (the next mark),
+    /// and when the connection counts as dead without its answer.
     ping: Option<(Option<Mark>, tokio::time::Instant)>,
     /// What [`Subscription::counts`] hands out.
     counts: SubscriptionCounts,
     /// A connection for reading the event log, opened when first needed.
     log: Option<redis::aio::MultiplexedConnection>,
-    /// The event log id up to which every message on our channels was delivered; `None` when
-    /// the log could not be read (then a gap is not filled).
+    /// The place in the event log up to which every message on our channels was delivered;
+    /// `None` when the log could not be read (then a gap is not filled).
     mark: Option<Mark>,
     /// Hashes of the last delivered messages, oldest first, and the same as a set.
     delivered: VecDeque<u64>,
@@ -181,12 +181,11 @@ impl Subscription {
         Ok(subscription)
     }
 
-    /// Runs `reads` (an `XRANGE` or `XREVRANGE` of the event log, and maybe its `XINFO`) on the
-    /// log connection, opened first when there is none, in a task of its own bounded by the
-    /// connect timeout. The task
-    /// goes on when the `next` that awaits it is dropped, so the next call awaits the same read
-    /// instead of starting it again: a caller whose timeouts are shorter than a slow read still
-    /// gets it done.
+    /// Runs `reads` (the log's `XINFO STREAM`, after an `XRANGE` for a gap) on the log
+    /// connection, opened first when there is none, in a task of its own bounded by the connect
+    /// timeout. The task goes on when the `next` that awaits it is dropped, so the next call
+    /// awaits the same read instead of starting it again: a caller whose timeouts are shorter
+    /// than a slow read still gets it done.
     fn spawn_log_read(&self, mut reads: redis::Pipeline) -> AbortOnDropHandle<LogRead> {
         let (locator, log, limit) = (self.locator.clone(), self.log.clone(), self.connect_timeout);
         let read = async move {
@@ -219,8 +218,8 @@ impl Subscription {
         }))
     }
 
-    /// The event log's last entry id (`0-0` when empty), or `None` when it cannot be read: at
-    /// subscribe time and at each keepalive. A read of its own (see
+    /// The event log's end as a [`Mark`], or `None` when it cannot be read: at subscribe time
+    /// and at each keepalive. A read of its own (see
     /// [`Subscription::spawn_log_read`]), so that the keepalive's `PING` goes out within the
     /// connect timeout even when the log connection hangs and every `next` is cut short sooner.
     async fn log_tail(&mut self) -> Option<Mark> {
@@ -250,30 +249,44 @@ impl Subscription {
         }
     }
 
-    /// The mark a finished tail read gives, keeping its connection.
+    /// The mark a finished tail read gives.
     fn tail_of(&mut self, outcome: std::result::Result<LogRead, tokio::task::JoinError>) -> Option<Mark> {
-        match outcome {
-            Ok(Ok((connection, replies, _))) => {
-                self.log = Some(connection);
-                match Mark::of(replies.first()) {
-                    Ok(mark) => Some(mark),
-                    Err(error) => {
-                        tracing::debug!(error, "cannot read the event log; a gap would not be filled");
-                        None
-                    }
-                }
-            }
-            Ok(Err(error)) => {
-                self.log = None;
+        match self.replies(outcome).and_then(|replies| Mark::of(replies.first())) {
+            Ok(mark) => Some(mark),
+            Err(error) => {
                 tracing::debug!(error, "cannot read the event log; a gap would not be filled");
                 None
             }
+        }
+    }
+
+    /// The replies of a finished log read, keeping its connection for the next read; or why
+    /// it failed, dropping the connection.
+    fn replies(
+        &mut self,
+        outcome: std::result::Result<LogRead, tokio::task::JoinError>,
+    ) -> std::result::Result<Vec<Value>, String> {
+        match outcome {
+            Ok(Ok((connection, replies, _))) => {
+                self.log = Some(connection);
+                Ok(replies)
+            }
+            Ok(Err(error)) => {
+                self.log = None;
+                Err(error)
+            }
             Err(join) => {
                 self.log = None;
-                tracing::debug!(error = %join, "cannot read the event log; a gap would not be filled");
-                None
+                Err(join.to_string())
             }
         }
+    }
+
+    /// No mark any more: a gap until the next one is not filled. The keepalive reads the log
+    /// again and sets one: now, not in 2 s.
+    fn forget_mark(&mut self) {
+        self.mark = None;
+        self.keepalive_at = tokio::time::Instant::now();
     }
 
     /// After a reconnect: queues the logged messages on our channels after the mark that were
@@ -290,8 +303,7 @@ impl Subscription {
                 patterns = ?self.patterns,
                 "resubscribed with no mark in the event log (it could not be read); messages published meanwhile are not recovered"
             );
-            // The keepalive reads the log's tail again and sets a mark: now, not in 2 s.
-            self.keepalive_at = tokio::time::Instant::now();
+            self.forget_mark();
             return;
         };
         if self.gap_read.is_none() {
@@ -315,20 +327,9 @@ impl Subscription {
         // Cancel-safe: the task goes on, and the next call awaits it again.
         let outcome = read.await;
         self.gap_read = None;
-        let read = match outcome {
-            Ok(Ok((connection, replies, _))) => {
-                self.log = Some(connection);
-                range_reply(replies.first()).map(|reply| (Mark::of(replies.get(1)), reply))
-            }
-            Ok(Err(error)) => {
-                self.log = None;
-                Err(error)
-            }
-            Err(join) => {
-                self.log = None;
-                Err(join.to_string())
-            }
-        };
+        let read = self
+            .replies(outcome)
+            .and_then(|replies| range_reply(replies.first()).map(|reply| (Mark::of(replies.get(1)), reply)));
         let (end, mut reply) = match read {
             Ok(read) => read,
             Err(error) => {
@@ -337,8 +338,7 @@ impl Subscription {
                     error,
                     "cannot read the event log after resubscribing; messages of the gap are lost"
                 );
-                self.mark = None;
-                self.keepalive_at = tokio::time::Instant::now();
+                self.forget_mark();
                 return;
             }
         };
@@ -392,10 +392,7 @@ impl Subscription {
         // Past a gap too long for one read, the rest is skipped (and was reported above).
         match end {
             Ok(end) => self.mark = Some(end),
-            Err(_) => {
-                self.mark = None;
-                self.keepalive_at = tokio::time::Instant::now();
-            }
+            Err(_) => self.forget_mark(),
         }
         if filled > 0 {
             tracing::info!(messages = filled, "filled the subscription's gap from the event log");
