@@ -239,6 +239,30 @@ impl redis::aio::ConnectionLike for Shared {
     }
 }
 
+/// A multiplexed connection of its own through `client` (`target` names it in errors), for
+/// reads that must not wait behind the shared connection: `response_timeout` per answer (a
+/// blocking read adds its block to it), the whole attempt within twice `connect_timeout`.
+pub(crate) async fn dedicated(
+    client: &redis::Client,
+    target: &str,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    operation: &'static str,
+) -> Result<redis::aio::MultiplexedConnection> {
+    let settings = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout));
+    let limit = connect_timeout * 2;
+    match tokio::time::timeout(limit, client.get_multiplexed_async_connection_with_config(&settings)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(err)) => Err(Error::from_connect(target, err)),
+        Err(_) => Err(Error::Timeout {
+            operation,
+            after: limit,
+        }),
+    }
+}
+
 /// A shared connection that connects on first use, so it can be made while Redis is down.
 pub(crate) fn lazy(client: &redis::Client, manager_config: &ConnectionManagerConfig) -> Result<ConnectionManager> {
     ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())

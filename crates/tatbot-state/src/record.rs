@@ -508,15 +508,17 @@ impl Recorder {
             Some(connection) => connection,
             None => {
                 let client = self.manager.locator().client().await?;
+                let target = self.manager.locator().current().to_string();
                 let config = self.manager.config();
                 // Its answers wait out the block too.
-                let settings = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(config.connect_timeout))
-                    .set_response_timeout(Some(config.response_timeout + LIVE_BLOCK));
-                client
-                    .get_multiplexed_async_connection_with_config(&settings)
-                    .await
-                    .map_err(|err| self.manager.redis_error("record: live connection", err))?
+                crate::connection::dedicated(
+                    &client,
+                    &target,
+                    config.connect_timeout,
+                    config.response_timeout + LIVE_BLOCK,
+                    "record: live connection",
+                )
+                .await?
             }
         };
         let reply: Option<StreamReadReply> =

@@ -203,18 +203,14 @@ impl Locator {
 
     async fn open(&self, info: ConnectionInfo, target: &str) -> Result<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(info).map_err(|err| Error::from_connect(target, err))?;
-        let settings = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.inner.connect_timeout))
-            .set_response_timeout(Some(self.inner.response_timeout));
-        let limit = self.inner.connect_timeout * 2;
-        match tokio::time::timeout(limit, client.get_multiplexed_async_connection_with_config(&settings)).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(err)) => Err(Error::from_connect(target, err)),
-            Err(_) => Err(Error::Timeout {
-                operation: "connect",
-                after: limit,
-            }),
-        }
+        crate::connection::dedicated(
+            &client,
+            target,
+            self.inner.connect_timeout,
+            self.inner.response_timeout,
+            "connect",
+        )
+        .await
     }
 }
 

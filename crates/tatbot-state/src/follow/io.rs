@@ -59,26 +59,14 @@ impl Connections {
         // Looked up on every (re)connect: with Sentinel, the master may have moved.
         let client = locator.client().await?;
         let target = locator.current().to_string();
-        let open = |response_timeout: Duration| {
-            let client = client.clone();
-            let target = target.clone();
-            let connect_timeout = config.connect_timeout;
-            async move {
-                let settings = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout));
-                let attempt = client.get_multiplexed_async_connection_with_config(&settings);
-                match tokio::time::timeout(connect_timeout * 2, attempt).await {
-                    Ok(Ok(connection)) => Ok(connection),
-                    Ok(Err(err)) => Err(Error::from_connect(&target, err)),
-                    Err(_) => Err(Error::Timeout {
-                        operation: "follow connect",
-                        after: connect_timeout * 2,
-                    }),
-                }
-            }
-        };
-        let mut commands = open(config.response_timeout).await?;
+        let mut commands = crate::connection::dedicated(
+            &client,
+            &target,
+            config.connect_timeout,
+            config.response_timeout,
+            "follow connect",
+        )
+        .await?;
         let blocking = match Direct::connect(&client, config.connect_timeout).await {
             Ok(Some(direct)) => direct,
             Ok(None) => {

@@ -199,19 +199,15 @@ impl Watch {
     async fn connect(&self) -> Result<MultiplexedConnection> {
         let config = self.state.config();
         let target = self.state.locator().current().to_string();
-        let settings = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout + WATCH_BLOCK));
         let client = self.state.locator().client().await?;
-        let attempt = client.get_multiplexed_async_connection_with_config(&settings);
-        match tokio::time::timeout(config.connect_timeout * 2, attempt).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(err)) => Err(Error::from_connect(&target, err)),
-            Err(_) => Err(Error::Timeout {
-                operation: "watch_params connect",
-                after: config.connect_timeout * 2,
-            }),
-        }
+        crate::connection::dedicated(
+            &client,
+            &target,
+            config.connect_timeout,
+            config.response_timeout + WATCH_BLOCK,
+            "watch_params connect",
+        )
+        .await
     }
 }
 
