@@ -383,7 +383,7 @@ impl Manager {
         let state = self.state.clone();
         Ok(Call::new(async move {
             state
-                .report_error(&category, &message, details.clone())
+                .report_error(&category, &message, details)
                 .await
                 .map_err(py_error)?;
             Ok(Reply::None)
