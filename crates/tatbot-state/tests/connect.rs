@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use tatbot_state::{Endpoint, Error, ManagerConfig, NodeId, SessionPlan, StateManager};
+use tatbot_state::{Endpoint, Error, ManagerConfig, NodeId, StateManager};
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{config, eventually};
+use crate::util::{config, eventually, one_pose};
 
 fn node() -> NodeId {
     NodeId::new("hog").unwrap()
@@ -97,14 +97,7 @@ async fn reconnects_after_restart() {
     server.restart();
     assert!(eventually(Duration::from_secs(10), || async { state.ping().await.is_ok() }).await);
     // The scripts are loaded again after the restart (EVALSHA falls back to EVAL).
-    state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    state.start_stroke_session(&one_pose("s")).await.unwrap();
 }
 
 /// An outage longer than the shared connection's reconnect attempts.
@@ -135,11 +128,7 @@ async fn first_call_after_an_outage_works() {
     server.restart();
     state.ping().await.expect("the first call after the outage");
     state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "s".into(),
-        })
+        .start_stroke_session(&one_pose("s"))
         .await
         .expect("a write after the outage");
 }

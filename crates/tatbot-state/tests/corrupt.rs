@@ -5,7 +5,7 @@ use redis::AsyncCommands;
 use tatbot_state::model::NodeHealth;
 use tatbot_state::{Category, Error, HistoryCursor, NodeId, ProgressUpdate, SessionId, SessionPlan};
 
-use crate::util::{raw, setup};
+use crate::util::{one_pose, raw, setup};
 
 /// Robot state that is not JSON is a decode error naming the key.
 #[tokio::test]
@@ -63,14 +63,7 @@ async fn corrupt_health() {
 #[tokio::test]
 async fn corrupt_progress() {
     let (server, state) = setup("hog").await;
-    let good = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let good = state.start_stroke_session(&one_pose("s")).await.unwrap();
     let mut redis = raw(&server).await;
     let () = redis
         .hset("stroke:progress:stroke_bad_1", "progress", "[1, 2]")
@@ -204,14 +197,7 @@ async fn oversized_history_entry_is_corrupt() {
 #[tokio::test]
 async fn invalid_id_and_wrong_type_keys_are_corrupt() {
     let (server, state) = setup("hog").await;
-    state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    state.start_stroke_session(&one_pose("s")).await.unwrap();
     let mut redis = raw(&server).await;
     let doc =
         r#"{"timestamp":"2026-11-25T17:15:37","node_id":"n","total_strokes":1,"stroke_length":1,"is_executing":true}"#;

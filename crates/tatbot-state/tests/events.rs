@@ -11,7 +11,7 @@ use tatbot_state::{
 };
 use tatbot_state_testkit::{RedisServer, ReplyProxy};
 
-use crate::util::{config, raw, setup};
+use crate::util::{config, one_pose, raw, setup};
 
 async fn next_event(subscription: &mut Subscription) -> (String, Event) {
     let message = tokio::time::timeout(Duration::from_secs(5), subscription.next())
@@ -343,25 +343,9 @@ async fn subscription_fills_a_gap_from_the_event_log() {
     assert_eq!(subscription.recovered(), 2);
     assert_eq!(subscription.unrecovered(), 0, "the log held the whole gap");
     // Nothing comes twice: the next event is a new one.
-    state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "next".into(),
-        })
-        .await
-        .unwrap();
+    state.start_stroke_session(&one_pose("next")).await.unwrap();
     let (_, event) = next_event(&mut subscription).await;
     assert_eq!(event.event_type(), Some("session_start"));
-}
-
-/// A one-pose session plan for `scene`: its start publishes a `session_start` to wait for.
-fn one_pose(scene: &str) -> SessionPlan {
-    SessionPlan {
-        total_strokes: 1,
-        stroke_length: 1,
-        scene: scene.into(),
-    }
 }
 
 /// A subscription to `stroke:events:*` whose connections go through a proxy in front of
@@ -438,16 +422,9 @@ async fn next_cancelled_while_filling_a_gap_fills_it_at_the_next_call() {
     );
     proxy.pass();
 
-    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("the missed event within 10 s")
-        .unwrap();
-    let event = message.event.expect("the missed event decodes");
-    assert_eq!(
-        (event.event_type(), event.session_id(), message.from_log),
-        (Some("session_start"), Some(missed.as_str()), true),
-        "the event published while the subscription was away, from the log"
-    );
+    let what = "the event published while the subscription was away";
+    let event = next_from_log(&mut subscription, &missed, what).await;
+    assert_eq!(event.event_type(), Some("session_start"));
     assert_eq!(subscription.recovered(), 1);
     assert_eq!(subscription.unrecovered(), 0, "the log held the whole gap");
 }
@@ -461,8 +438,9 @@ async fn last_log_id(log: &mut redis::aio::MultiplexedConnection) -> String {
     newest.ids[0].id.clone()
 }
 
-/// The next message, which must come from the event log for the session `session_id`.
-async fn next_from_log(subscription: &mut Subscription, session_id: &SessionId, what: &str) {
+/// The next message, which must come from the event log for the session `session_id`, as an
+/// event.
+async fn next_from_log(subscription: &mut Subscription, session_id: &SessionId, what: &str) -> Event {
     let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
         .await
         .unwrap_or_else(|_| panic!("{what} within 10 s"))
@@ -473,6 +451,7 @@ async fn next_from_log(subscription: &mut Subscription, session_id: &SessionId, 
         (Some(session_id.as_str()), true),
         "{what}, from the log"
     );
+    event
 }
 
 /// Entries published while a subscription was away and gone from the event log before it came

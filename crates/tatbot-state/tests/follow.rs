@@ -10,7 +10,7 @@ use tatbot_state::model::{HistoryEntry, NodeHealth};
 use tatbot_state::{CancellationToken, Cursor, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{eventually, manager, raw, setup};
+use crate::util::{eventually, manager, one_pose, raw, setup};
 
 /// How long any awaited condition may take.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -368,14 +368,7 @@ async fn resume_replays_exactly_what_was_missed() {
 #[tokio::test]
 async fn trimmed_event_log_resyncs() {
     let (server, state) = setup("hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "scene".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&one_pose("scene")).await.unwrap();
     let old = state.snapshot(&Scope::All, &quick()).await.unwrap().cursor;
     state.pause_stroke_session(&session).await.unwrap();
     state.resume_stroke_session(&session).await.unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use tatbot_state::{Error, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 
-use crate::util::{config, eventually, manager, raw, setup};
+use crate::util::{config, eventually, manager, one_pose, raw, setup};
 
 /// Start, progress, pause, resume and end write the documented fields and history.
 #[tokio::test]
@@ -255,11 +255,7 @@ async fn change_by_another_client_between_updates_is_kept() {
 #[tokio::test]
 async fn thousand_sessions_distinct_ids() {
     let (_server, state) = setup("hog").await;
-    let plan = SessionPlan {
-        total_strokes: 1,
-        stroke_length: 1,
-        scene: "s".into(),
-    };
+    let plan = one_pose("s");
     let starts = (0..1000).map(|_| state.start_stroke_session(&plan));
     let ids: Vec<SessionId> = futures_util::future::join_all(starts)
         .await
@@ -282,26 +278,12 @@ async fn ended_sessions_expire() {
     let mut short = config(&server, "hog");
     short.session_retention = Duration::from_secs(1);
     let state = StateManager::connect(short).await.unwrap();
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&one_pose("s")).await.unwrap();
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
         .await
         .unwrap();
-    let running = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let running = state.start_stroke_session(&one_pose("s")).await.unwrap();
     state.end_stroke_session(&session).await.unwrap();
     let gone = eventually(Duration::from_secs(5), || async {
         state.get_stroke_progress(&session).await.unwrap().is_none()
@@ -351,14 +333,7 @@ async fn python_sessions_are_listed() {
 #[tokio::test]
 async fn clear_session() {
     let (_server, state) = setup("hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 1,
-            scene: "s".into(),
-        })
-        .await
-        .unwrap();
+    let session = state.start_stroke_session(&one_pose("s")).await.unwrap();
     state
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
         .await

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tatbot_state::{Endpoint, ManagerConfig, NodeId, StateManager};
+use tatbot_state::{Endpoint, ManagerConfig, NodeId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
 /// A fresh server and a manager for node `node`.
@@ -74,4 +74,13 @@ pub fn sentinel_config(cluster: &tatbot_state_testkit::SentinelCluster, node: &s
         master_name: cluster.master_name().to_owned(),
     });
     config
+}
+
+/// A one-pose session plan for `scene`: its start publishes a `session_start` to wait for.
+pub fn one_pose(scene: &str) -> SessionPlan {
+    SessionPlan {
+        total_strokes: 1,
+        stroke_length: 1,
+        scene: scene.into(),
+    }
 }
