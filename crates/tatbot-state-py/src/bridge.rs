@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -39,6 +40,37 @@ pub(crate) struct Bridge {
     /// The end the loop watches; drained by `drain`.
     watched: UnixStream,
     next_id: AtomicU64,
+}
+
+/// The first wait before writing the wake byte again after the system refused it; it doubles
+/// up to [`MAX_WAKE_RETRY`].
+const FIRST_WAKE_RETRY: Duration = Duration::from_millis(1);
+const MAX_WAKE_RETRY: Duration = Duration::from_millis(100);
+
+/// Writes the byte that wakes the loop, until it is written or the loop is gone.
+///
+/// A refusal that may pass (out of buffers or memory) is tried again, after a wait that grows
+/// to [`MAX_WAKE_RETRY`]: `told` stays set meanwhile, so no other result writes, and giving up
+/// would leave this result in `done` with nothing due to wake the loop: its `await` would hang
+/// until some later call finished. A full buffer (`WouldBlock`) means the loop is woken anyway.
+/// When the loop's end is closed (`BrokenPipe`), nobody is left to wake and `told` is cleared.
+async fn wake_loop(shared: &Shared) {
+    let mut retry = FIRST_WAKE_RETRY;
+    loop {
+        match (&shared.wake).write(&[1]) {
+            Ok(_) => return,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) if matches!(err.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+                shared.told.store(false, Ordering::SeqCst);
+                return;
+            }
+            Err(_) => {
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(MAX_WAKE_RETRY);
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -79,20 +111,7 @@ impl Bridge {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((id, result));
             if !shared.told.swap(true, Ordering::SeqCst) {
-                loop {
-                    match (&shared.wake).write(&[1]) {
-                        Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                        // WouldBlock: the buffer is full of wake bytes, the loop is woken anyway.
-                        Ok(_) => break,
-                        Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                        // No byte went out (the loop is gone, or the system is out of buffers):
-                        // `told` must not stay set, or no later result would try again.
-                        Err(_) => {
-                            shared.told.store(false, Ordering::SeqCst);
-                            break;
-                        }
-                    }
-                }
+                wake_loop(&shared).await;
             }
         });
         Ok(id)
