@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 use tatbot_state::model::{NodeHealth, RobotState};
 use tatbot_state::producer::MIN_POLL_INTERVAL;
 use tatbot_state::{CancellationToken, Category, ProducerConfig, SessionId, StateManager, Wake};
@@ -31,6 +32,53 @@ pub(crate) struct Producer {
     current: Mutex<Option<SessionId>>,
     /// Stops the writer when this object goes away without `close`.
     stop: CancellationToken,
+    /// The description strings of the last update; see [`LastDescriptions`].
+    descriptions: Mutex<LastDescriptions>,
+}
+
+/// A description argument of `update_stroke_progress`: the string given, or none (the empty
+/// default). Anything but a `str` is a `TypeError`, as for any text argument.
+enum Description<'py> {
+    Omitted,
+    Given(Bound<'py, PyString>),
+}
+
+impl<'py> FromPyObject<'_, 'py> for Description<'py> {
+    type Error = PyErr;
+
+    fn extract(object: Borrowed<'_, 'py, PyAny>) -> PyResult<Description<'py>> {
+        Ok(Description::Given(object.cast::<PyString>()?.to_owned()))
+    }
+}
+
+/// The longest description kept in [`LastDescriptions`] (bytes); a longer one is converted on
+/// every call (and refused by the update when over the limit) rather than kept.
+const KEPT_DESCRIPTION: usize = 256;
+
+/// The description strings of the last update, left and right, each with its Rust copy: a
+/// control loop passes the same string objects call after call (constants, a stroke's fields),
+/// and a call that gets the object it got last time skips the conversion (under the stable ABI
+/// a bytes object, a copy and two frees, up to 1 us of the call's first run after the loop
+/// slept; docs/PERFORMANCE.md). Holding the object keeps it alive, so that no new string can
+/// take its address.
+#[derive(Default)]
+struct LastDescriptions([Option<(Py<PyString>, String)>; 2]);
+
+impl LastDescriptions {
+    /// The text of `given`, for the `side` (0 left, 1 right).
+    fn text(&mut self, side: usize, given: &Description<'_>) -> PyResult<String> {
+        let Description::Given(object) = given else {
+            return Ok(String::new());
+        };
+        if let Some((last, text)) = &self.0[side]
+            && last.as_ptr() == object.as_ptr()
+        {
+            return Ok(text.clone());
+        }
+        let text = object.to_cow()?.into_owned();
+        self.0[side] = (text.len() <= KEPT_DESCRIPTION).then(|| (object.clone().unbind(), text.clone()));
+        Ok(text)
+    }
 }
 
 impl Producer {
@@ -66,22 +114,23 @@ impl Producer {
             producer,
             current: Mutex::new(None),
             stop,
+            descriptions: Mutex::default(),
         })
     }
 
-    fn session(&self, session_id: Option<&str>) -> PyResult<SessionId> {
+    /// Runs `body` with `session_id`, or with the current session when `None` (borrowed under
+    /// its lock, not copied).
+    fn with_session<T>(&self, session_id: Option<&str>, body: impl FnOnce(&SessionId) -> PyResult<T>) -> PyResult<T> {
         if let Some(text) = session_id {
-            return SessionId::new(text).map_err(py_error);
+            return body(&SessionId::new(text).map_err(py_error)?);
         }
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| {
-                PyValueError::new_err(
-                    "no current stroke session; hint: call start_stroke_session() first or pass session_id=",
-                )
-            })
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let session_id = current.as_ref().ok_or_else(|| {
+            PyValueError::new_err(
+                "no current stroke session; hint: call start_stroke_session() first or pass session_id=",
+            )
+        })?;
+        body(session_id)
     }
 }
 
@@ -138,8 +187,8 @@ impl Producer {
     #[pyo3(signature = (
         stroke_idx,
         pose_idx=0,
-        stroke_description_l=String::new(),
-        stroke_description_r=String::new(),
+        stroke_description_l=Description::Omitted,
+        stroke_description_r=Description::Omitted,
         offset_idx_l=0,
         offset_idx_r=0,
         session_id=None,
@@ -149,23 +198,26 @@ impl Producer {
         &self,
         stroke_idx: i64,
         pose_idx: i64,
-        stroke_description_l: String,
-        stroke_description_r: String,
+        stroke_description_l: Description<'_>,
+        stroke_description_r: Description<'_>,
         offset_idx_l: i64,
         offset_idx_r: i64,
         session_id: Option<&str>,
     ) -> PyResult<u64> {
-        let session_id = self.session(session_id)?;
-        let update = progress_update(
-            stroke_idx,
-            pose_idx,
-            (stroke_description_l, stroke_description_r),
-            (offset_idx_l, offset_idx_r),
-        )?;
-        guard(|| {
-            self.producer
-                .update_stroke_progress(&session_id, &update)
-                .map_err(py_error)
+        let descriptions = {
+            let mut last = self.descriptions.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                last.text(0, &stroke_description_l)?,
+                last.text(1, &stroke_description_r)?,
+            )
+        };
+        let update = progress_update(stroke_idx, pose_idx, descriptions, (offset_idx_l, offset_idx_r))?;
+        self.with_session(session_id, |session_id| {
+            guard(|| {
+                self.producer
+                    .update_stroke_progress_owned(session_id, update)
+                    .map_err(py_error)
+            })
         })
     }
 
@@ -173,10 +225,10 @@ impl Producer {
     /// queued before it.
     #[pyo3(signature = (session_id=None))]
     fn end_stroke_session(&self, session_id: Option<&str>) -> PyResult<u64> {
-        let session_id = self.session(session_id)?;
-        let seq = guard(|| Ok(self.producer.end_stroke_session(&session_id)))?;
+        let ended = self.with_session(session_id, |session_id| Ok(session_id.clone()))?;
+        let seq = guard(|| Ok(self.producer.end_stroke_session(&ended)))?;
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref() == Some(&session_id) {
+        if current.as_ref() == Some(&ended) {
             *current = None;
         }
         Ok(seq)
@@ -224,5 +276,11 @@ impl Producer {
     /// The counters as JSON (`enqueued`, `acknowledged`, `queued`, `dropped`, ...).
     fn _stats_json(&self) -> PyResult<String> {
         to_json(&self.producer.stats())
+    }
+
+    /// How the writer was woken, as JSON (`call_wakes`, `anticipated`, `missed`, `late`,
+    /// `lead_us`); all zero unless the wake is the default (anticipated).
+    fn _wake_stats_json(&self) -> PyResult<String> {
+        to_json(&self.producer.wake_stats())
     }
 }

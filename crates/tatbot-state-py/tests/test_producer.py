@@ -57,7 +57,11 @@ def test_pattern_a_stroke_tool_at_30_hz(redis_server, raw):
         producer.end_stroke_session()
         producer.flush(10)
         assert producer.stats()["dropped"] == 0
+        wakes = producer.wake_stats()
     assert statistics.median(durations) < 0.001, durations
+    assert set(wakes) == {"call_wakes", "anticipated", "missed", "late", "lead_us"}, wakes
+    # The start of the session found the idle writer parked and woke it.
+    assert wakes["call_wakes"] >= 1, wakes
     assert history(raw, session_id) == [(s, p, f"d{i}") for i, (s, p) in enumerate(poses)]
     progress = asyncio.run(state.get_stroke_progress(session_id))
     assert (progress.stroke_idx, progress.pose_idx, progress.is_executing) == (2, 9, False)
@@ -165,3 +169,49 @@ def test_runtime_threads_do_not_preempt_the_caller(redis_server):
     producer.close()
     assert tids, "no runtime thread named tatbot-state"
     assert {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_BATCH}
+
+
+class Text(str):
+    """A str subclass, as some libraries hand out."""
+
+
+def test_descriptions_are_stored_as_given_on_every_call(redis_server, raw):
+    """The producer keeps the last description strings to skip converting them again: whatever
+    objects a loop passes (the same ones, equal new ones, other values, a str subclass, non-ASCII,
+    long ones, none), each update stores its own text; bad ones raise and leave the next call
+    unharmed."""
+    state = connected(redis_server)
+    with state.producer(poll_interval_us=100) as producer:
+        assert producer.wake_stats() == {"call_wakes": 0, "anticipated": 0, "missed": 0, "late": 0, "lead_us": 0}
+        session_id = producer.start_stroke_session(1, 100, "descriptions")
+        left, long_text = "a", "é→" * 200
+        calls = [
+            (left, "r"),
+            (left, "r"),
+            ("".join(["a"]), "r"),
+            ("b", "r"),
+            (left, "r"),
+            (Text("sub"), "r"),
+            ("é→ ☃", "r"),
+            (long_text, long_text),
+            (long_text, long_text),
+            (None, None),
+        ]
+        for pose, (text_l, text_r) in enumerate(calls):
+            if text_l is None:
+                producer.update_stroke_progress(0, pose)
+            else:
+                producer.update_stroke_progress(0, pose, text_l, text_r)
+        for kind, message, bad in [
+            (TypeError, "stroke_description_l", None),
+            (TypeError, "stroke_description_l", 5),
+            (ValueError, "left description is 5000 bytes", "x" * 5000),
+            (UnicodeEncodeError, "surrogates not allowed", "\ud800"),
+        ]:
+            with pytest.raises(kind, match=message):
+                producer.update_stroke_progress(0, 99, bad, "r")
+        producer.update_stroke_progress(0, len(calls), left, "after")
+        producer.flush(10)
+    stored = [(fields["description_l"], fields["description_r"]) for _, fields in raw.xrange(f"stream:stroke_history:{session_id}")]
+    expected = [(text_l or "", text_r or "") for text_l, text_r in calls] + [(left, "after")]
+    assert stored == expected

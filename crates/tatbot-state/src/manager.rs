@@ -617,7 +617,7 @@ impl StateManager {
     /// description longer than [`MAX_TEXT_LEN`], a Redis failure, or
     /// [`Error::UnexpectedReply`] when Redis answers without an entry id.
     pub async fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<EntryId> {
-        let op = self.progress_op(session_id, update)?;
+        let op = self.progress_op(session_id, update.clone())?;
         let reply = self.apply(&op, "update_stroke_progress").await?;
         let Some(id) = self.docs().observe(session_id, reply) else {
             return Err(Error::UnexpectedReply {
@@ -638,7 +638,7 @@ impl StateManager {
     }
 
     /// The op for a progress update, stamped now.
-    pub(crate) fn progress_op(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<Op> {
+    pub(crate) fn progress_op(&self, session_id: &SessionId, update: ProgressUpdate) -> Result<Op> {
         for (what, text) in [
             ("left description", &update.description_l),
             ("right description", &update.description_r),
@@ -649,7 +649,7 @@ impl StateManager {
         }
         Ok(Op::Progress {
             session_id: session_id.clone(),
-            update: update.clone(),
+            update,
             at: Timestamp::now(),
         })
     }

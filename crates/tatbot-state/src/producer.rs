@@ -509,6 +509,16 @@ impl Producer {
     ///
     /// Only bad input (a description over the size limit); never Redis.
     pub fn update_stroke_progress(&self, session_id: &SessionId, update: &ProgressUpdate) -> Result<u64> {
+        self.update_stroke_progress_owned(session_id, update.clone())
+    }
+
+    /// [`Producer::update_stroke_progress`] taking the update by value, so that its
+    /// descriptions are not copied again: for a caller that builds one update per call.
+    ///
+    /// # Errors
+    ///
+    /// As [`Producer::update_stroke_progress`].
+    pub fn update_stroke_progress_owned(&self, session_id: &SessionId, update: ProgressUpdate) -> Result<u64> {
         Ok(self.push(self.manager.progress_op(session_id, update)?))
     }
 
