@@ -45,6 +45,8 @@ pub(crate) struct Bridge {
 /// The first wait before writing the wake byte again after the system refused it; it doubles
 /// up to [`MAX_WAKE_RETRY`].
 const FIRST_WAKE_RETRY: Duration = Duration::from_millis(1);
+/// The longest wait between two tries, so that a refusal that does not pass costs one try every
+/// 100 ms and no more.
 const MAX_WAKE_RETRY: Duration = Duration::from_millis(100);
 
 /// Writes the byte that wakes the loop, until it is written or the loop is gone.

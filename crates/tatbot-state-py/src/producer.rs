@@ -58,25 +58,42 @@ const KEPT_DESCRIPTION: usize = 256;
 /// The description strings of the last update, left and right, each with its Rust copy: a
 /// control loop passes the same string objects call after call (constants, a stroke's fields),
 /// and a call that gets the object it got last time skips the conversion (under the stable ABI
-/// a bytes object, a copy and two frees, up to 1 us of the call's first run after the loop
-/// slept; docs/PERFORMANCE.md). Holding the object keeps it alive, so that no new string can
-/// take its address.
+/// a bytes object, a copy and two frees: up to 1 us of a loop's first call after it slept,
+/// docs/PERFORMANCE.md). Holding the object keeps it alive, so that no new string can take its
+/// address.
+///
+/// Only exact `str` objects are kept: freeing one runs no Python code, and the garbage
+/// collector has nothing to find in it. No Python code runs while the lock is held (the
+/// conversion, whose error is a Python object, and the drop of the entry replaced both happen
+/// outside it), so the lock can never be held by a thread that waits for the GIL; it is taken
+/// with `try_lock` all the same, a busy lock counting as a miss.
 #[derive(Default)]
 struct LastDescriptions([Option<(Py<PyString>, String)>; 2]);
 
-impl LastDescriptions {
-    /// The text of `given`, for the `side` (0 left, 1 right).
-    fn text(&mut self, side: usize, given: &Description<'_>) -> PyResult<String> {
+impl Producer {
+    /// The text of `given`, for the `side` (0 left, 1 right); see [`LastDescriptions`].
+    fn description(&self, side: usize, given: &Description<'_>) -> PyResult<String> {
         let Description::Given(object) = given else {
             return Ok(String::new());
         };
-        if let Some((last, text)) = &self.0[side]
-            && last.as_ptr() == object.as_ptr()
+        let keep = object.is_exact_instance_of::<PyString>();
+        if keep
+            && let Ok(last) = self.descriptions.try_lock()
+            && let Some((kept, text)) = &last.0[side]
+            && kept.as_ptr() == object.as_ptr()
         {
             return Ok(text.clone());
         }
         let text = object.to_cow()?.into_owned();
-        self.0[side] = (text.len() <= KEPT_DESCRIPTION).then(|| (object.clone().unbind(), text.clone()));
+        if keep && text.len() <= KEPT_DESCRIPTION {
+            let entry = Some((object.clone().unbind(), text.clone()));
+            let replaced = match self.descriptions.try_lock() {
+                Ok(mut last) => std::mem::replace(&mut last.0[side], entry),
+                Err(_) => entry,
+            };
+            // Dropped here, after the lock.
+            drop(replaced);
+        }
         Ok(text)
     }
 }
@@ -204,15 +221,13 @@ impl Producer {
         offset_idx_r: i64,
         session_id: Option<&str>,
     ) -> PyResult<u64> {
-        let descriptions = {
-            let mut last = self.descriptions.lock().unwrap_or_else(PoisonError::into_inner);
-            (
-                last.text(0, &stroke_description_l)?,
-                last.text(1, &stroke_description_r)?,
-            )
-        };
-        let update = progress_update(stroke_idx, pose_idx, descriptions, (offset_idx_l, offset_idx_r))?;
+        let descriptions = (
+            self.description(0, &stroke_description_l)?,
+            self.description(1, &stroke_description_r)?,
+        );
         self.with_session(session_id, |session_id| {
+            // Checked after the session, as before; its errors run no Python code.
+            let update = progress_update(stroke_idx, pose_idx, descriptions, (offset_idx_l, offset_idx_r))?;
             guard(|| {
                 self.producer
                     .update_stroke_progress_owned(session_id, update)

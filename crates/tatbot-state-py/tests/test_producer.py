@@ -60,7 +60,7 @@ def test_pattern_a_stroke_tool_at_30_hz(redis_server, raw):
         wakes = producer.wake_stats()
     assert statistics.median(durations) < 0.001, durations
     assert set(wakes) == {"call_wakes", "anticipated", "missed", "late", "lead_us"}, wakes
-    # The start of the session found the idle writer parked and woke it.
+    # Some call found the idle writer parked and woke it: at least the first, before any rhythm.
     assert wakes["call_wakes"] >= 1, wakes
     assert history(raw, session_id) == [(s, p, f"d{i}") for i, (s, p) in enumerate(poses)]
     progress = asyncio.run(state.get_stroke_progress(session_id))
@@ -172,7 +172,10 @@ def test_runtime_threads_do_not_preempt_the_caller(redis_server):
 
 
 class Text(str):
-    """A str subclass, as some libraries hand out."""
+    """A str subclass, as some libraries hand out, whose ``str()`` is not its text."""
+
+    def __str__(self) -> str:
+        return "not the text"
 
 
 def test_descriptions_are_stored_as_given_on_every_call(redis_server, raw):
@@ -183,35 +186,41 @@ def test_descriptions_are_stored_as_given_on_every_call(redis_server, raw):
     state = connected(redis_server)
     with state.producer(poll_interval_us=100) as producer:
         assert producer.wake_stats() == {"call_wakes": 0, "anticipated": 0, "missed": 0, "late": 0, "lead_us": 0}
-        session_id = producer.start_stroke_session(1, 100, "descriptions")
-        left, long_text = "a", "é→" * 200
+        session_id = producer.start_stroke_session(1, 1000, "descriptions")
+        left, long_text = "ab", "é→" * 200
         calls = [
             (left, "r"),
             (left, "r"),
-            ("".join(["a"]), "r"),
+            ("".join(["a", "b"]), "r"),  # equal to the kept one, another object
             ("b", "r"),
             (left, "r"),
+            (Text("sub"), "r"),
             (Text("sub"), "r"),
             ("é→ ☃", "r"),
             (long_text, long_text),
             (long_text, long_text),
             (None, None),
         ]
+        # Strings that live for one call only: each new one may take a freed one's address.
+        calls += [(f"t{index:03}", "r") for index in range(200)]
         for pose, (text_l, text_r) in enumerate(calls):
             if text_l is None:
                 producer.update_stroke_progress(0, pose)
             else:
                 producer.update_stroke_progress(0, pose, text_l, text_r)
-        for kind, message, bad in [
-            (TypeError, "stroke_description_l", None),
-            (TypeError, "stroke_description_l", 5),
-            (ValueError, "left description is 5000 bytes", "x" * 5000),
-            (UnicodeEncodeError, "surrogates not allowed", "\ud800"),
+        producer.update_stroke_progress(0, len(calls), left, "r")  # kept again
+        for kind, message, bad_l, bad_r in [
+            (TypeError, "stroke_description_l", None, "r"),
+            (TypeError, "stroke_description_l", 5, "r"),
+            (ValueError, "left description is 5000 bytes", "x" * 5000, "r"),
+            (UnicodeEncodeError, "surrogates not allowed", "\ud800", "r"),
+            (UnicodeEncodeError, "surrogates not allowed", left, "\ud800"),
         ]:
             with pytest.raises(kind, match=message):
-                producer.update_stroke_progress(0, 99, bad, "r")
-        producer.update_stroke_progress(0, len(calls), left, "after")
+                producer.update_stroke_progress(0, 999, bad_l, bad_r)
+        producer.update_stroke_progress(0, len(calls) + 1, left, "r")  # kept, after the errors
+        producer.update_stroke_progress(0, len(calls) + 2, left, "after")
         producer.flush(10)
     stored = [(fields["description_l"], fields["description_r"]) for _, fields in raw.xrange(f"stream:stroke_history:{session_id}")]
-    expected = [(text_l or "", text_r or "") for text_l, text_r in calls] + [(left, "after")]
+    expected = [(text_l or "", text_r or "") for text_l, text_r in calls] + [(left, "r"), (left, "r"), (left, "after")]
     assert stored == expected

@@ -1172,14 +1172,14 @@ impl Writer {
             .get_multiplexed_async_connection_with_config(&settings)
             .await
             .map_err(|err| Error::from_connect(&self.manager.locator().current().to_string(), err))?;
-        self.prepare(&mut connection).await?;
+        self.prepare(&mut connection, &client).await?;
         self.connection = Some(connection.clone());
         Ok(connection)
     }
 
-    /// Loads the scripts and checks the server's identity; after a restart or a failover,
-    /// replays recent ops.
-    async fn prepare(&mut self, connection: &mut MultiplexedConnection) -> Result<()> {
+    /// Loads the scripts and checks the server's identity (`client`'s, with Sentinel still the
+    /// one the Sentinels name); after a restart or a failover, replays recent ops.
+    async fn prepare(&mut self, connection: &mut MultiplexedConnection, client: &redis::Client) -> Result<()> {
         for script in scripts::pipelined() {
             script
                 .load_async(connection)
@@ -1203,6 +1203,11 @@ impl Writer {
                 master_name: self.manager.locator().describe(),
                 tried: "the server named is no longer the master".to_owned(),
             });
+        }
+        // An old master that was frozen while this connection was opened says "master" until
+        // the Sentinels demote it; the Sentinels must still name the server connected to.
+        if let redis::ConnectionAddr::Tcp(host, port) = client.get_connection_info().addr() {
+            self.manager.locator().confirm(host, *port).await?;
         }
         let server = ServerIdentity {
             address: self.manager.locator().current().to_string(),

@@ -154,6 +154,21 @@ impl Locator {
             };
             match self.role(&named).await {
                 Ok(role) if role == "master" => {
+                    // A server frozen while its replica was promoted still says "master" when
+                    // it wakes: the role may have come after the switch, so the Sentinel that
+                    // named it must still name it.
+                    match self.ask(sentinel, &target.master_name).await {
+                        Ok(Some(again)) if again == named => {}
+                        Ok(again) => {
+                            let now = again.map_or_else(|| "no master".to_owned(), |again| again.to_string());
+                            tried.push(format!("{sentinel} named {named}, then {now}"));
+                            continue;
+                        }
+                        Err(err) => {
+                            tried.push(format!("{sentinel}: {}", err.report()));
+                            continue;
+                        }
+                    }
                     let mut current = self.inner.current.lock().unwrap_or_else(PoisonError::into_inner);
                     if *current != named {
                         tracing::info!(master = %named, sentinel = %sentinel, "redis master located through sentinel");
@@ -164,6 +179,38 @@ impl Locator {
                 Ok(role) => tried.push(format!("{sentinel} names {named}, which is a {role}")),
                 Err(err) => tried.push(format!("{sentinel} names {named}: {}", err.report())),
             }
+        }
+        Err(Error::NoMaster {
+            master_name: target.master_name.clone(),
+            tried: tried.join("; "),
+        })
+    }
+
+    /// Checks, after a connection to `host:port` was opened and found to be a master, that the
+    /// first Sentinel that answers still names it: a connection that took its time (the server
+    /// was frozen meanwhile, and a replica promoted) must not take writes. Always true without
+    /// Sentinel.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoMaster`] when a Sentinel names another master, or none answers.
+    pub(crate) async fn confirm(&self, host: &str, port: u16) -> Result<()> {
+        let Some(target) = &self.inner.sentinel else {
+            return Ok(());
+        };
+        let mut tried = Vec::with_capacity(target.sentinels.len());
+        for sentinel in &target.sentinels {
+            let now = match self.ask(sentinel, &target.master_name).await {
+                Ok(Some(named)) if named.host == host && named.port == port => return Ok(()),
+                Ok(Some(named)) => named.to_string(),
+                Ok(None) => "no master".to_owned(),
+                Err(err) => {
+                    tried.push(format!("{sentinel}: {}", err.report()));
+                    continue;
+                }
+            };
+            tried.push(format!("{sentinel} names {now}, not {host}:{port}"));
+            break;
         }
         Err(Error::NoMaster {
             master_name: target.master_name.clone(),

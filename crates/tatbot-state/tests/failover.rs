@@ -279,3 +279,29 @@ async fn failover_followers_subscribers_and_heartbeat_keep_up() {
     stop.cancel();
     beating.await.unwrap().expect("the agent stops cleanly");
 }
+
+/// A lookup made while the primary is frozen, whose `ROLE` answer comes only when the primary
+/// wakes after a replica was promoted, ends on the new master: the woken server still says it
+/// is the master until the Sentinels demote it, so the Sentinel that named it is asked again
+/// after its answer (before, the client connected to the old primary and wrote to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_answered_by_a_woken_old_primary_moves_on() {
+    let cluster = SentinelCluster::start();
+    let old = cluster.servers()[0].port();
+    let mut config = sentinel_config(&cluster, "late");
+    // Longer than the failover: the frozen primary's answer is waited for, not timed out.
+    config.connect_timeout = FAILOVER_LIMIT;
+    config.response_timeout = FAILOVER_LIMIT;
+    cluster.server(old).pause();
+    let connecting = tokio::spawn(StateManager::connect(config));
+    let new = tokio::task::block_in_place(|| cluster.wait_for_new_master(old, FAILOVER_LIMIT))
+        .expect("a replica is promoted");
+    assert!(!connecting.is_finished(), "the lookup waits for the frozen primary");
+    cluster.server(old).resume();
+    let state = tokio::time::timeout(FAILOVER_LIMIT, connecting)
+        .await
+        .expect("the lookup ends once the old primary wakes")
+        .expect("the connect task does not panic")
+        .expect("a master is found");
+    assert_eq!(state.current_master().port, new);
+}

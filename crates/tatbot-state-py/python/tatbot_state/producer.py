@@ -66,8 +66,9 @@ class Producer:
         """How the writer was woken for the calls: ``call_wakes`` (calls that found it parked
         and woke it, a system call on the caller's thread), ``anticipated`` and ``missed``
         (bursts of a steady loop it was woken for ahead of time, and those that came while it
-        was parked anyway), ``late`` (ahead-of-time wake-ups that came after the burst was due)
-        and ``lead_us``; all zero with ``poll_interval_us``."""
+        was parked anyway), ``late`` (ahead-of-time wake-ups that came after the burst was due),
+        all counted since the producer started, and ``lead_us``, how long before a due burst the
+        writer is woken now; all zero with ``poll_interval_us``."""
         return json.loads(self._native._wake_stats_json())
 
     def __enter__(self) -> "Producer":
