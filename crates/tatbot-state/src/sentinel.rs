@@ -86,6 +86,9 @@ struct LocatorInner {
     response_timeout: Duration,
     /// The master last found (the fixed endpoint without Sentinel), for logs and displays.
     current: Mutex<Endpoint>,
+    /// Which Sentinel (its place in the target's list) named it: [`Locator::confirm`] asks
+    /// that one first.
+    named_by: Mutex<usize>,
 }
 
 impl Locator {
@@ -97,6 +100,7 @@ impl Locator {
                 connect_timeout: config.connect_timeout,
                 response_timeout: config.response_timeout,
                 current: Mutex::new(config.endpoint.clone()),
+                named_by: Mutex::new(0),
             }),
         }
     }
@@ -140,7 +144,7 @@ impl Locator {
     /// Asks every Sentinel in turn, and returns the first master that confirms its role.
     async fn locate(&self, target: &SentinelTarget) -> Result<Endpoint> {
         let mut tried = Vec::with_capacity(target.sentinels.len());
-        for sentinel in &target.sentinels {
+        for (place, sentinel) in target.sentinels.iter().enumerate() {
             let named = match self.ask(sentinel, &target.master_name).await {
                 Ok(Some(named)) => named,
                 Ok(None) => {
@@ -169,6 +173,7 @@ impl Locator {
                             continue;
                         }
                     }
+                    *self.inner.named_by.lock().unwrap_or_else(PoisonError::into_inner) = place;
                     let mut current = self.inner.current.lock().unwrap_or_else(PoisonError::into_inner);
                     if *current != named {
                         tracing::info!(master = %named, sentinel = %sentinel, "redis master located through sentinel");
@@ -186,31 +191,56 @@ impl Locator {
         })
     }
 
-    /// Checks, after a connection to `host:port` was opened and found to be a master, that the
-    /// first Sentinel that answers still names it: a connection that took its time (the server
-    /// was frozen meanwhile, and a replica promoted) must not take writes. Always true without
-    /// Sentinel.
+    /// Checks, after a connection to `host:port` was opened and found to be a master, that no
+    /// Sentinel names another server that says it is the master now: a connection that took
+    /// its time (the server was frozen meanwhile, and a replica promoted) must not take writes.
+    /// The Sentinel that named the master is asked first, and the check ends at the first one
+    /// that names `host:port` again; a Sentinel that names a server that is not a master (a
+    /// stale one, as [`Locator::client`] allows for) or cannot be asked is passed over. Always
+    /// true without Sentinel.
+    ///
+    /// This narrows the window of a stale master, it does not close it: a Sentinel that has
+    /// not heard of a switch yet (they learn it from each other within seconds) still names the
+    /// old master, and `min-replicas-to-write` bounds what that master accepts (docs/HA.md).
     ///
     /// # Errors
     ///
-    /// [`Error::NoMaster`] when a Sentinel names another master, or none answers.
+    /// [`Error::NoMaster`] when a Sentinel names another master, or none names this one.
     pub(crate) async fn confirm(&self, host: &str, port: u16) -> Result<()> {
         let Some(target) = &self.inner.sentinel else {
             return Ok(());
         };
-        let mut tried = Vec::with_capacity(target.sentinels.len());
-        for sentinel in &target.sentinels {
-            let now = match self.ask(sentinel, &target.master_name).await {
+        let connected = Endpoint {
+            host: host.to_owned(),
+            port,
+            ..self.inner.endpoint.clone()
+        };
+        let first = *self.inner.named_by.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = target.sentinels.len();
+        let mut tried = Vec::with_capacity(count);
+        for sentinel in (0..count).map(|offset| &target.sentinels[(first + offset) % count]) {
+            let named = match self.ask(sentinel, &target.master_name).await {
                 Ok(Some(named)) if named.host == host && named.port == port => return Ok(()),
-                Ok(Some(named)) => named.to_string(),
-                Ok(None) => "no master".to_owned(),
+                Ok(Some(named)) => named,
+                Ok(None) => {
+                    tried.push(format!("{sentinel} does not know master {}", target.master_name));
+                    continue;
+                }
                 Err(err) => {
                     tried.push(format!("{sentinel}: {}", err.report()));
                     continue;
                 }
             };
-            tried.push(format!("{sentinel} names {now}, not {host}:{port}"));
-            break;
+            match self.role(&named).await {
+                Ok(role) if role == "master" => {
+                    return Err(Error::NoMaster {
+                        master_name: target.master_name.clone(),
+                        tried: format!("{sentinel} names {named}, a master now, not {connected}"),
+                    });
+                }
+                Ok(role) => tried.push(format!("{sentinel} names {named}, which is a {role}")),
+                Err(err) => tried.push(format!("{sentinel} names {named}: {}", err.report())),
+            }
         }
         Err(Error::NoMaster {
             master_name: target.master_name.clone(),
