@@ -744,6 +744,17 @@ enum Step {
     Woken,
     /// The oldest batch was not answered within the response timeout.
     TimedOut,
+    /// A Sentinel announced a new master while batches were in flight.
+    Switched,
+}
+
+/// The error of batches in flight when a Sentinel announced a new master: an I/O error, so
+/// that it counts as a failover signal and the batches are sent again.
+fn switched() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "a sentinel announced a new master",
+    ))
 }
 
 /// A batch sent and not answered yet.
@@ -765,6 +776,9 @@ struct InFlight {
 struct Writer {
     manager: StateManager,
     shared: Arc<Shared>,
+    /// Ticks when a Sentinel announces a new master: the connection in use (to the old one,
+    /// which may still answer, having been frozen or cut off past the switch) is dropped.
+    switches: watch::Receiver<u64>,
     /// `{node_id}.{random}`: tells this producer's revisions and counters apart.
     writer_id: String,
     /// `tatbot:rev:{writer}`: where the scripts record the last op applied.
@@ -834,6 +848,7 @@ struct KnownSession {
 impl Writer {
     fn new(manager: StateManager, shared: Arc<Shared>, writer_id: &str) -> Writer {
         Writer {
+            switches: manager.switches(),
             manager,
             shared,
             writer_id: writer_id.to_owned(),
@@ -891,11 +906,15 @@ impl Writer {
                     answer = live.next_answer() => Step::Answer(answer),
                     () = self.shared.wake.notified(), if room => Step::Woken,
                     () = tokio::time::sleep_until(deadline) => Step::TimedOut,
+                    Ok(()) = self.switches.changed() => Step::Switched,
                 },
             };
             let failure = match step {
                 Step::Woken => continue,
                 Step::TimedOut => Err(direct::timed_out("producer batch")),
+                // The batches in flight go again on a new connection to the master the
+                // Sentinels name now; what the old one did with them is lost with it anyway.
+                Step::Switched => Err(switched()),
                 Step::Answer(Ok(value)) => {
                     answers.push(value.extract_error());
                     if sent.front().is_some_and(|oldest| answers.len() < oldest.answers) {
@@ -958,6 +977,15 @@ impl Writer {
     /// The batches go out on the direct connection in sequence order; a failed write is an
     /// error, and the batch is already in `sent`, so it goes again with the others.
     async fn fill(&mut self, sent: &mut VecDeque<InFlight>) -> redis::RedisResult<()> {
+        if self.switches.has_changed().unwrap_or(false) {
+            self.switches.borrow_and_update();
+            if !sent.is_empty() {
+                return Err(switched());
+            }
+            // Nothing in flight: the next batch goes on a new connection, after a lookup.
+            self.connection = None;
+            self.direct = None;
+        }
         while sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast) {
             if self.connection.is_none() || self.direct.is_none() {
                 return Ok(());
@@ -1161,7 +1189,9 @@ impl Writer {
         let settings = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
-        // Looked up on every connect: with Sentinel this is the master the Sentinels name now.
+        // Looked up on every connect: with Sentinel this is the master the Sentinels name now,
+        // so the switches announced so far are taken into account.
+        self.switches.borrow_and_update();
         let client = self.manager.locator().client().await?;
         // Opened before the prepared connection: a restart between the two closes this one, so
         // a batch never reaches a server whose identity was not checked.
