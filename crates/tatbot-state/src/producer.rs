@@ -748,8 +748,8 @@ enum Step {
     Switched,
 }
 
-/// The error of batches in flight when a Sentinel announced a new master: an I/O error, so
-/// that it counts as a failover signal and the batches are sent again.
+/// The error of batches in flight when a Sentinel announced a new master; like any failure of
+/// a batch, it sends them again on a new connection.
 fn switched() -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
@@ -873,6 +873,8 @@ impl Writer {
         // The batches in flight, oldest first, and the answers the oldest got so far.
         let mut sent: VecDeque<InFlight> = VecDeque::new();
         let mut answers: Vec<redis::RedisResult<redis::Value>> = Vec::new();
+        // Only Sentinel announces switches: without it the branch costs nothing.
+        let sentinel = self.manager.locator().sentinel().is_some();
         loop {
             let filled = self.fill(&mut sent).await;
             if sent.is_empty() {
@@ -906,7 +908,7 @@ impl Writer {
                     answer = live.next_answer() => Step::Answer(answer),
                     () = self.shared.wake.notified(), if room => Step::Woken,
                     () = tokio::time::sleep_until(deadline) => Step::TimedOut,
-                    Ok(()) = self.switches.changed() => Step::Switched,
+                    Ok(()) = self.switches.changed(), if sentinel => Step::Switched,
                 },
             };
             let failure = match step {
@@ -1057,12 +1059,22 @@ impl Writer {
                 return true;
             }
             let watching = self.unsafe_since.is_some();
+            let sentinel = self.manager.locator().sentinel().is_some();
             let woken = tokio::select! {
                 () = shutdown.cancelled() => false,
                 () = self.shared.wake.notified() => true,
                 () = tokio::time::sleep(WATCH_INTERVAL), if watching => {
                     self.shared.parked.store(false, Ordering::SeqCst);
                     return self.watch(shutdown).await;
+                }
+                // A new master: move to it now, so that recent writes it lacks are replayed
+                // there at once (not with the next call), and the watch does not take the old
+                // master's answers for durability.
+                Ok(()) = self.switches.changed(), if sentinel => {
+                    self.shared.parked.store(false, Ordering::SeqCst);
+                    self.connection = None;
+                    self.direct = None;
+                    return self.send_until_done(&[], shutdown).await;
                 }
             };
             self.shared.parked.store(false, Ordering::SeqCst);
@@ -1182,6 +1194,11 @@ impl Writer {
 
     /// The writer's connection, opened and prepared if needed.
     async fn connected(&mut self) -> Result<MultiplexedConnection> {
+        // A switch announced since the connection was made: it may lead to the old master.
+        if self.switches.has_changed().unwrap_or(false) {
+            self.connection = None;
+            self.direct = None;
+        }
         if let Some(connection) = &self.connection {
             return Ok(connection.clone());
         }
