@@ -145,45 +145,35 @@ impl Locator {
     async fn locate(&self, target: &SentinelTarget) -> Result<Endpoint> {
         let mut tried = Vec::with_capacity(target.sentinels.len());
         for (place, sentinel) in target.sentinels.iter().enumerate() {
-            let named = match self.ask(sentinel, &target.master_name).await {
-                Ok(Some(named)) => named,
-                Ok(None) => {
-                    tried.push(format!("{sentinel} does not know master {}", target.master_name));
-                    continue;
+            let checked = async {
+                let named = self.named_by(sentinel, &target.master_name).await?;
+                self.says_master(sentinel, &named).await?;
+                // A server frozen while its replica was promoted still says "master" when it
+                // wakes: the role may have come after the switch, so the Sentinel that named it
+                // must still name it.
+                match self.ask(sentinel, &target.master_name).await {
+                    Ok(Some(again)) if again == named => Ok(named),
+                    Ok(again) => {
+                        let now = again.map_or_else(|| "no master".to_owned(), |again| again.to_string());
+                        Err(format!("{sentinel} named {named}, then {now}"))
+                    }
+                    Err(err) => Err(format!("{sentinel}: {}", err.report())),
                 }
-                Err(err) => {
-                    tried.push(format!("{sentinel}: {}", err.report()));
+            };
+            let named = match checked.await {
+                Ok(named) => named,
+                Err(why) => {
+                    tried.push(why);
                     continue;
                 }
             };
-            match self.role(&named).await {
-                Ok(role) if role == "master" => {
-                    // A server frozen while its replica was promoted still says "master" when
-                    // it wakes: the role may have come after the switch, so the Sentinel that
-                    // named it must still name it.
-                    match self.ask(sentinel, &target.master_name).await {
-                        Ok(Some(again)) if again == named => {}
-                        Ok(again) => {
-                            let now = again.map_or_else(|| "no master".to_owned(), |again| again.to_string());
-                            tried.push(format!("{sentinel} named {named}, then {now}"));
-                            continue;
-                        }
-                        Err(err) => {
-                            tried.push(format!("{sentinel}: {}", err.report()));
-                            continue;
-                        }
-                    }
-                    *self.inner.named_by.lock().unwrap_or_else(PoisonError::into_inner) = place;
-                    let mut current = self.inner.current.lock().unwrap_or_else(PoisonError::into_inner);
-                    if *current != named {
-                        tracing::info!(master = %named, sentinel = %sentinel, "redis master located through sentinel");
-                        current.clone_from(&named);
-                    }
-                    return Ok(named);
-                }
-                Ok(role) => tried.push(format!("{sentinel} names {named}, which is a {role}")),
-                Err(err) => tried.push(format!("{sentinel} names {named}: {}", err.report())),
+            *self.inner.named_by.lock().unwrap_or_else(PoisonError::into_inner) = place;
+            let mut current = self.inner.current.lock().unwrap_or_else(PoisonError::into_inner);
+            if *current != named {
+                tracing::info!(master = %named, sentinel = %sentinel, "redis master located through sentinel");
+                current.clone_from(&named);
             }
+            return Ok(named);
         }
         Err(Error::NoMaster {
             master_name: target.master_name.clone(),
@@ -210,42 +200,53 @@ impl Locator {
         let Some(target) = &self.inner.sentinel else {
             return Ok(());
         };
-        let connected = Endpoint {
-            host: host.to_owned(),
-            port,
-            ..self.inner.endpoint.clone()
-        };
         let first = *self.inner.named_by.lock().unwrap_or_else(PoisonError::into_inner);
         let count = target.sentinels.len();
         let mut tried = Vec::with_capacity(count);
         for sentinel in (0..count).map(|offset| &target.sentinels[(first + offset) % count]) {
-            let named = match self.ask(sentinel, &target.master_name).await {
-                Ok(Some(named)) if named.host == host && named.port == port => return Ok(()),
-                Ok(Some(named)) => named,
-                Ok(None) => {
-                    tried.push(format!("{sentinel} does not know master {}", target.master_name));
-                    continue;
-                }
-                Err(err) => {
-                    tried.push(format!("{sentinel}: {}", err.report()));
-                    continue;
-                }
+            let why = match self.named_by(sentinel, &target.master_name).await {
+                Ok(named) if named.host == host && named.port == port => return Ok(()),
+                Ok(named) => match self.says_master(sentinel, &named).await {
+                    Ok(()) => {
+                        let connected = Endpoint {
+                            host: host.to_owned(),
+                            port,
+                            ..self.inner.endpoint.clone()
+                        };
+                        return Err(Error::NoMaster {
+                            master_name: target.master_name.clone(),
+                            tried: format!("{sentinel} names {named}, a master now, not {connected}"),
+                        });
+                    }
+                    Err(why) => why,
+                },
+                Err(why) => why,
             };
-            match self.role(&named).await {
-                Ok(role) if role == "master" => {
-                    return Err(Error::NoMaster {
-                        master_name: target.master_name.clone(),
-                        tried: format!("{sentinel} names {named}, a master now, not {connected}"),
-                    });
-                }
-                Ok(role) => tried.push(format!("{sentinel} names {named}, which is a {role}")),
-                Err(err) => tried.push(format!("{sentinel} names {named}: {}", err.report())),
-            }
+            tried.push(why);
         }
         Err(Error::NoMaster {
             master_name: target.master_name.clone(),
             tried: tried.join("; "),
         })
+    }
+
+    /// The master `sentinel` names; or, to report, that it names none or could not be asked.
+    async fn named_by(&self, sentinel: &Endpoint, master_name: &str) -> std::result::Result<Endpoint, String> {
+        match self.ask(sentinel, master_name).await {
+            Ok(Some(named)) => Ok(named),
+            Ok(None) => Err(format!("{sentinel} does not know master {master_name}")),
+            Err(err) => Err(format!("{sentinel}: {}", err.report())),
+        }
+    }
+
+    /// Whether `named` (as `sentinel` named it) says its role is `master`; or, to report, what
+    /// it said or why it could not be asked.
+    async fn says_master(&self, sentinel: &Endpoint, named: &Endpoint) -> std::result::Result<(), String> {
+        match self.role(named).await {
+            Ok(role) if role == "master" => Ok(()),
+            Ok(role) => Err(format!("{sentinel} names {named}, which is a {role}")),
+            Err(err) => Err(format!("{sentinel} names {named}: {}", err.report())),
+        }
     }
 
     /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on one Sentinel.
