@@ -939,8 +939,7 @@ impl Writer {
                 // (which replays first when Redis restarted); ops already applied are skipped by
                 // their number. Nothing newer goes out before them.
                 tracing::debug!(error = %err, "batch failed; resending");
-                self.connection = None;
-                self.direct = None;
+                self.disconnect();
                 self.docs.clear();
                 self.shared.lock().stats.retries += 1;
                 let mut stopped = false;
@@ -979,14 +978,14 @@ impl Writer {
     /// The batches go out on the direct connection in sequence order; a failed write is an
     /// error, and the batch is already in `sent`, so it goes again with the others.
     async fn fill(&mut self, sent: &mut VecDeque<InFlight>) -> redis::RedisResult<()> {
+        // A new master was announced: nothing more goes out on this connection. The batches in
+        // flight go again (a failure); with none, the next batch goes after a lookup.
         if self.switches.has_changed().unwrap_or(false) {
             self.switches.borrow_and_update();
+            self.disconnect();
             if !sent.is_empty() {
                 return Err(switched());
             }
-            // Nothing in flight: the next batch goes on a new connection, after a lookup.
-            self.connection = None;
-            self.direct = None;
         }
         while sent.len() < IN_FLIGHT && sent.iter().all(|in_flight| in_flight.all_fast) {
             if self.connection.is_none() || self.direct.is_none() {
@@ -1072,8 +1071,7 @@ impl Writer {
                 // master's answers for durability.
                 Ok(()) = self.switches.changed(), if sentinel => {
                     self.shared.parked.store(false, Ordering::SeqCst);
-                    self.connection = None;
-                    self.direct = None;
+                    self.disconnect();
                     return self.send_until_done(&[], shutdown).await;
                 }
             };
@@ -1192,12 +1190,17 @@ impl Writer {
         }
     }
 
+    /// Drops both connections: the next batch goes after a lookup, on new ones.
+    fn disconnect(&mut self) {
+        self.connection = None;
+        self.direct = None;
+    }
+
     /// The writer's connection, opened and prepared if needed.
     async fn connected(&mut self) -> Result<MultiplexedConnection> {
         // A switch announced since the connection was made: it may lead to the old master.
         if self.switches.has_changed().unwrap_or(false) {
-            self.connection = None;
-            self.direct = None;
+            self.disconnect();
         }
         if let Some(connection) = &self.connection {
             return Ok(connection.clone());
