@@ -71,34 +71,6 @@ const KEPT_DESCRIPTION: usize = 256;
 struct LastDescriptions([Option<(Py<PyString>, String)>; 2]);
 
 impl Producer {
-    /// The text of `given`, for the `side` (0 left, 1 right); see [`LastDescriptions`].
-    fn description(&self, side: usize, given: &Description<'_>) -> PyResult<String> {
-        let Description::Given(object) = given else {
-            return Ok(String::new());
-        };
-        let keep = object.is_exact_instance_of::<PyString>();
-        if keep
-            && let Ok(last) = self.descriptions.try_lock()
-            && let Some((kept, text)) = &last.0[side]
-            && kept.as_ptr() == object.as_ptr()
-        {
-            return Ok(text.clone());
-        }
-        let text = object.to_cow()?.into_owned();
-        if keep && text.len() <= KEPT_DESCRIPTION {
-            let entry = Some((object.clone().unbind(), text.clone()));
-            let replaced = match self.descriptions.try_lock() {
-                Ok(mut last) => std::mem::replace(&mut last.0[side], entry),
-                Err(_) => entry,
-            };
-            // Dropped here, after the lock.
-            drop(replaced);
-        }
-        Ok(text)
-    }
-}
-
-impl Producer {
     pub(crate) fn start(
         state: &StateManager,
         max_queued: Option<i64>,
@@ -133,6 +105,32 @@ impl Producer {
             stop,
             descriptions: Mutex::default(),
         })
+    }
+
+    /// The text of `given`, for the `side` (0 left, 1 right); see [`LastDescriptions`].
+    fn description(&self, side: usize, given: &Description<'_>) -> PyResult<String> {
+        let Description::Given(object) = given else {
+            return Ok(String::new());
+        };
+        let keep = object.is_exact_instance_of::<PyString>();
+        if keep
+            && let Ok(last) = self.descriptions.try_lock()
+            && let Some((kept, text)) = &last.0[side]
+            && kept.as_ptr() == object.as_ptr()
+        {
+            return Ok(text.clone());
+        }
+        let text = object.to_cow()?.into_owned();
+        if keep && text.len() <= KEPT_DESCRIPTION {
+            let entry = Some((object.clone().unbind(), text.clone()));
+            let replaced = match self.descriptions.try_lock() {
+                Ok(mut last) => std::mem::replace(&mut last.0[side], entry),
+                Err(_) => entry,
+            };
+            // Dropped here, after the lock.
+            drop(replaced);
+        }
+        Ok(text)
     }
 
     /// Runs `body` with `session_id`, or with the current session when `None` (borrowed under
