@@ -11,7 +11,8 @@ measures, in one run on that server:
    writer awake when a steady loop's burst is due), the same from a loop that spins on the
    clock between bursts instead of sleeping (holding one of the cores), polled every 100 us
    (``poll_interval_us=100``), and with a second Python thread spinning meanwhile; and the
-   floor: a call that does nothing, timed in a loop;
+   floor: a call that does nothing, timed in the same sleeping loop just before (its burst's first
+   call is what any call costs after a sleep);
 3. sustained updates/s from one Python thread through the producer, counted until Redis has
    acknowledged all of them (target >= 30,000/s), with the drop count (must be 0).
 
@@ -212,8 +213,9 @@ def call_section(state, calls: int, poll_interval_us=None, busy_thread: bool = F
 
 def floor_section(calls: int) -> dict:
     """The machine's floor: a call that does nothing (``len(())``), timed in the same loop as
-    the producer's default calls. Its p99 is what a loaded machine adds to any call by
-    preempting the Python thread, whatever the call does."""
+    the producer's default calls, just before them. Its p99 is what a loaded machine adds to
+    any call by preempting the Python thread, whatever the call does; its burst's first call is
+    what any call costs after the loop slept (cold caches), the floor of the producer's."""
     clock = time.perf_counter_ns
     durations = []
     empty = ()
@@ -225,8 +227,11 @@ def floor_section(calls: int) -> dict:
             started = clock()
             len(empty)
             durations.append(clock() - started)
+    first = durations[::10]
     return {
         "count": len(durations),
+        "first_p50_us": statistics.median(first) / 1000,
+        "first_p90_us": percentile(first, 0.9) / 1000,
         "p50_us": statistics.median(durations) / 1000,
         "p99_us": percentile(durations, 0.99) / 1000,
         "p999_us": percentile(durations, 0.999) / 1000,
@@ -240,6 +245,7 @@ def producer_sections(port: int, calls: int, sustained: int) -> dict:
     StateManager.reset_instance()
     state = StateManager(redis_host="127.0.0.1", redis_port=port, node_id="bench")
     asyncio.run(state.connect())
+    floor = floor_section(calls)
     call_figures = [
         call_section(state, calls),
         call_section(state, calls, spin=True),
@@ -257,7 +263,7 @@ def producer_sections(port: int, calls: int, sustained: int) -> dict:
     stats = producer.stats()
     producer.close(10)
     return {
-        "floor": floor_section(calls),
+        "floor": floor,
         "calls": call_figures,
         "sustained": {
             "count": sustained,
@@ -317,8 +323,9 @@ def main() -> None:
         )
     figures = result["floor"]
     print(
-        f"   the floor, len(()) timed in the same loop: p50 {figures['p50_us']:.2f} us, p99 {figures['p99_us']:.2f} us, "
-        f"p99.9 {figures['p999_us']:.2f} us, max {figures['max_us']:.0f} us"
+        f"   the floor, len(()) timed in the same loop just before: p50 {figures['p50_us']:.2f} us, p99 {figures['p99_us']:.2f} us, "
+        f"p99.9 {figures['p999_us']:.2f} us, max {figures['max_us']:.0f} us; a burst's first call p50 {figures['first_p50_us']:.2f} us, "
+        f"p90 {figures['first_p90_us']:.2f} us"
     )
     figures = result["sustained"]
     print(

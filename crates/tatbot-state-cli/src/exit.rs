@@ -38,7 +38,8 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 Error::Unreachable { .. }
                 | Error::Timeout { .. }
                 | Error::SubscriptionClosed
-                | Error::NoMaster { .. } => UNREACHABLE,
+                | Error::NoMaster { .. }
+                | Error::MasterSwitched { .. } => UNREACHABLE,
                 Error::Auth { .. } | Error::PermissionDenied { .. } => AUTH,
                 Error::SessionNotFound(_) | Error::ParamNotFound(_) => NOT_FOUND,
                 Error::Config(_) | Error::NotRedis { .. } => CONFIG,

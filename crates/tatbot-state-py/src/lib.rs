@@ -243,6 +243,9 @@ pub(crate) fn py_error(err: Error) -> PyErr {
         Error::Unreachable { .. } | Error::NotRedis { .. } => PyConnectionError::new_err(format!(
             "{line}; hint: start redis-server there, or pass redis_host=/redis_port= (or set REDIS_HOST/REDIS_PORT)"
         )),
+        Error::MasterSwitched { .. } => PyConnectionError::new_err(format!(
+            "{line}; hint: a failover just happened: read the value back, and write it again if it is missing"
+        )),
         other if other.is_connection_error() => PyConnectionError::new_err(format!(
             "{line}; hint: check that redis-server is up; the next call connects again by itself"
         )),

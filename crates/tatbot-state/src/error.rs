@@ -51,6 +51,16 @@ pub enum Error {
         tried: String,
     },
 
+    /// A Sentinel announced a new master while a write was in flight, or before the shared
+    /// connection had moved to it: the old master answered (or would have taken) the write, and
+    /// what an old master wrote is lost when the Sentinels make it a replica. The write may or
+    /// may not be kept.
+    #[error("the Redis master changed during {operation}: the write may or may not be kept")]
+    MasterSwitched {
+        /// The library operation whose answer does not count.
+        operation: &'static str,
+    },
+
     /// Something answered at the address, but not as Redis does (a web server, say).
     #[error("{target} is not a Redis server: it answered {answered}")]
     NotRedis {
@@ -268,7 +278,8 @@ impl Error {
             | Error::Timeout { .. }
             | Error::SubscriptionClosed
             | Error::NotConnected(_)
-            | Error::NoMaster { .. } => true,
+            | Error::NoMaster { .. }
+            | Error::MasterSwitched { .. } => true,
             Error::Redis { source, .. } => {
                 source.is_io_error()
                     || source.is_connection_dropped()

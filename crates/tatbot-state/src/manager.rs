@@ -13,7 +13,7 @@
 //! every read path shares.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -201,6 +201,9 @@ struct Inner {
     /// Counts the master switches the Sentinels announced; the producer's writer and other
     /// long-lived connections watch it to move at once. Receivers live in those tasks.
     switches: watch::Sender<u64>,
+    /// The count of [`Inner::switches`] when the shared connection's master was last looked up
+    /// successfully: a write finds the connection behind an announcement when this is lower.
+    located_at: AtomicU64,
     /// Stops the `+switch-master` listener when the last clone of the manager goes.
     _switch_watch: Option<DropGuard>,
     /// The progress documents this manager last stored, for the update's fast path.
@@ -344,6 +347,7 @@ impl StateManager {
                 connection: RwLock::new((client, connection)),
                 relocating: AtomicBool::new(false),
                 switches,
+                located_at: AtomicU64::new(0),
                 _switch_watch,
                 docs: Mutex::new(DocCache::default()),
                 direct: tokio::sync::Mutex::new(None),
@@ -441,21 +445,26 @@ impl StateManager {
         }
         let inner = Arc::clone(&self.inner);
         runtime.spawn(async move {
+            let announced = *inner.switches.borrow();
             // A failed lookup (mid-failover) still replaces the connection, which a timeout
             // may have left half-open; the next failing call or switch looks again.
-            let client = match inner.locator.client().await {
-                Ok(client) => client,
+            let (client, located) = match inner.locator.client().await {
+                Ok(client) => (client, true),
                 Err(err) => {
                     tracing::debug!(error = %err.report(), "cannot locate the redis master yet");
-                    inner
+                    let same = inner
                         .connection
                         .read()
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
-                        .clone()
+                        .clone();
+                    (same, false)
                 }
             };
             StateManager::replace_connection(&inner, client);
+            if located {
+                inner.located_at.fetch_max(announced, Ordering::AcqRel);
+            }
             inner.relocating.store(false, Ordering::Release);
         });
     }
@@ -539,7 +548,8 @@ impl StateManager {
         let base = keys::session_base(node_id, now.as_datetime().timestamp());
         let document = encode_json("progress", &progress)?;
         let stored = document.clone();
-        let session_id: String = scripts::START
+        let mut start = scripts::START.prepare_invoke();
+        start
             .key(keys::SESSION_INDEX)
             .key(keys::EVENT_LOG)
             .arg(&base)
@@ -553,10 +563,11 @@ impl StateManager {
             .arg(total_strokes)
             .arg(scene_name)
             .arg(now.to_string())
-            .arg(SESSION_SEQ_TTL_SECS)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(|err| self.redis_error("start_stroke_session", err))?;
+            .arg(SESSION_SEQ_TTL_SECS);
+        let mut connection = self.connection();
+        let session_id: String = self
+            .written("start_stroke_session", start.invoke_async(&mut connection))
+            .await?;
         tracing::debug!(session_id = %session_id, "stroke session started");
         let session_id = SessionId::new(session_id)?;
         self.docs().learn_built(&session_id, &progress, stored);
@@ -674,15 +685,56 @@ impl StateManager {
         }
     }
 
+    /// Awaits a write's answer. Under Sentinel the answer counts only when the write went out
+    /// on a connection to the master looked up after the last `+switch-master` announcement,
+    /// and no announcement came before its answer: an old master frozen past a failover still
+    /// answers when it wakes, and what it wrote is lost when the Sentinels make it a replica
+    /// ([`Error::MasterSwitched`]). `write` is not polled, so nothing is sent, before the
+    /// check. Without Sentinel nothing is announced and the checks always pass.
+    pub(crate) async fn written<T>(
+        &self,
+        operation: &'static str,
+        write: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        let mark = self.switch_mark(operation)?;
+        let answer = write.await.map_err(|err| self.redis_error(operation, err))?;
+        self.no_switch_since(mark, operation)?;
+        Ok(answer)
+    }
+
+    /// Before a write goes out (see [`StateManager::written`]): the announcements so far, or
+    /// [`Error::MasterSwitched`] when the shared connection has not moved past the last one.
+    pub(crate) fn switch_mark(&self, operation: &'static str) -> Result<u64> {
+        let announced = *self.inner.switches.borrow();
+        if self.inner.located_at.load(Ordering::Acquire) < announced {
+            // The move is under way (or its lookup failed mid-failover: this starts another).
+            self.relocate();
+            return Err(Error::MasterSwitched { operation });
+        }
+        Ok(announced)
+    }
+
+    /// After a write's answer came (see [`StateManager::written`]): [`Error::MasterSwitched`]
+    /// when a new master was announced since `mark`.
+    pub(crate) fn no_switch_since(&self, mark: u64, operation: &'static str) -> Result<()> {
+        if *self.inner.switches.borrow() == mark {
+            Ok(())
+        } else {
+            Err(Error::MasterSwitched { operation })
+        }
+    }
+
     /// Runs one op now (no writer revision) and returns the script's answer.
     async fn apply(&self, op: &Op, operation: &'static str) -> Result<redis::Value> {
         let fast = op.plan(&mut self.docs(), self.node_id());
         let invocation = op.invocation(&self.inner.config, "", 0, fast.as_ref());
-        let reply = match self.apply_direct(&invocation).await {
-            Some(reply) => reply,
-            None => invocation.invoke_async(&mut self.connection()).await,
-        }
-        .map_err(|err| self.redis_error(operation, err));
+        let write = async {
+            match self.apply_direct(&invocation).await {
+                Some(reply) => reply,
+                None => invocation.invoke_async(&mut self.connection()).await,
+            }
+        };
+        let reply = self.written(operation, write).await;
         if reply.is_err()
             && let Some(session_id) = op.session()
         {
@@ -829,13 +881,15 @@ impl StateManager {
         let now = Timestamp::now().to_string();
         let mut renewed = 0;
         for started in self.started_sessions() {
-            let done: i64 = scripts::RENEW
+            let mut renew = scripts::RENEW.prepare_invoke();
+            renew
                 .key(keys::progress(&started.session_id))
                 .arg(&self.inner.instance)
-                .arg(&now)
-                .invoke_async(&mut self.connection())
-                .await
-                .map_err(|err| self.redis_error("renew_session_leases", err))?;
+                .arg(&now);
+            let mut connection = self.connection();
+            let done: i64 = self
+                .written("renew_session_leases", renew.invoke_async(&mut connection))
+                .await?;
             if done == 1 {
                 // The stored document changed under the fast path's copy.
                 self.docs().forget(&started.session_id);
@@ -877,7 +931,8 @@ impl StateManager {
                 "lease_secs": progress.lease().as_secs(),
                 "timestamp": now,
             });
-            let done: i64 = scripts::STALE
+            let mut stale = scripts::STALE.prepare_invoke();
+            stale
                 .key(keys::progress(session_id))
                 .key(keys::stale_claim(session_id))
                 .key(keys::EVENT_LOG)
@@ -886,10 +941,11 @@ impl StateManager {
                 .arg(event.to_string())
                 .arg(STALE_CLAIM_TTL_SECS)
                 .arg(self.inner.config.event_log_maxlen)
-                .arg(keys::SESSION_EVENTS)
-                .invoke_async(&mut self.connection())
-                .await
-                .map_err(|err| self.redis_error("announce_stale_sessions", err))?;
+                .arg(keys::SESSION_EVENTS);
+            let mut connection = self.connection();
+            let done: i64 = self
+                .written("announce_stale_sessions", stale.invoke_async(&mut connection))
+                .await?;
             if done == 1 {
                 tracing::warn!(session_id = %session_id, age_secs, "session is stale: its owner's lease lapsed");
                 announced.push(session_id.clone());
@@ -1068,11 +1124,8 @@ impl StateManager {
     /// A Redis failure.
     pub async fn remove_node_health(&self) -> Result<()> {
         let key = keys::health(self.node_id());
-        let _: i64 = self
-            .connection()
-            .del(&key)
-            .await
-            .map_err(|err| self.redis_error("remove_node_health", err))?;
+        let mut connection = self.connection();
+        let _: i64 = self.written("remove_node_health", connection.del(&key)).await?;
         Ok(())
     }
 
@@ -1175,10 +1228,8 @@ impl StateManager {
         let mut pipe = redis::pipe();
         pipe.atomic().publish(channel, &payload);
         self.log_event(&mut pipe, channel, &payload);
-        let (receivers,): (usize,) = pipe
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|err| self.redis_error("publish_event", err))?;
+        let mut connection = self.connection();
+        let (receivers,): (usize,) = self.written("publish_event", pipe.query_async(&mut connection)).await?;
         Ok(receivers)
     }
 
@@ -1290,14 +1341,15 @@ impl StateManager {
     pub async fn clear_session_data(&self, session_id: &SessionId) -> Result<bool> {
         self.docs().forget(session_id);
         self.forget_started(session_id);
-        let (deleted,): (usize,) = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .del(&[keys::progress(session_id), keys::history(session_id)])
             .zrem(keys::SESSION_INDEX, session_id.as_str())
-            .ignore()
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|err| self.redis_error("clear_session_data", err))?;
+            .ignore();
+        let mut connection = self.connection();
+        let (deleted,): (usize,) = self
+            .written("clear_session_data", pipe.query_async(&mut connection))
+            .await?;
         Ok(deleted > 0)
     }
 

@@ -305,3 +305,61 @@ async fn lookup_answered_by_a_woken_old_primary_moves_on() {
         .expect("a master is found");
     assert_eq!(state.current_master().port, new);
 }
+
+/// Whether some client of a Sentinel of `cluster` is subscribed to a channel: the manager's
+/// `+switch-master` listener (Sentinels subscribe to nothing on each other).
+fn switch_listener_connected(cluster: &SentinelCluster) -> bool {
+    cluster.sentinels().iter().any(|sentinel| {
+        sentinel
+            .command(&["CLIENT", "LIST"])
+            .is_ok_and(|clients| clients.lines().any(|client| client.contains(" sub=1 ")))
+    })
+}
+
+/// An awaited write sent to the primary just before it froze, and answered only when it woke
+/// after a replica was promoted, is not reported as done: the old primary took it, and what it
+/// took is lost when the Sentinels make it a replica (before, the call returned the entry id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awaited_write_answered_by_a_woken_old_primary_is_not_acknowledged() {
+    let cluster = SentinelCluster::start();
+    let old = cluster.servers()[0].port();
+    let mut config = sentinel_config(&cluster, "late");
+    // Longer than the failover: the frozen primary's answer is waited for, not timed out.
+    config.response_timeout = FAILOVER_LIMIT;
+    let state = StateManager::connect(config).await.unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
+    assert!(
+        crate::util::eventually(FAILOVER_LIMIT, || async { switch_listener_connected(&cluster) }).await,
+        "the manager listens for +switch-master"
+    );
+    cluster.server(old).pause();
+    let writing = tokio::spawn({
+        let (state, session) = (state.clone(), session.clone());
+        async move { state.update_stroke_progress(&session, &update(0)).await }
+    });
+    let new = tokio::task::block_in_place(|| cluster.wait_for_new_master(old, FAILOVER_LIMIT))
+        .expect("a replica is promoted");
+    // The manager heard the announcement: it moved its connection to the new master.
+    assert!(
+        crate::util::eventually(FAILOVER_LIMIT, || async { state.current_master().port == new }).await,
+        "the manager follows the switch"
+    );
+    assert!(!writing.is_finished(), "the write waits for the frozen primary");
+    cluster.server(old).resume();
+    let answer = tokio::time::timeout(FAILOVER_LIMIT, writing)
+        .await
+        .expect("the old primary answers once it wakes")
+        .expect("the write task does not panic");
+    assert!(
+        matches!(answer, Err(tatbot_state::Error::MasterSwitched { .. })),
+        "{answer:?}"
+    );
+    // Writes go on, to the new master.
+    assert!(
+        crate::util::eventually(FAILOVER_LIMIT, || async {
+            state.update_stroke_progress(&session, &update(1)).await.is_ok()
+        })
+        .await
+    );
+    assert_eq!(state.current_master().port, new);
+}

@@ -197,7 +197,10 @@ impl Params {
                 .arg(write.op.as_str())
                 .arg(write.guard.as_deref().unwrap_or(""));
         }
+        let mark = self.state.switch_mark(operation)?;
         let reply: redis::RedisResult<Vec<u64>> = invocation.invoke_async(&mut self.state.connection()).await;
+        // A refusal from an old master counts no more than its success.
+        self.state.no_switch_since(mark, operation)?;
         match reply {
             Ok(versions) => Ok((Ok(versions), now)),
             Err(err) => match refusal(&err)? {
@@ -215,6 +218,7 @@ impl Params {
     ///
     /// A Redis failure; a version that moved on is the [`Refusal`].
     pub(crate) async fn remove(&self, current: &super::Param) -> Result<std::result::Result<(), Refusal>> {
+        let mark = self.state.switch_mark("undeclare_param")?;
         let reply: redis::RedisResult<i64> = REMOVE_SCRIPT
             .key(keys::PARAM_INDEX)
             .key(keys::PARAM_LOG)
@@ -227,6 +231,7 @@ impl Params {
             .arg(current.version)
             .invoke_async(&mut self.state.connection())
             .await;
+        self.state.no_switch_since(mark, "undeclare_param")?;
         match reply {
             Ok(_) => Ok(Ok(())),
             Err(err) => match refusal(&err)? {
