@@ -69,7 +69,7 @@ pub fn hint(err: &Error) -> Option<&'static str> {
             "a failover may be under way (it takes a few seconds); check the sentinels and --master-name (REDIS_MASTER_NAME) with `tatbot-state doctor`"
         }
         Error::MasterSwitched { .. } => {
-            "a failover just happened: read the value back (`tatbot-state status`) and write it again if it is missing"
+            "a failover just happened: read the value back (`tatbot-state progress`, `history` or `param get`) and write it again if it is missing"
         }
         Error::SessionNotFound(_) => "list sessions with `tatbot-state sessions`",
         Error::ParamNotFound(_) => "declare it first; list parameters with `tatbot-state param list`",

@@ -51,14 +51,16 @@ pub enum Error {
         tried: String,
     },
 
-    /// A Sentinel announced a new master while a write was in flight, or before the shared
-    /// connection had moved to it: the old master answered (or would have taken) the write, and
-    /// what an old master wrote is lost when the Sentinels make it a replica. The write may or
-    /// may not be kept.
-    #[error("the Redis master changed during {operation}: the write may or may not be kept")]
+    /// A Sentinel announced a new master while a write was in flight (`sent`: the old master
+    /// answered it, and what an old master wrote is lost when the Sentinels make it a replica,
+    /// so the write may or may not be kept), or before the shared connection had moved to the
+    /// new one (nothing was sent).
+    #[error("the Redis master changed during {operation}: {}", switched_outcome(*.sent))]
     MasterSwitched {
-        /// The library operation whose answer does not count.
+        /// The library operation whose answer does not count, or that was not sent.
         operation: &'static str,
+        /// Whether the write went out (to the old master).
+        sent: bool,
     },
 
     /// Something answered at the address, but not as Redis does (a web server, say).
@@ -288,6 +290,15 @@ impl Error {
             }
             _ => false,
         }
+    }
+}
+
+/// What became of a write refused with [`Error::MasterSwitched`].
+fn switched_outcome(sent: bool) -> &'static str {
+    if sent {
+        "the old master answered, and the write may or may not be kept"
+    } else {
+        "nothing was sent; the next call goes to the new master"
     }
 }
 

@@ -204,6 +204,9 @@ struct Inner {
     /// The count of [`Inner::switches`] when the shared connection's master was last looked up
     /// successfully: a write finds the connection behind an announcement when this is lower.
     located_at: AtomicU64,
+    /// The old master's address in the last `+switch-master` announcement: a lookup that still
+    /// finds the master there was answered by a Sentinel that has not heard of the switch.
+    switched_from: Mutex<Option<(String, u16)>>,
     /// Stops the `+switch-master` listener when the last clone of the manager goes.
     _switch_watch: Option<DropGuard>,
     /// The progress documents this manager last stored, for the update's fast path.
@@ -223,6 +226,14 @@ struct Inner {
     /// This manager's instance id (random per process), written as `owner_instance` into the
     /// sessions it starts: only this instance renews their leases.
     instance: String,
+}
+
+/// The host and port a client connects to over plain TCP.
+fn tcp_address(client: &redis::Client) -> Option<(String, u16)> {
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => Some((host.clone(), *port)),
+        _ => None,
+    }
 }
 
 /// A session as its start stored it.
@@ -348,6 +359,7 @@ impl StateManager {
                 relocating: AtomicBool::new(false),
                 switches,
                 located_at: AtomicU64::new(0),
+                switched_from: Mutex::new(None),
                 _switch_watch,
                 docs: Mutex::new(DocCache::default()),
                 direct: tokio::sync::Mutex::new(None),
@@ -360,8 +372,9 @@ impl StateManager {
             // The listener holds only a weak reference, so it never keeps the manager alive;
             // the drop guard above stops it with the last clone.
             let weak = Arc::downgrade(&manager.inner);
-            let on_switch = move || {
+            let on_switch = move |old: Option<(String, u16)>| {
                 if let Some(inner) = weak.upgrade() {
+                    *inner.switched_from.lock().unwrap_or_else(PoisonError::into_inner) = old;
                     inner.switches.send_modify(|count| *count += 1);
                     StateManager { inner }.relocate();
                 }
@@ -412,31 +425,37 @@ impl StateManager {
     }
 
     /// Replaces the shared connection with a fresh one (made from `client`) that connects on
-    /// next use.
-    fn replace_connection(inner: &Inner, client: redis::Client) {
+    /// next use; false when none could be made (the old one stays).
+    fn replace_connection(inner: &Inner, client: redis::Client) -> bool {
         match connection::lazy(&client, &inner.manager_config) {
             Ok(fresh) => {
                 *inner.connection.write().unwrap_or_else(PoisonError::into_inner) = (client, fresh);
+                true
             }
-            Err(err) => tracing::warn!(error = %err, "cannot replace the redis connection"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot replace the redis connection");
+                false
+            }
         }
+    }
+
+    /// The client the shared connection was made from.
+    fn client(inner: &Inner) -> redis::Client {
+        inner
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
     }
 
     /// Swaps in a fresh connection: without Sentinel at once, to the same server; with it, in
     /// a task that looks the master up first (one task at a time; without a runtime, at once to
     /// the same server).
     fn relocate(&self) {
-        let same_client = || {
-            self.inner
-                .connection
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .0
-                .clone()
-        };
         let runtime = tokio::runtime::Handle::try_current().ok();
         let (Some(_), Some(runtime)) = (self.inner.locator.sentinel(), runtime) else {
-            StateManager::replace_connection(&self.inner, same_client());
+            StateManager::replace_connection(&self.inner, StateManager::client(&self.inner));
             tracing::warn!(target = %self.inner.locator.current(), "redis did not answer in time; replaced the connection");
             return;
         };
@@ -445,25 +464,32 @@ impl StateManager {
         }
         let inner = Arc::clone(&self.inner);
         runtime.spawn(async move {
-            let announced = *inner.switches.borrow();
-            // A failed lookup (mid-failover) still replaces the connection, which a timeout
-            // may have left half-open; the next failing call or switch looks again.
-            let (client, located) = match inner.locator.client().await {
-                Ok(client) => (client, true),
-                Err(err) => {
-                    tracing::debug!(error = %err.report(), "cannot locate the redis master yet");
-                    let same = inner
-                        .connection
-                        .read()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                        .clone();
-                    (same, false)
+            loop {
+                let announced = *inner.switches.borrow();
+                // A failed lookup (mid-failover) still replaces the connection, which a timeout
+                // may have left half-open; the next failing call or switch looks again.
+                let (client, located) = match inner.locator.client().await {
+                    Ok(client) => {
+                        let from = inner
+                            .switched_from
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone();
+                        let stale = from.is_some() && tcp_address(&client) == from;
+                        (client, !stale)
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err.report(), "cannot locate the redis master yet");
+                        (StateManager::client(&inner), false)
+                    }
+                };
+                if StateManager::replace_connection(&inner, client) && located {
+                    inner.located_at.fetch_max(announced, Ordering::AcqRel);
                 }
-            };
-            StateManager::replace_connection(&inner, client);
-            if located {
-                inner.located_at.fetch_max(announced, Ordering::AcqRel);
+                // A switch announced during the lookup found this task running: look again.
+                if !located || *inner.switches.borrow() == announced {
+                    break;
+                }
             }
             inner.relocating.store(false, Ordering::Release);
         });
@@ -564,9 +590,10 @@ impl StateManager {
             .arg(scene_name)
             .arg(now.to_string())
             .arg(SESSION_SEQ_TTL_SECS);
-        let mut connection = self.connection();
         let session_id: String = self
-            .written("start_stroke_session", start.invoke_async(&mut connection))
+            .acknowledged("start_stroke_session", async {
+                start.invoke_async(&mut self.connection()).await
+            })
             .await?;
         tracing::debug!(session_id = %session_id, "stroke session started");
         let session_id = SessionId::new(session_id)?;
@@ -685,13 +712,15 @@ impl StateManager {
         }
     }
 
-    /// Awaits a write's answer. Under Sentinel the answer counts only when the write went out
-    /// on a connection to the master looked up after the last `+switch-master` announcement,
-    /// and no announcement came before its answer: an old master frozen past a failover still
-    /// answers when it wakes, and what it wrote is lost when the Sentinels make it a replica
-    /// ([`Error::MasterSwitched`]). `write` is not polled, so nothing is sent, before the
-    /// check. Without Sentinel nothing is announced and the checks always pass.
-    pub(crate) async fn written<T>(
+    /// Awaits a write's answer. Under Sentinel a success counts only when the write went out
+    /// on a connection to the master looked up after the last `+switch-master` announcement
+    /// this manager heard (it listens to one Sentinel), and no announcement came before the
+    /// answer: an old master frozen past a failover still answers when it wakes, and what it
+    /// wrote is lost when the Sentinels make it a replica ([`Error::MasterSwitched`]). An error
+    /// reply is reported as such: nothing was written. `write` is not polled, so nothing is
+    /// sent (and no connection taken), before the check. Without Sentinel nothing is announced
+    /// and the checks always pass.
+    pub(crate) async fn acknowledged<T>(
         &self,
         operation: &'static str,
         write: impl Future<Output = redis::RedisResult<T>>,
@@ -702,25 +731,25 @@ impl StateManager {
         Ok(answer)
     }
 
-    /// Before a write goes out (see [`StateManager::written`]): the announcements so far, or
+    /// Before a write goes out (see [`StateManager::acknowledged`]): the announcements so far, or
     /// [`Error::MasterSwitched`] when the shared connection has not moved past the last one.
     pub(crate) fn switch_mark(&self, operation: &'static str) -> Result<u64> {
         let announced = *self.inner.switches.borrow();
         if self.inner.located_at.load(Ordering::Acquire) < announced {
             // The move is under way (or its lookup failed mid-failover: this starts another).
             self.relocate();
-            return Err(Error::MasterSwitched { operation });
+            return Err(Error::MasterSwitched { operation, sent: false });
         }
         Ok(announced)
     }
 
-    /// After a write's answer came (see [`StateManager::written`]): [`Error::MasterSwitched`]
+    /// After a write's answer came (see [`StateManager::acknowledged`]): [`Error::MasterSwitched`]
     /// when a new master was announced since `mark`.
     pub(crate) fn no_switch_since(&self, mark: u64, operation: &'static str) -> Result<()> {
         if *self.inner.switches.borrow() == mark {
             Ok(())
         } else {
-            Err(Error::MasterSwitched { operation })
+            Err(Error::MasterSwitched { operation, sent: true })
         }
     }
 
@@ -734,7 +763,7 @@ impl StateManager {
                 None => invocation.invoke_async(&mut self.connection()).await,
             }
         };
-        let reply = self.written(operation, write).await;
+        let reply = self.acknowledged(operation, write).await;
         if reply.is_err()
             && let Some(session_id) = op.session()
         {
@@ -749,17 +778,8 @@ impl StateManager {
     /// have the script yet (the shared path loads it).
     async fn apply_direct(&self, invocation: &redis::ScriptInvocation<'_>) -> Option<redis::RedisResult<RedisValue>> {
         let mut slot = self.inner.direct.try_lock().ok()?;
-        let client = self
-            .inner
-            .connection
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .clone();
-        let redis::ConnectionAddr::Tcp(host, port) = client.get_connection_info().addr() else {
-            return None;
-        };
-        let address = (host.clone(), *port);
+        let client = StateManager::client(&self.inner);
+        let address = tcp_address(&client)?;
         // A connection to a server no longer in use (Sentinel named another), one owing answers
         // to an abandoned call, or one the server closed while it was idle, goes.
         if slot
@@ -886,9 +906,10 @@ impl StateManager {
                 .key(keys::progress(&started.session_id))
                 .arg(&self.inner.instance)
                 .arg(&now);
-            let mut connection = self.connection();
             let done: i64 = self
-                .written("renew_session_leases", renew.invoke_async(&mut connection))
+                .acknowledged("renew_session_leases", async {
+                    renew.invoke_async(&mut self.connection()).await
+                })
                 .await?;
             if done == 1 {
                 // The stored document changed under the fast path's copy.
@@ -942,9 +963,10 @@ impl StateManager {
                 .arg(STALE_CLAIM_TTL_SECS)
                 .arg(self.inner.config.event_log_maxlen)
                 .arg(keys::SESSION_EVENTS);
-            let mut connection = self.connection();
             let done: i64 = self
-                .written("announce_stale_sessions", stale.invoke_async(&mut connection))
+                .acknowledged("announce_stale_sessions", async {
+                    stale.invoke_async(&mut self.connection()).await
+                })
                 .await?;
             if done == 1 {
                 tracing::warn!(session_id = %session_id, age_secs, "session is stale: its owner's lease lapsed");
@@ -1124,8 +1146,9 @@ impl StateManager {
     /// A Redis failure.
     pub async fn remove_node_health(&self) -> Result<()> {
         let key = keys::health(self.node_id());
-        let mut connection = self.connection();
-        let _: i64 = self.written("remove_node_health", connection.del(&key)).await?;
+        let _: i64 = self
+            .acknowledged("remove_node_health", async { self.connection().del(&key).await })
+            .await?;
         Ok(())
     }
 
@@ -1228,8 +1251,11 @@ impl StateManager {
         let mut pipe = redis::pipe();
         pipe.atomic().publish(channel, &payload);
         self.log_event(&mut pipe, channel, &payload);
-        let mut connection = self.connection();
-        let (receivers,): (usize,) = self.written("publish_event", pipe.query_async(&mut connection)).await?;
+        let (receivers,): (usize,) = self
+            .acknowledged("publish_event", async {
+                pipe.query_async(&mut self.connection()).await
+            })
+            .await?;
         Ok(receivers)
     }
 
@@ -1346,9 +1372,10 @@ impl StateManager {
             .del(&[keys::progress(session_id), keys::history(session_id)])
             .zrem(keys::SESSION_INDEX, session_id.as_str())
             .ignore();
-        let mut connection = self.connection();
         let (deleted,): (usize,) = self
-            .written("clear_session_data", pipe.query_async(&mut connection))
+            .acknowledged("clear_session_data", async {
+                pipe.query_async(&mut self.connection()).await
+            })
             .await?;
         Ok(deleted > 0)
     }

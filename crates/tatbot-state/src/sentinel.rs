@@ -318,11 +318,16 @@ pub(crate) fn is_failover_signal(err: &redis::RedisError) -> bool {
 }
 
 /// Subscribes to [`SWITCH_MASTER_CHANNEL`] on one Sentinel after another (whichever answers) and
-/// calls `on_switch` for each announcement about `target`'s master, until `shutdown`.
+/// calls `on_switch` for each announcement about `target`'s master, with the old master's
+/// address, until `shutdown`.
 ///
 /// A lost Sentinel connection is made again with capped backoff, on the next Sentinel; an
 /// announcement missed meanwhile is covered by the callers' own error handling.
-pub(crate) async fn watch_switches(target: SentinelTarget, on_switch: impl Fn(), shutdown: CancellationToken) {
+pub(crate) async fn watch_switches(
+    target: SentinelTarget,
+    on_switch: impl Fn(Option<(String, u16)>),
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let prefix = format!("{} ", target.master_name);
     for sentinel in target.sentinels.iter().cycle() {
@@ -340,9 +345,12 @@ pub(crate) async fn watch_switches(target: SentinelTarget, on_switch: impl Fn(),
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {
                 let payload: String = message.get_payload().unwrap_or_default();
-                if payload.starts_with(&prefix) {
+                if let Some(addresses) = payload.strip_prefix(&prefix) {
                     tracing::warn!(announcement = %payload, "sentinel switched the redis master");
-                    on_switch();
+                    // `<master name> <old ip> <old port> <new ip> <new port>`
+                    let mut parts = addresses.split(' ');
+                    let old = parts.next().zip(parts.next().and_then(|port| port.parse().ok()));
+                    on_switch(old.map(|(host, port)| (host.to_owned(), port)));
                 }
             }
             Ok::<(), Error>(())

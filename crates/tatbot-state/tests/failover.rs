@@ -317,8 +317,8 @@ fn switch_listener_connected(cluster: &SentinelCluster) -> bool {
 }
 
 /// An awaited write sent to the primary just before it froze, and answered only when it woke
-/// after a replica was promoted, is not reported as done: the old primary took it, and what it
-/// took is lost when the Sentinels make it a replica (before, the call returned the entry id).
+/// after a replica was promoted, is not reported as done: the old primary took it, and lost it
+/// when the Sentinels made it a replica (before, the call returned the entry id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awaited_write_answered_by_a_woken_old_primary_is_not_acknowledged() {
     let cluster = SentinelCluster::start();
@@ -328,14 +328,17 @@ async fn awaited_write_answered_by_a_woken_old_primary_is_not_acknowledged() {
     config.response_timeout = FAILOVER_LIMIT;
     let state = StateManager::connect(config).await.unwrap();
     let session = state.start_stroke_session(&plan(100)).await.unwrap();
+    // Opens the awaited writes' connection to the primary and loads the script there.
+    state.update_stroke_progress(&session, &update(0)).await.unwrap();
     assert!(
         crate::util::eventually(FAILOVER_LIMIT, || async { switch_listener_connected(&cluster) }).await,
         "the manager listens for +switch-master"
     );
+    let calls_before = evalsha_calls(cluster.server(old)).expect("the primary answers");
     cluster.server(old).pause();
     let writing = tokio::spawn({
         let (state, session) = (state.clone(), session.clone());
-        async move { state.update_stroke_progress(&session, &update(0)).await }
+        async move { state.update_stroke_progress(&session, &update(1)).await }
     });
     let new = tokio::task::block_in_place(|| cluster.wait_for_new_master(old, FAILOVER_LIMIT))
         .expect("a replica is promoted");
@@ -351,15 +354,23 @@ async fn awaited_write_answered_by_a_woken_old_primary_is_not_acknowledged() {
         .expect("the old primary answers once it wakes")
         .expect("the write task does not panic");
     assert!(
-        matches!(answer, Err(tatbot_state::Error::MasterSwitched { .. })),
+        matches!(answer, Err(tatbot_state::Error::MasterSwitched { sent: true, .. })),
         "{answer:?}"
     );
-    // Writes go on, to the new master.
+    assert_eq!(
+        evalsha_calls(cluster.server(old)),
+        Some(calls_before + 1),
+        "the old primary ran the write"
+    );
+    // Writes go on, to the new master, which never had the write the old primary took.
     assert!(
         crate::util::eventually(FAILOVER_LIMIT, || async {
-            state.update_stroke_progress(&session, &update(1)).await.is_ok()
+            state.update_stroke_progress(&session, &update(2)).await.is_ok()
         })
         .await
     );
     assert_eq!(state.current_master().port, new);
+    let mut kept = history_indices(&state, &session).await;
+    kept.dedup();
+    assert_eq!(kept, [0, 2]);
 }

@@ -199,10 +199,11 @@ impl Params {
         }
         let mark = self.state.switch_mark(operation)?;
         let reply: redis::RedisResult<Vec<u64>> = invocation.invoke_async(&mut self.state.connection()).await;
-        // A refusal from an old master counts no more than its success.
-        self.state.no_switch_since(mark, operation)?;
         match reply {
-            Ok(versions) => Ok((Ok(versions), now)),
+            Ok(versions) => {
+                self.state.no_switch_since(mark, operation)?;
+                Ok((Ok(versions), now))
+            }
             Err(err) => match refusal(&err)? {
                 Some(refusal) => Ok((Err(refusal), now)),
                 None => Err(self.state.redis_error(operation, err)),
@@ -231,9 +232,11 @@ impl Params {
             .arg(current.version)
             .invoke_async(&mut self.state.connection())
             .await;
-        self.state.no_switch_since(mark, "undeclare_param")?;
         match reply {
-            Ok(_) => Ok(Ok(())),
+            Ok(_) => {
+                self.state.no_switch_since(mark, "undeclare_param")?;
+                Ok(Ok(()))
+            }
             Err(err) => match refusal(&err)? {
                 Some(refusal) => Ok(Err(refusal)),
                 None => Err(self.state.redis_error("undeclare_param", err)),
