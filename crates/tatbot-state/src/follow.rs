@@ -45,7 +45,10 @@
 //! reported as corrupt, naming its key, and the follow goes on: in [`Snapshot::corrupt`], and
 //! as a [`ChangeKind::Corrupt`] when the follower finds it later (once per key until that key
 //! reads well again). Decoding is `decode.rs`'s, which every read path shares, so the follow
-//! path and `StateManager::system_status` agree on what is corrupt.
+//! path and `StateManager::system_status` agree on what is corrupt. An event log of another
+//! type (`tatbot:events` set to a string) is reported the same way, and the follower reads
+//! without it (tailed histories, and polls for sessions, documents, nodes and robots) until it
+//! is a stream again or gone.
 //!
 //! # Memory
 //!

@@ -1248,29 +1248,16 @@ impl StateManager {
                 limit: crate::model::MAX_DOCUMENT_BYTES,
             });
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic().publish(channel, &payload);
-        self.log_event(&mut pipe, channel, &payload);
-        let (receivers,): (usize,) = self
-            .acknowledged("publish_event", async {
-                pipe.query_async(&mut self.connection()).await
-            })
-            .await?;
-        Ok(receivers)
-    }
-
-    fn log_event(&self, pipe: &mut redis::Pipeline, channel: &str, payload: &str) {
-        pipe.cmd("XADD")
-            .arg(keys::EVENT_LOG)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.inner.config.event_log_maxlen)
-            .arg("*")
-            .arg("channel")
+        let mut publish = scripts::PUBLISH.prepare_invoke();
+        publish
+            .key(keys::EVENT_LOG)
             .arg(channel)
-            .arg("payload")
-            .arg(payload)
-            .ignore();
+            .arg(&payload)
+            .arg(self.inner.config.event_log_maxlen);
+        self.acknowledged("publish_event", async {
+            publish.invoke_async(&mut self.connection()).await
+        })
+        .await
     }
 
     /// Subscribes to channel patterns (`PSUBSCRIBE`) on a dedicated connection.
@@ -1326,7 +1313,13 @@ impl StateManager {
             .connection()
             .xrevrange_count(keys::ERROR_LOG, "+", "-", count)
             .await
-            .map_err(|err| self.redis_error("list_errors", err))?;
+            .map_err(|err| match err.code() {
+                Some("WRONGTYPE") => Error::Corrupt {
+                    key: keys::ERROR_LOG.to_owned(),
+                    detail: "the key is not a stream".to_owned(),
+                },
+                _ => self.redis_error("list_errors", err),
+            })?;
         Ok(reply
             .ids
             .into_iter()
@@ -1407,12 +1400,23 @@ impl StateManager {
     }
 
     async fn fill_status(&self, status: &mut SystemStatus) -> Result<()> {
-        let info: String = redis::cmd("INFO")
+        let (info, event_log, error_log): (String, String, String) = redis::pipe()
+            .cmd("INFO")
             .arg("server")
+            .cmd("TYPE")
+            .arg(keys::EVENT_LOG)
+            .cmd("TYPE")
+            .arg(keys::ERROR_LOG)
             .query_async(&mut self.connection())
             .await
             .map_err(|err| self.redis_error("system_status", err))?;
         status.redis_connected = true;
+        // Another client's value under a log's key: writes skip that log, readers report it.
+        for (key, kind) in [(keys::EVENT_LOG, event_log), (keys::ERROR_LOG, error_log)] {
+            if kind != "stream" && kind != "none" {
+                status.corrupt.push(crate::follow::io::not_a_stream(key));
+            }
+        }
         status.redis_version = info
             .lines()
             .find_map(|line| line.strip_prefix("redis_version:"))

@@ -6,6 +6,10 @@
 //! caller named, keeps every other field (including ones we do not know), and writes history,
 //! event and event-log entries in the same atomic step.
 //!
+//! The event log and the error log are appended to only while they are streams: a key of
+//! another type there (anyone can store anything) skips that entry, and the write it belongs to
+//! is kept; readers report the key as corrupt.
+//!
 //! Key names reach the scripts from [`crate::keys`] as `KEYS` or, where a name depends on a value
 //! computed inside the script (the unique session id), as a prefix in `ARGV`.
 //!
@@ -74,6 +78,14 @@ local function encode_event(fields)
   return unslash('{' .. table.concat(parts, ', ') .. '}')
 end
 
+-- Appends to a log stream (the event log, the error log). Any client can store anything under
+-- a key: when `key` holds another type, the entry is skipped (readers report that key as
+-- corrupt) and the write it belongs to is kept, instead of failing every write of the fleet.
+local function append_log(key, trim, maxlen, channel, payload)
+  local reply = redis.pcall('XADD', key, 'MAXLEN', trim, maxlen, '*', 'channel', channel, 'payload', payload)
+  return type(reply) ~= 'table' or reply.err == nil
+end
+
 local function as_string(v)
   if type(v) == 'string' then return v end
   return ''
@@ -129,7 +141,7 @@ redis.call('ZADD', KEYS[1], ARGV[5], id)
 local ev = encode_event({{'type', 'session_start'}, {'session_id', id}, {'node_id', ARGV[8]},
   {'total_strokes', tonumber(ARGV[9])}, {'scene_name', ARGV[10]}, {'timestamp', ARGV[11]}})
 redis.call('PUBLISH', ARGV[7], ev)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ev)
+append_log(KEYS[2], '~', ARGV[6], ARGV[7], ev)
 return id
 "#;
 
@@ -148,7 +160,7 @@ redis.call('HSET', KEYS[1], 'progress', ARGV[3])
 if tonumber(ARGV[9]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[9]) end
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 redis.call('PUBLISH', ARGV[7], ARGV[8])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ARGV[8])
+append_log(KEYS[3], '~', ARGV[6], ARGV[7], ARGV[8])
 return 1
 "#;
 
@@ -169,7 +181,7 @@ if ARGV[8] and redis.call('HGET', KEYS[1], 'progress') == ARGV[8] then
     'stroke_idx', ARGV[13], 'pose_idx', ARGV[14],
     'description_l', ARGV[10], 'description_r', ARGV[11], 'node_id', ARGV[15])
   redis.call('PUBLISH', ARGV[7], ARGV[12])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ARGV[12])
+  append_log(KEYS[3], '~', ARGV[6], ARGV[7], ARGV[12])
   return id
 end
 local doc, patch, stored = merge_progress(KEYS[1], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
@@ -183,7 +195,7 @@ local ev = encode_event({{'type', 'progress_update'}, {'session_id', ARGV[4]},
   {'total_strokes', doc.total_strokes or 0}, {'stroke_length', doc.stroke_length or 0},
   {'description_l', dl}, {'description_r', dr}, {'timestamp', patch.timestamp}})
 redis.call('PUBLISH', ARGV[7], ev)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ev)
+append_log(KEYS[3], '~', ARGV[6], ARGV[7], ev)
 return {id, stored}
 "#;
 
@@ -209,7 +221,7 @@ if type(patch.abort_reason) == 'string' then fields[#fields + 1] = {'reason', pa
 fields[#fields + 1] = {'timestamp', patch.timestamp}
 local ev = encode_event(fields)
 redis.call('PUBLISH', ARGV[7], ev)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ev)
+append_log(KEYS[3], '~', ARGV[6], ARGV[7], ev)
 return 1
 "#;
 
@@ -248,7 +260,7 @@ if type(renewed) ~= 'string' then renewed = '' end
 if renewed ~= ARGV[2] then return 0 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then return 0 end
 redis.call('PUBLISH', ARGV[6], ARGV[3])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'channel', ARGV[6], 'payload', ARGV[3])
+append_log(KEYS[3], '~', ARGV[5], ARGV[6], ARGV[3])
 return 1
 "#;
 
@@ -260,7 +272,7 @@ const ROBOT_STATE: &str = r#"
 if not fresh(ARGV[1], ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'last_updated', ARGV[4])
 redis.call('PUBLISH', ARGV[7], ARGV[5])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'channel', ARGV[7], 'payload', ARGV[5])
+append_log(KEYS[2], '~', ARGV[6], ARGV[7], ARGV[5])
 return 1
 "#;
 
@@ -284,10 +296,22 @@ return 1
 const REPORT_ERROR: &str = r#"
 if not fresh(ARGV[1], ARGV[2]) then return 0 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'channel', ARGV[3], 'payload', ARGV[4])
-redis.call('XTRIM', KEYS[1], 'MINID', ARGV[6])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'channel', ARGV[3], 'payload', ARGV[4])
+if append_log(KEYS[1], '=', ARGV[5], ARGV[3], ARGV[4]) then
+  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[6])
+end
+append_log(KEYS[2], '~', ARGV[7], ARGV[3], ARGV[4])
 return 1
+"#;
+
+/// Publishes an event and logs it.
+///
+/// KEYS: event log.
+/// ARGV: channel, event JSON, event log maxlen.
+/// Returns the number of subscribers that received it.
+const PUBLISH_EVENT: &str = r#"
+local receivers = redis.call('PUBLISH', ARGV[1], ARGV[2])
+append_log(KEYS[1], '~', ARGV[3], ARGV[1], ARGV[2])
+return receivers
 "#;
 
 fn with_prelude(body: &str) -> Script {
@@ -312,6 +336,8 @@ pub(crate) static ROBOT: LazyLock<Script> = LazyLock::new(|| with_prelude(ROBOT_
 pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| with_prelude(HEALTH));
 /// [`REPORT_ERROR`], compiled once.
 pub(crate) static ERROR: LazyLock<Script> = LazyLock::new(|| with_prelude(REPORT_ERROR));
+/// [`PUBLISH_EVENT`], compiled once.
+pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| with_prelude(PUBLISH_EVENT));
 
 /// Every write script a [`crate::Producer`] pipelines; loaded after a reconnect, since
 /// `EVALSHA` inside a pipeline does not fall back to `EVAL`.

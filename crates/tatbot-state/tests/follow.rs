@@ -764,3 +764,73 @@ async fn robot_states_are_followed() {
     })
     .await;
 }
+
+/// Another client's value under the event log and the error log (`SET tatbot:events x`) breaks
+/// nothing: every write goes on without logging there, the status and the follower report the
+/// two keys, the follower keeps delivering progress (and finds new sessions by polling) without
+/// losing Redis, and once the log is deleted it reads the log again. Before, every write script
+/// failed with WRONGTYPE (a producer's update was rejected) and followers reconnected forever.
+#[tokio::test]
+async fn a_log_of_another_type_is_reported_and_breaks_nothing() {
+    use tatbot_state::{Category, CorruptEntry, Error, ProducerConfig, model::Event};
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(&one_pose("scene")).await.unwrap();
+    let mut redis = raw(&server).await;
+    let () = redis.set(tatbot_state::keys::EVENT_LOG, "not a stream").await.unwrap();
+    let () = redis.set(tatbot_state::keys::ERROR_LOG, "not a stream").await.unwrap();
+
+    // Writes: awaited, published and through a producer.
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    let arm = Category::new("arm").unwrap();
+    state.report_error(&arm, "before", serde_json::json!({})).await.unwrap();
+    let custom = Event::from_json(br#"{"type":"custom"}"#).unwrap();
+    state.publish_event("stroke:events:custom", &custom).await.unwrap();
+    let other = state.start_stroke_session(&one_pose("other")).await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    producer
+        .update_stroke_progress(&other, &ProgressUpdate::new(0, 0))
+        .unwrap();
+    producer.flush(LIMIT).await.unwrap();
+    assert_eq!(producer.stats().rejected, 0);
+
+    // Readers report the two keys.
+    let not_streams = [tatbot_state::keys::EVENT_LOG, tatbot_state::keys::ERROR_LOG].map(|key| CorruptEntry {
+        key: key.to_owned(),
+        error: format!("{key}: the key is not a stream"),
+    });
+    assert_eq!(state.system_status().await.corrupt, not_streams);
+    assert!(matches!(state.list_errors(5).await, Err(Error::Corrupt { .. })));
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    assert_eq!(seen.lock().unwrap().view.as_ref().unwrap().corrupt, not_streams);
+
+    // Progress on a tailed session, and a session started meanwhile (found by a poll).
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0).descriptions("later", ""))
+        .await
+        .unwrap();
+    let third = state.start_stroke_session(&one_pose("third")).await.unwrap();
+    wait_for(&seen, "the update and the new session", |seen| {
+        progress_of(seen, &session).len() == 1
+            && seen
+                .view
+                .as_ref()
+                .is_some_and(|view| view.sessions.contains_key(third.as_str()))
+    })
+    .await;
+
+    // The log deleted: the next error is logged and followed from it.
+    let _: i64 = redis.del(tatbot_state::keys::EVENT_LOG).await.unwrap();
+    state.report_error(&arm, "after", serde_json::json!({})).await.unwrap();
+    wait_for(&seen, "the error from the log", |seen| {
+        seen.changes
+            .iter()
+            .any(|change| matches!(&change.kind, ChangeKind::Event { event } if event.payload["message"] == "after"))
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    assert_eq!((seen.lost, seen.reconnected), (0, 0));
+}

@@ -379,6 +379,19 @@ pub(crate) fn corrupt_entry(key: &str, err: &Error) -> CorruptEntry {
     }
 }
 
+/// The report for a key that should hold a stream and holds another type.
+pub(crate) fn not_a_stream(key: &str) -> CorruptEntry {
+    CorruptEntry {
+        key: key.to_owned(),
+        error: format!("{key}: the key is not a stream"),
+    }
+}
+
+/// Whether a reply is the error of a key that holds another type.
+pub(crate) fn is_wrong_type(reply: Option<&redis::RedisResult<Value>>) -> bool {
+    reply.is_some_and(|reply| reply.as_ref().is_err_and(decode::is_wrong_type))
+}
+
 /// All keys matching `pattern`, by `SCAN`.
 pub(crate) async fn scan(connection: &mut MultiplexedConnection, pattern: &str) -> Result<Vec<String>> {
     crate::manager::scan_keys(connection, pattern, SCAN_COUNT)
@@ -633,6 +646,12 @@ pub(crate) async fn read_snapshot(
         .map_err(|err| Error::from_redis("follow snapshot", err))?;
     let reply = |index: usize| replies.get(index).and_then(|reply| reply.as_ref().ok());
 
+    // Logs under which another client stored something else: no events from them, reported.
+    for (index, key) in [(1, keys::EVENT_LOG), (3, keys::ERROR_LOG)] {
+        if is_wrong_type(replies.get(index)) {
+            corrupt.push(not_a_stream(key));
+        }
+    }
     let server_time_ms = reply(0)
         .and_then(time_ms)
         .unwrap_or_else(|| crate::timestamp::Timestamp::now().unix_millis());

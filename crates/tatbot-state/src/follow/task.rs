@@ -88,6 +88,9 @@ pub(crate) struct FollowTask {
     /// Whether the last read drained the event log; polls wait for it, so a resumed follower
     /// replays the log (and learns of the sessions started meanwhile) before polling.
     caught_up: bool,
+    /// The event log's key holds another type (any client can store anything): reads leave it
+    /// out, and polls alone find new sessions, until it is a stream again or gone.
+    log_unreadable: bool,
     next_poll: Instant,
 }
 
@@ -112,6 +115,7 @@ impl FollowTask {
             corrupt: BTreeMap::new(),
             baseline: false,
             caught_up: false,
+            log_unreadable: false,
             next_poll: Instant::now(),
         }
     }
@@ -236,11 +240,7 @@ impl FollowTask {
     /// Stops tailing a session whose history key is not a stream, and reports it.
     async fn history_not_a_stream(&mut self, session_id: &SessionId) -> Result<(), Stop> {
         self.cursor.history.remove(session_id);
-        let entry = CorruptEntry {
-            key: keys::history(session_id),
-            error: format!("{}: the key is not a stream", keys::history(session_id)),
-        };
-        self.report(entry).await
+        self.report(io::not_a_stream(&keys::history(session_id))).await
     }
 
     async fn send_snapshot(&mut self) -> Result<(), Stop> {
@@ -287,7 +287,12 @@ impl FollowTask {
         Ok(())
     }
 
+    /// A log of another type is no gap: the reads leave it out ([`FollowTask::log_unreadable`])
+    /// and the check is made once it is a stream again, or gone.
     fn check_event_log(&self, reply: Option<&redis::RedisResult<Value>>) -> Result<(), Stop> {
+        if io::is_wrong_type(reply) {
+            return Ok(());
+        }
         match reply.and_then(|reply| reply.as_ref().ok()).and_then(io::parse_info) {
             Some(info) => match info.gap_after(keys::EVENT_LOG, self.cursor.events) {
                 Some(reason) => Err(Stop::Gap(reason)),
@@ -333,36 +338,55 @@ impl FollowTask {
             .iter()
             .map(|(session_id, id)| (session_id.clone(), *id))
             .collect();
-        let mut stream_keys = vec![keys::EVENT_LOG.to_owned()];
-        stream_keys.extend(tracked.iter().map(|(session_id, _)| keys::history(session_id)));
-        let block_ms = u64::try_from(self.config.block.as_millis()).unwrap_or(u64::MAX).max(1);
-
-        let mut ids = vec![self.cursor.events.to_string()];
+        let history_keys: Vec<String> = tracked
+            .iter()
+            .map(|(session_id, _)| keys::history(session_id))
+            .collect();
+        // The streams read: the event log (unless it holds another type), then the histories.
+        let read_log = !self.log_unreadable;
+        let mut stream_keys: Vec<&str> = Vec::with_capacity(history_keys.len() + 1);
+        let mut ids = Vec::with_capacity(history_keys.len() + 1);
+        if read_log {
+            stream_keys.push(keys::EVENT_LOG);
+            ids.push(self.cursor.events.to_string());
+        }
+        stream_keys.extend(history_keys.iter().map(String::as_str));
         ids.extend(tracked.iter().map(|(_, id)| id.to_string()));
+        let block_ms = u64::try_from(self.config.block.as_millis()).unwrap_or(u64::MAX).max(1);
 
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        pipe.cmd("XREAD")
-            .arg("COUNT")
-            .arg(self.config.batch)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS")
-            .arg(&stream_keys)
-            .arg(&ids);
-        let reads = if self.caught_up && connections.reread {
+        let mut reads = 0;
+        if !stream_keys.is_empty() {
+            pipe.cmd("XREAD")
+                .arg("COUNT")
+                .arg(self.config.batch)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(&stream_keys)
+                .arg(&ids);
+            reads += 1;
+        }
+        if read_log && self.caught_up && connections.reread {
             pipe.cmd("XREAD")
                 .arg("COUNT")
                 .arg(self.config.batch)
                 .arg("STREAMS")
                 .arg(keys::EVENT_LOG)
                 .arg(&ids[0]);
-            2
-        } else {
-            1
-        };
-        for key in &stream_keys {
+            reads += 1;
+        }
+        // Every read checks the event log, read or not: it tells when the log is back.
+        pipe.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
+        for key in &history_keys {
             pipe.cmd("XINFO").arg("STREAM").arg(key);
+        }
+        if reads == 0 {
+            // Nothing to block on: wait as a blocked read would, so that polls keep their pace.
+            drop(blocking);
+            tokio::time::sleep(self.config.block).await;
+            blocking = connections.blocking.lock().await;
         }
         let packed = pipe.get_packed_pipeline();
         let read = blocking.query(&packed, pipe.len());
@@ -374,13 +398,29 @@ impl FollowTask {
             .map(Value::extract_error)
             .collect();
         drop(blocking);
-        if replies.len() != stream_keys.len() + reads {
+        let commands = history_keys.len() + 1 + reads;
+        if replies.len() != commands {
             return Err(Stop::Redis(Error::UnexpectedReply {
                 operation: "follow read",
-                detail: format!("{} replies for {} commands", replies.len(), stream_keys.len() + reads),
+                detail: format!("{} replies for {commands} commands", replies.len()),
             }));
         }
         let infos = replies.split_off(reads);
+        // Another client stored something else under the event log: read without it from now
+        // on, and say so; once it is a stream again, or gone, read it again (the check below
+        // then finds any gap).
+        let log_wrong_type = io::is_wrong_type(infos.first());
+        if log_wrong_type != self.log_unreadable {
+            self.log_unreadable = log_wrong_type;
+            if log_wrong_type {
+                tracing::warn!(
+                    key = keys::EVENT_LOG,
+                    "the event log is not a stream; following without it"
+                );
+                self.report(io::not_a_stream(keys::EVENT_LOG)).await?;
+            }
+            return Ok(());
+        }
         // A tailed history that is not a stream fails the whole XREAD with WRONGTYPE, and its
         // XINFO says which one it is: stop tailing it and read again without it.
         let mut wrong_type = false;
