@@ -48,7 +48,8 @@
 //! path and `StateManager::system_status` agree on what is corrupt. An event log of another
 //! type (`tatbot:events` set to a string) is reported the same way, and the follower reads
 //! without it (tailed histories, and polls for sessions, documents, nodes and robots) until it
-//! is a stream again or gone.
+//! is a stream again or gone; a cursor that was in it is a gap. A node registry of another type
+//! is reported, and the heartbeats alone name the nodes.
 //!
 //! # Memory
 //!
@@ -251,6 +252,8 @@ impl Snapshot {
                 }
             }
             ChangeKind::Event { event } => {
+                // Read from the event log: it is a stream again.
+                self.forget_corrupt(keys::EVENT_LOG);
                 if event.is_error() {
                     push_bounded(&mut self.recent_errors, event.clone(), self.recent_errors_limit);
                 }

@@ -1210,13 +1210,19 @@ impl StateManager {
     ///
     /// # Errors
     ///
-    /// A Redis failure.
+    /// A Redis failure, or [`Error::Corrupt`] when the registry's key holds another type.
     pub async fn known_nodes(&self) -> Result<Vec<KnownNode>> {
         let members: Vec<(String, i64)> = self
             .connection()
             .zrange_withscores(keys::NODE_REGISTRY, 0, -1)
             .await
-            .map_err(|err| self.redis_error("known_nodes", err))?;
+            .map_err(|err| match err.code() {
+                Some("WRONGTYPE") => Error::Corrupt {
+                    key: keys::NODE_REGISTRY.to_owned(),
+                    detail: "the key is not a sorted set".to_owned(),
+                },
+                _ => self.redis_error("known_nodes", err),
+            })?;
         Ok(members
             .into_iter()
             .map(|(node_id, last_heartbeat_ms)| KnownNode {
@@ -1360,14 +1366,15 @@ impl StateManager {
     pub async fn clear_session_data(&self, session_id: &SessionId) -> Result<bool> {
         self.docs().forget(session_id);
         self.forget_started(session_id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&[keys::progress(session_id), keys::history(session_id)])
-            .zrem(keys::SESSION_INDEX, session_id.as_str())
-            .ignore();
-        let (deleted,): (usize,) = self
+        let mut clear = scripts::CLEAR.prepare_invoke();
+        clear
+            .key(keys::progress(session_id))
+            .key(keys::history(session_id))
+            .key(keys::SESSION_INDEX)
+            .arg(session_id.as_str());
+        let deleted: usize = self
             .acknowledged("clear_session_data", async {
-                pipe.query_async(&mut self.connection()).await
+                clear.invoke_async(&mut self.connection()).await
             })
             .await?;
         Ok(deleted > 0)
@@ -1400,21 +1407,28 @@ impl StateManager {
     }
 
     async fn fill_status(&self, status: &mut SystemStatus) -> Result<()> {
-        let (info, event_log, error_log): (String, String, String) = redis::pipe()
+        let (info, event_log, error_log, index): (String, String, String, String) = redis::pipe()
             .cmd("INFO")
             .arg("server")
             .cmd("TYPE")
             .arg(keys::EVENT_LOG)
             .cmd("TYPE")
             .arg(keys::ERROR_LOG)
+            .cmd("TYPE")
+            .arg(keys::SESSION_INDEX)
             .query_async(&mut self.connection())
             .await
             .map_err(|err| self.redis_error("system_status", err))?;
         status.redis_connected = true;
-        // Another client's value under a log's key: writes skip that log, readers report it.
-        for (key, kind) in [(keys::EVENT_LOG, event_log), (keys::ERROR_LOG, error_log)] {
-            if kind != "stream" && kind != "none" {
-                status.corrupt.push(crate::follow::io::not_a_stream(key));
+        // Another client's value under a shared structure's key: writes skip it (scripts.rs),
+        // readers report it.
+        for (key, found, wanted, kind) in [
+            (keys::EVENT_LOG, event_log, "stream", "stream"),
+            (keys::ERROR_LOG, error_log, "stream", "stream"),
+            (keys::SESSION_INDEX, index, "zset", "sorted set"),
+        ] {
+            if found != wanted && found != "none" {
+                status.corrupt.push(crate::follow::io::wrong_type(key, kind));
             }
         }
         status.redis_version = info
@@ -1448,7 +1462,16 @@ impl StateManager {
         if let Err(err) = self.announce_stale_sessions(&stale).await {
             tracing::debug!(error = %err, "cannot announce stale sessions");
         }
-        let mut known: BTreeSet<String> = self.known_nodes().await?.into_iter().map(|node| node.node_id).collect();
+        let mut known: BTreeSet<String> = match self.known_nodes().await {
+            Ok(nodes) => nodes.into_iter().map(|node| node.node_id).collect(),
+            Err(Error::Corrupt { .. }) => {
+                status
+                    .corrupt
+                    .push(crate::follow::io::wrong_type(keys::NODE_REGISTRY, "sorted set"));
+                BTreeSet::new()
+            }
+            Err(err) => return Err(err),
+        };
         for entry in self.get_all_nodes_health().await? {
             status.nodes_online += 1;
             known.insert(entry.id);
@@ -1460,11 +1483,16 @@ impl StateManager {
             }
         }
         status.nodes_known = known.len();
-        let producers: Vec<(String, String)> = self
-            .connection()
-            .hgetall(keys::PRODUCERS)
-            .await
-            .map_err(|err| self.redis_error("system_status", err))?;
+        let producers: Vec<(String, String)> = match self.connection().hgetall(keys::PRODUCERS).await {
+            Ok(producers) => producers,
+            Err(err) if decode::is_wrong_type(&err) => {
+                status
+                    .corrupt
+                    .push(crate::follow::io::wrong_type(keys::PRODUCERS, "hash"));
+                Vec::new()
+            }
+            Err(err) => return Err(self.redis_error("system_status", err)),
+        };
         let now = Timestamp::now().unix_millis();
         for (writer, record) in producers {
             let key = format!("{} field {writer}", keys::PRODUCERS);

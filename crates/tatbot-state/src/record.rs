@@ -253,6 +253,9 @@ pub struct Recorder {
     /// The live loop's connection for its blocking reads, kept from one read to the next and
     /// dropped after a failure (the next read opens one, on the master of the moment).
     live: Option<redis::aio::MultiplexedConnection>,
+    /// Streams whose key holds another type: left out of live reads (one such key fails a
+    /// whole `XREAD`), and looked at again at each poll.
+    not_streams: BTreeSet<String>,
     stats: RecordStats,
 }
 
@@ -273,6 +276,7 @@ impl Recorder {
             seen_docs: HashMap::new(),
             last_poll: None,
             live: None,
+            not_streams: BTreeSet::new(),
             stats: RecordStats::default(),
         };
         let sessions = match selection {
@@ -495,7 +499,12 @@ impl Recorder {
     /// A Redis failure.
     pub async fn next_live(&mut self) -> Result<Vec<Message>> {
         let mut messages = Vec::new();
-        let stream_keys = self.stream_keys();
+        let mut stream_keys = self.stream_keys();
+        stream_keys.retain(|key| !self.not_streams.contains(key));
+        if stream_keys.is_empty() {
+            // Every stream holds another type: wait as a read would, then poll.
+            tokio::time::sleep(LIVE_BLOCK).await;
+        }
         let ids: Vec<String> = stream_keys
             .iter()
             .map(|key| self.cursors.get(key).cloned().unwrap_or_else(|| "0".to_owned()))
@@ -521,22 +530,27 @@ impl Recorder {
                 .await?
             }
         };
-        let reply: Option<StreamReadReply> =
-            match redis::AsyncCommands::xread_options(&mut connection, &stream_keys, &ids, &options).await {
-                Ok(reply) => {
-                    self.live = Some(connection);
-                    reply
-                }
-                // One stream replaced by another type: read the others and report it.
-                Err(err) if err.code() == Some("WRONGTYPE") => {
-                    self.live = Some(connection);
-                    self.stats.corrupt += 1;
-                    tracing::warn!(error = %err, "a stream the recorder reads holds another type");
+        let read = if stream_keys.is_empty() {
+            Ok(None)
+        } else {
+            redis::AsyncCommands::xread_options(&mut connection, &stream_keys, &ids, &options).await
+        };
+        let reply: Option<StreamReadReply> = match read {
+            Ok(reply) => {
+                self.live = Some(connection);
+                reply
+            }
+            // A stream replaced by another type: the next read leaves it out.
+            Err(err) if err.code() == Some("WRONGTYPE") => {
+                self.live = Some(connection);
+                if !self.find_not_streams(&stream_keys).await? {
+                    // Gone again before it was looked at: no busy loop meanwhile.
                     tokio::time::sleep(LIVE_BLOCK).await;
-                    None
                 }
-                Err(err) => return Err(self.manager.redis_error("record: live read", err)),
-            };
+                None
+            }
+            Err(err) => return Err(self.manager.redis_error("record: live read", err)),
+        };
         for stream in reply.map(|reply| reply.keys).unwrap_or_default() {
             for entry in stream.ids {
                 self.cursors.insert(stream.key.clone(), entry.id.clone());
@@ -547,6 +561,13 @@ impl Recorder {
         if due {
             self.last_poll = Some(tokio::time::Instant::now());
             self.poll_documents(Some(now_nanos()), &mut messages).await?;
+            // Streams left out that are streams again (or gone) are read again.
+            let left_out: Vec<String> = self.not_streams.iter().cloned().collect();
+            for (key, kind) in left_out.iter().zip(self.key_types(&left_out).await?) {
+                if kind == "stream" || kind == "none" {
+                    self.not_streams.remove(key);
+                }
+            }
         }
         sort_by_log_time(&mut messages);
         Ok(messages)
@@ -562,6 +583,35 @@ impl Recorder {
             .collect();
         keys.extend([keys::EVENT_LOG, keys::ERROR_LOG, keys::PARAM_LOG].map(str::to_owned));
         keys
+    }
+
+    /// The type of each of `keys` (`TYPE`), in order.
+    async fn key_types(&self, keys: &[String]) -> Result<Vec<String>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("TYPE").arg(key);
+        }
+        pipe.query_async(&mut self.manager.connection())
+            .await
+            .map_err(|err| self.manager.redis_error("record: key types", err))
+    }
+
+    /// Finds which of `keys` hold another type than a stream, leaves them out of live reads and
+    /// counts each as one corrupt entry; false when none does.
+    async fn find_not_streams(&mut self, keys: &[String]) -> Result<bool> {
+        let mut found = false;
+        for (key, kind) in keys.iter().zip(self.key_types(keys).await?) {
+            if kind != "stream" && kind != "none" {
+                self.stats.corrupt += 1;
+                tracing::warn!(key = %key, kind = %kind, "a stream the recorder reads holds another type; left out");
+                self.not_streams.insert(key.clone());
+                found = true;
+            }
+        }
+        Ok(found)
     }
 
     /// A key of the wrong type reads as an empty stream and counts as one corrupt entry.

@@ -6,9 +6,10 @@
 //! caller named, keeps every other field (including ones we do not know), and writes history,
 //! event and event-log entries in the same atomic step.
 //!
-//! The event log and the error log are appended to only while they are streams: a key of
-//! another type there (anyone can store anything) skips that entry, and the write it belongs to
-//! is kept; readers report the key as corrupt.
+//! The structures every writer shares (the event log, the error log, the session index, the
+//! node registry) are written only while they hold their type: a key of another type there
+//! (anyone can store anything) skips that part, and the write it belongs to is kept; readers
+//! report the key as corrupt.
 //!
 //! Key names reach the scripts from [`crate::keys`] as `KEYS` or, where a name depends on a value
 //! computed inside the script (the unique session id), as a prefix in `ARGV`.
@@ -78,12 +79,22 @@ local function encode_event(fields)
   return unslash('{' .. table.concat(parts, ', ') .. '}')
 end
 
--- Appends to a log stream (the event log, the error log). Any client can store anything under
--- a key: when `key` holds another type, the entry is skipped (readers report that key as
--- corrupt) and the write it belongs to is kept, instead of failing every write of the fleet.
+-- Runs a write to a structure every writer shares (a log, an index). Any client can store
+-- anything under a key: when the key holds another type, this part is skipped (readers report
+-- the key as corrupt) and the write it belongs to is kept, instead of one key failing every
+-- write of the fleet. Any other error fails the script, as redis.call would. True when written.
+local function shared_write(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, 'WRONGTYPE', 1, true) then return false end
+    error(reply)
+  end
+  return true
+end
+
+-- Appends to a log stream (the event log, the error log); see shared_write.
 local function append_log(key, trim, maxlen, channel, payload)
-  local reply = redis.pcall('XADD', key, 'MAXLEN', trim, maxlen, '*', 'channel', channel, 'payload', payload)
-  return type(reply) ~= 'table' or reply.err == nil
+  return shared_write('XADD', key, 'MAXLEN', trim, maxlen, '*', 'channel', channel, 'payload', payload)
 end
 
 local function as_string(v)
@@ -137,7 +148,7 @@ while true do
   n = redis.call('INCR', ARGV[2])
 end
 redis.call('HSET', ARGV[3] .. id, 'progress', ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[5], id)
+shared_write('ZADD', KEYS[1], ARGV[5], id)
 local ev = encode_event({{'type', 'session_start'}, {'session_id', id}, {'node_id', ARGV[8]},
   {'total_strokes', tonumber(ARGV[9])}, {'scene_name', ARGV[10]}, {'timestamp', ARGV[11]}})
 redis.call('PUBLISH', ARGV[7], ev)
@@ -158,7 +169,7 @@ if not fresh(ARGV[1], ARGV[2]) then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[3])
 if tonumber(ARGV[9]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[9]) end
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+shared_write('ZADD', KEYS[2], ARGV[5], ARGV[4])
 redis.call('PUBLISH', ARGV[7], ARGV[8])
 append_log(KEYS[3], '~', ARGV[6], ARGV[7], ARGV[8])
 return 1
@@ -214,7 +225,7 @@ if retention > 0 then
   redis.call('EXPIRE', KEYS[1], retention)
   redis.call('EXPIRE', KEYS[2], retention)
   redis.call('EXPIRE', KEYS[5], retention)
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[9])
+  shared_write('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[9])
 end
 local fields = {{'type', ARGV[8]}, {'session_id', ARGV[4]}, {'node_id', patch.node_id}}
 if type(patch.abort_reason) == 'string' then fields[#fields + 1] = {'reason', patch.abort_reason} end
@@ -284,7 +295,7 @@ const HEALTH: &str = r#"
 if not fresh(ARGV[1], ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'health', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
+shared_write('ZADD', KEYS[2], ARGV[6], ARGV[5])
 return 1
 "#;
 
@@ -301,6 +312,17 @@ if append_log(KEYS[1], '=', ARGV[5], ARGV[3], ARGV[4]) then
 end
 append_log(KEYS[2], '~', ARGV[7], ARGV[3], ARGV[4])
 return 1
+"#;
+
+/// Deletes a session's progress and history and takes it out of the session index.
+///
+/// KEYS: progress hash, history stream, session index.
+/// ARGV: session id.
+/// Returns how many of the two keys existed.
+const CLEAR_SESSION: &str = r#"
+local deleted = redis.call('DEL', KEYS[1], KEYS[2])
+shared_write('ZREM', KEYS[3], ARGV[1])
+return deleted
 "#;
 
 /// Publishes an event and logs it.
@@ -336,6 +358,8 @@ pub(crate) static ROBOT: LazyLock<Script> = LazyLock::new(|| with_prelude(ROBOT_
 pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| with_prelude(HEALTH));
 /// [`REPORT_ERROR`], compiled once.
 pub(crate) static ERROR: LazyLock<Script> = LazyLock::new(|| with_prelude(REPORT_ERROR));
+/// [`CLEAR_SESSION`], compiled once.
+pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| with_prelude(CLEAR_SESSION));
 /// [`PUBLISH_EVENT`], compiled once.
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| with_prelude(PUBLISH_EVENT));
 

@@ -831,6 +831,102 @@ async fn a_log_of_another_type_is_reported_and_breaks_nothing() {
             .any(|change| matches!(&change.kind, ChangeKind::Event { event } if event.payload["message"] == "after"))
     })
     .await;
+
+    // Broken again while the follower's cursor is in the log: what the log held after the
+    // cursor is gone, so the follower resyncs, and its fresh snapshot lists the key again.
+    let () = redis.set(tatbot_state::keys::EVENT_LOG, "not a stream").await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0).descriptions("again", ""))
+        .await
+        .unwrap();
+    wait_for(&seen, "a resync and a second snapshot", |seen| seen.snapshots == 2).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.resyncs.len(), 1);
+    assert!(seen.resyncs[0].contains("not a stream any more"), "{}", seen.resyncs[0]);
+    assert!(corrupt_keys(&seen).contains(&tatbot_state::keys::EVENT_LOG.to_owned()));
+    assert_eq!((seen.lost, seen.reconnected), (0, 0));
+}
+
+/// A write skips a shared log or index only when its key holds another type: any other refusal
+/// fails the call as before. Here a master without the replica `min-replicas-to-write` asks for
+/// refuses the event and the error report, whose first write is their log entry.
+#[tokio::test]
+async fn a_refused_log_write_still_fails_the_call() {
+    use tatbot_state::{Category, model::Event};
+    let (server, state) = setup("hog").await;
+    server
+        .command(&["CONFIG", "SET", "min-replicas-to-write", "1"])
+        .unwrap();
+    let custom = Event::from_json(br#"{"type":"custom"}"#).unwrap();
+    let published = state.publish_event("stroke:events:custom", &custom).await;
+    assert!(format!("{published:?}").contains("NOREPLICAS"), "{published:?}");
+    let arm = Category::new("arm").unwrap();
+    let reported = state.report_error(&arm, "refused", serde_json::json!({})).await;
+    assert!(format!("{reported:?}").contains("NOREPLICAS"), "{reported:?}");
+}
+
+/// Another client's value under the session index, the node registry and the producers' hash
+/// breaks nothing either: sessions start, end and are cleared, heartbeats are stored, a producer
+/// starts a session, the status and the follower report the keys, and the follower finds the
+/// node by its heartbeat without losing Redis. Before, session start, end and every heartbeat
+/// failed with WRONGTYPE (a started session's document stayed behind), the status failed, and
+/// followers reconnected forever.
+#[tokio::test]
+async fn an_index_of_another_type_is_reported_and_breaks_nothing() {
+    use tatbot_state::{CorruptEntry, ProducerConfig};
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    let shared = [
+        (tatbot_state::keys::NODE_REGISTRY, "sorted set"),
+        (tatbot_state::keys::PRODUCERS, "hash"),
+        (tatbot_state::keys::SESSION_INDEX, "sorted set"),
+    ];
+    for (key, _) in shared {
+        let () = redis.set(key, "not an index").await.unwrap();
+    }
+
+    let session = state.start_stroke_session(&one_pose("scene")).await.unwrap();
+    state.end_stroke_session(&session).await.unwrap();
+    assert!(state.clear_session_data(&session).await.unwrap());
+    state.update_node_health(&NodeHealth::new("hog")).await.unwrap();
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    let started = producer.start_stroke_session(&one_pose("other")).await.unwrap();
+    producer
+        .update_stroke_progress(&started, &ProgressUpdate::new(0, 0))
+        .unwrap();
+    producer.flush(LIMIT).await.unwrap();
+    assert_eq!(producer.stats().rejected, 0);
+
+    let mut reported: Vec<CorruptEntry> = shared
+        .iter()
+        .map(|(key, kind)| CorruptEntry {
+            key: (*key).to_owned(),
+            error: format!("{key}: the key is not a {kind}"),
+        })
+        .collect();
+    let status = state.system_status().await;
+    assert_eq!(status.error, None);
+    let mut corrupt = status.corrupt.clone();
+    corrupt.sort_by(|a, b| a.key.cmp(&b.key));
+    reported.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(corrupt, reported);
+    assert_eq!(status.nodes_online, 1);
+
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    {
+        let seen = seen.lock().unwrap();
+        let view = seen.view.as_ref().unwrap();
+        assert!(view.nodes.contains_key("hog"), "{:?}", view.nodes.keys());
+        assert!(view.sessions.contains_key(started.as_str()));
+        assert!(corrupt_keys(&seen).contains(&tatbot_state::keys::NODE_REGISTRY.to_owned()));
+    }
+    // Polls go on: a second node's heartbeat is found.
+    state.update_node_health(&NodeHealth::new("cam")).await.unwrap();
+    wait_for(&seen, "the second node", |seen| {
+        seen.view.as_ref().is_some_and(|view| view.nodes.contains_key("cam"))
+    })
+    .await;
     let seen = seen.lock().unwrap();
     assert_eq!((seen.lost, seen.reconnected), (0, 0));
 }

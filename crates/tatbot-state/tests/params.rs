@@ -812,3 +812,50 @@ async fn undeclare_removes_and_is_watched() {
         Err(tatbot_state::Error::ParamNotFound(_))
     ));
 }
+
+/// A change that could not be audited or indexed is refused before anything is written: with
+/// another client's value under the audit log, the index or the seq counter, `set`, `declare`
+/// and `undeclare` fail with `Corrupt` naming that key, and the parameter stays as it was
+/// (before, the value was stored and the call failed with WRONGTYPE when it came to the log).
+#[tokio::test]
+async fn changes_that_cannot_be_audited_are_refused_whole() {
+    let (server, params) = params().await;
+    let goal = name("arms.goal");
+    params
+        .declare(&goal, &Descriptor::new(1.0).range(0.0, 5.0))
+        .await
+        .unwrap();
+    let mut redis = raw(&server).await;
+    for key in [
+        tatbot_state::keys::PARAM_LOG,
+        tatbot_state::keys::PARAM_INDEX,
+        tatbot_state::keys::PARAM_SEQ,
+    ] {
+        let saved: Vec<u8> = redis::cmd("DUMP").arg(key).query_async(&mut redis).await.unwrap();
+        let _: i64 = redis.del(key).await.unwrap();
+        let () = redis.set(key, "not what it should be").await.unwrap();
+        for outcome in [
+            params.set(&goal, &ParamValue::Float(2.0)).await.map(|_| ()),
+            params
+                .declare(&name("arms.other"), &Descriptor::new(1_i64))
+                .await
+                .map(|_| ()),
+            params.undeclare(&goal).await.map(|_| ()),
+        ] {
+            match outcome {
+                Err(tatbot_state::Error::Corrupt { key: corrupt, .. }) => assert_eq!(corrupt, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        let _: i64 = redis.del(key).await.unwrap();
+        let () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(saved)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let stored = params.get(&goal).await.unwrap().expect("still declared");
+        assert_eq!((stored.value, stored.version), (ParamValue::Float(1.0), 1), "{key}");
+    }
+}

@@ -379,11 +379,12 @@ pub(crate) fn corrupt_entry(key: &str, err: &Error) -> CorruptEntry {
     }
 }
 
-/// The report for a key that should hold a stream and holds another type.
-pub(crate) fn not_a_stream(key: &str) -> CorruptEntry {
+/// The report for a key that should hold `kind` ("stream", "sorted set", "hash") and holds
+/// another type.
+pub(crate) fn wrong_type(key: &str, kind: &str) -> CorruptEntry {
     CorruptEntry {
         key: key.to_owned(),
-        error: format!("{key}: the key is not a stream"),
+        error: format!("{key}: the key is not a {kind}"),
     }
 }
 
@@ -434,14 +435,22 @@ async fn scan_nodes(
             Err(err) => corrupt.push(corrupt_entry(&key, &invalid_id_key(&key, &err))),
         }
     }
-    let registry: Vec<(String, f64)> = redis::cmd("ZRANGE")
+    let registry: Vec<(String, f64)> = match redis::cmd("ZRANGE")
         .arg(keys::NODE_REGISTRY)
         .arg(0)
         .arg(-1)
         .arg("WITHSCORES")
         .query_async(connection)
         .await
-        .map_err(|err| Error::from_redis("follow node registry", err))?;
+    {
+        Ok(registry) => registry,
+        // Another client's value under the registry: the heartbeats alone name the nodes.
+        Err(err) if decode::is_wrong_type(&err) => {
+            corrupt.push(wrong_type(keys::NODE_REGISTRY, "sorted set"));
+            Vec::new()
+        }
+        Err(err) => return Err(Error::from_redis("follow node registry", err)),
+    };
     for (node_id, score) in registry {
         if let Ok(node_id) = NodeId::new(node_id) {
             // Scores are Unix milliseconds, far inside f64's exact integer range.
@@ -649,7 +658,7 @@ pub(crate) async fn read_snapshot(
     // Logs under which another client stored something else: no events from them, reported.
     for (index, key) in [(1, keys::EVENT_LOG), (3, keys::ERROR_LOG)] {
         if is_wrong_type(replies.get(index)) {
-            corrupt.push(not_a_stream(key));
+            corrupt.push(wrong_type(key, "stream"));
         }
     }
     let server_time_ms = reply(0)

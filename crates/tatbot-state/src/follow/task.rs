@@ -240,7 +240,7 @@ impl FollowTask {
     /// Stops tailing a session whose history key is not a stream, and reports it.
     async fn history_not_a_stream(&mut self, session_id: &SessionId) -> Result<(), Stop> {
         self.cursor.history.remove(session_id);
-        self.report(io::not_a_stream(&keys::history(session_id))).await
+        self.report(io::wrong_type(&keys::history(session_id), "stream")).await
     }
 
     async fn send_snapshot(&mut self) -> Result<(), Stop> {
@@ -287,11 +287,12 @@ impl FollowTask {
         Ok(())
     }
 
-    /// A log of another type is no gap: the reads leave it out ([`FollowTask::log_unreadable`])
-    /// and the check is made once it is a stream again, or gone.
+    /// A log of another type is a gap when the cursor is in the log (what it held after the
+    /// cursor is gone); from a cursor at the start, the reads leave it out
+    /// ([`FollowTask::log_unreadable`]) and the check is made once it is a stream again, or gone.
     fn check_event_log(&self, reply: Option<&redis::RedisResult<Value>>) -> Result<(), Stop> {
         if io::is_wrong_type(reply) {
-            return Ok(());
+            return self.log_lost();
         }
         match reply.and_then(|reply| reply.as_ref().ok()).and_then(io::parse_info) {
             Some(info) => match info.gap_after(keys::EVENT_LOG, self.cursor.events) {
@@ -303,6 +304,18 @@ impl FollowTask {
             }
             None => Ok(()),
         }
+    }
+
+    /// The event log holds another type now: a gap when the cursor pointed into it.
+    fn log_lost(&self) -> Result<(), Stop> {
+        if self.cursor.events > EntryId::ZERO {
+            return Err(Stop::Gap(format!(
+                "{}: the key is not a stream any more; what it held after {} is gone",
+                keys::EVENT_LOG,
+                self.cursor.events
+            )));
+        }
+        Ok(())
     }
 
     /// A missing history is not a gap: the session was cleared or expired, which the next
@@ -385,7 +398,7 @@ impl FollowTask {
         if reads == 0 {
             // Nothing to block on: wait as a blocked read would, so that polls keep their pace.
             drop(blocking);
-            tokio::time::sleep(self.config.block).await;
+            tokio::time::sleep(Duration::from_millis(block_ms)).await;
             blocking = connections.blocking.lock().await;
         }
         let packed = pipe.get_packed_pipeline();
@@ -417,7 +430,12 @@ impl FollowTask {
                     key = keys::EVENT_LOG,
                     "the event log is not a stream; following without it"
                 );
-                self.report(io::not_a_stream(keys::EVENT_LOG)).await?;
+                // The fresh snapshot of a resync lists the key and starts the log's cursor at 0.
+                self.log_lost()?;
+                self.report(io::wrong_type(keys::EVENT_LOG, "stream")).await?;
+            } else {
+                // Reported again if it breaks again.
+                self.corrupt.remove(keys::EVENT_LOG);
             }
             return Ok(());
         }

@@ -29,6 +29,22 @@ use crate::params::value::{ParamName, ParamType};
 use crate::params::{ChangeOp, Params};
 use crate::timestamp::Timestamp;
 
+/// Refuses, before anything is written, a change that could not be audited or indexed: the
+/// index, the audit log or the seq counter holds another client's value of another type.
+/// KEYS[1..3]: parameter index, audit log, seq counter.
+const CHECK_SHARED: &str = r#"
+for _, shared in ipairs({{KEYS[1], 'zset', 'sorted set'}, {KEYS[2], 'stream', 'stream'}}) do
+  local found = redis.call('TYPE', shared[1]).ok
+  if found ~= shared[2] and found ~= 'none' then
+    return redis.error_reply('TATBOT_CORRUPT ' .. shared[1] .. ' the key is not a ' .. shared[3])
+  end
+end
+local seq = redis.pcall('GET', KEYS[3])
+if type(seq) == 'table' or (seq and not tonumber(seq)) then
+  return redis.error_reply('TATBOT_CORRUPT ' .. KEYS[3] .. ' the key is not a counter')
+end
+"#;
+
 /// KEYS: parameter index, audit log, seq counter, then one parameter hash per item.
 /// ARGV: audit log maxlen, actor, time, item count, then per item: name, expected version,
 /// type, descriptor JSON (`''` keeps it), value JSON (`''` keeps it), op, guard (the
@@ -105,7 +121,7 @@ return versions
 "#;
 
 /// [`WRITE`], compiled once.
-static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE));
+static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CHECK_SHARED}\n{WRITE}")));
 
 /// KEYS: parameter index, audit log, seq counter, the parameter's hash.
 /// ARGV: audit log maxlen, actor, time, name, expected version.
@@ -126,7 +142,7 @@ return 1
 "#;
 
 /// [`REMOVE`], compiled once.
-static REMOVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE));
+static REMOVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{CHECK_SHARED}\n{REMOVE}")));
 
 /// One compare-and-set write of a batch.
 #[derive(Debug, Clone)]
