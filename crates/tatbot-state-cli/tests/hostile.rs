@@ -203,3 +203,22 @@ fn history_reports_a_bad_entry_in_its_place() {
     );
     assert!(lines[2].starts_with("00:00:00.003 3-1  stroke 2 pose 1"), "{lines:?}");
 }
+
+/// Another client's value under the node registry (`SET tatbot:nodes x`): `health` still lists
+/// the live nodes and says why offline ones are not listed, and `status` lists the key as
+/// corrupt (before, `health` failed with exit 7 and `status` with a bare WRONGTYPE).
+#[test]
+fn a_registry_of_another_type_leaves_the_live_nodes_listed() {
+    let server = RedisServer::start();
+    server.command(&["SET", "tatbot:nodes", "not a sorted set"]).unwrap();
+    let health = r#"{"timestamp":"2026-11-25T17:15:37","node_id":"hot","last_heartbeat":"2026-11-25T17:15:37"}"#;
+    hset(&server, "node:health:hot", "health", health);
+    let output = run(bin_for(&server), &["health"]);
+    assert_code(&output, 0);
+    assert!(stdout(&output).contains("hot"), "{}", stdout(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tatbot:nodes"), "{stderr}");
+    let output = run(bin_for(&server), &["status"]);
+    assert_code(&output, 0);
+    assert!(stdout(&output).contains("tatbot:nodes"), "{}", stdout(&output));
+}

@@ -207,41 +207,49 @@ fn record_follow_stops_when_the_session_ends() {
     assert_eq!(events.last().unwrap()["event"]["type"], "session_end");
 }
 
-/// Another client's value under the error log (`SET tatbot:errors x`) fails every live
-/// `XREAD` that names it: the recorder leaves that key out, counts it as corrupt, and still
-/// records the session live to its end (before, it read nothing and never stopped).
+/// Another client's value under a log the recorder reads live fails every `XREAD` that names
+/// it: the recorder leaves that key out, counts it as corrupt, and still records the session
+/// live to its end (before, it read nothing and never stopped). Without the event log no
+/// `session_end` comes, and the session's document tells that it ended.
 #[test]
 fn record_follow_leaves_out_a_log_of_another_type() {
-    let server = RedisServer::start();
-    server.command(&["SET", "tatbot:errors", "not a stream"]).unwrap();
-    let mut simulation = spawn(
-        bin_for(&server),
-        &[
-            "--node-id",
-            "livebot",
-            "simulate",
-            "--hz",
-            "40",
-            "--strokes",
-            "2",
-            "--stroke-length",
-            "10",
-        ],
-    );
-    let session = simulation.stdout.next();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("follow.mcap");
-    let output = run(
-        bin_for(&server),
-        &["record", &session, "--follow", "-o", file.to_str().unwrap()],
-    );
-    assert_code(&output, 0);
-    assert!(stderr(&output).contains("corrupt"), "{}", stderr(&output));
-    assert!(simulation.wait().success());
-    let (messages, _) = read_mcap(&file);
-    assert_eq!(on_topic(&messages, "/tatbot/progress").len(), 20);
-    let events = on_topic(&messages, "/tatbot/events");
-    assert_eq!(events.last().unwrap()["event"]["type"], "session_end");
+    for broken in ["tatbot:errors", "tatbot:events"] {
+        let server = RedisServer::start();
+        server.command(&["SET", broken, "not a stream"]).unwrap();
+        // 2.5 s of updates: the recording reads most of them live.
+        let mut simulation = spawn(
+            bin_for(&server),
+            &[
+                "--node-id",
+                "livebot",
+                "simulate",
+                "--hz",
+                "40",
+                "--strokes",
+                "5",
+                "--stroke-length",
+                "20",
+            ],
+        );
+        let session = simulation.stdout.next();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("follow.mcap");
+        let output = run(
+            bin_for(&server),
+            &["record", &session, "--follow", "-o", file.to_str().unwrap()],
+        );
+        assert_code(&output, 0);
+        assert!(stderr(&output).contains("corrupt"), "{broken}: {}", stderr(&output));
+        assert!(simulation.wait().success());
+        let (messages, _) = read_mcap(&file);
+        assert_eq!(on_topic(&messages, "/tatbot/progress").len(), 100, "{broken}");
+        let events = on_topic(&messages, "/tatbot/events");
+        if broken == "tatbot:events" {
+            assert!(events.is_empty(), "{events:?}");
+        } else {
+            assert_eq!(events.last().unwrap()["event"]["type"], "session_end");
+        }
+    }
 }
 
 /// Records `strokes` x `length` poses of a fresh simulation to a file in `dir`.

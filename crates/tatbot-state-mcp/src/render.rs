@@ -297,7 +297,20 @@ fn mcp_state(health: &NodeHealth) -> String {
 /// `state://nodes`: live heartbeats plus the nodes of the registry whose heartbeat expired.
 ///
 /// `known` is the registry: node ids with the time of their last heartbeat (Unix ms).
-pub fn nodes(live: Vec<Entry<NodeHealth>>, known: Vec<KnownNode>) -> Rendered {
+/// `known` is the node registry, or why it could not be read (another client's value under its
+/// key): then the live nodes alone are listed, and the registry is a corrupt entry.
+pub fn nodes(live: Vec<Entry<NodeHealth>>, known: tatbot_state::Result<Vec<KnownNode>>) -> Rendered {
+    let (known, registry) = match known {
+        Ok(known) => (known, None),
+        Err(err) => (
+            Vec::new(),
+            Some(Entry {
+                id: tatbot_state::keys::NODE_REGISTRY.to_owned(),
+                key: tatbot_state::keys::NODE_REGISTRY.to_owned(),
+                value: Err(err),
+            }),
+        ),
+    };
     let mut last_seen: BTreeMap<String, Option<i64>> = known
         .into_iter()
         .map(|node| (node.node_id, Some(node.last_heartbeat_ms)))
@@ -348,6 +361,8 @@ pub fn nodes(live: Vec<Entry<NodeHealth>>, known: Vec<KnownNode>) -> Rendered {
             &rows,
         ));
     }
+    let mut corrupt = corrupt;
+    corrupt.extend(registry);
     let corrupt = corrupt_list(&corrupt, &mut text);
     Rendered {
         text,

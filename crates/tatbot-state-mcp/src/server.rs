@@ -228,9 +228,13 @@ impl ServerState {
                 render::node_health(node_id, health.as_ref())
             }
             Resource::Nodes => {
-                let (live, known) =
-                    tokio::try_join!(reader.get_all_nodes_health(), reader.known_nodes()).map_err(error)?;
-                render::nodes(live, known)
+                let (live, known) = tokio::join!(reader.get_all_nodes_health(), reader.known_nodes());
+                // A registry of another type is listed as corrupt; the heartbeats still count.
+                let known = match known {
+                    Err(err) if !matches!(err, tatbot_state::Error::Corrupt { .. }) => return Err(error(err)),
+                    known => known,
+                };
+                render::nodes(live.map_err(error)?, known)
             }
             Resource::Robots => render::robots(reader.get_all_robot_states().await.map_err(error)?),
             Resource::Robot(node_id) => match reader.get_robot_state(node_id).await.map_err(error)? {

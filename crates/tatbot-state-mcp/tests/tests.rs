@@ -259,6 +259,30 @@ async fn params_resource_reports_a_corrupt_parameter() {
     client.cancel().await.unwrap();
 }
 
+/// Another client's value under the node registry: `state://nodes` still lists the live nodes
+/// and the registry as a corrupt entry (it used to fail the whole read).
+#[tokio::test]
+async fn nodes_resource_survives_a_registry_of_another_type() {
+    use tatbot_state::model::NodeHealth;
+    let redis = RedisServer::start();
+    let node = manager(&redis, "hog").await;
+    node.update_node_health(&NodeHealth::new("hog")).await.unwrap();
+    redis.command(&["DEL", "tatbot:nodes"]).unwrap();
+    redis.command(&["SET", "tatbot:nodes", "not a sorted set"]).unwrap();
+    let (pipe, _stop) = serve(&redis).await;
+    let client = ().serve(pipe).await.unwrap();
+    let text = read_text(&client, "state://nodes").await;
+    assert!(
+        text.starts_with(
+            "Nodes Online: 1/1
+"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Corrupt Entries: 1\n  tatbot:nodes: "), "{text}");
+    client.cancel().await.unwrap();
+}
+
 /// Issue #13 point 3: `state://robot` and `state://robot/{node_id}` show the stored robot
 /// states, the template is listed, a subscriber is told of a change, and an unknown node is
 /// "resource not found".

@@ -1212,7 +1212,8 @@ impl StateManager {
     ///
     /// A Redis failure, or [`Error::Corrupt`] when the registry's key holds another type.
     pub async fn known_nodes(&self) -> Result<Vec<KnownNode>> {
-        let members: Vec<(String, i64)> = self
+        // Bytes and any number: another client's member or score must not fail the whole read.
+        let members: Vec<(Vec<u8>, f64)> = self
             .connection()
             .zrange_withscores(keys::NODE_REGISTRY, 0, -1)
             .await
@@ -1225,9 +1226,10 @@ impl StateManager {
             })?;
         Ok(members
             .into_iter()
-            .map(|(node_id, last_heartbeat_ms)| KnownNode {
-                node_id,
-                last_heartbeat_ms,
+            .map(|(node_id, score)| KnownNode {
+                node_id: String::from_utf8_lossy(&node_id).into_owned(),
+                // Scores are Unix milliseconds; another client's saturate (`as` does).
+                last_heartbeat_ms: score as i64,
             })
             .collect())
     }
@@ -1483,7 +1485,7 @@ impl StateManager {
             }
         }
         status.nodes_known = known.len();
-        let producers: Vec<(String, String)> = match self.connection().hgetall(keys::PRODUCERS).await {
+        let producers: Vec<(Vec<u8>, Vec<u8>)> = match self.connection().hgetall(keys::PRODUCERS).await {
             Ok(producers) => producers,
             Err(err) if decode::is_wrong_type(&err) => {
                 status
@@ -1495,6 +1497,7 @@ impl StateManager {
         };
         let now = Timestamp::now().unix_millis();
         for (writer, record) in producers {
+            let (writer, record) = (String::from_utf8_lossy(&writer), String::from_utf8_lossy(&record));
             let key = format!("{} field {writer}", keys::PRODUCERS);
             match decode::document::<Value>(&key, "producer stats", &record) {
                 Ok(record) => {

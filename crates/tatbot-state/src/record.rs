@@ -46,7 +46,7 @@ use crate::follow::io::{RawEntry, parse_entries};
 use crate::ids::SessionId;
 use crate::keys;
 use crate::manager::StateManager;
-use crate::model::{ErrorEvent, HistoryEntry, MAX_DOCUMENT_BYTES, NodeHealth, RobotState, event_types};
+use crate::model::{ErrorEvent, HistoryEntry, MAX_DOCUMENT_BYTES, NodeHealth, RobotState, StrokeProgress, event_types};
 
 /// Stream entries fetched per `XRANGE` or `XREAD` round trip.
 const PAGE: usize = 10_000;
@@ -561,6 +561,26 @@ impl Recorder {
         if due {
             self.last_poll = Some(tokio::time::Instant::now());
             self.poll_documents(Some(now_nanos()), &mut messages).await?;
+            // Without the event log no `session_end` comes: a selected session whose document
+            // says it ended (or that is gone) has ended.
+            if self.not_streams.contains(keys::EVENT_LOG) {
+                let open: Vec<SessionId> = self
+                    .wanted
+                    .iter()
+                    .flatten()
+                    .filter(|session_id| !self.ended.contains(*session_id))
+                    .cloned()
+                    .collect();
+                for session_id in open {
+                    if let Ok(None)
+                    | Ok(Some(StrokeProgress {
+                        is_executing: false, ..
+                    })) = self.manager.get_stroke_progress(&session_id).await
+                    {
+                        self.ended.insert(session_id);
+                    }
+                }
+            }
             // Streams left out that are streams again (or gone) are read again.
             let left_out: Vec<String> = self.not_streams.iter().cloned().collect();
             for (key, kind) in left_out.iter().zip(self.key_types(&left_out).await?) {

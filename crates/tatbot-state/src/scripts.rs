@@ -80,13 +80,15 @@ local function encode_event(fields)
 end
 
 -- Runs a write to a structure every writer shares (a log, an index). Any client can store
--- anything under a key: when the key holds another type, this part is skipped (readers report
--- the key as corrupt) and the write it belongs to is kept, instead of one key failing every
--- write of the fleet. Any other error fails the script, as redis.call would. True when written.
+-- anything under a key: when the key holds another type (or a stream whose last possible id
+-- was used up), this part is skipped (readers report the key as corrupt) and the write it
+-- belongs to is kept, instead of one key failing every write of the fleet. Any other error
+-- fails the script, as redis.call would. True when written.
 local function shared_write(...)
   local reply = redis.pcall(...)
   if type(reply) == 'table' and reply.err then
-    if string.find(reply.err, 'WRONGTYPE', 1, true) then return false end
+    if string.sub(reply.err, 1, 9) == 'WRONGTYPE' then return false end
+    if string.find(reply.err, 'exhausted the last possible ID', 1, true) then return false end
     error(reply)
   end
   return true
@@ -306,11 +308,13 @@ return 1
 /// ARGV: rev key, seq, channel, event JSON, error log maxlen, error log min id, event log maxlen.
 const REPORT_ERROR: &str = r#"
 if not fresh(ARGV[1], ARGV[2]) then return 0 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+-- The logs first: a master that refuses writes (NOREPLICAS, READONLY) fails the script before
+-- anything is published, so a retry publishes once.
 if append_log(KEYS[1], '=', ARGV[5], ARGV[3], ARGV[4]) then
   redis.call('XTRIM', KEYS[1], 'MINID', ARGV[6])
 end
 append_log(KEYS[2], '~', ARGV[7], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 "#;
 
@@ -331,9 +335,9 @@ return deleted
 /// ARGV: channel, event JSON, event log maxlen.
 /// Returns the number of subscribers that received it.
 const PUBLISH_EVENT: &str = r#"
-local receivers = redis.call('PUBLISH', ARGV[1], ARGV[2])
+-- The log first: a master that refuses writes fails the script before anything is published.
 append_log(KEYS[1], '~', ARGV[3], ARGV[1], ARGV[2])
-return receivers
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
 "#;
 
 fn with_prelude(body: &str) -> Script {

@@ -854,6 +854,7 @@ async fn a_log_of_another_type_is_reported_and_breaks_nothing() {
 async fn a_refused_log_write_still_fails_the_call() {
     use tatbot_state::{Category, model::Event};
     let (server, state) = setup("hog").await;
+    let mut subscription = state.subscribe(&["stroke:events:*", "error:events:*"]).await.unwrap();
     server
         .command(&["CONFIG", "SET", "min-replicas-to-write", "1"])
         .unwrap();
@@ -863,6 +864,38 @@ async fn a_refused_log_write_still_fails_the_call() {
     let arm = Category::new("arm").unwrap();
     let reported = state.report_error(&arm, "refused", serde_json::json!({})).await;
     assert!(format!("{reported:?}").contains("NOREPLICAS"), "{reported:?}");
+    // Nothing was published by the refused calls: the first message is the one sent after.
+    server
+        .command(&["CONFIG", "SET", "min-replicas-to-write", "0"])
+        .unwrap();
+    let marker = Event::from_json(br#"{"type":"marker"}"#).unwrap();
+    state.publish_event("stroke:events:marker", &marker).await.unwrap();
+    let first = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap();
+    assert_eq!(first.channel, "stroke:events:marker");
+}
+
+/// A log whose last possible id another client used up (`XADD tatbot:events
+/// 18446744073709551615-18446744073709551615 ...`) takes no entry again: writes skip it too.
+#[tokio::test]
+async fn a_used_up_log_breaks_no_write() {
+    use tatbot_state::{Category, model::Event};
+    let (server, state) = setup("hog").await;
+    let session = state.start_stroke_session(&one_pose("scene")).await.unwrap();
+    let last = "18446744073709551615-18446744073709551615";
+    for key in [tatbot_state::keys::EVENT_LOG, tatbot_state::keys::ERROR_LOG] {
+        server.command(&["XADD", key, last, "a", "b"]).unwrap();
+    }
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    let arm = Category::new("arm").unwrap();
+    state.report_error(&arm, "kept", serde_json::json!({})).await.unwrap();
+    let custom = Event::from_json(br#"{"type":"custom"}"#).unwrap();
+    state.publish_event("stroke:events:custom", &custom).await.unwrap();
+    state.end_stroke_session(&session).await.unwrap();
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert!(!progress.is_executing);
 }
 
 /// Another client's value under the session index, the node registry and the producers' hash
@@ -922,6 +955,52 @@ async fn an_index_of_another_type_is_reported_and_breaks_nothing() {
         assert!(corrupt_keys(&seen).contains(&tatbot_state::keys::NODE_REGISTRY.to_owned()));
     }
     // Polls go on: a second node's heartbeat is found.
+    state.update_node_health(&NodeHealth::new("cam")).await.unwrap();
+    wait_for(&seen, "the second node", |seen| {
+        seen.view.as_ref().is_some_and(|view| view.nodes.contains_key("cam"))
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    assert_eq!((seen.lost, seen.reconnected), (0, 0));
+}
+
+/// A member that is not text, or a score that is not whole, in the node registry (and a field
+/// that is not text in the producers' hash) fails no read: before, the registry's decode failed
+/// as a whole, so the status failed and followers reconnected forever.
+#[tokio::test]
+async fn registry_members_that_are_not_text_fail_no_read() {
+    let (server, state) = setup("hog").await;
+    state.update_node_health(&NodeHealth::new("hog")).await.unwrap();
+    let mut redis = raw(&server).await;
+    let _: i64 = redis::cmd("ZADD")
+        .arg(tatbot_state::keys::NODE_REGISTRY)
+        .arg(1.5)
+        .arg(&b"\xff\xfe"[..])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(tatbot_state::keys::PRODUCERS)
+        .arg(&b"\xff"[..])
+        .arg(&b"\xfe"[..])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let status = state.system_status().await;
+    assert_eq!(status.error, None);
+    assert_eq!(status.nodes_online, 1);
+    assert_eq!(status.corrupt.len(), 1, "the producers' field: {:?}", status.corrupt);
+    assert!(
+        state
+            .known_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|node| node.node_id == "hog")
+    );
+
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
     state.update_node_health(&NodeHealth::new("cam")).await.unwrap();
     wait_for(&seen, "the second node", |seen| {
         seen.view.as_ref().is_some_and(|view| view.nodes.contains_key("cam"))

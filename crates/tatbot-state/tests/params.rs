@@ -614,6 +614,48 @@ async fn watch_reports_a_gap() {
     assert_eq!(next(&mut watch).await.new, ParamValue::Float(5.0));
 }
 
+/// A watch whose log another client replaced with another type says so, naming the key, at
+/// the pace of a blocked read and without losing Redis, and carries on once the log is back
+/// (before, it failed with a bare WRONGTYPE at once, and `param watch` printed it in a tight
+/// loop).
+#[tokio::test]
+async fn watch_reports_a_log_of_another_type() {
+    let (server, params) = params().await;
+    declare_arms(&params).await;
+    let goal = name("arms.goal_time_slow");
+    let mut watch = params.watch(&all()).await.unwrap();
+    let mut connection = raw(&server).await;
+    let _: i64 = connection.del(tatbot_state::keys::PARAM_LOG).await.unwrap();
+    let () = connection
+        .set(tatbot_state::keys::PARAM_LOG, "not a stream")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let err = tokio::time::timeout(DELIVERY, watch.next()).await.unwrap().unwrap_err();
+        match err {
+            tatbot_state::Error::Corrupt { key, .. } => assert_eq!(key, tatbot_state::keys::PARAM_LOG),
+            other => panic!("{other:?}"),
+        }
+    }
+    let _: i64 = connection.del(tatbot_state::keys::PARAM_LOG).await.unwrap();
+    params.set(&goal, &ParamValue::Float(3.0)).await.unwrap();
+    let mut changed = None;
+    for _ in 0..3 {
+        match tokio::time::timeout(DELIVERY, watch.next()).await.unwrap() {
+            Ok(change) => {
+                changed = Some(change);
+                break;
+            }
+            // The log came back shorter than the cursor: a gap, said once.
+            Err(err) => assert!(!matches!(err, tatbot_state::Error::Corrupt { .. }), "{err}"),
+        }
+    }
+    assert_eq!(
+        changed.expect("the change after the log is back").new,
+        ParamValue::Float(3.0)
+    );
+}
+
 /// Values, versions and the audit log survive a Redis crash and restart with the AOF.
 #[tokio::test]
 async fn values_survive_a_restart() {
@@ -826,14 +868,21 @@ async fn changes_that_cannot_be_audited_are_refused_whole() {
         .await
         .unwrap();
     let mut redis = raw(&server).await;
-    for key in [
-        tatbot_state::keys::PARAM_LOG,
-        tatbot_state::keys::PARAM_INDEX,
-        tatbot_state::keys::PARAM_SEQ,
+    let used_up = ["XADD", "18446744073709551615-18446744073709551615", "a", "b"];
+    for (key, damage) in [
+        (tatbot_state::keys::PARAM_LOG, &["SET", "not a stream"][..]),
+        (tatbot_state::keys::PARAM_LOG, &used_up[..]),
+        (tatbot_state::keys::PARAM_INDEX, &["SET", "not an index"][..]),
+        (tatbot_state::keys::PARAM_SEQ, &["SET", "not a counter"][..]),
+        // Numbers to Lua, not integers to INCR.
+        (tatbot_state::keys::PARAM_SEQ, &["SET", "1.5"][..]),
+        (tatbot_state::keys::PARAM_SEQ, &["SET", "007"][..]),
     ] {
         let saved: Vec<u8> = redis::cmd("DUMP").arg(key).query_async(&mut redis).await.unwrap();
         let _: i64 = redis.del(key).await.unwrap();
-        let () = redis.set(key, "not what it should be").await.unwrap();
+        let mut command = redis::cmd(damage[0]);
+        command.arg(key).arg(&damage[1..]);
+        let _: redis::Value = command.query_async(&mut redis).await.unwrap();
         for outcome in [
             params.set(&goal, &ParamValue::Float(2.0)).await.map(|_| ()),
             params
@@ -857,5 +906,6 @@ async fn changes_that_cannot_be_audited_are_refused_whole() {
             .unwrap();
         let stored = params.get(&goal).await.unwrap().expect("still declared");
         assert_eq!((stored.value, stored.version), (ParamValue::Float(1.0), 1), "{key}");
+        assert!(params.get(&name("arms.other")).await.unwrap().is_none(), "{key}");
     }
 }

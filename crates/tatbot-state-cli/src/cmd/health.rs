@@ -99,7 +99,19 @@ async fn show_all(global: &GlobalArgs) -> anyhow::Result<u8> {
         .get_all_nodes_health()
         .await
         .context("reading the heartbeats of all nodes")?;
-    let known = manager.known_nodes().await.context("reading the node registry")?;
+    let known = match manager.known_nodes().await {
+        Ok(known) => known,
+        // Another client's value under the registry: the live nodes are still listed.
+        Err(err @ tatbot_state::Error::Corrupt { .. }) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "tatbot-state: {}; offline nodes are not listed",
+                err.report()
+            );
+            Vec::new()
+        }
+        Err(err) => return Err(anyhow::Error::new(err).context("reading the node registry")),
+    };
     live.sort_by(|a, b| a.id.cmp(&b.id));
     let live_ids: BTreeSet<&str> = live.iter().map(|entry| entry.id.as_str()).collect();
     let mut offline: Vec<(String, f64)> = known

@@ -435,7 +435,8 @@ async fn scan_nodes(
             Err(err) => corrupt.push(corrupt_entry(&key, &invalid_id_key(&key, &err))),
         }
     }
-    let registry: Vec<(String, f64)> = match redis::cmd("ZRANGE")
+    // Members as bytes: one that is not text (another client's) must not fail the whole read.
+    let registry: Vec<(Vec<u8>, f64)> = match redis::cmd("ZRANGE")
         .arg(keys::NODE_REGISTRY)
         .arg(0)
         .arg(-1)
@@ -452,7 +453,7 @@ async fn scan_nodes(
         Err(err) => return Err(Error::from_redis("follow node registry", err)),
     };
     for (node_id, score) in registry {
-        if let Ok(node_id) = NodeId::new(node_id) {
+        if let Ok(node_id) = NodeId::new(String::from_utf8_lossy(&node_id).as_ref()) {
             // Scores are Unix milliseconds, far inside f64's exact integer range.
             nodes.insert(node_id, Some(score as i64));
         }
@@ -656,9 +657,10 @@ pub(crate) async fn read_snapshot(
     let reply = |index: usize| replies.get(index).and_then(|reply| reply.as_ref().ok());
 
     // Logs under which another client stored something else: no events from them, reported.
-    for (index, key) in [(1, keys::EVENT_LOG), (3, keys::ERROR_LOG)] {
+    // First in the list, which is cut at `MAX_CORRUPT_ENTRIES`: they matter to the whole view.
+    for (index, key) in [(3, keys::ERROR_LOG), (1, keys::EVENT_LOG)] {
         if is_wrong_type(replies.get(index)) {
-            corrupt.push(wrong_type(key, "stream"));
+            corrupt.insert(0, wrong_type(key, "stream"));
         }
     }
     let server_time_ms = reply(0)

@@ -178,6 +178,15 @@ impl Watch {
             .await;
         let entries = match reply {
             Ok(value) => read_entries(value)?,
+            // Another client's value under the log: said at the pace of a blocked read, on the
+            // same connection, until the log is a stream again.
+            Err(err) if err.code() == Some("WRONGTYPE") => {
+                tokio::time::sleep(WATCH_BLOCK).await;
+                return Err(Error::Corrupt {
+                    key: keys::PARAM_LOG.to_owned(),
+                    detail: "the key is not a stream".to_owned(),
+                });
+            }
             Err(err) => {
                 self.connection = None;
                 return Err(match Error::from_redis("watch_params", err) {
