@@ -241,6 +241,9 @@ pub struct Recorder {
     wanted: Option<BTreeSet<SessionId>>,
     /// Sessions whose end was seen (or whose document said so at the start).
     ended: BTreeSet<SessionId>,
+    /// Selected sessions whose document says they ended: ended once a live read finds nothing
+    /// more in their history (the last entries may come after the document was read).
+    ending: BTreeSet<SessionId>,
     /// The last id read from each stream; streams not yet read start at `0`.
     cursors: BTreeMap<String, String>,
     /// With a selection, the first time (ms) of the selected sessions: global entries before it
@@ -271,6 +274,7 @@ impl Recorder {
             manager: manager.clone(),
             wanted: None,
             ended: BTreeSet::new(),
+            ending: BTreeSet::new(),
             cursors: BTreeMap::new(),
             since_ms: None,
             seen_docs: HashMap::new(),
@@ -551,7 +555,21 @@ impl Recorder {
             }
             Err(err) => return Err(self.manager.redis_error("record: live read", err)),
         };
-        for stream in reply.map(|reply| reply.keys).unwrap_or_default() {
+        let streams = reply.map(|reply| reply.keys).unwrap_or_default();
+        // A session whose end its document told has ended once its history has nothing more.
+        let ending = std::mem::take(&mut self.ending);
+        for session_id in ending {
+            let history = keys::history(&session_id);
+            if streams
+                .iter()
+                .any(|stream| stream.key == history && !stream.ids.is_empty())
+            {
+                self.ending.insert(session_id);
+            } else {
+                self.ended.insert(session_id);
+            }
+        }
+        for stream in streams {
             for entry in stream.ids {
                 self.cursors.insert(stream.key.clone(), entry.id.clone());
                 self.decode_entry(&stream.key, &StreamEntry(&entry), &mut messages);
@@ -561,23 +579,28 @@ impl Recorder {
         if due {
             self.last_poll = Some(tokio::time::Instant::now());
             self.poll_documents(Some(now_nanos()), &mut messages).await?;
-            // Without the event log no `session_end` comes: a selected session whose document
-            // says it ended (or that is gone) has ended.
-            if self.not_streams.contains(keys::EVENT_LOG) {
-                let open: Vec<SessionId> = self
-                    .wanted
-                    .iter()
-                    .flatten()
-                    .filter(|session_id| !self.ended.contains(*session_id))
-                    .cloned()
-                    .collect();
-                for session_id in open {
-                    if let Ok(None)
-                    | Ok(Some(StrokeProgress {
-                        is_executing: false, ..
-                    })) = self.manager.get_stroke_progress(&session_id).await
-                    {
-                        self.ended.insert(session_id);
+            // A `session_end` may never come (the event log broken by another client, or used
+            // up): a selected session whose document says it ended, or that is gone, is ending.
+            let open: Vec<SessionId> = self
+                .wanted
+                .iter()
+                .flatten()
+                .filter(|session_id| !self.ended.contains(*session_id) && !self.ending.contains(*session_id))
+                .cloned()
+                .collect();
+            for session_id in open {
+                match self.manager.get_stroke_progress(&session_id).await {
+                    Ok(
+                        None
+                        | Some(StrokeProgress {
+                            is_executing: false, ..
+                        }),
+                    ) => {
+                        self.ending.insert(session_id);
+                    }
+                    Ok(Some(_)) => {}
+                    Err(err) => {
+                        tracing::warn!(session = %session_id, error = %err.report(), "cannot read the session's document")
                     }
                 }
             }

@@ -896,6 +896,10 @@ async fn a_used_up_log_breaks_no_write() {
     state.end_stroke_session(&session).await.unwrap();
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
     assert!(!progress.is_executing);
+    // Readers say so: nothing more will come through that log.
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    assert!(corrupt_keys(&seen.lock().unwrap()).contains(&tatbot_state::keys::EVENT_LOG.to_owned()));
 }
 
 /// Another client's value under the session index, the node registry and the producers' hash

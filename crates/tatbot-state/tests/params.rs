@@ -630,6 +630,7 @@ async fn watch_reports_a_log_of_another_type() {
         .set(tatbot_state::keys::PARAM_LOG, "not a stream")
         .await
         .unwrap();
+    let started = std::time::Instant::now();
     for _ in 0..2 {
         let err = tokio::time::timeout(DELIVERY, watch.next()).await.unwrap().unwrap_err();
         match err {
@@ -637,6 +638,8 @@ async fn watch_reports_a_log_of_another_type() {
             other => panic!("{other:?}"),
         }
     }
+    // At the pace of a blocked read, not in a tight loop.
+    assert!(started.elapsed() >= tatbot_state::params::WATCH_BLOCK);
     let _: i64 = connection.del(tatbot_state::keys::PARAM_LOG).await.unwrap();
     params.set(&goal, &ParamValue::Float(3.0)).await.unwrap();
     let mut changed = None;
@@ -869,14 +872,19 @@ async fn changes_that_cannot_be_audited_are_refused_whole() {
         .unwrap();
     let mut redis = raw(&server).await;
     let used_up = ["XADD", "18446744073709551615-18446744073709551615", "a", "b"];
+    // One id left: a batch of two would have stored its second change without an audit entry.
+    let nearly_used_up = ["XADD", "18446744073709551615-18446744073709551614", "a", "b"];
     for (key, damage) in [
         (tatbot_state::keys::PARAM_LOG, &["SET", "not a stream"][..]),
         (tatbot_state::keys::PARAM_LOG, &used_up[..]),
+        (tatbot_state::keys::PARAM_LOG, &nearly_used_up[..]),
         (tatbot_state::keys::PARAM_INDEX, &["SET", "not an index"][..]),
         (tatbot_state::keys::PARAM_SEQ, &["SET", "not a counter"][..]),
         // Numbers to Lua, not integers to INCR.
         (tatbot_state::keys::PARAM_SEQ, &["SET", "1.5"][..]),
         (tatbot_state::keys::PARAM_SEQ, &["SET", "007"][..]),
+        // Audit entries number from 1.
+        (tatbot_state::keys::PARAM_SEQ, &["SET", "-5"][..]),
     ] {
         let saved: Vec<u8> = redis::cmd("DUMP").arg(key).query_async(&mut redis).await.unwrap();
         let _: i64 = redis.del(key).await.unwrap();

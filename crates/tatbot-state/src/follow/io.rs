@@ -393,6 +393,20 @@ pub(crate) fn is_wrong_type(reply: Option<&redis::RedisResult<Value>>) -> bool {
     reply.is_some_and(|reply| reply.as_ref().is_err_and(decode::is_wrong_type))
 }
 
+/// What is wrong with a log, from its `XINFO STREAM` reply: another type under its key, or
+/// a stream at the last possible millisecond of ids (another client's), which writers can no
+/// longer append to.
+pub(crate) fn broken_log(key: &str, reply: Option<&redis::RedisResult<Value>>) -> Option<CorruptEntry> {
+    if is_wrong_type(reply) {
+        return Some(wrong_type(key, "stream"));
+    }
+    let info = reply.and_then(|reply| reply.as_ref().ok()).and_then(parse_info)?;
+    (info.last_generated.ms == u64::MAX).then(|| CorruptEntry {
+        key: key.to_owned(),
+        error: format!("{key}: the stream has used up its last possible id"),
+    })
+}
+
 /// All keys matching `pattern`, by `SCAN`.
 pub(crate) async fn scan(connection: &mut MultiplexedConnection, pattern: &str) -> Result<Vec<String>> {
     crate::manager::scan_keys(connection, pattern, SCAN_COUNT)
@@ -658,10 +672,11 @@ pub(crate) async fn read_snapshot(
 
     // Logs under which another client stored something else: no events from them, reported.
     // First in the list, which is cut at `MAX_CORRUPT_ENTRIES`: they matter to the whole view.
-    for (index, key) in [(3, keys::ERROR_LOG), (1, keys::EVENT_LOG)] {
-        if is_wrong_type(replies.get(index)) {
-            corrupt.insert(0, wrong_type(key, "stream"));
-        }
+    if is_wrong_type(replies.get(3)) {
+        corrupt.insert(0, wrong_type(keys::ERROR_LOG, "stream"));
+    }
+    if let Some(entry) = broken_log(keys::EVENT_LOG, replies.get(1)) {
+        corrupt.insert(0, entry);
     }
     let server_time_ms = reply(0)
         .and_then(time_ms)

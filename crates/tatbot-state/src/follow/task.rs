@@ -294,6 +294,10 @@ impl FollowTask {
         if io::is_wrong_type(reply) {
             return self.log_lost();
         }
+        if io::broken_log(keys::EVENT_LOG, reply).is_some() {
+            // Used up: nothing is lost, nothing more will come; the reads report it.
+            return Ok(());
+        }
         match reply.and_then(|reply| reply.as_ref().ok()).and_then(io::parse_info) {
             Some(info) => match info.gap_after(keys::EVENT_LOG, self.cursor.events) {
                 Some(reason) => Err(Stop::Gap(reason)),
@@ -433,11 +437,16 @@ impl FollowTask {
                 // The fresh snapshot of a resync lists the key and starts the log's cursor at 0.
                 self.log_lost()?;
                 self.report(io::wrong_type(keys::EVENT_LOG, "stream")).await?;
-            } else {
-                // Reported again if it breaks again.
-                self.corrupt.remove(keys::EVENT_LOG);
             }
             return Ok(());
+        }
+        match io::broken_log(keys::EVENT_LOG, infos.first()) {
+            // Used up: still read (what it holds is delivered), said once.
+            Some(entry) => self.report(entry).await?,
+            // Reads well: reported again if it breaks again.
+            None => {
+                self.corrupt.remove(keys::EVENT_LOG);
+            }
         }
         // A tailed history that is not a stream fails the whole XREAD with WRONGTYPE, and its
         // XINFO says which one it is: stop tailing it and read again without it.

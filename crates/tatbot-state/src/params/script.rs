@@ -31,7 +31,8 @@ use crate::timestamp::Timestamp;
 
 /// Refuses, before anything is written, a change that could not be audited or indexed: the
 /// index, the audit log or the seq counter holds another client's value of another type, the
-/// audit log's last possible id was used up, or the counter is not an integer `INCR` takes.
+/// audit log is at the last possible millisecond of ids, or the counter is not a whole number
+/// `INCR` takes (audit entries number from 1).
 /// KEYS[1..3]: parameter index, audit log, seq counter.
 const CHECK_SHARED: &str = r#"
 for _, shared in ipairs({{KEYS[1], 'zset', 'sorted set'}, {KEYS[2], 'stream', 'stream'}}) do
@@ -43,14 +44,15 @@ end
 local info = redis.pcall('XINFO', 'STREAM', KEYS[2])
 if type(info) == 'table' and not info.err then
   for i = 1, #info - 1, 2 do
-    if info[i] == 'last-generated-id' and info[i + 1] == '18446744073709551615-18446744073709551615' then
+    -- Entries at the last millisecond are the last a batch could add: refused before one fails.
+    if info[i] == 'last-generated-id' and string.sub(info[i + 1], 1, 21) == '18446744073709551615-' then
       return redis.error_reply('TATBOT_CORRUPT ' .. KEYS[2] .. ' the stream has used up its last possible id')
     end
   end
 end
 local counter = redis.pcall('GET', KEYS[3])
 if type(counter) == 'table' or (counter and not (counter == '0' or
-    (string.match(counter, '^%-?[1-9]%d*$') and #counter <= 18))) then
+    (string.match(counter, '^[1-9]%d*$') and #counter <= 18))) then
   return redis.error_reply('TATBOT_CORRUPT ' .. KEYS[3] .. ' the key is not a counter')
 end
 "#;
