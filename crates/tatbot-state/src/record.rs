@@ -244,6 +244,8 @@ pub struct Recorder {
     /// Selected sessions whose document says they ended: ended once a live read finds nothing
     /// more in their history (the last entries may come after the document was read).
     ending: BTreeSet<SessionId>,
+    /// Selected sessions whose document could not be read, told once.
+    unreadable_docs: BTreeSet<SessionId>,
     /// The last id read from each stream; streams not yet read start at `0`.
     cursors: BTreeMap<String, String>,
     /// With a selection, the first time (ms) of the selected sessions: global entries before it
@@ -275,6 +277,7 @@ impl Recorder {
             wanted: None,
             ended: BTreeSet::new(),
             ending: BTreeSet::new(),
+            unreadable_docs: BTreeSet::new(),
             cursors: BTreeMap::new(),
             since_ms: None,
             seen_docs: HashMap::new(),
@@ -539,6 +542,8 @@ impl Recorder {
         } else {
             redis::AsyncCommands::xread_options(&mut connection, &stream_keys, &ids, &options).await
         };
+        // Whether this read looked at every stream it names (a failed read looked at none).
+        let mut read_all = !stream_keys.is_empty();
         let reply: Option<StreamReadReply> = match read {
             Ok(reply) => {
                 self.live = Some(connection);
@@ -547,6 +552,7 @@ impl Recorder {
             // A stream replaced by another type: the next read leaves it out.
             Err(err) if err.code() == Some("WRONGTYPE") => {
                 self.live = Some(connection);
+                read_all = false;
                 if !self.find_not_streams(&stream_keys).await? {
                     // Gone again before it was looked at: no busy loop meanwhile.
                     tokio::time::sleep(LIVE_BLOCK).await;
@@ -556,17 +562,22 @@ impl Recorder {
             Err(err) => return Err(self.manager.redis_error("record: live read", err)),
         };
         let streams = reply.map(|reply| reply.keys).unwrap_or_default();
-        // A session whose end its document told has ended once its history has nothing more.
+        // A session whose end its document told has ended once a read of every stream found
+        // nothing more in its history and caught up with the logs (its `session_end`, errors
+        // and parameter changes come before the document said so); a history that cannot be
+        // read (another type) has nothing more to give.
+        let caught_up = read_all && streams.iter().all(|stream| stream.ids.len() < PAGE);
         let ending = std::mem::take(&mut self.ending);
         for session_id in ending {
             let history = keys::history(&session_id);
-            if streams
+            let unreadable = self.not_streams.contains(&history);
+            let more = streams
                 .iter()
-                .any(|stream| stream.key == history && !stream.ids.is_empty())
-            {
-                self.ending.insert(session_id);
-            } else {
+                .any(|stream| stream.key == history && !stream.ids.is_empty());
+            if unreadable || (caught_up && !more) {
                 self.ended.insert(session_id);
+            } else {
+                self.ending.insert(session_id);
             }
         }
         for stream in streams {
@@ -599,8 +610,11 @@ impl Recorder {
                         self.ending.insert(session_id);
                     }
                     Ok(Some(_)) => {}
+                    // Said once per session; such a session ends with a `session_end` only.
                     Err(err) => {
-                        tracing::warn!(session = %session_id, error = %err.report(), "cannot read the session's document")
+                        if self.unreadable_docs.insert(session_id.clone()) {
+                            tracing::warn!(session = %session_id, error = %err.report(), "cannot read the session's document");
+                        }
                     }
                 }
             }

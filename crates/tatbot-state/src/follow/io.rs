@@ -394,14 +394,18 @@ pub(crate) fn is_wrong_type(reply: Option<&redis::RedisResult<Value>>) -> bool {
 }
 
 /// What is wrong with a log, from its `XINFO STREAM` reply: another type under its key, or
-/// a stream at the last possible millisecond of ids (another client's), which writers can no
-/// longer append to.
+/// a stream whose last possible id another client used up, which writers can no longer append
+/// to.
 pub(crate) fn broken_log(key: &str, reply: Option<&redis::RedisResult<Value>>) -> Option<CorruptEntry> {
     if is_wrong_type(reply) {
         return Some(wrong_type(key, "stream"));
     }
     let info = reply.and_then(|reply| reply.as_ref().ok()).and_then(parse_info)?;
-    (info.last_generated.ms == u64::MAX).then(|| CorruptEntry {
+    let last = EntryId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+    (info.last_generated == last).then(|| CorruptEntry {
         key: key.to_owned(),
         error: format!("{key}: the stream has used up its last possible id"),
     })

@@ -294,10 +294,6 @@ impl FollowTask {
         if io::is_wrong_type(reply) {
             return self.log_lost();
         }
-        if io::broken_log(keys::EVENT_LOG, reply).is_some() {
-            // Used up: nothing is lost, nothing more will come; the reads report it.
-            return Ok(());
-        }
         match reply.and_then(|reply| reply.as_ref().ok()).and_then(io::parse_info) {
             Some(info) => match info.gap_after(keys::EVENT_LOG, self.cursor.events) {
                 Some(reason) => Err(Stop::Gap(reason)),
@@ -437,6 +433,9 @@ impl FollowTask {
                 // The fresh snapshot of a resync lists the key and starts the log's cursor at 0.
                 self.log_lost()?;
                 self.report(io::wrong_type(keys::EVENT_LOG, "stream")).await?;
+            } else {
+                // Reported again if it breaks again.
+                self.corrupt.remove(keys::EVENT_LOG);
             }
             return Ok(());
         }
