@@ -174,12 +174,11 @@ fn connections_and_xreads(server: &RedisServer) -> (u64, u64) {
     )
 }
 
-/// `record SESSION --follow` records a running session live and stops by itself at its end.
-#[test]
-fn record_follow_stops_when_the_session_ends() {
-    let server = RedisServer::start();
+/// Runs `record SESSION --follow` on a fresh 40 Hz simulation of `strokes` x `length` poses;
+/// returns the record command's output and the messages of its file, after the simulation ended.
+fn record_follow(server: &RedisServer, strokes: &str, length: &str) -> (std::process::Output, Vec<Read>) {
     let mut simulation = spawn(
-        bin_for(&server),
+        bin_for(server),
         &[
             "--node-id",
             "livebot",
@@ -187,21 +186,29 @@ fn record_follow_stops_when_the_session_ends() {
             "--hz",
             "40",
             "--strokes",
-            "2",
+            strokes,
             "--stroke-length",
-            "10",
+            length,
         ],
     );
     let session = simulation.stdout.next();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("follow.mcap");
     let output = run(
-        bin_for(&server),
+        bin_for(server),
         &["record", &session, "--follow", "-o", file.to_str().unwrap()],
     );
-    assert_code(&output, 0);
     assert!(simulation.wait().success());
-    let (messages, _) = read_mcap(&file);
+    let messages = if file.exists() { read_mcap(&file).0 } else { Vec::new() };
+    (output, messages)
+}
+
+/// `record SESSION --follow` records a running session live and stops by itself at its end.
+#[test]
+fn record_follow_stops_when_the_session_ends() {
+    let server = RedisServer::start();
+    let (output, messages) = record_follow(&server, "2", "10");
+    assert_code(&output, 0);
     assert_eq!(on_topic(&messages, "/tatbot/progress").len(), 20);
     let events = on_topic(&messages, "/tatbot/events");
     assert_eq!(events.last().unwrap()["event"]["type"], "session_end");
@@ -217,31 +224,9 @@ fn record_follow_leaves_out_a_log_of_another_type() {
         let server = RedisServer::start();
         server.command(&["SET", broken, "not a stream"]).unwrap();
         // 2.5 s of updates: the recording reads most of them live.
-        let mut simulation = spawn(
-            bin_for(&server),
-            &[
-                "--node-id",
-                "livebot",
-                "simulate",
-                "--hz",
-                "40",
-                "--strokes",
-                "5",
-                "--stroke-length",
-                "20",
-            ],
-        );
-        let session = simulation.stdout.next();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("follow.mcap");
-        let output = run(
-            bin_for(&server),
-            &["record", &session, "--follow", "-o", file.to_str().unwrap()],
-        );
+        let (output, messages) = record_follow(&server, "5", "20");
         assert_code(&output, 0);
         assert!(stderr(&output).contains("corrupt"), "{broken}: {}", stderr(&output));
-        assert!(simulation.wait().success());
-        let (messages, _) = read_mcap(&file);
         assert_eq!(on_topic(&messages, "/tatbot/progress").len(), 100, "{broken}");
         let events = on_topic(&messages, "/tatbot/events");
         if broken == "tatbot:events" {

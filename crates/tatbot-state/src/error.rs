@@ -273,6 +273,15 @@ impl Error {
         }
     }
 
+    /// A key that should hold `kind` ("stream", "sorted set") holds another client's value of
+    /// another type.
+    pub(crate) fn wrong_type(key: &str, kind: &str) -> Error {
+        Error::Corrupt {
+            key: key.to_owned(),
+            detail: format!("the key is not a {kind}"),
+        }
+    }
+
     /// True when the error means Redis could not be reached or the connection broke.
     pub fn is_connection_error(&self) -> bool {
         match self {

@@ -590,11 +590,7 @@ impl StateManager {
             .arg(scene_name)
             .arg(now.to_string())
             .arg(SESSION_SEQ_TTL_SECS);
-        let session_id: String = self
-            .acknowledged("start_stroke_session", async {
-                start.invoke_async(&mut self.connection()).await
-            })
-            .await?;
+        let session_id: String = self.invoke_acknowledged("start_stroke_session", &start).await?;
         tracing::debug!(session_id = %session_id, "stroke session started");
         let session_id = SessionId::new(session_id)?;
         self.docs().learn_built(&session_id, &progress, stored);
@@ -729,6 +725,19 @@ impl StateManager {
         let answer = write.await.map_err(|err| self.redis_error(operation, err))?;
         self.no_switch_since(mark, operation)?;
         Ok(answer)
+    }
+
+    /// Runs a write script on the shared connection, acknowledged as
+    /// [`StateManager::acknowledged`] says.
+    async fn invoke_acknowledged<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        self.acknowledged(operation, async {
+            invocation.invoke_async(&mut self.connection()).await
+        })
+        .await
     }
 
     /// Before a write goes out (see [`StateManager::acknowledged`]): the announcements so far, or
@@ -906,11 +915,7 @@ impl StateManager {
                 .key(keys::progress(&started.session_id))
                 .arg(&self.inner.instance)
                 .arg(&now);
-            let done: i64 = self
-                .acknowledged("renew_session_leases", async {
-                    renew.invoke_async(&mut self.connection()).await
-                })
-                .await?;
+            let done: i64 = self.invoke_acknowledged("renew_session_leases", &renew).await?;
             if done == 1 {
                 // The stored document changed under the fast path's copy.
                 self.docs().forget(&started.session_id);
@@ -963,11 +968,7 @@ impl StateManager {
                 .arg(STALE_CLAIM_TTL_SECS)
                 .arg(self.inner.config.event_log_maxlen)
                 .arg(keys::SESSION_EVENTS);
-            let done: i64 = self
-                .acknowledged("announce_stale_sessions", async {
-                    stale.invoke_async(&mut self.connection()).await
-                })
-                .await?;
+            let done: i64 = self.invoke_acknowledged("announce_stale_sessions", &stale).await?;
             if done == 1 {
                 tracing::warn!(session_id = %session_id, age_secs, "session is stale: its owner's lease lapsed");
                 announced.push(session_id.clone());
@@ -1217,12 +1218,12 @@ impl StateManager {
             .connection()
             .zrange_withscores(keys::NODE_REGISTRY, 0, -1)
             .await
-            .map_err(|err| match err.code() {
-                Some("WRONGTYPE") => Error::Corrupt {
-                    key: keys::NODE_REGISTRY.to_owned(),
-                    detail: "the key is not a sorted set".to_owned(),
-                },
-                _ => self.redis_error("known_nodes", err),
+            .map_err(|err| {
+                if decode::is_wrong_type(&err) {
+                    Error::wrong_type(keys::NODE_REGISTRY, "sorted set")
+                } else {
+                    self.redis_error("known_nodes", err)
+                }
             })?;
         Ok(members
             .into_iter()
@@ -1262,10 +1263,7 @@ impl StateManager {
             .arg(channel)
             .arg(&payload)
             .arg(self.inner.config.event_log_maxlen);
-        self.acknowledged("publish_event", async {
-            publish.invoke_async(&mut self.connection()).await
-        })
-        .await
+        self.invoke_acknowledged("publish_event", &publish).await
     }
 
     /// Subscribes to channel patterns (`PSUBSCRIBE`) on a dedicated connection.
@@ -1321,12 +1319,12 @@ impl StateManager {
             .connection()
             .xrevrange_count(keys::ERROR_LOG, "+", "-", count)
             .await
-            .map_err(|err| match err.code() {
-                Some("WRONGTYPE") => Error::Corrupt {
-                    key: keys::ERROR_LOG.to_owned(),
-                    detail: "the key is not a stream".to_owned(),
-                },
-                _ => self.redis_error("list_errors", err),
+            .map_err(|err| {
+                if decode::is_wrong_type(&err) {
+                    Error::wrong_type(keys::ERROR_LOG, "stream")
+                } else {
+                    self.redis_error("list_errors", err)
+                }
             })?;
         Ok(reply
             .ids
@@ -1374,11 +1372,7 @@ impl StateManager {
             .key(keys::history(session_id))
             .key(keys::SESSION_INDEX)
             .arg(session_id.as_str());
-        let deleted: usize = self
-            .acknowledged("clear_session_data", async {
-                clear.invoke_async(&mut self.connection()).await
-            })
-            .await?;
+        let deleted: usize = self.invoke_acknowledged("clear_session_data", &clear).await?;
         Ok(deleted > 0)
     }
 

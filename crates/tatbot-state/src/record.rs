@@ -50,6 +50,12 @@ use crate::model::{ErrorEvent, HistoryEntry, MAX_DOCUMENT_BYTES, NodeHealth, Rob
 
 /// Stream entries fetched per `XRANGE` or `XREAD` round trip.
 const PAGE: usize = 10_000;
+
+/// Whether a `TYPE` answer lets a stream be read: a stream, or no key yet.
+fn is_stream_or_gone(kind: &str) -> bool {
+    kind == "stream" || kind == "none"
+}
+
 /// `XRANGE` pages of one stream read ahead of the one being decoded, so Redis answers the next
 /// while the recorder decodes and writes this one.
 const PREFETCH: usize = 2;
@@ -621,7 +627,7 @@ impl Recorder {
             // Streams left out that are streams again (or gone) are read again.
             let left_out: Vec<String> = self.not_streams.iter().cloned().collect();
             for (key, kind) in left_out.iter().zip(self.key_types(&left_out).await?) {
-                if kind == "stream" || kind == "none" {
+                if is_stream_or_gone(&kind) {
                     self.not_streams.remove(key);
                 }
             }
@@ -642,7 +648,7 @@ impl Recorder {
         keys
     }
 
-    /// The type of each of `keys` (`TYPE`), in order.
+    /// The type of each of `keys` (`TYPE`), in order; see [`is_stream_or_gone`].
     async fn key_types(&self, keys: &[String]) -> Result<Vec<String>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -661,7 +667,7 @@ impl Recorder {
     async fn find_not_streams(&mut self, keys: &[String]) -> Result<bool> {
         let mut found = false;
         for (key, kind) in keys.iter().zip(self.key_types(keys).await?) {
-            if kind != "stream" && kind != "none" {
+            if !is_stream_or_gone(&kind) {
                 self.stats.corrupt += 1;
                 tracing::warn!(key = %key, kind = %kind, "a stream the recorder reads holds another type; left out");
                 self.not_streams.insert(key.clone());

@@ -765,6 +765,20 @@ async fn robot_states_are_followed() {
     .await;
 }
 
+/// An awaited progress update, an error report named `message` and a published event: each
+/// writes to the event log, the error report to the error log too; each must succeed.
+async fn write_to_every_log(state: &StateManager, session: &SessionId, message: &str) {
+    use tatbot_state::{Category, model::Event};
+    state
+        .update_stroke_progress(session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    let arm = Category::new("arm").unwrap();
+    state.report_error(&arm, message, serde_json::json!({})).await.unwrap();
+    let custom = Event::from_json(br#"{"type":"custom"}"#).unwrap();
+    state.publish_event("stroke:events:custom", &custom).await.unwrap();
+}
+
 /// Another client's value under the event log and the error log (`SET tatbot:events x`) breaks
 /// nothing: every write goes on without logging there, the status and the follower report the
 /// two keys, the follower keeps delivering progress (and finds new sessions by polling) without
@@ -772,7 +786,7 @@ async fn robot_states_are_followed() {
 /// failed with WRONGTYPE (a producer's update was rejected) and followers reconnected forever.
 #[tokio::test]
 async fn a_log_of_another_type_is_reported_and_breaks_nothing() {
-    use tatbot_state::{Category, CorruptEntry, Error, ProducerConfig, model::Event};
+    use tatbot_state::{Category, CorruptEntry, Error, ProducerConfig};
     let (server, state) = setup("hog").await;
     let session = state.start_stroke_session(&one_pose("scene")).await.unwrap();
     let mut redis = raw(&server).await;
@@ -780,14 +794,7 @@ async fn a_log_of_another_type_is_reported_and_breaks_nothing() {
     let () = redis.set(tatbot_state::keys::ERROR_LOG, "not a stream").await.unwrap();
 
     // Writes: awaited, published and through a producer.
-    state
-        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
-        .await
-        .unwrap();
-    let arm = Category::new("arm").unwrap();
-    state.report_error(&arm, "before", serde_json::json!({})).await.unwrap();
-    let custom = Event::from_json(br#"{"type":"custom"}"#).unwrap();
-    state.publish_event("stroke:events:custom", &custom).await.unwrap();
+    write_to_every_log(&state, &session, "before").await;
     let other = state.start_stroke_session(&one_pose("other")).await.unwrap();
     let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
     producer
@@ -824,6 +831,7 @@ async fn a_log_of_another_type_is_reported_and_breaks_nothing() {
 
     // The log deleted: the next error is logged and followed from it.
     let _: i64 = redis.del(tatbot_state::keys::EVENT_LOG).await.unwrap();
+    let arm = Category::new("arm").unwrap();
     state.report_error(&arm, "after", serde_json::json!({})).await.unwrap();
     wait_for(&seen, "the error from the log", |seen| {
         seen.changes
@@ -878,21 +886,13 @@ async fn a_refused_log_write_still_fails_the_call() {
 /// 18446744073709551615-18446744073709551615 ...`) takes no entry again: writes skip it too.
 #[tokio::test]
 async fn a_used_up_log_breaks_no_write() {
-    use tatbot_state::{Category, model::Event};
     let (server, state) = setup("hog").await;
     let session = state.start_stroke_session(&one_pose("scene")).await.unwrap();
     let last = "18446744073709551615-18446744073709551615";
     for key in [tatbot_state::keys::EVENT_LOG, tatbot_state::keys::ERROR_LOG] {
         server.command(&["XADD", key, last, "a", "b"]).unwrap();
     }
-    state
-        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
-        .await
-        .unwrap();
-    let arm = Category::new("arm").unwrap();
-    state.report_error(&arm, "kept", serde_json::json!({})).await.unwrap();
-    let custom = Event::from_json(br#"{"type":"custom"}"#).unwrap();
-    state.publish_event("stroke:events:custom", &custom).await.unwrap();
+    write_to_every_log(&state, &session, "kept").await;
     state.end_stroke_session(&session).await.unwrap();
     let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
     assert!(!progress.is_executing);

@@ -182,10 +182,7 @@ impl Watch {
             // same connection, until the log is a stream again.
             Err(err) if err.code() == Some("WRONGTYPE") => {
                 tokio::time::sleep(WATCH_BLOCK).await;
-                return Err(Error::Corrupt {
-                    key: keys::PARAM_LOG.to_owned(),
-                    detail: "the key is not a stream".to_owned(),
-                });
+                return Err(Error::wrong_type(keys::PARAM_LOG, "stream"));
             }
             Err(err) => {
                 self.connection = None;
