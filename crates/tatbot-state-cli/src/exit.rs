@@ -127,6 +127,13 @@ mod tests {
             (Error::Conflict("c".to_owned()), CONFLICT),
             (Error::NotConnected("follow"), UNREACHABLE),
             (
+                Error::MasterSwitched {
+                    operation: "update_stroke_progress",
+                    sent: true,
+                },
+                UNREACHABLE,
+            ),
+            (
                 Error::UnexpectedReply {
                     operation: "op",
                     detail: "d".to_owned(),

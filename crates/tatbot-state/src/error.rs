@@ -353,6 +353,32 @@ impl Error {
 mod tests {
     use super::*;
 
+    /// The messages a failover during a write and a broken shared key give.
+    #[test]
+    fn switched_and_wrong_type_messages() {
+        let answered = Error::MasterSwitched {
+            operation: "update_stroke_progress",
+            sent: true,
+        };
+        assert_eq!(
+            answered.to_string(),
+            "the Redis master changed during update_stroke_progress: the old master answered, and the write may or may not be kept"
+        );
+        let unsent = Error::MasterSwitched {
+            operation: "report_error",
+            sent: false,
+        };
+        assert_eq!(
+            unsent.to_string(),
+            "the Redis master changed during report_error: nothing was sent; the next call goes to the new master"
+        );
+        assert!(answered.is_connection_error() && unsent.is_connection_error());
+        assert_eq!(
+            Error::wrong_type("tatbot:errors", "stream").to_string(),
+            "tatbot:errors: stored value is corrupt (the key is not a stream); fix or delete the key"
+        );
+    }
+
     /// A driver error that wraps an I/O error with the same text is said once, after the
     /// library's own message.
     #[test]
