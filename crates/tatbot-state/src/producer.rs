@@ -770,6 +770,27 @@ struct InFlight {
     answers: usize,
     /// When it counts as unanswered.
     deadline: tokio::time::Instant,
+    /// Where its first-time ops start; see [`FirstSends`].
+    first_sends: FirstSends,
+}
+
+/// The highest sequence number a writer had sent on each of its revision keys (ops,
+/// snapshots), before a batch or so far: no write of the writer can have recorded more, so a
+/// script that skips an op above it as already applied, or answers that it recorded more,
+/// found a number another client wrote into the revision key ([`Writer::broken_revisions`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct FirstSends([u64; 2]);
+
+impl FirstSends {
+    /// Which revision key `op` is numbered on: 1 for snapshots, 0 for the others.
+    fn kind(op: &Op) -> usize {
+        usize::from(op.snapshot_key().is_some())
+    }
+
+    /// True when `queued` goes out for the first time.
+    fn is_first(self, queued: &Queued) -> bool {
+        queued.seq > self.0[FirstSends::kind(&queued.op)]
+    }
 }
 
 /// The background task that sends queued ops.
@@ -818,6 +839,11 @@ struct Writer {
     unsafe_since: Option<Instant>,
     /// The sequence number that is durable once the horizon has passed since `unsafe_since`.
     unsafe_through: u64,
+    /// The highest number sent so far on each revision key.
+    sent: FirstSends,
+    /// Revision keys found holding a number above any this writer sent, with the number to set
+    /// them back to on the next connection, before anything goes out on it.
+    repairs: Vec<(String, u64)>,
 }
 
 /// Which Redis server a writer wrote to; see [`Writer::server`].
@@ -865,6 +891,8 @@ impl Writer {
             known: HashMap::new(),
             unsafe_since: None,
             unsafe_through: 0,
+            sent: FirstSends::default(),
+            repairs: Vec::new(),
         }
     }
 
@@ -933,7 +961,7 @@ impl Writer {
             let results = std::mem::take(&mut answers);
             let settled = failure
                 .map_err(|err| Error::from_redis("producer batch", err))
-                .and_then(|()| self.settle(&oldest.batch, results, &later));
+                .and_then(|()| self.settle(&oldest.batch, results, &later, oldest.first_sends));
             if let Err(err) = settled {
                 // This batch and every one sent after it go again, in order, on a new connection
                 // (which replays first when Redis restarted); ops already applied are skipped by
@@ -995,7 +1023,7 @@ impl Writer {
             let Some((batch, done_through)) = taken else {
                 return Ok(());
             };
-            let (pipe, all_fast) = self.pipeline(&batch);
+            let (pipe, all_fast, first_sends) = self.pipeline(&batch);
             let sessions = batch.iter().filter_map(|queued| queued.op.session().cloned()).collect();
             sent.push_back(InFlight {
                 batch,
@@ -1004,6 +1032,7 @@ impl Writer {
                 all_fast,
                 answers: pipe.len(),
                 deadline: tokio::time::Instant::now() + self.manager.config().response_timeout,
+                first_sends,
             });
             if let Some(live) = self.direct.as_mut() {
                 live.send(&pipe.get_packed_pipeline(), pipe.len()).await?;
@@ -1259,6 +1288,16 @@ impl Writer {
         if let redis::ConnectionAddr::Tcp(host, port) = client.get_connection_info().addr() {
             self.manager.locator().confirm(host, *port).await?;
         }
+        // Revision keys another client broke are set back before anything goes out again.
+        while let Some((key, seq)) = self.repairs.first() {
+            scripts::LOWER
+                .key(key)
+                .arg(*seq)
+                .invoke_async::<i64>(connection)
+                .await
+                .map_err(|err| Error::from_redis("set back a revision key", err))?;
+            self.repairs.remove(0);
+        }
         let server = ServerIdentity {
             address: self.manager.locator().current().to_string(),
             run_id: field("run_id"),
@@ -1381,21 +1420,26 @@ impl Writer {
         if batch.is_empty() {
             return Ok(());
         }
-        let (pipe, _) = self.pipeline(batch);
+        let (pipe, _, first_sends) = self.pipeline(batch);
         let results: Vec<redis::RedisResult<redis::Value>> = pipe
             .query_async(connection)
             .await
             .map_err(|err| Error::from_redis("producer batch", err))?;
-        self.settle(batch, results, &HashSet::new())
+        self.settle(batch, results, &HashSet::new(), first_sends)
     }
 
-    /// The pipeline of `batch`, and whether every progress update and run-state change in it
-    /// took the fast path's planning.
+    /// The pipeline of `batch`, whether every progress update and run-state change in it took
+    /// the fast path's planning, and where its first-time ops start.
     ///
     /// Progress updates take the fast path when the writer knows the session's document: each
     /// is planned on the document the previous one will store, so a whole batch chains, and so
     /// does the next batch while this one is in flight.
-    fn pipeline(&mut self, batch: &[Queued]) -> (redis::Pipeline, bool) {
+    fn pipeline(&mut self, batch: &[Queued]) -> (redis::Pipeline, bool, FirstSends) {
+        let first_sends = self.sent;
+        for queued in batch {
+            let kind = FirstSends::kind(&queued.op);
+            self.sent.0[kind] = self.sent.0[kind].max(queued.seq);
+        }
         let config = self.manager.config();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -1412,18 +1456,21 @@ impl Writer {
             all_fast &= fast.is_some() || !matches!(queued.op, Op::Progress { .. } | Op::RunState { .. });
             pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq, fast.as_ref()));
         }
-        (pipe, all_fast)
+        (pipe, all_fast, first_sends)
     }
 
     /// Reads the answers to `batch`: per-op refusals are logged and counted, a connection
-    /// failure is an error. `later` holds the sessions that batches sent after this one write
-    /// to: a document this batch's answer reports for them is already out of date.
+    /// failure is an error, and so is a broken revision key ([`Writer::broken_revisions`]).
+    /// `later` holds the sessions that batches sent after this one write to: a document this
+    /// batch's answer reports for them is already out of date.
     fn settle(
         &mut self,
         batch: &[Queued],
         results: Vec<redis::RedisResult<redis::Value>>,
         later: &HashSet<SessionId>,
+        first_sends: FirstSends,
     ) -> Result<()> {
+        self.broken_revisions(batch, &results, first_sends)?;
         let mut results = results;
         if let Some(index) = results.iter().position(|result| {
             result
@@ -1477,6 +1524,71 @@ impl Writer {
         }
         self.shared.lock().stats.rejected += rejected;
         Ok(())
+    }
+
+    /// Fails when a revision key holds a number another client wrote, above any this writer
+    /// sent: an op of `batch` skipped as already applied (a negative answer, -1 minus the
+    /// number recorded) that went out for the first time, or whose key recorded more than this
+    /// writer ever sent. Every write on that key would be skipped, silently lost, from then on.
+    ///
+    /// The failure sends this batch and the ones in flight after it again on a new connection,
+    /// and before anything goes out there both revision keys are set back (only ever lowered):
+    /// the broken one to just below the first op skipped, the other to the last op of its kind
+    /// this batch or an earlier one applied (the batches after this one are not read, and their
+    /// ops may have been skipped on it too). The broken key is reported. A write that the other
+    /// client's number let through, or that a batch in flight applied, may then be applied
+    /// twice; none is lost.
+    fn broken_revisions(
+        &mut self,
+        batch: &[Queued],
+        results: &[redis::RedisResult<redis::Value>],
+        first_sends: FirstSends,
+    ) -> Result<()> {
+        let mut first_skipped: [Option<u64>; 2] = [None, None];
+        let mut applied = first_sends.0;
+        for (queued, result) in batch.iter().zip(results) {
+            let kind = FirstSends::kind(&queued.op);
+            match result {
+                Ok(redis::Value::Int(skipped @ ..0))
+                    if first_sends.is_first(queued) || skipped.unsigned_abs() - 1 > self.sent.0[kind] =>
+                {
+                    first_skipped[kind].get_or_insert(queued.seq);
+                }
+                Ok(_) if first_skipped[kind].is_none() => applied[kind] = applied[kind].max(queued.seq),
+                _ => {}
+            }
+        }
+        if first_skipped == [None, None] {
+            return Ok(());
+        }
+        let mut broken = None;
+        for (kind, skipped) in first_skipped.into_iter().enumerate() {
+            let key = if kind == 1 {
+                &self.snapshot_rev_key
+            } else {
+                &self.rev_key
+            }
+            .clone();
+            let Some(seq) = skipped else {
+                self.repairs.push((key, applied[kind]));
+                continue;
+            };
+            let message = format!(
+                "{key} held a number above any write of this producer (another client wrote it), so Redis \
+                 skipped its writes from #{seq} on as already applied; the key is set back and they go again"
+            );
+            tracing::error!("{message}");
+            self.queue_report(
+                &message,
+                serde_json::json!({"key": key, "seq": seq, "at": Timestamp::now()}),
+            );
+            self.repairs.push((key.clone(), seq - 1));
+            broken = Some(Error::Corrupt {
+                key,
+                detail: format!("a revision above this writer's #{seq}"),
+            });
+        }
+        broken.map_or(Ok(()), Err)
     }
 
     /// Updates this writer's copy of a session from an op Redis applied and its reply.

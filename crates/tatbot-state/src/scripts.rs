@@ -18,7 +18,10 @@
 //! for none) and `ARGV[2]` (a sequence number). A [`crate::Producer`] numbers its writes and
 //! may send one again after a lost connection or a Redis restart; the script applies a write
 //! only when its number is above the last one recorded for that writer, in the same atomic
-//! step, so a replay never duplicates a history entry or an event.
+//! step, so a replay never duplicates a history entry or an event. A write skipped that way
+//! answers -1 minus the number recorded. The revision key is shared data too: a value of another
+//! type, or text that is not a whole number, counts as nothing recorded; a number above anything
+//! the writer sent is the writer's to find and set back.
 //!
 //! Documents are re-encoded with the contract's field order, compact, so the stored bytes look
 //! like what pydantic writes. Redis's `cjson` escapes `/` as `\/`; we undo that. Two limits of
@@ -104,13 +107,29 @@ local function as_string(v)
   return ''
 end
 
--- True when this writer's write `seq` was not applied yet; records it. '' means no writer.
-local function fresh(rev_key, seq)
-  if rev_key == '' then return true end
-  local last = tonumber(redis.call('GET', rev_key) or '0')
-  if tonumber(seq) <= last then return false end
-  redis.call('SET', rev_key, seq, 'EX', 86400)
-  return true
+-- How long a writer's revision key outlives its last write (seconds).
+local REVISION_TTL = 86400
+
+-- The last sequence number recorded at a writer's revision key `rev_key`: 0 when there is none,
+-- or when the key holds something no writer wrote (another type, or text that is not a whole
+-- number of at most 15 digits).
+local function recorded(rev_key)
+  local stored = redis.pcall('GET', rev_key)
+  if type(stored) == 'string' and #stored <= 15 and string.match(stored, '^%d+$') then
+    return tonumber(stored)
+  end
+  return 0
+end
+
+-- Nil when this writer's write `seq` was not applied yet, and records it ('' means no writer);
+-- else the answer of a write already applied: -1 minus the number recorded, so that the writer
+-- can tell a number it never sent (`Writer::broken_revisions`).
+local function applied(rev_key, seq)
+  if rev_key == '' then return nil end
+  local last = recorded(rev_key)
+  if tonumber(seq) <= last then return -1 - last end
+  redis.call('SET', rev_key, seq, 'EX', REVISION_TTL)
+  return nil
 end
 
 local PROGRESS_ORDER = {'timestamp', 'node_id', 'stroke_idx', 'pose_idx', 'total_strokes',
@@ -119,13 +138,15 @@ local PROGRESS_ORDER = {'timestamp', 'node_id', 'stroke_idx', 'pose_idx', 'total
 
 -- Merges `patch_json` into the progress document at `key` and stores it. Returns the merged
 -- document, the patch and the stored text; or nil and the reply to return: an error when the
--- session is missing or its document corrupt, 0 when this writer's `seq` was applied already.
+-- session is missing or its document corrupt, -1 - n when this writer's `seq` was applied already
+-- (n the number recorded).
 local function merge_progress(key, session_id, rev_key, seq, patch_json)
   local raw = redis.call('HGET', key, 'progress')
   if not raw then return nil, redis.error_reply('TATBOT_NOSESSION ' .. session_id) end
   local doc, err = decode_doc(key, 'progress', raw)
   if not doc then return nil, err end
-  if not fresh(rev_key, seq) then return nil, 0 end
+  local skipped = applied(rev_key, seq)
+  if skipped then return nil, skipped end
   local patch = cjson.decode(patch_json)
   for k, v in pairs(patch) do doc[k] = v end
   local stored = encode_ordered(doc, PROGRESS_ORDER)
@@ -165,9 +186,11 @@ return id
 /// KEYS: progress hash, session index, event log.
 /// ARGV: rev key, seq, progress JSON, session id, start ms, event log maxlen, session channel,
 /// `session_start` event JSON, retention seconds (0 keeps the keys; set for an ended session).
-/// Returns 1 when it created the session, 0 otherwise.
+/// Returns 1 when it created the session, 0 when it exists, a negative number for a write already
+/// applied (as every write script: -1 minus the number recorded).
 const ENSURE_SESSION: &str = r#"
-if not fresh(ARGV[1], ARGV[2]) then return 0 end
+local skipped = applied(ARGV[1], ARGV[2])
+if skipped then return skipped end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[3])
 if tonumber(ARGV[9]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[9]) end
@@ -185,10 +208,11 @@ return 1
 /// (`crate::fastpath`), the document expected, the merged document, the two descriptions, the
 /// event, and the stroke index, pose index and node id as the history entry writes them.
 /// Returns the history entry id after the fast path; `{id, stored document}` after a merge in
-/// the script; 0 for a write already applied.
+/// the script; a negative number for a write already applied.
 const UPDATE_PROGRESS: &str = r#"
 if ARGV[8] and redis.call('HGET', KEYS[1], 'progress') == ARGV[8] then
-  if not fresh(ARGV[1], ARGV[2]) then return 0 end
+  local skipped = applied(ARGV[1], ARGV[2])
+if skipped then return skipped end
   redis.call('HSET', KEYS[1], 'progress', ARGV[9])
   local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
     'stroke_idx', ARGV[13], 'pose_idx', ARGV[14],
@@ -282,7 +306,8 @@ return 1
 /// KEYS: robot state hash, event log.
 /// ARGV: rev key, seq, state JSON, last_updated, event JSON, event log maxlen, channel.
 const ROBOT_STATE: &str = r#"
-if not fresh(ARGV[1], ARGV[2]) then return 0 end
+local skipped = applied(ARGV[1], ARGV[2])
+if skipped then return skipped end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'last_updated', ARGV[4])
 redis.call('PUBLISH', ARGV[7], ARGV[5])
 append_log(KEYS[2], '~', ARGV[6], ARGV[7], ARGV[5])
@@ -294,7 +319,8 @@ return 1
 /// KEYS: health hash, node registry.
 /// ARGV: rev key, seq, health JSON, TTL seconds, node id, heartbeat ms.
 const HEALTH: &str = r#"
-if not fresh(ARGV[1], ARGV[2]) then return 0 end
+local skipped = applied(ARGV[1], ARGV[2])
+if skipped then return skipped end
 redis.call('HSET', KEYS[1], 'health', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 shared_write('ZADD', KEYS[2], ARGV[6], ARGV[5])
@@ -307,7 +333,8 @@ return 1
 /// KEYS: error log, event log.
 /// ARGV: rev key, seq, channel, event JSON, error log maxlen, error log min id, event log maxlen.
 const REPORT_ERROR: &str = r#"
-if not fresh(ARGV[1], ARGV[2]) then return 0 end
+local skipped = applied(ARGV[1], ARGV[2])
+if skipped then return skipped end
 -- The logs first: a master that refuses writes (NOREPLICAS, READONLY) fails the script before
 -- anything is published, so a retry publishes once.
 if append_log(KEYS[1], '=', ARGV[5], ARGV[3], ARGV[4]) then
@@ -340,6 +367,20 @@ append_log(KEYS[1], '~', ARGV[3], ARGV[1], ARGV[2])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
 "#;
 
+/// Sets a writer's revision key back to `seq` when it records more: the writer found a number
+/// there above any it sent (`Writer::broken_revisions`). It only ever lowers: a key that is
+/// missing (a restarted server lost it) or records `seq` or less is left as it is, and so is one
+/// that holds something no writer wrote, which counts as nothing recorded anyway.
+///
+/// KEYS: revision key.
+/// ARGV: seq.
+/// Returns 1 when it set the key back, 0 otherwise.
+const LOWER_REVISION: &str = r#"
+if recorded(KEYS[1]) <= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', REVISION_TTL)
+return 1
+"#;
+
 fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
@@ -366,6 +407,8 @@ pub(crate) static ERROR: LazyLock<Script> = LazyLock::new(|| with_prelude(REPORT
 pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| with_prelude(CLEAR_SESSION));
 /// [`PUBLISH_EVENT`], compiled once.
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| with_prelude(PUBLISH_EVENT));
+/// [`LOWER_REVISION`], compiled once.
+pub(crate) static LOWER: LazyLock<Script> = LazyLock::new(|| with_prelude(LOWER_REVISION));
 
 /// Every write script a [`crate::Producer`] pipelines; loaded after a reconnect, since
 /// `EVALSHA` inside a pipeline does not fall back to `EVAL`.
