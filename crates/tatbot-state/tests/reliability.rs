@@ -1312,3 +1312,71 @@ async fn ops_revision_key(raw: &mut redis::aio::MultiplexedConnection) -> String
     assert_eq!(ops.len(), 1, "{keys:?}");
     ops.remove(0)
 }
+
+/// Both revision keys broken while two batches are in flight: a progress update, then a robot
+/// snapshot (numbered on the other key) sent while the first answer is held. The first batch's
+/// answer finds the ops' key broken, and the failure sends both again without reading the
+/// second's answer; the snapshot, skipped too, must not count as stored. Either setting back
+/// the other key too or checking the number a resend's script recorded keeps it; the test
+/// fails without both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_revision_keys_with_two_batches_in_flight_lose_no_write() {
+    const HELD: Duration = Duration::from_secs(10);
+    let server = RedisServer::start();
+    let proxy = ReplyProxy::start(server.addr());
+    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
+    let state = StateManager::connect(via_proxy).await.unwrap();
+    let session = state.start_stroke_session(&plan(100)).await.unwrap();
+    // The poller wakes the writer for what is queued while it waits for answers, so a second
+    // batch goes out before the first is answered; a short horizon, so the idle writer stops
+    // pinging (answers the proxy would hold too) before the test holds answers.
+    let config = ProducerConfig {
+        wake: Wake::Poll(Duration::from_micros(200)),
+        durability_horizon: Duration::from_millis(200),
+        ..ProducerConfig::default()
+    };
+    let producer = state.producer(config, CancellationToken::new());
+    let mut robot = RobotState::new("hog");
+    producer.update_stroke_progress(&session, &update(0)).unwrap();
+    producer.update_robot_state(&robot).unwrap();
+    producer.flush(FLUSH).await.unwrap();
+    let mut raw = crate::util::raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tatbot:rev:*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("999999999999999")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    // Past the horizon the idle writer stops pinging (no API tells when).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    proxy.hold();
+    producer.update_stroke_progress(&session, &update(1)).unwrap();
+    assert!(proxy.wait_held_replies(1, HELD), "update 1 is answered");
+    robot.current_pose = "after".into();
+    producer.update_robot_state(&robot).unwrap();
+    assert!(
+        proxy.wait_held_replies(2, HELD),
+        "the snapshot goes out while update 1's answer is held"
+    );
+    assert_eq!(producer.stats().retries, 0, "both answers are still to be read");
+    proxy.pass();
+    producer.flush(FLUSH).await.unwrap();
+    let progress = state.get_stroke_progress(&session).await.unwrap().unwrap();
+    assert_eq!((progress.stroke_idx, progress.pose_idx), (0, 1), "update 1 is stored");
+    let stored = state
+        .get_robot_state(&NodeId::new("hog").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.current_pose, "after", "the snapshot in flight is stored");
+    assert_eq!(producer.stats().rejected, 0);
+}
