@@ -1403,29 +1403,41 @@ impl StateManager {
     }
 
     async fn fill_status(&self, status: &mut SystemStatus) -> Result<()> {
-        let (info, event_log, error_log, index): (String, String, String, String) = redis::pipe()
-            .cmd("INFO")
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO")
             .arg("server")
             .cmd("TYPE")
-            .arg(keys::EVENT_LOG)
-            .cmd("TYPE")
-            .arg(keys::ERROR_LOG)
-            .cmd("TYPE")
             .arg(keys::SESSION_INDEX)
+            .cmd("XINFO")
+            .arg("STREAM")
+            .arg(keys::EVENT_LOG)
+            .cmd("XINFO")
+            .arg("STREAM")
+            .arg(keys::ERROR_LOG)
+            .ignore_errors();
+        let replies: Vec<redis::RedisResult<redis::Value>> = pipe
             .query_async(&mut self.connection())
             .await
             .map_err(|err| self.redis_error("system_status", err))?;
+        let mut replies = replies.into_iter();
+        let mut text = || {
+            replies
+                .next()
+                .and_then(redis::RedisResult::ok)
+                .and_then(|value| redis::from_redis_value::<String>(value).ok())
+        };
+        let (info, index) = (text().unwrap_or_default(), text());
+        let logs: Vec<_> = replies.collect();
         status.redis_connected = true;
-        // Another client's value under a shared structure's key: writes skip it (scripts.rs),
-        // readers report it.
-        for (key, found, wanted, kind) in [
-            (keys::EVENT_LOG, event_log, "stream", "stream"),
-            (keys::ERROR_LOG, error_log, "stream", "stream"),
-            (keys::SESSION_INDEX, index, "zset", "sorted set"),
-        ] {
-            if found != wanted && found != "none" {
-                status.corrupt.push(crate::follow::io::wrong_type(key, kind));
-            }
+        // Another client's value under a shared structure's key, or a log whose last possible
+        // id another client used up: writes skip it (scripts.rs), readers report it.
+        if index.is_some_and(|found| found != "zset" && found != "none") {
+            status
+                .corrupt
+                .push(crate::follow::io::wrong_type(keys::SESSION_INDEX, "sorted set"));
+        }
+        for (key, reply) in [keys::EVENT_LOG, keys::ERROR_LOG].into_iter().zip(&logs) {
+            status.corrupt.extend(crate::follow::io::broken_log(key, Some(reply)));
         }
         status.redis_version = info
             .lines()

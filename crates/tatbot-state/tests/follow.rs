@@ -900,6 +900,17 @@ async fn a_used_up_log_breaks_no_write() {
     let seen = collect(start(&state, Scope::All, None));
     wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
     assert!(corrupt_keys(&seen.lock().unwrap()).contains(&tatbot_state::keys::EVENT_LOG.to_owned()));
+    let status = state.system_status().await;
+    assert_eq!(status.error, None);
+    for key in [tatbot_state::keys::EVENT_LOG, tatbot_state::keys::ERROR_LOG] {
+        let entry = status.corrupt.iter().find(|entry| entry.key == key);
+        assert_eq!(
+            entry.map(|entry| entry.error.as_str()),
+            Some(format!("{key}: the stream has used up its last possible id").as_str()),
+            "{:?}",
+            status.corrupt
+        );
+    }
 }
 
 /// Another client's value under the session index, the node registry and the producers' hash
