@@ -525,39 +525,39 @@ impl Recorder {
         let options = StreamReadOptions::default()
             .count(PAGE)
             .block(usize::try_from(LIVE_BLOCK.as_millis()).unwrap_or(200));
-        // A dedicated connection: a blocking read must not hold up the shared one.
-        let mut connection = match self.live.take() {
-            Some(connection) => connection,
-            None => {
-                let client = self.manager.locator().client().await?;
-                let target = self.manager.locator().current().to_string();
-                let config = self.manager.config();
-                // Its answers wait out the block too.
-                crate::connection::dedicated(
-                    &client,
-                    &target,
-                    config.connect_timeout,
-                    config.response_timeout + LIVE_BLOCK,
-                    "record: live connection",
-                )
-                .await?
-            }
-        };
         let read = if stream_keys.is_empty() {
             Ok(None)
         } else {
-            redis::AsyncCommands::xread_options(&mut connection, &stream_keys, &ids, &options).await
+            // A dedicated connection: a blocking read must not hold up the shared one. Opened
+            // only when there is a stream to read.
+            let mut connection = match self.live.take() {
+                Some(connection) => connection,
+                None => {
+                    let config = self.manager.config();
+                    // Its answers wait out the block too.
+                    self.manager
+                        .locator()
+                        .dedicated(
+                            config.connect_timeout,
+                            config.response_timeout + LIVE_BLOCK,
+                            "record: live connection",
+                        )
+                        .await?
+                }
+            };
+            let read = redis::AsyncCommands::xread_options(&mut connection, &stream_keys, &ids, &options).await;
+            // Kept unless the connection may be broken.
+            if read.as_ref().is_ok() || read.as_ref().is_err_and(|err| err.code() == Some("WRONGTYPE")) {
+                self.live = Some(connection);
+            }
+            read
         };
         // Whether this read looked at every stream it names (a failed read looked at none).
         let mut read_all = !stream_keys.is_empty();
         let reply: Option<StreamReadReply> = match read {
-            Ok(reply) => {
-                self.live = Some(connection);
-                reply
-            }
+            Ok(reply) => reply,
             // A stream replaced by another type: the next read leaves it out.
             Err(err) if err.code() == Some("WRONGTYPE") => {
-                self.live = Some(connection);
                 read_all = false;
                 if !self.find_not_streams(&stream_keys).await? {
                     // Gone again before it was looked at: no busy loop meanwhile.

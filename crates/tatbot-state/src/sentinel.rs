@@ -141,6 +141,20 @@ impl Locator {
         redis::Client::open(endpoint.connection_info()?).map_err(|err| Error::from_connect(&target, err))
     }
 
+    /// A connection of its own to the master ([`Locator::client`]), for a caller that blocks on
+    /// it (a watch, a live read): connected within `connect_timeout`, each answer waited for
+    /// `response_timeout`.
+    pub(crate) async fn dedicated(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        operation: &'static str,
+    ) -> Result<redis::aio::MultiplexedConnection> {
+        let client = self.client().await?;
+        let target = self.current().to_string();
+        crate::connection::dedicated(&client, &target, connect_timeout, response_timeout, operation).await
+    }
+
     /// Asks every Sentinel in turn, and returns the first master that confirms its role.
     async fn locate(&self, target: &SentinelTarget) -> Result<Endpoint> {
         let mut tried = Vec::with_capacity(target.sentinels.len());

@@ -204,16 +204,14 @@ impl Watch {
 
     async fn connect(&self) -> Result<MultiplexedConnection> {
         let config = self.state.config();
-        let target = self.state.locator().current().to_string();
-        let client = self.state.locator().client().await?;
-        crate::connection::dedicated(
-            &client,
-            &target,
-            config.connect_timeout,
-            config.response_timeout + WATCH_BLOCK,
-            "watch_params connect",
-        )
-        .await
+        self.state
+            .locator()
+            .dedicated(
+                config.connect_timeout,
+                config.response_timeout + WATCH_BLOCK,
+                "watch_params connect",
+            )
+            .await
     }
 }
 
