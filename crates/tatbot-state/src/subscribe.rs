@@ -45,7 +45,7 @@ use crate::backoff::Backoff;
 use crate::connection::ManagerConfig;
 use crate::direct::Direct;
 use crate::error::{Error, Result};
-use crate::follow::io::parse_info;
+use crate::follow::io::{self, parse_info};
 use crate::ids::EntryId;
 use crate::keys;
 use crate::model::Event;
@@ -129,6 +129,10 @@ pub struct Subscription {
     /// The tail read under way replaces one that came back too old; this one is used however
     /// old it is.
     tail_reread: bool,
+    /// The log's `XINFO STREAM` answered over [`io::INFO_REPLY_BOUND`] (another client's huge
+    /// entry, first or last, which every answer repeats): until then keepalives read no tail
+    /// and keep the mark they have.
+    tail_paused_until: Option<tokio::time::Instant>,
     /// Messages from the log waiting to be handed over, before any live one.
     backlog: VecDeque<Message>,
     /// Hashes of messages handed over from the log that may still arrive live.
@@ -166,6 +170,7 @@ impl Subscription {
             gap_read: None,
             tail_read: None,
             tail_reread: false,
+            tail_paused_until: None,
             backlog: VecDeque::new(),
             from_log: HashSet::new(),
             hasher: RandomState::new(),
@@ -251,7 +256,20 @@ impl Subscription {
 
     /// The mark a finished tail read gives.
     fn tail_of(&mut self, outcome: std::result::Result<LogRead, tokio::task::JoinError>) -> Option<Mark> {
-        match self.replies(outcome).and_then(|replies| Mark::of(replies.first())) {
+        let replies = self.replies(outcome);
+        let size = replies
+            .as_ref()
+            .map_or(0, |replies| replies.first().map_or(0, io::reply_bytes));
+        if size > io::INFO_REPLY_BOUND {
+            tracing::warn!(
+                key = keys::EVENT_LOG,
+                bytes = size,
+                "XINFO STREAM answer over the bound; the subscription's keepalive keeps its mark for {:?}",
+                io::INFO_PAUSE
+            );
+            self.tail_paused_until = Some(tokio::time::Instant::now() + io::INFO_PAUSE);
+        }
+        match replies.and_then(|replies| Mark::of(replies.first())) {
             Ok(mark) => Some(mark),
             Err(error) => {
                 tracing::debug!(error, "cannot read the event log; a gap would not be filled");
@@ -514,7 +532,12 @@ impl Subscription {
                         // published before that read: past it, the tail is a safe mark. The
                         // keepalive stays due until the PING is out, so a `next` cut short
                         // during the read comes back to it.
-                        let tail = self.log_tail().await;
+                        // Paused: no new mark from this keepalive, unless there is none.
+                        let paused = self.mark.is_some()
+                            && self
+                                .tail_paused_until
+                                .is_some_and(|until| tokio::time::Instant::now() < until);
+                        let tail = if paused { None } else { self.log_tail().await };
                         self.keepalive_at = tokio::time::Instant::now() + KEEPALIVE;
                         let Some(live) = &mut self.live else { continue };
                         let ping = redis::cmd("PING").get_packed_command();

@@ -11,7 +11,7 @@ use tatbot_state::{
 };
 use tatbot_state_testkit::{RedisServer, ReplyProxy};
 
-use crate::util::{config, one_pose, raw, setup};
+use crate::util::{calls, config, one_pose, raw, setup};
 
 async fn next_event(subscription: &mut Subscription) -> (String, Event) {
     let message = tokio::time::timeout(Duration::from_secs(5), subscription.next())
@@ -603,4 +603,38 @@ async fn oversized_event_is_refused() {
         err.to_string(),
         format!("event is {} bytes; the limit is 1048576", huge.to_json().len())
     );
+}
+
+/// Another client's huge entry last in a quiet event log came back in the `XINFO STREAM`
+/// answer of every subscription's keepalive, every 2 s. A subscription now keeps its mark for
+/// 30 s after such an answer, and its keepalive's `PING`s go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_last_log_entry_is_not_read_by_every_keepalive() {
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    let huge = "x".repeat(5 << 20);
+    let _: String = redis
+        .xadd(tatbot_state::keys::EVENT_LOG, "*", &[("payload", &huge)])
+        .await
+        .unwrap();
+    let xinfo_before = calls(&server, "xinfo|stream");
+    let pings_before = calls(&server, "ping");
+    let mut subscription = state.subscribe(&["stroke:events:*"]).await.unwrap();
+    // Two keepalives (every 2 s, inside `next`), with room for a loaded machine.
+    let until = tokio::time::Instant::now() + 2 * KEEPALIVE + Duration::from_secs(10);
+    while calls(&server, "ping") < pings_before + 2 {
+        assert!(tokio::time::Instant::now() < until, "two keepalives within the limit");
+        let cut = tokio::time::timeout(Duration::from_millis(100), subscription.next()).await;
+        assert!(cut.is_err(), "nothing is published: {cut:?}");
+    }
+    assert_eq!(
+        calls(&server, "xinfo|stream") - xinfo_before,
+        1,
+        "only the subscribe's read of the log's end"
+    );
+    assert!(subscription.is_connected());
+    // Events still arrive.
+    let session = state.start_stroke_session(&one_pose("after")).await.unwrap();
+    let (_, event) = next_event(&mut subscription).await;
+    assert_eq!(event.session_id(), Some(session.as_str()));
 }

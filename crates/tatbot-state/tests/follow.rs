@@ -10,7 +10,7 @@ use tatbot_state::model::{HistoryEntry, NodeHealth};
 use tatbot_state::{CancellationToken, Cursor, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{eventually, manager, one_pose, raw, setup};
+use crate::util::{calls, eventually, manager, one_pose, raw, setup};
 
 /// How long any awaited condition may take.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -239,13 +239,7 @@ async fn next_cut_short_by_timeouts_loses_nothing() {
 /// Calls of `XINFO STREAM` the server executed: the follower pipelines one per followed
 /// stream behind each of its reads, so this counts its reads.
 fn xinfo_calls(server: &RedisServer) -> u64 {
-    let info = server.command(&["INFO", "commandstats"]).unwrap();
-    let line = info.lines().find(|line| line.starts_with("cmdstat_xinfo|stream:"));
-    line.and_then(|line| {
-        line.split([':', ','])
-            .find_map(|part| part.strip_prefix("calls=")?.parse().ok())
-    })
-    .unwrap_or(0)
+    calls(server, "xinfo|stream")
 }
 
 /// Whether some client is blocked (the follower's `XREAD BLOCK`, waiting for an entry).
@@ -1023,4 +1017,91 @@ async fn registry_members_that_are_not_text_fail_no_read() {
     .await;
     let seen = seen.lock().unwrap();
     assert_eq!((seen.lost, seen.reconnected), (0, 0));
+}
+
+/// Another client's huge entry last in a quiet event log (nothing written after it) came back
+/// in the `XINFO STREAM` answer of every follower read, once per block for as long as the log
+/// stayed quiet: 5 MiB a read here, for every follower. The follower now asks that stream's
+/// `XINFO` once per 30 s, its length meanwhile (which still tells another type), says so, and
+/// follows on.
+#[tokio::test]
+async fn a_huge_last_log_entry_is_not_read_again_with_every_read() {
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    let huge = "x".repeat(5 << 20);
+    let _: String = redis::cmd("XADD")
+        .arg(tatbot_state::keys::EVENT_LOG)
+        .arg("*")
+        .arg("payload")
+        .arg(&huge)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the report", |seen| {
+        seen.changes.iter().any(|change| {
+            matches!(&change.kind, ChangeKind::Corrupt { key, error }
+                if key == tatbot_state::keys::EVENT_LOG && error.contains("XINFO STREAM answers"))
+        })
+    })
+    .await;
+    // Reads go on every 200 ms (`quick`); the next ten ask for the log's length alone.
+    let (xinfo_before, xlen_before) = (xinfo_calls(&server), calls(&server, "xlen"));
+    let reads = eventually(LIMIT, || async { calls(&server, "xlen") >= xlen_before + 10 }).await;
+    assert!(reads, "the follower reads on, asking the log's length");
+    assert_eq!(xinfo_calls(&server), xinfo_before, "the log's XINFO is not asked again");
+    // Followed on: a session started now is delivered.
+    let session = state.start_stroke_session(&one_pose("after")).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    wait_for(&seen, "the update", |seen| {
+        seen.progress.iter().any(|(id, _)| *id == session)
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    assert_eq!((seen.lost, seen.resyncs.len()), (0, 0), "{:?}", seen.resyncs);
+}
+
+/// While a stream's `XINFO STREAM` checks are paused (its answer over the size bound), a read
+/// that comes back full may have run past trimmed entries, which nothing checks then: the
+/// follower resyncs instead of risking a silent gap.
+#[tokio::test]
+async fn a_full_read_of_a_paused_stream_resyncs() {
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    let huge = "x".repeat(5 << 20);
+    let _: String = redis
+        .xadd(tatbot_state::keys::EVENT_LOG, "*", &[("payload", &huge)])
+        .await
+        .unwrap();
+    let config = FollowConfig { batch: 10, ..quick() };
+    let seen = collect(state.follow_with(Scope::All, None, config, &CancellationToken::new()));
+    wait_for(&seen, "the report", |seen| {
+        seen.changes
+            .iter()
+            .any(|change| matches!(&change.kind, ChangeKind::Corrupt { error, .. } if error.contains("XINFO STREAM answers")))
+    })
+    .await;
+    // Twenty entries at once: the next read brings a full batch of ten.
+    let mut burst = redis::pipe();
+    burst.atomic();
+    for i in 0..20 {
+        burst
+            .cmd("XADD")
+            .arg(tatbot_state::keys::EVENT_LOG)
+            .arg("*")
+            .arg("channel")
+            .arg("stroke:events:progress")
+            .arg("payload")
+            .arg(format!("{{\"type\":\"note\",\"i\":{i}}}"));
+    }
+    let () = burst.query_async(&mut redis).await.unwrap();
+    wait_for(&seen, "the resync", |seen| {
+        seen.resyncs
+            .iter()
+            .any(|reason| reason.contains("while its XINFO STREAM checks are paused"))
+    })
+    .await;
 }

@@ -84,3 +84,16 @@ pub fn one_pose(scene: &str) -> SessionPlan {
         scene: scene.into(),
     }
 }
+
+/// Calls of `command` (as `INFO commandstats` names it) the server executed.
+pub fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info = server.command(&["INFO", "commandstats"]).unwrap();
+    let line = info
+        .lines()
+        .find(|line| line.starts_with(&format!("cmdstat_{command}:")));
+    line.and_then(|line| {
+        line.split([':', ','])
+            .find_map(|part| part.strip_prefix("calls=")?.parse().ok())
+    })
+    .unwrap_or(0)
+}

@@ -216,6 +216,43 @@ fn pairs(value: &Value) -> Vec<(&Value, &Value)> {
     }
 }
 
+/// The largest `XINFO STREAM` answer read again and again (by every follow read, by every
+/// subscription's keepalive). Our writers' entries stay far below it (an event of at most
+/// [`crate::model::MAX_DOCUMENT_BYTES`], history descriptions of a few KiB), and the answer
+/// holds two, the stream's first and last; one over it carries another client's huge entry,
+/// which every such answer would send again.
+pub(crate) const INFO_REPLY_BOUND: usize = 4 * crate::model::MAX_DOCUMENT_BYTES;
+
+/// How long a stream whose `XINFO STREAM` answer was over [`INFO_REPLY_BOUND`] goes without
+/// being asked again.
+pub(crate) const INFO_PAUSE: Duration = Duration::from_secs(30);
+
+/// The bytes of the strings in a reply, nested ones included: about what it took on the wire.
+pub(crate) fn reply_bytes(value: &Value) -> usize {
+    match value {
+        Value::BulkString(bytes) => bytes.len(),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => text.len(),
+        Value::Array(items) | Value::Set(items) => items.iter().map(reply_bytes).sum(),
+        Value::Map(pairs) => pairs
+            .iter()
+            .map(|(key, value)| reply_bytes(key) + reply_bytes(value))
+            .sum(),
+        Value::Attribute { data, attributes } => {
+            reply_bytes(data)
+                + attributes
+                    .iter()
+                    .map(|(key, value)| reply_bytes(key) + reply_bytes(value))
+                    .sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// Whether an `XINFO STREAM` answer is over [`INFO_REPLY_BOUND`].
+pub(crate) fn info_over_bound(reply: &redis::RedisResult<Value>) -> bool {
+    reply.as_ref().is_ok_and(|value| reply_bytes(value) > INFO_REPLY_BOUND)
+}
+
 /// Parses an `XINFO STREAM` reply; `None` when it is not one.
 pub(crate) fn parse_info(value: &Value) -> Option<StreamInfo> {
     let mut info = StreamInfo::default();

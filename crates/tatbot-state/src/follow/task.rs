@@ -91,6 +91,10 @@ pub(crate) struct FollowTask {
     /// The event log's key holds another type (any client can store anything): reads leave it
     /// out, and polls alone find new sessions, until it is a stream again or gone.
     log_unreadable: bool,
+    /// Streams whose `XINFO STREAM` answer was over [`io::INFO_REPLY_BOUND`] (another client wrote
+    /// a huge first or last entry, which every such answer repeats), with when to check them
+    /// again: meanwhile each read asks for their length alone.
+    info_paused: BTreeMap<String, Instant>,
     next_poll: Instant,
 }
 
@@ -116,6 +120,7 @@ impl FollowTask {
             baseline: false,
             caught_up: false,
             log_unreadable: false,
+            info_paused: BTreeMap::new(),
             next_poll: Instant::now(),
         }
     }
@@ -390,10 +395,25 @@ impl FollowTask {
                 .arg(&ids[0]);
             reads += 1;
         }
-        // Every read checks the event log, read or not: it tells when the log is back.
-        pipe.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
-        for key in &history_keys {
-            pipe.cmd("XINFO").arg("STREAM").arg(key);
+        // Every read checks the event log, read or not: it tells when the log is back. A
+        // stream whose last `XINFO STREAM` was over the bound is asked its length instead until
+        // its pause ends: that still tells another type, but not trims and deletions.
+        let now = Instant::now();
+        let info_keys: Vec<&str> = std::iter::once(keys::EVENT_LOG)
+            .chain(history_keys.iter().map(String::as_str))
+            .collect();
+        // Streams no longer followed are forgotten.
+        self.info_paused.retain(|key, _| info_keys.contains(&key.as_str()));
+        let checked: Vec<bool> = info_keys
+            .iter()
+            .map(|key| self.info_paused.get(*key).is_none_or(|until| now >= *until))
+            .collect();
+        for (key, checked) in info_keys.iter().zip(&checked) {
+            if *checked {
+                pipe.cmd("XINFO").arg("STREAM").arg(*key);
+            } else {
+                pipe.cmd("XLEN").arg(*key);
+            }
         }
         if reads == 0 {
             // Nothing to block on: wait as a blocked read would, so that polls keep their pace.
@@ -439,12 +459,16 @@ impl FollowTask {
             }
             return Ok(());
         }
-        match io::broken_log(keys::EVENT_LOG, infos.first()) {
-            // Used up: still read (what it holds is delivered), said once.
-            Some(entry) => self.report(entry).await?,
-            // Reads well: reported again if it breaks again.
-            None => {
-                self.corrupt.remove(keys::EVENT_LOG);
+        if checked[0] {
+            match io::broken_log(keys::EVENT_LOG, infos.first()) {
+                // Used up: still read (what it holds is delivered), said once.
+                Some(entry) => self.report(entry).await?,
+                // Reads well (unless its answer is over the bound, which is reported below):
+                // reported again if it breaks again.
+                None if !infos.first().is_some_and(io::info_over_bound) => {
+                    self.corrupt.remove(keys::EVENT_LOG);
+                }
+                None => {}
             }
         }
         // A tailed history that is not a stream fails the whole XREAD with WRONGTYPE, and its
@@ -459,6 +483,7 @@ impl FollowTask {
         if wrong_type {
             return Ok(());
         }
+        self.pause_huge_infos(&info_keys, &checked, &infos, now).await?;
         let mut read = Vec::new();
         for reply in replies {
             match reply {
@@ -468,14 +493,19 @@ impl FollowTask {
         }
 
         // Checked against the cursor from before this batch: see `StreamInfo::gap_after`.
-        self.check_event_log(infos.first())?;
-        for ((session_id, _), reply) in tracked.iter().zip(infos.iter().skip(1)) {
-            self.check_history(session_id, reply)?;
+        if checked[0] {
+            self.check_event_log(infos.first())?;
+        }
+        for (((session_id, _), reply), checked) in tracked.iter().zip(infos.iter().skip(1)).zip(&checked[1..]) {
+            if *checked {
+                self.check_history(session_id, reply)?;
+            }
         }
 
         let mut read = io::merge_reads(read);
         let log_entries = read.remove(keys::EVENT_LOG).unwrap_or_default();
         let mut history = read;
+        self.check_paused(&tracked, &checked, &log_entries, &history)?;
         self.caught_up = log_entries.len() < self.config.batch;
         for (session_id, _) in &tracked {
             if let Some(entries) = history.remove(&keys::history(session_id)) {
@@ -486,6 +516,72 @@ impl FollowTask {
             if entry.id > self.cursor.events {
                 self.handle_log_entry(entry).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// The check a paused stream gets instead of `XINFO STREAM`'s: trims reach past the cursor
+    /// only when a stream holds at least its `MAXLEN` entries after it (trimming keeps that
+    /// many), so a read that came back with that many, or a full batch, may have missed some,
+    /// and resyncs rather than risk a silent gap. Another client's `XTRIM` or `XDEL` below that
+    /// goes unnoticed while the pause lasts.
+    fn check_paused(
+        &self,
+        tracked: &[(SessionId, EntryId)],
+        checked: &[bool],
+        log_entries: &[RawEntry],
+        history: &BTreeMap<String, Vec<RawEntry>>,
+    ) -> Result<(), Stop> {
+        let full = |entries: usize, maxlen: usize| entries >= self.config.batch.min(maxlen.max(1));
+        let mut paused_full = (!checked[0] && full(log_entries.len(), self.manager_config.event_log_maxlen))
+            .then_some(keys::EVENT_LOG.to_owned());
+        for ((session_id, _), checked) in tracked.iter().zip(&checked[1..]) {
+            let key = keys::history(session_id);
+            let read = history.get(&key).map_or(0, Vec::len);
+            if !checked && full(read, self.manager_config.history_maxlen) {
+                paused_full.get_or_insert(key);
+            }
+        }
+        match paused_full {
+            Some(key) => Err(Stop::Gap(format!(
+                "{key}: a full read while its XINFO STREAM checks are paused (an entry over the size bound); resyncing rather than risk a gap"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Pauses the `XINFO STREAM` checks of each stream whose answer was over
+    /// [`io::INFO_REPLY_BOUND`] for [`io::INFO_PAUSE`], and reports it; ends the pause of one that
+    /// answered within it.
+    async fn pause_huge_infos(
+        &mut self,
+        info_keys: &[&str],
+        checked: &[bool],
+        infos: &[redis::RedisResult<Value>],
+        now: Instant,
+    ) -> Result<(), Stop> {
+        for ((key, checked), reply) in info_keys.iter().zip(checked).zip(infos) {
+            if !checked {
+                continue;
+            }
+            let size = reply.as_ref().map_or(0, io::reply_bytes);
+            if !io::info_over_bound(reply) {
+                self.info_paused.remove(*key);
+                continue;
+            }
+            tracing::warn!(key = %key, bytes = size, "XINFO STREAM answer over the bound; checking it less often");
+            self.info_paused.insert((*key).to_owned(), now + io::INFO_PAUSE);
+            let error = format!(
+                "{key}: XINFO STREAM answers {size} bytes (a first or last entry over the size bound); its trims \
+                 and deletions are checked once every {} s until it answers less than {}",
+                io::INFO_PAUSE.as_secs(),
+                io::INFO_REPLY_BOUND
+            );
+            self.report(CorruptEntry {
+                key: (*key).to_owned(),
+                error,
+            })
+            .await?;
         }
         Ok(())
     }
