@@ -132,7 +132,8 @@ pub(crate) fn layout(dir: Option<PathBuf>) -> anyhow::Result<Layout> {
 pub enum Probe {
     /// Nothing: the connection was refused.
     Nothing,
-    /// A Redis server; its pid when `INFO` was allowed.
+    /// A Redis server; its pid when `INFO` was allowed and it is done loading its data (ready
+    /// for commands).
     Redis { pid: Option<u32> },
     /// Something that is not a Redis server we can talk to, and why.
     Other(String),
@@ -146,7 +147,10 @@ pub async fn probe(endpoint: &Endpoint) -> Probe {
         Err(err) if link::classify(&err) == Failure::Auth => return Probe::Redis { pid: None },
         Err(err) => return Probe::Other(link::one_line(&err)),
     };
-    match link::info(&mut connection, &["server"], COMMAND_TIMEOUT).await {
+    match link::info(&mut connection, &["server", "persistence"], COMMAND_TIMEOUT).await {
+        // Still loading its data (it answers `INFO` meanwhile, other commands with -LOADING):
+        // Redis, not ready yet.
+        Ok(info) if info.get("loading").is_some_and(|loading| loading == "1") => Probe::Redis { pid: None },
         Ok(info) => Probe::Redis {
             pid: info.get("process_id").and_then(|pid| pid.parse().ok()),
         },
