@@ -256,24 +256,7 @@ fn start_waits_for_the_data_to_load() {
     let server_dir = ServerDir::new();
     let port = server_dir.port;
     assert_code(&server_dir.server("start", &[]), 0);
-    block_on(async {
-        let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        // Many small writes: loading takes its time per command.
-        for chunk in 0..50 {
-            let mut fill = redis::pipe();
-            for i in 0..10_000 {
-                fill.cmd("SET")
-                    .arg(format!("key{}", chunk * 10_000 + i))
-                    .arg(i)
-                    .ignore();
-            }
-            let () = fill.query_async(&mut connection).await.unwrap();
-        }
-    });
+    fill(port, 500_000);
     assert_code(&server_dir.server("stop", &[]), 0);
     assert_code(&server_dir.server("start", &[]), 0);
     assert_eq!(
@@ -281,5 +264,74 @@ fn start_waits_for_the_data_to_load() {
         [true, true],
         "served right after start"
     );
+    assert_code(&server_dir.server("stop", &[]), 0);
+}
+
+/// Writes `count` small keys `key0`... to the server at `port`: its AOF then takes a while to
+/// load (the time is per command).
+fn fill(port: u16, count: usize) {
+    block_on(async {
+        let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for chunk in 0..count.div_ceil(10_000) {
+            let mut writes = redis::pipe();
+            for i in chunk * 10_000..count.min((chunk + 1) * 10_000) {
+                writes.cmd("SET").arg(format!("key{i}")).arg(i).ignore();
+            }
+            let () = writes.query_async(&mut connection).await.unwrap();
+        }
+    });
+}
+
+/// Whether the server at `port` says it is loading its data (`INFO persistence`); `None` when
+/// it does not answer.
+fn loading(port: u16) -> Option<bool> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    stream.write_all(b"INFO persistence\r\n").ok()?;
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    while !answer.windows(8).any(|window| window == b"loading:") || !answer.ends_with(b"\r\n\r\n") {
+        let read = stream.read(&mut buffer).ok().filter(|read| *read > 0)?;
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    Some(String::from_utf8_lossy(&answer).contains("loading:1"))
+}
+
+/// A second `start` while the first one's server is still loading its data waits for it and
+/// says it was running already. It used to fail: the server answered `INFO` without its pid
+/// yet, which read as "already running (pid N) but not on port P".
+#[test]
+fn start_while_the_server_loads_waits_for_it() {
+    let server_dir = ServerDir::new();
+    let port = server_dir.port;
+    assert_code(&server_dir.server("start", &[]), 0);
+    fill(port, 1_000_000);
+    assert_code(&server_dir.server("stop", &[]), 0);
+    let dir = server_dir.path().display().to_string();
+    let port_arg = port.to_string();
+    let mut first = bin()
+        .args(["-p", &port_arg, "server", "start", "--dir", &dir])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while loading(port) != Some(true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server is seen loading its data"
+        );
+        std::thread::yield_now();
+    }
+    let second = server_dir.server("start", &["--json"]);
+    assert_code(&second, 0);
+    assert_eq!(json(&second)["already_running"], true, "{}", stdout(&second));
+    assert_eq!(loading(port), Some(false), "the second start returns once it is loaded");
+    assert!(first.wait().unwrap().success());
     assert_code(&server_dir.server("stop", &[]), 0);
 }

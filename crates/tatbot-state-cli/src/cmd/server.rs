@@ -220,11 +220,20 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<u8> {
     };
 
     if let Some(pid) = process::read_pidfile(&layout.pidfile()).filter(|pid| is_redis_process(*pid)) {
-        if let Probe::Redis { pid: Some(answering) } = probe(&endpoint).await
-            && answering == pid
-        {
-            print_started(global, &started(pid, true))?;
-            return Ok(exit::SUCCESS);
+        match probe(&endpoint).await {
+            Probe::Redis { pid: Some(answering) } if answering == pid => {
+                print_started(global, &started(pid, true))?;
+                return Ok(exit::SUCCESS);
+            }
+            // A Redis that is not ready (still loading its data, or refusing `INFO`): ours when
+            // it comes up with our pid, or says so in our log.
+            Probe::Redis { pid: None } => {
+                let offset = first_log_line_of(&layout.log(), pid);
+                let pid = wait_until_ready(&endpoint, &layout, offset).await?;
+                print_started(global, &started(pid, true))?;
+                return Ok(exit::SUCCESS);
+            }
+            _ => {}
         }
         anyhow::bail!(
             "a redis-server started from {} is already running (pid {pid}) but not on port {port}: stop it with `tatbot-state server stop --dir {} -p PORT` (its port is in {})",
@@ -345,6 +354,21 @@ async fn wait_until_ready(endpoint: &Endpoint, layout: &Layout, log_offset: u64)
             layout.log().display()
         ),
     }
+}
+
+/// Where the log lines of the daemon `pid` (`PID:M` ...) start in the log at `path`; 0 when
+/// there are none.
+fn first_log_line_of(path: &Path, pid: u32) -> u64 {
+    let data = std::fs::read(path).unwrap_or_default();
+    let prefix = format!("{pid}:");
+    let mut offset = 0;
+    for line in data.split_inclusive(|byte| *byte == b'\n') {
+        if line.starts_with(prefix.as_bytes()) {
+            return u64::try_from(offset).unwrap_or(0);
+        }
+        offset += line.len();
+    }
+    0
 }
 
 /// The pid of the last `PID:M` (main process) log line, i.e. the daemon after the fork.
