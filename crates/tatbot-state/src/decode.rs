@@ -24,12 +24,17 @@ pub(crate) const PREVIEW_CHARS: usize = 40;
 /// Refuses a value of `len` bytes stored at `key` when it is over [`MAX_DOCUMENT_BYTES`].
 pub(crate) fn check_size(key: &str, what: &str, len: usize) -> Result<()> {
     if len > MAX_DOCUMENT_BYTES {
-        return Err(Error::Corrupt {
-            key: key.to_owned(),
-            detail: format!("{what} is {len} bytes; the limit is {MAX_DOCUMENT_BYTES}"),
-        });
+        return Err(too_large(key, what, len));
     }
     Ok(())
+}
+
+/// The error of `what` at `key` being `len` bytes, over the size bound.
+pub(crate) fn too_large(key: &str, what: &str, len: usize) -> Error {
+    Error::Corrupt {
+        key: key.to_owned(),
+        detail: format!("{what} is {len} bytes; the limit is {MAX_DOCUMENT_BYTES}"),
+    }
 }
 
 /// Decodes the JSON document `raw` stored at `key`, within the size bound.

@@ -1105,3 +1105,42 @@ async fn a_full_read_of_a_paused_stream_resyncs() {
     })
     .await;
 }
+
+/// Bytes Redis has sent to its clients (`INFO stats`).
+fn bytes_sent(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "stats"]).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap()
+}
+
+/// Another client's heartbeat and robot state of 5 MiB were sent whole with every poll (once a
+/// second by default) to every follower, and refused there. Their lengths are asked first now
+/// (`HSTRLEN`), and a value over the size bound is reported without being read.
+#[tokio::test]
+async fn huge_polled_values_are_not_read() {
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    let huge = "x".repeat(5 << 20);
+    let () = redis.hset("node:health:big", "health", &huge).await.unwrap();
+    let () = redis.expire("node:health:big", 600).await.unwrap();
+    let () = redis.hset("robot:state:big", "state", &huge).await.unwrap();
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    for key in ["node:health:big", "robot:state:big"] {
+        let view = seen.lock().unwrap().view.clone().unwrap();
+        let entry = view.corrupt.iter().find(|entry| entry.key == key);
+        assert!(
+            entry.is_some_and(|entry| entry.error.contains("is 5242880 bytes; the limit is 1048576")),
+            "{key}: {:?}",
+            view.corrupt
+        );
+    }
+    // Ten polls (every 200 ms, `quick`), each asking the lengths: less than one value sent.
+    let (sent_before, lengths_before) = (bytes_sent(&server), calls(&server, "hstrlen"));
+    let polled = eventually(LIMIT, || async { calls(&server, "hstrlen") >= lengths_before + 20 }).await;
+    assert!(polled, "the follower polls on");
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 1 << 20, "{sent} bytes sent in ten polls");
+}

@@ -404,8 +404,12 @@ pub(crate) fn event_in_scope(scope: &Scope, event: &LoggedEvent) -> bool {
 /// Decodes the reply of `HGET {progress key} progress` (run with `ignore_errors`): `None`
 /// when the hash is gone, else the document or why it is corrupt.
 pub(crate) fn decode_progress(key: &str, reply: redis::RedisResult<Value>) -> Option<Result<StrokeProgress>> {
-    let raw = decode::field_text(key, keys::FIELD_PROGRESS, reply)?;
-    Some(raw.and_then(|raw| decode::document(key, "StrokeProgress", &raw)))
+    progress_document(key, decode::field_text(key, keys::FIELD_PROGRESS, reply))
+}
+
+/// The progress document at `key` from the text of its field (`None` when there is none).
+pub(crate) fn progress_document(key: &str, text: Option<Result<String>>) -> Option<Result<StrokeProgress>> {
+    Some(text?.and_then(|raw| decode::document(key, "StrokeProgress", &raw)))
 }
 
 /// A [`CorruptEntry`] for `err`, which names `key`.
@@ -516,13 +520,80 @@ async fn scan_nodes(
     Ok((nodes, corrupt))
 }
 
-/// Queues the reads of [`node_views`] for `node_ids` on `pipe`: `HGET health` and `PTTL` each.
-fn queue_node_reads<'a>(pipe: &mut redis::Pipeline, node_ids: impl Iterator<Item = &'a NodeId>) {
+/// The hash fields among `fields` (key, field) whose values are over the size bound, with their
+/// lengths, by key (`HSTRLEN`, one pipeline). Such a value is not read: an `HGET` would send it
+/// whole, to every follower at every poll (another client's 50 MB heartbeat: 50 MB a second
+/// each). A key of another type or a missing field is not in the map.
+pub(crate) async fn oversized_fields(
+    connection: &mut MultiplexedConnection,
+    fields: &[(String, &'static str)],
+) -> Result<Oversized> {
+    if fields.is_empty() {
+        return Ok(Oversized::default());
+    }
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (key, field) in fields {
+        pipe.cmd("HSTRLEN").arg(key).arg(*field);
+    }
+    let lengths: Vec<redis::RedisResult<Value>> = pipe
+        .query_async(connection)
+        .await
+        .map_err(|err| Error::from_redis("follow value lengths", err))?;
+    Ok(Oversized(
+        fields
+            .iter()
+            .zip(lengths)
+            .filter_map(|((key, _), length)| {
+                let length = usize::try_from(length.ok().as_ref().and_then(integer)?).ok()?;
+                (length > crate::model::MAX_DOCUMENT_BYTES).then(|| (key.clone(), length))
+            })
+            .collect(),
+    ))
+}
+
+/// Hash values over the size bound, by key, with their lengths: see [`oversized_fields`].
+#[derive(Debug, Default)]
+pub(crate) struct Oversized(BTreeMap<String, usize>);
+
+impl Oversized {
+    /// Queues `HGET key field` on `pipe`, or for a value over the bound its `HSTRLEN` (an
+    /// answer of the same place in the pipeline, which [`Oversized::field_text`] does not read).
+    pub(crate) fn queue_read(&self, pipe: &mut redis::Pipeline, key: &str, field: &str) {
+        let command = if self.0.contains_key(key) { "HSTRLEN" } else { "HGET" };
+        pipe.cmd(command).arg(key).arg(field);
+    }
+
+    /// [`decode::field_text`] of the answer queued by [`Oversized::queue_read`]: the too-large
+    /// error for a value over the bound.
+    pub(crate) fn field_text(
+        &self,
+        key: &str,
+        field: &str,
+        reply: redis::RedisResult<Value>,
+    ) -> Option<Result<String>> {
+        match self.0.get(key) {
+            Some(length) => Some(Err(decode::too_large(key, &format!("field {field}"), *length))),
+            None => decode::field_text(key, field, reply),
+        }
+    }
+}
+
+/// Queues the reads of [`node_views`] for `node_ids` on `pipe`: `HGET health` (see
+/// [`Oversized`]) and `PTTL` each.
+fn queue_node_reads<'a>(pipe: &mut redis::Pipeline, node_ids: impl Iterator<Item = &'a NodeId>, oversized: &Oversized) {
     for node_id in node_ids {
         let key = keys::health(node_id);
-        pipe.cmd("HGET").arg(&key).arg(keys::FIELD_HEALTH);
+        oversized.queue_read(pipe, &key, keys::FIELD_HEALTH);
         pipe.cmd("PTTL").arg(&key);
     }
+}
+
+/// The heartbeat fields of `nodes`, for [`oversized_fields`].
+fn health_fields<'a>(nodes: impl Iterator<Item = &'a NodeId>) -> Vec<(String, &'static str)> {
+    nodes
+        .map(|node_id| (keys::health(node_id), keys::FIELD_HEALTH))
+        .collect()
 }
 
 /// Builds node views from the replies queued by [`queue_node_reads`]; a heartbeat that does
@@ -530,6 +601,7 @@ fn queue_node_reads<'a>(pipe: &mut redis::Pipeline, node_ids: impl Iterator<Item
 fn node_views(
     nodes: &BTreeMap<NodeId, Option<i64>>,
     replies: &[redis::RedisResult<Value>],
+    oversized: &Oversized,
     now_ms: i64,
     health_ttl: Duration,
     corrupt: &mut Vec<CorruptEntry>,
@@ -540,7 +612,8 @@ fn node_views(
         .zip(replies.chunks_exact(2))
         .map(|((node_id, registry_ms), reply)| {
             let key = keys::health(node_id);
-            let decoded = decode::field_text(&key, keys::FIELD_HEALTH, reply[0].clone())
+            let decoded = oversized
+                .field_text(&key, keys::FIELD_HEALTH, reply[0].clone())
                 .map(|raw| raw.and_then(|raw| decode::document::<NodeHealth>(&key, "NodeHealth", &raw)));
             let health = match decoded {
                 None => None,
@@ -590,10 +663,11 @@ pub(crate) async fn read_nodes(
     health_ttl: Duration,
 ) -> Result<(BTreeMap<String, NodeView>, Vec<CorruptEntry>)> {
     let (nodes, mut corrupt) = scan_nodes(connection).await?;
+    let oversized = oversized_fields(connection, &health_fields(nodes.keys())).await?;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     pipe.cmd("TIME");
-    queue_node_reads(&mut pipe, nodes.keys());
+    queue_node_reads(&mut pipe, nodes.keys(), &oversized);
     let replies: Vec<redis::RedisResult<Value>> = pipe
         .query_async(connection)
         .await
@@ -606,6 +680,7 @@ pub(crate) async fn read_nodes(
     let views = node_views(
         &nodes,
         replies.get(1..).unwrap_or_default(),
+        &oversized,
         now_ms,
         health_ttl,
         &mut corrupt,
@@ -631,10 +706,15 @@ pub(crate) async fn read_robots(
     }
     let mut robots = BTreeMap::new();
     for chunk in node_ids.chunks(SCAN_COUNT) {
+        let fields: Vec<(String, &'static str)> = chunk
+            .iter()
+            .map(|node_id| (keys::robot_state(node_id), keys::FIELD_STATE))
+            .collect();
+        let oversized = oversized_fields(connection, &fields).await?;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for node_id in chunk {
-            pipe.cmd("HGET").arg(keys::robot_state(node_id)).arg(keys::FIELD_STATE);
+        for (key, field) in &fields {
+            oversized.queue_read(&mut pipe, key, field);
         }
         let replies: Vec<redis::RedisResult<Value>> = pipe
             .query_async(connection)
@@ -642,7 +722,7 @@ pub(crate) async fn read_robots(
             .map_err(|err| Error::from_redis("follow robots", err))?;
         for (node_id, reply) in chunk.iter().zip(replies) {
             let key = keys::robot_state(node_id);
-            let Some(raw) = decode::field_text(&key, keys::FIELD_STATE, reply) else {
+            let Some(raw) = oversized.field_text(&key, keys::FIELD_STATE, reply) else {
                 continue;
             };
             match raw.and_then(|raw| decode::document::<RobotState>(&key, "RobotState", &raw)) {
@@ -681,6 +761,7 @@ pub(crate) async fn read_snapshot(
         Scope::Session(_) => (BTreeMap::new(), BTreeMap::new()),
     };
     let scanned_events = config.recent_events.max(1) * RECENT_SCAN_FACTOR;
+    let node_oversized = oversized_fields(&mut connection, &health_fields(nodes.keys())).await?;
 
     let mut pipe = redis::pipe();
     pipe.atomic().ignore_errors();
@@ -704,7 +785,7 @@ pub(crate) async fn read_snapshot(
             .arg(keys::FIELD_PROGRESS);
         pipe.cmd("XINFO").arg("STREAM").arg(keys::history(session_id));
     }
-    queue_node_reads(&mut pipe, nodes.keys());
+    queue_node_reads(&mut pipe, nodes.keys(), &node_oversized);
     let replies: Vec<redis::RedisResult<Value>> = pipe
         .query_async(&mut connection)
         .await
@@ -774,6 +855,7 @@ pub(crate) async fn read_snapshot(
     let nodes = node_views(
         &nodes,
         replies.get(node_base..).unwrap_or_default(),
+        &node_oversized,
         server_time_ms,
         manager_config.health_ttl,
         &mut corrupt,

@@ -716,16 +716,19 @@ impl FollowTask {
     async fn read_doc(&mut self, session_id: &SessionId) -> Result<DocRead, Stop> {
         let mut connection = self.connections()?.commands;
         let key = keys::progress(session_id);
+        // Its length first: a document over the size bound is not read (see `io::Oversized`).
+        let oversized = io::oversized_fields(&mut connection, &[(key.clone(), keys::FIELD_PROGRESS)]).await?;
         let mut pipe = redis::pipe();
         // So that WRONGTYPE is this command's reply, not a failure of the connection.
         pipe.ignore_errors();
-        pipe.cmd("HGET").arg(&key).arg(keys::FIELD_PROGRESS);
+        oversized.queue_read(&mut pipe, &key, keys::FIELD_PROGRESS);
         let mut replies: Vec<redis::RedisResult<Value>> = pipe
             .query_async(&mut connection)
             .await
             .map_err(|err| Error::from_redis("follow read session", err))?;
         let reply = replies.pop().unwrap_or(Ok(Value::Nil));
-        Ok(match io::decode_progress(&key, reply) {
+        let text = oversized.field_text(&key, keys::FIELD_PROGRESS, reply);
+        Ok(match io::progress_document(&key, text) {
             None => DocRead::Missing,
             Some(Ok(progress)) => {
                 // Read well: a later corruption of this key is news again.
