@@ -770,8 +770,8 @@ struct InFlight {
     answers: usize,
     /// When it counts as unanswered.
     deadline: tokio::time::Instant,
-    /// Where its first-time ops start; see [`FirstSends`].
-    first_sends: FirstSends,
+    /// What the writer had sent before it: its ops above that go out for the first time.
+    sent_before: SentThrough,
 }
 
 /// The highest sequence number a writer had sent on each of its revision keys (ops,
@@ -779,9 +779,9 @@ struct InFlight {
 /// script that skips an op above it as already applied, or answers that it recorded more,
 /// found a number another client wrote into the revision key ([`Writer::broken_revisions`]).
 #[derive(Debug, Clone, Copy, Default)]
-struct FirstSends([u64; 2]);
+struct SentThrough([u64; 2]);
 
-impl FirstSends {
+impl SentThrough {
     /// Which revision key `op` is numbered on: 1 for snapshots, 0 for the others.
     fn kind(op: &Op) -> usize {
         usize::from(op.snapshot_key().is_some())
@@ -789,7 +789,7 @@ impl FirstSends {
 
     /// True when `queued` goes out for the first time.
     fn is_first(self, queued: &Queued) -> bool {
-        queued.seq > self.0[FirstSends::kind(&queued.op)]
+        queued.seq > self.0[SentThrough::kind(&queued.op)]
     }
 }
 
@@ -840,7 +840,7 @@ struct Writer {
     /// The sequence number that is durable once the horizon has passed since `unsafe_since`.
     unsafe_through: u64,
     /// The highest number sent so far on each revision key.
-    sent: FirstSends,
+    sent: SentThrough,
     /// Revision keys found holding a number above any this writer sent, with the number to set
     /// them back to on the next connection, before anything goes out on it.
     repairs: Vec<(String, u64)>,
@@ -891,7 +891,7 @@ impl Writer {
             known: HashMap::new(),
             unsafe_since: None,
             unsafe_through: 0,
-            sent: FirstSends::default(),
+            sent: SentThrough::default(),
             repairs: Vec::new(),
         }
     }
@@ -961,7 +961,7 @@ impl Writer {
             let results = std::mem::take(&mut answers);
             let settled = failure
                 .map_err(|err| Error::from_redis("producer batch", err))
-                .and_then(|()| self.settle(&oldest.batch, results, &later, oldest.first_sends));
+                .and_then(|()| self.settle(&oldest.batch, results, &later, oldest.sent_before));
             if let Err(err) = settled {
                 // This batch and every one sent after it go again, in order, on a new connection
                 // (which replays first when Redis restarted); ops already applied are skipped by
@@ -1023,7 +1023,7 @@ impl Writer {
             let Some((batch, done_through)) = taken else {
                 return Ok(());
             };
-            let (pipe, all_fast, first_sends) = self.pipeline(&batch);
+            let (pipe, all_fast, sent_before) = self.pipeline(&batch);
             let sessions = batch.iter().filter_map(|queued| queued.op.session().cloned()).collect();
             sent.push_back(InFlight {
                 batch,
@@ -1032,7 +1032,7 @@ impl Writer {
                 all_fast,
                 answers: pipe.len(),
                 deadline: tokio::time::Instant::now() + self.manager.config().response_timeout,
-                first_sends,
+                sent_before,
             });
             if let Some(live) = self.direct.as_mut() {
                 live.send(&pipe.get_packed_pipeline(), pipe.len()).await?;
@@ -1420,24 +1420,24 @@ impl Writer {
         if batch.is_empty() {
             return Ok(());
         }
-        let (pipe, _, first_sends) = self.pipeline(batch);
+        let (pipe, _, sent_before) = self.pipeline(batch);
         let results: Vec<redis::RedisResult<redis::Value>> = pipe
             .query_async(connection)
             .await
             .map_err(|err| Error::from_redis("producer batch", err))?;
-        self.settle(batch, results, &HashSet::new(), first_sends)
+        self.settle(batch, results, &HashSet::new(), sent_before)
     }
 
     /// The pipeline of `batch`, whether every progress update and run-state change in it took
-    /// the fast path's planning, and where its first-time ops start.
+    /// the fast path's planning, and what was sent before it ([`SentThrough`]).
     ///
     /// Progress updates take the fast path when the writer knows the session's document: each
     /// is planned on the document the previous one will store, so a whole batch chains, and so
     /// does the next batch while this one is in flight.
-    fn pipeline(&mut self, batch: &[Queued]) -> (redis::Pipeline, bool, FirstSends) {
-        let first_sends = self.sent;
+    fn pipeline(&mut self, batch: &[Queued]) -> (redis::Pipeline, bool, SentThrough) {
+        let sent_before = self.sent;
         for queued in batch {
-            let kind = FirstSends::kind(&queued.op);
+            let kind = SentThrough::kind(&queued.op);
             self.sent.0[kind] = self.sent.0[kind].max(queued.seq);
         }
         let config = self.manager.config();
@@ -1456,7 +1456,7 @@ impl Writer {
             all_fast &= fast.is_some() || !matches!(queued.op, Op::Progress { .. } | Op::RunState { .. });
             pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq, fast.as_ref()));
         }
-        (pipe, all_fast, first_sends)
+        (pipe, all_fast, sent_before)
     }
 
     /// Reads the answers to `batch`: per-op refusals are logged and counted, a connection
@@ -1468,9 +1468,9 @@ impl Writer {
         batch: &[Queued],
         results: Vec<redis::RedisResult<redis::Value>>,
         later: &HashSet<SessionId>,
-        first_sends: FirstSends,
+        sent_before: SentThrough,
     ) -> Result<()> {
-        self.broken_revisions(batch, &results, first_sends)?;
+        self.broken_revisions(batch, &results, sent_before)?;
         let mut results = results;
         if let Some(index) = results.iter().position(|result| {
             result
@@ -1542,15 +1542,15 @@ impl Writer {
         &mut self,
         batch: &[Queued],
         results: &[redis::RedisResult<redis::Value>],
-        first_sends: FirstSends,
+        sent_before: SentThrough,
     ) -> Result<()> {
         let mut first_skipped: [Option<u64>; 2] = [None, None];
-        let mut applied = first_sends.0;
+        let mut applied = sent_before.0;
         for (queued, result) in batch.iter().zip(results) {
-            let kind = FirstSends::kind(&queued.op);
+            let kind = SentThrough::kind(&queued.op);
             match result {
                 Ok(redis::Value::Int(skipped @ ..0))
-                    if first_sends.is_first(queued) || skipped.unsigned_abs() - 1 > self.sent.0[kind] =>
+                    if sent_before.is_first(queued) || skipped.unsigned_abs() - 1 > self.sent.0[kind] =>
                 {
                     first_skipped[kind].get_or_insert(queued.seq);
                 }
