@@ -727,6 +727,17 @@ impl StateManager {
         Ok(answer)
     }
 
+    /// The error of a read of `key`, which should hold `kind` ("stream", "sorted set"):
+    /// [`Error::wrong_type`] when another client stored another type there, else the Redis
+    /// failure of `operation`.
+    fn shared_read_error(&self, operation: &'static str, err: redis::RedisError, key: &str, kind: &str) -> Error {
+        if decode::is_wrong_type(&err) {
+            Error::wrong_type(key, kind)
+        } else {
+            self.redis_error(operation, err)
+        }
+    }
+
     /// Runs a write script on the shared connection, acknowledged as
     /// [`StateManager::acknowledged`] says.
     async fn invoke_acknowledged<T: redis::FromRedisValue>(
@@ -1072,13 +1083,7 @@ impl StateManager {
         let reply: redis::streams::StreamRangeReply =
             match self.connection().xrange_count(&key, start, "+", count).await {
                 Ok(reply) => reply,
-                Err(err) if decode::is_wrong_type(&err) => {
-                    return Err(Error::Corrupt {
-                        key,
-                        detail: "the key is not a stream".to_owned(),
-                    });
-                }
-                Err(err) => return Err(self.redis_error("get_history", err)),
+                Err(err) => return Err(self.shared_read_error("get_history", err, &key, "stream")),
             };
         Ok(reply
             .ids
@@ -1218,13 +1223,7 @@ impl StateManager {
             .connection()
             .zrange_withscores(keys::NODE_REGISTRY, 0, -1)
             .await
-            .map_err(|err| {
-                if decode::is_wrong_type(&err) {
-                    Error::wrong_type(keys::NODE_REGISTRY, "sorted set")
-                } else {
-                    self.redis_error("known_nodes", err)
-                }
-            })?;
+            .map_err(|err| self.shared_read_error("known_nodes", err, keys::NODE_REGISTRY, "sorted set"))?;
         Ok(members
             .into_iter()
             .map(|(node_id, score)| KnownNode {
@@ -1319,13 +1318,7 @@ impl StateManager {
             .connection()
             .xrevrange_count(keys::ERROR_LOG, "+", "-", count)
             .await
-            .map_err(|err| {
-                if decode::is_wrong_type(&err) {
-                    Error::wrong_type(keys::ERROR_LOG, "stream")
-                } else {
-                    self.redis_error("list_errors", err)
-                }
-            })?;
+            .map_err(|err| self.shared_read_error("list_errors", err, keys::ERROR_LOG, "stream"))?;
         Ok(reply
             .ids
             .into_iter()

@@ -802,10 +802,9 @@ struct Writer {
     switches: watch::Receiver<u64>,
     /// `{node_id}.{random}`: tells this producer's revisions and counters apart.
     writer_id: String,
-    /// `tatbot:rev:{writer}`: where the scripts record the last op applied.
-    rev_key: String,
-    /// `tatbot:rev:{writer}.snapshots`: the same for snapshots.
-    snapshot_rev_key: String,
+    /// `tatbot:rev:{writer}` and `tatbot:rev:{writer}.snapshots`, by [`SentThrough::kind`]: where
+    /// the scripts record the last op applied, and the last snapshot.
+    rev_keys: [String; 2],
     /// The server last written to: its address, `run_id` and replication id. Any change (a
     /// restart, a failover to another server, a promotion) may have lost acknowledged writes,
     /// so it triggers the replay.
@@ -878,8 +877,10 @@ impl Writer {
             manager,
             shared,
             writer_id: writer_id.to_owned(),
-            rev_key: keys::writer_rev(writer_id),
-            snapshot_rev_key: keys::writer_rev(&format!("{writer_id}.snapshots")),
+            rev_keys: [
+                keys::writer_rev(writer_id),
+                keys::writer_rev(&format!("{writer_id}.snapshots")),
+            ],
             server: None,
             recent: VecDeque::new(),
             last_snapshots: HashMap::new(),
@@ -896,7 +897,7 @@ impl Writer {
         }
     }
 
-    #[tracing::instrument(name = "producer", skip_all, fields(writer = %self.rev_key))]
+    #[tracing::instrument(name = "producer", skip_all, fields(writer = %self.rev_keys[0]))]
     async fn run(mut self, shutdown: CancellationToken) {
         // The batches in flight, oldest first, and the answers the oldest got so far.
         let mut sent: VecDeque<InFlight> = VecDeque::new();
@@ -1447,11 +1448,7 @@ impl Writer {
         for queued in batch {
             // Snapshots are coalesced and so sent out of order with the other ops; each kind has
             // its own revision, and within a kind sequence numbers only ever increase.
-            let rev_key = if queued.op.snapshot_key().is_some() {
-                &self.snapshot_rev_key
-            } else {
-                &self.rev_key
-            };
+            let rev_key = &self.rev_keys[SentThrough::kind(&queued.op)];
             let fast = queued.op.plan(&mut self.docs, &config.node_id);
             all_fast &= fast.is_some() || !matches!(queued.op, Op::Progress { .. } | Op::RunState { .. });
             pipe.invoke_script(&queued.op.invocation(config, rev_key, queued.seq, fast.as_ref()));
@@ -1563,12 +1560,7 @@ impl Writer {
         }
         let mut broken = None;
         for (kind, skipped) in first_skipped.into_iter().enumerate() {
-            let key = if kind == 1 {
-                &self.snapshot_rev_key
-            } else {
-                &self.rev_key
-            }
-            .clone();
+            let key = self.rev_keys[kind].clone();
             let Some(seq) = skipped else {
                 self.repairs.push((key, applied[kind]));
                 continue;

@@ -547,7 +547,7 @@ impl Recorder {
             };
             let read = redis::AsyncCommands::xread_options(&mut connection, &stream_keys, &ids, &options).await;
             // Kept unless the connection may be broken.
-            if read.as_ref().is_ok() || read.as_ref().is_err_and(|err| err.code() == Some("WRONGTYPE")) {
+            if read.as_ref().is_ok() || read.as_ref().is_err_and(crate::decode::is_wrong_type) {
                 self.live = Some(connection);
             }
             read
@@ -557,7 +557,7 @@ impl Recorder {
         let reply: Option<StreamReadReply> = match read {
             Ok(reply) => reply,
             // A stream replaced by another type: the next read leaves it out.
-            Err(err) if err.code() == Some("WRONGTYPE") => {
+            Err(err) if crate::decode::is_wrong_type(&err) => {
                 read_all = false;
                 if !self.find_not_streams(&stream_keys).await? {
                     // Gone again before it was looked at: no busy loop meanwhile.

@@ -212,7 +212,7 @@ return 1
 const UPDATE_PROGRESS: &str = r#"
 if ARGV[8] and redis.call('HGET', KEYS[1], 'progress') == ARGV[8] then
   local skipped = applied(ARGV[1], ARGV[2])
-if skipped then return skipped end
+  if skipped then return skipped end
   redis.call('HSET', KEYS[1], 'progress', ARGV[9])
   local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
     'stroke_idx', ARGV[13], 'pose_idx', ARGV[14],

@@ -257,10 +257,12 @@ impl Subscription {
     /// The mark a finished tail read gives.
     fn tail_of(&mut self, outcome: std::result::Result<LogRead, tokio::task::JoinError>) -> Option<Mark> {
         let replies = self.replies(outcome);
-        let size = replies
+        let oversized = replies
             .as_ref()
-            .map_or(0, |replies| replies.first().map_or(0, io::reply_bytes));
-        if size > io::INFO_REPLY_BOUND {
+            .ok()
+            .and_then(|replies| replies.first())
+            .and_then(io::oversized_info);
+        if let Some(size) = oversized {
             tracing::warn!(
                 key = keys::EVENT_LOG,
                 bytes = size,

@@ -248,9 +248,9 @@ pub(crate) fn reply_bytes(value: &Value) -> usize {
     }
 }
 
-/// Whether an `XINFO STREAM` answer is over [`INFO_REPLY_BOUND`].
-pub(crate) fn info_over_bound(reply: &redis::RedisResult<Value>) -> bool {
-    reply.as_ref().is_ok_and(|value| reply_bytes(value) > INFO_REPLY_BOUND)
+/// The size of an `XINFO STREAM` answer over [`INFO_REPLY_BOUND`]; `None` within it.
+pub(crate) fn oversized_info(value: &Value) -> Option<usize> {
+    Some(reply_bytes(value)).filter(|size| *size > INFO_REPLY_BOUND)
 }
 
 /// Parses an `XINFO STREAM` reply; `None` when it is not one.

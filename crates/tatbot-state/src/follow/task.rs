@@ -459,13 +459,19 @@ impl FollowTask {
             }
             return Ok(());
         }
+        // The size of each `XINFO` answer over the bound, measured once.
+        let oversized: Vec<Option<usize>> = infos
+            .iter()
+            .zip(&checked)
+            .map(|(reply, checked)| reply.as_ref().ok().filter(|_| *checked).and_then(io::oversized_info))
+            .collect();
         if checked[0] {
             match io::broken_log(keys::EVENT_LOG, infos.first()) {
                 // Used up: still read (what it holds is delivered), said once.
                 Some(entry) => self.report(entry).await?,
                 // Reads well (unless its answer is over the bound, which is reported below):
                 // reported again if it breaks again.
-                None if !infos.first().is_some_and(io::info_over_bound) => {
+                None if oversized[0].is_none() => {
                     self.corrupt.remove(keys::EVENT_LOG);
                 }
                 None => {}
@@ -483,7 +489,7 @@ impl FollowTask {
         if wrong_type {
             return Ok(());
         }
-        self.pause_huge_infos(&info_keys, &checked, &infos, now).await?;
+        self.pause_huge_infos(&info_keys, &checked, &oversized, now).await?;
         let mut read = Vec::new();
         for reply in replies {
             match reply {
@@ -551,24 +557,23 @@ impl FollowTask {
     }
 
     /// Pauses the `XINFO STREAM` checks of each stream whose answer was over
-    /// [`io::INFO_REPLY_BOUND`] for [`io::INFO_PAUSE`], and reports it; ends the pause of one that
-    /// answered within it.
+    /// [`io::INFO_REPLY_BOUND`] (`oversized`, its size) for [`io::INFO_PAUSE`], and reports it;
+    /// ends the pause of one that answered within it.
     async fn pause_huge_infos(
         &mut self,
         info_keys: &[&str],
         checked: &[bool],
-        infos: &[redis::RedisResult<Value>],
+        oversized: &[Option<usize>],
         now: Instant,
     ) -> Result<(), Stop> {
-        for ((key, checked), reply) in info_keys.iter().zip(checked).zip(infos) {
+        for ((key, checked), oversized) in info_keys.iter().zip(checked).zip(oversized) {
             if !checked {
                 continue;
             }
-            let size = reply.as_ref().map_or(0, io::reply_bytes);
-            if !io::info_over_bound(reply) {
+            let Some(size) = *oversized else {
                 self.info_paused.remove(*key);
                 continue;
-            }
+            };
             tracing::warn!(key = %key, bytes = size, "XINFO STREAM answer over the bound; checking it less often");
             self.info_paused.insert((*key).to_owned(), now + io::INFO_PAUSE);
             let error = format!(

@@ -180,7 +180,7 @@ impl Watch {
             Ok(value) => read_entries(value)?,
             // Another client's value under the log: said at the pace of a blocked read, on the
             // same connection, until the log is a stream again.
-            Err(err) if err.code() == Some("WRONGTYPE") => {
+            Err(err) if crate::decode::is_wrong_type(&err) => {
                 tokio::time::sleep(WATCH_BLOCK).await;
                 return Err(Error::wrong_type(keys::PARAM_LOG, "stream"));
             }
