@@ -255,9 +255,7 @@ fn start_leaves_an_aof_damaged_in_the_middle_alone() {
 fn start_waits_for_the_data_to_load() {
     let server_dir = ServerDir::new();
     let port = server_dir.port;
-    assert_code(&server_dir.server("start", &[]), 0);
-    fill(port, 500_000);
-    assert_code(&server_dir.server("stop", &[]), 0);
+    stopped_with_keys(&server_dir, 500_000);
     assert_code(&server_dir.server("start", &[]), 0);
     assert_eq!(
         script_writes_then_exists(port, &[], &["key0", "key499999"]),
@@ -267,8 +265,15 @@ fn start_waits_for_the_data_to_load() {
     assert_code(&server_dir.server("stop", &[]), 0);
 }
 
-/// Writes `count` small keys `key0`... to the server at `port`: its AOF then takes a while to
-/// load (the time is per command).
+/// Starts the server of `server_dir`, writes `count` small keys `key0`... and stops it: its
+/// AOF then takes a while to load (the time is per command).
+fn stopped_with_keys(server_dir: &ServerDir, count: usize) {
+    assert_code(&server_dir.server("start", &[]), 0);
+    fill(server_dir.port, count);
+    assert_code(&server_dir.server("stop", &[]), 0);
+}
+
+/// Writes `count` small keys `key0`... to the server at `port`.
 fn fill(port: u16, count: usize) {
     block_on(async {
         let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
@@ -309,9 +314,7 @@ fn loading(port: u16) -> Option<bool> {
 fn start_while_the_server_loads_waits_for_it() {
     let server_dir = ServerDir::new();
     let port = server_dir.port;
-    assert_code(&server_dir.server("start", &[]), 0);
-    fill(port, 1_000_000);
-    assert_code(&server_dir.server("stop", &[]), 0);
+    stopped_with_keys(&server_dir, 1_000_000);
     let dir = server_dir.path().display().to_string();
     let port_arg = port.to_string();
     let mut first = bin()

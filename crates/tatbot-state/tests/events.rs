@@ -11,7 +11,7 @@ use tatbot_state::{
 };
 use tatbot_state_testkit::{RedisServer, ReplyProxy};
 
-use crate::util::{calls, config, one_pose, raw, setup};
+use crate::util::{append_huge_log_entry, calls, config, one_pose, raw, setup};
 
 async fn next_event(subscription: &mut Subscription) -> (String, Event) {
     let message = tokio::time::timeout(Duration::from_secs(5), subscription.next())
@@ -611,12 +611,7 @@ async fn oversized_event_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_last_log_entry_is_not_read_by_every_keepalive() {
     let (server, state) = setup("hog").await;
-    let mut redis = raw(&server).await;
-    let huge = "x".repeat(5 << 20);
-    let _: String = redis
-        .xadd(tatbot_state::keys::EVENT_LOG, "*", &[("payload", &huge)])
-        .await
-        .unwrap();
+    append_huge_log_entry(&server).await;
     let xinfo_before = calls(&server, "xinfo|stream");
     let pings_before = calls(&server, "ping");
     let mut subscription = state.subscribe(&["stroke:events:*"]).await.unwrap();

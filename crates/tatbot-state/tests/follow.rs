@@ -10,7 +10,7 @@ use tatbot_state::model::{HistoryEntry, NodeHealth};
 use tatbot_state::{CancellationToken, Cursor, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{calls, eventually, manager, one_pose, raw, setup};
+use crate::util::{append_huge_log_entry, calls, eventually, manager, one_pose, raw, setup};
 
 /// How long any awaited condition may take.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -964,13 +964,7 @@ async fn an_index_of_another_type_is_reported_and_breaks_nothing() {
         assert!(corrupt_keys(&seen).contains(&tatbot_state::keys::NODE_REGISTRY.to_owned()));
     }
     // Polls go on: a second node's heartbeat is found.
-    state.update_node_health(&NodeHealth::new("cam")).await.unwrap();
-    wait_for(&seen, "the second node", |seen| {
-        seen.view.as_ref().is_some_and(|view| view.nodes.contains_key("cam"))
-    })
-    .await;
-    let seen = seen.lock().unwrap();
-    assert_eq!((seen.lost, seen.reconnected), (0, 0));
+    a_second_node_is_found(&state, &seen).await;
 }
 
 /// A member that is not text, or a score that is not whole, in the node registry (and a field
@@ -1010,13 +1004,7 @@ async fn registry_members_that_are_not_text_fail_no_read() {
 
     let seen = collect(start(&state, Scope::All, None));
     wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
-    state.update_node_health(&NodeHealth::new("cam")).await.unwrap();
-    wait_for(&seen, "the second node", |seen| {
-        seen.view.as_ref().is_some_and(|view| view.nodes.contains_key("cam"))
-    })
-    .await;
-    let seen = seen.lock().unwrap();
-    assert_eq!((seen.lost, seen.reconnected), (0, 0));
+    a_second_node_is_found(&state, &seen).await;
 }
 
 /// Another client's huge entry last in a quiet event log (nothing written after it) came back
@@ -1027,16 +1015,7 @@ async fn registry_members_that_are_not_text_fail_no_read() {
 #[tokio::test]
 async fn a_huge_last_log_entry_is_not_read_again_with_every_read() {
     let (server, state) = setup("hog").await;
-    let mut redis = raw(&server).await;
-    let huge = "x".repeat(5 << 20);
-    let _: String = redis::cmd("XADD")
-        .arg(tatbot_state::keys::EVENT_LOG)
-        .arg("*")
-        .arg("payload")
-        .arg(&huge)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    append_huge_log_entry(&server).await;
     let seen = collect(start(&state, Scope::All, None));
     wait_for(&seen, "the report", |seen| {
         seen.changes.iter().any(|change| {
@@ -1071,11 +1050,7 @@ async fn a_huge_last_log_entry_is_not_read_again_with_every_read() {
 async fn a_full_read_of_a_paused_stream_resyncs() {
     let (server, state) = setup("hog").await;
     let mut redis = raw(&server).await;
-    let huge = "x".repeat(5 << 20);
-    let _: String = redis
-        .xadd(tatbot_state::keys::EVENT_LOG, "*", &[("payload", &huge)])
-        .await
-        .unwrap();
+    append_huge_log_entry(&server).await;
     let config = FollowConfig { batch: 10, ..quick() };
     let seen = collect(state.follow_with(Scope::All, None, config, &CancellationToken::new()));
     wait_for(&seen, "the report", |seen| {
@@ -1144,4 +1119,15 @@ async fn huge_polled_values_are_not_read() {
     assert!(polled, "the follower polls on");
     let sent = bytes_sent(&server) - sent_before;
     assert!(sent < 1 << 20, "{sent} bytes sent in ten polls");
+}
+
+/// Polls go on: a second node's heartbeat is found, and Redis was never lost on the way.
+async fn a_second_node_is_found(state: &StateManager, seen: &Arc<Mutex<Seen>>) {
+    state.update_node_health(&NodeHealth::new("cam")).await.unwrap();
+    wait_for(seen, "the second node", |seen| {
+        seen.view.as_ref().is_some_and(|view| view.nodes.contains_key("cam"))
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    assert_eq!((seen.lost, seen.reconnected), (0, 0));
 }

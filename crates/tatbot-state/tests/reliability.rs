@@ -931,9 +931,7 @@ async fn restart_between_two_batches_replies_loses_nothing() {
     use redis::AsyncCommands as _;
     const HELD: Duration = Duration::from_secs(10);
     let mut server = RedisServer::builder().persistence(true).start();
-    let proxy = ReplyProxy::start(server.addr());
-    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
-    let state = StateManager::connect(via_proxy).await.unwrap();
+    let (proxy, state) = via_reply_proxy(&server).await;
     let session = state.start_stroke_session(&plan(100)).await.unwrap();
     // One op per batch, so two queued updates are two batches; a short horizon, so the idle
     // writer stops pinging (answers the proxy would hold too) before the test holds answers.
@@ -1130,9 +1128,7 @@ async fn awaited_update_after_a_restart_needs_no_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_woken_while_waiting_keeps_its_connection() {
     let server = RedisServer::start();
-    let proxy = ReplyProxy::start(server.addr());
-    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
-    let state = StateManager::connect(via_proxy).await.unwrap();
+    let (proxy, state) = via_reply_proxy(&server).await;
     let session = awaited_session(&state).await;
     let config = ProducerConfig {
         batch_size: 1,
@@ -1185,12 +1181,7 @@ async fn broken_revision_keys_lose_no_write() {
     producer.update_robot_state(&robot).unwrap();
     producer.flush(FLUSH).await.unwrap();
     let mut raw = crate::util::raw(&server).await;
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg("tatbot:rev:*")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    keys.sort();
+    let keys = revision_keys(&mut raw).await;
     assert_eq!(keys.len(), 2, "the ops' and the snapshots' revision keys: {keys:?}");
     let hog = NodeId::new("hog").unwrap();
     let mut next = 1;
@@ -1265,9 +1256,7 @@ async fn broken_revision_keys_lose_no_write() {
 async fn a_broken_revision_key_is_found_on_a_resend() {
     const HELD: Duration = Duration::from_secs(10);
     let server = RedisServer::start();
-    let proxy = ReplyProxy::start(server.addr());
-    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
-    let state = StateManager::connect(via_proxy).await.unwrap();
+    let (proxy, state) = via_reply_proxy(&server).await;
     let session = state.start_stroke_session(&plan(100)).await.unwrap();
     // A short horizon, so the idle writer stops pinging (answers the proxy would hold too)
     // before the test holds answers.
@@ -1279,9 +1268,13 @@ async fn a_broken_revision_key_is_found_on_a_resend() {
     producer.update_stroke_progress(&session, &update(0)).unwrap();
     producer.flush(FLUSH).await.unwrap();
     let mut raw = crate::util::raw(&server).await;
-    let key = ops_revision_key(&mut raw).await;
+    // Only an update was written: the ops' key alone.
+    let keys = revision_keys(&mut raw).await;
+    let [key] = &keys[..] else {
+        panic!("one revision key: {keys:?}")
+    };
     let () = redis::cmd("SET")
-        .arg(&key)
+        .arg(key)
         .arg("999999999999999")
         .query_async(&mut raw)
         .await
@@ -1301,16 +1294,18 @@ async fn a_broken_revision_key_is_found_on_a_resend() {
     assert_eq!(producer.stats().rejected, 0);
 }
 
-/// The revision key of the one producer's ops (not its snapshots').
-async fn ops_revision_key(raw: &mut redis::aio::MultiplexedConnection) -> String {
-    let keys: Vec<String> = redis::cmd("KEYS").arg("tatbot:rev:*").query_async(raw).await.unwrap();
-    let mut ops: Vec<String> = keys
-        .iter()
-        .filter(|key| !key.ends_with(".snapshots"))
-        .cloned()
-        .collect();
-    assert_eq!(ops.len(), 1, "{keys:?}");
-    ops.remove(0)
+/// The revision keys a producer's writes made, sorted: its ops' key, then its snapshots'.
+async fn revision_keys(raw: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("tatbot:rev:*").query_async(raw).await.unwrap();
+    keys.sort();
+    keys
+}
+
+/// A manager (node `hog`) on `server` through a reply proxy whose answers the test can hold.
+async fn via_reply_proxy(server: &RedisServer) -> (ReplyProxy, StateManager) {
+    let proxy = ReplyProxy::start(server.addr());
+    let config = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
+    (proxy, StateManager::connect(config).await.unwrap())
 }
 
 /// Both revision keys broken while two batches are in flight: a progress update, then a robot
@@ -1323,9 +1318,7 @@ async fn ops_revision_key(raw: &mut redis::aio::MultiplexedConnection) -> String
 async fn broken_revision_keys_with_two_batches_in_flight_lose_no_write() {
     const HELD: Duration = Duration::from_secs(10);
     let server = RedisServer::start();
-    let proxy = ReplyProxy::start(server.addr());
-    let via_proxy = ManagerConfig::new(Endpoint::new("127.0.0.1", proxy.port()), NodeId::new("hog").unwrap());
-    let state = StateManager::connect(via_proxy).await.unwrap();
+    let (proxy, state) = via_reply_proxy(&server).await;
     let session = state.start_stroke_session(&plan(100)).await.unwrap();
     // The poller wakes the writer for what is queued while it waits for answers, so a second
     // batch goes out before the first is answered; a short horizon, so the idle writer stops
@@ -1341,11 +1334,7 @@ async fn broken_revision_keys_with_two_batches_in_flight_lose_no_write() {
     producer.update_robot_state(&robot).unwrap();
     producer.flush(FLUSH).await.unwrap();
     let mut raw = crate::util::raw(&server).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("tatbot:rev:*")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let keys = revision_keys(&mut raw).await;
     assert_eq!(keys.len(), 2, "{keys:?}");
     for key in &keys {
         let () = redis::cmd("SET")

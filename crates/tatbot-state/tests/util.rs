@@ -97,3 +97,14 @@ pub fn calls(server: &RedisServer, command: &str) -> u64 {
     })
     .unwrap_or(0)
 }
+
+/// Appends another client's 5 MiB entry (a `payload` field alone) to the event log of `server`.
+pub async fn append_huge_log_entry(server: &RedisServer) {
+    use redis::AsyncCommands as _;
+    let huge = "x".repeat(5 << 20);
+    let _: String = raw(server)
+        .await
+        .xadd(tatbot_state::keys::EVENT_LOG, "*", &[("payload", &huge)])
+        .await
+        .unwrap();
+}
