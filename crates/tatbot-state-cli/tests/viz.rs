@@ -341,9 +341,21 @@ fn robot_session(config: ManagerConfig, sent: &AtomicU32) -> (String, Vec<String
                 .offsets(i64::from(step % 3), 1);
             let deadline = tokio::time::Instant::now() + LIMIT;
             // Retried until Redis is back; the pause between tries is pacing, not synchronization.
+            // A failed awaited write may still have been applied (its answer lost with the old
+            // master, or `MasterSwitched` after it went out): it is read back before it goes
+            // again, as the error's hint says, so that it is stored once.
             while state.update_stroke_progress(&session, &update).await.is_err() {
-                assert!(tokio::time::Instant::now() < deadline, "redis never came back");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let applied = loop {
+                    assert!(tokio::time::Instant::now() < deadline, "redis never came back");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Ok(progress) = state.get_stroke_progress(&session).await {
+                        break progress
+                            .is_some_and(|progress| progress.stroke_idx * 10 + progress.pose_idx == i64::from(step));
+                    }
+                };
+                if applied {
+                    break;
+                }
             }
             sent.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(30)).await;
