@@ -13,7 +13,7 @@ use tatbot_state_testkit::RedisServer;
 use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stderr, stdout};
 
 /// The keys issues #7, #17 and #18 require in `--json`, all numbers.
-const REQUIRED: [&str; 21] = [
+const REQUIRED: [&str; 22] = [
     "ping_rtt_p50_us",
     "ping_rtt_p99_us",
     "update_awaited_p50_us",
@@ -23,6 +23,7 @@ const REQUIRED: [&str; 21] = [
     "producer_call_p99_us_up",
     "producer_call_p99_us_paused",
     "producer_call_p99_us_down",
+    "e2e_ping_p99_us",
     "e2e_pubsub_p99_us",
     "e2e_follow_p99_us",
     "status_1000_nodes_10000_sessions_ms",
@@ -137,7 +138,7 @@ fn only_one_section_fills_only_its_figures() {
             );
         }
     }
-    assert_eq!(e2e, 14, "{report:#}");
+    assert_eq!(e2e, 16, "{report:#}");
     for key in [
         "ping_rtt_p99_us",
         "throughput_updates_per_s",

@@ -30,6 +30,7 @@ use crate::decode;
 use crate::direct::{self, Direct};
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
+use crate::follow::io::{Oversized, find_oversized};
 use crate::ids::{Category, EntryId, NodeId, SessionId};
 use crate::keys;
 use crate::model::{
@@ -1174,22 +1175,31 @@ impl StateManager {
     ///
     /// A Redis failure; a bad value is reported in its [`Lookup`].
     pub async fn get_nodes_health(&self, node_ids: &[NodeId]) -> Result<Vec<Lookup<NodeHealth>>> {
+        let fields: Vec<(String, &'static str)> = node_ids
+            .iter()
+            .map(|node_id| (keys::health(node_id), keys::FIELD_HEALTH))
+            .collect();
+        let mut connection = self.connection();
+        // Values over the size bound are not read (see `read_field`).
+        let oversized = find_oversized(&mut connection, &fields)
+            .await
+            .map_err(|err| self.redis_error("get_nodes_health", err))?;
         let mut pipe = redis::pipe();
         // A key of the wrong type (WRONGTYPE) is that slot's error, not the call's.
         pipe.ignore_errors();
-        for node_id in node_ids {
-            pipe.hget(keys::health(node_id), keys::FIELD_HEALTH);
+        for (key, field) in &fields {
+            oversized.queue_read(&mut pipe, key, field);
         }
         let replies: Vec<redis::RedisResult<RedisValue>> = pipe
-            .query_async(&mut self.connection())
+            .query_async(&mut connection)
             .await
             .map_err(|err| self.redis_error("get_nodes_health", err))?;
-        Ok(node_ids
+        Ok(fields
             .iter()
             .zip(replies)
-            .map(|(node_id, reply)| {
-                let key = keys::health(node_id);
-                decode::field_text(&key, keys::FIELD_HEALTH, reply)
+            .map(|((key, _), reply)| {
+                oversized
+                    .field_text(key, keys::FIELD_HEALTH, reply)
                     .map(|raw| raw.and_then(|raw| decode::document(&key, "NodeHealth", &raw)))
                     .map_or(Lookup::Missing, |read| Lookup::from(read.map(Some)))
             })
@@ -1521,15 +1531,26 @@ impl StateManager {
 
     /// One hash field's text; a key of the wrong type, a value that is not a string or one
     /// over the size bound is [`Error::Corrupt`] naming the key.
-    async fn read_field(&self, key: &str, field: &str, operation: &'static str) -> Result<Option<String>> {
-        let reply = redis::cmd("HGET")
-            .arg(key)
-            .arg(field)
-            .query_async::<RedisValue>(&mut self.connection())
-            .await;
-        match reply {
-            Err(err) if !decode::is_wrong_type(&err) => Err(self.redis_error(operation, err)),
-            reply => decode::field_text(key, field, reply).transpose(),
+    ///
+    /// Its length comes first (`HSTRLEN`), and a value over the size bound is not read: a
+    /// client asking every second would otherwise make Redis send another client's 50 MB value
+    /// every second (see [`crate::follow::io::Oversized`]).
+    async fn read_field(&self, key: &str, field: &'static str, operation: &'static str) -> Result<Option<String>> {
+        let mut connection = self.connection();
+        let oversized = find_oversized(&mut connection, &[(key.to_owned(), field)])
+            .await
+            .map_err(|err| self.redis_error(operation, err))?;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        oversized.queue_read(&mut pipe, key, field);
+        let mut replies: Vec<redis::RedisResult<RedisValue>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| self.redis_error(operation, err))?;
+        match replies.pop() {
+            Some(Err(err)) if !decode::is_wrong_type(&err) => Err(self.redis_error(operation, err)),
+            Some(reply) => oversized.field_text(key, field, reply).transpose(),
+            None => Ok(None),
         }
     }
 
@@ -1542,29 +1563,35 @@ impl StateManager {
 
     /// Fetches `field` of each hash in pipelined batches and decodes it; a key whose suffix
     /// is not a valid `id_kind` is an entry with that error.
+    ///
+    /// Values over the size bound are not read (see `read_field`): each round trip reads one
+    /// batch, its lengths known, and asks the next batch's lengths (`HSTRLEN`), and the batch
+    /// before is decoded while Redis works on it, so that the lengths cost no round trip of
+    /// their own and Redis's time overlaps ours (`status` over 10,000 sessions).
     pub(crate) async fn read_documents<T: serde::de::DeserializeOwned>(
         &self,
         found: Vec<String>,
         prefix: &str,
-        field: &str,
+        field: &'static str,
         (what, id_kind): (&'static str, &'static str),
     ) -> Result<Vec<Entry<T>>> {
         let mut connection = self.connection();
         let mut entries = Vec::with_capacity(found.len());
-        for chunk in found.chunks(SCAN_BATCH) {
-            let mut pipe = redis::pipe();
-            // A key of the wrong type (WRONGTYPE) is that entry's error, not the batch's.
-            pipe.ignore_errors();
-            for key in chunk {
-                pipe.hget(key, field);
-            }
-            let values: Vec<redis::RedisResult<RedisValue>> = pipe
-                .query_async(&mut connection)
-                .await
-                .map_err(|err| self.redis_error("read documents", err))?;
-            for (key, value) in chunk.iter().zip(values) {
+        let batches: Vec<&[String]> = found.chunks(SCAN_BATCH).collect();
+        let Some(first) = batches.first() else {
+            return Ok(entries);
+        };
+        let fields: Vec<(String, &'static str)> = first.iter().map(|key| (key.clone(), field)).collect();
+        let mut oversized = find_oversized(&mut connection, &fields)
+            .await
+            .map_err(|err| self.redis_error("read documents", err))?;
+        // The batch read last, with its answers, waiting to be decoded.
+        let mut read: Option<(&[String], Oversized, Vec<redis::RedisResult<RedisValue>>)> = None;
+        let decode_batch = |(batch, oversized, values): (&[String], Oversized, Vec<redis::RedisResult<RedisValue>>),
+                            entries: &mut Vec<Entry<T>>| {
+            for (key, value) in batch.iter().zip(values) {
                 // Expired between SCAN and HGET: it is gone, not corrupt.
-                let Some(raw) = decode::field_text(key, field, value) else {
+                let Some(raw) = oversized.field_text(key, field, value) else {
                     continue;
                 };
                 let id = keys::strip(key, prefix).unwrap_or(key).to_owned();
@@ -1579,6 +1606,34 @@ impl StateManager {
                     value,
                 });
             }
+        };
+        for (index, batch) in batches.iter().enumerate() {
+            let mut pipe = redis::pipe();
+            // A key of the wrong type (WRONGTYPE) is that entry's error, not the batch's.
+            pipe.ignore_errors();
+            for key in *batch {
+                oversized.queue_read(&mut pipe, key, field);
+            }
+            let next = batches.get(index + 1).copied().unwrap_or_default();
+            for key in next {
+                pipe.cmd("HSTRLEN").arg(key).arg(field);
+            }
+            // The request goes out at its first poll, before the batch before is decoded.
+            let (values, ()) = tokio::join!(
+                pipe.query_async::<Vec<redis::RedisResult<RedisValue>>>(&mut connection),
+                async {
+                    if let Some(batch) = read.take() {
+                        decode_batch(batch, &mut entries);
+                    }
+                }
+            );
+            let mut values = values.map_err(|err| self.redis_error("read documents", err))?;
+            let lengths = values.split_off(batch.len().min(values.len()));
+            let next_oversized = Oversized::from_lengths(next, lengths);
+            read = Some((batch, std::mem::replace(&mut oversized, next_oversized), values));
+        }
+        if let Some(batch) = read {
+            decode_batch(batch, &mut entries);
         }
         Ok(entries)
     }

@@ -3,9 +3,9 @@
 
 use redis::AsyncCommands;
 use tatbot_state::model::NodeHealth;
-use tatbot_state::{Category, Error, HistoryCursor, NodeId, ProgressUpdate, SessionId, SessionPlan};
+use tatbot_state::{Category, Entry, Error, HistoryCursor, Lookup, NodeId, ProgressUpdate, SessionId, SessionPlan};
 
-use crate::util::{one_pose, raw, setup};
+use crate::util::{bytes_sent, one_pose, raw, setup};
 
 /// Robot state that is not JSON is a decode error naming the key.
 #[tokio::test]
@@ -161,6 +161,117 @@ async fn corrupt_history() {
     assert_eq!(ids, ["5-1", "6-1"]);
     assert!(entries[0].value.is_err());
     assert_eq!(entries[1].value.as_ref().unwrap().pose_idx, 1);
+}
+
+/// Documents over the size bound (another client's 5 MiB session, robot state and heartbeat)
+/// are reported by every reader that meets them, naming the key, without Redis sending them:
+/// a client that asks for `status` every second no longer pulls 15 MiB a second.
+#[tokio::test]
+async fn huge_documents_are_reported_without_being_read() {
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    let huge = "x".repeat(5 << 20);
+    let () = redis
+        .hset("stroke:progress:stroke_big_1", "progress", &huge)
+        .await
+        .unwrap();
+    let () = redis.hset("robot:state:big", "state", &huge).await.unwrap();
+    let () = redis.hset("node:health:big", "health", &huge).await.unwrap();
+    let () = redis.expire("node:health:big", 600).await.unwrap();
+    let too_large = |err: &Error| err.to_string().contains("is 5242880 bytes; the limit is 1048576");
+    let big = NodeId::new("big").unwrap();
+    let sent_before = bytes_sent(&server);
+
+    let session = SessionId::new("stroke_big_1").unwrap();
+    let err = state.get_stroke_progress(&session).await.unwrap_err();
+    assert!(too_large(&err), "{err}");
+    let err = state.get_robot_state(&big).await.unwrap_err();
+    assert!(too_large(&err), "{err}");
+    let err = state.get_node_health(&big).await.unwrap_err();
+    assert!(too_large(&err), "{err}");
+    let looked_up = state
+        .get_nodes_health(&[big.clone(), NodeId::new("gone").unwrap()])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&looked_up[0], Lookup::Corrupt(err) if too_large(err)),
+        "{looked_up:?}"
+    );
+    assert!(matches!(looked_up[1], Lookup::Missing), "{looked_up:?}");
+    // Each listing's entry for the key: its error, if it has one.
+    fn error_of<T>(listing: Vec<Entry<T>>, key: &str) -> Option<Error> {
+        listing.into_iter().find(|entry| entry.key == key)?.value.err()
+    }
+    let errors = [
+        error_of(state.list_sessions().await.unwrap(), "stroke:progress:stroke_big_1"),
+        error_of(state.get_all_robot_states().await.unwrap(), "robot:state:big"),
+        error_of(state.get_all_nodes_health().await.unwrap(), "node:health:big"),
+    ];
+    for error in errors {
+        assert!(error.as_ref().is_some_and(too_large), "{error:?}");
+    }
+    let status = state.system_status().await;
+    for key in ["stroke:progress:stroke_big_1", "node:health:big"] {
+        let entry = status.corrupt.iter().find(|entry| entry.key == key);
+        assert!(
+            entry.is_some_and(|entry| entry.error.contains("is 5242880 bytes")),
+            "{key}: {:?}",
+            status.corrupt
+        );
+    }
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 1 << 20, "{sent} bytes sent for these reads");
+}
+
+/// A listing reads its keys in batches of 1,000, each batch's lengths asked with the batch
+/// before: 2,500 sessions come back whole, each with its own document, and a huge one in the
+/// second batch and one of another type in the third are each that entry's error.
+#[tokio::test]
+async fn listings_read_every_batch_and_its_lengths() {
+    let (server, state) = setup("hog").await;
+    let plan = SessionPlan {
+        total_strokes: 3,
+        stroke_length: 2,
+        scene: "scene".into(),
+    };
+    let first = state.start_stroke_session(&plan).await.unwrap();
+    let mut redis = raw(&server).await;
+    let document: String = redis
+        .hget(format!("stroke:progress:{first}"), "progress")
+        .await
+        .unwrap();
+    let mut seed = redis::pipe();
+    for index in 0..2_500 {
+        let key = format!("stroke:progress:stroke_many_{index}");
+        match index {
+            1_500 => seed.hset(key, "progress", "x".repeat(5 << 20)),
+            2_200 => seed.set(key, "a string"),
+            _ => {
+                let mut own: serde_json::Value = serde_json::from_str(&document).unwrap();
+                own["stroke_idx"] = index.into();
+                seed.hset(key, "progress", own.to_string())
+            }
+        };
+    }
+    let () = seed.query_async(&mut redis).await.unwrap();
+    let sent_before = bytes_sent(&server);
+    let sessions = state.list_sessions().await.unwrap();
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 5 << 20, "{sent} bytes sent: the huge document was read");
+    assert_eq!(sessions.len(), 2_501);
+    for entry in &sessions {
+        let index = entry
+            .id
+            .strip_prefix("stroke_many_")
+            .map(|index| index.parse::<usize>().unwrap());
+        match (index, &entry.value) {
+            (Some(1_500), Err(err)) => assert!(err.to_string().contains("is 5242880 bytes"), "{err}"),
+            (Some(2_200), Err(err)) => assert!(err.to_string().contains("not a hash"), "{err}"),
+            (Some(index), Ok(progress)) => assert_eq!(progress.stroke_idx, index as i64),
+            (None, Ok(_)) => assert_eq!(entry.id, first.as_str()),
+            (_, Err(err)) => panic!("{}: {err}", entry.key),
+        }
+    }
 }
 
 /// Issue #14 point 6: history fields over the 1 MiB bound are corrupt, not returned.

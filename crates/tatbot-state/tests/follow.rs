@@ -10,7 +10,7 @@ use tatbot_state::model::{HistoryEntry, NodeHealth};
 use tatbot_state::{CancellationToken, Cursor, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{append_huge_log_entry, calls, eventually, manager, one_pose, raw, setup};
+use crate::util::{append_huge_log_entry, bytes_sent, calls, eventually, manager, one_pose, raw, setup};
 
 /// How long any awaited condition may take.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -1081,18 +1081,11 @@ async fn a_full_read_of_a_paused_stream_resyncs() {
     .await;
 }
 
-/// Bytes Redis has sent to its clients (`INFO stats`).
-fn bytes_sent(server: &RedisServer) -> u64 {
-    let info = server.command(&["INFO", "stats"]).unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap()
-}
-
 /// Another client's heartbeat and robot state of 5 MiB were sent whole with every poll (once a
-/// second by default) to every follower, and refused there. Their lengths are asked first now
-/// (`HSTRLEN`), and a value over the size bound is reported without being read.
+/// second by default) to every follower, and refused there; a session document of 5 MiB was
+/// sent whole with every snapshot (every dashboard client that connects takes one). Their
+/// lengths are asked first now (`HSTRLEN`), and a value over the size bound is reported without
+/// being read.
 #[tokio::test]
 async fn huge_polled_values_are_not_read() {
     let (server, state) = setup("hog").await;
@@ -1101,9 +1094,16 @@ async fn huge_polled_values_are_not_read() {
     let () = redis.hset("node:health:big", "health", &huge).await.unwrap();
     let () = redis.expire("node:health:big", 600).await.unwrap();
     let () = redis.hset("robot:state:big", "state", &huge).await.unwrap();
+    let () = redis
+        .hset("stroke:progress:stroke_big_1", "progress", &huge)
+        .await
+        .unwrap();
+    let sent_before = bytes_sent(&server);
     let seen = collect(start(&state, Scope::All, None));
     wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
-    for key in ["node:health:big", "robot:state:big"] {
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 1 << 20, "{sent} bytes sent for the snapshot");
+    for key in ["node:health:big", "robot:state:big", "stroke:progress:stroke_big_1"] {
         let view = seen.lock().unwrap().view.clone().unwrap();
         let entry = view.corrupt.iter().find(|entry| entry.key == key);
         assert!(

@@ -98,6 +98,15 @@ pub fn calls(server: &RedisServer, command: &str) -> u64 {
     .unwrap_or(0)
 }
 
+/// Bytes `server` has sent to its clients (`INFO stats`).
+pub fn bytes_sent(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "stats"]).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap()
+}
+
 /// Appends another client's 5 MiB entry (a `payload` field alone) to the event log of `server`.
 pub async fn append_huge_log_entry(server: &RedisServer) {
     use redis::AsyncCommands as _;

@@ -59,7 +59,7 @@ use tatbot_state::{CancellationToken, Endpoint, ManagerConfig, NodeId, StateMana
 use tokio::sync::oneshot;
 
 use crate::cmd::bench::baseline::RedisBenchmark;
-use crate::cmd::bench::measure::{POLL_INTERVAL, Path};
+use crate::cmd::bench::measure::{EndToEnd, POLL_INTERVAL, Path};
 use crate::cmd::bench::report::{
     AwaitedFigures, CallFigures, E2eFigures, FailoverFigures, Machine, McpFigures, MemoryFigures, RecordFigures,
     Report, StatusFigures, ThroughputFigures, load_average, render,
@@ -397,6 +397,98 @@ fn section<T>(report: &mut Report, name: &str, result: anyhow::Result<T>) -> Opt
     }
 }
 
+/// Rounds of section 4: its baseline and each path take turns, so that all of them share the
+/// machine's changes of pace (on these machines a p99 moves by half between minutes).
+const E2E_ROUNDS: usize = 5;
+
+/// Section 4 in [`E2E_ROUNDS`] rounds, each measuring every path in turn on `plan.e2e /
+/// E2E_ROUNDS` updates: the paced `PING` baseline, plain pub/sub, the producer's pub/sub with
+/// each wake policy, and the follow API. A path that fails is reported once and left out of
+/// the later rounds.
+async fn end_to_end_rounds(
+    manager: &StateManager,
+    endpoint: &Endpoint,
+    plan: &Plan,
+    report: &mut Report,
+    shutdown: &CancellationToken,
+) -> E2eFigures {
+    let per_round = plan.e2e.div_ceil(E2E_ROUNDS);
+    let producer_paths = [
+        ("pub/sub latency", Path::PubSub, Wake::default()),
+        ("pub/sub latency, woken by calls", Path::PubSub, Wake::Immediate),
+        ("pub/sub latency, polled wake", Path::PubSub, Wake::Poll(POLL_INTERVAL)),
+        ("follow latency", Path::Follow, Wake::default()),
+    ];
+    // The PING baseline, plain pub/sub, then the producer's paths in the order above.
+    let mut totals: [Option<EndToEnd>; 6] = Default::default();
+    totals.iter_mut().for_each(|total| *total = Some(EndToEnd::default()));
+    let add = |report: &mut Report, name: &str, total: &mut Option<EndToEnd>, round: anyhow::Result<EndToEnd>| {
+        if let Some(sum) = total {
+            match section(report, name, round) {
+                Some(round) => sum.extend(round),
+                None => *total = None,
+            }
+        }
+    };
+    for _ in 0..E2E_ROUNDS {
+        if totals[0].is_some() {
+            add(
+                report,
+                "paced PING",
+                &mut totals[0],
+                measure::paced_pings(manager, per_round).await,
+            );
+        }
+        if totals[1].is_some() {
+            add(
+                report,
+                "raw pub/sub latency",
+                &mut totals[1],
+                measure::raw_pubsub(endpoint, per_round).await,
+            );
+        }
+        for ((name, path, wake), total) in producer_paths.iter().zip(&mut totals[2..]) {
+            if total.is_some() {
+                let round = measure::end_to_end(manager, per_round, *path, *wake, shutdown).await;
+                add(report, name, total, round);
+            }
+        }
+    }
+    let mut figures = E2eFigures::default();
+    let [ping, raw, pubsub, immediate, polled, follow] = &mut totals;
+    let percentiles = |total: &mut Option<EndToEnd>| match total {
+        Some(total) => (
+            total.samples.percentile_us(0.5),
+            total.samples.percentile_us(0.99),
+            Some(total.missed),
+        ),
+        None => (None, None, None),
+    };
+    (figures.e2e_ping_p50_us, figures.e2e_ping_p99_us, _) = percentiles(ping);
+    (figures.e2e_raw_publish_p50_us, figures.e2e_raw_publish_p99_us, _) = percentiles(raw);
+    (
+        figures.e2e_pubsub_p50_us,
+        figures.e2e_pubsub_p99_us,
+        figures.e2e_pubsub_missed,
+    ) = percentiles(pubsub);
+    (
+        figures.e2e_pubsub_p50_us_immediate,
+        figures.e2e_pubsub_p99_us_immediate,
+        figures.e2e_pubsub_missed_immediate,
+    ) = percentiles(immediate);
+    (
+        figures.e2e_pubsub_p50_us_polled,
+        figures.e2e_pubsub_p99_us_polled,
+        figures.e2e_pubsub_missed_polled,
+    ) = percentiles(polled);
+    (
+        figures.e2e_follow_p50_us,
+        figures.e2e_follow_p99_us,
+        figures.e2e_follow_missed,
+    ) = percentiles(follow);
+    figures
+}
+
 /// Prints a progress line on stderr.
 pub(crate) fn progress(text: &str) {
     eprintln!("bench: {text}");
@@ -579,38 +671,10 @@ async fn sections(
     }
 
     if plan.runs(Section::E2e) {
-        progress("4/8 producer to subscriber at 1 kHz: pub/sub, then the follow API");
-        let mut figures = E2eFigures::default();
-        let raw = measure::raw_pubsub(endpoint, plan.e2e).await;
-        if let Some(mut raw) = section(report, "raw pub/sub latency", raw) {
-            figures.e2e_raw_publish_p50_us = raw.samples.percentile_us(0.5);
-            figures.e2e_raw_publish_p99_us = raw.samples.percentile_us(0.99);
-        }
-        let pubsub = measure::end_to_end(&manager, plan, Path::PubSub, Wake::default(), shutdown).await;
-        if let Some(mut pubsub) = section(report, "pub/sub latency", pubsub) {
-            figures.e2e_pubsub_p50_us = pubsub.samples.percentile_us(0.5);
-            figures.e2e_pubsub_p99_us = pubsub.samples.percentile_us(0.99);
-            figures.e2e_pubsub_missed = Some(pubsub.missed);
-        }
-        let immediate = measure::end_to_end(&manager, plan, Path::PubSub, Wake::Immediate, shutdown).await;
-        if let Some(mut immediate) = section(report, "pub/sub latency, woken by calls", immediate) {
-            figures.e2e_pubsub_p50_us_immediate = immediate.samples.percentile_us(0.5);
-            figures.e2e_pubsub_p99_us_immediate = immediate.samples.percentile_us(0.99);
-            figures.e2e_pubsub_missed_immediate = Some(immediate.missed);
-        }
-        let polled = measure::end_to_end(&manager, plan, Path::PubSub, Wake::Poll(POLL_INTERVAL), shutdown).await;
-        if let Some(mut polled) = section(report, "pub/sub latency, polled wake", polled) {
-            figures.e2e_pubsub_p50_us_polled = polled.samples.percentile_us(0.5);
-            figures.e2e_pubsub_p99_us_polled = polled.samples.percentile_us(0.99);
-            figures.e2e_pubsub_missed_polled = Some(polled.missed);
-        }
-        let follow = measure::end_to_end(&manager, plan, Path::Follow, Wake::default(), shutdown).await;
-        if let Some(mut follow) = section(report, "follow latency", follow) {
-            figures.e2e_follow_p50_us = follow.samples.percentile_us(0.5);
-            figures.e2e_follow_p99_us = follow.samples.percentile_us(0.99);
-            figures.e2e_follow_missed = Some(follow.missed);
-        }
-        report.e2e = figures;
+        progress(
+            "4/8 producer to subscriber at 1 kHz, in rounds: PING, plain pub/sub, the producer's pub/sub, the follow API",
+        );
+        report.e2e = end_to_end_rounds(&manager, endpoint, plan, report, shutdown).await;
     }
 
     if plan.runs(Section::Status) {

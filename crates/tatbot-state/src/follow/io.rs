@@ -401,12 +401,6 @@ pub(crate) fn event_in_scope(scope: &Scope, event: &LoggedEvent) -> bool {
     }
 }
 
-/// Decodes the reply of `HGET {progress key} progress` (run with `ignore_errors`): `None`
-/// when the hash is gone, else the document or why it is corrupt.
-pub(crate) fn decode_progress(key: &str, reply: redis::RedisResult<Value>) -> Option<Result<StrokeProgress>> {
-    progress_document(key, decode::field_text(key, keys::FIELD_PROGRESS, reply))
-}
-
 /// The progress document at `key` from the text of its field (`None` when there is none).
 pub(crate) fn progress_document(key: &str, text: Option<Result<String>>) -> Option<Result<StrokeProgress>> {
     Some(text?.and_then(|raw| decode::document(key, "StrokeProgress", &raw)))
@@ -528,6 +522,18 @@ pub(crate) async fn oversized_fields(
     connection: &mut MultiplexedConnection,
     fields: &[(String, &'static str)],
 ) -> Result<Oversized> {
+    find_oversized(connection, fields)
+        .await
+        .map_err(|err| Error::from_redis("follow value lengths", err))
+}
+
+/// [`oversized_fields`] on any connection, with the connection's error as it came; the
+/// manager's reads use it too (a client reading `status` every second would otherwise make
+/// Redis send another client's 50 MB document every second).
+pub(crate) async fn find_oversized(
+    connection: &mut impl redis::aio::ConnectionLike,
+    fields: &[(String, &'static str)],
+) -> redis::RedisResult<Oversized> {
     if fields.is_empty() {
         return Ok(Oversized::default());
     }
@@ -536,20 +542,8 @@ pub(crate) async fn oversized_fields(
     for (key, field) in fields {
         pipe.cmd("HSTRLEN").arg(key).arg(*field);
     }
-    let lengths: Vec<redis::RedisResult<Value>> = pipe
-        .query_async(connection)
-        .await
-        .map_err(|err| Error::from_redis("follow value lengths", err))?;
-    Ok(Oversized(
-        fields
-            .iter()
-            .zip(lengths)
-            .filter_map(|((key, _), length)| {
-                let length = usize::try_from(length.ok().as_ref().and_then(integer)?).ok()?;
-                (length > crate::model::MAX_DOCUMENT_BYTES).then(|| (key.clone(), length))
-            })
-            .collect(),
-    ))
+    let lengths: Vec<redis::RedisResult<Value>> = pipe.query_async(connection).await?;
+    Ok(Oversized::from_lengths(fields.iter().map(|(key, _)| key), lengths))
 }
 
 /// Hash values over the size bound, by key, with their lengths: see [`oversized_fields`].
@@ -557,6 +551,23 @@ pub(crate) async fn oversized_fields(
 pub(crate) struct Oversized(BTreeMap<String, usize>);
 
 impl Oversized {
+    /// The values over the bound among `keys`, from the answers to their `HSTRLEN`s, in order
+    /// (run with `ignore_errors`: a key of another type has no length and is not in the map).
+    pub(crate) fn from_lengths<'a>(
+        keys: impl IntoIterator<Item = &'a String>,
+        lengths: Vec<redis::RedisResult<Value>>,
+    ) -> Oversized {
+        Oversized(
+            keys.into_iter()
+                .zip(lengths)
+                .filter_map(|(key, length)| {
+                    let length = usize::try_from(length.ok().as_ref().and_then(integer)?).ok()?;
+                    (length > crate::model::MAX_DOCUMENT_BYTES).then(|| (key.clone(), length))
+                })
+                .collect(),
+        )
+    }
+
     /// Queues `HGET key field` on `pipe`, or for a value over the bound its `HSTRLEN` (an
     /// answer of the same place in the pipeline, which [`Oversized::field_text`] does not read).
     pub(crate) fn queue_read(&self, pipe: &mut redis::Pipeline, key: &str, field: &str) {
@@ -587,6 +598,14 @@ fn queue_node_reads<'a>(pipe: &mut redis::Pipeline, node_ids: impl Iterator<Item
         oversized.queue_read(pipe, &key, keys::FIELD_HEALTH);
         pipe.cmd("PTTL").arg(&key);
     }
+}
+
+/// The progress fields of `sessions`, for [`oversized_fields`].
+fn session_fields(sessions: &[SessionId]) -> Vec<(String, &'static str)> {
+    sessions
+        .iter()
+        .map(|session_id| (keys::progress(session_id), keys::FIELD_PROGRESS))
+        .collect()
 }
 
 /// The heartbeat fields of `nodes`, for [`oversized_fields`].
@@ -761,7 +780,11 @@ pub(crate) async fn read_snapshot(
         Scope::Session(_) => (BTreeMap::new(), BTreeMap::new()),
     };
     let scanned_events = config.recent_events.max(1) * RECENT_SCAN_FACTOR;
-    let node_oversized = oversized_fields(&mut connection, &health_fields(nodes.keys())).await?;
+    // Session documents and heartbeats over the size bound are not read (see `Oversized`):
+    // every follower that starts (each dashboard client that connects) takes a snapshot.
+    let mut fields = session_fields(&session_ids);
+    fields.extend(health_fields(nodes.keys()));
+    let oversized = oversized_fields(&mut connection, &fields).await?;
 
     let mut pipe = redis::pipe();
     pipe.atomic().ignore_errors();
@@ -780,12 +803,10 @@ pub(crate) async fn read_snapshot(
         .arg("COUNT")
         .arg(config.recent_errors);
     for session_id in &session_ids {
-        pipe.cmd("HGET")
-            .arg(keys::progress(session_id))
-            .arg(keys::FIELD_PROGRESS);
+        oversized.queue_read(&mut pipe, &keys::progress(session_id), keys::FIELD_PROGRESS);
         pipe.cmd("XINFO").arg("STREAM").arg(keys::history(session_id));
     }
-    queue_node_reads(&mut pipe, nodes.keys(), &node_oversized);
+    queue_node_reads(&mut pipe, nodes.keys(), &oversized);
     let replies: Vec<redis::RedisResult<Value>> = pipe
         .query_async(&mut connection)
         .await
@@ -834,7 +855,8 @@ pub(crate) async fn read_snapshot(
         let base = 4 + session_idx * 2;
         let key = keys::progress(session_id);
         let document = replies.get(base).cloned().unwrap_or(Ok(Value::Nil));
-        let progress = match decode_progress(&key, document) {
+        let text = oversized.field_text(&key, keys::FIELD_PROGRESS, document);
+        let progress = match progress_document(&key, text) {
             // Expired between SCAN and MULTI.
             None => continue,
             Some(Ok(progress)) => progress,
@@ -855,7 +877,7 @@ pub(crate) async fn read_snapshot(
     let nodes = node_views(
         &nodes,
         replies.get(node_base..).unwrap_or_default(),
-        &node_oversized,
+        &oversized,
         server_time_ms,
         manager_config.health_ttl,
         &mut corrupt,

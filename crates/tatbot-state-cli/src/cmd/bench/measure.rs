@@ -77,11 +77,20 @@ pub struct Calls {
 }
 
 /// Producer-to-subscriber latencies (section 4) of one path.
+#[derive(Debug, Default)]
 pub struct EndToEnd {
     /// One latency per update received.
     pub samples: Samples,
     /// Updates sent but not received before the deadline.
     pub missed: usize,
+}
+
+impl EndToEnd {
+    /// Adds another round of the same path.
+    pub fn extend(&mut self, round: EndToEnd) {
+        self.samples.extend(round.samples);
+        self.missed += round.missed;
+    }
 }
 
 /// The progress update that carries index `index`.
@@ -426,7 +435,7 @@ pub enum Path {
     Follow,
 }
 
-/// Section 4: `plan.e2e` updates at 1 kHz through a producer, each timed from the call to its
+/// One round of section 4: `count` updates at 1 kHz through a producer, each timed from the call to its
 /// arrival at a subscriber of `path` in this process.
 ///
 /// # Errors
@@ -434,14 +443,13 @@ pub enum Path {
 /// Redis failed, or the follower sent no snapshot within [`RECEIVE_GRACE`].
 pub async fn end_to_end(
     manager: &StateManager,
-    plan: &Plan,
+    count: usize,
     path: Path,
     wake: Wake,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<EndToEnd> {
     let session = start_session(manager).await?;
     let producer = warm_producer(manager, &session, wake, shutdown).await?;
-    let count = plan.e2e;
     let deadline = Instant::now() + RECEIVE_GRACE + CALL_TICK * u32::try_from(count).unwrap_or(u32::MAX);
     let receiver = match path {
         Path::PubSub => {
@@ -507,6 +515,25 @@ pub async fn end_to_end(
     let _ = manager.clear_session_data(&session).await;
 
     Ok(latencies(&sent, &received))
+}
+
+/// Section 4's baseline: `count` `PING`s through `manager`, one per [`CALL_TICK`], each timed.
+/// Taken at the pace and in the rounds of the paths it is compared with: a `PING` after an idle
+/// millisecond wakes Redis and this process as a delivered update does, where section 1's
+/// back-to-back `PING`s find them awake and are measured minutes apart.
+///
+/// # Errors
+///
+/// Redis failed.
+pub async fn paced_pings(manager: &StateManager, count: usize) -> anyhow::Result<EndToEnd> {
+    let mut samples = Samples::with_capacity(count);
+    let mut ticker = tokio::time::interval(CALL_TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    for _ in 0..count {
+        ticker.tick().await;
+        samples.push(manager.ping().await.context("PING")?);
+    }
+    Ok(EndToEnd { samples, missed: 0 })
 }
 
 /// The channel of the raw pub/sub baseline. Nothing listens to it but the bench itself.

@@ -28,6 +28,12 @@ impl Samples {
         self.sorted = false;
     }
 
+    /// Adds the samples of `other` (another round of the same measurement).
+    pub fn extend(&mut self, other: Samples) {
+        self.durations.extend(other.durations);
+        self.sorted = false;
+    }
+
     /// The `q` quantile (0 < q <= 1) in microseconds, or `None` without samples.
     pub fn percentile_us(&mut self, q: f64) -> Option<f64> {
         if self.durations.is_empty() {
@@ -70,6 +76,21 @@ mod tests {
         assert_eq!(samples.percentile_us(0.99), Some(99.0));
         assert_eq!(samples.percentile_us(0.999), Some(100.0));
         assert_eq!(samples.percentile_us(1.0), Some(100.0));
+    }
+
+    /// Rounds added together give the percentiles of all their samples.
+    #[test]
+    fn rounds_add_up() {
+        let mut first = Samples::with_capacity(2);
+        first.push(Duration::from_micros(3));
+        first.push(Duration::from_micros(1));
+        assert_eq!(first.percentile_us(1.0), Some(3.0));
+        let mut second = Samples::with_capacity(2);
+        second.push(Duration::from_micros(4));
+        second.push(Duration::from_micros(2));
+        first.extend(second);
+        assert_eq!(first.percentile_us(0.5), Some(2.0));
+        assert_eq!(first.percentile_us(1.0), Some(4.0));
     }
 
     /// The median of an even count is the lower middle value, a value that was measured.
