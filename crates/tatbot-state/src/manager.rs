@@ -1169,7 +1169,8 @@ impl StateManager {
         healths.pop().map_or(Ok(None), Lookup::into_result)
     }
 
-    /// Several nodes' heartbeats in one round trip, in the order asked.
+    /// Several nodes' heartbeats, in the order asked: their lengths, then those within the size
+    /// bound (two round trips).
     ///
     /// # Errors
     ///
@@ -1200,7 +1201,7 @@ impl StateManager {
             .map(|((key, _), reply)| {
                 oversized
                     .field_text(key, keys::FIELD_HEALTH, reply)
-                    .map(|raw| raw.and_then(|raw| decode::document(&key, "NodeHealth", &raw)))
+                    .map(|raw| raw.and_then(|raw| decode::document(key, "NodeHealth", &raw)))
                     .map_or(Lookup::Missing, |read| Lookup::from(read.map(Some)))
             })
             .collect())
@@ -1586,9 +1587,8 @@ impl StateManager {
             .await
             .map_err(|err| self.redis_error("read documents", err))?;
         // The batch read last, with its answers, waiting to be decoded.
-        let mut read: Option<(&[String], Oversized, Vec<redis::RedisResult<RedisValue>>)> = None;
-        let decode_batch = |(batch, oversized, values): (&[String], Oversized, Vec<redis::RedisResult<RedisValue>>),
-                            entries: &mut Vec<Entry<T>>| {
+        let mut read: Option<BatchRead<'_>> = None;
+        let decode_batch = |(batch, oversized, values): BatchRead<'_>, entries: &mut Vec<Entry<T>>| {
             for (key, value) in batch.iter().zip(values) {
                 // Expired between SCAN and HGET: it is gone, not corrupt.
                 let Some(raw) = oversized.field_text(key, field, value) else {
@@ -1618,11 +1618,13 @@ impl StateManager {
             for key in next {
                 pipe.cmd("HSTRLEN").arg(key).arg(field);
             }
-            // The request goes out at its first poll, before the batch before is decoded.
+            // The request's first poll hands it to the connection's task; the decode yields
+            // once first, so that the task writes it before the batch before is decoded.
             let (values, ()) = tokio::join!(
                 pipe.query_async::<Vec<redis::RedisResult<RedisValue>>>(&mut connection),
                 async {
                     if let Some(batch) = read.take() {
+                        tokio::task::yield_now().await;
                         decode_batch(batch, &mut entries);
                     }
                 }
@@ -1638,6 +1640,10 @@ impl StateManager {
         Ok(entries)
     }
 }
+
+/// One batch of [`StateManager::read_documents`] read and waiting to be decoded: its keys,
+/// those over the size bound, and the answers.
+type BatchRead<'a> = (&'a [String], Oversized, Vec<redis::RedisResult<RedisValue>>);
 
 /// All keys matching `pattern`, by `SCAN` with `COUNT count`, each once.
 pub(crate) async fn scan_keys<C: redis::aio::ConnectionLike>(
