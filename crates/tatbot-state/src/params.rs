@@ -359,23 +359,54 @@ impl Params {
 
     /// Several parameters, each decoded or with the reason it did not decode;
     /// [`Lookup::Missing`] for a name that is not declared.
+    ///
+    /// The fields' lengths come first (`HSTRLEN`): a parameter with a field over the size bound
+    /// is that parameter's error and its hash is not read, so that another client's 50 MB
+    /// value is not sent with every read.
     async fn read_many(&self, names: &[ParamName]) -> Result<Vec<Lookup<Param>>> {
         let mut params = Vec::with_capacity(names.len());
+        let mut connection = self.state.connection();
         for chunk in names.chunks(READ_BATCH) {
+            let mut lengths = redis::pipe();
+            lengths.ignore_errors();
+            for name in chunk {
+                for field in FIELDS {
+                    lengths.cmd("HSTRLEN").arg(keys::param(name)).arg(field);
+                }
+            }
+            let lengths: Vec<redis::RedisResult<redis::Value>> = lengths
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| self.state.redis_error("get_params", err))?;
+            let oversized: Vec<Option<Error>> = chunk
+                .iter()
+                .zip(lengths.chunks(FIELDS.len()))
+                .map(|(name, lengths)| oversized_field(name, lengths))
+                .collect();
             let mut pipe = redis::pipe();
             // A key of the wrong type (WRONGTYPE) is that parameter's error, not the call's.
             pipe.ignore_errors();
-            for name in chunk {
-                pipe.cmd("HMGET").arg(keys::param(name)).arg(&FIELDS);
+            for (name, too_large) in chunk.iter().zip(&oversized) {
+                if too_large.is_none() {
+                    pipe.cmd("HMGET").arg(keys::param(name)).arg(&FIELDS);
+                }
             }
-            let replies: Vec<redis::RedisResult<redis::Value>> =
-                pipe.query_async(&mut self.state.connection())
+            let replies: Vec<redis::RedisResult<redis::Value>> = if oversized.iter().all(Option::is_some) {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut connection)
                     .await
-                    .map_err(|err| self.state.redis_error("get_params", err))?;
-            for (name, reply) in chunk.iter().zip(replies) {
-                params.push(Lookup::from(
-                    read_fields(name, reply).and_then(|fields| decode(name, fields)),
-                ));
+                    .map_err(|err| self.state.redis_error("get_params", err))?
+            };
+            let mut replies = replies.into_iter();
+            for (name, too_large) in chunk.iter().zip(oversized) {
+                params.push(match too_large {
+                    Some(err) => Lookup::Corrupt(err),
+                    None => Lookup::from(
+                        read_fields(name, replies.next().unwrap_or(Ok(redis::Value::Nil)))
+                            .and_then(|fields| decode(name, fields)),
+                    ),
+                });
             }
         }
         Ok(params)
@@ -758,6 +789,19 @@ impl Params {
             descriptor,
         }
     }
+}
+
+/// The error of the first of `name`'s [`FIELDS`] whose length (from `HSTRLEN`, in order) is
+/// over the size bound; `None` when none is (or the key is not a hash: `HMGET` tells).
+fn oversized_field(name: &ParamName, lengths: &[redis::RedisResult<redis::Value>]) -> Option<Error> {
+    FIELDS.iter().zip(lengths).find_map(|(field, length)| {
+        let Ok(redis::Value::Int(length)) = length else {
+            return None;
+        };
+        let length = usize::try_from(*length).ok()?;
+        (length > crate::model::MAX_DOCUMENT_BYTES)
+            .then(|| decode::too_large(&keys::param(name), &format!("field {field}"), length))
+    })
 }
 
 /// The fields of one `HMGET` reply (run with `ignore_errors`), each held to the size bound.

@@ -9,7 +9,7 @@ use tatbot_state::{Descriptor, ParamName, ParamType, ParamValue, Params};
 use tatbot_state_testkit::RedisServer;
 use tokio::sync::Barrier;
 
-use crate::util::{manager, raw, setup};
+use crate::util::{bytes_sent, manager, raw, setup};
 
 /// How long a watch may take to deliver a change.
 const DELIVERY: Duration = Duration::from_secs(5);
@@ -816,6 +816,41 @@ async fn corrupt_param_is_reported_per_entry() {
         params.list(&Prefix::all()).await.is_err(),
         "the strict list still refuses"
     );
+}
+
+/// A parameter whose hash holds another client's 5 MiB value is that parameter's error, named,
+/// and Redis does not send it: `get`, `list_entries` and the strict `list` each ask the
+/// fields' lengths first.
+#[tokio::test]
+async fn huge_param_values_are_reported_without_being_read() {
+    let (server, state) = setup("hog").await;
+    let params = state.params();
+    for name in ["b.x", "b.y"] {
+        params
+            .declare(&ParamName::new(name).unwrap(), &Descriptor::new(ParamValue::Int(1)))
+            .await
+            .unwrap();
+    }
+    let huge = format!("\"{}\"", "x".repeat(5 << 20));
+    let () = raw(&server)
+        .await
+        .hset("tatbot:param:b.y", "value", huge)
+        .await
+        .unwrap();
+    let sent_before = bytes_sent(&server);
+    let err = params.get(&ParamName::new("b.y").unwrap()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("tatbot:param:b.y: stored value is corrupt (field value is 5242882 bytes;"),
+        "{err}"
+    );
+    let entries = params.list_entries(&Prefix::all()).await.unwrap();
+    assert_eq!(entries[0].value.as_ref().unwrap().value, ParamValue::Int(1));
+    let error = entries[1].value.as_ref().unwrap_err().to_string();
+    assert!(error.contains("field value is 5242882 bytes"), "{error}");
+    assert!(params.list(&Prefix::all()).await.is_err());
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 1 << 20, "{sent} bytes sent for three reads");
 }
 
 /// `undeclare` removes the parameter and its index entry, a watch sees the removal (op
