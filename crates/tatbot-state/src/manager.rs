@@ -146,8 +146,9 @@ pub struct SystemStatus {
     pub nodes_online: usize,
     /// Nodes ever seen (heartbeat registry plus live heartbeats).
     pub nodes_known: usize,
-    /// Producer updates dropped because a producer's queue was full, over all producers that
-    /// reported in the last week (`tatbot:producers`).
+    /// Producer updates dropped because a producer's queue was full, over the producers that
+    /// reported in the last week and are still running or kept their record (`tatbot:producers`:
+    /// a producer that stops with nothing dropped, refused or restored takes its record out).
     pub dropped_updates: u64,
     /// Producer writes Redis refused (unknown session, corrupt document, permission), over the
     /// same producers.

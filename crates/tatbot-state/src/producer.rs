@@ -91,6 +91,9 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// How often a producer stores its counters in `tatbot:producers`.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stopping writer tries to take its record out of `tatbot:producers`.
+const RETIRE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// `tatbot:producers` expires a week after the last producer wrote to it.
 const PRODUCERS_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Most ops kept for replay, whatever their age.
@@ -269,6 +272,8 @@ struct Shared {
     durable: watch::Sender<u64>,
     /// The drop and refusal counts the last `flush` reported.
     reported_failures: Mutex<(u64, u64)>,
+    /// Set when the writer has stopped (after its [`Writer::retire`]); `close` waits on it.
+    stopped: watch::Sender<bool>,
     config: ProducerConfig,
 }
 
@@ -433,6 +438,7 @@ impl StateManager {
             acknowledged,
             durable,
             reported_failures: Mutex::default(),
+            stopped: watch::channel(false).0,
             config,
         });
         let writer_id = format!("{}.{:08x}", self.node_id(), rand_u32());
@@ -666,6 +672,10 @@ impl Producer {
         }
         .await;
         self.stop.cancel();
+        // The writer's last act is to take its record out of `tatbot:producers` (see
+        // `Writer::retire`): waited for, within the same limit.
+        let mut stopped = self.shared.stopped.subscribe();
+        let _ = tokio::time::timeout_at(deadline, stopped.wait_for(|stopped| *stopped)).await;
         closed
     }
 }
@@ -992,7 +1002,38 @@ impl Writer {
         if let Some(pacer) = &self.shared.pacer {
             pacer.stop();
         }
+        self.retire().await;
+        self.shared.stopped.send_replace(true);
         tracing::debug!("producer writer stopped");
+    }
+
+    /// A writer that stops with everything written and nothing to report takes its record out
+    /// of `tatbot:producers`: each producer adds a field of its own (its writer id is new every
+    /// time), and the hash, which expires only a week after the last write to it, would
+    /// otherwise keep one for every producer an active fleet ever started, all read by every
+    /// `status`. A producer that dropped, refused or restored writes keeps its record, which
+    /// `status` sums. Best effort, within [`RETIRE_TIMEOUT`]: a writer that cannot reach Redis
+    /// now, or a process that is killed, leaves the record behind.
+    async fn retire(&mut self) {
+        let clean = {
+            let queue = self.shared.lock();
+            let stats = &queue.stats;
+            queue.ops.is_empty()
+                && queue.snapshots.is_empty()
+                && (stats.dropped, stats.rejected, stats.restored) == (0, 0, 0)
+        };
+        let Some(mut connection) = self.connection.clone() else {
+            return;
+        };
+        if !clean || self.stats_published.is_none() {
+            return;
+        }
+        let mut removal = redis::cmd("HDEL");
+        removal.arg(keys::PRODUCERS).arg(&self.writer_id);
+        let removed = tokio::time::timeout(RETIRE_TIMEOUT, removal.query_async::<i64>(&mut connection)).await;
+        if let Ok(Err(err)) = removed {
+            tracing::debug!(error = %err, "cannot remove the producer's record");
+        }
     }
 
     /// Sends queued batches on the current connection until [`IN_FLIGHT`] are on it.

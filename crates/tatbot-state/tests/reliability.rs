@@ -822,6 +822,38 @@ async fn wiped_server_gets_the_session_back_and_says_so() {
     assert_eq!(status.restored_sessions, 1, "{status:?}");
 }
 
+/// The writers' records in `tatbot:producers` (one field per producer, named by its writer id).
+async fn producer_records(server: &RedisServer) -> Vec<String> {
+    use redis::AsyncCommands as _;
+    let mut redis = crate::util::raw(server).await;
+    redis.hkeys(tatbot_state::keys::PRODUCERS).await.unwrap()
+}
+
+/// A producer closed with everything written takes its record out of `tatbot:producers`, so
+/// the hash does not keep one for every producer ever started (each has a new writer id, and
+/// `status` reads them all); one that had refused writes keeps it, for `status` to sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_closed_cleanly_takes_its_record_out() {
+    let server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(&plan(1)).await.unwrap();
+    for round in 0..3 {
+        let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+        producer.update_stroke_progress(&session, &update(round)).unwrap();
+        producer.flush(FLUSH).await.unwrap();
+        assert_eq!(producer_records(&server).await.len(), 1, "the record while it runs");
+        producer.close(FLUSH).await.unwrap();
+        assert_eq!(producer_records(&server).await, Vec::<String>::new(), "round {round}");
+    }
+    let refusing = state.producer(ProducerConfig::default(), CancellationToken::new());
+    let never_started = SessionId::new("stroke_hog_1").unwrap();
+    refusing.update_stroke_progress(&never_started, &update(0)).unwrap();
+    assert!(refusing.flush(FLUSH).await.is_err());
+    refusing.close(FLUSH).await.unwrap();
+    assert_eq!(producer_records(&server).await.len(), 1);
+    assert_eq!(state.system_status().await.rejected_updates, 1);
+}
+
 /// Writes Redis refuses are no longer silent: counted, stored as one error, in `status`, and
 /// returned by the next flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,8 @@
 //!    `MONITOR`), the reference `EVAL` (HSET + XADD + PUBLISH) and `PING`.
 //! 3. The time a producer call takes with Redis up, frozen (SIGSTOP, private server only) and
 //!    down (nothing listening).
-//! 4. Producer-to-subscriber latency at 1 kHz through pub/sub and through the follow API.
+//! 4. Producer-to-subscriber latency at 1 kHz through pub/sub and through the follow API,
+//!    against `PING` at the same pace and a plain `PUBLISH` to `SUBSCRIBE`, in five rounds.
 //! 5. `status` and all-nodes health over 100 to 10,000 sessions ([`scale`]).
 //! 6. Peak memory of `mcp --transport http` and `viz` with 100 clients ([`memory`]).
 //! 7. Record and replay throughput of one session's history: Redis to MCAP and back
