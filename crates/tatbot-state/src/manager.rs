@@ -155,7 +155,8 @@ pub struct SystemStatus {
     pub rejected_updates: u64,
     /// Sessions producers re-created after Redis lost them (a restart without their data).
     pub restored_sessions: u64,
-    /// Producers that reported their counters in the last minute.
+    /// Producers that reported their counters in the last minute (a producer that stopped
+    /// cleanly has taken its record out).
     pub producers_active: usize,
     /// Values that did not decode.
     pub corrupt: Vec<CorruptEntry>,

@@ -343,8 +343,8 @@ impl Params {
         Ok(found.pop().flatten())
     }
 
-    /// Several parameters in one round trip (per 1,000), in the order asked; `None` for a name
-    /// that is not declared.
+    /// Several parameters in two round trips (per 1,000: their fields' lengths, then the fields),
+    /// in the order asked; `None` for a name that is not declared.
     ///
     /// # Errors
     ///

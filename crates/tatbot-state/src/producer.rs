@@ -272,7 +272,8 @@ struct Shared {
     durable: watch::Sender<u64>,
     /// The drop and refusal counts the last `flush` reported.
     reported_failures: Mutex<(u64, u64)>,
-    /// Set when the writer has stopped (after its [`Writer::retire`]); `close` waits on it.
+    /// Set when the writer has stopped (after its [`Writer::retire`], when it is dropped);
+    /// `close` waits on it.
     stopped: watch::Sender<bool>,
     config: ProducerConfig,
 }
@@ -855,6 +856,14 @@ struct Writer {
     repairs: Vec<(String, u64)>,
 }
 
+/// A writer that ends, however (its loop stopped, or its task was dropped with the runtime),
+/// says so: `close` waits for it.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.stopped.send_replace(true);
+    }
+}
+
 /// Which Redis server a writer wrote to; see [`Writer::server`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ServerIdentity {
@@ -1003,29 +1012,32 @@ impl Writer {
             pacer.stop();
         }
         self.retire().await;
-        self.shared.stopped.send_replace(true);
         tracing::debug!("producer writer stopped");
     }
 
-    /// A writer that stops with everything written and nothing to report takes its record out
-    /// of `tatbot:producers`: each producer adds a field of its own (its writer id is new every
-    /// time), and the hash, which expires only a week after the last write to it, would
+    /// A writer that stops with every op acknowledged and nothing to report takes its record
+    /// out of `tatbot:producers`: each producer adds a field of its own (its writer id is new
+    /// every time), and the hash, which expires only a week after the last write to it, would
     /// otherwise keep one for every producer an active fleet ever started, all read by every
-    /// `status`. A producer that dropped, refused or restored writes keeps its record, which
-    /// `status` sums. Best effort, within [`RETIRE_TIMEOUT`]: a writer that cannot reach Redis
-    /// now, or a process that is killed, leaves the record behind.
+    /// `status`. A producer that dropped, refused or restored writes, or stops with ops not
+    /// acknowledged (queued, or in flight), stores its counters once more and keeps its record,
+    /// which `status` sums. Best effort, within [`RETIRE_TIMEOUT`]: a writer that cannot reach
+    /// Redis now, or a process that is killed, leaves the record as it was.
     async fn retire(&mut self) {
         let clean = {
             let queue = self.shared.lock();
             let stats = &queue.stats;
-            queue.ops.is_empty()
-                && queue.snapshots.is_empty()
+            *self.shared.acknowledged.borrow() >= queue.next_seq
                 && (stats.dropped, stats.rejected, stats.restored) == (0, 0, 0)
         };
+        if !clean {
+            let _ = tokio::time::timeout(RETIRE_TIMEOUT, self.publish_stats()).await;
+            return;
+        }
         let Some(mut connection) = self.connection.clone() else {
             return;
         };
-        if !clean || self.stats_published.is_none() {
+        if self.stats_published.is_none() {
             return;
         }
         let mut removal = redis::cmd("HDEL");

@@ -841,7 +841,9 @@ async fn a_producer_closed_cleanly_takes_its_record_out() {
         let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
         producer.update_stroke_progress(&session, &update(round)).unwrap();
         producer.flush(FLUSH).await.unwrap();
-        assert_eq!(producer_records(&server).await.len(), 1, "the record while it runs");
+        // Stored right after the acknowledgement that ends the flush.
+        let stored = crate::util::eventually(FLUSH, || async { producer_records(&server).await.len() == 1 }).await;
+        assert!(stored, "the record while it runs");
         producer.close(FLUSH).await.unwrap();
         assert_eq!(producer_records(&server).await, Vec::<String>::new(), "round {round}");
     }
