@@ -825,9 +825,9 @@ async fn corrupt_param_is_reported_per_entry() {
 async fn huge_param_values_are_reported_without_being_read() {
     let (server, state) = setup("hog").await;
     let params = state.params();
-    for name in ["b.x", "b.y"] {
+    for (name, value) in [("b.x", 1), ("b.y", 2), ("b.z", 3)] {
         params
-            .declare(&ParamName::new(name).unwrap(), &Descriptor::new(ParamValue::Int(1)))
+            .declare(&ParamName::new(name).unwrap(), &Descriptor::new(ParamValue::Int(value)))
             .await
             .unwrap();
     }
@@ -848,6 +848,9 @@ async fn huge_param_values_are_reported_without_being_read() {
     assert_eq!(entries[0].value.as_ref().unwrap().value, ParamValue::Int(1));
     let error = entries[1].value.as_ref().unwrap_err().to_string();
     assert!(error.contains("field value is 5242882 bytes"), "{error}");
+    // The one read after the one left out gets its own answer.
+    assert_eq!(entries[2].id, "b.z");
+    assert_eq!(entries[2].value.as_ref().unwrap().value, ParamValue::Int(3));
     assert!(params.list(&Prefix::all()).await.is_err());
     let sent = bytes_sent(&server) - sent_before;
     assert!(sent < 1 << 20, "{sent} bytes sent for three reads");
