@@ -30,7 +30,7 @@ use crate::decode;
 use crate::direct::{self, Direct};
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
-use crate::follow::io::{Oversized, find_oversized};
+use crate::follow::io::{Oversized, find_oversized, read_fields};
 use crate::ids::{Category, EntryId, NodeId, SessionId};
 use crate::keys;
 use crate::model::{
@@ -1182,19 +1182,9 @@ impl StateManager {
             .iter()
             .map(|node_id| (keys::health(node_id), keys::FIELD_HEALTH))
             .collect();
-        let mut connection = self.connection();
-        // Values over the size bound are not read (see `read_field`).
-        let oversized = find_oversized(&mut connection, &fields)
-            .await
-            .map_err(|err| self.redis_error("get_nodes_health", err))?;
-        let mut pipe = redis::pipe();
-        // A key of the wrong type (WRONGTYPE) is that slot's error, not the call's.
-        pipe.ignore_errors();
-        for (key, field) in &fields {
-            oversized.queue_read(&mut pipe, key, field);
-        }
-        let replies: Vec<redis::RedisResult<RedisValue>> = pipe
-            .query_async(&mut connection)
+        // Values over the size bound are not read (see `read_field`); a key of the wrong type
+        // (WRONGTYPE) is that slot's error, not the call's.
+        let (oversized, replies) = read_fields(&mut self.connection(), &fields)
             .await
             .map_err(|err| self.redis_error("get_nodes_health", err))?;
         Ok(fields
@@ -1539,15 +1529,7 @@ impl StateManager {
     /// client asking every second would otherwise make Redis send another client's 50 MB value
     /// every second (see [`crate::follow::io::Oversized`]).
     async fn read_field(&self, key: &str, field: &'static str, operation: &'static str) -> Result<Option<String>> {
-        let mut connection = self.connection();
-        let oversized = find_oversized(&mut connection, &[(key.to_owned(), field)])
-            .await
-            .map_err(|err| self.redis_error(operation, err))?;
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        oversized.queue_read(&mut pipe, key, field);
-        let mut replies: Vec<redis::RedisResult<RedisValue>> = pipe
-            .query_async(&mut connection)
+        let (oversized, mut replies) = read_fields(&mut self.connection(), &[(key.to_owned(), field)])
             .await
             .map_err(|err| self.redis_error(operation, err))?;
         match replies.pop() {

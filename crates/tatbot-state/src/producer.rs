@@ -93,7 +93,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a stopping writer tries to take its record out of `tatbot:producers`.
 const RETIRE_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// `tatbot:producers` expires a week after the last producer wrote to it.
 const PRODUCERS_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Most ops kept for replay, whatever their age.

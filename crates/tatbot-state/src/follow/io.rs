@@ -546,6 +546,24 @@ pub(crate) async fn find_oversized(
     Ok(Oversized::from_lengths(fields.iter().map(|(key, _)| key), lengths))
 }
 
+/// `HGET` of each of `fields` (key, field), their lengths asked first ([`find_oversized`]):
+/// the answers in order, each for [`Oversized::field_text`], which gives the too-large error
+/// for a value over the bound, not read. Run with `ignore_errors`, so that a key of another
+/// type is that field's answer, not a failure of the connection.
+pub(crate) async fn read_fields(
+    connection: &mut impl redis::aio::ConnectionLike,
+    fields: &[(String, &'static str)],
+) -> redis::RedisResult<(Oversized, Vec<redis::RedisResult<Value>>)> {
+    let oversized = find_oversized(connection, fields).await?;
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (key, field) in fields {
+        oversized.queue_read(&mut pipe, key, field);
+    }
+    let replies = pipe.query_async(connection).await?;
+    Ok((oversized, replies))
+}
+
 /// Hash values over the size bound, by key, with their lengths: see [`oversized_fields`].
 #[derive(Debug, Default)]
 pub(crate) struct Oversized(BTreeMap<String, usize>);
@@ -729,14 +747,7 @@ pub(crate) async fn read_robots(
             .iter()
             .map(|node_id| (keys::robot_state(node_id), keys::FIELD_STATE))
             .collect();
-        let oversized = oversized_fields(connection, &fields).await?;
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (key, field) in &fields {
-            oversized.queue_read(&mut pipe, key, field);
-        }
-        let replies: Vec<redis::RedisResult<Value>> = pipe
-            .query_async(connection)
+        let (oversized, replies) = read_fields(connection, &fields)
             .await
             .map_err(|err| Error::from_redis("follow robots", err))?;
         for (node_id, reply) in chunk.iter().zip(replies) {

@@ -722,13 +722,7 @@ impl FollowTask {
         let mut connection = self.connections()?.commands;
         let key = keys::progress(session_id);
         // Its length first: a document over the size bound is not read (see `io::Oversized`).
-        let oversized = io::oversized_fields(&mut connection, &[(key.clone(), keys::FIELD_PROGRESS)]).await?;
-        let mut pipe = redis::pipe();
-        // So that WRONGTYPE is this command's reply, not a failure of the connection.
-        pipe.ignore_errors();
-        oversized.queue_read(&mut pipe, &key, keys::FIELD_PROGRESS);
-        let mut replies: Vec<redis::RedisResult<Value>> = pipe
-            .query_async(&mut connection)
+        let (oversized, mut replies) = io::read_fields(&mut connection, &[(key.clone(), keys::FIELD_PROGRESS)])
             .await
             .map_err(|err| Error::from_redis("follow read session", err))?;
         let reply = replies.pop().unwrap_or(Ok(Value::Nil));
