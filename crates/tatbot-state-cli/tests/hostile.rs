@@ -164,30 +164,33 @@ fn hostile_numbers_are_not_taken_at_face_value() {
     assert_eq!(status["dropped_updates"], u64::MAX);
 }
 
+/// Appends a well-formed history entry `id` of stroke `stroke` to `key`.
+fn history_entry(server: &RedisServer, key: &str, id: &str, stroke: &str) {
+    let fields = [
+        "XADD",
+        key,
+        id,
+        "stroke_idx",
+        stroke,
+        "pose_idx",
+        "0",
+        "description_l",
+        "l",
+        "description_r",
+        "r",
+        "node_id",
+        "x",
+    ];
+    server.command(&fields).unwrap();
+}
+
 /// Issue #14 point 7: a bad history entry is reported in its place; the rest of the history
 /// prints and `history` succeeds (never "bad usage").
 #[test]
 fn history_reports_a_bad_entry_in_its_place() {
     let server = RedisServer::start();
     let key = "stream:stroke_history:stroke_x_1";
-    let entry = |id: &str, stroke: &str| {
-        let fields = [
-            "XADD",
-            key,
-            id,
-            "stroke_idx",
-            stroke,
-            "pose_idx",
-            "0",
-            "description_l",
-            "l",
-            "description_r",
-            "r",
-            "node_id",
-            "x",
-        ];
-        server.command(&fields).unwrap();
-    };
+    let entry = |id: &str, stroke: &str| history_entry(&server, key, id, stroke);
     entry("1-1", "0");
     entry("2-1", "abc");
     entry("3-1", "1");
@@ -202,6 +205,39 @@ fn history_reports_a_bad_entry_in_its_place() {
         "{lines:?}"
     );
     assert!(lines[2].starts_with("00:00:00.003 3-1  stroke 2 pose 1"), "{lines:?}");
+}
+
+/// A history that another client filled past 32 MiB is read within that bound per page: the
+/// page that stops there says so in a line of its own, and `history` reads on from it to the
+/// last entry (before, it read each page whole; a page that stopped early ended the listing).
+#[test]
+fn history_reads_on_past_a_page_cut_at_the_size_bound() {
+    let server = RedisServer::start();
+    let key = "stream:stroke_history:stroke_x_1";
+    let entry = |id: &str, stroke: &str| history_entry(&server, key, id, stroke);
+    entry("1-1", "0");
+    let huge = "x".repeat(1 << 20);
+    for index in 0..40 {
+        let id = format!("2-{index}");
+        server.command(&["XADD", key, &id, "payload", &huge]).unwrap();
+    }
+    entry("3-1", "1");
+    let output = run(bin_for(&server), &["history", "stroke_x_1"]);
+    assert_code(&output, 0);
+    let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
+    let cuts = lines
+        .iter()
+        .filter(|line| line.contains("the read stopped after"))
+        .count();
+    assert_eq!(cuts, 1, "{} lines", lines.len());
+    assert_eq!(lines.len(), 43, "42 entries and the cut");
+    assert!(
+        lines[0].starts_with("00:00:00.001 1-1  stroke 1 pose 1"),
+        "{}",
+        lines[0]
+    );
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("00:00:00.003 3-1  stroke 2 pose 1"), "{last}");
 }
 
 /// Another client's value under the node registry (`SET tatbot:nodes x`): `health` still lists

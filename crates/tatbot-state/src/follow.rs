@@ -490,7 +490,11 @@ impl StateManager {
     /// `recent_events` has only the last few of the whole fleet). Progress updates are left
     /// out (the history stream has them). At most `limit` events, the oldest, and at most
     /// [`SESSION_EVENTS_SCAN`] log entries are read, so a log grown past its bound by a hostile
-    /// writer cannot make this unbounded; an entry that does not decode is skipped.
+    /// writer cannot make this unbounded; an entry that does not decode is skipped. A log that
+    /// takes more than 32 MiB in Redis (only another client's entries make it so) is read one
+    /// entry per round trip, newest first back to the session's start, at most 20,000 entries
+    /// and 32 MiB; when the read stops before the start, an event whose payload says so comes
+    /// first (with no id), in place of the newest event kept.
     ///
     /// # Errors
     ///
@@ -498,6 +502,58 @@ impl StateManager {
     pub async fn session_events(&self, session_id: &SessionId, limit: usize) -> Result<Vec<LoggedEvent>> {
         let mut connection = self.connection();
         let mut events = Vec::new();
+        let big = io::oversized_logs(&mut connection, &[keys::EVENT_LOG])
+            .await
+            .map_err(|err| self.redis_error("session events", err))?;
+        if let Some(size) = big.get(keys::EVENT_LOG) {
+            // Pages of 2,000 entries of any size: one entry per round trip instead, within the
+            // bound of one read, newest first, back to the session's start (nothing of the
+            // session comes before it), so that a recent session's events are found first.
+            let is_start = |entry: &io::RawEntry| {
+                let event = io::decode_logged(entry);
+                event.session_id.as_deref() == Some(session_id.as_str())
+                    && event.event_type.as_deref() == Some(event_types::SESSION_START)
+            };
+            let mut started = false;
+            let pages = io::read_log_pages(
+                &mut connection,
+                keys::EVENT_LOG,
+                io::Direction::Backward,
+                "+".to_owned(),
+                HUGE_LOG_SCAN,
+                0,
+                |entry| {
+                    started = io::parse_entry(entry).is_some_and(|entry| is_start(&entry));
+                    started
+                },
+            )
+            .await
+            .map_err(|err| self.redis_error("session events", err))?;
+            let mut entries = io::parse_entries(&pages.entries);
+            entries.reverse();
+            events.extend(session_events_among(&entries, session_id));
+            events.truncate(limit);
+            let stopped = pages.cut_detail(*size, 0).or_else(|| {
+                (!started && pages.read == HUGE_LOG_SCAN).then(|| {
+                    format!("the log takes {size} bytes in Redis; the read stopped after {HUGE_LOG_SCAN} entries without the session's start")
+                })
+            });
+            if let Some(detail) = stopped {
+                // In place of the newest event kept, so that `limit` holds.
+                events.truncate(limit.saturating_sub(1));
+                events.insert(
+                    0,
+                    LoggedEvent {
+                        id: String::new(),
+                        channel: String::new(),
+                        event_type: None,
+                        session_id: Some(session_id.to_string()),
+                        payload: Value::String(format!("(corrupt: {}: {detail})", keys::EVENT_LOG)),
+                    },
+                );
+            }
+            return Ok(events);
+        }
         let mut start = "-".to_owned();
         let mut scanned = 0;
         while scanned < SESSION_EVENTS_SCAN && events.len() < limit {
@@ -516,19 +572,7 @@ impl StateManager {
                 })?;
             let page = io::parse_entries(&reply);
             scanned += page.len();
-            for entry in &page {
-                // Most entries are other sessions' progress: skip them before parsing JSON.
-                if !entry
-                    .field("payload")
-                    .is_some_and(|payload| payload.contains(session_id.as_str()))
-                {
-                    continue;
-                }
-                let event = io::decode_logged(entry);
-                if event.session_id.as_deref() == Some(session_id.as_str()) && !event.is_progress() {
-                    events.push(event);
-                }
-            }
+            events.extend(session_events_among(&page, session_id));
             match page.last() {
                 Some(last) if page.len() == SESSION_EVENTS_PAGE => start = format!("({}", last.id_text),
                 _ => break,
@@ -538,6 +582,28 @@ impl StateManager {
         Ok(events)
     }
 }
+
+/// The events of `session_id` among `entries` of the event log, progress updates left out.
+fn session_events_among<'a>(
+    entries: &'a [io::RawEntry],
+    session_id: &'a SessionId,
+) -> impl Iterator<Item = LoggedEvent> + 'a {
+    entries
+        .iter()
+        // Most entries are other sessions' progress: skip them before parsing JSON.
+        .filter(|entry| {
+            entry
+                .field("payload")
+                .is_some_and(|payload| payload.contains(session_id.as_str()))
+        })
+        .map(io::decode_logged)
+        .filter(|event| event.session_id.as_deref() == Some(session_id.as_str()) && !event.is_progress())
+}
+
+/// The most entries [`StateManager::session_events`] reads, one per round trip, from an event
+/// log over [`io::MAX_LOG_READ_BYTES`] in Redis (which only another client's entries make it):
+/// two seconds of round trips on a LAN.
+const HUGE_LOG_SCAN: usize = 20_000;
 
 /// Event-log entries [`StateManager::session_events`] reads per round trip.
 const SESSION_EVENTS_PAGE: usize = 2_000;

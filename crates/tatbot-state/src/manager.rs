@@ -30,7 +30,9 @@ use crate::decode;
 use crate::direct::{self, Direct};
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
-use crate::follow::io::{Oversized, find_oversized, read_fields};
+use crate::follow::io::{
+    Direction, Oversized, find_oversized, key_entry, oversized_collection, oversized_logs, read_fields, read_log_pages,
+};
 use crate::ids::{Category, EntryId, NodeId, SessionId};
 use crate::keys;
 use crate::model::{
@@ -1068,6 +1070,11 @@ impl StateManager {
     /// decoded or with the reason it did not decode; the
     /// [`Entry::id`] is the stream entry id, so a reader pages on past a bad entry.
     ///
+    /// A history that takes more than 32 MiB in Redis (only another client's entries make it
+    /// so; asked first, with `MEMORY USAGE`) is read one entry per round trip up to 32 MiB; an
+    /// entry with the error saying so, named after the last entry read, comes last, and a reader
+    /// paging on from it reads the rest.
+    ///
     /// # Errors
     ///
     /// A Redis failure, or [`Error::Corrupt`] when the history key is not a stream; a bad entry
@@ -1083,12 +1090,10 @@ impl StateManager {
             HistoryCursor::Start => "-".to_owned(),
             HistoryCursor::After(id) => format!("({id}"),
         };
-        let reply: redis::streams::StreamRangeReply =
-            match self.connection().xrange_count(&key, start, "+", count).await {
-                Ok(reply) => reply,
-                Err(err) => return Err(self.shared_read_error("get_history", err, &key, "stream")),
-            };
-        Ok(reply
+        let (reply, cut) = self
+            .read_log("get_history", &key, Direction::Forward, start, count)
+            .await?;
+        let mut entries: Vec<Entry<HistoryEntry>> = reply
             .ids
             .into_iter()
             .map(|entry| Entry {
@@ -1096,7 +1101,45 @@ impl StateManager {
                 id: entry.id,
                 key: key.clone(),
             })
-            .collect())
+            .collect();
+        push_cut(&mut entries, &key, cut);
+        Ok(entries)
+    }
+
+    /// Up to `count` entries of the log `key` from `start` in `direction`: one read when the log
+    /// takes at most [`MAX_LOG_READ_BYTES`] in Redis, asked first, else one entry per round trip
+    /// within that bound (see [`read_log_pages`]), with the report of a read that stopped there.
+    async fn read_log(
+        &self,
+        operation: &'static str,
+        key: &str,
+        direction: Direction,
+        start: String,
+        count: usize,
+    ) -> Result<(redis::streams::StreamRangeReply, Option<Error>)> {
+        let mut connection = self.connection();
+        let sizes = oversized_logs(&mut connection, &[key])
+            .await
+            .map_err(|err| self.redis_error(operation, err))?;
+        let read_error = |err: redis::RedisError| self.shared_read_error(operation, err, key, "stream");
+        let Some(size) = sizes.get(key) else {
+            let reply = direction
+                .read(key, &start, count)
+                .query_async(&mut connection)
+                .await
+                .map_err(read_error)?;
+            return Ok((reply, None));
+        };
+        let pages = read_log_pages(&mut connection, key, direction, start, count, 0, |_| false)
+            .await
+            .map_err(read_error)?;
+        let reply: redis::streams::StreamRangeReply =
+            redis::from_redis_value_ref(&pages.entries).map_err(|err| read_error(err.into()))?;
+        let cut = pages.cut_detail(*size, 0).map(|detail| Error::Corrupt {
+            key: key.to_owned(),
+            detail,
+        });
+        Ok((reply, cut))
     }
 
     /// Stores the robot state (`state` and `last_updated`) and publishes `state_update`.
@@ -1219,11 +1262,22 @@ impl StateManager {
     ///
     /// # Errors
     ///
-    /// A Redis failure, or [`Error::Corrupt`] when the registry's key holds another type.
+    /// A Redis failure, or [`Error::Corrupt`] when the registry's key holds another type, or
+    /// more than 20,000 members, or takes more than 8 MiB in Redis (asked first, with `ZCARD`
+    /// and `MEMORY USAGE`; such a registry is not read).
     pub async fn known_nodes(&self) -> Result<Vec<KnownNode>> {
+        let mut connection = self.connection();
+        if let Some(detail) = oversized_collection(&mut connection, keys::NODE_REGISTRY, "ZCARD")
+            .await
+            .map_err(|err| self.redis_error("known_nodes", err))?
+        {
+            return Err(Error::Corrupt {
+                key: keys::NODE_REGISTRY.to_owned(),
+                detail,
+            });
+        }
         // Bytes and any number: another client's member or score must not fail the whole read.
-        let members: Vec<(Vec<u8>, f64)> = self
-            .connection()
+        let members: Vec<(Vec<u8>, f64)> = connection
             .zrange_withscores(keys::NODE_REGISTRY, 0, -1)
             .await
             .map_err(|err| self.shared_read_error("known_nodes", err, keys::NODE_REGISTRY, "sorted set"))?;
@@ -1311,18 +1365,23 @@ impl StateManager {
         })
     }
 
-    /// The newest `count` stored errors, newest first.
+    /// The newest `count` stored errors, newest first; an error log over 32 MiB in Redis is read
+    /// within that bound, as [`StateManager::history_entries`] reads a history.
     ///
     /// # Errors
     ///
     /// A Redis failure; a bad entry is reported in its [`Entry`].
     pub async fn list_errors(&self, count: usize) -> Result<Vec<Entry<ErrorEvent>>> {
-        let reply: redis::streams::StreamRangeReply = self
-            .connection()
-            .xrevrange_count(keys::ERROR_LOG, "+", "-", count)
-            .await
-            .map_err(|err| self.shared_read_error("list_errors", err, keys::ERROR_LOG, "stream"))?;
-        Ok(reply
+        let (reply, cut) = self
+            .read_log(
+                "list_errors",
+                keys::ERROR_LOG,
+                Direction::Backward,
+                "+".to_owned(),
+                count,
+            )
+            .await?;
+        let mut entries: Vec<Entry<ErrorEvent>> = reply
             .ids
             .into_iter()
             .map(|entry| {
@@ -1351,7 +1410,9 @@ impl StateManager {
                     value,
                 }
             })
-            .collect())
+            .collect();
+        push_cut(&mut entries, keys::ERROR_LOG, cut);
+        Ok(entries)
     }
 
     /// Deletes a session's progress and history. Returns whether anything was deleted.
@@ -1468,10 +1529,9 @@ impl StateManager {
         }
         let mut known: BTreeSet<String> = match self.known_nodes().await {
             Ok(nodes) => nodes.into_iter().map(|node| node.node_id).collect(),
-            Err(Error::Corrupt { .. }) => {
-                status
-                    .corrupt
-                    .push(crate::follow::io::wrong_type(keys::NODE_REGISTRY, "sorted set"));
+            // Of another type or too large: the heartbeats still count.
+            Err(Error::Corrupt { key, detail }) => {
+                status.corrupt.push(key_entry(&key, &detail));
                 BTreeSet::new()
             }
             Err(err) => return Err(err),
@@ -1487,15 +1547,26 @@ impl StateManager {
             }
         }
         status.nodes_known = known.len();
-        let producers: Vec<(Vec<u8>, Vec<u8>)> = match self.connection().hgetall(keys::PRODUCERS).await {
-            Ok(producers) => producers,
-            Err(err) if decode::is_wrong_type(&err) => {
-                status
-                    .corrupt
-                    .push(crate::follow::io::wrong_type(keys::PRODUCERS, "hash"));
+        let mut connection = self.connection();
+        let oversized = oversized_collection(&mut connection, keys::PRODUCERS, "HLEN")
+            .await
+            .map_err(|err| self.redis_error("system_status", err))?;
+        let producers: Vec<(Vec<u8>, Vec<u8>)> = match oversized {
+            // Another client's: our producers' counters are not summed, and that is said.
+            Some(detail) => {
+                status.corrupt.push(key_entry(keys::PRODUCERS, &detail));
                 Vec::new()
             }
-            Err(err) => return Err(self.redis_error("system_status", err)),
+            None => match connection.hgetall(keys::PRODUCERS).await {
+                Ok(producers) => producers,
+                Err(err) if decode::is_wrong_type(&err) => {
+                    status
+                        .corrupt
+                        .push(crate::follow::io::wrong_type(keys::PRODUCERS, "hash"));
+                    Vec::new()
+                }
+                Err(err) => return Err(self.redis_error("system_status", err)),
+            },
         };
         let now = Timestamp::now().unix_millis();
         for (writer, record) in producers {
@@ -1656,6 +1727,19 @@ pub(crate) async fn scan_keys<C: redis::aio::ConnectionLike>(
     found.sort_unstable();
     found.dedup();
     Ok(found)
+}
+
+/// Appends the report of a log read that stopped at its bound, as an entry named after the
+/// last entry read (a reader paging on from it reads the rest).
+fn push_cut<T>(entries: &mut Vec<Entry<T>>, key: &str, cut: Option<Error>) {
+    if let Some(cut) = cut {
+        let id = entries.last().map(|entry| entry.id.clone()).unwrap_or_default();
+        entries.push(Entry {
+            id,
+            key: key.to_owned(),
+            value: Err(cut),
+        });
+    }
 }
 
 fn check_text(what: &str, text: &str) -> Result<()> {

@@ -56,6 +56,7 @@ use serde::Serialize;
 
 use crate::decode;
 use crate::error::{Error, Result};
+use crate::follow::io::oversized_collection;
 use crate::ids::NodeId;
 use crate::keys;
 use crate::manager::{Entry, Lookup, StateManager};
@@ -514,7 +515,9 @@ impl Params {
     ///
     /// # Errors
     ///
-    /// A Redis failure; a corrupt parameter is reported in its [`Entry`].
+    /// A Redis failure, or [`Error::Corrupt`] naming the index when it has more than 20,000
+    /// names or takes more than 8 MiB in Redis (asked first, with `ZCARD` and `MEMORY USAGE`;
+    /// such an index is not read); a corrupt parameter is reported in its [`Entry`].
     pub async fn list_entries(&self, prefix: &Prefix) -> Result<Vec<Entry<Param>>> {
         let names = self.names(prefix).await?;
         let params = self.read_many(&names).await?;
@@ -545,20 +548,35 @@ impl Params {
             None => ("-".to_owned(), "+".to_owned()),
             Some(name) => (format!("[{name}"), format!("({name}/")),
         };
-        let members: Vec<String> = redis::cmd("ZRANGEBYLEX")
+        let mut connection = self.state.connection();
+        if let Some(detail) = oversized_collection(&mut connection, keys::PARAM_INDEX, "ZCARD")
+            .await
+            .map_err(|err| self.state.redis_error("list_params", err))?
+        {
+            return Err(Error::Corrupt {
+                key: keys::PARAM_INDEX.to_owned(),
+                detail,
+            });
+        }
+        // Bytes: another client's member that is not text must not fail the whole listing.
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGEBYLEX")
             .arg(keys::PARAM_INDEX)
             .arg(min)
             .arg(max)
-            .query_async(&mut self.state.connection())
+            .query_async(&mut connection)
             .await
             .map_err(|err| self.state.redis_error("list_params", err))?;
         Ok(members
             .into_iter()
-            .filter_map(|member| match ParamName::new(member.as_str()) {
-                Ok(name) => Some(name),
-                Err(err) => {
-                    tracing::warn!(key = keys::PARAM_INDEX, member = %member, error = %err, "skipping a bad name in the parameter index");
-                    None
+            .filter_map(|member| {
+                let member = String::from_utf8_lossy(&member);
+                match ParamName::new(member.as_ref()) {
+                    Ok(name) => Some(name),
+                    Err(err) => {
+                        // Debug-quoted: another client's control characters stay escaped.
+                        tracing::warn!(key = keys::PARAM_INDEX, member = ?member, error = %err, "skipping a bad name in the parameter index");
+                        None
+                    }
                 }
             })
             .filter(|name| prefix.matches(name))

@@ -3,9 +3,13 @@
 
 use redis::AsyncCommands;
 use tatbot_state::model::NodeHealth;
-use tatbot_state::{Category, Entry, Error, HistoryCursor, Lookup, NodeId, ProgressUpdate, SessionId, SessionPlan};
+use tatbot_state::params::Prefix;
+use tatbot_state::{
+    Category, Descriptor, Entry, EntryId, Error, HistoryCursor, Lookup, NodeId, ParamName, ParamValue, ProgressUpdate,
+    SessionId, SessionPlan,
+};
 
-use crate::util::{bytes_sent, one_pose, raw, setup};
+use crate::util::{bytes_sent, fill_log, one_pose, raw, setup};
 
 /// Robot state that is not JSON is a decode error naming the key.
 #[tokio::test]
@@ -223,6 +227,97 @@ async fn huge_documents_are_reported_without_being_read() {
     assert!(sent < 1 << 20, "{sent} bytes sent for these reads");
 }
 
+/// The keys a reader fetches whole (the node registry, the producers' records, the parameter
+/// index) were sent whole however large another client made them: a 10 MiB member in the
+/// registry went to every `status` and `health`. Their size is asked first now (`MEMORY
+/// USAGE`); one over the bound is reported, naming the key, and not read, and the rest of each
+/// answer is still there.
+#[tokio::test]
+async fn huge_collections_are_reported_without_being_read() {
+    let (server, state) = setup("hog").await;
+    let health = NodeHealth::new(state.node_id().as_str());
+    state.update_node_health(&health).await.unwrap();
+    let params = state.params();
+    let name = ParamName::new("arm.speed").unwrap();
+    params
+        .declare(&name, &Descriptor::new(ParamValue::Int(1)))
+        .await
+        .unwrap();
+    let mut redis = raw(&server).await;
+    // Before: the registry and the index are read as ever.
+    assert_eq!(state.known_nodes().await.unwrap().len(), 1);
+    assert_eq!(params.list(&Prefix::all()).await.unwrap().len(), 1);
+    let huge = "x".repeat(10 << 20);
+    let () = redis.zadd("tatbot:nodes", &huge, 1).await.unwrap();
+    let () = redis.hset("tatbot:producers", "hog", &huge).await.unwrap();
+    let () = redis.zadd("tatbot:params", &huge, 0).await.unwrap();
+    let too_large = |text: &str| {
+        text.contains(
+            "bytes in Redis; a collection read whole may have at most 20000 elements and take at most 8388608 bytes, so it is not read",
+        )
+    };
+    let sent_before = bytes_sent(&server);
+
+    let err = state.known_nodes().await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("tatbot:nodes: "), "{err}");
+    assert!(too_large(&err.to_string()), "{err}");
+    let err = params.list(&Prefix::all()).await.unwrap_err();
+    assert!(err.to_string().starts_with("tatbot:params: "), "{err}");
+    assert!(too_large(&err.to_string()), "{err}");
+    let status = state.system_status().await;
+    assert!(status.redis_connected, "{status:?}");
+    assert_eq!(status.nodes_online, 1, "the heartbeats still count");
+    for key in ["tatbot:nodes", "tatbot:producers"] {
+        let entry = status.corrupt.iter().find(|entry| entry.key == key);
+        assert!(
+            entry.is_some_and(|entry| too_large(&entry.error)),
+            "{key}: {:?}",
+            status.corrupt
+        );
+    }
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 1 << 20, "{sent} bytes sent for these reads");
+
+    // Small members, but too many of them: counted, not read.
+    let () = redis.del("tatbot:params").await.unwrap();
+    let mut fill = redis::pipe();
+    for chunk in 0..21 {
+        let members: Vec<(u32, String)> = (chunk * 1_000..(chunk + 1) * 1_000)
+            .map(|index| (0, format!("p.n{index}")))
+            .collect();
+        fill.zadd_multiple("tatbot:params", &members).ignore();
+    }
+    let () = fill.query_async(&mut redis).await.unwrap();
+    let err = params.list(&Prefix::all()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the key has 21000 elements; a collection read whole may have at most 20000 elements"),
+        "{err}"
+    );
+}
+
+/// A member of the parameter index that is not text (another client's) is skipped, as a bad
+/// name is, instead of failing the whole listing.
+#[tokio::test]
+async fn a_parameter_index_member_that_is_not_text_is_skipped() {
+    let (server, state) = setup("hog").await;
+    let params = state.params();
+    let name = ParamName::new("arm.speed").unwrap();
+    params
+        .declare(&name, &Descriptor::new(ParamValue::Int(1)))
+        .await
+        .unwrap();
+    let () = raw(&server)
+        .await
+        .zadd("tatbot:params", &b"\xff\xfe\x1b[2J"[..], 0)
+        .await
+        .unwrap();
+    let listed = params.list(&Prefix::all()).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, name);
+}
+
 /// A listing reads its keys in batches of 1,000, each batch's lengths asked with the batch
 /// before: 2,500 sessions come back whole, each with its own document, and a huge one in the
 /// second batch (not sent) and one of another type in the third are each that entry's error.
@@ -424,4 +519,101 @@ async fn corrupt_error_log_entry() {
             .contains("cannot decode ErrorEvent")
     );
     assert_eq!(entries[1].value.as_ref().unwrap().message, "fine");
+}
+
+/// A large key of another type under a collection or a log is reported as of another type, as
+/// before its size was asked, not as too large.
+#[tokio::test]
+async fn large_keys_of_another_type_are_reported_as_such() {
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    let huge = "x".repeat(40 << 20);
+    for key in ["tatbot:nodes", "tatbot:producers", "tatbot:errors"] {
+        let () = redis.set(key, &huge).await.unwrap();
+    }
+    let err = state.known_nodes().await.unwrap_err();
+    assert!(err.to_string().contains("the key is not a sorted set"), "{err}");
+    let err = state.list_errors(10).await.unwrap_err();
+    assert!(err.to_string().contains("not a stream"), "{err}");
+    let status = state.system_status().await;
+    for (key, kind) in [("tatbot:nodes", "sorted set"), ("tatbot:producers", "hash")] {
+        let entry = status.corrupt.iter().find(|entry| entry.key == key);
+        assert!(
+            entry.is_some_and(|entry| entry.error == format!("{key}: the key is not a {kind}")),
+            "{key}: {:?}",
+            status.corrupt
+        );
+    }
+}
+
+/// Whether `entry` is the report of a log read that stopped at its bound.
+fn is_cut<T>(entry: &Entry<T>) -> bool {
+    entry
+        .value
+        .as_ref()
+        .is_err_and(|err| err.to_string().contains("the most one read takes is 33554432"))
+}
+
+/// A log that takes more than 32 MiB in Redis is read one entry at a time, up to 32 MiB: another
+/// client's hundred 1 MiB entries in the error log or in a session's history were sent whole
+/// with every listing of errors and every page of history (100 MiB each). Now the read stops at
+/// the bound and says so in an entry of its own, named after the last entry read, and a reader
+/// paging on from it reads the rest, each entry once.
+#[tokio::test]
+async fn huge_logs_are_read_within_the_bound() {
+    let (server, state) = setup("hog").await;
+    state
+        .report_error(&Category::new("arm").unwrap(), "first", serde_json::json!({}))
+        .await
+        .unwrap();
+    // Within the bound, one read as before: nothing cut.
+    let errors = state.list_errors(10).await.unwrap();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].value.is_ok(), "{errors:?}");
+    fill_log(&server, "tatbot:errors", 100, 1 << 20).await;
+    let session = state.start_stroke_session(&one_pose("logs")).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    fill_log(&server, &format!("stream:stroke_history:{session}"), 100, 1 << 20).await;
+
+    let sent_before = bytes_sent(&server);
+    let errors = state.list_errors(200).await.unwrap();
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 34 << 20, "{sent} bytes sent for one listing");
+    let (cut, read) = errors.split_last().unwrap();
+    assert!(is_cut(cut), "{cut:?}");
+    assert_eq!(cut.key, "tatbot:errors");
+    assert_eq!(cut.id, read.last().unwrap().id, "named after the last entry read");
+    assert!((31..=33).contains(&read.len()), "{} entries read", read.len());
+    assert!(!read.iter().any(is_cut));
+
+    // Paged on from each cut: every entry once, in order.
+    let sent_before = bytes_sent(&server);
+    let (mut ids, mut cuts, mut pages) = (Vec::new(), 0, 0);
+    let mut cursor = HistoryCursor::Start;
+    loop {
+        let page = state.history_entries(&session, &cursor, 1_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        pages += 1;
+        cursor = HistoryCursor::After(last.id.parse().unwrap());
+        for entry in &page {
+            if is_cut(entry) {
+                cuts += 1;
+            } else {
+                ids.push(entry.id.clone());
+            }
+        }
+        assert!(pages <= 10, "paging does not end");
+    }
+    assert_eq!(ids.len(), 101, "the update and the hundred others");
+    let ids: Vec<EntryId> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "an entry read twice or out of order"
+    );
+    assert_eq!(cuts, 3, "32 MiB a page: three cuts, then the rest");
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 110 << 20, "{sent} bytes sent for the whole history");
 }

@@ -10,7 +10,7 @@ use tatbot_state::model::{HistoryEntry, NodeHealth};
 use tatbot_state::{CancellationToken, Cursor, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
 
-use crate::util::{append_huge_log_entry, bytes_sent, calls, eventually, manager, one_pose, raw, setup};
+use crate::util::{append_huge_log_entry, bytes_sent, calls, eventually, fill_log, manager, one_pose, raw, setup};
 
 /// How long any awaited condition may take.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -1098,11 +1098,26 @@ async fn huge_polled_values_are_not_read() {
         .hset("stroke:progress:stroke_big_1", "progress", &huge)
         .await
         .unwrap();
+    // A member of 9 MiB in the node registry, which is read whole (over its 8 MiB bound).
+    let () = redis.zadd("tatbot:nodes", "y".repeat(9 << 20), 1).await.unwrap();
     let sent_before = bytes_sent(&server);
     let seen = collect(start(&state, Scope::All, None));
     wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
     let sent = bytes_sent(&server) - sent_before;
     assert!(sent < 1 << 20, "{sent} bytes sent for the snapshot");
+    let view = seen.lock().unwrap().view.clone().unwrap();
+    let registry = view.corrupt.iter().find(|entry| entry.key == "tatbot:nodes");
+    assert!(
+        registry.is_some_and(|entry| entry
+            .error
+            .contains("bytes in Redis; a collection read whole may have at most 20000 elements")),
+        "{:?}",
+        view.corrupt
+    );
+    assert!(
+        view.nodes.contains_key("big"),
+        "the heartbeats still name the nodes: {view:?}"
+    );
     for key in ["node:health:big", "robot:state:big", "stroke:progress:stroke_big_1"] {
         let view = seen.lock().unwrap().view.clone().unwrap();
         let entry = view.corrupt.iter().find(|entry| entry.key == key);
@@ -1130,4 +1145,55 @@ async fn a_second_node_is_found(state: &StateManager, seen: &Arc<Mutex<Seen>>) {
     .await;
     let seen = seen.lock().unwrap();
     assert_eq!((seen.lost, seen.reconnected), (0, 0));
+}
+
+/// Another client's hundred 1 MiB entries in the event log were sent whole with every snapshot
+/// (it scans the newest 500 events for the recent ones): 100 MiB for each dashboard client that
+/// connects, and with every session timeline (`session_events`, pages of 2,000 entries). A log
+/// over 32 MiB in Redis is now read one entry at a time up to that bound, and the snapshot and
+/// the timeline say where they stopped; a timeline reads back from the newest entry to the
+/// session's start.
+#[tokio::test]
+async fn a_snapshot_reads_a_huge_event_log_within_the_bound() {
+    let (server, state) = setup("hog").await;
+    let before = state.start_stroke_session(&one_pose("logs")).await.unwrap();
+    fill_log(&server, "tatbot:events", 100, 1 << 20).await;
+    let after = state.start_stroke_session(&one_pose("logs")).await.unwrap();
+
+    let sent_before = bytes_sent(&server);
+    let snapshot = state.snapshot(&Scope::All, &FollowConfig::default()).await.unwrap();
+    let sent = bytes_sent(&server) - sent_before;
+    // The pages, and the oldest and newest entries again in `XINFO STREAM`.
+    assert!(sent < 36 << 20, "{sent} bytes sent for the snapshot");
+    let log = snapshot.corrupt.iter().find(|entry| entry.key == "tatbot:events");
+    assert!(
+        log.is_some_and(|entry| entry.error.contains("the read stopped after 33 entries")),
+        "{:?}",
+        snapshot.corrupt
+    );
+    assert_eq!(snapshot.recent_events.len(), 33, "the start of `after` and 32 others");
+    assert_eq!(
+        snapshot.recent_events.last().unwrap().event_type.as_deref(),
+        Some("session_start")
+    );
+
+    // The session started after them: found at once.
+    let sent_before = bytes_sent(&server);
+    let events = state.session_events(&after, 100).await.unwrap();
+    assert!(bytes_sent(&server) - sent_before < 1 << 20, "one small entry read");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].event_type.as_deref(), Some("session_start"));
+    // The one before them: the read stops at the bound, and says so.
+    let sent_before = bytes_sent(&server);
+    let events = state.session_events(&before, 100).await.unwrap();
+    let sent = bytes_sent(&server) - sent_before;
+    assert!(sent < 34 << 20, "{sent} bytes sent for one timeline");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].id, "");
+    let cut = events[0].payload.as_str().unwrap();
+    assert!(cut.contains("tatbot:events: the log takes"), "{cut}");
+    assert!(
+        cut.contains("the read stopped after 33 entries"),
+        "the start of `after` and 32 others: {cut}"
+    );
 }

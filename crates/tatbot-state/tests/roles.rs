@@ -425,3 +425,54 @@ async fn viewer_heartbeat_agent_stops_with_permission_denied() {
         .expect("the agent stops by itself");
     assert!(matches!(stopped, Err(Error::PermissionDenied { .. })), "{stopped:?}");
 }
+
+/// The size of a collection read whole is asked with `MEMORY USAGE`, which the viewer may run:
+/// its registry read refuses another client's huge one. A user whose ACL lacks the command
+/// reads the registry as before instead of failing.
+#[tokio::test]
+async fn collection_sizes_are_asked_as_the_viewer_and_skipped_without_the_permission() {
+    let (server, _dir) = server_with_roles();
+    let robot = connect(&server, "robot", "robot-pw").await.unwrap();
+    robot.update_node_health(&NodeHealth::new("hog")).await.unwrap();
+    let mut admin = raw(&server, "admin", "admin-pw").await;
+    let () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "plain",
+            "on",
+            ">plain-pw",
+            "~*",
+            "&*",
+            "+@read",
+            "+@connection",
+            "-memory",
+            "+info",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        denied_code(&server, "plain", "plain-pw", &["MEMORY", "USAGE", "tatbot:nodes"])
+            .await
+            .as_deref(),
+        Some("NOPERM")
+    );
+    let plain = connect(&server, "plain", "plain-pw").await.unwrap();
+    let viewer = connect(&server, "viewer", "viewer-pw").await.unwrap();
+    assert_eq!(plain.known_nodes().await.unwrap().len(), 1);
+    assert_eq!(viewer.known_nodes().await.unwrap().len(), 1);
+
+    let () = redis::cmd("ZADD")
+        .arg("tatbot:nodes")
+        .arg(1)
+        .arg("x".repeat(9 << 20))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let err = viewer.known_nodes().await.unwrap_err();
+    assert!(
+        err.to_string().contains("bytes in Redis; a collection read whole"),
+        "{err}"
+    );
+    assert_eq!(plain.known_nodes().await.unwrap().len(), 2, "read whole, as before");
+}

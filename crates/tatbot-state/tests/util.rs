@@ -109,11 +109,16 @@ pub fn bytes_sent(server: &RedisServer) -> u64 {
 
 /// Appends another client's 5 MiB entry (a `payload` field alone) to the event log of `server`.
 pub async fn append_huge_log_entry(server: &RedisServer) {
-    use redis::AsyncCommands as _;
-    let huge = "x".repeat(5 << 20);
-    let _: String = raw(server)
-        .await
-        .xadd(tatbot_state::keys::EVENT_LOG, "*", &[("payload", &huge)])
-        .await
-        .unwrap();
+    fill_log(server, tatbot_state::keys::EVENT_LOG, 1, 5 << 20).await;
+}
+
+/// Appends `entries` entries of another client to the log `key` of `server`, each a `payload`
+/// field of `bytes` bytes alone, in one pipeline.
+pub async fn fill_log(server: &RedisServer, key: &str, entries: usize, bytes: usize) {
+    let payload = "x".repeat(bytes);
+    let mut fill = redis::pipe();
+    for _ in 0..entries {
+        fill.cmd("XADD").arg(key).arg("*").arg("payload").arg(&payload).ignore();
+    }
+    let () = fill.query_async(&mut raw(server).await).await.unwrap();
 }

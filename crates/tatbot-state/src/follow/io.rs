@@ -227,25 +227,32 @@ pub(crate) const INFO_REPLY_BOUND: usize = 4 * crate::model::MAX_DOCUMENT_BYTES;
 /// being asked again.
 pub(crate) const INFO_PAUSE: Duration = Duration::from_secs(30);
 
-/// The bytes of the strings in a reply, nested ones included: about what it took on the wire.
+/// What each value of a reply costs besides its text: its framing on the wire, and about what
+/// a decoded [`Value`] takes besides its bytes. Counted so that a reply of a million empty
+/// strings is not a reply of no bytes.
+const VALUE_OVERHEAD: usize = 16;
+
+/// The bytes of a reply, nested values included: its strings, and [`VALUE_OVERHEAD`] for each
+/// value; about what it took on the wire.
 pub(crate) fn reply_bytes(value: &Value) -> usize {
-    match value {
-        Value::BulkString(bytes) => bytes.len(),
-        Value::SimpleString(text) | Value::VerbatimString { text, .. } => text.len(),
-        Value::Array(items) | Value::Set(items) => items.iter().map(reply_bytes).sum(),
-        Value::Map(pairs) => pairs
-            .iter()
-            .map(|(key, value)| reply_bytes(key) + reply_bytes(value))
-            .sum(),
-        Value::Attribute { data, attributes } => {
-            reply_bytes(data)
-                + attributes
-                    .iter()
-                    .map(|(key, value)| reply_bytes(key) + reply_bytes(value))
-                    .sum::<usize>()
+    VALUE_OVERHEAD
+        + match value {
+            Value::BulkString(bytes) => bytes.len(),
+            Value::SimpleString(text) | Value::VerbatimString { text, .. } => text.len(),
+            Value::Array(items) | Value::Set(items) => items.iter().map(reply_bytes).sum(),
+            Value::Map(pairs) => pairs
+                .iter()
+                .map(|(key, value)| reply_bytes(key) + reply_bytes(value))
+                .sum(),
+            Value::Attribute { data, attributes } => {
+                reply_bytes(data)
+                    + attributes
+                        .iter()
+                        .map(|(key, value)| reply_bytes(key) + reply_bytes(value))
+                        .sum::<usize>()
+            }
+            _ => 0,
         }
-        _ => 0,
-    }
 }
 
 /// The size of an `XINFO STREAM` answer over [`INFO_REPLY_BOUND`]; `None` within it.
@@ -293,19 +300,19 @@ pub(crate) fn parse_entries(value: &Value) -> Vec<RawEntry> {
     let Value::Array(items) = value else {
         return Vec::new();
     };
-    items
-        .iter()
-        .filter_map(|item| {
-            let Value::Array(parts) = item else { return None };
-            let id_text = text(parts.first()?)?;
-            let id = id_text.parse().ok()?;
-            let fields = pairs(parts.get(1)?)
-                .into_iter()
-                .filter_map(|(field, value)| Some((text(field)?, text(value)?)))
-                .collect();
-            Some(RawEntry { id, id_text, fields })
-        })
-        .collect()
+    items.iter().filter_map(parse_entry).collect()
+}
+
+/// Parses one entry of an `XRANGE` reply (`[id, [field, value, ...]]`).
+pub(crate) fn parse_entry(item: &Value) -> Option<RawEntry> {
+    let Value::Array(parts) = item else { return None };
+    let id_text = text(parts.first()?)?;
+    let id = id_text.parse().ok()?;
+    let fields = pairs(parts.get(1)?)
+        .into_iter()
+        .filter_map(|(field, value)| Some((text(field)?, text(value)?)))
+        .collect();
+    Some(RawEntry { id, id_text, fields })
 }
 
 /// Parses an `XREAD` reply into (stream key, entries); a timeout (nil) gives nothing.
@@ -488,6 +495,14 @@ async fn scan_nodes(
             Err(err) => corrupt.push(corrupt_entry(&key, &invalid_id_key(&key, &err))),
         }
     }
+    if let Some(detail) = oversized_collection(connection, keys::NODE_REGISTRY, "ZCARD")
+        .await
+        .map_err(|err| Error::from_redis("follow node registry", err))?
+    {
+        // Another client's: the heartbeats alone name the nodes.
+        corrupt.push(key_entry(keys::NODE_REGISTRY, &detail));
+        return Ok((nodes, corrupt));
+    }
     // Members as bytes: one that is not text (another client's) must not fail the whole read.
     let registry: Vec<(Vec<u8>, f64)> = match redis::cmd("ZRANGE")
         .arg(keys::NODE_REGISTRY)
@@ -525,6 +540,210 @@ pub(crate) async fn oversized_fields(
     find_oversized(connection, fields)
         .await
         .map_err(|err| Error::from_redis("follow value lengths", err))
+}
+
+/// The most Redis may hold under a key that a reader fetches whole (the node registry, the
+/// producers' records, the parameter index), as `MEMORY USAGE` counts it: far above what a
+/// fleet writes there (a record or a member is a few hundred bytes), far below what a reader
+/// should take in one reply.
+pub(crate) const MAX_COLLECTION_BYTES: u64 = 8 << 20;
+
+/// The most elements such a key may have: `MEMORY USAGE` counts this many at most (about 3 ms
+/// of Redis's time), so its size is exact for every collection that may be read.
+pub(crate) const MAX_COLLECTION_ELEMENTS: u64 = 20_000;
+
+/// What is wrong with `key`, a collection a reader fetches whole, when it has more than
+/// [`MAX_COLLECTION_ELEMENTS`] or takes more than [`MAX_COLLECTION_BYTES`] in Redis; `count` is
+/// the command that counts its elements (`ZCARD`, `HLEN`). Asked in one round trip before the
+/// key is read (the count, and `MEMORY USAGE key SAMPLES n`): another client's 50 MB member in
+/// the node registry would otherwise be sent to every `status`, every `health` and every
+/// follower's poll. `None` for a key within both bounds, a missing key, one of another type
+/// (its read says so, as before), or a server that refuses `MEMORY USAGE` (an ACL without it,
+/// whose users read as before); a connection failure is the error.
+pub(crate) async fn oversized_collection(
+    connection: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    count: &'static str,
+) -> redis::RedisResult<Option<String>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.cmd(count).arg(key);
+    pipe.cmd("MEMORY")
+        .arg("USAGE")
+        .arg(key)
+        .arg("SAMPLES")
+        .arg(MAX_COLLECTION_ELEMENTS);
+    let replies: Vec<redis::RedisResult<Value>> = pipe.query_async(connection).await?;
+    let number = |index: usize| -> Option<u64> {
+        let reply = replies.get(index)?.as_ref().ok()?;
+        u64::try_from(integer(reply)?).ok()
+    };
+    if let Some(Err(err)) = replies.get(1) {
+        tracing::debug!(key, error = %err, "cannot ask a collection's size; reading it whole");
+    }
+    let limits = format!(
+        "a collection read whole may have at most {MAX_COLLECTION_ELEMENTS} elements and take at most {MAX_COLLECTION_BYTES} bytes, so it is not read"
+    );
+    // No count: another type (or no permission to count), which the read reports as before.
+    let Some(elements) = number(0) else { return Ok(None) };
+    Ok(if elements > MAX_COLLECTION_ELEMENTS {
+        Some(format!("the key has {elements} elements; {limits}"))
+    } else {
+        number(1)
+            .filter(|bytes| *bytes > MAX_COLLECTION_BYTES)
+            .map(|bytes| format!("the key takes {bytes} bytes in Redis; {limits}"))
+    })
+}
+
+/// The report of `key` under which a reader found `detail` wrong, worded as [`wrong_type`]'s.
+pub(crate) fn key_entry(key: &str, detail: &str) -> CorruptEntry {
+    CorruptEntry {
+        key: key.to_owned(),
+        error: format!("{key}: {detail}"),
+    }
+}
+
+/// The most a reader takes from one log (the event log, the error log, a session's history) in
+/// one call, and the size in Redis over which a log is read one entry at a time: far above
+/// what our writers keep there (20,000 events of a few hundred bytes each), far below what a
+/// reader on a small node may take at once.
+pub(crate) const MAX_LOG_READ_BYTES: u64 = 32 << 20;
+
+/// The logs among `keys` that take more than [`MAX_LOG_READ_BYTES`] in Redis, with their sizes
+/// (`XLEN` and `MEMORY USAGE key SAMPLES 0`, one pipeline: exact, and cheap for a stream, whose
+/// nodes hold about a hundred entries each). Nothing tells an entry's size short of reading it,
+/// so a read of the newest hundred entries of such a log could be any size (another client's
+/// hundred 5 MiB entries, with every snapshot a dashboard client takes); [`read_log_pages`]
+/// reads those one entry at a time, within the bound. A missing key, one of another type (its
+/// read says so, as before) or a server that refuses `MEMORY USAGE` (an ACL without it) is not
+/// in the map.
+pub(crate) async fn oversized_logs(
+    connection: &mut impl redis::aio::ConnectionLike,
+    keys: &[&str],
+) -> redis::RedisResult<BTreeMap<String, u64>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for key in keys {
+        pipe.cmd("XLEN").arg(*key);
+        pipe.cmd("MEMORY").arg("USAGE").arg(*key).arg("SAMPLES").arg(0);
+    }
+    let replies: Vec<redis::RedisResult<Value>> = pipe.query_async(connection).await?;
+    Ok(keys
+        .iter()
+        .zip(replies.chunks(2))
+        .filter_map(|(key, replies)| {
+            // A key of another type has no length.
+            replies.first()?.as_ref().ok()?;
+            let size = u64::try_from(integer(replies.get(1)?.as_ref().ok()?)?).ok()?;
+            (size > MAX_LOG_READ_BYTES).then(|| ((*key).to_owned(), size))
+        })
+        .collect())
+}
+
+/// Which way a log is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Oldest first (`XRANGE`), from `start` on.
+    Forward,
+    /// Newest first (`XREVRANGE`), from `start` back.
+    Backward,
+}
+
+impl Direction {
+    /// The read of up to `count` entries of `key` from `start` (an id, `-`, `+`, or an
+    /// exclusive `(id`) this way, to its end.
+    pub(crate) fn read(self, key: &str, start: &str, count: usize) -> redis::Cmd {
+        let (command, end) = match self {
+            Direction::Forward => ("XRANGE", "+"),
+            Direction::Backward => ("XREVRANGE", "-"),
+        };
+        let mut read = redis::cmd(command);
+        read.arg(key).arg(start).arg(end).arg("COUNT").arg(count);
+        read
+    }
+}
+
+/// What [`read_log_pages`] read.
+#[derive(Debug)]
+pub(crate) struct LogPages {
+    /// The entries, as one `XRANGE` answer holds them.
+    pub entries: Value,
+    /// How many.
+    pub read: usize,
+    /// The id of the last one, where a read that goes on starts (exclusive).
+    pub last_id: Option<String>,
+    /// The bytes read (with those read before), when the read stopped at
+    /// [`MAX_LOG_READ_BYTES`] with entries left to read.
+    pub cut_at: Option<u64>,
+}
+
+impl LogPages {
+    /// What is said of a log of `size` bytes in Redis whose read stopped at the bound.
+    pub(crate) fn cut_detail(&self, size: u64, read_before: usize) -> Option<String> {
+        self.cut_at.map(|bytes| {
+            format!(
+                "the log takes {size} bytes in Redis; the read stopped after {} entries ({bytes} bytes), the most one read takes is {MAX_LOG_READ_BYTES}, and the log may hold more; trim it (XTRIM key MAXLEN n) if another client filled it",
+                self.read + read_before
+            )
+        })
+    }
+}
+
+/// Up to `count` entries of the log `key` from `start` (an id, `-`, `+`, or an exclusive
+/// `(id`) in `direction`, one entry per round trip, stopping once the entries read, and the
+/// `read_before` bytes the caller read of the log already, take [`MAX_LOG_READ_BYTES`], or
+/// when `enough` says so of the entries read: for a log that [`oversized_logs`] found over the
+/// bound, where one read of `count` entries could be any size. An entry larger than the bound
+/// is still read whole, once: Redis tells no entry's size without sending it. A key that turns
+/// into another type between two pages ends the read (the next read reports it).
+pub(crate) async fn read_log_pages(
+    connection: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    direction: Direction,
+    start: String,
+    count: usize,
+    read_before: u64,
+    mut enough: impl FnMut(&Value) -> bool,
+) -> redis::RedisResult<LogPages> {
+    let mut pages = LogPages {
+        entries: Value::Nil,
+        read: 0,
+        last_id: None,
+        cut_at: None,
+    };
+    let mut entries = Vec::new();
+    let mut bytes = read_before;
+    let mut start = start;
+    while entries.len() < count {
+        if bytes >= MAX_LOG_READ_BYTES {
+            pages.cut_at = Some(bytes);
+            break;
+        }
+        let page: Value = match direction.read(key, &start, 1).query_async(connection).await {
+            Ok(page) => page,
+            Err(err) if decode::is_wrong_type(&err) => break,
+            Err(err) => return Err(err),
+        };
+        let Value::Array(mut page) = page else { break };
+        let Some(entry) = page.pop() else { break };
+        let Some(id) = (match &entry {
+            Value::Array(parts) => parts.first().and_then(text),
+            _ => None,
+        }) else {
+            break;
+        };
+        bytes += reply_bytes(&entry) as u64;
+        start = format!("({id}");
+        pages.last_id = Some(id);
+        let done = enough(&entry);
+        entries.push(entry);
+        if done {
+            break;
+        }
+    }
+    pages.read = entries.len();
+    pages.entries = Value::Array(entries);
+    Ok(pages)
 }
 
 /// [`oversized_fields`] on any connection, with the connection's error as it came; the
@@ -770,7 +989,9 @@ pub(crate) async fn read_robots(
 /// stream positions and the recent events in one `MULTI`, so the cursor matches the contents.
 ///
 /// A session created between the `SCAN` and the `MULTI` is missing from the snapshot; the
-/// follower finds it at its first poll and replays it from its first history entry.
+/// follower finds it at its first poll and replays it from its first history entry. A log over
+/// [`MAX_LOG_READ_BYTES`] in Redis gives only its newest entry to the `MULTI`, and the entries
+/// before it one by one afterwards (older than the cursor, so still consistent with it).
 pub(crate) async fn read_snapshot(
     connection: &MultiplexedConnection,
     manager_config: &ManagerConfig,
@@ -795,24 +1016,41 @@ pub(crate) async fn read_snapshot(
     // every follower that starts (each dashboard client that connects) takes a snapshot.
     let mut fields = session_fields(&session_ids);
     fields.extend(health_fields(nodes.keys()));
-    let oversized = oversized_fields(&mut connection, &fields).await?;
+    // The logs' sizes go out with the lengths (two requests on the one connection, one round
+    // trip): a log over the bound gives its newest entry here and the rest page by page.
+    let mut sizes_connection = connection.clone();
+    let (oversized, big_logs) = tokio::join!(
+        oversized_fields(&mut connection, &fields),
+        oversized_logs(&mut sizes_connection, &[keys::EVENT_LOG, keys::ERROR_LOG]),
+    );
+    let oversized = oversized?;
+    let big_logs = big_logs.map_err(|err| Error::from_redis("follow log sizes", err))?;
+    // What each log is read for: the newest events, among which the recent ones of the scope
+    // are found, and the newest errors (of the whole fleet only).
+    let wanted = [
+        (keys::EVENT_LOG, scanned_events),
+        (
+            keys::ERROR_LOG,
+            match scope {
+                Scope::All => config.recent_errors,
+                Scope::Session(_) => 0,
+            },
+        ),
+    ];
+    let counts = wanted.map(|(key, count)| {
+        if big_logs.contains_key(key) {
+            count.min(1)
+        } else {
+            count
+        }
+    });
 
     let mut pipe = redis::pipe();
     pipe.atomic().ignore_errors();
     pipe.cmd("TIME");
     pipe.cmd("XINFO").arg("STREAM").arg(keys::EVENT_LOG);
-    pipe.cmd("XREVRANGE")
-        .arg(keys::EVENT_LOG)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(scanned_events);
-    pipe.cmd("XREVRANGE")
-        .arg(keys::ERROR_LOG)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(config.recent_errors);
+    pipe.add_command(Direction::Backward.read(keys::EVENT_LOG, "+", counts[0]));
+    pipe.add_command(Direction::Backward.read(keys::ERROR_LOG, "+", counts[1]));
     for session_id in &session_ids {
         oversized.queue_read(&mut pipe, &keys::progress(session_id), keys::FIELD_PROGRESS);
         pipe.cmd("XINFO").arg("STREAM").arg(keys::history(session_id));
@@ -841,24 +1079,51 @@ pub(crate) async fn read_snapshot(
             .map_or(EntryId::ZERO, |info| info.last_generated),
         history: BTreeMap::new(),
     };
-    let mut recent_events: Vec<LoggedEvent> = reply(2)
-        .map(parse_entries)
-        .unwrap_or_default()
+    // The events the snapshot keeps, and the errors: every error read is kept.
+    let recent = |event: &LoggedEvent| !event.is_progress() && event_in_scope(scope, event);
+    let keep = [config.recent_events, config.recent_errors];
+    let mut logs = Vec::with_capacity(2);
+    for (index, (key, count)) in wanted.into_iter().enumerate() {
+        let mut entries = reply(2 + index).map(parse_entries).unwrap_or_default();
+        if let Some(size) = big_logs.get(key)
+            && let Some(newest) = entries.last()
+        {
+            // Back from the newest entry, which the MULTI read: nothing after the cursor.
+            let mut kept = entries
+                .iter()
+                .map(decode_logged)
+                .filter(|event| index == 1 || recent(event))
+                .count();
+            let pages = read_log_pages(
+                &mut connection,
+                key,
+                Direction::Backward,
+                format!("({}", newest.id_text),
+                count.saturating_sub(1),
+                reply(2 + index).map_or(0, reply_bytes) as u64,
+                |entry| {
+                    let event = parse_entry(entry).map(|entry| decode_logged(&entry));
+                    kept += usize::from(event.is_some_and(|event| index == 1 || recent(&event)));
+                    kept >= keep[index]
+                },
+            )
+            .await
+            .map_err(|err| Error::from_redis("follow log pages", err))?;
+            entries.extend(parse_entries(&pages.entries));
+            if let Some(detail) = pages.cut_detail(*size, 1) {
+                corrupt.insert(0, key_entry(key, &detail));
+            }
+        }
+        logs.push(entries);
+    }
+    let mut recent_events: Vec<LoggedEvent> = logs[0]
         .iter()
         .map(decode_logged)
-        .filter(|event| !event.is_progress() && event_in_scope(scope, event))
+        .filter(recent)
         .take(config.recent_events)
         .collect();
     recent_events.reverse();
-    let mut recent_errors: Vec<LoggedEvent> = match scope {
-        Scope::All => reply(3)
-            .map(parse_entries)
-            .unwrap_or_default()
-            .iter()
-            .map(decode_logged)
-            .collect(),
-        Scope::Session(_) => Vec::new(),
-    };
+    let mut recent_errors: Vec<LoggedEvent> = logs[1].iter().map(decode_logged).collect();
     recent_errors.reverse();
 
     let mut sessions = BTreeMap::new();
