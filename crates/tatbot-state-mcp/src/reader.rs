@@ -5,11 +5,10 @@
 //! its manager inside a `Reader`, which exposes the reading and subscribing methods and nothing
 //! else. The same goes for parameters: [`Params`] can declare, set and load, so the reader
 //! makes one per call and passes on only `list_entries`, `get` and `watch`. Its connection therefore
-//! sends only reads (`HGET`, `HSTRLEN`, `HMGET`, `HLEN`, `ZCARD`, `MEMORY USAGE`, `SCAN`, `ZRANGE`, `ZRANGEBYLEX`, `XREVRANGE`, `GET`,
-//! `INFO`), and, on
-//! connections of their own, `PSUBSCRIBE` and the parameter watch's `XREAD BLOCK`. The node
-//! heartbeat, the one write the MCP process makes, runs on a separate manager (see
-//! [`crate::heartbeat`]).
+//! sends only reads (`HGET`, `HSTRLEN`, `HMGET`, `HLEN`, `ZCARD`, `XLEN`, `MEMORY USAGE`, `SCAN`,
+//! `ZRANGE`, `ZRANGEBYLEX`, `XRANGE`, `XREVRANGE`, `GET`, `INFO`), and, on connections of their
+//! own, `PSUBSCRIBE` and the parameter watch's `XREAD BLOCK`. The node heartbeat, the one write
+//! the MCP process makes, runs on a separate manager (see [`crate::heartbeat`]).
 
 use tatbot_state::model::{ErrorEvent, NodeHealth, RobotState, StrokeProgress};
 use tatbot_state::params::{Prefix, Watch};

@@ -494,7 +494,9 @@ impl StateManager {
     /// takes more than 32 MiB in Redis (only another client's entries make it so) is read one
     /// entry per round trip, newest first back to the session's start, at most 20,000 entries
     /// and 32 MiB; when the read stops before the start, an event whose payload says so comes
-    /// first (with no id), in place of the newest event kept.
+    /// first (with no id), in place of the newest event kept. A smaller log is read in pages
+    /// until they take 32 MiB too (its entries can repeat long field names the log stores
+    /// once), and such an event comes last when the read stops there.
     ///
     /// # Errors
     ///
@@ -502,6 +504,9 @@ impl StateManager {
     pub async fn session_events(&self, session_id: &SessionId, limit: usize) -> Result<Vec<LoggedEvent>> {
         let mut connection = self.connection();
         let mut events = Vec::new();
+        if limit == 0 {
+            return Ok(events);
+        }
         let big = io::oversized_logs(&mut connection, &[keys::EVENT_LOG])
             .await
             .map_err(|err| self.redis_error("session events", err))?;
@@ -540,23 +545,26 @@ impl StateManager {
             });
             if let Some(detail) = stopped {
                 // In place of the newest event kept, so that `limit` holds.
-                events.truncate(limit.saturating_sub(1));
-                events.insert(
-                    0,
-                    LoggedEvent {
-                        id: String::new(),
-                        channel: String::new(),
-                        event_type: None,
-                        session_id: Some(session_id.to_string()),
-                        payload: Value::String(format!("(corrupt: {}: {detail})", keys::EVENT_LOG)),
-                    },
-                );
+                events.truncate(limit - 1);
+                events.insert(0, read_stopped(session_id, &detail));
             }
             return Ok(events);
         }
         let mut start = "-".to_owned();
         let mut scanned = 0;
+        // Entries repeat the field names a stream node stores once, so a log within the bound
+        // in Redis can still send far more: the pages stop at the bound too.
+        let mut bytes = 0;
         while scanned < SESSION_EVENTS_SCAN && events.len() < limit {
+            if bytes >= io::MAX_LOG_READ_BYTES {
+                events.truncate(limit - 1);
+                let detail = format!(
+                    "the read stopped after {scanned} entries ({bytes} bytes), the most one read takes is {}, and the log may hold more",
+                    io::MAX_LOG_READ_BYTES
+                );
+                events.push(read_stopped(session_id, &detail));
+                return Ok(events);
+            }
             let reply: redis::Value = redis::cmd("XRANGE")
                 .arg(keys::EVENT_LOG)
                 .arg(&start)
@@ -570,6 +578,7 @@ impl StateManager {
                     Some("WRONGTYPE") => Ok(redis::Value::Nil),
                     _ => Err(self.redis_error("session events", err)),
                 })?;
+            bytes += io::reply_bytes(&reply) as u64;
             let page = io::parse_entries(&reply);
             scanned += page.len();
             events.extend(session_events_among(&page, session_id));
@@ -580,6 +589,18 @@ impl StateManager {
         }
         events.truncate(limit);
         Ok(events)
+    }
+}
+
+/// The event [`StateManager::session_events`] gives in place of those it did not read, at the
+/// end of the log where they may be, saying why (`detail`); it has no id.
+fn read_stopped(session_id: &SessionId, detail: &str) -> LoggedEvent {
+    LoggedEvent {
+        id: String::new(),
+        channel: String::new(),
+        event_type: None,
+        session_id: Some(session_id.to_string()),
+        payload: Value::String(format!("(corrupt: {}: {detail})", keys::EVENT_LOG)),
     }
 }
 

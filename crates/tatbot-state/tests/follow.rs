@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use tatbot_state::follow::{Change, ChangeKind, FollowConfig, FollowItem, Follower, Scope, Snapshot};
+use tatbot_state::follow::{Change, ChangeKind, FollowConfig, FollowItem, Follower, LoggedEvent, Scope, Snapshot};
 use tatbot_state::model::{HistoryEntry, NodeHealth};
 use tatbot_state::{CancellationToken, Cursor, HistoryCursor, ProgressUpdate, SessionId, SessionPlan, StateManager};
 use tatbot_state_testkit::RedisServer;
@@ -1196,4 +1196,78 @@ async fn a_snapshot_reads_a_huge_event_log_within_the_bound() {
         cut.contains("the read stopped after 33 entries"),
         "the start of `after` and 32 others: {cut}"
     );
+}
+
+/// In an event log over the bound, a timeline reads back from the newest entry only as far as
+/// the session's start, and gives its events oldest first, the oldest `limit` of them; a
+/// snapshot stops as soon as it has its recent events, whatever its scope. None of them reads
+/// the huge entries before.
+#[tokio::test]
+async fn a_huge_event_log_is_read_back_only_as_far_as_needed() {
+    let (server, state) = setup("hog").await;
+    fill_log(&server, "tatbot:events", 40, 1 << 20).await;
+    let session = state.start_stroke_session(&one_pose("logs")).await.unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    state.end_stroke_session(&session).await.unwrap();
+    let types = |events: &[LoggedEvent]| -> Vec<String> {
+        events
+            .iter()
+            .map(|event| event.event_type.clone().unwrap_or_default())
+            .collect()
+    };
+
+    let sent_before = bytes_sent(&server);
+    let events = state.session_events(&session, 100).await.unwrap();
+    assert_eq!(types(&events), ["session_start", "session_end"]);
+    let events = state.session_events(&session, 1).await.unwrap();
+    assert_eq!(types(&events), ["session_start"], "the oldest");
+    assert!(state.session_events(&session, 0).await.unwrap().is_empty());
+    let config = FollowConfig {
+        recent_events: 2,
+        ..FollowConfig::default()
+    };
+    for scope in [Scope::All, Scope::Session(session.clone())] {
+        let snapshot = state.snapshot(&scope, &config).await.unwrap();
+        assert_eq!(types(&snapshot.recent_events), ["session_start", "session_end"]);
+        assert!(snapshot.corrupt.is_empty(), "nothing cut: {:?}", snapshot.corrupt);
+    }
+    let sent = bytes_sent(&server) - sent_before;
+    // `XINFO STREAM` sends the oldest entry (1 MiB) with each snapshot.
+    assert!(sent < 3 << 20, "{sent} bytes sent");
+}
+
+/// A registry over its bound is reported in the same words while it stays over, so the
+/// follower, which reports what changed, says it once, not again at every poll as another
+/// member moves its size.
+#[tokio::test]
+async fn an_oversized_registry_is_reported_once() {
+    let (server, state) = setup("hog").await;
+    let mut redis = raw(&server).await;
+    let () = redis.zadd("tatbot:nodes", "y".repeat(9 << 20), 1).await.unwrap();
+    let seen = collect(start(&state, Scope::All, None));
+    wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+    for member in 0..6 {
+        // A new member between two polls: the registry's size moves.
+        let () = redis.zadd("tatbot:nodes", format!("node-{member}"), 2).await.unwrap();
+        let polls = calls(&server, "zcard");
+        let polled = eventually(LIMIT, || async { calls(&server, "zcard") > polls }).await;
+        assert!(polled, "the follower polls on");
+    }
+    let reports = seen
+        .lock()
+        .unwrap()
+        .changes
+        .iter()
+        .filter(|change| matches!(&change.kind, ChangeKind::Corrupt { key, .. } if key == "tatbot:nodes"))
+        .count();
+    let view = seen.lock().unwrap().view.clone().unwrap();
+    assert!(
+        view.corrupt.iter().any(|entry| entry.key == "tatbot:nodes"),
+        "{:?}",
+        view.corrupt
+    );
+    assert!(reports <= 1, "reported {reports} times");
 }

@@ -581,17 +581,21 @@ pub(crate) async fn oversized_collection(
     if let Some(Err(err)) = replies.get(1) {
         tracing::debug!(key, error = %err, "cannot ask a collection's size; reading it whole");
     }
+    // The same words while the key stays over the bound, so that a follower, which reports
+    // what changed, does not report it again at every poll as its size moves.
     let limits = format!(
         "a collection read whole may have at most {MAX_COLLECTION_ELEMENTS} elements and take at most {MAX_COLLECTION_BYTES} bytes, so it is not read"
     );
     // No count: another type (or no permission to count), which the read reports as before.
     let Some(elements) = number(0) else { return Ok(None) };
     Ok(if elements > MAX_COLLECTION_ELEMENTS {
-        Some(format!("the key has {elements} elements; {limits}"))
+        Some(format!(
+            "the key has more than {MAX_COLLECTION_ELEMENTS} elements; {limits}"
+        ))
     } else {
         number(1)
             .filter(|bytes| *bytes > MAX_COLLECTION_BYTES)
-            .map(|bytes| format!("the key takes {bytes} bytes in Redis; {limits}"))
+            .map(|_| format!("the key takes more than {MAX_COLLECTION_BYTES} bytes in Redis; {limits}"))
     })
 }
 
@@ -609,14 +613,19 @@ pub(crate) fn key_entry(key: &str, detail: &str) -> CorruptEntry {
 /// reader on a small node may take at once.
 pub(crate) const MAX_LOG_READ_BYTES: u64 = 32 << 20;
 
-/// The logs among `keys` that take more than [`MAX_LOG_READ_BYTES`] in Redis, with their sizes
-/// (`XLEN` and `MEMORY USAGE key SAMPLES 0`, one pipeline: exact, and cheap for a stream, whose
-/// nodes hold about a hundred entries each). Nothing tells an entry's size short of reading it,
-/// so a read of the newest hundred entries of such a log could be any size (another client's
-/// hundred 5 MiB entries, with every snapshot a dashboard client takes); [`read_log_pages`]
-/// reads those one entry at a time, within the bound. A missing key, one of another type (its
-/// read says so, as before) or a server that refuses `MEMORY USAGE` (an ACL without it) is not
-/// in the map.
+/// The most entries a log read in bulk may have (five times the longest our writers keep):
+/// `MEMORY USAGE` walks at most this many of a stream's nodes, each of which holds one entry or
+/// more, so its size is exact for every log read in bulk, and costs Redis a few milliseconds
+/// at most.
+pub(crate) const MAX_LOG_ENTRIES: u64 = 100_000;
+
+/// The logs among `keys` that take more than [`MAX_LOG_READ_BYTES`] in Redis or have more than
+/// [`MAX_LOG_ENTRIES`], with their sizes (`XLEN` and `MEMORY USAGE key SAMPLES n`, one
+/// pipeline). Nothing tells an entry's size short of reading it, so a read of the newest
+/// hundred entries of such a log could be any size (another client's hundred 5 MiB entries,
+/// with every snapshot a dashboard client takes); [`read_log_pages`] reads those one entry at
+/// a time, within the bound. A missing key, one of another type (its read says so, as before)
+/// or a server that refuses `MEMORY USAGE` (an ACL without it) is not in the map.
 pub(crate) async fn oversized_logs(
     connection: &mut impl redis::aio::ConnectionLike,
     keys: &[&str],
@@ -625,17 +634,24 @@ pub(crate) async fn oversized_logs(
     pipe.ignore_errors();
     for key in keys {
         pipe.cmd("XLEN").arg(*key);
-        pipe.cmd("MEMORY").arg("USAGE").arg(*key).arg("SAMPLES").arg(0);
+        pipe.cmd("MEMORY")
+            .arg("USAGE")
+            .arg(*key)
+            .arg("SAMPLES")
+            .arg(MAX_LOG_ENTRIES);
     }
     let replies: Vec<redis::RedisResult<Value>> = pipe.query_async(connection).await?;
+    let number = |reply: Option<&redis::RedisResult<Value>>| -> Option<u64> {
+        u64::try_from(integer(reply?.as_ref().ok()?)?).ok()
+    };
     Ok(keys
         .iter()
         .zip(replies.chunks(2))
         .filter_map(|(key, replies)| {
             // A key of another type has no length.
-            replies.first()?.as_ref().ok()?;
-            let size = u64::try_from(integer(replies.get(1)?.as_ref().ok()?)?).ok()?;
-            (size > MAX_LOG_READ_BYTES).then(|| ((*key).to_owned(), size))
+            let entries = number(replies.first())?;
+            let size = number(replies.get(1))?;
+            (size > MAX_LOG_READ_BYTES || entries > MAX_LOG_ENTRIES).then(|| ((*key).to_owned(), size))
         })
         .collect())
 }
@@ -1094,6 +1110,10 @@ pub(crate) async fn read_snapshot(
                 .map(decode_logged)
                 .filter(|event| index == 1 || recent(event))
                 .count();
+            if kept >= keep[index] {
+                logs.push(entries);
+                continue;
+            }
             let pages = read_log_pages(
                 &mut connection,
                 key,
