@@ -55,6 +55,9 @@ pub const ERROR_LOG: &str = "tatbot:errors";
 pub const EVENT_LOG: &str = "tatbot:events";
 /// Ours: hash of producer counters (field: writer id, value: JSON with `stats` and `updated`).
 pub const PRODUCERS: &str = "tatbot:producers";
+/// Ours: string set for a minute by the producer that takes stale records out of
+/// [`PRODUCERS`], so that one producer of the fleet does it at a time, once a minute at most.
+pub const PRODUCERS_PRUNING: &str = "tatbot:producers_pruning";
 /// Ours: prefix of the per-producer revision counters that make replays idempotent.
 pub const WRITER_REV_PREFIX: &str = "tatbot:rev:";
 

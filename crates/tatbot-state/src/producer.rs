@@ -95,6 +95,18 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const RETIRE_TIMEOUT: Duration = Duration::from_millis(500);
 /// `tatbot:producers` expires a week after the last producer wrote to it.
 const PRODUCERS_TTL_SECS: i64 = 7 * 24 * 3600;
+/// A record of `tatbot:producers` with nothing to report (no drop, refusal or restore) that
+/// has not been updated for this long is taken out by a producer that starts: its producer was
+/// killed, or is idle (and writes it again with its next batch), and `status` shows nothing of
+/// it.
+const PRUNE_AFTER: Duration = Duration::from_secs(600);
+/// How long the producer that prunes holds [`keys::PRODUCERS_PRUNING`]: one pass a minute for
+/// the whole fleet at most.
+const PRUNE_EVERY_SECS: u64 = 60;
+/// The most one pass reads of `tatbot:producers` (its records, with their framing); the next
+/// pass goes on, as does one that ran out of [`PRUNE_TIMEOUT`].
+const PRUNE_MAX_BYTES: u64 = 32 << 20;
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most ops kept for replay, whatever their age.
 const MAX_REPLAY_OPS: usize = 200_000;
 /// Default time an acknowledged write may still be lost by a Redis crash: `appendfsync
@@ -1198,6 +1210,20 @@ impl Writer {
         self.report_failures();
         self.shared.acknowledged.send_replace(done_through);
         self.mark_unsafe(done_through);
+        if self.stats_published.is_none()
+            && let Some(connection) = self.connection.clone()
+        {
+            // With the first stats store, off the writer's path: the batches do not wait for it.
+            let own = self.writer_id.clone();
+            tokio::spawn(async move {
+                if tokio::time::timeout(PRUNE_TIMEOUT, prune_records(connection, &own))
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!("pruning stale producer records took too long; stopped");
+                }
+            });
+        }
         self.publish_stats().await;
     }
 
@@ -1817,6 +1843,104 @@ impl Writer {
             Err(err) => tracing::warn!(error = %err, "cannot report the producer's failures"),
         }
     }
+}
+
+/// Takes the stale records out of `tatbot:producers`: those with nothing to report (no drop,
+/// refusal or restore) not updated for [`PRUNE_AFTER`] by the server's clock, which killed
+/// producers leave (one that stops cleanly takes its own out), so that a fleet whose processes
+/// are killed, or restarted in a loop, does not grow the hash until `status` refuses to read it
+/// (more than 20,000 records). Records with something to report stay (`status` sums them) until
+/// the hash expires, and so do records that do not decode (`status` reports them) and those
+/// written again since they were read ([`scripts::PRUNE`] takes out only what still holds the
+/// value read). One producer of the fleet does it at a time, once a minute at most
+/// ([`keys::PRODUCERS_PRUNING`]), reading at most [`PRUNE_MAX_BYTES`] in `HSCAN` pages; the
+/// next pass goes on. Best effort: errors end it quietly.
+async fn prune_records(mut connection: MultiplexedConnection, own: &str) {
+    let started: redis::RedisResult<(Option<String>, (u64, u64))> = redis::pipe()
+        .cmd("SET")
+        .arg(keys::PRODUCERS_PRUNING)
+        .arg(own)
+        .arg("NX")
+        .arg("EX")
+        .arg(PRUNE_EVERY_SECS)
+        .cmd("TIME")
+        .query_async(&mut connection)
+        .await;
+    let now_ms = match started {
+        Ok((Some(_), (secs, micros))) => (secs * 1000 + micros / 1000) as i64,
+        // Another producer pruned within the minute.
+        Ok((None, _)) => return,
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot start pruning the producer records");
+            return;
+        }
+    };
+    let horizon = now_ms - PRUNE_AFTER.as_millis() as i64;
+    let (mut cursor, mut read, mut pruned) = (0u64, 0u64, 0usize);
+    loop {
+        let page: redis::RedisResult<(u64, Vec<Record>)> = redis::cmd("HSCAN")
+            .arg(keys::PRODUCERS)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut connection)
+            .await;
+        let (next, records) = match page {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the producer records; pruning stopped");
+                return;
+            }
+        };
+        read += records
+            .iter()
+            .map(|(writer, record)| (writer.len() + record.len() + 32) as u64)
+            .sum::<u64>();
+        let mut prune = scripts::PRUNE.prepare_invoke();
+        prune.key(keys::PRODUCERS);
+        let mut stale = 0;
+        for (writer, record) in &records {
+            if writer.as_slice() != own.as_bytes() && is_stale_record(record, horizon) {
+                prune.arg(writer.as_slice()).arg(record.as_slice());
+                stale += 1;
+            }
+        }
+        if stale > 0 {
+            match prune.invoke_async::<usize>(&mut connection).await {
+                Ok(removed) => pruned += removed,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot remove stale producer records; pruning stopped");
+                    return;
+                }
+            }
+        }
+        if next == 0 || read >= PRUNE_MAX_BYTES {
+            break;
+        }
+        cursor = next;
+    }
+    if pruned > 0 {
+        tracing::debug!(pruned, "took stale producer records out");
+    }
+}
+
+/// A field of `tatbot:producers` and its value, as bytes (another client's may not be text).
+type Record = (Vec<u8>, Vec<u8>);
+
+/// Whether `record`, a value of `tatbot:producers`, has nothing to report and was last updated
+/// before `horizon` (Unix milliseconds).
+fn is_stale_record(record: &[u8], horizon: i64) -> bool {
+    if record.len() > crate::model::MAX_DOCUMENT_BYTES {
+        return false;
+    }
+    let Ok(record) = serde_json::from_slice::<Value>(record) else {
+        return false;
+    };
+    let quiet = ["dropped", "rejected", "restored"]
+        .iter()
+        .all(|name| record["stats"][name].as_u64() == Some(0));
+    let updated = record["updated"].as_str().and_then(|text| Timestamp::parse(text).ok());
+    quiet && updated.is_some_and(|at| at.unix_millis() < horizon)
 }
 
 /// When a session started, from its id (`stroke_{node}_{secs}[_{n}]`), or else from `doc`.

@@ -381,6 +381,22 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', REVISION_TTL)
 return 1
 "#;
 
+/// Takes records out of the producers' hash that still hold what the caller read: a record its
+/// producer wrote again since (a failure to report) stays.
+///
+/// KEYS: producers hash.
+/// ARGV: field, value read, field, value read, ...
+/// Returns how many it took out.
+const PRUNE_RECORDS: &str = r#"
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"#;
+
 fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
@@ -409,6 +425,8 @@ pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| with_prelude(CLEAR_
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| with_prelude(PUBLISH_EVENT));
 /// [`LOWER_REVISION`], compiled once.
 pub(crate) static LOWER: LazyLock<Script> = LazyLock::new(|| with_prelude(LOWER_REVISION));
+/// [`PRUNE_RECORDS`], compiled once.
+pub(crate) static PRUNE: LazyLock<Script> = LazyLock::new(|| Script::new(PRUNE_RECORDS));
 
 /// Every write script a [`crate::Producer`] pipelines; loaded after a reconnect, since
 /// `EVALSHA` inside a pipeline does not fall back to `EVAL`.

@@ -856,6 +856,85 @@ async fn a_producer_closed_cleanly_takes_its_record_out() {
     assert_eq!(state.system_status().await.rejected_updates, 1);
 }
 
+/// Killed producers leave their records (only a clean stop takes its own out), and a fleet
+/// whose processes are killed or restarted in a loop grew `tatbot:producers` past the 20,000
+/// records `status` reads. The next producer that starts takes out the records with nothing to
+/// report that were not updated for ten minutes; records with something to report, fresh ones
+/// and ones that do not decode stay. One producer of the fleet does it a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_producer_takes_stale_records_out() {
+    let server = RedisServer::start();
+    let state = manager(&server, "hog").await;
+    let session = state.start_stroke_session(&plan(1)).await.unwrap();
+    let record = |dropped: u64, updated: tatbot_state::Timestamp| {
+        serde_json::json!({
+            "stats": {"enqueued": 5, "acknowledged": 5, "dropped": dropped, "rejected": 0, "restored": 0},
+            "updated": updated,
+        })
+        .to_string()
+    };
+    let now = tatbot_state::Timestamp::now();
+    let an_hour_ago = tatbot_state::Timestamp::from_unix_millis(now.unix_millis() - 3_600_000);
+    let mut seed = redis::pipe();
+    for index in 0..25_000 {
+        seed.hset(
+            tatbot_state::keys::PRODUCERS,
+            format!("killed.{index}"),
+            record(0, an_hour_ago),
+        )
+        .ignore();
+    }
+    seed.hset(tatbot_state::keys::PRODUCERS, "dropping.1", record(3, an_hour_ago))
+        .ignore();
+    seed.hset(tatbot_state::keys::PRODUCERS, "fresh.1", record(0, now))
+        .ignore();
+    seed.hset(tatbot_state::keys::PRODUCERS, "odd.1", "not json").ignore();
+    let () = seed.query_async(&mut crate::util::raw(&server).await).await.unwrap();
+    let status = state.system_status().await;
+    assert!(
+        status.corrupt.iter().any(|entry| entry.key == "tatbot:producers"),
+        "too many records for status: {:?}",
+        status.corrupt
+    );
+
+    let producer = state.producer(ProducerConfig::default(), CancellationToken::new());
+    producer.update_stroke_progress(&session, &update(0)).unwrap();
+    producer.flush(FLUSH).await.unwrap();
+    let pruned = crate::util::eventually(Duration::from_secs(30), || async {
+        let left = producer_records(&server).await;
+        !left.iter().any(|writer| writer.starts_with("killed.")) && left.iter().any(|writer| writer.starts_with("hog."))
+    })
+    .await;
+    let mut left = producer_records(&server).await;
+    assert!(pruned, "{} records left", left.len());
+    // Besides its own.
+    left.retain(|writer| !writer.starts_with("hog."));
+    left.sort();
+    assert_eq!(left, ["dropping.1", "fresh.1", "odd.1"]);
+    let status = state.system_status().await;
+    assert_eq!(status.dropped_updates, 3, "{status:?}");
+    assert!(
+        !status.corrupt.iter().any(|entry| entry.key == "tatbot:producers"),
+        "{:?}",
+        status.corrupt
+    );
+    producer.close(FLUSH).await.unwrap();
+
+    // Within the minute, the next producer leaves the pruning to the one that did it.
+    let () = redis::cmd("HSET")
+        .arg(tatbot_state::keys::PRODUCERS)
+        .arg("killed.again")
+        .arg(record(0, an_hour_ago))
+        .query_async(&mut crate::util::raw(&server).await)
+        .await
+        .unwrap();
+    let next = state.producer(ProducerConfig::default(), CancellationToken::new());
+    next.update_stroke_progress(&session, &update(1)).unwrap();
+    next.flush(FLUSH).await.unwrap();
+    next.close(FLUSH).await.unwrap();
+    assert!(producer_records(&server).await.contains(&"killed.again".to_owned()));
+}
+
 /// Writes Redis refuses are no longer silent: counted, stored as one error, in `status`, and
 /// returned by the next flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

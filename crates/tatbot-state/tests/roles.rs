@@ -155,6 +155,19 @@ async fn robot_works_but_cannot_administer() {
         })
         .await
         .unwrap();
+    // A killed producer's record, an hour old: the robot's producer takes it out.
+    let mut admin = raw(&server, "admin", "admin-pw").await;
+    let stale = json!({
+        "stats": {"dropped": 0, "rejected": 0, "restored": 0},
+        "updated": "2020-01-01T00:00:00",
+    });
+    let () = redis::cmd("HSET")
+        .arg("tatbot:producers")
+        .arg("killed.1")
+        .arg(stale.to_string())
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let producer = robot.producer(ProducerConfig::default(), CancellationToken::new());
     producer
         .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
@@ -168,6 +181,20 @@ async fn robot_works_but_cannot_administer() {
     assert_eq!(producer.stats().rejected, 0, "{:?}", producer.stats());
     assert!(!robot.get_stroke_progress(&session).await.unwrap().unwrap().is_executing);
     assert_eq!(robot.list_errors(10).await.unwrap().len(), 1);
+    let pruned = crate::util::eventually(std::time::Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let exists: bool = redis::cmd("HEXISTS")
+                .arg("tatbot:producers")
+                .arg("killed.1")
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            !exists
+        }
+    })
+    .await;
+    assert!(pruned, "the robot may take stale records out");
     // Listing needs SCAN, which the robot may not run (issue #14 point 10): the status says so.
     let status = robot.system_status().await;
     assert!(status.redis_connected, "{status:?}");
