@@ -514,10 +514,10 @@ impl StateManager {
             // Pages of 2,000 entries of any size: one entry per round trip instead, within the
             // bound of one read, newest first, back to the session's start (nothing of the
             // session comes before it), so that a recent session's events are found first.
-            let is_start = |entry: &io::RawEntry| {
-                let event = io::decode_logged(entry);
-                event.session_id.as_deref() == Some(session_id.as_str())
-                    && event.event_type.as_deref() == Some(event_types::SESSION_START)
+            // Decoded only when it names the session, as the events kept are.
+            let is_start = |entry: io::RawEntry| {
+                session_events_among(std::slice::from_ref(&entry), session_id)
+                    .any(|event| event.event_type.as_deref() == Some(event_types::SESSION_START))
             };
             let mut started = false;
             let pages = io::read_log_pages(
@@ -528,7 +528,7 @@ impl StateManager {
                 HUGE_LOG_SCAN,
                 0,
                 |entry| {
-                    started = io::parse_entry(entry).is_some_and(|entry| is_start(&entry));
+                    started = io::parse_entry(entry).is_some_and(is_start);
                     started
                 },
             )

@@ -66,6 +66,7 @@ use crate::backoff::Backoff;
 use crate::direct::{self, Direct};
 use crate::error::{Error, Result};
 use crate::fastpath::DocCache;
+use crate::follow::io::VALUE_OVERHEAD;
 use crate::ids::{Category, SessionId};
 use crate::manager::StateManager;
 use crate::model::{NodeHealth, ProgressUpdate, RobotState, SessionPlan, StrokeProgress};
@@ -1892,9 +1893,10 @@ async fn prune_records(mut connection: MultiplexedConnection, own: &str) {
                 return;
             }
         };
+        // Counted as `follow::io::reply_bytes` counts a reply: each value with its framing.
         read += records
             .iter()
-            .map(|(writer, record)| (writer.len() + record.len() + 32) as u64)
+            .map(|(writer, record)| (writer.len() + record.len() + 2 * VALUE_OVERHEAD) as u64)
             .sum::<u64>();
         let mut prune = scripts::PRUNE.prepare_invoke();
         prune.key(keys::PRODUCERS);

@@ -230,7 +230,7 @@ pub(crate) const INFO_PAUSE: Duration = Duration::from_secs(30);
 /// What each value of a reply costs besides its text: its framing on the wire, and about what
 /// a decoded [`Value`] takes besides its bytes. Counted so that a reply of a million empty
 /// strings is not a reply of no bytes.
-const VALUE_OVERHEAD: usize = 16;
+pub(crate) const VALUE_OVERHEAD: usize = 16;
 
 /// The bytes of a reply, nested values included: its strings, and [`VALUE_OVERHEAD`] for each
 /// value; about what it took on the wire.
@@ -686,8 +686,6 @@ pub(crate) struct LogPages {
     pub entries: Value,
     /// How many.
     pub read: usize,
-    /// The id of the last one, where a read that goes on starts (exclusive).
-    pub last_id: Option<String>,
     /// The bytes read (with those read before), when the read stopped at
     /// [`MAX_LOG_READ_BYTES`] with entries left to read.
     pub cut_at: Option<u64>,
@@ -724,7 +722,6 @@ pub(crate) async fn read_log_pages(
     let mut pages = LogPages {
         entries: Value::Nil,
         read: 0,
-        last_id: None,
         cut_at: None,
     };
     let mut entries = Vec::new();
@@ -750,7 +747,6 @@ pub(crate) async fn read_log_pages(
         };
         bytes += reply_bytes(&entry) as u64;
         start = format!("({id}");
-        pages.last_id = Some(id);
         let done = enough(&entry);
         entries.push(entry);
         if done {
