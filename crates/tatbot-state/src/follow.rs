@@ -32,10 +32,19 @@
 //!
 //! When Redis goes away the follower sends [`FollowItem::ConnectionLost`], reconnects with
 //! capped exponential backoff, sends [`FollowItem::Reconnected`] and resumes from its cursor.
-//! Before resuming, and after every read, it compares the cursor with each stream's
-//! `max-deleted-entry-id` and `last-generated-id` (`XINFO STREAM`): if an entry after the
-//! cursor was trimmed, or the stream went back (data lost in a restart), it sends
-//! [`FollowItem::Resync`] and a fresh snapshot rather than skip silently.
+//! Before resuming, and with every read (in the same pipeline, just before it), it compares
+//! the cursor with each stream's `max-deleted-entry-id` and `last-generated-id` (`XINFO
+//! STREAM`): if an entry after the cursor was trimmed, or the stream went back (data lost in a
+//! restart), it sends [`FollowItem::Resync`] and a fresh snapshot rather than skip silently.
+//! Deletions are looked for from the cursor before the previous read, so what was deleted
+//! during a read is found by the next read's checks at the latest. In three narrow cases the
+//! resync then comes after the entries read past the gap instead of before them, when the next
+//! read is answered (at the next entry, or at the end of its block), and a follower resumed
+//! from one of their cursors in between does not report the gap: one script
+//! or `MULTI` that both wrote what a waiting read was woken for and deleted entries it wrote
+//! (which no client could read); a read's pipeline that reached Redis in two parts with
+//! another client's deletion in between; and, before Redis 7.2, a deletion between the
+//! blocking read and the re-read of the event log behind it.
 //!
 //! # Hostile data
 //!

@@ -239,7 +239,7 @@ async fn next_cut_short_by_timeouts_loses_nothing() {
 }
 
 /// Calls of `XINFO STREAM` the server executed: the follower pipelines one per followed
-/// stream behind each of its reads, so this counts its reads.
+/// stream in front of each of its reads, so this counts its reads.
 fn xinfo_calls(server: &RedisServer) -> u64 {
     calls(server, "xinfo|stream")
 }
@@ -418,6 +418,185 @@ async fn trimmed_history_resyncs() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.resyncs.len(), 1);
     assert!(seen.resyncs[0].contains(&key), "{}", seen.resyncs[0]);
+}
+
+/// The next item of `follower`, within [`LIMIT`].
+async fn next_item(follower: &mut Follower) -> FollowItem {
+    tokio::time::timeout(LIMIT, follower.next())
+        .await
+        .expect("an item in time")
+        .expect("the follow goes on")
+}
+
+/// The id of the last entry of `key`.
+async fn last_id(server: &RedisServer, key: &str) -> String {
+    let reply: redis::streams::StreamRangeReply = raw(server).await.xrevrange_count(key, "+", "-", 1).await.unwrap();
+    reply.ids.first().expect("an entry").id.clone()
+}
+
+/// A gap that a read's checks find goes out before any entry of that read: the checks ride in
+/// front of the read in one pipeline, and the follower delivers nothing before it has looked
+/// at them. The follow runs only inside `next`, so stopping after the first entry of a batch
+/// leaves no read outstanding while the history is trimmed.
+#[tokio::test]
+async fn a_gap_found_by_a_reads_checks_comes_before_its_entries() {
+    let (server, state) = setup("hog").await;
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 20,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    let config = FollowConfig {
+        batch: 2,
+        block: Duration::from_secs(60),
+        poll_interval: Duration::from_secs(60),
+        ..quick()
+    };
+    let shutdown = CancellationToken::new();
+    let mut follower = state.follow_with(Scope::Session(session.clone()), None, config, &shutdown);
+    assert!(matches!(next_item(&mut follower).await, FollowItem::Snapshot(_)));
+    for pose in 1..=4 {
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, pose))
+            .await
+            .unwrap();
+    }
+    // The next progress is pose 1, the first of a batch of two (1 and 2).
+    let pose_of = |item: &FollowItem| match item {
+        FollowItem::Change(Change {
+            kind: ChangeKind::Progress { entry, .. },
+            ..
+        }) => Some(entry.pose_idx),
+        _ => None,
+    };
+    let mut first = next_item(&mut follower).await;
+    while pose_of(&first).is_none() {
+        first = next_item(&mut follower).await;
+    }
+    assert_eq!(pose_of(&first), Some(1), "{first:?}");
+    // Poses 1 to 3 go: 3 was never delivered. Pose 2 was read already and comes next.
+    let key = tatbot_state::keys::history(&session);
+    let _: i64 = raw(&server)
+        .await
+        .xtrim(&key, redis::streams::StreamMaxlen::Equals(1))
+        .await
+        .unwrap();
+    let mut items = Vec::new();
+    loop {
+        let item = next_item(&mut follower).await;
+        let done = matches!(item, FollowItem::Resync { .. }) || pose_of(&item).is_some_and(|pose| pose > 2);
+        items.push(item);
+        if done {
+            break;
+        }
+    }
+    let poses: Vec<i64> = items.iter().filter_map(pose_of).collect();
+    assert_eq!(
+        poses,
+        [2],
+        "pose 2, read before the trim, and nothing after the gap: {items:?}"
+    );
+    match items.last() {
+        Some(FollowItem::Resync { reason }) => assert!(reason.contains(&key), "{reason}"),
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    assert!(matches!(next_item(&mut follower).await, FollowItem::Snapshot(_)));
+}
+
+/// Entries deleted in the very step that wakes a waiting read (a transaction that appends
+/// and trims, or appends and deletes) are not passed over: the read brings what is left, and
+/// the next read's checks, which look from the cursor before the last read, find the gap and
+/// resync when that read is answered. Checked from the cursor after it, neither deletion
+/// would be seen.
+#[tokio::test]
+async fn a_gap_made_by_the_step_that_wakes_a_read_resyncs() {
+    for deletion in ["XTRIM", "XDEL"] {
+        let (server, state) = setup("hog").await;
+        let session = state
+            .start_stroke_session(&SessionPlan {
+                total_strokes: 1,
+                stroke_length: 20,
+                scene: "scene".into(),
+            })
+            .await
+            .unwrap();
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+            .await
+            .unwrap();
+        // Neither the block nor a poll ends the wait before the step comes.
+        let config = FollowConfig {
+            block: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(60),
+            ..quick()
+        };
+        let seen = collect(state.follow_with(Scope::All, None, config, &CancellationToken::new()));
+        wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
+        assert!(
+            eventually(LIMIT, || async { a_client_is_blocked(&server) }).await,
+            "the follower waits in XREAD BLOCK"
+        );
+        let key = tatbot_state::keys::history(&session);
+        let last = last_id(&server, &key).await;
+        let ms: u64 = last.split('-').next().unwrap().parse().unwrap();
+        let (gone, kept) = (format!("{}-0", ms + 1), format!("{}-0", ms + 2));
+        let mut step = redis::pipe();
+        step.atomic();
+        for (id, pose) in [(&gone, "1"), (&kept, "2")] {
+            step.cmd("XADD")
+                .arg(&key)
+                .arg(id)
+                .arg(&[
+                    ("stroke_idx", "0"),
+                    ("pose_idx", pose),
+                    ("description_l", ""),
+                    ("description_r", ""),
+                    ("node_id", "hog"),
+                ])
+                .ignore();
+        }
+        if deletion == "XTRIM" {
+            step.cmd("XTRIM").arg(&key).arg("MAXLEN").arg(1).ignore();
+        } else {
+            step.cmd("XDEL").arg(&key).arg(&gone).ignore();
+        }
+        let () = step.query_async(&mut raw(&server).await).await.unwrap();
+        // The read it woke brings what is left; the next read's checks, made before it waits,
+        // are looked at when it is answered: the next update answers it.
+        wait_for(&seen, "what the step left", |seen| {
+            !progress_of(seen, &session).is_empty()
+        })
+        .await;
+        state
+            .update_stroke_progress(&session, &ProgressUpdate::new(0, 3))
+            .await
+            .unwrap();
+        wait_for(&seen, "a resync and a fresh snapshot", |seen| seen.snapshots == 2).await;
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.resyncs.len(), 1, "{deletion}: {:?}", seen.resyncs);
+        let found = if deletion == "XTRIM" { "trimmed" } else { "deleted" };
+        assert!(
+            seen.resyncs[0].contains(&key) && seen.resyncs[0].contains(found),
+            "{deletion}: {}",
+            seen.resyncs[0]
+        );
+        let poses: Vec<i64> = progress_of(&seen, &session)
+            .iter()
+            .map(|entry| entry.pose_idx)
+            .collect();
+        // What the step left went out before the resync (no client could ever read the entry
+        // it deleted); the update after it comes with the fresh snapshot.
+        assert_eq!(poses, [2], "{deletion}");
+        drop(seen);
+        drop(server);
+    }
 }
 
 /// Progress written the Python way (hash, history, pub/sub; no event log) is followed too.

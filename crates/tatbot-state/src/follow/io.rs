@@ -157,32 +157,37 @@ impl StreamInfo {
     ///
     /// Trimming removes the oldest entries, so when any were removed (`entries-added` exceeds
     /// `length`) the removed ones all lie before the first entry still present: if that entry
-    /// is past the cursor, entries after the cursor may be gone. That is exact except when the
-    /// removed entries end precisely at the cursor, where a resync is unneeded but harmless.
-    /// An `XDEL` after the cursor (`max-deleted-entry-id`) is a gap too. A `last-generated-id`
-    /// before the cursor means the stream went back: Redis lost entries we already delivered,
-    /// or the stream was recreated.
-    pub(crate) fn gap_after(&self, key: &str, cursor: EntryId) -> Option<String> {
+    /// is past `since`, entries after `since` may be gone. That is exact except when the
+    /// removed entries end precisely at `since`, where a resync is unneeded but harmless.
+    /// An `XDEL` after `since` (`max-deleted-entry-id`) is a gap too. A `last-generated-id`
+    /// before `cursor` means the stream went back: Redis lost entries we already delivered, or
+    /// the stream was recreated.
+    ///
+    /// `since` is `cursor` when this answer and the read it checks were taken at one moment.
+    /// A follower that checks before it reads passes the cursor from before its last read:
+    /// what was deleted while that read waited is found by the next check (see
+    /// `FollowTask::read_batch`).
+    pub(crate) fn gap_after(&self, key: &str, since: EntryId, cursor: EntryId) -> Option<String> {
         if self.last_generated < cursor {
             return Some(format!(
                 "{key}: the stream went back to {} from {cursor} (data lost by Redis?)",
                 self.last_generated
             ));
         }
-        if self.max_deleted > cursor {
+        if self.max_deleted > since {
             return Some(format!(
-                "{key}: entries after {cursor} were deleted (up to {})",
+                "{key}: entries after {since} were deleted (up to {})",
                 self.max_deleted
             ));
         }
         let removed = self.entries_added.saturating_sub(self.length);
-        let removed_past_cursor = match self.first_entry {
-            Some(first) => first > cursor,
-            None => self.last_generated > cursor,
+        let removed_past_since = match self.first_entry {
+            Some(first) => first > since,
+            None => self.last_generated > since,
         };
-        if removed > 0 && removed_past_cursor {
+        if removed > 0 && removed_past_since {
             return Some(format!(
-                "{key}: entries after {cursor} were trimmed ({removed} removed so far)"
+                "{key}: entries after {since} were trimmed ({removed} removed so far)"
             ));
         }
         None
@@ -1247,25 +1252,49 @@ mod tests {
     /// Trimming past the cursor, a stream that went back, and XDEL are gaps; trimming behind is not.
     #[test]
     fn gap_rules() {
+        let at = |info: &StreamInfo, cursor: &str| info.gap_after("s", id(cursor), id(cursor));
         let untrimmed = info(Some("1-0"), "9-0", 9, 9);
-        assert_eq!(
-            untrimmed.gap_after("s", EntryId::ZERO),
-            None,
-            "replaying a whole stream"
-        );
+        assert_eq!(at(&untrimmed, "0-0"), None, "replaying a whole stream");
         let trimmed = info(Some("5-0"), "9-0", 5, 9);
-        assert_eq!(trimmed.gap_after("s", id("7-0")), None, "trimmed behind the cursor");
-        assert!(trimmed.gap_after("s", id("3-0")).unwrap().contains("trimmed"));
-        assert!(trimmed.gap_after("s", EntryId::ZERO).is_some(), "the start is gone");
+        assert_eq!(at(&trimmed, "7-0"), None, "trimmed behind the cursor");
+        assert!(at(&trimmed, "3-0").unwrap().contains("trimmed"));
+        assert!(at(&trimmed, "0-0").is_some(), "the start is gone");
         let emptied = info(None, "9-0", 0, 9);
-        assert!(emptied.gap_after("s", id("8-0")).is_some());
-        assert_eq!(emptied.gap_after("s", id("9-0")), None);
-        assert!(untrimmed.gap_after("s", id("10-0")).unwrap().contains("went back"));
+        assert!(at(&emptied, "8-0").is_some());
+        assert_eq!(at(&emptied, "9-0"), None);
+        assert!(at(&untrimmed, "10-0").unwrap().contains("went back"));
         let deleted = StreamInfo {
             max_deleted: id("6-0"),
             ..untrimmed
         };
-        assert!(deleted.gap_after("s", id("4-0")).unwrap().contains("deleted"));
+        assert!(at(&deleted, "4-0").unwrap().contains("deleted"));
+    }
+
+    /// Checked from before the last read: what went while it waited is a gap, even past what
+    /// it delivered; going back is measured from what was delivered.
+    #[test]
+    fn gaps_since_the_last_read() {
+        let (since, cursor) = (id("3-0"), id("7-0"));
+        // The read that moved the cursor from 3-0 to 7-0 found 4-0 and 5-0 already trimmed.
+        let trimmed = info(Some("6-0"), "9-0", 4, 9);
+        assert!(
+            trimmed
+                .gap_after("s", since, cursor)
+                .unwrap()
+                .contains("after 3-0 were trimmed")
+        );
+        assert_eq!(
+            trimmed.gap_after("s", cursor, cursor),
+            None,
+            "checked from the cursor, it is missed"
+        );
+        let deleted = StreamInfo {
+            max_deleted: id("5-0"),
+            ..info(Some("1-0"), "9-0", 8, 9)
+        };
+        assert!(deleted.gap_after("s", since, cursor).unwrap().contains("deleted"));
+        let back = info(Some("1-0"), "5-0", 5, 5);
+        assert!(back.gap_after("s", since, cursor).unwrap().contains("went back"));
     }
 
     /// XINFO STREAM replies parse from RESP3 maps and RESP2 flat arrays alike.

@@ -73,6 +73,10 @@ pub(crate) struct FollowTask {
     /// `None` while disconnected.
     connections: Option<Connections>,
     cursor: Cursor,
+    /// The cursor from before the last read: a read checks the streams before it reads them
+    /// (in the same pipeline), so what was deleted while the read before it waited is looked
+    /// for from here (see [`FollowTask::read_batch`]).
+    checked_from: Cursor,
     /// The last document sent for each session.
     docs: BTreeMap<SessionId, StrokeProgress>,
     /// The last view sent for each node.
@@ -113,6 +117,7 @@ impl FollowTask {
             tx,
             connections: None,
             cursor: Cursor::default(),
+            checked_from: Cursor::default(),
             docs: BTreeMap::new(),
             nodes: BTreeMap::new(),
             robots: BTreeMap::new(),
@@ -193,6 +198,7 @@ impl FollowTask {
                     self.caught_up = false;
                 }
             }
+            self.checked_from = self.cursor.clone();
             *started = true;
         }
         self.check_cursor().await?;
@@ -271,7 +277,9 @@ impl FollowTask {
         self.send(FollowItem::Snapshot(Box::new(snapshot))).await
     }
 
-    /// Fails with a gap when the event log or a tailed history lost entries after the cursor.
+    /// Fails with a gap when the event log or a tailed history lost entries after the cursor,
+    /// or during the last read (reconnecting after a read that delivered entries: its check
+    /// from [`FollowTask::checked_from`] had not run yet).
     async fn check_cursor(&mut self) -> Result<(), Stop> {
         let mut connection = self.connections()?.commands;
         let tracked: Vec<SessionId> = self.cursor.history.keys().cloned().collect();
@@ -285,22 +293,27 @@ impl FollowTask {
             .query_async(&mut connection)
             .await
             .map_err(|err| Error::from_redis("follow check cursor", err))?;
-        self.check_event_log(replies.first())?;
+        self.check_event_log(replies.first(), self.checked_from.events)?;
         for (session_id, reply) in tracked.iter().zip(replies.iter().skip(1)) {
-            self.check_history(session_id, reply)?;
+            self.check_history(session_id, reply, self.checked_from.history(session_id))?;
         }
+        // Nothing is lost up to the cursor: the reads' checks start from it.
+        self.checked_from = self.cursor.clone();
         Ok(())
     }
 
     /// A log of another type is a gap when the cursor is in the log (what it held after the
     /// cursor is gone); from a cursor at the start, the reads leave it out
     /// ([`FollowTask::log_unreadable`]) and the check is made once it is a stream again, or gone.
-    fn check_event_log(&self, reply: Option<&redis::RedisResult<Value>>) -> Result<(), Stop> {
+    ///
+    /// Entries deleted after `since` (at most the cursor) are a gap; see [`io::StreamInfo::gap_after`].
+    fn check_event_log(&self, reply: Option<&redis::RedisResult<Value>>, since: EntryId) -> Result<(), Stop> {
         if io::is_wrong_type(reply) {
             return self.log_lost();
         }
+        let since = since.min(self.cursor.events);
         match reply.and_then(|reply| reply.as_ref().ok()).and_then(io::parse_info) {
-            Some(info) => match info.gap_after(keys::EVENT_LOG, self.cursor.events) {
+            Some(info) => match info.gap_after(keys::EVENT_LOG, since, self.cursor.events) {
                 Some(reason) => Err(Stop::Gap(reason)),
                 None => Ok(()),
             },
@@ -324,19 +337,47 @@ impl FollowTask {
     }
 
     /// A missing history is not a gap: the session was cleared or expired, which the next
-    /// document read reports.
-    fn check_history(&self, session_id: &SessionId, reply: &redis::RedisResult<Value>) -> Result<(), Stop> {
+    /// document read reports. Entries deleted after `since` (the cursor when `None` or later)
+    /// are a gap; see [`io::StreamInfo::gap_after`].
+    fn check_history(
+        &self,
+        session_id: &SessionId,
+        reply: &redis::RedisResult<Value>,
+        since: Option<EntryId>,
+    ) -> Result<(), Stop> {
         let Some(position) = self.cursor.history(session_id) else {
             return Ok(());
         };
+        let since = since.map_or(position, |since| since.min(position));
         let info = reply.as_ref().ok().and_then(io::parse_info);
-        match info.and_then(|info| info.gap_after(&keys::history(session_id), position)) {
+        match info.and_then(|info| info.gap_after(&keys::history(session_id), since, position)) {
             Some(reason) => Err(Stop::Gap(reason)),
             None => Ok(()),
         }
     }
 
-    /// One `XREAD BLOCK` over the event log and every tailed history, then the checks.
+    /// The checks (`XINFO STREAM` of every stream read), then one `XREAD BLOCK` over the event
+    /// log and every tailed history, in one pipeline.
+    ///
+    /// The checks run before the read, so Redis answers them at once and the answer the read
+    /// waits for carries the entries alone: checked after the read, they made the follow's
+    /// latency about 20 us worse at the median and 50 us at p99 (issue #18, docs/PERFORMANCE.md).
+    /// Each check looks for entries deleted since the cursor from before the *previous* read
+    /// ([`FollowTask::checked_from`]), so what was deleted during a read is found by the next
+    /// read's checks at the latest:
+    /// - what was deleted before a read's checks is found by them, before its entries go out;
+    /// - a read that waits is answered right after the command, script or transaction that
+    ///   wrote what it waits for, so the only entries past the cursor it can miss are ones that
+    ///   same step both wrote and deleted (an `XADD` and an `XTRIM` in one `MULTI`), which no
+    ///   client could ever read;
+    /// - a read that finds its data at once runs right after its checks, unless the pipeline
+    ///   reached Redis in two parts (over a network, with many streams) and another client's
+    ///   command ran in between; and on Redis before 7.2 a trim or an `XDEL` can come between
+    ///   the blocking read and the re-read below.
+    ///
+    /// In those three cases the entries read go out first, and the resync comes when the next
+    /// read is answered (at the next entry, or at the end of its block, 1 s by default); a
+    /// follower resumed from the cursor of such an entry before that does not report the gap.
     ///
     /// When caught up, on a server before Redis 7.2, an `XREAD` of the event log without
     /// `BLOCK` is pipelined behind the blocking one: such a server answers a blocked read with
@@ -345,7 +386,7 @@ impl FollowTask {
     /// would otherwise take a second round trip. The second read runs after the first is
     /// answered (other clients' commands may run in between) from the same id, so its entries
     /// of the log are a superset of the first's unless a trim or an `XDEL` came in between,
-    /// which the `XINFO` checks after both find; the two are merged. (Reading every stream again
+    /// which the next read's checks find; the two are merged. (Reading every stream again
     /// doubled the data of each read and made the follow's median latency 20 to 35 us worse.)
     async fn read_batch(&mut self) -> Result<(), Stop> {
         let connections = self.connections()?;
@@ -371,9 +412,33 @@ impl FollowTask {
         stream_keys.extend(history_keys.iter().map(String::as_str));
         ids.extend(tracked.iter().map(|(_, id)| id.to_string()));
         let block_ms = u64::try_from(self.config.block.as_millis()).unwrap_or(u64::MAX).max(1);
+        // The cursor this read starts from: the next read's checks start from it.
+        let before = self.cursor.clone();
 
+        // The checks go first: Redis answers them at once, while the read waits for data, so
+        // the answer that wakes the read carries the entries alone. Every read checks the event
+        // log, read or not: it tells when the log is back. A stream whose last `XINFO STREAM`
+        // was over the bound is asked its length instead until its pause ends: that still tells
+        // another type, but not trims and deletions.
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let now = Instant::now();
+        let info_keys: Vec<&str> = std::iter::once(keys::EVENT_LOG)
+            .chain(history_keys.iter().map(String::as_str))
+            .collect();
+        // Streams no longer followed are forgotten.
+        self.info_paused.retain(|key, _| info_keys.contains(&key.as_str()));
+        let checked: Vec<bool> = info_keys
+            .iter()
+            .map(|key| self.info_paused.get(*key).is_none_or(|until| now >= *until))
+            .collect();
+        for (key, checked) in info_keys.iter().zip(&checked) {
+            if *checked {
+                pipe.cmd("XINFO").arg("STREAM").arg(*key);
+            } else {
+                pipe.cmd("XLEN").arg(*key);
+            }
+        }
         let mut reads = 0;
         if !stream_keys.is_empty() {
             pipe.cmd("XREAD")
@@ -395,26 +460,6 @@ impl FollowTask {
                 .arg(&ids[0]);
             reads += 1;
         }
-        // Every read checks the event log, read or not: it tells when the log is back. A
-        // stream whose last `XINFO STREAM` was over the bound is asked its length instead until
-        // its pause ends: that still tells another type, but not trims and deletions.
-        let now = Instant::now();
-        let info_keys: Vec<&str> = std::iter::once(keys::EVENT_LOG)
-            .chain(history_keys.iter().map(String::as_str))
-            .collect();
-        // Streams no longer followed are forgotten.
-        self.info_paused.retain(|key, _| info_keys.contains(&key.as_str()));
-        let checked: Vec<bool> = info_keys
-            .iter()
-            .map(|key| self.info_paused.get(*key).is_none_or(|until| now >= *until))
-            .collect();
-        for (key, checked) in info_keys.iter().zip(&checked) {
-            if *checked {
-                pipe.cmd("XINFO").arg("STREAM").arg(*key);
-            } else {
-                pipe.cmd("XLEN").arg(*key);
-            }
-        }
         if reads == 0 {
             // Nothing to block on: wait as a blocked read would, so that polls keep their pace.
             drop(blocking);
@@ -423,7 +468,7 @@ impl FollowTask {
         }
         let packed = pipe.get_packed_pipeline();
         let read = blocking.query(&packed, pipe.len());
-        let mut replies: Vec<redis::RedisResult<Value>> = tokio::time::timeout(connections.blocking_timeout, read)
+        let mut infos: Vec<redis::RedisResult<Value>> = tokio::time::timeout(connections.blocking_timeout, read)
             .await
             .unwrap_or_else(|_| Err(direct::timed_out("follow read")))
             .map_err(|err| Error::from_redis("follow read", err))?
@@ -431,17 +476,17 @@ impl FollowTask {
             .map(Value::extract_error)
             .collect();
         drop(blocking);
-        let commands = history_keys.len() + 1 + reads;
-        if replies.len() != commands {
+        let commands = info_keys.len() + reads;
+        if infos.len() != commands {
             return Err(Stop::Redis(Error::UnexpectedReply {
                 operation: "follow read",
-                detail: format!("{} replies for {commands} commands", replies.len()),
+                detail: format!("{} replies for {commands} commands", infos.len()),
             }));
         }
-        let infos = replies.split_off(reads);
+        let replies = infos.split_off(info_keys.len());
         // Another client stored something else under the event log: read without it from now
-        // on, and say so; once it is a stream again, or gone, read it again (the check below
-        // then finds any gap).
+        // on, and say so; once it is a stream again, or gone, read it again (the next read's
+        // check then finds any gap).
         let log_wrong_type = io::is_wrong_type(infos.first());
         if log_wrong_type != self.log_unreadable {
             self.log_unreadable = log_wrong_type;
@@ -494,24 +539,39 @@ impl FollowTask {
         for reply in replies {
             match reply {
                 Ok(value) => read.extend(io::parse_xread(&value)),
+                // A key became another type between the checks and the read: the next checks
+                // say which.
+                Err(err) if decode::is_wrong_type(&err) => {
+                    tracing::debug!("a followed key changed type between the checks and the read; reading again");
+                    return Ok(());
+                }
                 Err(err) => return Err(Stop::Redis(Error::from_redis("follow read", err))),
             }
         }
 
-        // Checked against the cursor from before this batch: see `StreamInfo::gap_after`.
+        // From the cursor before the last read, so that what was deleted while it waited (in
+        // the step that woke it) is found too: see `StreamInfo::gap_after`.
         if checked[0] {
-            self.check_event_log(infos.first())?;
+            self.check_event_log(infos.first(), self.checked_from.events)?;
         }
         for (((session_id, _), reply), checked) in tracked.iter().zip(infos.iter().skip(1)).zip(&checked[1..]) {
             if *checked {
-                self.check_history(session_id, reply)?;
+                self.check_history(session_id, reply, self.checked_from.history(session_id))?;
             }
         }
+        self.checked_from = before;
 
         let mut read = io::merge_reads(read);
         let log_entries = read.remove(keys::EVENT_LOG).unwrap_or_default();
         let mut history = read;
-        self.check_paused(&tracked, &checked, &log_entries, &history)?;
+        // A stream whose answer was over the bound is asked its length alone by the next read,
+        // so what this read's wait deleted is told only by this read's size, as for a paused one.
+        let covered: Vec<bool> = checked
+            .iter()
+            .zip(&oversized)
+            .map(|(checked, oversized)| *checked && oversized.is_none())
+            .collect();
+        self.check_paused(&tracked, &covered, &log_entries, &history)?;
         self.caught_up = log_entries.len() < self.config.batch;
         for (session_id, _) in &tracked {
             if let Some(entries) = history.remove(&keys::history(session_id)) {
@@ -707,7 +767,9 @@ impl FollowTask {
                 None => Vec::new(),
             };
             if let Some(reply) = replies.get(1) {
-                self.check_history(session_id, reply)?;
+                // From before the last read too: the session may stop being tailed after this
+                // drain, before a read's checks would look back at that read's wait.
+                self.check_history(session_id, reply, self.checked_from.history(session_id))?;
             }
             self.deliver_history(session_id, &entries).await?;
             if entries.len() < self.config.batch {
