@@ -31,6 +31,32 @@ fn start(state: &StateManager, scope: Scope, resume: Option<Cursor>) -> Follower
     state.follow_with(scope, resume, quick(), &CancellationToken::new())
 }
 
+/// A block and a poll longer than any test: a follower's read ends only when an entry comes.
+fn waiting() -> FollowConfig {
+    FollowConfig {
+        block: Duration::from_secs(60),
+        poll_interval: Duration::from_secs(60),
+        ..quick()
+    }
+}
+
+/// A started session with one history entry (pose 0), so that a follower tails it.
+async fn tailed_session(state: &StateManager) -> SessionId {
+    let session = state
+        .start_stroke_session(&SessionPlan {
+            total_strokes: 1,
+            stroke_length: 20,
+            scene: "scene".into(),
+        })
+        .await
+        .unwrap();
+    state
+        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
+        .await
+        .unwrap();
+    session
+}
+
 /// Everything a follower delivered, folded.
 #[derive(Default)]
 struct Seen {
@@ -264,12 +290,7 @@ fn a_client_is_blocked(server: &RedisServer) -> bool {
 async fn one_read_per_progress_update() {
     const UPDATES: u32 = 20;
     let (server, state) = setup("hog").await;
-    let config = FollowConfig {
-        block: Duration::from_secs(60),
-        poll_interval: Duration::from_secs(60),
-        ..quick()
-    };
-    let seen = collect(state.follow_with(Scope::All, None, config, &CancellationToken::new()));
+    let seen = collect(state.follow_with(Scope::All, None, waiting(), &CancellationToken::new()));
     wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
     let session = state
         .start_stroke_session(&SessionPlan {
@@ -386,18 +407,7 @@ async fn trimmed_event_log_resyncs() {
 #[tokio::test]
 async fn trimmed_history_resyncs() {
     let (server, state) = setup("hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 20,
-            scene: "scene".into(),
-        })
-        .await
-        .unwrap();
-    state
-        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
-        .await
-        .unwrap();
+    let session = tailed_session(&state).await;
     let old = state.snapshot(&Scope::All, &quick()).await.unwrap().cursor;
     assert!(old.history(&session).is_some());
     for pose in 1..5 {
@@ -441,24 +451,8 @@ async fn last_id(server: &RedisServer, key: &str) -> String {
 #[tokio::test]
 async fn a_gap_found_by_a_reads_checks_comes_before_its_entries() {
     let (server, state) = setup("hog").await;
-    let session = state
-        .start_stroke_session(&SessionPlan {
-            total_strokes: 1,
-            stroke_length: 20,
-            scene: "scene".into(),
-        })
-        .await
-        .unwrap();
-    state
-        .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
-        .await
-        .unwrap();
-    let config = FollowConfig {
-        batch: 2,
-        block: Duration::from_secs(60),
-        poll_interval: Duration::from_secs(60),
-        ..quick()
-    };
+    let session = tailed_session(&state).await;
+    let config = FollowConfig { batch: 2, ..waiting() };
     let shutdown = CancellationToken::new();
     let mut follower = state.follow_with(Scope::Session(session.clone()), None, config, &shutdown);
     assert!(matches!(next_item(&mut follower).await, FollowItem::Snapshot(_)));
@@ -519,25 +513,9 @@ async fn a_gap_found_by_a_reads_checks_comes_before_its_entries() {
 async fn a_gap_made_by_the_step_that_wakes_a_read_resyncs() {
     for deletion in ["XTRIM", "XDEL"] {
         let (server, state) = setup("hog").await;
-        let session = state
-            .start_stroke_session(&SessionPlan {
-                total_strokes: 1,
-                stroke_length: 20,
-                scene: "scene".into(),
-            })
-            .await
-            .unwrap();
-        state
-            .update_stroke_progress(&session, &ProgressUpdate::new(0, 0))
-            .await
-            .unwrap();
+        let session = tailed_session(&state).await;
         // Neither the block nor a poll ends the wait before the step comes.
-        let config = FollowConfig {
-            block: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(60),
-            ..quick()
-        };
-        let seen = collect(state.follow_with(Scope::All, None, config, &CancellationToken::new()));
+        let seen = collect(state.follow_with(Scope::All, None, waiting(), &CancellationToken::new()));
         wait_for(&seen, "the snapshot", |seen| seen.snapshots == 1).await;
         assert!(
             eventually(LIMIT, || async { a_client_is_blocked(&server) }).await,

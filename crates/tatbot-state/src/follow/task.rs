@@ -293,9 +293,9 @@ impl FollowTask {
             .query_async(&mut connection)
             .await
             .map_err(|err| Error::from_redis("follow check cursor", err))?;
-        self.check_event_log(replies.first(), self.checked_from.events)?;
+        self.check_event_log(replies.first())?;
         for (session_id, reply) in tracked.iter().zip(replies.iter().skip(1)) {
-            self.check_history(session_id, reply, self.checked_from.history(session_id))?;
+            self.check_history(session_id, reply)?;
         }
         // Nothing is lost up to the cursor: the reads' checks start from it.
         self.checked_from = self.cursor.clone();
@@ -306,12 +306,12 @@ impl FollowTask {
     /// cursor is gone); from a cursor at the start, the reads leave it out
     /// ([`FollowTask::log_unreadable`]) and the check is made once it is a stream again, or gone.
     ///
-    /// Entries deleted after `since` (at most the cursor) are a gap; see [`io::StreamInfo::gap_after`].
-    fn check_event_log(&self, reply: Option<&redis::RedisResult<Value>>, since: EntryId) -> Result<(), Stop> {
+    /// Entries deleted after [`FollowTask::checked_from`] are a gap; see [`io::StreamInfo::gap_after`].
+    fn check_event_log(&self, reply: Option<&redis::RedisResult<Value>>) -> Result<(), Stop> {
         if io::is_wrong_type(reply) {
             return self.log_lost();
         }
-        let since = since.min(self.cursor.events);
+        let since = self.checked_from.events.min(self.cursor.events);
         match reply.and_then(|reply| reply.as_ref().ok()).and_then(io::parse_info) {
             Some(info) => match info.gap_after(keys::EVENT_LOG, since, self.cursor.events) {
                 Some(reason) => Err(Stop::Gap(reason)),
@@ -337,18 +337,16 @@ impl FollowTask {
     }
 
     /// A missing history is not a gap: the session was cleared or expired, which the next
-    /// document read reports. Entries deleted after `since` (the cursor when `None` or later)
-    /// are a gap; see [`io::StreamInfo::gap_after`].
-    fn check_history(
-        &self,
-        session_id: &SessionId,
-        reply: &redis::RedisResult<Value>,
-        since: Option<EntryId>,
-    ) -> Result<(), Stop> {
+    /// document read reports. Entries deleted after [`FollowTask::checked_from`] (the cursor
+    /// for a session tailed since) are a gap; see [`io::StreamInfo::gap_after`].
+    fn check_history(&self, session_id: &SessionId, reply: &redis::RedisResult<Value>) -> Result<(), Stop> {
         let Some(position) = self.cursor.history(session_id) else {
             return Ok(());
         };
-        let since = since.map_or(position, |since| since.min(position));
+        let since = self
+            .checked_from
+            .history(session_id)
+            .map_or(position, |since| since.min(position));
         let info = reply.as_ref().ok().and_then(io::parse_info);
         match info.and_then(|info| info.gap_after(&keys::history(session_id), since, position)) {
             Some(reason) => Err(Stop::Gap(reason)),
@@ -552,11 +550,11 @@ impl FollowTask {
         // From the cursor before the last read, so that what was deleted while it waited (in
         // the step that woke it) is found too: see `StreamInfo::gap_after`.
         if checked[0] {
-            self.check_event_log(infos.first(), self.checked_from.events)?;
+            self.check_event_log(infos.first())?;
         }
         for (((session_id, _), reply), checked) in tracked.iter().zip(infos.iter().skip(1)).zip(&checked[1..]) {
             if *checked {
-                self.check_history(session_id, reply, self.checked_from.history(session_id))?;
+                self.check_history(session_id, reply)?;
             }
         }
         self.checked_from = before;
@@ -767,9 +765,9 @@ impl FollowTask {
                 None => Vec::new(),
             };
             if let Some(reply) = replies.get(1) {
-                // From before the last read too: the session may stop being tailed after this
-                // drain, before a read's checks would look back at that read's wait.
-                self.check_history(session_id, reply, self.checked_from.history(session_id))?;
+                // From before the last read, as a read's checks: the session may stop being
+                // tailed after this drain, before a read's checks would look back at that wait.
+                self.check_history(session_id, reply)?;
             }
             self.deliver_history(session_id, &entries).await?;
             if entries.len() < self.config.batch {
