@@ -58,6 +58,8 @@ fn quick_json_has_every_figure() {
         assert!(report[key].is_number(), "{key} is {} in\n{report:#}", report[key]);
     }
     assert_eq!(report["server"], "private");
+    // The private server runs the project's config, which keeps an append-only file.
+    assert_eq!(report["redis_aof"], true, "{report:#}");
     assert_eq!(report["failures"], serde_json::json!([]));
     assert_eq!(
         report["mcp_sessions_completed"], report["mcp_sessions_started"],
@@ -118,6 +120,7 @@ fn only_one_section_fills_only_its_figures() {
         "quick",
         "server",
         "redis_version",
+        "redis_aof",
         "machine",
         "sections",
         "notes",
@@ -162,6 +165,9 @@ fn quick_on_a_given_server_cleans_up() {
     let output = run(bin_for(&server), &["bench", "--quick"]);
     assert_code(&output, 0);
     let text = stdout(&output);
+    // The test kit's servers keep no append-only file by default; the header says so.
+    let header = text.lines().next().unwrap_or_default();
+    assert!(header.contains("(AOF off)"), "{header}");
     for row in [
         "awaited update p50",
         "throughput, one producer",

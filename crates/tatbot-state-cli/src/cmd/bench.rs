@@ -507,6 +507,12 @@ async fn sections(
         .await
         .map_err(|err| crate::ctx::connect_error(err, &endpoint.to_string()))?;
     report.redis_version = manager.system_status().await.redis_version;
+    match baseline::aof_enabled(endpoint).await {
+        Ok(aof) => report.redis_aof = Some(aof),
+        Err(err) => report
+            .notes
+            .push(format!("cannot tell whether the server keeps an AOF: {err:#}")),
+    }
     let redis_benchmark = RedisBenchmark::find(endpoint);
     if redis_benchmark.is_none() {
         report

@@ -143,6 +143,27 @@ pub async fn command_time(endpoint: &Endpoint, command: &str) -> anyhow::Result<
     Ok((field("calls"), field("usec")))
 }
 
+/// Whether the server keeps an append-only file (`INFO persistence`, `aof_enabled`). An update
+/// then pays Redis's write of it before its answer and its published message go out; a `PING`
+/// or a plain `PUBLISH` does not (docs/PERFORMANCE.md).
+///
+/// # Errors
+///
+/// Redis could not be reached, refused `INFO`, or its answer has no `aof_enabled`.
+pub async fn aof_enabled(endpoint: &Endpoint) -> anyhow::Result<bool> {
+    let mut connection = link::connect(endpoint, MONITOR_TIMEOUT)
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, "connecting for INFO persistence"))?;
+    let info = link::info(&mut connection, &["persistence"], MONITOR_TIMEOUT)
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, "INFO persistence"))?;
+    match info.get("aof_enabled").map(String::as_str) {
+        Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        other => anyhow::bail!("INFO persistence gave aof_enabled {other:?}, not 0 or 1"),
+    }
+}
+
 /// Runs `work` and gives, with its output, Redis's own time per `EVALSHA` during it
 /// (`INFO commandstats`); `None` when no `EVALSHA` ran or the stats could not be read. On a
 /// given server other clients' calls mix in.

@@ -21,6 +21,9 @@ pub struct Report {
     pub server: &'static str,
     /// The server's version.
     pub redis_version: Option<String>,
+    /// Whether the server keeps an append-only file, which every update writes to before it is
+    /// answered and published (`PING` does not).
+    pub redis_aof: Option<bool>,
     /// Where it ran.
     pub machine: Machine,
     /// The sections that ran (all but failover unless `--only` named some).
@@ -879,7 +882,7 @@ pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let machine = &report.machine;
     out.push_str(&format!(
-        "tatbot-state bench{}: {} redis-server {}, {} CPUs ({}), load {} -> {}\n",
+        "tatbot-state bench{}: {} redis-server {} (AOF {}), {} CPUs ({}), load {} -> {}\n",
         if report.quick {
             " --quick (small counts; figures mean little)"
         } else {
@@ -887,6 +890,11 @@ pub fn render(report: &Report) -> String {
         },
         report.server,
         report.redis_version.as_deref().unwrap_or("?"),
+        match report.redis_aof {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "?",
+        },
         machine.cpus,
         machine.cpu_model.as_deref().unwrap_or("unknown CPU"),
         machine
