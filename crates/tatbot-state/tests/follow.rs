@@ -389,11 +389,7 @@ async fn trimmed_event_log_resyncs() {
     let old = state.snapshot(&Scope::All, &quick()).await.unwrap().cursor;
     state.pause_stroke_session(&session).await.unwrap();
     state.resume_stroke_session(&session).await.unwrap();
-    let _: i64 = raw(&server)
-        .await
-        .xtrim(tatbot_state::keys::EVENT_LOG, redis::streams::StreamMaxlen::Equals(1))
-        .await
-        .unwrap();
+    trim_to_last(&server, tatbot_state::keys::EVENT_LOG).await;
 
     let seen = collect(start(&state, Scope::All, Some(old)));
     wait_for(&seen, "a resync and a snapshot", |seen| seen.snapshots == 1).await;
@@ -417,17 +413,22 @@ async fn trimmed_history_resyncs() {
             .unwrap();
     }
     let key = tatbot_state::keys::history(&session);
-    let _: i64 = raw(&server)
-        .await
-        .xtrim(&key, redis::streams::StreamMaxlen::Equals(1))
-        .await
-        .unwrap();
+    trim_to_last(&server, &key).await;
 
     let seen = collect(start(&state, Scope::All, Some(old)));
     wait_for(&seen, "a resync and a snapshot", |seen| seen.snapshots == 1).await;
     let seen = seen.lock().unwrap();
     assert_eq!(seen.resyncs.len(), 1);
     assert!(seen.resyncs[0].contains(&key), "{}", seen.resyncs[0]);
+}
+
+/// Trims `key` to its last entry.
+async fn trim_to_last(server: &RedisServer, key: &str) {
+    let _: i64 = raw(server)
+        .await
+        .xtrim(key, redis::streams::StreamMaxlen::Equals(1))
+        .await
+        .unwrap();
 }
 
 /// The next item of `follower`, within [`LIMIT`].
@@ -477,11 +478,7 @@ async fn a_gap_found_by_a_reads_checks_comes_before_its_entries() {
     assert_eq!(pose_of(&first), Some(1), "{first:?}");
     // Poses 1 to 3 go: 3 was never delivered. Pose 2 was read already and comes next.
     let key = tatbot_state::keys::history(&session);
-    let _: i64 = raw(&server)
-        .await
-        .xtrim(&key, redis::streams::StreamMaxlen::Equals(1))
-        .await
-        .unwrap();
+    trim_to_last(&server, &key).await;
     let mut items = Vec::new();
     loop {
         let item = next_item(&mut follower).await;

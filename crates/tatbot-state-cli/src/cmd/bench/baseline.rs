@@ -7,6 +7,7 @@
 //! with microsecond resolution. It takes the password only as `-a`, so with a password it
 //! briefly shows on its command line, as it would if an operator ran it by hand.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -116,6 +117,20 @@ fn parse_csv_line(line: &str) -> Option<Run> {
     })
 }
 
+/// One `INFO` section's fields, on a connection of its own.
+///
+/// # Errors
+///
+/// Redis could not be reached, or refused `INFO`.
+async fn info(endpoint: &Endpoint, section: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut connection = link::connect(endpoint, MONITOR_TIMEOUT)
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, &format!("connecting for INFO {section}")))?;
+    link::info(&mut connection, &[section], MONITOR_TIMEOUT)
+        .await
+        .map_err(|err| link::to_error(&err, endpoint, &format!("INFO {section}")))
+}
+
 /// Calls and total server time of one command so far, from `INFO commandstats`; zeros when
 /// the command has not run yet.
 ///
@@ -123,12 +138,7 @@ fn parse_csv_line(line: &str) -> Option<Run> {
 ///
 /// Redis could not be reached, or refused `INFO`.
 pub async fn command_time(endpoint: &Endpoint, command: &str) -> anyhow::Result<(u64, u64)> {
-    let mut connection = link::connect(endpoint, MONITOR_TIMEOUT)
-        .await
-        .map_err(|err| link::to_error(&err, endpoint, "connecting for INFO commandstats"))?;
-    let info = link::info(&mut connection, &["commandstats"], MONITOR_TIMEOUT)
-        .await
-        .map_err(|err| link::to_error(&err, endpoint, "INFO commandstats"))?;
+    let info = info(endpoint, "commandstats").await?;
     let Some(stats) = info.get(&format!("cmdstat_{command}")) else {
         return Ok((0, 0));
     };
@@ -151,12 +161,7 @@ pub async fn command_time(endpoint: &Endpoint, command: &str) -> anyhow::Result<
 ///
 /// Redis could not be reached, refused `INFO`, or its answer has no `aof_enabled`.
 pub async fn aof_enabled(endpoint: &Endpoint) -> anyhow::Result<bool> {
-    let mut connection = link::connect(endpoint, MONITOR_TIMEOUT)
-        .await
-        .map_err(|err| link::to_error(&err, endpoint, "connecting for INFO persistence"))?;
-    let info = link::info(&mut connection, &["persistence"], MONITOR_TIMEOUT)
-        .await
-        .map_err(|err| link::to_error(&err, endpoint, "INFO persistence"))?;
+    let info = info(endpoint, "persistence").await?;
     match info.get("aof_enabled").map(String::as_str) {
         Some("1") => Ok(true),
         Some("0") => Ok(false),
