@@ -67,6 +67,41 @@ fn quick_json_has_every_figure() {
     );
 }
 
+/// A user that may not run `INFO`: the bench cannot tell whether the server keeps an AOF, says
+/// so in one note naming the refusal, and still runs.
+#[test]
+fn a_server_that_refuses_info_gets_a_note_not_a_guess() {
+    let server = RedisServer::start();
+    server
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "bench_no_info",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-info",
+        ])
+        .expect("ACL SETUSER");
+    let url = format!("redis://bench_no_info:pw@{}:{}", server.host(), server.port());
+    let output = run(
+        bin(),
+        &["bench", "--quick", "--json", "--only", "status", "--redis", &url],
+    );
+    assert_code(&output, 0);
+    let report = json(&output);
+    assert!(report["redis_aof"].is_null(), "{report:#}");
+    let notes = report["notes"].as_array().expect("notes");
+    let note = notes
+        .iter()
+        .filter_map(|note| note.as_str())
+        .find(|note| note.starts_with("cannot tell whether the server keeps an AOF: INFO persistence"))
+        .unwrap_or_else(|| panic!("no AOF note in {report:#}"));
+    assert!(note.contains("no permissions to run the 'info' command"), "{note}");
+}
+
 /// `--only` runs the named sections: their figures are numbers, the others' null, and the
 /// table has only their rows.
 #[test]
