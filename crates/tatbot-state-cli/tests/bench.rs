@@ -13,17 +13,19 @@ use tatbot_state_testkit::RedisServer;
 use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stderr, stdout};
 
 /// The keys issues #7, #17 and #18 require in `--json`, all numbers.
-const REQUIRED: [&str; 22] = [
+const REQUIRED: [&str; 24] = [
     "ping_rtt_p50_us",
     "ping_rtt_p99_us",
     "update_awaited_p50_us",
     "update_awaited_p99_us",
+    "plain_update_p50_us",
     "throughput_updates_per_s",
     "pipelined_limit_per_s",
     "producer_call_p99_us_up",
     "producer_call_p99_us_paused",
     "producer_call_p99_us_down",
     "e2e_ping_p99_us",
+    "e2e_plain_ping_p99_us",
     "e2e_pubsub_p99_us",
     "e2e_follow_p99_us",
     "status_1000_nodes_10000_sessions_ms",
@@ -176,7 +178,7 @@ fn only_one_section_fills_only_its_figures() {
             );
         }
     }
-    assert_eq!(e2e, 16, "{report:#}");
+    assert_eq!(e2e, 18, "{report:#}");
     for key in [
         "ping_rtt_p99_us",
         "throughput_updates_per_s",

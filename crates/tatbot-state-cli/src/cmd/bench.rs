@@ -5,16 +5,19 @@
 //! figure says little; a ratio against the server's own raw speed, measured minutes apart on
 //! the same server, says whether our code adds cost. The sections:
 //!
-//! 1. Awaited progress update latency against `PING` on the same connection (interleaved),
-//!    against `redis-benchmark -c 1 -P 1 PING`, and against `redis-benchmark -c 1 -P 1` of the
-//!    very command an update sends, run after each of five rounds of the updates.
+//! 1. Awaited progress update latency against the manager's `PING` (interleaved), against
+//!    `redis-benchmark -c 1 -P 1 PING`, against `redis-benchmark -c 1 -P 1` of the very command
+//!    an update sends, run after each of five rounds of the updates, and against the same
+//!    command from a plain blocking client, interleaved and timed exactly
+//!    ([`baseline::PlainClient`]; `redis-benchmark`'s percentiles are 8 us buckets).
 //! 2. Sustained updates per second through one [`tatbot_state::Producer`], against
 //!    `redis-benchmark -c 1 -P 32` running the very command an update sends (captured with
 //!    `MONITOR`), the reference `EVAL` (HSET + XADD + PUBLISH) and `PING`.
 //! 3. The time a producer call takes with Redis up, frozen (SIGSTOP, private server only) and
 //!    down (nothing listening).
 //! 4. Producer-to-subscriber latency at 1 kHz through pub/sub and through the follow API,
-//!    against `PING` at the same pace and a plain `PUBLISH` to `SUBSCRIBE`, in five rounds.
+//!    against a plain client's `PING` at the same pace (the manager's beside it) and a plain
+//!    `PUBLISH` to `SUBSCRIBE`, in five rounds.
 //! 5. `status` and all-nodes health over 100 to 10,000 sessions ([`scale`]).
 //! 6. Peak memory of `mcp --transport http` and `viz` with 100 clients ([`memory`]).
 //! 7. Record and replay throughput of one session's history: Redis to MCAP and back
@@ -403,7 +406,7 @@ fn section<T>(report: &mut Report, name: &str, result: anyhow::Result<T>) -> Opt
 const E2E_ROUNDS: usize = 5;
 
 /// Section 4 in [`E2E_ROUNDS`] rounds, each measuring every path in turn on `plan.e2e /
-/// E2E_ROUNDS` updates: the paced `PING` baseline, plain pub/sub, the producer's pub/sub with
+/// E2E_ROUNDS` updates: the paced `PING` baselines (the manager's, a plain client's), plain pub/sub, the producer's pub/sub with
 /// each wake policy, and the follow API. A path that fails is reported once and left out of
 /// the later rounds.
 async fn end_to_end_rounds(
@@ -420,8 +423,8 @@ async fn end_to_end_rounds(
         ("pub/sub latency, polled wake", Path::PubSub, Wake::Poll(POLL_INTERVAL)),
         ("follow latency", Path::Follow, Wake::default()),
     ];
-    // The PING baseline, plain pub/sub, then the producer's paths in the order above.
-    let mut totals: [Option<EndToEnd>; 6] = Default::default();
+    // The two PING baselines, plain pub/sub, then the producer's paths in the order above.
+    let mut totals: [Option<EndToEnd>; 7] = Default::default();
     totals.iter_mut().for_each(|total| *total = Some(EndToEnd::default()));
     let add = |report: &mut Report, name: &str, total: &mut Option<EndToEnd>, round: anyhow::Result<EndToEnd>| {
         if let Some(sum) = total {
@@ -443,12 +446,20 @@ async fn end_to_end_rounds(
         if totals[1].is_some() {
             add(
                 report,
-                "raw pub/sub latency",
+                "paced plain PING",
                 &mut totals[1],
+                measure::paced_plain_pings(endpoint, per_round).await,
+            );
+        }
+        if totals[2].is_some() {
+            add(
+                report,
+                "raw pub/sub latency",
+                &mut totals[2],
                 measure::raw_pubsub(endpoint, per_round).await,
             );
         }
-        for ((name, path, wake), total) in producer_paths.iter().zip(&mut totals[2..]) {
+        for ((name, path, wake), total) in producer_paths.iter().zip(&mut totals[3..]) {
             if total.is_some() {
                 let round = measure::end_to_end(manager, per_round, *path, *wake, shutdown).await;
                 add(report, name, total, round);
@@ -456,7 +467,7 @@ async fn end_to_end_rounds(
         }
     }
     let mut figures = E2eFigures::default();
-    let [ping, raw, pubsub, immediate, polled, follow] = &mut totals;
+    let [ping, plain_ping, raw, pubsub, immediate, polled, follow] = &mut totals;
     let percentiles = |total: &mut Option<EndToEnd>| match total {
         Some(total) => (
             total.samples.percentile_us(0.5),
@@ -466,6 +477,7 @@ async fn end_to_end_rounds(
         None => (None, None, None),
     };
     (figures.e2e_ping_p50_us, figures.e2e_ping_p99_us, _) = percentiles(ping);
+    (figures.e2e_plain_ping_p50_us, figures.e2e_plain_ping_p99_us, _) = percentiles(plain_ping);
     (figures.e2e_raw_publish_p50_us, figures.e2e_raw_publish_p99_us, _) = percentiles(raw);
     (
         figures.e2e_pubsub_p50_us,
@@ -523,20 +535,20 @@ async fn sections(
     let session = measure::start_session(&manager).await?;
     let mut sessions = vec![session.clone()];
 
-    // The command an update sends, for redis-benchmark to repeat in sections 1 and 2.
-    let command = match &redis_benchmark {
-        Some(_) if plan.runs(Section::Awaited) || plan.runs(Section::Throughput) => {
-            match measure::capture_update(endpoint, &manager, &session).await {
-                Ok(command) => Some(command),
-                Err(err) => {
-                    report.notes.push(format!(
-                        "could not capture the update command with MONITOR ({err:#}): no same-work baseline"
-                    ));
-                    None
-                }
+    // The command an update sends, for redis-benchmark and a plain client to repeat in
+    // sections 1 and 2.
+    let command = if plan.runs(Section::Awaited) || plan.runs(Section::Throughput) {
+        match measure::capture_update(endpoint, &manager, &session).await {
+            Ok(command) => Some(command),
+            Err(err) => {
+                report.notes.push(format!(
+                    "could not capture the update command with MONITOR ({err:#}): no same-work baseline"
+                ));
+                None
             }
         }
-        _ => None,
+    } else {
+        None
     };
 
     if plan.runs(Section::Awaited) {
@@ -546,6 +558,18 @@ async fn sections(
         // that both are measured in the same stretch of the machine's weather: measured minutes
         // apart, either p50 moved by up to a quarter between runs.
         let mut awaited = measure::Awaited::with_capacity(plan.awaited);
+        // The plain client repeats the command on a session of its own: on the manager's, each
+        // would find the document the other stored, and the script would merge it every time.
+        let mut plain = None;
+        if command.is_some() {
+            let own = measure::start_session(&manager).await?;
+            sessions.push(own.clone());
+            let client = async {
+                let command = measure::capture_update(endpoint, &manager, &own).await?;
+                baseline::PlainClient::connect(endpoint, &command).await
+            };
+            plain = section(report, "plain client", client.await);
+        }
         let (mut per_call, mut floors, mut complete) = (Vec::new(), Vec::new(), true);
         for _ in 0..AWAITED_ROUNDS {
             let round = measure::awaited(
@@ -553,6 +577,7 @@ async fn sections(
                 &session,
                 plan.warmup,
                 plan.awaited / AWAITED_ROUNDS,
+                plain.as_mut(),
                 &mut awaited,
             );
             // Other clients' EVALSHAs on a given server mix in; on the private one only ours run.
@@ -574,6 +599,7 @@ async fn sections(
             figures.update_awaited_p99_us = awaited.update.percentile_us(0.99);
             figures.update_awaited_p50_us_waiting = awaited.update_waiting.percentile_us(0.5);
             figures.redis_benchmark_update_p50_us = median(&floors);
+            figures.plain_update_p50_us = awaited.plain.percentile_us(0.5);
             figures.server_update_us = median(&per_call);
         }
         if let Some(tool) = &redis_benchmark {
@@ -679,7 +705,7 @@ async fn sections(
 
     if plan.runs(Section::E2e) {
         progress(
-            "4/8 producer to subscriber at 1 kHz, in rounds: PING, plain pub/sub, the producer's pub/sub, the follow API",
+            "4/8 producer to subscriber at 1 kHz, in rounds: PING (manager, plain client), plain pub/sub, the producer's pub/sub, the follow API",
         );
         report.e2e = end_to_end_rounds(&manager, endpoint, plan, report, shutdown).await;
     }

@@ -20,7 +20,7 @@ use tatbot_state::{
 use tokio::time::MissedTickBehavior;
 
 use crate::cmd::bench::Plan;
-use crate::cmd::bench::baseline;
+use crate::cmd::bench::baseline::{self, PlainClient};
 use crate::cmd::bench::recording;
 use crate::cmd::bench::stats::Samples;
 use crate::cmd::server::link;
@@ -51,6 +51,8 @@ pub struct Awaited {
     pub update: Samples,
     /// The same through a manager with `reply_spin` zero.
     pub update_waiting: Samples,
+    /// The update's command from a plain blocking client ([`PlainClient`]).
+    pub plain: Samples,
 }
 
 /// Producer call times (section 3) in the three conditions.
@@ -130,12 +132,14 @@ impl Awaited {
             ping: Samples::with_capacity(count),
             update: Samples::with_capacity(count),
             update_waiting: Samples::with_capacity(count),
+            plain: Samples::with_capacity(count),
         }
     }
 }
 
 /// One round of section 1: `count` awaited updates and `count` `PING`s, alternating, after
-/// `warmup` of each, added to `into`.
+/// `warmup` of each, added to `into`; with `plain`, the same command from the plain client
+/// takes its turn too, so that both see the machine's same moments.
 ///
 /// # Errors
 ///
@@ -145,6 +149,7 @@ pub async fn awaited(
     session: &SessionId,
     warmup: usize,
     count: usize,
+    mut plain: Option<&mut PlainClient>,
     into: &mut Awaited,
 ) -> anyhow::Result<()> {
     let waiting = StateManager::connect(ManagerConfig {
@@ -167,10 +172,17 @@ pub async fn awaited(
         let ping = manager.ping().await.context("PING")?;
         let took = timed(manager, session, index).await?;
         let took_waiting = timed(&waiting, &waiting_session, index).await?;
+        let took_plain = match plain.as_deref_mut() {
+            Some(plain) => Some(tokio::task::block_in_place(|| plain.time_one())?),
+            None => None,
+        };
         if index >= warmup {
             into.ping.push(ping);
             into.update.push(took);
             into.update_waiting.push(took_waiting);
+            if let Some(took) = took_plain {
+                into.plain.push(took);
+            }
         }
     }
     let _ = waiting.clear_session_data(&waiting_session).await;
@@ -532,6 +544,26 @@ pub async fn paced_pings(manager: &StateManager, count: usize) -> anyhow::Result
     for _ in 0..count {
         ticker.tick().await;
         samples.push(manager.ping().await.context("PING")?);
+    }
+    Ok(EndToEnd { samples, missed: 0 })
+}
+
+/// Section 4's floor: `count` `PING`s from a plain blocking client ([`PlainClient`]), one per
+/// [`CALL_TICK`], each timed. The manager's `PING` goes through its shared connection's driver
+/// task, two hand-offs between threads that a delivered update does not make, and took about
+/// twice as long (docs/PERFORMANCE.md): a round trip to Redis is this one.
+///
+/// # Errors
+///
+/// Redis could not be reached or failed a `PING`.
+pub async fn paced_plain_pings(endpoint: &Endpoint, count: usize) -> anyhow::Result<EndToEnd> {
+    let mut plain = PlainClient::connect(endpoint, &["PING".to_owned()]).await?;
+    let mut samples = Samples::with_capacity(count);
+    let mut ticker = tokio::time::interval(CALL_TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    for _ in 0..count {
+        ticker.tick().await;
+        samples.push(tokio::task::block_in_place(|| plain.time_one())?);
     }
     Ok(EndToEnd { samples, missed: 0 })
 }

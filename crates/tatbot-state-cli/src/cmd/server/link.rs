@@ -82,7 +82,7 @@ pub fn one_line(err: &RedisError) -> String {
 }
 
 /// Connection details for the driver; credentials only when `authenticate` is set.
-fn connection_info(endpoint: &Endpoint, authenticate: bool) -> Result<redis::ConnectionInfo, RedisError> {
+pub fn connection_info(endpoint: &Endpoint, authenticate: bool) -> Result<redis::ConnectionInfo, RedisError> {
     let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
     if authenticate {
         if let Some(username) = &endpoint.username {
