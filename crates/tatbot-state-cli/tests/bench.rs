@@ -104,6 +104,45 @@ fn a_server_that_refuses_info_gets_a_note_not_a_guess() {
     assert!(note.contains("no permissions to run the 'info' command"), "{note}");
 }
 
+/// A user that may not run `MONITOR`: the update command cannot be captured, so the
+/// same-command baselines are null with one note saying why, and the awaited updates are still
+/// measured.
+#[test]
+fn a_server_that_refuses_monitor_keeps_the_awaited_figures() {
+    let server = RedisServer::start();
+    server
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "bench_no_monitor",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-monitor",
+        ])
+        .expect("ACL SETUSER");
+    let url = format!("redis://bench_no_monitor:pw@{}:{}", server.host(), server.port());
+    let output = run(
+        bin(),
+        &["bench", "--quick", "--json", "--only", "awaited", "--redis", &url],
+    );
+    assert_code(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["failures"], serde_json::json!([]), "{report:#}");
+    assert!(report["update_awaited_p50_us"].is_number(), "{report:#}");
+    assert!(report["plain_update_p50_us"].is_null(), "{report:#}");
+    assert!(report["redis_benchmark_update_p50_us"].is_null(), "{report:#}");
+    let notes = report["notes"].as_array().expect("notes");
+    let note = notes
+        .iter()
+        .filter_map(|note| note.as_str())
+        .find(|note| note.starts_with("could not capture the update command with MONITOR"))
+        .unwrap_or_else(|| panic!("no MONITOR note in {report:#}"));
+    assert!(note.contains("monitor"), "{note}");
+}
+
 /// `--only` runs the named sections: their figures are numbers, the others' null, and the
 /// table has only their rows.
 #[test]

@@ -83,7 +83,7 @@ pub struct AwaitedFigures {
     /// awaited update.
     pub redis_benchmark_update_p50_us: Option<f64>,
     /// The update command sent one at a time by a plain blocking client in this process,
-    /// after each round's `redis-benchmark`: the p50 of all rounds' samples, timed to the
+    /// interleaved with the awaited updates: the p50 of all rounds' samples, timed to the
     /// nanosecond where `redis-benchmark` reports 8 us buckets.
     pub plain_update_p50_us: Option<f64>,
     /// `redis-benchmark -c 1 -P 1 PING`.
@@ -442,7 +442,7 @@ impl AwaitedFigures {
             },
             Row {
                 section: Section::Awaited,
-                name: "  same client vs redis-benchmark".to_owned(),
+                name: "  manager's PING vs redis-benchmark".to_owned(),
                 value: format!("PING p50 {}", show(self.ping_rtt_p50_us, "us", 0)),
                 baseline: format!(
                     "redis-benchmark -P 1 {}",
