@@ -564,8 +564,9 @@ pub async fn paced_pings(manager: &StateManager, count: usize) -> anyhow::Result
 
 /// Section 4's floor: `count` `PING`s from a plain blocking client ([`PlainClient`]), one per
 /// [`CALL_TICK`], each timed. The manager's `PING` goes through its shared connection's driver
-/// task, two hand-offs between threads that a delivered update does not make, and took about
-/// 1.5x as long at p99 (twice at p50; docs/PERFORMANCE.md): a round trip to Redis is this one.
+/// task, two hand-offs between threads that a delivered update does not make, and took 1.3x
+/// to 1.8x as long at p99 (twice at p50; docs/PERFORMANCE.md): a round trip to Redis is this
+/// one.
 ///
 /// # Errors
 ///
