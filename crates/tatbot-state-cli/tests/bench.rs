@@ -69,38 +69,41 @@ fn quick_json_has_every_figure() {
     );
 }
 
+/// `bench --quick --json --only SECTION` on a server of its own, as a user that may run every
+/// command but `denied`: it exits 0; its report.
+fn bench_as_user_denied(denied: &str, section: &str) -> serde_json::Value {
+    let server = RedisServer::start();
+    let user = format!("bench_no_{denied}");
+    let minus = format!("-{denied}");
+    server
+        .command(&["ACL", "SETUSER", &user, "on", ">pw", "~*", "&*", "+@all", &minus])
+        .expect("ACL SETUSER");
+    let url = format!("redis://{user}:pw@{}:{}", server.host(), server.port());
+    let output = run(
+        bin(),
+        &["bench", "--quick", "--json", "--only", section, "--redis", &url],
+    );
+    assert_code(&output, 0);
+    json(&output)
+}
+
+/// The report's note that starts with `prefix`.
+fn note_starting<'a>(report: &'a serde_json::Value, prefix: &str) -> &'a str {
+    let notes = report["notes"].as_array().expect("notes");
+    notes
+        .iter()
+        .filter_map(|note| note.as_str())
+        .find(|note| note.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no note starting {prefix:?} in {report:#}"))
+}
+
 /// A user that may not run `INFO`: the bench cannot tell whether the server keeps an AOF, says
 /// so in one note naming the refusal, and still runs.
 #[test]
 fn a_server_that_refuses_info_gets_a_note_not_a_guess() {
-    let server = RedisServer::start();
-    server
-        .command(&[
-            "ACL",
-            "SETUSER",
-            "bench_no_info",
-            "on",
-            ">pw",
-            "~*",
-            "&*",
-            "+@all",
-            "-info",
-        ])
-        .expect("ACL SETUSER");
-    let url = format!("redis://bench_no_info:pw@{}:{}", server.host(), server.port());
-    let output = run(
-        bin(),
-        &["bench", "--quick", "--json", "--only", "status", "--redis", &url],
-    );
-    assert_code(&output, 0);
-    let report = json(&output);
+    let report = bench_as_user_denied("info", "status");
     assert!(report["redis_aof"].is_null(), "{report:#}");
-    let notes = report["notes"].as_array().expect("notes");
-    let note = notes
-        .iter()
-        .filter_map(|note| note.as_str())
-        .find(|note| note.starts_with("cannot tell whether the server keeps an AOF: INFO persistence"))
-        .unwrap_or_else(|| panic!("no AOF note in {report:#}"));
+    let note = note_starting(&report, "cannot tell whether the server keeps an AOF: INFO persistence");
     assert!(note.contains("no permissions to run the 'info' command"), "{note}");
 }
 
@@ -109,38 +112,13 @@ fn a_server_that_refuses_info_gets_a_note_not_a_guess() {
 /// measured.
 #[test]
 fn a_server_that_refuses_monitor_keeps_the_awaited_figures() {
-    let server = RedisServer::start();
-    server
-        .command(&[
-            "ACL",
-            "SETUSER",
-            "bench_no_monitor",
-            "on",
-            ">pw",
-            "~*",
-            "&*",
-            "+@all",
-            "-monitor",
-        ])
-        .expect("ACL SETUSER");
-    let url = format!("redis://bench_no_monitor:pw@{}:{}", server.host(), server.port());
-    let output = run(
-        bin(),
-        &["bench", "--quick", "--json", "--only", "awaited", "--redis", &url],
-    );
-    assert_code(&output, 0);
-    let report = json(&output);
+    let report = bench_as_user_denied("monitor", "awaited");
     assert_eq!(report["failures"], serde_json::json!([]), "{report:#}");
     assert!(report["update_awaited_p50_us"].is_number(), "{report:#}");
     assert!(report["plain_update_p50_us"].is_null(), "{report:#}");
     assert!(report["redis_benchmark_update_p50_us"].is_null(), "{report:#}");
-    let notes = report["notes"].as_array().expect("notes");
-    let note = notes
-        .iter()
-        .filter_map(|note| note.as_str())
-        .find(|note| note.starts_with("could not capture the update command with MONITOR"))
-        .unwrap_or_else(|| panic!("no MONITOR note in {report:#}"));
-    assert!(note.contains("monitor"), "{note}");
+    let note = note_starting(&report, "could not capture the update command with MONITOR");
+    assert!(note.contains("no permissions to run the 'monitor' command"), "{note}");
 }
 
 /// `--only` runs the named sections: their figures are numbers, the others' null, and the

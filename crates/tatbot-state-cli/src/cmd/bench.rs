@@ -426,44 +426,40 @@ async fn end_to_end_rounds(
     // The two PING baselines, plain pub/sub, then the producer's paths in the order above.
     let mut totals: [Option<EndToEnd>; 7] = Default::default();
     totals.iter_mut().for_each(|total| *total = Some(EndToEnd::default()));
-    let add = |report: &mut Report, name: &str, total: &mut Option<EndToEnd>, round: anyhow::Result<EndToEnd>| {
+    // A round runs (its future is awaited) only while its path has not failed.
+    async fn add(
+        report: &mut Report,
+        name: &str,
+        total: &mut Option<EndToEnd>,
+        round: impl Future<Output = anyhow::Result<EndToEnd>>,
+    ) {
         if let Some(sum) = total {
-            match section(report, name, round) {
+            match section(report, name, round.await) {
                 Some(round) => sum.extend(round),
                 None => *total = None,
             }
         }
-    };
+    }
     for _ in 0..E2E_ROUNDS {
-        if totals[0].is_some() {
-            add(
-                report,
-                "paced PING",
-                &mut totals[0],
-                measure::paced_pings(manager, per_round).await,
-            );
-        }
-        if totals[1].is_some() {
-            add(
-                report,
-                "paced plain PING",
-                &mut totals[1],
-                measure::paced_plain_pings(endpoint, per_round).await,
-            );
-        }
-        if totals[2].is_some() {
-            add(
-                report,
-                "raw pub/sub latency",
-                &mut totals[2],
-                measure::raw_pubsub(endpoint, per_round).await,
-            );
-        }
-        for ((name, path, wake), total) in producer_paths.iter().zip(&mut totals[3..]) {
-            if total.is_some() {
-                let round = measure::end_to_end(manager, per_round, *path, *wake, shutdown).await;
-                add(report, name, total, round);
-            }
+        let [ping, plain_ping, raw, producers @ ..] = &mut totals;
+        add(report, "paced PING", ping, measure::paced_pings(manager, per_round)).await;
+        add(
+            report,
+            "paced plain PING",
+            plain_ping,
+            measure::paced_plain_pings(endpoint, per_round),
+        )
+        .await;
+        add(
+            report,
+            "raw pub/sub latency",
+            raw,
+            measure::raw_pubsub(endpoint, per_round),
+        )
+        .await;
+        for ((name, path, wake), total) in producer_paths.iter().zip(producers) {
+            let round = measure::end_to_end(manager, per_round, *path, *wake, shutdown);
+            add(report, name, total, round).await;
         }
     }
     let mut figures = E2eFigures::default();

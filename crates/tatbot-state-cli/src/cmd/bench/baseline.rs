@@ -138,13 +138,12 @@ impl PlainClient {
             .context("bug: the plain client's connect panicked")?
             .map_err(fail)?;
         let name = command.first().cloned().unwrap_or_default();
-        let mut packed = redis::cmd(&name);
-        for argument in command.iter().skip(1) {
-            packed.arg(argument);
-        }
+        let packed = redis::cmd(&name)
+            .arg(command.get(1..).unwrap_or_default())
+            .get_packed_command();
         Ok(PlainClient {
             connection,
-            packed: packed.get_packed_command(),
+            packed,
             endpoint: endpoint.clone(),
             name,
         })
