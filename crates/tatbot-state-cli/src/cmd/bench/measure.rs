@@ -736,6 +736,33 @@ mod tests {
         assert_eq!(slow, words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7"));
     }
 
+    /// A plain client whose command fails ends its own baseline: the round still measures every
+    /// update, the client is dropped, and the error, naming the command, is kept for the note.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_plain_client_ends_its_baseline_not_the_round() {
+        let server = tatbot_state_testkit::RedisServer::start();
+        let endpoint = Endpoint::new(server.host(), server.port());
+        let node = tatbot_state::NodeId::new("bench-test").unwrap();
+        let manager = StateManager::connect(ManagerConfig::new(endpoint.clone(), node))
+            .await
+            .unwrap();
+        let session = start_session(&manager).await.unwrap();
+        server.command(&["SET", "bench:text", "x"]).unwrap();
+        let failing = PlainClient::connect(&endpoint, &["INCR".to_owned(), "bench:text".to_owned()])
+            .await
+            .unwrap();
+        let mut plain = Some(failing);
+        let mut into = Awaited::with_capacity(3);
+        awaited(&manager, &session, 0, 3, &mut plain, &mut into).await.unwrap();
+        assert!(plain.is_none());
+        let failed = into.plain_failed.expect("the failure is kept");
+        assert!(failed.contains("INCR from the plain client"), "{failed}");
+        assert!(failed.contains("not an integer"), "{failed}");
+        assert!(into.plain.percentile_us(0.5).is_none());
+        assert!(into.update.percentile_us(0.5).is_some());
+        assert!(into.ping.percentile_us(0.5).is_some());
+    }
+
     /// An update's index survives the trip through stroke and pose.
     #[test]
     fn index_round_trip() {
