@@ -13,7 +13,7 @@ use tatbot_state_testkit::RedisServer;
 use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stderr, stdout};
 
 /// The keys issues #7, #17 and #18 require in `--json`, all numbers.
-const REQUIRED: [&str; 24] = [
+const REQUIRED: [&str; 25] = [
     "ping_rtt_p50_us",
     "ping_rtt_p99_us",
     "update_awaited_p50_us",
@@ -26,6 +26,7 @@ const REQUIRED: [&str; 24] = [
     "producer_call_p99_us_down",
     "e2e_ping_p99_us",
     "e2e_plain_ping_p99_us",
+    "e2e_plain_update_p99_us",
     "e2e_pubsub_p99_us",
     "e2e_follow_p99_us",
     "status_1000_nodes_10000_sessions_ms",
@@ -108,17 +109,29 @@ fn a_server_that_refuses_info_gets_a_note_not_a_guess() {
 }
 
 /// A user that may not run `MONITOR`: the update command cannot be captured, so the
-/// same-command baselines are null with one note saying why, and the awaited updates are still
-/// measured.
+/// same-command baselines of sections 1 and 4 are null with a note each saying why, and the
+/// awaited updates and the producer's paths are still measured.
 #[test]
 fn a_server_that_refuses_monitor_keeps_the_awaited_figures() {
-    let report = bench_as_user_denied("monitor", "awaited");
+    let report = bench_as_user_denied("monitor", "awaited,e2e");
     assert_eq!(report["failures"], serde_json::json!([]), "{report:#}");
     assert!(report["update_awaited_p50_us"].is_number(), "{report:#}");
     assert!(report["plain_update_p50_us"].is_null(), "{report:#}");
     assert!(report["redis_benchmark_update_p50_us"].is_null(), "{report:#}");
     let note = note_starting(&report, "could not capture the update command with MONITOR");
     assert!(note.contains("no permissions to run the 'monitor' command"), "{note}");
+    assert!(report["e2e_pubsub_p99_us"].is_number(), "{report:#}");
+    assert!(report["e2e_plain_update_p99_us"].is_null(), "{report:#}");
+    let notes = report["notes"].as_array().expect("notes");
+    let section_4 = notes
+        .iter()
+        .filter_map(|note| note.as_str())
+        .find(|note| note.ends_with("no same-work path in section 4"))
+        .unwrap_or_else(|| panic!("no note on section 4's same-work path in {report:#}"));
+    assert!(
+        section_4.contains("no permissions to run the 'monitor' command"),
+        "{section_4}"
+    );
 }
 
 /// `--only` runs the named sections: their figures are numbers, the others' null, and the

@@ -407,8 +407,9 @@ const E2E_ROUNDS: usize = 5;
 
 /// Section 4 in [`E2E_ROUNDS`] rounds, each measuring every path in turn on `plan.e2e /
 /// E2E_ROUNDS` updates: the paced `PING` baselines (the manager's, a plain client's), plain
-/// pub/sub, the producer's pub/sub with each wake policy, and the follow API. A path that fails
-/// is reported once and left out of the later rounds.
+/// pub/sub, the update's own command from a plain client to a plain subscriber, the producer's
+/// pub/sub with each wake policy, and the follow API. A path that fails is reported once and
+/// left out of the later rounds.
 async fn end_to_end_rounds(
     manager: &StateManager,
     endpoint: &Endpoint,
@@ -423,9 +424,20 @@ async fn end_to_end_rounds(
         ("pub/sub latency, polled wake", Path::PubSub, Wake::Poll(POLL_INTERVAL)),
         ("follow latency", Path::Follow, Wake::default()),
     ];
-    // The two PING baselines, plain pub/sub, then the producer's paths in the order above.
-    let mut totals: [Option<EndToEnd>; 7] = Default::default();
+    // The two PING baselines, plain pub/sub, the update's command from a plain client, then
+    // the producer's paths in the order above.
+    let mut totals: [Option<EndToEnd>; 8] = Default::default();
     totals.iter_mut().for_each(|total| *total = Some(EndToEnd::default()));
+    let mut same_work = match measure::IndexedUpdate::capture(endpoint, manager).await {
+        Ok(update) => Some(update),
+        Err(err) => {
+            report.notes.push(format!(
+                "could not capture the update command with MONITOR ({err:#}): no same-work path in section 4"
+            ));
+            totals[3] = None;
+            None
+        }
+    };
     // A round runs (its future is awaited) only while its path has not failed.
     async fn add(
         report: &mut Report,
@@ -441,7 +453,7 @@ async fn end_to_end_rounds(
         }
     }
     for _ in 0..E2E_ROUNDS {
-        let [ping, plain_ping, raw, producers @ ..] = &mut totals;
+        let [ping, plain_ping, raw, plain_update, producers @ ..] = &mut totals;
         add(report, "paced PING", ping, measure::paced_pings(manager, per_round)).await;
         add(
             report,
@@ -457,13 +469,20 @@ async fn end_to_end_rounds(
             measure::raw_pubsub(endpoint, per_round),
         )
         .await;
+        if let Some(update) = &mut same_work {
+            let round = measure::plain_update_pubsub(endpoint, update, per_round);
+            add(report, "plain update->subscriber", plain_update, round).await;
+        }
         for ((name, path, wake), total) in producer_paths.iter().zip(producers) {
             let round = measure::end_to_end(manager, per_round, *path, *wake, shutdown);
             add(report, name, total, round).await;
         }
     }
+    if let Some(update) = &same_work {
+        update.clear(endpoint, manager).await;
+    }
     let mut figures = E2eFigures::default();
-    let [ping, plain_ping, raw, pubsub, immediate, polled, follow] = &mut totals;
+    let [ping, plain_ping, raw, plain_update, pubsub, immediate, polled, follow] = &mut totals;
     let percentiles = |total: &mut Option<EndToEnd>| match total {
         Some(total) => (
             total.samples.percentile_us(0.5),
@@ -475,6 +494,11 @@ async fn end_to_end_rounds(
     (figures.e2e_ping_p50_us, figures.e2e_ping_p99_us, _) = percentiles(ping);
     (figures.e2e_plain_ping_p50_us, figures.e2e_plain_ping_p99_us, _) = percentiles(plain_ping);
     (figures.e2e_raw_publish_p50_us, figures.e2e_raw_publish_p99_us, _) = percentiles(raw);
+    (
+        figures.e2e_plain_update_p50_us,
+        figures.e2e_plain_update_p99_us,
+        figures.e2e_plain_update_missed,
+    ) = percentiles(plain_update);
     (
         figures.e2e_pubsub_p50_us,
         figures.e2e_pubsub_p99_us,

@@ -124,23 +124,13 @@ impl PlainClient {
     /// Redis could not be reached or refused the credentials within [`PLAIN_TIMEOUT`].
     pub async fn connect(endpoint: &Endpoint, command: &[String]) -> anyhow::Result<PlainClient> {
         let fail = |err: redis::RedisError| link::to_error(&err, endpoint, "connecting the plain client");
-        let info = link::connection_info(endpoint, true)
-            .map_err(fail)?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let open = move || -> Result<redis::Connection, redis::RedisError> {
-            let connection = redis::Client::open(info)?.get_connection_with_timeout(PLAIN_TIMEOUT)?;
-            connection.set_read_timeout(Some(PLAIN_TIMEOUT))?;
-            connection.set_write_timeout(Some(PLAIN_TIMEOUT))?;
-            Ok(connection)
-        };
-        let connection = tokio::task::spawn_blocking(open)
+        let info = plain_connection_info(endpoint).map_err(fail)?;
+        let connection = tokio::task::spawn_blocking(move || open_plain(info))
             .await
             .context("bug: the plain client's connect panicked")?
             .map_err(fail)?;
         let name = command.first().cloned().unwrap_or_default();
-        let packed = redis::cmd(&name)
-            .arg(command.get(1..).unwrap_or_default())
-            .get_packed_command();
+        let packed = PlainClient::pack(command);
         Ok(PlainClient {
             connection,
             packed,
@@ -157,12 +147,141 @@ impl PlainClient {
     /// An error reply, a broken connection, or no answer within [`PLAIN_TIMEOUT`].
     pub fn time_one(&mut self) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        let answer = redis::ConnectionLike::req_packed_command(&mut self.connection, &self.packed);
-        let took = started.elapsed();
+        self.send(None)?;
+        Ok(started.elapsed())
+    }
+
+    /// `command` (name first) as the client writes it, for [`PlainClient::send`].
+    pub fn pack(command: &[String]) -> Vec<u8> {
+        let name = command.first().map_or("", String::as_str);
+        redis::cmd(name)
+            .arg(command.get(1..).unwrap_or_default())
+            .get_packed_command()
+    }
+
+    /// Sends `packed` ([`PlainClient::pack`]; `None`: the client's own command) once and
+    /// waits for its answer, blocking the thread like [`PlainClient::time_one`]. An error
+    /// names the client's own command: give `packed` the same command with other arguments.
+    ///
+    /// # Errors
+    ///
+    /// An error reply, a broken connection, or no answer within [`PLAIN_TIMEOUT`].
+    pub fn send(&mut self, packed: Option<&[u8]>) -> anyhow::Result<()> {
+        let packed = packed.unwrap_or(&self.packed);
+        let answer = redis::ConnectionLike::req_packed_command(&mut self.connection, packed);
+        self.checked(answer)
+    }
+
+    /// Writes `packed` ([`PlainClient::pack`]) without waiting for its answer, as a producer's
+    /// writer does not: a sender timed to where its message arrives elsewhere should not be
+    /// woken by its own answer meanwhile. Read the answer with [`PlainClient::answer`] before the
+    /// next command.
+    ///
+    /// # Errors
+    ///
+    /// A broken connection, or the write not done within [`PLAIN_TIMEOUT`].
+    pub fn write(&mut self, packed: &[u8]) -> anyhow::Result<()> {
+        let written = self.connection.send_packed_command(packed);
+        self.checked(written.map(|()| redis::Value::Okay))
+    }
+
+    /// Waits for the answer to the last [`PlainClient::write`].
+    ///
+    /// # Errors
+    ///
+    /// An error reply, a broken connection, or no answer within [`PLAIN_TIMEOUT`].
+    pub fn answer(&mut self) -> anyhow::Result<()> {
+        let answer = self.connection.recv_response();
+        self.checked(answer)
+    }
+
+    /// `answer`, or an error naming the client's command and the server's words.
+    fn checked(&self, answer: redis::RedisResult<redis::Value>) -> anyhow::Result<()> {
         answer
             .and_then(redis::Value::extract_error)
             .map_err(|err| link::to_error(&err, &self.endpoint, &format!("{} from the plain client", self.name)))?;
-        Ok(took)
+        Ok(())
+    }
+}
+
+/// `endpoint` with its credentials, for a plain connection: `TCP_NODELAY`, as our own
+/// connections have.
+fn plain_connection_info(endpoint: &Endpoint) -> Result<redis::ConnectionInfo, redis::RedisError> {
+    Ok(link::connection_info(endpoint, true)?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+}
+
+/// A blocking connection whose every step has [`PLAIN_TIMEOUT`] as its deadline.
+fn open_plain(info: redis::ConnectionInfo) -> Result<redis::Connection, redis::RedisError> {
+    let connection = redis::Client::open(info)?.get_connection_with_timeout(PLAIN_TIMEOUT)?;
+    connection.set_read_timeout(Some(PLAIN_TIMEOUT))?;
+    connection.set_write_timeout(Some(PLAIN_TIMEOUT))?;
+    Ok(connection)
+}
+
+/// A plain blocking subscriber to `channel`: `redis`'s synchronous connection in subscribe mode,
+/// read on a thread of its own that hands each message's payload to `on_message` as soon as it
+/// is read, until `on_message` says it is done or `deadline` passes; the task gives back
+/// `state`. Nothing stands between the socket and the code that looks at a message, where
+/// `redis`'s async `PubSub` reads on a driver task and hands each message over a channel: a
+/// baseline should not pay a hand-off that our subscriptions do not make.
+///
+/// # Errors
+///
+/// Connecting or `SUBSCRIBE` failed (the returned task is then not started); the task ends with
+/// an error when the connection breaks.
+pub async fn plain_subscriber<T: Send + 'static>(
+    endpoint: &Endpoint,
+    channel: &str,
+    deadline: Instant,
+    mut state: T,
+    mut on_message: impl FnMut(&mut T, &[u8]) -> bool + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<T>>> {
+    let fail = |endpoint: &Endpoint, err: redis::RedisError, doing: &str| link::to_error(&err, endpoint, doing);
+    let info = plain_connection_info(endpoint).map_err(|err| fail(endpoint, err, "connecting the plain subscriber"))?;
+    let (endpoint, channel) = (endpoint.clone(), channel.to_owned());
+    let (ready, subscribed) = tokio::sync::oneshot::channel();
+    let task = tokio::task::spawn_blocking(move || {
+        let opened = open_plain(info).map_err(|err| fail(&endpoint, err, "connecting the plain subscriber"));
+        let mut connection = match opened {
+            Ok(connection) => connection,
+            Err(err) => {
+                let _ = ready.send(Err(err));
+                return Ok(state);
+            }
+        };
+        let mut pubsub = connection.as_pubsub();
+        if let Err(err) = pubsub.subscribe(&channel) {
+            let _ = ready.send(Err(fail(&endpoint, err, "SUBSCRIBE")));
+            return Ok(state);
+        }
+        let _ = ready.send(Ok(()));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(state);
+            }
+            pubsub
+                .set_read_timeout(Some(left))
+                .map_err(|err| fail(&endpoint, err, "setting the plain subscriber's deadline"))?;
+            match pubsub.get_message() {
+                Ok(message) => {
+                    if on_message(&mut state, message.get_payload_bytes()) {
+                        return Ok(state);
+                    }
+                }
+                Err(err) if err.is_timeout() => return Ok(state),
+                Err(err) => return Err(fail(&endpoint, err, "reading the plain subscriber")),
+            }
+        }
+    });
+    match subscribed.await {
+        Ok(Ok(())) => Ok(task),
+        Ok(Err(err)) => Err(err),
+        Err(_) => match task.await {
+            Err(err) => Err(anyhow::anyhow!("bug: the plain subscriber panicked: {err}")),
+            Ok(_) => anyhow::bail!("bug: the plain subscriber ended before subscribing"),
+        },
     }
 }
 
@@ -403,6 +522,76 @@ mod tests {
             Err(err) => format!("{err:#}"),
         };
         assert!(err.contains("connecting the plain client"), "{err}");
+        assert!(!err.contains("not-the-pass-4f9e"), "the password leaked: {err}");
+    }
+
+    /// A written command's answer is read by `answer`, error replies included, and names the
+    /// command.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_written_command_is_answered_later() {
+        let server = tatbot_state_testkit::RedisServer::start();
+        let endpoint = Endpoint::new(server.host(), server.port());
+        server.command(&["SET", "bench:text", "x"]).unwrap();
+        let mut plain = PlainClient::connect(&endpoint, &owned(&["INCR", "bench:count"]))
+            .await
+            .unwrap();
+        plain
+            .write(&PlainClient::pack(&owned(&["INCR", "bench:count"])))
+            .unwrap();
+        plain.answer().unwrap();
+        plain
+            .write(&PlainClient::pack(&owned(&["INCR", "bench:text"])))
+            .unwrap();
+        let err = format!("{:#}", plain.answer().unwrap_err());
+        assert!(err.contains("INCR from the plain client"), "{err}");
+        assert!(err.contains("not an integer"), "{err}");
+        assert_eq!(server.command(&["GET", "bench:count"]).unwrap().trim(), "$1\r\n1");
+    }
+
+    /// The plain subscriber is subscribed when it is returned, hands over every message in
+    /// order on its thread until told it is done, and gives back its state; a deadline ends it
+    /// with what it has; a wrong password fails it before it starts, without showing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_subscriber_hands_over_messages_until_done() {
+        let server = tatbot_state_testkit::RedisServer::builder().password("s3cret").start();
+        let endpoint = Endpoint::new(server.host(), server.port()).with_password("s3cret");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let collect = |seen: &mut Vec<String>, payload: &[u8]| {
+            seen.push(String::from_utf8_lossy(payload).into_owned());
+            seen.len() == 3
+        };
+        let task = plain_subscriber(&endpoint, "bench:plain", deadline, Vec::new(), collect)
+            .await
+            .unwrap();
+        for message in ["one", "two", "three"] {
+            // Answered with the number of subscribers that got it: the subscription is live.
+            let answer = server.command(&["PUBLISH", "bench:plain", message]).unwrap();
+            assert_eq!(answer.trim(), ":1", "{message}");
+        }
+        // Done after the third, long before its deadline.
+        let seen = tokio::time::timeout(Duration::from_secs(20), task).await;
+        assert_eq!(
+            seen.expect("it stops when done").unwrap().unwrap(),
+            ["one", "two", "three"]
+        );
+
+        let soon = Instant::now() + Duration::from_millis(200);
+        let never_done = |seen: &mut usize, _: &[u8]| {
+            *seen += 1;
+            false
+        };
+        let task = plain_subscriber(&endpoint, "bench:plain", soon, 0, never_done)
+            .await
+            .unwrap();
+        server.command(&["PUBLISH", "bench:plain", "only"]).unwrap();
+        assert_eq!(task.await.unwrap().unwrap(), 1);
+
+        let wrong = Endpoint::new(server.host(), server.port()).with_password("not-the-pass-4f9e");
+        let err = match plain_subscriber(&wrong, "bench:plain", deadline, (), |(), _| true).await {
+            Ok(_) => panic!("a wrong password was accepted"),
+            Err(err) => format!("{err:#}"),
+        };
+        assert!(err.contains("connecting the plain subscriber"), "{err}");
         assert!(!err.contains("not-the-pass-4f9e"), "the password leaked: {err}");
     }
 

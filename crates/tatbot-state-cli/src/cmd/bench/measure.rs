@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures_util::StreamExt as _;
 use tatbot_state::follow::{ChangeKind, FollowConfig, FollowItem, Scope};
 use tatbot_state::model::Event;
 use tatbot_state::{
@@ -589,55 +588,205 @@ pub async fn paced_plain_pings(endpoint: &Endpoint, count: usize) -> anyhow::Res
 const RAW_CHANNEL: &str = tatbot_state::keys::BENCH_CHANNEL;
 /// Size of a raw baseline message, about that of a `progress_update` event.
 const RAW_PAYLOAD_BYTES: usize = 300;
-/// Deadline of one raw baseline command.
+/// Deadline of the cleanup of section 4's same-work path.
 const RAW_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The transport floor of section 4: `count` messages at 1 kHz, `PUBLISH`ed on a plain
-/// connection and received by a plain `SUBSCRIBE` connection in this process, no library code
-/// on the path. Each is timed from just before its `PUBLISH` to its arrival.
+/// The transport floor of section 4: `count` messages at 1 kHz, `PUBLISH`ed from a plain
+/// blocking client ([`plain_sends`]) and received by a plain blocking subscriber in this
+/// process ([`baseline::plain_subscriber`]), no library code on the path. Each is timed from
+/// just before its `PUBLISH` to its arrival.
 ///
 /// # Errors
 ///
 /// Redis could not be reached or refused a command.
 pub async fn raw_pubsub(endpoint: &Endpoint, count: usize) -> anyhow::Result<EndToEnd> {
-    let mut publisher = link::connect(endpoint, RAW_TIMEOUT)
-        .await
-        .map_err(|err| link::to_error(&err, endpoint, "connecting the raw publisher"))?;
-    let mut subscriber = link::connect_pubsub(endpoint, RAW_TIMEOUT)
-        .await
-        .map_err(|err| link::to_error(&err, endpoint, "connecting the raw subscriber"))?;
-    link::within(RAW_TIMEOUT, subscriber.subscribe(RAW_CHANNEL))
-        .await
-        .map_err(|err| link::to_error(&err, endpoint, "SUBSCRIBE"))?;
-    let deadline = Instant::now() + RECEIVE_GRACE + CALL_TICK * u32::try_from(count).unwrap_or(u32::MAX);
-    let receiver = tokio::spawn(async move {
-        let mut messages = subscriber.into_on_message();
-        let mut arrivals = Arrivals::new(count);
-        while !arrivals.complete() {
-            let Ok(Some(message)) = tokio::time::timeout_at(deadline.into(), messages.next()).await else {
-                break;
-            };
-            let payload = message.get_payload_bytes();
-            let digits = payload.split(|byte| *byte == b' ').next().unwrap_or_default();
-            arrivals.record(std::str::from_utf8(digits).ok().and_then(|text| text.parse().ok()));
-        }
-        arrivals.times
-    });
+    let publish = |payload: String| ["PUBLISH".to_owned(), RAW_CHANNEL.to_owned(), payload];
+    let mut publisher = PlainClient::connect(endpoint, &publish(String::new())).await?;
+    // Untimed, before anyone listens: a new connection's first command is not a round trip like
+    // the others.
+    tokio::task::block_in_place(|| publisher.send(None))?;
+    let receiver = plain_arrivals(endpoint, RAW_CHANNEL, count, |payload| {
+        let digits = payload.split(|byte| *byte == b' ').next().unwrap_or_default();
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    })
+    .await?;
     let padding = "x".repeat(RAW_PAYLOAD_BYTES);
+    let packed = (0..count).map(|index| PlainClient::pack(&publish(format!("{index} {padding}"))));
     let mut sent = Vec::with_capacity(count);
+    plain_sends(&mut publisher, packed, &mut sent).await?;
+    let received = receiver.await.context("bug: the plain subscriber panicked")??;
+    Ok(latencies(&sent, &received.times))
+}
+
+/// The update command a producer's writer sends, made to carry any index: the fast-path
+/// command of an awaited update captured with `MONITOR` ([`capture_update`]) on a bench session
+/// of its own, given a writer revision (`ARGV[1]`, `ARGV[2]`) as a producer's writes have, so
+/// that Redis does for each exactly what it does for a producer's update.
+pub struct IndexedUpdate {
+    session: SessionId,
+    command: Vec<String>,
+    /// Position of `ARGV[1]` in `command`.
+    argv: usize,
+    /// The event (`ARGV[12]`) before and after its `"stroke_idx": 0, "pose_idx": 0`.
+    event: (String, String),
+    /// The next writer revision number to send.
+    next_seq: u64,
+}
+
+/// The indices in the event of the captured update (index 0), as the update script writes them.
+const EVENT_INDICES: &str = "\"stroke_idx\": 0, \"pose_idx\": 0";
+/// Arguments of the update script's fast path (`scripts::UPDATE_PROGRESS`).
+const FAST_PATH_ARGS: usize = 15;
+
+impl IndexedUpdate {
+    /// Starts a bench session and captures its update command.
+    ///
+    /// # Errors
+    ///
+    /// Redis failed, `MONITOR` was refused, or the command seen is not the fast path's.
+    pub async fn capture(endpoint: &Endpoint, manager: &StateManager) -> anyhow::Result<IndexedUpdate> {
+        let session = start_session(manager).await?;
+        let captured = capture_update(endpoint, manager, &session).await;
+        let made = captured.and_then(|command| IndexedUpdate::from_command(session.clone(), command));
+        if made.is_err() {
+            let _ = manager.clear_session_data(&session).await;
+        }
+        made
+    }
+
+    /// `command`, an update of index 0 on `session` that took the fast path.
+    fn from_command(session: SessionId, mut command: Vec<String>) -> anyhow::Result<IndexedUpdate> {
+        let keys = command.get(2).and_then(|count| count.parse::<usize>().ok());
+        let argv = keys.map_or(usize::MAX, |keys| 3 + keys);
+        let arg = |n: usize| command.get(argv + n - 1).map(String::as_str);
+        let indices = (arg(13), arg(14));
+        let event = arg(12).and_then(|event| event.split_once(EVENT_INDICES));
+        let (Some(event), (Some("0"), Some("0")), Some(""), None) = (event, indices, arg(1), arg(FAST_PATH_ARGS + 1))
+        else {
+            anyhow::bail!(
+                "bug: the captured update is not the fast path's of an update of index 0 without a writer revision: {command:?}"
+            );
+        };
+        let event = (event.0.to_owned(), event.1.to_owned());
+        command[argv] = format!("{}bench-plain-{session}", keys::WRITER_REV_PREFIX);
+        Ok(IndexedUpdate {
+            session,
+            command,
+            argv,
+            event,
+            next_seq: 1,
+        })
+    }
+
+    /// The command carrying update `index`, packed for [`PlainClient::send`], with the next
+    /// revision number.
+    fn next(&mut self, index: usize) -> Vec<u8> {
+        let update = indexed_update(index);
+        let (stroke, pose) = (update.stroke_idx.to_string(), update.pose_idx.to_string());
+        let mut command = self.command.clone();
+        let mut set = |n: usize, value: String| command[self.argv + n - 1] = value;
+        set(2, self.next_seq.to_string());
+        set(
+            12,
+            format!(
+                "{}\"stroke_idx\": {stroke}, \"pose_idx\": {pose}{}",
+                self.event.0, self.event.1
+            ),
+        );
+        set(13, stroke);
+        set(14, pose);
+        self.next_seq += 1;
+        PlainClient::pack(&command)
+    }
+
+    /// Deletes the session and the revision key.
+    pub async fn clear(&self, endpoint: &Endpoint, manager: &StateManager) {
+        let _ = manager.clear_session_data(&self.session).await;
+        // The key also expires by itself a day after its last write.
+        if let Ok(mut connection) = link::connect(endpoint, RAW_TIMEOUT).await {
+            let del = redis::cmd("DEL").arg(&self.command[self.argv]).clone();
+            let _: Result<i64, _> = link::call(&mut connection, &del, RAW_TIMEOUT).await;
+        }
+    }
+}
+
+/// Section 4's same-work floor: `count` updates at 1 kHz, each the very command a producer's
+/// writer sends for it ([`IndexedUpdate`]), from a plain blocking client, received by a plain
+/// `SUBSCRIBE` connection in this process that decodes each event. Each is timed from just
+/// before its write to its arrival. What Redis does for an update (the script, the AOF write
+/// before delivery) is in it; what the library adds (the writer's wake and batch, the
+/// subscription) is not.
+///
+/// # Errors
+///
+/// Redis could not be reached or refused a command.
+pub async fn plain_update_pubsub(
+    endpoint: &Endpoint,
+    update: &mut IndexedUpdate,
+    count: usize,
+) -> anyhow::Result<EndToEnd> {
+    let mut plain = PlainClient::connect(endpoint, &update.command).await?;
+    // Untimed, before anyone listens: a new connection's first command is not a round trip like
+    // the others.
+    let first = update.next(0);
+    tokio::task::block_in_place(|| plain.send(Some(&first)))?;
+    let wanted = update.session.to_string();
+    let receiver = plain_arrivals(endpoint, keys::PROGRESS_EVENTS, count, move |payload| {
+        let event = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
+        if event["session_id"] != wanted.as_str() {
+            return None;
+        }
+        update_index(event["stroke_idx"].as_i64()?, event["pose_idx"].as_i64()?)
+    })
+    .await?;
+    let mut sent = Vec::with_capacity(count);
+    let packed = (0..count).map(|index| update.next(index));
+    plain_sends(&mut plain, packed, &mut sent).await?;
+    let received = receiver.await.context("bug: the plain subscriber panicked")??;
+    Ok(latencies(&sent, &received.times))
+}
+
+/// Sends each of `packed` from `plain`, one per [`CALL_TICK`], stamping each in `sent` just
+/// before its write; a command's answer is read after the next tick, before the next write (it
+/// is there by then), so that the sender is not woken by it while the message travels.
+async fn plain_sends(
+    plain: &mut PlainClient,
+    packed: impl Iterator<Item = Vec<u8>>,
+    sent: &mut Vec<Instant>,
+) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(CALL_TICK);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    for index in 0..count {
+    let mut answer_due = false;
+    for packed in packed {
         ticker.tick().await;
-        let payload = format!("{index} {padding}");
+        if answer_due {
+            tokio::task::block_in_place(|| plain.answer())?;
+        }
         sent.push(Instant::now());
-        let publish = redis::cmd("PUBLISH").arg(RAW_CHANNEL).arg(payload).clone();
-        let _: i64 = link::call(&mut publisher, &publish, RAW_TIMEOUT)
-            .await
-            .map_err(|err| link::to_error(&err, endpoint, "PUBLISH"))?;
+        tokio::task::block_in_place(|| plain.write(&packed))?;
+        answer_due = true;
     }
-    let received = receiver.await.context("bug: the receiving task panicked")?;
-    Ok(latencies(&sent, &received))
+    if answer_due {
+        tokio::task::block_in_place(|| plain.answer())?;
+    }
+    Ok(())
+}
+
+/// A plain subscriber ([`baseline::plain_subscriber`]) to `channel` that records the arrival of
+/// updates `0..count`, each message's index told by `index_of`, until all arrived or
+/// [`RECEIVE_GRACE`] after they should have.
+async fn plain_arrivals(
+    endpoint: &Endpoint,
+    channel: &str,
+    count: usize,
+    index_of: impl Fn(&[u8]) -> Option<usize> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Arrivals>>> {
+    let deadline = Instant::now() + RECEIVE_GRACE + CALL_TICK * u32::try_from(count).unwrap_or(u32::MAX);
+    let on_message = move |arrivals: &mut Arrivals, payload: &[u8]| {
+        arrivals.record(index_of(payload));
+        arrivals.complete()
+    };
+    baseline::plain_subscriber(endpoint, channel, deadline, Arrivals::new(count), on_message).await
 }
 
 /// Latencies of the updates that arrived, and how many did not.
@@ -761,6 +910,51 @@ mod tests {
         assert!(into.plain.percentile_us(0.5).is_none());
         assert!(into.update.percentile_us(0.5).is_some());
         assert!(into.ping.percentile_us(0.5).is_some());
+    }
+
+    /// Section 4's same-work path sends the captured update with a writer revision, as a
+    /// producer's are: every update reaches the plain subscriber, each appends history (the
+    /// script ran, on its fast path), the revision key counts them, a number already applied
+    /// is skipped like a producer's replay, and the cleanup takes the session and the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_work_path_does_a_producers_update() {
+        let server = tatbot_state_testkit::RedisServer::start();
+        let endpoint = Endpoint::new(server.host(), server.port());
+        let node = tatbot_state::NodeId::new("bench-test").unwrap();
+        let manager = StateManager::connect(ManagerConfig::new(endpoint.clone(), node))
+            .await
+            .unwrap();
+        let mut update = IndexedUpdate::capture(&endpoint, &manager).await.unwrap();
+        let history = keys::history(&update.session);
+        let rev_key = update.command[update.argv].clone();
+        assert!(rev_key.starts_with(keys::WRITER_REV_PREFIX), "{rev_key}");
+
+        let mut measured = plain_update_pubsub(&endpoint, &mut update, 20).await.unwrap();
+        assert_eq!(measured.missed, 0);
+        assert!(measured.samples.percentile_us(0.99).is_some());
+        // The captured update, the untimed first one and the 20 timed.
+        assert_eq!(server.command(&["XLEN", &history]).unwrap().trim(), ":22");
+        assert_eq!(server.command(&["GET", &rev_key]).unwrap().trim(), "$2\r\n21");
+        let last = server
+            .command(&["XREVRANGE", &history, "+", "-", "COUNT", "1"])
+            .unwrap();
+        assert!(last.contains("pose_idx\r\n$2\r\n19\r\n"), "{last}");
+
+        let mut replay = update.command.clone();
+        replay[update.argv + 1] = "5".to_owned();
+        let replay: Vec<&str> = replay.iter().map(String::as_str).collect();
+        assert_eq!(server.command(&replay).unwrap().trim(), ":-22");
+        assert_eq!(server.command(&["XLEN", &history]).unwrap().trim(), ":22");
+
+        update.clear(&endpoint, &manager).await;
+        let progress = keys::progress(&update.session);
+        assert_eq!(
+            server
+                .command(&["EXISTS", &progress, &history, &rev_key])
+                .unwrap()
+                .trim(),
+            ":0"
+        );
     }
 
     /// An update's index survives the trip through stroke and pose.

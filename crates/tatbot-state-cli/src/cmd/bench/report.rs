@@ -177,6 +177,13 @@ pub struct E2eFigures {
     pub e2e_raw_publish_p50_us: Option<f64>,
     /// See `e2e_raw_publish_p50_us`.
     pub e2e_raw_publish_p99_us: Option<f64>,
+    /// The update's own command, as a producer's writer sends it, from a plain blocking client
+    /// to a plain subscriber in this process: the same work in Redis without the library.
+    pub e2e_plain_update_p50_us: Option<f64>,
+    /// See `e2e_plain_update_p50_us`.
+    pub e2e_plain_update_p99_us: Option<f64>,
+    /// See `e2e_plain_update_p50_us`.
+    pub e2e_plain_update_missed: Option<usize>,
     /// Producer to a pub/sub subscriber.
     pub e2e_pubsub_p50_us: Option<f64>,
     /// See `e2e_pubsub_p50_us`.
@@ -639,28 +646,43 @@ impl E2eFigures {
             show(self.e2e_ping_p99_us, "us", 0)
         );
         let value = |p50: Option<f64>, p99: Option<f64>| format!("{} (p50 {})", show(p99, "us", 0), show(p50, "us", 0));
-        let mut rows = vec![Row {
+        let floor = |name: &str, p50: Option<f64>, p99: Option<f64>| Row {
             section: Section::E2e,
-            name: "plain PUBLISH->subscriber p99".to_owned(),
-            value: value(self.e2e_raw_publish_p50_us, self.e2e_raw_publish_p99_us),
+            name: name.to_owned(),
+            value: value(p50, p99),
             baseline: baseline.clone(),
-            ratio: show_ratio(ratio_of(self.e2e_raw_publish_p99_us, self.e2e_plain_ping_p99_us)),
+            ratio: show_ratio(ratio_of(p99, self.e2e_plain_ping_p99_us)),
             target: "-".to_owned(),
             verdict: "",
-        }];
-        for (path, p50, p99) in [
-            ("pub/sub", self.e2e_pubsub_p50_us, self.e2e_pubsub_p99_us),
+        };
+        let mut rows = vec![
+            floor(
+                "plain PUBLISH->subscriber p99",
+                self.e2e_raw_publish_p50_us,
+                self.e2e_raw_publish_p99_us,
+            ),
+            floor(
+                "plain update->subscriber p99",
+                self.e2e_plain_update_p50_us,
+                self.e2e_plain_update_p99_us,
+            ),
+        ];
+        // The default paths are also shown against the same work done without the library.
+        for (path, p50, p99, against_same_work) in [
+            ("pub/sub", self.e2e_pubsub_p50_us, self.e2e_pubsub_p99_us, true),
             (
                 "pub/sub, woken by calls",
                 self.e2e_pubsub_p50_us_immediate,
                 self.e2e_pubsub_p99_us_immediate,
+                false,
             ),
             (
                 "pub/sub, polled wake",
                 self.e2e_pubsub_p50_us_polled,
                 self.e2e_pubsub_p99_us_polled,
+                false,
             ),
-            ("follow", self.e2e_follow_p50_us, self.e2e_follow_p99_us),
+            ("follow", self.e2e_follow_p50_us, self.e2e_follow_p99_us, true),
         ] {
             let ratio = ratio_of(p99, self.e2e_plain_ping_p99_us);
             rows.push(Row {
@@ -672,6 +694,20 @@ impl E2eFigures {
                 target: format!("<= {}x", target::E2E_RATIO),
                 verdict: verdict(ratio, |ratio| ratio <= target::E2E_RATIO),
             });
+            if against_same_work {
+                rows.push(Row {
+                    section: Section::E2e,
+                    name: format!("  {path} vs plain update"),
+                    value: show(p99, "us", 0),
+                    baseline: format!(
+                        "same command, plain client p99 {}",
+                        show(self.e2e_plain_update_p99_us, "us", 0)
+                    ),
+                    ratio: show_ratio(ratio_of(p99, self.e2e_plain_update_p99_us)),
+                    target: "-".to_owned(),
+                    verdict: "",
+                });
+            }
         }
         rows
     }
