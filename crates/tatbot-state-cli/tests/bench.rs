@@ -13,12 +13,13 @@ use tatbot_state_testkit::RedisServer;
 use crate::util::{assert_code, bin, bin_for, is_alive, json, run, spawn, stderr, stdout};
 
 /// The keys issues #7, #17 and #18 require in `--json`, all numbers.
-const REQUIRED: [&str; 25] = [
+const REQUIRED: [&str; 26] = [
     "ping_rtt_p50_us",
     "ping_rtt_p99_us",
     "update_awaited_p50_us",
     "update_awaited_p99_us",
     "plain_update_p50_us",
+    "update_alone_p50_us",
     "throughput_updates_per_s",
     "pipelined_limit_per_s",
     "producer_call_p99_us_up",

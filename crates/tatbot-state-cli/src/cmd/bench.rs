@@ -624,6 +624,7 @@ async fn sections(
             figures.update_awaited_p50_us = awaited.update.percentile_us(0.5);
             figures.update_awaited_p99_us = awaited.update.percentile_us(0.99);
             figures.update_awaited_p50_us_waiting = awaited.update_waiting.percentile_us(0.5);
+            figures.update_alone_p50_us = awaited.alone.percentile_us(0.5);
             figures.redis_benchmark_update_p50_us = median(&floors);
             if let Some(err) = awaited.plain_failed.take() {
                 report

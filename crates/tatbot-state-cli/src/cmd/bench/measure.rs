@@ -53,6 +53,9 @@ pub struct Awaited {
     pub update_waiting: Samples,
     /// The update's command from a plain blocking client ([`PlainClient`]).
     pub plain: Samples,
+    /// Awaited progress updates back to back after the interleaved ones, with nothing in
+    /// between, as `redis-benchmark -c 1 -P 1` sends its commands in the run that follows.
+    pub alone: Samples,
     /// Why the plain client stopped, if it failed.
     pub plain_failed: Option<String>,
 }
@@ -135,6 +138,7 @@ impl Awaited {
             update: Samples::with_capacity(count),
             update_waiting: Samples::with_capacity(count),
             plain: Samples::with_capacity(count),
+            alone: Samples::with_capacity(count),
             plain_failed: None,
         }
     }
@@ -143,7 +147,8 @@ impl Awaited {
 /// One round of section 1: `count` awaited updates and `count` `PING`s, alternating, after
 /// `warmup` of each, added to `into`; with `plain`, the same command from the plain client
 /// takes its turn too, so that both see the machine's same moments. A plain client that fails
-/// is dropped, and its error kept in `into.plain_failed`.
+/// is dropped, and its error kept in `into.plain_failed`. Then `count` awaited updates back to
+/// back (`into.alone`), the conditions of the `redis-benchmark` run that follows the round.
 ///
 /// # Errors
 ///
@@ -199,6 +204,9 @@ pub async fn awaited(
         }
     }
     let _ = waiting.clear_session_data(&waiting_session).await;
+    for index in warmup + count..warmup + 2 * count {
+        into.alone.push(timed(manager, session, index).await?);
+    }
     Ok(())
 }
 
