@@ -432,7 +432,7 @@ async fn end_to_end_rounds(
         Ok(update) => Some(update),
         Err(err) => {
             report.notes.push(format!(
-                "could not capture the update command with MONITOR ({err:#}): no same-work path in section 4"
+                "could not capture the update command ({err:#}): no same-work path in section 4"
             ));
             totals[3] = None;
             None

@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -219,27 +221,60 @@ fn open_plain(info: redis::ConnectionInfo) -> Result<redis::Connection, redis::R
     Ok(connection)
 }
 
+/// How often the plain subscriber's thread looks up from its socket to see whether its
+/// handle was dropped (a failed round, an interrupted bench).
+const SUBSCRIBER_POLL: Duration = Duration::from_millis(50);
+
+/// A plain blocking subscriber's thread ([`plain_subscriber`]); dropping the handle stops the
+/// thread within [`SUBSCRIBER_POLL`].
+pub struct PlainSubscription<T> {
+    task: tokio::task::JoinHandle<anyhow::Result<T>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl<T> PlainSubscription<T> {
+    /// Waits for the thread to end (its handler said it is done, or the deadline passed) and
+    /// gives back its state.
+    ///
+    /// # Errors
+    ///
+    /// The connection broke, or the handler panicked.
+    pub async fn finish(mut self) -> anyhow::Result<T> {
+        (&mut self.task)
+            .await
+            .map_err(|err| anyhow::anyhow!("bug: the plain subscriber panicked: {err}"))?
+    }
+}
+
+impl<T> Drop for PlainSubscription<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A plain blocking subscriber to `channel`: `redis`'s synchronous connection in subscribe mode,
 /// read on a thread of its own that hands each message's payload to `on_message` as soon as it
-/// is read, until `on_message` says it is done or `deadline` passes; the task gives back
+/// is read, until `on_message` says it is done or `deadline` passes; the thread gives back
 /// `state`. Nothing stands between the socket and the code that looks at a message, where
 /// `redis`'s async `PubSub` reads on a driver task and hands each message over a channel: a
 /// baseline should not pay a hand-off that our subscriptions do not make.
 ///
 /// # Errors
 ///
-/// Connecting or `SUBSCRIBE` failed (the returned task is then not started); the task ends with
-/// an error when the connection breaks.
+/// Connecting or `SUBSCRIBE` failed (no thread is left running then); the thread ends with an
+/// error when the connection breaks.
 pub async fn plain_subscriber<T: Send + 'static>(
     endpoint: &Endpoint,
     channel: &str,
     deadline: Instant,
     mut state: T,
     mut on_message: impl FnMut(&mut T, &[u8]) -> bool + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<T>>> {
+) -> anyhow::Result<PlainSubscription<T>> {
     let fail = |endpoint: &Endpoint, err: redis::RedisError, doing: &str| link::to_error(&err, endpoint, doing);
     let info = plain_connection_info(endpoint).map_err(|err| fail(endpoint, err, "connecting the plain subscriber"))?;
     let (endpoint, channel) = (endpoint.clone(), channel.to_owned());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
     let (ready, subscribed) = tokio::sync::oneshot::channel();
     let task = tokio::task::spawn_blocking(move || {
         let opened = open_plain(info).map_err(|err| fail(&endpoint, err, "connecting the plain subscriber"));
@@ -258,11 +293,12 @@ pub async fn plain_subscriber<T: Send + 'static>(
         let _ = ready.send(Ok(()));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || stopped.load(Ordering::Relaxed) {
                 return Ok(state);
             }
+            // A timeout in the middle of a message keeps its first part: the parser resumes.
             pubsub
-                .set_read_timeout(Some(left))
+                .set_read_timeout(Some(left.min(SUBSCRIBER_POLL)))
                 .map_err(|err| fail(&endpoint, err, "setting the plain subscriber's deadline"))?;
             match pubsub.get_message() {
                 Ok(message) => {
@@ -270,16 +306,17 @@ pub async fn plain_subscriber<T: Send + 'static>(
                         return Ok(state);
                     }
                 }
-                Err(err) if err.is_timeout() => return Ok(state),
+                Err(err) if err.is_timeout() => {}
                 Err(err) => return Err(fail(&endpoint, err, "reading the plain subscriber")),
             }
         }
     });
+    let subscription = PlainSubscription { task, stop };
     match subscribed.await {
-        Ok(Ok(())) => Ok(task),
+        Ok(Ok(())) => Ok(subscription),
         Ok(Err(err)) => Err(err),
-        Err(_) => match task.await {
-            Err(err) => Err(anyhow::anyhow!("bug: the plain subscriber panicked: {err}")),
+        Err(_) => match subscription.finish().await {
+            Err(err) => Err(err),
             Ok(_) => anyhow::bail!("bug: the plain subscriber ended before subscribing"),
         },
     }
@@ -550,7 +587,8 @@ mod tests {
 
     /// The plain subscriber is subscribed when it is returned, hands over every message in
     /// order on its thread until told it is done, and gives back its state; a deadline ends it
-    /// with what it has; a wrong password fails it before it starts, without showing it.
+    /// with what it has, and so does dropping its handle; a wrong password fails it before it
+    /// starts, without showing it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn plain_subscriber_hands_over_messages_until_done() {
         let server = tatbot_state_testkit::RedisServer::builder().password("s3cret").start();
@@ -569,13 +607,10 @@ mod tests {
             assert_eq!(answer.trim(), ":1", "{message}");
         }
         // Done after the third, long before its deadline.
-        let seen = tokio::time::timeout(Duration::from_secs(20), task).await;
-        assert_eq!(
-            seen.expect("it stops when done").unwrap().unwrap(),
-            ["one", "two", "three"]
-        );
+        let seen = tokio::time::timeout(Duration::from_secs(20), task.finish()).await;
+        assert_eq!(seen.expect("it stops when done").unwrap(), ["one", "two", "three"]);
 
-        let soon = Instant::now() + Duration::from_millis(200);
+        let soon = Instant::now() + Duration::from_secs(1);
         let never_done = |seen: &mut usize, _: &[u8]| {
             *seen += 1;
             false
@@ -584,7 +619,22 @@ mod tests {
             .await
             .unwrap();
         server.command(&["PUBLISH", "bench:plain", "only"]).unwrap();
-        assert_eq!(task.await.unwrap().unwrap(), 1);
+        assert_eq!(task.finish().await.unwrap(), 1);
+
+        // Dropped long before its deadline: its thread ends and leaves the channel.
+        let task = plain_subscriber(&endpoint, "bench:plain", deadline, (), |(), _| false)
+            .await
+            .unwrap();
+        drop(task);
+        let mut listeners = String::new();
+        for _ in 0..200 {
+            listeners = server.command(&["PUBSUB", "NUMSUB", "bench:plain"]).unwrap();
+            if listeners.ends_with(":0\r\n") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(listeners.ends_with(":0\r\n"), "still subscribed: {listeners:?}");
 
         let wrong = Endpoint::new(server.host(), server.port()).with_password("not-the-pass-4f9e");
         let err = match plain_subscriber(&wrong, "bench:plain", deadline, (), |(), _| true).await {

@@ -270,15 +270,19 @@ pub async fn capture_update(
 /// document stored) expect what it stores, so that every repeat takes the fast path as the
 /// producer's updates do, instead of finding a changed document and merging in the script.
 fn repeatable(command: &mut [String]) {
-    let Some(keys) = command.get(2).and_then(|count| count.parse::<usize>().ok()) else {
-        return;
-    };
-    let argv = |n: usize| 2 + keys + n;
-    if let Some(document) = command.get(argv(9)).cloned()
-        && let Some(expected) = command.get_mut(argv(8))
+    if let (Some(stored), Some(expected)) = (argv_index(command, 9), argv_index(command, 8))
+        && let Some(document) = command.get(stored).cloned()
+        && let Some(expected) = command.get_mut(expected)
     {
         *expected = document;
     }
+}
+
+/// Where `ARGV[n]` (from 1) of a captured `EVALSHA sha numkeys key... arg...` is in it, when
+/// its key count reads as a number.
+fn argv_index(command: &[String], n: usize) -> Option<usize> {
+    let keys = command.get(2)?.parse::<usize>().ok()?;
+    (2 + keys).checked_add(n)
 }
 
 /// The reference work of the issue as one `EVAL`: `HSET` of the stored progress document,
@@ -570,7 +574,7 @@ pub async fn paced_pings(manager: &StateManager, count: usize) -> anyhow::Result
 }
 
 /// Section 4's floor: `count` `PING`s from a plain blocking client ([`PlainClient`]), one per
-/// [`CALL_TICK`], each timed. The manager's `PING` goes through its shared connection's driver
+/// [`CALL_TICK`] on a control loop as the paths' updates, each timed. The manager's `PING` goes through its shared connection's driver
 /// task, two hand-offs between threads that a delivered update does not make, and took 1.3x
 /// to 1.8x as long at p99 (twice at p50; docs/PERFORMANCE.md): a round trip to Redis is this
 /// one.
@@ -582,13 +586,12 @@ pub async fn paced_plain_pings(endpoint: &Endpoint, count: usize) -> anyhow::Res
     let mut plain = PlainClient::connect(endpoint, &["PING".to_owned()]).await?;
     // Untimed: a new connection's first command is not a round trip like the others.
     tokio::task::block_in_place(|| plain.time_one())?;
-    let mut samples = Samples::with_capacity(count);
-    let mut ticker = tokio::time::interval(CALL_TICK);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    for _ in 0..count {
-        ticker.tick().await;
-        samples.push(tokio::task::block_in_place(|| plain.time_one())?);
-    }
+    // Paced like the paths it is compared with.
+    let samples = control_loop(count, move |_, samples: &mut Samples| {
+        samples.push(plain.time_one()?);
+        Ok(())
+    })
+    .await?;
     Ok(EndToEnd { samples, missed: 0 })
 }
 
@@ -597,7 +600,7 @@ const RAW_CHANNEL: &str = tatbot_state::keys::BENCH_CHANNEL;
 /// Size of a raw baseline message, about that of a `progress_update` event.
 const RAW_PAYLOAD_BYTES: usize = 300;
 /// Deadline of the cleanup of section 4's same-work path.
-const RAW_TIMEOUT: Duration = Duration::from_secs(5);
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The transport floor of section 4: `count` messages at 1 kHz, `PUBLISH`ed from a plain
 /// blocking client ([`plain_sends`]) and received by a plain blocking subscriber in this
@@ -619,10 +622,11 @@ pub async fn raw_pubsub(endpoint: &Endpoint, count: usize) -> anyhow::Result<End
     })
     .await?;
     let padding = "x".repeat(RAW_PAYLOAD_BYTES);
-    let packed = (0..count).map(|index| PlainClient::pack(&publish(format!("{index} {padding}"))));
-    let mut sent = Vec::with_capacity(count);
-    plain_sends(&mut publisher, packed, &mut sent).await?;
-    let received = receiver.await.context("bug: the plain subscriber panicked")??;
+    let packed = (0..count)
+        .map(|index| PlainClient::pack(&publish(format!("{index} {padding}"))))
+        .collect();
+    let sent = plain_sends(publisher, packed).await?;
+    let received = receiver.finish().await?;
     Ok(latencies(&sent, &received.times))
 }
 
@@ -664,19 +668,22 @@ impl IndexedUpdate {
 
     /// `command`, an update of index 0 on `session` that took the fast path.
     fn from_command(session: SessionId, mut command: Vec<String>) -> anyhow::Result<IndexedUpdate> {
-        let keys = command.get(2).and_then(|count| count.parse::<usize>().ok());
-        let argv = keys.map_or(usize::MAX, |keys| 3 + keys);
-        let arg = |n: usize| command.get(argv + n - 1).map(String::as_str);
+        let arg = |n: usize| {
+            argv_index(&command, n)
+                .and_then(|at| command.get(at))
+                .map(String::as_str)
+        };
         let indices = (arg(13), arg(14));
         let event = arg(12).and_then(|event| event.split_once(EVENT_INDICES));
-        let (Some(event), (Some("0"), Some("0")), Some(""), None) = (event, indices, arg(1), arg(FAST_PATH_ARGS + 1))
-        else {
+        let checked = (event, indices, arg(1), arg(FAST_PATH_ARGS + 1), argv_index(&command, 1));
+        let (Some(event), (Some("0"), Some("0")), Some(""), None, Some(argv)) = checked else {
             anyhow::bail!(
                 "bug: the captured update is not the fast path's of an update of index 0 without a writer revision: {command:?}"
             );
         };
         let event = (event.0.to_owned(), event.1.to_owned());
-        command[argv] = format!("{}bench-plain-{session}", keys::WRITER_REV_PREFIX);
+        // Named like the bench producers' revision keys (`bench.*`: docs/PERFORMANCE.md).
+        command[argv] = keys::writer_rev(&format!("bench.plain-{session}"));
         Ok(IndexedUpdate {
             session,
             command,
@@ -711,9 +718,9 @@ impl IndexedUpdate {
     pub async fn clear(&self, endpoint: &Endpoint, manager: &StateManager) {
         let _ = manager.clear_session_data(&self.session).await;
         // The key also expires by itself a day after its last write.
-        if let Ok(mut connection) = link::connect(endpoint, RAW_TIMEOUT).await {
+        if let Ok(mut connection) = link::connect(endpoint, CLEANUP_TIMEOUT).await {
             let del = redis::cmd("DEL").arg(&self.command[self.argv]).clone();
-            let _: Result<i64, _> = link::call(&mut connection, &del, RAW_TIMEOUT).await;
+            let _: Result<i64, _> = link::call(&mut connection, &del, CLEANUP_TIMEOUT).await;
         }
     }
 }
@@ -747,37 +754,30 @@ pub async fn plain_update_pubsub(
         update_index(event["stroke_idx"].as_i64()?, event["pose_idx"].as_i64()?)
     })
     .await?;
-    let mut sent = Vec::with_capacity(count);
-    let packed = (0..count).map(|index| update.next(index));
-    plain_sends(&mut plain, packed, &mut sent).await?;
-    let received = receiver.await.context("bug: the plain subscriber panicked")??;
+    let packed = (0..count).map(|index| update.next(index)).collect();
+    let sent = plain_sends(plain, packed).await?;
+    let received = receiver.finish().await?;
     Ok(latencies(&sent, &received.times))
 }
 
-/// Sends each of `packed` from `plain`, one per [`CALL_TICK`], stamping each in `sent` just
-/// before its write; a command's answer is read after the next tick, before the next write (it
-/// is there by then), so that the sender is not woken by it while the message travels.
-async fn plain_sends(
-    plain: &mut PlainClient,
-    packed: impl Iterator<Item = Vec<u8>>,
-    sent: &mut Vec<Instant>,
-) -> anyhow::Result<()> {
-    let mut ticker = tokio::time::interval(CALL_TICK);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut answer_due = false;
-    for packed in packed {
-        ticker.tick().await;
-        if answer_due {
-            tokio::task::block_in_place(|| plain.answer())?;
+/// Sends each of `packed` from `plain` on a control loop ([`control_loop`], as the producer's
+/// paths are called), one per [`CALL_TICK`], and gives when each was sent: stamped just before
+/// its write. A command's answer is read at the next tick, before the next write (it is there
+/// by then): this floor's sender is not woken by its answer while the message travels, where a
+/// producer's writer is (that is part of what the library adds).
+async fn plain_sends(mut plain: PlainClient, packed: Vec<Vec<u8>>) -> anyhow::Result<Vec<Instant>> {
+    // One tick more, to read the last answer.
+    control_loop(packed.len() + 1, move |index, sent: &mut Vec<Instant>| {
+        if index > 0 {
+            plain.answer()?;
         }
-        sent.push(Instant::now());
-        tokio::task::block_in_place(|| plain.write(&packed))?;
-        answer_due = true;
-    }
-    if answer_due {
-        tokio::task::block_in_place(|| plain.answer())?;
-    }
-    Ok(())
+        if let Some(packed) = packed.get(index) {
+            sent.push(Instant::now());
+            plain.write(packed)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// A plain subscriber ([`baseline::plain_subscriber`]) to `channel` that records the arrival of
@@ -788,7 +788,7 @@ async fn plain_arrivals(
     channel: &str,
     count: usize,
     index_of: impl Fn(&[u8]) -> Option<usize> + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Arrivals>>> {
+) -> anyhow::Result<baseline::PlainSubscription<Arrivals>> {
     let deadline = Instant::now() + RECEIVE_GRACE + CALL_TICK * u32::try_from(count).unwrap_or(u32::MAX);
     let on_message = move |arrivals: &mut Arrivals, payload: &[u8]| {
         arrivals.record(index_of(payload));

@@ -493,7 +493,7 @@ impl AwaitedFigures {
                 section: Section::Awaited,
                 name: "  update, answer waited for".to_owned(),
                 value: show(self.update_awaited_p50_us_waiting, "us", 0),
-                baseline: format!("same command -P 1 {}", show(update_floor, "us", 0)),
+                baseline: format!("same command -P 1, run alone {}", show(update_floor, "us", 0)),
                 ratio: show_ratio(ratio_of(self.update_awaited_p50_us_waiting, update_floor)),
                 target: "-".to_owned(),
                 verdict: "",
