@@ -968,6 +968,28 @@ mod tests {
         );
     }
 
+    /// The plain sender stamps every command it writes and reads every answer, the last one
+    /// included: an error answer to the last command fails the run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_sends_reads_every_answer() {
+        let server = tatbot_state_testkit::RedisServer::start();
+        let endpoint = Endpoint::new(server.host(), server.port());
+        server.command(&["SET", "bench:text", "x"]).unwrap();
+        let incr = |key: &str| PlainClient::pack(&["INCR".to_owned(), key.to_owned()]);
+        let plain = PlainClient::connect(&endpoint, &["INCR".to_owned()]).await.unwrap();
+        let sent = plain_sends(plain, vec![incr("bench:n"), incr("bench:n"), incr("bench:n")])
+            .await
+            .unwrap();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(server.command(&["GET", "bench:n"]).unwrap().trim(), "$1\r\n3");
+
+        let plain = PlainClient::connect(&endpoint, &["INCR".to_owned()]).await.unwrap();
+        let err = plain_sends(plain, vec![incr("bench:n"), incr("bench:text")])
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("not an integer"), "{err:#}");
+    }
+
     /// An update's index survives the trip through stroke and pose.
     #[test]
     fn index_round_trip() {
