@@ -213,7 +213,7 @@ fn only_one_section_fills_only_its_figures() {
             );
         }
     }
-    assert_eq!(e2e, 18, "{report:#}");
+    assert_eq!(e2e, 21, "{report:#}");
     for key in [
         "ping_rtt_p99_us",
         "throughput_updates_per_s",
