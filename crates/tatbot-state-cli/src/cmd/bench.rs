@@ -16,8 +16,9 @@
 //! 3. The time a producer call takes with Redis up, frozen (SIGSTOP, private server only) and
 //!    down (nothing listening).
 //! 4. Producer-to-subscriber latency at 1 kHz through pub/sub and through the follow API,
-//!    against a plain client's `PING` at the same pace (the manager's beside it) and a plain
-//!    `PUBLISH` to `SUBSCRIBE`, in five rounds.
+//!    against a plain client's `PING` at the same pace (the manager's beside it), a plain
+//!    `PUBLISH` to `SUBSCRIBE` and the update's own command from a plain client to a plain
+//!    subscriber (the same work without the library), in five rounds.
 //! 5. `status` and all-nodes health over 100 to 10,000 sessions ([`scale`]).
 //! 6. Peak memory of `mcp --transport http` and `viz` with 100 clients ([`memory`]).
 //! 7. Record and replay throughput of one session's history: Redis to MCAP and back

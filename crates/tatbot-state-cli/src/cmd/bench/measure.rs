@@ -616,18 +616,15 @@ pub async fn raw_pubsub(endpoint: &Endpoint, count: usize) -> anyhow::Result<End
     // Untimed, before anyone listens: a new connection's first command is not a round trip like
     // the others.
     tokio::task::block_in_place(|| publisher.send(None))?;
-    let receiver = plain_arrivals(endpoint, RAW_CHANNEL, count, |payload| {
-        let digits = payload.split(|byte| *byte == b' ').next().unwrap_or_default();
-        std::str::from_utf8(digits).ok()?.parse().ok()
-    })
-    .await?;
     let padding = "x".repeat(RAW_PAYLOAD_BYTES);
     let packed = (0..count)
         .map(|index| PlainClient::pack(&publish(format!("{index} {padding}"))))
         .collect();
-    let sent = plain_sends(publisher, packed).await?;
-    let received = receiver.finish().await?;
-    Ok(latencies(&sent, &received.times))
+    plain_round(endpoint, publisher, packed, RAW_CHANNEL, |payload| {
+        let digits = payload.split(|byte| *byte == b' ').next().unwrap_or_default();
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    })
+    .await
 }
 
 /// The update command a producer's writer sends, made to carry any index: the fast-path
@@ -745,16 +742,28 @@ pub async fn plain_update_pubsub(
     // the others.
     let first = update.next(0);
     tokio::task::block_in_place(|| plain.send(Some(&first)))?;
+    let packed = (0..count).map(|index| update.next(index)).collect();
     let wanted = update.session.to_string();
-    let receiver = plain_arrivals(endpoint, keys::PROGRESS_EVENTS, count, move |payload| {
+    plain_round(endpoint, plain, packed, keys::PROGRESS_EVENTS, move |payload| {
         let event = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
         if event["session_id"] != wanted.as_str() {
             return None;
         }
         update_index(event["stroke_idx"].as_i64()?, event["pose_idx"].as_i64()?)
     })
-    .await?;
-    let packed = (0..count).map(|index| update.next(index)).collect();
+    .await
+}
+
+/// One round of a plain path: a plain subscriber to `channel` ([`plain_arrivals`]), then
+/// `packed` sent from `plain` ([`plain_sends`]); each message's index is told by `index_of`.
+async fn plain_round(
+    endpoint: &Endpoint,
+    plain: PlainClient,
+    packed: Vec<Vec<u8>>,
+    channel: &str,
+    index_of: impl Fn(&[u8]) -> Option<usize> + Send + 'static,
+) -> anyhow::Result<EndToEnd> {
+    let receiver = plain_arrivals(endpoint, channel, packed.len(), index_of).await?;
     let sent = plain_sends(plain, packed).await?;
     let received = receiver.finish().await?;
     Ok(latencies(&sent, &received.times))
@@ -896,16 +905,22 @@ mod tests {
         assert_eq!(slow, words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7"));
     }
 
-    /// A plain client whose command fails ends its own baseline: the round still measures every
-    /// update, the client is dropped, and the error, naming the command, is kept for the note.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_plain_client_ends_its_baseline_not_the_round() {
-        let server = tatbot_state_testkit::RedisServer::start();
+    /// The server's endpoint, and a manager on it as the bench's node.
+    async fn bench_manager(server: &tatbot_state_testkit::RedisServer) -> (Endpoint, StateManager) {
         let endpoint = Endpoint::new(server.host(), server.port());
         let node = tatbot_state::NodeId::new("bench-test").unwrap();
         let manager = StateManager::connect(ManagerConfig::new(endpoint.clone(), node))
             .await
             .unwrap();
+        (endpoint, manager)
+    }
+
+    /// A plain client whose command fails ends its own baseline: the round still measures every
+    /// update, the client is dropped, and the error, naming the command, is kept for the note.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_plain_client_ends_its_baseline_not_the_round() {
+        let server = tatbot_state_testkit::RedisServer::start();
+        let (endpoint, manager) = bench_manager(&server).await;
         let session = start_session(&manager).await.unwrap();
         server.command(&["SET", "bench:text", "x"]).unwrap();
         let failing = PlainClient::connect(&endpoint, &["INCR".to_owned(), "bench:text".to_owned()])
@@ -930,11 +945,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn same_work_path_does_a_producers_update() {
         let server = tatbot_state_testkit::RedisServer::start();
-        let endpoint = Endpoint::new(server.host(), server.port());
-        let node = tatbot_state::NodeId::new("bench-test").unwrap();
-        let manager = StateManager::connect(ManagerConfig::new(endpoint.clone(), node))
-            .await
-            .unwrap();
+        let (endpoint, manager) = bench_manager(&server).await;
         let mut update = IndexedUpdate::capture(&endpoint, &manager).await.unwrap();
         let history = keys::history(&update.session);
         let rev_key = update.command[update.argv].clone();
