@@ -282,7 +282,7 @@ fn repeatable(command: &mut [String]) {
 /// its key count reads as a number.
 fn argv_index(command: &[String], n: usize) -> Option<usize> {
     let keys = command.get(2)?.parse::<usize>().ok()?;
-    (2 + keys).checked_add(n)
+    keys.checked_add(2 + n)
 }
 
 /// The reference work of the issue as one `EVAL`: `HSET` of the stored progress document,
@@ -903,6 +903,37 @@ mod tests {
         let mut slow = words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7");
         repeatable(&mut slow);
         assert_eq!(slow, words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7"));
+    }
+
+    /// A captured command that is not a fast-path update of index 0 without a revision is
+    /// refused with an error that shows it, whatever its key count says, never a panic.
+    #[test]
+    fn only_a_fast_path_update_is_indexed() {
+        let session = SessionId::new("bench-s").unwrap();
+        let words = |text: &str| text.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let event = r#"{"type": "progress_update", "stroke_idx": 0, "pose_idx": 0, "x": 1}"#;
+        let fast = |rev: &str, numkeys: &str| {
+            let mut command = words(&format!(
+                "EVALSHA sha {numkeys} k1 k2 k3 {rev} 1 p s 9 9 ch old new l r"
+            ));
+            command.extend([event.to_owned(), "0".to_owned(), "0".to_owned(), "n".to_owned()]);
+            command
+        };
+        let indexed = IndexedUpdate::from_command(session.clone(), fast("", "3")).unwrap();
+        assert_eq!(indexed.command[indexed.argv], keys::writer_rev("bench.plain-bench-s"));
+        for (command, why) in [
+            (fast("tatbot:rev:w", "3"), "a writer revision already"),
+            (words("EVALSHA sha 3 k1 k2 k3 a1 a2 a3 a4 a5 a6 a7"), "the merge path"),
+            (fast("", "18446744073709551615"), "a key count past the end"),
+            (fast("", "three"), "a key count that is not a number"),
+        ] {
+            let err = match IndexedUpdate::from_command(session.clone(), command) {
+                Ok(_) => panic!("accepted {why}"),
+                Err(err) => format!("{err:#}"),
+            };
+            assert!(err.contains("is not the fast path's"), "{why}: {err}");
+            assert!(err.contains("EVALSHA"), "{why}: {err}");
+        }
     }
 
     /// The server's endpoint, and a manager on it as the bench's node.
