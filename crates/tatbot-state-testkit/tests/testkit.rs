@@ -188,6 +188,119 @@ fn restart_cuts_an_aof_that_ends_inside_a_write() {
     );
 }
 
+/// The first multiple of a 4 KiB page at or after `len`.
+fn page_end(len: usize) -> usize {
+    len.div_ceil(4096) * 4096
+}
+
+/// A `kill -9` can leave the tail of Redis's last write as zeros instead of cutting it (seen
+/// with a file that then ended on a page boundary). `redis-check-aof` calls that damage
+/// ("Expected \r\n, got: 0000"), but it is a cut: the restart cuts the last script before its
+/// `MULTI`, keeps what came before, and later writes survive the next restart. Three shapes:
+/// the last bytes zeroed, the last bytes zeroed and zeros on to the page's end, and the whole
+/// last script zeroed.
+#[test]
+fn restart_cuts_a_last_write_whose_tail_a_crash_left_as_zeros() {
+    type Tear = fn(&mut Vec<u8>, usize);
+    let tears: [(&str, Tear); 3] = [
+        ("last bytes zeroed", |bytes, _| {
+            let len = bytes.len();
+            bytes[len - 3..].fill(0);
+        }),
+        ("zeroed to the page's end", |bytes, _| {
+            let len = bytes.len();
+            bytes[len - 3..].fill(0);
+            bytes.resize(page_end(len + 1), 0);
+        }),
+        ("whole script zeroed", |bytes, kept| bytes[kept..].fill(0)),
+    ];
+    for (tear, zero) in tears {
+        let mut server = RedisServer::builder().persistence(true).start();
+        script_writes(&server, &["kept_a"]);
+        server.stop();
+        let incr = incr_aof(&server);
+        let kept = std::fs::read(&incr).unwrap().len();
+        server.restart();
+        script_writes(&server, &["torn_b", "torn_c"]);
+        server.stop();
+        let mut bytes = std::fs::read(&incr).unwrap();
+        assert!(bytes.len() > kept && bytes.ends_with(b"EXEC\r\n"), "{tear}");
+        zero(&mut bytes, kept);
+        std::fs::write(&incr, &bytes).unwrap();
+
+        server
+            .try_restart()
+            .unwrap_or_else(|err| panic!("{tear}: a torn last write is cut, not refused: {err}"));
+        assert_eq!(
+            exist(&server, &["kept_a", "torn_b", "torn_c"]),
+            [true, false, false],
+            "{tear}"
+        );
+        script_writes(&server, &["later_d"]);
+        server.stop();
+        server.restart();
+        assert_eq!(
+            exist(&server, &["kept_a", "torn_b", "torn_c", "later_d"]),
+            [true, false, false, true],
+            "{tear}: the cut script stays unapplied after the next restart, the later one is kept"
+        );
+    }
+}
+
+/// Zeros at the end do not make damage a cut: a flipped byte in the last script before them,
+/// or zeros in the middle followed by more writes, are refused, and the file is left as it was
+/// (the zeros put back).
+#[test]
+fn restart_leaves_damage_next_to_zeros_alone() {
+    type Damage = fn(&[u8]) -> Vec<u8>;
+    let damages: [(&str, Damage); 2] = [
+        ("flipped byte, then zeros to the page's end", |bytes| {
+            // The line end after the key: the checker can tell (a flipped byte inside a
+            // value it cannot).
+            let at = bytes
+                .windows(2)
+                .rposition(|window| window == b"k3")
+                .expect("k3 is in the AOF")
+                + 2;
+            let mut damaged = [&bytes[..at], b"@@", &bytes[at + 2..bytes.len() - 3]].concat();
+            damaged.resize(page_end(bytes.len() + 1), 0);
+            damaged
+        }),
+        ("zeros in the middle", |bytes| {
+            let at = bytes
+                .windows(2)
+                .position(|window| window == b"k2")
+                .expect("k2 is in the AOF");
+            let mut damaged = bytes.to_vec();
+            damaged[at..at + 8].fill(0);
+            damaged
+        }),
+    ];
+    for (damage, write) in damages {
+        let mut server = RedisServer::builder().persistence(true).start();
+        for key in ["k1", "k2", "k3"] {
+            script_writes(&server, &[key]);
+        }
+        server.stop();
+        let incr = incr_aof(&server);
+        let damaged = write(&std::fs::read(&incr).unwrap());
+        std::fs::write(&incr, &damaged).unwrap();
+
+        let err = server.try_restart().expect_err(damage);
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{damage}: {err}");
+        assert!(
+            err.to_string()
+                .contains("is damaged before its end, not cut by a crash"),
+            "{damage}: {err}"
+        );
+        assert!(!server.is_running(), "{damage}");
+        assert!(
+            std::fs::read(&incr).unwrap() == damaged,
+            "{damage}: the file is left as it was"
+        );
+    }
+}
+
 /// Damage in the middle of the AOF is not cut (`redis-check-aof --fix` would drop every write
 /// after it): the restart fails with `InvalidData` and one line, and the file is left as it was.
 #[test]
