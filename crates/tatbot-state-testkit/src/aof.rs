@@ -12,18 +12,20 @@
 //!
 //! But `--fix` cuts at the first damage wherever it is, and everything after damage in the
 //! middle of the file (a flipped byte) is data a person may still rescue. So [`repair`] first
-//! only looks, cuts only a file that ends early (what Redis itself would cut), and refuses
-//! anything else, leaving the file as it was.
+//! only looks, and cuts only what looks like a crash's cut (`cut_short`): a crash cuts only
+//! the file Redis appends to (the manifest's last incremental file), and only its last write,
+//! so after the last byte the checker accepted there may be at most the start of one `MULTI`
+//! block and one command cut short. Anything else is refused and the file left as it was. A
+//! value's length made larger by damage also reads like a file that ends early, but the value
+//! then swallows the writes after it, and `--fix` would drop them all.
 //!
-//! A crash can also leave the last write's tail as zeros rather than missing (seen after a
-//! `kill -9` whose file then ended on a page boundary): the checker calls that damage, not a
-//! cut. It is a cut when only zeros follow the last byte the checker accepted, or when dropping
-//! the zeros at the end leaves a file that merely ends early; then it is cut like one. Zeros
-//! carry no write, so dropping them first and putting them back when the file turns out
-//! damaged after all leaves it as it was.
+//! The checker's own words do not tell a cut from damage: for a file cut right after a line's
+//! `$` or its digits (a `kill -9` between two pages of a write) it says "Expected \r\n, got:
+//! 0000", showing its line buffer's end, not the file's bytes. So the bytes after the last one
+//! it accepted are read and judged here.
 
 use std::fmt;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -65,14 +67,14 @@ pub enum RepairError {
         /// What `redis-check-aof` said, on one line.
         said: String,
     },
-    /// The AOF's last file could not be read or resized while looking at zeros at its end.
+    /// The AOF file the checker stopped in could not be read.
     File {
         /// The file.
         path: PathBuf,
         /// What failed.
         source: io::Error,
     },
-    /// The AOF ends inside a write, but `redis-check-aof --fix` did not cut it.
+    /// A crash cut the AOF inside a write, but `redis-check-aof --fix` did not cut it.
     NotCut {
         /// The data dir.
         data: PathBuf,
@@ -97,7 +99,7 @@ impl fmt::Display for RepairError {
             ),
             RepairError::File { path, source } => write!(
                 f,
-                "cannot look at the zeros at the end of {} after a possible crash (check its permissions and the disk): {source}",
+                "cannot read the end of {} to tell a crash's cut from damage (check its permissions and the disk): {source}",
                 path.display()
             ),
             RepairError::NotCut { data, said } => write!(
@@ -129,18 +131,17 @@ pub fn checker(redis_server: &Path) -> PathBuf {
 }
 
 /// Checks the AOF under the data dir `data` (when there is one) with the checker of
-/// `redis_server`, and when it ends inside a write, cuts it back with `--fix` (answering its
-/// question); says whether it cut. A last write whose tail a crash left as zeros is cut the
-/// same way (see the module doc). Blocks while the checker runs (milliseconds for a test's
-/// AOF).
+/// `redis_server`, and when a crash cut it inside a write (see the module doc), cuts it back
+/// with `--fix` (answering its question); says whether it cut. Blocks while the checker runs
+/// (milliseconds for a test's AOF).
 ///
 /// # Errors
 ///
 /// The checker could not run ([`RepairError::Checker`]), or the AOF is damaged before its end
 /// ([`RepairError::Damaged`]: that is for a person to look at, a cut there would drop every
 /// write after the damage, and Redis refuses to load it anyway), or `--fix` did not cut a file
-/// that ends early ([`RepairError::NotCut`]), or the zeros at the end of the last file could
-/// not be looked at or put back ([`RepairError::File`]).
+/// that a crash cut ([`RepairError::NotCut`]), or the file the checker stopped in could not be
+/// read ([`RepairError::File`]).
 pub fn repair(redis_server: &Path, data: &Path) -> Result<Repair, RepairError> {
     let manifest = manifest(data);
     if !manifest.exists() {
@@ -151,37 +152,16 @@ pub fn repair(redis_server: &Path, data: &Path) -> Result<Repair, RepairError> {
     if !checked.contains("--fix option") {
         return Ok(Repair::Intact);
     }
-    if ends_early(&checked) {
-        return cut(&checker, &manifest, data).map(|said| Repair::Cut { said });
-    }
-    let damaged = || RepairError::Damaged {
+    let damaged = |why: &str| RepairError::Damaged {
         data: data.to_owned(),
-        said: checked.clone(),
+        said: format!("{checked} (not a crash's cut: {why})"),
     };
-    let Some(zeros) = ZeroTail::find(data, &checked)? else {
-        return Err(damaged());
-    };
-    zeros.drop_them()?;
-    let dropped = format!(
-        "dropped the {} zero bytes that end {} (the checker had said: {checked})",
-        zeros.len - zeros.from,
-        zeros.path.display()
-    );
-    let repaired = match check(&checker, &manifest, false) {
-        Ok(said) if !said.contains("--fix option") => Ok(Repair::Cut { said: dropped }),
-        Ok(said) if ends_early(&said) => cut(&checker, &manifest, data).map(|said| Repair::Cut {
-            said: format!("{dropped}; then {said}"),
-        }),
-        Ok(_) => Err(damaged()),
-        Err(err) => Err(err),
-    };
-    if repaired.is_err() {
-        zeros.put_back()?;
-    }
-    repaired
+    let stop = Stop::find(data, &checked).map_err(|why| damaged(&why))?;
+    stop.cut_short()?.map_err(|why| damaged(&why))?;
+    cut(&checker, &manifest, data).map(|said| Repair::Cut { said })
 }
 
-/// Cuts an AOF that ends early with `--fix`, checks that it did, and answers what it said.
+/// Cuts an AOF with `--fix`, checks that it did, and answers what it said.
 fn cut(checker: &Path, manifest: &Path, data: &Path) -> Result<String, RepairError> {
     let said = check(checker, manifest, true)?;
     if !said.contains("Successfully truncated") {
@@ -193,28 +173,33 @@ fn cut(checker: &Path, manifest: &Path, data: &Path) -> Result<String, RepairErr
     Ok(said)
 }
 
-/// Zeros at the end of the AOF file the checker stopped in, all after the last byte it accepted.
+/// The longest end of a file, after the last byte the checker accepted, that is looked at as
+/// one write cut short; a longer one is left for a person.
+const MAX_CUT: u64 = 64 * 1024 * 1024;
+
+/// Where the checker stopped: the file Redis appends to (anything else is refused), and the
+/// last byte it accepted there.
 #[derive(Debug)]
-struct ZeroTail {
+struct Stop {
     /// The file.
     path: PathBuf,
-    /// Where the zeros start: after the last other byte, and never before the last byte the
-    /// checker accepted.
-    from: u64,
+    /// The length of the file up to the end of the last write the checker accepted whole.
+    ok_up_to: u64,
     /// The file's length.
     len: u64,
 }
 
-impl ZeroTail {
-    /// The zeros at the end of the file that `checked` (the checker's report) says is damaged,
-    /// when there are any after the last byte it accepted.
-    fn find(data: &Path, checked: &str) -> Result<Option<ZeroTail>, RepairError> {
+impl Stop {
+    /// The file that `checked` (the checker's report) says it stopped in, when it is the one
+    /// Redis appends to (the manifest's last incremental file); else why not, for a person.
+    fn find(data: &Path, checked: &str) -> Result<Stop, String> {
         // The checker reports each file it read, the damaged one last:
         // "AOF analyzed: filename=appendonly.aof.1.incr.aof, size=106, ok_up_to=23, ...".
         const REPORT: &str = "AOF analyzed: ";
-        let Some(report) = checked.rfind(REPORT).map(|at| &checked[at + REPORT.len()..]) else {
-            return Ok(None);
-        };
+        let report = checked
+            .rfind(REPORT)
+            .map(|at| &checked[at + REPORT.len()..])
+            .ok_or("the checker named no file")?;
         let field = |name: &str| {
             report
                 .split(", ")
@@ -223,73 +208,183 @@ impl ZeroTail {
         };
         let (Some(name), Some(ok_up_to)) = (field("filename"), field("ok_up_to").and_then(|n| n.parse::<u64>().ok()))
         else {
-            return Ok(None);
+            return Err("the checker's report names no file and position".to_owned());
         };
-        if Path::new(name).file_name() != Some(name.as_ref()) {
-            return Ok(None);
+        let appended = fs::read_to_string(manifest(data))
+            .map_err(|err| format!("cannot read the manifest: {err}"))?
+            .lines()
+            .filter(|line| line.ends_with(" type i"))
+            .filter_map(|line| line.split(' ').nth(1).map(str::to_owned))
+            .next_back();
+        if appended.as_deref() != Some(name) || Path::new(name).file_name() != Some(name.as_ref()) {
+            return Err(format!(
+                "it stopped in {name}, not in the file Redis appends to, which a crash cannot cut"
+            ));
         }
         let path = data.join(AOF_DIR_NAME).join(name);
-        let failed = |source: io::Error| RepairError::File {
-            path: path.clone(),
-            source,
-        };
-        let mut file = File::open(&path).map_err(failed)?;
-        let len = file.metadata().map_err(failed)?.len();
-        let from = zeros_from(&mut file, len, ok_up_to).map_err(failed)?;
-        Ok((from < len).then_some(ZeroTail { path, from, len }))
-    }
-
-    /// Drops the zeros.
-    fn drop_them(&self) -> Result<(), RepairError> {
-        self.resize(self.from)
-    }
-
-    /// Puts the zeros back: the file is as it was.
-    fn put_back(&self) -> Result<(), RepairError> {
-        self.resize(self.len)
-    }
-
-    fn resize(&self, len: u64) -> Result<(), RepairError> {
-        File::options()
-            .write(true)
-            .open(&self.path)
-            .and_then(|file| file.set_len(len))
-            .map_err(|source| RepairError::File {
-                path: self.path.clone(),
-                source,
-            })
-    }
-}
-
-/// Where the zeros at the end of `file` (of length `len`) start, looking back no further than
-/// `floor`: `len` when it does not end with a zero.
-fn zeros_from(file: &mut File, len: u64, floor: u64) -> io::Result<u64> {
-    const CHUNK: usize = 64 * 1024;
-    let mut chunk = vec![0; CHUNK];
-    let mut end = len;
-    while end > floor {
-        let start = end.saturating_sub(chunk.len() as u64).max(floor);
-        let part = &mut chunk[..usize::try_from(end - start).unwrap_or(usize::MAX).min(CHUNK)];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(part)?;
-        if let Some(last) = part.iter().rposition(|&byte| byte != 0) {
-            return Ok(start + last as u64 + 1);
+        let len = fs::metadata(&path)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?
+            .len();
+        if ok_up_to > len {
+            return Err(format!("the checker accepted {ok_up_to} bytes of {len}"));
         }
-        end = start;
+        Ok(Stop { path, ok_up_to, len })
     }
-    Ok(floor.min(len))
+
+    fn failed(&self, source: io::Error) -> RepairError {
+        RepairError::File {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Whether the bytes after the last one the checker accepted are the start of one write
+    /// cut short (see [`cut_short`]); the error is why not.
+    fn cut_short(&self) -> Result<Result<(), String>, RepairError> {
+        let after = self.len - self.ok_up_to;
+        if after > MAX_CUT {
+            return Ok(Err(format!(
+                "{after} bytes follow the last whole write, more than one write cut short"
+            )));
+        }
+        let mut tail = vec![0; usize::try_from(after).unwrap_or(usize::MAX)];
+        let mut file = File::open(&self.path).map_err(|err| self.failed(err))?;
+        file.seek(SeekFrom::Start(self.ok_up_to))
+            .and_then(|_| file.read_exact(&mut tail))
+            .map_err(|err| self.failed(err))?;
+        // What the file ends with goes into the refusal: a log is often all a person gets.
+        let end = &tail[tail.len().saturating_sub(64)..];
+        Ok(cut_short(&tail).map_err(|why| format!("{why}; the file ends with \"{}\"", end.escape_ascii())))
+    }
 }
 
-/// Whether the checker's report says the file ends early (the EOF cut that Redis's own
-/// `aof-load-truncated` handles), rather than damage before its end.
-fn ends_early(checked: &str) -> bool {
-    ["Reached EOF", "Unexpected EOF"]
-        .iter()
-        .any(|eof| checked.contains(eof))
-        || checked
-            .split("Expected to read ")
-            .nth(1)
-            .is_some_and(|rest| rest.contains(" bytes, got "))
+/// Whether `tail`, what follows the last byte the checker accepted, is what a crash leaves when
+/// it cuts Redis's last write: the start of a `MULTI` block (`MULTI` and whole commands) and at
+/// most one command cut short, that holds no other command's start; or one command cut short. Anything
+/// else means the checker read past damage: a length made larger swallows the writes after it,
+/// which a cut would drop. Whole commands outside a `MULTI` would have been accepted. The error
+/// is why not.
+fn cut_short(tail: &[u8]) -> Result<(), String> {
+    if tail.is_empty() {
+        return Err("the file ends with a whole write".to_owned());
+    }
+    let mut at = 0;
+    let mut whole = 0;
+    while at < tail.len() {
+        match parse_command(&tail[at..]) {
+            Parsed::Whole { len, name } => {
+                let multi = name.eq_ignore_ascii_case(b"MULTI");
+                if whole == 0 && !multi {
+                    return Err("a whole command outside MULTI follows the last whole write".to_owned());
+                }
+                if whole > 0 && (multi || name.eq_ignore_ascii_case(b"EXEC")) {
+                    return Err("a whole MULTI block follows the last whole write".to_owned());
+                }
+                whole += 1;
+                at += len;
+            }
+            Parsed::Short => {
+                // A command cut short holds no other command's start.
+                return if starts_command(&tail[at..]) {
+                    Err("the command cut short holds the start of another one".to_owned())
+                } else {
+                    Ok(())
+                };
+            }
+            Parsed::Bad => return Err("what follows the last whole write is not RESP".to_owned()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `bytes` hold a command's start after a line end: `\r\n*<digits>\r\n$`.
+fn starts_command(bytes: &[u8]) -> bool {
+    bytes.windows(3).enumerate().any(|(at, w)| {
+        w == b"\r\n*" && {
+            let rest = &bytes[at + 3..];
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            digits > 0 && rest[digits..].starts_with(b"\r\n$")
+        }
+    })
+}
+
+/// One RESP command (an array of bulk strings) at the start of some bytes.
+enum Parsed<'a> {
+    /// Whole: its length and its first element.
+    Whole { len: usize, name: &'a [u8] },
+    /// The bytes end inside it.
+    Short,
+    /// Not a command.
+    Bad,
+}
+
+/// A line `<prefix><digits>\r\n` of RESP.
+enum Line {
+    /// Its number, and where the line ends.
+    Number(usize, usize),
+    /// The bytes end inside it.
+    Short,
+    /// Not such a line.
+    Bad,
+}
+
+/// The line with `prefix` at `at` in `bytes`.
+fn line(bytes: &[u8], at: usize, prefix: u8) -> Line {
+    let Some((&first, rest)) = bytes.get(at..).unwrap_or_default().split_first() else {
+        return Line::Short;
+    };
+    if first != prefix {
+        return Line::Bad;
+    }
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let after = &rest[digits..];
+    if after.len() < 2 && b"\r\n".starts_with(after) {
+        return Line::Short;
+    }
+    if !after.starts_with(b"\r\n") || digits == 0 || digits > 18 {
+        return Line::Bad;
+    }
+    match std::str::from_utf8(&rest[..digits]).ok().and_then(|n| n.parse().ok()) {
+        Some(n) => Line::Number(n, at + 1 + digits + 2),
+        None => Line::Bad,
+    }
+}
+
+/// The command at the start of `bytes`.
+fn parse_command(bytes: &[u8]) -> Parsed<'_> {
+    let (count, mut at) = match line(bytes, 0, b'*') {
+        Line::Number(0, _) | Line::Bad => return Parsed::Bad,
+        Line::Short => return Parsed::Short,
+        Line::Number(count, at) => (count, at),
+    };
+    let mut name: &[u8] = &[];
+    for index in 0..count {
+        let (len, start) = match line(bytes, at, b'$') {
+            Line::Bad => return Parsed::Bad,
+            Line::Short => return Parsed::Short,
+            Line::Number(len, start) => (len, start),
+        };
+        let Some(end) = start.checked_add(len).filter(|end| end.checked_add(2).is_some()) else {
+            return Parsed::Bad;
+        };
+        if bytes.len() < end + 2 {
+            // The bytes end inside the value or its line end.
+            let partial = bytes.get(end..).unwrap_or_default();
+            return if b"\r\n".starts_with(partial) {
+                Parsed::Short
+            } else {
+                Parsed::Bad
+            };
+        }
+        if &bytes[end..end + 2] != b"\r\n" {
+            return Parsed::Bad;
+        }
+        if index == 0 {
+            name = &bytes[start..end];
+        }
+        at = end + 2;
+    }
+    Parsed::Whole { len: at, name }
 }
 
 /// Runs the checker on `manifest`, with `--fix` (answering its question) or without, and
@@ -317,4 +412,45 @@ fn check(checker: &Path, manifest: &Path, fix: bool) -> Result<String, RepairErr
     let output = child.wait_with_output().map_err(failed)?;
     let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     Ok(said.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_short;
+
+    #[test]
+    fn a_write_cut_short_is_told_from_damage() {
+        let cut: [&[u8]; 7] = [
+            b"*",
+            b"*3\r\n$",
+            b"*3\r\n$3\r\nSET\r\n$2",
+            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2\r\n$1\r\n1\r\n*1\r\n$4\r\nEX",
+            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2\r\n$1\r\n1\r\n",
+            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$5\r\nk\r\n",
+            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2\r",
+        ];
+        for tail in cut {
+            assert_eq!(cut_short(tail), Ok(()), "{}", String::from_utf8_lossy(tail));
+        }
+        let damaged: [(&[u8], &str); 8] = [
+            (b"", "ends with a whole write"),
+            (b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2\0\0", "not RESP"),
+            (
+                b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$200\r\nk1\r\n*1\r\n$4\r\nEXEC\r\n*1",
+                "start of another",
+            ),
+            (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1", "outside MULTI"),
+            (
+                b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nexec\r\n*1\r\n$5\r\nMULTI",
+                "whole MULTI block",
+            ),
+            (b"*1\r\n$5\r\nMULTI\r\n*1\r\n$5\r\nMULTI\r\n", "whole MULTI block"),
+            (b"@@", "not RESP"),
+            (b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2@@", "not RESP"),
+        ];
+        for (tail, why) in damaged {
+            let said = cut_short(tail).expect_err(&String::from_utf8_lossy(tail));
+            assert!(said.contains(why), "{said}");
+        }
+    }
 }

@@ -537,7 +537,7 @@ impl RedisServer {
     }
 
     /// Repairs an AOF that a crash cut in the middle of a write, by the rule of [`aof::repair`]:
-    /// a file that ends early is cut before the unfinished script's `MULTI`; damage before the
+    /// a file that a crash cut is cut before the unfinished script's `MULTI`; damage before the
     /// end is refused and the file left as it was.
     fn repair_aof(&self) -> io::Result<()> {
         match aof::repair(&self.binary, self.dir.path()) {

@@ -193,98 +193,129 @@ fn page_end(len: usize) -> usize {
     len.div_ceil(4096) * 4096
 }
 
-/// A `kill -9` can leave the tail of Redis's last write as zeros instead of cutting it (seen
-/// with a file that then ended on a page boundary). `redis-check-aof` calls that damage
-/// ("Expected \r\n, got: 0000"), but it is a cut: the restart cuts the last script before its
-/// `MULTI`, keeps what came before, and later writes survive the next restart. Three shapes:
-/// the last bytes zeroed, the last bytes zeroed and zeros on to the page's end, and the whole
-/// last script zeroed.
+/// A `kill -9` between two pages of Redis's write can cut the AOF right after a line's `$` or
+/// its digits (seen in `survives_five_crashes`: a file ending in `XADD\r\n$43\r\n...\r\n$` on a
+/// 4 KiB page boundary). `redis-check-aof` then says "Expected \r\n, got: 0000" (its line
+/// buffer's end, not the file's bytes), not that the file ends early; it is a cut all the same:
+/// the restart cuts the last script before its `MULTI`, keeps what came before, and later
+/// writes survive the next restart. Cut after `*`, `$`, `$6`, `$6\r`, and inside a value.
 #[test]
-fn restart_cuts_a_last_write_whose_tail_a_crash_left_as_zeros() {
-    type Tear = fn(&mut Vec<u8>, usize);
-    let tears: [(&str, Tear); 3] = [
-        ("last bytes zeroed", |bytes, _| {
-            let len = bytes.len();
-            bytes[len - 3..].fill(0);
-        }),
-        ("zeroed to the page's end", |bytes, _| {
-            let len = bytes.len();
-            bytes[len - 3..].fill(0);
-            bytes.resize(page_end(len + 1), 0);
-        }),
-        ("whole script zeroed", |bytes, kept| bytes[kept..].fill(0)),
+fn restart_cuts_an_aof_cut_inside_a_line() {
+    let cuts: [(&str, &[u8], usize); 5] = [
+        ("after *", b"*3\r\n$3\r\nSET\r\n$6\r\ntorn_c", 1),
+        ("after $", b"$6\r\ntorn_c", 1),
+        ("after $6", b"$6\r\ntorn_c", 2),
+        ("after $6\\r", b"$6\r\ntorn_c", 3),
+        ("inside a value", b"$6\r\ntorn_c", 7),
     ];
-    for (tear, zero) in tears {
+    for (cut, at, keep) in cuts {
         let mut server = RedisServer::builder().persistence(true).start();
-        script_writes(&server, &["kept_a"]);
-        server.stop();
-        let incr = incr_aof(&server);
-        let kept = std::fs::read(&incr).unwrap().len();
-        server.restart();
+        script_writes(&server, &["kept_a", "kept_b"]);
         script_writes(&server, &["torn_b", "torn_c"]);
         server.stop();
-        let mut bytes = std::fs::read(&incr).unwrap();
-        assert!(bytes.len() > kept && bytes.ends_with(b"EXEC\r\n"), "{tear}");
-        zero(&mut bytes, kept);
-        std::fs::write(&incr, &bytes).unwrap();
+        let incr = incr_aof(&server);
+        let bytes = std::fs::read(&incr).unwrap();
+        std::fs::write(&incr, &bytes[..find(&bytes, at) + keep]).unwrap();
 
         server
             .try_restart()
-            .unwrap_or_else(|err| panic!("{tear}: a torn last write is cut, not refused: {err}"));
+            .unwrap_or_else(|err| panic!("{cut}: a crash's cut is cut, not refused: {err}"));
         assert_eq!(
             exist(&server, &["kept_a", "torn_b", "torn_c"]),
             [true, false, false],
-            "{tear}"
+            "{cut}"
         );
-        script_writes(&server, &["later_d"]);
+        script_writes(&server, &["later_d", "later_e"]);
         server.stop();
         server.restart();
         assert_eq!(
             exist(&server, &["kept_a", "torn_b", "torn_c", "later_d"]),
             [true, false, false, true],
-            "{tear}: the cut script stays unapplied after the next restart, the later one is kept"
+            "{cut}: the cut script stays unapplied after the next restart, the later one is kept"
         );
     }
 }
 
-/// Zeros at the end do not make damage a cut: a flipped byte in the last script before them,
-/// or zeros in the middle followed by more writes, are refused, and the file is left as it was
-/// (the zeros put back).
+/// The bytes of every file under `dir`, by name.
+fn files(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (entry.file_name(), std::fs::read(entry.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Where `needle` first starts in `bytes`.
+fn find(bytes: &[u8], needle: &[u8]) -> usize {
+    bytes
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .unwrap_or_else(|| panic!("{} is in the AOF", String::from_utf8_lossy(needle)))
+}
+
+/// Damage near the end is not a cut, and the files are left as they were. Shapes:
+/// - a broken line end in the last script, then zeros to the page's end;
+/// - zeros in the middle, and at the end;
+/// - a value's length made larger in the first script, then zeros; and the same without zeros,
+///   where the checker reads past the end as if the file were cut in that script: `--fix` would
+///   drop it and every script after it, all acknowledged (it did, before);
+/// - zeros at the end of an incremental file that Redis no longer appends to (a later one
+///   follows it in the manifest): a crash cannot cut it.
 #[test]
-fn restart_leaves_damage_next_to_zeros_alone() {
-    type Damage = fn(&[u8]) -> Vec<u8>;
-    let damages: [(&str, Damage); 2] = [
-        ("flipped byte, then zeros to the page's end", |bytes| {
-            // The line end after the key: the checker can tell (a flipped byte inside a
-            // value it cannot).
-            let at = bytes
-                .windows(2)
-                .rposition(|window| window == b"k3")
-                .expect("k3 is in the AOF")
-                + 2;
+fn restart_leaves_damage_near_the_end_alone() {
+    type Damage = fn(&Path, &[u8]);
+    let damages: [(&str, Damage); 5] = [
+        ("broken line end, then zeros", |incr, bytes| {
+            // After the key: the checker can tell (a flipped byte inside a value it cannot).
+            let at = find(bytes, b"k3") + 2;
             let mut damaged = [&bytes[..at], b"@@", &bytes[at + 2..bytes.len() - 3]].concat();
             damaged.resize(page_end(bytes.len() + 1), 0);
-            damaged
+            std::fs::write(incr, damaged).unwrap();
         }),
-        ("zeros in the middle", |bytes| {
-            let at = bytes
-                .windows(2)
-                .position(|window| window == b"k2")
-                .expect("k2 is in the AOF");
+        ("zeros in the middle and at the end", |incr, bytes| {
+            let at = find(bytes, b"k2");
             let mut damaged = bytes.to_vec();
             damaged[at..at + 8].fill(0);
-            damaged
+            damaged.resize(page_end(bytes.len() + 1), 0);
+            std::fs::write(incr, damaged).unwrap();
+        }),
+        ("a length made larger, then zeros", |incr, bytes| {
+            let at = find(bytes, b"$2\r\nk1");
+            let mut damaged = [&bytes[..at], b"$400", &bytes[at + 2..]].concat();
+            damaged.resize(page_end(bytes.len() + 1), 0);
+            std::fs::write(incr, damaged).unwrap();
+        }),
+        ("a length made larger, at the end", |incr, bytes| {
+            let at = find(bytes, b"$2\r\nk1");
+            std::fs::write(incr, [&bytes[..at], b"$400", &bytes[at + 2..]].concat()).unwrap();
+        }),
+        ("zeros at the end of an earlier file", |incr, bytes| {
+            let dir = incr.parent().unwrap();
+            let at = find(bytes, b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2");
+            let mut earlier = bytes[..at].to_vec();
+            earlier.resize(earlier.len() + 100, 0);
+            std::fs::write(incr, earlier).unwrap();
+            let later = [b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n", &bytes[at..]].concat();
+            std::fs::write(dir.join("appendonly.aof.2.incr.aof"), later).unwrap();
+            let manifest = dir.join("appendonly.aof.manifest");
+            let listed = std::fs::read_to_string(&manifest).unwrap();
+            std::fs::write(manifest, listed + "file appendonly.aof.2.incr.aof seq 2 type i\n").unwrap();
         }),
     ];
     for (damage, write) in damages {
         let mut server = RedisServer::builder().persistence(true).start();
         for key in ["k1", "k2", "k3"] {
-            script_writes(&server, &[key]);
+            script_writes(&server, &[key, &format!("{key}_b")]);
         }
         server.stop();
         let incr = incr_aof(&server);
-        let damaged = write(&std::fs::read(&incr).unwrap());
-        std::fs::write(&incr, &damaged).unwrap();
+        write(&incr, &std::fs::read(&incr).unwrap());
+        let dir = server.dir().join("appendonlydir");
+        let damaged = files(&dir);
 
         let err = server.try_restart().expect_err(damage);
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{damage}: {err}");
@@ -294,10 +325,7 @@ fn restart_leaves_damage_next_to_zeros_alone() {
             "{damage}: {err}"
         );
         assert!(!server.is_running(), "{damage}");
-        assert!(
-            std::fs::read(&incr).unwrap() == damaged,
-            "{damage}: the file is left as it was"
-        );
+        assert!(files(&dir) == damaged, "{damage}: the files are left as they were");
     }
 }
 
