@@ -15,9 +15,11 @@
 //! only looks, and cuts only what looks like a crash's cut (`cut_short`): a crash cuts only
 //! the file Redis appends to (the manifest's last incremental file), and only its last write,
 //! so after the last byte the checker accepted there may be at most the start of one `MULTI`
-//! block and one command cut short. Anything else is refused and the file left as it was. A
-//! value's length made larger by damage also reads like a file that ends early, but the value
-//! then swallows the writes after it, and `--fix` would drop them all.
+//! block and one command cut short, or one command cut short. Anything else is refused and the
+//! file left as it was. A value's length made larger by damage also reads like a file that
+//! ends early, but the value then swallows the writes after it, and `--fix` would drop them
+//! all. Damage within the last write itself cannot be told from a cut, and is cut like one: that
+//! write is lost unless its producer replays it (ours do, after a restart).
 //!
 //! The checker's own words do not tell a cut from damage: for a file cut right after a line's
 //! `$` or its digits (a `kill -9` between two pages of a write) it says "Expected \r\n, got:
@@ -93,7 +95,7 @@ impl fmt::Display for RepairError {
             ),
             RepairError::Damaged { data, said } => write!(
                 f,
-                "the AOF in {} is damaged before its end, not cut by a crash, and Redis will not load it: keep a copy of the directory, then look at it with `redis-check-aof {}` (its `--fix` drops everything after the damage); it said: {said}",
+                "the AOF in {} is damaged before its end, not cut by a crash, so it was not cut and Redis not started on it: keep a copy of the directory, then look at it with `redis-check-aof {}` (its `--fix` drops everything after the damage); it said: {said}",
                 data.display(),
                 manifest(data).display()
             ),
@@ -283,9 +285,10 @@ fn cut_short(tail: &[u8]) -> Result<(), String> {
                 whole += 1;
                 at += len;
             }
-            Parsed::Short => {
-                // A command cut short holds no other command's start.
-                return if starts_command(&tail[at..]) {
+            Parsed::Short { value } => {
+                // The value the cut falls in holds no other command's start: a length made
+                // larger swallows what follows it.
+                return if value.is_some_and(|value| starts_command(&tail[at + value..])) {
                     Err("the command cut short holds the start of another one".to_owned())
                 } else {
                     Ok(())
@@ -312,8 +315,8 @@ fn starts_command(bytes: &[u8]) -> bool {
 enum Parsed<'a> {
     /// Whole: its length and its first element.
     Whole { len: usize, name: &'a [u8] },
-    /// The bytes end inside it.
-    Short,
+    /// The bytes end inside it: inside the value that starts at `value`, or inside a line.
+    Short { value: Option<usize> },
     /// Not a command.
     Bad,
 }
@@ -354,14 +357,14 @@ fn line(bytes: &[u8], at: usize, prefix: u8) -> Line {
 fn parse_command(bytes: &[u8]) -> Parsed<'_> {
     let (count, mut at) = match line(bytes, 0, b'*') {
         Line::Number(0, _) | Line::Bad => return Parsed::Bad,
-        Line::Short => return Parsed::Short,
+        Line::Short => return Parsed::Short { value: None },
         Line::Number(count, at) => (count, at),
     };
     let mut name: &[u8] = &[];
     for index in 0..count {
         let (len, start) = match line(bytes, at, b'$') {
             Line::Bad => return Parsed::Bad,
-            Line::Short => return Parsed::Short,
+            Line::Short => return Parsed::Short { value: None },
             Line::Number(len, start) => (len, start),
         };
         let Some(end) = start.checked_add(len).filter(|end| end.checked_add(2).is_some()) else {
@@ -371,7 +374,7 @@ fn parse_command(bytes: &[u8]) -> Parsed<'_> {
             // The bytes end inside the value or its line end.
             let partial = bytes.get(end..).unwrap_or_default();
             return if b"\r\n".starts_with(partial) {
-                Parsed::Short
+                Parsed::Short { value: Some(start) }
             } else {
                 Parsed::Bad
             };
@@ -420,7 +423,7 @@ mod tests {
 
     #[test]
     fn a_write_cut_short_is_told_from_damage() {
-        let cut: [&[u8]; 7] = [
+        let cut: [&[u8]; 8] = [
             b"*",
             b"*3\r\n$",
             b"*3\r\n$3\r\nSET\r\n$2",
@@ -428,6 +431,8 @@ mod tests {
             b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2\r\n$1\r\n1\r\n",
             b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$5\r\nk\r\n",
             b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2\r",
+            // A whole value that reads like a command's start is not one.
+            b"*7\r\n$4\r\nXADD\r\n$1\r\ns\r\n$3\r\n1-1\r\n$1\r\nf\r\n$2\r\n*5\r\n$1\r\ng\r\n$2\r\nv",
         ];
         for tail in cut {
             assert_eq!(cut_short(tail), Ok(()), "{}", String::from_utf8_lossy(tail));

@@ -198,20 +198,23 @@ fn page_end(len: usize) -> usize {
 /// 4 KiB page boundary). `redis-check-aof` then says "Expected \r\n, got: 0000" (its line
 /// buffer's end, not the file's bytes), not that the file ends early; it is a cut all the same:
 /// the restart cuts the last script before its `MULTI`, keeps what came before, and later
-/// writes survive the next restart. Cut after `*`, `$`, `$6`, `$6\r`, and inside a value.
+/// writes survive the next restart. Cut after `*`, `$`, `$6`, `$6\r`, and inside a value, of
+/// a script's second write; and inside a script's only write (which Redis writes without
+/// `MULTI`).
 #[test]
 fn restart_cuts_an_aof_cut_inside_a_line() {
-    let cuts: [(&str, &[u8], usize); 5] = [
-        ("after *", b"*3\r\n$3\r\nSET\r\n$6\r\ntorn_c", 1),
-        ("after $", b"$6\r\ntorn_c", 1),
-        ("after $6", b"$6\r\ntorn_c", 2),
-        ("after $6\\r", b"$6\r\ntorn_c", 3),
-        ("inside a value", b"$6\r\ntorn_c", 7),
+    let cuts: [(&str, &[&str], &[u8], usize); 6] = [
+        ("after *", &["torn_b", "torn_c"], b"*3\r\n$3\r\nSET\r\n$6\r\ntorn_c", 1),
+        ("after $", &["torn_b", "torn_c"], b"$6\r\ntorn_c", 1),
+        ("after $6", &["torn_b", "torn_c"], b"$6\r\ntorn_c", 2),
+        ("after $6\\r", &["torn_b", "torn_c"], b"$6\r\ntorn_c", 3),
+        ("inside a value", &["torn_b", "torn_c"], b"$6\r\ntorn_c", 7),
+        ("a script's only write", &["torn_b"], b"$6\r\ntorn_b", 1),
     ];
-    for (cut, at, keep) in cuts {
+    for (cut, torn, at, keep) in cuts {
         let mut server = RedisServer::builder().persistence(true).start();
         script_writes(&server, &["kept_a", "kept_b"]);
-        script_writes(&server, &["torn_b", "torn_c"]);
+        script_writes(&server, torn);
         server.stop();
         let incr = incr_aof(&server);
         let bytes = std::fs::read(&incr).unwrap();
@@ -263,8 +266,8 @@ fn find(bytes: &[u8], needle: &[u8]) -> usize {
 /// - a value's length made larger in the first script, then zeros; and the same without zeros,
 ///   where the checker reads past the end as if the file were cut in that script: `--fix` would
 ///   drop it and every script after it, all acknowledged (it did, before);
-/// - zeros at the end of an incremental file that Redis no longer appends to (a later one
-///   follows it in the manifest): a crash cannot cut it.
+/// - an incremental file that Redis no longer appends to (a later one follows it in the
+///   manifest) ending as a crash's cut would: a crash cannot cut it.
 #[test]
 fn restart_leaves_damage_near_the_end_alone() {
     type Damage = fn(&Path, &[u8]);
@@ -293,12 +296,11 @@ fn restart_leaves_damage_near_the_end_alone() {
             let at = find(bytes, b"$2\r\nk1");
             std::fs::write(incr, [&bytes[..at], b"$400", &bytes[at + 2..]].concat()).unwrap();
         }),
-        ("zeros at the end of an earlier file", |incr, bytes| {
+        ("a cut at the end of an earlier file", |incr, bytes| {
             let dir = incr.parent().unwrap();
+            // Ends the way a crash's cut would: a MULTI and part of a SET.
             let at = find(bytes, b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$2\r\nk2");
-            let mut earlier = bytes[..at].to_vec();
-            earlier.resize(earlier.len() + 100, 0);
-            std::fs::write(incr, earlier).unwrap();
+            std::fs::write(incr, &bytes[..at + 25]).unwrap();
             let later = [b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n", &bytes[at..]].concat();
             std::fs::write(dir.join("appendonly.aof.2.incr.aof"), later).unwrap();
             let manifest = dir.join("appendonly.aof.manifest");

@@ -18,8 +18,8 @@ pub use tatbot_state_testkit::aof::Repair;
 ///
 /// The checker could not run, or the AOF is damaged before its end: that is for a person to
 /// look at (a cut there would drop every write after the damage), and Redis refuses to load it
-/// anyway; or the file the checker stopped in could not be read. Each is one line
-/// with what to do.
+/// anyway; or `--fix` did not cut a file a crash cut; or the file the checker stopped in could
+/// not be read. Each is one line with what to do.
 pub async fn repair(redis_server: &Path, data: &Path) -> anyhow::Result<Repair> {
     let (redis_server, data) = (redis_server.to_owned(), data.to_owned());
     // The checker is a child process that the testkit waits for.
