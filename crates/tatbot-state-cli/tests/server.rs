@@ -212,6 +212,45 @@ fn start_repairs_an_aof_cut_inside_a_script() {
     );
 }
 
+/// A `redis-server` started on the project's config without `server start`'s repair (by hand,
+/// or by an old unit) refuses an AOF cut inside a script, saying what to do, and leaves it as
+/// it was; with Redis's default (`aof-load-truncated yes`) it loaded the half script and kept
+/// the block open, which the restart after the next one merges with later writes.
+#[test]
+fn redis_on_the_projects_config_refuses_a_cut_aof() {
+    let server_dir = ServerDir::new();
+    let port = server_dir.port;
+    assert_code(&server_dir.server("start", &[]), 0);
+    script_writes_then_exists(port, &["cut_a", "cut_b"], &[]);
+    assert_code(&server_dir.server("stop", &[]), 0);
+    let conf = server_dir.path().join("redis.conf");
+    assert!(
+        std::fs::read_to_string(&conf)
+            .unwrap()
+            .contains("\naof-load-truncated no\n"),
+        "the generated redis.conf refuses a cut AOF"
+    );
+    let aof_dir = server_dir.path().join("data").join("appendonlydir");
+    let incr = std::fs::read_dir(&aof_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
+        .expect("an incremental AOF file");
+    let bytes = std::fs::read(&incr).unwrap();
+    let cut = &bytes[..bytes.len() - 5];
+    std::fs::write(&incr, cut).unwrap();
+
+    let log = server_dir.path().join("redis.log");
+    let logged = std::fs::read(&log).map_or(0, |text| text.len());
+    let mut redis = std::process::Command::new("redis-server");
+    redis.arg(&conf).args(["--daemonize", "no"]);
+    let status = crate::util::spawn(redis, &[]).wait();
+    assert!(!status.success(), "redis-server loaded a cut AOF: {status}");
+    let said = String::from_utf8_lossy(&std::fs::read(&log).unwrap()[logged..]).into_owned();
+    assert!(said.contains("redis-check-aof --fix"), "{said}");
+    assert_eq!(std::fs::read(&incr).unwrap(), cut, "the file is left as it was");
+}
+
 /// Damage in the middle of the AOF (not a crash's cut at its end) is not cut: `--fix` would drop
 /// every write after it. `server start` refuses with one line naming the checker, and the file
 /// is left as it was for a person to rescue.

@@ -78,6 +78,9 @@ pub(crate) fn render(spec: &ConfSpec<'_>) -> Vec<u8> {
     if spec.persistence {
         line(&[b"appendonly", b"yes"]);
         line(&[b"appendfsync", b"everysec"]);
+        // As the project's config: a cut AOF is repaired before a restart (`aof::repair`),
+        // never loaded half by Redis itself.
+        line(&[b"aof-load-truncated", b"no"]);
     } else {
         line(&[b"appendonly", b"no"]);
     }

@@ -120,5 +120,13 @@ pub async fn fill_log(server: &RedisServer, key: &str, entries: usize, bytes: us
     for _ in 0..entries {
         fill.cmd("XADD").arg(key).arg("*").arg("payload").arg(&payload).ignore();
     }
-    let () = fill.query_async(&mut raw(server).await).await.unwrap();
+    // Up to 100 MiB in one pipeline: redis-rs's default answer timeout (500 ms) is too short
+    // for that on two busy cores (seen in a full parallel run).
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    let mut connection = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let () = fill.query_async(&mut connection).await.unwrap();
 }
