@@ -212,10 +212,10 @@ fn start_repairs_an_aof_cut_inside_a_script() {
     );
 }
 
-/// A `redis-server` started on the project's config without `server start`'s repair (by hand,
-/// or by an old unit) refuses an AOF cut inside a script, saying what to do, and leaves it as
-/// it was; with Redis's default (`aof-load-truncated yes`) it loaded the half script and kept
-/// the block open, which the restart after the next one merges with later writes.
+/// A `redis-server` started by hand on the config `server start` wrote, without its repair,
+/// refuses an AOF cut inside a script, saying what to do, and leaves it as it was; with Redis's
+/// default (`aof-load-truncated yes`) it loaded the half script and kept the block open, which
+/// the restart after the next one merges with later writes.
 #[test]
 fn redis_on_the_projects_config_refuses_a_cut_aof() {
     let server_dir = ServerDir::new();
@@ -237,16 +237,23 @@ fn redis_on_the_projects_config_refuses_a_cut_aof() {
         .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
         .expect("an incremental AOF file");
     let bytes = std::fs::read(&incr).unwrap();
+    assert!(
+        bytes.ends_with(b"EXEC\r\n"),
+        "the script's writes end the AOF inside MULTI/EXEC"
+    );
     let cut = &bytes[..bytes.len() - 5];
     std::fs::write(&incr, cut).unwrap();
 
     let log = server_dir.path().join("redis.log");
     let logged = std::fs::read(&log).map_or(0, |text| text.len());
-    let mut redis = std::process::Command::new("redis-server");
+    // The binary `server start` uses: TATBOT_REDIS_SERVER, else the one on PATH.
+    let binary = std::env::var_os(tatbot_state_testkit::REDIS_SERVER_ENV).unwrap_or_else(|| "redis-server".into());
+    let mut redis = std::process::Command::new(binary);
     redis.arg(&conf).args(["--daemonize", "no"]);
     let status = crate::util::spawn(redis, &[]).wait();
     assert!(!status.success(), "redis-server loaded a cut AOF: {status}");
     let said = String::from_utf8_lossy(&std::fs::read(&log).unwrap()[logged..]).into_owned();
+    assert!(said.contains("Unexpected end of file"), "{said}");
     assert!(said.contains("redis-check-aof --fix"), "{said}");
     assert_eq!(std::fs::read(&incr).unwrap(), cut, "the file is left as it was");
 }
