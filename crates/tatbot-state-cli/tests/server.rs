@@ -180,11 +180,7 @@ fn start_repairs_an_aof_cut_inside_a_script() {
 
     // The crash: the file ends inside the block's closing EXEC (14 bytes: *1 $4 EXEC).
     let aof_dir = server_dir.path().join("data").join("appendonlydir");
-    let incr = std::fs::read_dir(&aof_dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
-        .expect("an incremental AOF file");
+    let incr = incr_aof(&aof_dir);
     let bytes = std::fs::read(&incr).unwrap();
     assert!(
         bytes.ends_with(b"EXEC\r\n"),
@@ -212,6 +208,15 @@ fn start_repairs_an_aof_cut_inside_a_script() {
     );
 }
 
+/// The AOF file Redis appends to, in the AOF dir `aof_dir`.
+fn incr_aof(aof_dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(aof_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
+        .expect("an incremental AOF file")
+}
+
 /// A `redis-server` started by hand on the config `server start` wrote, without its repair,
 /// refuses an AOF cut inside a script, saying what to do, and leaves it as it was; with Redis's
 /// default (`aof-load-truncated yes`) it loaded the half script and kept the block open, which
@@ -231,11 +236,7 @@ fn redis_on_the_projects_config_refuses_a_cut_aof() {
         "the generated redis.conf refuses a cut AOF"
     );
     let aof_dir = server_dir.path().join("data").join("appendonlydir");
-    let incr = std::fs::read_dir(&aof_dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
-        .expect("an incremental AOF file");
+    let incr = incr_aof(&aof_dir);
     let bytes = std::fs::read(&incr).unwrap();
     assert!(
         bytes.ends_with(b"EXEC\r\n"),
@@ -258,6 +259,72 @@ fn redis_on_the_projects_config_refuses_a_cut_aof() {
     assert_eq!(std::fs::read(&incr).unwrap(), cut, "the file is left as it was");
 }
 
+/// `server repair --data` on the data dir of a redis-server run by hand: refused while Redis
+/// has the AOF open; then cuts a script the crash cut inside its `EXEC` (which stays unapplied
+/// once Redis starts again) and says so, finds the file whole the second time, refuses damage
+/// in the middle and leaves the file as it was, and names a dir that does not exist.
+#[test]
+fn repair_cuts_a_crash_cut_and_refuses_the_rest() {
+    let mut server = RedisServer::builder().persistence(true).start();
+    let data = server.dir().to_str().unwrap().to_owned();
+    let repair = || run(bin(), &["server", "repair", "--data", &data]);
+    let script = |keys: &[&str]| {
+        let mut args = vec![
+            "EVAL",
+            "for _, key in ipairs(KEYS) do redis.call('SET', key, '1') end",
+            "2",
+        ];
+        args.extend_from_slice(keys);
+        assert_eq!(server.command(&args).unwrap(), "$-1\r\n");
+    };
+    script(&["kept_a", "kept_b"]);
+    script(&["cut_a", "cut_b"]);
+
+    let refused = repair();
+    assert_code(&refused, 1);
+    assert!(stderr(&refused).contains("has the AOF in"), "{}", stderr(&refused));
+
+    server.stop();
+    let incr = incr_aof(&server.dir().join("appendonlydir"));
+    let bytes = std::fs::read(&incr).unwrap();
+    assert!(
+        bytes.ends_with(b"EXEC\r\n"),
+        "the script's writes end the AOF inside MULTI/EXEC"
+    );
+    std::fs::write(&incr, &bytes[..bytes.len() - 5]).unwrap();
+    let cut = repair();
+    assert_code(&cut, 0);
+    assert!(stdout(&cut).contains("ended inside a write"), "{}", stdout(&cut));
+    let whole = repair();
+    assert_code(&whole, 0);
+    assert!(stdout(&whole).contains("nothing to cut"), "{}", stdout(&whole));
+    server.restart();
+    let exists = |key: &str| server.command(&["EXISTS", key]).unwrap() == ":1\r\n";
+    assert!(exists("kept_a") && exists("kept_b"), "the whole script is kept");
+    assert!(!exists("cut_a") && !exists("cut_b"), "the cut script stays unapplied");
+
+    server.stop();
+    let bytes = std::fs::read(&incr).unwrap();
+    let at = bytes
+        .windows(6)
+        .position(|window| window == b"kept_b")
+        .expect("kept_b is in the AOF");
+    let damaged = [&bytes[..at], b"@@flipped@@", &bytes[at..]].concat();
+    std::fs::write(&incr, &damaged).unwrap();
+    let refused = repair();
+    assert_code(&refused, 1);
+    assert!(
+        stderr(&refused).contains("is damaged before its end"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(std::fs::read(&incr).unwrap(), damaged, "the file is left as it was");
+
+    let missing = run(bin(), &["server", "repair", "--data", &format!("{data}/missing")]);
+    assert_code(&missing, 1);
+    assert!(stderr(&missing).contains("is not a directory"), "{}", stderr(&missing));
+}
+
 /// Damage in the middle of the AOF (not a crash's cut at its end) is not cut: `--fix` would drop
 /// every write after it. `server start` refuses with one line naming the checker, and the file
 /// is left as it was for a person to rescue.
@@ -271,11 +338,7 @@ fn start_leaves_an_aof_damaged_in_the_middle_alone() {
     }
     assert_code(&server_dir.server("stop", &[]), 0);
     let aof_dir = server_dir.path().join("data").join("appendonlydir");
-    let incr = std::fs::read_dir(&aof_dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
-        .expect("an incremental AOF file");
+    let incr = incr_aof(&aof_dir);
     let bytes = std::fs::read(&incr).unwrap();
     let at = bytes
         .windows(2)

@@ -28,6 +28,10 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     ),
     (&["server", "stop"], "tatbot-state server stop"),
     (
+        &["server", "repair"],
+        "tatbot-state server repair --data /var/lib/redis\n  tatbot-state server repair --dir /var/lib/tatbot-state",
+    ),
+    (
         &["server", "status"],
         "tatbot-state server status\n  tatbot-state --json server status",
     ),

@@ -49,7 +49,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage a local redis-server with the project's config (start, stop, status)
+    /// Manage a local redis-server with the project's config (start, stop, status, repair after a crash, sentinel)
     Server(server::Args),
     /// Run a complete local demo on a private redis-server
     Demo(demo::Args),

@@ -66,6 +66,8 @@ enum Action {
     Stop(DirArgs),
     /// Show pid, uptime, clients, memory, persistence health, listening addresses, role and replication lag
     Status(DirArgs),
+    /// Repair the AOF after a crash by start's rule: cut a write the crash cut short, refuse damage (for a redis-server you run yourself)
+    Repair(RepairArgs),
     /// Run a Redis Sentinel that watches the master and promotes a replica when it fails (docs/HA.md)
     Sentinel(ha::SentinelArgs),
 }
@@ -98,12 +100,24 @@ struct DirArgs {
     dir: Option<PathBuf>,
 }
 
+/// Flags of `server repair`.
+#[derive(Debug, clap::Args)]
+struct RepairArgs {
+    /// Base dir of a server `start` manages; its data/ is repaired [default: as for start]
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The data dir of a redis-server you run yourself (its `dir`, which holds appendonlydir/), instead of --dir
+    #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+    data: Option<PathBuf>,
+}
+
 /// Runs `server`.
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     match args.action {
         Action::Start(start_args) => start(global, start_args).await,
         Action::Stop(dir_args) => stop(global, dir_args).await,
         Action::Status(dir_args) => status(global, dir_args).await,
+        Action::Repair(repair_args) => repair(repair_args).await,
         Action::Sentinel(sentinel_args) => ha::run(global, sentinel_args).await,
     }
 }
@@ -281,6 +295,42 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<u8> {
     launch_daemon(&binary, &layout).await?;
     let pid = wait_until_ready(&endpoint, &layout, log_offset).await?;
     print_started(global, &started(pid, false))?;
+    Ok(exit::SUCCESS)
+}
+
+/// Repairs the AOF under a data dir by the rule `start` follows ([`aof::repair`]), after checking
+/// that no process has it open (a running Redis appends to it).
+async fn repair(args: RepairArgs) -> anyhow::Result<u8> {
+    let data = match args.data {
+        Some(data) => std::path::absolute(&data).with_context(|| format!("making {} absolute", data.display()))?,
+        None => layout(args.dir)?.data(),
+    };
+    anyhow::ensure!(
+        data.is_dir(),
+        "{} is not a directory: pass a server's base dir with --dir, or the data dir of a redis-server you run yourself with --data",
+        data.display()
+    );
+    let manifest = tatbot_state_testkit::aof::manifest(&data);
+    if !manifest.exists() {
+        println!("no AOF manifest at {}: nothing to repair", manifest.display());
+        return Ok(exit::SUCCESS);
+    }
+    if let Some(pid) = manifest.parent().and_then(process::holder_of) {
+        anyhow::bail!(
+            "process {pid} has the AOF in {} open: stop that redis-server first (`tatbot-state server stop`, or SHUTDOWN), then repair",
+            data.display()
+        );
+    }
+    let binary = process::redis_server_binary()?;
+    match aof::repair(&binary, &data).await? {
+        aof::Repair::Intact => println!("the AOF in {} ends with a whole write: nothing to cut", data.display()),
+        aof::Repair::Cut { said } => {
+            println!(
+                "the AOF in {} ended inside a write (a crash); cut it back to the last whole write: {said}",
+                data.display()
+            );
+        }
+    }
     Ok(exit::SUCCESS)
 }
 

@@ -51,6 +51,19 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// The pid in a pid file, if the file exists and holds one.
+/// A process that has a file under `dir` open (Linux: its `/proc/PID/fd` links), if any;
+/// processes this user may not look at are not seen.
+pub fn holder_of(dir: &Path) -> Option<u32> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&dir)))
+            .then_some(pid)
+    })
+}
+
 pub fn read_pidfile(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path)
         .ok()?
