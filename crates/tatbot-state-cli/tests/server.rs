@@ -282,7 +282,11 @@ fn repair_cuts_a_crash_cut_and_refuses_the_rest() {
 
     let refused = repair();
     assert_code(&refused, 1);
-    assert!(stderr(&refused).contains("has the AOF in"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("(redis-server) has the AOF in"),
+        "{}",
+        stderr(&refused)
+    );
 
     server.stop();
     let incr = incr_aof(&server.dir().join("appendonlydir"));

@@ -98,14 +98,15 @@ class RedisServer:
         writes."""
         self.kill()
         if self.persistence:
-            repaired = subprocess.run(
-                [str(cli_binary()), "server", "repair", "--data", str(self.dir)],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            command = [str(cli_binary()), "server", "repair", "--data", str(self.dir)]
+            try:
+                repaired = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"repairing the AOF in {self.dir} took over 60 s: {' '.join(command)}")
             if repaired.returncode != 0:
-                pytest.fail(f"repairing the AOF in {self.dir} failed: {repaired.stderr.strip()}")
+                pytest.fail(
+                    f"repairing the AOF in {self.dir} failed (exit {repaired.returncode}): {repaired.stderr.strip()}"
+                )
         self.start()
 
     def cli_args(self) -> List[str]:

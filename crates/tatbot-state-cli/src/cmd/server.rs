@@ -311,15 +311,40 @@ async fn repair(args: RepairArgs) -> anyhow::Result<u8> {
         data.display()
     );
     let manifest = tatbot_state_testkit::aof::manifest(&data);
-    if !manifest.exists() {
+    let found = manifest.try_exists().with_context(|| {
+        format!(
+            "cannot look for {} (run as the server's user, or with sudo)",
+            manifest.display()
+        )
+    })?;
+    if !found {
+        let single = data.join("appendonly.aof");
+        anyhow::ensure!(
+            !single.exists(),
+            "{} is a single-file AOF (Redis 6 or older): this repair reads Redis 7's appendonlydir only; check it with `redis-check-aof {}`",
+            single.display(),
+            single.display()
+        );
         println!("no AOF manifest at {}: nothing to repair", manifest.display());
         return Ok(exit::SUCCESS);
     }
-    if let Some(pid) = manifest.parent().and_then(process::holder_of) {
-        anyhow::bail!(
-            "process {pid} has the AOF in {} open: stop that redis-server first (`tatbot-state server stop`, or SHUTDOWN), then repair",
-            data.display()
-        );
+    let aof_dir = manifest.parent().unwrap_or(&data);
+    let holder = process::holder_of(aof_dir).with_context(|| {
+        format!(
+            "cannot tell whether a process has the AOF in {} open (run as the server's user, or with sudo)",
+            aof_dir.display()
+        )
+    })?;
+    match holder {
+        process::Holder::Nobody => {}
+        process::Holder::Process(pid, name) => anyhow::bail!(
+            "process {pid} ({name}) has the AOF in {} open: stop it first (`tatbot-state server stop`, or SHUTDOWN for a redis-server), then repair",
+            aof_dir.display()
+        ),
+        process::Holder::Unseen(pid) => anyhow::bail!(
+            "redis-server {pid} belongs to another user, so whether it has the AOF in {} open cannot be seen: stop it, or run this as root",
+            aof_dir.display()
+        ),
     }
     let binary = process::redis_server_binary()?;
     match aof::repair(&binary, &data).await? {

@@ -50,20 +50,57 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
-/// The pid in a pid file, if the file exists and holds one.
-/// A process that has a file under `dir` open (Linux: its `/proc/PID/fd` links), if any;
-/// processes this user may not look at are not seen.
-pub fn holder_of(dir: &Path) -> Option<u32> {
-    let dir = std::fs::canonicalize(dir).ok()?;
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-        let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
-        fds.flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&dir)))
-            .then_some(pid)
-    })
+/// Who has a file under an AOF dir open, found by [`holder_of`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// Nobody this process can see.
+    Nobody,
+    /// This process (and its name) has one of the files open.
+    Process(u32, String),
+    /// A `redis-server` whose open files this user may not look at (another user's).
+    Unseen(u32),
 }
 
+/// Whether a process has one of the files of `dir` (not its subdirectories) open, compared
+/// by device and inode (Linux: `/proc/PID/fd`), so that a Redis in a container, which sees
+/// the file under another path, is found too. A `redis-server` whose open files this user may
+/// not read is reported as [`Holder::Unseen`]; other such processes are not seen.
+///
+/// # Errors
+///
+/// The dir or `/proc` cannot be read.
+pub fn holder_of(dir: &Path) -> std::io::Result<Holder> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut files = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let meta = entry?.metadata()?;
+        if meta.is_file() {
+            files.insert((meta.dev(), meta.ino()));
+        }
+    }
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(entry.path().join("comm"))
+            .map_or_else(|_| String::new(), |comm| comm.trim().to_owned());
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            if name == "redis-server" {
+                return Ok(Holder::Unseen(pid));
+            }
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|meta| files.contains(&(meta.dev(), meta.ino()))));
+        if holds {
+            return Ok(Holder::Process(pid, name));
+        }
+    }
+    Ok(Holder::Nobody)
+}
+
+/// The pid in a pid file, if the file exists and holds one.
 pub fn read_pidfile(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path)
         .ok()?
