@@ -179,14 +179,7 @@ fn start_repairs_an_aof_cut_inside_a_script() {
     assert_code(&server_dir.server("stop", &[]), 0);
 
     // The crash: the file ends inside the block's closing EXEC (14 bytes: *1 $4 EXEC).
-    let aof_dir = server_dir.path().join("data").join("appendonlydir");
-    let incr = incr_aof(&aof_dir);
-    let bytes = std::fs::read(&incr).unwrap();
-    assert!(
-        bytes.ends_with(b"EXEC\r\n"),
-        "the script's writes end the AOF inside MULTI/EXEC"
-    );
-    std::fs::write(&incr, &bytes[..bytes.len() - 5]).unwrap();
+    cut_inside_the_last_exec(&server_dir.path().join("data"));
 
     let started = server_dir.server("start", &[]);
     assert_code(&started, 0);
@@ -208,13 +201,25 @@ fn start_repairs_an_aof_cut_inside_a_script() {
     );
 }
 
-/// The AOF file Redis appends to, in the AOF dir `aof_dir`.
-fn incr_aof(aof_dir: &std::path::Path) -> std::path::PathBuf {
-    std::fs::read_dir(aof_dir)
+/// The AOF file Redis appends to, in the data dir `data`.
+fn incr_aof(data: &std::path::Path) -> std::path::PathBuf {
+    tatbot_state_testkit::aof::appended(data)
         .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
         .expect("an incremental AOF file")
+}
+
+/// Cuts the AOF Redis appends to under the data dir `data` inside its last script's closing
+/// `EXEC`, as a crash can; answers the file and what it holds now.
+fn cut_inside_the_last_exec(data: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+    let incr = incr_aof(data);
+    let mut bytes = std::fs::read(&incr).unwrap();
+    assert!(
+        bytes.ends_with(b"EXEC\r\n"),
+        "the script's writes end the AOF inside MULTI/EXEC"
+    );
+    bytes.truncate(bytes.len() - 5);
+    std::fs::write(&incr, &bytes).unwrap();
+    (incr, bytes)
 }
 
 /// A `redis-server` started by hand on the config `server start` wrote, without its repair,
@@ -235,15 +240,7 @@ fn redis_on_the_projects_config_refuses_a_cut_aof() {
             .contains("\naof-load-truncated no\n"),
         "the generated redis.conf refuses a cut AOF"
     );
-    let aof_dir = server_dir.path().join("data").join("appendonlydir");
-    let incr = incr_aof(&aof_dir);
-    let bytes = std::fs::read(&incr).unwrap();
-    assert!(
-        bytes.ends_with(b"EXEC\r\n"),
-        "the script's writes end the AOF inside MULTI/EXEC"
-    );
-    let cut = &bytes[..bytes.len() - 5];
-    std::fs::write(&incr, cut).unwrap();
+    let (incr, cut) = cut_inside_the_last_exec(&server_dir.path().join("data"));
 
     let log = server_dir.path().join("redis.log");
     let logged = std::fs::read(&log).map_or(0, |text| text.len());
@@ -262,7 +259,8 @@ fn redis_on_the_projects_config_refuses_a_cut_aof() {
 /// `server repair --data` on the data dir of a redis-server run by hand: refused while Redis
 /// has the AOF open; then cuts a script the crash cut inside its `EXEC` (which stays unapplied
 /// once Redis starts again) and says so, finds the file whole the second time, refuses damage
-/// in the middle and leaves the file as it was, and names a dir that does not exist.
+/// in the middle and leaves the file as it was, names a dir that does not exist, and refuses a
+/// Redis 6 single-file AOF.
 #[test]
 fn repair_cuts_a_crash_cut_and_refuses_the_rest() {
     let mut server = RedisServer::builder().persistence(true).start();
@@ -289,13 +287,7 @@ fn repair_cuts_a_crash_cut_and_refuses_the_rest() {
     );
 
     server.stop();
-    let incr = incr_aof(&server.dir().join("appendonlydir"));
-    let bytes = std::fs::read(&incr).unwrap();
-    assert!(
-        bytes.ends_with(b"EXEC\r\n"),
-        "the script's writes end the AOF inside MULTI/EXEC"
-    );
-    std::fs::write(&incr, &bytes[..bytes.len() - 5]).unwrap();
+    let (incr, _) = cut_inside_the_last_exec(server.dir());
     let cut = repair();
     assert_code(&cut, 0);
     assert!(stdout(&cut).contains("ended inside a write"), "{}", stdout(&cut));
@@ -327,6 +319,16 @@ fn repair_cuts_a_crash_cut_and_refuses_the_rest() {
     let missing = run(bin(), &["server", "repair", "--data", &format!("{data}/missing")]);
     assert_code(&missing, 1);
     assert!(stderr(&missing).contains("is not a directory"), "{}", stderr(&missing));
+
+    let redis6 = tempfile::tempdir().unwrap();
+    std::fs::write(redis6.path().join("appendonly.aof"), b"*1\r\n$5\r\nMULTI\r\n").unwrap();
+    let single = run(bin(), &["server", "repair", "--data", redis6.path().to_str().unwrap()]);
+    assert_code(&single, 1);
+    assert!(
+        stderr(&single).contains("is a single-file AOF (Redis 6 or older)"),
+        "{}",
+        stderr(&single)
+    );
 }
 
 /// Damage in the middle of the AOF (not a crash's cut at its end) is not cut: `--fix` would drop
@@ -341,8 +343,7 @@ fn start_leaves_an_aof_damaged_in_the_middle_alone() {
         script_writes_then_exists(port, &[key], &[]);
     }
     assert_code(&server_dir.server("stop", &[]), 0);
-    let aof_dir = server_dir.path().join("data").join("appendonlydir");
-    let incr = incr_aof(&aof_dir);
+    let incr = incr_aof(&server_dir.path().join("data"));
     let bytes = std::fs::read(&incr).unwrap();
     let at = bytes
         .windows(2)

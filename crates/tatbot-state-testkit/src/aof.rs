@@ -39,6 +39,23 @@ pub fn manifest(data: &Path) -> PathBuf {
     data.join(AOF_DIR_NAME).join(format!("{AOF_FILE_NAME}.manifest"))
 }
 
+/// The file Redis appends to under the data dir `data`: the manifest's last incremental file;
+/// none when the manifest lists none (or names it with a path).
+///
+/// # Errors
+///
+/// The manifest cannot be read.
+pub fn appended(data: &Path) -> io::Result<Option<PathBuf>> {
+    let name = fs::read_to_string(manifest(data))?
+        .lines()
+        .filter(|line| line.ends_with(" type i"))
+        .filter_map(|line| line.split(' ').nth(1).map(str::to_owned))
+        .next_back();
+    Ok(name
+        .filter(|name| Path::new(name).file_name() == Some(name.as_ref()))
+        .map(|name| data.join(AOF_DIR_NAME).join(name)))
+}
+
 /// What a repair did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Repair {
@@ -212,18 +229,12 @@ impl Stop {
         else {
             return Err("the checker's report names no file and position".to_owned());
         };
-        let appended = fs::read_to_string(manifest(data))
-            .map_err(|err| format!("cannot read the manifest: {err}"))?
-            .lines()
-            .filter(|line| line.ends_with(" type i"))
-            .filter_map(|line| line.split(' ').nth(1).map(str::to_owned))
-            .next_back();
-        if appended.as_deref() != Some(name) || Path::new(name).file_name() != Some(name.as_ref()) {
+        let path = data.join(AOF_DIR_NAME).join(name);
+        if appended(data).map_err(|err| format!("cannot read the manifest: {err}"))? != Some(path.clone()) {
             return Err(format!(
                 "it stopped in {name}, not in the file Redis appends to, which a crash cannot cut"
             ));
         }
-        let path = data.join(AOF_DIR_NAME).join(name);
         let len = fs::metadata(&path)
             .map_err(|err| format!("cannot read {}: {err}", path.display()))?
             .len();
@@ -262,10 +273,10 @@ impl Stop {
 
 /// Whether `tail`, what follows the last byte the checker accepted, is what a crash leaves when
 /// it cuts Redis's last write: the start of a `MULTI` block (`MULTI` and whole commands) and at
-/// most one command cut short, that holds no other command's start; or one command cut short. Anything
-/// else means the checker read past damage: a length made larger swallows the writes after it,
-/// which a cut would drop. Whole commands outside a `MULTI` would have been accepted. The error
-/// is why not.
+/// most one command cut short, that holds no other command's start; or one command cut short.
+/// Anything else means the checker read past damage: a length made larger swallows the writes
+/// after it, which a cut would drop. Whole commands outside a `MULTI` would have been accepted.
+/// The error is why not.
 fn cut_short(tail: &[u8]) -> Result<(), String> {
     if tail.is_empty() {
         return Err("the file ends with a whole write".to_owned());

@@ -154,10 +154,8 @@ fn exist(server: &RedisServer, keys: &[&str]) -> Vec<bool> {
 
 /// The AOF file Redis appends to.
 fn incr_aof(server: &RedisServer) -> std::path::PathBuf {
-    std::fs::read_dir(server.dir().join("appendonlydir"))
+    tatbot_state_testkit::aof::appended(server.dir())
         .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
         .expect("an incremental AOF file")
 }
 

@@ -1160,11 +1160,8 @@ async fn aof_cut_inside_a_script_loses_nothing() {
 
 /// The AOF file Redis appends to now.
 fn last_incr_aof(server: &RedisServer) -> std::path::PathBuf {
-    std::fs::read_dir(server.dir().join("appendonlydir"))
+    tatbot_state_testkit::aof::appended(server.dir())
         .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.to_string_lossy().ends_with(".incr.aof"))
-        .max_by_key(|path| std::fs::metadata(path).unwrap().modified().unwrap())
         .expect("an incr AOF file")
 }
 
